@@ -1,0 +1,32 @@
+/**
+ * The `hype` command line. Each command lives in its own module and registers itself here; errors the library
+ * raises on purpose (HypeError) print as one line and exit 2, anything else is a bug and shows its stack.
+ */
+import { Command, CommanderError } from 'commander';
+import { HypeError } from '../errors.ts';
+
+export function buildProgram(): Command {
+  const program = new Command('hype')
+    .description('HyPE: hyperbolic positional encoding, fused CPU attention and the study of positional encodings')
+    .exitOverride()
+    .showHelpAfterError();
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exitCode = err.exitCode;
+      return;
+    }
+    if (err instanceof HypeError) {
+      process.stderr.write(`hype: ${err.message}\n`);
+      process.exitCode = 2;
+      return;
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * The one interface every positional encoding implements, so the model, the CLI and the study treat all twelve
+ * alike. An encoding may act at several sites; the model asks `sites` and calls the matching hooks.
+ *
+ * Layouts follow backend.ts: q [B, H, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv]; token activations
+ * x [B, L, C] (C = model width). Positions follow backend.ts too (query row i is at i + queryOffset).
+ */
+import type { AttentionShape, Backend } from '../backend/backend.ts';
+import type { FloatArray } from '../tensor.ts';
+import type { Rng } from '../util/rng.ts';
+
+export type EncodingSite =
+  | 'embedding' // adds a position signal to the token embeddings (sinusoidal, learned)
+  | 'qk-transform' // transforms q and k before the dot product (rope, hope)
+  | 'score-bias' // adds a bias to the logits (alibi, t5, hype, xl, shaw, da's relative part)
+  | 'score-rescale' // rescales the logits (da)
+  | 'data-dependent' // depends on token content, not only positions (path)
+  | 'none';
+
+/** A trainable tensor owned by an encoding. `grad` is accumulated (+=) by backward calls; the trainer zeroes it. */
+export interface Param {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly data: FloatArray;
+  readonly grad: FloatArray;
+  /** Whether AdamW applies weight decay (off by default for position parameters). */
+  readonly decay: boolean;
+}
+
+/** Everything an attention call needs besides the tensors. */
+export interface AttendContext {
+  backend: Backend;
+  shape: AttentionShape;
+  causal: boolean;
+  /** Absolute position of query row 0 (see backend.ts); keys start at position 0. */
+  queryOffset: number;
+}
+
+export interface AttendInputs {
+  q: FloatArray;
+  k: FloatArray;
+  v: FloatArray;
+  /** The block's (normed) input activations [B, Lk, C], for data-dependent encodings (PaTH); others ignore it. */
+  x?: FloatArray;
+}
+
+/** A finished forward pass, holding what its backward needs. */
+export interface AttendResult {
+  out: FloatArray;
+  /** Accumulates parameter gradients into `params[*].grad` and returns input gradients (dx only if x was used). */
+  backward(dOut: FloatArray): { dq: FloatArray; dk: FloatArray; dv: FloatArray; dx?: FloatArray };
+}
+
+export interface PositionalEncoding {
+  readonly name: string;
+  readonly sites: readonly EncodingSite[];
+  readonly params: readonly Param[];
+  /** Longest absolute position + 1 the encoding can represent (absolute encodings), or Infinity. */
+  readonly maxLength: number;
+
+  /** 'embedding' site: x [B, L, C] += position signal for positions offset .. offset + L - 1. */
+  embed?(x: FloatArray, batch: number, length: number, width: number, offset: number): void;
+  /** Accumulates the gradient of the embedding-site parameters from dx (dx itself passes through unchanged). */
+  embedBackward?(dx: FloatArray, batch: number, length: number, width: number, offset: number): void;
+
+  /** Attention with this encoding's position terms (kernels via ctx.backend where the bias menu allows). */
+  attend(ctx: AttendContext, inputs: AttendInputs): AttendResult;
+
+  /**
+   * The dense fp64 reference for tests: the full logits [B, H, Lq, Lk] this encoding produces for q and k
+   * (scale and position terms included, masked entries = -Infinity). Written for clarity, O(L^2).
+   */
+  denseLogits(ctx: AttendContext, inputs: AttendInputs, scale: number): Float64Array;
+}
+
+/** Sizes an encoding is built for. */
+export interface EncodingDims {
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  modelDim: number;
+  /** The training length (some presets derive slopes from it). */
+  trainLength: number;
+}
+
+export interface EncodingFactory<O extends object = Record<string, unknown>> {
+  readonly name: string;
+  readonly description: string;
+  readonly sites: readonly EncodingSite[];
+  readonly defaults: Readonly<O>;
+  create(dims: EncodingDims, options: Partial<O>, rng: Rng): PositionalEncoding;
+}
