@@ -1,0 +1,28 @@
+/**
+ * Name -> factory for every positional encoding, used by the model, the CLI and the study.
+ * To add an encoding: import its factory and list it in FACTORIES (one line each, kept alphabetical).
+ */
+import { HypeError } from '../errors.ts';
+import type { EncodingFactory } from './encoding.ts';
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type AnyFactory = EncodingFactory<any>;
+
+const FACTORIES: readonly AnyFactory[] = [];
+
+const byName = new Map<string, AnyFactory>(FACTORIES.map((f) => [f.name, f]));
+
+export function encodingNames(): string[] {
+  return [...byName.keys()];
+}
+
+export function getEncodingFactory(name: string): AnyFactory {
+  const f = byName.get(name);
+  if (!f) {
+    throw new HypeError(
+      'argument',
+      `unknown positional encoding '${name}'; choose one of: ${encodingNames().join(', ')}`,
+    );
+  }
+  return f;
+}
