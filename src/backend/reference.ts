@@ -1,0 +1,99 @@
+/**
+ * The reference backend: plain loops in the arrays' own dtype (fp64 or fp32). It is the test oracle and the
+ * portable fallback when the native addon is unavailable.
+ */
+import { check } from '../errors.ts';
+import type { FloatArray } from '../tensor.ts';
+import type { AttentionForward, AttentionGrads, AttentionOptions, AttentionShape, Backend } from './backend.ts';
+import { referenceAttentionBackward, referenceAttentionForward } from './reference-attention.ts';
+
+/** Row-major C = alpha op(A) op(B) + beta C, summing each entry in a JS double. */
+export function referenceGemm(
+  transA: boolean,
+  transB: boolean,
+  m: number,
+  n: number,
+  k: number,
+  alpha: number,
+  a: FloatArray,
+  lda: number,
+  b: FloatArray,
+  ldb: number,
+  beta: number,
+  c: FloatArray,
+  ldc: number,
+): void {
+  check(
+    lda >= (transA ? m : k) && ldb >= (transB ? k : n) && ldc >= n,
+    'shape',
+    'gemm: a leading dimension is smaller than its row',
+  );
+  check(
+    a.length >= (transA ? (k - 1) * lda + m : (m - 1) * lda + k) || m === 0 || k === 0,
+    'shape',
+    'gemm: A is too small',
+  );
+  check(
+    b.length >= (transB ? (n - 1) * ldb + k : (k - 1) * ldb + n) || n === 0 || k === 0,
+    'shape',
+    'gemm: B is too small',
+  );
+  check(c.length >= (m - 1) * ldc + n || m === 0 || n === 0, 'shape', 'gemm: C is too small');
+  for (let i = 0; i < m; i++) {
+    for (let j = 0; j < n; j++) {
+      let acc = 0;
+      for (let p = 0; p < k; p++) {
+        const av = transA ? a[p * lda + i]! : a[i * lda + p]!;
+        const bv = transB ? b[j * ldb + p]! : b[p * ldb + j]!;
+        acc += av * bv;
+      }
+      // beta = 0 overwrites (so NaN garbage in C does not leak through), as BLAS does.
+      c[i * ldc + j] = beta === 0 ? alpha * acc : alpha * acc + beta * c[i * ldc + j]!;
+    }
+  }
+}
+
+export class ReferenceBackend implements Backend {
+  readonly name: string = 'reference';
+
+  gemm(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: FloatArray,
+    lda: number,
+    b: FloatArray,
+    ldb: number,
+    beta: number,
+    c: FloatArray,
+    ldc: number,
+  ): void {
+    referenceGemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+
+  attentionForward(
+    shape: AttentionShape,
+    q: FloatArray,
+    k: FloatArray,
+    v: FloatArray,
+    opts: AttentionOptions,
+  ): AttentionForward {
+    return referenceAttentionForward(shape, q, k, v, opts);
+  }
+
+  attentionBackward(
+    shape: AttentionShape,
+    q: FloatArray,
+    k: FloatArray,
+    v: FloatArray,
+    out: FloatArray,
+    lse: FloatArray,
+    dOut: FloatArray,
+    opts: AttentionOptions,
+  ): AttentionGrads {
+    return referenceAttentionBackward(shape, q, k, v, out, lse, dOut, opts);
+  }
+}
