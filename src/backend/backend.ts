@@ -17,6 +17,7 @@
  * 1/sqrt(d + 2)); there is no default.
  */
 import type { FloatArray } from '../tensor.ts';
+import type { LayerOps } from './layers.ts';
 
 /** Position terms evaluated inside the attention tile loop; never stored as an L x L tensor (except 'dense'). */
 export type PositionBias =
@@ -78,7 +79,11 @@ export interface AttentionGrads {
   dBias: PositionBiasGrad;
 }
 
-export interface Backend {
+/**
+ * A backend may also provide any of the non-attention layer operations (layer norm, GELU, cross-entropy, AdamW,
+ * embedding, bias); models call `layerOpsOf(backend)` (layers.ts), which falls back to the references there.
+ */
+export interface Backend extends Partial<LayerOps> {
   readonly name: string;
   /**
    * C = alpha * op(A) op(B) + beta * C, row-major; op(A) is m x k, op(B) is k x n, C is m x n with leading

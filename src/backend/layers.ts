@@ -1,0 +1,282 @@
+/**
+ * Reference implementations of the non-attention layer operations a transformer step needs: layer norm, GELU,
+ * softmax cross-entropy, AdamW, embedding gather/scatter and bias add/reduction. Plain loops over typed arrays in
+ * the arrays' own dtype (fp64 or fp32), every sum carried in a JS double; no allocation per element.
+ *
+ * Conventions shared by every function here:
+ * - sizes are explicit (rows x width, row-major, contiguous);
+ * - forward outputs are overwritten;
+ * - parameter gradients (dGamma, dBeta, dTable, dBias) are ACCUMULATED (+=): the trainer zeroes them once per
+ *   step, so several uses of one parameter (the tied embedding) simply add up;
+ * - input gradients say per function whether they overwrite or accumulate (layer norm accumulates into the
+ *   residual stream, so a pre-LN block needs no separate residual-add backward).
+ *
+ * A Backend may provide faster versions of any of these (see LayerOps in backend.ts); `layerOpsOf` picks the
+ * backend's where present and these otherwise.
+ */
+import type { FloatArray } from '../tensor.ts';
+
+/**
+ * out = (x - mean) * rstd * gamma + beta per row, with mean and variance (biased, 1/width) over the row and
+ * rstd = 1 / sqrt(var + eps). mean and rstd (length rows) are saved for the backward.
+ */
+export function layerNormForward(
+  x: FloatArray,
+  gamma: FloatArray,
+  beta: FloatArray,
+  out: FloatArray,
+  mean: FloatArray,
+  rstd: FloatArray,
+  rows: number,
+  width: number,
+  eps: number,
+): void {
+  for (let r = 0; r < rows; r++) {
+    const o = r * width;
+    let s = 0;
+    for (let j = 0; j < width; j++) s += x[o + j]!;
+    const mu = s / width;
+    let v = 0;
+    for (let j = 0; j < width; j++) {
+      const d = x[o + j]! - mu;
+      v += d * d;
+    }
+    const rs = 1 / Math.sqrt(v / width + eps);
+    for (let j = 0; j < width; j++) out[o + j] = (x[o + j]! - mu) * rs * gamma[j]! + beta[j]!;
+    mean[r] = mu;
+    rstd[r] = rs;
+  }
+}
+
+/**
+ * Layer-norm backward. dx is ACCUMULATED (+=), dGamma and dBeta too. With xhat = (x - mean) rstd and
+ * g = dOut * gamma: dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+ */
+export function layerNormBackward(
+  dOut: FloatArray,
+  x: FloatArray,
+  gamma: FloatArray,
+  mean: FloatArray,
+  rstd: FloatArray,
+  dx: FloatArray,
+  dGamma: FloatArray,
+  dBeta: FloatArray,
+  rows: number,
+  width: number,
+): void {
+  for (let r = 0; r < rows; r++) {
+    const o = r * width;
+    const mu = mean[r]!;
+    const rs = rstd[r]!;
+    let sumG = 0;
+    let sumGX = 0;
+    for (let j = 0; j < width; j++) {
+      const xhat = (x[o + j]! - mu) * rs;
+      const g = dOut[o + j]! * gamma[j]!;
+      sumG += g;
+      sumGX += g * xhat;
+    }
+    const meanG = sumG / width;
+    const meanGX = sumGX / width;
+    for (let j = 0; j < width; j++) {
+      const xhat = (x[o + j]! - mu) * rs;
+      const dy = dOut[o + j]!;
+      dGamma[j] += dy * xhat;
+      dBeta[j] += dy;
+      dx[o + j] += rs * (dy * gamma[j]! - meanG - xhat * meanGX);
+    }
+  }
+}
+
+// GELU, tanh approximation (as GPT-2): gelu(x) = 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2 / pi).
+const GELU_C = Math.sqrt(2 / Math.PI);
+const GELU_A = 0.044715;
+
+/** out = gelu(x) (tanh approximation), n elements. out may alias x. */
+export function geluForward(x: FloatArray, out: FloatArray, n: number): void {
+  for (let i = 0; i < n; i++) {
+    const v = x[i]!;
+    out[i] = 0.5 * v * (1 + Math.tanh(GELU_C * (v + GELU_A * v * v * v)));
+  }
+}
+
+/** dx = dOut * gelu'(x) (OVERWRITES dx; dx may alias dOut). x is the GELU's input. */
+export function geluBackward(x: FloatArray, dOut: FloatArray, dx: FloatArray, n: number): void {
+  for (let i = 0; i < n; i++) {
+    const v = x[i]!;
+    const t = Math.tanh(GELU_C * (v + GELU_A * v * v * v));
+    const dt = GELU_C * (1 + 3 * GELU_A * v * v);
+    dx[i] = dOut[i]! * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * dt);
+  }
+}
+
+/**
+ * Per-row loss = logsumexp(logits_r) - logits_r[target_r] (natural log), written to `losses` (length rows).
+ * Returns the mean loss over rows. Targets outside [0, vocab) are a programming error and throw.
+ */
+export function softmaxCrossEntropyForward(
+  logits: FloatArray,
+  targets: Int32Array,
+  losses: FloatArray,
+  rows: number,
+  vocab: number,
+): number {
+  let total = 0;
+  for (let r = 0; r < rows; r++) {
+    const o = r * vocab;
+    const t = targets[r]!;
+    if (!(t >= 0 && t < vocab)) throw new RangeError(`target ${t} at row ${r} is outside [0, ${vocab})`);
+    let max = -Infinity;
+    for (let j = 0; j < vocab; j++) if (logits[o + j]! > max) max = logits[o + j]!;
+    let s = 0;
+    for (let j = 0; j < vocab; j++) s += Math.exp(logits[o + j]! - max);
+    const loss = max + Math.log(s) - logits[o + t]!;
+    losses[r] = loss;
+    total += loss;
+  }
+  return total / rows;
+}
+
+/**
+ * dLogits = (softmax(logits) - onehot(target)) * dLoss for every row (OVERWRITES; dLogits may alias logits).
+ * dLoss is the gradient of the final objective with respect to each row's loss (1 / rows for a mean).
+ */
+export function softmaxCrossEntropyBackward(
+  logits: FloatArray,
+  targets: Int32Array,
+  dLogits: FloatArray,
+  rows: number,
+  vocab: number,
+  dLoss: number,
+): void {
+  for (let r = 0; r < rows; r++) {
+    const o = r * vocab;
+    let max = -Infinity;
+    for (let j = 0; j < vocab; j++) if (logits[o + j]! > max) max = logits[o + j]!;
+    let s = 0;
+    for (let j = 0; j < vocab; j++) s += Math.exp(logits[o + j]! - max);
+    const inv = 1 / s;
+    const t = targets[r]!;
+    for (let j = 0; j < vocab; j++) {
+      const p = Math.exp(logits[o + j]! - max) * inv;
+      dLogits[o + j] = (p - (j === t ? 1 : 0)) * dLoss;
+    }
+  }
+}
+
+export interface AdamWHyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** Decoupled weight decay coefficient (0 for parameters that are not decayed). */
+  weightDecay: number;
+  /** 1-based step number, for bias correction. */
+  step: number;
+}
+
+/**
+ * One AdamW step on n entries, in place on param, m and v:
+ *   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  mhat = m / (1 - b1^t);  vhat = v / (1 - b2^t)
+ *   param -= lr * (mhat / (sqrt(vhat) + eps) + weightDecay * param)
+ * The decay multiplies the parameter, not the gradient (decoupled, Loshchilov & Hutter), and is scaled by lr.
+ */
+export function adamwStep(param: FloatArray, grad: FloatArray, m: FloatArray, v: FloatArray, n: number, h: AdamWHyper) {
+  const c1 = 1 - Math.pow(h.beta1, h.step);
+  const c2 = 1 - Math.pow(h.beta2, h.step);
+  const { lr, beta1, beta2, eps, weightDecay } = h;
+  for (let i = 0; i < n; i++) {
+    const g = grad[i]!;
+    const mi = beta1 * m[i]! + (1 - beta1) * g;
+    const vi = beta2 * v[i]! + (1 - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    const p = param[i]!;
+    param[i] = p - lr * (mi / c1 / (Math.sqrt(vi / c2) + eps) + weightDecay * p);
+  }
+}
+
+/** out[r, :] = table[tokens[r], :] for n tokens. Token ids outside the table throw. */
+export function embeddingForward(
+  table: FloatArray,
+  tokens: Int32Array,
+  out: FloatArray,
+  n: number,
+  width: number,
+  vocab: number,
+): void {
+  for (let r = 0; r < n; r++) {
+    const t = tokens[r]!;
+    if (!(t >= 0 && t < vocab)) throw new RangeError(`token ${t} at row ${r} is outside [0, ${vocab})`);
+    const src = t * width;
+    const dst = r * width;
+    for (let j = 0; j < width; j++) out[dst + j] = table[src + j]!;
+  }
+}
+
+/** dTable[tokens[r], :] += dOut[r, :] (ACCUMULATES). */
+export function embeddingBackward(dOut: FloatArray, tokens: Int32Array, dTable: FloatArray, n: number, width: number) {
+  for (let r = 0; r < n; r++) {
+    const dst = tokens[r]! * width;
+    const src = r * width;
+    for (let j = 0; j < width; j++) dTable[dst + j] += dOut[src + j]!;
+  }
+}
+
+/** out[r, j] += bias[j] for every row. */
+export function biasAdd(out: FloatArray, bias: FloatArray, rows: number, width: number): void {
+  for (let r = 0; r < rows; r++) {
+    const o = r * width;
+    for (let j = 0; j < width; j++) out[o + j] += bias[j]!;
+  }
+}
+
+/** dBias[j] += sum over rows of dOut[r, j] (ACCUMULATES). Column sums carried in doubles. */
+export function biasBackward(dOut: FloatArray, dBias: FloatArray, rows: number, width: number): void {
+  // Sum in a double scratch row so fp32 gradients do not round at every row.
+  const acc = new Float64Array(width);
+  for (let r = 0; r < rows; r++) {
+    const o = r * width;
+    for (let j = 0; j < width; j++) acc[j] += dOut[o + j]!;
+  }
+  for (let j = 0; j < width; j++) dBias[j] += acc[j]!;
+}
+
+/** The full set of layer operations, as a Backend may provide them. */
+export interface LayerOps {
+  layerNormForward: typeof layerNormForward;
+  layerNormBackward: typeof layerNormBackward;
+  geluForward: typeof geluForward;
+  geluBackward: typeof geluBackward;
+  softmaxCrossEntropyForward: typeof softmaxCrossEntropyForward;
+  softmaxCrossEntropyBackward: typeof softmaxCrossEntropyBackward;
+  adamwStep: typeof adamwStep;
+  embeddingForward: typeof embeddingForward;
+  embeddingBackward: typeof embeddingBackward;
+  biasAdd: typeof biasAdd;
+  biasBackward: typeof biasBackward;
+}
+
+export const referenceLayerOps: LayerOps = {
+  layerNormForward,
+  layerNormBackward,
+  geluForward,
+  geluBackward,
+  softmaxCrossEntropyForward,
+  softmaxCrossEntropyBackward,
+  adamwStep,
+  embeddingForward,
+  embeddingBackward,
+  biasAdd,
+  biasBackward,
+};
+
+/** The backend's own versions where it has them (bound to it), these references otherwise. */
+export function layerOpsOf(backend: Partial<LayerOps>): LayerOps {
+  const ops = { ...referenceLayerOps } as Record<keyof LayerOps, unknown>;
+  for (const key of Object.keys(referenceLayerOps) as (keyof LayerOps)[]) {
+    const own = backend[key];
+    if (typeof own === 'function') ops[key] = (own as (...a: unknown[]) => unknown).bind(backend);
+  }
+  return ops as LayerOps;
+}
