@@ -1,0 +1,125 @@
+/**
+ * Attention subgraphs for export, built so that onnxruntime's own fused com.microsoft MultiHeadAttention does the
+ * work. HyPE needs no bias input and no custom operator: its eta columns are computed from positions inside the
+ * graph and concatenated to Q and K (SPEC section 1), and the kernel is given scale 1/sqrt(d) of the ORIGINAL head
+ * dim (SPEC section 4: its default would be 1/sqrt(d + 2n)). Sequence length stays symbolic, so one exported model
+ * serves every length.
+ *
+ * Tensors use MultiHeadAttention's layout: q, k [B, L, H * d], v [B, L, H * dv].
+ */
+import type { OnnxGraph } from './onnx-graph.ts';
+
+export interface HypeGraphParams {
+  heads: number;
+  headDim: number;
+  /** Per head and pair, row-major [heads, pairs]: a = sum_k tau_hk sinh(mu_hk (i - l)). */
+  mu: ArrayLike<number>;
+  tau: ArrayLike<number>;
+  pairs: number;
+  /** Position shift c: a number, or 'center' for c = (L - 1) / 2 of the running length (SPEC section 4). */
+  shift: number | 'center';
+  /** Pad the augmented head dim with zero columns up to a multiple of this (1 = no padding). */
+  padMultiple?: number;
+}
+
+/** Positions 0 .. L-1 minus the shift, as float [L], where L is the length of `x` [B, L, *]. */
+function shiftedPositions(g: OnnxGraph, x: string, shift: number | 'center'): string {
+  const shape = g.op('Shape', [x]);
+  const lenI = g.op('Gather', [shape, g.constInt64([1], [])], { axis: 0 });
+  const len = g.op('Cast', [lenI], { to: 1 });
+  const pos = g.op('Range', [g.constFloat([0], []), len, g.constFloat([1], [])]);
+  const c =
+    shift === 'center'
+      ? g.op('Mul', [g.op('Sub', [len, g.constFloat([1], [])]), g.constFloat([0.5], [])])
+      : g.constFloat([shift], []);
+  return g.op('Sub', [pos, c]);
+}
+
+/** Interleaves a and b [1, L, H, n] into [1, L, H, 2n] as (a_0, b_0, a_1, b_1, ...). */
+function interleavePairs(g: OnnxGraph, a: string, b: string, heads: number, pairs: number): string {
+  const axis = g.constInt64([4]);
+  const stacked = g.op('Concat', [g.op('Unsqueeze', [a, axis]), g.op('Unsqueeze', [b, axis])], { axis: 4 });
+  return g.op('Reshape', [stacked, g.constInt64([1, -1, heads, 2 * pairs])]);
+}
+
+/** The eta^Q and eta^K columns [1, L, H, 2 * pairs] for the length of `x` (SPEC section 1, stacked per section 6). */
+export function hypeEtaColumns(g: OnnxGraph, x: string, p: HypeGraphParams): { etaQ: string; etaK: string } {
+  const { heads, pairs } = p;
+  const pos = g.op('Reshape', [shiftedPositions(g, x, p.shift), g.constInt64([1, -1, 1, 1])]);
+  const muX = g.op('Mul', [pos, g.constFloat(p.mu, [1, 1, heads, pairs])]);
+  const ePos = g.op('Exp', [muX]);
+  const eNeg = g.op('Exp', [g.op('Neg', [muX])]);
+  const amp = Array.from({ length: heads * pairs }, (_, j) => (p.tau[j]! * Math.sqrt(p.headDim)) / 2);
+  const ampT = g.constFloat(amp, [1, 1, heads, pairs]);
+  const etaQ = interleavePairs(g, g.op('Mul', [ampT, eNeg]), g.op('Mul', [ampT, ePos]), heads, pairs);
+  const etaK = interleavePairs(g, g.op('Neg', [ePos]), eNeg, heads, pairs);
+  return { etaQ, etaK };
+}
+
+/** x [B, L, H*d] ++ eta [1, L, H, e] per head (+ zero padding) -> [B, L, H*(d+e+pad)]. */
+function appendPerHead(
+  g: OnnxGraph,
+  x: string,
+  eta: string,
+  heads: number,
+  headDim: number,
+  extra: number,
+  pad: number,
+): string {
+  const x4 = g.op('Reshape', [x, g.constInt64([0, 0, heads, headDim])]);
+  const shape = g.op('Shape', [x4]);
+  const bl = g.op('Slice', [shape, g.constInt64([0]), g.constInt64([2])]);
+  const etaShape = g.op('Concat', [bl, g.constInt64([heads, extra])], { axis: 0 });
+  const parts = [x4, g.op('Expand', [eta, etaShape])];
+  if (pad > 0) {
+    const padShape = g.op('Concat', [bl, g.constInt64([heads, pad])], { axis: 0 });
+    parts.push(g.op('Expand', [g.constFloat([0], [1, 1, 1, 1]), padShape]));
+  }
+  const cat = g.op('Concat', parts, { axis: 3 });
+  return g.op('Reshape', [cat, g.constInt64([0, 0, heads * (headDim + extra + pad)])]);
+}
+
+/** Qhat, Khat for MultiHeadAttention and the head size they have. */
+export function hypeAugment(
+  g: OnnxGraph,
+  q: string,
+  k: string,
+  p: HypeGraphParams,
+): { qHat: string; kHat: string; width: number } {
+  const extra = 2 * p.pairs;
+  const m = p.padMultiple ?? 1;
+  const pad = (m - ((p.headDim + extra) % m)) % m;
+  const { etaQ, etaK } = hypeEtaColumns(g, q, p);
+  return {
+    qHat: appendPerHead(g, q, etaQ, p.heads, p.headDim, extra, pad),
+    kHat: appendPerHead(g, k, etaK, p.heads, p.headDim, extra, pad),
+    width: p.headDim + extra + pad,
+  };
+}
+
+/** ALiBi's bias [1, H, L, L] = -m_h |i - l|, computed in the graph from the length of `x` [B, L, *]. */
+export function alibiBiasTensor(g: OnnxGraph, x: string, slopes: ArrayLike<number>): string {
+  const pos = shiftedPositions(g, x, 0);
+  const rows = g.op('Reshape', [pos, g.constInt64([1, 1, -1, 1])]);
+  const cols = g.op('Reshape', [pos, g.constInt64([1, 1, 1, -1])]);
+  const dist = g.op('Abs', [g.op('Sub', [rows, cols])]);
+  const neg = Array.from(slopes, (m) => -m);
+  return g.op('Mul', [dist, g.constFloat(neg, [1, neg.length, 1, 1])]);
+}
+
+export interface MhaOptions {
+  heads: number;
+  /** Softmax scale; omit to leave onnxruntime's default 1/sqrt(head size of q) (wrong for HyPE: tests show it). */
+  scale?: number;
+  causal: boolean;
+  attentionBias?: string;
+}
+
+/** onnxruntime's fused com.microsoft MultiHeadAttention; returns [B, L, H * dv]. */
+export function multiHeadAttention(g: OnnxGraph, q: string, k: string, v: string, o: MhaOptions): string {
+  const attrs: Record<string, number> = { num_heads: o.heads, unidirectional: o.causal ? 1 : 0 };
+  if (o.scale !== undefined) attrs.scale = o.scale;
+  const inputs = [q, k, v];
+  if (o.attentionBias) inputs.push('', '', o.attentionBias); // bias and key_padding_mask omitted
+  return g.node('MultiHeadAttention', inputs, attrs, { domain: 'com.microsoft', floatAttrs: ['scale'] })[0]!;
+}
