@@ -4,11 +4,14 @@
  */
 import { HypeError } from '../errors.ts';
 import type { EncodingFactory } from './encoding.ts';
+import { shawFactory } from './shaw.ts';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type AnyFactory = EncodingFactory<any>;
 
-const FACTORIES: readonly AnyFactory[] = [];
+const FACTORIES: readonly AnyFactory[] = [
+  shawFactory,
+];
 
 const byName = new Map<string, AnyFactory>(FACTORIES.map((f) => [f.name, f]));
 
