@@ -4,12 +4,18 @@
  */
 import { HypeError } from '../errors.ts';
 import type { EncodingFactory } from './encoding.ts';
+import { hopeEncoding } from './hope.ts';
+import { noneEncoding } from './none.ts';
+import { ropeEncoding } from './rope.ts';
 import { shawFactory } from './shaw.ts';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type AnyFactory = EncodingFactory<any>;
 
 const FACTORIES: readonly AnyFactory[] = [
+  hopeEncoding,
+  noneEncoding,
+  ropeEncoding,
   shawFactory,
 ];
 
