@@ -8,6 +8,7 @@ import { hopeEncoding } from './hope.ts';
 import { noneEncoding } from './none.ts';
 import { ropeEncoding } from './rope.ts';
 import { shawFactory } from './shaw.ts';
+import { xlFactory } from './xl.ts';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type AnyFactory = EncodingFactory<any>;
@@ -17,6 +18,7 @@ const FACTORIES: readonly AnyFactory[] = [
   noneEncoding,
   ropeEncoding,
   shawFactory,
+  xlFactory,
 ];
 
 const byName = new Map<string, AnyFactory>(FACTORIES.map((f) => [f.name, f]));

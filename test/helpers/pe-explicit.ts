@@ -106,3 +106,74 @@ export function gradientErrors(
 }
 
 export { Rng };
+
+/**
+ * The same queries and keys moved c positions later, behind c random extra keys (and x rows) at 0..c-1: the
+ * shifted call uses queryOffset = original + c and Lk = original + c.
+ */
+export function withKeyPrefix(
+  s: AttentionShape,
+  inputs: AttendInputs,
+  c: number,
+  seed: number,
+  width?: number,
+): { shape: AttentionShape; inputs: AttendInputs } {
+  const rng = new Rng(seed);
+  const shape = { ...s, lk: s.lk + c };
+  const prefixRows = (src: ArrayLike<number>, groups: number, rowLen: number): Float64Array => {
+    const out = new Float64Array(groups * shape.lk * rowLen);
+    for (let g = 0; g < groups; g++) {
+      for (let l = 0; l < shape.lk; l++) {
+        for (let d = 0; d < rowLen; d++) {
+          out[(g * shape.lk + l) * rowLen + d] = l < c ? rng.normal() : src[(g * s.lk + l - c) * rowLen + d]!;
+        }
+      }
+    }
+    return out;
+  };
+  const shifted: AttendInputs = {
+    q: inputs.q,
+    k: prefixRows(inputs.k, s.batch * s.kvHeads, s.headDim),
+    v: prefixRows(inputs.v, s.batch * s.kvHeads, s.valueDim),
+  };
+  if (inputs.x && width !== undefined) shifted.x = prefixRows(inputs.x, s.batch, width);
+  return { shape, inputs: shifted };
+}
+
+/** Adds noise to the last key row of k and v (and x, when given with its width), in place. */
+export function perturbLastKey(s: AttentionShape, inputs: AttendInputs, width?: number): void {
+  const last = s.lk - 1;
+  for (let g = 0; g < s.batch * s.kvHeads; g++) {
+    for (let d = 0; d < s.headDim; d++) inputs.k[(g * s.lk + last) * s.headDim + d]! += 1.5;
+    for (let d = 0; d < s.valueDim; d++) inputs.v[(g * s.lk + last) * s.valueDim + d]! -= 2;
+  }
+  if (inputs.x && width !== undefined) {
+    for (let b = 0; b < s.batch; b++) for (let d = 0; d < width; d++) inputs.x[(b * s.lk + last) * width + d]! += 1;
+  }
+}
+
+/**
+ * After perturbLastKey: rows whose query sits before the last key must be bit-for-bit unchanged; the row at the
+ * last key's position must change (so the perturbation is real). Returns a description of the first violation.
+ */
+export function lookAheadViolation(
+  s: AttentionShape,
+  queryOffset: number,
+  before: ArrayLike<number>,
+  after: ArrayLike<number>,
+): string | null {
+  const last = s.lk - 1;
+  for (let bh = 0; bh < s.batch * s.heads; bh++) {
+    for (let i = 0; i < s.lq; i++) {
+      const p = i + queryOffset;
+      let changed = false;
+      for (let d = 0; d < s.valueDim; d++) {
+        const at = (bh * s.lq + i) * s.valueDim + d;
+        if (after[at] !== before[at]) changed = true;
+      }
+      if (p < last && changed) return `row ${i} (position ${p}) of head-batch ${bh} saw the future key`;
+      if (p === last && !changed) return `row ${i} at the perturbed position did not change: the test is vacuous`;
+    }
+  }
+  return null;
+}
