@@ -3,8 +3,10 @@
  * To add an encoding: import its factory and list it in FACTORIES (one line each, kept alphabetical).
  */
 import { HypeError } from '../errors.ts';
+import { daFactory } from './da.ts';
 import type { EncodingFactory } from './encoding.ts';
 import { hopeEncoding } from './hope.ts';
+import { hypeEncoding } from './hype.ts';
 import { noneEncoding } from './none.ts';
 import { ropeEncoding } from './rope.ts';
 import { shawFactory } from './shaw.ts';
@@ -14,7 +16,9 @@ import { xlFactory } from './xl.ts';
 type AnyFactory = EncodingFactory<any>;
 
 const FACTORIES: readonly AnyFactory[] = [
+  daFactory,
   hopeEncoding,
+  hypeEncoding,
   noneEncoding,
   ropeEncoding,
   shawFactory,

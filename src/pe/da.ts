@@ -1,0 +1,210 @@
+/**
+ * DA-Transformer, distance-aware attention (Wu, Wu and Huang, NAACL 2021, section 3.2):
+ *
+ *   R_h(i, l)    = w_h * |p_i - l|                                   p_i = i + queryOffset; per-head weight w_h
+ *   Rhat_h(i, l) = (1 + exp(v_h)) / (1 + exp(v_h - R_h(i, l)))       learnable sigmoid, per-head v_h
+ *   logit(i, l)  = scale * ReLU(q_i . k_l) * Rhat_h(i, l)            attention = softmax over l of the logits
+ *
+ * Rhat(0) = 1 (no change at distance 0), it tends to 0 for w_h < 0 (local heads) and is bounded by 1 + exp(v_h)
+ * for w_h > 0 (long-range heads). Normalisation: the paper divides the rescaled, ReLU-clipped scores by sqrt(d)
+ * and applies the usual softmax to them (not a plain renormalisation of ReLU(q.k) Rhat); we implement that. As a
+ * consequence a key with q.k <= 0 gets logit 0, not probability 0. Choices the paper leaves open or that we fix:
+ * - causal masking for language modelling (the paper's tasks are bidirectional; both are offered);
+ * - initialisation: w_h evenly spaced in [-weightInit, +weightInit] across heads (0 for one head), so the model
+ *   starts with both local and long-range heads as the paper motivates; v_h = sigmoidInit (0: bound 2);
+ * - ReLU'(0) = 0; per query head parameters, so grouped-query attention needs nothing special;
+ * - Rhat is evaluated as (1 + e^v) * sigmoid(R - v), which is the same function but cannot overflow to inf/inf.
+ */
+import { check } from '../errors.ts';
+import type { Rng } from '../util/rng.ts';
+import type {
+  AttendContext,
+  AttendInputs,
+  AttendResult,
+  EncodingDims,
+  EncodingFactory,
+  Param,
+  PositionalEncoding,
+} from './encoding.ts';
+import {
+  attendScale,
+  checkAttendInputs,
+  createParam,
+  explicitAttentionBackward,
+  explicitAttentionForward,
+  keyVisible,
+  kvHeadOf,
+  toDtypeOf,
+} from './explicit-attention.ts';
+
+export interface DaOptions {
+  /** Heads start with w_h evenly spaced in [-weightInit, weightInit]. */
+  weightInit: number;
+  /** Initial v_h of every head (the rescale is bounded by 1 + exp(v_h)). */
+  sigmoidInit: number;
+}
+
+const DEFAULTS: DaOptions = { weightInit: 0.1, sigmoidInit: 0 };
+
+function sigmoid(z: number): number {
+  if (z >= 0) return 1 / (1 + Math.exp(-z));
+  const e = Math.exp(z);
+  return e / (1 + e);
+}
+
+export class DaEncoding implements PositionalEncoding {
+  readonly name = 'da';
+  readonly sites = ['score-rescale'] as const;
+  readonly maxLength = Infinity;
+  readonly params: readonly Param[];
+  /** Per-head distance weight w [H]. */
+  readonly weight: Param;
+  /** Per-head sigmoid parameter v [H]. */
+  readonly sigmoidParam: Param;
+
+  constructor(readonly dims: EncodingDims) {
+    this.weight = createParam('da.w', [dims.heads], false);
+    this.sigmoidParam = createParam('da.v', [dims.heads], false);
+    this.params = [this.weight, this.sigmoidParam];
+  }
+
+  private checkCall(ctx: AttendContext, inputs: AttendInputs): void {
+    checkAttendInputs(ctx, inputs, 'da');
+    check(
+      ctx.shape.heads === this.dims.heads,
+      'shape',
+      `da: built for ${this.dims.heads} heads, called with ${ctx.shape.heads}; create it with the model's head count`,
+    );
+  }
+
+  attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
+    this.checkCall(ctx, inputs);
+    const s = ctx.shape;
+    const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: D } = s;
+    const scale = attendScale(s);
+    const { q, k, v } = inputs;
+    const mask = { causal: ctx.causal, queryOffset: ctx.queryOffset };
+    const w = this.weight.data;
+    const sv = this.sigmoidParam.data;
+
+    // Rescale factors depend only on (head, distance): tabulate them, with their derivatives, once per call.
+    const maxDist = Math.max(Math.abs(ctx.queryOffset + lq - 1), Math.abs(ctx.queryOffset - (lk - 1)), lk - 1) + 1;
+    const rescale = new Float64Array(H * maxDist);
+    const dRescaleDw = new Float64Array(H * maxDist);
+    const dRescaleDv = new Float64Array(H * maxDist);
+    for (let h = 0; h < H; h++) {
+      const amp = 1 + Math.exp(sv[h]!);
+      for (let dist = 0; dist < maxDist; dist++) {
+        const sg = sigmoid(w[h]! * dist - sv[h]!);
+        const f = amp * sg;
+        rescale[h * maxDist + dist] = f;
+        dRescaleDw[h * maxDist + dist] = amp * sg * (1 - sg) * dist;
+        dRescaleDv[h * maxDist + dist] = (amp - 1) * sg - amp * sg * (1 - sg);
+      }
+    }
+
+    const dots = new Float64Array(B * H * lq * lk); // q.k, kept for the backward
+    const logits = new Float64Array(B * H * lq * lk);
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < H; h++) {
+        const qBase = (b * H + h) * lq * D;
+        const kBase = (b * Hkv + kvHeadOf(s, h)) * lk * D;
+        for (let i = 0; i < lq; i++) {
+          const row = ((b * H + h) * lq + i) * lk;
+          for (let l = 0; l < lk; l++) {
+            if (!keyVisible(mask, i, l)) continue;
+            let qk = 0;
+            for (let d = 0; d < D; d++) qk += q[qBase + i * D + d]! * k[kBase + l * D + d]!;
+            dots[row + l] = qk;
+            const dist = Math.abs(i + ctx.queryOffset - l);
+            logits[row + l] = qk > 0 ? scale * qk * rescale[h * maxDist + dist]! : 0;
+          }
+        }
+      }
+    }
+    const fwd = explicitAttentionForward(s, mask, logits, v);
+
+    const backward = (dOut: Float64Array | Float32Array) => {
+      const { dLogits, dv } = explicitAttentionBackward(s, fwd.probs, v, dOut);
+      const dq = new Float64Array(q.length);
+      const dk = new Float64Array(k.length);
+      for (let b = 0; b < B; b++) {
+        for (let h = 0; h < H; h++) {
+          const qBase = (b * H + h) * lq * D;
+          const kBase = (b * Hkv + kvHeadOf(s, h)) * lk * D;
+          for (let i = 0; i < lq; i++) {
+            const row = ((b * H + h) * lq + i) * lk;
+            for (let l = 0; l < lk; l++) {
+              const qk = dots[row + l]!;
+              const g = scale * dLogits[row + l]!;
+              if (g === 0 || !(qk > 0)) continue; // ReLU passes no gradient where q.k <= 0
+              const at = h * maxDist + Math.abs(i + ctx.queryOffset - l);
+              this.weight.grad[h]! += g * qk * dRescaleDw[at]!;
+              this.sigmoidParam.grad[h]! += g * qk * dRescaleDv[at]!;
+              const gf = g * rescale[at]!;
+              for (let d = 0; d < D; d++) {
+                dq[qBase + i * D + d]! += gf * k[kBase + l * D + d]!;
+                dk[kBase + l * D + d]! += gf * q[qBase + i * D + d]!;
+              }
+            }
+          }
+        }
+      }
+      return { dq: toDtypeOf(q, dq), dk: toDtypeOf(k, dk), dv };
+    };
+    return { out: fwd.out, backward };
+  }
+
+  denseLogits(ctx: AttendContext, inputs: AttendInputs, scale: number): Float64Array {
+    this.checkCall(ctx, inputs);
+    const s = ctx.shape;
+    const D = s.headDim;
+    const out = new Float64Array(s.batch * s.heads * s.lq * s.lk).fill(-Infinity);
+    for (let b = 0; b < s.batch; b++) {
+      for (let h = 0; h < s.heads; h++) {
+        const kh = kvHeadOf(s, h);
+        const wh = this.weight.data[h]!;
+        const vh = this.sigmoidParam.data[h]!;
+        for (let i = 0; i < s.lq; i++) {
+          const p = i + ctx.queryOffset;
+          for (let l = 0; l < s.lk; l++) {
+            if (ctx.causal && l > p) continue;
+            let qk = 0;
+            for (let d = 0; d < D; d++) {
+              qk +=
+                inputs.q[((b * s.heads + h) * s.lq + i) * D + d]! *
+                inputs.k[((b * s.kvHeads + kh) * s.lk + l) * D + d]!;
+            }
+            const R = wh * Math.abs(p - l);
+            const Rhat = (1 + Math.exp(vh)) / (1 + Math.exp(vh - R)); // the paper's form, as written
+            out[((b * s.heads + h) * s.lq + i) * s.lk + l] = scale * Math.max(qk, 0) * Rhat;
+          }
+        }
+      }
+    }
+    return out;
+  }
+}
+
+export const daFactory: EncodingFactory<DaOptions> = {
+  name: 'da',
+  description: 'DA-Transformer: ReLU(q.k) rescaled by a learnable sigmoid of a per-head weighted distance',
+  sites: ['score-rescale'],
+  defaults: DEFAULTS,
+  create(dims: EncodingDims, options: Partial<DaOptions>, _rng: Rng): DaEncoding {
+    const o = { ...DEFAULTS, ...options };
+    check(
+      Number.isFinite(o.weightInit) && Number.isFinite(o.sigmoidInit) && Math.abs(o.sigmoidInit) < 700,
+      'argument',
+      `da: weightInit = ${o.weightInit} and sigmoidInit = ${o.sigmoidInit} must be finite (|sigmoidInit| < 700 ` +
+        `so that exp(v) stays finite); e.g. weightInit 0.1, sigmoidInit 0`,
+    );
+    const enc = new DaEncoding(dims);
+    const H = dims.heads;
+    for (let h = 0; h < H; h++) {
+      enc.weight.data[h] = H === 1 ? 0 : o.weightInit * ((2 * h) / (H - 1) - 1);
+      enc.sigmoidParam.data[h] = o.sigmoidInit;
+    }
+    return enc;
+  },
+};
