@@ -1,0 +1,358 @@
+/**
+ * HyPE (Hyperbolic Positional Encoding, Angelotti 2023) as a positional encoding: presets, and the adapter that
+ * runs attention through the concat route (augment Q and K with two columns per pair, then any kernel with the
+ * explicit scale 1/sqrt(d)) or through our kernel's built-in 'hype' bias. The maths lives in hype-core.ts.
+ *
+ * The bias HyPE adds to the logit of a key at distance D = i - l behind its query is a = tau sinh(mu D).
+ *
+ * SIGN. The paper's literal choice, tau = +1 and mu = 1/L_extra > 0, makes a GROW with distance: it rewards
+ * attending far back, the opposite of ALiBi's penalty -m D (SPEC section 2; with it, attention drifts to the oldest
+ * tokens). Recency needs tau * mu < 0. The presets make the sign explicit:
+ *   paper    tau = +1, mu = 1/L_extra            rewards distance; the literal eq 14, kept for fidelity and as a
+ *                                                baseline. Its whole bias spans at most sinh(1) = 1.18 logits.
+ *   recency  mu_h = curvature / L_extra,         penalises distance like ALiBi: a = -(m_h/mu_h) sinh(mu_h D)
+ *            tau_h = -m_h / mu_h                 = -m_h D (1 + (mu_h D)^2/6 + ...), m_h ALiBi's reference slopes.
+ *   learned  recency's values as the start, tau and/or mu trained (their gradients come from an ordinary dQ, dK).
+ * Curvature (mu_h L_extra, default 0.5) trades fidelity to ALiBi against rounding: the relative deviation from a
+ * straight line at the far end of the L_extra window is sinh(x)/x - 1 = 4.2% at x = 0.5 (1.0% at 0.25, 17.5% at 1),
+ * while the recovered bias' rounding error grows like (m/mu) u, i.e. like 1/x. One mu for all heads keeps the
+ * relative deviation equal across heads and satisfies grouped-query attention (query heads sharing a KV head must
+ * share mu).
+ */
+import type { AttentionOptions, PositionBias } from '../backend/backend.ts';
+import { check } from '../errors.ts';
+import { FP32, isFloatFormatName, type FloatFormatName } from '../numerics/float-formats.ts';
+import type { FloatArray } from '../tensor.ts';
+import type { Rng } from '../util/rng.ts';
+import { alibiSlopes } from './alibi-slopes.ts';
+import type {
+  AttendContext,
+  AttendInputs,
+  AttendResult,
+  EncodingDims,
+  EncodingFactory,
+  Param,
+  PositionalEncoding,
+} from './encoding.ts';
+import {
+  augment,
+  augmentBackward,
+  exactBias,
+  padColumns,
+  sliceColumns,
+  validateSpec,
+  type HypeSpec,
+} from './hype-core.ts';
+
+export type HypePreset = 'paper' | 'recency' | 'learned';
+
+export interface PresetInput {
+  preset: HypePreset;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  /** The longest length the model will be evaluated at (L_extra). */
+  lengthExtra: number;
+  /** mu_h * L_extra for recency/learned (default 0.5). */
+  curvature?: number;
+  /** Token grid for 2-D/3-D data (one pair per axis, each with the preset's values); default: a sequence. */
+  grid?: readonly number[];
+}
+
+/** The HyPE spec a preset describes (one pair per axis). */
+export function presetSpec(p: PresetInput): HypeSpec {
+  const { heads: H, lengthExtra } = p;
+  check(
+    Number.isFinite(lengthExtra) && lengthExtra >= 1,
+    'argument',
+    `HyPE: lengthExtra must be a finite length >= 1 (the longest evaluation length), got ${lengthExtra}`,
+  );
+  const curvature = p.curvature ?? 0.5;
+  check(
+    Number.isFinite(curvature) && curvature > 0,
+    'argument',
+    `HyPE: curvature (mu * lengthExtra) must be a finite positive number, got ${curvature}; 0.25 .. 1 is sensible`,
+  );
+  check(
+    (['paper', 'recency', 'learned'] as const).includes(p.preset),
+    'argument',
+    `HyPE: unknown preset '${p.preset}'; choose paper, recency or learned`,
+  );
+  const grid = p.grid ?? [];
+  const T = Math.max(grid.length, 1);
+  const tau = new Float64Array(H * T);
+  const mu = new Float64Array(H * T);
+  const slopes = alibiSlopes(H);
+  for (let h = 0; h < H; h++) {
+    for (let t = 0; t < T; t++) {
+      if (p.preset === 'paper') {
+        tau[h * T + t] = 1;
+        mu[h * T + t] = 1 / lengthExtra;
+      } else {
+        mu[h * T + t] = curvature / lengthExtra;
+        tau[h * T + t] = -slopes[h]! / mu[h * T + t]!;
+      }
+    }
+  }
+  const spec: HypeSpec = {
+    heads: H,
+    kvHeads: p.kvHeads,
+    headDim: p.headDim,
+    grid: [...grid],
+    termAxis: Array.from({ length: T }, (_, t) => t),
+    tau,
+    mu,
+  };
+  validateSpec(spec);
+  return spec;
+}
+
+export interface HypeOptions {
+  preset: HypePreset;
+  /** L_extra; default 16 x the training length (the study evaluates up to 16x). */
+  lengthExtra?: number;
+  curvature: number;
+  /** 'concat': augment Q, K and run the backend with no bias; 'kernel': the backend's built-in 'hype' bias. */
+  route: 'concat' | 'kernel';
+  /** Which parameters the learned preset trains. */
+  train: 'both' | 'tau' | 'mu';
+  /** Concat route: pad the head dims to a multiple of this (kernels like 4 or 8). */
+  multiple: number;
+  /** Concat route: round the operands to this format (fp16/bf16 emulation); default: the arrays' own type. */
+  format?: FloatFormatName;
+  /** Token grid for 2-D/3-D data (concat route). */
+  grid?: number[];
+  shift: 'centre' | 'none';
+}
+
+const DEFAULTS: HypeOptions = {
+  preset: 'recency',
+  curvature: 0.5,
+  route: 'concat',
+  train: 'both',
+  multiple: 1,
+  shift: 'centre',
+};
+
+function addInto(dst: FloatArray, src: ArrayLike<number>): void {
+  for (let i = 0; i < dst.length; i++) dst[i] = dst[i]! + src[i]!;
+}
+
+function makeParam(name: string, shape: number[], values: Float64Array): Param {
+  return { name, shape, data: Float64Array.from(values), grad: new Float64Array(values.length), decay: false };
+}
+
+class HypeEncoding implements PositionalEncoding {
+  readonly name = 'hype';
+  readonly sites = ['score-bias'] as const;
+  readonly params: Param[] = [];
+  readonly maxLength: number;
+  private readonly tauParam?: Param;
+  private readonly muParam?: Param;
+
+  constructor(
+    private readonly base: HypeSpec,
+    private readonly opts: HypeOptions,
+  ) {
+    const T = base.termAxis.length;
+    this.maxLength = base.grid.length >= 2 ? base.grid.reduce((a, b) => a * b, 1) : Infinity;
+    if (opts.preset === 'learned') {
+      if (opts.train !== 'mu') this.tauParam = makeParam('hype.tau', [base.heads, T], base.tau);
+      if (opts.train !== 'tau') {
+        const group = base.heads / base.kvHeads;
+        const mu = new Float64Array(base.kvHeads * T);
+        for (let g = 0; g < base.kvHeads; g++) for (let t = 0; t < T; t++) mu[g * T + t] = base.mu[g * group * T + t]!;
+        this.muParam = makeParam('hype.mu', [base.kvHeads, T], mu);
+      }
+      for (const p of [this.tauParam, this.muParam]) if (p) this.params.push(p);
+    }
+  }
+
+  /** The spec with the current (possibly trained) parameter values; mu expanded from KV groups to query heads. */
+  spec(): HypeSpec {
+    const { heads: H, kvHeads: Hkv } = this.base;
+    const T = this.base.termAxis.length;
+    const tau = this.tauParam ? Float64Array.from(this.tauParam.data) : this.base.tau;
+    let mu = this.base.mu;
+    if (this.muParam) {
+      mu = new Float64Array(H * T);
+      const group = H / Hkv;
+      for (let h = 0; h < H; h++)
+        for (let t = 0; t < T; t++) mu[h * T + t] = this.muParam.data[Math.floor(h / group) * T + t]!;
+    }
+    const spec = { ...this.base, tau, mu };
+    validateSpec(spec);
+    return spec;
+  }
+
+  private accumulate(dtau: ArrayLike<number>, dmuGroups: ArrayLike<number>): void {
+    if (this.tauParam) addInto(this.tauParam.grad, dtau);
+    if (this.muParam) addInto(this.muParam.grad, dmuGroups);
+  }
+
+  attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
+    const spec = this.spec();
+    return this.opts.route === 'kernel' ? this.attendKernel(ctx, inputs, spec) : this.attendConcat(ctx, inputs, spec);
+  }
+
+  private attendConcat(ctx: AttendContext, inputs: AttendInputs, spec: HypeSpec): AttendResult {
+    const { batch: B, heads: H, lq, valueDim: dv } = ctx.shape;
+    const aug = augment(spec, ctx.shape, inputs.q, inputs.k, {
+      v: inputs.v,
+      queryOffset: ctx.queryOffset,
+      multiple: this.opts.multiple,
+      format: this.opts.format,
+      shift: this.opts.shift,
+    });
+    const opts: AttentionOptions = {
+      causal: ctx.causal,
+      scale: aug.scale,
+      bias: { kind: 'none' },
+      queryOffset: ctx.queryOffset,
+    };
+    const vHat = aug.vHat!;
+    const dvp = aug.shape.valueDim;
+    const fwd = ctx.backend.attentionForward(aug.shape, aug.qHat, aug.kHat, vHat, opts);
+    const rows = B * H * lq;
+    return {
+      out: dvp === dv ? fwd.out : sliceColumns(fwd.out, rows, dvp, dv),
+      backward: (dOut) => {
+        const dOutHat = dvp === dv ? dOut : padColumns(dOut, rows, dv, dvp);
+        const g = ctx.backend.attentionBackward(aug.shape, aug.qHat, aug.kHat, vHat, fwd.out, fwd.lse, dOutHat, opts);
+        const hg = augmentBackward(spec, aug, g.dq, g.dk);
+        this.accumulate(hg.dtau, hg.dmu);
+        const dvRows = ctx.shape.batch * ctx.shape.kvHeads * ctx.shape.lk;
+        return { dq: hg.dq, dk: hg.dk, dv: dvp === dv ? g.dv : sliceColumns(g.dv, dvRows, dvp, dv) };
+      },
+    };
+  }
+
+  private attendKernel(ctx: AttendContext, inputs: AttendInputs, spec: HypeSpec): AttendResult {
+    check(
+      spec.grid.length <= 1,
+      'argument',
+      "HyPE on a 2-D/3-D grid needs per-axis distances, which the kernel's 'hype' bias (a function of the flat " +
+        "distance) cannot express; use route 'concat'",
+    );
+    check(
+      this.opts.format === undefined || this.opts.format === 'fp32' || this.opts.format === 'fp64',
+      'argument',
+      "HyPE: operand rounding (format fp16/bf16) applies to the concat route's operands; use route 'concat'",
+    );
+    const { heads: H, kvHeads: Hkv, lq, lk } = ctx.shape;
+    const T = spec.termAxis.length;
+    if (!(inputs.q instanceof Float64Array)) {
+      // The tile-local form keeps exponents small, but the bias itself must still fit the fp32 logits.
+      const span = Math.max(lk - 1, ctx.queryOffset + lq - 1);
+      for (let j = 0; j < H * T; j++) {
+        const worst = Math.abs(spec.tau[j]!) * Math.sinh(Math.abs(spec.mu[j]!) * span);
+        check(
+          worst <= FP32.max,
+          'overflow',
+          () =>
+            `HyPE kernel route: the bias |tau| sinh(|mu| D) of head ${Math.floor(j / T)} reaches ${worst.toPrecision(4)} ` +
+            `at D = ${span}, beyond the fp32 max; use a smaller |mu| or |tau|, or fp64 arrays`,
+        );
+      }
+    }
+    const bias: PositionBias = { kind: 'hype', tau: spec.tau, mu: spec.mu, pairs: T };
+    const opts: AttentionOptions = {
+      causal: ctx.causal,
+      scale: 1 / Math.sqrt(spec.headDim),
+      bias,
+      queryOffset: ctx.queryOffset,
+    };
+    const { q, k, v } = inputs;
+    const fwd = ctx.backend.attentionForward(ctx.shape, q, k, v, opts);
+    return {
+      out: fwd.out,
+      backward: (dOut) => {
+        const g = ctx.backend.attentionBackward(ctx.shape, q, k, v, fwd.out, fwd.lse, dOut, opts);
+        check(g.dBias.kind === 'hype', 'native', `backend ${ctx.backend.name} returned no HyPE bias gradients`);
+        const dmu = new Float64Array(Hkv * T);
+        const group = H / Hkv;
+        for (let h = 0; h < H; h++)
+          for (let t = 0; t < T; t++) dmu[Math.floor(h / group) * T + t] += g.dBias.mu[h * T + t]!;
+        this.accumulate(g.dBias.tau, dmu);
+        return { dq: g.dq, dk: g.dk, dv: g.dv };
+      },
+    };
+  }
+
+  /** fp64 logits straight from the definition: scale q.k + sum_t tau sinh(mu (x - x')), masked = -Infinity. */
+  denseLogits(ctx: AttendContext, inputs: AttendInputs, scale: number): Float64Array {
+    const spec = this.spec();
+    const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: d } = ctx.shape;
+    const { q, k } = inputs;
+    check(
+      q.length === B * H * lq * d && k.length === B * Hkv * lk * d,
+      'shape',
+      'HyPE denseLogits: q or k does not match ctx.shape',
+    );
+    const out = new Float64Array(B * H * lq * lk);
+    const group = H / Hkv;
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < H; h++) {
+        const kvh = Math.floor(h / group);
+        for (let i = 0; i < lq; i++) {
+          const nq = i + ctx.queryOffset;
+          for (let l = 0; l < lk; l++) {
+            const o = ((b * H + h) * lq + i) * lk + l;
+            if (ctx.causal && nq < l) {
+              out[o] = -Infinity;
+              continue;
+            }
+            let dot = 0;
+            const qo = ((b * H + h) * lq + i) * d;
+            const ko = ((b * Hkv + kvh) * lk + l) * d;
+            for (let c = 0; c < d; c++) dot += q[qo + c]! * k[ko + c]!;
+            out[o] = scale * dot + exactBias(spec, h, nq, l);
+          }
+        }
+      }
+    }
+    return out;
+  }
+}
+
+export const hypeEncoding: EncodingFactory<HypeOptions> = {
+  name: 'hype',
+  description:
+    'HyPE: bias tau*sinh(mu*D) via two concatenated Q/K columns (or in-kernel); presets paper (rewards distance, ' +
+    'literal), recency (ALiBi-like penalty), learned',
+  sites: ['score-bias'],
+  defaults: DEFAULTS,
+  create(dims: EncodingDims, options: Partial<HypeOptions>, _rng: Rng): PositionalEncoding {
+    const opts: HypeOptions = { ...DEFAULTS, ...options };
+    check(
+      opts.route === 'concat' || opts.route === 'kernel',
+      'argument',
+      `HyPE: unknown route '${opts.route}'; choose concat or kernel`,
+    );
+    check(
+      ['both', 'tau', 'mu'].includes(opts.train),
+      'argument',
+      `HyPE: train must be both, tau or mu, got '${opts.train}'`,
+    );
+    check(
+      opts.shift === 'centre' || opts.shift === 'none',
+      'argument',
+      `HyPE: shift must be centre or none, got '${opts.shift}'`,
+    );
+    check(
+      opts.format === undefined || isFloatFormatName(opts.format),
+      'argument',
+      `HyPE: format must be fp64, fp32, fp16 or bf16, got '${opts.format}'`,
+    );
+    const spec = presetSpec({
+      preset: opts.preset,
+      heads: dims.heads,
+      kvHeads: dims.kvHeads,
+      headDim: dims.headDim,
+      lengthExtra: opts.lengthExtra ?? 16 * dims.trainLength,
+      curvature: opts.curvature,
+      grid: opts.grid,
+    });
+    return new HypeEncoding(spec, opts);
+  },
+};
