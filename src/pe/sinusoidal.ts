@@ -1,0 +1,60 @@
+/**
+ * Sinusoidal absolute positions (Vaswani et al. 2017), added to the token embeddings:
+ *   PE(pos, 2i) = sin(pos / base^(2i/C)),   PE(pos, 2i+1) = cos(pos / base^(2i/C)),   base = 10000.
+ * Fixed, parameter-free and defined at every position, so it never refuses a length (whether a model trained on
+ * short sequences uses it well at long ones is a question for the study, not a limit of the encoding).
+ *
+ * Choices the paper leaves open: sin/cos are interleaved per dimension pair as in the paper's formula (some code
+ * concatenates all sines then all cosines; the set of features is the same, only the order differs); for an odd
+ * width the last dimension carries a sine only; the signal is added unscaled (multiplying token embeddings by
+ * sqrt(C), as the paper does, is the model's choice).
+ */
+import { check } from '../errors.ts';
+import type { EncodingDims, EncodingFactory, PositionalEncoding } from './encoding.ts';
+import { plainAttend, plainDenseLogits } from './attention-plumbing.ts';
+
+export interface SinusoidalOptions {
+  /** Wavelength base: dimension pair i has angular frequency base^(-2i/C). */
+  base: number;
+}
+
+/** PE(pos, c) for model width C. */
+export function sinusoidalValue(pos: number, c: number, width: number, base: number): number {
+  const pair = Math.floor(c / 2);
+  const angle = pos * Math.pow(base, (-2 * pair) / width);
+  return c % 2 === 0 ? Math.sin(angle) : Math.cos(angle);
+}
+
+export const sinusoidalEncoding: EncodingFactory<SinusoidalOptions> = {
+  name: 'sinusoidal',
+  description: 'absolute sinusoidal positions added to the embeddings (Vaswani et al. 2017)',
+  sites: ['embedding'],
+  defaults: { base: 10000 },
+  create(dims: EncodingDims, options: Partial<SinusoidalOptions>): PositionalEncoding {
+    const base = options.base ?? 10000;
+    check(Number.isFinite(base) && base > 1, 'argument', `sinusoidal base must be a finite number > 1, got ${base}`);
+    const width = dims.modelDim;
+    return {
+      name: 'sinusoidal',
+      sites: ['embedding'],
+      params: [],
+      maxLength: Infinity,
+      embed(x, batch, length, w, offset) {
+        check(w === width, 'shape', `sinusoidal was built for width ${width} but embed() got width ${w}`);
+        check(x.length === batch * length * w, 'shape', `x has ${x.length} elements, expected B*L*C`);
+        check(Number.isInteger(offset) && offset >= 0, 'argument', `position offset must be an integer >= 0`);
+        for (let t = 0; t < length; t++) {
+          for (let c = 0; c < w; c++) {
+            const pe = sinusoidalValue(offset + t, c, w, base);
+            for (let b = 0; b < batch; b++) x[(b * length + t) * w + c] = x[(b * length + t) * w + c]! + pe;
+          }
+        }
+      },
+      embedBackward() {
+        // No parameters: the gradient passes through to the token embeddings unchanged.
+      },
+      attend: plainAttend,
+      denseLogits: plainDenseLogits,
+    };
+  },
+};

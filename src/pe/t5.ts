@@ -1,0 +1,102 @@
+/**
+ * T5 relative position bias (Raffel et al. 2020): the signed distance is mapped to one of numBuckets
+ * log-spaced buckets (t5-buckets.ts) and each head adds its own learned scalar per bucket to the logits:
+ *   bias(h, D) = table[h, bucket(-D)].
+ * Runs as the kernel's 'table' bias; the kernel returns per-(head, bucket) gradients, added into the table's grad.
+ *
+ * Choices the paper leaves open or that differ by context here: bucketing follows the attention's mask by default
+ * (causal attention -> causal bucketing as in T5's decoder, otherwise bidirectional as in its encoder; option
+ * bucketing forces one); defaults numBuckets 32, maxDistance 128 as in T5; the table is initialised
+ * N(0, modelDim^-1) (standard deviation modelDim^-1/2, as T5's reference initialisation); logits keep the explicit
+ * 1/sqrt(d) scale of every encoding here (T5 folds it into its initialisation); one table per encoding instance
+ * (T5 shares one across layers: a model can share the instance).
+ */
+import { check } from '../errors.ts';
+import type { Rng } from '../util/rng.ts';
+import type { AttendContext, EncodingDims, EncodingFactory, Param, PositionalEncoding } from './encoding.ts';
+import { accumulateInto, backendAttention, checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
+import { checkT5BucketOptions, t5Bucket } from './t5-buckets.ts';
+
+export interface T5Options {
+  numBuckets: number;
+  maxDistance: number;
+  /** 'auto': causal bucketing for causal attention, bidirectional otherwise. */
+  bucketing: 'auto' | 'causal' | 'bidirectional';
+  /** Standard deviation of the table's normal initialisation; 0 (the default) means modelDim^-1/2. */
+  initStd: number;
+}
+
+export const t5Encoding: EncodingFactory<T5Options> = {
+  name: 't5',
+  description: 'T5 relative bias (Raffel et al. 2020): log-bucketed distance -> learned per-head scalar',
+  sites: ['score-bias'],
+  defaults: { numBuckets: 32, maxDistance: 128, bucketing: 'auto', initStd: 0 },
+  create(dims: EncodingDims, options: Partial<T5Options>, rng: Rng): PositionalEncoding {
+    const numBuckets = options.numBuckets ?? 32;
+    const maxDistance = options.maxDistance ?? 128;
+    const bucketing = options.bucketing ?? 'auto';
+    const initStd = options.initStd || 1 / Math.sqrt(dims.modelDim);
+    check(
+      bucketing === 'auto' || bucketing === 'causal' || bucketing === 'bidirectional',
+      'argument',
+      `t5 bucketing must be 'auto', 'causal' or 'bidirectional', got '${bucketing}'`,
+    );
+    if (bucketing !== 'causal') checkT5BucketOptions(numBuckets, maxDistance, true);
+    if (bucketing !== 'bidirectional') checkT5BucketOptions(numBuckets, maxDistance, false);
+    check(Number.isFinite(initStd) && initStd >= 0, 'argument', `t5 initStd must be >= 0, got ${initStd}`);
+    const H = dims.heads;
+    const table: Param = {
+      name: 'relative_bias',
+      shape: [H, numBuckets],
+      data: new Float64Array(H * numBuckets),
+      grad: new Float64Array(H * numBuckets),
+      decay: false,
+    };
+    rng.fillNormal(table.data, initStd);
+    const values = table.data as Float64Array;
+
+    const bidirectionalFor = (ctx: AttendContext): boolean =>
+      bucketing === 'auto' ? !ctx.causal : bucketing === 'bidirectional';
+    const checkHeads = (ctx: AttendContext): void =>
+      check(ctx.shape.heads === H, 'shape', `t5 was built for ${H} heads but attention has ${ctx.shape.heads}`);
+
+    return {
+      name: 't5',
+      sites: ['score-bias'],
+      params: [table],
+      maxLength: Infinity,
+      attend(ctx, { q, k, v }) {
+        checkHeads(ctx);
+        const bidirectional = bidirectionalFor(ctx);
+        const { lq, lk } = ctx.shape;
+        // bucketOf[D + lk - 1] for every D from -(lk - 1) to queryOffset + lq - 1 (backend.ts).
+        const bucketOf = new Int32Array(ctx.queryOffset + lq + lk - 1);
+        for (let idx = 0; idx < bucketOf.length; idx++) {
+          const D = idx - (lk - 1);
+          bucketOf[idx] = t5Bucket(-D, bidirectional, numBuckets, maxDistance);
+        }
+        const run = backendAttention(ctx, q, k, v, { kind: 'table', values, buckets: numBuckets, bucketOf });
+        return {
+          out: run.out,
+          backward(dOut) {
+            const { dq, dk, dv, dBias } = run.backward(dOut);
+            if (dBias.kind !== 'table') throw new Error(`backend returned a '${dBias.kind}' bias gradient for 'table'`);
+            accumulateInto(table.grad, dBias.values);
+            return { dq, dk, dv };
+          },
+        };
+      },
+      denseLogits(ctx, { q, k }, scale) {
+        checkQk(ctx, q, k);
+        checkHeads(ctx);
+        const bidirectional = bidirectionalFor(ctx);
+        return denseLogitGrid(
+          ctx,
+          (b, h, kvh, i, l, D) =>
+            scaledDot(ctx, q, k, scale, b, h, kvh, i, l) +
+            values[h * numBuckets + t5Bucket(-D, bidirectional, numBuckets, maxDistance)]!,
+        );
+      },
+    };
+  },
+};
