@@ -71,7 +71,12 @@ describe('learned', () => {
       const qk = splitHeads(xe, B, L, 4, 8);
       return enc.attend(ctx, { q: qk, k: qk, v });
     };
-    const loss = (): number => forward().out.reduce((s, o, i) => s + o * w[i]!, 0);
+    const loss = (): number => {
+      const out = forward().out;
+      let s = 0;
+      for (let i = 0; i < out.length; i++) s += out[i]! * w[i]!;
+      return s;
+    };
     table.grad.fill(0);
     const g = forward().backward(w);
     const dx = new Float64Array(x.length);
