@@ -3,25 +3,33 @@
  * To add an encoding: import its factory and list it in FACTORIES (one line each, kept alphabetical).
  */
 import { HypeError } from '../errors.ts';
+import { alibiEncoding } from './alibi.ts';
 import { daFactory } from './da.ts';
 import type { EncodingFactory } from './encoding.ts';
 import { hopeEncoding } from './hope.ts';
 import { hypeEncoding } from './hype.ts';
+import { learnedEncoding } from './learned.ts';
 import { noneEncoding } from './none.ts';
 import { ropeEncoding } from './rope.ts';
 import { shawFactory } from './shaw.ts';
+import { sinusoidalEncoding } from './sinusoidal.ts';
+import { t5Encoding } from './t5.ts';
 import { xlFactory } from './xl.ts';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type AnyFactory = EncodingFactory<any>;
 
 const FACTORIES: readonly AnyFactory[] = [
+  alibiEncoding,
   daFactory,
   hopeEncoding,
   hypeEncoding,
+  learnedEncoding,
   noneEncoding,
   ropeEncoding,
   shawFactory,
+  sinusoidalEncoding,
+  t5Encoding,
   xlFactory,
 ];
 
