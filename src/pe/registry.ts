@@ -10,6 +10,7 @@ import { hopeEncoding } from './hope.ts';
 import { hypeEncoding } from './hype.ts';
 import { learnedEncoding } from './learned.ts';
 import { noneEncoding } from './none.ts';
+import { pathFactory } from './path.ts';
 import { ropeEncoding } from './rope.ts';
 import { shawFactory } from './shaw.ts';
 import { sinusoidalEncoding } from './sinusoidal.ts';
@@ -26,6 +27,7 @@ const FACTORIES: readonly AnyFactory[] = [
   hypeEncoding,
   learnedEncoding,
   noneEncoding,
+  pathFactory,
   ropeEncoding,
   shawFactory,
   sinusoidalEncoding,

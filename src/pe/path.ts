@@ -1,0 +1,521 @@
+/**
+ * PaTH attention (Yang et al. 2025, arXiv 2505.16381): position encoded by accumulated, data-dependent
+ * Householder-like factors. For a query at position p and a key at position j <= p:
+ *
+ *   logit(p, j) = scale * q_p^T H_p H_{p-1} ... H_{j+1} k_j,     H_t = I - beta_t w_t w_t^T
+ *
+ * (the paper's A_ij ∝ exp(k_j^T (prod_{s=j+1}^{i} H_s) q_i) — the same number, since every H_t is symmetric; the
+ * key's own factor H_j is not applied, the query's H_p is). The factors come from the block input x_t:
+ *
+ *   w_t    = normalise(silu(shortconv(x_t W_w)))     per key/value head; W_w [Hkv, C, D]
+ *   beta_t = 2 * sigmoid(x_t . w_beta + b_beta)      in (0, 2), so H_t may have a negative eigenvalue
+ *
+ * Algorithm (O(L^2 D) per head, O(L D) scratch): each query walks back over the keys, carrying r = q_p and
+ * applying one factor per step (r <- r - beta_t (w_t . r) w_t) — the whole product is never formed. The backward
+ * replays that walk for each query, then runs the adjoint forward in position order to get dq, dk and the
+ * gradients of every w_t and beta_t, and finally differentiates the factor network down to dx.
+ *
+ * Choices the paper leaves open or that we fix (the released layer in flash-linear-attention was read for facts):
+ * - W_w is a full-rank projection [Hkv, C, D]; the released layer uses a rank-32 factorisation when H = Hkv
+ *   (a parameter saving; the full-rank map contains every rank-32 one);
+ * - the short convolution is causal and depthwise over time, kernel 3, no bias, followed by SiLU — the paper names
+ *   a short convolution and L2 normalisation, the SiLU is the released layer's convolution default; shortConv =
+ *   false gives w_t = normalise(x_t W_w);
+ * - normalise(s) = s / sqrt(|s|^2 + 1e-6) (the released l2-norm's epsilon: a zero s gives H_t = I, not NaN);
+ * - w_t and beta_t are per key/value head, shared by the query heads of a group (as in the released layer);
+ * - initialisation: W_w and w_beta ~ N(0, initStd^2), initStd = 0.02; b_beta = betaBias = 0 (beta = 1 at start);
+ *   conv taps ~ U(-1/sqrt(3), 1/sqrt(3)) (PyTorch's default for that convolution);
+ * - scale = 1/sqrt(head dim); no forget gate (that is the separate PaTH-FoX variant);
+ * - causal only: the product runs from the key forward to the query, and bidirectional use is refused. Queries
+ *   must sit at positions the keys cover (queryOffset >= 0 and queryOffset + Lq <= Lk), since H_p needs x_p.
+ */
+import type { AttentionShape } from '../backend/backend.ts';
+import { check } from '../errors.ts';
+import type { FloatArray } from '../tensor.ts';
+import type { Rng } from '../util/rng.ts';
+import type {
+  AttendContext,
+  AttendInputs,
+  AttendResult,
+  EncodingDims,
+  EncodingFactory,
+  Param,
+  PositionalEncoding,
+} from './encoding.ts';
+import {
+  attendScale,
+  checkAttendInputs,
+  createParam,
+  explicitAttentionBackward,
+  explicitAttentionForward,
+  kvHeadOf,
+  toDtypeOf,
+} from './explicit-attention.ts';
+
+export interface PathOptions {
+  /** Causal depthwise convolution (kernel convSize) + SiLU before the normalisation, as in the released layer. */
+  shortConv: boolean;
+  convSize: number;
+  /** Standard deviation of the normal initialisation of W_w and w_beta. */
+  initStd: number;
+  /** Initial b_beta (0 gives beta = 1 everywhere at the start). */
+  betaBias: number;
+}
+
+const DEFAULTS: PathOptions = { shortConv: true, convSize: 3, initStd: 0.02, betaBias: 0 };
+
+/** The epsilon inside the normalisation sqrt(|s|^2 + eps). */
+export const PATH_NORM_EPS = 1e-6;
+
+/** The Householder-like factors of one call: w [B, Hkv, Lk, D] and beta [B, Hkv, Lk]. */
+export interface PathFactors {
+  w: Float64Array;
+  beta: Float64Array;
+}
+
+export interface PathCoreGrads {
+  dq: Float64Array;
+  dk: Float64Array;
+  dv: FloatArray;
+  dw: Float64Array;
+  dbeta: Float64Array;
+}
+
+function sigmoid(z: number): number {
+  if (z >= 0) return 1 / (1 + Math.exp(-z));
+  const e = Math.exp(z);
+  return e / (1 + e);
+}
+
+/**
+ * The attention itself, given the factors (exported so tests can set w and beta directly, e.g. beta = 0).
+ * Causal; query row i sits at position i + queryOffset, which must be a key position.
+ */
+export function pathAttention(
+  shape: AttentionShape,
+  queryOffset: number,
+  q: FloatArray,
+  k: FloatArray,
+  v: FloatArray,
+  factors: PathFactors,
+  scale: number,
+): { out: FloatArray; backward(dOut: FloatArray): PathCoreGrads } {
+  const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: D } = shape;
+  const { w, beta } = factors;
+  const mask = { causal: true, queryOffset };
+  const logits = new Float64Array(B * H * lq * lk);
+  const r = new Float64Array(D);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      const kvBase = (b * Hkv + kvHeadOf(shape, h)) * lk;
+      for (let i = 0; i < lq; i++) {
+        const p = i + queryOffset;
+        const row = ((b * H + h) * lq + i) * lk;
+        for (let d = 0; d < D; d++) r[d] = q[((b * H + h) * lq + i) * D + d]!;
+        for (let l = p; l >= 0; l--) {
+          logits[row + l] = scale * dotAt(r, 0, k, (kvBase + l) * D, D);
+          if (l > 0) applyFactor(r, w, (kvBase + l) * D, beta[kvBase + l]!, D);
+        }
+      }
+    }
+  }
+  const fwd = explicitAttentionForward(shape, mask, logits, v);
+
+  const backward = (dOut: FloatArray): PathCoreGrads => {
+    const { dLogits, dv } = explicitAttentionBackward(shape, fwd.probs, v, dOut);
+    const dq = new Float64Array(q.length);
+    const dk = new Float64Array(k.length);
+    const dw = new Float64Array(w.length);
+    const dbeta = new Float64Array(beta.length);
+    const walk = new Float64Array(lk * D); // walk[l] = the running vector r_l used for logit(p, l)
+    const a = new Float64Array(D); // adjoint of the running vector
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < H; h++) {
+        const kvBase = (b * Hkv + kvHeadOf(shape, h)) * lk;
+        for (let i = 0; i < lq; i++) {
+          const p = i + queryOffset;
+          const row = ((b * H + h) * lq + i) * lk;
+          const qAt = ((b * H + h) * lq + i) * D;
+          // Replay the forward walk, keeping every r_l.
+          for (let d = 0; d < D; d++) walk[p * D + d] = q[qAt + d]!;
+          for (let l = p; l > 0; l--) {
+            walk.copyWithin((l - 1) * D, l * D, l * D + D);
+            const rPrev = walk.subarray((l - 1) * D, l * D);
+            applyFactor(rPrev, w, (kvBase + l) * D, beta[kvBase + l]!, D);
+          }
+          // Adjoint, in position order: a = dLoss/dr_l, where r_{l-1} = H_l r_l and logit_l = scale r_l . k_l.
+          a.fill(0);
+          for (let l = 0; l <= p; l++) {
+            if (l > 0) {
+              const wAt = (kvBase + l) * D;
+              const bl = beta[kvBase + l]!;
+              const wa = dotAt(a, 0, w, wAt, D);
+              const wr = dotAt(walk, l * D, w, wAt, D);
+              dbeta[kvBase + l]! -= wr * wa;
+              for (let d = 0; d < D; d++) {
+                dw[wAt + d]! -= bl * (wr * a[d]! + wa * walk[l * D + d]!);
+                a[d]! -= bl * wa * w[wAt + d]!;
+              }
+            }
+            const g = scale * dLogits[row + l]!;
+            if (g !== 0) {
+              const kAt = (kvBase + l) * D;
+              for (let d = 0; d < D; d++) {
+                a[d]! += g * k[kAt + d]!;
+                dk[kAt + d]! += g * walk[l * D + d]!;
+              }
+            }
+          }
+          for (let d = 0; d < D; d++) dq[qAt + d] = a[d]!;
+        }
+      }
+    }
+    return { dq, dk, dv, dw, dbeta };
+  };
+  return { out: fwd.out, backward };
+}
+
+/** r <- (I - beta w w^T) r for the unit-ish vector w stored at w[at .. at + D). */
+function applyFactor(r: Float64Array, w: Float64Array, at: number, beta: number, D: number): void {
+  const c = beta * dotAt(r, 0, w, at, D);
+  for (let d = 0; d < D; d++) r[d]! -= c * w[at + d]!;
+}
+
+function dotAt(a: ArrayLike<number>, ao: number, b: ArrayLike<number>, bo: number, n: number): number {
+  let s = 0;
+  for (let c = 0; c < n; c++) s += a[ao + c]! * b[bo + c]!;
+  return s;
+}
+
+export class PathEncoding implements PositionalEncoding {
+  readonly name = 'path';
+  readonly sites = ['data-dependent'] as const;
+  readonly maxLength = Infinity;
+  readonly params: readonly Param[];
+  /** W_w [Hkv, C, D]: projection of x to the (pre-normalisation) factor directions. */
+  readonly wProj: Param;
+  /** Depthwise causal convolution taps [Hkv, D, convSize] (absent without shortConv); tap m reads x_{t-K+1+m}. */
+  readonly conv: Param | null;
+  /** w_beta [Hkv, C] and b_beta [Hkv]: beta_t = 2 sigmoid(x_t . w_beta + b_beta). */
+  readonly betaWeight: Param;
+  readonly betaBias: Param;
+
+  constructor(
+    readonly dims: EncodingDims,
+    readonly convSize: number,
+    shortConv: boolean,
+  ) {
+    const { kvHeads: Hkv, modelDim: C, headDim: D } = dims;
+    this.wProj = createParam('path.wW', [Hkv, C, D], true);
+    this.conv = shortConv ? createParam('path.conv', [Hkv, D, convSize], false) : null;
+    this.betaWeight = createParam('path.wBeta', [Hkv, C], true);
+    this.betaBias = createParam('path.bBeta', [Hkv], false);
+    this.params = this.conv
+      ? [this.wProj, this.conv, this.betaWeight, this.betaBias]
+      : [this.wProj, this.betaWeight, this.betaBias];
+  }
+
+  private checkCall(ctx: AttendContext, inputs: AttendInputs): FloatArray {
+    checkAttendInputs(ctx, inputs, 'path');
+    const s = ctx.shape;
+    const { heads, kvHeads, headDim, modelDim } = this.dims;
+    check(
+      s.heads === heads && s.kvHeads === kvHeads && s.headDim === headDim,
+      'shape',
+      `path: built for ${heads} heads / ${kvHeads} kv heads / head dim ${headDim}, called with ${s.heads} / ` +
+        `${s.kvHeads} / ${s.headDim}; create the encoding with the model's sizes`,
+    );
+    check(
+      ctx.causal,
+      'argument',
+      'path: PaTH is defined for causal attention only (its factors accumulate from each key forward to the ' +
+        'query); call it with causal: true',
+    );
+    check(
+      ctx.queryOffset >= 0 && ctx.queryOffset + s.lq <= s.lk,
+      'argument',
+      `path: queries at positions ${ctx.queryOffset}..${ctx.queryOffset + s.lq - 1} need factors up to their own ` +
+        `position, but x and the keys cover 0..${s.lk - 1}; use 0 <= queryOffset <= Lk - Lq`,
+    );
+    const x = inputs.x;
+    check(
+      x !== undefined,
+      'argument',
+      'path: PaTH is data-dependent and needs the block input x [B, Lk, C]; pass inputs.x',
+    );
+    check(
+      x.length === s.batch * s.lk * modelDim,
+      'shape',
+      `path: x has ${x.length} elements but [B, Lk, C] = [${s.batch}, ${s.lk}, ${modelDim}] needs ` +
+        `${s.batch * s.lk * modelDim}; pass the block's normed input`,
+    );
+    return x;
+  }
+
+  /** The factors w, beta for every (batch, kv head, position), and the backward from their gradients to dx. */
+  factors(
+    x: FloatArray,
+    batch: number,
+    lk: number,
+  ): PathFactors & { backward(dw: Float64Array, dbeta: Float64Array): FloatArray } {
+    const { kvHeads: Hkv, modelDim: C, headDim: D } = this.dims;
+    const K = this.convSize;
+    const W = this.wProj.data;
+    const n = batch * Hkv * lk;
+    const u = new Float64Array(n * D); // x_t W_w
+    const pre = new Float64Array(n * D); // convolution output (before SiLU); = u without the convolution
+    const s = new Float64Array(n * D); // vector to normalise
+    const norm = new Float64Array(n);
+    const w = new Float64Array(n * D);
+    const beta = new Float64Array(n);
+    for (let b = 0; b < batch; b++) {
+      for (let h = 0; h < Hkv; h++) {
+        const base = (b * Hkv + h) * lk;
+        for (let t = 0; t < lk; t++) {
+          const xAt = (b * lk + t) * C;
+          for (let d = 0; d < D; d++) {
+            let acc = 0;
+            for (let c = 0; c < C; c++) acc += x[xAt + c]! * W[(h * C + c) * D + d]!;
+            u[(base + t) * D + d] = acc;
+          }
+          let z = this.betaBias.data[h]!;
+          for (let c = 0; c < C; c++) z += x[xAt + c]! * this.betaWeight.data[h * C + c]!;
+          beta[base + t] = 2 * sigmoid(z);
+        }
+        for (let t = 0; t < lk; t++) {
+          let sq = 0;
+          for (let d = 0; d < D; d++) {
+            const at = (base + t) * D + d;
+            let c = u[at]!;
+            if (this.conv) {
+              c = 0;
+              for (let m = 0; m < K; m++) {
+                const src = t - (K - 1) + m;
+                if (src >= 0) c += this.conv.data[(h * D + d) * K + m]! * u[(base + src) * D + d]!;
+              }
+            }
+            pre[at] = c;
+            s[at] = this.conv ? c * sigmoid(c) : c;
+            sq += s[at]! * s[at]!;
+          }
+          const nt = Math.sqrt(sq + PATH_NORM_EPS);
+          norm[base + t] = nt;
+          for (let d = 0; d < D; d++) w[(base + t) * D + d] = s[(base + t) * D + d]! / nt;
+        }
+      }
+    }
+
+    const backward = (dw: Float64Array, dbeta: Float64Array): FloatArray => {
+      const dx = new Float64Array(x.length);
+      const du = new Float64Array(lk * D);
+      for (let b = 0; b < batch; b++) {
+        for (let h = 0; h < Hkv; h++) {
+          const base = (b * Hkv + h) * lk;
+          du.fill(0);
+          for (let t = 0; t < lk; t++) {
+            const xAt = (b * lk + t) * C;
+            // beta = 2 sigmoid(z): dz = dbeta * 2 sigmoid(z) (1 - sigmoid(z)) = dbeta * beta (1 - beta / 2)
+            const bt = beta[base + t]!;
+            const dz = dbeta[base + t]! * bt * (1 - bt / 2);
+            if (dz !== 0) {
+              this.betaBias.grad[h]! += dz;
+              for (let c = 0; c < C; c++) {
+                this.betaWeight.grad[h * C + c]! += dz * x[xAt + c]!;
+                dx[xAt + c]! += dz * this.betaWeight.data[h * C + c]!;
+              }
+            }
+            // w = s / n: ds = (dw - w (w . dw)) / n
+            const wAt = (base + t) * D;
+            const wdw = dotAt(w, wAt, dw, wAt, D);
+            for (let d = 0; d < D; d++) {
+              const ds = (dw[wAt + d]! - w[wAt + d]! * wdw) / norm[base + t]!;
+              if (!this.conv) {
+                du[t * D + d]! += ds;
+                continue;
+              }
+              const c = pre[wAt + d]!;
+              const sg = sigmoid(c);
+              const dc = ds * sg * (1 + c * (1 - sg)); // silu'(c)
+              for (let m = 0; m < K; m++) {
+                const src = t - (K - 1) + m;
+                if (src < 0) continue;
+                this.conv.grad[(h * D + d) * K + m]! += dc * u[(base + src) * D + d]!;
+                du[src * D + d]! += dc * this.conv.data[(h * D + d) * K + m]!;
+              }
+            }
+          }
+          // u_t = x_t W_w[h]
+          for (let t = 0; t < lk; t++) {
+            const xAt = (b * lk + t) * C;
+            for (let c = 0; c < C; c++) {
+              const xc = x[xAt + c]!;
+              let acc = 0;
+              for (let d = 0; d < D; d++) {
+                const g = du[t * D + d]!;
+                this.wProj.grad[(h * C + c) * D + d]! += xc * g;
+                acc += W[(h * C + c) * D + d]! * g;
+              }
+              dx[xAt + c]! += acc;
+            }
+          }
+        }
+      }
+      return toDtypeOf(x, dx);
+    };
+    return { w, beta, backward };
+  }
+
+  attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
+    const x = this.checkCall(ctx, inputs);
+    const s = ctx.shape;
+    const f = this.factors(x, s.batch, s.lk);
+    const core = pathAttention(s, ctx.queryOffset, inputs.q, inputs.k, inputs.v, f, attendScale(s));
+    return {
+      out: core.out,
+      backward: (dOut) => {
+        const g = core.backward(dOut);
+        const dx = f.backward(g.dw, g.dbeta);
+        return { dq: toDtypeOf(inputs.q, g.dq), dk: toDtypeOf(inputs.k, g.dk), dv: g.dv, dx };
+      },
+    };
+  }
+
+  /**
+   * Reference: the factors recomputed step by step, then for every pair the explicit D x D product
+   * H_p H_{p-1} ... H_{j+1} and q^T (product) k.
+   */
+  denseLogits(ctx: AttendContext, inputs: AttendInputs, scale: number): Float64Array {
+    const x = this.checkCall(ctx, inputs);
+    const s = ctx.shape;
+    const { w, beta } = this.referenceFactors(x, s.batch, s.lk);
+    const D = s.headDim;
+    const out = new Float64Array(s.batch * s.heads * s.lq * s.lk).fill(-Infinity);
+    for (let b = 0; b < s.batch; b++) {
+      for (let h = 0; h < s.heads; h++) {
+        const kh = kvHeadOf(s, h);
+        for (let i = 0; i < s.lq; i++) {
+          const p = i + ctx.queryOffset;
+          for (let j = 0; j <= p; j++) {
+            let M = identity(D);
+            for (let t = p; t >= j + 1; t--) M = matmul(M, factorMatrix(w[b][kh]![t]!, beta[b][kh]![t]!), D);
+            let e = 0;
+            for (let r = 0; r < D; r++) {
+              for (let c = 0; c < D; c++) {
+                e +=
+                  inputs.q[((b * s.heads + h) * s.lq + i) * D + r]! *
+                  M[r * D + c]! *
+                  inputs.k[((b * s.kvHeads + kh) * s.lk + j) * D + c]!;
+              }
+            }
+            out[((b * s.heads + h) * s.lq + i) * s.lk + j] = scale * e;
+          }
+        }
+      }
+    }
+    return out;
+  }
+
+  /** The factor network written out plainly: w[b][h][t] (a D-vector) and beta[b][h][t]. */
+  private referenceFactors(x: FloatArray, batch: number, lk: number): { w: number[][][][]; beta: number[][][] } {
+    const { kvHeads: Hkv, modelDim: C, headDim: D } = this.dims;
+    const K = this.convSize;
+    const xt = (b: number, t: number, c: number) => x[(b * lk + t) * C + c]!;
+    const w: number[][][][] = [];
+    const beta: number[][][] = [];
+    for (let b = 0; b < batch; b++) {
+      w.push([]);
+      beta.push([]);
+      for (let h = 0; h < Hkv; h++) {
+        const proj = (t: number, d: number) => {
+          let acc = 0;
+          for (let c = 0; c < C; c++) acc += xt(b, t, c) * this.wProj.data[(h * C + c) * D + d]!;
+          return acc;
+        };
+        const ws: number[][] = [];
+        const bs: number[] = [];
+        for (let t = 0; t < lk; t++) {
+          const vec: number[] = [];
+          for (let d = 0; d < D; d++) {
+            if (!this.conv) {
+              vec.push(proj(t, d));
+              continue;
+            }
+            let conv = 0;
+            for (let m = 0; m < K; m++) {
+              if (t - (K - 1) + m >= 0) conv += this.conv.data[(h * D + d) * K + m]! * proj(t - (K - 1) + m, d);
+            }
+            vec.push(conv / (1 + Math.exp(-conv))); // SiLU
+          }
+          const len = Math.sqrt(vec.reduce((acc, e) => acc + e * e, 0) + PATH_NORM_EPS);
+          ws.push(vec.map((e) => e / len));
+          let z = this.betaBias.data[h]!;
+          for (let c = 0; c < C; c++) z += xt(b, t, c) * this.betaWeight.data[h * C + c]!;
+          bs.push(2 / (1 + Math.exp(-z)));
+        }
+        w[b]!.push(ws);
+        beta[b]!.push(bs);
+      }
+    }
+    return { w, beta };
+  }
+}
+
+function identity(D: number): Float64Array {
+  const m = new Float64Array(D * D);
+  for (let d = 0; d < D; d++) m[d * D + d] = 1;
+  return m;
+}
+
+/** I - beta w w^T as an explicit matrix. */
+function factorMatrix(w: number[], beta: number): Float64Array {
+  const D = w.length;
+  const m = identity(D);
+  for (let r = 0; r < D; r++) for (let c = 0; c < D; c++) m[r * D + c]! -= beta * w[r]! * w[c]!;
+  return m;
+}
+
+function matmul(a: Float64Array, b: Float64Array, D: number): Float64Array {
+  const out = new Float64Array(D * D);
+  for (let r = 0; r < D; r++) {
+    for (let c = 0; c < D; c++) {
+      let acc = 0;
+      for (let t = 0; t < D; t++) acc += a[r * D + t]! * b[t * D + c]!;
+      out[r * D + c] = acc;
+    }
+  }
+  return out;
+}
+
+export const pathFactory: EncodingFactory<PathOptions> = {
+  name: 'path',
+  description: 'PaTH: data-dependent Householder-like factors I - beta w w^T accumulated between key and query',
+  sites: ['data-dependent'],
+  defaults: DEFAULTS,
+  create(dims: EncodingDims, options: Partial<PathOptions>, rng: Rng): PathEncoding {
+    const o = { ...DEFAULTS, ...options };
+    check(
+      Number.isInteger(o.convSize) && o.convSize >= 1,
+      'argument',
+      `path: convSize = ${o.convSize} must be a positive integer (the released layer uses 3)`,
+    );
+    check(
+      Number.isFinite(o.initStd) && o.initStd >= 0 && Number.isFinite(o.betaBias),
+      'argument',
+      `path: initStd = ${o.initStd} must be finite and >= 0 and betaBias = ${o.betaBias} finite (e.g. 0.02, 0)`,
+    );
+    check(
+      dims.heads % dims.kvHeads === 0 && dims.modelDim > 0,
+      'argument',
+      `path: heads (${dims.heads}) must be a multiple of kvHeads (${dims.kvHeads}) and modelDim positive`,
+    );
+    const enc = new PathEncoding(dims, o.convSize, o.shortConv);
+    rng.fillNormal(enc.wProj.data, o.initStd);
+    rng.fillNormal(enc.betaWeight.data, o.initStd);
+    enc.betaBias.data.fill(o.betaBias);
+    if (enc.conv) {
+      const bound = 1 / Math.sqrt(o.convSize);
+      for (let j = 0; j < enc.conv.data.length; j++) enc.conv.data[j] = (2 * rng.uniform() - 1) * bound;
+    }
+    return enc;
+  },
+};
