@@ -208,7 +208,8 @@ describe('HyPE identity (eq 10/13) in fp64', () => {
     const flat = spec1d(1, 1, 4, [1], [0.1]);
     let worst = 0;
     for (let i = 0; i < 240; i++) {
-      for (let l = 0; l < 240; l++) worst = Math.max(worst, Math.abs(exactBias(two, 0, i, l) - exactBias(flat, 0, i, l)));
+      for (let l = 0; l < 240; l++)
+        worst = Math.max(worst, Math.abs(exactBias(two, 0, i, l) - exactBias(flat, 0, i, l)));
     }
     // A key one row up is 20 flat steps but 1 grid step: sinh(2.0) vs sinh(0.1) already differ by 3.5.
     expect(worst).toBeGreaterThan(1);

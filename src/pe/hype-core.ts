@@ -23,7 +23,7 @@
 import type { AttentionShape } from '../backend/backend.ts';
 import { HypeError, check } from '../errors.ts';
 import { FP32, FP64, floatFormat, roundTo, type FloatFormat, type FloatFormatName } from '../numerics/float-formats.ts';
-import { concatMuLimit } from '../numerics/overflow.ts';
+import { concatMuLimit, type ConcatReach, type OverflowConstraint } from '../numerics/overflow.ts';
 import type { FloatArray } from '../tensor.ts';
 
 export interface HypeSpec {
@@ -232,31 +232,64 @@ export function guardOverflow(spec: HypeSpec, pos: HypePositions, format: FloatF
       const { muMax, binding } = concatMuLimit(format, amplitude, reach);
       if (Math.abs(mu) <= muMax) continue;
       const L = Math.max(r.qHi, r.kHi) - Math.min(r.qLo, r.kLo) + 1;
-      const centred = reach.queryReach < reach.span || reach.keyReach < reach.span;
-      const why =
-        binding === 'accumulator'
-          ? `the product (|tau| sqrt(d)/2) e^{|mu| D} must stay <= ${FP32.max.toExponential(4)} in the fp32 accumulator`
-          : binding === 'query-operand'
-            ? `eta^Q = (|tau| sqrt(d)/2) e^{|mu| |p|} must stay <= ${format.max} (the ${format.name} max)`
-            : `eta^K = e^{|mu| |p'|} must stay <= ${format.max} (the ${format.name} max)`;
-      const muFix =
-        muMax > 0
-          ? `use |mu| <= ${muMax.toPrecision(4)} (x <= ${(muMax * (L - 1)).toPrecision(4)})`
-          : `lower |tau| (|tau| sqrt(d)/2 = ${amplitude.toPrecision(4)} alone exceeds the ${format.name} max, so no mu fits)`;
       throw new HypeError(
         'overflow',
-        `HyPE concat route would overflow ${format.name}: head ${h}, pair ${t}: |mu| = ${Math.abs(mu).toPrecision(4)} ` +
-          `over L = ${L} positions (x = |mu| (L-1) = ${(Math.abs(mu) * (L - 1)).toPrecision(4)}) with |tau| = ` +
-          `${Math.abs(tau).toPrecision(4)} and d = ${spec.headDim} exceeds the ${format.name} limit |mu| <= ` +
-          `${muMax.toPrecision(4)} (${binding}: ${why}). Fix: ${muFix}; ` +
-          (centred || binding === 'accumulator'
-            ? ''
-            : "centre the positions (shift 'centre', c = (L-1)/2, doubles the fp16 limit); ") +
-          (format.name === 'fp32' || format.name === 'fp64' ? '' : 'use fp32 operands; ') +
-          "or use the in-kernel tile-local form (route 'kernel', PositionBias kind 'hype')",
+        overflowMessage({ format, h, t, mu, tau, d: spec.headDim, L, muMax, binding, reach, r }),
       );
     }
   }
+}
+
+interface OverflowReport {
+  format: FloatFormat;
+  h: number;
+  t: number;
+  mu: number;
+  tau: number;
+  d: number;
+  L: number;
+  muMax: number;
+  binding: OverflowConstraint;
+  reach: ConcatReach;
+  r: AxisRange;
+}
+
+/** The one message of an overflow refusal: what, where, the limit, why, and only the fixes that would work. */
+function overflowMessage(o: OverflowReport): string {
+  const { format, mu, tau, d, L, muMax, binding, reach, r } = o;
+  const amplitude = (Math.abs(tau) * Math.sqrt(d)) / 2;
+  const x = (m: number) => (m * (L - 1)).toPrecision(4);
+  const why =
+    binding === 'accumulator'
+      ? `the product (|tau| sqrt(d)/2) e^{|mu| D} must stay <= ${FP32.max.toPrecision(5)} in the fp32 accumulator`
+      : binding === 'query-operand'
+        ? `eta^Q = (|tau| sqrt(d)/2) e^{|mu| |p|} must stay <= ${format.max.toPrecision(5)}, the ${format.name} max`
+        : `eta^K = e^{|mu| |p'|} must stay <= ${format.max.toPrecision(5)}, the ${format.name} max`;
+  const limit = muMax > 0 ? `|mu| <= ${muMax.toPrecision(4)}, x <= ${x(muMax)}` : 'for every mu';
+  const fixes: string[] = [];
+  if (muMax > 0) fixes.push(`use |mu| <= ${muMax.toPrecision(4)} (x <= ${x(muMax)})`);
+  else fixes.push(`lower |tau| (|tau| sqrt(d)/2 = ${amplitude.toPrecision(4)} alone exceeds the ${format.name} max)`);
+  const mid = (Math.min(r.qLo, r.kLo) + Math.max(r.qHi, r.kHi)) / 2;
+  const centredReach = {
+    queryReach: Math.max(Math.abs(r.qLo - mid), Math.abs(r.qHi - mid)),
+    keyReach: Math.max(Math.abs(r.kLo - mid), Math.abs(r.kHi - mid)),
+    span: reach.span,
+  };
+  const centredMax = concatMuLimit(format, amplitude, centredReach).muMax;
+  if (centredMax > muMax && centredMax >= Math.abs(mu)) {
+    fixes.push(`centre the positions (shift 'centre', c = (L-1)/2: the limit becomes x <= ${x(centredMax)})`);
+  }
+  if (format.name !== 'fp32' && format.name !== 'fp64') {
+    const fp32Max = concatMuLimit(FP32, amplitude, reach).muMax;
+    if (fp32Max >= Math.abs(mu)) fixes.push(`use fp32 operands (limit x <= ${x(fp32Max)})`);
+  }
+  fixes.push("use the in-kernel tile-local form (route 'kernel', PositionBias kind 'hype')");
+  return (
+    `HyPE concat route would overflow ${format.name}: head ${o.h}, pair ${o.t}: |mu| = ${Math.abs(mu).toPrecision(4)} ` +
+    `over L = ${L} positions (x = |mu| (L-1) = ${x(Math.abs(mu))}) with |tau| = ${Math.abs(tau).toPrecision(4)} and ` +
+    `d = ${d} exceeds the ${format.name} limit ${limit} (${binding}: ${why}). ` +
+    `Fix: ${fixes.join('; or ')}`
+  );
 }
 
 export interface HypeEta {

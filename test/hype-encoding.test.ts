@@ -1,0 +1,133 @@
+/**
+ * The 'hype' PositionalEncoding: concat route == kernel route == softmax of the fp64 dense logits, and the learned
+ * preset's tau/mu gradients (plus dq, dk, dv) through both routes against central finite differences.
+ */
+import { describe, expect, it } from 'vitest';
+import type { AttentionShape } from '../src/backend/backend.ts';
+import { ReferenceBackend } from '../src/backend/reference.ts';
+import type { AttendContext, PositionalEncoding } from '../src/pe/encoding.ts';
+import { hypeEncoding, type HypeOptions } from '../src/pe/hype.ts';
+import { Rng } from '../src/util/rng.ts';
+import { maxRelativeGradError, sampleIndices } from './helpers/gradcheck.ts';
+
+const backend = new ReferenceBackend();
+const shape: AttentionShape = { batch: 2, heads: 4, kvHeads: 2, lq: 10, lk: 13, headDim: 5, valueDim: 3 };
+const dims = { heads: 4, kvHeads: 2, headDim: 5, modelDim: 20, trainLength: 13 };
+
+function inputs(seed: number, f64 = true) {
+  const rng = new Rng(seed);
+  const make = (n: number) => {
+    const a = f64 ? new Float64Array(n) : new Float32Array(n);
+    rng.fillNormal(a);
+    return a;
+  };
+  const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: d, valueDim: dv } = shape;
+  return { q: make(B * H * lq * d), k: make(B * Hkv * lk * d), v: make(B * Hkv * lk * dv), w: make(B * H * lq * dv) };
+}
+
+/** softmax(logits) V in fp64, the plain definition. */
+function attentionFromLogits(logits: Float64Array, v: ArrayLike<number>): Float64Array {
+  const { batch: B, heads: H, kvHeads: Hkv, lq, lk, valueDim: dv } = shape;
+  const out = new Float64Array(B * H * lq * dv);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      const g = Math.floor(h / (H / Hkv));
+      for (let i = 0; i < lq; i++) {
+        const row = logits.subarray(((b * H + h) * lq + i) * lk, ((b * H + h) * lq + i + 1) * lk);
+        const mx = Math.max(...row);
+        let z = 0;
+        for (const x of row) z += Math.exp(x - mx);
+        for (let l = 0; l < lk; l++) {
+          const p = Math.exp(row[l]! - mx) / z;
+          for (let c = 0; c < dv; c++)
+            out[((b * H + h) * lq + i) * dv + c] += p * v[((b * Hkv + g) * lk + l) * dv + c]!;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+const ctx: AttendContext = { backend, shape, causal: true, queryOffset: 3 };
+
+function make(options: Partial<HypeOptions>): PositionalEncoding {
+  // lengthExtra = 13 with curvature 1: mu (L-1) ~ 1, so the sinh curvature is visible in every check.
+  return hypeEncoding.create(dims, { lengthExtra: 13, curvature: 1, ...options }, new Rng(5));
+}
+
+describe('hype encoding: routes agree with the dense fp64 reference', () => {
+  for (const preset of ['paper', 'recency', 'learned'] as const) {
+    for (const causal of [true, false]) {
+      it(`${preset}, ${causal ? 'causal' : 'bidirectional'}, GQA, queries at an offset`, () => {
+        const { q, k, v } = inputs(1);
+        const c = { ...ctx, causal };
+        const concat = make({ preset, route: 'concat', multiple: 8 });
+        const kernel = make({ preset, route: 'kernel' });
+        const reference = attentionFromLogits(concat.denseLogits(c, { q, k, v }, 1 / Math.sqrt(5)), v);
+        expect(maxDiff(concat.attend(c, { q, k, v }).out, reference)).toBeLessThan(1e-13);
+        expect(maxDiff(kernel.attend(c, { q, k, v }).out, reference)).toBeLessThan(1e-13);
+      });
+    }
+  }
+
+  it('fp32 arrays stay within fp32 rounding of the fp64 reference; fp16 operands within fp16 resolution', () => {
+    const x = inputs(2, false);
+    const x64 = { q: Float64Array.from(x.q), k: Float64Array.from(x.k), v: Float64Array.from(x.v) };
+    const enc = make({ preset: 'recency' });
+    const reference = attentionFromLogits(enc.denseLogits(ctx, x64, 1 / Math.sqrt(5)), x64.v);
+    const fp32 = maxDiff(enc.attend(ctx, x).out, reference);
+    const fp16 = maxDiff(make({ preset: 'recency', format: 'fp16' }).attend(ctx, x).out, reference);
+    // Logit errors ~ |tau| u cosh(x) (tau ~ 6.5 here) move outputs of size ~2 by a few times that.
+    expect(fp32).toBeLessThan(1e-5);
+    expect(fp32).toBeGreaterThan(0); // it really ran in fp32
+    expect(fp16).toBeLessThan(0.05);
+    expect(fp16).toBeGreaterThan(10 * fp32);
+  });
+});
+
+describe('hype encoding: backward vs central differences (fp64)', () => {
+  for (const route of ['concat', 'kernel'] as const) {
+    for (const train of ['both', 'tau', 'mu'] as const) {
+      it(`learned preset, ${route} route, training ${train}`, () => {
+        const { q, k, v, w } = inputs(3);
+        const enc = make({ preset: 'learned', route, train, multiple: 4 });
+        expect(enc.params.map((p) => p.name)).toEqual(
+          train === 'both' ? ['hype.tau', 'hype.mu'] : train === 'tau' ? ['hype.tau'] : ['hype.mu'],
+        );
+        const loss = () => {
+          const out = enc.attend(ctx, { q, k, v }).out;
+          let s = 0;
+          for (let i = 0; i < out.length; i++) s += w[i]! * out[i]!;
+          return s;
+        };
+        const r = enc.attend(ctx, { q, k, v });
+        const g = r.backward(w);
+        expect(maxRelativeGradError(loss, q, g.dq, sampleIndices(q.length, 30))).toBeLessThan(1e-6);
+        expect(maxRelativeGradError(loss, k, g.dk, sampleIndices(k.length, 30))).toBeLessThan(1e-6);
+        expect(maxRelativeGradError(loss, v, g.dv, sampleIndices(v.length, 30))).toBeLessThan(1e-6);
+        const analytic = enc.params.map((p) => Float64Array.from(p.grad));
+        enc.params.forEach((p, j) => {
+          expect(p.shape).toEqual(p.name === 'hype.tau' ? [4, 1] : [2, 1]); // mu: one per KV group
+          const h = p.name === 'hype.mu' ? 1e-8 : 1e-5; // mu ~ 0.08 moves the loss far faster than tau ~ 6
+          expect(maxRelativeGradError(loss, p.data, analytic[j]!, undefined, h)).toBeLessThan(1e-6);
+        });
+        // A second backward accumulates (+=) into the same grads.
+        r.backward(w);
+        enc.params.forEach((p, j) => {
+          for (let i = 0; i < p.grad.length; i++) expect(p.grad[i]).toBeCloseTo(2 * analytic[j]![i]!, 12);
+        });
+      });
+    }
+  }
+
+  it('fixed presets have no parameters', () => {
+    expect(make({ preset: 'paper' }).params).toEqual([]);
+    expect(make({ preset: 'recency' }).params).toEqual([]);
+  });
+});
