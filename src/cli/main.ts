@@ -4,12 +4,18 @@
  */
 import { Command, CommanderError } from 'commander';
 import { HypeError } from '../errors.ts';
+import { registerShowCommand } from './show.ts';
+import { registerEval } from './eval.ts';
+import { registerTrain } from './train.ts';
 
 export function buildProgram(): Command {
   const program = new Command('hype')
     .description('HyPE: hyperbolic positional encoding, fused CPU attention and the study of positional encodings')
     .exitOverride()
     .showHelpAfterError();
+  registerTrain(program);
+  registerEval(program);
+  registerShowCommand(program);
   return program;
 }
 

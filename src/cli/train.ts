@@ -1,0 +1,251 @@
+/**
+ * `hype train --pe <name> [options]`: trains a byte-level model on a text file and writes a run folder
+ * (run.json, losses.jsonl, checkpoints/). `--resume <run>` continues a run from its latest checkpoint with the
+ * same losses an uninterrupted run would have produced. Ctrl-C finishes the current step, writes a checkpoint and
+ * exits; a second Ctrl-C exits at once (the previous checkpoint stays valid).
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { type Command, Option } from 'commander';
+import type { Backend } from '../backend/backend.ts';
+import { ReferenceBackend } from '../backend/reference.ts';
+import { HypeError } from '../errors.ts';
+import { parseModelConfig, type ModelConfig } from '../model/config.ts';
+import type { TrainConfig } from '../train/config.ts';
+import { DEFAULT_CORPUS } from '../train/corpus.ts';
+import { TrainingRun } from '../train/trainer.ts';
+import { progressBar } from './progress.ts';
+
+/** The compute backend a command asked for. */
+export async function chooseBackend(name: string): Promise<Backend> {
+  if (name === 'reference') return new ReferenceBackend();
+  throw new HypeError('argument', `unknown backend '${name}'; choose 'reference'`);
+}
+
+interface TrainFlags {
+  pe?: string;
+  peOptions?: string;
+  modelConfig?: string;
+  width?: number;
+  layers?: number;
+  heads?: number;
+  kvHeads?: number;
+  mlpWidth?: number;
+  length?: number;
+  dtype?: string;
+  data?: string;
+  valFraction?: number;
+  batch?: number;
+  steps?: number;
+  lr?: number;
+  minLr?: number;
+  warmup?: number;
+  weightDecay?: number;
+  clip?: number;
+  decayAll?: boolean;
+  seed?: number;
+  checkpointEvery?: number;
+  keepCheckpoints?: number;
+  runDir?: string;
+  name?: string;
+  resume?: string;
+  backend: string;
+  quiet?: boolean;
+}
+
+const int = (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n)) throw new HypeError('argument', `expected an integer, got '${v}'`);
+  return n;
+};
+const num = (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new HypeError('argument', `expected a number, got '${v}'`);
+  return n;
+};
+
+function readJson(path: string, what: string): unknown {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new HypeError('io', `cannot read ${what} '${path}' (${(err as Error).message}); pass a JSON file`);
+  }
+}
+
+/** Model config from --model-config (a JSON file) overlaid with explicit flags; undefined if nothing was given. */
+function modelConfigFrom(f: TrainFlags): Record<string, unknown> {
+  const base = f.modelConfig ? (readJson(f.modelConfig, 'model config') as Record<string, unknown>) : {};
+  const out: Record<string, unknown> = { ...base };
+  const set = (k: string, v: unknown) => {
+    if (v !== undefined) out[k] = v;
+  };
+  if (f.pe !== undefined || f.peOptions !== undefined) {
+    const basePe = (typeof base.pe === 'object' && base.pe) || {};
+    out.pe = {
+      ...basePe,
+      ...(f.pe !== undefined ? { name: f.pe } : {}),
+      ...(f.peOptions !== undefined ? { options: readPeOptions(f.peOptions) } : {}),
+    };
+  }
+  set('width', f.width);
+  set('layers', f.layers);
+  set('heads', f.heads);
+  set('kvHeads', f.kvHeads);
+  set('mlpWidth', f.mlpWidth);
+  set('trainLength', f.length);
+  set('dtype', f.dtype);
+  set('seed', f.seed);
+  return out;
+}
+
+function readPeOptions(s: string): Record<string, unknown> {
+  try {
+    const v = JSON.parse(s);
+    if (typeof v === 'object' && v !== null && !Array.isArray(v)) return v;
+  } catch {
+    // fall through to the error below
+  }
+  throw new HypeError('argument', `--pe-options must be a JSON object such as '{"preset":"recency"}', got ${s}`);
+}
+
+function trainConfigFrom(f: TrainFlags): Partial<TrainConfig> {
+  const out: Partial<TrainConfig> = {};
+  const entries: [keyof TrainConfig, unknown][] = [
+    ['data', f.data],
+    ['valFraction', f.valFraction],
+    ['batch', f.batch],
+    ['steps', f.steps],
+    ['lr', f.lr],
+    ['minLr', f.minLr],
+    ['warmup', f.warmup],
+    ['weightDecay', f.weightDecay],
+    ['clip', f.clip],
+    ['decayAll', f.decayAll],
+    ['seed', f.seed],
+    ['checkpointEvery', f.checkpointEvery],
+    ['keepCheckpoints', f.keepCheckpoints],
+  ];
+  for (const [k, v] of entries) if (v !== undefined) (out as Record<string, unknown>)[k] = v;
+  return out;
+}
+
+function timestamp(): string {
+  return new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').replace(/\..*$/, '');
+}
+
+export async function runTrain(f: TrainFlags): Promise<void> {
+  const backend = await chooseBackend(f.backend);
+  let run: TrainingRun;
+  if (f.resume) {
+    const explicitModel = modelConfigFrom(f);
+    const trainFlags = trainConfigFrom(f);
+    const { data, steps, ...trainExpect } = trainFlags;
+    run = TrainingRun.resume(f.resume, backend, {
+      expectTrain: trainExpect,
+      steps,
+      dataOverride: data,
+    });
+    if (Object.keys(explicitModel).length > 0) {
+      // Only the options given are compared: a full config rebuilt from them would add defaults.
+      const saved = run.model.config as unknown as Record<string, unknown>;
+      for (const [k, v] of Object.entries(explicitModel)) {
+        const same =
+          k === 'pe'
+            ? JSON.stringify({ ...(saved.pe as object), ...(v as object) }) === JSON.stringify(saved.pe)
+            : saved[k] === v;
+        if (!same) {
+          throw new HypeError(
+            'checkpoint',
+            `model option '${k}' = ${JSON.stringify(v)} differs from the checkpoint's ${JSON.stringify(saved[k])} ` +
+              '(mismatched checkpoint); resume without it, or start a new run',
+          );
+        }
+      }
+    }
+  } else {
+    if (!f.pe && !f.modelConfig) {
+      throw new HypeError('argument', "missing --pe <name> (the positional encoding), e.g. 'hype train --pe hype'");
+    }
+    const modelConfig: ModelConfig = parseModelConfig(modelConfigFrom(f));
+    const runDir = f.runDir ?? join('runs', `${f.name ?? modelConfig.pe.name}-${timestamp()}`);
+    run = TrainingRun.start(runDir, modelConfig, { data: DEFAULT_CORPUS, ...trainConfigFrom(f) }, backend);
+  }
+
+  const cfg = run.model.config;
+  const tokensPerStep = run.train.batch * cfg.trainLength;
+  const say = (s: string) => {
+    if (!f.quiet) process.stderr.write(s + '\n');
+  };
+  say(
+    `hype train: ${cfg.pe.name}, ${cfg.layers} layers x width ${cfg.width}, ${cfg.heads} heads, ` +
+      `${run.model.parameterCount()} parameters, ${cfg.dtype} on ${backend.name}; ` +
+      `${run.train.steps} steps of ${run.train.batch} x ${cfg.trainLength} bytes from '${run.corpus.path}' -> ${run.runDir}` +
+      (run.step > 0 ? ` (resuming at step ${run.step})` : ''),
+  );
+
+  let stopRequested = false;
+  const onSigint = () => {
+    if (stopRequested) process.exit(130);
+    stopRequested = true;
+    process.stderr.write('\nhype train: finishing this step and writing a checkpoint (Ctrl-C again to quit now)\n');
+  };
+  process.on('SIGINT', onSigint);
+  const bar = f.quiet ? null : progressBar('train', '| loss {loss} | {tps} tok/s');
+  bar?.start(run.train.steps, run.step, { loss: '-', tps: '-' });
+  let recent = 0;
+  let recentSeconds = 0;
+  try {
+    const summary = await run.run({
+      shouldStop: () => stopRequested,
+      onStep: (rec) => {
+        recent = 0.9 * recent + 0.1 * tokensPerStep;
+        recentSeconds = 0.9 * recentSeconds + 0.1 * rec.seconds;
+        bar?.update(rec.step, { loss: rec.loss.toFixed(4), tps: Math.round(recent / recentSeconds) });
+      },
+    });
+    bar?.stop();
+    process.stdout.write(
+      `${summary.interrupted ? 'interrupted' : 'finished'} at step ${summary.step}/${run.train.steps}, ` +
+        `loss ${summary.lastLoss.toFixed(4)}; checkpoint ${summary.checkpoint ?? '(unchanged)'}\n` +
+        (summary.finished ? '' : `continue with: hype train --resume ${run.runDir}\n`),
+    );
+  } finally {
+    bar?.stop();
+    process.off('SIGINT', onSigint);
+  }
+}
+
+export function registerTrain(program: Command): void {
+  program
+    .command('train')
+    .description('train a byte-level transformer with a positional encoding; writes a run folder')
+    .option('--pe <name>', 'positional encoding (see the registry), required for a new run')
+    .option('--pe-options <json>', 'encoding options as JSON, e.g. \'{"preset":"recency"}\'')
+    .option('--model-config <file>', 'model config JSON (flags below override its keys)')
+    .option('--width <n>', 'model width (default 128)', int)
+    .option('--layers <n>', 'transformer blocks (default 4)', int)
+    .option('--heads <n>', 'attention heads (default 4)', int)
+    .option('--kv-heads <n>', 'key/value heads for grouped-query attention (default = heads)', int)
+    .option('--mlp-width <n>', 'MLP hidden width (default 4 x width)', int)
+    .option('--length <n>', 'training window length in bytes (default 128)', int)
+    .addOption(new Option('--dtype <dtype>', 'parameter and activation dtype').choices(['float32', 'float64']))
+    .option('--data <file>', `UTF-8 text corpus (default ${DEFAULT_CORPUS}, relative to the working directory)`)
+    .option('--val-fraction <f>', 'held-out tail of the corpus (default 0.1)', num)
+    .option('--batch <n>', 'windows per step (default 8)', int)
+    .option('--steps <n>', 'optimisation steps (default 1000)', int)
+    .option('--lr <f>', 'peak learning rate (default 1e-3)', num)
+    .option('--min-lr <f>', 'final learning rate of the cosine decay (default 1e-4)', num)
+    .option('--warmup <n>', 'linear warmup steps (default 50)', int)
+    .option('--weight-decay <f>', 'AdamW decoupled weight decay on weights and embeddings (default 0.1)', num)
+    .option('--decay-all', 'also decay norms, biases and encoding parameters')
+    .option('--clip <f>', 'global gradient-norm clipping, 0 disables (default 1)', num)
+    .option('--seed <n>', 'seed of the initialisation and the data sampler (default 1)', int)
+    .option('--checkpoint-every <n>', 'write a checkpoint every N steps; 0 only at the end (default 100)', int)
+    .option('--keep-checkpoints <n>', 'newest checkpoints to keep (default 2)', int)
+    .option('--run-dir <dir>', 'run folder (default runs/<name>-<timestamp>)')
+    .option('--name <name>', 'run name used in the default folder (default: the encoding)')
+    .option('--resume <run>', 'continue the run in this folder from its latest checkpoint')
+    .option('--backend <name>', 'compute backend', 'reference')
+    .option('--quiet', 'no progress output')
+    .action(async (flags: TrainFlags) => runTrain(flags));
+}

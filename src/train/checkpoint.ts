@@ -1,0 +1,270 @@
+/**
+ * Checkpoints: everything needed to continue a run bit for bit, never half-written.
+ *
+ * Layout inside a run folder:
+ *   checkpoints/step-00000100/model.safetensors      weights (names as Transformer.parameters(); metadata: config)
+ *   checkpoints/step-00000100/optimizer.safetensors  AdamW moments m.<name>, v.<name> in each parameter's dtype
+ *   checkpoints/step-00000100/state.json             step, RNG state, model + train config, corpus hash,
+ *                                                    and the size and SHA-256 of both tensor files
+ *   checkpoints/latest.json                          {"step", "dir"}: the commit point
+ *
+ * A checkpoint is written into a temporary folder, flushed, renamed into place, and only then published by
+ * atomically replacing latest.json; a crash at any moment leaves the previous checkpoint intact and current.
+ * Loading verifies the hashes, the safetensors structure, and that names, shapes and dtypes match the model.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { HypeError, check } from '../errors.ts';
+import { decodeSafetensors, encodeSafetensors, type SafeFile, type TensorToWrite } from '../interop/safetensors.ts';
+import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
+import type { Transformer } from '../model/transformer.ts';
+import type { Param } from '../pe/encoding.ts';
+import { dtypeOf } from '../tensor.ts';
+import { syncDirectory, writeFileAtomic } from '../util/atomic-file.ts';
+import type { Rng } from '../util/rng.ts';
+import { parseTrainConfig, type TrainConfig } from './config.ts';
+import type { AdamW } from './optimizer.ts';
+
+export const CHECKPOINT_FORMAT = 'hype-checkpoint-1';
+
+export interface CheckpointState {
+  format: string;
+  step: number;
+  optimizerStep: number;
+  rng: { words: number[]; spare: number | null };
+  model: ModelConfig;
+  train: TrainConfig;
+  corpus: { bytes: number; sha256: string };
+  backend: string;
+  files: Record<string, { bytes: number; sha256: string }>;
+}
+
+export interface LoadedCheckpoint {
+  dir: string;
+  state: CheckpointState;
+  weights: SafeFile;
+  optimizer: SafeFile;
+}
+
+const MODEL_FILE = 'model.safetensors';
+const OPTIMIZER_FILE = 'optimizer.safetensors';
+const STATE_FILE = 'state.json';
+const LATEST = 'latest.json';
+
+export function checkpointsDir(runDir: string): string {
+  return join(runDir, 'checkpoints');
+}
+
+function sha256(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+function paramTensors(params: readonly Param[], arrays?: readonly ArrayLike<number>[], prefix = ''): TensorToWrite[] {
+  return params.map((p, i) => ({ name: prefix + p.name, shape: p.shape, data: arrays ? arrays[i]! : p.data }));
+}
+
+export interface SaveArgs {
+  model: Transformer;
+  optimizer: AdamW;
+  rng: Rng;
+  step: number;
+  train: TrainConfig;
+  corpus: { bytes: number; sha256: string };
+}
+
+/** Writes and publishes a checkpoint for `step`; returns its folder. Older ones beyond keepCheckpoints are removed. */
+export function saveCheckpoint(runDir: string, a: SaveArgs): string {
+  const root = checkpointsDir(runDir);
+  mkdirSync(root, { recursive: true });
+  const name = `step-${String(a.step).padStart(8, '0')}`;
+  const tmp = join(root, `.${name}.tmp-${process.pid}`);
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp);
+  const params = a.model.parameters();
+  const modelBytes = encodeSafetensors(paramTensors(params), {
+    format: CHECKPOINT_FORMAT,
+    config: JSON.stringify(a.model.config),
+    step: String(a.step),
+  });
+  const optBytes = encodeSafetensors([
+    ...paramTensors(params, a.optimizer.m, 'm.'),
+    ...paramTensors(params, a.optimizer.v, 'v.'),
+  ]);
+  const state: CheckpointState = {
+    format: CHECKPOINT_FORMAT,
+    step: a.step,
+    optimizerStep: a.optimizer.step,
+    rng: a.rng.state(),
+    model: a.model.config,
+    train: a.train,
+    corpus: a.corpus,
+    backend: a.model.backend.name,
+    files: {
+      [MODEL_FILE]: { bytes: modelBytes.length, sha256: sha256(modelBytes) },
+      [OPTIMIZER_FILE]: { bytes: optBytes.length, sha256: sha256(optBytes) },
+    },
+  };
+  writeFileAtomic(join(tmp, MODEL_FILE), modelBytes);
+  writeFileAtomic(join(tmp, OPTIMIZER_FILE), optBytes);
+  writeFileAtomic(join(tmp, STATE_FILE), JSON.stringify(state, null, 1) + '\n');
+  const final = join(root, name);
+  // A folder of this name can only be a leftover of an earlier attempt at the same step (say, a run killed after
+  // the rename but before publishing); latest.json never points at it unless it is complete, so replace it.
+  rmSync(final, { recursive: true, force: true });
+  renameSync(tmp, final);
+  syncDirectory(root);
+  writeFileAtomic(join(root, LATEST), JSON.stringify({ step: a.step, dir: name }) + '\n');
+  pruneCheckpoints(root, name, a.train.keepCheckpoints);
+  return final;
+}
+
+function pruneCheckpoints(root: string, current: string, keep: number): void {
+  const entries = readdirSync(root);
+  const steps = entries.filter((e) => /^step-\d+$/.test(e) && e !== current).sort();
+  const excess = steps.length - (keep - 1);
+  for (let i = 0; i < excess; i++) rmSync(join(root, steps[i]!), { recursive: true, force: true });
+  for (const e of entries) {
+    if (e.startsWith('.step-') && e.includes('.tmp-') && !e.endsWith(`.tmp-${process.pid}`)) {
+      rmSync(join(root, e), { recursive: true, force: true }); // left by a killed process
+    }
+  }
+}
+
+export function hasCheckpoint(runDir: string): boolean {
+  return existsSync(join(checkpointsDir(runDir), LATEST));
+}
+
+function refuse(where: string, problem: string): never {
+  throw new HypeError(
+    'checkpoint',
+    `checkpoint ${where} ${problem}; it is corrupt or from another version (resume from an earlier checkpoint ` +
+      'or start a new run)',
+  );
+}
+
+/** Reads the published checkpoint of a run and verifies its integrity (not yet its fit to a model). */
+export function loadCheckpoint(runDir: string): LoadedCheckpoint {
+  const root = checkpointsDir(runDir);
+  const latestPath = join(root, LATEST);
+  if (!existsSync(latestPath)) {
+    throw new HypeError(
+      'io',
+      `no checkpoint in '${runDir}' (missing checkpoints/${LATEST}); pass a run folder written by 'hype train'`,
+    );
+  }
+  let latest: { step?: unknown; dir?: unknown };
+  try {
+    latest = JSON.parse(readFileSync(latestPath, 'utf8'));
+  } catch {
+    refuse(`pointer '${latestPath}'`, 'is not valid JSON');
+  }
+  if (typeof latest.dir !== 'string' || !/^step-\d+$/.test(latest.dir)) {
+    refuse(`pointer '${latestPath}'`, 'names no checkpoint folder');
+  }
+  const dir = join(root, latest.dir);
+  let state: CheckpointState;
+  try {
+    state = JSON.parse(readFileSync(join(dir, STATE_FILE), 'utf8'));
+  } catch (err) {
+    refuse(`'${dir}'`, `has an unreadable ${STATE_FILE} (${(err as Error).message})`);
+  }
+  if (state.format !== CHECKPOINT_FORMAT) refuse(`'${dir}'`, `has format ${JSON.stringify(state.format)}`);
+  if (!Number.isInteger(state.step) || state.step !== latest.step) {
+    refuse(`'${dir}'`, `says step ${state.step} but ${LATEST} says ${latest.step}`);
+  }
+  const files: Record<string, SafeFile> = {};
+  for (const f of [MODEL_FILE, OPTIMIZER_FILE]) {
+    const want = state.files?.[f];
+    if (!want) refuse(`'${dir}'`, `does not list ${f}`);
+    const path = join(dir, f);
+    if (!existsSync(path)) refuse(`'${dir}'`, `is missing ${f}`);
+    const size = statSync(path).size;
+    if (size !== want.bytes) refuse(`file '${path}'`, `has ${size} bytes, expected ${want.bytes}`);
+    const bytes = readFileSync(path);
+    if (sha256(bytes) !== want.sha256) refuse(`file '${path}'`, 'fails its SHA-256 check');
+    files[f] = decodeSafetensors(bytes, path);
+  }
+  try {
+    state.model = parseModelConfig(state.model);
+    state.train = parseTrainConfig(state.train);
+  } catch (err) {
+    refuse(`'${dir}'`, `holds an invalid configuration (${(err as Error).message})`);
+  }
+  return { dir, state, weights: files[MODEL_FILE]!, optimizer: files[OPTIMIZER_FILE]! };
+}
+
+/** Copies tensors into params, refusing any difference in names, shapes or dtypes. */
+function restoreInto(
+  file: SafeFile,
+  params: readonly Param[],
+  targets: readonly ArrayLike<number>[],
+  prefix: string,
+  what: string,
+) {
+  const expected = new Set(params.map((p) => prefix + p.name));
+  for (const name of file.tensors.keys()) {
+    if (!expected.has(name)) {
+      throw new HypeError('checkpoint', `${what} has a tensor '${name}' the model does not (mismatched checkpoint)`);
+    }
+  }
+  params.forEach((p, i) => {
+    const name = prefix + p.name;
+    const t = file.tensors.get(name);
+    check(t !== undefined, 'checkpoint', `${what} lacks tensor '${name}' (mismatched checkpoint)`);
+    check(
+      t.shape.length === p.shape.length && t.shape.every((s, j) => s === p.shape[j]),
+      'checkpoint',
+      `${what} tensor '${name}' has shape [${t.shape}], the model expects [${p.shape}] (mismatched checkpoint)`,
+    );
+    const target = targets[i] as Float32Array | Float64Array;
+    const want = dtypeOf(target) === 'float64' ? 'F64' : 'F32';
+    check(
+      t.dtype === want,
+      'checkpoint',
+      `${what} tensor '${name}' is ${t.dtype}, the model keeps ${want} (mismatched checkpoint)`,
+    );
+    target.set(t.data);
+  });
+}
+
+/** Loads checkpoint weights into a model built from the same configuration. */
+export function restoreWeights(model: Transformer, weights: SafeFile, what = 'checkpoint'): void {
+  const saved = weights.metadata.config;
+  if (saved !== undefined) {
+    let cfg: ModelConfig;
+    try {
+      cfg = parseModelConfig(JSON.parse(saved));
+    } catch {
+      throw new HypeError('checkpoint', `${what} carries an unreadable model config in its metadata`);
+    }
+    check(
+      canonicalJson(cfg) === canonicalJson(model.config),
+      'checkpoint',
+      `${what} was trained with a different model configuration (mismatched checkpoint)`,
+    );
+  }
+  const params = model.parameters();
+  restoreInto(
+    weights,
+    params,
+    params.map((p) => p.data),
+    '',
+    what,
+  );
+}
+
+export function restoreOptimizer(opt: AdamW, file: SafeFile, optimizerStep: number): void {
+  const params = opt.params;
+  const names = new Set([...params.map((p) => 'm.' + p.name), ...params.map((p) => 'v.' + p.name)]);
+  for (const name of file.tensors.keys()) {
+    check(names.has(name), 'checkpoint', `optimizer state has an unexpected tensor '${name}' (mismatched checkpoint)`);
+  }
+  const only = (prefix: string): SafeFile => ({
+    metadata: {},
+    tensors: new Map([...file.tensors].filter(([n]) => n.startsWith(prefix))),
+  });
+  restoreInto(only('m.'), params, opt.m, 'm.', 'optimizer state');
+  restoreInto(only('v.'), params, opt.v, 'v.', 'optimizer state');
+  opt.step = optimizerStep;
+}

@@ -1,0 +1,94 @@
+/**
+ * Held-out evaluation in bits per byte at a chosen context length.
+ *
+ * Two ways to cut the held-out bytes into windows of `length` tokens (each predicting the next byte):
+ * - non-overlapping (default; as in the ALiBi paper): windows start at 0, L, 2L, ...; every byte is scored once,
+ *   and a byte's context is only what precedes it inside its window (0 .. L-1 bytes, L/2 on average).
+ * - sliding with stride S (1 <= S <= L): windows start at 0, S, 2S, ...; the first window scores all its L
+ *   targets, each later one only its last S (the bytes no earlier window scored), so every scored byte after the
+ *   first window sees at least L - S bytes of context. Costs about L / S times more compute.
+ * Bytes at the end that do not fill a whole window are not scored (at most L bytes, or S with sliding).
+ */
+import { check } from '../errors.ts';
+import type { Transformer } from '../model/transformer.ts';
+
+export interface EvalOptions {
+  /** Sliding-window stride; omit for non-overlapping windows. */
+  stride?: number;
+  /** Windows per forward pass. */
+  batch?: number;
+  /** Called after each forward pass with (windows done, windows total). */
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface EvalResult {
+  length: number;
+  mode: 'non-overlapping' | 'sliding';
+  stride: number;
+  windows: number;
+  /** Bytes scored. */
+  scored: number;
+  /** Mean negative log-likelihood per byte, nats. */
+  nats: number;
+  bitsPerByte: number;
+  /** Per-byte perplexity exp(nats). */
+  perplexity: number;
+}
+
+export function evaluateHeldOut(
+  model: Transformer,
+  data: Uint8Array,
+  length: number,
+  options: EvalOptions = {},
+): EvalResult {
+  check(Number.isInteger(length) && length >= 1, 'argument', `evaluation length must be a positive integer`);
+  const sliding = options.stride !== undefined;
+  const stride = options.stride ?? length;
+  check(
+    Number.isInteger(stride) && stride >= 1 && stride <= length,
+    'argument',
+    `the sliding stride must be an integer in [1, ${length}], got ${stride}`,
+  );
+  check(
+    data.length >= length + 1,
+    'io',
+    `the held-out split has ${data.length} bytes, fewer than one window of ${length} + 1; evaluate at a shorter ` +
+      'length or hold out more (--val-fraction when training)',
+  );
+  const starts: number[] = [];
+  for (let s = 0; s + length + 1 <= data.length; s += stride) starts.push(s);
+  const batch = Math.max(1, Math.min(options.batch ?? 8, starts.length));
+  const tokens = new Int32Array(batch * length);
+  const targets = new Int32Array(batch * length);
+  let nats = 0;
+  let scored = 0;
+  for (let w0 = 0; w0 < starts.length; w0 += batch) {
+    const nb = Math.min(batch, starts.length - w0);
+    for (let b = 0; b < nb; b++) {
+      const s = starts[w0 + b]!;
+      for (let t = 0; t < length; t++) {
+        tokens[b * length + t] = data[s + t]!;
+        targets[b * length + t] = data[s + t + 1]!;
+      }
+    }
+    model.forward(tokens.subarray(0, nb * length), targets.subarray(0, nb * length), nb, length);
+    const losses = model.tokenLosses();
+    for (let b = 0; b < nb; b++) {
+      const first = w0 + b === 0 ? 0 : length - stride;
+      for (let t = first; t < length; t++) nats += losses[b * length + t]!;
+      scored += length - first;
+    }
+    options.onProgress?.(Math.min(w0 + nb, starts.length), starts.length);
+  }
+  const mean = nats / scored;
+  return {
+    length,
+    mode: sliding ? 'sliding' : 'non-overlapping',
+    stride,
+    windows: starts.length,
+    scored,
+    nats: mean,
+    bitsPerByte: mean / Math.LN2,
+    perplexity: Math.exp(mean),
+  };
+}

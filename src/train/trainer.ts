@@ -1,0 +1,277 @@
+/**
+ * The training loop: random windows from the corpus, forward, backward, global-norm clipping, AdamW with warmup and
+ * cosine decay, a loss log and checkpoints. All randomness after initialisation comes from one seeded Rng whose
+ * state is checkpointed, so a resumed run reproduces the uninterrupted one bit for bit (on the same backend).
+ *
+ * Run folder: run.json (configs, versions), losses.jsonl (one line per step), checkpoints/ (see checkpoint.ts).
+ */
+import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Backend } from '../backend/backend.ts';
+import { layerOpsOf } from '../backend/layers.ts';
+import { HypeError, check } from '../errors.ts';
+import { canonicalJson, type ModelConfig } from '../model/config.ts';
+import { Transformer, type TransformerOptions } from '../model/transformer.ts';
+import { writeFileAtomic } from '../util/atomic-file.ts';
+import { Rng } from '../util/rng.ts';
+import { hasCheckpoint, loadCheckpoint, restoreOptimizer, restoreWeights, saveCheckpoint } from './checkpoint.ts';
+import { learningRate, parseTrainConfig, type TrainConfig } from './config.ts';
+import { checkWindowFits, loadCorpus, sampleWindows, type ByteCorpus } from './corpus.ts';
+import { AdamW, clipGradients } from './optimizer.ts';
+
+export interface StepRecord {
+  step: number;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  /** Wall-clock seconds of this step. */
+  seconds: number;
+}
+
+export interface RunControl {
+  /** Called after every step. */
+  onStep?: (r: StepRecord, run: TrainingRun) => void;
+  /** Polled between steps; true stops after the current step and writes a checkpoint (SIGINT). */
+  shouldStop?: () => boolean;
+  /** Stop (with a checkpoint) once this step is reached, before `steps`. */
+  stopAfter?: number;
+}
+
+export interface RunSummary {
+  step: number;
+  finished: boolean;
+  interrupted: boolean;
+  lastLoss: number;
+  checkpoint: string | null;
+}
+
+const RUN_FILE = 'run.json';
+const LOSSES_FILE = 'losses.jsonl';
+
+export class TrainingRun {
+  readonly tokens: Int32Array;
+  readonly targets: Int32Array;
+
+  private constructor(
+    readonly runDir: string,
+    readonly model: Transformer,
+    readonly train: TrainConfig,
+    readonly corpus: ByteCorpus,
+    readonly optimizer: AdamW,
+    private rng: Rng,
+    public step: number,
+  ) {
+    const n = train.batch * model.config.trainLength;
+    this.tokens = new Int32Array(n);
+    this.targets = new Int32Array(n);
+  }
+
+  /** A fresh run in `runDir` (which must not already hold a run). */
+  static start(
+    runDir: string,
+    modelConfig: ModelConfig,
+    trainInput: Partial<TrainConfig>,
+    backend: Backend,
+    options: TransformerOptions = {},
+  ): TrainingRun {
+    check(
+      !existsSync(join(runDir, RUN_FILE)),
+      'argument',
+      `'${runDir}' already holds a run; pass --resume ${runDir} to continue it, or choose another --run-dir`,
+    );
+    const train = parseTrainConfig(trainInput);
+    const corpus = loadCorpus(train.data, train.valFraction);
+    checkWindowFits(corpus.train, modelConfig.trainLength, 'training', train.data);
+    const model = new Transformer(modelConfig, backend, options);
+    mkdirSync(runDir, { recursive: true });
+    const run = new TrainingRun(
+      runDir,
+      model,
+      train,
+      corpus,
+      new AdamW(model.parameters(), layerOpsOf(backend)),
+      new Rng(train.seed),
+      0,
+    );
+    writeFileAtomic(
+      join(runDir, RUN_FILE),
+      JSON.stringify(
+        {
+          model: modelConfig,
+          train,
+          corpus: { path: train.data, bytes: corpus.bytes, sha256: corpus.sha256 },
+          parameters: model.parameterCount(),
+          backend: backend.name,
+          node: process.version,
+          created: new Date().toISOString(),
+        },
+        null,
+        1,
+      ) + '\n',
+    );
+    writeFileAtomic(join(runDir, LOSSES_FILE), '');
+    return run;
+  }
+
+  /**
+   * Continues the run in `runDir` from its latest checkpoint. `expect` (the configs the caller would have used)
+   * must match the checkpoint's where given; `dataOverride` points at the corpus if it moved (its hash must match).
+   */
+  static resume(
+    runDir: string,
+    backend: Backend,
+    options: TransformerOptions & {
+      expectModel?: ModelConfig;
+      expectTrain?: Partial<TrainConfig>;
+      dataOverride?: string;
+      /** A new total step count (the schedule is stretched to it). */
+      steps?: number;
+    } = {},
+  ): TrainingRun {
+    const ck = loadCheckpoint(runDir);
+    const { state } = ck;
+    if (options.expectModel && canonicalJson(options.expectModel) !== canonicalJson(state.model)) {
+      throw new HypeError(
+        'checkpoint',
+        `the model options differ from the checkpoint's in '${ck.dir}' (mismatched checkpoint); ` +
+          'resume without model options, or start a new run',
+      );
+    }
+    const train = { ...state.train };
+    if (options.steps !== undefined && options.steps !== train.steps) {
+      // Extending (or shortening) a run is allowed; the cosine schedule then spans the new total.
+      check(
+        Number.isInteger(options.steps) && options.steps >= state.step,
+        'argument',
+        `cannot resume at step ${state.step} with a total of ${options.steps} steps; pass --steps >= ${state.step}`,
+      );
+      train.steps = options.steps;
+    }
+    if (options.expectTrain) {
+      for (const [k, v] of Object.entries(options.expectTrain)) {
+        if (
+          v !== undefined &&
+          canonicalJson(v) !== canonicalJson((state.train as unknown as Record<string, unknown>)[k])
+        ) {
+          throw new HypeError(
+            'checkpoint',
+            `training option '${k}' = ${JSON.stringify(v)} differs from the checkpoint's ` +
+              `${JSON.stringify((state.train as unknown as Record<string, unknown>)[k])} (mismatched checkpoint); ` +
+              'resume without it, or start a new run',
+          );
+        }
+      }
+    }
+    const corpus = loadCorpus(options.dataOverride ?? train.data, train.valFraction);
+    check(
+      corpus.sha256 === state.corpus.sha256,
+      'checkpoint',
+      `corpus '${corpus.path}' differs from the one the checkpoint was trained on (SHA-256 mismatch); ` +
+        'pass the original file with --data',
+    );
+    const model = new Transformer(state.model, backend, options);
+    restoreWeights(model, ck.weights, `checkpoint '${ck.dir}'`);
+    const opt = new AdamW(model.parameters(), layerOpsOf(backend));
+    restoreOptimizer(opt, ck.optimizer, state.optimizerStep);
+    const run = new TrainingRun(runDir, model, train, corpus, opt, Rng.fromState(state.rng), state.step);
+    run.truncateLossLog();
+    return run;
+  }
+
+  /** Losses logged after the checkpoint belong to a run that was cut off; they are replayed, so drop them. */
+  private truncateLossLog(): void {
+    const path = join(this.runDir, LOSSES_FILE);
+    const kept = existsSync(path)
+      ? readFileSync(path, 'utf8')
+          .split('\n')
+          .filter((line) => {
+            if (!line.trim()) return false;
+            try {
+              return (JSON.parse(line) as StepRecord).step <= this.step;
+            } catch {
+              return false; // a line cut short by a kill
+            }
+          })
+      : [];
+    writeFileAtomic(path, kept.map((l) => l + '\n').join(''));
+  }
+
+  /** One optimisation step; returns its record (also appended to losses.jsonl). */
+  trainStep(): StepRecord {
+    const t0 = performance.now();
+    const { model, train } = this;
+    const L = model.config.trainLength;
+    sampleWindows(this.corpus.train, train.batch, L, this.rng, this.tokens, this.targets);
+    model.zeroGrad();
+    const loss = model.forward(this.tokens, this.targets, train.batch, L);
+    if (!Number.isFinite(loss)) {
+      throw new HypeError('non-finite', `loss is ${loss} at step ${this.step + 1}; lower the learning rate (--lr)`);
+    }
+    model.backward();
+    const gradNorm = clipGradients(model.parameters(), train.clip);
+    const lr = learningRate(train, this.step + 1);
+    this.optimizer.update(train, lr);
+    this.step++;
+    const rec: StepRecord = { step: this.step, loss, lr, gradNorm, seconds: (performance.now() - t0) / 1000 };
+    appendFileSync(join(this.runDir, LOSSES_FILE), JSON.stringify(rec) + '\n');
+    return rec;
+  }
+
+  checkpoint(): string {
+    return saveCheckpoint(this.runDir, {
+      model: this.model,
+      optimizer: this.optimizer,
+      rng: this.rng,
+      step: this.step,
+      train: this.train,
+      corpus: { bytes: this.corpus.bytes, sha256: this.corpus.sha256 },
+    });
+  }
+
+  /**
+   * Trains to `train.steps` (or control.stopAfter), checkpointing every checkpointEvery steps and at the end.
+   * Yields to the event loop between steps so signals (SIGINT) are seen; a stop request finishes the current
+   * step, writes a checkpoint and returns.
+   */
+  async run(control: RunControl = {}): Promise<RunSummary> {
+    const end = Math.min(this.train.steps, control.stopAfter ?? Infinity);
+    let lastLoss = NaN;
+    let checkpoint: string | null = null;
+    let interrupted = false;
+    let savedAt = hasCheckpoint(this.runDir) ? this.step : -1;
+    while (this.step < end) {
+      const rec = this.trainStep();
+      lastLoss = rec.loss;
+      control.onStep?.(rec, this);
+      if (this.train.checkpointEvery > 0 && this.step % this.train.checkpointEvery === 0) {
+        checkpoint = this.checkpoint();
+        savedAt = this.step;
+      }
+      await new Promise<void>((r) => setImmediate(r));
+      if (control.shouldStop?.()) {
+        interrupted = true;
+        break;
+      }
+    }
+    if (savedAt !== this.step) checkpoint = this.checkpoint();
+    return { step: this.step, finished: this.step >= this.train.steps, interrupted, lastLoss, checkpoint };
+  }
+}
+
+/** The per-step records of a run folder, in order. */
+export function readLossLog(runDir: string): StepRecord[] {
+  const path = join(runDir, LOSSES_FILE);
+  if (!existsSync(path)) return [];
+  return readFileSync(path, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l) as StepRecord);
+}
+
+/** Rebuilds the trained model of a run folder from its latest checkpoint (for eval, generation, export). */
+export function loadRunModel(runDir: string, backend: Backend, options: TransformerOptions = {}) {
+  const ck = loadCheckpoint(runDir);
+  const model = new Transformer(ck.state.model, backend, options);
+  restoreWeights(model, ck.weights, `checkpoint '${ck.dir}'`);
+  return { model, state: ck.state, dir: ck.dir };
+}
