@@ -99,6 +99,21 @@ describe('whole-model gradient check (fp64, central differences)', () => {
   }
 });
 
+describe('whole-model gradient check with encoding options', () => {
+  // HyPE's learned preset trains tau and mu (per block) through the whole model; 'paper' flips the bias sign.
+  const variants: [string, Record<string, unknown>][] = [
+    ['hype', { preset: 'learned' }],
+    ['hype', { preset: 'paper' }],
+  ];
+  for (const [name, options] of variants) {
+    it(`${name} ${JSON.stringify(options)}`, () => {
+      const model = new Transformer(tinyConfig(name, { pe: { name, options } }), backend);
+      if (options.preset === 'learned') expect(model.parameters().some((p) => p.name.includes('.attn.pe.'))).toBe(true);
+      expectAllBelow(gradcheck(model, 14), 1e-6);
+    });
+  }
+});
+
 describe('model plumbing', () => {
   it('is deterministic for a seed and differs across seeds', () => {
     const a = new Transformer(tinyConfig('test-nope'), backend, { encodingFactory: testNoPE });
