@@ -27,6 +27,7 @@ import type {
   PositionalEncoding,
 } from './encoding.ts';
 import {
+  asFloat64,
   attendScale,
   checkAttendInputs,
   createParam,
@@ -35,6 +36,7 @@ import {
   keyVisible,
   kvHeadOf,
   toDtypeOf,
+  type Param64,
 } from './explicit-attention.ts';
 
 export interface DaOptions {
@@ -58,9 +60,9 @@ export class DaEncoding implements PositionalEncoding {
   readonly maxLength = Infinity;
   readonly params: readonly Param[];
   /** Per-head distance weight w [H]. */
-  readonly weight: Param;
+  readonly weight: Param64;
   /** Per-head sigmoid parameter v [H]. */
-  readonly sigmoidParam: Param;
+  readonly sigmoidParam: Param64;
 
   constructor(readonly dims: EncodingDims) {
     this.weight = createParam('da.w', [dims.heads], false);
@@ -82,7 +84,9 @@ export class DaEncoding implements PositionalEncoding {
     const s = ctx.shape;
     const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: D } = s;
     const scale = attendScale(s);
-    const { q, k, v } = inputs;
+    const q = asFloat64(inputs.q);
+    const k = asFloat64(inputs.k);
+    const v = inputs.v;
     const mask = { causal: ctx.causal, queryOffset: ctx.queryOffset };
     const w = this.weight.data;
     const sv = this.sigmoidParam.data;
@@ -150,7 +154,7 @@ export class DaEncoding implements PositionalEncoding {
           }
         }
       }
-      return { dq: toDtypeOf(q, dq), dk: toDtypeOf(k, dk), dv };
+      return { dq: toDtypeOf(inputs.q, dq), dk: toDtypeOf(inputs.k, dk), dv };
     };
     return { out: fwd.out, backward };
   }

@@ -95,12 +95,13 @@ export function explicitAttentionForward(
   shape: AttentionShape,
   mask: MaskSpec,
   logits: Float64Array,
-  v: FloatArray,
+  vInput: FloatArray,
 ): ExplicitForward {
   const { batch: B, heads: H, lq, lk, valueDim: dv } = shape;
+  const v = asFloat64(vInput);
   check(logits.length === B * H * lq * lk, 'shape', `logits must be [B, H, Lq, Lk] = ${B * H * lq * lk} elements`);
   const probs = new Float64Array(B * H * lq * lk);
-  const out = allocate(dtypeOf(v), B * H * lq * dv);
+  const out = allocate(dtypeOf(vInput), B * H * lq * dv);
   const acc = new Float64Array(dv);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
@@ -139,11 +140,13 @@ export function explicitAttentionForward(
 export function explicitAttentionBackward(
   shape: AttentionShape,
   probs: Float64Array,
-  v: FloatArray,
-  dOut: FloatArray,
+  vInput: FloatArray,
+  dOutInput: FloatArray,
   extraDProbs?: Float64Array,
 ): { dLogits: Float64Array; dv: FloatArray } {
   const { batch: B, heads: H, lq, lk, valueDim: dv } = shape;
+  const v = asFloat64(vInput);
+  const dOut = asFloat64(dOutInput);
   check(
     dOut.length === B * H * lq * dv,
     'shape',
@@ -179,9 +182,15 @@ export function explicitAttentionBackward(
       }
     }
   }
-  const dvOut = allocate(dtypeOf(v), v.length);
-  dvOut.set(dvAcc);
-  return { dLogits, dv: dvOut };
+  return { dLogits, dv: toDtypeOf(vInput, dvAcc) };
+}
+
+/**
+ * The fp64 view the loops work on: the array itself when it already is fp64, else an fp64 copy. Keeping every
+ * inner loop on one array type also keeps it monomorphic (mixed Float32/Float64 access is several times slower).
+ */
+export function asFloat64(a: FloatArray): Float64Array {
+  return a instanceof Float64Array ? a : Float64Array.from(a);
 }
 
 /** Copies an fp64 accumulator into a fresh array of the same dtype as `like`. */
@@ -191,8 +200,11 @@ export function toDtypeOf(like: FloatArray, values: Float64Array): FloatArray {
   return out;
 }
 
+/** A trainable tensor whose data and gradient are fp64 (what these encodings create and compute on). */
+export type Param64 = Param & { readonly data: Float64Array; readonly grad: Float64Array };
+
 /** A zero-initialised trainable tensor (fp64 data and gradient). */
-export function createParam(name: string, shape: readonly number[], decay: boolean): Param {
+export function createParam(name: string, shape: readonly number[], decay: boolean): Param64 {
   let n = 1;
   for (const s of shape) n *= s;
   return { name, shape: [...shape], data: new Float64Array(n), grad: new Float64Array(n), decay };

@@ -43,6 +43,7 @@ import type {
   PositionalEncoding,
 } from './encoding.ts';
 import {
+  asFloat64,
   attendScale,
   checkAttendInputs,
   createParam,
@@ -50,6 +51,7 @@ import {
   explicitAttentionForward,
   kvHeadOf,
   toDtypeOf,
+  type Param64,
 } from './explicit-attention.ts';
 
 export interface PathOptions {
@@ -94,14 +96,16 @@ function sigmoid(z: number): number {
 export function pathAttention(
   shape: AttentionShape,
   queryOffset: number,
-  q: FloatArray,
-  k: FloatArray,
+  qInput: FloatArray,
+  kInput: FloatArray,
   v: FloatArray,
   factors: PathFactors,
   scale: number,
 ): { out: FloatArray; backward(dOut: FloatArray): PathCoreGrads } {
   const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: D } = shape;
   const { w, beta } = factors;
+  const q = asFloat64(qInput);
+  const k = asFloat64(kInput);
   const mask = { causal: true, queryOffset };
   const logits = new Float64Array(B * H * lq * lk);
   const r = new Float64Array(D);
@@ -181,7 +185,7 @@ function applyFactor(r: Float64Array, w: Float64Array, at: number, beta: number,
   for (let d = 0; d < D; d++) r[d]! -= c * w[at + d]!;
 }
 
-function dotAt(a: ArrayLike<number>, ao: number, b: ArrayLike<number>, bo: number, n: number): number {
+function dotAt(a: Float64Array, ao: number, b: Float64Array, bo: number, n: number): number {
   let s = 0;
   for (let c = 0; c < n; c++) s += a[ao + c]! * b[bo + c]!;
   return s;
@@ -193,12 +197,12 @@ export class PathEncoding implements PositionalEncoding {
   readonly maxLength = Infinity;
   readonly params: readonly Param[];
   /** W_w [Hkv, C, D]: projection of x to the (pre-normalisation) factor directions. */
-  readonly wProj: Param;
+  readonly wProj: Param64;
   /** Depthwise causal convolution taps [Hkv, D, convSize] (absent without shortConv); tap m reads x_{t-K+1+m}. */
-  readonly conv: Param | null;
+  readonly conv: Param64 | null;
   /** w_beta [Hkv, C] and b_beta [Hkv]: beta_t = 2 sigmoid(x_t . w_beta + b_beta). */
-  readonly betaWeight: Param;
-  readonly betaBias: Param;
+  readonly betaWeight: Param64;
+  readonly betaBias: Param64;
 
   constructor(
     readonly dims: EncodingDims,
@@ -254,10 +258,11 @@ export class PathEncoding implements PositionalEncoding {
 
   /** The factors w, beta for every (batch, kv head, position), and the backward from their gradients to dx. */
   factors(
-    x: FloatArray,
+    xInput: FloatArray,
     batch: number,
     lk: number,
   ): PathFactors & { backward(dw: Float64Array, dbeta: Float64Array): FloatArray } {
+    const x = asFloat64(xInput);
     const { kvHeads: Hkv, modelDim: C, headDim: D } = this.dims;
     const K = this.convSize;
     const W = this.wProj.data;
@@ -360,7 +365,7 @@ export class PathEncoding implements PositionalEncoding {
           }
         }
       }
-      return toDtypeOf(x, dx);
+      return toDtypeOf(xInput, dx);
     };
     return { w, beta, backward };
   }

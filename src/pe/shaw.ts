@@ -26,6 +26,7 @@ import type {
   PositionalEncoding,
 } from './encoding.ts';
 import {
+  asFloat64,
   attendScale,
   checkAttendInputs,
   createParam,
@@ -34,6 +35,7 @@ import {
   keyVisible,
   kvHeadOf,
   toDtypeOf,
+  type Param64,
 } from './explicit-attention.ts';
 
 export interface ShawOptions {
@@ -51,9 +53,9 @@ export class ShawEncoding implements PositionalEncoding {
   readonly maxLength = Infinity;
   readonly params: readonly Param[];
   /** aK [2K+1, D]: relative key embeddings. */
-  readonly keyTable: Param;
+  readonly keyTable: Param64;
   /** aV [2K+1, D]: relative value embeddings (value dim = head dim). */
-  readonly valueTable: Param;
+  readonly valueTable: Param64;
 
   constructor(
     readonly dims: EncodingDims,
@@ -88,7 +90,9 @@ export class ShawEncoding implements PositionalEncoding {
     const { batch: B, heads: H, lq, lk, headDim: D, valueDim: dv } = s;
     const rows = 2 * this.clip + 1;
     const scale = attendScale(s);
-    const { q, k, v } = inputs;
+    const q = asFloat64(inputs.q);
+    const k = asFloat64(inputs.k);
+    const v = inputs.v;
     const aK = this.keyTable.data;
     const aV = this.valueTable.data;
     const mask = { causal: ctx.causal, queryOffset: ctx.queryOffset };
@@ -134,7 +138,8 @@ export class ShawEncoding implements PositionalEncoding {
       }
     }
 
-    const backward = (dOut: Float64Array | Float32Array) => {
+    const backward = (dOutInput: Float64Array | Float32Array) => {
+      const dOut = asFloat64(dOutInput);
       // dP gains dOut_i . aV[row(i, l)] from the value term.
       const extra = new Float64Array(probs.length);
       const dOa = new Float64Array(rows);
@@ -189,7 +194,7 @@ export class ShawEncoding implements PositionalEncoding {
           }
         }
       }
-      return { dq: toDtypeOf(q, dq), dk: toDtypeOf(k, dk), dv: dV };
+      return { dq: toDtypeOf(inputs.q, dq), dk: toDtypeOf(inputs.k, dk), dv: dV };
     };
     return { out, backward };
   }
@@ -252,7 +257,7 @@ export class ShawEncoding implements PositionalEncoding {
   }
 }
 
-function dot(a: ArrayLike<number>, ao: number, b: ArrayLike<number>, bo: number, n: number): number {
+function dot(a: Float64Array, ao: number, b: Float64Array, bo: number, n: number): number {
   let s = 0;
   for (let c = 0; c < n; c++) s += a[ao + c]! * b[bo + c]!;
   return s;

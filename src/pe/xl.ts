@@ -28,6 +28,7 @@ import type {
   PositionalEncoding,
 } from './encoding.ts';
 import {
+  asFloat64,
   attendScale,
   checkAttendInputs,
   createParam,
@@ -36,6 +37,7 @@ import {
   keyVisible,
   kvHeadOf,
   toDtypeOf,
+  type Param64,
 } from './explicit-attention.ts';
 
 export interface XlOptions {
@@ -65,11 +67,11 @@ export class XlEncoding implements PositionalEncoding {
   readonly maxLength = Infinity;
   readonly params: readonly Param[];
   /** Global content bias u [H, D]. */
-  readonly u: Param;
+  readonly u: Param64;
   /** Global position bias v [H, D]. */
-  readonly v: Param;
+  readonly v: Param64;
   /** Position projection W_R [Hkv, D, dR]. */
-  readonly wR: Param;
+  readonly wR: Param64;
 
   constructor(
     readonly dims: EncodingDims,
@@ -99,7 +101,9 @@ export class XlEncoding implements PositionalEncoding {
     const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: D } = s;
     const dR = this.posDim;
     const scale = attendScale(s);
-    const { q, k, v } = inputs;
+    const q = asFloat64(inputs.q);
+    const k = asFloat64(inputs.k);
+    const v = inputs.v;
     const mask = { causal: ctx.causal, queryOffset: ctx.queryOffset };
 
     // Every signed distance p - l of this call, smallest first: sMin = queryOffset - (Lk - 1).
@@ -188,7 +192,7 @@ export class XlEncoding implements PositionalEncoding {
           }
         }
       }
-      return { dq: toDtypeOf(q, dq), dk: toDtypeOf(k, dk), dv };
+      return { dq: toDtypeOf(inputs.q, dq), dk: toDtypeOf(inputs.k, dk), dv };
     };
     return { out: fwd.out, backward };
   }
@@ -227,7 +231,7 @@ export class XlEncoding implements PositionalEncoding {
   }
 }
 
-function dot(a: ArrayLike<number>, ao: number, b: ArrayLike<number>, bo: number, n: number): number {
+function dot(a: Float64Array, ao: number, b: Float64Array, bo: number, n: number): number {
   let s = 0;
   for (let c = 0; c < n; c++) s += a[ao + c]! * b[bo + c]!;
   return s;
