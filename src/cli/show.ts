@@ -1,0 +1,302 @@
+/**
+ * `hype show`: draws what a positional encoding does to attention, as an SVG.
+ *
+ * The picture is the logit a content-free query at position L - 1 gives a key at distance D = 0 .. L - 1 behind
+ * it, per head, computed generically from the registry's factory and the encoding's dense reference:
+ * - encodings acting on embeddings (sinusoidal, learned): zero token embeddings plus the position signal, with
+ *   identity projections (head h reads model dims h*d .. h*d + d - 1); the value is the scaled dot product of the
+ *   position signals alone;
+ * - every other encoding: every query and key is the same content vector u = (1, ..., 1) (unit-variance
+ *   coordinates, |u|^2 = d, the typical size of normalised q and k), so content is identical everywhere; the
+ *   value is the logit minus the content-only logit scale * u.u = scale * d, i.e. what position adds (exactly 0
+ *   for NoPE, -m_h D for ALiBi, the bucket scalar for T5, scale * (2 sum_j cos(D theta_j) - 2 pairs) for RoPE);
+ * parameters are at their initialisation (seeded). `--heatmap` draws the full causal L x L pattern of one head.
+ * Encodings are named as in the registry, optionally with options: `hype:preset=recency:lengthExtra=4096`.
+ */
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { ReferenceBackend } from '../backend/reference.ts';
+import { check, HypeError } from '../errors.ts';
+import type { AttendContext, EncodingDims, PositionalEncoding } from '../pe/encoding.ts';
+import { getEncodingFactory } from '../pe/registry.ts';
+import { heatmapSpec, lineChartSpec, type HeatCell, type LinePoint } from '../plot/charts.ts';
+import { renderSvg, writeSvgFile } from '../plot/render.ts';
+import { Rng } from '../util/rng.ts';
+
+export interface EncodingRequest {
+  /** The text the user wrote, used as the legend label. */
+  label: string;
+  name: string;
+  options: Record<string, number | boolean | string>;
+}
+
+export interface ShowSettings {
+  length: number;
+  heads: number;
+  headDim: number;
+  trainLength: number;
+  seed: number;
+}
+
+const EMBEDDING_NOTE =
+  'absolute encodings: scaled dot product of the position signals alone (zero token embeddings, identity projections)';
+const CONTENT_FREE_NOTE =
+  'others: every query and key = (1, ..., 1); logit minus the content-only logit scale * d (what position adds)';
+
+function parseValue(raw: string): number | boolean | string {
+  if (raw === 'true') return true;
+  if (raw === 'false') return false;
+  const n = Number(raw);
+  return raw.trim() !== '' && Number.isFinite(n) ? n : raw;
+}
+
+/** `name[:key=value[:key=value...]]` -> registry name and options. Unknown names give the registry's error. */
+export function parseEncodingRequest(text: string): EncodingRequest {
+  const [name, ...pairs] = text.trim().split(':');
+  check(!!name, 'argument', `empty encoding name in '${text}'; write e.g. alibi or hype:preset=recency`);
+  getEncodingFactory(name!); // refuses unknown names with the list of known ones
+  const options: Record<string, number | boolean | string> = {};
+  for (const pair of pairs) {
+    const eq = pair.indexOf('=');
+    check(
+      eq > 0,
+      'argument',
+      `encoding option '${pair}' in '${text}' must be key=value, e.g. ${name}:${Object.keys(getEncodingFactory(name!).defaults)[0] ?? 'key'}=value`,
+    );
+    options[pair.slice(0, eq)] = parseValue(pair.slice(eq + 1));
+  }
+  return { label: text.trim(), name: name!, options };
+}
+
+function checkSettings(s: ShowSettings): void {
+  check(Number.isInteger(s.length) && s.length >= 2, 'argument', `--length must be an integer >= 2, got ${s.length}`);
+  check(Number.isInteger(s.heads) && s.heads >= 1, 'argument', `--heads must be an integer >= 1, got ${s.heads}`);
+  check(
+    Number.isInteger(s.headDim) && s.headDim >= 2,
+    'argument',
+    `--head-dim must be an integer >= 2, got ${s.headDim}`,
+  );
+  check(
+    Number.isInteger(s.trainLength) && s.trainLength >= 1,
+    'argument',
+    `--train-length must be an integer >= 1, got ${s.trainLength}`,
+  );
+}
+
+function build(req: EncodingRequest, s: ShowSettings): PositionalEncoding {
+  const dims: EncodingDims = {
+    heads: s.heads,
+    kvHeads: s.heads,
+    headDim: s.headDim,
+    modelDim: s.heads * s.headDim,
+    trainLength: s.trainLength,
+  };
+  return getEncodingFactory(req.name).create(dims, req.options, new Rng(s.seed));
+}
+
+/**
+ * Content-free logits [H, Lq, L] for queries at positions `queryPositions` (a contiguous run ending at L - 1)
+ * over keys 0 .. L - 1, per the definition in this file's header.
+ */
+function contentFreeLogits(enc: PositionalEncoding, s: ShowSettings, lq: number): Float64Array {
+  const { length: L, heads: H, headDim: d } = s;
+  const C = H * d;
+  const scale = 1 / Math.sqrt(d);
+  const ctx: AttendContext = {
+    backend: new ReferenceBackend(),
+    shape: { batch: 1, heads: H, kvHeads: H, lq, lk: L, headDim: d, valueDim: d }, // dv = d: some encodings (shaw) need it
+    causal: true,
+    queryOffset: L - lq,
+  };
+  const q = new Float64Array(H * lq * d);
+  const k = new Float64Array(H * L * d);
+  const v = new Float64Array(H * L * d); // values do not enter the logits
+  const x = new Float64Array(L * C).fill(1 / Math.sqrt(C));
+  const absolute = enc.sites.includes('embedding');
+  if (absolute) {
+    const pe = new Float64Array(L * C);
+    enc.embed!(pe, 1, L, C, 0);
+    for (let h = 0; h < H; h++) {
+      for (let t = 0; t < L; t++) {
+        for (let c = 0; c < d; c++) {
+          k[(h * L + t) * d + c] = pe[t * C + h * d + c]!;
+          if (t >= L - lq) q[(h * lq + t - (L - lq)) * d + c] = pe[t * C + h * d + c]!;
+        }
+      }
+    }
+  } else {
+    q.fill(1);
+    k.fill(1);
+  }
+  const logits = enc.denseLogits(ctx, { q, k, v, x }, scale);
+  // u.u = d is exact in floating point, so the content logit removed here is exactly the one inside `logits`.
+  if (!absolute) for (let j = 0; j < logits.length; j++) logits[j] = logits[j]! - scale * d;
+  return logits;
+}
+
+/** Per head, the value at distance D = 0 .. L - 1 for the query at position L - 1. */
+export function distanceProfile(req: EncodingRequest, s: ShowSettings): Float64Array[] {
+  checkSettings(s);
+  const enc = build(req, s);
+  const L = s.length;
+  const logits = contentFreeLogits(enc, s, 1);
+  return Array.from({ length: s.heads }, (_, h) => {
+    const row = new Float64Array(L);
+    for (let D = 0; D < L; D++) row[D] = logits[h * L + (L - 1 - D)]!;
+    return row;
+  });
+}
+
+function subtitle(s: ShowSettings, extra: string): string[] {
+  return [
+    `query at position ${s.length - 1}; ${s.heads} heads of dim ${s.headDim}; training length ${s.trainLength}; ` +
+      `parameters at initialisation (seed ${s.seed}); scale 1/sqrt(${s.headDim})`,
+    EMBEDDING_NOTE,
+    CONTENT_FREE_NOTE,
+    ...(extra ? [extra] : []),
+  ];
+}
+
+/** The SVG of the per-head distance profile of one encoding, or of several overlaid per head. */
+export async function profileSvg(requests: EncodingRequest[], s: ShowSettings): Promise<string> {
+  check(requests.length >= 1, 'argument', 'name at least one encoding, e.g. `hype show alibi`');
+  const points: LinePoint[] = [];
+  const headName = (h: number): string => `head ${h + 1}`;
+  for (const req of requests) {
+    const profile = distanceProfile(req, s);
+    profile.forEach((row, h) =>
+      row.forEach((y, D) =>
+        points.push(
+          requests.length === 1 ? { x: D, y, series: headName(h) } : { x: D, y, series: req.label, facet: headName(h) },
+        ),
+      ),
+    );
+  }
+  const heads = Array.from({ length: s.heads }, (_, h) => headName(h));
+  const common = {
+    points,
+    xTitle: 'distance D = i - l (tokens behind the query)',
+    yTitle: 'logit added by position',
+    subtitle: subtitle(s, ''),
+  };
+  const spec =
+    requests.length === 1
+      ? lineChartSpec({
+          ...common,
+          title: `${requests[0]!.label}: position term per head`,
+          seriesTitle: 'head',
+          seriesOrder: heads,
+        })
+      : lineChartSpec({
+          ...common,
+          title: `${requests.map((r) => r.label).join(' vs ')}: position term per head`,
+          seriesTitle: 'encoding',
+          seriesOrder: requests.map((r) => r.label),
+          facetTitle: 'head',
+          facetOrder: heads,
+          facetColumns: Math.min(4, s.heads),
+        });
+  return renderSvg(spec);
+}
+
+/** The causal L x L content-free logit pattern of one head, as a heatmap SVG. */
+export async function heatmapSvg(req: EncodingRequest, s: ShowSettings, head: number): Promise<string> {
+  checkSettings(s);
+  check(
+    s.length <= 256,
+    'argument',
+    `--heatmap draws L x L cells; --length ${s.length} is too many to read, use --length <= 256`,
+  );
+  check(
+    Number.isInteger(head) && head >= 1 && head <= s.heads,
+    'argument',
+    `--head must be between 1 and ${s.heads}, got ${head}`,
+  );
+  const L = s.length;
+  const logits = contentFreeLogits(build(req, s), s, L);
+  const cells: HeatCell[] = [];
+  for (let i = 0; i < L; i++)
+    for (let l = 0; l <= i; l++) cells.push({ x: l, y: i, value: logits[((head - 1) * L + i) * L + l]! });
+  return renderSvg(
+    heatmapSpec({
+      title: `${req.label}: head ${head}, logit added by position (causal)`,
+      subtitle: subtitle(s, ''),
+      cells,
+      xTitle: 'key position l',
+      yTitle: 'query position i',
+      valueTitle: 'logit',
+    }),
+  );
+}
+
+function defaultOutPath(requests: EncodingRequest[], heatmap: boolean): string {
+  const stem = requests.map((r) => r.label.replace(/[^A-Za-z0-9._-]+/g, '-')).join('_');
+  return `pe-${stem}${heatmap ? '-heatmap' : ''}.svg`;
+}
+
+interface ShowFlags {
+  length: string;
+  heads: string;
+  headDim: string;
+  trainLength?: string;
+  seed: string;
+  out?: string;
+  compare?: string;
+  heatmap?: boolean;
+  head: string;
+}
+
+function integerFlag(raw: string, flag: string): number {
+  const n = Number(raw);
+  if (!Number.isInteger(n)) throw new HypeError('argument', `${flag} must be an integer, got '${raw}'`);
+  return n;
+}
+
+export async function runShow(encoding: string | undefined, flags: ShowFlags): Promise<string> {
+  const texts = [...(encoding ? [encoding] : []), ...(flags.compare ? flags.compare.split(',') : [])].filter(
+    (t) => t.trim() !== '',
+  );
+  check(texts.length >= 1, 'argument', 'name an encoding (`hype show alibi`) or several (`--compare alibi,rope`)');
+  const requests = texts.map(parseEncodingRequest);
+  const length = integerFlag(flags.length, '--length');
+  const settings: ShowSettings = {
+    length,
+    heads: integerFlag(flags.heads, '--heads'),
+    headDim: integerFlag(flags.headDim, '--head-dim'),
+    trainLength: flags.trainLength === undefined ? length : integerFlag(flags.trainLength, '--train-length'),
+    seed: integerFlag(flags.seed, '--seed'),
+  };
+  let svg: string;
+  if (flags.heatmap) {
+    check(requests.length === 1, 'argument', '--heatmap draws one encoding; drop --compare or draw them one by one');
+    svg = await heatmapSvg(requests[0]!, settings, integerFlag(flags.head, '--head'));
+  } else {
+    svg = await profileSvg(requests, settings);
+  }
+  const out = resolve(flags.out ?? defaultOutPath(requests, !!flags.heatmap));
+  writeSvgFile(out, svg);
+  return out;
+}
+
+export function registerShowCommand(program: Command): void {
+  program
+    .command('show')
+    .description(
+      'draw what a positional encoding adds to the logits, per head over distance (SVG); e.g. ' +
+        '`hype show --compare alibi,hype:preset=recency,hype:preset=paper`',
+    )
+    .argument('[encoding]', 'encoding name, optionally with options: name:key=value:key=value')
+    .option('--length <L>', 'sequence length (the query sits at L - 1)', '128')
+    .option('--heads <H>', 'number of heads', '8')
+    .option('--head-dim <d>', 'head dimension', '64')
+    .option('--train-length <n>', 'training length the encoding is built for (default: --length)')
+    .option('--seed <n>', 'seed for parameter initialisation', '0')
+    .option('--compare <list>', 'comma-separated encodings to overlay, per head')
+    .option('--heatmap', 'draw the causal L x L pattern of one head instead')
+    .option('--head <h>', 'head drawn by --heatmap (1-based)', '1')
+    .option('--out <file>', 'SVG file to write (default: pe-<encodings>.svg in the current directory)')
+    .action(async (encoding: string | undefined, flags: ShowFlags) => {
+      const out = await runShow(encoding, flags);
+      process.stdout.write(`${out}\n`);
+    });
+}
