@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ropeEncoding, ropeFrequencies } from '../src/pe/rope.ts';
 import { rotateRows } from '../src/pe/rotary.ts';
+import { hopeEncoding } from '../src/pe/hope.ts';
 import { noneEncoding } from '../src/pe/none.ts';
 import { Rng } from '../src/util/rng.ts';
 import {
@@ -97,5 +98,27 @@ describe('rope', () => {
   it('refuses a rotary fraction that rotates nothing or exceeds 1', () => {
     expect(() => ropeEncoding.create(dims, { rotaryFraction: 0.1 }, new Rng(0))).toThrow(/rotates no pair/);
     expect(() => ropeEncoding.create(dims, { rotaryFraction: 1.5 }, new Rng(0))).toThrow(/\(0, 1\]/);
+  });
+});
+
+describe('rope and hope in fp32', () => {
+  it('keep the dtype and agree with fp64 to fp32 rounding', () => {
+    const shape = shapeOf({ lq: 6, lk: 6 });
+    const ctx = contextFor(shape, true, 0);
+    const in64 = randomInputs(shape, 77);
+    const in32 = { q: Float32Array.from(in64.q), k: Float32Array.from(in64.k), v: Float32Array.from(in64.v) };
+    for (const enc of [ropeEncoding.create(dims, {}, new Rng(0)), hopeEncoding.create(dims, {}, new Rng(0))]) {
+      const r32 = enc.attend(ctx, in32);
+      const r64 = enc.attend(ctx, in64);
+      expect(r32.out).toBeInstanceOf(Float32Array);
+      const g32 = r32.backward(new Float32Array(r32.out.length).fill(1));
+      expect(g32.dq).toBeInstanceOf(Float32Array);
+      expect(g32.dk).toBeInstanceOf(Float32Array);
+      // fp32 unit roundoff 6e-8 times O(d + L) accumulated roundings on O(1) values (inputs rounded to fp32 too).
+      let worstErr = 0;
+      for (let i = 0; i < r64.out.length; i++) worstErr = Math.max(worstErr, Math.abs(r32.out[i]! - r64.out[i]!));
+      expect(worstErr).toBeLessThan(2e-6);
+      expect(worstErr).toBeGreaterThan(0); // it really ran in fp32
+    }
   });
 });

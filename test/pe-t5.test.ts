@@ -175,3 +175,23 @@ describe('t5 encoding', () => {
     expect(() => enc.attend(contextFor(shape, true), randomInputs(shape, 1))).toThrow(/4 heads/);
   });
 });
+
+describe('t5 in fp32', () => {
+  it('runs on Float32 activations (the table stays fp64) and agrees with fp64 to fp32 rounding', () => {
+    const enc = t5Encoding.create(dims, {}, new Rng(9));
+    const shape = shapeOf({ lq: 5, lk: 5 });
+    const ctx = contextFor(shape, true, 0);
+    const in64 = randomInputs(shape, 78);
+    const in32 = { q: Float32Array.from(in64.q), k: Float32Array.from(in64.k), v: Float32Array.from(in64.v) };
+    const r32 = enc.attend(ctx, in32);
+    expect(r32.out).toBeInstanceOf(Float32Array);
+    const out64 = enc.attend(ctx, in64).out;
+    let worstErr = 0;
+    for (let i = 0; i < out64.length; i++) worstErr = Math.max(worstErr, Math.abs(r32.out[i]! - out64[i]!));
+    // fp32 unit roundoff 6e-8 times O(d + L) roundings on O(1) values.
+    expect(worstErr).toBeLessThan(2e-6);
+    enc.params[0]!.grad.fill(0);
+    r32.backward(new Float32Array(r32.out.length).fill(1));
+    expect(enc.params[0]!.grad.some((g) => g !== 0)).toBe(true);
+  });
+});
