@@ -386,8 +386,10 @@ export class PathEncoding implements PositionalEncoding {
   }
 
   /**
-   * Reference: the factors recomputed step by step, then for every pair the explicit D x D product
-   * H_p H_{p-1} ... H_{j+1} and q^T (product) k.
+   * Reference: the factors recomputed step by step, then for every pair the explicit D x D matrix
+   * M(p, j) = H_p H_{p-1} ... H_{j+1} and the logit q^T M k. Per query, M is extended one factor at a time,
+   * M(p, j) = M(p, j+1) H_{j+1}, where the product with H = I - beta w w^T is formed as M - beta (M w) w^T (the
+   * same matrix product without materialising H; O(D^2) per factor so `hype show` stays quick).
    */
   denseLogits(ctx: AttendContext, inputs: AttendInputs, scale: number): Float64Array {
     const x = this.checkCall(ctx, inputs);
@@ -400,9 +402,9 @@ export class PathEncoding implements PositionalEncoding {
         const kh = kvHeadOf(s, h);
         for (let i = 0; i < s.lq; i++) {
           const p = i + ctx.queryOffset;
-          for (let j = 0; j <= p; j++) {
-            let M = identity(D);
-            for (let t = p; t >= j + 1; t--) M = matmul(M, factorMatrix(w[b][kh]![t]!, beta[b][kh]![t]!), D);
+          const M = identity(D);
+          for (let j = p; j >= 0; j--) {
+            if (j < p) timesFactor(M, w[b]![kh]![j + 1]!, beta[b]![kh]![j + 1]!);
             let e = 0;
             for (let r = 0; r < D; r++) {
               for (let c = 0; c < D; c++) {
@@ -471,24 +473,14 @@ function identity(D: number): Float64Array {
   return m;
 }
 
-/** I - beta w w^T as an explicit matrix. */
-function factorMatrix(w: number[], beta: number): Float64Array {
+/** M <- M (I - beta w w^T), in place: M - beta (M w) w^T. */
+function timesFactor(M: Float64Array, w: number[], beta: number): void {
   const D = w.length;
-  const m = identity(D);
-  for (let r = 0; r < D; r++) for (let c = 0; c < D; c++) m[r * D + c]! -= beta * w[r]! * w[c]!;
-  return m;
-}
-
-function matmul(a: Float64Array, b: Float64Array, D: number): Float64Array {
-  const out = new Float64Array(D * D);
   for (let r = 0; r < D; r++) {
-    for (let c = 0; c < D; c++) {
-      let acc = 0;
-      for (let t = 0; t < D; t++) acc += a[r * D + t]! * b[t * D + c]!;
-      out[r * D + c] = acc;
-    }
+    let mw = 0;
+    for (let c = 0; c < D; c++) mw += M[r * D + c]! * w[c]!;
+    for (let c = 0; c < D; c++) M[r * D + c]! -= beta * mw * w[c]!;
   }
-  return out;
 }
 
 export const pathFactory: EncodingFactory<PathOptions> = {
