@@ -9,6 +9,11 @@
  * settle into near-constant patterns — are not rotated at all: those head dims contribute a plain, position-free
  * dot product q_c k_c (kept, not dropped, so the head keeps its full width for content).
  *
+ * Source note: the rule follows the paper's abstract (low-frequency components "replaced with position-independent
+ * ones", "retaining only high-frequency signals") and independent descriptions of the method, which state the
+ * threshold as theta_j >= 2 pi / L; the full paper text could not be consulted when this was written, so check the
+ * threshold against its method section before citing exact numbers.
+ *
  * Choices made here where the abstract and secondary descriptions leave room: the boundary case theta_j L = 2 pi
  * counts as high-frequency; the threshold length is the training length (option cutoffLength overrides it); pairs
  * are adjacent dims as in rope.ts; if no component reaches the threshold (tiny L), HoPE degenerates to NoPE
