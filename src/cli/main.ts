@@ -7,6 +7,7 @@ import { HypeError } from '../errors.ts';
 import { registerShowCommand } from './show.ts';
 import { registerEval } from './eval.ts';
 import { registerTrain } from './train.ts';
+import { registerVerify } from './verify.ts';
 
 export function buildProgram(): Command {
   const program = new Command('hype')
@@ -16,6 +17,7 @@ export function buildProgram(): Command {
   registerTrain(program);
   registerEval(program);
   registerShowCommand(program);
+  registerVerify(program);
   return program;
 }
 
