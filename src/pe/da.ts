@@ -1,5 +1,5 @@
 /**
- * DA-Transformer, distance-aware attention (Wu, Wu and Huang, NAACL 2021, section 3.2):
+ * DA-Transformer, distance-aware attention (Wu, Wu and Huang, NAACL 2021, the method section):
  *
  *   R_h(i, l)    = w_h * |p_i - l|                                   p_i = i + queryOffset; per-head weight w_h
  *   Rhat_h(i, l) = (1 + exp(v_h)) / (1 + exp(v_h - R_h(i, l)))       learnable sigmoid, per-head v_h

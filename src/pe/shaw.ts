@@ -1,5 +1,6 @@
 /**
- * Shaw et al. 2018, "Self-Attention with Relative Position Representations" (eqs 3-5 of the paper):
+ * Shaw et al. 2018, "Self-Attention with Relative Position Representations" (section 3: the edge-aware output
+ * and compatibility, with a^K_ij = w^K_clip(j-i,k), a^V_ij = w^V_clip(j-i,k)):
  *
  *   logit(i, l) = scale * q_i . (k_l + aK[clip(l - p_i, K)])        p_i = i + queryOffset (absolute position)
  *   out_i       = sum_l P(i, l) * (v_l + aV[clip(l - p_i, K)])      clip(x, K) = max(-K, min(K, x))
@@ -7,7 +8,7 @@
  * aK [2K+1, D] and aV [2K+1, Dv] are learned edge embeddings indexed by the clipped signed distance key minus
  * query (the paper's j - i); row K is distance 0. Choices the paper leaves open or that we fix:
  * - clip K = 16 by default (the paper's ablation found results stable once K >= 2; any K >= 0 is accepted);
- * - one table shared by all heads, as in the paper (its section 3.3 shares them across heads to save memory),
+ * - one table shared by all heads, as in the paper (its efficient implementation shares them across heads),
  *   so grouped-query attention works unchanged; the value embeddings have the value dim, which must equal the
  *   head dim the encoding was built for;
  * - initialisation N(0, initStd^2), initStd = 0.02 (the paper does not state one);

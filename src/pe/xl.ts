@@ -1,5 +1,5 @@
 /**
- * Transformer-XL relative attention (Dai et al. 2019, section 3.3, the decomposition of A^rel into terms (a)-(d)):
+ * Transformer-XL relative attention (Dai et al. 2019, section 3.3: the relative score A^rel as terms (a)-(d)):
  *
  *   logit(i, l) = scale * [ (q_i + u_h) . k_l  +  (q_i + v_h) . (W_R R_{p_i - l}) ]        p_i = i + queryOffset
  *
