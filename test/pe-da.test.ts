@@ -108,5 +108,8 @@ describe('da (DA-Transformer distance-aware rescaling)', () => {
     const enc = daFactory.create({ ...dims, heads: 2 }, {}, new Rng(1));
     const { ctx, inputs } = setup(true, 4, 4, 0);
     expect(() => enc.attend(ctx, inputs)).toThrow(/built for 2 heads/);
+    const ok = setup(true, 4, 4, 0);
+    ok.enc.sigmoidParam.data[1] = 800;
+    expect(() => ok.enc.attend(ok.ctx, ok.inputs)).toThrow(/overflow/);
   });
 });

@@ -72,6 +72,16 @@ export class DaEncoding implements PositionalEncoding {
 
   private checkCall(ctx: AttendContext, inputs: AttendInputs): void {
     checkAttendInputs(ctx, inputs, 'da');
+    for (let h = 0; h < this.dims.heads; h++) {
+      const w = this.weight.data[h]!;
+      const v = this.sigmoidParam.data[h]!;
+      check(
+        Number.isFinite(w) && Number.isFinite(Math.exp(v)),
+        'overflow',
+        `da: head ${h} has w = ${w}, v = ${v}; w must be finite and exp(v) must not overflow (v < 709): ` +
+          'lower the learning rate or restore a checkpoint',
+      );
+    }
     check(
       ctx.shape.heads === this.dims.heads,
       'shape',
