@@ -14,6 +14,7 @@ import {
   softmaxCrossEntropyBackward,
   softmaxCrossEntropyForward,
 } from '../src/backend/layers.ts';
+import { ReferenceBackend } from '../src/backend/reference.ts';
 import { Rng } from '../src/util/rng.ts';
 import { maxRelativeGradError } from './helpers/gradcheck.ts';
 
@@ -209,5 +210,10 @@ describe('layerOpsOf', () => {
     ops.geluForward(new Float64Array(1), new Float64Array(1), 1);
     expect(called).toBe(1);
     expect(ops.layerNormForward).toBe(referenceLayerOps.layerNormForward);
+  });
+
+  it('the reference backend offers every layer op itself', () => {
+    const be = new ReferenceBackend() as unknown as Record<string, unknown>;
+    for (const [key, fn] of Object.entries(referenceLayerOps)) expect(be[key]).toBe(fn);
   });
 });

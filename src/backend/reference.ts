@@ -6,6 +6,7 @@ import { check } from '../errors.ts';
 import type { FloatArray } from '../tensor.ts';
 import type { AttentionForward, AttentionGrads, AttentionOptions, AttentionShape, Backend } from './backend.ts';
 import { referenceAttentionBackward, referenceAttentionForward } from './reference-attention.ts';
+import { referenceLayerOps } from './layers.ts';
 
 /** Row-major C = alpha op(A) op(B) + beta C, summing each entry in a JS double. */
 export function referenceGemm(
@@ -55,6 +56,19 @@ export function referenceGemm(
 
 export class ReferenceBackend implements Backend {
   readonly name: string = 'reference';
+
+  // The non-attention layer ops (plain loops in layers.ts), so this backend offers the complete set.
+  readonly layerNormForward = referenceLayerOps.layerNormForward;
+  readonly layerNormBackward = referenceLayerOps.layerNormBackward;
+  readonly geluForward = referenceLayerOps.geluForward;
+  readonly geluBackward = referenceLayerOps.geluBackward;
+  readonly softmaxCrossEntropyForward = referenceLayerOps.softmaxCrossEntropyForward;
+  readonly softmaxCrossEntropyBackward = referenceLayerOps.softmaxCrossEntropyBackward;
+  readonly adamwStep = referenceLayerOps.adamwStep;
+  readonly embeddingForward = referenceLayerOps.embeddingForward;
+  readonly embeddingBackward = referenceLayerOps.embeddingBackward;
+  readonly biasAdd = referenceLayerOps.biasAdd;
+  readonly biasBackward = referenceLayerOps.biasBackward;
 
   gemm(
     transA: boolean,
