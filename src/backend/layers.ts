@@ -153,14 +153,17 @@ export function softmaxCrossEntropyBackward(
     const o = r * vocab;
     let max = -Infinity;
     for (let j = 0; j < vocab; j++) if (logits[o + j]! > max) max = logits[o + j]!;
+    // One exp per entry: park exp(logit - max) in dLogits (same index, so aliasing logits is safe), then scale.
     let s = 0;
-    for (let j = 0; j < vocab; j++) s += Math.exp(logits[o + j]! - max);
-    const inv = 1 / s;
-    const t = targets[r]!;
     for (let j = 0; j < vocab; j++) {
-      const p = Math.exp(logits[o + j]! - max) * inv;
-      dLogits[o + j] = (p - (j === t ? 1 : 0)) * dLoss;
+      const e = Math.exp(logits[o + j]! - max);
+      dLogits[o + j] = e;
+      s += e;
     }
+    const scale = dLoss / s;
+    for (let j = 0; j < vocab; j++) dLogits[o + j] = dLogits[o + j]! * scale;
+    const t = targets[r]!;
+    dLogits[o + t] = dLogits[o + t]! - dLoss;
   }
 }
 
