@@ -93,10 +93,15 @@ describe('hype encoding: routes agree with the dense fp64 reference', () => {
 
 describe('hype encoding: backward vs central differences (fp64)', () => {
   for (const route of ['concat', 'kernel'] as const) {
-    for (const train of ['both', 'tau', 'mu'] as const) {
-      it(`learned preset, ${route} route, training ${train}`, () => {
+    for (const [train, units] of [
+      ['both', 'relative'],
+      ['both', 'raw'],
+      ['tau', 'relative'],
+      ['mu', 'raw'],
+    ] as const) {
+      it(`learned preset, ${route} route, training ${train} in ${units} units`, () => {
         const { q, k, v, w } = inputs(3);
-        const enc = make({ preset: 'learned', route, train, multiple: 4 });
+        const enc = make({ preset: 'learned', route, train, units, multiple: 4 });
         expect(enc.params.map((p) => p.name)).toEqual(
           train === 'both' ? ['hype.tau', 'hype.mu'] : train === 'tau' ? ['hype.tau'] : ['hype.mu'],
         );
@@ -114,7 +119,9 @@ describe('hype encoding: backward vs central differences (fp64)', () => {
         const analytic = enc.params.map((p) => Float64Array.from(p.grad));
         enc.params.forEach((p, j) => {
           expect(p.shape).toEqual(p.name === 'hype.tau' ? [4, 1] : [2, 1]); // mu: one per KV group
-          const h = p.name === 'hype.mu' ? 1e-8 : 1e-5; // mu ~ 0.08 moves the loss far faster than tau ~ 6
+          // Raw mu ~ 0.08 moves the loss far faster than tau ~ 6; relative units are ~1 for both.
+          const h = p.name === 'hype.mu' && units === 'raw' ? 1e-8 : 1e-5;
+          if (units === 'relative') expect(Math.abs(Math.abs(p.data[0]!) - 1)).toBeLessThan(1e-15);
           expect(maxRelativeGradError(loss, p.data, analytic[j]!, undefined, h)).toBeLessThan(1e-6);
         });
         // A second backward accumulates (+=) into the same grads.

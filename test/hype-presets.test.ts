@@ -4,8 +4,8 @@
 import { describe, expect, it } from 'vitest';
 import { ReferenceBackend } from '../src/backend/reference.ts';
 import { alibiSlopes } from '../src/pe/alibi-slopes.ts';
-import { exactBias } from '../src/pe/hype-core.ts';
-import { hypeEncoding, presetSpec } from '../src/pe/hype.ts';
+import { augment, exactBias } from '../src/pe/hype-core.ts';
+import { hype, hypeEncoding, presetSpec } from '../src/pe/hype.ts';
 import { Rng } from '../src/util/rng.ts';
 
 describe('sign of the presets', () => {
@@ -93,5 +93,26 @@ describe('recency vs ALiBi (SPEC section 3)', () => {
         expect(Math.abs(exactBias(s, h, 5000, 5000 - D) / (-m[h]! * D) - 1)).toBeLessThan(0.043);
       }
     }
+  });
+});
+
+describe('hype() entry point', () => {
+  it('binds a preset spec to augment, backward and the exact bias', () => {
+    const p = { preset: 'recency', heads: 2, kvHeads: 1, headDim: 4, lengthExtra: 32 } as const;
+    const h = hype(p);
+    const shape = { batch: 1, heads: 2, kvHeads: 1, lq: 8, lk: 8, headDim: 4, valueDim: 4 };
+    const rng = new Rng(3);
+    const q = new Float64Array(64);
+    const k = new Float64Array(32);
+    rng.fillNormal(q);
+    rng.fillNormal(k);
+    const a = h.augment(shape, q, k, { multiple: 8 });
+    const b = augment(presetSpec(p), shape, q, k, { multiple: 8 });
+    expect(Array.from(a.qHat)).toEqual(Array.from(b.qHat));
+    expect(Array.from(a.kHat)).toEqual(Array.from(b.kHat));
+    expect(a.scale).toBe(0.5);
+    expect(h.bias(1, 7, 2)).toBe(exactBias(h.spec, 1, 7, 2));
+    expect(h.bias(1, 7, 2)).toBeLessThan(0);
+    expect(h.backward(a, a.qHat, a.kHat).dq.length).toBe(64);
   });
 });

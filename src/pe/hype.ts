@@ -19,7 +19,7 @@
  * relative deviation equal across heads and satisfies grouped-query attention (query heads sharing a KV head must
  * share mu).
  */
-import type { AttentionOptions, PositionBias } from '../backend/backend.ts';
+import type { AttentionOptions, AttentionShape, PositionBias } from '../backend/backend.ts';
 import { check } from '../errors.ts';
 import { FP32, isFloatFormatName, type FloatFormatName } from '../numerics/float-formats.ts';
 import type { FloatArray } from '../tensor.ts';
@@ -41,6 +41,9 @@ import {
   padColumns,
   sliceColumns,
   validateSpec,
+  type AugmentOptions,
+  type Augmented,
+  type HypeGrads,
   type HypeSpec,
 } from './hype-core.ts';
 
@@ -107,6 +110,25 @@ export function presetSpec(p: PresetInput): HypeSpec {
   return spec;
 }
 
+/**
+ * The library-level entry point (DESIGN.md's sketch): a preset's spec with its concat-route helpers bound to it.
+ *   const h = hype({ preset: 'recency', heads: 8, kvHeads: 8, headDim: 64, lengthExtra: 4096 });
+ *   const { qHat, kHat, vHat, shape, scale } = h.augment(attnShape, q, k, { v, multiple: 8 });
+ *   // any attention kernel on (qHat, kHat, vHat) with `scale`; then h.backward(aug, dqHat, dkHat) for gradients.
+ */
+export function hype(p: PresetInput) {
+  const spec = presetSpec(p);
+  return {
+    spec,
+    augment: (shape: AttentionShape, q: FloatArray, k: FloatArray, opts?: AugmentOptions): Augmented =>
+      augment(spec, shape, q, k, opts),
+    backward: (aug: Augmented, dqHat: FloatArray, dkHat: FloatArray): HypeGrads =>
+      augmentBackward(spec, aug, dqHat, dkHat),
+    /** The exact bias of head h for a query at flat position nq and a key at nk. */
+    bias: (h: number, nq: number, nk: number): number => exactBias(spec, h, nq, nk),
+  };
+}
+
 export interface HypeOptions {
   preset: HypePreset;
   /** L_extra; default 16 x the training length (the study evaluates up to 16x). */
@@ -116,6 +138,13 @@ export interface HypeOptions {
   route: 'concat' | 'kernel';
   /** Which parameters the learned preset trains. */
   train: 'both' | 'tau' | 'mu';
+  /**
+   * Units of the learned parameters. 'relative' (default) stores tau / |tau_init| and mu / |mu_init| per head, so
+   * both start at magnitude 1: raw mu is ~c / L_extra (1e-4 at L_extra = 4096) and raw |tau| ~ m L_extra / c (up to
+   * thousands), and an optimizer like Adam, whose steps are ~lr in parameter units, would change mu by several
+   * times itself per step and tau by nothing. 'raw' stores tau and mu themselves.
+   */
+  units: 'relative' | 'raw';
   /** Concat route: pad the head dims to a multiple of this (kernels like 4 or 8). */
   multiple: number;
   /** Concat route: round the operands to this format (fp16/bf16 emulation); default: the arrays' own type. */
@@ -130,6 +159,7 @@ const DEFAULTS: HypeOptions = {
   curvature: 0.5,
   route: 'concat',
   train: 'both',
+  units: 'relative',
   multiple: 1,
   shift: 'centre',
 };
@@ -149,21 +179,27 @@ class HypeEncoding implements PositionalEncoding {
   readonly maxLength: number;
   private readonly tauParam?: Param;
   private readonly muParam?: Param;
+  /** Parameter units: tau = tauUnit[j] * tauParam.data[j], mu (per KV group) = muUnit[g] * muParam.data[g]. */
+  private readonly tauUnit: Float64Array;
+  private readonly muUnit: Float64Array;
 
   constructor(
     private readonly base: HypeSpec,
     private readonly opts: HypeOptions,
   ) {
     const T = base.termAxis.length;
+    const group = base.heads / base.kvHeads;
     this.maxLength = base.grid.length >= 2 ? base.grid.reduce((a, b) => a * b, 1) : Infinity;
+    const muGroups = new Float64Array(base.kvHeads * T);
+    for (let g = 0; g < base.kvHeads; g++)
+      for (let t = 0; t < T; t++) muGroups[g * T + t] = base.mu[g * group * T + t]!;
+    const relative = opts.units === 'relative';
+    this.tauUnit = relative ? base.tau.map(Math.abs) : new Float64Array(base.tau.length).fill(1);
+    this.muUnit = relative ? muGroups.map(Math.abs) : new Float64Array(muGroups.length).fill(1);
     if (opts.preset === 'learned') {
-      if (opts.train !== 'mu') this.tauParam = makeParam('hype.tau', [base.heads, T], base.tau);
-      if (opts.train !== 'tau') {
-        const group = base.heads / base.kvHeads;
-        const mu = new Float64Array(base.kvHeads * T);
-        for (let g = 0; g < base.kvHeads; g++) for (let t = 0; t < T; t++) mu[g * T + t] = base.mu[g * group * T + t]!;
-        this.muParam = makeParam('hype.mu', [base.kvHeads, T], mu);
-      }
+      const scaled = (v: Float64Array, unit: Float64Array) => v.map((x, j) => x / unit[j]!);
+      if (opts.train !== 'mu') this.tauParam = makeParam('hype.tau', [base.heads, T], scaled(base.tau, this.tauUnit));
+      if (opts.train !== 'tau') this.muParam = makeParam('hype.mu', [base.kvHeads, T], scaled(muGroups, this.muUnit));
       for (const p of [this.tauParam, this.muParam]) if (p) this.params.push(p);
     }
   }
@@ -172,22 +208,37 @@ class HypeEncoding implements PositionalEncoding {
   spec(): HypeSpec {
     const { heads: H, kvHeads: Hkv } = this.base;
     const T = this.base.termAxis.length;
-    const tau = this.tauParam ? Float64Array.from(this.tauParam.data) : this.base.tau;
+    const tauParam = this.tauParam;
+    const muParam = this.muParam;
+    const tau = tauParam ? tauParam.data.map((x, j) => x * this.tauUnit[j]!) : this.base.tau;
     let mu = this.base.mu;
-    if (this.muParam) {
+    if (muParam) {
       mu = new Float64Array(H * T);
       const group = H / Hkv;
-      for (let h = 0; h < H; h++)
-        for (let t = 0; t < T; t++) mu[h * T + t] = this.muParam.data[Math.floor(h / group) * T + t]!;
+      for (let h = 0; h < H; h++) {
+        for (let t = 0; t < T; t++) {
+          const j = Math.floor(h / group) * T + t;
+          mu[h * T + t] = muParam.data[j]! * this.muUnit[j]!;
+        }
+      }
     }
-    const spec = { ...this.base, tau, mu };
+    const spec = { ...this.base, tau: Float64Array.from(tau), mu };
     validateSpec(spec);
     return spec;
   }
 
+  /** Adds d loss / d tau (per head) and d loss / d mu (per KV group), converted to the parameters' units. */
   private accumulate(dtau: ArrayLike<number>, dmuGroups: ArrayLike<number>): void {
-    if (this.tauParam) addInto(this.tauParam.grad, dtau);
-    if (this.muParam) addInto(this.muParam.grad, dmuGroups);
+    if (this.tauParam)
+      addInto(
+        this.tauParam.grad,
+        Array.from(dtau, (g, j) => g * this.tauUnit[j]!),
+      );
+    if (this.muParam)
+      addInto(
+        this.muParam.grad,
+        Array.from(dmuGroups, (g, j) => g * this.muUnit[j]!),
+      );
   }
 
   attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
@@ -333,6 +384,11 @@ export const hypeEncoding: EncodingFactory<HypeOptions> = {
       ['both', 'tau', 'mu'].includes(opts.train),
       'argument',
       `HyPE: train must be both, tau or mu, got '${opts.train}'`,
+    );
+    check(
+      opts.units === 'relative' || opts.units === 'raw',
+      'argument',
+      `HyPE: units must be relative or raw, got '${opts.units}'`,
     );
     check(
       opts.shift === 'centre' || opts.shift === 'none',
