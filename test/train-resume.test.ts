@@ -119,6 +119,52 @@ describe('resume after SIGKILL (child process)', () => {
   }, 120_000);
 });
 
+describe('Ctrl-C (SIGINT) during hype train', () => {
+  it('finishes the current step, writes a checkpoint there and exits cleanly', async () => {
+    const dir = join(root, 'sigint');
+    const args = ['--pe', 'none', '--width', '32', '--layers', '2', '--heads', '2', '--length', '32', '--batch', '4'];
+    const child = spawn(
+      process.execPath,
+      [
+        'bin/hype.js',
+        'train',
+        ...args,
+        '--steps',
+        '500',
+        '--checkpoint-every',
+        '3',
+        '--data',
+        corpusPath,
+        '--run-dir',
+        dir,
+        '--quiet',
+      ],
+      { cwd: process.cwd(), stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    const latest = join(checkpointsDir(dir), 'latest.json');
+    const deadline = Date.now() + 60_000;
+    // The run folder is passed below via --run-dir; wait for its first checkpoint, then interrupt.
+    while (!existsSync(latest)) {
+      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`child did not checkpoint: ${stderr}`);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    child.kill('SIGINT');
+    expect(await exited).toBe(0);
+    const m = /interrupted at step (\d+)\/500/.exec(stdout);
+    expect(m, stdout + stderr).not.toBeNull();
+    const step = Number(m![1]);
+    expect(step).toBeLessThan(500);
+    expect(loadCheckpoint(dir).state.step).toBe(step);
+    expect(readLossLog(dir).length).toBe(step);
+    expect(stdout).toMatch(/continue with: hype train --resume/);
+  }, 120_000);
+});
+
 describe('damaged and mismatched checkpoints are refused', () => {
   const fresh = async (name: string) => {
     const dir = join(root, name);
