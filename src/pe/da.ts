@@ -28,7 +28,6 @@ import type {
 } from './encoding.ts';
 import {
   asFloat64,
-  attendScale,
   checkAttendInputs,
   createParam,
   explicitAttentionBackward,
@@ -38,6 +37,7 @@ import {
   toDtypeOf,
   type Param64,
 } from './explicit-attention.ts';
+import { attentionScale } from './attention-plumbing.ts';
 
 export interface DaOptions {
   /** Heads start with w_h evenly spaced in [-weightInit, weightInit]. */
@@ -93,7 +93,7 @@ export class DaEncoding implements PositionalEncoding {
     this.checkCall(ctx, inputs);
     const s = ctx.shape;
     const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: D } = s;
-    const scale = attendScale(s);
+    const scale = attentionScale(s);
     const q = asFloat64(inputs.q);
     const k = asFloat64(inputs.k);
     const v = inputs.v;

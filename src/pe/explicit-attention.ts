@@ -29,14 +29,6 @@ export function kvHeadOf(shape: AttentionShape, h: number): number {
   return Math.floor(h / (shape.heads / shape.kvHeads));
 }
 
-/**
- * The softmax scale these encodings use: 1/sqrt(head dim), as in each of their papers. AttendContext carries no
- * scale, so the head dim of the call decides it.
- */
-export function attendScale(shape: AttentionShape): number {
-  return 1 / Math.sqrt(shape.headDim);
-}
-
 /** Refuses inputs whose sizes do not match the shape, or a shape that is not an attention shape. */
 export function checkAttendInputs(ctx: AttendContext, inputs: AttendInputs, who: string): void {
   const s = ctx.shape;

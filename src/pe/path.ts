@@ -44,7 +44,6 @@ import type {
 } from './encoding.ts';
 import {
   asFloat64,
-  attendScale,
   checkAttendInputs,
   createParam,
   explicitAttentionBackward,
@@ -53,6 +52,7 @@ import {
   toDtypeOf,
   type Param64,
 } from './explicit-attention.ts';
+import { attentionScale } from './attention-plumbing.ts';
 
 export interface PathOptions {
   /** Causal depthwise convolution (kernel convSize) + SiLU before the normalisation, as in the released layer. */
@@ -374,7 +374,7 @@ export class PathEncoding implements PositionalEncoding {
     const x = this.checkCall(ctx, inputs);
     const s = ctx.shape;
     const f = this.factors(x, s.batch, s.lk);
-    const core = pathAttention(s, ctx.queryOffset, inputs.q, inputs.k, inputs.v, f, attendScale(s));
+    const core = pathAttention(s, ctx.queryOffset, inputs.q, inputs.k, inputs.v, f, attentionScale(s));
     return {
       out: core.out,
       backward: (dOut) => {

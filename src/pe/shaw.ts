@@ -28,7 +28,6 @@ import type {
 } from './encoding.ts';
 import {
   asFloat64,
-  attendScale,
   checkAttendInputs,
   createParam,
   explicitAttentionBackward,
@@ -38,6 +37,7 @@ import {
   toDtypeOf,
   type Param64,
 } from './explicit-attention.ts';
+import { attentionScale } from './attention-plumbing.ts';
 
 export interface ShawOptions {
   /** Largest relative distance with its own embedding; farther keys share the edge embedding. */
@@ -90,7 +90,7 @@ export class ShawEncoding implements PositionalEncoding {
     const s = ctx.shape;
     const { batch: B, heads: H, lq, lk, headDim: D, valueDim: dv } = s;
     const rows = 2 * this.clip + 1;
-    const scale = attendScale(s);
+    const scale = attentionScale(s);
     const q = asFloat64(inputs.q);
     const k = asFloat64(inputs.k);
     const v = inputs.v;

@@ -29,7 +29,6 @@ import type {
 } from './encoding.ts';
 import {
   asFloat64,
-  attendScale,
   checkAttendInputs,
   createParam,
   explicitAttentionBackward,
@@ -39,6 +38,7 @@ import {
   toDtypeOf,
   type Param64,
 } from './explicit-attention.ts';
+import { attentionScale } from './attention-plumbing.ts';
 
 export interface XlOptions {
   /** Size dR of the sinusoid R (even); 0 means the model width. */
@@ -100,7 +100,7 @@ export class XlEncoding implements PositionalEncoding {
     const s = ctx.shape;
     const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: D } = s;
     const dR = this.posDim;
-    const scale = attendScale(s);
+    const scale = attentionScale(s);
     const q = asFloat64(inputs.q);
     const k = asFloat64(inputs.k);
     const v = inputs.v;
