@@ -1,0 +1,21 @@
+{
+  "targets": [
+    {
+      "target_name": "hype_native",
+      "sources": [
+        "native/addon.cc",
+        "native/attention.cc",
+        "native/gemm.cc",
+        "native/microkernel.cc",
+        "native/pool.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags": ["-O3", "-march=native", "-pthread", "-ffp-contract=fast"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-O3", "-march=native", "-pthread", "-ffp-contract=fast"],
+      "ldflags": ["-pthread"]
+    }
+  ]
+}

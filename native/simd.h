@@ -1,0 +1,62 @@
+// Portable SIMD through GCC/Clang vector extensions: one source, width chosen at compile time from the target
+// (-march=native): 16 lanes with AVX-512, 8 with AVX/AVX2, 4 otherwise (SSE, NEON, or scalar emulation by the
+// compiler on targets without vectors). Nothing here needs intrinsics, so it compiles anywhere GCC/Clang does.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+namespace hype {
+
+#if defined(HYPE_FORCE_SCALAR)
+constexpr int VL = 1;
+#elif defined(__AVX512F__)
+constexpr int VL = 16;
+#elif defined(__AVX__)
+constexpr int VL = 8;
+#else
+constexpr int VL = 4;
+#endif
+
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
+
+inline vf load(const float* p) {
+  vf r;
+  std::memcpy(&r, p, sizeof r);  // compiles to an unaligned vector load
+  return r;
+}
+inline void store(float* p, vf x) { std::memcpy(p, &x, sizeof x); }
+inline vf splat(float x) { return vf{} + x; }
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+inline vf iota() {
+  vf r;
+  for (int j = 0; j < VL; j++) r[j] = float(j);
+  return r;
+}
+
+// exp(x) for x in fp32: range reduction x = n ln2 + r with |r| <= ln2/2, then a degree-7 minimax-style polynomial
+// (Cephes expf coefficients; relative error ~1e-7). x < -87 gives exactly 0 (also for -inf), so masked logits
+// vanish without producing subnormals.
+inline vf vexp(vf x) {
+  const vf lo = splat(-87.0f), hi = splat(88.0f);
+  const vf xc = vmax(x > hi ? hi : x, lo);
+  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits
+  const vf t = xc * 1.44269504088896341f + magic;
+  const vf n = t - magic;
+  vf r = xc - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const vi ni = (vi)t - (vi)magic;  // the rounded integer n
+  const vi bits = (ni + 127) << 23;
+  const vf scale = (vf)bits;
+  const vf res = p * scale;
+  return x < lo ? vf{} : res;
+}
+
+}  // namespace hype

@@ -1,0 +1,261 @@
+/**
+ * The native backend: the N-API addon built from native/ by `npm install` (flash-style attention forward and
+ * backward with the in-kernel bias menu, and a blocked sgemm), multithreaded on one persistent pool.
+ *
+ * fp32 only: Float64Array inputs are refused (use the reference backend for fp64). Every call is validated in
+ * TypeScript (validate.ts) before native code runs. The 'dense' bias is a test oracle, not a kernel feature: this
+ * backend delegates it to the reference implementation (fp32, O(L^2) time), so results stay correct but slow.
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { HypeError } from '../errors.ts';
+import type { FloatArray } from '../tensor.ts';
+import type {
+  AttentionForward,
+  AttentionGrads,
+  AttentionOptions,
+  AttentionShape,
+  Backend,
+  PositionBias,
+  PositionBiasGrad,
+} from './backend.ts';
+import { ReferenceBackend } from './reference.ts';
+import {
+  validateAttentionBackward,
+  validateAttentionForward,
+  validateGemm,
+  validateGemmOutput,
+  validateThreads,
+} from './validate.ts';
+
+/** The addon's raw surface (native/addon.cc). */
+export interface NativeAddon {
+  setThreads(n: number): number;
+  threads(): number;
+  vectorWidth: number;
+  gemm(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: Float32Array,
+    lda: number,
+    b: Float32Array,
+    ldb: number,
+    beta: number,
+    c: Float32Array,
+    ldc: number,
+  ): void;
+  attentionForward(
+    params: object,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    out: Float32Array,
+    lse: Float32Array,
+  ): void;
+  attentionBackward(
+    params: object,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    out: Float32Array,
+    lse: Float32Array,
+    dOut: Float32Array,
+    dq: Float32Array,
+    dk: Float32Array,
+    dv: Float32Array,
+    biasGrads: object,
+  ): void;
+}
+
+let cached: { addon: NativeAddon | null; error: string } | undefined;
+
+/** The package root: the nearest folder above this module holding binding.gyp (src/ or dist/src/ layouts). */
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    if (existsSync(join(dir, 'binding.gyp'))) return dir;
+    dir = dirname(dir);
+  }
+  return dirname(dirname(dirname(fileURLToPath(import.meta.url))));
+}
+
+/** Loads the addon once; null (with the reason in `nativeLoadError()`) when it was not built. */
+export function loadNativeAddon(): NativeAddon | null {
+  if (cached) return cached.addon;
+  try {
+    const require = createRequire(import.meta.url);
+    const build = require('node-gyp-build') as (dir: string) => NativeAddon;
+    cached = { addon: build(packageRoot()), error: '' };
+  } catch (e) {
+    cached = { addon: null, error: e instanceof Error ? e.message.split('\n')[0]! : String(e) };
+  }
+  return cached.addon;
+}
+
+export function nativeLoadError(): string {
+  loadNativeAddon();
+  return cached!.error;
+}
+
+const BIAS_CODE = { none: 0, alibi: 1, hype: 2, table: 3 } as const;
+
+/** Narrows to Float32Array or refuses with the fix (this backend computes in fp32 only). */
+function f32(a: FloatArray, name: string): Float32Array {
+  if (a instanceof Float32Array) return a;
+  throw new HypeError(
+    'argument',
+    `the native backend computes in fp32 but ${name} is a ${(a as object)?.constructor?.name ?? typeof a}; pass ` +
+      `Float32Array tensors, or use the reference backend (loadBackend('reference')) for fp64`,
+  );
+}
+
+function kernelParams(shape: AttentionShape, opts: AttentionOptions, bias: Exclude<PositionBias, { kind: 'dense' }>) {
+  return {
+    batch: shape.batch,
+    heads: shape.heads,
+    kvHeads: shape.kvHeads,
+    lq: shape.lq,
+    lk: shape.lk,
+    headDim: shape.headDim,
+    valueDim: shape.valueDim,
+    causal: opts.causal,
+    scale: opts.scale,
+    queryOffset: opts.queryOffset ?? shape.lk - shape.lq,
+    biasKind: BIAS_CODE[bias.kind],
+    ...(bias.kind === 'alibi' ? { slopes: bias.slopes } : {}),
+    ...(bias.kind === 'hype' ? { tau: bias.tau, mu: bias.mu, pairs: bias.pairs } : {}),
+    ...(bias.kind === 'table' ? { values: bias.values, buckets: bias.buckets, bucketOf: bias.bucketOf } : {}),
+  };
+}
+
+export interface NativeOptions {
+  /** Worker threads for every native call (the pool is shared process-wide). Default: all available cores. */
+  threads?: number;
+}
+
+export class NativeBackend implements Backend {
+  readonly name: string = 'native';
+  private readonly addon: NativeAddon;
+  private readonly reference = new ReferenceBackend();
+
+  constructor(opts: NativeOptions = {}) {
+    const addon = loadNativeAddon();
+    if (!addon) {
+      throw new HypeError(
+        'native',
+        `the native addon is not available (${nativeLoadError()}); rebuild it with \`npm rebuild\` (needs g++ ` +
+          `and make), or use loadBackend('reference')`,
+      );
+    }
+    this.addon = addon;
+    this.setThreads(opts.threads ?? availableParallelism());
+  }
+
+  /** Resizes the process-wide native thread pool. */
+  setThreads(threads: number): void {
+    this.addon.setThreads(validateThreads(threads));
+  }
+
+  get threads(): number {
+    return this.addon.threads();
+  }
+
+  gemm(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: FloatArray,
+    lda: number,
+    b: FloatArray,
+    ldb: number,
+    beta: number,
+    c: FloatArray,
+    ldc: number,
+  ): void {
+    // Finiteness of A and B is not checked here (an O(mk + kn) JS pass per call): NaN propagates as in BLAS and
+    // cannot make the kernel misbehave; sizes and strides are what native code must be able to trust.
+    validateGemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c);
+    validateGemmOutput(m, n, c, ldc);
+    this.addon.gemm(transA, transB, m, n, k, alpha, f32(a, 'A'), lda, f32(b, 'B'), ldb, beta, f32(c, 'C'), ldc);
+  }
+
+  attentionForward(
+    shape: AttentionShape,
+    q: FloatArray,
+    k: FloatArray,
+    v: FloatArray,
+    opts: AttentionOptions,
+  ): AttentionForward {
+    for (const [x, name] of [
+      [q, 'q'],
+      [k, 'k'],
+      [v, 'v'],
+    ] as const)
+      f32(x, name);
+    validateAttentionForward(shape, q, k, v, opts);
+    const bias = opts.bias ?? { kind: 'none' };
+    if (bias.kind === 'dense') return this.reference.attentionForward(shape, q, k, v, opts);
+    const rows = shape.batch * shape.heads * shape.lq;
+    const out = new Float32Array(rows * shape.valueDim);
+    const lse = new Float32Array(rows);
+    this.addon.attentionForward(kernelParams(shape, opts, bias), f32(q, 'q'), f32(k, 'k'), f32(v, 'v'), out, lse);
+    return { out, lse };
+  }
+
+  attentionBackward(
+    shape: AttentionShape,
+    q: FloatArray,
+    k: FloatArray,
+    v: FloatArray,
+    out: FloatArray,
+    lse: FloatArray,
+    dOut: FloatArray,
+    opts: AttentionOptions,
+  ): AttentionGrads {
+    const arrays = { q, k, v, out, lse, dOut };
+    for (const [name, x] of Object.entries(arrays)) f32(x, name);
+    validateAttentionBackward(shape, q, k, v, out, lse, dOut, opts);
+    const bias = opts.bias ?? { kind: 'none' };
+    if (bias.kind === 'dense') return this.reference.attentionBackward(shape, q, k, v, out, lse, dOut, opts);
+    const dq = new Float32Array(q.length);
+    const dk = new Float32Array(k.length);
+    const dv = new Float32Array(v.length);
+    const dBias: PositionBiasGrad =
+      bias.kind === 'alibi'
+        ? { kind: 'alibi', slopes: new Float64Array(bias.slopes.length) }
+        : bias.kind === 'hype'
+          ? { kind: 'hype', tau: new Float64Array(bias.tau.length), mu: new Float64Array(bias.mu.length) }
+          : bias.kind === 'table'
+            ? { kind: 'table', values: new Float64Array(bias.values.length) }
+            : { kind: 'none' };
+    this.addon.attentionBackward(
+      kernelParams(shape, opts, bias),
+      f32(q, 'q'),
+      f32(k, 'k'),
+      f32(v, 'v'),
+      f32(out, 'out'),
+      f32(lse, 'lse'),
+      f32(dOut, 'dOut'),
+      dq,
+      dk,
+      dv,
+      dBias,
+    );
+    return { dq, dk, dv, dBias };
+  }
+}
+
+/** True when the addon is built and loadable. */
+export function nativeAvailable(): boolean {
+  return loadNativeAddon() !== null;
+}
