@@ -218,8 +218,35 @@ describe('bad parameters and shapes', () => {
     expect(refusal(() => hypeEncoding.create(dims, { route: 'fused' as never }, new Rng(1)), 'argument')).toContain(
       "unknown route 'fused'",
     );
+    expect(refusal(() => hypeEncoding.create(dims, { units: 'log' as never }, new Rng(1)), 'argument')).toContain(
+      "units must be relative or raw, got 'log'",
+    );
     expect(refusal(() => hypeEncoding.create(dims, { format: 'fp8' as never }, new Rng(1)), 'argument')).toContain(
       "format must be fp64, fp32, fp16 or bf16, got 'fp8'",
     );
+  });
+});
+
+describe('kernel-route refusals', () => {
+  const ctx = {
+    backend: new ReferenceBackend(),
+    shape: { batch: 1, heads: 1, kvHeads: 1, lq: 6, lk: 6, headDim: 4, valueDim: 4 },
+    causal: false,
+    queryOffset: 0,
+  };
+  const x = { q: zeros(24), k: zeros(24), v: zeros(24) };
+  const dims = { heads: 1, kvHeads: 1, headDim: 4, modelDim: 4, trainLength: 6 };
+
+  it('a 2-D grid cannot go through the kernel bias (a function of the flat distance)', () => {
+    const enc = hypeEncoding.create(dims, { route: 'kernel', grid: [2, 3] }, new Rng(1));
+    expect(refusal(() => enc.attend(ctx, x), 'argument')).toContain("use route 'concat'");
+    const viaConcat = hypeEncoding.create(dims, { route: 'concat', grid: [2, 3] }, new Rng(1));
+    expect(viaConcat.attend(ctx, x).out.every(Number.isFinite)).toBe(true);
+    expect(viaConcat.maxLength).toBe(6);
+  });
+
+  it('operand rounding (fp16/bf16) belongs to the concat route', () => {
+    const enc = hypeEncoding.create(dims, { route: 'kernel', format: 'bf16' }, new Rng(1));
+    expect(refusal(() => enc.attend(ctx, x), 'argument')).toContain("applies to the concat route's operands");
   });
 });
