@@ -323,7 +323,7 @@ export function formatReport(r: VerifyReport): string {
   out.push(
     '   "exact" is the fp64 truncation (m/mu)(sinh(mu D) - mu D); the formats add rounding. min .. max over heads.',
   );
-  const aw = [22, 21, 21, 21, 21];
+  const aw = [24, 21, 21, 21, 21];
   out.push('   ' + pad(['preset', 'exact', 'fp32', 'fp16', 'bf16'], aw));
   for (const p of a.presets) {
     const span = (vals: (number | null)[]) => {
