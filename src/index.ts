@@ -1,0 +1,56 @@
+/**
+ * hype-attention: the public API.
+ *
+ *   import { hype, ReferenceBackend } from 'hype-attention';
+ *   const h = hype({ preset: 'recency', heads: 8, kvHeads: 8, headDim: 64, lengthExtra: 4096 });
+ *   const { qHat, kHat, shape, scale } = h.augment(attnShape, q, k);      // concat route, scale = 1/sqrt(d)
+ *   const { out } = backend.attentionForward(shape, qHat, kHat, v, { causal: true, scale });
+ *
+ * Any fused attention kernel can take qHat/kHat with that scale; our own kernel can also evaluate HyPE in-kernel
+ * (PositionBias kind 'hype'), which keeps exponents bounded for steep slopes and long contexts.
+ */
+export type {
+  AttentionForward,
+  AttentionGrads,
+  AttentionOptions,
+  AttentionShape,
+  Backend,
+  PositionBias,
+  PositionBiasGrad,
+} from './backend/backend.ts';
+export { ReferenceBackend } from './backend/reference.ts';
+export { HypeError, type HypeErrorCode } from './errors.ts';
+export {
+  BF16,
+  FP16,
+  FP32,
+  FP64,
+  floatFormat,
+  roundArray,
+  roundTo,
+  type FloatFormat,
+} from './numerics/float-formats.ts';
+export { alibiSlopes } from './pe/alibi-slopes.ts';
+export type {
+  AttendContext,
+  AttendInputs,
+  AttendResult,
+  EncodingDims,
+  EncodingFactory,
+  EncodingSite,
+  Param,
+  PositionalEncoding,
+} from './pe/encoding.ts';
+export {
+  augment,
+  augmentBackward,
+  buildEta,
+  type Augmented,
+  type AugmentOptions,
+  type HypeGrads,
+  type HypeSpec,
+} from './pe/hype-core.ts';
+export { hype, hypeEncoding, presetSpec, type HypePreset, type PresetInput } from './pe/hype.ts';
+export { encodingNames, getEncodingFactory } from './pe/registry.ts';
+export { tensor, zeros, type DType, type FloatArray, type Tensor } from './tensor.ts';
+export { Rng } from './util/rng.ts';
