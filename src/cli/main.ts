@@ -6,6 +6,7 @@ import { Command, CommanderError } from 'commander';
 import { HypeError } from '../errors.ts';
 import { registerShowCommand } from './show.ts';
 import { registerEval } from './eval.ts';
+import { registerGenerate } from './generate.ts';
 import { registerTrain } from './train.ts';
 import { registerVerify } from './verify.ts';
 
@@ -18,6 +19,7 @@ export function buildProgram(): Command {
   registerEval(program);
   registerShowCommand(program);
   registerVerify(program);
+  registerGenerate(program);
   return program;
 }
 

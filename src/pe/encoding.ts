@@ -6,7 +6,7 @@
  * x [B, L, C] (C = model width). Positions follow backend.ts too (query row i is at i + queryOffset).
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
-import type { FloatArray } from '../tensor.ts';
+import type { DType, FloatArray } from '../tensor.ts';
 import type { Rng } from '../util/rng.ts';
 
 export type EncodingSite =
@@ -71,6 +71,36 @@ export interface PositionalEncoding {
    * (scale and position terms included, masked entries = -Infinity). Written for clarity, O(L^2).
    */
   denseLogits(ctx: AttendContext, inputs: AttendInputs, scale: number): Float64Array;
+
+  /**
+   * Optional KV-cache hook (forward only, for generation): keys kept in the cache already transformed, e.g. RoPE's
+   * rotated keys or HyPE's augmented columns, for a generation that will reach `plan.maxPositions` positions.
+   * Return null (or omit the hook) to have the cache store raw k and v and call attend() with queryOffset = cache
+   * length, which is exact for every encoding whose position terms come from queryOffset (src/model/kv-cache.ts).
+   */
+  cachedAttention?(plan: CachePlan): CachedAttention | null;
+}
+
+/** What a generation will need from a cache. */
+export interface CachePlan {
+  batch: number;
+  /** The dtype of the cached tensors (the model's). */
+  dtype: DType;
+  /** Positions 0 .. maxPositions - 1 will be used (prompt + generated tokens). */
+  maxPositions: number;
+}
+
+/** An encoding's forward-only attention over cached, pre-transformed keys. */
+export interface CachedAttention {
+  /** Width of one cached key row (the head dim after the encoding's transform). */
+  readonly keyWidth: number;
+  /** The rows the cache stores for new raw keys k [B, Hkv, n, D] at absolute positions first .. first + n - 1. */
+  cacheKeys(k: FloatArray, batch: number, n: number, first: number): FloatArray;
+  /**
+   * out [B, H, Lq, Dv] for new raw queries q [B, H, Lq, D] at positions ctx.queryOffset + i, against every cached
+   * key [B, Hkv, Lk, keyWidth] and value [B, Hkv, Lk, Dv]; ctx.shape describes the raw (untransformed) sizes.
+   */
+  attend(ctx: AttendContext, q: FloatArray, cachedK: FloatArray, v: FloatArray): FloatArray;
 }
 
 /** Sizes an encoding is built for. */

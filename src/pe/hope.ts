@@ -22,7 +22,7 @@
 import { check } from '../errors.ts';
 import type { EncodingDims, EncodingFactory, PositionalEncoding } from './encoding.ts';
 import { ropeFrequencies } from './rope.ts';
-import { rotaryAttend, rotaryDenseLogits } from './rotary.ts';
+import { rotaryAttend, rotaryCachedAttention, rotaryDenseLogits } from './rotary.ts';
 
 export interface HopeOptions {
   /** RoPE frequency base. */
@@ -62,6 +62,7 @@ export const hopeEncoding: EncodingFactory<HopeOptions> = {
       maxLength: Infinity,
       attend: (ctx, inputs) => rotaryAttend(ctx, inputs, freqs),
       denseLogits: (ctx, inputs, scale) => rotaryDenseLogits(ctx, inputs, scale, freqs),
+      cachedAttention: () => rotaryCachedAttention(dims.headDim, freqs),
     };
   },
 };

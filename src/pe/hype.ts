@@ -21,7 +21,7 @@
  */
 import type { AttentionOptions, AttentionShape, PositionBias } from '../backend/backend.ts';
 import { check } from '../errors.ts';
-import { FP32, isFloatFormatName, type FloatFormatName } from '../numerics/float-formats.ts';
+import { FP32, floatFormat, isFloatFormatName, roundTo, type FloatFormatName } from '../numerics/float-formats.ts';
 import type { FloatArray } from '../tensor.ts';
 import type { Rng } from '../util/rng.ts';
 import { alibiSlopes } from './alibi-slopes.ts';
@@ -29,6 +29,8 @@ import type {
   AttendContext,
   AttendInputs,
   AttendResult,
+  CachedAttention,
+  CachePlan,
   EncodingDims,
   EncodingFactory,
   Param,
@@ -37,7 +39,9 @@ import type {
 import {
   augment,
   augmentBackward,
+  buildEta,
   exactBias,
+  guardOverflow,
   padColumns,
   sliceColumns,
   validateSpec,
@@ -326,6 +330,56 @@ class HypeEncoding implements PositionalEncoding {
           for (let t = 0; t < T; t++) dmu[Math.floor(h / group) * T + t] += g.dBias.mu[h * T + t]!;
         this.accumulate(g.dBias.tau, dmu);
         return { dq: g.dq, dk: g.dk, dv: g.dv };
+      },
+    };
+  }
+
+  /**
+   * KV cache, SPEC section 6, FIXED-SHIFT policy: the cache keeps Khat rows [K, eta^K] with eta^K at each key's
+   * absolute position under one shift c chosen for the whole generation (the centre of 0 .. maxPositions - 1 with
+   * shift 'centre', 0 with 'none'), so cached columns are never rebased; the overflow guard checks the whole
+   * planned range once, here. Each step only builds eta^Q for its new queries. The kernel route keeps raw keys (its
+   * bias comes from queryOffset), and so do 2-D/3-D grids (a grid coordinate is not linear in the flat position):
+   * both return null and use the cache's generic path.
+   */
+  cachedAttention(plan: CachePlan): CachedAttention | null {
+    if (this.opts.route === 'kernel' || this.base.grid.length >= 2) return null;
+    const spec = this.spec();
+    const T = spec.termAxis.length;
+    const d = spec.headDim;
+    const format = floatFormat(this.opts.format ?? (plan.dtype === 'float64' ? 'fp64' : 'fp32'));
+    const c = this.opts.shift === 'centre' ? (plan.maxPositions - 1) / 2 : 0;
+    guardOverflow(spec, { lq: plan.maxPositions, lk: plan.maxPositions, queryOffset: 0 }, format, Float64Array.of(c));
+    const multiple = this.opts.multiple;
+    const width = Math.ceil((d + 2 * T) / multiple) * multiple;
+    const emulate = format.name === 'fp16' || format.name === 'bf16';
+    const rounded = (x: FloatArray): FloatArray => {
+      if (emulate) for (let j = 0; j < x.length; j++) x[j] = roundTo(format, x[j]!);
+      return x;
+    };
+    /** [x, eta, 0...] per row; eta holds rowsPerBatch rows of 2T columns, the same for every batch entry. */
+    const withEta = (x: FloatArray, batch: number, rowsPerBatch: number, eta: Float64Array): FloatArray => {
+      const out = padColumns(x, batch * rowsPerBatch, d, width);
+      for (let b = 0; b < batch; b++)
+        for (let r = 0; r < rowsPerBatch; r++)
+          out.set(eta.subarray(r * 2 * T, (r + 1) * 2 * T), (b * rowsPerBatch + r) * width + d);
+      return rounded(out);
+    };
+    return {
+      keyWidth: width,
+      cacheKeys(k, batch, n, first) {
+        // buildEta puts key row j at position j; shifting by c - first puts it at first + j, minus c.
+        const { etaK } = buildEta(spec, { lq: 0, lk: n, queryOffset: 0, shift: [c - first] });
+        return withEta(k, batch, spec.kvHeads * n, etaK);
+      },
+      attend(ctx, q, cachedK, v) {
+        const { batch: B, heads: H, lq } = ctx.shape;
+        const { etaQ } = buildEta(spec, { lq, lk: 0, queryOffset: ctx.queryOffset, shift: [c] });
+        const qHat = withEta(q, B, H * lq, etaQ);
+        const vUse = emulate ? rounded(v.slice()) : v;
+        const shape = { ...ctx.shape, headDim: width };
+        const opts = { causal: ctx.causal, scale: 1 / Math.sqrt(d), queryOffset: ctx.queryOffset };
+        return ctx.backend.attentionForward(shape, qHat, cachedK, vUse, { ...opts, bias: { kind: 'none' } }).out;
       },
     };
   }

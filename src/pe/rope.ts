@@ -10,7 +10,7 @@
  */
 import { check } from '../errors.ts';
 import type { EncodingDims, EncodingFactory, PositionalEncoding } from './encoding.ts';
-import { rotaryAttend, rotaryDenseLogits } from './rotary.ts';
+import { rotaryAttend, rotaryCachedAttention, rotaryDenseLogits } from './rotary.ts';
 
 export interface RopeOptions {
   /** Frequency base (10000 in the paper). */
@@ -55,6 +55,7 @@ export const ropeEncoding: EncodingFactory<RopeOptions> = {
       maxLength: Infinity,
       attend: (ctx, inputs) => rotaryAttend(ctx, inputs, freqs),
       denseLogits: (ctx, inputs, scale) => rotaryDenseLogits(ctx, inputs, scale, freqs),
+      cachedAttention: () => rotaryCachedAttention(dims.headDim, freqs),
     };
   },
 };

@@ -12,7 +12,7 @@
  */
 import type { FloatArray } from '../tensor.ts';
 import { allocate, dtypeOf } from '../tensor.ts';
-import type { AttendContext, AttendInputs, AttendResult } from './encoding.ts';
+import type { AttendContext, AttendInputs, AttendResult, CachedAttention } from './encoding.ts';
 import { backendAttention, checkQk, denseLogitGrid } from './attention-plumbing.ts';
 
 /**
@@ -67,6 +67,23 @@ export function rotaryAttend(ctx: AttendContext, inputs: AttendInputs, freqs: Fl
         dk: rotateRows(g.dk, B * Hkv, lk, d, 0, freqs, -1),
         dv: g.dv,
       };
+    },
+  };
+}
+
+/**
+ * KV cache for rotary encodings: keys are stored rotated at their absolute positions (a key's rotation never
+ * changes), so each decoding step rotates only its new queries and keys.
+ */
+export function rotaryCachedAttention(headDim: number, freqs: Float64Array): CachedAttention {
+  return {
+    keyWidth: headDim,
+    // k [B, Hkv, n, d]: B * Hkv groups of n rows.
+    cacheKeys: (k, _batch, n, first) => rotateRows(k, k.length / (n * headDim), n, headDim, first, freqs, 1),
+    attend(ctx, q, cachedK, v) {
+      const { batch: B, heads: H, lq, headDim: d } = ctx.shape;
+      const qr = rotateRows(q, B * H, lq, d, ctx.queryOffset, freqs, 1);
+      return backendAttention(ctx, qr, cachedK, v, { kind: 'none' }).out;
     },
   };
 }
