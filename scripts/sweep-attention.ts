@@ -48,7 +48,7 @@ export interface CaseLimits {
   maxWork: number;
 }
 
-export const FULL_LIMITS: CaseLimits = { maxL: 2048, maxWork: 4e8 };
+export const FULL_LIMITS: CaseLimits = { maxL: 2048, maxWork: 1.5e8 };
 
 const SPECIAL_DIMS = [
   1, 2, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 66, 96, 127, 128, 129, 130, 255, 256, 259, 260,
