@@ -5,7 +5,9 @@
 import { Command, CommanderError } from 'commander';
 import { HypeError } from '../errors.ts';
 import { registerShowCommand } from './show.ts';
+import { registerStudy } from './study.ts';
 import { registerEval } from './eval.ts';
+import { registerExport } from './export.ts';
 import { registerGenerate } from './generate.ts';
 import { registerTrain } from './train.ts';
 import { registerVerify } from './verify.ts';
@@ -19,7 +21,9 @@ export function buildProgram(): Command {
   registerEval(program);
   registerShowCommand(program);
   registerVerify(program);
+  registerStudy(program);
   registerGenerate(program);
+  registerExport(program);
   return program;
 }
 

@@ -1,0 +1,222 @@
+/**
+ * The whole byte-level transformer as an ONNX graph whose attention is onnxruntime's own fused
+ * com.microsoft MultiHeadAttention: tokens int64 [batch, length] -> logits float32 [batch, length, 256], batch and
+ * length symbolic. The graph mirrors Transformer.forward op for op:
+ *   Gather (token embedding) -> per block: LayerNormalization, MatMul + Add (fused qkv), Split, the encoding's
+ *   attention, MatMul + Add (projection), residual Add, LayerNormalization, MatMul + Add, GELU (tanh
+ *   approximation, as ours), MatMul + Add, residual Add -> final LayerNormalization -> MatMul with the transposed
+ *   embedding (tied head: one initializer serves the Gather and the head).
+ *
+ * Attention per encoding (all causal, MultiHeadAttention with unidirectional = 1):
+ *   none   plain MultiHeadAttention, scale 1/sqrt(d).
+ *   rope   q and k rotated in the graph (adjacent pairs (2j, 2j+1) as src/pe/rotary.ts, angles position * theta_j
+ *          from src/pe/rope.ts's frequencies), then plain MultiHeadAttention.
+ *   alibi  MultiHeadAttention with an attention_bias input -m_h |i - l| computed in the graph.
+ *   hype   Q and K augmented in the graph with the eta columns (onnx-attention.ts's hypeAugment: Concat, optional
+ *          zero padding), NO bias input, no custom operator, and the kernel's scale set to 1/sqrt(d) of the
+ *          ORIGINAL head dim (the kernel's default 1/sqrt(d + 2 + pad) would be wrong: SPEC section 4).
+ * Grouped-query attention repeats each KV head for its query heads in the graph (MultiHeadAttention wants equal
+ * head counts). Weights are written as float32 (an fp64 model is rounded once at export).
+ */
+import { check, HypeError } from '../errors.ts';
+import type { Transformer } from '../model/transformer.ts';
+import { alibiSlopes } from '../pe/alibi-slopes.ts';
+import type { HypeSpec } from '../pe/hype-spec.ts';
+import { hypeEncoding, type HypeOptions } from '../pe/hype.ts';
+import { ropeEncoding, ropeFrequencies, type RopeOptions } from '../pe/rope.ts';
+import { alibiBiasTensor, hypeAugment, multiHeadAttention } from './onnx-attention.ts';
+import { OnnxGraph } from './onnx-graph.ts';
+import { OnnxDataType } from './onnx-proto.ts';
+
+export const ONNX_ENCODINGS = ['none', 'rope', 'alibi', 'hype'] as const;
+
+export interface OnnxExportOptions {
+  /**
+   * HyPE's softmax scale: 'explicit' (right) sets 1/sqrt(d); 'kernel-default' leaves the attribute out so the
+   * kernel uses 1/sqrt(augmented head dim) — wrong, offered only to measure how wrong.
+   */
+  hypeScale?: 'explicit' | 'kernel-default';
+  /** HyPE: pad the augmented head dim with zero columns to a multiple of this (default: the encoding's option). */
+  padMultiple?: number;
+}
+
+export interface OnnxExport {
+  bytes: Uint8Array;
+  /** What the graph contains, for the CLI's summary and the README. */
+  summary: {
+    encoding: string;
+    layers: number;
+    heads: number;
+    headDim: number;
+    /** Head dim MultiHeadAttention sees for Q and K (HyPE: d + 2 pairs + padding). */
+    qkHeadDim: number;
+    scale: number | 'kernel default';
+    attentionBias: boolean;
+    opset: number;
+  };
+}
+
+const OPSET = 17;
+const GELU_C = Math.sqrt(2 / Math.PI);
+const GELU_A = 0.044715;
+
+export function exportOnnx(model: Transformer, options: OnnxExportOptions = {}): OnnxExport {
+  const cfg = model.config;
+  const pe = cfg.pe.name;
+  if (!(ONNX_ENCODINGS as readonly string[]).includes(pe)) {
+    throw new HypeError(
+      'argument',
+      `ONNX export supports the encodings ${ONNX_ENCODINGS.join(', ')}; this run uses '${pe}' (its position terms ` +
+        'have no MultiHeadAttention form here); export a run trained with one of those',
+    );
+  }
+  const { width: C, heads: H, kvHeads: Hkv, layers, vocab: V } = cfg;
+  const D = C / H;
+  const g = new OnnxGraph(`hype-${pe}`);
+  const tokens = g.input('tokens', ['batch', 'length'], OnnxDataType.INT64);
+  const P = model.params;
+  const wte = g.constFloat(P.wte.data, [V, C], 'wte');
+  let x = g.op('Gather', [wte, tokens], { axis: 0 });
+
+  let qkHeadDim = D;
+  let scale: number | 'kernel default' = 1 / Math.sqrt(D);
+  const hypeOpts = pe === 'hype' ? ({ ...hypeEncoding.defaults, ...cfg.pe.options } as HypeOptions) : null;
+  if (hypeOpts) {
+    check(
+      !hypeOpts.grid || hypeOpts.grid.length <= 1,
+      'argument',
+      'ONNX export of HyPE covers sequences; a 2-D/3-D grid needs per-axis columns the exporter does not build',
+    );
+    if (options.hypeScale === 'kernel-default') scale = 'kernel default';
+  }
+  const ropeFreqs =
+    pe === 'rope'
+      ? (() => {
+          const o = { ...ropeEncoding.defaults, ...cfg.pe.options } as RopeOptions;
+          return ropeFrequencies(D, o.base, o.rotaryFraction);
+        })()
+      : null;
+
+  const layerNorm = (input: string, w: ArrayLike<number>, b: ArrayLike<number>) =>
+    g.op(
+      'LayerNormalization',
+      [input, g.constFloat(w, [C]), g.constFloat(b, [C])],
+      { axis: -1, epsilon: cfg.layerNormEps },
+      ['epsilon'],
+    );
+  const linear = (input: string, w: ArrayLike<number>, b: ArrayLike<number>, nIn: number, nOut: number) =>
+    g.op('Add', [g.op('MatMul', [input, g.constFloat(w, [nIn, nOut])]), g.constFloat(b, [nOut])]);
+
+  for (let i = 0; i < layers; i++) {
+    const blk = P.blocks[i]!;
+    const h1 = layerNorm(x, blk.ln1Weight.data, blk.ln1Bias.data);
+    const qkv = linear(h1, blk.qkvWeight.data, blk.qkvBias.data, C, (H + 2 * Hkv) * D);
+    const [q0, k0, v0] = g.node('Split', [qkv, g.constInt64([H * D, Hkv * D, Hkv * D])], { axis: 2 }, { outputs: 3 });
+    const k = repeatKvHeads(g, k0!, H, Hkv, D);
+    const v = repeatKvHeads(g, v0!, H, Hkv, D);
+    let att: string;
+    if (pe === 'none') {
+      att = multiHeadAttention(g, q0!, k, v, { heads: H, scale: 1 / Math.sqrt(D), causal: true });
+    } else if (pe === 'rope') {
+      const qr = rotate(g, q0!, H, D, ropeFreqs!);
+      const kr = rotate(g, k, H, D, ropeFreqs!);
+      att = multiHeadAttention(g, qr, kr, v, { heads: H, scale: 1 / Math.sqrt(D), causal: true });
+    } else if (pe === 'alibi') {
+      const bias = alibiBiasTensor(g, q0!, alibiSlopes(H));
+      att = multiHeadAttention(g, q0!, k, v, { heads: H, scale: 1 / Math.sqrt(D), causal: true, attentionBias: bias });
+    } else {
+      const spec = hypeSpecOf(model, i);
+      const aug = hypeAugment(g, q0!, k, {
+        heads: H,
+        headDim: D,
+        tau: spec.tau,
+        mu: spec.mu,
+        pairs: spec.termAxis.length,
+        shift: hypeOpts!.shift === 'centre' ? 'center' : 0,
+        padMultiple: options.padMultiple ?? hypeOpts!.multiple,
+      });
+      qkHeadDim = aug.width;
+      att = multiHeadAttention(g, aug.qHat, aug.kHat, v, {
+        heads: H,
+        causal: true,
+        ...(options.hypeScale === 'kernel-default' ? {} : { scale: 1 / Math.sqrt(D) }),
+      });
+    }
+    const mid = g.op('Add', [x, linear(att, blk.projWeight.data, blk.projBias.data, C, C)]);
+    const h2 = layerNorm(mid, blk.ln2Weight.data, blk.ln2Bias.data);
+    const fc = gelu(g, linear(h2, blk.fcWeight.data, blk.fcBias.data, C, cfg.mlpWidth));
+    x = g.op('Add', [mid, linear(fc, blk.fcProjWeight.data, blk.fcProjBias.data, cfg.mlpWidth, C)]);
+  }
+  const lnf = layerNorm(x, P.lnfWeight.data, P.lnfBias.data);
+  g.node('MatMul', [lnf, g.op('Transpose', [wte], { perm: [1, 0] })], {}, { names: ['logits'] });
+  g.output('logits', ['batch', 'length', V]);
+  return {
+    bytes: g.toBytes({ opset: OPSET, microsoft: true }),
+    summary: {
+      encoding: pe,
+      layers,
+      heads: H,
+      headDim: D,
+      qkHeadDim,
+      scale,
+      attentionBias: pe === 'alibi',
+      opset: OPSET,
+    },
+  };
+}
+
+/** The current (possibly trained) HyPE parameters of block i. */
+function hypeSpecOf(model: Transformer, layer: number): HypeSpec {
+  const enc = model.blockEncodings[layer] as unknown as { spec?: () => HypeSpec };
+  check(typeof enc.spec === 'function', 'argument', 'internal: the HyPE encoding does not expose its spec');
+  return enc.spec();
+}
+
+/** [B, L, Hkv * D] -> [B, L, H * D], each KV head repeated for the H / Hkv query heads that read it. */
+function repeatKvHeads(g: OnnxGraph, x: string, H: number, Hkv: number, D: number): string {
+  if (H === Hkv) return x;
+  const x5 = g.op('Reshape', [x, g.constInt64([0, 0, Hkv, 1, D])]);
+  const shape = g.op('Shape', [x5]);
+  const bl = g.op('Slice', [shape, g.constInt64([0]), g.constInt64([2])]);
+  const target = g.op('Concat', [bl, g.constInt64([Hkv, H / Hkv, D])], { axis: 0 });
+  return g.op('Reshape', [g.op('Expand', [x5, target]), g.constInt64([0, 0, H * D])]);
+}
+
+/**
+ * RoPE in the graph for x [B, L, H * D] at positions 0 .. L - 1: x' = x * cos + swap(x) * sin_signed, where swap
+ * exchanges the dims of each pair (2j, 2j+1) and sin_signed is -sin on 2j, +sin on 2j+1 (rotary.ts's rotation);
+ * dims past the rotated pairs get angle 0 (cos 1, sin 0): unrotated.
+ */
+function rotate(g: OnnxGraph, x: string, H: number, D: number, freqs: Float64Array): string {
+  const pairs = Math.min(freqs.length, Math.floor(D / 2));
+  const freqPerDim = Array.from({ length: D }, (_, c) => (c < 2 * pairs ? freqs[Math.floor(c / 2)]! : 0));
+  const signs = Array.from({ length: D }, (_, c) => (c < 2 * pairs ? (c % 2 === 0 ? -1 : 1) : 0));
+  const perm = Array.from({ length: D }, (_, c) => (c < 2 * pairs ? c ^ 1 : c));
+  const shape = g.op('Shape', [x]);
+  const len = g.op('Cast', [g.op('Gather', [shape, g.constInt64([1], [])], { axis: 0 })], { to: OnnxDataType.FLOAT });
+  const pos = g.op('Reshape', [
+    g.op('Range', [g.constFloat([0], []), len, g.constFloat([1], [])]),
+    g.constInt64([-1, 1]),
+  ]);
+  const angle = g.op('Mul', [pos, g.constFloat(freqPerDim, [1, D])]);
+  const cos = g.op('Reshape', [g.op('Cos', [angle]), g.constInt64([1, -1, 1, D])]);
+  const sin = g.op('Reshape', [
+    g.op('Mul', [g.op('Sin', [angle]), g.constFloat(signs, [1, D])]),
+    g.constInt64([1, -1, 1, D]),
+  ]);
+  const x4 = g.op('Reshape', [x, g.constInt64([0, 0, H, D])]);
+  const swapped = g.op('Gather', [x4, g.constInt64(perm)], { axis: 3 });
+  const out = g.op('Add', [g.op('Mul', [x4, cos]), g.op('Mul', [swapped, sin])]);
+  return g.op('Reshape', [out, g.constInt64([0, 0, H * D])]);
+}
+
+/** GELU, tanh approximation, from primitive ops: 0.5 x (1 + tanh(c (x + 0.044715 x^3))), exactly ours. */
+function gelu(g: OnnxGraph, x: string): string {
+  const x3 = g.op('Mul', [g.op('Mul', [x, x]), x]);
+  const inner = g.op('Mul', [
+    g.op('Add', [x, g.op('Mul', [x3, g.constFloat([GELU_A], [])])]),
+    g.constFloat([GELU_C], []),
+  ]);
+  const onePlus = g.op('Add', [g.op('Tanh', [inner]), g.constFloat([1], [])]);
+  return g.op('Mul', [g.op('Mul', [x, onePlus]), g.constFloat([0.5], [])]);
+}
