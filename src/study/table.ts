@@ -13,6 +13,8 @@ export interface TableOptions {
   digits?: number;
   /** Row order; rows not listed follow in first-seen order. */
   rowOrder?: readonly string[];
+  /** Text of a cell with no observations (default '—'), e.g. to say why a value cannot exist. */
+  emptyCell?: (row: string, column: string | number) => string;
 }
 
 export function markdownTable(obs: readonly Observation[], o: TableOptions): string {
@@ -35,7 +37,8 @@ export function markdownTable(obs: readonly Observation[], o: TableOptions): str
   for (const r of rows) {
     const vals = cols.map((c) => {
       const v = cells.get(`${r}\u0000${c}`);
-      return v ? formatInterval(meanInterval(v), o.digits ?? 3) : '—';
+      if (v) return formatInterval(meanInterval(v), o.digits ?? 3);
+      return o.emptyCell ? o.emptyCell(r, c) : '—';
     });
     lines.push(`| ${r} | ${vals.join(' | ')} |`);
   }

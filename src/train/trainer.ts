@@ -16,8 +16,9 @@ import { writeFileAtomic } from '../util/atomic-file.ts';
 import { Rng } from '../util/rng.ts';
 import { hasCheckpoint, loadCheckpoint, restoreOptimizer, restoreWeights, saveCheckpoint } from './checkpoint.ts';
 import { learningRate, parseTrainConfig, type TrainConfig } from './config.ts';
-import { checkWindowFits, loadCorpus, sampleWindows, type ByteCorpus } from './corpus.ts';
+import { checkWindowFits, loadCorpus, type ByteCorpus } from './corpus.ts';
 import { AdamW, clipGradients } from './optimizer.ts';
+import { windowSource, type BatchSource } from './source.ts';
 
 export interface StepRecord {
   step: number;
@@ -45,12 +46,31 @@ export interface RunSummary {
   checkpoint: string | null;
 }
 
+/** Options of start/resume besides the model's: `source` replaces the corpus (task sequences, another split). */
+export interface DataOptions {
+  /** Batches from this source instead of windows of train.data; the run records source.id as its data. */
+  source?: BatchSource;
+}
+
+/** The corpus record of a run fed by a BatchSource (no held-out split: the caller evaluates on its own data). */
+function sourceCorpus(source: BatchSource): ByteCorpus {
+  return {
+    path: source.id,
+    bytes: source.bytes,
+    sha256: source.sha256,
+    train: new Uint8Array(0),
+    val: new Uint8Array(0),
+  };
+}
+
 const RUN_FILE = 'run.json';
 const LOSSES_FILE = 'losses.jsonl';
 
 export class TrainingRun {
   readonly tokens: Int32Array;
   readonly targets: Int32Array;
+  /** Where batches come from: windows of corpus.train unless a source was given. */
+  readonly source: BatchSource;
 
   private constructor(
     readonly runDir: string,
@@ -60,7 +80,9 @@ export class TrainingRun {
     readonly optimizer: AdamW,
     private rng: Rng,
     public step: number,
+    source?: BatchSource,
   ) {
+    this.source = source ?? windowSource(corpus.path, corpus.train, corpus.sha256);
     const n = train.batch * model.config.trainLength;
     this.tokens = new Int32Array(n);
     this.targets = new Int32Array(n);
@@ -72,16 +94,17 @@ export class TrainingRun {
     modelConfig: ModelConfig,
     trainInput: Partial<TrainConfig>,
     backend: Backend,
-    options: TransformerOptions = {},
+    options: TransformerOptions & DataOptions = {},
   ): TrainingRun {
     check(
       !existsSync(join(runDir, RUN_FILE)),
       'argument',
       `'${runDir}' already holds a run; pass --resume ${runDir} to continue it, or choose another --run-dir`,
     );
-    const train = parseTrainConfig(trainInput);
-    const corpus = loadCorpus(train.data, train.valFraction);
-    checkWindowFits(corpus.train, modelConfig.trainLength, 'training', train.data);
+    const { source } = options;
+    const train = parseTrainConfig(source ? { ...trainInput, data: source.id } : trainInput);
+    const corpus = source ? sourceCorpus(source) : loadCorpus(train.data, train.valFraction);
+    if (!source) checkWindowFits(corpus.train, modelConfig.trainLength, 'training', train.data);
     const model = new Transformer(modelConfig, backend, options);
     mkdirSync(runDir, { recursive: true });
     const run = new TrainingRun(
@@ -92,6 +115,7 @@ export class TrainingRun {
       new AdamW(model.parameters(), layerOpsOf(backend)),
       new Rng(train.seed),
       0,
+      source,
     );
     writeFileAtomic(
       join(runDir, RUN_FILE),
@@ -120,13 +144,14 @@ export class TrainingRun {
   static resume(
     runDir: string,
     backend: Backend,
-    options: TransformerOptions & {
-      expectModel?: ModelConfig;
-      expectTrain?: Partial<TrainConfig>;
-      dataOverride?: string;
-      /** A new total step count (the schedule is stretched to it). */
-      steps?: number;
-    } = {},
+    options: TransformerOptions &
+      DataOptions & {
+        expectModel?: ModelConfig;
+        expectTrain?: Partial<TrainConfig>;
+        dataOverride?: string;
+        /** A new total step count (the schedule is stretched to it). */
+        steps?: number;
+      } = {},
   ): TrainingRun {
     const ck = loadCheckpoint(runDir);
     const { state } = ck;
@@ -162,18 +187,22 @@ export class TrainingRun {
         }
       }
     }
-    const corpus = loadCorpus(options.dataOverride ?? train.data, train.valFraction);
+    const { source } = options;
+    const corpus = source ? sourceCorpus(source) : loadCorpus(options.dataOverride ?? train.data, train.valFraction);
     check(
       corpus.sha256 === state.corpus.sha256,
       'checkpoint',
-      `corpus '${corpus.path}' differs from the one the checkpoint was trained on (SHA-256 mismatch); ` +
-        'pass the original file with --data',
+      source
+        ? `data source '${source.id}' differs from the one the checkpoint was trained on ('${train.data}'); ` +
+            'resume with the original source'
+        : `corpus '${corpus.path}' differs from the one the checkpoint was trained on (SHA-256 mismatch); ` +
+            'pass the original file with --data',
     );
     const model = new Transformer(state.model, backend, options);
     restoreWeights(model, ck.weights, `checkpoint '${ck.dir}'`);
     const opt = new AdamW(model.parameters(), layerOpsOf(backend));
     restoreOptimizer(opt, ck.optimizer, state.optimizerStep);
-    const run = new TrainingRun(runDir, model, train, corpus, opt, Rng.fromState(state.rng), state.step);
+    const run = new TrainingRun(runDir, model, train, corpus, opt, Rng.fromState(state.rng), state.step, source);
     run.truncateLossLog();
     return run;
   }
@@ -201,7 +230,7 @@ export class TrainingRun {
     const t0 = performance.now();
     const { model, train } = this;
     const L = model.config.trainLength;
-    sampleWindows(this.corpus.train, train.batch, L, this.rng, this.tokens, this.targets);
+    this.source.fill(this.rng, train.batch, L, this.tokens, this.targets);
     model.zeroGrad();
     const loss = model.forward(this.tokens, this.targets, train.batch, L);
     if (!Number.isFinite(loss)) {

@@ -1,0 +1,91 @@
+/**
+ * `hype study <lm|flipflop|recall|precision|all> [--quick]`: the experimental evaluation of HyPE against every
+ * peer encoding (see src/study/). Resumable: rerunning the same command computes only the cells not finished.
+ * `hype study report [--out dir] [--to RESULTS.md]` regenerates the report from the results JSON alone.
+ */
+import type { Command } from 'commander';
+import { loadBackend, type BackendName } from '../backend/index.ts';
+import { HypeError } from '../errors.ts';
+import { EXPERIMENTS, type Experiment } from '../study/plan.ts';
+import { runStudy, writeReport } from '../study/run.ts';
+
+interface StudyFlags {
+  quick?: boolean;
+  out?: string;
+  to?: string;
+  seeds?: string;
+  encodings?: string;
+  dataDir: string;
+  workDir: string;
+  backend: string;
+  threads?: string;
+}
+
+const CHOICES = [...EXPERIMENTS, 'all', 'report'] as const;
+
+export const defaultOutDir = (quick: boolean) => (quick ? 'results/quick' : 'results/full');
+
+function positiveInt(s: string | undefined, flag: string): number | undefined {
+  if (s === undefined) return undefined;
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 1) throw new HypeError('argument', `${flag} must be a positive integer, got '${s}'`);
+  return n;
+}
+
+export async function runStudyCommand(what: string, f: StudyFlags): Promise<void> {
+  if (!(CHOICES as readonly string[]).includes(what)) {
+    throw new HypeError('argument', `unknown study '${what}'; choose one of: ${CHOICES.join(', ')}`);
+  }
+  const outDir = f.out ?? defaultOutDir(Boolean(f.quick));
+  if (what === 'report') {
+    const path = await writeReport(outDir, f.to);
+    process.stdout.write(`hype study report: wrote ${path}${f.to ? ` and ${f.to}` : ''} from ${outDir}\n`);
+    return;
+  }
+  if (!['auto', 'native', 'reference'].includes(f.backend)) {
+    throw new HypeError('argument', `unknown backend '${f.backend}'; choose auto, native or reference`);
+  }
+  const backend = loadBackend(f.backend as BackendName, { threads: positiveInt(f.threads, '--threads') });
+  const banner = f.quick
+    ? 'QUICK VERSION: a few encodings, one seed, short training — a first look, not the full study'
+    : 'FULL STUDY: every encoding, several seeds; resumable, may run for hours';
+  process.stderr.write(
+    `hype study ${what}: ${banner}\nhype study: results go to ${outDir}/ (backend ${backend.name})\n`,
+  );
+  const t0 = performance.now();
+  const { report } = await runStudy({
+    experiment: what as Experiment | 'all',
+    quick: Boolean(f.quick),
+    outDir,
+    workDir: f.workDir,
+    dataDir: f.dataDir,
+    backend,
+    seeds: positiveInt(f.seeds, '--seeds'),
+    encodings: f.encodings
+      ?.split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
+  });
+  const minutes = (performance.now() - t0) / 60000;
+  process.stdout.write(
+    `hype study ${what}${f.quick ? ' --quick (QUICK VERSION)' : ''}: done in ${minutes.toFixed(1)} minutes\n` +
+      `  outputs: ${outDir}/ (results JSON per cell, study.json, plots/*.svg)\n  report:  ${report}\n`,
+  );
+}
+
+export function registerStudy(program: Command): void {
+  program
+    .command('study')
+    .description('run the study (lm, flipflop, recall, precision or all; resumable) or regenerate its report')
+    .argument('<what>', `one of ${CHOICES.join(', ')}`)
+    .option('--quick', 'the quick version: a few encodings, one seed, short training (about 15 minutes)')
+    .option('--out <dir>', 'results folder (default results/quick with --quick, else results/full)')
+    .option('--to <file>', "with 'report': also write this Markdown file (e.g. RESULTS.md)")
+    .option('--seeds <n>', "seeds 1..n (default: the plan's: 1 quick, 3 full)")
+    .option('--encodings <list>', "comma-separated study encodings (default: the plan's)")
+    .option('--data-dir <dir>', 'folder holding tinyshakespeare/ and wikitext-2/', '../shared/data')
+    .option('--work-dir <dir>', 'folder for the training runs (checkpoints)', 'runs/study')
+    .option('--backend <name>', 'compute backend: auto, native or reference', 'auto')
+    .option('--threads <n>', 'native backend threads (default: all cores)')
+    .action(async (what: string, flags: StudyFlags) => runStudyCommand(what, flags));
+}

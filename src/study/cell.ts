@@ -1,0 +1,201 @@
+/**
+ * One study cell's machinery: train a model (or pick up its finished or interrupted run folder), and grade it.
+ * Training goes through the trainer's TrainingRun with a BatchSource, so a cell killed mid-training resumes from
+ * its last checkpoint, and a cell whose model is needed again (precision re-evaluates the lm models) reuses it.
+ */
+import { existsSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Backend } from '../backend/backend.ts';
+import { check, HypeError } from '../errors.ts';
+import { parseModelConfig, type ModelConfig } from '../model/config.ts';
+import { Transformer } from '../model/transformer.ts';
+import { hasCheckpoint, loadCheckpoint, restoreWeights } from '../train/checkpoint.ts';
+import { evaluateHeldOut } from '../train/evaluate.ts';
+import type { BatchSource } from '../train/source.ts';
+import { readLossLog, TrainingRun } from '../train/trainer.ts';
+import type { FloatArray } from '../tensor.ts';
+import type { TaskSequence } from './tasks/task.ts';
+import type { ModelShape, PeChoice, TrainBudget } from './plan.ts';
+
+export interface StudyEnv {
+  backend: Backend;
+  /** Folder of the cells' training runs (checkpoints; large, not part of the results). */
+  workDir: string;
+  /** Folder holding tinyshakespeare/ and wikitext-2/. */
+  dataDir: string;
+  log: (line: string) => void;
+}
+
+export interface TrainSummary {
+  steps: number;
+  /** Wall-clock seconds of all training steps (summed over resumptions). */
+  seconds: number;
+  /** Mean training loss (nats per byte) over the last 5% of steps. */
+  finalLoss: number;
+  parameters: number;
+  runDir: string;
+}
+
+export function studyModelConfig(shape: ModelShape, pe: PeChoice, trainLength: number, seed: number): ModelConfig {
+  return parseModelConfig({ ...shape, kvHeads: shape.heads, pe, trainLength, seed, dtype: 'float32' });
+}
+
+/**
+ * Trains `config` for `budget` on `source`, in run folder workDir/runName: a finished run is loaded, an interrupted
+ * one resumed from its checkpoint, anything else started afresh.
+ */
+export async function trainModel(
+  env: StudyEnv,
+  runName: string,
+  config: ModelConfig,
+  budget: TrainBudget,
+  seed: number,
+  source: BatchSource,
+  label: string,
+): Promise<{ model: Transformer; train: TrainSummary }> {
+  const runDir = join(env.workDir, runName);
+  let run: TrainingRun;
+  if (hasCheckpoint(runDir)) {
+    run = TrainingRun.resume(runDir, env.backend, { source, expectModel: config });
+  } else {
+    if (existsSync(runDir)) rmSync(runDir, { recursive: true, force: true }); // killed before its first checkpoint
+    run = TrainingRun.start(
+      runDir,
+      config,
+      {
+        steps: budget.steps,
+        batch: budget.batch,
+        lr: budget.lr,
+        minLr: budget.lr / 10,
+        warmup: budget.warmup,
+        seed,
+        checkpointEvery: Math.max(100, Math.ceil(budget.steps / 5)),
+        keepCheckpoints: 1,
+      },
+      env.backend,
+      { source },
+    );
+  }
+  if (run.step < run.train.steps) {
+    env.log(`${label}: training ${run.train.steps} steps${run.step > 0 ? ` (resuming at ${run.step})` : ''}`);
+    const every = Math.max(1, Math.round(run.train.steps / 4));
+    await run.run({
+      onStep: (r) => {
+        if (r.step % every === 0) env.log(`${label}: step ${r.step}/${run.train.steps} loss ${r.loss.toFixed(3)}`);
+      },
+    });
+  }
+  const log = readLossLog(runDir);
+  const tail = log.slice(-Math.max(1, Math.floor(log.length / 20)));
+  return {
+    model: run.model,
+    train: {
+      steps: run.step,
+      seconds: log.reduce((s, r) => s + r.seconds, 0),
+      finalLoss: tail.reduce((s, r) => s + r.loss, 0) / tail.length,
+      parameters: run.model.parameterCount(),
+      runDir,
+    },
+  };
+}
+
+/**
+ * The finished model of a run folder rebuilt with extra encoding options (e.g. an operand format): the checkpoint
+ * restores into a model of its own configuration, whose parameters are then copied, name by name, into the model
+ * built with the changed options (the options change how attention runs, not what is trained).
+ */
+export function reloadWithPeOptions(runDir: string, backend: Backend, extra: Record<string, unknown>): Transformer {
+  const ck = loadCheckpoint(runDir);
+  const cfg = ck.state.model;
+  const trained = new Transformer(cfg, backend);
+  restoreWeights(trained, ck.weights, `checkpoint '${ck.dir}'`);
+  const model = new Transformer(
+    { ...cfg, pe: { name: cfg.pe.name, options: { ...cfg.pe.options, ...extra } } },
+    backend,
+  );
+  const from = trained.parameters();
+  const to = model.parameters();
+  check(
+    from.length === to.length && from.every((p, i) => p.name === to[i]!.name && p.data.length === to[i]!.data.length),
+    'argument',
+    `encoding options ${JSON.stringify(extra)} change the parameters of '${runDir}'s model; they cannot be applied ` +
+      'to a trained model',
+  );
+  from.forEach((p, i) => to[i]!.data.set(p.data));
+  return model;
+}
+
+/** An evaluation either gives numbers or says honestly why it cannot (an encoding's maximum length). */
+export type Outcome<T> = ({ ok: true } & T) | { ok: false; reason: string };
+
+/** Runs `f`; a 'length' refusal (learned positions past their table) becomes "cannot evaluate" with its message. */
+export function unlessTooLong<T>(f: () => T): Outcome<T> {
+  try {
+    return { ok: true, ...f() };
+  } catch (err) {
+    if (err instanceof HypeError && err.code === 'length') return { ok: false, reason: err.message };
+    throw err;
+  }
+}
+
+/** Bits per byte on `data` in non-overlapping windows of `length` (as the ALiBi paper evaluates). */
+export function bitsPerByte(
+  model: Transformer,
+  data: Uint8Array,
+  length: number,
+): { bitsPerByte: number; scored: number } {
+  const r = evaluateHeldOut(model, data, length, { batch: Math.max(1, Math.floor(4096 / length)) });
+  return { bitsPerByte: r.bitsPerByte, scored: r.scored };
+}
+
+/**
+ * Counts correct predictions at the graded positions only: row r of `logits` [rows, vocab] holds the prediction
+ * made at position t of sequence s (r = s * length + t); it is correct when its argmax is bytes[t + 1]. Every other
+ * position is ignored, however wrong.
+ */
+export function countCorrect(
+  logits: FloatArray,
+  vocab: number,
+  seqs: readonly TaskSequence[],
+  length: number,
+): { correct: number; graded: number } {
+  let correct = 0;
+  let graded = 0;
+  seqs.forEach((s, i) => {
+    for (const t of s.graded) {
+      if (t + 1 >= length) continue; // the answer lies past the window
+      const row = (i * length + t) * vocab;
+      let best = 0;
+      for (let v = 1; v < vocab; v++) if (logits[row + v]! > logits[row + best]!) best = v;
+      graded++;
+      if (best === s.bytes[t + 1]) correct++;
+    }
+  });
+  return { correct, graded };
+}
+
+/** Grades `model` on task sequences of exactly `length` bytes, in batches. */
+export function gradeTask(
+  model: Transformer,
+  seqs: readonly TaskSequence[],
+  length: number,
+): { correct: number; graded: number } {
+  const batch = Math.max(1, Math.floor(8192 / length));
+  let correct = 0;
+  let graded = 0;
+  for (let s0 = 0; s0 < seqs.length; s0 += batch) {
+    const part = seqs.slice(s0, s0 + batch);
+    const tokens = new Int32Array(part.length * length);
+    part.forEach((s, i) => {
+      if (s.bytes.length !== length) {
+        throw new HypeError('shape', `task sequence has ${s.bytes.length} bytes, expected ${length}`);
+      }
+      tokens.set(s.bytes, i * length);
+    });
+    model.forward(tokens, null, part.length, length);
+    const c = countCorrect(model.logits(), model.config.vocab, part, length);
+    correct += c.correct;
+    graded += c.graded;
+  }
+  return { correct, graded };
+}

@@ -1,0 +1,393 @@
+/**
+ * The four experiments of `hype study`. Each is a grid of cells (encoding x seed x ...); a cell trains one model
+ * and grades it, and its result (config, numbers, timings, versions) is stored by ResultStore as soon as it exists,
+ * so a study can be interrupted and resumed at any point without recomputing a finished cell.
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { HypeError } from '../errors.ts';
+import { generatorSource, windowSource } from '../train/source.ts';
+import { Rng } from '../util/rng.ts';
+import {
+  bitsPerByte,
+  gradeTask,
+  reloadWithPeOptions,
+  studyModelConfig,
+  trainModel,
+  unlessTooLong,
+  type Outcome,
+  type StudyEnv,
+  type TrainSummary,
+} from './cell.ts';
+import {
+  peChoice,
+  type CorpusName,
+  type Experiment,
+  type ModelShape,
+  type PeChoice,
+  type StudyPlan,
+  type TrainBudget,
+} from './plan.ts';
+import { cellKey, ResultStore, type CellRecord } from './store.ts';
+import { FLIPFLOP_MIXES, flipFlopSequence, type FlipFlopMix } from './tasks/flipflop.ts';
+import { recallSequence } from './tasks/recall.ts';
+import { versions, type Versions } from './versions.ts';
+
+interface TrainedCellBase {
+  encoding: string;
+  pe: PeChoice;
+  seed: number;
+  trainLength: number;
+  model: ModelShape;
+  budget: TrainBudget;
+}
+
+export interface LmConfig extends TrainedCellBase {
+  experiment: 'lm';
+  corpus: CorpusName;
+  multipliers: number[];
+  evalBytes: number;
+}
+
+export type LengthEval<T> = { multiplier: number; length: number } & Outcome<T>;
+
+export interface LmResult {
+  train: TrainSummary;
+  data: { train: string; eval: string; trainBytes: number; evalBytes: number; trainSha256: string; evalSha256: string };
+  evals: LengthEval<{ bitsPerByte: number; scored: number }>[];
+  backend: string;
+  versions: Versions;
+  evalSeconds: number;
+}
+
+export interface FlipflopConfig extends TrainedCellBase {
+  experiment: 'flipflop';
+  evalSequences: number;
+}
+
+export interface FlipflopResult {
+  train: TrainSummary;
+  mixes: Record<FlipFlopMix, { pIgnore: number; errors: number; graded: number; errorRate: number }>;
+  backend: string;
+  versions: Versions;
+  evalSeconds: number;
+}
+
+export interface RecallConfig extends TrainedCellBase {
+  experiment: 'recall';
+  multipliers: number[];
+  evalSequences: number;
+}
+
+export interface RecallResult {
+  train: TrainSummary;
+  evals: LengthEval<{ correct: number; graded: number; accuracy: number }>[];
+  backend: string;
+  versions: Versions;
+  evalSeconds: number;
+}
+
+export interface PrecisionConfig {
+  experiment: 'precision';
+  /** The lm cell whose trained model is re-evaluated. */
+  lm: LmConfig;
+  format: 'fp32' | 'bf16' | 'fp16';
+}
+
+export interface PrecisionResult {
+  evals: LengthEval<{ bitsPerByte: number; scored: number }>[];
+  backend: string;
+  versions: Versions;
+  evalSeconds: number;
+}
+
+export type AnyRecord = CellRecord<
+  LmConfig | FlipflopConfig | RecallConfig | PrecisionConfig,
+  LmResult | FlipflopResult | RecallResult | PrecisionResult
+>;
+
+export function storeFor<C, R>(outDir: string, experiment: Experiment): ResultStore<C, R> {
+  return new ResultStore<C, R>(join(outDir, experiment));
+}
+
+// ---------------------------------------------------------------------------------------------------- data
+
+interface LmData {
+  trainName: string;
+  evalName: string;
+  train: Uint8Array;
+  eval: Uint8Array;
+  trainSha256: string;
+  evalSha256: string;
+}
+
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+function readBytes(env: StudyEnv, rel: string): Uint8Array {
+  const path = resolve(env.dataDir, rel);
+  try {
+    return new Uint8Array(readFileSync(path));
+  } catch {
+    throw new HypeError(
+      'io',
+      `cannot read '${join(env.dataDir, rel)}'; pass the folder holding tinyshakespeare/ and wikitext-2/ with --data-dir`,
+    );
+  }
+}
+
+/**
+ * Tiny Shakespeare: the first 90% trains, the last 10% is held out (the trainer's default split). WikiText-2: only
+ * its validation and test files are available here, so the model trains on valid.txt and is scored on test.txt.
+ */
+export function loadLmData(env: StudyEnv, corpus: CorpusName): LmData {
+  if (corpus === 'tinyshakespeare') {
+    const all = readBytes(env, 'tinyshakespeare/input.txt');
+    const cut = all.length - Math.floor(all.length * 0.1);
+    const train = all.subarray(0, cut);
+    const ev = all.subarray(cut);
+    return {
+      trainName: 'tinyshakespeare/input.txt (first 90%)',
+      evalName: 'tinyshakespeare/input.txt (last 10%)',
+      train,
+      eval: ev,
+      trainSha256: sha256(train),
+      evalSha256: sha256(ev),
+    };
+  }
+  const train = readBytes(env, 'wikitext-2/valid.txt');
+  const ev = readBytes(env, 'wikitext-2/test.txt');
+  return {
+    trainName: 'wikitext-2/valid.txt',
+    evalName: 'wikitext-2/test.txt',
+    train,
+    eval: ev,
+    trainSha256: sha256(train),
+    evalSha256: sha256(ev),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------- cells
+
+export function lmConfigs(plan: StudyPlan, encodings: readonly string[]): LmConfig[] {
+  const out: LmConfig[] = [];
+  for (const seed of plan.seeds)
+    for (const corpus of plan.lm.corpora)
+      for (const encoding of encodings)
+        out.push({
+          experiment: 'lm',
+          corpus,
+          encoding,
+          pe: peChoice(encoding),
+          seed,
+          trainLength: plan.lm.trainLength,
+          model: plan.lm.model,
+          budget: plan.lm.budget,
+          multipliers: plan.lm.multipliers,
+          evalBytes: plan.lm.evalBytes,
+        });
+  return out;
+}
+
+const lmRunName = (c: LmConfig) => `lm-${c.corpus}-${c.encoding}-s${c.seed}-${cellKey(c)}`;
+
+async function trainLm(env: StudyEnv, c: LmConfig, data: LmData) {
+  const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
+  const source = windowSource(data.trainName, data.train, data.trainSha256);
+  return trainModel(env, lmRunName(c), config, c.budget, c.seed, source, `lm ${c.corpus} ${c.encoding} seed ${c.seed}`);
+}
+
+function evalData(data: LmData, evalBytes: number): Uint8Array {
+  return evalBytes > 0 ? data.eval.subarray(0, Math.min(evalBytes, data.eval.length)) : data.eval;
+}
+
+export async function runLm(env: StudyEnv, outDir: string, configs: readonly LmConfig[]) {
+  const store = storeFor<LmConfig, LmResult>(outDir, 'lm');
+  const cache = new Map<CorpusName, LmData>();
+  const dataOf = (c: CorpusName) => cache.get(c) ?? cache.set(c, loadLmData(env, c)).get(c)!;
+  return store.runAll(configs, async (c, i, pending) => {
+    env.log(`lm [${i + 1}/${pending}] ${c.corpus} ${c.encoding} seed ${c.seed}`);
+    const data = dataOf(c.corpus);
+    const { model, train } = await trainLm(env, c, data);
+    const t0 = performance.now();
+    const ev = evalData(data, c.evalBytes);
+    const evals = c.multipliers.map((m) => {
+      const length = m * c.trainLength;
+      return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
+    });
+    env.log(`lm ${c.corpus} ${c.encoding} seed ${c.seed}: ${evals.map(describeBpb).join(', ')}`);
+    return {
+      train,
+      data: {
+        train: data.trainName,
+        eval: data.evalName,
+        trainBytes: data.train.length,
+        evalBytes: ev.length,
+        trainSha256: data.trainSha256,
+        evalSha256: data.evalSha256,
+      },
+      evals,
+      backend: env.backend.name,
+      versions: versions(),
+      evalSeconds: (performance.now() - t0) / 1000,
+    };
+  });
+}
+
+function describeBpb(e: LengthEval<{ bitsPerByte: number }>): string {
+  return `${e.length}: ${e.ok ? e.bitsPerByte.toFixed(3) : 'cannot evaluate'}`;
+}
+
+export function precisionConfigs(plan: StudyPlan, encodings: readonly string[]): PrecisionConfig[] {
+  const chosen = plan.precision.encodings.filter((e) => encodings.includes(e));
+  const lmPlan = { ...plan, lm: { ...plan.lm, corpora: [plan.precision.corpus] } };
+  const out: PrecisionConfig[] = [];
+  for (const lm of lmConfigs(lmPlan, chosen))
+    for (const format of plan.precision.formats) out.push({ experiment: 'precision', lm, format });
+  return out;
+}
+
+/**
+ * Re-evaluates the lm model of `c.lm` with the concat route's operands (Qhat, Khat, Vhat) rounded to `c.format`
+ * (emulated: values rounded, arithmetic and accumulation in fp32). The model is the lm cell's run if it exists;
+ * otherwise it is trained here exactly as the lm cell would (same seed, same data, same steps).
+ */
+export async function runPrecision(env: StudyEnv, outDir: string, configs: readonly PrecisionConfig[]) {
+  const store = storeFor<PrecisionConfig, PrecisionResult>(outDir, 'precision');
+  return store.runAll(configs, async (c, i, pending) => {
+    env.log(`precision [${i + 1}/${pending}] ${c.lm.encoding} seed ${c.lm.seed} ${c.format}`);
+    const data = loadLmData(env, c.lm.corpus);
+    const { train } = await trainLm(env, c.lm, data);
+    const t0 = performance.now();
+    const model = reloadWithPeOptions(train.runDir, env.backend, { format: c.format });
+    const ev = evalData(data, c.lm.evalBytes);
+    const evals = c.lm.multipliers.map((m) => {
+      const length = m * c.lm.trainLength;
+      return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
+    });
+    env.log(`precision ${c.lm.encoding} ${c.format}: ${evals.map(describeBpb).join(', ')}`);
+    return { evals, backend: env.backend.name, versions: versions(), evalSeconds: (performance.now() - t0) / 1000 };
+  });
+}
+
+function taskConfigs<K extends 'flipflop' | 'recall'>(plan: StudyPlan, encodings: readonly string[], k: K) {
+  const p = plan[k];
+  const out: (TrainedCellBase & { evalSequences: number })[] = [];
+  for (const seed of plan.seeds)
+    for (const encoding of encodings)
+      out.push({
+        encoding,
+        pe: peChoice(encoding),
+        seed,
+        trainLength: p.trainLength,
+        model: p.model,
+        budget: p.budget,
+        evalSequences: p.evalSequences,
+      });
+  return out;
+}
+
+export function flipflopConfigs(plan: StudyPlan, encodings: readonly string[]): FlipflopConfig[] {
+  return taskConfigs(plan, encodings, 'flipflop').map((c) => ({ experiment: 'flipflop', ...c }));
+}
+
+export function recallConfigs(plan: StudyPlan, encodings: readonly string[]): RecallConfig[] {
+  return taskConfigs(plan, encodings, 'recall').map((c) => ({
+    experiment: 'recall',
+    ...c,
+    multipliers: plan.recall.multipliers,
+  }));
+}
+
+/** Flip-flop training data: the in-distribution mix; sequences are generated with an even byte count. */
+const flipflopSource = () =>
+  generatorSource(`flipflop:p_i=${FLIPFLOP_MIXES.id}`, (rng, n) =>
+    flipFlopSequence(rng, Math.max(4, n + (n % 2)), FLIPFLOP_MIXES.id).bytes.subarray(0, n),
+  );
+
+/** Evaluation sets use their own fixed seeds, shared by every cell, so all encodings face the same sequences. */
+const EVAL_SEED = 0x5eed;
+
+export async function runFlipflop(env: StudyEnv, outDir: string, configs: readonly FlipflopConfig[]) {
+  const store = storeFor<FlipflopConfig, FlipflopResult>(outDir, 'flipflop');
+  return store.runAll(configs, async (c, i, pending) => {
+    env.log(`flipflop [${i + 1}/${pending}] ${c.encoding} seed ${c.seed}`);
+    const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
+    const { model, train } = await trainModel(
+      env,
+      `flipflop-${c.encoding}-s${c.seed}-${cellKey(c)}`,
+      config,
+      c.budget,
+      c.seed,
+      flipflopSource(),
+      `flipflop ${c.encoding} seed ${c.seed}`,
+    );
+    const t0 = performance.now();
+    const mixes = {} as FlipflopResult['mixes'];
+    (Object.keys(FLIPFLOP_MIXES) as FlipFlopMix[]).forEach((mix, j) => {
+      const rng = new Rng(EVAL_SEED + j);
+      const p = FLIPFLOP_MIXES[mix];
+      const seqs = Array.from({ length: c.evalSequences }, () => flipFlopSequence(rng, c.trainLength, p));
+      const g = gradeTask(model, seqs, c.trainLength);
+      mixes[mix] = { pIgnore: p, errors: g.graded - g.correct, graded: g.graded, errorRate: 1 - g.correct / g.graded };
+    });
+    env.log(
+      `flipflop ${c.encoding} seed ${c.seed}: error ` +
+        Object.entries(mixes)
+          .map(([m, r]) => `${m} ${(100 * r.errorRate).toFixed(2)}% (${r.errors}/${r.graded})`)
+          .join(', '),
+    );
+    return {
+      train,
+      mixes,
+      backend: env.backend.name,
+      versions: versions(),
+      evalSeconds: (performance.now() - t0) / 1000,
+    };
+  });
+}
+
+const recallSource = () =>
+  generatorSource('recall:keyLength=3,queries=4,meanFiller=4', (rng, n) => recallSequence(rng, { length: n }).bytes);
+
+export async function runRecall(env: StudyEnv, outDir: string, configs: readonly RecallConfig[]) {
+  const store = storeFor<RecallConfig, RecallResult>(outDir, 'recall');
+  return store.runAll(configs, async (c, i, pending) => {
+    env.log(`recall [${i + 1}/${pending}] ${c.encoding} seed ${c.seed}`);
+    const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
+    const { model, train } = await trainModel(
+      env,
+      `recall-${c.encoding}-s${c.seed}-${cellKey(c)}`,
+      config,
+      c.budget,
+      c.seed,
+      recallSource(),
+      `recall ${c.encoding} seed ${c.seed}`,
+    );
+    const t0 = performance.now();
+    const evals = c.multipliers.map((m) => {
+      const length = m * c.trainLength;
+      const rng = new Rng(EVAL_SEED + length);
+      const seqs = Array.from({ length: c.evalSequences }, () => recallSequence(rng, { length }));
+      return {
+        multiplier: m,
+        length,
+        ...unlessTooLong(() => {
+          const g = gradeTask(model, seqs, length);
+          return { ...g, accuracy: g.correct / g.graded };
+        }),
+      };
+    });
+    env.log(
+      `recall ${c.encoding} seed ${c.seed}: ` +
+        evals.map((e) => `${e.length}: ${e.ok ? (100 * e.accuracy).toFixed(1) + '%' : 'cannot evaluate'}`).join(', '),
+    );
+    return {
+      train,
+      evals,
+      backend: env.backend.name,
+      versions: versions(),
+      evalSeconds: (performance.now() - t0) / 1000,
+    };
+  });
+}

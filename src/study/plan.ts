@@ -1,0 +1,172 @@
+/**
+ * What the study runs: the encodings under their study names, and the two plans (quick: the README's main job, a
+ * few minutes on 2 cores; full: the issue's study, hours). Every number a plan fixes is part of each cell's
+ * configuration, so changing a budget starts new cells instead of silently mixing results.
+ */
+import { HypeError } from '../errors.ts';
+
+/** The encoding a study name stands for: a registry name and its options. */
+export interface PeChoice {
+  name: string;
+  options: Record<string, unknown>;
+}
+
+export const STUDY_ENCODINGS: Readonly<Record<string, PeChoice>> = {
+  none: { name: 'none', options: {} },
+  sinusoidal: { name: 'sinusoidal', options: {} },
+  learned: { name: 'learned', options: {} },
+  rope: { name: 'rope', options: {} },
+  hope: { name: 'hope', options: {} },
+  xl: { name: 'xl', options: {} },
+  shaw: { name: 'shaw', options: {} },
+  t5: { name: 't5', options: {} },
+  alibi: { name: 'alibi', options: {} },
+  da: { name: 'da', options: {} },
+  path: { name: 'path', options: {} },
+  'hype-paper': { name: 'hype', options: { preset: 'paper' } },
+  'hype-recency': { name: 'hype', options: { preset: 'recency' } },
+  'hype-learned': { name: 'hype', options: { preset: 'learned' } },
+};
+
+export const ALL_ENCODINGS = Object.keys(STUDY_ENCODINGS);
+/** The quick plan's encodings: no position, the two usual baselines and the two HyPE presets that differ in sign. */
+export const QUICK_ENCODINGS = ['none', 'rope', 'alibi', 'hype-recency', 'hype-paper'];
+
+export function peChoice(study: string): PeChoice {
+  const pe = STUDY_ENCODINGS[study];
+  if (!pe) {
+    throw new HypeError('argument', `unknown study encoding '${study}'; choose from: ${ALL_ENCODINGS.join(', ')}`);
+  }
+  return pe;
+}
+
+export interface ModelShape {
+  width: number;
+  layers: number;
+  heads: number;
+  mlpWidth: number;
+}
+
+export interface TrainBudget {
+  steps: number;
+  batch: number;
+  lr: number;
+  warmup: number;
+}
+
+export interface LmPlan {
+  corpora: CorpusName[];
+  trainLength: number;
+  /** Evaluation lengths as multiples of trainLength. */
+  multipliers: number[];
+  /** Held-out bytes scored at each length (the first N of the evaluation split; 0 = all). */
+  evalBytes: number;
+  model: ModelShape;
+  budget: TrainBudget;
+}
+
+export interface TaskPlan {
+  trainLength: number;
+  /** Evaluation lengths as multiples of trainLength (flip-flop: [1], the mixes change instead). */
+  multipliers: number[];
+  /** Generated evaluation sequences per (mix or length). */
+  evalSequences: number;
+  model: ModelShape;
+  budget: TrainBudget;
+}
+
+export interface PrecisionPlan {
+  /** HyPE study encodings whose trained lm models are re-evaluated with rounded operands. */
+  encodings: string[];
+  formats: ('fp32' | 'bf16' | 'fp16')[];
+  corpus: CorpusName;
+}
+
+export interface StudyPlan {
+  quick: boolean;
+  seeds: number[];
+  encodings: string[];
+  lm: LmPlan;
+  flipflop: TaskPlan;
+  recall: TaskPlan;
+  precision: PrecisionPlan;
+}
+
+export type CorpusName = 'tinyshakespeare' | 'wikitext2';
+
+export const EXPERIMENTS = ['lm', 'flipflop', 'recall', 'precision'] as const;
+export type Experiment = (typeof EXPERIMENTS)[number];
+
+/** The PaTH paper's flip-flop model (Table 1 setting): 1 layer, 2 heads, width 64. */
+const FLIPFLOP_MODEL: ModelShape = { width: 64, layers: 1, heads: 2, mlpWidth: 256 };
+
+export function quickPlan(): StudyPlan {
+  return {
+    quick: true,
+    seeds: [1],
+    encodings: QUICK_ENCODINGS,
+    lm: {
+      corpora: ['tinyshakespeare'],
+      trainLength: 64,
+      multipliers: [1, 2, 4, 8, 16],
+      evalBytes: 32768,
+      model: { width: 64, layers: 2, heads: 4, mlpWidth: 256 },
+      budget: { steps: 400, batch: 16, lr: 3e-3, warmup: 40 },
+    },
+    flipflop: {
+      trainLength: 64,
+      multipliers: [1],
+      evalSequences: 300,
+      model: FLIPFLOP_MODEL,
+      budget: { steps: 500, batch: 16, lr: 3e-3, warmup: 50 },
+    },
+    recall: {
+      // >= 72 bytes guarantees the 4 queries find 4 records whatever the random filler (recall.ts's layout).
+      trainLength: 96,
+      multipliers: [1, 2, 4, 8],
+      evalSequences: 100,
+      model: { width: 64, layers: 2, heads: 4, mlpWidth: 256 },
+      budget: { steps: 500, batch: 16, lr: 3e-3, warmup: 50 },
+    },
+    precision: {
+      encodings: ['hype-recency', 'hype-paper'],
+      formats: ['fp32', 'bf16', 'fp16'],
+      corpus: 'tinyshakespeare',
+    },
+  };
+}
+
+export function fullPlan(): StudyPlan {
+  return {
+    quick: false,
+    seeds: [1, 2, 3],
+    encodings: ALL_ENCODINGS,
+    lm: {
+      corpora: ['tinyshakespeare', 'wikitext2'],
+      trainLength: 128,
+      multipliers: [1, 2, 4, 8, 16],
+      evalBytes: 0,
+      model: { width: 128, layers: 4, heads: 4, mlpWidth: 512 },
+      budget: { steps: 3000, batch: 16, lr: 2e-3, warmup: 100 },
+    },
+    flipflop: {
+      trainLength: 256,
+      multipliers: [1],
+      evalSequences: 2000,
+      model: FLIPFLOP_MODEL,
+      budget: { steps: 3000, batch: 32, lr: 3e-3, warmup: 100 },
+    },
+    recall: {
+      trainLength: 128,
+      multipliers: [1, 2, 4, 8],
+      evalSequences: 500,
+      model: { width: 128, layers: 2, heads: 4, mlpWidth: 512 },
+      budget: { steps: 3000, batch: 16, lr: 2e-3, warmup: 100 },
+    },
+    precision: {
+      encodings: ['hype-recency', 'hype-paper', 'hype-learned'],
+      formats: ['fp32', 'bf16', 'fp16'],
+      corpus: 'tinyshakespeare',
+    },
+  };
+}

@@ -1,0 +1,612 @@
+/**
+ * The study's report, generated from its results JSON only: tables (mean ± 95% interval over seeds), the findings
+ * (each question answered from the numbers, with its verdict computed from the intervals, never assumed) and the
+ * charts. `hype study report` rewrites the Markdown and SVGs from whatever cells exist, so a partial study reports
+ * what it has and says what is missing.
+ */
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { TopLevelSpec } from 'vega-lite';
+import { lineChartSpec, type LinePoint } from '../plot/charts.ts';
+import { formatInterval, meanInterval } from './stats.ts';
+import { markdownTable, type Observation } from './table.ts';
+import type {
+  FlipflopConfig,
+  FlipflopResult,
+  LengthEval,
+  LmConfig,
+  LmResult,
+  PrecisionConfig,
+  PrecisionResult,
+  RecallConfig,
+  RecallResult,
+} from './experiments.ts';
+import { ALL_ENCODINGS } from './plan.ts';
+import type { CellRecord } from './store.ts';
+import type { StudyPlan } from './plan.ts';
+import type { Versions } from './versions.ts';
+
+export interface StudyMeta {
+  plan: StudyPlan;
+  versions: Versions;
+  backend: string;
+  cpus: number;
+  /** One entry per `hype study` invocation that ran cells in this folder. */
+  invocations: { experiment: string; started: string; seconds: number; cellsRun: number }[];
+}
+
+export interface ReportInput {
+  meta: StudyMeta | null;
+  lm: CellRecord<LmConfig, LmResult>[];
+  flipflop: CellRecord<FlipflopConfig, FlipflopResult>[];
+  recall: CellRecord<RecallConfig, RecallResult>[];
+  precision: CellRecord<PrecisionConfig, PrecisionResult>[];
+}
+
+export interface Chart {
+  /** File name inside the plots folder. */
+  file: string;
+  spec: TopLevelSpec;
+}
+
+/** Published flip-flop error rates (PaTH paper, Table 1), in percent. */
+export const PUBLISHED_FLIPFLOP: Record<string, { id: number; 'ood-sparse': number; 'ood-dense': number }> = {
+  rope: { id: 6.9, 'ood-sparse': 40.3, 'ood-dense': 0.01 },
+  path: { id: 0, 'ood-sparse': 0.0001, 'ood-dense': 0 },
+};
+
+/** A change of bits per byte from 1x to the longest length within this counts as flat (declared, not fitted). */
+export const FLAT_BPB = 0.1;
+/** A rise beyond this counts as blowing up. */
+export const BLOWUP_BPB = 1;
+
+const ORDER = ALL_ENCODINGS;
+
+/** Reads a results folder: <dir>/study.json and <dir>/<experiment>/cells/*.json. */
+export function readResults(dir: string): ReportInput {
+  const cells = <C, R>(exp: string): CellRecord<C, R>[] => {
+    const d = join(dir, exp, 'cells');
+    if (!existsSync(d)) return [];
+    return readdirJson<CellRecord<C, R>>(d);
+  };
+  const metaPath = join(dir, 'study.json');
+  return {
+    meta: existsSync(metaPath) ? (JSON.parse(readFileSync(metaPath, 'utf8')) as StudyMeta) : null,
+    lm: cells('lm'),
+    flipflop: cells('flipflop'),
+    recall: cells('recall'),
+    precision: cells('precision'),
+  };
+}
+
+function readdirJson<T>(dir: string): T[] {
+  // Sorted by file name (the cell key) so the report does not depend on directory order.
+  const names = readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
+    .sort();
+  return names.map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')) as T);
+}
+
+// ---------------------------------------------------------------------------------------------- comparisons
+
+const fmt = (x: number, d = 3) => x.toFixed(d);
+
+/** "mean ± half-width (n seeds)" or "mean (1 seed)". */
+function describe(values: readonly number[], digits = 3): string {
+  const m = meanInterval(values);
+  return `${formatInterval(m, digits)} (${m.n} seed${m.n === 1 ? '' : 's'})`;
+}
+
+export type Verdict = 'lower' | 'higher' | 'overlap' | 'single-seed' | 'missing';
+
+/**
+ * How `a` stands against `b`: lower/higher when their 95% intervals do not overlap, 'overlap' when they do (no
+ * difference detected at this number of seeds), 'single-seed' when either has one value (no interval exists).
+ */
+export function compareValues(a: readonly number[], b: readonly number[]): Verdict {
+  if (a.length === 0 || b.length === 0) return 'missing';
+  if (a.length < 2 || b.length < 2) return 'single-seed';
+  const ma = meanInterval(a);
+  const mb = meanInterval(b);
+  if (ma.mean + ma.halfWidth < mb.mean - mb.halfWidth) return 'lower';
+  if (ma.mean - ma.halfWidth > mb.mean + mb.halfWidth) return 'higher';
+  return 'overlap';
+}
+
+/** One sentence comparing a metric of two encodings; `lowerBetter` picks the words. */
+function sentence(
+  nameA: string,
+  a: number[],
+  nameB: string,
+  b: number[],
+  metric: string,
+  lowerBetter: boolean,
+): string {
+  const v = compareValues(a, b);
+  if (v === 'missing') return `${metric}: no results for ${a.length === 0 ? nameA : nameB} yet.`;
+  const diff = meanInterval(a).mean - meanInterval(b).mean;
+  const base = `${metric}: ${nameA} ${describe(a)} vs ${nameB} ${describe(b)} (difference ${diff >= 0 ? '+' : ''}${fmt(diff)})`;
+  if (v === 'single-seed') {
+    return `${base}; one seed only, so there is no interval and this difference is not evidence either way.`;
+  }
+  if (v === 'overlap')
+    return `${base}; the 95% intervals overlap, so no difference is detected at this number of seeds.`;
+  const better = (v === 'lower') === lowerBetter;
+  return `${base}; the 95% intervals do not overlap: ${nameA} is ${better ? 'better' : 'worse'}.`;
+}
+
+// ------------------------------------------------------------------------------------------------ accessors
+
+type Bpb = LengthEval<{ bitsPerByte: number; scored: number }>;
+
+function bpbAt(cells: CellRecord<LmConfig, LmResult>[], corpus: string, enc: string, mult: number): number[] {
+  return cells
+    .filter((c) => c.config.corpus === corpus && c.config.encoding === enc)
+    .map((c) => c.result.evals.find((e) => e.multiplier === mult))
+    .filter((e): e is Bpb & { ok: true } => e !== undefined && e.ok)
+    .map((e) => e.bitsPerByte);
+}
+
+function cannotEvaluate(evals: readonly LengthEval<object>[], mult: number): string | null {
+  const e = evals.find((x) => x.multiplier === mult);
+  return e && !e.ok ? e.reason : null;
+}
+
+const uniq = <T>(xs: T[]) => [...new Set(xs)];
+const sortEnc = (xs: string[]) => [...xs].sort((a, b) => rank(a) - rank(b));
+const rank = (e: string) => (ORDER.indexOf(e) < 0 ? ORDER.length : ORDER.indexOf(e));
+
+// --------------------------------------------------------------------------------------------------- report
+
+export function buildReport(input: ReportInput, plotsRel = 'plots'): { markdown: string; charts: Chart[] } {
+  const out: string[] = [];
+  const charts: Chart[] = [];
+  const meta = input.meta;
+  const quick = meta?.plan.quick ?? false;
+  out.push(`# HyPE study: results${quick ? ' (QUICK VERSION)' : ''}`, '');
+  out.push(
+    '_Generated by `hype study report` from the results JSON in this folder; do not edit by hand — rerun the ' +
+      'command instead._',
+    '',
+  );
+  if (quick) {
+    out.push(
+      '**This is the quick version** (`hype study all --quick`): a few encodings, one seed, a short training ' +
+        'budget and small models. It shows the pipeline end to end and gives a first look; it is not evidence for ' +
+        'or against any encoding. Run `hype study all` for the full study (several seeds, every encoding).',
+      '',
+    );
+  }
+  out.push(...setupSection(input), '');
+  out.push(...findingsSection(input), '');
+  out.push(...lmSection(input, charts, plotsRel), '');
+  out.push(...flipflopSection(input, charts, plotsRel), '');
+  out.push(...recallSection(input, charts, plotsRel), '');
+  out.push(...precisionSection(input, charts, plotsRel), '');
+  return {
+    markdown:
+      out
+        .join('\n')
+        .replace(/\n{3,}/g, '\n\n')
+        .trimEnd() + '\n',
+    charts,
+  };
+}
+
+function setupSection(input: ReportInput): string[] {
+  const m = input.meta;
+  const lines = ['## Setup', ''];
+  if (!m) {
+    lines.push('No study.json in this folder: the plan and versions are read from the cells alone.');
+    return lines;
+  }
+  const p = m.plan;
+  const all = [...input.lm, ...input.flipflop, ...input.recall, ...input.precision];
+  const trainSeconds = all.reduce((s, c) => s + c.seconds, 0);
+  lines.push(
+    `- Plan: ${p.quick ? 'quick' : 'full'}; seeds ${p.seeds.join(', ')}; encodings ${p.encodings.join(', ')}.`,
+    `- Code: package ${m.versions.package}, commit ${m.versions.commit ?? 'unknown'}, Node ${m.versions.node}; ` +
+      `backend ${m.backend}; ${m.cpus} CPU cores.`,
+    `- Cells finished: lm ${input.lm.length}, flip-flop ${input.flipflop.length}, recall ${input.recall.length}, ` +
+      `precision ${input.precision.length}; ${(trainSeconds / 60).toFixed(1)} minutes of cell time in all.`,
+    `- lm: byte-level models (width ${p.lm.model.width}, ${p.lm.model.layers} layers, ${p.lm.model.heads} heads) ` +
+      `trained at L = ${p.lm.trainLength} for ${p.lm.budget.steps} steps of ${p.lm.budget.batch} windows ` +
+      `(peak lr ${p.lm.budget.lr}); bits per byte at ${p.lm.multipliers.map((x) => `${x}x`).join(', ')} L in ` +
+      `non-overlapping windows (as in the ALiBi paper) on ${p.lm.evalBytes > 0 ? `the first ${p.lm.evalBytes} bytes of ` : ''}` +
+      'the held-out split. Corpora: Tiny Shakespeare (first 90% trains, last 10% held out) and WikiText-2 — **only ' +
+      "WikiText-2's validation and test files are available here, so its models train on valid.txt (1.1 MB) and " +
+      'are scored on test.txt**; the usual train split (11 MB) is not used.',
+    `- flip-flop: ${p.flipflop.model.layers} layer, ${p.flipflop.model.heads} heads, width ${p.flipflop.model.width} ` +
+      `(the PaTH paper's Table 1 model), trained on the in-distribution mix (p_i = 0.8) at length ` +
+      `${p.flipflop.trainLength} for ${p.flipflop.budget.steps} steps of ${p.flipflop.budget.batch} sequences, ` +
+      `next-byte loss on every byte; graded on ${p.flipflop.evalSequences} fresh sequences per mix, only at the read ` +
+      "bits (the argmax prediction made at each 'r'). Scaled down from the published setting (far longer " +
+      'sequences and training) to fit this machine.',
+    `- recall: associative recall (records 'key=digit;' among filler, then queries '?key='), width ` +
+      `${p.recall.model.width}, ${p.recall.model.layers} layers, trained at L = ${p.recall.trainLength} for ` +
+      `${p.recall.budget.steps} steps; accuracy of the answer digit on ${p.recall.evalSequences} sequences per ` +
+      `length at ${p.recall.multipliers.map((x) => `${x}x`).join(', ')} L.`,
+    `- precision: the trained lm models of ${p.precision.encodings.join(', ')} on ${p.precision.corpus} ` +
+      `re-evaluated with the concat route's operands (Qhat, Khat, Vhat) rounded to ${p.precision.formats.join(', ')} ` +
+      '(emulated: values rounded, products and sums in fp32).',
+  );
+  return lines;
+}
+
+function lmSection(input: ReportInput, charts: Chart[], plotsRel: string): string[] {
+  const lines = ['## lm: length extrapolation (bits per byte, lower is better)', ''];
+  if (input.lm.length === 0) return [...lines, 'No lm cells yet.'];
+  const corpora = uniq(input.lm.map((c) => c.config.corpus));
+  const points: LinePoint[] = [];
+  for (const corpus of corpora) {
+    const cells = input.lm.filter((c) => c.config.corpus === corpus);
+    const L = cells[0]!.config.trainLength;
+    const obs: Observation[] = [];
+    const reasons = new Map<string, string>();
+    for (const c of cells) {
+      for (const e of c.result.evals) {
+        if (e.ok) obs.push({ row: c.config.encoding, column: e.length, value: e.bitsPerByte });
+        else reasons.set(`${c.config.encoding}\u0000${e.length}`, e.reason);
+      }
+    }
+    lines.push(`### ${corpus} (trained at L = ${L})`, '');
+    lines.push(
+      markdownTable(obs, {
+        rowHeader: 'encoding',
+        columnHeader: (x) => `${x} (${Number(x) / L}x)`,
+        rowOrder: ORDER,
+        emptyCell: (r, col) => (reasons.has(`${r}\u0000${col}`) ? 'cannot evaluate' : '—'),
+      }),
+      '',
+    );
+    const why = [...reasons.entries()][0];
+    if (why) {
+      lines.push(`"cannot evaluate": the model refuses that length rather than inventing positions (${why[1]}).`, '');
+    }
+    for (const enc of sortEnc(uniq(cells.map((c) => c.config.encoding)))) {
+      for (const mult of uniq(cells.flatMap((c) => c.config.multipliers))) {
+        const v = bpbAt(cells, corpus, enc, mult);
+        if (v.length > 0) points.push({ x: mult * L, y: meanInterval(v).mean, series: enc, facet: corpus });
+      }
+    }
+  }
+  charts.push({
+    file: 'lm-bits-per-byte.svg',
+    spec: lineChartSpec({
+      title: 'Bits per byte vs evaluation length (mean over seeds)',
+      subtitle: ['non-overlapping windows; an encoding missing at a length cannot evaluate there'],
+      points,
+      xTitle: 'evaluation length (bytes)',
+      yTitle: 'bits per byte',
+      seriesTitle: 'encoding',
+      facetTitle: 'corpus',
+      facetColumns: 2,
+      seriesOrder: sortEnc(uniq(points.map((p) => p.series))),
+    }),
+  });
+  lines.push(`![bits per byte vs length](${plotsRel}/lm-bits-per-byte.svg)`, '');
+  const trainRows = sortEnc(uniq(input.lm.map((c) => c.config.encoding)));
+  const t: Observation[] = [];
+  for (const c of input.lm) {
+    t.push({
+      row: c.config.encoding,
+      column: `${c.config.corpus} final train loss`,
+      value: c.result.train.finalLoss / Math.LN2,
+    });
+    t.push({ row: c.config.encoding, column: `${c.config.corpus} minutes`, value: c.seconds / 60 });
+  }
+  lines.push('Training: final training loss (bits per byte, mean of the last 5% of steps) and cell wall time.', '');
+  lines.push(markdownTable(t, { rowHeader: 'encoding', rowOrder: trainRows, digits: 2 }));
+  return lines;
+}
+
+function flipflopSection(input: ReportInput, charts: Chart[], plotsRel: string): string[] {
+  const lines = ['## flip-flop: error rate on the read bits (%, lower is better)', ''];
+  if (input.flipflop.length === 0) return [...lines, 'No flip-flop cells yet.'];
+  const mixes = ['id', 'ood-sparse', 'ood-dense'] as const;
+  const obs: Observation[] = [];
+  const bars: { encoding: string; mix: string; error: number }[] = [];
+  for (const c of input.flipflop) {
+    for (const m of mixes) obs.push({ row: c.config.encoding, column: m, value: 100 * c.result.mixes[m].errorRate });
+  }
+  lines.push(markdownTable(obs, { rowHeader: 'encoding', rowOrder: ORDER, digits: 2 }), '');
+  const graded = mixes.map((m) => `${m} ${input.flipflop[0]!.result.mixes[m].graded}`).join(', ');
+  lines.push(
+    `Graded read bits per cell: ${graded} (the resolution of a rate is 1 / that count; the published rates come ` +
+      'from far larger evaluation sets).',
+    '',
+    'Published (PaTH paper, Table 1; their length and budget, not ours):',
+    '',
+    '| encoding | id | ood-sparse | ood-dense |',
+    '| --- | ---: | ---: | ---: |',
+    ...Object.entries(PUBLISHED_FLIPFLOP).map(
+      ([e, r]) => `| ${e} (published) | ${r.id} | ${r['ood-sparse']} | ${r['ood-dense']} |`,
+    ),
+    '',
+  );
+  for (const enc of sortEnc(uniq(input.flipflop.map((c) => c.config.encoding)))) {
+    for (const m of mixes) {
+      const v = input.flipflop.filter((c) => c.config.encoding === enc).map((c) => 100 * c.result.mixes[m].errorRate);
+      bars.push({ encoding: enc, mix: m, error: meanInterval(v).mean });
+    }
+  }
+  charts.push({ file: 'flipflop-errors.svg', spec: barSpec(bars) });
+  lines.push(`![flip-flop error rates](${plotsRel}/flipflop-errors.svg)`);
+  return lines;
+}
+
+function barSpec(values: { encoding: string; mix: string; error: number }[]): TopLevelSpec {
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title: { text: 'Flip-flop: error rate on the read bits (mean over seeds)', anchor: 'start' },
+    data: { values },
+    facet: { field: 'mix', type: 'nominal', title: 'instruction mix', sort: ['id', 'ood-sparse', 'ood-dense'] },
+    columns: 3,
+    spec: {
+      width: 200,
+      height: 180,
+      mark: 'bar',
+      encoding: {
+        x: { field: 'encoding', type: 'nominal', title: null, sort: sortEnc(uniq(values.map((v) => v.encoding))) },
+        y: { field: 'error', type: 'quantitative', title: 'error rate (%)' },
+        color: { field: 'encoding', type: 'nominal', legend: null },
+      },
+    },
+  };
+}
+
+function recallSection(input: ReportInput, charts: Chart[], plotsRel: string): string[] {
+  const lines = ['## recall: associative recall accuracy (%, higher is better)', ''];
+  if (input.recall.length === 0) return [...lines, 'No recall cells yet.'];
+  const L = input.recall[0]!.config.trainLength;
+  const obs: Observation[] = [];
+  const reasons = new Set<string>();
+  const points: LinePoint[] = [];
+  for (const c of input.recall) {
+    for (const e of c.result.evals) {
+      if (e.ok) obs.push({ row: c.config.encoding, column: e.length, value: 100 * e.accuracy });
+      else reasons.add(`${c.config.encoding}\u0000${e.length}`);
+    }
+  }
+  lines.push(
+    markdownTable(obs, {
+      rowHeader: 'encoding',
+      columnHeader: (x) => `${x} (${Number(x) / L}x)`,
+      rowOrder: ORDER,
+      digits: 1,
+      emptyCell: (r, col) => (reasons.has(`${r}\u0000${col}`) ? 'cannot evaluate' : '—'),
+    }),
+    '',
+    'Chance is 10% (one digit of ten).',
+    '',
+  );
+  for (const enc of sortEnc(uniq(input.recall.map((c) => c.config.encoding)))) {
+    const cells = input.recall.filter((c) => c.config.encoding === enc);
+    for (const mult of cells[0]!.config.multipliers) {
+      const v = cells.flatMap((c) =>
+        c.result.evals.filter((e) => e.multiplier === mult && e.ok).map((e) => (e.ok ? e.accuracy : 0)),
+      );
+      if (v.length > 0) points.push({ x: mult * L, y: 100 * meanInterval(v).mean, series: enc });
+    }
+  }
+  charts.push({
+    file: 'recall-accuracy.svg',
+    spec: lineChartSpec({
+      title: 'Associative recall accuracy vs evaluation length (mean over seeds)',
+      subtitle: [`trained at L = ${L}; chance = 10%`],
+      points,
+      xTitle: 'evaluation length (bytes)',
+      yTitle: 'accuracy (%)',
+      seriesTitle: 'encoding',
+      seriesOrder: sortEnc(uniq(points.map((p) => p.series))),
+    }),
+  });
+  lines.push(`![recall accuracy vs length](${plotsRel}/recall-accuracy.svg)`);
+  return lines;
+}
+
+function precisionSection(input: ReportInput, charts: Chart[], plotsRel: string): string[] {
+  const lines = ["## precision: HyPE with the concat route's operands rounded (bits per byte)", ''];
+  if (input.precision.length === 0) return [...lines, 'No precision cells yet.'];
+  const obs: Observation[] = [];
+  const points: LinePoint[] = [];
+  const L = input.precision[0]!.config.lm.trainLength;
+  for (const c of input.precision) {
+    for (const e of c.result.evals) {
+      if (e.ok) obs.push({ row: `${c.config.lm.encoding} ${c.config.format}`, column: e.length, value: e.bitsPerByte });
+    }
+  }
+  lines.push(
+    markdownTable(obs, { rowHeader: 'model, operands', columnHeader: (x) => `${x} (${Number(x) / L}x)`, digits: 4 }),
+    '',
+  );
+  const diffs = precisionDiffs(input);
+  const dObs: Observation[] = diffs.flatMap((d) =>
+    d.values.map((value) => ({ row: `${d.encoding} ${d.format} − fp32`, column: d.length, value })),
+  );
+  lines.push('Cost of rounding: the same model, rounded minus fp32 (paired by seed; positive = worse).', '');
+  lines.push(
+    markdownTable(dObs, { rowHeader: 'model, format', columnHeader: (x) => `${x} (${Number(x) / L}x)`, digits: 4 }),
+  );
+  for (const d of diffs)
+    points.push({ x: d.length, y: meanInterval(d.values).mean, series: `${d.encoding} ${d.format}` });
+  charts.push({
+    file: 'precision-cost.svg',
+    spec: lineChartSpec({
+      title: 'HyPE operands rounded: bits per byte minus fp32 (mean over seeds)',
+      points,
+      xTitle: 'evaluation length (bytes)',
+      yTitle: 'Δ bits per byte vs fp32',
+      seriesTitle: 'model, format',
+    }),
+  });
+  lines.push('', `![precision cost](${plotsRel}/precision-cost.svg)`);
+  return lines;
+}
+
+/** Rounded-minus-fp32 bits per byte, paired by trained model (same lm cell). */
+function precisionDiffs(input: ReportInput) {
+  const out: { encoding: string; format: string; length: number; values: number[] }[] = [];
+  const key = (c: PrecisionConfig) => JSON.stringify(c.lm);
+  const fp32 = new Map(input.precision.filter((c) => c.config.format === 'fp32').map((c) => [key(c.config), c]));
+  for (const c of input.precision) {
+    if (c.config.format === 'fp32') continue;
+    const base = fp32.get(key(c.config));
+    if (!base) continue;
+    for (const e of c.result.evals) {
+      const b = base.result.evals.find((x) => x.length === e.length);
+      if (!e.ok || !b || !b.ok) continue;
+      let row = out.find(
+        (r) => r.encoding === c.config.lm.encoding && r.format === c.config.format && r.length === e.length,
+      );
+      if (!row)
+        out.push((row = { encoding: c.config.lm.encoding, format: c.config.format, length: e.length, values: [] }));
+      row.values.push(e.bitsPerByte - b.bitsPerByte);
+    }
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------- findings
+
+function findingsSection(input: ReportInput): string[] {
+  const lines = ['## Findings (computed from the numbers below)', ''];
+  const seeds = uniq(
+    [...input.lm, ...input.flipflop, ...input.recall].map((c) => (c.config as { seed: number }).seed),
+  ).length;
+  lines.push(
+    `Evidence: ${seeds} seed${seeds === 1 ? '' : 's'}, small byte-level models, short training on 2 CPU cores. ` +
+      'A verdict "better"/"worse" below means the two 95% intervals over seeds do not overlap; with one seed no ' +
+      'interval exists and differences are shown but not judged. Small-scale results may not carry over to large ' +
+      'models.',
+    '',
+  );
+  const corpora = uniq(input.lm.map((c) => c.config.corpus));
+  const longest = (corpus: string) =>
+    Math.max(...input.lm.filter((c) => c.config.corpus === corpus).flatMap((c) => c.config.multipliers));
+  const lmPair = (a: string, b: string, mults: (corpus: string) => number[]) =>
+    corpora.flatMap((corpus) =>
+      mults(corpus).map(
+        (m) =>
+          `  - ${corpus}, ${m}x L: ` +
+          sentence(a, bpbAt(input.lm, corpus, a, m), b, bpbAt(input.lm, corpus, b, m), 'bits per byte', true),
+      ),
+    );
+  const ends = (corpus: string) => [1, longest(corpus)];
+
+  lines.push("1. **Does hype-recency match ALiBi's extrapolation?**");
+  if (corpora.length === 0) lines.push('  - No lm results yet.');
+  else {
+    lines.push(
+      ...lmPair('hype-recency', 'alibi', (c) => uniq([1, 2, 4, 8, 16, longest(c)]).filter((m) => m <= longest(c))),
+    );
+    lines.push(...corpora.map((c) => '  - ' + extrapolationVerdict(input, c, 'hype-recency', 'alibi')));
+  }
+  lines.push('2. **Does hype-paper (the literal sign, rewarding distance) hurt?**');
+  if (corpora.length === 0) lines.push('  - No lm results yet.');
+  else {
+    lines.push(...lmPair('hype-paper', 'hype-recency', ends));
+    lines.push(...lmPair('hype-paper', 'none', ends));
+  }
+  lines.push('3. **Does learning tau/mu help?**');
+  if (corpora.length === 0) lines.push('  - No lm results yet.');
+  else lines.push(...lmPair('hype-learned', 'hype-recency', ends));
+  lines.push(...flipRecallPair(input, 'hype-learned', 'hype-recency'));
+  lines.push('4. **How do PaTH and HoPE fare at this scale?**');
+  if (corpora.length > 0) {
+    lines.push(...lmPair('path', 'rope', ends));
+    lines.push(...lmPair('hope', 'rope', ends));
+  }
+  lines.push(...flipRecallPair(input, 'path', 'rope'));
+  lines.push(...flipRecallPair(input, 'hope', 'rope'));
+  lines.push('5. **What does bf16 cost HyPE?**');
+  const diffs = precisionDiffs(input);
+  if (diffs.length === 0) lines.push('  - No precision results yet.');
+  for (const d of diffs) {
+    const m = meanInterval(d.values);
+    const judged =
+      m.n < 2
+        ? 'one trained model'
+        : Math.abs(m.mean) > m.halfWidth
+          ? `the 95% interval excludes zero`
+          : 'the 95% interval includes zero';
+    lines.push(
+      `  - ${d.encoding}, ${d.format} operands at length ${d.length}: ${m.mean >= 0 ? '+' : ''}${m.mean.toExponential(2)} ` +
+        `bits per byte vs fp32 (${judged}).`,
+    );
+  }
+  lines.push(
+    "6. **Does the ALiBi paper's shape reproduce** (sinusoidal and learned blow up past L, rotary degrades, ALiBi stays flat)?",
+  );
+  if (corpora.length === 0) lines.push('  - No lm results yet.');
+  for (const corpus of corpora) {
+    for (const enc of ['sinusoidal', 'learned', 'rope', 'alibi', 'hype-recency']) {
+      lines.push(`  - ${corpus}, ${enc}: ${shapeOf(input, corpus, enc)}`);
+    }
+  }
+  return lines;
+}
+
+/** How an encoding's bits per byte move from 1x to the longest length, classified by the declared thresholds. */
+function shapeOf(input: ReportInput, corpus: string, enc: string): string {
+  const cells = input.lm.filter((c) => c.config.corpus === corpus && c.config.encoding === enc);
+  if (cells.length === 0) return 'not run.';
+  const longest = Math.max(...cells[0]!.config.multipliers);
+  const reason = cannotEvaluate(cells[0]!.result.evals, longest);
+  if (reason) {
+    const first = cells[0]!.result.evals.find((e) => !e.ok)!;
+    return `cannot evaluate from ${first.multiplier}x L on (its table ends at L): the honest form of "blows up".`;
+  }
+  const a = meanInterval(bpbAt(input.lm, corpus, enc, 1)).mean;
+  const b = meanInterval(bpbAt(input.lm, corpus, enc, longest)).mean;
+  const d = b - a;
+  const word = d > BLOWUP_BPB ? 'blows up' : d > FLAT_BPB ? 'degrades' : d < -FLAT_BPB ? 'improves' : 'stays flat';
+  return `${fmt(a)} -> ${fmt(b)} bits per byte from 1x to ${longest}x (${d >= 0 ? '+' : ''}${fmt(d)}): ${word} (flat = within ±${FLAT_BPB}, blow-up = more than +${BLOWUP_BPB}).`;
+}
+
+function extrapolationVerdict(input: ReportInput, corpus: string, a: string, b: string): string {
+  const longest = Math.max(...input.lm.filter((c) => c.config.corpus === corpus).flatMap((c) => c.config.multipliers));
+  const mults = [2, 4, 8, 16].filter((m) => m <= longest);
+  const verdicts = mults.map((m) => compareValues(bpbAt(input.lm, corpus, a, m), bpbAt(input.lm, corpus, b, m)));
+  if (verdicts.includes('missing') || verdicts.length === 0) return `${corpus}: not both run yet, no verdict.`;
+  if (verdicts.includes('single-seed')) {
+    return `${corpus}: one seed, so no verdict; ${a}'s shape: ${shapeOf(input, corpus, a)} ${b}'s: ${shapeOf(input, corpus, b)}`;
+  }
+  if (verdicts.every((v) => v === 'overlap')) {
+    return `${corpus}: yes, as far as ${meanInterval(bpbAt(input.lm, corpus, a, 1)).n} seeds can tell: the intervals overlap at every length past L.`;
+  }
+  const worse = mults.filter((_, i) => verdicts[i] === 'higher');
+  const better = mults.filter((_, i) => verdicts[i] === 'lower');
+  return (
+    `${corpus}: no — ${a} is ` +
+    [
+      worse.length ? `worse at ${worse.map((m) => `${m}x`).join(', ')}` : '',
+      better.length ? `better at ${better.map((m) => `${m}x`).join(', ')}` : '',
+    ]
+      .filter(Boolean)
+      .join(' and ') +
+    ' (non-overlapping intervals).'
+  );
+}
+
+function flipRecallPair(input: ReportInput, a: string, b: string): string[] {
+  const lines: string[] = [];
+  for (const m of ['id', 'ood-sparse', 'ood-dense'] as const) {
+    const va = input.flipflop.filter((c) => c.config.encoding === a).map((c) => 100 * c.result.mixes[m].errorRate);
+    const vb = input.flipflop.filter((c) => c.config.encoding === b).map((c) => 100 * c.result.mixes[m].errorRate);
+    if (va.length && vb.length) lines.push(`  - flip-flop ${m}: ` + sentence(a, va, b, vb, 'error %', true));
+  }
+  const mults = uniq(input.recall.flatMap((c) => c.config.multipliers));
+  for (const mult of mults) {
+    const acc = (e: string) =>
+      input.recall
+        .filter((c) => c.config.encoding === e)
+        .flatMap((c) =>
+          c.result.evals.filter((x) => x.multiplier === mult && x.ok).map((x) => (x.ok ? 100 * x.accuracy : 0)),
+        );
+    const va = acc(a);
+    const vb = acc(b);
+    if (va.length && vb.length) lines.push(`  - recall at ${mult}x L: ` + sentence(a, va, b, vb, 'accuracy %', false));
+  }
+  return lines;
+}

@@ -1,0 +1,115 @@
+/**
+ * `hype study` as a library call: run the chosen experiments' unfinished cells, then regenerate the report (and,
+ * when asked, a RESULTS.md elsewhere) from the results JSON alone.
+ */
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { dirname, join, relative } from 'node:path';
+import type { Backend } from '../backend/backend.ts';
+import { HypeError } from '../errors.ts';
+import { renderSvg, writeSvgFile } from '../plot/render.ts';
+import { writeFileAtomic } from '../util/atomic-file.ts';
+import type { StudyEnv } from './cell.ts';
+import {
+  flipflopConfigs,
+  lmConfigs,
+  precisionConfigs,
+  recallConfigs,
+  runFlipflop,
+  runLm,
+  runPrecision,
+  runRecall,
+} from './experiments.ts';
+import { EXPERIMENTS, fullPlan, peChoice, quickPlan, type Experiment, type StudyPlan } from './plan.ts';
+import { buildReport, readResults, type StudyMeta } from './report.ts';
+import { versions } from './versions.ts';
+
+export interface StudyOptions {
+  experiment: Experiment | 'all';
+  quick: boolean;
+  outDir: string;
+  workDir: string;
+  dataDir: string;
+  backend: Backend;
+  /** Seeds 1..n instead of the plan's. */
+  seeds?: number;
+  /** Study encoding names instead of the plan's. */
+  encodings?: string[];
+  /** Replaces the quick/full plan (tests use a tiny one). */
+  plan?: StudyPlan;
+  log?: (line: string) => void;
+}
+
+export function planFor(o: Pick<StudyOptions, 'quick' | 'seeds' | 'encodings' | 'plan'>): StudyPlan {
+  const plan = structuredClone(o.plan ?? (o.quick ? quickPlan() : fullPlan()));
+  if (o.seeds !== undefined) {
+    if (!Number.isInteger(o.seeds) || o.seeds < 1) {
+      throw new HypeError('argument', `--seeds must be a positive integer, got ${o.seeds}`);
+    }
+    plan.seeds = Array.from({ length: o.seeds }, (_, i) => i + 1);
+  }
+  if (o.encodings !== undefined) {
+    if (o.encodings.length === 0) throw new HypeError('argument', '--encodings must name at least one encoding');
+    o.encodings.forEach(peChoice); // refuses unknown names before any work starts
+    plan.encodings = [...o.encodings];
+  }
+  return plan;
+}
+
+export async function runStudy(o: StudyOptions): Promise<{ plan: StudyPlan; report: string }> {
+  const plan = planFor(o);
+  const log = o.log ?? ((s: string) => process.stderr.write(s + '\n'));
+  const env: StudyEnv = { backend: o.backend, workDir: o.workDir, dataDir: o.dataDir, log };
+  mkdirSync(o.outDir, { recursive: true });
+  const metaPath = join(o.outDir, 'study.json');
+  const old = existsSync(metaPath) ? (JSON.parse(readFileSync(metaPath, 'utf8')) as StudyMeta) : null;
+  const meta: StudyMeta = {
+    plan,
+    versions: versions(),
+    backend: o.backend.name,
+    cpus: availableParallelism(),
+    invocations: old?.invocations ?? [],
+  };
+  const chosen: Experiment[] = o.experiment === 'all' ? [...EXPERIMENTS] : [o.experiment];
+  for (const exp of chosen) {
+    const t0 = performance.now();
+    const started = new Date().toISOString();
+    const before = cellsIn(o.outDir, exp);
+    if (exp === 'lm') await runLm(env, o.outDir, lmConfigs(plan, plan.encodings));
+    else if (exp === 'flipflop') await runFlipflop(env, o.outDir, flipflopConfigs(plan, plan.encodings));
+    else if (exp === 'recall') await runRecall(env, o.outDir, recallConfigs(plan, plan.encodings));
+    else {
+      const configs = precisionConfigs(plan, plan.encodings);
+      if (configs.length === 0) log(`precision: none of ${plan.precision.encodings.join(', ')} selected; skipped`);
+      await runPrecision(env, o.outDir, configs);
+    }
+    const cellsRun = cellsIn(o.outDir, exp) - before;
+    meta.invocations.push({ experiment: exp, started, seconds: (performance.now() - t0) / 1000, cellsRun });
+    writeFileAtomic(metaPath, JSON.stringify(meta, null, 1) + '\n');
+  }
+  const report = await writeReport(o.outDir);
+  return { plan, report };
+}
+
+/** Finished cells of `exp` in the folder (to tell how many an invocation computed). */
+function cellsIn(outDir: string, exp: Experiment): number {
+  const d = join(outDir, exp, 'cells');
+  return existsSync(d) ? readdirSync(d).filter((f) => f.endsWith('.json')).length : 0;
+}
+
+/**
+ * Writes <outDir>/report.md and <outDir>/plots/*.svg from the results JSON; with `to`, also writes that Markdown
+ * file (e.g. RESULTS.md at the repository root) with its plot links pointing into <outDir>/plots.
+ */
+export async function writeReport(outDir: string, to?: string): Promise<string> {
+  const input = readResults(outDir);
+  const { markdown, charts } = buildReport(input, 'plots');
+  for (const c of charts) writeSvgFile(join(outDir, 'plots', c.file), await renderSvg(c.spec));
+  const reportPath = join(outDir, 'report.md');
+  writeFileAtomic(reportPath, markdown);
+  if (to) {
+    const rel = relative(dirname(to), join(outDir, 'plots')).split('\\').join('/') || '.';
+    writeFileAtomic(to, buildReport(input, rel).markdown);
+  }
+  return reportPath;
+}
