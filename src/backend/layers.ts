@@ -88,7 +88,9 @@ export function layerNormBackward(
   }
 }
 
-// GELU, tanh approximation (as GPT-2): gelu(x) = 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2 / pi).
+// GELU, tanh approximation (as GPT-2): gelu(x) = 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3), c = sqrt(2 / pi).
+// Evaluated through the identity 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)): one exp is about a third cheaper than
+// Math.tanh in V8, and exp(-2u) overflowing to Infinity for very negative x gives the right limit (0).
 const GELU_C = Math.sqrt(2 / Math.PI);
 const GELU_A = 0.044715;
 
@@ -96,17 +98,20 @@ const GELU_A = 0.044715;
 export function geluForward(x: FloatArray, out: FloatArray, n: number): void {
   for (let i = 0; i < n; i++) {
     const v = x[i]!;
-    out[i] = 0.5 * v * (1 + Math.tanh(GELU_C * (v + GELU_A * v * v * v)));
+    out[i] = v / (1 + Math.exp(-2 * GELU_C * (v + GELU_A * v * v * v)));
   }
 }
 
-/** dx = dOut * gelu'(x) (OVERWRITES dx; dx may alias dOut). x is the GELU's input. */
+/**
+ * dx = dOut * gelu'(x) (OVERWRITES dx; dx may alias dOut). x is the GELU's input. With s = 0.5 (1 + tanh(u)):
+ * gelu'(x) = s + x * 2 s (1 - s) * u'(x), u'(x) = c (1 + 3 * 0.044715 x^2).
+ */
 export function geluBackward(x: FloatArray, dOut: FloatArray, dx: FloatArray, n: number): void {
   for (let i = 0; i < n; i++) {
     const v = x[i]!;
-    const t = Math.tanh(GELU_C * (v + GELU_A * v * v * v));
-    const dt = GELU_C * (1 + 3 * GELU_A * v * v);
-    dx[i] = dOut[i]! * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * dt);
+    const s = 1 / (1 + Math.exp(-2 * GELU_C * (v + GELU_A * v * v * v)));
+    const du = GELU_C * (1 + 3 * GELU_A * v * v);
+    dx[i] = dOut[i]! * (s + 2 * v * s * (1 - s) * du);
   }
 }
 
