@@ -16,7 +16,10 @@
  *          zero padding), NO bias input, no custom operator, and the kernel's scale set to 1/sqrt(d) of the
  *          ORIGINAL head dim (the kernel's default 1/sqrt(d + 2 + pad) would be wrong: SPEC section 4).
  * Grouped-query attention repeats each KV head for its query heads in the graph (MultiHeadAttention wants equal
- * head counts). Weights are written as float32 (an fp64 model is rounded once at export).
+ * head counts). Weights are written as float32 (an fp64 model is rounded once at export). HyPE's kernel route
+ * exports through the concat form (the same function), and its fp16/bf16 operand emulation, a study tool, is not
+ * carried over: the graph computes in fp32. GELU is composed from primitives so opset 17 suffices (onnxruntime
+ * 1.30 also accepts opset 20's Gelu with approximate = 'tanh', which would fuse it).
  */
 import { check, HypeError } from '../errors.ts';
 import type { Transformer } from '../model/transformer.ts';
