@@ -16,6 +16,8 @@ import { parseModelConfig } from '../src/model/config.ts';
 import { CachedDecoder, RecomputeDecoder } from '../src/model/decode.ts';
 import { generate } from '../src/model/generate.ts';
 import { Transformer } from '../src/model/transformer.ts';
+import { hypeEncoding } from '../src/pe/hype.ts';
+import { Rng } from '../src/util/rng.ts';
 
 const backend = new ReferenceBackend();
 const prompt = new TextEncoder().encode('HyPE!');
@@ -107,6 +109,30 @@ describe('what the cache stores', () => {
     expect(has('alibi')).toBe(false);
     expect(has('t5')).toBe(false);
     expect(has('none')).toBe(false);
+  });
+
+  it('HyPE caches [K, eta^K] at absolute positions with ONE shift c = centre of the planned positions', () => {
+    const enc = hypeEncoding.create(
+      { heads: 2, kvHeads: 2, headDim: 4, modelDim: 8, trainLength: 8 },
+      { preset: 'recency' },
+      new Rng(1),
+    );
+    const planned = 11; // positions 0..10, so c = 5 for the whole generation
+    const hook = enc.cachedAttention!({ batch: 1, maxPositions: planned, dtype: 'float64' })!;
+    expect(hook.keyWidth).toBe(6);
+    const k = Float64Array.from({ length: 2 * 2 * 4 }, (_, j) => j / 7); // [B=1, Hkv=2, n=2, d=4]
+    const rows = hook.cacheKeys(k, 1, 2, 3); // positions 3 and 4
+    const mu = 0.5 / (16 * 8); // recency: curvature / lengthExtra, lengthExtra = 16 * trainLength
+    for (let h = 0; h < 2; h++)
+      for (let r = 0; r < 2; r++) {
+        const at = (h * 2 + r) * 6;
+        const p = 3 + r - 5;
+        expect(Array.from(rows.subarray(at, at + 4))).toEqual(
+          Array.from(k.subarray((h * 2 + r) * 4, (h * 2 + r + 1) * 4)),
+        );
+        expect(rows[at + 4]).toBeCloseTo(-Math.exp(mu * p), 15);
+        expect(rows[at + 5]).toBeCloseTo(Math.exp(-mu * p), 15);
+      }
   });
 
   it('a chunked prefill and the per-step recomputing decoder agree with one-token steps', () => {
