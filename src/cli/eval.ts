@@ -113,7 +113,7 @@ export function registerEval(program: Command): void {
     .option('--batch <n>', 'windows per forward pass (default 8)')
     .option('--max-bytes <n>', 'evaluate only the first N held-out bytes (faster, noisier)')
     .option('--data <file>', "the corpus, if it moved since training (default: the run's)")
-    .option('--backend <name>', 'compute backend', 'reference')
+    .option('--backend <name>', 'compute backend: auto (native when built), native or reference', 'auto')
     .option('--quiet', 'no progress output')
     .action(async (run: string, flags: EvalFlags) => {
       await runEval(run, flags);

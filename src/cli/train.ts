@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Command, Option } from 'commander';
 import type { Backend } from '../backend/backend.ts';
-import { ReferenceBackend } from '../backend/reference.ts';
+import { loadBackend } from '../backend/index.ts';
 import { HypeError } from '../errors.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
 import type { TrainConfig } from '../train/config.ts';
@@ -16,10 +16,12 @@ import { DEFAULT_CORPUS } from '../train/corpus.ts';
 import { TrainingRun } from '../train/trainer.ts';
 import { progressBar } from './progress.ts';
 
-/** The compute backend a command asked for. */
+/** The compute backend a command asked for: 'auto' (native when built, else reference), 'native' or 'reference'. */
 export async function chooseBackend(name: string): Promise<Backend> {
-  if (name === 'reference') return new ReferenceBackend();
-  throw new HypeError('argument', `unknown backend '${name}'; choose 'reference'`);
+  if (name !== 'auto' && name !== 'native' && name !== 'reference') {
+    throw new HypeError('argument', `unknown backend '${name}'; choose auto, native or reference`);
+  }
+  return loadBackend(name);
 }
 
 interface TrainFlags {
@@ -245,7 +247,7 @@ export function registerTrain(program: Command): void {
     .option('--run-dir <dir>', 'run folder (default runs/<name>-<timestamp>)')
     .option('--name <name>', 'run name used in the default folder (default: the encoding)')
     .option('--resume <run>', 'continue the run in this folder from its latest checkpoint')
-    .option('--backend <name>', 'compute backend', 'reference')
+    .option('--backend <name>', 'compute backend: auto (native when built), native or reference', 'auto')
     .option('--quiet', 'no progress output')
     .action(async (flags: TrainFlags) => runTrain(flags));
 }
