@@ -100,6 +100,30 @@ describe('hype train and hype eval commands', () => {
     expect(saved.results[0].bitsPerByte).toBeGreaterThan(0);
   });
 
+  it('takes a model config file, and refuses to resume it with a different encoding', async () => {
+    const corpus = join(root, 'corpus2.txt');
+    writeFileSync(corpus, 'now is the winter of our discontent\n'.repeat(40));
+    const cfgPath = join(root, 'model.json');
+    writeFileSync(cfgPath, JSON.stringify({ width: 16, layers: 1, heads: 2, trainLength: 16, pe: { name: 'alibi' } }));
+    const run = join(root, 'run-cfg');
+    const err: string[] = [];
+    const spyOut = vi.spyOn(process.stdout, 'write').mockImplementation(() => true);
+    const spyErr = vi.spyOn(process.stderr, 'write').mockImplementation((s) => (err.push(String(s)), true));
+    try {
+      await main(['node', 'hype', 'train', '--model-config', cfgPath, '--batch', '2', '--steps', '2', '--data', corpus,
+        '--run-dir', run, '--quiet']); // prettier-ignore
+      expect(process.exitCode ?? 0).toBe(0);
+      expect(JSON.parse(readFileSync(join(run, 'run.json'), 'utf8')).model.pe.name).toBe('alibi');
+      await main(['node', 'hype', 'train', '--resume', run, '--pe', 'rope', '--quiet']);
+      expect(process.exitCode).toBe(2);
+    } finally {
+      spyOut.mockRestore();
+      spyErr.mockRestore();
+      process.exitCode = 0;
+    }
+    expect(err.join('')).toMatch(/model option 'pe' .* differs .*mismatched checkpoint/);
+  });
+
   it('refuses a missing corpus with a one-line error and exit code 2', async () => {
     const err: string[] = [];
     const spy = vi.spyOn(process.stderr, 'write').mockImplementation((s) => (err.push(String(s)), true));
