@@ -1,15 +1,15 @@
 // Flash-style attention on CPU: tiles of queries and keys, online softmax, O(L) memory, forward and backward
 // (probabilities recomputed from lse). Every product runs through the register kernel of microkernel.h.
 //
-// Position bias depends only on the distance D = i + queryOffset - l, so for a tile pair it takes at most
-// (rows + cols - 1) distinct values: we evaluate them once per tile pair into a short "diagonal" vector (in fp64,
-// then rounded) and add one unaligned vector load per logit vector. The causal mask rides in the same vector
-// (-inf for D < 0), so masking costs nothing extra. In the backward, dS summed along the same diagonals gives the
-// gradients of every bias parameter with O(rows + cols) work per tile pair.
+// Position bias depends only on the distance D = i + queryOffset - l. We evaluate it once per call and head for
+// every distance (an O(L) vector, in fp64 then rounded; see DistanceTable), so a tile pair's biases are one pointer
+// into it and each logit vector gets one unaligned vector load and add. The causal mask rides in the same vector
+// (-inf for D < 0) and costs nothing extra. In the backward, dS summed along the tile's diagonals accumulates into
+// a per-head gradient-by-distance vector G[D], from which every bias parameter's gradient follows in O(L).
 //
-// HyPE uses the tile-local exponent scheme (SPEC section 4): with D = D0 + s inside a tile pair,
-// e^{+-mu D} = E+- * e^{+-mu s}, where E+- = e^{+-mu D0} is one scalar pair per tile pair and e^{+-mu s} comes from a
-// per-head table whose exponents are bounded by the tile size; a = (tau/2)(e^{mu D} - e^{-mu D}).
+// HyPE uses the tile-local exponent scheme (SPEC section 4) when the table is built: e^{+-mu D} = E+- e^{+-mu s}
+// with E+- = e^{+-mu A} one scalar pair per block of distances around an anchor A and |s| bounded by the block size,
+// so no exponent grows with the sequence length; a = (tau/2)(e^{mu D} - e^{-mu D}).
 #include "attention.h"
 
 #include <algorithm>
@@ -33,139 +33,119 @@ constexpr int DIAG = 256;   // >= max(BQ + BK, BQB + BKB)
 
 long roundUp(long x, long m) { return (x + m - 1) / m * m; }
 
-/** Evaluates the bias of one head along a diagonal run D(t) = D0 + sgn * t, and folds diagonal sums of dS into
- * parameter gradients. Per-head tables (HyPE's tile-local exponentials) are built once per head. */
-class HeadBias {
+/**
+ * The bias of every head at every distance a tile can touch, evaluated once per call (O(L) per head, never L x L):
+ * tile pairs then read a pointer into it. Distances outside the reachable range hold 0, and with a causal mask
+ * every D < 0 holds -inf, so the mask costs nothing either. A reversed copy serves the backward, whose rows run
+ * along decreasing D. HyPE is evaluated with the tile-local exponent scheme in fp64: distances are taken in chunks
+ * of CHUNK around an anchor A, e^{+-mu D} = E+- e^{+-mu (D - A)} with E+- = e^{+-mu A} one scalar pair per chunk and
+ * e^{+-mu s}, |s| <= CHUNK, from a per-head table: no exponent grows with L.
+ */
+class DistanceTable {
  public:
-  explicit HeadBias(const AttentionParams& p)
+  static constexpr long CHUNK = 128;
+
+  DistanceTable(const AttentionParams& p, Pool& pool)
       : p_(p),
         lo_(p.causal ? std::max<long>(0, p.queryOffset - (p.lk - 1)) : p.queryOffset - (p.lk - 1)),
-        hi_(p.queryOffset + p.lq - 1) {
-    if (p.bias.kind == kBiasHype) tables_.resize(size_t(p.bias.pairs) * 2 * DIAG);
-  }
-
-  void setHead(long h) {
-    h_ = h;
-    if (p_.bias.kind != kBiasHype) return;
-    for (int k = 0; k < p_.bias.pairs; k++) {
-      const double mu = p_.bias.mu[h * p_.bias.pairs + k];
-      double* up = &tables_[size_t(k) * 2 * DIAG];
-      double* dn = up + DIAG;
-      for (int s = 0; s < DIAG; s++) {
-        up[s] = std::exp(mu * s);  // exponents bounded by the tile size, whatever the sequence length
-        dn[s] = std::exp(-mu * s);
+        hi_(p.queryOffset + p.lq - 1),
+        base_(p.queryOffset - p.lk - 2 * DIAG),
+        len_(p.lq + p.lk + 4 * DIAG),
+        rows_(p.bias.kind == kBiasNone ? 1 : p.heads) {
+    if (p.bias.kind == kBiasNone && !p.causal) return;
+    fwd_.assign(size_t(rows_ * len_), 0.0f);
+    rev_.resize(fwd_.size());
+    pool.run(rows_, [&](long h, int) {
+      float* row = fwd_.data() + h * len_;
+      if (p_.bias.kind != kBiasNone && lo_ <= hi_) {
+        std::vector<double> a(size_t(hi_ - lo_ + 1), 0.0);
+        evaluate(h, a.data(), nullptr, nullptr, nullptr);
+        for (long D = lo_; D <= hi_; D++) row[D - base_] = float(a[size_t(D - lo_)]);
       }
-    }
+      if (p_.causal)
+        for (long D = base_; D < std::min(0L, base_ + len_); D++) row[D - base_] = kNegInf;
+      float* rrow = rev_.data() + h * len_;
+      for (long x = 0; x < len_; x++) rrow[x] = row[len_ - 1 - x];
+    });
   }
 
-  /** out[t] = bias(D0 + sgn t) for t < n, with -inf where causal masks (D < 0); 0 outside the reachable range. */
-  void fill(long D0, int sgn, int n, bool causal, float* out) const {
+  bool active() const { return !fwd_.empty(); }
+  /** ptr[t] = bias(h, D0 + t). */
+  const float* increasing(long h, long D0) const { return fwd_.data() + row(h) * len_ + (D0 - base_); }
+  /** ptr[t] = bias(h, D0 - t). */
+  const float* decreasing(long h, long D0) const {
+    return rev_.data() + row(h) * len_ + (len_ - 1 - (D0 - base_));
+  }
+  long base() const { return base_; }
+  long length() const { return len_; }
+
+  /**
+   * Parameter gradients from G[D - base] = sum of dS over all (i, l) at distance D (one head's row of G):
+   * grads += sum_D G[D] d bias(h, D) / d params.
+   */
+  void gradients(long h, const double* G, const BiasGrads& g) const {
+    if (lo_ > hi_) return;
     const BiasSpec& b = p_.bias;
-    for (int t = 0; t < n; t++) out[t] = 0.0f;
-    switch (b.kind) {
-      case kBiasAlibi: {
-        const double s = b.slopes[h_];
-        for (int t = 0; t < n; t++) {
-          const long D = D0 + sgn * t;
-          if (D >= lo_ && D <= hi_) out[t] = float(-s * double(D < 0 ? -D : D));
-        }
-        break;
-      }
-      case kBiasHype: {
-        long A;
-        if (!anchor(D0, sgn, n, A)) break;
-        for (int k = 0; k < b.pairs; k++) {
-          const long j = h_ * b.pairs + k;
-          const double half = 0.5 * b.tau[j];
-          const double ep = std::exp(b.mu[j] * double(A)), em = std::exp(-b.mu[j] * double(A));  // E+ and E-
-          for (int t = 0; t < n; t++) {
-            const long D = D0 + sgn * t;
-            if (D < lo_ || D > hi_) continue;
-            const long s = D - A;
-            out[t] += float(half * (ep * pos(k, s) - em * pos(k, -s)));
-          }
-        }
-        break;
-      }
-      case kBiasTable: {
-        for (int t = 0; t < n; t++) {
-          const long D = D0 + sgn * t;
-          if (D >= lo_ && D <= hi_) out[t] = float(b.values[h_ * b.buckets + b.bucketOf[D + p_.lk - 1]]);
-        }
-        break;
-      }
-      default:
-        break;
-    }
-    if (causal)
-      for (int t = 0; t < n; t++)
-        if (D0 + sgn * t < 0) out[t] = kNegInf;
-  }
-
-  /** grads += sum_t g[t] * d bias(D0 + sgn t) / d params (entries outside the reachable range carry g = 0). */
-  void accumulate(long D0, int sgn, int n, const float* g, double* gSlopes, double* gTau, double* gMu,
-                  double* gValues) const {
-    const BiasSpec& b = p_.bias;
-    switch (b.kind) {
-      case kBiasAlibi: {
-        double s = 0;
-        for (int t = 0; t < n; t++) {
-          const long D = D0 + sgn * t;
-          if (g[t] != 0.0f && D >= lo_ && D <= hi_) s += double(g[t]) * double(D < 0 ? -D : D);
-        }
-        gSlopes[h_] -= s;
-        break;
-      }
-      case kBiasHype: {
-        long A;
-        if (!anchor(D0, sgn, n, A)) break;
-        for (int k = 0; k < b.pairs; k++) {
-          const long j = h_ * b.pairs + k;
-          const double ep = std::exp(b.mu[j] * double(A)), em = std::exp(-b.mu[j] * double(A));
-          double st = 0, sm = 0;
-          for (int t = 0; t < n; t++) {
-            const long D = D0 + sgn * t;
-            if (g[t] == 0.0f || D < lo_ || D > hi_) continue;
-            const double epos = ep * pos(k, D - A), eneg = em * pos(k, A - D);  // e^{mu D}, e^{-mu D}
-            st += double(g[t]) * 0.5 * (epos - eneg);                           // d a / d tau = sinh(mu D)
-            sm += double(g[t]) * double(D) * 0.5 * (epos + eneg);               // d a / d mu = tau D cosh(mu D)
-          }
-          gTau[j] += st;
-          gMu[j] += b.tau[j] * sm;
-        }
-        break;
-      }
-      case kBiasTable: {
-        for (int t = 0; t < n; t++) {
-          const long D = D0 + sgn * t;
-          if (g[t] != 0.0f && D >= lo_ && D <= hi_) gValues[h_ * b.buckets + b.bucketOf[D + p_.lk - 1]] += double(g[t]);
-        }
-        break;
-      }
-      default:
-        break;
+    if (b.kind == kBiasAlibi) {
+      double s = 0;
+      for (long D = lo_; D <= hi_; D++) s += G[D - base_] * double(D < 0 ? -D : D);
+      g.slopes[h] -= s;
+    } else if (b.kind == kBiasTable) {
+      for (long D = lo_; D <= hi_; D++)
+        if (G[D - base_] != 0.0) g.values[h * b.buckets + b.bucketOf[D + p_.lk - 1]] += G[D - base_];
+    } else if (b.kind == kBiasHype) {
+      evaluate(h, nullptr, G + (lo_ - base_), g.tau + h * b.pairs, g.mu + h * b.pairs);
     }
   }
 
  private:
-  /** e^{mu_k s} for |s| < DIAG from the per-head tables. */
-  double pos(int k, long s) const {
-    const double* up = &tables_[size_t(k) * 2 * DIAG];
-    return s >= 0 ? up[s] : up[DIAG - s];
-  }
-  /** The tile's anchor distance: the run's middle, clamped into the reachable range (false if none reachable). */
-  bool anchor(long D0, int sgn, int n, long& A) const {
-    const long a = D0, z = D0 + sgn * (n - 1);
-    const long runLo = std::min(a, z), runHi = std::max(a, z);
-    if (runHi < lo_ || runLo > hi_ || lo_ > hi_) return false;
-    A = std::min(std::max((runLo + runHi) / 2, lo_), hi_);
-    return true;
+  long row(long h) const { return rows_ == 1 ? 0 : h; }
+
+  /**
+   * Over D in [lo, hi]: a[D - lo] += bias(h, D) when `a` is given; with G (indexed D - lo), dTau[k] += sum G
+   * sinh(mu_k D) and dMu[k] += tau_k sum G D cosh(mu_k D) (HyPE only).
+   */
+  void evaluate(long h, double* a, const double* G, double* dTau, double* dMu) const {
+    const BiasSpec& b = p_.bias;
+    if (b.kind == kBiasAlibi) {
+      for (long D = lo_; D <= hi_; D++) a[D - lo_] = -b.slopes[h] * double(D < 0 ? -D : D);
+      return;
+    }
+    if (b.kind == kBiasTable) {
+      for (long D = lo_; D <= hi_; D++) a[D - lo_] = b.values[h * b.buckets + b.bucketOf[D + p_.lk - 1]];
+      return;
+    }
+    if (b.kind != kBiasHype) return;
+    std::vector<double> e(2 * CHUNK + 1);  // e[s + CHUNK] = e^{mu s}
+    for (int k = 0; k < b.pairs; k++) {
+      const double tau = b.tau[h * b.pairs + k], mu = b.mu[h * b.pairs + k];
+      for (long s = -CHUNK; s <= CHUNK; s++) e[size_t(s + CHUNK)] = std::exp(mu * double(s));
+      double st = 0, sm = 0;
+      for (long c0 = lo_; c0 <= hi_; c0 += CHUNK) {
+        const long c1 = std::min(hi_, c0 + CHUNK - 1);
+        const long A = (c0 + c1) / 2;  // |D - A| <= CHUNK / 2 inside the chunk
+        const double ep = std::exp(mu * double(A)), em = std::exp(-mu * double(A));
+        for (long D = c0; D <= c1; D++) {
+          const double up = ep * e[size_t(D - A + CHUNK)], dn = em * e[size_t(A - D + CHUNK)];  // e^{+mu D}, e^{-mu D}
+          if (a) a[D - lo_] += 0.5 * tau * (up - dn);
+          if (G && G[D - lo_] != 0.0) {
+            st += G[D - lo_] * 0.5 * (up - dn);
+            sm += G[D - lo_] * double(D) * 0.5 * (up + dn);
+          }
+        }
+      }
+      if (G) {
+        dTau[k] += st;
+        dMu[k] += tau * sm;
+      }
+    }
   }
 
   const AttentionParams& p_;
-  long lo_, hi_;  // distances that any visible (query, key) pair can have
-  long h_ = 0;
-  std::vector<double> tables_;
+  long lo_, hi_;     // distances some visible (query, key) pair can have
+  long base_, len_;  // the table covers D in [base, base + len): the reachable range plus tile overhang
+  long rows_;
+  std::vector<float> fwd_, rev_;
 };
 
 }  // namespace
@@ -179,10 +159,9 @@ void attentionForward(const AttentionParams& p, const float* q, const float* k, 
   Pool& pool = Pool::instance();
   const int T = pool.size();
   // Per-thread scratch: packed scaled Q^T [d x BQ], logits/probabilities S^T [BK x BQ], O^T [dv x BQ].
-  const long perThread = d * BQ + BK * BQ + dv * BQ + DIAG + 2 * BQ;
+  const long perThread = d * BQ + BK * BQ + dv * BQ + 2 * BQ;
   std::vector<float> scratch(size_t(T) * perThread);
-  std::vector<HeadBias> biases;
-  for (int t = 0; t < T; t++) biases.emplace_back(p);
+  const DistanceTable table(p, pool);
 
   // Heaviest tiles first (late query tiles see the most keys when causal), so the pool's tail stays short.
   pool.run(B * H * nqt, [&](long task, int thread) {
@@ -193,12 +172,8 @@ void attentionForward(const AttentionParams& p, const float* q, const float* k, 
     float* QT = scratch.data() + thread * perThread;
     float* ST = QT + d * BQ;
     float* OT = ST + BK * BQ;
-    float* diag = OT + dv * BQ;
-    float* m = diag + DIAG;
+    float* m = OT + dv * BQ;
     float* l = m + BQ;
-    HeadBias& bias = biases[size_t(thread)];
-    if (hasBias) bias.setHead(h);
-
     const float* qb = q + ((b * H + h) * Lq + i0) * d;
     for (long c = 0; c < d; c++) {
       float* row = QT + c * BQ;
@@ -220,10 +195,10 @@ void attentionForward(const AttentionParams& p, const float* q, const float* k, 
       panelProduct(nk, NVMAX, kb + l0 * d, d, 1, d, QT, BQ, ST, BQ, 1.0f, false);
       const long Delta = i0 + qo - l0;  // D at (query 0, key 0) of the tile; D = Delta + j - r
       if (hasBias || (p.causal && Delta - (nk - 1) < 0)) {
-        bias.fill(Delta - (BK - 1), 1, BQ + BK - 1, p.causal, diag);
+        const float* run = table.increasing(h, Delta - (BK - 1));  // run[t] = bias(Delta - (BK - 1) + t)
         for (long r = 0; r < nk; r++) {
           float* s = ST + r * BQ;
-          const float* dg = diag + (BK - 1) - r;
+          const float* dg = run + (BK - 1) - r;
           for (int vv = 0; vv < NVMAX; vv++) store(s + vv * VL, load(s + vv * VL) + load(dg + vv * VL));
         }
       }
@@ -301,17 +276,13 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
   const long dqPerUnit = group * Lq * dPad;
   std::vector<float> dqAcc(size_t(chunks == 1 ? T : units) * dqPerUnit);
 
-  long nParam = 0;
-  if (kind == kBiasAlibi) nParam = H;
-  if (kind == kBiasHype) nParam = 2 * H * p.bias.pairs;
-  if (kind == kBiasTable) nParam = H * p.bias.buckets;
-  std::vector<double> paramGrad(size_t(T) * nParam, 0.0);
+  const DistanceTable table(p, pool);
+  // Per thread and head: G[D] = sum of dS over pairs at distance D; parameter gradients follow from it at the end.
+  const long gLen = hasBias ? table.length() : 0;
+  std::vector<double> gByDistance(size_t(T * H * gLen), 0.0);
 
   const long perThread = d * BKB + dv * BKB + BKB * dPad + d * BKB + dv * BKB + 2 * BQB * BKB + 2 * DIAG;
   std::vector<float> scratch(size_t(T) * perThread);
-  std::vector<HeadBias> biases;
-  for (int t = 0; t < T; t++) biases.emplace_back(p);
-
   pool.run(units, [&](long u, int thread) {
     const long pair = u / chunks, chunk = u % chunks;
     const long b = pair / Hkv, kvh = pair % Hkv;
@@ -323,17 +294,10 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
     float* dVT = dKT + d * BKB;
     float* S = dVT + dv * BKB;  // P after the exponent
     float* dP = S + BQB * BKB;  // dS after the softmax backward
-    float* diag = dP + BQB * BKB;
-    float* gdiag = diag + DIAG;
+    float* gdiag = dP + BQB * BKB;
     float* dQ = dqAcc.data() + (chunks == 1 ? thread : u) * dqPerUnit;
     std::fill(dQ, dQ + dqPerUnit, 0.0f);
     std::fill(gdiag, gdiag + DIAG, 0.0f);
-    double* pg = paramGrad.data() + thread * nParam;
-    double* gSlopes = kind == kBiasAlibi ? pg : nullptr;
-    double* gTau = kind == kBiasHype ? pg : nullptr;
-    double* gMu = kind == kBiasHype ? pg + H * p.bias.pairs : nullptr;
-    double* gValues = kind == kBiasTable ? pg : nullptr;
-    HeadBias& bias = biases[size_t(thread)];
     const float* kb = k + pair * Lk * d;
     const float* vb = v + pair * Lk * dv;
 
@@ -356,7 +320,6 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
 
       for (long hl = 0; hl < group; hl++) {
         const long h = kvh * group + hl;
-        if (hasBias) bias.setHead(h);
         const long iStart = p.causal ? std::max<long>(0, l0 - qo) : 0;  // earlier queries see none of this tile
         const float* lseH = lse + (b * H + h) * Lq;
         const float* deltaH = delta.data() + (b * H + h) * Lq;
@@ -368,14 +331,14 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
           panelProduct(nq, NVMAX, gop, dv, 1, dv, VT, BKB, dP, BKB, 1.0f, false);
           const long Delta = i0 + qo - l0;  // D = Delta + ii - jj
           const bool useDiag = hasBias || (p.causal && Delta - (BKB - 1) < 0);
-          if (useDiag) bias.fill(Delta + (BQB - 1), -1, BQB + BKB - 1, p.causal, diag);
+          const float* run = useDiag ? table.decreasing(h, Delta + (BQB - 1)) : nullptr;  // bias(Delta+BQB-1-t)
           for (long ii = 0; ii < nq; ii++) {
             const float lsei = lseH[i0 + ii];
             const vf lv = splat(lsei == kNegInf ? std::numeric_limits<float>::infinity() : lsei);
             const vf dl = splat(deltaH[i0 + ii]);
             float* s = S + ii * BKB;
             float* dp = dP + ii * BKB;
-            const float* dg = diag + (BQB - 1) - ii;
+            const float* dg = run + (BQB - 1) - ii;
             float* gd = gdiag + (BQB - 1) - ii;
             for (int vv = 0; vv < NVMAX; vv++) {
               vf x = load(s + vv * VL);
@@ -391,12 +354,17 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
           panelProduct(dv, NVMAX, gop, 1, dv, nq, S, BKB, dVT, BKB, 1.0f, true);
           panelProduct(d, NVMAX, qp, 1, d, nq, dP, BKB, dKT, BKB, 1.0f, true);
           float* dQrows = dQ + (hl * Lq + i0) * dPad;
-          for (long cb = 0; cb < dPad; cb += PANEL) {
-            const int nv = int(std::min<long>(PANEL, dPad - cb) / VL);
-            panelProduct(nq, nv, dP, BKB, 1, nk, Kp + cb, dPad, dQrows + cb, dPad, 1.0f, true);
+          // One pass when the padded head dim fits the wide kernel (d = 66 pads to 5 vectors), else panels.
+          const long vecs = dPad / VL;
+          const long step = vecs <= NVWIDE ? vecs : NVMAX;
+          for (long cv = 0; cv < vecs; cv += step) {
+            const int nv = int(std::min(step, vecs - cv));
+            panelProduct(nq, nv, dP, BKB, 1, nk, Kp + cv * VL, dPad, dQrows + cv * VL, dPad, 1.0f, true);
           }
           if (hasBias) {
-            bias.accumulate(Delta + (BQB - 1), -1, BQB + BKB - 1, gdiag, gSlopes, gTau, gMu, gValues);
+            // gdiag[t] holds the distance Delta + BQB - 1 - t.
+            double* G = gByDistance.data() + (size_t(thread) * H + h) * gLen + (Delta + BQB - 1 - table.base());
+            for (long t = 0; t < BQB + BKB - 1; t++) G[-t] += double(gdiag[t]);
             std::fill(gdiag, gdiag + DIAG, 0.0f);
           }
         }
@@ -432,12 +400,15 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
     });
   }
 
-  for (long j = 0; j < nParam; j++) {
-    double s = 0;
-    for (int t = 0; t < T; t++) s += paramGrad[size_t(t) * nParam + j];
-    if (kind == kBiasAlibi) g.slopes[j] = s;
-    if (kind == kBiasHype) (j < H * p.bias.pairs ? g.tau[j] : g.mu[j - H * p.bias.pairs]) = s;
-    if (kind == kBiasTable) g.values[j] = s;
+  if (hasBias) {
+    pool.run(H, [&](long h, int) {
+      std::vector<double> G(size_t(gLen), 0.0);
+      for (int t = 0; t < T; t++) {
+        const double* src = gByDistance.data() + (size_t(t) * H + h) * gLen;
+        for (long x = 0; x < gLen; x++) G[size_t(x)] += src[x];
+      }
+      table.gradients(h, G.data(), g);
+    });
   }
 }
 

@@ -20,7 +20,9 @@
  * the stored fp32 lse. When EVERY key a query sees is far away (queries hundreds of positions past a short key
  * range), steep alibi/hype biases make all of its logits ~10^3 and the output error ~1e-4 for any fp32 kernel.
  * So bias parameters are drawn steep (HyPE mu*L up to 20, ALiBi slopes up to 1/2) but capped so the bias at each
- * query's NEAREST visible key stays within 16 logits; far keys still get huge (irrelevant) biases.
+ * query's NEAREST visible key stays within 16 logits; far keys still get huge negative (irrelevant) biases. HyPE is
+ * antisymmetric, so without a causal mask recency parameters REWARD far future keys exponentially: its largest
+ * positive bias over the reachable distances is capped at 16 logits as well.
  * Exit status 1 when any case fails, so it can gate a release.
  */
 import { pathToFileURL } from 'node:url';
@@ -138,6 +140,15 @@ function randomBias(
         for (const D of nearest) {
           let a = 0;
           for (let k = 0; k < pairs; k++) a += Math.abs(tau[h * pairs + k]! * Math.sinh(mu[h * pairs + k]! * D));
+          worst = Math.max(worst, a);
+        }
+        // The largest positive bias anywhere in reach (sampled; sums of sinh are monotone per term).
+        const dLo = causal ? Math.max(0, qo - (lk - 1)) : qo - (lk - 1);
+        const dHi = qo + lq - 1;
+        for (let t = 0; t <= 64; t++) {
+          const D = Math.round(dLo + ((dHi - dLo) * t) / 64);
+          let a = 0;
+          for (let k = 0; k < pairs; k++) a += tau[h * pairs + k]! * Math.sinh(mu[h * pairs + k]! * D);
           worst = Math.max(worst, a);
         }
         if (worst > 16) for (let k = 0; k < pairs; k++) tau[h * pairs + k] = (tau[h * pairs + k]! * 16) / worst;
