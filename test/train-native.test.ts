@@ -36,6 +36,19 @@ async function losses(backend: Backend, pe: string, tag: string): Promise<number
   return readLossLog(dir).map((r) => r.loss);
 }
 
+suite('native training is reproducible', () => {
+  it('a run stopped and resumed on the native backend (threads and all) repeats the uninterrupted losses', async () => {
+    const model = parseModelConfig({ width: 32, layers: 2, heads: 4, trainLength: 32, pe: 'hype', seed: 5 });
+    const train = { data: corpus, batch: 4, steps: 16, lr: 3e-3, warmup: 4, checkpointEvery: 5, seed: 7 };
+    const whole = join(root, 'native-whole');
+    await TrainingRun.start(whole, model, train, new NativeBackend()).run();
+    const split = join(root, 'native-split');
+    await TrainingRun.start(split, model, train, new NativeBackend()).run({ stopAfter: 7 });
+    await TrainingRun.resume(split, new NativeBackend()).run();
+    expect(readLossLog(split).map((r) => r.loss)).toEqual(readLossLog(whole).map((r) => r.loss));
+  }, 60_000);
+});
+
 suite('native vs reference training', () => {
   it.each(['none', 'rope', 'alibi', 'hype', 't5'])(
     '%s: 20 fp32 steps agree within 1e-4',
