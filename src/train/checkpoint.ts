@@ -125,8 +125,9 @@ function pruneCheckpoints(root: string, current: string, keep: number): void {
   const excess = steps.length - (keep - 1);
   for (let i = 0; i < excess; i++) rmSync(join(root, steps[i]!), { recursive: true, force: true });
   for (const e of entries) {
-    if (e.startsWith('.step-') && e.includes('.tmp-') && !e.endsWith(`.tmp-${process.pid}`)) {
-      rmSync(join(root, e), { recursive: true, force: true }); // left by a killed process
+    // Temporary folders and files of another (killed) process: never published, safe to remove.
+    if (e.startsWith('.') && e.includes('.tmp-') && !e.includes(`.tmp-${process.pid}`)) {
+      rmSync(join(root, e), { recursive: true, force: true });
     }
   }
 }
