@@ -8,6 +8,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TopLevelSpec } from 'vega-lite';
 import { lineChartSpec, type LinePoint } from '../plot/charts.ts';
+import { presetSpec } from '../pe/hype.ts';
 import { formatInterval, meanInterval } from './stats.ts';
 import { markdownTable, type Observation } from './table.ts';
 import type {
@@ -90,6 +91,8 @@ function readdirJson<T>(dir: string): T[] {
 // ---------------------------------------------------------------------------------------------- comparisons
 
 const fmt = (x: number, d = 3) => x.toFixed(d);
+/** A signed difference; tiny ones in exponent form so they do not print as a misleading 0.000. */
+const signed = (x: number) => (x >= 0 ? '+' : '') + (x !== 0 && Math.abs(x) < 5e-4 ? x.toExponential(1) : fmt(x));
 
 /** "mean ± half-width (n seeds)" or "mean (1 seed)". */
 function describe(values: readonly number[], digits = 3): string {
@@ -125,7 +128,7 @@ function sentence(
   const v = compareValues(a, b);
   if (v === 'missing') return `${metric}: no results for ${a.length === 0 ? nameA : nameB} yet.`;
   const diff = meanInterval(a).mean - meanInterval(b).mean;
-  const base = `${metric}: ${nameA} ${describe(a)} vs ${nameB} ${describe(b)} (difference ${diff >= 0 ? '+' : ''}${fmt(diff)})`;
+  const base = `${metric}: ${nameA} ${describe(a)} vs ${nameB} ${describe(b)} (difference ${signed(diff)})`;
   if (v === 'single-seed') {
     return `${base}; one seed only, so there is no interval and this difference is not evidence either way.`;
   }
@@ -133,6 +136,27 @@ function sentence(
     return `${base}; the 95% intervals overlap, so no difference is detected at this number of seeds.`;
   const better = (v === 'lower') === lowerBetter;
   return `${base}; the 95% intervals do not overlap: ${nameA} is ${better ? 'better' : 'worse'}.`;
+}
+
+/**
+ * Whether `correct` of `graded` beats guessing at rate `chance` by more than a 95% binomial margin (normal
+ * approximation, one-sided z = 1.645). A cell that does not has not learned the task at its budget.
+ */
+export function aboveChance(correct: number, graded: number, chance: number): boolean {
+  if (graded === 0) return false;
+  return correct / graded > chance + 1.645 * Math.sqrt((chance * (1 - chance)) / graded);
+}
+
+/** A sentence listing which cells learned the task (beat chance), so tables at chance are read as such. */
+function learnedNote(cells: { encoding: string; seed: number; learned: boolean }[], what: string): string {
+  const yes = cells.filter((c) => c.learned).map((c) => `${c.encoding} (seed ${c.seed})`);
+  const no = cells.filter((c) => !c.learned).map((c) => `${c.encoding} (seed ${c.seed})`);
+  if (no.length === 0) return `Every cell beats chance on ${what} (95% binomial margin).`;
+  return (
+    `Beat chance on ${what} (95% binomial margin): ${yes.length ? yes.join(', ') : 'none'}. ` +
+    `At chance: ${no.join(', ')} — at this budget these models did not learn the task, so their numbers compare ` +
+    'nothing about the encodings.'
+  );
 }
 
 // ------------------------------------------------------------------------------------------------ accessors
@@ -311,6 +335,15 @@ function flipflopSection(input: ReportInput, charts: Chart[], plotsRel: string):
   }
   lines.push(markdownTable(obs, { rowHeader: 'encoding', rowOrder: ORDER, digits: 2 }), '');
   const graded = mixes.map((m) => `${m} ${input.flipflop[0]!.result.mixes[m].graded}`).join(', ');
+  const learned = input.flipflop.map((c) => {
+    const r = c.result.mixes.id;
+    return {
+      encoding: c.config.encoding,
+      seed: c.config.seed,
+      learned: aboveChance(r.graded - r.errors, r.graded, 0.5),
+    };
+  });
+  lines.push(learnedNote(learned, 'the in-distribution reads (chance: 50% error)'), '');
   lines.push(
     `Graded read bits per cell: ${graded} (the resolution of a rate is 1 / that count; the published rates come ` +
       'from far larger evaluation sets).',
@@ -380,6 +413,12 @@ function recallSection(input: ReportInput, charts: Chart[], plotsRel: string): s
     'Chance is 10% (one digit of ten).',
     '',
   );
+  const learned = input.recall.map((c) => {
+    const e = c.result.evals.find((x) => x.multiplier === 1);
+    const ok = e !== undefined && e.ok && aboveChance(e.correct, e.graded, 0.1);
+    return { encoding: c.config.encoding, seed: c.config.seed, learned: ok };
+  });
+  lines.push(learnedNote(learned, 'recall at the training length'), '');
   for (const enc of sortEnc(uniq(input.recall.map((c) => c.config.encoding)))) {
     const cells = input.recall.filter((c) => c.config.encoding === enc);
     for (const mult of cells[0]!.config.multipliers) {
@@ -416,8 +455,17 @@ function precisionSection(input: ReportInput, charts: Chart[], plotsRel: string)
       if (e.ok) obs.push({ row: `${c.config.lm.encoding} ${c.config.format}`, column: e.length, value: e.bitsPerByte });
     }
   }
+  const formatOrder = ['fp32', 'bf16', 'fp16'];
+  const precisionRows = sortEnc(uniq(input.precision.map((c) => c.config.lm.encoding))).flatMap((e) =>
+    formatOrder.map((f) => `${e} ${f}`),
+  );
   lines.push(
-    markdownTable(obs, { rowHeader: 'model, operands', columnHeader: (x) => `${x} (${Number(x) / L}x)`, digits: 4 }),
+    markdownTable(obs, {
+      rowHeader: 'model, operands',
+      columnHeader: (x) => `${x} (${Number(x) / L}x)`,
+      digits: 4,
+      rowOrder: precisionRows,
+    }),
     '',
   );
   const diffs = precisionDiffs(input);
@@ -497,9 +545,7 @@ function findingsSection(input: ReportInput): string[] {
   lines.push("1. **Does hype-recency match ALiBi's extrapolation?**");
   if (corpora.length === 0) lines.push('  - No lm results yet.');
   else {
-    lines.push(
-      ...lmPair('hype-recency', 'alibi', (c) => uniq([1, 2, 4, 8, 16, longest(c)]).filter((m) => m <= longest(c))),
-    );
+    lines.push(...lmPair('hype-recency', 'alibi', (c) => uniq([1, 4, longest(c)]).filter((m) => m <= longest(c))));
     lines.push(...corpora.map((c) => '  - ' + extrapolationVerdict(input, c, 'hype-recency', 'alibi')));
   }
   lines.push('2. **Does hype-paper (the literal sign, rewarding distance) hurt?**');
@@ -522,17 +568,38 @@ function findingsSection(input: ReportInput): string[] {
   lines.push('5. **What does bf16 cost HyPE?**');
   const diffs = precisionDiffs(input);
   if (diffs.length === 0) lines.push('  - No precision results yet.');
-  for (const d of diffs) {
-    const m = meanInterval(d.values);
-    const judged =
-      m.n < 2
-        ? 'one trained model'
-        : Math.abs(m.mean) > m.halfWidth
-          ? `the 95% interval excludes zero`
-          : 'the 95% interval includes zero';
+  const firstLm = input.precision[0]?.config.lm;
+  if (firstLm) {
+    // The scale of the recency preset's tau, from the preset itself: bias rounding error grows like |tau| u.
+    const spec = presetSpec({
+      preset: 'recency',
+      heads: firstLm.model.heads,
+      kvHeads: firstLm.model.heads,
+      headDim: firstLm.model.width / firstLm.model.heads,
+      lengthExtra: 16 * firstLm.trainLength,
+    });
+    const tauMax = Math.max(...Array.from(spec.tau, Math.abs));
     lines.push(
-      `  - ${d.encoding}, ${d.format} operands at length ${d.length}: ${m.mean >= 0 ? '+' : ''}${m.mean.toExponential(2)} ` +
-        `bits per byte vs fp32 (${judged}).`,
+      `  - Context: the recency preset here has |tau| up to ${tauMax.toFixed(0)} (tau = -m/mu with mu = 0.5 / ` +
+        `L_extra), and the concat route recovers the bias from products of order |tau|, so a unit roundoff u ` +
+        `(bf16 2^-8, fp16 2^-11) blurs it by about |tau| u = ${(tauMax * 2 ** -8).toFixed(2)} (bf16) or ` +
+        `${(tauMax * 2 ** -11).toFixed(2)} (fp16) logits (SPEC sections 3-4); the paper preset has |tau| = 1.`,
+    );
+  }
+  const groups = uniq(diffs.map((d) => `${d.encoding} ${d.format}`));
+  for (const g of groups) {
+    const rows = diffs.filter((d) => `${d.encoding} ${d.format}` === g).sort((a, b) => a.length - b.length);
+    const n = Math.min(...rows.map((d) => d.values.length));
+    const parts = rows.map((d) => {
+      const m = meanInterval(d.values);
+      const judged =
+        m.n < 2 ? '' : Math.abs(m.mean) > m.halfWidth ? ' (interval excludes 0)' : ' (interval includes 0)';
+      return `${d.length}: ${m.mean >= 0 ? '+' : ''}${m.mean.toExponential(2)}${judged}`;
+    });
+    lines.push(
+      `  - ${g} operands minus fp32, bits per byte by evaluation length (${n < 2 ? 'one trained model' : `${n} trained models, paired`}): ` +
+        parts.join(', ') +
+        '.',
     );
   }
   lines.push(
