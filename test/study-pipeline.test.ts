@@ -6,8 +6,8 @@ import { ReferenceBackend } from '../src/backend/reference.ts';
 import { countCorrect } from '../src/study/cell.ts';
 import type { LmConfig, LmResult } from '../src/study/experiments.ts';
 import { quickPlan, type StudyPlan } from '../src/study/plan.ts';
-import { buildReport, compareValues, type ReportInput } from '../src/study/report.ts';
-import { runStudy } from '../src/study/run.ts';
+import { aboveChance, buildReport, compareValues, type ReportInput } from '../src/study/report.ts';
+import { runStudy, writeReport } from '../src/study/run.ts';
 import type { CellRecord } from '../src/study/store.ts';
 import { flipFlopSequence } from '../src/study/tasks/flipflop.ts';
 import { Rng } from '../src/util/rng.ts';
@@ -176,6 +176,10 @@ describe('report generator (from given results)', () => {
     expect(markdown).toContain('the 95% intervals do not overlap: hype-recency is worse.');
   });
 
+  it('refuses to report from a folder without results', async () => {
+    await expect(writeReport(join(root, 'empty'))).rejects.toThrow(/no study results in/);
+  });
+
   it('says "no difference detected" when intervals overlap, and refuses to judge a single seed', () => {
     const overlap = [1, 2, 3].flatMap((s) => [
       lmCell('alibi', s, [2.0 + 0.05 * s, 1.9 + 0.05 * s]),
@@ -189,6 +193,10 @@ describe('report generator (from given results)', () => {
     expect(md).toContain('tinyshakespeare: one seed, so no verdict');
     expect(md).toContain('one seed only, so there is no interval and this difference is not evidence either way.');
     expect(compareValues([1], [2])).toBe('single-seed');
+    // Beating chance needs more than the 95% binomial margin: 0.5 + 1.645 * 0.05 = 0.582 at 100 trials.
+    expect(aboveChance(59, 100, 0.5)).toBe(true);
+    expect(aboveChance(58, 100, 0.5)).toBe(false);
+    expect(aboveChance(0, 0, 0.1)).toBe(false);
     expect(compareValues([], [2])).toBe('missing');
   });
 });

@@ -195,9 +195,11 @@ export function buildReport(input: ReportInput, plotsRel = 'plots'): { markdown:
   );
   if (quick) {
     out.push(
-      '**This is the quick version** (`hype study all --quick`): a few encodings, one seed, a short training ' +
-        'budget and small models. It shows the pipeline end to end and gives a first look; it is not evidence for ' +
-        'or against any encoding. Run `hype study all` for the full study (several seeds, every encoding).',
+      '**This is the quick version** (`hype study ... --quick`): small models and a short training budget' +
+        (meta!.plan.seeds.length === 1 ? ', one seed' : `, ${meta!.plan.seeds.length} seeds`) +
+        `, ${meta!.plan.encodings.length} encodings. It shows the pipeline end to end and gives a first look at ` +
+        'small scale; it is weak evidence at best. Run `hype study all` for the full study (bigger models, longer ' +
+        'training, several seeds, every encoding).',
       '',
     );
   }
@@ -658,6 +660,20 @@ function extrapolationVerdict(input: ReportInput, corpus: string, a: string, b: 
 
 function flipRecallPair(input: ReportInput, a: string, b: string): string[] {
   const lines: string[] = [];
+  const learnedFlip = (e: string) =>
+    input.flipflop
+      .filter((c) => c.config.encoding === e)
+      .some((c) => aboveChance(c.result.mixes.id.graded - c.result.mixes.id.errors, c.result.mixes.id.graded, 0.5));
+  const flipCells = (e: string) => input.flipflop.some((c) => c.config.encoding === e);
+  if (flipCells(a) && flipCells(b)) {
+    const none = [a, b].filter((e) => !learnedFlip(e));
+    if (none.length > 0) {
+      lines.push(
+        `  - flip-flop: ${none.join(' and ')} did not beat chance on the in-distribution reads, so the flip-flop ` +
+          'comparison below says nothing about the encodings at this budget.',
+      );
+    }
+  }
   for (const m of ['id', 'ood-sparse', 'ood-dense'] as const) {
     const va = input.flipflop.filter((c) => c.config.encoding === a).map((c) => 100 * c.result.mixes[m].errorRate);
     const vb = input.flipflop.filter((c) => c.config.encoding === b).map((c) => 100 * c.result.mixes[m].errorRate);

@@ -103,6 +103,12 @@ function cellsIn(outDir: string, exp: Experiment): number {
  */
 export async function writeReport(outDir: string, to?: string): Promise<string> {
   const input = readResults(outDir);
+  if (input.lm.length + input.flipflop.length + input.recall.length + input.precision.length === 0) {
+    throw new HypeError(
+      'io',
+      `no study results in '${outDir}'; run 'hype study <experiment>' first, or pass the results folder with --out`,
+    );
+  }
   const { markdown, charts } = buildReport(input, 'plots');
   for (const c of charts) writeSvgFile(join(outDir, 'plots', c.file), await renderSvg(c.spec));
   const reportPath = join(outDir, 'report.md');
