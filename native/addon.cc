@@ -207,7 +207,40 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   });
 }
 
+/** Index of the first NaN/Inf in a Float32Array (-Infinity allowed on request), or -1: a read-only SIMD scan. */
+Napi::Value FirstNonFinite(const Napi::CallbackInfo& info) {
+  return withGuard(info, [&] {
+    require(info.Length() == 2 && info[1].IsBoolean(), "firstNonFinite(array, allowNegInf)");
+    const float* x = f32(info[0], "array", 0);
+    const long n = long(info[0].As<Napi::Float32Array>().ElementLength());
+    const bool allowNegInf = info[1].As<Napi::Boolean>().Value();
+    using hype::vf;
+    using hype::VL;
+    auto bad = [&](float v) { return !(v - v == 0.0f) && !(allowNegInf && v == -INFINITY); };
+    long i = 0;
+    for (; i + 4 * VL <= n; i += 4 * VL) {
+      // x - x is 0 for finite x and NaN for NaN or +-Inf; NaN compares unequal to itself.
+      vf acc = vf{};
+      for (int u = 0; u < 4; u++) {
+        const vf v = hype::load(x + i + u * VL);
+        acc += v - v;
+      }
+      const hype::vi nan = acc != acc;
+      bool any = false;
+      for (int j = 0; j < VL; j++) any |= nan[j] != 0;
+      if (any) {
+        for (long j = i; j < i + 4 * VL; j++)
+          if (bad(x[j])) return Napi::Number::New(info.Env(), double(j));
+      }
+    }
+    for (; i < n; i++)
+      if (bad(x[i])) return Napi::Number::New(info.Env(), double(i));
+    return Napi::Number::New(info.Env(), -1);
+  });
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("firstNonFinite", Napi::Function::New(env, FirstNonFinite));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("threads", Napi::Function::New(env, Threads));
   exports.Set("gemm", Napi::Function::New(env, Gemm));

@@ -360,6 +360,30 @@ suite('bad input: one clear HypeError before native code runs', () => {
     );
   });
 
+  it('finds non-finite values anywhere through the native scan (vector blocks, tail, lse rules)', () => {
+    const big: AttentionShape = { batch: 1, heads: 2, kvHeads: 2, lq: 37, lk: 37, headDim: 33, valueDim: 33 };
+    const n = 2 * 37 * 33;
+    const x = uniform(rng, n);
+    for (const at of [1000, n - 1, 0]) {
+      const bad = x.slice();
+      bad[at] = NaN;
+      const h = Math.floor(at / (37 * 33));
+      const i = Math.floor((at % (37 * 33)) / 33);
+      const c = at % 33;
+      expectHypeError(
+        () => native.attentionForward(big, x, x, bad, ok),
+        'non-finite',
+        new RegExp(`v holds NaN at index \\[0, ${h}, ${i}, ${c}\\] \\(flat ${at}\\)`),
+      );
+    }
+    const { out, lse } = native.attentionForward(big, x, x, x, ok);
+    const badLse = lse.slice();
+    badLse[70] = NaN;
+    expectHypeError(() => native.attentionBackward(big, x, x, x, out, badLse, out, ok), 'non-finite', /lse holds NaN/);
+    badLse[70] = -Infinity; // a row that saw no key: allowed
+    expect(() => native.attentionBackward(big, x, x, x, out, badLse, out, ok)).not.toThrow();
+  });
+
   it('refuses bad options', () => {
     expectHypeError(() => fwd({ scale: NaN }), 'argument', /scale must be a finite number/);
     expectHypeError(() => fwd({ scale: undefined as unknown as number }), 'argument', /scale/);
@@ -476,5 +500,6 @@ suite('bad input: one clear HypeError before native code runs', () => {
     expect(() => raw.attentionForward({ ...p, biasKind: 3 }, small, small, small, small, small)).toThrow(/buckets/);
     expect(() => raw.gemm(false, false, 4, 4, 4, 1, small, 4, small, 4, 0, small, 4)).toThrow(/A has 3 elements/);
     expect(() => raw.setThreads(-1)).toThrow(/thread count/);
+    expect(() => raw.firstNonFinite(new Float64Array(3) as unknown as Float32Array, false)).toThrow(/Float32Array/);
   });
 });

@@ -29,11 +29,13 @@ import {
   validateGemm,
   validateGemmOutput,
   validateThreads,
+  type FiniteScanner,
 } from './validate.ts';
 
 /** The addon's raw surface (native/addon.cc). */
 export interface NativeAddon {
   setThreads(n: number): number;
+  firstNonFinite(data: Float32Array, allowNegInf: boolean): number;
   threads(): number;
   vectorWidth: number;
   gemm(
@@ -144,6 +146,8 @@ export class NativeBackend implements Backend {
   readonly name: string = 'native';
   private readonly addon: NativeAddon;
   private readonly reference = new ReferenceBackend();
+  /** The addon's SIMD finite scan: validation stays in TypeScript, only the search for a NaN/Inf is native. */
+  private readonly scan: FiniteScanner;
 
   constructor(opts: NativeOptions = {}) {
     const addon = loadNativeAddon();
@@ -155,6 +159,7 @@ export class NativeBackend implements Backend {
       );
     }
     this.addon = addon;
+    this.scan = (data, allowNegInf) => addon.firstNonFinite(data, allowNegInf);
     this.setThreads(opts.threads ?? availableParallelism());
   }
 
@@ -202,7 +207,7 @@ export class NativeBackend implements Backend {
       [v, 'v'],
     ] as const)
       f32(x, name);
-    validateAttentionForward(shape, q, k, v, opts);
+    validateAttentionForward(shape, q, k, v, opts, this.scan);
     const bias = opts.bias ?? { kind: 'none' };
     if (bias.kind === 'dense') return this.reference.attentionForward(shape, q, k, v, opts);
     const rows = shape.batch * shape.heads * shape.lq;
@@ -224,7 +229,7 @@ export class NativeBackend implements Backend {
   ): AttentionGrads {
     const arrays = { q, k, v, out, lse, dOut };
     for (const [name, x] of Object.entries(arrays)) f32(x, name);
-    validateAttentionBackward(shape, q, k, v, out, lse, dOut, opts);
+    validateAttentionBackward(shape, q, k, v, out, lse, dOut, opts, this.scan);
     const bias = opts.bias ?? { kind: 'none' };
     if (bias.kind === 'dense') return this.reference.attentionBackward(shape, q, k, v, out, lse, dOut, opts);
     const dq = new Float32Array(q.length);
