@@ -177,6 +177,27 @@ function cannotEvaluate(evals: readonly LengthEval<object>[], mult: number): str
 }
 
 const uniq = <T>(xs: T[]) => [...new Set(xs)];
+
+/**
+ * Lengths double from one evaluation to the next, so the x axis is log2; bits per byte vary over a narrow band,
+ * so the y axis does not start at zero. (Adjusts a lineChartSpec in place, faceted or not.)
+ */
+function lengthAxes(spec: TopLevelSpec, yZero = false): TopLevelSpec {
+  const s = spec as unknown as {
+    spec?: { encoding: Record<string, Record<string, unknown>> };
+    encoding?: Record<string, Record<string, unknown>>;
+  };
+  const enc = s.spec?.encoding ?? s.encoding;
+  // Points as well as lines: encodings with near-equal values (alibi and hype-recency) would otherwise hide.
+  const holder = (s.spec ?? s) as { mark?: unknown };
+  holder.mark = { type: 'line', strokeWidth: 1.5, point: { size: 18 } };
+  if (enc) {
+    enc.x!.scale = { type: 'log', base: 2 };
+    enc.x!.axis = { values: [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192] };
+    enc.y!.scale = { zero: yZero };
+  }
+  return spec;
+}
 const sortEnc = (xs: string[]) => [...xs].sort((a, b) => rank(a) - rank(b));
 const rank = (e: string) => (ORDER.indexOf(e) < 0 ? ORDER.length : ORDER.indexOf(e));
 
@@ -298,17 +319,19 @@ function lmSection(input: ReportInput, charts: Chart[], plotsRel: string): strin
   }
   charts.push({
     file: 'lm-bits-per-byte.svg',
-    spec: lineChartSpec({
-      title: 'Bits per byte vs evaluation length (mean over seeds)',
-      subtitle: ['non-overlapping windows; an encoding missing at a length cannot evaluate there'],
-      points,
-      xTitle: 'evaluation length (bytes)',
-      yTitle: 'bits per byte',
-      seriesTitle: 'encoding',
-      facetTitle: 'corpus',
-      facetColumns: 2,
-      seriesOrder: sortEnc(uniq(points.map((p) => p.series))),
-    }),
+    spec: lengthAxes(
+      lineChartSpec({
+        title: 'Bits per byte vs evaluation length (mean over seeds)',
+        subtitle: ['non-overlapping windows; an encoding missing at a length cannot evaluate there'],
+        points,
+        xTitle: 'evaluation length (bytes)',
+        yTitle: 'bits per byte',
+        seriesTitle: 'encoding',
+        facetTitle: 'corpus',
+        facetColumns: 2,
+        seriesOrder: sortEnc(uniq(points.map((p) => p.series))),
+      }),
+    ),
   });
   lines.push(`![bits per byte vs length](${plotsRel}/lm-bits-per-byte.svg)`, '');
   const trainRows = sortEnc(uniq(input.lm.map((c) => c.config.encoding)));
@@ -432,15 +455,18 @@ function recallSection(input: ReportInput, charts: Chart[], plotsRel: string): s
   }
   charts.push({
     file: 'recall-accuracy.svg',
-    spec: lineChartSpec({
-      title: 'Associative recall accuracy vs evaluation length (mean over seeds)',
-      subtitle: [`trained at L = ${L}; chance = 10%`],
-      points,
-      xTitle: 'evaluation length (bytes)',
-      yTitle: 'accuracy (%)',
-      seriesTitle: 'encoding',
-      seriesOrder: sortEnc(uniq(points.map((p) => p.series))),
-    }),
+    spec: lengthAxes(
+      lineChartSpec({
+        title: 'Associative recall accuracy vs evaluation length (mean over seeds)',
+        subtitle: [`trained at L = ${L}; chance = 10%`],
+        points,
+        xTitle: 'evaluation length (bytes)',
+        yTitle: 'accuracy (%)',
+        seriesTitle: 'encoding',
+        seriesOrder: sortEnc(uniq(points.map((p) => p.series))),
+      }),
+      true,
+    ),
   });
   lines.push(`![recall accuracy vs length](${plotsRel}/recall-accuracy.svg)`);
   return lines;
@@ -482,13 +508,15 @@ function precisionSection(input: ReportInput, charts: Chart[], plotsRel: string)
     points.push({ x: d.length, y: meanInterval(d.values).mean, series: `${d.encoding} ${d.format}` });
   charts.push({
     file: 'precision-cost.svg',
-    spec: lineChartSpec({
-      title: 'HyPE operands rounded: bits per byte minus fp32 (mean over seeds)',
-      points,
-      xTitle: 'evaluation length (bytes)',
-      yTitle: 'Δ bits per byte vs fp32',
-      seriesTitle: 'model, format',
-    }),
+    spec: lengthAxes(
+      lineChartSpec({
+        title: 'HyPE operands rounded: bits per byte minus fp32 (mean over seeds)',
+        points,
+        xTitle: 'evaluation length (bytes)',
+        yTitle: 'Δ bits per byte vs fp32',
+        seriesTitle: 'model, format',
+      }),
+    ),
   });
   lines.push('', `![precision cost](${plotsRel}/precision-cost.svg)`);
   return lines;
