@@ -4,7 +4,7 @@
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { dirname, join, relative } from 'node:path';
+import { basename, dirname, join, relative } from 'node:path';
 import type { Backend } from '../backend/backend.ts';
 import { HypeError } from '../errors.ts';
 import { renderSvg, writeSvgFile } from '../plot/render.ts';
@@ -115,7 +115,9 @@ export async function writeReport(outDir: string, to?: string): Promise<string> 
   writeFileAtomic(reportPath, markdown);
   if (to) {
     const rel = relative(dirname(to), join(outDir, 'plots')).split('\\').join('/') || '.';
-    writeFileAtomic(to, buildReport(input, rel).markdown);
+    const dir = relative(dirname(to), outDir).split('\\').join('/') || '.';
+    const command = `hype study report --out ${dir} --to ${basename(to)}`;
+    writeFileAtomic(to, buildReport(input, rel, { dir, command }).markdown);
   }
   return reportPath;
 }
