@@ -116,6 +116,21 @@ describe('hype study pipeline (tiny configuration)', () => {
   }, 30_000);
 });
 
+describe('lm data', () => {
+  it('WikiText-2 trains on valid.txt and is scored on test.txt; a missing file names --data-dir', async () => {
+    const { loadLmData } = await import('../src/study/experiments.ts');
+    const dir = join(root, 'wt');
+    mkdirSync(join(dir, 'wikitext-2'), { recursive: true });
+    writeFileSync(join(dir, 'wikitext-2', 'valid.txt'), 'valid text');
+    writeFileSync(join(dir, 'wikitext-2', 'test.txt'), 'test text!');
+    const env = { backend: new ReferenceBackend(), workDir: root, dataDir: dir, log: () => {} };
+    const d = loadLmData(env, 'wikitext2');
+    expect(Buffer.from(d.train).toString()).toBe('valid text');
+    expect(Buffer.from(d.eval).toString()).toBe('test text!');
+    expect(() => loadLmData(env, 'tinyshakespeare')).toThrow(/--data-dir/);
+  });
+});
+
 describe('flip-flop grading', () => {
   it("counts only the read bits: the prediction at each 'r', however wrong the other positions are", () => {
     const rng = new Rng(3);

@@ -271,9 +271,17 @@ function setupSection(input: ReportInput): string[] {
       `trained at L = ${p.lm.trainLength} for ${p.lm.budget.steps} steps of ${p.lm.budget.batch} windows ` +
       `(peak lr ${p.lm.budget.lr}); bits per byte at ${p.lm.multipliers.map((x) => `${x}x`).join(', ')} L in ` +
       `non-overlapping windows (as in the ALiBi paper) on ${p.lm.evalBytes > 0 ? `the first ${p.lm.evalBytes} bytes of ` : ''}` +
-      'the held-out split. Corpora: Tiny Shakespeare (first 90% trains, last 10% held out) and WikiText-2 — **only ' +
-      "WikiText-2's validation and test files are available here, so its models train on valid.txt (1.1 MB) and " +
-      'are scored on test.txt**; the usual train split (11 MB) is not used.',
+      'the held-out split. Corpora: ' +
+      [
+        p.lm.corpora.includes('tinyshakespeare') ? 'Tiny Shakespeare (first 90% trains, last 10% held out)' : '',
+        p.lm.corpora.includes('wikitext2')
+          ? "WikiText-2 — **only WikiText-2's validation and test files are available here, so its models train on " +
+            'valid.txt (1.1 MB) and are scored on test.txt**; the usual train split (11 MB) is not used'
+          : '',
+      ]
+        .filter(Boolean)
+        .join('; ') +
+      (p.lm.corpora.includes('wikitext2') ? '.' : ' (WikiText-2 is in the full plan only).'),
     `- flip-flop: ${p.flipflop.model.layers} layer, ${p.flipflop.model.heads} heads, width ${p.flipflop.model.width} ` +
       `(the PaTH paper's Table 1 model), trained on the in-distribution mix (p_i = 0.8) at length ` +
       `${p.flipflop.trainLength} for ${p.flipflop.budget.steps} steps of ${p.flipflop.budget.batch} sequences, ` +
