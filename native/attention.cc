@@ -163,10 +163,11 @@ void attentionForward(const AttentionParams& p, const float* q, const float* k, 
   std::vector<float> scratch(size_t(T) * perThread);
   const DistanceTable table(p, pool);
 
-  // Heaviest tiles first (late query tiles see the most keys when causal), so the pool's tail stays short.
+  // Head-major order, so the threads work through one head's keys and values together while they are in cache;
+  // within a head the heaviest query tiles (latest, when causal) come first.
   pool.run(B * H * nqt, [&](long task, int thread) {
-    const long qt = nqt - 1 - task / (B * H);
-    const long bh = task % (B * H);
+    const long bh = task / nqt;
+    const long qt = nqt - 1 - task % nqt;
     const long b = bh / H, h = bh % H;
     const long i0 = qt * BQ, nq = std::min<long>(BQ, Lq - i0);
     float* QT = scratch.data() + thread * perThread;
