@@ -40,17 +40,30 @@ export function referenceGemm(
     'gemm: B is too small',
   );
   check(c.length >= (m - 1) * ldc + n || m === 0 || n === 0, 'shape', 'gemm: C is too small');
+  // Each row of C is summed in fp64 (one JS double per entry, rounded once on store). The loop order keeps the
+  // innermost loop on contiguous memory: rows of B when B is not transposed (i-p-j), else dot products of rows.
+  const row = new Float64Array(n);
   for (let i = 0; i < m; i++) {
-    for (let j = 0; j < n; j++) {
-      let acc = 0;
+    if (transB) {
+      for (let j = 0; j < n; j++) {
+        let acc = 0;
+        const bj = j * ldb;
+        if (transA) for (let p = 0; p < k; p++) acc += a[p * lda + i]! * b[bj + p]!;
+        else for (let p = 0, ai = i * lda; p < k; p++) acc += a[ai + p]! * b[bj + p]!;
+        row[j] = acc;
+      }
+    } else {
+      row.fill(0);
       for (let p = 0; p < k; p++) {
         const av = transA ? a[p * lda + i]! : a[i * lda + p]!;
-        const bv = transB ? b[j * ldb + p]! : b[p * ldb + j]!;
-        acc += av * bv;
+        if (av === 0) continue;
+        const bp = p * ldb;
+        for (let j = 0; j < n; j++) row[j] += av * b[bp + j]!;
       }
-      // beta = 0 overwrites (so NaN garbage in C does not leak through), as BLAS does.
-      c[i * ldc + j] = beta === 0 ? alpha * acc : alpha * acc + beta * c[i * ldc + j]!;
     }
+    const ci = i * ldc;
+    // beta = 0 overwrites (so NaN garbage in C does not leak through), as BLAS does.
+    for (let j = 0; j < n; j++) c[ci + j] = beta === 0 ? alpha * row[j]! : alpha * row[j]! + beta * c[ci + j]!;
   }
 }
 
