@@ -70,6 +70,8 @@ export async function runStudy(o: StudyOptions): Promise<{ plan: StudyPlan; repo
     cpus: availableParallelism(),
     invocations: old?.invocations ?? [],
   };
+  // Written before any cell runs, so a study cut off mid-way still reports its plan and versions.
+  writeFileAtomic(metaPath, JSON.stringify(meta, null, 1) + '\n');
   const chosen: Experiment[] = o.experiment === 'all' ? [...EXPERIMENTS] : [o.experiment];
   for (const exp of chosen) {
     const t0 = performance.now();
