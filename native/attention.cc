@@ -355,12 +355,26 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
           panelProduct(dv, NVMAX, gop, 1, dv, nq, S, BKB, dVT, BKB, 1.0f, true);
           panelProduct(d, NVMAX, qp, 1, d, nq, dP, BKB, dKT, BKB, 1.0f, true);
           float* dQrows = dQ + (hl * Lq + i0) * dPad;
-          // One pass when the padded head dim fits the wide kernel (d = 66 pads to 5 vectors), else panels.
-          const long vecs = dPad / VL;
-          const long step = vecs <= NVWIDE ? vecs : NVMAX;
-          for (long cv = 0; cv < vecs; cv += step) {
-            const int nv = int(std::min(step, vecs - cv));
+          // dQ += dS K over whole vectors of the head dim in NVMAX-vector panels. A short tail (d = 66: 2 columns)
+          // would waste most of a padded vector, so those columns are dot products of dS rows with rows of K^T.
+          const long full = d / VL, tail = d - full * VL;
+          const long vecs = tail > 0 && tail <= 4 ? full : dPad / VL;
+          for (long cv = 0; cv < vecs; cv += NVMAX) {
+            const int nv = int(std::min<long>(NVMAX, vecs - cv));
             panelProduct(nq, nv, dP, BKB, 1, nk, Kp + cv * VL, dPad, dQrows + cv * VL, dPad, 1.0f, true);
+          }
+          if (vecs == full) {
+            for (long ii = 0; ii < nq; ii++) {
+              const float* ds = dP + ii * BKB;
+              for (long c = full * VL; c < d; c++) {
+                const float* kc = KT + c * BKB;  // zero beyond nk, like dS
+                vf acc = vf{};
+                for (int j = 0; j < BKB; j += VL) acc += load(ds + j) * load(kc + j);
+                float sum = 0;
+                for (int x = 0; x < VL; x++) sum += acc[x];
+                dQrows[ii * dPad + c] += sum;
+              }
+            }
           }
           if (hasBias) {
             // gdiag[t] holds the distance Delta + BQB - 1 - t.

@@ -1,7 +1,5 @@
 #include "microkernel.h"
 
-#include <algorithm>
-
 namespace hype {
 
 template <int R>
@@ -12,13 +10,7 @@ static void byVectors(int nv, const float* A, long rs, long ks, long kdim, const
 #if defined(__AVX512F__)
     case 2: microKernel<R, 2>(A, rs, ks, kdim, B, ldb, C, ldc, alpha, accumulate); break;
     case 3: microKernel<R, 3>(A, rs, ks, kdim, B, ldb, C, ldc, alpha, accumulate); break;
-    case 4: microKernel<R, 4>(A, rs, ks, kdim, B, ldb, C, ldc, alpha, accumulate); break;
-    default:  // 5 or 6 (callers never ask for more than NVWIDE)
-      // Wide panels hold at most 4 rows of accumulators: larger row counts go in two calls.
-      if (nv == 5) microKernel<(R < 4 ? R : 4), 5>(A, rs, ks, kdim, B, ldb, C, ldc, alpha, accumulate);
-      else microKernel<(R < 4 ? R : 4), 6>(A, rs, ks, kdim, B, ldb, C, ldc, alpha, accumulate);
-      if (R > 4) microKernelAny(R - 4, nv, A + 4 * rs, rs, ks, kdim, B, ldb, C + 4 * ldc, ldc, alpha, accumulate);
-      break;
+    default: microKernel<R, 4>(A, rs, ks, kdim, B, ldb, C, ldc, alpha, accumulate); break;
 #else
     default: microKernel<R, 2>(A, rs, ks, kdim, B, ldb, C, ldc, alpha, accumulate); break;
 #endif
@@ -40,12 +32,6 @@ void microKernelAny(int rows, int nv, const float* A, long rs, long ks, long kdi
 void panelProduct(long m, int nv, const float* A, long rs, long ks, long kdim, const float* B, long ldb, float* C,
                   long ldc, float alpha, bool accumulate) {
   long i = 0;
-  if (nv > NVMAX) {
-    for (; i < m; i += 4)
-      microKernelAny(int(std::min<long>(4, m - i)), nv, A + i * rs, rs, ks, kdim, B, ldb, C + i * ldc, ldc, alpha,
-                     accumulate);
-    return;
-  }
   for (; i + RMAX <= m; i += RMAX)
     byVectors<RMAX>(nv, A + i * rs, rs, ks, kdim, B, ldb, C + i * ldc, ldc, alpha, accumulate);
   if (i < m) microKernelAny(int(m - i), nv, A + i * rs, rs, ks, kdim, B, ldb, C + i * ldc, ldc, alpha, accumulate);

@@ -14,11 +14,6 @@ constexpr int NVMAX = 4;  // 6 x 4 accumulators + 4 panel vectors + 1 broadcast 
 constexpr int NVMAX = 2;  // 6 x 2 + 2 + 1 = 15 of 16 ymm/xmm registers
 #endif
 constexpr int RMAX = 6;
-#if defined(__AVX512F__)
-constexpr int NVWIDE = 6;  // with 4 rows: 4 x 6 + 6 + 1 = 31 registers (head dims up to 96 in one pass)
-#else
-constexpr int NVWIDE = NVMAX;
-#endif
 constexpr int PANEL = NVMAX * VL;  // floats per packed panel row: 64 with AVX-512, 16 with AVX2
 
 template <int R, int NV>
@@ -54,14 +49,13 @@ inline void microKernel(const float* __restrict A, long rs, long ks, long kdim, 
     }
 }
 
-/** Dispatches rows (1..RMAX) and vectors (1..NVMAX, or up to NVWIDE with at most 4 rows). */
+/** Dispatches rows (1..RMAX) and vectors (1..NVMAX) to the matching instantiation. */
 void microKernelAny(int rows, int nv, const float* A, long rs, long ks, long kdim, const float* B, long ldb, float* C,
                     long ldc, float alpha, bool accumulate);
 
 /**
  * C[m x nv*VL] (+)= alpha * A B over all rows m, blocked by RMAX rows: A[i*rs + k*ks], B packed with row stride ldb.
  * C's rows have stride ldc and must hold whole vectors (callers pad their scratch to vector multiples).
- * nv may exceed NVMAX up to NVWIDE: rows are then blocked by 4 to keep the accumulators in registers.
  */
 void panelProduct(long m, int nv, const float* A, long rs, long ks, long kdim, const float* B, long ldb, float* C,
                   long ldc, float alpha, bool accumulate);
