@@ -177,6 +177,11 @@ function cannotEvaluate(evals: readonly LengthEval<object>[], mult: number): str
 }
 
 const uniq = <T>(xs: T[]) => [...new Set(xs)];
+/** Seeds and encodings present in the results (a folder may hold several invocations' cells). */
+const seedsOf = (input: ReportInput) =>
+  uniq([...input.lm, ...input.flipflop, ...input.recall].map((c) => c.config.seed)).sort((a, b) => a - b);
+const encodingsOf = (input: ReportInput) =>
+  sortEnc(uniq([...input.lm, ...input.flipflop, ...input.recall].map((c) => c.config.encoding)));
 
 /**
  * Lengths double from one evaluation to the next, so the x axis is log2; bits per byte vary over a narrow band,
@@ -228,8 +233,8 @@ export function buildReport(
   if (quick) {
     out.push(
       '**This is the quick version** (`hype study ... --quick`): small models and a short training budget' +
-        (meta!.plan.seeds.length === 1 ? ', one seed' : `, ${meta!.plan.seeds.length} seeds`) +
-        `, ${meta!.plan.encodings.length} encodings. It shows the pipeline end to end and gives a first look at ` +
+        (seedsOf(input).length === 1 ? ', one seed' : `, up to ${seedsOf(input).length} seeds`) +
+        `, ${encodingsOf(input).length} encodings. It shows the pipeline end to end and gives a first look at ` +
         'small scale; it is weak evidence at best. Run `hype study all` for the full study (bigger models, longer ' +
         'training, several seeds, every encoding).',
       '',
@@ -262,7 +267,8 @@ function setupSection(input: ReportInput): string[] {
   const all = [...input.lm, ...input.flipflop, ...input.recall, ...input.precision];
   const trainSeconds = all.reduce((s, c) => s + c.seconds, 0);
   lines.push(
-    `- Plan: ${p.quick ? 'quick' : 'full'}; seeds ${p.seeds.join(', ')}; encodings ${p.encodings.join(', ')}.`,
+    `- Plan: ${p.quick ? 'quick' : 'full'}; results for seeds ${seedsOf(input).join(', ')} and encodings ` +
+      `${encodingsOf(input).join(', ')} (a table entry without ± has a single seed).`,
     `- Code: package ${m.versions.package}, commit ${m.versions.commit ?? 'unknown'}, Node ${m.versions.node}; ` +
       `backend ${m.backend}; ${m.cpus} CPU cores.`,
     `- Cells finished: lm ${input.lm.length}, flip-flop ${input.flipflop.length}, recall ${input.recall.length}, ` +
