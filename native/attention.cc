@@ -158,7 +158,7 @@ void attentionForward(const AttentionParams& p, const float* q, const float* k, 
   const bool hasBias = p.bias.kind != kBiasNone;
   Pool& pool = Pool::instance();
   const int T = pool.size();
-  // Per-thread scratch: packed scaled Q^T [d x BQ], logits/probabilities S^T [BK x BQ], O^T [dv x BQ].
+  // Per-thread scratch: packed Q^T [d x BQ], logits/probabilities S^T [BK x BQ], O^T [dv x BQ].
   const long perThread = d * BQ + BK * BQ + dv * BQ + 2 * BQ;
   std::vector<float> scratch(size_t(T) * perThread);
   const DistanceTable table(p, pool);
@@ -178,7 +178,7 @@ void attentionForward(const AttentionParams& p, const float* q, const float* k, 
     const float* qb = q + ((b * H + h) * Lq + i0) * d;
     for (long c = 0; c < d; c++) {
       float* row = QT + c * BQ;
-      for (long j = 0; j < nq; j++) row[j] = qb[j * d + c] * p.scale;
+      for (long j = 0; j < nq; j++) row[j] = qb[j * d + c];
       for (long j = nq; j < BQ; j++) row[j] = 0.0f;
     }
     std::fill(OT, OT + dv * BQ, 0.0f);
@@ -193,7 +193,9 @@ void attentionForward(const AttentionParams& p, const float* q, const float* k, 
 
     for (long l0 = 0; l0 < lEnd; l0 += BK) {
       const long nk = std::min<long>(BK, lEnd - l0);
-      panelProduct(nk, NVMAX, kb + l0 * d, d, 1, d, QT, BQ, ST, BQ, 1.0f, false);
+      // scale * (q . k) with the same summation order as the backward's recomputation, so both see bitwise the
+      // same logits and P = exp(S - lse) there is consistent with this forward.
+      panelProduct(nk, NVMAX, kb + l0 * d, d, 1, d, QT, BQ, ST, BQ, p.scale, false);
       const long Delta = i0 + qo - l0;  // D at (query 0, key 0) of the tile; D = Delta + j - r
       if (hasBias || (p.causal && Delta - (nk - 1) < 0)) {
         const float* run = table.increasing(h, Delta - (BK - 1));  // run[t] = bias(Delta - (BK - 1) + t)
