@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { loadBackend, type BackendName } from '../backend/index.ts';
 import { HypeError } from '../errors.ts';
 import { EXPERIMENTS, type Experiment } from '../study/plan.ts';
-import { runStudy, writeReport } from '../study/run.ts';
+import { planFor, runStudy, writeReport } from '../study/run.ts';
 
 interface StudyFlags {
   quick?: boolean;
@@ -45,10 +45,17 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
   if (!['auto', 'native', 'reference'].includes(f.backend)) {
     throw new HypeError('argument', `unknown backend '${f.backend}'; choose auto, native or reference`);
   }
+  const seeds = positiveInt(f.seeds, '--seeds');
+  const encodings = f.encodings
+    ?.split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const plan = planFor({ quick: Boolean(f.quick), seeds, encodings }); // refuses bad flags before any work
   const backend = loadBackend(f.backend as BackendName, { threads: positiveInt(f.threads, '--threads') });
+  const scope = `${plan.encodings.length} encodings, ${plan.seeds.length} seed${plan.seeds.length === 1 ? '' : 's'}`;
   const banner = f.quick
-    ? 'QUICK VERSION: a few encodings, one seed, short training — a first look, not the full study'
-    : 'FULL STUDY: every encoding, several seeds; resumable, may run for hours';
+    ? `QUICK VERSION: small models, short training (${scope}) — a first look, not the full study`
+    : `FULL STUDY (${scope}): resumable, may run for hours`;
   process.stderr.write(
     `hype study ${what}: ${banner}\nhype study: results go to ${outDir}/ (backend ${backend.name})\n`,
   );
@@ -60,11 +67,8 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
     workDir: f.workDir,
     dataDir: f.dataDir,
     backend,
-    seeds: positiveInt(f.seeds, '--seeds'),
-    encodings: f.encodings
-      ?.split(',')
-      .map((s) => s.trim())
-      .filter(Boolean),
+    seeds,
+    encodings,
   });
   const minutes = (performance.now() - t0) / 60000;
   process.stdout.write(
