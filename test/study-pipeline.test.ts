@@ -22,7 +22,7 @@ function tinyPlan(): StudyPlan {
   return {
     ...quickPlan(),
     seeds: [1],
-    encodings: ['none', 'learned', 'hype-recency'],
+    encodings: ['none', 'learned', 'hype-recency', 'hype-learned'],
     lm: { corpora: ['tinyshakespeare'], trainLength: 8, multipliers: [1, 2, 4], evalBytes: 256, model: tiny, budget },
     flipflop: { trainLength: 16, multipliers: [1], evalSequences: 4, model: tiny, budget },
     recall: { trainLength: 80, multipliers: [1, 2], evalSequences: 3, model: tiny, budget },
@@ -59,9 +59,9 @@ const cellFiles = (exp: string) => readdirSync(join(outDir, exp, 'cells')).filte
 
 describe('hype study pipeline (tiny configuration)', () => {
   it('writes results JSON per cell, a Markdown report and SVG plots', () => {
-    expect(cellFiles('lm')).toHaveLength(3);
-    expect(cellFiles('flipflop')).toHaveLength(3);
-    expect(cellFiles('recall')).toHaveLength(3);
+    expect(cellFiles('lm')).toHaveLength(4);
+    expect(cellFiles('flipflop')).toHaveLength(4);
+    expect(cellFiles('recall')).toHaveLength(4);
     expect(cellFiles('precision')).toHaveLength(2);
     const cell = JSON.parse(readFileSync(join(outDir, 'lm', 'cells', cellFiles('lm')[0]!), 'utf8'));
     expect(cell.config.experiment).toBe('lm');
@@ -90,6 +90,19 @@ describe('hype study pipeline (tiny configuration)', () => {
     );
   });
 
+  it("stores hype-learned's trained tau and mu (relative units: they start at magnitude 1 and move)", () => {
+    const cells = cellFiles('lm').map((f) => JSON.parse(readFileSync(join(outDir, 'lm', 'cells', f), 'utf8')));
+    const learned = cells.find((c) => c.config.encoding === 'hype-learned');
+    const params = learned.result.hypeParams as Record<string, number[]>;
+    expect(Object.keys(params).sort()).toEqual(['blocks.0.attn.pe.hype.mu', 'blocks.0.attn.pe.hype.tau']);
+    const all = Object.values(params).flat();
+    expect(all).toHaveLength(4);
+    expect(all.some((v) => Math.abs(Math.abs(v) - 1) > 1e-6)).toBe(true);
+    expect(all.every((v) => Math.abs(Math.abs(v) - 1) < 0.1)).toBe(true); // 3 steps at lr 1e-3 move them little
+    expect(cells.find((c) => c.config.encoding === 'hype-recency').result.hypeParams).toBeUndefined();
+    expect(readFileSync(join(outDir, 'report.md'), 'utf8')).toMatch(/Trained \|tau\| relative to its recency/);
+  });
+
   it("records learned positions past their table as 'cannot evaluate' with the encoding's own error", () => {
     const cells = cellFiles('lm').map((f) => JSON.parse(readFileSync(join(outDir, 'lm', 'cells', f), 'utf8')));
     const learned = cells.find((c) => c.config.encoding === 'learned');
@@ -112,7 +125,7 @@ describe('hype study pipeline (tiny configuration)', () => {
     expect(['lm', 'flipflop', 'recall', 'precision'].map(stamp)).toEqual(before);
     const meta = JSON.parse(readFileSync(join(outDir, 'study.json'), 'utf8'));
     expect(meta.invocations.slice(-4).map((i: { cellsRun: number }) => i.cellsRun)).toEqual([0, 0, 0, 0]);
-    expect(meta.invocations.slice(0, 4).map((i: { cellsRun: number }) => i.cellsRun)).toEqual([3, 3, 3, 2]);
+    expect(meta.invocations.slice(0, 4).map((i: { cellsRun: number }) => i.cellsRun)).toEqual([4, 4, 4, 2]);
   }, 30_000);
 });
 

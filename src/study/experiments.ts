@@ -56,6 +56,8 @@ export interface LmResult {
   train: TrainSummary;
   data: { train: string; eval: string; trainBytes: number; evalBytes: number; trainSha256: string; evalSha256: string };
   evals: LengthEval<{ bitsPerByte: number; scored: number }>[];
+  /** Trained HyPE tau/mu (hype-learned; in units of their initial magnitude), by parameter name. */
+  hypeParams?: Record<string, number[]>;
   backend: string;
   versions: Versions;
   evalSeconds: number;
@@ -216,6 +218,12 @@ export async function runLm(env: StudyEnv, outDir: string, configs: readonly LmC
       return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
     });
     env.log(`lm ${c.corpus} ${c.encoding} seed ${c.seed}: ${evals.map(describeBpb).join(', ')}`);
+    const hypeParams = Object.fromEntries(
+      model
+        .parameters()
+        .filter((p) => /(^|\.)hype\.(tau|mu)$/.test(p.name))
+        .map((p) => [p.name, Array.from(p.data)]),
+    );
     return {
       train,
       data: {
@@ -227,6 +235,7 @@ export async function runLm(env: StudyEnv, outDir: string, configs: readonly LmC
         evalSha256: data.evalSha256,
       },
       evals,
+      ...(Object.keys(hypeParams).length > 0 ? { hypeParams } : {}),
       backend: env.backend.name,
       versions: versions(),
       evalSeconds: (performance.now() - t0) / 1000,

@@ -612,6 +612,16 @@ function findingsSection(input: ReportInput): string[] {
   lines.push('3. **Does learning tau/mu help?**');
   if (corpora.length === 0) lines.push('  - No lm results yet.');
   else lines.push(...lmPair('hype-learned', 'hype-recency', ends));
+  const learnedParams = input.lm.flatMap((c) => Object.entries(c.result.hypeParams ?? {}));
+  for (const kind of ['tau', 'mu']) {
+    const vals = learnedParams.filter(([name]) => name.endsWith(`hype.${kind}`)).flatMap(([, v]) => v.map(Math.abs));
+    if (vals.length > 0) {
+      lines.push(
+        `  - Trained |${kind}| relative to its recency initialisation (1 = unchanged), over all heads, layers and ` +
+          `seeds: ${Math.min(...vals).toFixed(3)} to ${Math.max(...vals).toFixed(3)}.`,
+      );
+    }
+  }
   lines.push(...flipRecallPair(input, 'hype-learned', 'hype-recency'));
   lines.push('4. **How do PaTH and HoPE fare at this scale?**');
   if (corpora.length > 0) {
