@@ -100,7 +100,9 @@ describe('hype study pipeline (tiny configuration)', () => {
     expect(all.some((v) => Math.abs(Math.abs(v) - 1) > 1e-6)).toBe(true);
     expect(all.every((v) => Math.abs(Math.abs(v) - 1) < 0.1)).toBe(true); // 3 steps at lr 1e-3 move them little
     expect(cells.find((c) => c.config.encoding === 'hype-recency').result.hypeParams).toBeUndefined();
-    expect(readFileSync(join(outDir, 'report.md'), 'utf8')).toMatch(/Trained \|tau\| relative to its recency/);
+    expect(readFileSync(join(outDir, 'report.md'), 'utf8')).toMatch(
+      /Trained \|tau\| and \|mu\| relative to the recency start/,
+    );
   });
 
   it("records learned positions past their table as 'cannot evaluate' with the encoding's own error", () => {

@@ -612,16 +612,7 @@ function findingsSection(input: ReportInput): string[] {
   lines.push('3. **Does learning tau/mu help?**');
   if (corpora.length === 0) lines.push('  - No lm results yet.');
   else lines.push(...lmPair('hype-learned', 'hype-recency', ends));
-  const learnedParams = input.lm.flatMap((c) => Object.entries(c.result.hypeParams ?? {}));
-  for (const kind of ['tau', 'mu']) {
-    const vals = learnedParams.filter(([name]) => name.endsWith(`hype.${kind}`)).flatMap(([, v]) => v.map(Math.abs));
-    if (vals.length > 0) {
-      lines.push(
-        `  - Trained |${kind}| relative to its recency initialisation (1 = unchanged), over all heads, layers and ` +
-          `seeds: ${Math.min(...vals).toFixed(3)} to ${Math.max(...vals).toFixed(3)}.`,
-      );
-    }
-  }
+  lines.push(...learnedParamLines(input));
   lines.push(...flipRecallPair(input, 'hype-learned', 'hype-recency'));
   lines.push('4. **How do PaTH and HoPE fare at this scale?**');
   if (corpora.length > 0) {
@@ -679,6 +670,37 @@ function findingsSection(input: ReportInput): string[] {
   return lines;
 }
 
+/**
+ * What hype-learned did with tau and mu (relative units: both start at magnitude 1). When mu D stays small the bias
+ * is ~ tau mu D, so the two are only identifiable through their product (the slope); the lines say how far each
+ * moved, how far they moved apart, and the slope change.
+ */
+function learnedParamLines(input: ReportInput): string[] {
+  const pairs: { tau: number; mu: number }[] = [];
+  for (const c of input.lm) {
+    const p = c.result.hypeParams ?? {};
+    for (const [name, tau] of Object.entries(p)) {
+      if (!name.endsWith('hype.tau')) continue;
+      const mu = p[name.replace(/tau$/, 'mu')];
+      if (!mu || mu.length !== tau.length) continue; // grouped-query mu: not paired per head here
+      tau.forEach((t, i) => pairs.push({ tau: Math.abs(t), mu: Math.abs(mu[i]!) }));
+    }
+  }
+  if (pairs.length === 0) return [];
+  const range = (xs: number[]) => `${Math.min(...xs).toFixed(3)} to ${Math.max(...xs).toFixed(3)}`;
+  const apart = Math.max(...pairs.map((p) => Math.abs(p.tau - p.mu)));
+  return [
+    `  - Trained |tau| and |mu| relative to the recency start (1 = unchanged), over ${pairs.length} heads x layers x ` +
+      `seeds: |tau| ${range(pairs.map((p) => p.tau))}, |mu| ${range(pairs.map((p) => p.mu))}; largest ` +
+      `| |tau| - |mu| | ${apart.toExponential(1)}. The effective ALiBi-like slope |tau mu| changed by a factor ` +
+      `${range(pairs.map((p) => p.tau * p.mu))}.` +
+      (apart < 1e-3
+        ? ' tau and mu moved in lockstep: while mu D is small the bias is ~ tau mu D, whose gradients with respect ' +
+          'to the two (in these units) are equal, so training learned the slope and not the curvature.'
+        : ''),
+  ];
+}
+
 /** How an encoding's bits per byte move from 1x to the longest length, classified by the declared thresholds. */
 function shapeOf(input: ReportInput, corpus: string, enc: string): string {
   const cells = input.lm.filter((c) => c.config.corpus === corpus && c.config.encoding === enc);
@@ -693,7 +715,14 @@ function shapeOf(input: ReportInput, corpus: string, enc: string): string {
   const b = meanInterval(bpbAt(input.lm, corpus, enc, longest)).mean;
   const d = b - a;
   const word = d > BLOWUP_BPB ? 'blows up' : d > FLAT_BPB ? 'degrades' : d < -FLAT_BPB ? 'improves' : 'stays flat';
-  return `${fmt(a)} -> ${fmt(b)} bits per byte from 1x to ${longest}x (${d >= 0 ? '+' : ''}${fmt(d)}): ${word} (flat = within ±${FLAT_BPB}, blow-up = more than +${BLOWUP_BPB}).`;
+  const none = bpbAt(input.lm, corpus, 'none', 1);
+  const vsNone = none.length > 0 && enc !== 'none' ? a - meanInterval(none).mean : 0;
+  const caveat =
+    vsNone > FLAT_BPB
+      ? ` Caution: at 1x it is ${fmt(vsNone)} bits per byte worse than no positional encoding at all, so this model ` +
+        'hardly trained and its curve says little about extrapolation.'
+      : '';
+  return `${fmt(a)} -> ${fmt(b)} bits per byte from 1x to ${longest}x (${d >= 0 ? '+' : ''}${fmt(d)}): ${word} (flat = within ±${FLAT_BPB}, blow-up = more than +${BLOWUP_BPB}).${caveat}`;
 }
 
 function extrapolationVerdict(input: ReportInput, corpus: string, a: string, b: string): string {
