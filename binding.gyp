@@ -6,6 +6,7 @@
         "native/addon.cc",
         "native/attention.cc",
         "native/gemm.cc",
+        "native/layers.cc",
         "native/microkernel.cc",
         "native/pool.cc"
       ],

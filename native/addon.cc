@@ -10,6 +10,7 @@
 
 #include "attention.h"
 #include "gemm.h"
+#include "layers.h"
 #include "pool.h"
 #include "simd.h"
 
@@ -247,6 +248,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionForward", Napi::Function::New(env, AttentionForward));
   exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
   exports.Set("vectorWidth", Napi::Number::New(env, hype::VL));
+  hype::registerLayerOps(env, exports);
   return exports;
 }
 

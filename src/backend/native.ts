@@ -22,6 +22,8 @@ import type {
   PositionBias,
   PositionBiasGrad,
 } from './backend.ts';
+import type { LayerOps } from './layers.ts';
+import { nativeLayerOps, type NativeLayerKernels } from './native-layers.ts';
 import { ReferenceBackend } from './reference.ts';
 import {
   validateAttentionBackward,
@@ -33,7 +35,7 @@ import {
 } from './validate.ts';
 
 /** The addon's raw surface (native/addon.cc). */
-export interface NativeAddon {
+export interface NativeAddon extends NativeLayerKernels {
   setThreads(n: number): number;
   firstNonFinite(data: Float32Array, allowNegInf: boolean): number;
   threads(): number;
@@ -149,6 +151,19 @@ export class NativeBackend implements Backend {
   /** The addon's SIMD finite scan: validation stays in TypeScript, only the search for a NaN/Inf is native. */
   private readonly scan: FiniteScanner;
 
+  // Layer operations in native code (native-layers.ts; fp64 arguments go to the references), assigned below.
+  layerNormForward!: LayerOps['layerNormForward'];
+  layerNormBackward!: LayerOps['layerNormBackward'];
+  geluForward!: LayerOps['geluForward'];
+  geluBackward!: LayerOps['geluBackward'];
+  softmaxCrossEntropyForward!: LayerOps['softmaxCrossEntropyForward'];
+  softmaxCrossEntropyBackward!: LayerOps['softmaxCrossEntropyBackward'];
+  adamwStep!: LayerOps['adamwStep'];
+  embeddingForward!: LayerOps['embeddingForward'];
+  embeddingBackward!: LayerOps['embeddingBackward'];
+  biasAdd!: LayerOps['biasAdd'];
+  biasBackward!: LayerOps['biasBackward'];
+
   constructor(opts: NativeOptions = {}) {
     const addon = loadNativeAddon();
     if (!addon) {
@@ -160,6 +175,8 @@ export class NativeBackend implements Backend {
     }
     this.addon = addon;
     this.scan = (data, allowNegInf) => addon.firstNonFinite(data, allowNegInf);
+    // A build from before the layer kernels existed lacks them: the references then serve (slower, still right).
+    if (typeof addon.layerNormForward === 'function') Object.assign(this, nativeLayerOps(addon));
     this.setThreads(opts.threads ?? availableParallelism());
   }
 

@@ -1,0 +1,504 @@
+// Layer operations (see layers.h). Reductions along a row (sums, maxima) use explicit vectors from simd.h, because
+// the compiler may not reorder float sums on its own; the purely elementwise loops are written plainly with
+// __restrict and left to the auto-vectoriser. Work is split into contiguous row ranges on the shared pool, and
+// cross-row reductions (dGamma, dBeta, dBias) use a FIXED row partition with one double partial per range, summed
+// in order afterwards, so results do not depend on the thread count or on which thread ran which range.
+#include "layers.h"
+
+#include <napi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "pool.h"
+#include "simd.h"
+
+namespace hype {
+namespace {
+
+// About this many floats of work per task: enough to amortise a pool wake-up (a few microseconds), small enough
+// that both cores get several tasks on the training shapes.
+constexpr long kGrain = 16384;
+// Rows per partial in cross-row reductions (fixed, so the summation order is fixed).
+constexpr long kReduceRows = 64;
+
+inline float hsum(vf a) {
+  float s = 0;
+  for (int j = 0; j < VL; j++) s += a[j];
+  return s;
+}
+inline float hmax(vf a) {
+  float m = a[0];
+  for (int j = 1; j < VL; j++) m = std::max(m, a[j]);
+  return m;
+}
+
+/** Runs body(r0, r1) over [0, rows) in contiguous ranges of about kGrain floats (at least one row). */
+void forRows(long rows, long width, const std::function<void(long, long)>& body) {
+  if (rows <= 0) return;
+  const long perTask = std::max(1L, kGrain / std::max(1L, width));
+  const long tasks = (rows + perTask - 1) / perTask;
+  Pool::instance().run(tasks, [&](long t, int) { body(t * perTask, std::min(rows, (t + 1) * perTask)); });
+}
+
+/** Sum of x[0..n) in fp32 vector lanes (two accumulators), then across lanes. */
+inline float rowSum(const float* x, long n) {
+  vf a0 = vf{}, a1 = vf{};
+  long j = 0;
+  for (; j + 2 * VL <= n; j += 2 * VL) {
+    a0 += load(x + j);
+    a1 += load(x + j + VL);
+  }
+  for (; j + VL <= n; j += VL) a0 += load(x + j);
+  float s = hsum(a0 + a1);
+  for (; j < n; j++) s += x[j];
+  return s;
+}
+
+// GELU constants, as in layers.ts: gelu(x) = x s, s = sigmoid(2u) = 0.5 (1 + tanh u), u = c (x + a x^3).
+constexpr double kGeluC = 0.79788456080286535588;  // sqrt(2 / pi)
+constexpr double kGeluA = 0.044715;
+
+// The logistic s = 1 / (1 + exp(-t)) and q = 1 - s, with t = 2u, both without cancellation or overflow: with
+// e = exp(-|t|) in (0, 1], s = 1/(1+e) and q = e/(1+e) for t >= 0, mirrored for t < 0. exp underflows to exactly
+// 0 below -87 (simd.h), so s or q is then exactly 0, as in the reference's limit.
+struct Logistic {
+  vf s, q;
+};
+inline Logistic logistic2u(vf v) {
+  const vf t = v * float(2 * kGeluC) + (v * v * v) * float(2 * kGeluC * kGeluA);
+  const vf at = t < 0 ? -t : t;
+  const vf e = vexp(-at);
+  const vf r = 1.0f / (1.0f + e);
+  const vf er = e * r;
+  return {t >= 0 ? r : er, t >= 0 ? er : r};
+}
+inline void logistic2u(float v, float& s, float& q) {
+  vf x = splat(v);
+  Logistic l = logistic2u(x);
+  s = l.s[0];
+  q = l.q[0];
+}
+
+}  // namespace
+
+void layerNormForward(const float* x, const float* gamma, const float* beta, float* out, float* mean, float* rstd,
+                      long rows, long width, float eps) {
+  forRows(rows, width, [&](long r0, long r1) {
+    for (long r = r0; r < r1; r++) {
+      const float* xr = x + r * width;
+      float* o = out + r * width;
+      const float mu = rowSum(xr, width) / float(width);
+      vf a0 = vf{}, a1 = vf{};
+      long j = 0;
+      for (; j + 2 * VL <= width; j += 2 * VL) {
+        const vf d0 = load(xr + j) - mu, d1 = load(xr + j + VL) - mu;
+        a0 += d0 * d0;
+        a1 += d1 * d1;
+      }
+      for (; j + VL <= width; j += VL) {
+        const vf d = load(xr + j) - mu;
+        a0 += d * d;
+      }
+      float v = hsum(a0 + a1);
+      for (; j < width; j++) v += (xr[j] - mu) * (xr[j] - mu);
+      const float rs = float(1.0 / std::sqrt(double(v) / double(width) + double(eps)));
+      // out may alias x: every element is read before it is written, at the same index.
+      for (long c = 0; c < width; c++) o[c] = (xr[c] - mu) * rs * gamma[c] + beta[c];
+      mean[r] = mu;
+      rstd[r] = rs;
+    }
+  });
+}
+
+void layerNormBackward(const float* dOut, const float* x, const float* gamma, const float* mean, const float* rstd,
+                       float* dx, float* dGamma, float* dBeta, long rows, long width) {
+  if (rows <= 0) return;
+  const long parts = (rows + kReduceRows - 1) / kReduceRows;
+  std::vector<double> partial(size_t(parts * 2 * width), 0.0);
+  Pool::instance().run(parts, [&](long p, int) {
+    double* __restrict pg = partial.data() + p * 2 * width;
+    double* __restrict pb = pg + width;
+    const long r1 = std::min(rows, (p + 1) * kReduceRows);
+    for (long r = p * kReduceRows; r < r1; r++) {
+      // dx may alias dOut (as in the reference): each element is read before it is written, at the same index.
+      const float* xr = x + r * width;
+      const float* dy = dOut + r * width;
+      float* d = dx + r * width;
+      const float mu = mean[r], rs = rstd[r];
+      vf sg0 = vf{}, sgx0 = vf{};
+      long j = 0;
+      for (; j + VL <= width; j += VL) {
+        const vf xhat = (load(xr + j) - mu) * rs;
+        const vf g = load(dy + j) * load(gamma + j);
+        sg0 += g;
+        sgx0 += g * xhat;
+      }
+      float sumG = hsum(sg0), sumGX = hsum(sgx0);
+      for (; j < width; j++) {
+        const float xhat = (xr[j] - mu) * rs, g = dy[j] * gamma[j];
+        sumG += g;
+        sumGX += g * xhat;
+      }
+      const float meanG = sumG / float(width), meanGX = sumGX / float(width);
+      for (long c = 0; c < width; c++) {
+        const float xhat = (xr[c] - mu) * rs;
+        d[c] += rs * (dy[c] * gamma[c] - meanG - xhat * meanGX);
+        pg[c] += double(dy[c] * xhat);
+        pb[c] += double(dy[c]);
+      }
+    }
+  });
+  for (long c = 0; c < width; c++) {
+    double g = 0, b = 0;
+    for (long p = 0; p < parts; p++) {
+      g += partial[size_t(p * 2 * width + c)];
+      b += partial[size_t(p * 2 * width + width + c)];
+    }
+    dGamma[c] = float(double(dGamma[c]) + g);
+    dBeta[c] = float(double(dBeta[c]) + b);
+  }
+}
+
+void geluForward(const float* x, float* out, long n) {
+  forRows(n, 1, [&](long i0, long i1) {
+    long i = i0;
+    for (; i + VL <= i1; i += VL) {
+      const vf v = load(x + i);
+      store(out + i, v * logistic2u(v).s);
+    }
+    for (; i < i1; i++) {
+      float s, q;
+      logistic2u(x[i], s, q);
+      out[i] = x[i] * s;
+    }
+  });
+}
+
+void geluBackward(const float* x, const float* dOut, float* dx, long n) {
+  // gelu'(x) = s + x s (1 - s) dt/dx with t = 2u: dt/dx = 2c (1 + 3 a x^2).
+  const float k0 = float(2 * kGeluC), k2 = float(2 * kGeluC * 3 * kGeluA);
+  forRows(n, 1, [&](long i0, long i1) {
+    long i = i0;
+    for (; i + VL <= i1; i += VL) {
+      const vf v = load(x + i);
+      const Logistic l = logistic2u(v);
+      const vf dt = k0 + k2 * (v * v);
+      store(dx + i, load(dOut + i) * (l.s + v * (l.s * l.q) * dt));
+    }
+    for (; i < i1; i++) {
+      float s, q;
+      const float v = x[i];
+      logistic2u(v, s, q);
+      dx[i] = dOut[i] * (s + v * (s * q) * (k0 + k2 * (v * v)));
+    }
+  });
+}
+
+void biasAdd(float* out, const float* bias, long rows, long width) {
+  forRows(rows, width, [&](long r0, long r1) {
+    for (long r = r0; r < r1; r++) {
+      float* __restrict o = out + r * width;
+      const float* __restrict b = bias;
+      for (long c = 0; c < width; c++) o[c] += b[c];
+    }
+  });
+}
+
+void biasBackward(const float* dOut, float* dBias, long rows, long width) {
+  if (rows <= 0) return;
+  const long parts = (rows + kReduceRows - 1) / kReduceRows;
+  std::vector<double> partial(size_t(parts * width), 0.0);
+  Pool::instance().run(parts, [&](long p, int) {
+    double* __restrict acc = partial.data() + p * width;
+    const long r1 = std::min(rows, (p + 1) * kReduceRows);
+    for (long r = p * kReduceRows; r < r1; r++) {
+      const float* __restrict d = dOut + r * width;
+      for (long c = 0; c < width; c++) acc[c] += double(d[c]);
+    }
+  });
+  for (long c = 0; c < width; c++) {
+    double s = 0;
+    for (long p = 0; p < parts; p++) s += partial[size_t(p * width + c)];
+    dBias[c] = float(double(dBias[c]) + s);
+  }
+}
+
+namespace {
+/** max over the row and sum of exp(x - max), in vector lanes. */
+inline void rowMaxSumExp(const float* x, long n, float& maxOut, float& sumOut) {
+  float m = -INFINITY;
+  long j = 0;
+  if (n >= VL) {
+    vf vm = load(x);
+    for (j = VL; j + VL <= n; j += VL) vm = vmax(vm, load(x + j));
+    m = hmax(vm);
+  }
+  for (; j < n; j++) m = std::max(m, x[j]);
+  vf acc = vf{};
+  j = 0;
+  for (; j + VL <= n; j += VL) acc += vexp(load(x + j) - m);
+  float s = hsum(acc);
+  for (; j < n; j++) s += vexp(splat(x[j] - m))[0];
+  maxOut = m;
+  sumOut = s;
+}
+}  // namespace
+
+double softmaxCrossEntropyForward(const float* logits, const int32_t* targets, float* losses, long rows, long vocab) {
+  forRows(rows, vocab, [&](long r0, long r1) {
+    for (long r = r0; r < r1; r++) {
+      const float* xr = logits + r * vocab;
+      float m, s;
+      rowMaxSumExp(xr, vocab, m, s);
+      losses[r] = float(double(m) + std::log(double(s)) - double(xr[targets[r]]));
+    }
+  });
+  double total = 0;
+  for (long r = 0; r < rows; r++) total += losses[r];
+  return total / double(rows);
+}
+
+void softmaxCrossEntropyBackward(const float* logits, const int32_t* targets, float* dLogits, long rows, long vocab,
+                                 float dLoss) {
+  forRows(rows, vocab, [&](long r0, long r1) {
+    for (long r = r0; r < r1; r++) {
+      const float* xr = logits + r * vocab;
+      float* d = dLogits + r * vocab;
+      float m, s;
+      rowMaxSumExp(xr, vocab, m, s);
+      // Recomputing the exps (rather than parking them) keeps this correct when dLogits aliases logits.
+      const float scale = dLoss / s;
+      long j = 0;
+      for (; j + VL <= vocab; j += VL) store(d + j, vexp(load(xr + j) - m) * scale);
+      for (; j < vocab; j++) d[j] = vexp(splat(xr[j] - m))[0] * scale;
+      d[targets[r]] -= dLoss;
+    }
+  });
+}
+
+void adamwStep(float* param, const float* grad, float* m, float* v, long n, const AdamWScalars& h) {
+  const float b1 = float(h.beta1), b2 = float(h.beta2), ob1 = float(1 - h.beta1), ob2 = float(1 - h.beta2);
+  const float ic1 = float(1 / (1 - std::pow(h.beta1, h.step)));
+  const float ic2 = float(1 / (1 - std::pow(h.beta2, h.step)));
+  const float lr = float(h.lr), lrwd = float(h.lr * h.weightDecay), eps = float(h.eps);
+  forRows(n, 1, [&](long i0, long i1) {
+    float* __restrict p = param;
+    const float* __restrict g = grad;
+    float* __restrict mm = m;
+    float* __restrict vv = v;
+    for (long i = i0; i < i1; i++) {
+      const float gi = g[i];
+      const float mi = b1 * mm[i] + ob1 * gi;
+      const float vi = b2 * vv[i] + ob2 * gi * gi;
+      mm[i] = mi;
+      vv[i] = vi;
+      const float pi = p[i];
+      p[i] = pi - lr * (mi * ic1 / (std::sqrt(vi * ic2) + eps)) - lrwd * pi;
+    }
+  });
+}
+
+void embeddingForward(const float* table, const int32_t* tokens, float* out, long n, long width) {
+  forRows(n, width, [&](long r0, long r1) {
+    for (long r = r0; r < r1; r++) std::copy_n(table + long(tokens[r]) * width, width, out + r * width);
+  });
+}
+
+void embeddingBackward(const float* dOut, const int32_t* tokens, float* dTable, long n, long width) {
+  // Rows may share a token, so rows cannot be split across threads; columns can, but this pass is tiny (one add
+  // per activation) and memory-bound, so it stays on the calling thread.
+  for (long r = 0; r < n; r++) {
+    float* __restrict dst = dTable + long(tokens[r]) * width;
+    const float* __restrict src = dOut + r * width;
+    for (long c = 0; c < width; c++) dst[c] += src[c];
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ N-API surface
+// TypeScript (src/backend/native.ts) validates every call first; these checks are the second fence that keeps any
+// input, however wrong, from making native code read or write out of bounds.
+namespace {
+
+struct Refusal : std::exception {
+  std::string msg;
+  explicit Refusal(std::string m) : msg(std::move(m)) {}
+  const char* what() const noexcept override { return msg.c_str(); }
+};
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw Refusal("hype native: " + msg);
+}
+
+template <typename T, napi_typedarray_type kType>
+T* typed(const Napi::Value& v, const char* what, size_t n, const char* typeName) {
+  require(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == kType,
+          std::string(what) + " must be a " + typeName);
+  auto a = v.As<Napi::TypedArrayOf<T>>();
+  require(a.ElementLength() >= n, std::string(what) + " has " + std::to_string(a.ElementLength()) +
+                                      " elements, needs " + std::to_string(n));
+  return a.Data();
+}
+float* f32(const Napi::Value& v, const char* what, size_t n) {
+  return typed<float, napi_float32_array>(v, what, n, "Float32Array");
+}
+int32_t* i32(const Napi::Value& v, const char* what, size_t n) {
+  return typed<int32_t, napi_int32_array>(v, what, n, "Int32Array");
+}
+
+long dim(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  require(info[i].IsNumber(), std::string(what) + " must be a number");
+  const double x = info[i].As<Napi::Number>().DoubleValue();
+  require(x >= 0 && x == std::floor(x) && x < 9e15, std::string(what) + " must be a non-negative integer");
+  return long(x);
+}
+
+double finite(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  require(info[i].IsNumber(), std::string(what) + " must be a number");
+  const double x = info[i].As<Napi::Number>().DoubleValue();
+  require(std::isfinite(x), std::string(what) + " must be finite");
+  return x;
+}
+
+void requireIndices(const int32_t* idx, long n, long bound, const char* what) {
+  for (long r = 0; r < n; r++)
+    require(idx[r] >= 0 && idx[r] < bound, std::string(what) + " " + std::to_string(idx[r]) + " at row " +
+                                               std::to_string(r) + " is outside [0, " + std::to_string(bound) + ")");
+}
+
+size_t times(long a, long b) {
+  require(b == 0 || a <= long(9e15) / b, "size overflows");
+  return size_t(a) * size_t(b);
+}
+
+using Body = std::function<Napi::Value(const Napi::CallbackInfo&)>;
+
+Napi::Function guarded(Napi::Env env, const char* name, size_t argc, const char* usage, Body body) {
+  return Napi::Function::New(env, [name, argc, usage, body](const Napi::CallbackInfo& info) -> Napi::Value {
+    try {
+      require(info.Length() == argc, std::string(name) + usage);
+      return body(info);
+    } catch (const Refusal& e) {
+      Napi::Error::New(info.Env(), e.msg).ThrowAsJavaScriptException();
+    } catch (const std::bad_alloc&) {
+      Napi::Error::New(info.Env(), "hype native: out of memory").ThrowAsJavaScriptException();
+    } catch (const std::exception& e) {
+      Napi::Error::New(info.Env(), std::string("hype native: ") + e.what()).ThrowAsJavaScriptException();
+    }
+    return info.Env().Undefined();
+  });
+}
+
+}  // namespace
+
+void registerLayerOps(Napi::Env env, Napi::Object exports) {
+  exports.Set("layerNormForward",
+              guarded(env, "layerNormForward", 9, "(x, gamma, beta, out, mean, rstd, rows, width, eps)",
+                      [](const Napi::CallbackInfo& info) {
+                        const long rows = dim(info, 6, "rows"), width = dim(info, 7, "width");
+                        const size_t n = times(rows, width);
+                        const float eps = float(finite(info, 8, "eps"));
+                        layerNormForward(f32(info[0], "x", n), f32(info[1], "gamma", size_t(width)),
+                                         f32(info[2], "beta", size_t(width)), f32(info[3], "out", n),
+                                         f32(info[4], "mean", size_t(rows)), f32(info[5], "rstd", size_t(rows)), rows,
+                                         width, eps);
+                        return info.Env().Undefined();
+                      }));
+  exports.Set("layerNormBackward",
+              guarded(env, "layerNormBackward", 10, "(dOut, x, gamma, mean, rstd, dx, dGamma, dBeta, rows, width)",
+                      [](const Napi::CallbackInfo& info) {
+                        const long rows = dim(info, 8, "rows"), width = dim(info, 9, "width");
+                        const size_t n = times(rows, width);
+                        layerNormBackward(f32(info[0], "dOut", n), f32(info[1], "x", n),
+                                          f32(info[2], "gamma", size_t(width)), f32(info[3], "mean", size_t(rows)),
+                                          f32(info[4], "rstd", size_t(rows)), f32(info[5], "dx", n),
+                                          f32(info[6], "dGamma", size_t(width)), f32(info[7], "dBeta", size_t(width)),
+                                          rows, width);
+                        return info.Env().Undefined();
+                      }));
+  exports.Set("geluForward", guarded(env, "geluForward", 3, "(x, out, n)", [](const Napi::CallbackInfo& info) {
+                const long n = dim(info, 2, "n");
+                geluForward(f32(info[0], "x", size_t(n)), f32(info[1], "out", size_t(n)), n);
+                return info.Env().Undefined();
+              }));
+  exports.Set("geluBackward", guarded(env, "geluBackward", 4, "(x, dOut, dx, n)", [](const Napi::CallbackInfo& info) {
+                const long n = dim(info, 3, "n");
+                geluBackward(f32(info[0], "x", size_t(n)), f32(info[1], "dOut", size_t(n)),
+                             f32(info[2], "dx", size_t(n)), n);
+                return info.Env().Undefined();
+              }));
+  exports.Set("biasAdd",
+              guarded(env, "biasAdd", 4, "(out, bias, rows, width)", [](const Napi::CallbackInfo& info) {
+                const long rows = dim(info, 2, "rows"), width = dim(info, 3, "width");
+                biasAdd(f32(info[0], "out", times(rows, width)), f32(info[1], "bias", size_t(width)), rows, width);
+                return info.Env().Undefined();
+              }));
+  exports.Set("biasBackward",
+              guarded(env, "biasBackward", 4, "(dOut, dBias, rows, width)", [](const Napi::CallbackInfo& info) {
+                const long rows = dim(info, 2, "rows"), width = dim(info, 3, "width");
+                biasBackward(f32(info[0], "dOut", times(rows, width)), f32(info[1], "dBias", size_t(width)), rows,
+                             width);
+                return info.Env().Undefined();
+              }));
+  exports.Set("softmaxCrossEntropyForward",
+              guarded(env, "softmaxCrossEntropyForward", 5, "(logits, targets, losses, rows, vocab)",
+                      [](const Napi::CallbackInfo& info) {
+                        const long rows = dim(info, 3, "rows"), vocab = dim(info, 4, "vocab");
+                        require(rows >= 1 && vocab >= 1, "rows and vocab must be positive");
+                        const int32_t* t = i32(info[1], "targets", size_t(rows));
+                        requireIndices(t, rows, vocab, "target");
+                        const double mean = softmaxCrossEntropyForward(
+                            f32(info[0], "logits", times(rows, vocab)), t, f32(info[2], "losses", size_t(rows)),
+                            rows, vocab);
+                        return Napi::Number::New(info.Env(), mean);
+                      }));
+  exports.Set("softmaxCrossEntropyBackward",
+              guarded(env, "softmaxCrossEntropyBackward", 6, "(logits, targets, dLogits, rows, vocab, dLoss)",
+                      [](const Napi::CallbackInfo& info) {
+                        const long rows = dim(info, 3, "rows"), vocab = dim(info, 4, "vocab");
+                        require(vocab >= 1 || rows == 0, "vocab must be positive");
+                        const int32_t* t = i32(info[1], "targets", size_t(rows));
+                        requireIndices(t, rows, vocab, "target");
+                        softmaxCrossEntropyBackward(f32(info[0], "logits", times(rows, vocab)), t,
+                                                    f32(info[2], "dLogits", times(rows, vocab)), rows, vocab,
+                                                    float(finite(info, 5, "dLoss")));
+                        return info.Env().Undefined();
+                      }));
+  exports.Set("adamwStep",
+              guarded(env, "adamwStep", 11, "(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, step)",
+                      [](const Napi::CallbackInfo& info) {
+                        const long n = dim(info, 4, "n");
+                        AdamWScalars h{finite(info, 5, "lr"),  finite(info, 6, "beta1"),       finite(info, 7, "beta2"),
+                                       finite(info, 8, "eps"), finite(info, 9, "weightDecay"), double(dim(info, 10, "step"))};
+                        require(h.step >= 1, "step must be at least 1");
+                        require(h.beta1 >= 0 && h.beta1 < 1 && h.beta2 >= 0 && h.beta2 < 1, "betas must be in [0, 1)");
+                        adamwStep(f32(info[0], "param", size_t(n)), f32(info[1], "grad", size_t(n)),
+                                  f32(info[2], "m", size_t(n)), f32(info[3], "v", size_t(n)), n, h);
+                        return info.Env().Undefined();
+                      }));
+  exports.Set("embeddingForward",
+              guarded(env, "embeddingForward", 6, "(table, tokens, out, n, width, vocab)",
+                      [](const Napi::CallbackInfo& info) {
+                        const long n = dim(info, 3, "n"), width = dim(info, 4, "width"), vocab = dim(info, 5, "vocab");
+                        const int32_t* t = i32(info[1], "tokens", size_t(n));
+                        requireIndices(t, n, vocab, "token");
+                        embeddingForward(f32(info[0], "table", times(vocab, width)), t,
+                                         f32(info[2], "out", times(n, width)), n, width);
+                        return info.Env().Undefined();
+                      }));
+  exports.Set("embeddingBackward",
+              guarded(env, "embeddingBackward", 6, "(dOut, tokens, dTable, n, width, vocab)",
+                      [](const Napi::CallbackInfo& info) {
+                        const long n = dim(info, 3, "n"), width = dim(info, 4, "width"), vocab = dim(info, 5, "vocab");
+                        const int32_t* t = i32(info[1], "tokens", size_t(n));
+                        requireIndices(t, n, vocab, "token");
+                        embeddingBackward(f32(info[0], "dOut", times(n, width)), t,
+                                          f32(info[2], "dTable", times(vocab, width)), n, width);
+                        return info.Env().Undefined();
+                      }));
+}
+
+}  // namespace hype

@@ -1,0 +1,48 @@
+// Row and elementwise layer operations of a training step (layer norm, GELU, bias, softmax cross-entropy, AdamW,
+// embedding), fp32, vectorised through simd.h and spread over rows on the shared pool. Same formulas and the same
+// overwrite/accumulate conventions as src/backend/layers.ts, which is their reference and test oracle.
+#pragma once
+#include <cstdint>
+
+namespace Napi {
+class Env;
+class Object;
+}  // namespace Napi
+
+namespace hype {
+
+/** out = (x - mean) rstd gamma + beta per row; mean and rstd (length rows) saved for the backward. */
+void layerNormForward(const float* x, const float* gamma, const float* beta, float* out, float* mean, float* rstd,
+                      long rows, long width, float eps);
+/** dx += rstd (g - mean(g) - xhat mean(g xhat)) with g = dOut gamma; dGamma += sum dOut xhat; dBeta += sum dOut. */
+void layerNormBackward(const float* dOut, const float* x, const float* gamma, const float* mean, const float* rstd,
+                       float* dx, float* dGamma, float* dBeta, long rows, long width);
+/** out = x sigmoid(2u), u = c (x + 0.044715 x^3) (GELU, tanh form); out may alias x. */
+void geluForward(const float* x, float* out, long n);
+/** dx = dOut gelu'(x) (overwrites; dx may alias dOut). */
+void geluBackward(const float* x, const float* dOut, float* dx, long n);
+/** out[r, :] += bias for every row. */
+void biasAdd(float* out, const float* bias, long rows, long width);
+/** dBias += column sums of dOut, accumulated in double. */
+void biasBackward(const float* dOut, float* dBias, long rows, long width);
+/** losses[r] = logsumexp(row r) - logits[r, target]; returns their mean. Targets must be in range (checked). */
+double softmaxCrossEntropyForward(const float* logits, const int32_t* targets, float* losses, long rows, long vocab);
+/** dLogits = (softmax - onehot) dLoss (overwrites; may alias logits). */
+void softmaxCrossEntropyBackward(const float* logits, const int32_t* targets, float* dLogits, long rows, long vocab,
+                                 float dLoss);
+
+struct AdamWScalars {
+  double lr, beta1, beta2, eps, weightDecay;
+  double step;  // 1-based, for bias correction
+};
+/** One decoupled AdamW step in place on param, m and v. */
+void adamwStep(float* param, const float* grad, float* m, float* v, long n, const AdamWScalars& h);
+/** out[r, :] = table[tokens[r], :]. Tokens must be in range (checked). */
+void embeddingForward(const float* table, const int32_t* tokens, float* out, long n, long width);
+/** dTable[tokens[r], :] += dOut[r, :]. */
+void embeddingBackward(const float* dOut, const int32_t* tokens, float* dTable, long n, long width);
+
+/** Adds the N-API functions for the operations above to the addon's exports (called from addon.cc's Init). */
+void registerLayerOps(Napi::Env env, Napi::Object exports);
+
+}  // namespace hype
