@@ -15,6 +15,9 @@
 
 #include "pool.h"
 #include "simd.h"
+#if defined(__AVX__) && !defined(HYPE_FORCE_SCALAR)
+#include <immintrin.h>
+#endif
 
 namespace hype {
 namespace {
@@ -34,6 +37,19 @@ inline float hmax(vf a) {
   float m = a[0];
   for (int j = 1; j < VL; j++) m = std::max(m, a[j]);
   return m;
+}
+
+// Square root per lane. Written out because a plain std::sqrt loop does not vectorise (it may have to set errno).
+inline vf vsqrt(vf x) {
+#if defined(__AVX512F__) && !defined(HYPE_FORCE_SCALAR)
+  return (vf)_mm512_sqrt_ps((__m512)x);
+#elif defined(__AVX__) && !defined(HYPE_FORCE_SCALAR)
+  return (vf)_mm256_sqrt_ps((__m256)x);
+#else
+  vf r;
+  for (int j = 0; j < VL; j++) r[j] = std::sqrt(x[j]);
+  return r;
+#endif
 }
 
 /** Runs body(r0, r1) over [0, rows) in contiguous ranges of about kGrain floats (at least one row). */
@@ -285,19 +301,27 @@ void adamwStep(float* param, const float* grad, float* m, float* v, long n, cons
   const float ic1 = float(1 / (1 - std::pow(h.beta1, h.step)));
   const float ic2 = float(1 / (1 - std::pow(h.beta2, h.step)));
   const float lr = float(h.lr), lrwd = float(h.lr * h.weightDecay), eps = float(h.eps);
+  // One body for vectors and the scalar tail (a scalar is a splat vector whose lane 0 is kept).
+  auto update = [&](vf gi, vf mi, vf vi, vf pi, vf& mo, vf& vo, vf& po) {
+    mo = b1 * mi + ob1 * gi;
+    vo = b2 * vi + ob2 * (gi * gi);
+    po = pi - lr * (mo * ic1 / (vsqrt(vo * ic2) + eps)) - lrwd * pi;
+  };
   forRows(n, 1, [&](long i0, long i1) {
-    float* __restrict p = param;
-    const float* __restrict g = grad;
-    float* __restrict mm = m;
-    float* __restrict vv = v;
-    for (long i = i0; i < i1; i++) {
-      const float gi = g[i];
-      const float mi = b1 * mm[i] + ob1 * gi;
-      const float vi = b2 * vv[i] + ob2 * gi * gi;
-      mm[i] = mi;
-      vv[i] = vi;
-      const float pi = p[i];
-      p[i] = pi - lr * (mi * ic1 / (std::sqrt(vi * ic2) + eps)) - lrwd * pi;
+    long i = i0;
+    for (; i + VL <= i1; i += VL) {
+      vf mo, vo, po;
+      update(load(grad + i), load(m + i), load(v + i), load(param + i), mo, vo, po);
+      store(m + i, mo);
+      store(v + i, vo);
+      store(param + i, po);
+    }
+    for (; i < i1; i++) {
+      vf mo, vo, po;
+      update(splat(grad[i]), splat(m[i]), splat(v[i]), splat(param[i]), mo, vo, po);
+      m[i] = mo[0];
+      v[i] = vo[0];
+      param[i] = po[0];
     }
   });
 }
