@@ -34,6 +34,28 @@ describe('sinusoidal', () => {
     }
   });
 
+  it('inside a model, sizes each feature to the token embeddings (amplitude sqrt(2) * embeddingStd); option overrides', () => {
+    const C = 32;
+    const at = (options: { amplitude?: number }, embeddingStd?: number) => {
+      const e = sinusoidalEncoding.create({ ...dims, ...(embeddingStd ? { embeddingStd } : {}) }, options, new Rng(1));
+      const x = new Float64Array(C);
+      e.embed!(x, 1, 1, C, 7);
+      return x;
+    };
+    const unit = at({});
+    const inModel = at({}, 0.02);
+    const explicit = at({ amplitude: 3 }, 0.02);
+    let rms = 0;
+    for (let c = 0; c < C; c++) {
+      expect(inModel[c]).toBeCloseTo(Math.SQRT2 * 0.02 * unit[c]!, 15);
+      expect(explicit[c]).toBeCloseTo(3 * unit[c]!, 14);
+      rms += inModel[c]! ** 2;
+    }
+    // sin^2 + cos^2 = 1 per pair, so the RMS over features is exactly amplitude / sqrt(2) = 0.02.
+    expect(Math.sqrt(rms / C)).toBeCloseTo(0.02, 12);
+    expect(() => at({ amplitude: -1 })).toThrow(/amplitude must be a finite number > 0/);
+  });
+
   it('PE(p) . PE(p + k) depends on k only (sum of cos(k w_i)), the property the paper chose it for', () => {
     const C = 32;
     const pe = (p: number): Float64Array => {

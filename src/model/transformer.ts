@@ -155,6 +155,7 @@ export class Transformer {
       headDim: this.headDim,
       modelDim: config.width,
       trainLength: config.trainLength,
+      embeddingStd: config.initStd,
     };
     const create = () => factory.create(dims, config.pe.options as never, rng);
     const actsInAttention = factory.sites.some((s) => ATTENTION_SITES.has(s));

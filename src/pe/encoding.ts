@@ -111,6 +111,11 @@ export interface EncodingDims {
   modelDim: number;
   /** The training length (some presets derive slopes from it). */
   trainLength: number;
+  /**
+   * Standard deviation of the model's token-embedding initialisation, so an absolute signal added to the
+   * embeddings can be sized against them (sinusoidal). Absent outside a model.
+   */
+  embeddingStd?: number;
 }
 
 export interface EncodingFactory<O extends object = Record<string, unknown>> {

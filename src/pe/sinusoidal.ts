@@ -6,8 +6,14 @@
  *
  * Choices the paper leaves open: sin/cos are interleaved per dimension pair as in the paper's formula (some code
  * concatenates all sines then all cosines; the set of features is the same, only the order differs); for an odd
- * width the last dimension carries a sine only; the signal is added unscaled (multiplying token embeddings by
- * sqrt(C), as the paper does, is the model's choice).
+ * width the last dimension carries a sine only.
+ *
+ * Amplitude: the paper multiplies token embeddings (initialised at std C^-1/2) by sqrt(C), so token and position
+ * signals enter at comparable size. Our models keep GPT-2's small embedding initialisation (std 0.02) unscaled, and
+ * a unit-amplitude sinusoid would then swamp the tokens (measured: a small model stayed worse than no positional
+ * encoding at all). So inside a model the default amplitude is sqrt(2) * embeddingStd, which gives each position
+ * feature the RMS of a token-embedding feature, the paper's balance; outside a model (no embeddingStd) it is 1.
+ * The `amplitude` option overrides either.
  */
 import { check } from '../errors.ts';
 import type { EncodingDims, EncodingFactory, PositionalEncoding } from './encoding.ts';
@@ -16,6 +22,8 @@ import { plainAttend, plainDenseLogits } from './attention-plumbing.ts';
 export interface SinusoidalOptions {
   /** Wavelength base: dimension pair i has angular frequency base^(-2i/C). */
   base: number;
+  /** Peak value of each sine/cosine; default sqrt(2) * the model's embedding init std (1 outside a model). */
+  amplitude: number;
 }
 
 /** PE(pos, c) for model width C. */
@@ -29,10 +37,16 @@ export const sinusoidalEncoding: EncodingFactory<SinusoidalOptions> = {
   name: 'sinusoidal',
   description: 'absolute sinusoidal positions added to the embeddings (Vaswani et al. 2017)',
   sites: ['embedding'],
-  defaults: { base: 10000 },
+  defaults: { base: 10000, amplitude: 0 },
   create(dims: EncodingDims, options: Partial<SinusoidalOptions>): PositionalEncoding {
     const base = options.base ?? 10000;
     check(Number.isFinite(base) && base > 1, 'argument', `sinusoidal base must be a finite number > 1, got ${base}`);
+    const amplitude = options.amplitude || (dims.embeddingStd ? Math.SQRT2 * dims.embeddingStd : 1);
+    check(
+      Number.isFinite(amplitude) && amplitude > 0,
+      'argument',
+      `sinusoidal amplitude must be a finite number > 0, got ${amplitude}`,
+    );
     const width = dims.modelDim;
     return {
       name: 'sinusoidal',
@@ -45,7 +59,7 @@ export const sinusoidalEncoding: EncodingFactory<SinusoidalOptions> = {
         check(Number.isInteger(offset) && offset >= 0, 'argument', `position offset must be an integer >= 0`);
         for (let t = 0; t < length; t++) {
           for (let c = 0; c < w; c++) {
-            const pe = sinusoidalValue(offset + t, c, w, base);
+            const pe = amplitude * sinusoidalValue(offset + t, c, w, base);
             for (let b = 0; b < batch; b++) x[(b * length + t) * w + c] = x[(b * length + t) * w + c]! + pe;
           }
         }
