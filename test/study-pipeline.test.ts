@@ -131,6 +131,17 @@ describe('hype study pipeline (tiny configuration)', () => {
   }, 30_000);
 });
 
+describe('plan flags', () => {
+  it('overrides seeds, encodings and corpora, refusing unknown names before any work', async () => {
+    const { planFor } = await import('../src/study/run.ts');
+    const p = planFor({ quick: true, seeds: 2, encodings: ['rope'], corpora: ['wikitext2'] });
+    expect([p.seeds, p.encodings, p.lm.corpora]).toEqual([[1, 2], ['rope'], ['wikitext2']]);
+    expect(() => planFor({ quick: true, corpora: ['wikitext103'] })).toThrow(/unknown corpus 'wikitext103'/);
+    expect(() => planFor({ quick: true, encodings: ['hype-foo'] })).toThrow(/unknown study encoding 'hype-foo'/);
+    expect(() => planFor({ quick: true, seeds: 0 })).toThrow(/--seeds must be a positive integer/);
+  });
+});
+
 describe('lm data', () => {
   it('WikiText-2 trains on valid.txt and is scored on test.txt; a missing file names --data-dir', async () => {
     const { loadLmData } = await import('../src/study/experiments.ts');

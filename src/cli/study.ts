@@ -15,6 +15,7 @@ interface StudyFlags {
   to?: string;
   seeds?: string;
   encodings?: string;
+  corpora?: string;
   dataDir: string;
   workDir: string;
   backend: string;
@@ -50,7 +51,11 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
     ?.split(',')
     .map((s) => s.trim())
     .filter(Boolean);
-  const plan = planFor({ quick: Boolean(f.quick), seeds, encodings }); // refuses bad flags before any work
+  const corpora = f.corpora
+    ?.split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const plan = planFor({ quick: Boolean(f.quick), seeds, encodings, corpora }); // refuses bad flags before any work
   const backend = loadBackend(f.backend as BackendName, { threads: positiveInt(f.threads, '--threads') });
   const scope = `${plan.encodings.length} encodings, ${plan.seeds.length} seed${plan.seeds.length === 1 ? '' : 's'}`;
   const banner = f.quick
@@ -69,6 +74,7 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
     backend,
     seeds,
     encodings,
+    corpora,
   });
   const minutes = (performance.now() - t0) / 60000;
   process.stdout.write(
@@ -87,6 +93,7 @@ export function registerStudy(program: Command): void {
     .option('--to <file>', "with 'report': also write this Markdown file (e.g. RESULTS.md)")
     .option('--seeds <n>', "seeds 1..n (default: the plan's: 1 quick, 3 full)")
     .option('--encodings <list>', "comma-separated study encodings (default: the plan's)")
+    .option('--corpora <list>', "lm corpora: tinyshakespeare, wikitext2 (default: the plan's)")
     .option('--data-dir <dir>', 'folder holding tinyshakespeare/ and wikitext-2/', '../shared/data')
     .option('--work-dir <dir>', 'folder for the training runs (checkpoints)', 'runs/study')
     .option('--backend <name>', 'compute backend: auto, native or reference', 'auto')

@@ -20,7 +20,15 @@ import {
   runPrecision,
   runRecall,
 } from './experiments.ts';
-import { EXPERIMENTS, fullPlan, peChoice, quickPlan, type Experiment, type StudyPlan } from './plan.ts';
+import {
+  EXPERIMENTS,
+  fullPlan,
+  peChoice,
+  quickPlan,
+  type CorpusName,
+  type Experiment,
+  type StudyPlan,
+} from './plan.ts';
 import { buildReport, readResults, type StudyMeta } from './report.ts';
 import { versions } from './versions.ts';
 
@@ -35,12 +43,14 @@ export interface StudyOptions {
   seeds?: number;
   /** Study encoding names instead of the plan's. */
   encodings?: string[];
+  /** lm corpora instead of the plan's. */
+  corpora?: string[];
   /** Replaces the quick/full plan (tests use a tiny one). */
   plan?: StudyPlan;
   log?: (line: string) => void;
 }
 
-export function planFor(o: Pick<StudyOptions, 'quick' | 'seeds' | 'encodings' | 'plan'>): StudyPlan {
+export function planFor(o: Pick<StudyOptions, 'quick' | 'seeds' | 'encodings' | 'corpora' | 'plan'>): StudyPlan {
   const plan = structuredClone(o.plan ?? (o.quick ? quickPlan() : fullPlan()));
   if (o.seeds !== undefined) {
     if (!Number.isInteger(o.seeds) || o.seeds < 1) {
@@ -52,6 +62,16 @@ export function planFor(o: Pick<StudyOptions, 'quick' | 'seeds' | 'encodings' | 
     if (o.encodings.length === 0) throw new HypeError('argument', '--encodings must name at least one encoding');
     o.encodings.forEach(peChoice); // refuses unknown names before any work starts
     plan.encodings = [...o.encodings];
+  }
+  if (o.corpora !== undefined) {
+    const known: CorpusName[] = ['tinyshakespeare', 'wikitext2'];
+    for (const c of o.corpora) {
+      if (!(known as string[]).includes(c)) {
+        throw new HypeError('argument', `unknown corpus '${c}'; choose from: ${known.join(', ')}`);
+      }
+    }
+    if (o.corpora.length === 0) throw new HypeError('argument', '--corpora must name at least one corpus');
+    plan.lm.corpora = [...(o.corpora as CorpusName[])];
   }
   return plan;
 }
