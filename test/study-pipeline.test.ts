@@ -6,7 +6,7 @@ import { ReferenceBackend } from '../src/backend/reference.ts';
 import { countCorrect } from '../src/study/cell.ts';
 import type { LmConfig, LmResult } from '../src/study/experiments.ts';
 import { quickPlan, type StudyPlan } from '../src/study/plan.ts';
-import { aboveChance, buildReport, compareValues, type ReportInput } from '../src/study/report.ts';
+import { aboveChance, buildReport, compareSamples, compareValues, type ReportInput } from '../src/study/report.ts';
 import { runStudy, writeReport } from '../src/study/run.ts';
 import type { CellRecord } from '../src/study/store.ts';
 import { flipFlopSequence } from '../src/study/tasks/flipflop.ts';
@@ -219,15 +219,21 @@ describe('report generator (from given results)', () => {
     precision: [],
   });
 
-  it('answers with a negative result when the intervals say so', () => {
+  it('answers with a negative result when the paired differences say so', () => {
+    const noise = [0.02, -0.01, 0];
     const cells = [1, 2, 3].flatMap((s) => [
       lmCell('alibi', s, [2.0 + 0.01 * s, 1.9 + 0.01 * s]),
-      lmCell('hype-recency', s, [2.0 + 0.01 * s, 2.6 + 0.01 * s]),
+      lmCell('hype-recency', s, [2.0 + 0.01 * s, 2.6 + 0.01 * s + noise[s - 1]!]),
     ]);
     const { markdown } = buildReport(input(cells));
-    expect(markdown).toContain('tinyshakespeare: no — hype-recency is worse at 2x (non-overlapping intervals).');
-    expect(markdown).toMatch(/2x L: bits per byte: hype-recency 2\.620 ± 0\.025 \(3 seeds\) vs alibi 1\.920 ± 0\.025/);
-    expect(markdown).toContain('the 95% intervals do not overlap: hype-recency is worse.');
+    expect(markdown).toContain(
+      'tinyshakespeare: no — hype-recency is worse at 2x (the 95% interval of the paired (same-seed) difference excludes 0).',
+    );
+    // Paired differences 0.72, 0.69, 0.70: mean 0.703, half-width 4.303 * 0.01528 / sqrt(3) = 0.038.
+    expect(markdown).toContain(
+      '2x L: bits per byte: hype-recency 2.623 ± 0.029 (3 seeds) vs alibi 1.920 ± 0.025 (3 seeds); paired difference ' +
+        'over 3 seeds +0.703 ± 0.038: its 95% interval excludes 0, so hype-recency is worse.',
+    );
   });
 
   it('refuses to report from a folder without results', async () => {
@@ -235,13 +241,25 @@ describe('report generator (from given results)', () => {
   });
 
   it('says "no difference detected" when intervals overlap, and refuses to judge a single seed', () => {
+    const noise = [0.02, -0.03, 0.01];
     const overlap = [1, 2, 3].flatMap((s) => [
       lmCell('alibi', s, [2.0 + 0.05 * s, 1.9 + 0.05 * s]),
-      lmCell('hype-recency', s, [2.01 + 0.05 * s, 1.92 + 0.05 * s]),
+      lmCell('hype-recency', s, [2.0 + 0.05 * s + noise[s - 1]!, 1.9 + 0.05 * s + noise[s - 1]!]),
     ]);
     expect(buildReport(input(overlap)).markdown).toContain(
-      'tinyshakespeare: yes, as far as 3 seeds can tell: the intervals overlap at every length past L.',
+      'tinyshakespeare: yes, as far as 3 seeds can tell: at every length past L the 95% interval of the paired ' +
+        '(same-seed) difference includes 0.',
     );
+    // Different seeds cannot be paired: the comparison falls back to interval overlap.
+    const a = [1, 2].map((seed) => ({ seed, value: 1 + seed / 100 }));
+    const b = [3, 4].map((seed) => ({ seed, value: 2 + seed / 100 }));
+    expect(compareSamples(a, b)).toEqual({ verdict: 'lower', paired: false });
+    expect(
+      compareSamples(
+        a,
+        a.map((x) => ({ ...x, value: x.value + 0.5 })),
+      ),
+    ).toEqual({ verdict: 'lower', paired: true });
     const single = [lmCell('alibi', 1, [2, 1.9]), lmCell('hype-recency', 1, [2, 2.6])];
     const md = buildReport(input(single)).markdown;
     expect(md).toContain('tinyshakespeare: one seed, so no verdict');

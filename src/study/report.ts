@@ -92,6 +92,7 @@ function readdirJson<T>(dir: string): T[] {
 
 const fmt = (x: number, d = 3) => x.toFixed(d);
 /** A signed difference; tiny ones in exponent form so they do not print as a misleading 0.000. */
+const fmtSmall = (x: number) => (x !== 0 && Math.abs(x) < 5e-4 ? x.toExponential(1) : fmt(x));
 const signed = (x: number) => (x >= 0 ? '+' : '') + (x !== 0 && Math.abs(x) < 5e-4 ? x.toExponential(1) : fmt(x));
 
 /** "mean ± half-width (n seeds)" or "mean (1 seed)". */
@@ -116,26 +117,60 @@ export function compareValues(a: readonly number[], b: readonly number[]): Verdi
   return 'overlap';
 }
 
+/** One measurement of one seed. */
+export interface Sample {
+  seed: number;
+  value: number;
+}
+
+/**
+ * Compares a with b. When both have the same seeds (two or more), the comparison is PAIRED: cells of one seed
+ * share the initial weights and the training batches (the seed drives both), so the per-seed differences remove
+ * most of the seed-to-seed spread; lower/higher then mean that the 95% interval of the mean difference excludes 0.
+ * Otherwise it falls back to compareValues (non-overlapping intervals).
+ */
+export function compareSamples(a: readonly Sample[], b: readonly Sample[]): { verdict: Verdict; paired: boolean } {
+  const seedsA = a.map((x) => x.seed).sort((x, y) => x - y);
+  const seedsB = b.map((x) => x.seed).sort((x, y) => x - y);
+  const same = seedsA.length === seedsB.length && seedsA.every((x, i) => x === seedsB[i]);
+  if (!same || a.length < 2) return { verdict: compareValues(values(a), values(b)), paired: false };
+  const m = meanInterval(pairedDiffs(a, b));
+  const verdict = m.mean - m.halfWidth > 0 ? 'higher' : m.mean + m.halfWidth < 0 ? 'lower' : 'overlap';
+  return { verdict, paired: true };
+}
+
+const values = (xs: readonly Sample[]) => xs.map((x) => x.value);
+function pairedDiffs(a: readonly Sample[], b: readonly Sample[]): number[] {
+  return a.map((x) => x.value - b.find((y) => y.seed === x.seed)!.value);
+}
+
 /** One sentence comparing a metric of two encodings; `lowerBetter` picks the words. */
 function sentence(
   nameA: string,
-  a: number[],
+  a: Sample[],
   nameB: string,
-  b: number[],
+  b: Sample[],
   metric: string,
   lowerBetter: boolean,
 ): string {
-  const v = compareValues(a, b);
+  const { verdict: v, paired } = compareSamples(a, b);
   if (v === 'missing') return `${metric}: no results for ${a.length === 0 ? nameA : nameB} yet.`;
-  const diff = meanInterval(a).mean - meanInterval(b).mean;
-  const base = `${metric}: ${nameA} ${describe(a)} vs ${nameB} ${describe(b)} (difference ${signed(diff)})`;
+  const diff = meanInterval(values(a)).mean - meanInterval(values(b)).mean;
+  const base = `${metric}: ${nameA} ${describe(values(a))} vs ${nameB} ${describe(values(b))}`;
   if (v === 'single-seed') {
-    return `${base}; one seed only, so there is no interval and this difference is not evidence either way.`;
+    return `${base} (difference ${signed(diff)}); one seed only, so there is no interval and this difference is not evidence either way.`;
   }
-  if (v === 'overlap')
-    return `${base}; the 95% intervals overlap, so no difference is detected at this number of seeds.`;
+  if (paired) {
+    const d = meanInterval(pairedDiffs(a, b));
+    const what = `paired difference over ${d.n} seeds ${signed(d.mean)} ± ${fmtSmall(d.halfWidth)}`;
+    if (v === 'overlap') return `${base}; ${what}: its 95% interval includes 0, so no difference is detected.`;
+    return `${base}; ${what}: its 95% interval excludes 0, so ${nameA} is ${(v === 'lower') === lowerBetter ? 'better' : 'worse'}.`;
+  }
+  if (v === 'overlap') {
+    return `${base} (difference ${signed(diff)}); the 95% intervals overlap, so no difference is detected at this number of seeds.`;
+  }
   const better = (v === 'lower') === lowerBetter;
-  return `${base}; the 95% intervals do not overlap: ${nameA} is ${better ? 'better' : 'worse'}.`;
+  return `${base} (difference ${signed(diff)}); the 95% intervals do not overlap: ${nameA} is ${better ? 'better' : 'worse'}.`;
 }
 
 /**
@@ -161,14 +196,18 @@ function learnedNote(cells: { encoding: string; seed: number; learned: boolean }
 
 // ------------------------------------------------------------------------------------------------ accessors
 
-type Bpb = LengthEval<{ bitsPerByte: number; scored: number }>;
+function bpbSamples(cells: CellRecord<LmConfig, LmResult>[], corpus: string, enc: string, mult: number): Sample[] {
+  const out: Sample[] = [];
+  for (const c of cells) {
+    if (c.config.corpus !== corpus || c.config.encoding !== enc) continue;
+    const e = c.result.evals.find((x) => x.multiplier === mult);
+    if (e && e.ok) out.push({ seed: c.config.seed, value: e.bitsPerByte });
+  }
+  return out;
+}
 
 function bpbAt(cells: CellRecord<LmConfig, LmResult>[], corpus: string, enc: string, mult: number): number[] {
-  return cells
-    .filter((c) => c.config.corpus === corpus && c.config.encoding === enc)
-    .map((c) => c.result.evals.find((e) => e.multiplier === mult))
-    .filter((e): e is Bpb & { ok: true } => e !== undefined && e.ok)
-    .map((e) => e.bitsPerByte);
+  return values(bpbSamples(cells, corpus, enc, mult));
 }
 
 function cannotEvaluate(evals: readonly LengthEval<object>[], mult: number): string | null {
@@ -579,7 +618,9 @@ function findingsSection(input: ReportInput): string[] {
   ).length;
   lines.push(
     `Evidence: ${seeds} seed${seeds === 1 ? '' : 's'}, small byte-level models, short training on 2 CPU cores. ` +
-      'A verdict "better"/"worse" below means the two 95% intervals over seeds do not overlap; with one seed no ' +
+      'Cells with the same seed share their initial weights and training batches, so two encodings are compared ' +
+      'by their per-seed (paired) differences: "better"/"worse" means the 95% interval of the mean paired ' +
+      'difference excludes 0 (where the seeds differ, that the two 95% intervals do not overlap). With one seed no ' +
       'interval exists and differences are shown but not judged. Small-scale results may not carry over to large ' +
       'models.',
     '',
@@ -592,7 +633,7 @@ function findingsSection(input: ReportInput): string[] {
       mults(corpus).map(
         (m) =>
           `  - ${corpus}, ${m}x L: ` +
-          sentence(a, bpbAt(input.lm, corpus, a, m), b, bpbAt(input.lm, corpus, b, m), 'bits per byte', true),
+          sentence(a, bpbSamples(input.lm, corpus, a, m), b, bpbSamples(input.lm, corpus, b, m), 'bits per byte', true),
       ),
     );
   const ends = (corpus: string) => [1, longest(corpus)];
@@ -728,13 +769,19 @@ function shapeOf(input: ReportInput, corpus: string, enc: string): string {
 function extrapolationVerdict(input: ReportInput, corpus: string, a: string, b: string): string {
   const longest = Math.max(...input.lm.filter((c) => c.config.corpus === corpus).flatMap((c) => c.config.multipliers));
   const mults = [2, 4, 8, 16].filter((m) => m <= longest);
-  const verdicts = mults.map((m) => compareValues(bpbAt(input.lm, corpus, a, m), bpbAt(input.lm, corpus, b, m)));
+  const compared = mults.map((m) =>
+    compareSamples(bpbSamples(input.lm, corpus, a, m), bpbSamples(input.lm, corpus, b, m)),
+  );
+  const verdicts = compared.map((c) => c.verdict);
+  const how = compared.every((c) => c.paired)
+    ? 'the 95% interval of the paired (same-seed) difference'
+    : 'the 95% intervals';
   if (verdicts.includes('missing') || verdicts.length === 0) return `${corpus}: not both run yet, no verdict.`;
   if (verdicts.includes('single-seed')) {
     return `${corpus}: one seed, so no verdict; ${a}'s shape: ${shapeOf(input, corpus, a)} ${b}'s: ${shapeOf(input, corpus, b)}`;
   }
   if (verdicts.every((v) => v === 'overlap')) {
-    return `${corpus}: yes, as far as ${meanInterval(bpbAt(input.lm, corpus, a, 1)).n} seeds can tell: the intervals overlap at every length past L.`;
+    return `${corpus}: yes, as far as ${meanInterval(bpbAt(input.lm, corpus, a, 1)).n} seeds can tell: at every length past L ${how} ${compared[0]!.paired ? 'includes 0' : 'overlap'}.`;
   }
   const worse = mults.filter((_, i) => verdicts[i] === 'higher');
   const better = mults.filter((_, i) => verdicts[i] === 'lower');
@@ -746,7 +793,7 @@ function extrapolationVerdict(input: ReportInput, corpus: string, a: string, b: 
     ]
       .filter(Boolean)
       .join(' and ') +
-    ' (non-overlapping intervals).'
+    ` (${how} ${compared.every((c) => c.paired) ? 'excludes 0' : 'do not overlap'}).`
   );
 }
 
@@ -767,8 +814,12 @@ function flipRecallPair(input: ReportInput, a: string, b: string): string[] {
     }
   }
   for (const m of ['id', 'ood-sparse', 'ood-dense'] as const) {
-    const va = input.flipflop.filter((c) => c.config.encoding === a).map((c) => 100 * c.result.mixes[m].errorRate);
-    const vb = input.flipflop.filter((c) => c.config.encoding === b).map((c) => 100 * c.result.mixes[m].errorRate);
+    const err = (e: string) =>
+      input.flipflop
+        .filter((c) => c.config.encoding === e)
+        .map((c) => ({ seed: c.config.seed, value: 100 * c.result.mixes[m].errorRate }));
+    const va = err(a);
+    const vb = err(b);
     if (va.length && vb.length) lines.push(`  - flip-flop ${m}: ` + sentence(a, va, b, vb, 'error %', true));
   }
   const mults = uniq(input.recall.flatMap((c) => c.config.multipliers));
@@ -777,7 +828,9 @@ function flipRecallPair(input: ReportInput, a: string, b: string): string[] {
       input.recall
         .filter((c) => c.config.encoding === e)
         .flatMap((c) =>
-          c.result.evals.filter((x) => x.multiplier === mult && x.ok).map((x) => (x.ok ? 100 * x.accuracy : 0)),
+          c.result.evals
+            .filter((x) => x.multiplier === mult && x.ok)
+            .map((x) => ({ seed: c.config.seed, value: x.ok ? 100 * x.accuracy : 0 })),
         );
     const va = acc(a);
     const vb = acc(b);
