@@ -124,24 +124,28 @@ export interface Sample {
 }
 
 /**
- * Compares a with b. When both have the same seeds (two or more), the comparison is PAIRED: cells of one seed
+ * Compares a with b. When they share two or more seeds, the comparison is PAIRED over those seeds: cells of one seed
  * share the initial weights and the training batches (the seed drives both), so the per-seed differences remove
  * most of the seed-to-seed spread; lower/higher then mean that the 95% interval of the mean difference excludes 0.
  * Otherwise it falls back to compareValues (non-overlapping intervals).
  */
 export function compareSamples(a: readonly Sample[], b: readonly Sample[]): { verdict: Verdict; paired: boolean } {
-  const seedsA = a.map((x) => x.seed).sort((x, y) => x - y);
-  const seedsB = b.map((x) => x.seed).sort((x, y) => x - y);
-  const same = seedsA.length === seedsB.length && seedsA.every((x, i) => x === seedsB[i]);
-  if (!same || a.length < 2) return { verdict: compareValues(values(a), values(b)), paired: false };
-  const m = meanInterval(pairedDiffs(a, b));
+  const diffs = pairedDiffs(a, b);
+  if (diffs.length < 2) return { verdict: compareValues(values(a), values(b)), paired: false };
+  const m = meanInterval(diffs);
   const verdict = m.mean - m.halfWidth > 0 ? 'higher' : m.mean + m.halfWidth < 0 ? 'lower' : 'overlap';
   return { verdict, paired: true };
 }
 
 const values = (xs: readonly Sample[]) => xs.map((x) => x.value);
+/** a - b for every seed both have (the seeds they share). */
 function pairedDiffs(a: readonly Sample[], b: readonly Sample[]): number[] {
-  return a.map((x) => x.value - b.find((y) => y.seed === x.seed)!.value);
+  const out: number[] = [];
+  for (const x of a) {
+    const y = b.find((z) => z.seed === x.seed);
+    if (y) out.push(x.value - y.value);
+  }
+  return out;
 }
 
 /** One sentence comparing a metric of two encodings; `lowerBetter` picks the words. */
@@ -620,7 +624,7 @@ function findingsSection(input: ReportInput): string[] {
     `Evidence: ${seeds} seed${seeds === 1 ? '' : 's'}, small byte-level models, short training on 2 CPU cores. ` +
       'Cells with the same seed share their initial weights and training batches, so two encodings are compared ' +
       'by their per-seed (paired) differences: "better"/"worse" means the 95% interval of the mean paired ' +
-      'difference excludes 0 (where the seeds differ, that the two 95% intervals do not overlap). With one seed no ' +
+      'difference over the seeds both have excludes 0 (with fewer than two shared seeds: that the two 95% intervals do not overlap). With one seed no ' +
       'interval exists and differences are shown but not judged. Small-scale results may not carry over to large ' +
       'models.',
     '',
