@@ -131,8 +131,9 @@ describe('overflow refusals name mu, L, dtype, the limit and the fixes', () => {
     expect(msg).toContain('use fp32 operands');
   });
 
-  it('the kernel route refuses a bias that itself exceeds fp32', () => {
-    // paper preset with L_extra = 1: tau = 1, mu = 1, so sinh(D) passes the fp32 max at D ~ 89.4.
+  it('the kernel route refuses a bias that itself leaves the fp32 logit range (checked by the backend)', () => {
+    // paper preset with L_extra = 1: tau = 1, mu = 1, so sinh(D) passes the kernels' fp32 bias limit 1e30 at
+    // D = ln(2e30) = 69.8.
     const dims = { heads: 1, kvHeads: 1, headDim: 4, modelDim: 4, trainLength: 8 };
     const enc = hypeEncoding.create(dims, { preset: 'paper', lengthExtra: 1, route: 'kernel' }, new Rng(1));
     const ctx = (n: number) => ({
@@ -141,11 +142,12 @@ describe('overflow refusals name mu, L, dtype, the limit and the fixes', () => {
       causal: true,
       queryOffset: 0,
     });
-    const ok = enc.attend(ctx(80), { q: zeros(320), k: zeros(320), v: zeros(320) });
+    const ok = enc.attend(ctx(70), { q: zeros(280), k: zeros(280), v: zeros(280) });
     expect(ok.out.every(Number.isFinite)).toBe(true);
-    const msg = refusal(() => enc.attend(ctx(100), { q: zeros(400), k: zeros(400), v: zeros(400) }), 'overflow');
-    expect(msg).toContain('HyPE kernel route: the bias |tau| sinh(|mu| D) of head 0 reaches');
-    expect(msg).toContain('at D = 99, beyond the fp32 max');
+    const msg = refusal(() => enc.attend(ctx(71), { q: zeros(284), k: zeros(284), v: zeros(284) }), 'overflow');
+    expect(msg).toContain('the hype bias leaves the float32 range');
+    expect(msg).toContain('mu = 1, tau = 1');
+    expect(msg).toContain('at distance 70');
   });
 });
 

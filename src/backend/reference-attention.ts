@@ -4,9 +4,9 @@
  * It materialises one row of logits at a time (O(Lk) scratch), so it is slow but easy to audit. The arithmetic
  * follows the arrays it is given: Float64Array inputs are computed in fp64 throughout; Float32Array inputs store
  * every intermediate (logits, probabilities, outputs, gradients) in fp32, with each dot product summed in a JS
- * double and rounded once on store. Layouts, positions and the bias menu are defined in backend.ts.
+ * double and rounded once on store. Layouts, positions and the bias menu are defined in backend.ts. Inputs are
+ * validated by the caller (ReferenceBackend, via validate.ts, the same checks the native backend runs).
  */
-import { check } from '../errors.ts';
 import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
 import type {
   AttentionForward,
@@ -101,28 +101,6 @@ function zeroBiasGrad(bias: PositionBias): PositionBiasGrad {
   }
 }
 
-/** Checks sizes the reference relies on; the shared validator adds finiteness and option checks. */
-function checkShapes(shape: AttentionShape, q: FloatArray, k: FloatArray, v: FloatArray, bias: PositionBias): void {
-  const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: d, valueDim: dv } = shape;
-  check(Hkv >= 1 && H % Hkv === 0, 'shape', `heads (${H}) must be a multiple of kvHeads (${Hkv})`);
-  check(q.length === B * H * lq * d, 'shape', `q has ${q.length} elements, expected B*H*Lq*D = ${B * H * lq * d}`);
-  check(
-    k.length === B * Hkv * lk * d,
-    'shape',
-    `k has ${k.length} elements, expected B*Hkv*Lk*D = ${B * Hkv * lk * d}`,
-  );
-  check(
-    v.length === B * Hkv * lk * dv,
-    'shape',
-    `v has ${v.length} elements, expected B*Hkv*Lk*Dv = ${B * Hkv * lk * dv}`,
-  );
-  check(dtypeOf(q) === dtypeOf(k) && dtypeOf(k) === dtypeOf(v), 'argument', 'q, k and v must share one dtype');
-  if (bias.kind === 'dense') {
-    check(bias.heads === 1 || bias.heads === H, 'shape', `dense bias heads must be 1 or ${H}, got ${bias.heads}`);
-    check(bias.bias.length === bias.heads * lq * lk, 'shape', `dense bias must hold heads*Lq*Lk values`);
-  }
-}
-
 /** Shared loop structure: for every (b, h, i), the logits row and the visible key range. */
 function forEachRow(
   shape: AttentionShape,
@@ -165,8 +143,6 @@ export function referenceAttentionForward(
   v: FloatArray,
   opts: AttentionOptions,
 ): AttentionForward {
-  const bias = opts.bias ?? { kind: 'none' };
-  checkShapes(shape, q, k, v, bias);
   const { batch: B, heads: H, kvHeads: Hkv, lq, lk, valueDim: dv } = shape;
   const dtype = dtypeOf(q);
   const out = allocate(dtype, B * H * lq * dv);
@@ -214,10 +190,7 @@ export function referenceAttentionBackward(
   opts: AttentionOptions,
 ): AttentionGrads {
   const bias = opts.bias ?? { kind: 'none' };
-  checkShapes(shape, q, k, v, bias);
-  const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: d, valueDim: dv } = shape;
-  check(out.length === B * H * lq * dv && dOut.length === out.length, 'shape', 'out and dOut must be [B, H, Lq, Dv]');
-  check(lse.length === B * H * lq, 'shape', 'lse must be [B, H, Lq]');
+  const { heads: H, kvHeads: Hkv, lq, lk, headDim: d, valueDim: dv } = shape;
   const dtype = dtypeOf(q);
   const dq = allocate(dtype, q.length);
   const dk = allocate(dtype, k.length);

@@ -7,6 +7,7 @@ import type { FloatArray } from '../tensor.ts';
 import type { AttentionForward, AttentionGrads, AttentionOptions, AttentionShape, Backend } from './backend.ts';
 import { referenceAttentionBackward, referenceAttentionForward } from './reference-attention.ts';
 import { referenceLayerOps } from './layers.ts';
+import { validateAttentionBackward, validateAttentionForward } from './validate.ts';
 
 /** Row-major C = alpha op(A) op(B) + beta C, summing each entry in a JS double. */
 export function referenceGemm(
@@ -108,6 +109,7 @@ export class ReferenceBackend implements Backend {
     v: FloatArray,
     opts: AttentionOptions,
   ): AttentionForward {
+    validateAttentionForward(shape, q, k, v, opts);
     return referenceAttentionForward(shape, q, k, v, opts);
   }
 
@@ -121,6 +123,7 @@ export class ReferenceBackend implements Backend {
     dOut: FloatArray,
     opts: AttentionOptions,
   ): AttentionGrads {
+    validateAttentionBackward(shape, q, k, v, out, lse, dOut, opts);
     return referenceAttentionBackward(shape, q, k, v, out, lse, dOut, opts);
   }
 }

@@ -21,7 +21,7 @@
  */
 import type { AttentionOptions, AttentionShape, PositionBias } from '../backend/backend.ts';
 import { check } from '../errors.ts';
-import { FP32, floatFormat, isFloatFormatName, roundTo, type FloatFormatName } from '../numerics/float-formats.ts';
+import { floatFormat, isFloatFormatName, roundTo, type FloatFormatName } from '../numerics/float-formats.ts';
 import type { FloatArray } from '../tensor.ts';
 import type { Rng } from '../util/rng.ts';
 import { alibiSlopes } from './alibi-slopes.ts';
@@ -294,22 +294,9 @@ class HypeEncoding implements PositionalEncoding {
       'argument',
       "HyPE: operand rounding (format fp16/bf16) applies to the concat route's operands; use route 'concat'",
     );
-    const { heads: H, kvHeads: Hkv, lq, lk } = ctx.shape;
+    const { heads: H, kvHeads: Hkv } = ctx.shape;
     const T = spec.termAxis.length;
-    if (!(inputs.q instanceof Float64Array)) {
-      // The tile-local form keeps exponents small, but the bias itself must still fit the fp32 logits.
-      const span = Math.max(lk - 1, ctx.queryOffset + lq - 1);
-      for (let j = 0; j < H * T; j++) {
-        const worst = Math.abs(spec.tau[j]!) * Math.sinh(Math.abs(spec.mu[j]!) * span);
-        check(
-          worst <= FP32.max,
-          'overflow',
-          () =>
-            `HyPE kernel route: the bias |tau| sinh(|mu| D) of head ${Math.floor(j / T)} reaches ${worst.toPrecision(4)} ` +
-            `at D = ${span}, beyond the fp32 max; use a smaller |mu| or |tau|, or fp64 arrays`,
-        );
-      }
-    }
+    // Whether the bias itself fits the logits' dtype is checked by the backend (validate.ts), for every bias kind.
     const bias: PositionBias = { kind: 'hype', tau: spec.tau, mu: spec.mu, pairs: T };
     const opts: AttentionOptions = {
       causal: ctx.causal,
