@@ -157,6 +157,26 @@ describe('lm data', () => {
   });
 });
 
+describe('recompute', () => {
+  it('--recompute deletes and recomputes only the named encoding, training it again', async () => {
+    const log: string[] = [];
+    await runStudy({
+      experiment: 'lm',
+      quick: true,
+      outDir,
+      workDir,
+      dataDir,
+      backend: new ReferenceBackend(),
+      plan: tinyPlan(),
+      recompute: ['none'],
+      log: (s) => log.push(s),
+    });
+    expect(log).toContain('lm: recomputing 1 finished cell of none');
+    expect(log.filter((l) => /^lm \[\d+\/\d+\]/.test(l))).toEqual(['lm [1/1] tinyshakespeare none seed 1']);
+    expect(log).toContain('lm tinyshakespeare none seed 1: training 3 steps');
+  }, 30_000);
+});
+
 describe('flip-flop grading', () => {
   it("counts only the read bits: the prediction at each 'r', however wrong the other positions are", () => {
     const rng = new Rng(3);

@@ -16,6 +16,7 @@ interface StudyFlags {
   seeds?: string;
   encodings?: string;
   corpora?: string;
+  recompute?: string;
   dataDir: string;
   workDir: string;
   backend: string;
@@ -75,6 +76,10 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
     seeds,
     encodings,
     corpora,
+    recompute: f.recompute
+      ?.split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
   });
   const minutes = (performance.now() - t0) / 60000;
   process.stdout.write(
@@ -94,6 +99,10 @@ export function registerStudy(program: Command): void {
     .option('--seeds <n>', "seeds 1..n (default: the plan's: 1 quick, 3 full)")
     .option('--encodings <list>', "comma-separated study encodings (default: the plan's)")
     .option('--corpora <list>', "lm corpora: tinyshakespeare, wikitext2 (default: the plan's)")
+    .option(
+      '--recompute <list>',
+      'delete and recompute the cells (and training runs) of these encodings, e.g. after fixing one',
+    )
     .option('--data-dir <dir>', 'folder holding tinyshakespeare/ and wikitext-2/', '../shared/data')
     .option('--work-dir <dir>', 'folder for the training runs (checkpoints)', 'runs/study')
     .option('--backend <name>', 'compute backend: auto, native or reference', 'auto')

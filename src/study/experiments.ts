@@ -191,7 +191,13 @@ export function lmConfigs(plan: StudyPlan, encodings: readonly string[]): LmConf
   return out;
 }
 
-const lmRunName = (c: LmConfig) => `lm-${c.corpus}-${c.encoding}-s${c.seed}-${cellKey(c)}`;
+/** The training run folder (under workDir) of a cell that trains a model. */
+export function runNameOf(c: LmConfig | FlipflopConfig | RecallConfig): string {
+  return c.experiment === 'lm'
+    ? `lm-${c.corpus}-${c.encoding}-s${c.seed}-${cellKey(c)}`
+    : `${c.experiment}-${c.encoding}-s${c.seed}-${cellKey(c)}`;
+}
+const lmRunName = (c: LmConfig) => runNameOf(c);
 
 async function trainLm(env: StudyEnv, c: LmConfig, data: LmData) {
   const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
@@ -324,7 +330,7 @@ export async function runFlipflop(env: StudyEnv, outDir: string, configs: readon
     const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
     const { model, train } = await trainModel(
       env,
-      `flipflop-${c.encoding}-s${c.seed}-${cellKey(c)}`,
+      runNameOf(c),
       config,
       c.budget,
       c.seed,
@@ -366,7 +372,7 @@ export async function runRecall(env: StudyEnv, outDir: string, configs: readonly
     const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
     const { model, train } = await trainModel(
       env,
-      `recall-${c.encoding}-s${c.seed}-${cellKey(c)}`,
+      runNameOf(c),
       config,
       c.budget,
       c.seed,

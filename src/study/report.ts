@@ -309,11 +309,21 @@ function setupSection(input: ReportInput): string[] {
   const p = m.plan;
   const all = [...input.lm, ...input.flipflop, ...input.recall, ...input.precision];
   const trainSeconds = all.reduce((s, c) => s + c.seconds, 0);
+  const commits = uniq(
+    all.map(
+      (c) =>
+        (c.result.versions?.commit ?? 'unknown').slice(0, 7) +
+        (c.result.versions?.commit?.endsWith('+dirty') ? '+dirty' : ''),
+    ),
+  );
   lines.push(
     `- Plan: ${p.quick ? 'quick' : 'full'}; results for seeds ${seedsOf(input).join(', ')} and encodings ` +
       `${encodingsOf(input).join(', ')} (a table entry without ± has a single seed).`,
     `- Code: package ${m.versions.package}, commit ${m.versions.commit ?? 'unknown'}, Node ${m.versions.node}; ` +
       `backend ${m.backend}; ${m.cpus} CPU cores.`,
+    `- Cells were computed at commit${commits.length === 1 ? '' : 's'} ${commits.join(', ')} (each cell records its ` +
+      "own; a finished cell is not recomputed when the code changes — 'hype study <experiment> --recompute " +
+      "<encodings>' does that).",
     `- Cells finished: lm ${input.lm.length}, flip-flop ${input.flipflop.length}, recall ${input.recall.length}, ` +
       `precision ${input.precision.length}; ${(trainSeconds / 60).toFixed(1)} minutes of cell time in all.`,
     `- lm: byte-level models (width ${p.lm.model.width}, ${p.lm.model.layers} layers, ${p.lm.model.heads} heads) ` +

@@ -2,7 +2,7 @@
  * `hype study` as a library call: run the chosen experiments' unfinished cells, then regenerate the report (and,
  * when asked, a RESULTS.md elsewhere) from the results JSON alone.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
 import type { Backend } from '../backend/backend.ts';
@@ -17,6 +17,7 @@ import {
   recallConfigs,
   runFlipflop,
   runLm,
+  runNameOf,
   runPrecision,
   runRecall,
 } from './experiments.ts';
@@ -30,6 +31,7 @@ import {
   type StudyPlan,
 } from './plan.ts';
 import { buildReport, readResults, type StudyMeta } from './report.ts';
+import { cellKey } from './store.ts';
 import { versions } from './versions.ts';
 
 export interface StudyOptions {
@@ -45,6 +47,11 @@ export interface StudyOptions {
   encodings?: string[];
   /** lm corpora instead of the plan's. */
   corpora?: string[];
+  /**
+   * Study encodings whose cells (and training runs) are deleted and computed again: cells are keyed by their
+   * configuration, not by the code, so after a fix to an encoding its old cells must be recomputed explicitly.
+   */
+  recompute?: string[];
   /** Replaces the quick/full plan (tests use a tiny one). */
   plan?: StudyPlan;
   log?: (line: string) => void;
@@ -93,6 +100,10 @@ export async function runStudy(o: StudyOptions): Promise<{ plan: StudyPlan; repo
   // Written before any cell runs, so a study cut off mid-way still reports its plan and versions.
   writeFileAtomic(metaPath, JSON.stringify(meta, null, 1) + '\n');
   const chosen: Experiment[] = o.experiment === 'all' ? [...EXPERIMENTS] : [o.experiment];
+  if (o.recompute && o.recompute.length > 0) {
+    o.recompute.forEach(peChoice);
+    for (const exp of chosen) forget(o, plan, exp, new Set(o.recompute), log);
+  }
   for (const exp of chosen) {
     const t0 = performance.now();
     const started = new Date().toISOString();
@@ -111,6 +122,37 @@ export async function runStudy(o: StudyOptions): Promise<{ plan: StudyPlan; repo
   }
   const report = await writeReport(o.outDir);
   return { plan, report };
+}
+
+/** Deletes the cells of `exp` (in this plan) whose encoding is in `encodings`, with their training runs. */
+function forget(o: StudyOptions, plan: StudyPlan, exp: Experiment, encodings: Set<string>, log: (s: string) => void) {
+  const trained =
+    exp === 'lm'
+      ? lmConfigs(plan, plan.encodings)
+      : exp === 'flipflop'
+        ? flipflopConfigs(plan, plan.encodings)
+        : exp === 'recall'
+          ? recallConfigs(plan, plan.encodings)
+          : [];
+  let n = 0;
+  for (const c of trained.filter((x) => encodings.has(x.encoding))) {
+    n += removeIfPresent(join(o.outDir, exp, 'cells', `${cellKey(c)}.json`));
+    rmSync(join(o.workDir, runNameOf(c)), { recursive: true, force: true });
+  }
+  if (exp === 'precision') {
+    // Precision re-evaluates the lm models: forget their cells and the lm runs they reuse.
+    for (const c of precisionConfigs(plan, plan.encodings).filter((x) => encodings.has(x.lm.encoding))) {
+      n += removeIfPresent(join(o.outDir, exp, 'cells', `${cellKey(c)}.json`));
+      rmSync(join(o.workDir, runNameOf(c.lm)), { recursive: true, force: true });
+    }
+  }
+  log(`${exp}: recomputing ${n} finished cell${n === 1 ? '' : 's'} of ${[...encodings].join(', ')}`);
+}
+
+function removeIfPresent(path: string): number {
+  if (!existsSync(path)) return 0;
+  rmSync(path);
+  return 1;
 }
 
 /** Finished cells of `exp` in the folder (to tell how many an invocation computed). */
