@@ -23,7 +23,7 @@ import type { CachedAttention } from '../pe/encoding.ts';
 import { allocate, type FloatArray } from '../tensor.ts';
 import { LayerCache } from './kv-cache.ts';
 import { qkvWidth } from './parameters.ts';
-import type { Transformer } from './transformer.ts';
+import { linearForward, type Transformer } from './transformer.ts';
 
 /** Feeds tokens and returns next-token logits. */
 export interface Decoder {
@@ -132,7 +132,7 @@ export class CachedDecoder implements Decoder {
     for (let i = 0; i < cfg.layers; i++) {
       const blk = P.blocks[i]!;
       ops.layerNormForward(x, blk.ln1Weight.data, blk.ln1Bias.data, ln, mean, rstd, N, C, cfg.layerNormEps);
-      linear(be, ops, ln, blk.qkvWeight.data, blk.qkvBias.data, qkv, N, C, Q, 0);
+      linearForward(be, ops, ln, blk.qkvWeight.data, blk.qkvBias.data, qkv, N, C, Q, 0);
       const { q, k, v } = splitHeads(qkv, B, n, H, Hkv, D, dtype);
       const hook = this.hooks[i]!;
       const cache = this.caches[i]!;
@@ -152,11 +152,11 @@ export class CachedDecoder implements Decoder {
         : model.blockEncodings[i]!.attend(ctx, { q, k: cache.keys(), v: cache.values(), x: cache.inputs() }).out;
       mergeHeads(out, att, B, n, H, D);
       const resMid = x.slice(); // residual stream after attention: x + proj(att)
-      linear(be, ops, att, blk.projWeight.data, blk.projBias.data, resMid, N, C, C, 1);
+      linearForward(be, ops, att, blk.projWeight.data, blk.projBias.data, resMid, N, C, C, 1);
       ops.layerNormForward(resMid, blk.ln2Weight.data, blk.ln2Bias.data, ln, mean, rstd, N, C, cfg.layerNormEps);
-      linear(be, ops, ln, blk.fcWeight.data, blk.fcBias.data, fc, N, C, F, 0);
+      linearForward(be, ops, ln, blk.fcWeight.data, blk.fcBias.data, fc, N, C, F, 0);
       ops.geluForward(fc, fc, N * F);
-      linear(be, ops, fc, blk.fcProjWeight.data, blk.fcProjBias.data, resMid, N, F, C, 1);
+      linearForward(be, ops, fc, blk.fcProjWeight.data, blk.fcProjBias.data, resMid, N, F, C, 1);
       x = resMid;
     }
     ops.layerNormForward(x, P.lnfWeight.data, P.lnfBias.data, ln, mean, rstd, N, C, cfg.layerNormEps);
@@ -204,23 +204,6 @@ export class RecomputeDecoder implements Decoder {
     for (let b = 0; b < B; b++) out.set(all.subarray((b * L + L - n) * V, (b * L + L) * V), b * n * V);
     return out;
   }
-}
-
-/** y = beta y + x W + b for x [N, in], W [in, out] (as the model's linear layers). */
-function linear(
-  be: Backend,
-  ops: LayerOps,
-  x: FloatArray,
-  w: FloatArray,
-  b: FloatArray,
-  y: FloatArray,
-  N: number,
-  nIn: number,
-  nOut: number,
-  beta: 0 | 1,
-): void {
-  be.gemm(false, false, N, nOut, nIn, 1, x, nIn, w, nOut, beta, y, nOut);
-  ops.biasAdd(y, b, N, nOut);
 }
 
 /** qkv [B, n, (H + 2 Hkv) D] -> q [B, H, n, D], k and v [B, Hkv, n, D] (the model's column layout). */

@@ -485,8 +485,8 @@ export class Transformer {
   }
 }
 
-/** y = beta y + x W + b for x [N, in], W [in, out]. */
-function linearForward(
+/** y = beta y + x W + b for x [N, in], W [in, out] (every linear layer of the model; decoding reuses it). */
+export function linearForward(
   be: Backend,
   ops: LayerOps,
   x: FloatArray,
