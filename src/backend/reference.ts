@@ -2,12 +2,11 @@
  * The reference backend: plain loops in the arrays' own dtype (fp64 or fp32). It is the test oracle and the
  * portable fallback when the native addon is unavailable.
  */
-import { check } from '../errors.ts';
 import type { FloatArray } from '../tensor.ts';
 import type { AttentionForward, AttentionGrads, AttentionOptions, AttentionShape, Backend } from './backend.ts';
 import { referenceAttentionBackward, referenceAttentionForward } from './reference-attention.ts';
 import { referenceLayerOps } from './layers.ts';
-import { validateAttentionBackward, validateAttentionForward } from './validate.ts';
+import { validateAttentionBackward, validateAttentionForward, validateGemm, validateGemmOutput } from './validate.ts';
 
 /** Row-major C = alpha op(A) op(B) + beta C, summing each entry in a JS double. */
 export function referenceGemm(
@@ -25,22 +24,8 @@ export function referenceGemm(
   c: FloatArray,
   ldc: number,
 ): void {
-  check(
-    lda >= (transA ? m : k) && ldb >= (transB ? k : n) && ldc >= n,
-    'shape',
-    'gemm: a leading dimension is smaller than its row',
-  );
-  check(
-    a.length >= (transA ? (k - 1) * lda + m : (m - 1) * lda + k) || m === 0 || k === 0,
-    'shape',
-    'gemm: A is too small',
-  );
-  check(
-    b.length >= (transB ? (n - 1) * ldb + k : (k - 1) * ldb + n) || n === 0 || k === 0,
-    'shape',
-    'gemm: B is too small',
-  );
-  check(c.length >= (m - 1) * ldc + n || m === 0 || n === 0, 'shape', 'gemm: C is too small');
+  validateGemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c);
+  validateGemmOutput(m, n, c, ldc);
   // Each row of C is summed in fp64 (one JS double per entry, rounded once on store). The loop order keeps the
   // innermost loop on contiguous memory: rows of B when B is not transposed (i-p-j), else dot products of rows.
   const row = new Float64Array(n);
