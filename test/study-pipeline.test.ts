@@ -184,7 +184,7 @@ describe('flip-flop grading', () => {
     const seqs = [flipFlopSequence(rng, L, 0.5), flipFlopSequence(rng, L, 0.5)];
     const V = 256;
     const logits = new Float32Array(seqs.length * L * V);
-    const reads = seqs.reduce((n, s) => n + [...s.bytes].filter((b, t) => t % 2 === 0 && b === 114).length, 0);
+    const reads = seqs.reduce((n, s) => n + [...s.bytes].filter((b) => b === 'r'.charCodeAt(0)).length, 0);
     // Every position predicts a wrong byte, except the read positions, which predict the right bit.
     seqs.forEach((s, i) => {
       for (let t = 0; t < L; t++) logits[(i * L + t) * V + 7] = 1;

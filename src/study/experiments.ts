@@ -30,8 +30,8 @@ import {
   type TrainBudget,
 } from './plan.ts';
 import { cellKey, ResultStore, type CellRecord } from './store.ts';
-import { FLIPFLOP_MIXES, flipFlopSequence, type FlipFlopMix } from './tasks/flipflop.ts';
-import { recallSequence } from './tasks/recall.ts';
+import { FLIPFLOP_MIXES, FLIPFLOP_TASK, flipFlopSequence, type FlipFlopMix } from './tasks/flipflop.ts';
+import { RECALL_TASK, recallSequence } from './tasks/recall.ts';
 import { versions, type Versions } from './versions.ts';
 
 interface TrainedCellBase {
@@ -65,6 +65,8 @@ export interface LmResult {
 
 export interface FlipflopConfig extends TrainedCellBase {
   experiment: 'flipflop';
+  /** The byte format of the task (part of the cell key, so a format change starts new cells). */
+  task: typeof FLIPFLOP_TASK;
   evalSequences: number;
 }
 
@@ -78,6 +80,7 @@ export interface FlipflopResult {
 
 export interface RecallConfig extends TrainedCellBase {
   experiment: 'recall';
+  task: typeof RECALL_TASK;
   multipliers: number[];
   evalSequences: number;
 }
@@ -303,21 +306,22 @@ function taskConfigs<K extends 'flipflop' | 'recall'>(plan: StudyPlan, encodings
 }
 
 export function flipflopConfigs(plan: StudyPlan, encodings: readonly string[]): FlipflopConfig[] {
-  return taskConfigs(plan, encodings, 'flipflop').map((c) => ({ experiment: 'flipflop', ...c }));
+  return taskConfigs(plan, encodings, 'flipflop').map((c) => ({ experiment: 'flipflop', task: FLIPFLOP_TASK, ...c }));
 }
 
 export function recallConfigs(plan: StudyPlan, encodings: readonly string[]): RecallConfig[] {
   return taskConfigs(plan, encodings, 'recall').map((c) => ({
     experiment: 'recall',
+    task: RECALL_TASK,
     ...c,
     multipliers: plan.recall.multipliers,
   }));
 }
 
-/** Flip-flop training data: the in-distribution mix; sequences are generated with an even byte count. */
+/** Flip-flop training data: the in-distribution mix. */
 const flipflopSource = () =>
-  generatorSource(`flipflop:p_i=${FLIPFLOP_MIXES.id}`, (rng, n) =>
-    flipFlopSequence(rng, Math.max(4, n + (n % 2)), FLIPFLOP_MIXES.id).bytes.subarray(0, n),
+  generatorSource(`flipflop:${FLIPFLOP_TASK}:p_i=${FLIPFLOP_MIXES.id}`, (rng, n) =>
+    flipFlopSequence(rng, Math.max(3, n), FLIPFLOP_MIXES.id).bytes.subarray(0, n),
   );
 
 /** Evaluation sets use their own fixed seeds, shared by every cell, so all encodings face the same sequences. */
@@ -363,7 +367,7 @@ export async function runFlipflop(env: StudyEnv, outDir: string, configs: readon
 }
 
 const recallSource = () =>
-  generatorSource('recall:keyLength=3,queries=4,meanFiller=4', (rng, n) => recallSequence(rng, { length: n }).bytes);
+  generatorSource(`recall:${RECALL_TASK}`, (rng, n) => recallSequence(rng, { length: n }).bytes);
 
 export async function runRecall(env: StudyEnv, outDir: string, configs: readonly RecallConfig[]) {
   const store = storeFor<RecallConfig, RecallResult>(outDir, 'recall');

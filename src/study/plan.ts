@@ -154,11 +154,11 @@ export function fullPlan(): StudyPlan {
       budget: { steps: 2000, batch: 16, lr: 2e-3, warmup: 100 },
     },
     flipflop: {
-      trainLength: 256,
+      trainLength: 128,
       multipliers: [1],
       evalSequences: 1000,
       model: FLIPFLOP_MODEL,
-      budget: { steps: 3000, batch: 16, lr: 3e-3, warmup: 100 },
+      budget: { steps: 2000, batch: 16, lr: 3e-3, warmup: 100 },
     },
     recall: {
       trainLength: 128,

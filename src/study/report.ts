@@ -23,6 +23,8 @@ import type {
   RecallResult,
 } from './experiments.ts';
 import { ALL_ENCODINGS } from './plan.ts';
+import { FLIPFLOP_TASK } from './tasks/flipflop.ts';
+import { RECALL_DEFAULTS, RECALL_TASK } from './tasks/recall.ts';
 import type { CellRecord } from './store.ts';
 import type { StudyPlan } from './plan.ts';
 import type { Versions } from './versions.ts';
@@ -74,8 +76,9 @@ export function readResults(dir: string): ReportInput {
   return {
     meta: existsSync(metaPath) ? (JSON.parse(readFileSync(metaPath, 'utf8')) as StudyMeta) : null,
     lm: cells('lm'),
-    flipflop: cells('flipflop'),
-    recall: cells('recall'),
+    // Cells of an earlier task format answer a different question; only the current format is reported.
+    flipflop: cells<FlipflopConfig, FlipflopResult>('flipflop').filter((c) => c.config.task === FLIPFLOP_TASK),
+    recall: cells<RecallConfig, RecallResult>('recall').filter((c) => c.config.task === RECALL_TASK),
     precision: cells('precision'),
   };
 }
@@ -345,9 +348,13 @@ function setupSection(input: ReportInput): string[] {
       `(the PaTH paper's Table 1 model), trained on the in-distribution mix (p_i = 0.8) at length ` +
       `${p.flipflop.trainLength} for ${p.flipflop.budget.steps} steps of ${p.flipflop.budget.batch} sequences, ` +
       `next-byte loss on every byte; graded on ${p.flipflop.evalSequences} fresh sequences per mix, only at the read ` +
-      "bits (the argmax prediction made at each 'r'). Scaled down from the published setting (far longer " +
-      'sequences and training) to fit this machine.',
-    `- recall: associative recall (records 'key=digit;' among filler, then queries '?key='), width ` +
+      "bits (the argmax prediction made at each 'r'). A write or ignore is one byte carrying its bit ('w'/'W', " +
+      "'i'/'I'), a read is 'r' then its answer: with the instruction and its bit as separate bytes a one-layer " +
+      'model cannot tell a written bit from an ignored one, and every encoding sits at chance. Scaled down from the ' +
+      'published setting (far longer sequences and training) to fit this machine.',
+    `- recall: associative recall (${RECALL_DEFAULTS.records} records 'kV', a distinct letter and a digit, at random ` +
+      `points of '.' filler, then ${RECALL_DEFAULTS.queries} queries '?kV' graded at V; the record count stays ` +
+      'fixed as the length grows, so longer contexts put records further from their queries), width ' +
       `${p.recall.model.width}, ${p.recall.model.layers} layers, trained at L = ${p.recall.trainLength} for ` +
       `${p.recall.budget.steps} steps; accuracy of the answer digit on ${p.recall.evalSequences} sequences per ` +
       `length at ${p.recall.multipliers.map((x) => `${x}x`).join(', ')} L.`,

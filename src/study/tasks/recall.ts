@@ -1,12 +1,15 @@
 /**
  * Associative recall over long contexts (the retrieval setting where HoPE argues that long-term decay hurts):
- * a sequence of key-value records separated by filler, then queries for keys seen earlier. Only the value bytes
- * that answer a query are graded.
+ * a fixed number of key-value records scattered through filler, then queries for keys seen earlier. Only the value
+ * bytes that answer a query are graded.
  *
- * Layout (bytes): records `K=V;` with K a key of `keyLength` lowercase letters and V one digit, each followed by a
- * random run of filler bytes '.', until the context budget is used; then queries `?K=V` for keys drawn from the
- * records, where the byte V after '=' is graded. Keys are distinct within a sequence, so every answer is
- * determined. Evaluating at lengths beyond training stretches the filler and the number of records.
+ * Layout (bytes): `records` records `kV`, k a lowercase letter (distinct within a sequence) and V a digit, placed at
+ * random points of a run of '.' filler; then `queries` queries `?kV` for keys drawn from the records, where the
+ * byte V after k is graded (chance: 10%). This is the induction-head form of recall (find the earlier k, copy the
+ * byte after it), which a two-layer model can learn within a CPU budget. The record count stays fixed as the length
+ * grows, so evaluating beyond the training length spreads the same records over a longer context: the distance
+ * between a query and its record grows, which is what separates encodings that decay with distance from those that
+ * do not.
  */
 import { check } from '../../errors.ts';
 import type { Rng } from '../../util/rng.ts';
@@ -14,61 +17,62 @@ import type { TaskSequence } from './task.ts';
 
 export interface RecallOptions {
   length: number;
-  keyLength?: number;
+  /** Records stored before the queries (at most 26: keys are distinct letters). */
+  records?: number;
   queries?: number;
-  /** Mean number of filler bytes after each record. */
-  meanFiller?: number;
 }
 
+export const RECALL_DEFAULTS = { records: 16, queries: 16 } as const;
+/** The task's format as recorded in each cell's configuration (a format change starts new cells). */
+export const RECALL_TASK = `induction:records=${RECALL_DEFAULTS.records},queries=${RECALL_DEFAULTS.queries}`;
+
 const a = 'a'.charCodeAt(0);
+const DOT = '.'.charCodeAt(0);
+const QUERY = '?'.charCodeAt(0);
+const ZERO = '0'.charCodeAt(0);
 
 export function recallSequence(rng: Rng, o: RecallOptions): TaskSequence {
-  const keyLength = o.keyLength ?? 3;
-  const queries = o.queries ?? 4;
-  const meanFiller = o.meanFiller ?? 4;
-  const queryBytes = queries * (keyLength + 3);
-  const recordBytes = keyLength + 3;
+  const records = o.records ?? RECALL_DEFAULTS.records;
+  const queries = o.queries ?? RECALL_DEFAULTS.queries;
   check(
-    o.length >= queryBytes + recordBytes * queries,
+    Number.isInteger(records) && records >= 1 && records <= 26,
     'argument',
-    `recall length ${o.length} is too short for ${queries} queries; use at least ${queryBytes + recordBytes * queries}`,
+    `recall records must be an integer in [1, 26] (keys are distinct letters), got ${records}`,
   );
-  const bytes = new Uint8Array(o.length).fill('.'.charCodeAt(0));
-  const keys: string[] = [];
-  const values: number[] = [];
-  const seen = new Set<string>();
-  let t = 0;
-  const budget = o.length - queryBytes;
-  while (t + recordBytes <= budget) {
-    let key: string;
-    do {
-      key = '';
-      for (let c = 0; c < keyLength; c++) key += String.fromCharCode(a + rng.int(26));
-    } while (seen.has(key));
-    seen.add(key);
-    const v = rng.int(10);
-    for (let c = 0; c < keyLength; c++) bytes[t++] = key.charCodeAt(c);
-    bytes[t++] = '='.charCodeAt(0);
-    bytes[t++] = '0'.charCodeAt(0) + v;
-    bytes[t++] = ';'.charCodeAt(0);
-    keys.push(key);
-    values.push(v);
-    t += Math.min(budget - t, rng.int(2 * meanFiller + 1)); // filler stays '.'
+  check(Number.isInteger(queries) && queries >= 1, 'argument', `recall queries must be a positive integer`);
+  const queryBytes = 3 * queries;
+  const minimum = queryBytes + 2 * records;
+  check(
+    Number.isInteger(o.length) && o.length >= minimum,
+    'argument',
+    `recall length ${o.length} is too short for ${records} records and ${queries} queries; use at least ${minimum}`,
+  );
+  const bytes = new Uint8Array(o.length).fill(DOT);
+  // Distinct keys: a partial Fisher-Yates shuffle of the alphabet.
+  const alphabet = Array.from({ length: 26 }, (_, i) => a + i);
+  for (let i = 0; i < records; i++) {
+    const j = i + rng.int(26 - i);
+    [alphabet[i], alphabet[j]] = [alphabet[j]!, alphabet[i]!];
   }
-  check(
-    keys.length >= queries,
-    'argument',
-    `recall length ${o.length} holds only ${keys.length} records; make it longer`,
-  );
+  const keys = alphabet.slice(0, records);
+  const values = keys.map(() => rng.int(10));
+  // Record start offsets: choose `records` gaps summing to the filler budget (uniform over compositions by sorting
+  // uniform cut points), so records land anywhere in the prefix.
+  const filler = o.length - queryBytes - 2 * records;
+  const cuts = Array.from({ length: records }, () => rng.int(filler + 1)).sort((x, y) => x - y);
+  for (let r = 0; r < records; r++) {
+    const t = cuts[r]! + 2 * r;
+    bytes[t] = keys[r]!;
+    bytes[t + 1] = ZERO + values[r]!;
+  }
   const graded: number[] = [];
-  t = budget;
+  let t = o.length - queryBytes;
   for (let q = 0; q < queries; q++) {
-    const j = rng.int(keys.length);
-    bytes[t++] = '?'.charCodeAt(0);
-    for (let c = 0; c < keyLength; c++) bytes[t++] = keys[j]!.charCodeAt(c);
-    bytes[t] = '='.charCodeAt(0);
-    graded.push(t++); // predicting the value from the '=' position
-    bytes[t++] = '0'.charCodeAt(0) + values[j]!;
+    const r = rng.int(records);
+    bytes[t++] = QUERY;
+    graded.push(t); // predicting the value from the key's position
+    bytes[t++] = keys[r]!;
+    bytes[t++] = ZERO + values[r]!;
   }
   return { bytes, graded: Int32Array.from(graded) };
 }
