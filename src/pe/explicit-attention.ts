@@ -2,15 +2,19 @@
  * Attention over logits assembled explicitly, for the encodings whose position terms do not fit a kernel bias
  * (Transformer-XL, Shaw, DA-Transformer, PaTH). The encoding fills an L x L logit matrix per (batch, head); this
  * module owns everything after that: the mask, the softmax, the weighted sum of values, and the backward to
- * dLogits and dV. O(Lq * Lk) memory per (batch, head) — a clear reference path, not a fused kernel.
+ * dLogits and dV. O(Lq * Lk) memory per (batch, head) — not a fused kernel.
  *
- * Arithmetic is fp64 throughout (logits, probabilities, sums); outputs and input gradients are stored in the
- * dtype of the tensors they belong to (Float32Array in -> Float32Array out). Layouts and positions follow
- * backend.ts: q [B, H, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv]; query row i sits at i + queryOffset.
+ * Two paths. explicitAttention() (the fast one the encodings run) does every O(Lq Lk D) product as a gemm per
+ * (batch, head) — the backend's sgemm for fp32 work, plain fp64 loops for fp64 — with the encoding's position
+ * terms added through hooks; its arithmetic has the dtype of the inputs. explicitAttentionForward/Backward take
+ * finished fp64 logits and work in fp64 throughout (the plain path, and the test oracle for the softmax).
+ * Outputs and input gradients are stored in the dtype of the tensors they belong to (Float32Array in ->
+ * Float32Array out). Layouts and positions follow backend.ts: q [B, H, Lq, D], k [B, Hkv, Lk, D],
+ * v [B, Hkv, Lk, Dv]; query row i sits at i + queryOffset.
  */
-import type { AttentionShape } from '../backend/backend.ts';
+import type { AttentionShape, Backend } from '../backend/backend.ts';
 import { check } from '../errors.ts';
-import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
+import { allocate, dtypeOf, type DType, type FloatArray } from '../tensor.ts';
 import type { AttendContext, AttendInputs, Param } from './encoding.ts';
 
 /** The mask and positions of one attention call. */
@@ -190,6 +194,243 @@ export function toDtypeOf(like: FloatArray, values: Float64Array): FloatArray {
   const out = allocate(dtypeOf(like), values.length);
   out.set(values);
   return out;
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// The fast path: the same maths per (batch, head), with every O(Lq Lk D) product as one gemm.
+
+/** Backend.gemm's signature: C = alpha op(A) op(B) + beta C, row-major, leading dimensions as stored. */
+export type Gemm = Backend['gemm'];
+
+/**
+ * C = alpha op(A) op(B) + beta C in plain loops (the shape contract of Backend.gemm), for any float arrays:
+ * what fp64 calls run on (the native gemm is fp32 only) and what fp32 calls fall back to without a backend.
+ * Sums in fp64 locals, so an fp64 call keeps fp64 accuracy.
+ */
+export function plainGemm(
+  transA: boolean,
+  transB: boolean,
+  m: number,
+  n: number,
+  k: number,
+  alpha: number,
+  a: FloatArray,
+  lda: number,
+  b: FloatArray,
+  ldb: number,
+  beta: number,
+  c: FloatArray,
+  ldc: number,
+): void {
+  for (let i = 0; i < m; i++) {
+    const ci = i * ldc;
+    if (beta === 0) c.fill(0, ci, ci + n);
+    else if (beta !== 1) for (let j = 0; j < n; j++) c[ci + j] = beta * c[ci + j]!;
+  }
+  if (k === 0 || alpha === 0) return;
+  const aRow = transA ? 1 : lda; // stride of op(A) between rows i
+  const aCol = transA ? lda : 1; // and between columns p
+  if (transB) {
+    // op(B) column j is row j of B: C[i, j] += alpha * dot(op(A) row i, B row j).
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let p = 0; p < k; p++) s += a[i * aRow + p * aCol]! * b[j * ldb + p]!;
+        c[i * ldc + j] = c[i * ldc + j]! + alpha * s;
+      }
+    }
+    return;
+  }
+  // op(B) rows are contiguous: C row i += alpha * sum_p op(A)[i, p] B row p, accumulated in an fp64 row.
+  const acc = new Float64Array(n);
+  for (let i = 0; i < m; i++) {
+    acc.fill(0);
+    for (let p = 0; p < k; p++) {
+      const aip = a[i * aRow + p * aCol]!;
+      const bp = p * ldb;
+      for (let j = 0; j < n; j++) acc[j]! += aip * b[bp + j]!;
+    }
+    for (let j = 0; j < n; j++) c[i * ldc + j] = c[i * ldc + j]! + alpha * acc[j]!;
+  }
+}
+
+/**
+ * The gemm for work arrays like `like`: the backend's for fp32 (the native blocked sgemm when the model runs
+ * natively), the plain loops for fp64 (the native gemm refuses fp64) or when the context has no backend.
+ */
+export function gemmFor(ctx: AttendContext, like: FloatArray): Gemm {
+  const be = ctx.backend as Backend | undefined;
+  if (like instanceof Float32Array && be !== undefined && typeof be.gemm === 'function') return be.gemm.bind(be);
+  return plainGemm;
+}
+
+/** End (exclusive) of the visible keys of query row i: keys 0 .. end - 1 are visible, the rest masked. */
+export function visibleEnd(mask: MaskSpec, i: number, lk: number): number {
+  if (!mask.causal) return lk;
+  return Math.max(0, Math.min(lk, i + mask.queryOffset + 1));
+}
+
+/** The same numbers in an array of the given dtype (the array itself when it already has that dtype). */
+export function asDtype(a: FloatArray, dtype: DType): FloatArray {
+  if (dtypeOf(a) === dtype) return a;
+  return dtype === 'float64' ? Float64Array.from(a) : Float32Array.from(a);
+}
+
+/** Adds `src` into the fp64 parameter gradient `grad` (src is a work array of either dtype). */
+export function addInto(grad: Float64Array, src: FloatArray): void {
+  for (let j = 0; j < grad.length; j++) grad[j]! += src[j]!;
+}
+
+/**
+ * What an encoding adds to the plain content attention, called once per (batch b, query head h, kv head kh).
+ * Row-major views of one (b, h): S, P, dLogits are [Lq, Lk]; dq, out, dOut are [Lq, D or Dv]; dk is [Lk, D] of kv
+ * head kh (shared by the heads of its group: add into it). Only the visible entries of S/dLogits are ever read.
+ */
+export interface ExplicitHooks {
+  /** S holds scale * q_i . k_l; turn it into this encoding's logits (visible entries only). */
+  logits(b: number, h: number, kh: number, s: FloatArray): void;
+  /** out_i += the encoding's value-side term, given the probabilities P (Shaw's relative values). */
+  valueTerm?(b: number, h: number, p: FloatArray, out: FloatArray): void;
+  /** dP += the encoding's own per-pair term of dLoss/dP (the value-side term's), given P and dOut. */
+  extraDProbs?(b: number, h: number, p: FloatArray, dOut: FloatArray, dP: FloatArray): void;
+  /**
+   * Given dLogits (masked entries 0), accumulate the encoding's parameter gradients and its own terms of dq and
+   * dk, and leave in dLogits the gradient G of the plain scores q_i . k_l up to the returned factor alpha: the
+   * caller then adds dq += alpha G K and dk += alpha G^T Q.
+   */
+  backward(b: number, h: number, kh: number, dLogits: FloatArray, dq: FloatArray, dk: FloatArray): number;
+}
+
+export interface ExplicitAttention {
+  /** [B, H, Lq, Dv] in the dtype of v. */
+  out: FloatArray;
+  backward(dOut: FloatArray): { dq: FloatArray; dk: FloatArray; dv: FloatArray };
+}
+
+/**
+ * Attention with explicit logits, fast path: per (batch, head), S = scale Q K^T (gemm), the encoding's hook
+ * turns S into its logits, masked row softmax in place, out = P V (gemm) + the hook's value term. The backward
+ * runs dP = dOut V^T, dLogits = P (dP - rowsum(P dP)), dV += P^T dOut, dQ += alpha G K, dK += alpha G^T Q as gemms.
+ * Work arrays have the dtype of q (fp32 when q, k and v all are, else fp64); P [B, H, Lq, Lk] is kept for the
+ * backward, plus O(Lq Lk) scratch for one (batch, head) at a time.
+ */
+export function explicitAttention(
+  ctx: AttendContext,
+  qInput: FloatArray,
+  kInput: FloatArray,
+  vInput: FloatArray,
+  scale: number,
+  hooks: ExplicitHooks,
+): ExplicitAttention {
+  const s = ctx.shape;
+  const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: D, valueDim: dv } = s;
+  const dtype: DType =
+    qInput instanceof Float32Array && kInput instanceof Float32Array && vInput instanceof Float32Array
+      ? 'float32'
+      : 'float64';
+  const q = asDtype(qInput, dtype);
+  const k = asDtype(kInput, dtype);
+  const v = asDtype(vInput, dtype);
+  const gemm = gemmFor(ctx, q);
+  const mask: MaskSpec = { causal: ctx.causal, queryOffset: ctx.queryOffset };
+  const group = H / Hkv;
+  const LL = lq * lk;
+  const probs = allocate(dtype, B * H * LL);
+  const out = allocate(dtype, B * H * lq * dv);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      const kh = Math.floor(h / group);
+      const bh = b * H + h;
+      const P = probs.subarray(bh * LL, (bh + 1) * LL);
+      const qv = q.subarray(bh * lq * D, (bh + 1) * lq * D);
+      const kv = k.subarray((b * Hkv + kh) * lk * D, (b * Hkv + kh + 1) * lk * D);
+      const vv = v.subarray((b * Hkv + kh) * lk * dv, (b * Hkv + kh + 1) * lk * dv);
+      const o = out.subarray(bh * lq * dv, (bh + 1) * lq * dv);
+      gemm(false, true, lq, lk, D, scale, qv, D, kv, D, 0, P, lk);
+      hooks.logits(b, h, kh, P);
+      maskedSoftmaxRows(P, lq, lk, mask);
+      gemm(false, false, lq, dv, lk, 1, P, lk, vv, dv, 0, o, dv);
+      hooks.valueTerm?.(b, h, P, o);
+    }
+  }
+
+  const backward = (dOutInput: FloatArray) => {
+    check(
+      dOutInput.length === B * H * lq * dv,
+      'shape',
+      `dOut has ${dOutInput.length} elements but [B, H, Lq, Dv] needs ${B * H * lq * dv}; pass the gradient of out`,
+    );
+    const dOut = asDtype(dOutInput, dtype);
+    const dq = allocate(dtype, q.length);
+    const dk = allocate(dtype, k.length);
+    const dV = allocate(dtype, v.length);
+    const dS = allocate(dtype, LL);
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < H; h++) {
+        const kh = Math.floor(h / group);
+        const bh = b * H + h;
+        const P = probs.subarray(bh * LL, (bh + 1) * LL);
+        const qv = q.subarray(bh * lq * D, (bh + 1) * lq * D);
+        const kAt = (b * Hkv + kh) * lk;
+        const kv = k.subarray(kAt * D, (kAt + lk) * D);
+        const vv = v.subarray(kAt * dv, (kAt + lk) * dv);
+        const go = dOut.subarray(bh * lq * dv, (bh + 1) * lq * dv);
+        const dqv = dq.subarray(bh * lq * D, (bh + 1) * lq * D);
+        const dkv = dk.subarray(kAt * D, (kAt + lk) * D);
+        gemm(false, true, lq, lk, dv, 1, go, dv, vv, dv, 0, dS, lk);
+        hooks.extraDProbs?.(b, h, P, go, dS);
+        softmaxBackwardRows(P, dS, lq, lk, mask);
+        gemm(true, false, lk, dv, lq, 1, P, lk, go, dv, 1, dV.subarray(kAt * dv, (kAt + lk) * dv), dv);
+        const alpha = hooks.backward(b, h, kh, dS, dqv, dkv);
+        gemm(false, false, lq, D, lk, alpha, dS, lk, kv, D, 1, dqv, D);
+        gemm(true, false, lk, D, lq, alpha, dS, lk, qv, D, 1, dkv, D);
+      }
+    }
+    return {
+      dq: asDtype(dq, dtypeOf(qInput)),
+      dk: asDtype(dk, dtypeOf(kInput)),
+      dv: asDtype(dV, dtypeOf(vInput)),
+    };
+  };
+  return { out: asDtype(out, dtypeOf(vInput)), backward };
+}
+
+/**
+ * Row softmax of logits S [Lq, Lk] in place over each row's visible keys; masked entries (and rows that see no
+ * key, or whose visible logits are all -Infinity) become 0.
+ */
+function maskedSoftmaxRows(S: FloatArray, lq: number, lk: number, mask: MaskSpec): void {
+  for (let i = 0; i < lq; i++) {
+    const row = i * lk;
+    const end = visibleEnd(mask, i, lk);
+    S.fill(0, row + end, row + lk);
+    let max = -Infinity;
+    for (let l = row; l < row + end; l++) max = Math.max(max, S[l]!);
+    if (max === -Infinity) {
+      S.fill(0, row, row + end);
+      continue;
+    }
+    let sum = 0;
+    for (let l = row; l < row + end; l++) {
+      const e = Math.exp(S[l]! - max);
+      S[l] = e;
+      sum += e;
+    }
+    const inv = 1 / sum;
+    for (let l = row; l < row + end; l++) S[l] = S[l]! * inv;
+  }
+}
+
+/** dP [Lq, Lk] -> dLogits = P (dP - rowsum(P dP)) in place; 0 at masked entries. */
+function softmaxBackwardRows(P: FloatArray, dP: FloatArray, lq: number, lk: number, mask: MaskSpec): void {
+  for (let i = 0; i < lq; i++) {
+    const row = i * lk;
+    const end = visibleEnd(mask, i, lk);
+    let weighted = 0;
+    for (let l = row; l < row + end; l++) weighted += P[l]! * dP[l]!;
+    for (let l = row; l < row + end; l++) dP[l] = P[l]! * (dP[l]! - weighted);
+    dP.fill(0, row + end, row + lk);
+  }
 }
 
 /** A trainable tensor whose data and gradient are fp64 (what these encodings create and compute on). */

@@ -28,16 +28,18 @@ import type {
   PositionalEncoding,
 } from './encoding.ts';
 import {
-  asFloat64,
+  addInto,
+  asDtype,
   checkAttendInputs,
   createParam,
-  explicitAttentionBackward,
-  explicitAttentionForward,
-  keyVisible,
+  explicitAttention,
+  gemmFor,
   kvHeadOf,
-  toDtypeOf,
+  visibleEnd,
+  type ExplicitHooks,
   type Param64,
 } from './explicit-attention.ts';
+import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
 import { attentionScale } from './attention-plumbing.ts';
 
 export interface XlOptions {
@@ -98,103 +100,123 @@ export class XlEncoding implements PositionalEncoding {
   attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
     this.checkCall(ctx, inputs);
     const s = ctx.shape;
-    const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: D } = s;
+    const { heads: H, kvHeads: Hkv, lq, lk, headDim: D } = s;
     const dR = this.posDim;
     const scale = attentionScale(s);
-    const q = asFloat64(inputs.q);
-    const k = asFloat64(inputs.k);
-    const v = inputs.v;
-    const mask = { causal: ctx.causal, queryOffset: ctx.queryOffset };
+    const qo = ctx.queryOffset;
+    const work = inputs.q instanceof Float32Array && inputs.k instanceof Float32Array ? 'float32' : 'float64';
+    const q = asDtype(inputs.q, work);
+    const k = asDtype(inputs.k, work);
+    const gemm = gemmFor(ctx, q);
 
-    // Every signed distance p - l of this call, smallest first: sMin = queryOffset - (Lk - 1).
-    const sMin = ctx.queryOffset - (lk - 1);
-    const nS = lq + lk - 1;
-    const sinusoids = new Float64Array(nS * dR);
-    for (let t = 0; t < nS; t++) relativeSinusoid(sMin + t, dR, this.base, sinusoids, t * dR);
-    // Position keys r[kh, t] = W_R[kh] R_{sMin + t}.
-    const r = new Float64Array(Hkv * nS * D);
-    const W = this.wR.data;
+    // Signed distances s = p_i - l of this call: sMin = queryOffset - (Lk - 1) .. sMax = queryOffset + Lq - 1; a
+    // causal call only ever sees s >= 0. Table row t holds distance sLo + t.
+    const sMax = qo + lq - 1;
+    const sLo = ctx.causal ? Math.max(0, qo - (lk - 1)) : qo - (lk - 1);
+    const nT = Math.max(0, sMax - sLo + 1);
+    const sinusoids = allocate(work, nT * dR);
+    const R = new Float64Array(dR);
+    for (let t = 0; t < nT; t++) {
+      relativeSinusoid(sLo + t, dR, this.base, R);
+      sinusoids.set(R, t * dR);
+    }
+    // Position keys r[kh, t] = W_R[kh] R_{sLo + t}: one gemm per kv head, [nT, dR] x [D, dR]^T.
+    const W = asDtype(this.wR.data, work);
+    const r = allocate(work, Hkv * nT * D);
     for (let kh = 0; kh < Hkv; kh++) {
-      for (let t = 0; t < nS; t++) {
-        for (let d = 0; d < D; d++) {
-          r[(kh * nS + t) * D + d] = dot(W, (kh * D + d) * dR, sinusoids, t * dR, dR);
-        }
-      }
+      const rk = r.subarray(kh * nT * D, (kh + 1) * nT * D);
+      gemm(false, true, nT, D, dR, 1, sinusoids, dR, W.subarray(kh * D * dR, (kh + 1) * D * dR), dR, 0, rk, D);
     }
+    const u = this.u.data;
+    const vb = this.v.data;
+    const mask = { causal: ctx.causal, queryOffset: qo };
 
-    const qu = new Float64Array(lq * D);
-    const qv = new Float64Array(lq * D);
-    const fillBiased = (b: number, h: number): void => {
-      const qBase = (b * H + h) * lq * D;
-      for (let i = 0; i < lq; i++) {
-        for (let d = 0; d < D; d++) {
-          qu[i * D + d] = q[qBase + i * D + d]! + this.u.data[h * D + d]!;
-          qv[i * D + d] = q[qBase + i * D + d]! + this.v.data[h * D + d]!;
-        }
-      }
+    const qv = allocate(work, lq * D); // q_i + v_h of the current head
+    const pos = allocate(work, lq * nT); // scale (q_i + v_h) . r_t, then (backward) scale dLogits by distance
+    const uk = new Float64Array(lk);
+    const colSums = new Float64Array(Math.max(lk, nT));
+    const fillQv = (b: number, h: number): void => {
+      const qAt = (b * H + h) * lq * D;
+      for (let i = 0; i < lq; i++) for (let d = 0; d < D; d++) qv[i * D + d] = q[qAt + i * D + d]! + vb[h * D + d]!;
     };
+    // In row i, key l sits at table row t = c_i - l with c_i = i + queryOffset - sLo.
+    const rowShift = (i: number) => i + qo - sLo;
+    const dr = allocate(work, r.length);
 
-    const logits = new Float64Array(B * H * lq * lk);
-    for (let b = 0; b < B; b++) {
-      for (let h = 0; h < H; h++) {
-        const kh = kvHeadOf(s, h);
-        const kBase = (b * Hkv + kh) * lk * D;
-        fillBiased(b, h);
+    const hooks: ExplicitHooks = {
+      logits: (b, h, kh, S) => {
+        fillQv(b, h);
+        const rk = r.subarray(kh * nT * D, (kh + 1) * nT * D);
+        if (nT > 0) gemm(false, true, lq, nT, D, scale, qv, D, rk, D, 0, pos, nT);
+        const kAt = (b * Hkv + kh) * lk * D;
+        for (let l = 0; l < lk; l++) {
+          let acc = 0;
+          for (let d = 0; d < D; d++) acc += u[h * D + d]! * k[kAt + l * D + d]!;
+          uk[l] = scale * acc;
+        }
         for (let i = 0; i < lq; i++) {
-          const row = ((b * H + h) * lq + i) * lk;
-          for (let l = 0; l < lk; l++) {
-            if (!keyVisible(mask, i, l)) continue;
-            const t = i + ctx.queryOffset - l - sMin;
-            logits[row + l] = scale * (dot(qu, i * D, k, kBase + l * D, D) + dot(qv, i * D, r, (kh * nS + t) * D, D));
-          }
+          const end = visibleEnd(mask, i, lk);
+          const row = i * lk;
+          const posAt = i * nT + rowShift(i);
+          for (let l = 0; l < end; l++) S[row + l] = S[row + l]! + uk[l]! + pos[posAt - l]!;
         }
-      }
-    }
-    const fwd = explicitAttentionForward(s, mask, logits, v);
-
-    const backward = (dOut: Float64Array | Float32Array) => {
-      const { dLogits, dv } = explicitAttentionBackward(s, fwd.probs, v, dOut);
-      const dq = new Float64Array(q.length);
-      const dk = new Float64Array(k.length);
-      const dr = new Float64Array(r.length);
-      for (let b = 0; b < B; b++) {
-        for (let h = 0; h < H; h++) {
-          const kh = kvHeadOf(s, h);
-          const kBase = (b * Hkv + kh) * lk * D;
-          const qBase = (b * H + h) * lq * D;
-          fillBiased(b, h);
-          for (let i = 0; i < lq; i++) {
-            const row = ((b * H + h) * lq + i) * lk;
-            for (let l = 0; l < lk; l++) {
-              const g = scale * dLogits[row + l]!;
-              if (g === 0) continue;
-              const rAt = (kh * nS + (i + ctx.queryOffset - l - sMin)) * D;
-              const kAt = kBase + l * D;
-              for (let d = 0; d < D; d++) {
-                dq[qBase + i * D + d]! += g * (k[kAt + d]! + r[rAt + d]!);
-                dk[kAt + d]! += g * qu[i * D + d]!;
-                this.u.grad[h * D + d]! += g * k[kAt + d]!;
-                this.v.grad[h * D + d]! += g * r[rAt + d]!;
-                dr[rAt + d]! += g * qv[i * D + d]!;
-              }
-            }
-          }
+      },
+      backward: (b, h, kh, dS, dq, dk) => {
+        // Position side: G[i, t] = scale dLogits[i, l] for the key at distance t; dq += G r, dr += G^T (q + v),
+        // dv-bias += sum_i (G r)_i.
+        pos.fill(0);
+        for (let i = 0; i < lq; i++) {
+          const end = visibleEnd(mask, i, lk);
+          const row = i * lk;
+          const posAt = i * nT + rowShift(i);
+          for (let l = 0; l < end; l++) pos[posAt - l] = scale * dS[row + l]!;
         }
-      }
-      // dW_R[kh] += sum_t dr[kh, t] R_t^T
-      for (let kh = 0; kh < Hkv; kh++) {
-        for (let t = 0; t < nS; t++) {
-          for (let d = 0; d < D; d++) {
-            const g = dr[(kh * nS + t) * D + d]!;
+        if (nT > 0) {
+          const rk = r.subarray(kh * nT * D, (kh + 1) * nT * D);
+          gemm(false, false, lq, D, nT, 1, pos, nT, rk, D, 1, dq, D);
+          fillQv(b, h);
+          gemm(true, false, nT, D, lq, 1, pos, nT, qv, D, 1, dr.subarray(kh * nT * D, (kh + 1) * nT * D), D);
+          colSums.fill(0);
+          for (let i = 0; i < lq; i++) for (let t = 0; t < nT; t++) colSums[t]! += pos[i * nT + t]!;
+          for (let t = 0; t < nT; t++) {
+            const g = colSums[t]!;
             if (g === 0) continue;
-            const wRow = (kh * D + d) * dR;
-            for (let c = 0; c < dR; c++) this.wR.grad[wRow + c]! += g * sinusoids[t * dR + c]!;
+            for (let d = 0; d < D; d++) this.v.grad[h * D + d]! += g * rk[t * D + d]!;
           }
         }
-      }
-      return { dq: toDtypeOf(inputs.q, dq), dk: toDtypeOf(inputs.k, dk), dv };
+        // Content bias: dk_l += c_l u_h and du_h += sum_l c_l k_l, with c_l = scale * sum_i dLogits[i, l].
+        const kAt = (b * Hkv + kh) * lk * D;
+        colSums.fill(0);
+        for (let i = 0; i < lq; i++) {
+          const end = visibleEnd(mask, i, lk);
+          for (let l = 0; l < end; l++) colSums[l]! += dS[i * lk + l]!;
+        }
+        for (let l = 0; l < lk; l++) {
+          const c = scale * colSums[l]!;
+          if (c === 0) continue;
+          for (let d = 0; d < D; d++) {
+            dk[l * D + d] = dk[l * D + d]! + c * u[h * D + d]!;
+            this.u.grad[h * D + d]! += c * k[kAt + l * D + d]!;
+          }
+        }
+        return scale;
+      },
     };
-    return { out: fwd.out, backward };
+    const core = explicitAttention(ctx, q, k, inputs.v, scale, hooks);
+
+    const backward = (dOut: FloatArray) => {
+      dr.fill(0);
+      const g = core.backward(dOut);
+      // dW_R[kh] += dr[kh]^T [R_t]: [D, nT] x [nT, dR].
+      const dW = allocate(work, D * dR);
+      for (let kh = 0; kh < Hkv; kh++) {
+        if (nT === 0) break;
+        gemm(true, false, D, dR, nT, 1, dr.subarray(kh * nT * D, (kh + 1) * nT * D), D, sinusoids, dR, 0, dW, dR);
+        addInto(this.wR.grad.subarray(kh * D * dR, (kh + 1) * D * dR), dW);
+      }
+      return { dq: asDtype(g.dq, dtypeOf(inputs.q)), dk: asDtype(g.dk, dtypeOf(inputs.k)), dv: g.dv };
+    };
+    return { out: core.out, backward };
   }
 
   denseLogits(ctx: AttendContext, inputs: AttendInputs, scale: number): Float64Array {
@@ -229,12 +251,6 @@ export class XlEncoding implements PositionalEncoding {
     }
     return out;
   }
-}
-
-function dot(a: Float64Array, ao: number, b: Float64Array, bo: number, n: number): number {
-  let s = 0;
-  for (let c = 0; c < n; c++) s += a[ao + c]! * b[bo + c]!;
-  return s;
 }
 
 export const xlFactory: EncodingFactory<XlOptions> = {

@@ -1,0 +1,99 @@
+/**
+ * `npm run bench:explicit`: cost of the explicit-logit encodings (xl, shaw, da, path) against the fused-kernel
+ * baseline (alibi), side by side in one run, at the lm study's full shape on the native backend:
+ *   - train: one training step as the trainer runs it (zeroGrad, forward with targets, backward, gradient
+ *     clipping, AdamW update) for width 128, 2 layers, 4 heads, MLP 512, batch 16, L = 128, fp32;
+ *   - eval: one forward with targets at L = 2048, batch 1 (the longest evaluation length of the study).
+ * Prints ms per call and the ratio to alibi measured in the same run; compare ratios rather than absolute times
+ * when the machine is shared.
+ *
+ * Options: --only xl,shaw (encodings besides alibi), --seconds S (minimum timed seconds per cell, default 3),
+ * --threads N (native threads, default all cores), --eval-length N (default 2048).
+ */
+import { availableParallelism } from 'node:os';
+import { loadBackend } from '../src/backend/index.ts';
+import { layerOpsOf } from '../src/backend/layers.ts';
+import { parseModelConfig } from '../src/model/config.ts';
+import { Transformer } from '../src/model/transformer.ts';
+import { parseTrainConfig } from '../src/train/config.ts';
+import { AdamW, clipGradients } from '../src/train/optimizer.ts';
+import { Rng } from '../src/util/rng.ts';
+
+const args = process.argv.slice(2);
+const value = (name: string) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const minSeconds = Number(value('--seconds') ?? 3);
+const threads = Number(value('--threads') ?? availableParallelism());
+const evalLength = Number(value('--eval-length') ?? 2048);
+const encodings = ['alibi', ...(value('--only')?.split(',') ?? ['xl', 'shaw', 'da', 'path'])];
+
+const SHAPE = { width: 128, layers: 2, heads: 4, mlpWidth: 512, trainLength: 128, batch: 16 };
+const VOCAB = 256;
+
+/** Runs `fn` once to warm up, then until minSeconds have passed (at least 2 timed calls); mean ms per call. */
+function timeCalls(fn: () => void): { ms: number; calls: number } {
+  fn();
+  let n = 0;
+  const t0 = performance.now();
+  while (n < 2 || performance.now() - t0 < minSeconds * 1000) {
+    fn();
+    n++;
+  }
+  return { ms: (performance.now() - t0) / n, calls: n };
+}
+
+function randomTokens(n: number, seed: number): { tokens: Int32Array; targets: Int32Array } {
+  const rng = new Rng(seed);
+  return {
+    tokens: Int32Array.from({ length: n }, () => rng.int(VOCAB)),
+    targets: Int32Array.from({ length: n }, () => rng.int(VOCAB)),
+  };
+}
+
+interface Row {
+  pe: string;
+  train: { ms: number; calls: number };
+  evaluate: { ms: number; calls: number };
+}
+
+function benchEncoding(pe: string): Row {
+  const backend = loadBackend('native', { threads });
+  const { batch, ...model } = SHAPE;
+  const cfg = parseModelConfig({ ...model, kvHeads: SHAPE.heads, pe, seed: 1, dtype: 'float32' });
+  const net = new Transformer(cfg, backend);
+  const train = parseTrainConfig({});
+  const opt = new AdamW(net.parameters(), layerOpsOf(backend));
+  const t = randomTokens(batch * SHAPE.trainLength, 1);
+  const trainTime = timeCalls(() => {
+    net.zeroGrad();
+    net.forward(t.tokens, t.targets, batch, SHAPE.trainLength);
+    net.backward();
+    clipGradients(net.parameters(), train.clip);
+    opt.update(train, 1e-3);
+  });
+  const e = randomTokens(evalLength, 2);
+  const evalTime = timeCalls(() => {
+    net.forward(e.tokens, e.targets, 1, evalLength);
+  });
+  return { pe, train: trainTime, evaluate: evalTime };
+}
+
+const rows: Row[] = [];
+for (const pe of encodings) {
+  const r = benchEncoding(pe);
+  rows.push(r);
+  process.stderr.write(`${pe}: train ${r.train.ms.toFixed(1)} ms, eval ${r.evaluate.ms.toFixed(1)} ms\n`);
+}
+const base = rows[0]!;
+const header = `| encoding | train step ms (B=${SHAPE.batch}, L=${SHAPE.trainLength}) | x alibi | eval forward ms (B=1, L=${evalLength}) | x alibi |`;
+console.log(`threads ${threads}, minimum ${minSeconds} s per cell; width 128, 2 layers, 4 heads, fp32, native`);
+console.log(header);
+console.log('|---|---:|---:|---:|---:|');
+for (const r of rows) {
+  console.log(
+    `| ${r.pe} | ${r.train.ms.toFixed(1)} | ${(r.train.ms / base.train.ms).toFixed(2)} | ` +
+      `${r.evaluate.ms.toFixed(1)} | ${(r.evaluate.ms / base.evaluate.ms).toFixed(2)} |`,
+  );
+}
