@@ -27,16 +27,18 @@ import type {
   PositionalEncoding,
 } from './encoding.ts';
 import {
-  asFloat64,
+  addInto,
+  asDtype,
   checkAttendInputs,
   createParam,
-  explicitAttentionBackward,
-  explicitAttentionForward,
-  keyVisible,
+  explicitAttention,
+  gemmFor,
   kvHeadOf,
-  toDtypeOf,
+  visibleEnd,
+  type ExplicitHooks,
   type Param64,
 } from './explicit-attention.ts';
+import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
 import { attentionScale } from './attention-plumbing.ts';
 
 export interface ShawOptions {
@@ -88,125 +90,106 @@ export class ShawEncoding implements PositionalEncoding {
   attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
     this.checkCall(ctx, inputs);
     const s = ctx.shape;
-    const { batch: B, heads: H, lq, lk, headDim: D, valueDim: dv } = s;
-    const rows = 2 * this.clip + 1;
+    const { heads: H, lq, lk, headDim: D, valueDim: dv } = s;
+    const K = this.clip;
+    const rows = 2 * K + 1;
     const scale = attentionScale(s);
-    const q = asFloat64(inputs.q);
-    const k = asFloat64(inputs.k);
-    const v = inputs.v;
-    const aK = this.keyTable.data;
-    const aV = this.valueTable.data;
-    const mask = { causal: ctx.causal, queryOffset: ctx.queryOffset };
+    const qo = ctx.queryOffset;
+    const work =
+      inputs.q instanceof Float32Array && inputs.k instanceof Float32Array && inputs.v instanceof Float32Array
+        ? 'float32'
+        : 'float64';
+    const q = asDtype(inputs.q, work);
+    const gemm = gemmFor(ctx, q);
+    const aK = asDtype(this.keyTable.data, work);
+    const aV = asDtype(this.valueTable.data, work);
+    const mask = { causal: ctx.causal, queryOffset: qo };
+    const perRow = allocate(work, lq * rows); // q_i . aK[m], dOut_i . aV[m] or a bucketed row of P / dLogits
+    const dKeyTable = allocate(work, rows * D);
+    const dValueTable = allocate(work, rows * dv);
 
-    // q_i . aK[m] once per (query, table row), then each logit needs one lookup.
-    const qa = new Float64Array(lq * rows);
-    const logits = new Float64Array(B * H * lq * lk);
-    for (let b = 0; b < B; b++) {
-      for (let h = 0; h < H; h++) {
-        const qBase = (b * H + h) * lq * D;
-        const kBase = (b * s.kvHeads + kvHeadOf(s, h)) * lk * D;
-        for (let i = 0; i < lq; i++) {
-          for (let m = 0; m < rows; m++) qa[i * rows + m] = dot(q, qBase + i * D, aK, m * D, D);
-        }
-        for (let i = 0; i < lq; i++) {
-          const p = i + ctx.queryOffset;
-          const row = ((b * H + h) * lq + i) * lk;
-          for (let l = 0; l < lk; l++) {
-            if (!keyVisible(mask, i, l)) continue;
-            logits[row + l] = scale * (dot(q, qBase + i * D, k, kBase + l * D, D) + qa[i * rows + this.row(p, l)]!);
-          }
-        }
-      }
-    }
-    const fwd = explicitAttentionForward(s, mask, logits, v);
-    const probs = fwd.probs;
-
-    // Value term: out_i += sum_m (sum of P over the keys in bucket m) aV[m].
-    const out = fwd.out;
-    const bucketP = new Float64Array(rows);
-    const term = new Float64Array(dv);
-    for (let bh = 0; bh < B * H; bh++) {
-      for (let i = 0; i < lq; i++) {
-        this.bucketSums(probs, (bh * lq + i) * lk, i + ctx.queryOffset, lk, bucketP);
-        term.fill(0);
-        for (let m = 0; m < rows; m++) {
-          const w = bucketP[m]!;
-          if (w === 0) continue;
-          for (let c = 0; c < dv; c++) term[c]! += w * aV[m * dv + c]!;
-        }
-        const oRow = (bh * lq + i) * dv;
-        for (let c = 0; c < dv; c++) out[oRow + c]! += term[c]!;
-      }
-    }
-
-    const backward = (dOutInput: Float64Array | Float32Array) => {
-      const dOut = asFloat64(dOutInput);
-      // dP gains dOut_i . aV[row(i, l)] from the value term.
-      const extra = new Float64Array(probs.length);
-      const dOa = new Float64Array(rows);
-      for (let bh = 0; bh < B * H; bh++) {
-        for (let i = 0; i < lq; i++) {
-          const oRow = (bh * lq + i) * dv;
-          for (let m = 0; m < rows; m++) dOa[m] = dot(dOut, oRow, aV, m * dv, dv);
-          const p = i + ctx.queryOffset;
-          const row = (bh * lq + i) * lk;
-          for (let l = 0; l < lk; l++) if (probs[row + l] !== 0) extra[row + l] = dOa[this.row(p, l)]!;
-          // d aV[m] = sum over keys in bucket m of P * dOut_i
-          this.bucketSums(probs, row, p, lk, bucketP);
-          for (let m = 0; m < rows; m++) {
-            const w = bucketP[m]!;
-            if (w === 0) continue;
-            for (let c = 0; c < dv; c++) this.valueTable.grad[m * dv + c]! += w * dOut[oRow + c]!;
-          }
-        }
-      }
-      const { dLogits, dv: dV } = explicitAttentionBackward(s, probs, v, dOut, extra);
-
-      const dq = new Float64Array(q.length);
-      const dk = new Float64Array(k.length);
-      const bucketG = new Float64Array(rows);
-      for (let b = 0; b < B; b++) {
-        for (let h = 0; h < H; h++) {
-          const qBase = (b * H + h) * lq * D;
-          const kBase = (b * s.kvHeads + kvHeadOf(s, h)) * lk * D;
-          for (let i = 0; i < lq; i++) {
-            const row = ((b * H + h) * lq + i) * lk;
-            const qRow = qBase + i * D;
-            const p = i + ctx.queryOffset;
-            bucketG.fill(0);
-            for (let l = 0; l < lk; l++) {
-              const g = scale * dLogits[row + l]!;
-              if (g === 0) continue;
-              bucketG[this.row(p, l)]! += g;
-              const kRow = kBase + l * D;
-              for (let c = 0; c < D; c++) {
-                dq[qRow + c]! += g * k[kRow + c]!;
-                dk[kRow + c]! += g * q[qRow + c]!;
-              }
-            }
-            for (let m = 0; m < rows; m++) {
-              const g = bucketG[m]!;
-              if (g === 0) continue;
-              for (let c = 0; c < D; c++) {
-                dq[qRow + c]! += g * aK[m * D + c]!;
-                this.keyTable.grad[m * D + c]! += g * q[qRow + c]!;
-              }
-            }
-          }
-        }
-      }
-      return { dq: toDtypeOf(inputs.q, dq), dk: toDtypeOf(inputs.k, dk), dv: dV };
+    /**
+     * Runs `visit(row, l, m)` over the visible keys l of query row i with their table row m = clip(l - p_i) + K,
+     * in three runs (clipped below, the diagonal band, clipped above) so no clip happens per key.
+     */
+    const bands = (i: number): [number, number, number] => {
+      const p = i + qo;
+      const end = visibleEnd(mask, i, lk);
+      const lowEnd = Math.max(0, Math.min(end, p - K + 1)); // l <= p - K: m = 0
+      const bandEnd = Math.max(lowEnd, Math.min(end, p + K)); // l < p + K: m = l - p + K; then m = 2K
+      return [lowEnd, bandEnd, end];
     };
-    return { out, backward };
-  }
+    /** table[i, m] += sum of src[i, l] over the visible keys l in bucket m (src is [Lq, Lk]). */
+    const bucketRows = (src: FloatArray, alpha: number): void => {
+      perRow.fill(0);
+      for (let i = 0; i < lq; i++) {
+        const [lowEnd, bandEnd, end] = bands(i);
+        const row = i * lk;
+        const at = i * rows;
+        const shift = K - (i + qo);
+        let low = 0;
+        for (let l = 0; l < lowEnd; l++) low += src[row + l]!;
+        let high = 0;
+        for (let l = bandEnd; l < end; l++) high += src[row + l]!;
+        perRow[at] = perRow[at]! + alpha * low;
+        for (let l = lowEnd; l < bandEnd; l++) perRow[at + l + shift] = perRow[at + l + shift]! + alpha * src[row + l]!;
+        perRow[at + 2 * K] = perRow[at + 2 * K]! + alpha * high;
+      }
+    };
+    /** dst[i, l] += perRow[i, m(i, l)] over the visible keys. */
+    const gatherRows = (dst: FloatArray): void => {
+      for (let i = 0; i < lq; i++) {
+        const [lowEnd, bandEnd, end] = bands(i);
+        const row = i * lk;
+        const at = i * rows;
+        const shift = K - (i + qo);
+        const first = perRow[at]!;
+        const last = perRow[at + 2 * K]!;
+        for (let l = 0; l < lowEnd; l++) dst[row + l] = dst[row + l]! + first;
+        for (let l = lowEnd; l < bandEnd; l++) dst[row + l] = dst[row + l]! + perRow[at + l + shift]!;
+        for (let l = bandEnd; l < end; l++) dst[row + l] = dst[row + l]! + last;
+      }
+    };
+    const qOf = (b: number, h: number) => q.subarray((b * H + h) * lq * D, (b * H + h + 1) * lq * D);
 
-  /** sums[m] = sum of probs[row + l] over the keys l whose clipped distance falls in table row m. */
-  private bucketSums(probs: Float64Array, row: number, queryPos: number, lk: number, sums: Float64Array): void {
-    sums.fill(0);
-    for (let l = 0; l < lk; l++) {
-      const pr = probs[row + l]!;
-      if (pr !== 0) sums[this.row(queryPos, l)]! += pr;
-    }
+    const hooks: ExplicitHooks = {
+      // logit += scale q_i . aK[m(i, l)]
+      logits: (b, h, _kh, S) => {
+        gemm(false, true, lq, rows, D, scale, qOf(b, h), D, aK, D, 0, perRow, rows);
+        gatherRows(S);
+      },
+      // out_i += sum_m (sum of P over the keys in bucket m) aV[m]
+      valueTerm: (_b, _h, P, out) => {
+        bucketRows(P, 1);
+        gemm(false, false, lq, dv, rows, 1, perRow, rows, aV, dv, 1, out, dv);
+      },
+      // dP(i, l) += dOut_i . aV[m(i, l)];  d aV[m] += sum_i (bucketed P)[i, m] dOut_i
+      extraDProbs: (_b, _h, P, dOut, dP) => {
+        bucketRows(P, 1);
+        gemm(true, false, rows, dv, lq, 1, perRow, rows, dOut, dv, 1, dValueTable, dv);
+        gemm(false, true, lq, rows, dv, 1, dOut, dv, aV, dv, 0, perRow, rows);
+        gatherRows(dP);
+      },
+      // dq_i += sum_m G[i, m] aK[m] and d aK[m] += sum_i G[i, m] q_i, G = scale * dLogits bucketed
+      backward: (b, h, _kh, dS, dq) => {
+        bucketRows(dS, scale);
+        gemm(false, false, lq, D, rows, 1, perRow, rows, aK, D, 1, dq, D);
+        gemm(true, false, rows, D, lq, 1, perRow, rows, qOf(b, h), D, 1, dKeyTable, D);
+        return scale;
+      },
+    };
+    const core = explicitAttention(ctx, q, inputs.k, inputs.v, scale, hooks);
+    return {
+      out: core.out,
+      backward: (dOut) => {
+        dKeyTable.fill(0);
+        dValueTable.fill(0);
+        const g = core.backward(dOut);
+        addInto(this.keyTable.grad, dKeyTable);
+        addInto(this.valueTable.grad, dValueTable);
+        return { dq: asDtype(g.dq, dtypeOf(inputs.q)), dk: g.dk, dv: g.dv };
+      },
+    };
   }
 
   denseLogits(ctx: AttendContext, inputs: AttendInputs, scale: number): Float64Array {
@@ -256,12 +239,6 @@ export class ShawEncoding implements PositionalEncoding {
     }
     return out;
   }
-}
-
-function dot(a: Float64Array, ao: number, b: Float64Array, bo: number, n: number): number {
-  let s = 0;
-  for (let c = 0; c < n; c++) s += a[ao + c]! * b[bo + c]!;
-  return s;
 }
 
 export const shawFactory: EncodingFactory<ShawOptions> = {
