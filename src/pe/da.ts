@@ -27,16 +27,17 @@ import type {
   PositionalEncoding,
 } from './encoding.ts';
 import {
-  asFloat64,
+  asDtype,
   checkAttendInputs,
   createParam,
-  explicitAttentionBackward,
-  explicitAttentionForward,
-  keyVisible,
+  explicitAttention,
+  gemmFor,
   kvHeadOf,
-  toDtypeOf,
+  visibleEnd,
+  type ExplicitHooks,
   type Param64,
 } from './explicit-attention.ts';
+import { allocate, dtypeOf } from '../tensor.ts';
 import { attentionScale } from './attention-plumbing.ts';
 
 export interface DaOptions {
@@ -92,12 +93,8 @@ export class DaEncoding implements PositionalEncoding {
   attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
     this.checkCall(ctx, inputs);
     const s = ctx.shape;
-    const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: D } = s;
+    const { heads: H, kvHeads: Hkv, lq, lk, headDim: D } = s;
     const scale = attentionScale(s);
-    const q = asFloat64(inputs.q);
-    const k = asFloat64(inputs.k);
-    const v = inputs.v;
-    const mask = { causal: ctx.causal, queryOffset: ctx.queryOffset };
     const w = this.weight.data;
     const sv = this.sigmoidParam.data;
 
@@ -117,56 +114,71 @@ export class DaEncoding implements PositionalEncoding {
       }
     }
 
-    const dots = new Float64Array(B * H * lq * lk); // q.k, kept for the backward
-    const logits = new Float64Array(B * H * lq * lk);
-    for (let b = 0; b < B; b++) {
-      for (let h = 0; h < H; h++) {
-        const qBase = (b * H + h) * lq * D;
-        const kBase = (b * Hkv + kvHeadOf(s, h)) * lk * D;
-        for (let i = 0; i < lq; i++) {
-          const row = ((b * H + h) * lq + i) * lk;
-          for (let l = 0; l < lk; l++) {
-            if (!keyVisible(mask, i, l)) continue;
-            let qk = 0;
-            for (let d = 0; d < D; d++) qk += q[qBase + i * D + d]! * k[kBase + l * D + d]!;
-            dots[row + l] = qk;
-            const dist = Math.abs(i + ctx.queryOffset - l);
-            logits[row + l] = qk > 0 ? scale * qk * rescale[h * maxDist + dist]! : 0;
-          }
-        }
-      }
-    }
-    const fwd = explicitAttentionForward(s, mask, logits, v);
+    const qo = ctx.queryOffset;
+    const mask = { causal: ctx.causal, queryOffset: qo };
+    const work = inputs.q instanceof Float32Array && inputs.k instanceof Float32Array ? 'float32' : 'float64';
+    const q = asDtype(inputs.q, work);
+    const k = asDtype(inputs.k, work);
+    const gemm = gemmFor(ctx, q);
+    const dots = allocate(work, lq * lk); // q.k of one (batch, head), recomputed in the backward
 
-    const backward = (dOut: Float64Array | Float32Array) => {
-      const { dLogits, dv } = explicitAttentionBackward(s, fwd.probs, v, dOut);
-      const dq = new Float64Array(q.length);
-      const dk = new Float64Array(k.length);
-      for (let b = 0; b < B; b++) {
-        for (let h = 0; h < H; h++) {
-          const qBase = (b * H + h) * lq * D;
-          const kBase = (b * Hkv + kvHeadOf(s, h)) * lk * D;
-          for (let i = 0; i < lq; i++) {
-            const row = ((b * H + h) * lq + i) * lk;
-            for (let l = 0; l < lk; l++) {
-              const qk = dots[row + l]!;
-              const g = scale * dLogits[row + l]!;
-              if (g === 0 || !(qk > 0)) continue; // ReLU passes no gradient where q.k <= 0
-              const at = h * maxDist + Math.abs(i + ctx.queryOffset - l);
-              this.weight.grad[h]! += g * qk * dRescaleDw[at]!;
-              this.sigmoidParam.grad[h]! += g * qk * dRescaleDv[at]!;
-              const gf = g * rescale[at]!;
-              for (let d = 0; d < D; d++) {
-                dq[qBase + i * D + d]! += gf * k[kBase + l * D + d]!;
-                dk[kBase + l * D + d]! += gf * q[qBase + i * D + d]!;
-              }
-            }
+    const hooks: ExplicitHooks = {
+      // S = scale q.k -> scale ReLU(q.k) Rhat(h, |p_i - l|); keys l <= p_i have distance p_i - l, later ones l - p_i.
+      logits: (_b, h, _kh, S) => {
+        const at = h * maxDist;
+        for (let i = 0; i < lq; i++) {
+          const p = i + qo;
+          const end = visibleEnd(mask, i, lk);
+          const split = Math.max(0, Math.min(end, p + 1));
+          const row = i * lk;
+          for (let l = 0; l < split; l++) {
+            const x = S[row + l]!;
+            S[row + l] = x > 0 ? x * rescale[at + p - l]! : 0;
+          }
+          for (let l = split; l < end; l++) {
+            const x = S[row + l]!;
+            S[row + l] = x > 0 ? x * rescale[at + l - p]! : 0;
           }
         }
-      }
-      return { dq: toDtypeOf(inputs.q, dq), dk: toDtypeOf(inputs.k, dk), dv };
+      },
+      // dLogits -> G = scale dLogits Rhat where q.k > 0 (ReLU passes nothing elsewhere), plus dw_h and dv_h.
+      backward: (b, h, kh, dS) => {
+        const qv = q.subarray((b * H + h) * lq * D, (b * H + h + 1) * lq * D);
+        const kv = k.subarray((b * Hkv + kh) * lk * D, (b * Hkv + kh + 1) * lk * D);
+        gemm(false, true, lq, lk, D, 1, qv, D, kv, D, 0, dots, lk);
+        const base = h * maxDist;
+        let gw = 0;
+        let gv = 0;
+        for (let i = 0; i < lq; i++) {
+          const p = i + qo;
+          const end = visibleEnd(mask, i, lk);
+          const row = i * lk;
+          for (let l = 0; l < end; l++) {
+            const qk = dots[row + l]!;
+            const g = scale * dS[row + l]!;
+            if (g === 0 || !(qk > 0)) {
+              dS[row + l] = 0;
+              continue;
+            }
+            const at = base + (l <= p ? p - l : l - p);
+            gw += g * qk * dRescaleDw[at]!;
+            gv += g * qk * dRescaleDv[at]!;
+            dS[row + l] = g * rescale[at]!;
+          }
+        }
+        this.weight.grad[h]! += gw;
+        this.sigmoidParam.grad[h]! += gv;
+        return 1;
+      },
     };
-    return { out: fwd.out, backward };
+    const core = explicitAttention(ctx, q, k, inputs.v, scale, hooks);
+    return {
+      out: core.out,
+      backward: (dOut) => {
+        const g = core.backward(dOut);
+        return { dq: asDtype(g.dq, dtypeOf(inputs.q)), dk: asDtype(g.dk, dtypeOf(inputs.k)), dv: g.dv };
+      },
+    };
   }
 
   denseLogits(ctx: AttendContext, inputs: AttendInputs, scale: number): Float64Array {
