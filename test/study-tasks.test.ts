@@ -61,44 +61,41 @@ describe('flip-flop language', () => {
   });
 });
 
-describe('associative recall', () => {
-  it('answers every query with the value stored under its key, at the exact length', () => {
+describe('needle retrieval (recall)', () => {
+  it('hides exactly one digit among letters and asks for it at the end, at the exact length', () => {
     const rng = new Rng(3);
-    for (const length of [28, 128, 512, 2048]) {
-      const { bytes, graded } = recallSequence(rng, { length, records: 8, queries: 4 });
+    for (const length of [3, 96, 512, 2048]) {
+      const { bytes, graded } = recallSequence(rng, length);
       expect(bytes.length).toBe(length);
       const s = text(bytes);
-      const prefix = s.slice(0, length - 12);
-      expect(prefix).toMatch(/^(\.|[a-z]\d)*$/);
-      const stored = new Map<string, string>();
-      for (const m of prefix.matchAll(/([a-z])(\d)/g)) {
-        expect(stored.has(m[1]!)).toBe(false); // keys are distinct
-        stored.set(m[1]!, m[2]!);
-      }
-      expect(stored.size).toBe(8); // the record count does not grow with the length
-      expect(s.slice(length - 12)).toMatch(/^(\?[a-z]\d){4}$/);
-      expect(graded.length).toBe(4);
-      for (const t of graded) {
-        expect(s[t - 1]).toBe('?');
-        expect(s[t + 1]).toBe(stored.get(s[t]!));
-      }
+      const haystack = s.slice(0, length - 2);
+      expect(haystack).toMatch(/^[a-z]*\d[a-z]*$/);
+      expect(Array.from(graded)).toEqual([length - 2]);
+      expect(s[length - 2]).toBe('?');
+      expect(s[length - 1]).toBe(haystack.match(/\d/)![0]);
     }
   });
 
-  it('spreads records over the whole prefix as the length grows', () => {
+  it('places the needle uniformly, so longer contexts put it further from the query', () => {
     const rng = new Rng(4);
-    let maxDistance = 0;
-    for (let n = 0; n < 50; n++) {
-      const { bytes, graded } = recallSequence(rng, { length: 1024 });
-      const s = text(bytes);
-      for (const t of graded) maxDistance = Math.max(maxDistance, t - s.indexOf(s[t]!));
+    const length = 1024;
+    let far = 0;
+    const digits = new Array<number>(10).fill(0);
+    const n = 2000;
+    for (let i = 0; i < n; i++) {
+      const s = text(recallSequence(rng, length).bytes);
+      const at = s.search(/\d/);
+      if (length - 2 - at > 511) far++;
+      digits[Number(s[at])]!++;
     }
-    expect(maxDistance).toBeGreaterThan(512);
+    // Half the needles should be more than 511 bytes back: binomial(2000, 1/2), sd 22; 5 sigma.
+    expect(Math.abs(far - n / 2)).toBeLessThan(5 * Math.sqrt(n / 4));
+    // Each digit 1/10 of the time: sd sqrt(2000 * 0.09) = 13.4; 5 sigma.
+    for (const c of digits) expect(Math.abs(c - n / 10)).toBeLessThan(5 * Math.sqrt(n * 0.09));
   });
 
-  it('refuses a length too short for its records and queries, and more records than keys', () => {
-    expect(() => recallSequence(new Rng(1), { length: 27, records: 8, queries: 4 })).toThrow(/too short/);
-    expect(() => recallSequence(new Rng(1), { length: 512, records: 27 })).toThrow(/\[1, 26\]/);
+  it('refuses a length with no room for a needle, a query and its answer', () => {
+    expect(() => recallSequence(new Rng(1), 2)).toThrow(/integer >= 3/);
   });
 });
 

@@ -367,7 +367,7 @@ export async function runFlipflop(env: StudyEnv, outDir: string, configs: readon
 }
 
 const recallSource = () =>
-  generatorSource(`recall:${RECALL_TASK}`, (rng, n) => recallSequence(rng, { length: n }).bytes);
+  generatorSource(`recall:${RECALL_TASK}`, (rng, n) => recallSequence(rng, n).bytes);
 
 export async function runRecall(env: StudyEnv, outDir: string, configs: readonly RecallConfig[]) {
   const store = storeFor<RecallConfig, RecallResult>(outDir, 'recall');
@@ -387,7 +387,7 @@ export async function runRecall(env: StudyEnv, outDir: string, configs: readonly
     const evals = c.multipliers.map((m) => {
       const length = m * c.trainLength;
       const rng = new Rng(EVAL_SEED + length);
-      const seqs = Array.from({ length: c.evalSequences }, () => recallSequence(rng, { length }));
+      const seqs = Array.from({ length: c.evalSequences }, () => recallSequence(rng, length));
       return {
         multiplier: m,
         length,

@@ -121,12 +121,11 @@ export function quickPlan(): StudyPlan {
       budget: { steps: 500, batch: 16, lr: 3e-3, warmup: 50 },
     },
     recall: {
-      // >= 72 bytes guarantees the 4 queries find 4 records whatever the random filler (recall.ts's layout).
       trainLength: 96,
       multipliers: [1, 2, 4, 8],
-      evalSequences: 100,
+      evalSequences: 200,
       model: { width: 64, layers: 2, heads: 4, mlpWidth: 256 },
-      budget: { steps: 500, batch: 16, lr: 3e-3, warmup: 50 },
+      budget: { steps: 1000, batch: 16, lr: 3e-3, warmup: 50 },
     },
     precision: {
       encodings: ['hype-recency', 'hype-paper'],
@@ -162,10 +161,10 @@ export function fullPlan(): StudyPlan {
     },
     recall: {
       trainLength: 128,
-      multipliers: [1, 2, 4, 8],
-      evalSequences: 300,
-      model: { width: 128, layers: 2, heads: 4, mlpWidth: 512 },
-      budget: { steps: 2000, batch: 16, lr: 2e-3, warmup: 100 },
+      multipliers: [1, 2, 4, 8, 16],
+      evalSequences: 500,
+      model: { width: 64, layers: 2, heads: 4, mlpWidth: 256 },
+      budget: { steps: 2000, batch: 16, lr: 3e-3, warmup: 100 },
     },
     precision: {
       encodings: ['hype-recency', 'hype-paper', 'hype-learned'],

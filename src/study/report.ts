@@ -24,7 +24,7 @@ import type {
 } from './experiments.ts';
 import { ALL_ENCODINGS } from './plan.ts';
 import { FLIPFLOP_TASK } from './tasks/flipflop.ts';
-import { RECALL_DEFAULTS, RECALL_TASK } from './tasks/recall.ts';
+import { RECALL_TASK } from './tasks/recall.ts';
 import type { CellRecord } from './store.ts';
 import type { StudyPlan } from './plan.ts';
 import type { Versions } from './versions.ts';
@@ -352,9 +352,9 @@ function setupSection(input: ReportInput): string[] {
       "'i'/'I'), a read is 'r' then its answer: with the instruction and its bit as separate bytes a one-layer " +
       'model cannot tell a written bit from an ignored one, and every encoding sits at chance. Scaled down from the ' +
       'published setting (far longer sequences and training) to fit this machine.',
-    `- recall: associative recall (${RECALL_DEFAULTS.records} records 'kV', a distinct letter and a digit, at random ` +
-      `points of '.' filler, then ${RECALL_DEFAULTS.queries} queries '?kV' graded at V; the record count stays ` +
-      'fixed as the length grows, so longer contexts put records further from their queries), width ' +
+    "- recall: needle retrieval (one digit at a random point of random lowercase letters, then a query '?' " +
+      'answered by that digit; the needle stays single as the length grows, so it lies further from the query), ' +
+      'width ' +
       `${p.recall.model.width}, ${p.recall.model.layers} layers, trained at L = ${p.recall.trainLength} for ` +
       `${p.recall.budget.steps} steps; accuracy of the answer digit on ${p.recall.evalSequences} sequences per ` +
       `length at ${p.recall.multipliers.map((x) => `${x}x`).join(', ')} L.`,
@@ -499,7 +499,7 @@ function barSpec(values: { encoding: string; mix: string; error: number }[]): To
 }
 
 function recallSection(input: ReportInput, charts: Chart[], plotsRel: string): string[] {
-  const lines = ['## recall: associative recall accuracy (%, higher is better)', ''];
+  const lines = ['## recall: needle retrieval accuracy (%, higher is better)', ''];
   if (input.recall.length === 0) return [...lines, 'No recall cells yet.'];
   const L = input.recall[0]!.config.trainLength;
   const obs: Observation[] = [];
