@@ -366,8 +366,7 @@ export async function runFlipflop(env: StudyEnv, outDir: string, configs: readon
   });
 }
 
-const recallSource = () =>
-  generatorSource(`recall:${RECALL_TASK}`, (rng, n) => recallSequence(rng, n).bytes);
+const recallSource = () => generatorSource(`recall:${RECALL_TASK}`, (rng, n) => recallSequence(rng, n).bytes);
 
 export async function runRecall(env: StudyEnv, outDir: string, configs: readonly RecallConfig[]) {
   const store = storeFor<RecallConfig, RecallResult>(outDir, 'recall');
