@@ -35,9 +35,10 @@ import {
   kvHeadOf,
   visibleEnd,
   type ExplicitHooks,
+  type MaskSpec,
   type Param64,
 } from './explicit-attention.ts';
-import { allocate, dtypeOf } from '../tensor.ts';
+import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
 import { attentionScale } from './attention-plumbing.ts';
 
 export interface DaOptions {
@@ -53,6 +54,25 @@ function sigmoid(z: number): number {
   if (z >= 0) return 1 / (1 + Math.exp(-z));
   const e = Math.exp(z);
   return e / (1 + e);
+}
+
+/**
+ * S = scale q.k of one (batch, head) -> scale ReLU(q.k) Rhat(|p_i - l|) in place over the visible keys, with
+ * Rhat read from rescale[at + distance]; keys l <= p_i are at distance p_i - l, later ones at l - p_i. A plain
+ * function of its arguments (not a closure) so the loop keeps everything in registers.
+ */
+function rescaleLogits(S: FloatArray, rescale: Float64Array, at: number, lq: number, lk: number, mask: MaskSpec) {
+  for (let i = 0; i < lq; i++) {
+    const p = i + mask.queryOffset;
+    const end = visibleEnd(mask, i, lk);
+    const split = Math.max(0, Math.min(end, p + 1));
+    const row = i * lk;
+    const back = at + p; // rescale index of key l <= p is back - l
+    // max(x, 0) rather than a branch: the sign of q.k is random, a branch would mispredict half the time.
+    for (let l = 0; l < split; l++) S[row + l] = Math.max(S[row + l]!, 0) * rescale[back - l]!;
+    const ahead = at - p; // and of key l > p, ahead + l
+    for (let l = split; l < end; l++) S[row + l] = Math.max(S[row + l]!, 0) * rescale[ahead + l]!;
+  }
 }
 
 export class DaEncoding implements PositionalEncoding {
@@ -124,23 +144,7 @@ export class DaEncoding implements PositionalEncoding {
 
     const hooks: ExplicitHooks = {
       // S = scale q.k -> scale ReLU(q.k) Rhat(h, |p_i - l|); keys l <= p_i have distance p_i - l, later ones l - p_i.
-      logits: (_b, h, _kh, S) => {
-        const at = h * maxDist;
-        for (let i = 0; i < lq; i++) {
-          const p = i + qo;
-          const end = visibleEnd(mask, i, lk);
-          const split = Math.max(0, Math.min(end, p + 1));
-          const row = i * lk;
-          for (let l = 0; l < split; l++) {
-            const x = S[row + l]!;
-            S[row + l] = x > 0 ? x * rescale[at + p - l]! : 0;
-          }
-          for (let l = split; l < end; l++) {
-            const x = S[row + l]!;
-            S[row + l] = x > 0 ? x * rescale[at + l - p]! : 0;
-          }
-        }
-      },
+      logits: (_b, h, _kh, S) => rescaleLogits(S, rescale, h * maxDist, lq, lk, mask),
       // dLogits -> G = scale dLogits Rhat where q.k > 0 (ReLU passes nothing elsewhere), plus dw_h and dv_h.
       backward: (b, h, kh, dS) => {
         const qv = q.subarray((b * H + h) * lq * D, (b * H + h + 1) * lq * D);

@@ -13,6 +13,7 @@
  * v [B, Hkv, Lk, Dv]; query row i sits at i + queryOffset.
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
+import { layerOpsOf, type LayerOps } from '../backend/layers.ts';
 import { check } from '../errors.ts';
 import { allocate, dtypeOf, type DType, type FloatArray } from '../tensor.ts';
 import type { AttendContext, AttendInputs, Param } from './encoding.ts';
@@ -337,19 +338,35 @@ export function explicitAttention(
   const LL = lq * lk;
   const probs = allocate(dtype, B * H * LL);
   const out = allocate(dtype, B * H * lq * dv);
+  // Causal row blocks: rows i0 .. i1 - 1 see keys 0 .. keysOf(i1 - 1) - 1 at most, so products skip the rest.
+  const blocks = rowBlocks(mask, lq, lk);
+  const views = (b: number, h: number) => {
+    const kh = Math.floor(h / group);
+    const bh = b * H + h;
+    const kAt = (b * Hkv + kh) * lk;
+    return {
+      kh,
+      P: probs.subarray(bh * LL, (bh + 1) * LL),
+      qv: q.subarray(bh * lq * D, (bh + 1) * lq * D),
+      kv: k.subarray(kAt * D, (kAt + lk) * D),
+      vv: v.subarray(kAt * dv, (kAt + lk) * dv),
+    };
+  };
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
-      const kh = Math.floor(h / group);
-      const bh = b * H + h;
-      const P = probs.subarray(bh * LL, (bh + 1) * LL);
-      const qv = q.subarray(bh * lq * D, (bh + 1) * lq * D);
-      const kv = k.subarray((b * Hkv + kh) * lk * D, (b * Hkv + kh + 1) * lk * D);
-      const vv = v.subarray((b * Hkv + kh) * lk * dv, (b * Hkv + kh + 1) * lk * dv);
-      const o = out.subarray(bh * lq * dv, (bh + 1) * lq * dv);
-      gemm(false, true, lq, lk, D, scale, qv, D, kv, D, 0, P, lk);
+      const { kh, P, qv, kv } = views(b, h);
+      for (const [i0, i1, n] of blocks)
+        gemm(false, true, i1 - i0, n, D, scale, qv.subarray(i0 * D), D, kv, D, 0, P.subarray(i0 * lk), lk);
       hooks.logits(b, h, kh, P);
-      maskedSoftmaxRows(P, lq, lk, mask);
-      gemm(false, false, lq, dv, lk, 1, P, lk, vv, dv, 0, o, dv);
+    }
+  }
+  softmaxAllRows(probs, B * H, lq, lk, mask, dtype === 'float32' && ctx.backend ? layerOpsOf(ctx.backend) : null);
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      const { P, vv } = views(b, h);
+      const o = out.subarray((b * H + h) * lq * dv, (b * H + h + 1) * lq * dv);
+      for (const [i0, i1, n] of blocks)
+        gemm(false, false, i1 - i0, dv, n, 1, P.subarray(i0 * lk), lk, vv, dv, 0, o.subarray(i0 * dv), dv);
       hooks.valueTerm?.(b, h, P, o);
     }
   }
@@ -367,23 +384,27 @@ export function explicitAttention(
     const dS = allocate(dtype, LL);
     for (let b = 0; b < B; b++) {
       for (let h = 0; h < H; h++) {
-        const kh = Math.floor(h / group);
+        const { kh, P, qv, kv, vv } = views(b, h);
         const bh = b * H + h;
-        const P = probs.subarray(bh * LL, (bh + 1) * LL);
-        const qv = q.subarray(bh * lq * D, (bh + 1) * lq * D);
         const kAt = (b * Hkv + kh) * lk;
-        const kv = k.subarray(kAt * D, (kAt + lk) * D);
-        const vv = v.subarray(kAt * dv, (kAt + lk) * dv);
         const go = dOut.subarray(bh * lq * dv, (bh + 1) * lq * dv);
         const dqv = dq.subarray(bh * lq * D, (bh + 1) * lq * D);
         const dkv = dk.subarray(kAt * D, (kAt + lk) * D);
-        gemm(false, true, lq, lk, dv, 1, go, dv, vv, dv, 0, dS, lk);
+        const dvv = dV.subarray(kAt * dv, (kAt + lk) * dv);
+        for (const [i0, i1, n] of blocks) {
+          const m = i1 - i0;
+          gemm(false, true, m, n, dv, 1, go.subarray(i0 * dv), dv, vv, dv, 0, dS.subarray(i0 * lk), lk);
+          gemm(true, false, n, dv, m, 1, P.subarray(i0 * lk), lk, go.subarray(i0 * dv), dv, 1, dvv, dv);
+        }
         hooks.extraDProbs?.(b, h, P, go, dS);
         softmaxBackwardRows(P, dS, lq, lk, mask);
-        gemm(true, false, lk, dv, lq, 1, P, lk, go, dv, 1, dV.subarray(kAt * dv, (kAt + lk) * dv), dv);
         const alpha = hooks.backward(b, h, kh, dS, dqv, dkv);
-        gemm(false, false, lq, D, lk, alpha, dS, lk, kv, D, 1, dqv, D);
-        gemm(true, false, lk, D, lq, alpha, dS, lk, qv, D, 1, dkv, D);
+        for (const [i0, i1, n] of blocks) {
+          const m = i1 - i0;
+          const g = dS.subarray(i0 * lk);
+          gemm(false, false, m, D, n, alpha, g, lk, kv, D, 1, dqv.subarray(i0 * D), D);
+          gemm(true, false, n, D, m, alpha, g, lk, qv.subarray(i0 * D), D, 1, dkv, D);
+        }
       }
     }
     return {
@@ -393,6 +414,74 @@ export function explicitAttention(
     };
   };
   return { out: asDtype(out, dtypeOf(vInput)), backward };
+}
+
+/** Rows per block of the blocked products: a training window (L = 128) stays one block. */
+export const ROW_BLOCK = 256;
+
+/**
+ * [i0, i1, n] per block of ROW_BLOCK query rows: n = the keys any row of the block sees (all Lk unless causal).
+ * Blocks whose rows see no key are left out.
+ */
+export function rowBlocks(mask: MaskSpec, lq: number, lk: number): [number, number, number][] {
+  const blocks: [number, number, number][] = [];
+  for (let i0 = 0; i0 < lq; i0 += ROW_BLOCK) {
+    const i1 = Math.min(lq, i0 + ROW_BLOCK);
+    const n = visibleEnd(mask, i1 - 1, lk);
+    if (n > 0) blocks.push([i0, i1, n]);
+  }
+  return blocks;
+}
+
+/** The lowest finite fp32: a masked logit whose exp is exactly 0 in the native softmax (it flushes below -87). */
+const MASKED_LOGIT = -3.4028234663852886e38;
+
+/**
+ * maskedSoftmaxRows over `count` matrices [Lq, Lk] stored back to back. With fp32 layer ops at hand and a causal
+ * mask, the rows go through the backend's row softmax in one call: the cross-entropy backward,
+ * softmax(z) - onehot(target), with the target on a masked key whose logit is MASKED_LOGIT (its exp is 0, so it
+ * just reads -1 and is then zeroed with the rest of the mask). Rows without a masked key (the last rows of a
+ * square causal call) and rows without any key take the plain loop.
+ */
+function softmaxAllRows(
+  probs: FloatArray,
+  count: number,
+  lq: number,
+  lk: number,
+  mask: MaskSpec,
+  ops: LayerOps | null,
+): void {
+  const LL = lq * lk;
+  if (ops === null || !mask.causal) {
+    for (let m = 0; m < count; m++) maskedSoftmaxRows(probs.subarray(m * LL, (m + 1) * LL), lq, lk, mask);
+    return;
+  }
+  const fullRows: number[] = [];
+  for (let i = 0; i < lq; i++) if (visibleEnd(mask, i, lk) === lk) fullRows.push(i);
+  const saved = allocate(dtypeOf(probs), count * fullRows.length * lk);
+  for (let m = 0; m < count; m++) {
+    for (let i = 0; i < lq; i++) {
+      const row = m * LL + i * lk;
+      probs.fill(MASKED_LOGIT, row + visibleEnd(mask, i, lk), row + lk);
+    }
+    fullRows.forEach((i, j) =>
+      saved.set(probs.subarray(m * LL + i * lk, m * LL + (i + 1) * lk), (m * fullRows.length + j) * lk),
+    );
+  }
+  const targets = new Int32Array(count * lq).fill(lk - 1);
+  ops.softmaxCrossEntropyBackward(probs, targets, probs, count * lq, lk, 1);
+  for (let m = 0; m < count; m++) {
+    for (let i = 0; i < lq; i++) {
+      const row = m * LL + i * lk;
+      const end = visibleEnd(mask, i, lk);
+      probs.fill(0, end === 0 ? row : row + end, row + lk);
+    }
+    fullRows.forEach((i, j) => {
+      const row = m * LL + i * lk;
+      probs.set(saved.subarray((m * fullRows.length + j) * lk, (m * fullRows.length + j + 1) * lk), row);
+      maskedSoftmaxRows(probs.subarray(row, row + lk), 1, lk, { causal: false, queryOffset: 0 });
+    });
+  }
 }
 
 /**

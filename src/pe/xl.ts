@@ -35,6 +35,7 @@ import {
   explicitAttention,
   gemmFor,
   kvHeadOf,
+  rowBlocks,
   visibleEnd,
   type ExplicitHooks,
   type Param64,
@@ -142,12 +143,20 @@ export class XlEncoding implements PositionalEncoding {
     // In row i, key l sits at table row t = c_i - l with c_i = i + queryOffset - sLo.
     const rowShift = (i: number) => i + qo - sLo;
     const dr = allocate(work, r.length);
+    // Row blocks of the position products: causal rows i0 .. i1 - 1 only reach table rows below c_{i1-1} + 1.
+    const posBlocks = rowBlocks(mask, lq, lk).map(([i0, i1]): [number, number, number] => [
+      i0,
+      i1,
+      ctx.causal ? Math.min(nT, rowShift(i1 - 1) + 1) : nT,
+    ]);
 
     const hooks: ExplicitHooks = {
       logits: (b, h, kh, S) => {
         fillQv(b, h);
         const rk = r.subarray(kh * nT * D, (kh + 1) * nT * D);
-        if (nT > 0) gemm(false, true, lq, nT, D, scale, qv, D, rk, D, 0, pos, nT);
+        for (const [i0, i1, n] of posBlocks) {
+          gemm(false, true, i1 - i0, n, D, scale, qv.subarray(i0 * D), D, rk, D, 0, pos.subarray(i0 * nT), nT);
+        }
         const kAt = (b * Hkv + kh) * lk * D;
         for (let l = 0; l < lk; l++) {
           let acc = 0;
@@ -173,9 +182,13 @@ export class XlEncoding implements PositionalEncoding {
         }
         if (nT > 0) {
           const rk = r.subarray(kh * nT * D, (kh + 1) * nT * D);
-          gemm(false, false, lq, D, nT, 1, pos, nT, rk, D, 1, dq, D);
+          const drk = dr.subarray(kh * nT * D, (kh + 1) * nT * D);
           fillQv(b, h);
-          gemm(true, false, nT, D, lq, 1, pos, nT, qv, D, 1, dr.subarray(kh * nT * D, (kh + 1) * nT * D), D);
+          for (const [i0, i1, n] of posBlocks) {
+            const g = pos.subarray(i0 * nT);
+            gemm(false, false, i1 - i0, D, n, 1, g, nT, rk, D, 1, dq.subarray(i0 * D), D);
+            gemm(true, false, n, D, i1 - i0, 1, g, nT, qv.subarray(i0 * D), D, 1, drk, D);
+          }
           colSums.fill(0);
           for (let i = 0; i < lq; i++) for (let t = 0; t < nT; t++) colSums[t]! += pos[i * nT + t]!;
           for (let t = 0; t < nT; t++) {
