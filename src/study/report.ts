@@ -665,12 +665,14 @@ function findingsSection(input: ReportInput): string[] {
     lines.push(...lmPair('hype-recency', 'alibi', (c) => uniq([1, 4, longest(c)]).filter((m) => m <= longest(c))));
     lines.push(...corpora.map((c) => '  - ' + extrapolationVerdict(input, c, 'hype-recency', 'alibi')));
   }
+  lines.push(...flipRecallPair(input, 'hype-recency', 'alibi'));
   lines.push('2. **Does hype-paper (the literal sign, rewarding distance) hurt?**');
   if (corpora.length === 0) lines.push('  - No lm results yet.');
   else {
     lines.push(...lmPair('hype-paper', 'hype-recency', ends));
     lines.push(...lmPair('hype-paper', 'none', ends));
   }
+  lines.push(...flipRecallPair(input, 'hype-paper', 'hype-recency'));
   lines.push('3. **Does learning tau/mu help?**');
   if (corpora.length === 0) lines.push('  - No lm results yet.');
   else lines.push(...lmPair('hype-learned', 'hype-recency', ends));
