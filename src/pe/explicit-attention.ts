@@ -288,8 +288,10 @@ export function addInto(grad: Float64Array, src: FloatArray): void {
  * head kh (shared by the heads of its group: add into it). Only the visible entries of S/dLogits are ever read.
  */
 export interface ExplicitHooks {
-  /** S holds scale * q_i . k_l; turn it into this encoding's logits (visible entries only). */
+  /** S holds scale * q_i . k_l (unless ownScores); turn it into this encoding's logits (visible entries only). */
   logits(b: number, h: number, kh: number, s: FloatArray): void;
+  /** The encoding writes every visible logit itself: skip the q.k products (PaTH's walk). */
+  ownScores?: boolean;
   /** out_i += the encoding's value-side term, given the probabilities P (Shaw's relative values). */
   valueTerm?(b: number, h: number, p: FloatArray, out: FloatArray): void;
   /** dP += the encoding's own per-pair term of dLoss/dP (the value-side term's), given P and dOut. */
@@ -297,7 +299,7 @@ export interface ExplicitHooks {
   /**
    * Given dLogits (masked entries 0), accumulate the encoding's parameter gradients and its own terms of dq and
    * dk, and leave in dLogits the gradient G of the plain scores q_i . k_l up to the returned factor alpha: the
-   * caller then adds dq += alpha G K and dk += alpha G^T Q.
+   * caller then adds dq += alpha G K and dk += alpha G^T Q (nothing when alpha is 0).
    */
   backward(b: number, h: number, kh: number, dLogits: FloatArray, dq: FloatArray, dk: FloatArray): number;
 }
@@ -355,7 +357,7 @@ export function explicitAttention(
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       const { kh, P, qv, kv } = views(b, h);
-      for (const [i0, i1, n] of blocks)
+      for (const [i0, i1, n] of hooks.ownScores ? [] : blocks)
         gemm(false, true, i1 - i0, n, D, scale, qv.subarray(i0 * D), D, kv, D, 0, P.subarray(i0 * lk), lk);
       hooks.logits(b, h, kh, P);
     }
@@ -399,7 +401,7 @@ export function explicitAttention(
         hooks.extraDProbs?.(b, h, P, go, dS);
         softmaxBackwardRows(P, dS, lq, lk, mask);
         const alpha = hooks.backward(b, h, kh, dS, dqv, dkv);
-        for (const [i0, i1, n] of blocks) {
+        for (const [i0, i1, n] of alpha === 0 ? [] : blocks) {
           const m = i1 - i0;
           const g = dS.subarray(i0 * lk);
           gemm(false, false, m, D, n, alpha, g, lk, kv, D, 1, dqv.subarray(i0 * D), D);
@@ -505,8 +507,7 @@ function maskedSoftmaxRows(S: FloatArray, lq: number, lk: number, mask: MaskSpec
       S[l] = e;
       sum += e;
     }
-    const inv = 1 / sum;
-    for (let l = row; l < row + end; l++) S[l] = S[l]! * inv;
+    for (let l = row; l < row + end; l++) S[l] = S[l]! / sum;
   }
 }
 

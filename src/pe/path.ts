@@ -29,9 +29,9 @@
  * - causal only: the product runs from the key forward to the query, and bidirectional use is refused. Queries
  *   must sit at positions the keys cover (queryOffset >= 0 and queryOffset + Lq <= Lk), since H_p needs x_p.
  */
-import type { AttentionShape } from '../backend/backend.ts';
+import type { AttentionShape, Backend } from '../backend/backend.ts';
 import { check } from '../errors.ts';
-import type { FloatArray } from '../tensor.ts';
+import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
 import type { Rng } from '../util/rng.ts';
 import type {
   AttendContext,
@@ -43,13 +43,15 @@ import type {
   PositionalEncoding,
 } from './encoding.ts';
 import {
+  asDtype,
   asFloat64,
   checkAttendInputs,
   createParam,
-  explicitAttentionBackward,
-  explicitAttentionForward,
+  explicitAttention,
+  gemmFor,
   kvHeadOf,
   toDtypeOf,
+  type ExplicitHooks,
   type Param64,
 } from './explicit-attention.ts';
 import { attentionScale } from './attention-plumbing.ts';
@@ -76,8 +78,8 @@ export interface PathFactors {
 }
 
 export interface PathCoreGrads {
-  dq: Float64Array;
-  dk: Float64Array;
+  dq: FloatArray;
+  dk: FloatArray;
   dv: FloatArray;
   dw: Float64Array;
   dbeta: Float64Array;
@@ -91,7 +93,9 @@ function sigmoid(z: number): number {
 
 /**
  * The attention itself, given the factors (exported so tests can set w and beta directly, e.g. beta = 0).
- * Causal; query row i sits at position i + queryOffset, which must be a key position.
+ * Causal; query row i sits at position i + queryOffset, which must be a key position. The softmax, P V and their
+ * backward run on the explicitAttention core (gemms on `backend` for fp32, plain fp64 loops otherwise); the walks
+ * below produce the logits and turn dLogits into dq, dk, dw and dbeta.
  */
 export function pathAttention(
   shape: AttentionShape,
@@ -101,88 +105,203 @@ export function pathAttention(
   v: FloatArray,
   factors: PathFactors,
   scale: number,
+  backend?: Backend,
 ): { out: FloatArray; backward(dOut: FloatArray): PathCoreGrads } {
-  const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: D } = shape;
+  const { heads: H, kvHeads: Hkv, lq, lk, headDim: D } = shape;
   const { w, beta } = factors;
-  const q = asFloat64(qInput);
-  const k = asFloat64(kInput);
-  const mask = { causal: true, queryOffset };
-  const logits = new Float64Array(B * H * lq * lk);
+  const work = qInput instanceof Float32Array && kInput instanceof Float32Array ? 'float32' : 'float64';
+  const q = asDtype(qInput, work);
+  const k = asDtype(kInput, work);
+  const ctx: AttendContext = { backend: backend as Backend, shape, causal: true, queryOffset };
   const r = new Float64Array(D);
-  for (let b = 0; b < B; b++) {
-    for (let h = 0; h < H; h++) {
-      const kvBase = (b * Hkv + kvHeadOf(shape, h)) * lk;
+  const walk = new Float64Array(lk * D); // walk[l] = the running vector r_l used for logit(p, l)
+  const wr = new Float64Array(lk); // w_l . r_l, the coefficient of factor l in the walk
+  const a = new Float64Array(D);
+  let dw = new Float64Array(0);
+  let dbeta = new Float64Array(0);
+
+  const gemm = gemmFor(ctx, q);
+  const zs = allocate(work, lq * D); // per query: its walk state at the end of the chunk being scanned
+  const zNext = allocate(work, lq * D);
+  const kHat = allocate(work, lk * D); // per key: k_j carried to the end of its chunk
+  const u = allocate(work, D * D);
+  const uRows = new Float64Array(D * D);
+  /**
+   * Every logit of one (batch, head), by chunks of PATH_CHUNK positions. Within a query's own chunk it walks
+   * (walkLogits, stopping at the chunk start, which leaves r at the end of the previous chunk). Across chunks,
+   * logit(p, l) = r_p(e) . kHat_l, with r_p(e) the query's walk state at the end e of the key's chunk and
+   * kHat_l = H_e ... H_{l+1} k_l (the factors are symmetric), so a whole chunk of keys is one gemm; moving every
+   * state back over chunk J is one more, r^T <- r^T U_J with the dense D x D product U_J = H_e ... H_s of its factors.
+   */
+  const chunkedLogits = (S: FloatArray, qBase: number, kvBase: number): void => {
+    walkLogits(S, q, qBase, k, w, beta, kvBase, lq, queryOffset, lk, D, scale, r, zs);
+    const lastChunk = Math.floor((queryOffset + lq - 1) / PATH_CHUNK);
+    if (lastChunk === 0) return;
+    carryKeys(kHat, k, w, beta, kvBase, lastChunk * PATH_CHUNK, D, r);
+    for (let J = lastChunk - 1; J >= 0; J--) {
+      const r0 = Math.max(0, (J + 1) * PATH_CHUNK - queryOffset); // first query row past chunk J
+      const m = lq - r0;
+      const s0 = J * PATH_CHUNK;
+      const width = Math.min(lk, s0 + PATH_CHUNK) - s0;
+      const z = zs.subarray(r0 * D);
+      gemm(false, true, m, width, D, scale, z, D, kHat.subarray(s0 * D), D, 0, S.subarray(r0 * lk + s0), lk);
+      if (J === 0) break;
+      chunkProduct(uRows, w, beta, kvBase + s0, width, D);
+      u.set(uRows);
+      gemm(false, false, m, D, D, 1, z, D, u, D, 0, zNext, D);
+      z.set(zNext.subarray(0, m * D));
+    }
+  };
+
+  const hooks: ExplicitHooks = {
+    ownScores: true,
+    // Each query walks back over the keys carrying r = q_p, applying one factor per step:
+    // logit(p, l) = scale r . k_l, then r <- r - beta_l (w_l . r) w_l.
+    logits: (b, h, kh, S) => chunkedLogits(S, (b * H + h) * lq * D, (b * Hkv + kh) * lk),
+    backward: (b, h, kh, dS, dq, dk) => {
+      const kvBase = (b * Hkv + kh) * lk;
+      const qBase = (b * H + h) * lq * D;
       for (let i = 0; i < lq; i++) {
         const p = i + queryOffset;
-        const row = ((b * H + h) * lq + i) * lk;
-        for (let d = 0; d < D; d++) r[d] = q[((b * H + h) * lq + i) * D + d]!;
-        for (let l = p; l >= 0; l--) {
-          logits[row + l] = scale * dotAt(r, 0, k, (kvBase + l) * D, D);
-          if (l > 0) applyFactor(r, w, (kvBase + l) * D, beta[kvBase + l]!, D);
+        const row = i * lk;
+        // Replay the forward walk, keeping every r_l and w_l . r_l.
+        for (let d = 0; d < D; d++) walk[p * D + d] = q[qBase + i * D + d]!;
+        for (let l = p; l > 0; l--) {
+          const wAt = (kvBase + l) * D;
+          let rw = 0;
+          for (let d = 0; d < D; d++) rw += walk[l * D + d]! * w[wAt + d]!;
+          wr[l] = rw;
+          const c = beta[kvBase + l]! * rw;
+          for (let d = 0; d < D; d++) walk[(l - 1) * D + d] = walk[l * D + d]! - c * w[wAt + d]!;
         }
+        // Adjoint, in position order: a = dLoss/dr_l, where r_{l-1} = H_l r_l and logit_l = scale r_l . k_l.
+        a.fill(0);
+        for (let l = 0; l <= p; l++) {
+          const at = (kvBase + l) * D;
+          if (l > 0) {
+            const bl = beta[kvBase + l]!;
+            const rw = wr[l]!;
+            let wa = 0;
+            for (let d = 0; d < D; d++) wa += a[d]! * w[at + d]!;
+            dbeta[kvBase + l]! -= rw * wa;
+            for (let d = 0; d < D; d++) {
+              dw[at + d]! -= bl * (rw * a[d]! + wa * walk[l * D + d]!);
+              a[d]! -= bl * wa * w[at + d]!;
+            }
+          }
+          const g = scale * dS[row + l]!;
+          if (g === 0) continue;
+          const kRow = l * D;
+          for (let d = 0; d < D; d++) {
+            a[d]! += g * k[at + d]!;
+            dk[kRow + d] = dk[kRow + d]! + g * walk[l * D + d]!;
+          }
+        }
+        for (let d = 0; d < D; d++) dq[i * D + d] = dq[i * D + d]! + a[d]!;
       }
-    }
-  }
-  const fwd = explicitAttentionForward(shape, mask, logits, v);
+      return 0; // dq and dk are complete: no plain q.k term
+    },
+  };
+  const core = explicitAttention(ctx, q, k, v, scale, hooks);
 
   const backward = (dOut: FloatArray): PathCoreGrads => {
-    const { dLogits, dv } = explicitAttentionBackward(shape, fwd.probs, v, dOut);
-    const dq = new Float64Array(q.length);
-    const dk = new Float64Array(k.length);
-    const dw = new Float64Array(w.length);
-    const dbeta = new Float64Array(beta.length);
-    const walk = new Float64Array(lk * D); // walk[l] = the running vector r_l used for logit(p, l)
-    const a = new Float64Array(D); // adjoint of the running vector
-    for (let b = 0; b < B; b++) {
-      for (let h = 0; h < H; h++) {
-        const kvBase = (b * Hkv + kvHeadOf(shape, h)) * lk;
-        for (let i = 0; i < lq; i++) {
-          const p = i + queryOffset;
-          const row = ((b * H + h) * lq + i) * lk;
-          const qAt = ((b * H + h) * lq + i) * D;
-          // Replay the forward walk, keeping every r_l.
-          for (let d = 0; d < D; d++) walk[p * D + d] = q[qAt + d]!;
-          for (let l = p; l > 0; l--) {
-            walk.copyWithin((l - 1) * D, l * D, l * D + D);
-            const rPrev = walk.subarray((l - 1) * D, l * D);
-            applyFactor(rPrev, w, (kvBase + l) * D, beta[kvBase + l]!, D);
-          }
-          // Adjoint, in position order: a = dLoss/dr_l, where r_{l-1} = H_l r_l and logit_l = scale r_l . k_l.
-          a.fill(0);
-          for (let l = 0; l <= p; l++) {
-            if (l > 0) {
-              const wAt = (kvBase + l) * D;
-              const bl = beta[kvBase + l]!;
-              const wa = dotAt(a, 0, w, wAt, D);
-              const wr = dotAt(walk, l * D, w, wAt, D);
-              dbeta[kvBase + l]! -= wr * wa;
-              for (let d = 0; d < D; d++) {
-                dw[wAt + d]! -= bl * (wr * a[d]! + wa * walk[l * D + d]!);
-                a[d]! -= bl * wa * w[wAt + d]!;
-              }
-            }
-            const g = scale * dLogits[row + l]!;
-            if (g !== 0) {
-              const kAt = (kvBase + l) * D;
-              for (let d = 0; d < D; d++) {
-                a[d]! += g * k[kAt + d]!;
-                dk[kAt + d]! += g * walk[l * D + d]!;
-              }
-            }
-          }
-          for (let d = 0; d < D; d++) dq[qAt + d] = a[d]!;
-        }
-      }
-    }
-    return { dq, dk, dv, dw, dbeta };
+    dw = new Float64Array(w.length);
+    dbeta = new Float64Array(beta.length);
+    const g = core.backward(dOut);
+    return { dq: g.dq, dk: g.dk, dv: g.dv, dw, dbeta };
   };
-  return { out: fwd.out, backward };
+  return { out: core.out, backward };
 }
 
-/** r <- (I - beta w w^T) r for the unit-ish vector w stored at w[at .. at + D). */
-function applyFactor(r: Float64Array, w: Float64Array, at: number, beta: number, D: number): void {
-  const c = beta * dotAt(r, 0, w, at, D);
-  for (let d = 0; d < D; d++) r[d]! -= c * w[at + d]!;
+/** Positions per chunk of the chunked logits (pathAttention). Windows up to this length walk only. */
+export const PATH_CHUNK = 32;
+
+/**
+ * Each query walks back over the keys of its own chunk carrying r = q_p, applying one factor per step:
+ * logit(p, l) = scale r . k_l, then r <- r - beta_l (w_l . r) w_l. The state after the chunk's first factor (the
+ * walk state at the end of the previous chunk) is left in row i of zs. A plain function of its arguments (not a
+ * closure), so V8 keeps the arrays and sizes in registers.
+ */
+function walkLogits(
+  S: FloatArray,
+  q: FloatArray,
+  qBase: number,
+  k: FloatArray,
+  w: Float64Array,
+  beta: Float64Array,
+  kvBase: number,
+  lq: number,
+  queryOffset: number,
+  lk: number,
+  D: number,
+  scale: number,
+  r: Float64Array,
+  zs: FloatArray,
+): void {
+  for (let i = 0; i < lq; i++) {
+    const p = i + queryOffset;
+    const start = p - (p % PATH_CHUNK);
+    const row = i * lk;
+    for (let d = 0; d < D; d++) r[d] = q[qBase + i * D + d]!;
+    for (let l = p; l >= start; l--) {
+      const kAt = (kvBase + l) * D;
+      let rk = 0;
+      for (let d = 0; d < D; d++) rk += r[d]! * k[kAt + d]!;
+      S[row + l] = scale * rk;
+      if (l === 0) break;
+      let rw = 0;
+      for (let d = 0; d < D; d++) rw += r[d]! * w[kAt + d]!;
+      const c = beta[kvBase + l]! * rw;
+      for (let d = 0; d < D; d++) r[d] = r[d]! - c * w[kAt + d]!;
+    }
+    for (let d = 0; d < D; d++) zs[i * D + d] = r[d]!;
+  }
+}
+
+/** kHat_j = H_e ... H_{j+1} k_j for the keys j < end, e = the last position of j's chunk. */
+function carryKeys(
+  kHat: FloatArray,
+  k: FloatArray,
+  w: Float64Array,
+  beta: Float64Array,
+  kvBase: number,
+  end: number,
+  D: number,
+  v: Float64Array,
+): void {
+  for (let j = 0; j < end; j++) {
+    const e = j - (j % PATH_CHUNK) + PATH_CHUNK - 1;
+    for (let d = 0; d < D; d++) v[d] = k[(kvBase + j) * D + d]!;
+    for (let t = j + 1; t <= e; t++) {
+      const wAt = (kvBase + t) * D;
+      let vw = 0;
+      for (let d = 0; d < D; d++) vw += v[d]! * w[wAt + d]!;
+      const c = beta[kvBase + t]! * vw;
+      for (let d = 0; d < D; d++) v[d] = v[d]! - c * w[wAt + d]!;
+    }
+    for (let d = 0; d < D; d++) kHat[j * D + d] = v[d]!;
+  }
+}
+
+/** U = H_{s+n-1} ... H_{s+1} H_s (row-major D x D) for the n factors from position s (kv-head row index). */
+function chunkProduct(U: Float64Array, w: Float64Array, beta: Float64Array, s: number, n: number, D: number): void {
+  U.fill(0);
+  for (let d = 0; d < D; d++) U[d * D + d] = 1;
+  const y = new Float64Array(D);
+  for (let t = s; t < s + n; t++) {
+    // U <- (I - beta w w^T) U = U - beta w (w^T U)
+    const wAt = t * D;
+    y.fill(0);
+    for (let a = 0; a < D; a++) {
+      const wa = w[wAt + a]!;
+      for (let c = 0; c < D; c++) y[c]! += wa * U[a * D + c]!;
+    }
+    const bt = beta[t]!;
+    for (let a = 0; a < D; a++) {
+      const f = bt * w[wAt + a]!;
+      for (let c = 0; c < D; c++) U[a * D + c]! -= f * y[c]!;
+    }
+  }
 }
 
 function dotAt(a: Float64Array, ao: number, b: Float64Array, bo: number, n: number): number {
@@ -374,13 +493,13 @@ export class PathEncoding implements PositionalEncoding {
     const x = this.checkCall(ctx, inputs);
     const s = ctx.shape;
     const f = this.factors(x, s.batch, s.lk);
-    const core = pathAttention(s, ctx.queryOffset, inputs.q, inputs.k, inputs.v, f, attentionScale(s));
+    const core = pathAttention(s, ctx.queryOffset, inputs.q, inputs.k, inputs.v, f, attentionScale(s), ctx.backend);
     return {
       out: core.out,
       backward: (dOut) => {
         const g = core.backward(dOut);
         const dx = f.backward(g.dw, g.dbeta);
-        return { dq: toDtypeOf(inputs.q, g.dq), dk: toDtypeOf(inputs.k, g.dk), dv: g.dv, dx };
+        return { dq: asDtype(g.dq, dtypeOf(inputs.q)), dk: asDtype(g.dk, dtypeOf(inputs.k)), dv: g.dv, dx };
       },
     };
   }
