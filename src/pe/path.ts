@@ -43,15 +43,16 @@ import type {
   PositionalEncoding,
 } from './encoding.ts';
 import {
+  addInto,
   asDtype,
-  asFloat64,
   checkAttendInputs,
   createParam,
   explicitAttention,
   gemmFor,
   kvHeadOf,
-  toDtypeOf,
+  plainGemm,
   type ExplicitHooks,
+  type Gemm,
   type Param64,
 } from './explicit-attention.ts';
 import { attentionScale } from './attention-plumbing.ts';
@@ -380,13 +381,27 @@ export class PathEncoding implements PositionalEncoding {
     xInput: FloatArray,
     batch: number,
     lk: number,
+    gemm: Gemm = plainGemm,
   ): PathFactors & { backward(dw: Float64Array, dbeta: Float64Array): FloatArray } {
-    const x = asFloat64(xInput);
+    // The projections x W_w and x w_beta (and their backward) are gemms in the dtype of x (the backend's sgemm for
+    // fp32 on a backend, else plain fp64 loops); the cheap per-position rest is fp64.
+    const work = dtypeOf(xInput);
+    const x = xInput;
     const { kvHeads: Hkv, modelDim: C, headDim: D } = this.dims;
     const K = this.convSize;
-    const W = this.wProj.data;
+    const W = asDtype(this.wProj.data, work);
+    const wBeta = asDtype(this.betaWeight.data, work);
     const n = batch * Hkv * lk;
-    const u = new Float64Array(n * D); // x_t W_w
+    const u = allocate(work, n * D); // x_t W_w, [B, Hkv, Lk, D]
+    const zs = allocate(work, batch * lk * Hkv); // x_t . w_beta[h], [B, Lk, Hkv]
+    for (let b = 0; b < batch; b++) {
+      const xb = x.subarray(b * lk * C, (b + 1) * lk * C);
+      for (let h = 0; h < Hkv; h++) {
+        const ub = u.subarray((b * Hkv + h) * lk * D, (b * Hkv + h + 1) * lk * D);
+        gemm(false, false, lk, D, C, 1, xb, C, W.subarray(h * C * D, (h + 1) * C * D), D, 0, ub, D);
+      }
+    }
+    gemm(false, true, batch * lk, Hkv, C, 1, x, C, wBeta, C, 0, zs, Hkv);
     const pre = new Float64Array(n * D); // convolution output (before SiLU); = u without the convolution
     const s = new Float64Array(n * D); // vector to normalise
     const norm = new Float64Array(n);
@@ -395,17 +410,7 @@ export class PathEncoding implements PositionalEncoding {
     for (let b = 0; b < batch; b++) {
       for (let h = 0; h < Hkv; h++) {
         const base = (b * Hkv + h) * lk;
-        for (let t = 0; t < lk; t++) {
-          const xAt = (b * lk + t) * C;
-          for (let d = 0; d < D; d++) {
-            let acc = 0;
-            for (let c = 0; c < C; c++) acc += x[xAt + c]! * W[(h * C + c) * D + d]!;
-            u[(base + t) * D + d] = acc;
-          }
-          let z = this.betaBias.data[h]!;
-          for (let c = 0; c < C; c++) z += x[xAt + c]! * this.betaWeight.data[h * C + c]!;
-          beta[base + t] = 2 * sigmoid(z);
-        }
+        for (let t = 0; t < lk; t++) beta[base + t] = 2 * sigmoid(this.betaBias.data[h]! + zs[(b * lk + t) * Hkv + h]!);
         for (let t = 0; t < lk; t++) {
           let sq = 0;
           for (let d = 0; d < D; d++) {
@@ -430,31 +435,25 @@ export class PathEncoding implements PositionalEncoding {
     }
 
     const backward = (dw: Float64Array, dbeta: Float64Array): FloatArray => {
-      const dx = new Float64Array(x.length);
-      const du = new Float64Array(lk * D);
+      const dx = allocate(work, x.length);
+      const du = allocate(work, n * D); // dLoss/du, [B, Hkv, Lk, D]
+      const dz = allocate(work, batch * lk * Hkv); // dLoss/dz, [B, Lk, Hkv]
       for (let b = 0; b < batch; b++) {
         for (let h = 0; h < Hkv; h++) {
           const base = (b * Hkv + h) * lk;
-          du.fill(0);
           for (let t = 0; t < lk; t++) {
-            const xAt = (b * lk + t) * C;
             // beta = 2 sigmoid(z): dz = dbeta * 2 sigmoid(z) (1 - sigmoid(z)) = dbeta * beta (1 - beta / 2)
             const bt = beta[base + t]!;
-            const dz = dbeta[base + t]! * bt * (1 - bt / 2);
-            if (dz !== 0) {
-              this.betaBias.grad[h]! += dz;
-              for (let c = 0; c < C; c++) {
-                this.betaWeight.grad[h * C + c]! += dz * x[xAt + c]!;
-                dx[xAt + c]! += dz * this.betaWeight.data[h * C + c]!;
-              }
-            }
+            const g = dbeta[base + t]! * bt * (1 - bt / 2);
+            dz[(b * lk + t) * Hkv + h] = g;
+            this.betaBias.grad[h]! += g;
             // w = s / n: ds = (dw - w (w . dw)) / n
             const wAt = (base + t) * D;
             const wdw = dotAt(w, wAt, dw, wAt, D);
             for (let d = 0; d < D; d++) {
               const ds = (dw[wAt + d]! - w[wAt + d]! * wdw) / norm[base + t]!;
               if (!this.conv) {
-                du[t * D + d]! += ds;
+                du[wAt + d] = du[wAt + d]! + ds;
                 continue;
               }
               const c = pre[wAt + d]!;
@@ -463,28 +462,33 @@ export class PathEncoding implements PositionalEncoding {
               for (let m = 0; m < K; m++) {
                 const src = t - (K - 1) + m;
                 if (src < 0) continue;
-                this.conv.grad[(h * D + d) * K + m]! += dc * u[(base + src) * D + d]!;
-                du[src * D + d]! += dc * this.conv.data[(h * D + d) * K + m]!;
+                const uAt = (base + src) * D + d;
+                this.conv.grad[(h * D + d) * K + m]! += dc * u[uAt]!;
+                du[uAt] = du[uAt]! + dc * this.conv.data[(h * D + d) * K + m]!;
               }
-            }
-          }
-          // u_t = x_t W_w[h]
-          for (let t = 0; t < lk; t++) {
-            const xAt = (b * lk + t) * C;
-            for (let c = 0; c < C; c++) {
-              const xc = x[xAt + c]!;
-              let acc = 0;
-              for (let d = 0; d < D; d++) {
-                const g = du[t * D + d]!;
-                this.wProj.grad[(h * C + c) * D + d]! += xc * g;
-                acc += W[(h * C + c) * D + d]! * g;
-              }
-              dx[xAt + c]! += acc;
             }
           }
         }
       }
-      return toDtypeOf(xInput, dx);
+      // z = x w_beta^T: d w_beta += dz^T x, dx += dz w_beta.
+      const dWBeta = allocate(work, Hkv * C);
+      gemm(true, false, Hkv, C, batch * lk, 1, dz, Hkv, x, C, 0, dWBeta, C);
+      addInto(this.betaWeight.grad, dWBeta);
+      gemm(false, false, batch * lk, C, Hkv, 1, dz, Hkv, wBeta, C, 1, dx, C);
+      // u = x W_w[h] per batch row block: dW_w[h] += x_b^T du, dx_b += du W_w[h]^T.
+      const dW = allocate(work, Hkv * C * D);
+      for (let b = 0; b < batch; b++) {
+        const xb = x.subarray(b * lk * C, (b + 1) * lk * C);
+        const dxb = dx.subarray(b * lk * C, (b + 1) * lk * C);
+        for (let h = 0; h < Hkv; h++) {
+          const dub = du.subarray((b * Hkv + h) * lk * D, (b * Hkv + h + 1) * lk * D);
+          const Wh = W.subarray(h * C * D, (h + 1) * C * D);
+          gemm(true, false, C, D, lk, 1, xb, C, dub, D, 1, dW.subarray(h * C * D, (h + 1) * C * D), D);
+          gemm(false, true, lk, C, D, 1, dub, D, Wh, D, 1, dxb, C);
+        }
+      }
+      addInto(this.wProj.grad, dW);
+      return dx;
     };
     return { w, beta, backward };
   }
@@ -492,7 +496,7 @@ export class PathEncoding implements PositionalEncoding {
   attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
     const x = this.checkCall(ctx, inputs);
     const s = ctx.shape;
-    const f = this.factors(x, s.batch, s.lk);
+    const f = this.factors(x, s.batch, s.lk, gemmFor(ctx, x));
     const core = pathAttention(s, ctx.queryOffset, inputs.q, inputs.k, inputs.v, f, attentionScale(s), ctx.backend);
     return {
       out: core.out,
