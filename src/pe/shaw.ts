@@ -90,7 +90,7 @@ export class ShawEncoding implements PositionalEncoding {
   attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
     this.checkCall(ctx, inputs);
     const s = ctx.shape;
-    const { heads: H, lq, lk, headDim: D, valueDim: dv } = s;
+    const { batch: B, heads: H, lq, lk, headDim: D, valueDim: dv } = s;
     const K = this.clip;
     const rows = 2 * K + 1;
     const scale = attentionScale(s);
@@ -104,7 +104,14 @@ export class ShawEncoding implements PositionalEncoding {
     const aK = asDtype(this.keyTable.data, work);
     const aV = asDtype(this.valueTable.data, work);
     const mask = { causal: ctx.causal, queryOffset: qo };
-    const perRow = allocate(work, lq * rows); // q_i . aK[m], dOut_i . aV[m] or a bucketed row of P / dLogits
+    // Tables [B, H, Lq, 2K+1] over every (batch, head), so each product with aK or aV is one gemm per call:
+    // q_i . aK[m] (forward) then dOut_i . aV[m] (backward); P bucketed by table row; scale * dLogits bucketed.
+    const BHL = B * H * lq;
+    const byRow = allocate(work, BHL * rows);
+    const bucketedP = allocate(work, BHL * rows);
+    const bucketedG = allocate(work, BHL * rows);
+    const tableOf = (t: FloatArray, b: number, h: number) =>
+      t.subarray((b * H + h) * lq * rows, (b * H + h + 1) * lq * rows);
     const dKeyTable = allocate(work, rows * D);
     const dValueTable = allocate(work, rows * dv);
 
@@ -119,8 +126,8 @@ export class ShawEncoding implements PositionalEncoding {
       const bandEnd = Math.max(lowEnd, Math.min(end, p + K)); // l < p + K: m = l - p + K; then m = 2K
       return [lowEnd, bandEnd, end];
     };
-    /** table[i, m] += sum of src[i, l] over the visible keys l in bucket m (src is [Lq, Lk]). */
-    const bucketRows = (src: FloatArray, alpha: number): void => {
+    /** perRow[i, m] = alpha * sum of src[i, l] over the visible keys l in bucket m (src is [Lq, Lk]). */
+    const bucketRows = (src: FloatArray, alpha: number, perRow: FloatArray): void => {
       perRow.fill(0);
       for (let i = 0; i < lq; i++) {
         const [lowEnd, bandEnd, end] = bands(i);
@@ -137,7 +144,7 @@ export class ShawEncoding implements PositionalEncoding {
       }
     };
     /** dst[i, l] += perRow[i, m(i, l)] over the visible keys. */
-    const gatherRows = (dst: FloatArray): void => {
+    const gatherRows = (dst: FloatArray, perRow: FloatArray): void => {
       for (let i = 0; i < lq; i++) {
         const [lowEnd, bandEnd, end] = bands(i);
         const row = i * lk;
@@ -150,41 +157,32 @@ export class ShawEncoding implements PositionalEncoding {
         for (let l = bandEnd; l < end; l++) dst[row + l] = dst[row + l]! + last;
       }
     };
-    const qOf = (b: number, h: number) => q.subarray((b * H + h) * lq * D, (b * H + h + 1) * lq * D);
-
     const hooks: ExplicitHooks = {
       // logit += scale q_i . aK[m(i, l)]
-      logits: (b, h, _kh, S) => {
-        gemm(false, true, lq, rows, D, scale, qOf(b, h), D, aK, D, 0, perRow, rows);
-        gatherRows(S);
-      },
-      // out_i += sum_m (sum of P over the keys in bucket m) aV[m]
-      valueTerm: (_b, _h, P, out) => {
-        bucketRows(P, 1);
-        gemm(false, false, lq, dv, rows, 1, perRow, rows, aV, dv, 1, out, dv);
-      },
-      // dP(i, l) += dOut_i . aV[m(i, l)];  d aV[m] += sum_i (bucketed P)[i, m] dOut_i
-      extraDProbs: (_b, _h, P, dOut, dP) => {
-        bucketRows(P, 1);
-        gemm(true, false, rows, dv, lq, 1, perRow, rows, dOut, dv, 1, dValueTable, dv);
-        gemm(false, true, lq, rows, dv, 1, dOut, dv, aV, dv, 0, perRow, rows);
-        gatherRows(dP);
-      },
-      // dq_i += sum_m G[i, m] aK[m] and d aK[m] += sum_i G[i, m] q_i, G = scale * dLogits bucketed
-      backward: (b, h, _kh, dS, dq) => {
-        bucketRows(dS, scale);
-        gemm(false, false, lq, D, rows, 1, perRow, rows, aK, D, 1, dq, D);
-        gemm(true, false, rows, D, lq, 1, perRow, rows, qOf(b, h), D, 1, dKeyTable, D);
+      logits: (b, h, _kh, S) => gatherRows(S, tableOf(byRow, b, h)),
+      // out_i += sum_m (sum of P over the keys in bucket m) aV[m]: bucket here, one gemm after the core
+      valueTerm: (b, h, P) => bucketRows(P, 1, tableOf(bucketedP, b, h)),
+      // dP(i, l) += dOut_i . aV[m(i, l)]
+      extraDProbs: (b, h, _P, _dOut, dP) => gatherRows(dP, tableOf(byRow, b, h)),
+      // dq_i += sum_m G[i, m] aK[m] and d aK[m] += sum_i G[i, m] q_i, G = scale * dLogits bucketed: after the core
+      backward: (b, h, _kh, dS) => {
+        bucketRows(dS, scale, tableOf(bucketedG, b, h));
         return scale;
       },
     };
+    gemm(false, true, BHL, rows, D, scale, q, D, aK, D, 0, byRow, rows);
     const core = explicitAttention(ctx, q, inputs.k, inputs.v, scale, hooks);
+    gemm(false, false, BHL, dv, rows, 1, bucketedP, rows, aV, dv, 1, core.out, dv);
     return {
       out: core.out,
-      backward: (dOut) => {
-        dKeyTable.fill(0);
-        dValueTable.fill(0);
+      backward: (dOutInput) => {
+        const dOut = asDtype(dOutInput, work);
+        // d aV[m] = sum_i (bucketed P)[i, m] dOut_i; the table dOut_i . aV[m] for extraDProbs.
+        gemm(true, false, rows, dv, BHL, 1, bucketedP, rows, dOut, dv, 0, dValueTable, dv);
+        gemm(false, true, BHL, rows, dv, 1, dOut, dv, aV, dv, 0, byRow, rows);
         const g = core.backward(dOut);
+        gemm(false, false, BHL, D, rows, 1, bucketedG, rows, aK, D, 1, g.dq, D);
+        gemm(true, false, rows, D, BHL, 1, bucketedG, rows, q, D, 0, dKeyTable, D);
         addInto(this.keyTable.grad, dKeyTable);
         addInto(this.valueTable.grad, dValueTable);
         return { dq: asDtype(g.dq, dtypeOf(inputs.q)), dk: g.dk, dv: g.dv };
