@@ -161,45 +161,27 @@ export function pathAttention(
     logits: (b, h, kh, S) => chunkedLogits(S, (b * H + h) * lq * D, (b * Hkv + kh) * lk),
     backward: (b, h, kh, dS, dq, dk) => {
       const kvBase = (b * Hkv + kh) * lk;
-      const qBase = (b * H + h) * lq * D;
-      for (let i = 0; i < lq; i++) {
-        const p = i + queryOffset;
-        const row = i * lk;
-        // Replay the forward walk, keeping every r_l and w_l . r_l.
-        for (let d = 0; d < D; d++) walk[p * D + d] = q[qBase + i * D + d]!;
-        for (let l = p; l > 0; l--) {
-          const wAt = (kvBase + l) * D;
-          let rw = 0;
-          for (let d = 0; d < D; d++) rw += walk[l * D + d]! * w[wAt + d]!;
-          wr[l] = rw;
-          const c = beta[kvBase + l]! * rw;
-          for (let d = 0; d < D; d++) walk[(l - 1) * D + d] = walk[l * D + d]! - c * w[wAt + d]!;
-        }
-        // Adjoint, in position order: a = dLoss/dr_l, where r_{l-1} = H_l r_l and logit_l = scale r_l . k_l.
-        a.fill(0);
-        for (let l = 0; l <= p; l++) {
-          const at = (kvBase + l) * D;
-          if (l > 0) {
-            const bl = beta[kvBase + l]!;
-            const rw = wr[l]!;
-            let wa = 0;
-            for (let d = 0; d < D; d++) wa += a[d]! * w[at + d]!;
-            dbeta[kvBase + l]! -= rw * wa;
-            for (let d = 0; d < D; d++) {
-              dw[at + d]! -= bl * (rw * a[d]! + wa * walk[l * D + d]!);
-              a[d]! -= bl * wa * w[at + d]!;
-            }
-          }
-          const g = scale * dS[row + l]!;
-          if (g === 0) continue;
-          const kRow = l * D;
-          for (let d = 0; d < D; d++) {
-            a[d]! += g * k[at + d]!;
-            dk[kRow + d] = dk[kRow + d]! + g * walk[l * D + d]!;
-          }
-        }
-        for (let d = 0; d < D; d++) dq[i * D + d] = dq[i * D + d]! + a[d]!;
-      }
+      walkBackward(
+        dS,
+        dq,
+        dk,
+        q,
+        (b * H + h) * lq * D,
+        k,
+        w,
+        beta,
+        dw,
+        dbeta,
+        kvBase,
+        lq,
+        queryOffset,
+        lk,
+        D,
+        scale,
+        walk,
+        wr,
+        a,
+      );
       return 0; // dq and dk are complete: no plain q.k term
     },
   };
@@ -256,6 +238,77 @@ function walkLogits(
       for (let d = 0; d < D; d++) r[d] = r[d]! - c * w[kAt + d]!;
     }
     for (let d = 0; d < D; d++) zs[i * D + d] = r[d]!;
+  }
+}
+
+/**
+ * The backward of every query's walk for one (batch, head): replay the walk keeping every state r_l (walk) and
+ * w_l . r_l (wr), then run the adjoint a = dLoss/dr_l in position order, where r_{l-1} = H_l r_l and
+ * logit_l = scale r_l . k_l, accumulating dq, dk (rows of this kv head) and dw, dbeta (indexed like w, beta).
+ */
+function walkBackward(
+  dS: FloatArray,
+  dq: FloatArray,
+  dk: FloatArray,
+  q: FloatArray,
+  qBase: number,
+  k: FloatArray,
+  w: Float64Array,
+  beta: Float64Array,
+  dw: Float64Array,
+  dbeta: Float64Array,
+  kvBase: number,
+  lq: number,
+  queryOffset: number,
+  lk: number,
+  D: number,
+  scale: number,
+  walk: Float64Array,
+  wr: Float64Array,
+  a: Float64Array,
+): void {
+  for (let i = 0; i < lq; i++) {
+    const p = i + queryOffset;
+    const row = i * lk;
+    for (let d = 0; d < D; d++) walk[p * D + d] = q[qBase + i * D + d]!;
+    for (let l = p; l > 0; l--) {
+      const wAt = (kvBase + l) * D;
+      const rAt = l * D;
+      let rw = 0;
+      for (let d = 0; d < D; d++) rw += walk[rAt + d]! * w[wAt + d]!;
+      wr[l] = rw;
+      const c = beta[kvBase + l]! * rw;
+      for (let d = 0; d < D; d++) walk[rAt - D + d] = walk[rAt + d]! - c * w[wAt + d]!;
+    }
+    a.fill(0);
+    for (let l = 0; l <= p; l++) {
+      const at = (kvBase + l) * D;
+      const rAt = l * D;
+      const g = scale * dS[row + l]!;
+      if (l > 0) {
+        const bl = beta[kvBase + l]!;
+        const rw = wr[l]!;
+        let wa = 0;
+        for (let d = 0; d < D; d++) wa += a[d]! * w[at + d]!;
+        dbeta[kvBase + l]! -= rw * wa;
+        const bwa = bl * wa;
+        const brw = bl * rw;
+        // One pass: the factor's adjoint (dw, a through H_l), then the logit's (a += g k_l, dk_l += g r_l).
+        for (let d = 0; d < D; d++) {
+          const ad = a[d]!;
+          const rd = walk[rAt + d]!;
+          dw[at + d]! -= brw * ad + bwa * rd;
+          a[d] = ad - bwa * w[at + d]! + g * k[at + d]!;
+          dk[rAt + d] = dk[rAt + d]! + g * rd;
+        }
+      } else {
+        for (let d = 0; d < D; d++) {
+          a[d] = a[d]! + g * k[at + d]!;
+          dk[rAt + d] = dk[rAt + d]! + g * walk[rAt + d]!;
+        }
+      }
+    }
+    for (let d = 0; d < D; d++) dq[i * D + d] = dq[i * D + d]! + a[d]!;
   }
 }
 
