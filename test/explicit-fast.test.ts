@@ -6,6 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import type { AttentionShape, Backend } from '../src/backend/backend.ts';
 import { loadBackend } from '../src/backend/index.ts';
+import { HypeError } from '../src/errors.ts';
 import type { AttendContext, AttendInputs, PositionalEncoding } from '../src/pe/encoding.ts';
 import { ROW_BLOCK } from '../src/pe/explicit-attention.ts';
 import { getEncodingFactory } from '../src/pe/registry.ts';
@@ -138,5 +139,45 @@ describe('explicit attention, gemm path: fp32 on a backend agrees with fp64', ()
         enc.params.forEach((p, j) => expect(relativeMaxError(p32[j]!, p64[j]!), p.name).toBeLessThan(tol));
       });
     }
+  }
+});
+
+describe('explicit attention: reused work buffers (ScratchPool)', () => {
+  for (const name of ENCODINGS) {
+    it(`${name}: calls of other sizes in between leave the results bit-identical to a fresh instance's`, () => {
+      const run = (enc: PositionalEncoding, L: number, seed: number) => {
+        const shape: AttentionShape = { batch: 1, heads: 2, kvHeads: 1, lq: L, lk: L, headDim: 4, valueDim: 4 };
+        const ctx: AttendContext = { backend: undefined as never, shape, causal: true, queryOffset: 0 };
+        const rng = new Rng(seed);
+        const inputs = inputsFor(name, rng, shape);
+        for (const p of enc.params) p.grad.fill(0);
+        const r = enc.attend(ctx, inputs);
+        const g = r.backward(randomArray(rng, 2 * L * 4));
+        return [r.out, g.dq, g.dk, g.dv, ...paramGrads(enc)];
+      };
+      const reused = makeEncoding(name, 2, 1, 4, 7);
+      run(reused, ROW_BLOCK + 44, 1); // fills the pooled buffers with numbers of another call
+      const afterLarger = run(reused, 33, 2);
+      run(reused, 20, 3); // a smaller call takes a prefix of the same buffers
+      const again = run(reused, 33, 2);
+      const fresh = run(makeEncoding(name, 2, 1, 4, 7), 33, 2);
+      for (const got of [afterLarger, again]) {
+        got.forEach((t, j) => expect(Array.from(t), `tensor ${j}`).toEqual(Array.from(fresh[j]!)));
+      }
+    });
+
+    it(`${name}: a result superseded by a later attend() refuses its backward`, () => {
+      const shape: AttentionShape = { batch: 1, heads: 2, kvHeads: 1, lq: 6, lk: 6, headDim: 4, valueDim: 4 };
+      const ctx: AttendContext = { backend: undefined as never, shape, causal: true, queryOffset: 0 };
+      const rng = new Rng(9);
+      const enc = makeEncoding(name, 2, 1, 4, 8);
+      const inputs = inputsFor(name, rng, shape);
+      const first = enc.attend(ctx, inputs);
+      const second = enc.attend(ctx, inputs);
+      const dOut = randomArray(rng, 2 * 6 * 4);
+      expect(() => first.backward(dOut)).toThrow(HypeError);
+      expect(() => first.backward(dOut)).toThrow(/backward\(\) before the next attend\(\)/);
+      expect(() => second.backward(dOut)).not.toThrow();
+    });
   }
 });

@@ -34,6 +34,7 @@ import {
   gemmFor,
   kvHeadOf,
   visibleEnd,
+  ScratchPool,
   type ExplicitHooks,
   type MaskSpec,
   type Param64,
@@ -80,6 +81,8 @@ export class DaEncoding implements PositionalEncoding {
   readonly sites = ['score-rescale'] as const;
   readonly maxLength = Infinity;
   readonly params: readonly Param[];
+  /** Reused O(L^2) work buffers (see ScratchPool): a backward must come before this encoding's next attend(). */
+  private readonly scratch = new ScratchPool();
   /** Per-head distance weight w [H]. */
   readonly weight: Param64;
   /** Per-head sigmoid parameter v [H]. */
@@ -140,7 +143,7 @@ export class DaEncoding implements PositionalEncoding {
     const q = asDtype(inputs.q, work);
     const k = asDtype(inputs.k, work);
     const gemm = gemmFor(ctx, q);
-    const dots = allocate(work, lq * lk); // q.k of one (batch, head), recomputed in the backward
+    let dots: FloatArray | null = null; // q.k of one (batch, head), recomputed in the backward
 
     const hooks: ExplicitHooks = {
       // S = scale q.k -> scale ReLU(q.k) Rhat(h, |p_i - l|); keys l <= p_i have distance p_i - l, later ones l - p_i.
@@ -149,6 +152,7 @@ export class DaEncoding implements PositionalEncoding {
       backward: (b, h, kh, dS) => {
         const qv = q.subarray((b * H + h) * lq * D, (b * H + h + 1) * lq * D);
         const kv = k.subarray((b * Hkv + kh) * lk * D, (b * Hkv + kh + 1) * lk * D);
+        dots ??= allocate(work, lq * lk);
         gemm(false, true, lq, lk, D, 1, qv, D, kv, D, 0, dots, lk);
         const base = h * maxDist;
         let gw = 0;
@@ -175,7 +179,7 @@ export class DaEncoding implements PositionalEncoding {
         return 1;
       },
     };
-    const core = explicitAttention(ctx, q, k, inputs.v, scale, hooks);
+    const core = explicitAttention(ctx, q, k, inputs.v, scale, hooks, this.scratch);
     return {
       out: core.out,
       backward: (dOut) => {

@@ -324,6 +324,7 @@ export function explicitAttention(
   vInput: FloatArray,
   scale: number,
   hooks: ExplicitHooks,
+  pool?: ScratchPool,
 ): ExplicitAttention {
   const s = ctx.shape;
   const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: D, valueDim: dv } = s;
@@ -338,7 +339,10 @@ export function explicitAttention(
   const mask: MaskSpec = { causal: ctx.causal, queryOffset: ctx.queryOffset };
   const group = H / Hkv;
   const LL = lq * lk;
-  const probs = allocate(dtype, B * H * LL);
+  // Every entry of P is written below (the products, the hooks, then the softmax, which zeroes what the mask
+  // hides), so a pooled buffer needs no clearing.
+  const lease = pool ? pool.take('probs', dtype, B * H * LL) : null;
+  const probs = lease ? lease.array : allocate(dtype, B * H * LL);
   const out = allocate(dtype, B * H * lq * dv);
   // Causal row blocks: rows i0 .. i1 - 1 see keys 0 .. keysOf(i1 - 1) - 1 at most, so products skip the rest.
   const blocks = rowBlocks(mask, lq, lk);
@@ -379,6 +383,12 @@ export function explicitAttention(
       'shape',
       `dOut has ${dOutInput.length} elements but [B, H, Lq, Dv] needs ${B * H * lq * dv}; pass the gradient of out`,
     );
+    check(
+      lease === null || lease.valid(),
+      'argument',
+      'explicit attention: a later attend() of the same encoding reused the probabilities this backward needs; ' +
+        'call backward() before the next attend() of that encoding (as the model does)',
+    );
     const dOut = asDtype(dOutInput, dtype);
     const dq = allocate(dtype, q.length);
     const dk = allocate(dtype, k.length);
@@ -416,6 +426,38 @@ export function explicitAttention(
     };
   };
   return { out: asDtype(out, dtypeOf(vInput)), backward };
+}
+
+/** A buffer handed out by a ScratchPool; valid() until the pool hands the same buffer out again. */
+export interface Lease {
+  array: FloatArray;
+  valid(): boolean;
+}
+
+/**
+ * Reusable work buffers of one encoding instance (one slot per name and dtype, grown when a call needs more). A
+ * forward that allocates its O(Lq Lk) buffers afresh pays for paging in new memory every call (at L = 2048 that
+ * is 16 MiB per (batch, head), and it cost about a third of an evaluation forward); taking them from the pool
+ * avoids it. Handing a slot out again invalidates the previous lease, so a stale result refuses its backward
+ * instead of reading overwritten numbers. The pool keeps the largest buffer each slot has needed.
+ */
+export class ScratchPool {
+  private readonly slots = new Map<string, { buffer: FloatArray; generation: number }>();
+
+  take(name: string, dtype: DType, n: number): Lease {
+    const key = `${name}:${dtype}`;
+    let slot = this.slots.get(key);
+    if (slot === undefined || slot.buffer.length < n) {
+      slot = { buffer: allocate(dtype, n), generation: 0 };
+      this.slots.set(key, slot);
+    }
+    const held = slot;
+    const generation = ++held.generation;
+    return {
+      array: held.buffer.subarray(0, n),
+      valid: () => this.slots.get(key) === held && held.generation === generation,
+    };
+  }
 }
 
 /** Rows per block of the blocked products: a training window (L = 128) stays one block. */

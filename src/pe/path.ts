@@ -51,6 +51,7 @@ import {
   gemmFor,
   kvHeadOf,
   plainGemm,
+  ScratchPool,
   type ExplicitHooks,
   type Gemm,
   type Param64,
@@ -107,6 +108,7 @@ export function pathAttention(
   factors: PathFactors,
   scale: number,
   backend?: Backend,
+  pool?: ScratchPool,
 ): { out: FloatArray; backward(dOut: FloatArray): PathCoreGrads } {
   const { heads: H, kvHeads: Hkv, lq, lk, headDim: D } = shape;
   const { w, beta } = factors;
@@ -185,7 +187,7 @@ export function pathAttention(
       return 0; // dq and dk are complete: no plain q.k term
     },
   };
-  const core = explicitAttention(ctx, q, k, v, scale, hooks);
+  const core = explicitAttention(ctx, q, k, v, scale, hooks, pool);
 
   const backward = (dOut: FloatArray): PathCoreGrads => {
     dw = new Float64Array(w.length);
@@ -369,6 +371,8 @@ export class PathEncoding implements PositionalEncoding {
   readonly sites = ['data-dependent'] as const;
   readonly maxLength = Infinity;
   readonly params: readonly Param[];
+  /** Reused O(L^2) work buffers (see ScratchPool): a backward must come before this encoding's next attend(). */
+  private readonly scratch = new ScratchPool();
   /** W_w [Hkv, C, D]: projection of x to the (pre-normalisation) factor directions. */
   readonly wProj: Param64;
   /** Depthwise causal convolution taps [Hkv, D, convSize] (absent without shortConv); tap m reads x_{t-K+1+m}. */
@@ -550,7 +554,17 @@ export class PathEncoding implements PositionalEncoding {
     const x = this.checkCall(ctx, inputs);
     const s = ctx.shape;
     const f = this.factors(x, s.batch, s.lk, gemmFor(ctx, x));
-    const core = pathAttention(s, ctx.queryOffset, inputs.q, inputs.k, inputs.v, f, attentionScale(s), ctx.backend);
+    const core = pathAttention(
+      s,
+      ctx.queryOffset,
+      inputs.q,
+      inputs.k,
+      inputs.v,
+      f,
+      attentionScale(s),
+      ctx.backend,
+      this.scratch,
+    );
     return {
       out: core.out,
       backward: (dOut) => {

@@ -35,6 +35,7 @@ import {
   gemmFor,
   kvHeadOf,
   visibleEnd,
+  ScratchPool,
   type ExplicitHooks,
   type Param64,
 } from './explicit-attention.ts';
@@ -55,6 +56,8 @@ export class ShawEncoding implements PositionalEncoding {
   readonly sites = ['score-bias'] as const;
   readonly maxLength = Infinity;
   readonly params: readonly Param[];
+  /** Reused O(L^2) work buffers (see ScratchPool): a backward must come before this encoding's next attend(). */
+  private readonly scratch = new ScratchPool();
   /** aK [2K+1, D]: relative key embeddings. */
   readonly keyTable: Param64;
   /** aV [2K+1, D]: relative value embeddings (value dim = head dim). */
@@ -171,7 +174,7 @@ export class ShawEncoding implements PositionalEncoding {
       },
     };
     gemm(false, true, BHL, rows, D, scale, q, D, aK, D, 0, byRow, rows);
-    const core = explicitAttention(ctx, q, inputs.k, inputs.v, scale, hooks);
+    const core = explicitAttention(ctx, q, inputs.k, inputs.v, scale, hooks, this.scratch);
     gemm(false, false, BHL, dv, rows, 1, bucketedP, rows, aV, dv, 1, core.out, dv);
     return {
       out: core.out,

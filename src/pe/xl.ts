@@ -37,6 +37,7 @@ import {
   kvHeadOf,
   rowBlocks,
   visibleEnd,
+  ScratchPool,
   type ExplicitHooks,
   type Param64,
 } from './explicit-attention.ts';
@@ -69,6 +70,8 @@ export class XlEncoding implements PositionalEncoding {
   readonly sites = ['score-bias'] as const;
   readonly maxLength = Infinity;
   readonly params: readonly Param[];
+  /** Reused O(L^2) work buffers (see ScratchPool): a backward must come before this encoding's next attend(). */
+  private readonly scratch = new ScratchPool();
   /** Global content bias u [H, D]. */
   readonly u: Param64;
   /** Global position bias v [H, D]. */
@@ -133,7 +136,7 @@ export class XlEncoding implements PositionalEncoding {
     const mask = { causal: ctx.causal, queryOffset: qo };
 
     const qv = allocate(work, lq * D); // q_i + v_h of the current head
-    const pos = allocate(work, lq * nT); // scale (q_i + v_h) . r_t, then (backward) scale dLogits by distance
+    const pos = this.scratch.take('xl.pos', work, lq * nT).array; // scale (q_i + v_h) . r_t, then (backward) scale dLogits by distance
     const uk = new Float64Array(lk);
     const colSums = new Float64Array(Math.max(lk, nT));
     const fillQv = (b: number, h: number): void => {
@@ -215,7 +218,7 @@ export class XlEncoding implements PositionalEncoding {
         return scale;
       },
     };
-    const core = explicitAttention(ctx, q, k, inputs.v, scale, hooks);
+    const core = explicitAttention(ctx, q, k, inputs.v, scale, hooks, this.scratch);
 
     const backward = (dOut: FloatArray) => {
       dr.fill(0);
