@@ -41,7 +41,7 @@ import {
   type ExplicitHooks,
   type Param64,
 } from './explicit-attention.ts';
-import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
+import { allocate, dtypeOf, type DType, type FloatArray } from '../tensor.ts';
 import { attentionScale } from './attention-plumbing.ts';
 
 export interface XlOptions {
@@ -72,6 +72,7 @@ export class XlEncoding implements PositionalEncoding {
   readonly params: readonly Param[];
   /** Reused O(L^2) work buffers (see ScratchPool): a backward must come before this encoding's next attend(). */
   private readonly scratch = new ScratchPool();
+  private sinusoidCache: { key: string; table: FloatArray } | null = null;
   /** Global content bias u [H, D]. */
   readonly u: Param64;
   /** Global position bias v [H, D]. */
@@ -88,6 +89,21 @@ export class XlEncoding implements PositionalEncoding {
     this.v = createParam('xl.v', [dims.heads, dims.headDim], false);
     this.wR = createParam('xl.wR', [dims.kvHeads, dims.headDim, posDim], false);
     this.params = [this.u, this.v, this.wR];
+  }
+
+  /** Rows R_{sLo} .. R_{sLo + nT - 1}, kept for the next call with the same distances (they are fixed). */
+  private sinusoidTable(sLo: number, nT: number, dtype: DType): FloatArray {
+    const key = `${sLo}:${nT}:${dtype}`;
+    if (this.sinusoidCache?.key !== key) {
+      const table = allocate(dtype, nT * this.posDim);
+      const R = new Float64Array(this.posDim);
+      for (let t = 0; t < nT; t++) {
+        relativeSinusoid(sLo + t, this.posDim, this.base, R);
+        table.set(R, t * this.posDim);
+      }
+      this.sinusoidCache = { key, table };
+    }
+    return this.sinusoidCache.table;
   }
 
   private checkCall(ctx: AttendContext, inputs: AttendInputs): void {
@@ -118,15 +134,10 @@ export class XlEncoding implements PositionalEncoding {
     const sMax = qo + lq - 1;
     const sLo = ctx.causal ? Math.max(0, qo - (lk - 1)) : qo - (lk - 1);
     const nT = Math.max(0, sMax - sLo + 1);
-    const sinusoids = allocate(work, nT * dR);
-    const R = new Float64Array(dR);
-    for (let t = 0; t < nT; t++) {
-      relativeSinusoid(sLo + t, dR, this.base, R);
-      sinusoids.set(R, t * dR);
-    }
+    const sinusoids = this.sinusoidTable(sLo, nT, work);
     // Position keys r[kh, t] = W_R[kh] R_{sLo + t}: one gemm per kv head, [nT, dR] x [D, dR]^T.
     const W = asDtype(this.wR.data, work);
-    const r = allocate(work, Hkv * nT * D);
+    const r = this.scratch.take('xl.r', work, Hkv * nT * D).array; // every row is written just below
     for (let kh = 0; kh < Hkv; kh++) {
       const rk = r.subarray(kh * nT * D, (kh + 1) * nT * D);
       gemm(false, true, nT, D, dR, 1, sinusoids, dR, W.subarray(kh * D * dR, (kh + 1) * D * dR), dR, 0, rk, D);
@@ -145,7 +156,7 @@ export class XlEncoding implements PositionalEncoding {
     };
     // In row i, key l sits at table row t = c_i - l with c_i = i + queryOffset - sLo.
     const rowShift = (i: number) => i + qo - sLo;
-    const dr = allocate(work, r.length);
+    let dr = allocate(work, 0); // the backward's dLoss/dr, sized there
     // Row blocks of the position products: causal rows i0 .. i1 - 1 only reach table rows below c_{i1-1} + 1.
     const posBlocks = rowBlocks(mask, lq, lk).map(([i0, i1]): [number, number, number] => [
       i0,
@@ -221,7 +232,7 @@ export class XlEncoding implements PositionalEncoding {
     const core = explicitAttention(ctx, q, k, inputs.v, scale, hooks, this.scratch);
 
     const backward = (dOut: FloatArray) => {
-      dr.fill(0);
+      dr = allocate(work, r.length);
       const g = core.backward(dOut);
       // dW_R[kh] += dr[kh]^T [R_t]: [D, nT] x [nT, dR].
       const dW = allocate(work, D * dR);
