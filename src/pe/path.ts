@@ -10,10 +10,12 @@
  *   w_t    = normalise(silu(shortconv(x_t W_w)))     per key/value head; W_w [Hkv, C, D]
  *   beta_t = 2 * sigmoid(x_t . w_beta + b_beta)      in (0, 2), so H_t may have a negative eigenvalue
  *
- * Algorithm (O(L^2 D) per head, O(L D) scratch): each query walks back over the keys, carrying r = q_p and
- * applying one factor per step (r <- r - beta_t (w_t . r) w_t) — the whole product is never formed. The backward
- * replays that walk for each query, then runs the adjoint forward in position order to get dq, dk and the
- * gradients of every w_t and beta_t, and finally differentiates the factor network down to dx.
+ * Algorithm (O(L^2 D) per head): each query walks back over the keys, carrying r = q_p and applying one factor
+ * per step (r <- r - beta_t (w_t . r) w_t) — the whole product is never formed. The forward walks only inside the
+ * query's own chunk of PATH_CHUNK positions; the logits against earlier chunks are gemms (see pathAttention). The
+ * backward replays the full walk for each query, then runs the adjoint forward in position order to get dq, dk and
+ * the gradients of every w_t and beta_t, and finally differentiates the factor network down to dx. The softmax,
+ * P V, their backward and the factor network's projections run as gemms (the backend's sgemm for fp32).
  *
  * Choices the paper leaves open or that we fix (the released layer in flash-linear-attention was read for facts):
  * - W_w is a full-rank projection [Hkv, C, D]; the released layer uses a rank-32 factorisation when H = Hkv

@@ -15,6 +15,8 @@
  * - scale = 1/sqrt(head dim), multiplying all four terms (the reference code scales the summed score);
  * - bidirectional use evaluates the sinusoid at negative distances too (it is defined there); no memory segment
  *   (recurrence) — the study trains fixed windows, and a cache is just keys at positions < queryOffset.
+ * attend() computes (q_i + v_h) . r_t for every distance t of the call as one gemm per (batch, head) and adds it to
+ * the logits by distance (the "relative shift"), on the explicitAttention core.
  */
 import { check } from '../errors.ts';
 import type { Rng } from '../util/rng.ts';
@@ -147,7 +149,8 @@ export class XlEncoding implements PositionalEncoding {
     const mask = { causal: ctx.causal, queryOffset: qo };
 
     const qv = allocate(work, lq * D); // q_i + v_h of the current head
-    const pos = this.scratch.take('xl.pos', work, lq * nT).array; // scale (q_i + v_h) . r_t, then (backward) scale dLogits by distance
+    // pos[i, t] = scale (q_i + v_h) . r_t; in the backward, scale * dLogits[i, l] moved to its distance's column.
+    const pos = this.scratch.take('xl.pos', work, lq * nT).array;
     const uk = new Float64Array(lk);
     const colSums = new Float64Array(Math.max(lk, nT));
     const fillQv = (b: number, h: number): void => {
