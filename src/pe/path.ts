@@ -278,8 +278,20 @@ function walkBackward(
     for (let l = p; l > 0; l--) {
       const wAt = (kvBase + l) * D;
       const rAt = l * D;
-      let rw = 0;
-      for (let d = 0; d < D; d++) rw += walk[rAt + d]! * w[wAt + d]!;
+      // Four partial sums: a single one makes each dot product a serial chain of dependent additions.
+      let r0 = 0;
+      let r1 = 0;
+      let r2 = 0;
+      let r3 = 0;
+      let d = 0;
+      for (; d + 4 <= D; d += 4) {
+        r0 += walk[rAt + d]! * w[wAt + d]!;
+        r1 += walk[rAt + d + 1]! * w[wAt + d + 1]!;
+        r2 += walk[rAt + d + 2]! * w[wAt + d + 2]!;
+        r3 += walk[rAt + d + 3]! * w[wAt + d + 3]!;
+      }
+      for (; d < D; d++) r0 += walk[rAt + d]! * w[wAt + d]!;
+      const rw = r0 + r1 + (r2 + r3);
       wr[l] = rw;
       const c = beta[kvBase + l]! * rw;
       for (let d = 0; d < D; d++) walk[rAt - D + d] = walk[rAt + d]! - c * w[wAt + d]!;
@@ -292,8 +304,19 @@ function walkBackward(
       if (l > 0) {
         const bl = beta[kvBase + l]!;
         const rw = wr[l]!;
-        let wa = 0;
-        for (let d = 0; d < D; d++) wa += a[d]! * w[at + d]!;
+        let w0 = 0;
+        let w1 = 0;
+        let w2 = 0;
+        let w3 = 0;
+        let e = 0;
+        for (; e + 4 <= D; e += 4) {
+          w0 += a[e]! * w[at + e]!;
+          w1 += a[e + 1]! * w[at + e + 1]!;
+          w2 += a[e + 2]! * w[at + e + 2]!;
+          w3 += a[e + 3]! * w[at + e + 3]!;
+        }
+        for (; e < D; e++) w0 += a[e]! * w[at + e]!;
+        const wa = w0 + w1 + (w2 + w3);
         dbeta[kvBase + l]! -= rw * wa;
         const bwa = bl * wa;
         const brw = bl * rw;
