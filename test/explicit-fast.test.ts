@@ -76,8 +76,9 @@ describe('explicit attention, gemm path: windows of several row blocks (fp64)', 
 });
 
 describe('explicit attention, gemm path: fp32 on a backend agrees with fp64', () => {
-  // The native backend when built (its sgemm and row softmax), else the reference one (the same calls in TS).
-  const backend: Backend = loadBackend('auto');
+  // The native backend when built (its sgemm and row softmax), and the reference one (the same calls in TS).
+  const backends: Backend[] = [loadBackend('auto'), loadBackend('reference')];
+  if (backends[0]!.name === backends[1]!.name) backends.pop();
   const L = ROW_BLOCK + 44;
   const cases = [
     { name: `causal, two row blocks (L = ${L})`, causal: true, lq: L, lk: L, off: 0 },
@@ -85,60 +86,60 @@ describe('explicit attention, gemm path: fp32 on a backend agrees with fp64', ()
     { name: 'causal, first rows see no key', causal: true, lq: 20, lk: 20, off: -3 },
     { name: 'bidirectional', causal: false, lq: 21, lk: 19, off: 0 },
   ];
-  for (const name of ENCODINGS) {
-    for (const c of cases) {
-      if (name === 'path' && (!c.causal || c.off < 0 || c.off + c.lq > c.lk)) continue; // PaTH refuses these
-      it(`${name}: ${c.name}`, () => {
-        const shape: AttentionShape = {
-          batch: 2,
-          heads: 2,
-          kvHeads: 1,
-          lq: c.lq,
-          lk: c.lk,
-          headDim: 8,
-          valueDim: 8,
-        };
-        const rng = new Rng(21);
-        const inputs64 = inputsFor(name, rng, shape);
-        // Round the fp64 inputs to fp32 first, so both runs see the same numbers and only the arithmetic differs.
-        const round = (a: Float64Array | Float32Array | undefined) => (a ? Float64Array.from(Float32Array.from(a)) : a);
-        const in64: AttendInputs = { q: round(inputs64.q)!, k: round(inputs64.k)!, v: round(inputs64.v)! };
-        if (inputs64.x) in64.x = round(inputs64.x);
-        const in32: AttendInputs = {
-          q: Float32Array.from(in64.q),
-          k: Float32Array.from(in64.k),
-          v: Float32Array.from(in64.v),
-        };
-        if (in64.x) in32.x = Float32Array.from(in64.x);
-        const dOut = Float64Array.from(Float32Array.from(randomArray(rng, shape.batch * shape.heads * c.lq * 8)));
+  for (const [name, c, backend] of ENCODINGS.flatMap((e) =>
+    cases.flatMap((c) => backends.map((be) => [e, c, be] as const)),
+  )) {
+    if (name === 'path' && (!c.causal || c.off < 0 || c.off + c.lq > c.lk)) continue; // PaTH refuses these
+    it(`${name}: ${c.name} (${backend.name} backend)`, () => {
+      const shape: AttentionShape = {
+        batch: 2,
+        heads: 2,
+        kvHeads: 1,
+        lq: c.lq,
+        lk: c.lk,
+        headDim: 8,
+        valueDim: 8,
+      };
+      const rng = new Rng(21);
+      const inputs64 = inputsFor(name, rng, shape);
+      // Round the fp64 inputs to fp32 first, so both runs see the same numbers and only the arithmetic differs.
+      const round = (a: Float64Array | Float32Array | undefined) => (a ? Float64Array.from(Float32Array.from(a)) : a);
+      const in64: AttendInputs = { q: round(inputs64.q)!, k: round(inputs64.k)!, v: round(inputs64.v)! };
+      if (inputs64.x) in64.x = round(inputs64.x);
+      const in32: AttendInputs = {
+        q: Float32Array.from(in64.q),
+        k: Float32Array.from(in64.k),
+        v: Float32Array.from(in64.v),
+      };
+      if (in64.x) in32.x = Float32Array.from(in64.x);
+      const dOut = Float64Array.from(Float32Array.from(randomArray(rng, shape.batch * shape.heads * c.lq * 8)));
 
-        const enc = makeEncoding(name, 2, 1, 8, 5);
-        const ctx64: AttendContext = { backend: undefined as never, shape, causal: c.causal, queryOffset: c.off };
-        const ctx32: AttendContext = { ...ctx64, backend };
-        for (const p of enc.params) p.grad.fill(0);
-        const r64 = enc.attend(ctx64, in64);
-        const g64 = r64.backward(dOut);
-        const p64 = paramGrads(enc);
-        for (const p of enc.params) p.grad.fill(0);
-        const r32 = enc.attend(ctx32, in32);
-        const g32 = r32.backward(Float32Array.from(dOut));
-        const p32 = paramGrads(enc);
+      const enc = makeEncoding(name, 2, 1, 8, 5);
+      const ctx64: AttendContext = { backend: undefined as never, shape, causal: c.causal, queryOffset: c.off };
+      const ctx32: AttendContext = { ...ctx64, backend };
+      for (const p of enc.params) p.grad.fill(0);
+      const r64 = enc.attend(ctx64, in64);
+      const g64 = r64.backward(dOut);
+      const p64 = paramGrads(enc);
+      for (const p of enc.params) p.grad.fill(0);
+      const r32 = enc.attend(ctx32, in32);
+      const g32 = r32.backward(Float32Array.from(dOut));
+      const p32 = paramGrads(enc);
 
-        expect(r32.out).toBeInstanceOf(Float32Array);
-        expect(g32.dq).toBeInstanceOf(Float32Array);
-        // fp32 unit roundoff u = 2^-24. Each result is a chain of sums of at most n = Lk + Lq + D terms (q.k over D,
-        // softmax and P V over Lk, the gradient sums over Lq), whose worst-case relative error is about n u; the
-        // chain (logits -> probabilities -> products) multiplies that by a small constant, taken as 8 here.
-        // Errors are judged relative to each tensor's largest entry.
-        const tol = 8 * (c.lk + c.lq + shape.headDim) * 2 ** -24;
-        expect(relativeMaxError(r32.out, r64.out), 'out').toBeLessThan(tol);
-        expect(relativeMaxError(g32.dq, g64.dq), 'dq').toBeLessThan(tol);
-        expect(relativeMaxError(g32.dk, g64.dk), 'dk').toBeLessThan(tol);
-        expect(relativeMaxError(g32.dv, g64.dv), 'dv').toBeLessThan(tol);
-        if (g64.dx) expect(relativeMaxError(g32.dx!, g64.dx), 'dx').toBeLessThan(tol);
-        enc.params.forEach((p, j) => expect(relativeMaxError(p32[j]!, p64[j]!), p.name).toBeLessThan(tol));
-      });
-    }
+      expect(r32.out).toBeInstanceOf(Float32Array);
+      expect(g32.dq).toBeInstanceOf(Float32Array);
+      // fp32 unit roundoff u = 2^-24. Each result is a chain of sums of at most n = Lk + Lq + D terms (q.k over D,
+      // softmax and P V over Lk, the gradient sums over Lq), whose worst-case relative error is about n u; the
+      // chain (logits -> probabilities -> products) multiplies that by a small constant, taken as 8 here.
+      // Errors are judged relative to each tensor's largest entry.
+      const tol = 8 * (c.lk + c.lq + shape.headDim) * 2 ** -24;
+      expect(relativeMaxError(r32.out, r64.out), 'out').toBeLessThan(tol);
+      expect(relativeMaxError(g32.dq, g64.dq), 'dq').toBeLessThan(tol);
+      expect(relativeMaxError(g32.dk, g64.dk), 'dk').toBeLessThan(tol);
+      expect(relativeMaxError(g32.dv, g64.dv), 'dv').toBeLessThan(tol);
+      if (g64.dx) expect(relativeMaxError(g32.dx!, g64.dx), 'dx').toBeLessThan(tol);
+      enc.params.forEach((p, j) => expect(relativeMaxError(p32[j]!, p64[j]!), p.name).toBeLessThan(tol));
+    });
   }
 });
 
