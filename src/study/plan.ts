@@ -136,8 +136,9 @@ export function quickPlan(): StudyPlan {
 }
 
 /**
- * The full study, sized for a 2-core CPU: about 10-15 minutes per lm cell on the native backend for the encodings
- * that run in the fused kernel (the explicit-logit ones — path, xl, shaw, da — take several times longer).
+ * The full study, sized for a 2-core CPU. Measured per lm cell on the native backend: about 2.5 minutes for the
+ * encodings that run in the fused kernel, 1.5x that for xl, shaw and da (explicit logits through gemms) and about
+ * 7x for path (its Householder walk). Flip-flop and recall cells are a fraction of that (width 64).
  */
 export function fullPlan(): StudyPlan {
   return {
