@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ReferenceBackend } from '../src/backend/reference.ts';
 import { countCorrect } from '../src/study/cell.ts';
+import { recallSequence } from '../src/study/tasks/recall.ts';
 import type { LmConfig, LmResult } from '../src/study/experiments.ts';
 import { quickPlan, type StudyPlan } from '../src/study/plan.ts';
 import { aboveChance, buildReport, compareSamples, compareValues, type ReportInput } from '../src/study/report.ts';
@@ -198,6 +199,21 @@ describe('flip-flop grading', () => {
       for (const t of s.graded) logits[(i * L + t) * V + (s.bytes[t + 1]! ^ 1)] = 5;
     });
     expect(countCorrect(logits, V, seqs, L)).toEqual({ correct: 0, graded: reads });
+  });
+});
+
+describe('task grading layout', () => {
+  it('grades a window of L with the (L+1)-th byte as the last target, as training windows are laid out', () => {
+    const L = 16;
+    const seq = recallSequence(new Rng(8), L + 1); // query '?' at L - 1, the last in-window position
+    expect(Array.from(seq.graded)).toEqual([L - 1]);
+    const V = 256;
+    const logits = new Float32Array(L * V);
+    logits[(L - 1) * V + seq.bytes[L]!] = 1; // the right answer, predicted from the last window position
+    expect(countCorrect(logits, V, [seq], L)).toEqual({ correct: 1, graded: 1 });
+    logits.fill(0);
+    logits[(L - 1) * V + ((seq.bytes[L]! + 1) % V)] = 1;
+    expect(countCorrect(logits, V, [seq], L)).toEqual({ correct: 0, graded: 1 });
   });
 });
 

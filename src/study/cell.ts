@@ -163,7 +163,7 @@ export function countCorrect(
   let graded = 0;
   seqs.forEach((s, i) => {
     for (const t of s.graded) {
-      if (t + 1 >= length) continue; // the answer lies past the window
+      if (t >= length || t + 1 >= s.bytes.length) continue; // the prediction or its answer lies past the sequence
       const row = (i * length + t) * vocab;
       let best = 0;
       for (let v = 1; v < vocab; v++) if (logits[row + v]! > logits[row + best]!) best = v;
@@ -174,7 +174,13 @@ export function countCorrect(
   return { correct, graded };
 }
 
-/** Grades `model` on task sequences of exactly `length` bytes, in batches. */
+/**
+ * Grades `model` on task sequences of `length + 1` bytes, in batches: the model reads the first `length` (its
+ * window) and the last byte is only a target — the layout training windows have (generatorSource asks for
+ * length + 1 bytes), so a task's closing query sits at the same absolute position in training and evaluation.
+ * That matters for absolute encodings: a learned table that only ever saw the query at position L - 1 cannot be
+ * graded with it at L - 2.
+ */
 export function gradeTask(
   model: Transformer,
   seqs: readonly TaskSequence[],
@@ -187,10 +193,13 @@ export function gradeTask(
     const part = seqs.slice(s0, s0 + batch);
     const tokens = new Int32Array(part.length * length);
     part.forEach((s, i) => {
-      if (s.bytes.length !== length) {
-        throw new HypeError('shape', `task sequence has ${s.bytes.length} bytes, expected ${length}`);
+      if (s.bytes.length !== length + 1) {
+        throw new HypeError(
+          'shape',
+          `task sequence has ${s.bytes.length} bytes, expected ${length + 1} (a window of ${length} and its last target)`,
+        );
       }
-      tokens.set(s.bytes, i * length);
+      tokens.set(s.bytes.subarray(0, length), i * length);
     });
     model.forward(tokens, null, part.length, length);
     const c = countCorrect(model.logits(), model.config.vocab, part, length);

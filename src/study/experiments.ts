@@ -346,7 +346,7 @@ export async function runFlipflop(env: StudyEnv, outDir: string, configs: readon
     (Object.keys(FLIPFLOP_MIXES) as FlipFlopMix[]).forEach((mix, j) => {
       const rng = new Rng(EVAL_SEED + j);
       const p = FLIPFLOP_MIXES[mix];
-      const seqs = Array.from({ length: c.evalSequences }, () => flipFlopSequence(rng, c.trainLength, p));
+      const seqs = Array.from({ length: c.evalSequences }, () => flipFlopSequence(rng, c.trainLength + 1, p));
       const g = gradeTask(model, seqs, c.trainLength);
       mixes[mix] = { pIgnore: p, errors: g.graded - g.correct, graded: g.graded, errorRate: 1 - g.correct / g.graded };
     });
@@ -386,7 +386,7 @@ export async function runRecall(env: StudyEnv, outDir: string, configs: readonly
     const evals = c.multipliers.map((m) => {
       const length = m * c.trainLength;
       const rng = new Rng(EVAL_SEED + length);
-      const seqs = Array.from({ length: c.evalSequences }, () => recallSequence(rng, length));
+      const seqs = Array.from({ length: c.evalSequences }, () => recallSequence(rng, length + 1));
       return {
         multiplier: m,
         length,
