@@ -14,6 +14,7 @@
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
 import { layerOpsOf, type LayerOps } from '../backend/layers.ts';
+import { referenceGemm } from '../backend/reference.ts';
 import { check } from '../errors.ts';
 import { allocate, dtypeOf, type DType, type FloatArray } from '../tensor.ts';
 import type { AttendContext, AttendInputs, Param } from './encoding.ts';
@@ -204,65 +205,14 @@ export function toDtypeOf(like: FloatArray, values: Float64Array): FloatArray {
 export type Gemm = Backend['gemm'];
 
 /**
- * C = alpha op(A) op(B) + beta C in plain loops (the shape contract of Backend.gemm), for any float arrays:
- * what fp64 calls run on (the native gemm is fp32 only) and what fp32 calls fall back to without a backend.
- * Sums in fp64 locals, so an fp64 call keeps fp64 accuracy.
- */
-export function plainGemm(
-  transA: boolean,
-  transB: boolean,
-  m: number,
-  n: number,
-  k: number,
-  alpha: number,
-  a: FloatArray,
-  lda: number,
-  b: FloatArray,
-  ldb: number,
-  beta: number,
-  c: FloatArray,
-  ldc: number,
-): void {
-  for (let i = 0; i < m; i++) {
-    const ci = i * ldc;
-    if (beta === 0) c.fill(0, ci, ci + n);
-    else if (beta !== 1) for (let j = 0; j < n; j++) c[ci + j] = beta * c[ci + j]!;
-  }
-  if (k === 0 || alpha === 0) return;
-  const aRow = transA ? 1 : lda; // stride of op(A) between rows i
-  const aCol = transA ? lda : 1; // and between columns p
-  if (transB) {
-    // op(B) column j is row j of B: C[i, j] += alpha * dot(op(A) row i, B row j).
-    for (let i = 0; i < m; i++) {
-      for (let j = 0; j < n; j++) {
-        let s = 0;
-        for (let p = 0; p < k; p++) s += a[i * aRow + p * aCol]! * b[j * ldb + p]!;
-        c[i * ldc + j] = c[i * ldc + j]! + alpha * s;
-      }
-    }
-    return;
-  }
-  // op(B) rows are contiguous: C row i += alpha * sum_p op(A)[i, p] B row p, accumulated in an fp64 row.
-  const acc = new Float64Array(n);
-  for (let i = 0; i < m; i++) {
-    acc.fill(0);
-    for (let p = 0; p < k; p++) {
-      const aip = a[i * aRow + p * aCol]!;
-      const bp = p * ldb;
-      for (let j = 0; j < n; j++) acc[j]! += aip * b[bp + j]!;
-    }
-    for (let j = 0; j < n; j++) c[i * ldc + j] = c[i * ldc + j]! + alpha * acc[j]!;
-  }
-}
-
-/**
  * The gemm for work arrays like `like`: the backend's for fp32 (the native blocked sgemm when the model runs
- * natively), the plain loops for fp64 (the native gemm refuses fp64) or when the context has no backend.
+ * natively), the reference backend's plain fp64-summing loops for fp64 (the native gemm refuses fp64) or when the
+ * context has no backend.
  */
 export function gemmFor(ctx: AttendContext, like: FloatArray): Gemm {
   const be = ctx.backend as Backend | undefined;
   if (like instanceof Float32Array && be !== undefined && typeof be.gemm === 'function') return be.gemm.bind(be);
-  return plainGemm;
+  return referenceGemm;
 }
 
 /** End (exclusive) of the visible keys of query row i: keys 0 .. end - 1 are visible, the rest masked. */

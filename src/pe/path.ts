@@ -32,6 +32,7 @@
  *   must sit at positions the keys cover (queryOffset >= 0 and queryOffset + Lq <= Lk), since H_p needs x_p.
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
+import { referenceGemm } from '../backend/reference.ts';
 import { check } from '../errors.ts';
 import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
 import type { Rng } from '../util/rng.ts';
@@ -52,7 +53,6 @@ import {
   explicitAttention,
   gemmFor,
   kvHeadOf,
-  plainGemm,
   ScratchPool,
   type ExplicitHooks,
   type Gemm,
@@ -463,7 +463,7 @@ export class PathEncoding implements PositionalEncoding {
     xInput: FloatArray,
     batch: number,
     lk: number,
-    gemm: Gemm = plainGemm,
+    gemm: Gemm = referenceGemm,
   ): PathFactors & { backward(dw: Float64Array, dbeta: Float64Array): FloatArray } {
     // The projections x W_w and x w_beta (and their backward) are gemms in the dtype of x (the backend's sgemm for
     // fp32 on a backend, else plain fp64 loops); the cheap per-position rest is fp64.
