@@ -8,7 +8,7 @@ import { recallSequence } from '../src/study/tasks/recall.ts';
 import type { LmConfig, LmResult } from '../src/study/experiments.ts';
 import { quickPlan, type StudyPlan } from '../src/study/plan.ts';
 import { aboveChance, buildReport, compareSamples, compareValues, type ReportInput } from '../src/study/report.ts';
-import { runStudy, writeReport } from '../src/study/run.ts';
+import { runStudy, writeReport, type StudyOptions } from '../src/study/run.ts';
 import type { CellRecord } from '../src/study/store.ts';
 import { flipFlopSequence } from '../src/study/tasks/flipflop.ts';
 import { Rng } from '../src/util/rng.ts';
@@ -36,7 +36,7 @@ const outDir = join(root, 'out');
 const workDir = join(root, 'work');
 const logs: string[] = [];
 
-function study(log: string[]) {
+function study(log: string[], overrides: Partial<StudyOptions> = {}) {
   return runStudy({
     experiment: 'all',
     quick: true,
@@ -46,6 +46,7 @@ function study(log: string[]) {
     backend: new ReferenceBackend(),
     plan: tinyPlan(),
     log: (s) => log.push(s),
+    ...overrides,
   });
 }
 
@@ -161,17 +162,7 @@ describe('lm data', () => {
 describe('recompute', () => {
   it('--recompute deletes and recomputes only the named encoding, training it again', async () => {
     const log: string[] = [];
-    await runStudy({
-      experiment: 'lm',
-      quick: true,
-      outDir,
-      workDir,
-      dataDir,
-      backend: new ReferenceBackend(),
-      plan: tinyPlan(),
-      recompute: ['none'],
-      log: (s) => log.push(s),
-    });
+    await study(log, { experiment: 'lm', recompute: ['none'] });
     expect(log).toContain('lm: recomputing 1 finished cell of none');
     expect(log.filter((l) => /^lm \[\d+\/\d+\]/.test(l))).toEqual(['lm [1/1] tinyshakespeare none seed 1']);
     expect(log).toContain('lm tinyshakespeare none seed 1: training 3 steps');
