@@ -131,6 +131,26 @@ describe('hype study pipeline (tiny configuration)', () => {
     expect(meta.invocations.slice(-4).map((i: { cellsRun: number }) => i.cellsRun)).toEqual([0, 0, 0, 0]);
     expect(meta.invocations.slice(0, 4).map((i: { cellsRun: number }) => i.cellsRun)).toEqual([4, 4, 4, 2]);
   }, 30_000);
+
+  it('keeps the invocations another study process appends to study.json while this one runs', async () => {
+    const metaPath = join(outDir, 'study.json');
+    const foreign = { experiment: 'lm', started: '2026-01-01T00:00:00.000Z', seconds: 1, cellsRun: 7 };
+    let appended = false;
+    const log = () => {
+      if (appended) return; // the first log line comes after this run wrote study.json: the other process appends now
+      appended = true;
+      const meta = JSON.parse(readFileSync(metaPath, 'utf8'));
+      meta.invocations.push(foreign);
+      writeFileSync(metaPath, JSON.stringify(meta));
+    };
+    const before = JSON.parse(readFileSync(metaPath, 'utf8')).invocations.length;
+    await study([], { experiment: 'recall', recompute: ['none'], log }); // recomputing one cell makes it log
+    expect(appended).toBe(true);
+    const after = JSON.parse(readFileSync(metaPath, 'utf8')).invocations;
+    expect(after).toHaveLength(before + 2);
+    expect(after[before]).toEqual(foreign);
+    expect(after[before + 1]).toMatchObject({ experiment: 'recall', cellsRun: 1 });
+  }, 30_000);
 });
 
 describe('plan flags', () => {

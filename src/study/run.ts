@@ -117,7 +117,12 @@ export async function runStudy(o: StudyOptions): Promise<{ plan: StudyPlan; repo
       await runPrecision(env, o.outDir, configs);
     }
     const cellsRun = cellsIn(o.outDir, exp) - before;
-    meta.invocations.push({ experiment: exp, started, seconds: (performance.now() - t0) / 1000, cellsRun });
+    // Re-read first: another study process may share this folder (e.g. lm and the tasks run side by side).
+    const now = existsSync(metaPath) ? (JSON.parse(readFileSync(metaPath, 'utf8')) as StudyMeta) : meta;
+    meta.invocations = [
+      ...now.invocations,
+      { experiment: exp, started, seconds: (performance.now() - t0) / 1000, cellsRun },
+    ];
     writeFileAtomic(metaPath, JSON.stringify(meta, null, 1) + '\n');
   }
   const report = await writeReport(o.outDir);
