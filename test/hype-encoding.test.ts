@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import type { AttentionShape } from '../src/backend/backend.ts';
 import { ReferenceBackend } from '../src/backend/reference.ts';
 import type { AttendContext, PositionalEncoding } from '../src/pe/encoding.ts';
+import { floatFormat, roundTo } from '../src/numerics/float-formats.ts';
 import { hypeEncoding, type HypeOptions } from '../src/pe/hype.ts';
 import { Rng } from '../src/util/rng.ts';
 import { maxRelativeGradError, sampleIndices } from './helpers/gradcheck.ts';
@@ -88,6 +89,34 @@ describe('hype encoding: routes agree with the dense fp64 reference', () => {
     expect(fp32).toBeGreaterThan(0); // it really ran in fp32
     expect(fp16).toBeLessThan(0.05);
     expect(fp16).toBeGreaterThan(10 * fp32);
+  });
+});
+
+describe('hype encoding: operand rounding on each route', () => {
+  const bf16 = floatFormat('bf16');
+  const rounded = (x: ArrayLike<number>) => Float64Array.from(x, (value) => roundTo(bf16, value));
+
+  it('kernel route, bf16: exactly attention of the bf16-rounded Q, K, V with the exact fp64 bias', () => {
+    const { q, k, v } = inputs(3);
+    const exact = make({ preset: 'recency' });
+    const reference = attentionFromLogits(
+      exact.denseLogits(ctx, { q: rounded(q), k: rounded(k), v }, 1 / Math.sqrt(5)),
+      rounded(v),
+    );
+    const kernel = make({ preset: 'recency', route: 'kernel', format: 'bf16' });
+    expect(maxDiff(kernel.attend(ctx, { q, k, v }).out, reference)).toBeLessThan(1e-13);
+  });
+
+  it('with |tau| ~ 10^3 (recency, L_extra = 2048) bf16 blurs the concat route far more than the kernel route', () => {
+    // SPEC section 4: the concat route recovers the bias from products of size ~|tau|, so its logit error is
+    // ~|tau| u = 1024 * 2^-8 = 4; the kernel route's comes only from rounding Q and K (|q.k| u / sqrt(d) ~ 0.01).
+    const x = inputs(4);
+    const options = { preset: 'recency', lengthExtra: 2048, curvature: 0.5 } as const;
+    const reference = attentionFromLogits(make(options).denseLogits(ctx, x, 1 / Math.sqrt(5)), x.v);
+    const concat = maxDiff(make({ ...options, format: 'bf16' }).attend(ctx, x).out, reference);
+    const kernel = maxDiff(make({ ...options, route: 'kernel', format: 'bf16' }).attend(ctx, x).out, reference);
+    expect(kernel).toBeLessThan(0.05);
+    expect(concat).toBeGreaterThan(10 * kernel);
   });
 });
 

@@ -246,9 +246,4 @@ describe('kernel-route refusals', () => {
     expect(viaConcat.attend(ctx, x).out.every(Number.isFinite)).toBe(true);
     expect(viaConcat.maxLength).toBe(6);
   });
-
-  it('operand rounding (fp16/bf16) belongs to the concat route', () => {
-    const enc = hypeEncoding.create(dims, { route: 'kernel', format: 'bf16' }, new Rng(1));
-    expect(refusal(() => enc.attend(ctx, x), 'argument')).toContain("applies to the concat route's operands");
-  });
 });

@@ -27,7 +27,7 @@ function tinyPlan(): StudyPlan {
     lm: { corpora: ['tinyshakespeare'], trainLength: 8, multipliers: [1, 2, 4], evalBytes: 256, model: tiny, budget },
     flipflop: { trainLength: 16, multipliers: [1], evalSequences: 4, model: tiny, budget },
     recall: { trainLength: 80, multipliers: [1, 2], evalSequences: 3, model: tiny, budget },
-    precision: { encodings: ['hype-recency'], formats: ['fp32', 'bf16'], corpus: 'tinyshakespeare' },
+    precision: { encodings: ['hype-recency'], formats: ['fp32', 'bf16', 'bf16-kernel'], corpus: 'tinyshakespeare' },
   };
 }
 
@@ -64,7 +64,7 @@ describe('hype study pipeline (tiny configuration)', () => {
     expect(cellFiles('lm')).toHaveLength(4);
     expect(cellFiles('flipflop')).toHaveLength(4);
     expect(cellFiles('recall')).toHaveLength(4);
-    expect(cellFiles('precision')).toHaveLength(2);
+    expect(cellFiles('precision')).toHaveLength(3);
     const cell = JSON.parse(readFileSync(join(outDir, 'lm', 'cells', cellFiles('lm')[0]!), 'utf8'));
     expect(cell.config.experiment).toBe('lm');
     expect(cell.result.versions.node).toBe(process.version);
@@ -74,6 +74,7 @@ describe('hype study pipeline (tiny configuration)', () => {
     expect(report).toContain('QUICK VERSION');
     expect(report).toContain('## lm: length extrapolation');
     expect(report).toMatch(/\| none \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \|/);
+    expect(report).toMatch(/\| hype-recency bf16-kernel − fp32 \| -?\d/);
     for (const f of ['lm-bits-per-byte.svg', 'flipflop-errors.svg', 'recall-accuracy.svg', 'precision-cost.svg']) {
       expect(readFileSync(join(outDir, 'plots', f), 'utf8')).toMatch(/^<svg/);
     }
@@ -129,7 +130,7 @@ describe('hype study pipeline (tiny configuration)', () => {
     expect(['lm', 'flipflop', 'recall', 'precision'].map(stamp)).toEqual(before);
     const meta = JSON.parse(readFileSync(join(outDir, 'study.json'), 'utf8'));
     expect(meta.invocations.slice(-4).map((i: { cellsRun: number }) => i.cellsRun)).toEqual([0, 0, 0, 0]);
-    expect(meta.invocations.slice(0, 4).map((i: { cellsRun: number }) => i.cellsRun)).toEqual([4, 4, 4, 2]);
+    expect(meta.invocations.slice(0, 4).map((i: { cellsRun: number }) => i.cellsRun)).toEqual([4, 4, 4, 3]);
   }, 30_000);
 
   it('keeps the invocations another study process appends to study.json while this one runs', async () => {

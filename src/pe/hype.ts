@@ -151,7 +151,11 @@ export interface HypeOptions {
   units: 'relative' | 'raw';
   /** Concat route: pad the head dims to a multiple of this (kernels like 4 or 8). */
   multiple: number;
-  /** Concat route: round the operands to this format (fp16/bf16 emulation); default: the arrays' own type. */
+  /**
+   * Round the attention operands to this format (fp16/bf16 emulation; default: the arrays' own type): on the concat
+   * route Qhat, Khat, Vhat (the bias columns included), on the kernel route Q, K, V, with the bias added in the
+   * logits' precision.
+   */
   format?: FloatFormatName;
   /** Token grid for 2-D/3-D data (concat route). */
   grid?: number[];
@@ -289,11 +293,6 @@ class HypeEncoding implements PositionalEncoding {
       "HyPE on a 2-D/3-D grid needs per-axis distances, which the kernel's 'hype' bias (a function of the flat " +
         "distance) cannot express; use route 'concat'",
     );
-    check(
-      this.opts.format === undefined || this.opts.format === 'fp32' || this.opts.format === 'fp64',
-      'argument',
-      "HyPE: operand rounding (format fp16/bf16) applies to the concat route's operands; use route 'concat'",
-    );
     const { heads: H, kvHeads: Hkv } = ctx.shape;
     const T = spec.termAxis.length;
     // Whether the bias itself fits the logits' dtype is checked by the backend (validate.ts), for every bias kind.
@@ -304,7 +303,16 @@ class HypeEncoding implements PositionalEncoding {
       bias,
       queryOffset: ctx.queryOffset,
     };
-    const { q, k, v } = inputs;
+    // fp16/bf16: Q, K, V rounded to the format (emulation, as on the concat route), while the bias is computed
+    // and added in the logits' own precision, as a fused kernel with an in-kernel bias does. The gradients are
+    // those of the rounded operands, passed straight through.
+    const format = this.opts.format;
+    const round = (x: FloatArray): FloatArray => {
+      if (format !== 'fp16' && format !== 'bf16') return x;
+      const f = floatFormat(format);
+      return x.map((value) => roundTo(f, value));
+    };
+    const [q, k, v] = [round(inputs.q), round(inputs.k), round(inputs.v)];
     const fwd = ctx.backend.attentionForward(ctx.shape, q, k, v, opts);
     return {
       out: fwd.out,

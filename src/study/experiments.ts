@@ -26,6 +26,7 @@ import {
   type Experiment,
   type ModelShape,
   type PeChoice,
+  type PrecisionFormat,
   type StudyPlan,
   type TrainBudget,
 } from './plan.ts';
@@ -97,7 +98,7 @@ export interface PrecisionConfig {
   experiment: 'precision';
   /** The lm cell whose trained model is re-evaluated. */
   lm: LmConfig;
-  format: 'fp32' | 'bf16' | 'fp16';
+  format: PrecisionFormat;
 }
 
 export interface PrecisionResult {
@@ -266,8 +267,8 @@ export function precisionConfigs(plan: StudyPlan, encodings: readonly string[]):
 }
 
 /**
- * Re-evaluates the lm model of `c.lm` with the concat route's operands (Qhat, Khat, Vhat) rounded to `c.format`
- * (emulated: values rounded, arithmetic and accumulation in fp32). The model is the lm cell's run if it exists;
+ * Re-evaluates the lm model of `c.lm` with its attention operands held as `c.format` says (PrecisionFormat;
+ * emulated: values rounded, arithmetic and accumulation in fp32). The model is the lm cell's run if it exists;
  * otherwise it is trained here exactly as the lm cell would (same seed, same data, same steps).
  */
 export async function runPrecision(env: StudyEnv, outDir: string, configs: readonly PrecisionConfig[]) {
@@ -277,7 +278,8 @@ export async function runPrecision(env: StudyEnv, outDir: string, configs: reado
     const data = loadLmData(env, c.lm.corpus);
     const { train } = await trainLm(env, c.lm, data);
     const t0 = performance.now();
-    const model = reloadWithPeOptions(train.runDir, env.backend, { format: c.format });
+    const options = c.format === 'bf16-kernel' ? { route: 'kernel', format: 'bf16' } : { format: c.format };
+    const model = reloadWithPeOptions(train.runDir, env.backend, options);
     const ev = evalData(data, c.lm.evalBytes);
     const evals = c.lm.multipliers.map((m) => {
       const length = m * c.lm.trainLength;

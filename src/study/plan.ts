@@ -75,10 +75,17 @@ export interface TaskPlan {
   budget: TrainBudget;
 }
 
+/**
+ * How the re-evaluated model's attention operands are held: fp32; bf16 or fp16 on the concat route (Qhat, Khat, Vhat
+ * rounded, the bias columns included); 'bf16-kernel': the kernel route with Q, K, V rounded to bf16 and the bias
+ * added in fp32, the mitigation SPEC section 4 points to.
+ */
+export type PrecisionFormat = 'fp32' | 'bf16' | 'fp16' | 'bf16-kernel';
+
 export interface PrecisionPlan {
   /** HyPE study encodings whose trained lm models are re-evaluated with rounded operands. */
   encodings: string[];
-  formats: ('fp32' | 'bf16' | 'fp16')[];
+  formats: PrecisionFormat[];
   corpus: CorpusName;
 }
 
@@ -129,7 +136,7 @@ export function quickPlan(): StudyPlan {
     },
     precision: {
       encodings: ['hype-recency', 'hype-paper'],
-      formats: ['fp32', 'bf16', 'fp16'],
+      formats: ['fp32', 'bf16', 'bf16-kernel'],
       corpus: 'tinyshakespeare',
     },
   };
@@ -169,7 +176,7 @@ export function fullPlan(): StudyPlan {
     },
     precision: {
       encodings: ['hype-recency', 'hype-paper', 'hype-learned'],
-      formats: ['fp32', 'bf16', 'fp16'],
+      formats: ['fp32', 'bf16', 'fp16', 'bf16-kernel'],
       corpus: 'tinyshakespeare',
     },
   };

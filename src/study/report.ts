@@ -26,7 +26,7 @@ import { ALL_ENCODINGS } from './plan.ts';
 import { FLIPFLOP_TASK } from './tasks/flipflop.ts';
 import { RECALL_TASK } from './tasks/recall.ts';
 import type { CellRecord } from './store.ts';
-import type { StudyPlan } from './plan.ts';
+import type { PrecisionFormat, StudyPlan } from './plan.ts';
 import type { Versions } from './versions.ts';
 
 export interface StudyMeta {
@@ -359,8 +359,10 @@ function setupSection(input: ReportInput): string[] {
       `${p.recall.budget.steps} steps; accuracy of the answer digit on ${p.recall.evalSequences} sequences per ` +
       `length at ${p.recall.multipliers.map((x) => `${x}x`).join(', ')} L.`,
     `- precision: the trained lm models of ${p.precision.encodings.join(', ')} on ${p.precision.corpus} ` +
-      `re-evaluated with the concat route's operands (Qhat, Khat, Vhat) rounded to ${p.precision.formats.join(', ')} ` +
-      '(emulated: values rounded, products and sums in fp32).',
+      `re-evaluated with their attention operands in ${p.precision.formats.join(', ')} (emulated: values rounded, ` +
+      "products and sums in fp32). bf16 and fp16 round the concat route's operands Qhat, Khat, Vhat, the two " +
+      "bias columns included; bf16-kernel runs the same model on the kernel route (ALiBi's way: Q, K, V rounded " +
+      'to bf16, the bias computed and added in fp32).',
   );
   return lines;
 }
@@ -558,7 +560,7 @@ function recallSection(input: ReportInput, charts: Chart[], plotsRel: string): s
 }
 
 function precisionSection(input: ReportInput, charts: Chart[], plotsRel: string): string[] {
-  const lines = ["## precision: HyPE with the concat route's operands rounded (bits per byte)", ''];
+  const lines = ['## precision: HyPE with its attention operands rounded (bits per byte)', ''];
   if (input.precision.length === 0) return [...lines, 'No precision cells yet.'];
   const obs: Observation[] = [];
   const points: LinePoint[] = [];
@@ -568,7 +570,7 @@ function precisionSection(input: ReportInput, charts: Chart[], plotsRel: string)
       if (e.ok) obs.push({ row: `${c.config.lm.encoding} ${c.config.format}`, column: e.length, value: e.bitsPerByte });
     }
   }
-  const formatOrder = ['fp32', 'bf16', 'fp16'];
+  const formatOrder: PrecisionFormat[] = ['fp32', 'bf16', 'fp16', 'bf16-kernel'];
   const precisionRows = sortEnc(uniq(input.precision.map((c) => c.config.lm.encoding))).flatMap((e) =>
     formatOrder.map((f) => `${e} ${f}`),
   );
@@ -703,7 +705,8 @@ function findingsSection(input: ReportInput): string[] {
       `  - Context: the recency preset here has |tau| up to ${tauMax.toFixed(0)} (tau = -m/mu with mu = 0.5 / ` +
         `L_extra), and the concat route recovers the bias from products of order |tau|, so a unit roundoff u ` +
         `(bf16 2^-8, fp16 2^-11) blurs it by about |tau| u = ${(tauMax * 2 ** -8).toFixed(2)} (bf16) or ` +
-        `${(tauMax * 2 ** -11).toFixed(2)} (fp16) logits (SPEC sections 3-4); the paper preset has |tau| = 1.`,
+        `${(tauMax * 2 ** -11).toFixed(2)} (fp16) logits (SPEC sections 3-4); the paper preset has |tau| = 1. ` +
+        'The kernel route (bf16-kernel) adds the bias in fp32, so its rounding comes from Q and K alone.',
     );
   }
   const groups = uniq(diffs.map((d) => `${d.encoding} ${d.format}`));
