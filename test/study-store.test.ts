@@ -65,4 +65,11 @@ describe('markdown table', () => {
       '| alibi | 2.00 | 2.00 ± 12.71 |',
     ]);
   });
+
+  it('puts named columns in the given order, unlisted ones after', () => {
+    const obs = ['ood-dense', 'extra', 'id', 'ood-sparse'].map((column, i) => ({ row: 'rope', column, value: i }));
+    const t = markdownTable(obs, { rowHeader: 'encoding', digits: 0, columnOrder: ['id', 'ood-sparse', 'ood-dense'] });
+    expect(t.split('\n')[0]).toBe('| encoding | id | ood-sparse | ood-dense | extra |');
+    expect(t.split('\n')[2]).toBe('| rope | 2 | 3 | 0 | 1 |');
+  });
 });

@@ -445,7 +445,7 @@ function flipflopSection(input: ReportInput, charts: Chart[], plotsRel: string):
   for (const c of input.flipflop) {
     for (const m of mixes) obs.push({ row: c.config.encoding, column: m, value: 100 * c.result.mixes[m].errorRate });
   }
-  lines.push(markdownTable(obs, { rowHeader: 'encoding', rowOrder: ORDER, digits: 2 }), '');
+  lines.push(markdownTable(obs, { rowHeader: 'encoding', rowOrder: ORDER, columnOrder: mixes, digits: 2 }), '');
   const graded = mixes.map((m) => `${m} ${input.flipflop[0]!.result.mixes[m].graded}`).join(', ');
   const learned = input.flipflop.map((c) => {
     const r = c.result.mixes.id;
@@ -589,7 +589,12 @@ function precisionSection(input: ReportInput, charts: Chart[], plotsRel: string)
   );
   lines.push('Cost of rounding: the same model, rounded minus fp32 (paired by seed; positive = worse).', '');
   lines.push(
-    markdownTable(dObs, { rowHeader: 'model, format', columnHeader: (x) => `${x} (${Number(x) / L}x)`, digits: 4 }),
+    markdownTable(dObs, {
+      rowHeader: 'model, format',
+      columnHeader: (x) => `${x} (${Number(x) / L}x)`,
+      digits: 4,
+      rowOrder: precisionRows.map((r) => `${r} − fp32`),
+    }),
   );
   for (const d of diffs)
     points.push({ x: d.length, y: meanInterval(d.values).mean, series: `${d.encoding} ${d.format}` });

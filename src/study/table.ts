@@ -13,6 +13,8 @@ export interface TableOptions {
   digits?: number;
   /** Row order; rows not listed follow in first-seen order. */
   rowOrder?: readonly string[];
+  /** Column order; without it numbers ascend and names sort alphabetically. Columns not listed follow. */
+  columnOrder?: readonly (string | number)[];
   /** Text of a cell with no observations (default '—'), e.g. to say why a value cannot exist. */
   emptyCell?: (row: string, column: string | number) => string;
 }
@@ -29,6 +31,7 @@ export function markdownTable(obs: readonly Observation[], o: TableOptions): str
   }
   if (o.rowOrder) rows.sort((a, b) => rank(o.rowOrder!, a) - rank(o.rowOrder!, b));
   cols.sort((a, b) => (typeof a === 'number' && typeof b === 'number' ? a - b : String(a).localeCompare(String(b))));
+  if (o.columnOrder) cols.sort((a, b) => rank(o.columnOrder!, a) - rank(o.columnOrder!, b));
   const head = (c: string | number) => (o.columnHeader ? o.columnHeader(c) : String(c));
   const lines = [
     `| ${o.rowHeader} | ${cols.map(head).join(' | ')} |`,
@@ -45,7 +48,7 @@ export function markdownTable(obs: readonly Observation[], o: TableOptions): str
   return lines.join('\n');
 }
 
-function rank(order: readonly string[], x: string): number {
+function rank<T>(order: readonly T[], x: T): number {
   const i = order.indexOf(x);
   return i < 0 ? order.length : i;
 }
