@@ -128,7 +128,14 @@ export function pathAttention(
   const gemm = gemmFor(ctx, q);
   const zs = allocate(work, lq * D); // per query: its walk state at the end of the chunk being scanned
   const zNext = allocate(work, lq * D);
-  const kHat = allocate(work, lk * D); // per key: k_j carried to the end of its chunk
+  const lastChunk = Math.floor((queryOffset + lq - 1) / PATH_CHUNK);
+  // Per (batch, kv head), every key k_j carried to the end of its chunk (kHat, shared by the heads of a group and
+  // kept for the backward), and per (batch, head) the walk states zs as the walk leaves them (kept for the backward).
+  const kHatAll = allocate(work, lastChunk > 0 ? shape.batch * Hkv * lk * D : 0);
+  const zsKeep = allocate(work, lastChunk > 0 ? shape.batch * H * lq * D : 0);
+  for (let bk = 0; lastChunk > 0 && bk < shape.batch * Hkv; bk++) {
+    carryKeys(kHatAll.subarray(bk * lk * D), k, w, beta, bk * lk, lastChunk * PATH_CHUNK, D, r);
+  }
   const u = allocate(work, D * D);
   const uRows = new Float64Array(D * D);
   /**
@@ -140,9 +147,9 @@ export function pathAttention(
    */
   const chunkedLogits = (S: FloatArray, qBase: number, kvBase: number): void => {
     walkLogits(S, q, qBase, k, w, beta, kvBase, lq, queryOffset, lk, D, scale, r, zs);
-    const lastChunk = Math.floor((queryOffset + lq - 1) / PATH_CHUNK);
     if (lastChunk === 0) return;
-    carryKeys(kHat, k, w, beta, kvBase, lastChunk * PATH_CHUNK, D, r);
+    zsKeep.set(zs, qBase);
+    const kHat = kHatAll.subarray(kvBase * D);
     for (let J = lastChunk - 1; J >= 0; J--) {
       const r0 = Math.max(0, (J + 1) * PATH_CHUNK - queryOffset); // first query row past chunk J
       const m = lq - r0;
@@ -158,34 +165,74 @@ export function pathAttention(
     }
   };
 
+  /**
+   * The backward of chunkedLogits for one (batch, head), the same split: the cross-chunk logits are differentiated
+   * through their gemms, the intra-chunk ones through the walk. From the walk states zs and carried keys kHat
+   * the forward kept, the chain Z_{J-1} = Z_J U_J is recomputed first (every Z_J, U_J and U_J's partial products
+   * kept). Then, chunk by chunk upwards, dZ_J = scale dS_J kHat_J + dZ_{J-1} U_J^T, dU_J = Z_J^T dZ_{J-1} and
+   * dkHat_J = scale dS_J^T Z_J (gemms); dU_J and dkHat go back to w and beta (and k) by the adjoints of chunkProduct
+   * and carryKeys, and the final dZ rows start each query's intra-chunk adjoint (walkBackward), which ends in dq.
+   */
+  const chunkedBackward = (dS: FloatArray, qBase: number, kvBase: number, dq: FloatArray, dk: FloatArray): void => {
+    const b = backScratch();
+    if (lastChunk > 0) {
+      zs.set(zsKeep.subarray(qBase, qBase + lq * D));
+      const kHat = kHatAll.subarray(kvBase * D);
+      // Forward chain, chunks downwards: Z_J (rows r0(J)..) stored at zAt[J]; U_J and its partial products kept.
+      let zAt = 0;
+      for (let J = lastChunk - 1; J >= 0; J--) {
+        const r0 = Math.max(0, (J + 1) * PATH_CHUNK - queryOffset);
+        const m = lq - r0;
+        const z = zs.subarray(r0 * D);
+        b.zOffset[J] = zAt;
+        b.zStore.set(z.subarray(0, m * D), zAt);
+        zAt += m * D;
+        if (J === 0) break;
+        const s0 = J * PATH_CHUNK;
+        const width = Math.min(lk, s0 + PATH_CHUNK) - s0;
+        const uJ = b.uStore.subarray(J * D * D, (J + 1) * D * D);
+        chunkProductStates(uRows, b.partials, b.ys, w, beta, kvBase + s0, s0, width, D);
+        uJ.set(uRows);
+        gemm(false, false, m, D, D, 1, z, D, uJ, D, 0, zNext, D);
+        z.set(zNext.subarray(0, m * D));
+      }
+      // Backward, chunks upwards. Rows of dZ below r0(J) are final once chunk J is reached: they belong to the
+      // queries of chunk J, whose walk started from Z_{J-1}.
+      for (let J = 0; J < lastChunk; J++) {
+        const r0 = Math.max(0, (J + 1) * PATH_CHUNK - queryOffset);
+        const m = lq - r0;
+        const s0 = J * PATH_CHUNK;
+        const width = Math.min(lk, s0 + PATH_CHUNK) - s0;
+        const zJ = b.zStore.subarray(b.zOffset[J]!);
+        const dSJ = dS.subarray(r0 * lk + s0);
+        const dzJ = b.dz.subarray(r0 * D);
+        const kJ = kHat.subarray(s0 * D);
+        if (J === 0) {
+          gemm(false, false, m, D, width, scale, dSJ, lk, kJ, D, 0, dzJ, D);
+        } else {
+          gemm(true, false, D, D, m, 1, zJ, D, dzJ, D, 0, b.dU, D);
+          gemm(false, true, m, D, D, 1, dzJ, D, b.uStore.subarray(J * D * D), D, 0, b.tmp, D);
+          gemm(false, false, m, D, width, scale, dSJ, lk, kJ, D, 1, b.tmp, D);
+          dzJ.set(b.tmp.subarray(0, m * D));
+          chunkProductBackward(b.dU, b.partials, b.ys, w, beta, kvBase + s0, s0, width, D, dw, dbeta, b.x, b.v1, b.v2);
+        }
+        gemm(true, false, width, D, m, scale, dSJ, lk, zJ, D, 0, b.dkHat.subarray(s0 * D), D);
+      }
+      carryKeysBackward(b.dkHat, k, w, beta, kvBase, lastChunk * PATH_CHUNK, D, dk, dw, dbeta, b.states, b.v1, b.v2);
+    }
+    walkBackward(dS, dq, dk, q, qBase, k, w, beta, dw, dbeta, kvBase, lq, queryOffset, lk, D, scale, walk, wr, a, b.dz);
+  };
+  // Backward scratch, made on the first backward (an evaluation forward never needs it).
+  let scratch: ReturnType<typeof makeBackScratch> | null = null;
+  const backScratch = () => (scratch ??= makeBackScratch(work, lq, lk, D, queryOffset));
+
   const hooks: ExplicitHooks = {
     ownScores: true,
     // Each query walks back over the keys carrying r = q_p, applying one factor per step:
     // logit(p, l) = scale r . k_l, then r <- r - beta_l (w_l . r) w_l.
     logits: (b, h, kh, S) => chunkedLogits(S, (b * H + h) * lq * D, (b * Hkv + kh) * lk),
     backward: (b, h, kh, dS, dq, dk) => {
-      const kvBase = (b * Hkv + kh) * lk;
-      walkBackward(
-        dS,
-        dq,
-        dk,
-        q,
-        (b * H + h) * lq * D,
-        k,
-        w,
-        beta,
-        dw,
-        dbeta,
-        kvBase,
-        lq,
-        queryOffset,
-        lk,
-        D,
-        scale,
-        walk,
-        wr,
-        a,
-      );
+      chunkedBackward(dS, (b * H + h) * lq * D, (b * Hkv + kh) * lk, dq, dk);
       return 0; // dq and dk are complete: no plain q.k term
     },
   };
@@ -246,9 +293,11 @@ function walkLogits(
 }
 
 /**
- * The backward of every query's walk for one (batch, head): replay the walk keeping every state r_l (walk) and
- * w_l . r_l (wr), then run the adjoint a = dLoss/dr_l in position order, where r_{l-1} = H_l r_l and
- * logit_l = scale r_l . k_l, accumulating dq, dk (rows of this kv head) and dw, dbeta (indexed like w, beta).
+ * The backward of every query's intra-chunk walk for one (batch, head): replay the walk over the query's own chunk
+ * keeping every state r_l (walk) and w_l . r_l (wr), then run the adjoint a = dLoss/dr_l in position order, where
+ * r_{l-1} = H_l r_l and logit_l = scale r_l . k_l, accumulating dq, dk (rows of this kv head) and dw, dbeta
+ * (indexed like w, beta). The adjoint starts from dz (row i: dLoss/dzs_i, from the cross-chunk backward) for the
+ * queries past the first chunk, from 0 in the first chunk.
  */
 function walkBackward(
   dS: FloatArray,
@@ -270,12 +319,14 @@ function walkBackward(
   walk: Float64Array,
   wr: Float64Array,
   a: Float64Array,
+  dz: FloatArray,
 ): void {
   for (let i = 0; i < lq; i++) {
     const p = i + queryOffset;
+    const start = p - (p % PATH_CHUNK);
     const row = i * lk;
     for (let d = 0; d < D; d++) walk[p * D + d] = q[qBase + i * D + d]!;
-    for (let l = p; l > 0; l--) {
+    for (let l = p; l > 0 && l >= start; l--) {
       const wAt = (kvBase + l) * D;
       const rAt = l * D;
       // Four partial sums: a single one makes each dot product a serial chain of dependent additions.
@@ -293,11 +344,13 @@ function walkBackward(
       for (; d < D; d++) r0 += walk[rAt + d]! * w[wAt + d]!;
       const rw = r0 + r1 + (r2 + r3);
       wr[l] = rw;
+      if (l === start) break; // the state below the chunk is zs, whose adjoint is dz
       const c = beta[kvBase + l]! * rw;
       for (let d = 0; d < D; d++) walk[rAt - D + d] = walk[rAt + d]! - c * w[wAt + d]!;
     }
-    a.fill(0);
-    for (let l = 0; l <= p; l++) {
+    if (start > 0) for (let d = 0; d < D; d++) a[d] = dz[i * D + d]!;
+    else a.fill(0);
+    for (let l = start; l <= p; l++) {
       const at = (kvBase + l) * D;
       const rAt = l * D;
       const g = scale * dS[row + l]!;
@@ -383,6 +436,183 @@ function chunkProduct(U: Float64Array, w: Float64Array, beta: Float64Array, s: n
       for (let c = 0; c < D; c++) U[a * D + c]! -= f * y[c]!;
     }
   }
+}
+
+/**
+ * chunkProduct keeping what its backward needs: the partial product P_{t-1} = H_{t-1} ... H_s before each factor
+ * (partials, D x D at position index p0 + t - s) and y_t = P_{t-1}^T w_t (ys, at the same index).
+ */
+function chunkProductStates(
+  U: Float64Array,
+  partials: Float64Array,
+  ys: Float64Array,
+  w: Float64Array,
+  beta: Float64Array,
+  s: number,
+  p0: number,
+  n: number,
+  D: number,
+): void {
+  U.fill(0);
+  for (let d = 0; d < D; d++) U[d * D + d] = 1;
+  for (let t = 0; t < n; t++) {
+    const wAt = (s + t) * D;
+    const yAt = (p0 + t) * D;
+    partials.set(U, (p0 + t) * D * D);
+    for (let c = 0; c < D; c++) ys[yAt + c] = 0;
+    for (let a = 0; a < D; a++) {
+      const wa = w[wAt + a]!;
+      for (let c = 0; c < D; c++) ys[yAt + c]! += wa * U[a * D + c]!;
+    }
+    const bt = beta[s + t]!;
+    for (let a = 0; a < D; a++) {
+      const f = bt * w[wAt + a]!;
+      for (let c = 0; c < D; c++) U[a * D + c]! -= f * ys[yAt + c]!;
+    }
+  }
+}
+
+/**
+ * The adjoint of U = H_e ... H_s given dU: with U = A_t H_t P_{t-1} (A_t = H_e ... H_{t+1}), dH_t = X_t P_{t-1}^T
+ * where X_t = A_t^T dU, swept downwards from X_e = dU by X_{t-1} = H_t X_t (H_t is symmetric). For
+ * H_t = I - beta w w^T: dbeta_t -= w^T dH_t w = w . (X y_t), dw_t -= beta (dH_t + dH_t^T) w
+ * = beta (X y_t + P_{t-1} X^T w), with y_t = P_{t-1}^T w_t from chunkProductStates.
+ */
+function chunkProductBackward(
+  dU: FloatArray,
+  partials: Float64Array,
+  ys: Float64Array,
+  w: Float64Array,
+  beta: Float64Array,
+  s: number,
+  p0: number,
+  n: number,
+  D: number,
+  dw: Float64Array,
+  dbeta: Float64Array,
+  X: Float64Array,
+  xw: Float64Array,
+  xy: Float64Array,
+): void {
+  for (let j = 0; j < D * D; j++) X[j] = dU[j]!;
+  for (let t = n - 1; t >= 0; t--) {
+    const wAt = (s + t) * D;
+    const yAt = (p0 + t) * D;
+    const pAt = (p0 + t) * D * D;
+    for (let c = 0; c < D; c++) xw[c] = 0;
+    let wxy = 0;
+    for (let a = 0; a < D; a++) {
+      const wa = w[wAt + a]!;
+      let acc = 0;
+      for (let c = 0; c < D; c++) {
+        const x = X[a * D + c]!;
+        xw[c]! += x * wa;
+        acc += x * ys[yAt + c]!;
+      }
+      xy[a] = acc;
+      wxy += wa * acc;
+    }
+    const bt = beta[s + t]!;
+    dbeta[s + t]! -= wxy;
+    for (let a = 0; a < D; a++) {
+      let pxw = 0;
+      for (let c = 0; c < D; c++) pxw += partials[pAt + a * D + c]! * xw[c]!;
+      dw[wAt + a]! -= bt * (xy[a]! + pxw);
+    }
+    if (t === 0) break;
+    for (let a = 0; a < D; a++) {
+      const f = bt * w[wAt + a]!;
+      for (let c = 0; c < D; c++) X[a * D + c]! -= f * xw[c]!;
+    }
+  }
+}
+
+/**
+ * The adjoint of carryKeys given dkHat: per key, replay its carry (states before each factor in `states`, w . v in
+ * vw), then run the adjoint down from dkHat_j to dk_j through H_e, ..., H_{j+1}, accumulating dw and dbeta.
+ */
+function carryKeysBackward(
+  dkHat: FloatArray,
+  k: FloatArray,
+  w: Float64Array,
+  beta: Float64Array,
+  kvBase: number,
+  end: number,
+  D: number,
+  dk: FloatArray,
+  dw: Float64Array,
+  dbeta: Float64Array,
+  states: Float64Array,
+  a: Float64Array,
+  vw: Float64Array,
+): void {
+  for (let j = 0; j < end; j++) {
+    const e = j - (j % PATH_CHUNK) + PATH_CHUNK - 1;
+    for (let d = 0; d < D; d++) states[d] = k[(kvBase + j) * D + d]!;
+    for (let t = j + 1; t <= e; t++) {
+      const wAt = (kvBase + t) * D;
+      const vAt = (t - j - 1) * D;
+      const x = dot4(states, vAt, w, wAt, D);
+      vw[t - j - 1] = x;
+      const c = beta[kvBase + t]! * x;
+      for (let d = 0; d < D; d++) states[vAt + D + d] = states[vAt + d]! - c * w[wAt + d]!;
+    }
+    for (let d = 0; d < D; d++) a[d] = dkHat[j * D + d]!;
+    for (let t = e; t > j; t--) {
+      const wAt = (kvBase + t) * D;
+      const vAt = (t - j - 1) * D;
+      const wa = dot4(a, 0, w, wAt, D);
+      const x = vw[t - j - 1]!;
+      const bt = beta[kvBase + t]!;
+      dbeta[kvBase + t]! -= x * wa;
+      const bx = bt * x;
+      const bwa = bt * wa;
+      for (let d = 0; d < D; d++) {
+        const ad = a[d]!;
+        dw[wAt + d]! -= bx * ad + bwa * states[vAt + d]!;
+        a[d] = ad - bwa * w[wAt + d]!;
+      }
+    }
+    for (let d = 0; d < D; d++) dk[j * D + d] = dk[j * D + d]! + a[d]!;
+  }
+}
+
+/** Work buffers of chunkedBackward for one pathAttention call, sized for its chunk count. */
+function makeBackScratch(work: 'float32' | 'float64', lq: number, lk: number, D: number, queryOffset: number) {
+  const lastChunk = Math.floor((queryOffset + lq - 1) / PATH_CHUNK);
+  const carried = lastChunk * PATH_CHUNK; // positions of the chunks below the last one
+  return {
+    zStore: allocate(work, Math.max(1, lastChunk * lq * D)), // Z_J, J = lastChunk - 1 .. 0, rows r0(J) ..
+    zOffset: new Int32Array(Math.max(1, lastChunk)),
+    uStore: allocate(work, Math.max(1, lastChunk * D * D)), // U_J at J D^2 (J >= 1)
+    partials: new Float64Array(Math.max(1, carried * D * D)),
+    ys: new Float64Array(Math.max(1, carried * D)),
+    dz: allocate(work, lq * D),
+    tmp: allocate(work, lq * D),
+    dU: allocate(work, D * D),
+    dkHat: allocate(work, Math.max(1, carried * D)),
+    x: new Float64Array(D * D),
+    v1: new Float64Array(Math.max(D, PATH_CHUNK)),
+    v2: new Float64Array(Math.max(D, PATH_CHUNK)),
+    states: new Float64Array(PATH_CHUNK * D),
+  };
+}
+
+/** a[ao ..] . b[bo ..] over n entries, in four partial sums (one makes the sum a serial chain of additions). */
+function dot4(a: Float64Array, ao: number, b: Float64Array, bo: number, n: number): number {
+  let s0 = 0;
+  let s1 = 0;
+  let s2 = 0;
+  let s3 = 0;
+  let c = 0;
+  for (; c + 4 <= n; c += 4) {
+    s0 += a[ao + c]! * b[bo + c]!;
+    s1 += a[ao + c + 1]! * b[bo + c + 1]!;
+    s2 += a[ao + c + 2]! * b[bo + c + 2]!;
+    s3 += a[ao + c + 3]! * b[bo + c + 3]!;
+  }
+  for (; c < n; c++) s0 += a[ao + c]! * b[bo + c]!;
+  return s0 + s1 + (s2 + s3);
 }
 
 function dotAt(a: Float64Array, ao: number, b: Float64Array, bo: number, n: number): number {
@@ -471,18 +701,28 @@ export class PathEncoding implements PositionalEncoding {
     const x = xInput;
     const { kvHeads: Hkv, modelDim: C, headDim: D } = this.dims;
     const K = this.convSize;
-    const W = asDtype(this.wProj.data, work);
-    const wBeta = asDtype(this.betaWeight.data, work);
-    const n = batch * Hkv * lk;
-    const u = allocate(work, n * D); // x_t W_w, [B, Hkv, Lk, D]
-    const zs = allocate(work, batch * lk * Hkv); // x_t . w_beta[h], [B, Lk, Hkv]
-    for (let b = 0; b < batch; b++) {
-      const xb = x.subarray(b * lk * C, (b + 1) * lk * C);
-      for (let h = 0; h < Hkv; h++) {
-        const ub = u.subarray((b * Hkv + h) * lk * D, (b * Hkv + h + 1) * lk * D);
-        gemm(false, false, lk, D, C, 1, xb, C, W.subarray(h * C * D, (h + 1) * C * D), D, 0, ub, D);
+    // W_w with the heads side by side, [C, Hkv D]: every head's projection of every row is then one gemm.
+    const HD = Hkv * D;
+    const W = allocate(work, C * HD);
+    for (let h = 0; h < Hkv; h++) {
+      for (let c = 0; c < C; c++) {
+        for (let d = 0; d < D; d++) W[c * HD + h * D + d] = this.wProj.data[(h * C + c) * D + d]!;
       }
     }
+    const wBeta = asDtype(this.betaWeight.data, work);
+    const n = batch * Hkv * lk;
+    const uRows = allocate(work, batch * lk * HD); // x_t W_w, [B, Lk, Hkv, D]
+    gemm(false, false, batch * lk, HD, C, 1, x, C, W, HD, 0, uRows, HD);
+    const u = allocate(work, n * D); // the same, [B, Hkv, Lk, D]
+    for (let b = 0; b < batch; b++) {
+      for (let t = 0; t < lk; t++) {
+        for (let h = 0; h < Hkv; h++) {
+          const from = ((b * lk + t) * Hkv + h) * D;
+          u.set(uRows.subarray(from, from + D), ((b * Hkv + h) * lk + t) * D);
+        }
+      }
+    }
+    const zs = allocate(work, batch * lk * Hkv); // x_t . w_beta[h], [B, Lk, Hkv]
     gemm(false, true, batch * lk, Hkv, C, 1, x, C, wBeta, C, 0, zs, Hkv);
     const pre = new Float64Array(n * D); // convolution output (before SiLU); = u without the convolution
     const s = new Float64Array(n * D); // vector to normalise
@@ -557,19 +797,24 @@ export class PathEncoding implements PositionalEncoding {
       gemm(true, false, Hkv, C, batch * lk, 1, dz, Hkv, x, C, 0, dWBeta, C);
       addInto(this.betaWeight.grad, dWBeta);
       gemm(false, false, batch * lk, C, Hkv, 1, dz, Hkv, wBeta, C, 1, dx, C);
-      // u = x W_w[h] per batch row block: dW_w[h] += x_b^T du, dx_b += du W_w[h]^T.
-      const dW = allocate(work, Hkv * C * D);
+      // u = x W (heads side by side): dW = x^T du, dx += du W^T, with du as [B, Lk, Hkv, D].
+      const duRows = allocate(work, batch * lk * HD);
       for (let b = 0; b < batch; b++) {
-        const xb = x.subarray(b * lk * C, (b + 1) * lk * C);
-        const dxb = dx.subarray(b * lk * C, (b + 1) * lk * C);
-        for (let h = 0; h < Hkv; h++) {
-          const dub = du.subarray((b * Hkv + h) * lk * D, (b * Hkv + h + 1) * lk * D);
-          const Wh = W.subarray(h * C * D, (h + 1) * C * D);
-          gemm(true, false, C, D, lk, 1, xb, C, dub, D, 1, dW.subarray(h * C * D, (h + 1) * C * D), D);
-          gemm(false, true, lk, C, D, 1, dub, D, Wh, D, 1, dxb, C);
+        for (let t = 0; t < lk; t++) {
+          for (let h = 0; h < Hkv; h++) {
+            const from = ((b * Hkv + h) * lk + t) * D;
+            duRows.set(du.subarray(from, from + D), ((b * lk + t) * Hkv + h) * D);
+          }
         }
       }
-      addInto(this.wProj.grad, dW);
+      const dW = allocate(work, C * HD);
+      gemm(true, false, C, HD, batch * lk, 1, x, C, duRows, HD, 0, dW, HD);
+      gemm(false, true, batch * lk, C, HD, 1, duRows, HD, W, HD, 1, dx, C);
+      for (let h = 0; h < Hkv; h++) {
+        for (let c = 0; c < C; c++) {
+          for (let d = 0; d < D; d++) this.wProj.grad[(h * C + c) * D + d]! += dW[c * HD + h * D + d]!;
+        }
+      }
       return dx;
     };
     return { w, beta, backward };
