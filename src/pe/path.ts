@@ -133,11 +133,18 @@ export function pathAttention(
   // kept for the backward), and per (batch, head) the walk states zs as the walk leaves them (kept for the backward).
   const kHatAll = allocate(work, lastChunk > 0 ? shape.batch * Hkv * lk * D : 0);
   const zsKeep = allocate(work, lastChunk > 0 ? shape.batch * H * lq * D : 0);
+  // Per (batch, kv head) too, the dense products U_J of the chunks J = 1 .. lastChunk - 1 (uAll, at J D^2 of the
+  // pair's lastChunk D^2) and the vectors y_t = (H_{t-1} ... H_s)^T w_t their backward needs (ys, indexed like w).
+  const uAll = allocate(work, lastChunk > 1 ? shape.batch * Hkv * lastChunk * D * D : 0);
+  const ys = new Float64Array(lastChunk > 1 ? w.length : 0);
+  const uRows = new Float64Array(D * D);
   for (let bk = 0; lastChunk > 0 && bk < shape.batch * Hkv; bk++) {
     carryKeys(kHatAll.subarray(bk * lk * D), k, w, beta, bk * lk, lastChunk * PATH_CHUNK, D, r);
+    for (let J = 1; J < lastChunk; J++) {
+      chunkProduct(uRows, ys, w, beta, bk * lk + J * PATH_CHUNK, PATH_CHUNK, D);
+      uAll.set(uRows, (bk * lastChunk + J) * D * D);
+    }
   }
-  const u = allocate(work, D * D);
-  const uRows = new Float64Array(D * D);
   /**
    * Every logit of one (batch, head), by chunks of PATH_CHUNK positions. Within a query's own chunk it walks
    * (walkLogits, stopping at the chunk start, which leaves r at the end of the previous chunk). Across chunks,
@@ -158,8 +165,7 @@ export function pathAttention(
       const z = zs.subarray(r0 * D);
       gemm(false, true, m, width, D, scale, z, D, kHat.subarray(s0 * D), D, 0, S.subarray(r0 * lk + s0), lk);
       if (J === 0) break;
-      chunkProduct(uRows, w, beta, kvBase + s0, width, D);
-      u.set(uRows);
+      const u = uAll.subarray(((kvBase / lk) * lastChunk + J) * D * D);
       gemm(false, false, m, D, D, 1, z, D, u, D, 0, zNext, D);
       z.set(zNext.subarray(0, m * D));
     }
@@ -190,10 +196,7 @@ export function pathAttention(
         if (J === 0) break;
         const s0 = J * PATH_CHUNK;
         const width = Math.min(lk, s0 + PATH_CHUNK) - s0;
-        const uJ = b.uStore.subarray(J * D * D, (J + 1) * D * D);
-        chunkProductStates(uRows, b.partials, b.ys, w, beta, kvBase + s0, s0, width, D);
-        uJ.set(uRows);
-        gemm(false, false, m, D, D, 1, z, D, uJ, D, 0, zNext, D);
+        gemm(false, false, m, D, D, 1, z, D, uAll.subarray(((kvBase / lk) * lastChunk + J) * D * D), D, 0, zNext, D);
         z.set(zNext.subarray(0, m * D));
       }
       // Backward, chunks upwards. Rows of dZ below r0(J) are final once chunk J is reached: they belong to the
@@ -211,10 +214,11 @@ export function pathAttention(
           gemm(false, false, m, D, width, scale, dSJ, lk, kJ, D, 0, dzJ, D);
         } else {
           gemm(true, false, D, D, m, 1, zJ, D, dzJ, D, 0, b.dU, D);
-          gemm(false, true, m, D, D, 1, dzJ, D, b.uStore.subarray(J * D * D), D, 0, b.tmp, D);
+          const uJ = uAll.subarray(((kvBase / lk) * lastChunk + J) * D * D);
+          gemm(false, true, m, D, D, 1, dzJ, D, uJ, D, 0, b.tmp, D);
           gemm(false, false, m, D, width, scale, dSJ, lk, kJ, D, 1, b.tmp, D);
           dzJ.set(b.tmp.subarray(0, m * D));
-          chunkProductBackward(b.dU, b.partials, b.ys, w, beta, kvBase + s0, s0, width, D, dw, dbeta, b.x, b.v1, b.v2);
+          chunkProductBackward(b.dU, ys, w, beta, kvBase + s0, width, D, dw, dbeta, b.x, b.v1, b.v2, b.v3, b.v4);
         }
         gemm(true, false, width, D, m, scale, dSJ, lk, zJ, D, 0, b.dkHat.subarray(s0 * D), D);
       }
@@ -417,57 +421,32 @@ function carryKeys(
   }
 }
 
-/** U = H_{s+n-1} ... H_{s+1} H_s (row-major D x D) for the n factors from position s (kv-head row index). */
-function chunkProduct(U: Float64Array, w: Float64Array, beta: Float64Array, s: number, n: number, D: number): void {
-  U.fill(0);
-  for (let d = 0; d < D; d++) U[d * D + d] = 1;
-  const y = new Float64Array(D);
-  for (let t = s; t < s + n; t++) {
-    // U <- (I - beta w w^T) U = U - beta w (w^T U)
-    const wAt = t * D;
-    y.fill(0);
-    for (let a = 0; a < D; a++) {
-      const wa = w[wAt + a]!;
-      for (let c = 0; c < D; c++) y[c]! += wa * U[a * D + c]!;
-    }
-    const bt = beta[t]!;
-    for (let a = 0; a < D; a++) {
-      const f = bt * w[wAt + a]!;
-      for (let c = 0; c < D; c++) U[a * D + c]! -= f * y[c]!;
-    }
-  }
-}
-
 /**
- * chunkProduct keeping what its backward needs: the partial product P_{t-1} = H_{t-1} ... H_s before each factor
- * (partials, D x D at position index p0 + t - s) and y_t = P_{t-1}^T w_t (ys, at the same index).
+ * U = H_{s+n-1} ... H_{s+1} H_s (row-major D x D) for the n factors from position s (kv-head row index), built as
+ * P_t = H_t P_{t-1} = P_{t-1} - beta_t w_t y_t^T with y_t = P_{t-1}^T w_t, which is kept in ys (indexed like w).
  */
-function chunkProductStates(
+function chunkProduct(
   U: Float64Array,
-  partials: Float64Array,
   ys: Float64Array,
   w: Float64Array,
   beta: Float64Array,
   s: number,
-  p0: number,
   n: number,
   D: number,
 ): void {
   U.fill(0);
   for (let d = 0; d < D; d++) U[d * D + d] = 1;
-  for (let t = 0; t < n; t++) {
-    const wAt = (s + t) * D;
-    const yAt = (p0 + t) * D;
-    partials.set(U, (p0 + t) * D * D);
-    for (let c = 0; c < D; c++) ys[yAt + c] = 0;
+  for (let t = s; t < s + n; t++) {
+    const wAt = t * D;
+    for (let c = 0; c < D; c++) ys[wAt + c] = 0;
     for (let a = 0; a < D; a++) {
       const wa = w[wAt + a]!;
-      for (let c = 0; c < D; c++) ys[yAt + c]! += wa * U[a * D + c]!;
+      for (let c = 0; c < D; c++) ys[wAt + c]! += wa * U[a * D + c]!;
     }
-    const bt = beta[s + t]!;
+    const bt = beta[t]!;
     for (let a = 0; a < D; a++) {
       const f = bt * w[wAt + a]!;
-      for (let c = 0; c < D; c++) U[a * D + c]! -= f * ys[yAt + c]!;
+      for (let c = 0; c < D; c++) U[a * D + c]! -= f * ys[wAt + c]!;
     }
   }
 }
@@ -476,54 +455,63 @@ function chunkProductStates(
  * The adjoint of U = H_e ... H_s given dU: with U = A_t H_t P_{t-1} (A_t = H_e ... H_{t+1}), dH_t = X_t P_{t-1}^T
  * where X_t = A_t^T dU, swept downwards from X_e = dU by X_{t-1} = H_t X_t (H_t is symmetric). For
  * H_t = I - beta w w^T: dbeta_t -= w^T dH_t w = w . (X y_t), dw_t -= beta (dH_t + dH_t^T) w
- * = beta (X y_t + P_{t-1} X^T w), with y_t = P_{t-1}^T w_t from chunkProductStates.
+ * = beta (X y_t + P_{t-1} X^T w), with y_t = P_{t-1}^T w_t from chunkProduct; P_{t-1} X^T w is a walk of X^T w up
+ * through H_s, ..., H_{t-1} (no partial product is kept).
  */
 function chunkProductBackward(
   dU: FloatArray,
-  partials: Float64Array,
   ys: Float64Array,
   w: Float64Array,
   beta: Float64Array,
   s: number,
-  p0: number,
   n: number,
   D: number,
   dw: Float64Array,
   dbeta: Float64Array,
   X: Float64Array,
-  xw: Float64Array,
+  xwA: Float64Array,
+  xwB: Float64Array,
   xy: Float64Array,
+  v: Float64Array,
 ): void {
   for (let j = 0; j < D * D; j++) X[j] = dU[j]!;
-  for (let t = n - 1; t >= 0; t--) {
-    const wAt = (s + t) * D;
-    const yAt = (p0 + t) * D;
-    const pAt = (p0 + t) * D * D;
+  // X_{t-1} = X_t - beta_t w_t (X_t^T w_t)^T is applied lazily, inside the next factor's pass over X.
+  let xw = xwA;
+  let xwPrev = xwB;
+  xwPrev.fill(0);
+  let prevAt = -1;
+  let prevBeta = 0;
+  for (let t = s + n - 1; t >= s; t--) {
+    const wAt = t * D;
     for (let c = 0; c < D; c++) xw[c] = 0;
     let wxy = 0;
     for (let a = 0; a < D; a++) {
       const wa = w[wAt + a]!;
+      const f = prevAt < 0 ? 0 : prevBeta * w[prevAt + a]!;
       let acc = 0;
       for (let c = 0; c < D; c++) {
-        const x = X[a * D + c]!;
+        const x = X[a * D + c]! - f * xwPrev[c]!;
+        X[a * D + c] = x;
         xw[c]! += x * wa;
-        acc += x * ys[yAt + c]!;
+        acc += x * ys[wAt + c]!;
       }
       xy[a] = acc;
       wxy += wa * acc;
     }
-    const bt = beta[s + t]!;
-    dbeta[s + t]! -= wxy;
-    for (let a = 0; a < D; a++) {
-      let pxw = 0;
-      for (let c = 0; c < D; c++) pxw += partials[pAt + a * D + c]! * xw[c]!;
-      dw[wAt + a]! -= bt * (xy[a]! + pxw);
+    const bt = beta[t]!;
+    dbeta[t]! -= wxy;
+    for (let c = 0; c < D; c++) v[c] = xw[c]!;
+    for (let u = s; u < t; u++) {
+      const uAt = u * D;
+      const c = beta[u]! * dot4(v, 0, w, uAt, D);
+      for (let d = 0; d < D; d++) v[d] = v[d]! - c * w[uAt + d]!;
     }
-    if (t === 0) break;
-    for (let a = 0; a < D; a++) {
-      const f = bt * w[wAt + a]!;
-      for (let c = 0; c < D; c++) X[a * D + c]! -= f * xw[c]!;
-    }
+    for (let a = 0; a < D; a++) dw[wAt + a]! -= bt * (xy[a]! + v[a]!);
+    prevAt = wAt;
+    prevBeta = bt;
+    const swap = xw;
+    xw = xwPrev;
+    xwPrev = swap;
   }
 }
 
@@ -584,9 +572,6 @@ function makeBackScratch(work: 'float32' | 'float64', lq: number, lk: number, D:
   return {
     zStore: allocate(work, Math.max(1, lastChunk * lq * D)), // Z_J, J = lastChunk - 1 .. 0, rows r0(J) ..
     zOffset: new Int32Array(Math.max(1, lastChunk)),
-    uStore: allocate(work, Math.max(1, lastChunk * D * D)), // U_J at J D^2 (J >= 1)
-    partials: new Float64Array(Math.max(1, carried * D * D)),
-    ys: new Float64Array(Math.max(1, carried * D)),
     dz: allocate(work, lq * D),
     tmp: allocate(work, lq * D),
     dU: allocate(work, D * D),
@@ -594,6 +579,8 @@ function makeBackScratch(work: 'float32' | 'float64', lq: number, lk: number, D:
     x: new Float64Array(D * D),
     v1: new Float64Array(Math.max(D, PATH_CHUNK)),
     v2: new Float64Array(Math.max(D, PATH_CHUNK)),
+    v3: new Float64Array(D),
+    v4: new Float64Array(D),
     states: new Float64Array(PATH_CHUNK * D),
   };
 }
