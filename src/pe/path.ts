@@ -194,8 +194,6 @@ export function pathAttention(
         b.zStore.set(z.subarray(0, m * D), zAt);
         zAt += m * D;
         if (J === 0) break;
-        const s0 = J * PATH_CHUNK;
-        const width = Math.min(lk, s0 + PATH_CHUNK) - s0;
         gemm(false, false, m, D, D, 1, z, D, uAll.subarray(((kvBase / lk) * lastChunk + J) * D * D), D, 0, zNext, D);
         z.set(zNext.subarray(0, m * D));
       }
