@@ -278,17 +278,35 @@ function walkLogits(
     const p = i + queryOffset;
     const start = p - (p % PATH_CHUNK);
     const row = i * lk;
-    for (let d = 0; d < D; d++) r[d] = q[qBase + i * D + d]!;
+    // One pass per step: r <- r - c w_l also forms the next step's r . k_{l-1} and r . w_{l-1}.
+    let rk = 0;
+    let rw = 0;
+    const pAt = (kvBase + p) * D;
+    for (let d = 0; d < D; d++) {
+      const x = q[qBase + i * D + d]!;
+      r[d] = x;
+      rk += x * k[pAt + d]!;
+      rw += x * w[pAt + d]!;
+    }
     for (let l = p; l >= start; l--) {
-      const kAt = (kvBase + l) * D;
-      let rk = 0;
-      for (let d = 0; d < D; d++) rk += r[d]! * k[kAt + d]!;
       S[row + l] = scale * rk;
       if (l === 0) break;
-      let rw = 0;
-      for (let d = 0; d < D; d++) rw += r[d]! * w[kAt + d]!;
+      const at = (kvBase + l) * D;
       const c = beta[kvBase + l]! * rw;
-      for (let d = 0; d < D; d++) r[d] = r[d]! - c * w[kAt + d]!;
+      if (l === start) {
+        for (let d = 0; d < D; d++) r[d] = r[d]! - c * w[at + d]!;
+        break;
+      }
+      let nk = 0;
+      let nw = 0;
+      for (let d = 0; d < D; d++) {
+        const x = r[d]! - c * w[at + d]!;
+        r[d] = x;
+        nk += x * k[at - D + d]!;
+        nw += x * w[at - D + d]!;
+      }
+      rk = nk;
+      rw = nw;
     }
     for (let d = 0; d < D; d++) zs[i * D + d] = r[d]!;
   }
@@ -328,67 +346,57 @@ function walkBackward(
     const start = p - (p % PATH_CHUNK);
     const row = i * lk;
     for (let d = 0; d < D; d++) walk[p * D + d] = q[qBase + i * D + d]!;
-    for (let l = p; l > 0 && l >= start; l--) {
-      const wAt = (kvBase + l) * D;
-      const rAt = l * D;
-      // Four partial sums: a single one makes each dot product a serial chain of dependent additions.
-      let r0 = 0;
-      let r1 = 0;
-      let r2 = 0;
-      let r3 = 0;
-      let d = 0;
-      for (; d + 4 <= D; d += 4) {
-        r0 += walk[rAt + d]! * w[wAt + d]!;
-        r1 += walk[rAt + d + 1]! * w[wAt + d + 1]!;
-        r2 += walk[rAt + d + 2]! * w[wAt + d + 2]!;
-        r3 += walk[rAt + d + 3]! * w[wAt + d + 3]!;
-      }
-      for (; d < D; d++) r0 += walk[rAt + d]! * w[wAt + d]!;
-      const rw = r0 + r1 + (r2 + r3);
+    // Replay, one pass per step: r_{l-1} = r_l - c w_l also forms w_{l-1} . r_{l-1}.
+    let rw = p > 0 ? dot4(walk, p * D, w, (kvBase + p) * D, D) : 0;
+    for (let l = p; l > 0; l--) {
       wr[l] = rw;
       if (l === start) break; // the state below the chunk is zs, whose adjoint is dz
+      const wAt = (kvBase + l) * D;
+      const rAt = l * D;
       const c = beta[kvBase + l]! * rw;
-      for (let d = 0; d < D; d++) walk[rAt - D + d] = walk[rAt + d]! - c * w[wAt + d]!;
+      let next = 0;
+      for (let d = 0; d < D; d++) {
+        const x = walk[rAt + d]! - c * w[wAt + d]!;
+        walk[rAt - D + d] = x;
+        next += x * w[wAt - D + d]!;
+      }
+      rw = next;
     }
     if (start > 0) for (let d = 0; d < D; d++) a[d] = dz[i * D + d]!;
     else a.fill(0);
+    let wa = start > 0 ? dot4(a, 0, w, (kvBase + start) * D, D) : 0; // w_l . a for the factor of step l
     for (let l = start; l <= p; l++) {
       const at = (kvBase + l) * D;
       const rAt = l * D;
       const g = scale * dS[row + l]!;
+      const nextAt = l < p ? at + D : at; // w_{l+1} for the next step's w . a (read, unused, at the last step)
+      let next = 0;
       if (l > 0) {
         const bl = beta[kvBase + l]!;
         const rw = wr[l]!;
-        let w0 = 0;
-        let w1 = 0;
-        let w2 = 0;
-        let w3 = 0;
-        let e = 0;
-        for (; e + 4 <= D; e += 4) {
-          w0 += a[e]! * w[at + e]!;
-          w1 += a[e + 1]! * w[at + e + 1]!;
-          w2 += a[e + 2]! * w[at + e + 2]!;
-          w3 += a[e + 3]! * w[at + e + 3]!;
-        }
-        for (; e < D; e++) w0 += a[e]! * w[at + e]!;
-        const wa = w0 + w1 + (w2 + w3);
         dbeta[kvBase + l]! -= rw * wa;
         const bwa = bl * wa;
         const brw = bl * rw;
-        // One pass: the factor's adjoint (dw, a through H_l), then the logit's (a += g k_l, dk_l += g r_l).
+        // One pass: the factor's adjoint (dw, a through H_l), the logit's (a += g k_l, dk_l += g r_l), and the
+        // next step's w_{l+1} . a.
         for (let d = 0; d < D; d++) {
           const ad = a[d]!;
           const rd = walk[rAt + d]!;
           dw[at + d]! -= brw * ad + bwa * rd;
-          a[d] = ad - bwa * w[at + d]! + g * k[at + d]!;
+          const x = ad - bwa * w[at + d]! + g * k[at + d]!;
+          a[d] = x;
+          next += x * w[nextAt + d]!;
           dk[rAt + d] = dk[rAt + d]! + g * rd;
         }
       } else {
         for (let d = 0; d < D; d++) {
-          a[d] = a[d]! + g * k[at + d]!;
+          const x = a[d]! + g * k[at + d]!;
+          a[d] = x;
+          next += x * w[nextAt + d]!;
           dk[rAt + d] = dk[rAt + d]! + g * walk[rAt + d]!;
         }
       }
+      wa = next;
     }
     for (let d = 0; d < D; d++) dq[i * D + d] = dq[i * D + d]! + a[d]!;
   }
