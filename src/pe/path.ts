@@ -415,13 +415,25 @@ function carryKeys(
 ): void {
   for (let j = 0; j < end; j++) {
     const e = j - (j % PATH_CHUNK) + PATH_CHUNK - 1;
-    for (let d = 0; d < D; d++) v[d] = k[(kvBase + j) * D + d]!;
+    // One pass per step: v <- v - c w_t also forms the next step's w_{t+1} . v.
+    const firstAt = (kvBase + Math.min(j + 1, e)) * D;
+    let vw = 0;
+    for (let d = 0; d < D; d++) {
+      const x = k[(kvBase + j) * D + d]!;
+      v[d] = x;
+      vw += x * w[firstAt + d]!;
+    }
     for (let t = j + 1; t <= e; t++) {
       const wAt = (kvBase + t) * D;
-      let vw = 0;
-      for (let d = 0; d < D; d++) vw += v[d]! * w[wAt + d]!;
+      const nextAt = t < e ? wAt + D : wAt;
       const c = beta[kvBase + t]! * vw;
-      for (let d = 0; d < D; d++) v[d] = v[d]! - c * w[wAt + d]!;
+      let next = 0;
+      for (let d = 0; d < D; d++) {
+        const x = v[d]! - c * w[wAt + d]!;
+        v[d] = x;
+        next += x * w[nextAt + d]!;
+      }
+      vw = next;
     }
     for (let d = 0; d < D; d++) kHat[j * D + d] = v[d]!;
   }
@@ -506,11 +518,21 @@ function chunkProductBackward(
     }
     const bt = beta[t]!;
     dbeta[t]! -= wxy;
-    for (let c = 0; c < D; c++) v[c] = xw[c]!;
+    let vw = 0;
+    for (let c = 0; c < D; c++) {
+      v[c] = xw[c]!;
+      vw += xw[c]! * w[s * D + c]!;
+    }
     for (let u = s; u < t; u++) {
       const uAt = u * D;
-      const c = beta[u]! * dot4(v, 0, w, uAt, D);
-      for (let d = 0; d < D; d++) v[d] = v[d]! - c * w[uAt + d]!;
+      const c = beta[u]! * vw;
+      let next = 0; // w_{u+1} . v, for the next step (w_t after the last: read, unused)
+      for (let d = 0; d < D; d++) {
+        const x = v[d]! - c * w[uAt + d]!;
+        v[d] = x;
+        next += x * w[uAt + D + d]!;
+      }
+      vw = next;
     }
     for (let a = 0; a < D; a++) dw[wAt + a]! -= bt * (xy[a]! + v[a]!);
     prevAt = wAt;
@@ -542,30 +564,58 @@ function carryKeysBackward(
 ): void {
   for (let j = 0; j < end; j++) {
     const e = j - (j % PATH_CHUNK) + PATH_CHUNK - 1;
-    for (let d = 0; d < D; d++) states[d] = k[(kvBase + j) * D + d]!;
-    for (let t = j + 1; t <= e; t++) {
+    if (e === j) {
+      // The last key of a chunk is carried by no factor: kHat_j = k_j.
+      for (let d = 0; d < D; d++) dk[j * D + d] = dk[j * D + d]! + dkHat[j * D + d]!;
+      continue;
+    }
+    // Replay (the state before each factor, and w_t . v), one pass per step as in walkBackward.
+    const firstAt = (kvBase + j + 1) * D;
+    let x = 0;
+    for (let d = 0; d < D; d++) {
+      const y = k[(kvBase + j) * D + d]!;
+      states[d] = y;
+      x += y * w[firstAt + d]!;
+    }
+    for (let t = j + 1; ; t++) {
+      vw[t - j - 1] = x;
+      if (t === e) break; // the carried key itself is not needed
       const wAt = (kvBase + t) * D;
       const vAt = (t - j - 1) * D;
-      const x = dot4(states, vAt, w, wAt, D);
-      vw[t - j - 1] = x;
       const c = beta[kvBase + t]! * x;
-      for (let d = 0; d < D; d++) states[vAt + D + d] = states[vAt + d]! - c * w[wAt + d]!;
+      let next = 0;
+      for (let d = 0; d < D; d++) {
+        const y = states[vAt + d]! - c * w[wAt + d]!;
+        states[vAt + D + d] = y;
+        next += y * w[wAt + D + d]!;
+      }
+      x = next;
     }
-    for (let d = 0; d < D; d++) a[d] = dkHat[j * D + d]!;
+    const lastAt = (kvBase + e) * D;
+    let wa = 0;
+    for (let d = 0; d < D; d++) {
+      const y = dkHat[j * D + d]!;
+      a[d] = y;
+      wa += y * w[lastAt + d]!;
+    }
     for (let t = e; t > j; t--) {
       const wAt = (kvBase + t) * D;
       const vAt = (t - j - 1) * D;
-      const wa = dot4(a, 0, w, wAt, D);
-      const x = vw[t - j - 1]!;
+      const prevAt = t - 1 > j ? wAt - D : wAt; // w_{t-1} for the next step's w . a (unused after the last)
+      const xt = vw[t - j - 1]!;
       const bt = beta[kvBase + t]!;
-      dbeta[kvBase + t]! -= x * wa;
-      const bx = bt * x;
+      dbeta[kvBase + t]! -= xt * wa;
+      const bx = bt * xt;
       const bwa = bt * wa;
+      let next = 0;
       for (let d = 0; d < D; d++) {
         const ad = a[d]!;
         dw[wAt + d]! -= bx * ad + bwa * states[vAt + d]!;
-        a[d] = ad - bwa * w[wAt + d]!;
+        const y = ad - bwa * w[wAt + d]!;
+        a[d] = y;
+        next += y * w[prevAt + d]!;
       }
+      wa = next;
     }
     for (let d = 0; d < D; d++) dk[j * D + d] = dk[j * D + d]! + a[d]!;
   }
