@@ -10,11 +10,12 @@
  *   w_t    = normalise(silu(shortconv(x_t W_w)))     per key/value head; W_w [Hkv, C, D]
  *   beta_t = 2 * sigmoid(x_t . w_beta + b_beta)      in (0, 2), so H_t may have a negative eigenvalue
  *
- * Algorithm (O(L^2 D) per head): each query walks back over the keys, carrying r = q_p and applying one factor
- * per step (r <- r - beta_t (w_t . r) w_t) — the whole product is never formed. The forward walks only inside the
- * query's own chunk of PATH_CHUNK positions; the logits against earlier chunks are gemms (see pathAttention). The
- * backward replays the full walk for each query, then runs the adjoint forward in position order to get dq, dk and
- * the gradients of every w_t and beta_t, and finally differentiates the factor network down to dx. The softmax,
+ * Algorithm: inside its own chunk of PATH_CHUNK positions, each query walks back over the keys, carrying r = q_p
+ * and applying one factor per step (r <- r - beta_t (w_t . r) w_t); the logits against earlier chunks are gemms of
+ * the walk states with the keys carried to their chunk's end, the states moved back over a chunk by its dense
+ * D x D product (see pathAttention). The backward has the same split: the intra-chunk walk is replayed and run
+ * adjoint, the cross-chunk part is differentiated through its gemms and then through the chunk products and the
+ * carried keys back to every w_t and beta_t; finally the factor network is differentiated down to dx. The softmax,
  * P V, their backward and the factor network's projections run as gemms (the backend's sgemm for fp32).
  *
  * Choices the paper leaves open or that we fix (the released layer in flash-linear-attention was read for facts):
@@ -174,8 +175,7 @@ export function pathAttention(
   /**
    * The backward of chunkedLogits for one (batch, head), the same split: the cross-chunk logits are differentiated
    * through their gemms, the intra-chunk ones through the walk. From the walk states zs and carried keys kHat
-   * the forward kept, the chain Z_{J-1} = Z_J U_J is recomputed first (every Z_J, U_J and U_J's partial products
-   * kept). Then, chunk by chunk upwards, dZ_J = scale dS_J kHat_J + dZ_{J-1} U_J^T, dU_J = Z_J^T dZ_{J-1} and
+   * the forward kept, the chain Z_{J-1} = Z_J U_J is recomputed first (every Z_J kept). Then, chunk by chunk upwards, dZ_J = scale dS_J kHat_J + dZ_{J-1} U_J^T, dU_J = Z_J^T dZ_{J-1} and
    * dkHat_J = scale dS_J^T Z_J (gemms); dU_J and dkHat go back to w and beta (and k) by the adjoints of chunkProduct
    * and carryKeys, and the final dZ rows start each query's intra-chunk adjoint (walkBackward), which ends in dq.
    */
@@ -184,7 +184,7 @@ export function pathAttention(
     if (lastChunk > 0) {
       zs.set(zsKeep.subarray(qBase, qBase + lq * D));
       const kHat = kHatAll.subarray(kvBase * D);
-      // Forward chain, chunks downwards: Z_J (rows r0(J)..) stored at zAt[J]; U_J and its partial products kept.
+      // Forward chain, chunks downwards: Z_J (rows r0(J) ..) stored from zOffset[J].
       let zAt = 0;
       for (let J = lastChunk - 1; J >= 0; J--) {
         const r0 = Math.max(0, (J + 1) * PATH_CHUNK - queryOffset);
@@ -454,17 +454,28 @@ function chunkProduct(
 ): void {
   U.fill(0);
   for (let d = 0; d < D; d++) U[d * D + d] = 1;
+  for (let c = 0; c < D; c++) ys[s * D + c] = w[s * D + c]!; // P_{s-1} = I
   for (let t = s; t < s + n; t++) {
     const wAt = t * D;
-    for (let c = 0; c < D; c++) ys[wAt + c] = 0;
-    for (let a = 0; a < D; a++) {
-      const wa = w[wAt + a]!;
-      for (let c = 0; c < D; c++) ys[wAt + c]! += wa * U[a * D + c]!;
-    }
     const bt = beta[t]!;
+    if (t === s + n - 1) {
+      for (let a = 0; a < D; a++) {
+        const f = bt * w[wAt + a]!;
+        for (let c = 0; c < D; c++) U[a * D + c]! -= f * ys[wAt + c]!;
+      }
+      break;
+    }
+    // One pass: each row of P_t = P_{t-1} - beta w y_t^T also adds its share of y_{t+1} = P_t^T w_{t+1}.
+    const nAt = wAt + D;
+    for (let c = 0; c < D; c++) ys[nAt + c] = 0;
     for (let a = 0; a < D; a++) {
       const f = bt * w[wAt + a]!;
-      for (let c = 0; c < D; c++) U[a * D + c]! -= f * ys[wAt + c]!;
+      const wn = w[nAt + a]!;
+      for (let c = 0; c < D; c++) {
+        const x = U[a * D + c]! - f * ys[wAt + c]!;
+        U[a * D + c] = x;
+        ys[nAt + c]! += wn * x;
+      }
     }
   }
 }
