@@ -772,47 +772,52 @@ export class PathEncoding implements PositionalEncoding {
       for (let t = 0; t < lk; t++) {
         for (let h = 0; h < Hkv; h++) {
           const from = ((b * lk + t) * Hkv + h) * D;
-          u.set(uRows.subarray(from, from + D), ((b * Hkv + h) * lk + t) * D);
+          const to = ((b * Hkv + h) * lk + t) * D;
+          for (let d = 0; d < D; d++) u[to + d] = uRows[from + d]!;
         }
       }
     }
     const zs = allocate(work, batch * lk * Hkv); // x_t . w_beta[h], [B, Lk, Hkv]
     gemm(false, true, batch * lk, Hkv, C, 1, x, C, wBeta, C, 0, zs, Hkv);
-    const pre = new Float64Array(n * D); // convolution output (before SiLU); = u without the convolution
-    const s = new Float64Array(n * D); // vector to normalise
+    const conv = this.conv ? this.conv.data : null;
+    const bias = this.betaBias.data;
+    // silu'(c) at each convolution output c, kept for the backward (unused without the convolution).
+    const dsilu = new Float64Array(conv ? n * D : 0);
     const norm = new Float64Array(n);
-    const w = new Float64Array(n * D);
+    const w = new Float64Array(n * D); // holds the vector to normalise until its norm is known
     const beta = new Float64Array(n);
     for (let b = 0; b < batch; b++) {
       for (let h = 0; h < Hkv; h++) {
         const base = (b * Hkv + h) * lk;
-        for (let t = 0; t < lk; t++) beta[base + t] = 2 * sigmoid(this.betaBias.data[h]! + zs[(b * lk + t) * Hkv + h]!);
+        for (let t = 0; t < lk; t++) beta[base + t] = 2 * sigmoid(bias[h]! + zs[(b * lk + t) * Hkv + h]!);
         for (let t = 0; t < lk; t++) {
+          const tAt = (base + t) * D;
           let sq = 0;
           for (let d = 0; d < D; d++) {
-            const at = (base + t) * D + d;
-            let c = u[at]!;
-            if (this.conv) {
+            let c = u[tAt + d]!;
+            if (conv) {
               c = 0;
-              for (let m = 0; m < K; m++) {
-                const src = t - (K - 1) + m;
-                if (src >= 0) c += this.conv.data[(h * D + d) * K + m]! * u[(base + src) * D + d]!;
+              for (let m = Math.max(0, K - 1 - t); m < K; m++) {
+                c += conv[(h * D + d) * K + m]! * u[(base + t - (K - 1) + m) * D + d]!;
               }
+              const sg = sigmoid(c);
+              dsilu[tAt + d] = sg * (1 + c * (1 - sg));
+              c *= sg;
             }
-            pre[at] = c;
-            s[at] = this.conv ? c * sigmoid(c) : c;
-            sq += s[at]! * s[at]!;
+            w[tAt + d] = c;
+            sq += c * c;
           }
           const nt = Math.sqrt(sq + PATH_NORM_EPS);
           norm[base + t] = nt;
-          for (let d = 0; d < D; d++) w[(base + t) * D + d] = s[(base + t) * D + d]! / nt;
+          for (let d = 0; d < D; d++) w[tAt + d] = w[tAt + d]! / nt;
         }
       }
     }
 
     const backward = (dw: Float64Array, dbeta: Float64Array): FloatArray => {
       const dx = allocate(work, x.length);
-      const du = allocate(work, n * D); // dLoss/du, [B, Hkv, Lk, D]
+      const du = new Float64Array(n * D); // dLoss/du, [B, Hkv, Lk, D]
+      const convGrad = this.conv ? this.conv.grad : null;
       const dz = allocate(work, batch * lk * Hkv); // dLoss/dz, [B, Lk, Hkv]
       for (let b = 0; b < batch; b++) {
         for (let h = 0; h < Hkv; h++) {
@@ -826,21 +831,18 @@ export class PathEncoding implements PositionalEncoding {
             // w = s / n: ds = (dw - w (w . dw)) / n
             const wAt = (base + t) * D;
             const wdw = dotAt(w, wAt, dw, wAt, D);
+            const invNorm = 1 / norm[base + t]!;
             for (let d = 0; d < D; d++) {
-              const ds = (dw[wAt + d]! - w[wAt + d]! * wdw) / norm[base + t]!;
-              if (!this.conv) {
-                du[wAt + d] = du[wAt + d]! + ds;
+              const ds = (dw[wAt + d]! - w[wAt + d]! * wdw) * invNorm;
+              if (!conv || !convGrad) {
+                du[wAt + d]! += ds;
                 continue;
               }
-              const c = pre[wAt + d]!;
-              const sg = sigmoid(c);
-              const dc = ds * sg * (1 + c * (1 - sg)); // silu'(c)
-              for (let m = 0; m < K; m++) {
-                const src = t - (K - 1) + m;
-                if (src < 0) continue;
-                const uAt = (base + src) * D + d;
-                this.conv.grad[(h * D + d) * K + m]! += dc * u[uAt]!;
-                du[uAt] = du[uAt]! + dc * this.conv.data[(h * D + d) * K + m]!;
+              const dc = ds * dsilu[wAt + d]!;
+              for (let m = Math.max(0, K - 1 - t); m < K; m++) {
+                const uAt = (base + t - (K - 1) + m) * D + d;
+                convGrad[(h * D + d) * K + m]! += dc * u[uAt]!;
+                du[uAt]! += dc * conv[(h * D + d) * K + m]!;
               }
             }
           }
@@ -857,7 +859,8 @@ export class PathEncoding implements PositionalEncoding {
         for (let t = 0; t < lk; t++) {
           for (let h = 0; h < Hkv; h++) {
             const from = ((b * Hkv + h) * lk + t) * D;
-            duRows.set(du.subarray(from, from + D), ((b * lk + t) * Hkv + h) * D);
+            const to = ((b * lk + t) * Hkv + h) * D;
+            for (let d = 0; d < D; d++) duRows[to + d] = du[from + d]!;
           }
         }
       }
