@@ -20,7 +20,6 @@ import {
 } from './helpers/pe-explicit.ts';
 
 const C = 5;
-const D = 4;
 
 /** Indices of every vector entry (width per position) at the positions given, for rows [rows, positions]. */
 function entriesAt(rows: number, lk: number, width: number, positions: readonly number[]): number[] {
@@ -36,10 +35,13 @@ const cases = [
   { name: 'three full chunks and a ragged one', lq: 3 * PATH_CHUNK + 7, lk: 3 * PATH_CHUNK + 7, off: 0 },
   { name: 'decoding tail across chunks (queryOffset > 0)', lq: PATH_CHUNK + 9, lk: 3 * PATH_CHUNK + 2, off: 57 },
   { name: 'queries short of the last keys', lq: 2 * PATH_CHUNK + 3, lk: 3 * PATH_CHUNK, off: 20 },
+  // An odd head dimension: the two-row passes of the chunk products end on a single row.
+  { name: 'odd head dimension', lq: 2 * PATH_CHUNK + 6, lk: 2 * PATH_CHUNK + 6, off: 0, D: 3 },
 ];
 
 describe('path: chunked backward over windows of several chunks', () => {
   for (const c of cases) {
+    const D = c.D ?? 4;
     const shape: AttentionShape = { batch: 1, heads: 4, kvHeads: 2, lq: c.lq, lk: c.lk, headDim: D, valueDim: 3 };
     const ctx: AttendContext = { backend: undefined as never, shape, causal: true, queryOffset: c.off };
     const dims = { heads: 4, kvHeads: 2, headDim: D, modelDim: C, trainLength: 16 };

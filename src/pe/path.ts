@@ -468,7 +468,25 @@ function chunkProduct(
     // One pass: each row of P_t = P_{t-1} - beta w y_t^T also adds its share of y_{t+1} = P_t^T w_{t+1}.
     const nAt = wAt + D;
     for (let c = 0; c < D; c++) ys[nAt + c] = 0;
-    for (let a = 0; a < D; a++) {
+    let a = 0;
+    for (; a + 2 <= D; a += 2) {
+      // Two rows per pass halve the loads and stores of y.
+      const f0 = bt * w[wAt + a]!;
+      const f1 = bt * w[wAt + a + 1]!;
+      const wn0 = w[nAt + a]!;
+      const wn1 = w[nAt + a + 1]!;
+      const r0 = a * D;
+      const r1 = r0 + D;
+      for (let c = 0; c < D; c++) {
+        const yc = ys[wAt + c]!;
+        const x0 = U[r0 + c]! - f0 * yc;
+        const x1 = U[r1 + c]! - f1 * yc;
+        U[r0 + c] = x0;
+        U[r1 + c] = x1;
+        ys[nAt + c]! += wn0 * x0 + wn1 * x1;
+      }
+    }
+    for (; a < D; a++) {
       const f = bt * w[wAt + a]!;
       const wn = w[nAt + a]!;
       for (let c = 0; c < D; c++) {
@@ -514,7 +532,33 @@ function chunkProductBackward(
     const wAt = t * D;
     for (let c = 0; c < D; c++) xw[c] = 0;
     let wxy = 0;
-    for (let a = 0; a < D; a++) {
+    let a = 0;
+    // Two rows per pass halve the loads and stores of xw, xwPrev and y.
+    for (; a + 2 <= D; a += 2) {
+      const wa0 = w[wAt + a]!;
+      const wa1 = w[wAt + a + 1]!;
+      const f0 = prevAt < 0 ? 0 : prevBeta * w[prevAt + a]!;
+      const f1 = prevAt < 0 ? 0 : prevBeta * w[prevAt + a + 1]!;
+      const r0 = a * D;
+      const r1 = r0 + D;
+      let acc0 = 0;
+      let acc1 = 0;
+      for (let c = 0; c < D; c++) {
+        const xp = xwPrev[c]!;
+        const yc = ys[wAt + c]!;
+        const x0 = X[r0 + c]! - f0 * xp;
+        const x1 = X[r1 + c]! - f1 * xp;
+        X[r0 + c] = x0;
+        X[r1 + c] = x1;
+        xw[c]! += x0 * wa0 + x1 * wa1;
+        acc0 += x0 * yc;
+        acc1 += x1 * yc;
+      }
+      xy[a] = acc0;
+      xy[a + 1] = acc1;
+      wxy += wa0 * acc0 + wa1 * acc1;
+    }
+    for (; a < D; a++) {
       const wa = w[wAt + a]!;
       const f = prevAt < 0 ? 0 : prevBeta * w[prevAt + a]!;
       let acc = 0;
