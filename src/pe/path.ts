@@ -222,7 +222,31 @@ export function pathAttention(
       }
       carryKeysBackward(b.dkHat, k, w, beta, kvBase, lastChunk * PATH_CHUNK, D, dk, dw, dbeta, b.states, b.v1, b.v2);
     }
-    walkBackward(dS, dq, dk, q, qBase, k, w, beta, dw, dbeta, kvBase, lq, queryOffset, lk, D, scale, walk, wr, a, b.dz);
+    walkBackward(
+      dS,
+      dq,
+      dk,
+      q,
+      qBase,
+      k,
+      w,
+      beta,
+      dw,
+      dbeta,
+      kvBase,
+      lq,
+      queryOffset,
+      lk,
+      D,
+      scale,
+      walk,
+      wr,
+      a,
+      b.dz,
+      b.walk2,
+      b.wr2,
+      b.a2,
+    );
   };
   // Backward scratch, made on the first backward (an evaluation forward never needs it).
   let scratch: ReturnType<typeof makeBackScratch> | null = null;
@@ -340,9 +364,42 @@ function walkBackward(
   wr: Float64Array,
   a: Float64Array,
   dz: FloatArray,
+  walk2: Float64Array,
+  wr2: Float64Array,
+  a2: Float64Array,
 ): void {
   for (let i = 0; i < lq; i++) {
     const p = i + queryOffset;
+    if (i + 1 < lq && (p + 1) % PATH_CHUNK !== 0) {
+      // The next query shares this one's chunk: both in one pass.
+      walkBackwardPair(
+        dS,
+        dq,
+        dk,
+        q,
+        qBase,
+        k,
+        w,
+        beta,
+        dw,
+        dbeta,
+        kvBase,
+        i,
+        queryOffset,
+        lk,
+        D,
+        scale,
+        walk,
+        walk2,
+        wr,
+        wr2,
+        a,
+        a2,
+        dz,
+      );
+      i++;
+      continue;
+    }
     const start = p - (p % PATH_CHUNK);
     const row = i * lk;
     for (let d = 0; d < D; d++) walk[p * D + d] = q[qBase + i * D + d]!;
@@ -399,6 +456,168 @@ function walkBackward(
       wa = next;
     }
     for (let d = 0; d < D; d++) dq[i * D + d] = dq[i * D + d]! + a[d]!;
+  }
+}
+
+/**
+ * walkBackward for two neighbouring queries of one chunk (rows i and i + 1, positions p and p + 1): the same
+ * replay and adjoint, run side by side so that each pass loads w, k, dw and dk once for both. Query p + 1's own
+ * first factor is replayed, and its own last step run, alone.
+ */
+function walkBackwardPair(
+  dS: FloatArray,
+  dq: FloatArray,
+  dk: FloatArray,
+  q: FloatArray,
+  qBase: number,
+  k: FloatArray,
+  w: Float64Array,
+  beta: Float64Array,
+  dw: Float64Array,
+  dbeta: Float64Array,
+  kvBase: number,
+  i: number,
+  queryOffset: number,
+  lk: number,
+  D: number,
+  scale: number,
+  walk: Float64Array,
+  walk2: Float64Array,
+  wr: Float64Array,
+  wr2: Float64Array,
+  a: Float64Array,
+  a2: Float64Array,
+  dz: FloatArray,
+): void {
+  const p = i + queryOffset;
+  const p2 = p + 1;
+  const start = p - (p % PATH_CHUNK);
+  const row = i * lk;
+  const row2 = row + lk;
+  for (let d = 0; d < D; d++) {
+    walk[p * D + d] = q[qBase + i * D + d]!;
+    walk2[p2 * D + d] = q[qBase + (i + 1) * D + d]!;
+  }
+  // Replay: query p + 1 through its factor p + 1 alone, then both down to the chunk start.
+  let rw2 = dot4(walk2, p2 * D, w, (kvBase + p2) * D, D);
+  wr2[p2] = rw2;
+  {
+    const wAt = (kvBase + p2) * D;
+    const c = beta[kvBase + p2]! * rw2;
+    let next = 0;
+    for (let d = 0; d < D; d++) {
+      const x = walk2[p2 * D + d]! - c * w[wAt + d]!;
+      walk2[p * D + d] = x;
+      next += x * w[wAt - D + d]!;
+    }
+    rw2 = next;
+  }
+  let rw = p > 0 ? dot4(walk, p * D, w, (kvBase + p) * D, D) : 0;
+  for (let l = p; l > 0; l--) {
+    wr[l] = rw;
+    wr2[l] = rw2;
+    if (l === start) break;
+    const wAt = (kvBase + l) * D;
+    const rAt = l * D;
+    const c1 = beta[kvBase + l]! * rw;
+    const c2 = beta[kvBase + l]! * rw2;
+    let n1 = 0;
+    let n2 = 0;
+    for (let d = 0; d < D; d++) {
+      const wd = w[wAt + d]!;
+      const wp = w[wAt - D + d]!;
+      const x1 = walk[rAt + d]! - c1 * wd;
+      const x2 = walk2[rAt + d]! - c2 * wd;
+      walk[rAt - D + d] = x1;
+      walk2[rAt - D + d] = x2;
+      n1 += x1 * wp;
+      n2 += x2 * wp;
+    }
+    rw = n1;
+    rw2 = n2;
+  }
+  // Adjoint: both from the chunk start to p, then query p + 1's step p + 1 alone.
+  if (start > 0) {
+    for (let d = 0; d < D; d++) {
+      a[d] = dz[i * D + d]!;
+      a2[d] = dz[(i + 1) * D + d]!;
+    }
+  } else {
+    a.fill(0);
+    a2.fill(0);
+  }
+  let wa = start > 0 ? dot4(a, 0, w, (kvBase + start) * D, D) : 0;
+  let wa2 = start > 0 ? dot4(a2, 0, w, (kvBase + start) * D, D) : 0;
+  for (let l = start; l <= p; l++) {
+    const at = (kvBase + l) * D;
+    const rAt = l * D;
+    const nextAt = at + D; // w_{l+1}, l + 1 <= p + 1
+    const g1 = scale * dS[row + l]!;
+    const g2 = scale * dS[row2 + l]!;
+    let n1 = 0;
+    let n2 = 0;
+    if (l > 0) {
+      const bl = beta[kvBase + l]!;
+      const rw1 = wr[l]!;
+      const rw2l = wr2[l]!;
+      dbeta[kvBase + l]! -= rw1 * wa + rw2l * wa2;
+      const bwa1 = bl * wa;
+      const brw1 = bl * rw1;
+      const bwa2 = bl * wa2;
+      const brw2 = bl * rw2l;
+      for (let d = 0; d < D; d++) {
+        const wd = w[at + d]!;
+        const kd = k[at + d]!;
+        const wn = w[nextAt + d]!;
+        const a1d = a[d]!;
+        const a2d = a2[d]!;
+        const r1 = walk[rAt + d]!;
+        const r2 = walk2[rAt + d]!;
+        dw[at + d]! -= brw1 * a1d + bwa1 * r1 + (brw2 * a2d + bwa2 * r2);
+        const x1 = a1d - bwa1 * wd + g1 * kd;
+        const x2 = a2d - bwa2 * wd + g2 * kd;
+        a[d] = x1;
+        a2[d] = x2;
+        n1 += x1 * wn;
+        n2 += x2 * wn;
+        dk[rAt + d] = dk[rAt + d]! + (g1 * r1 + g2 * r2);
+      }
+    } else {
+      for (let d = 0; d < D; d++) {
+        const kd = k[at + d]!;
+        const wn = w[nextAt + d]!;
+        const x1 = a[d]! + g1 * kd;
+        const x2 = a2[d]! + g2 * kd;
+        a[d] = x1;
+        a2[d] = x2;
+        n1 += x1 * wn;
+        n2 += x2 * wn;
+        dk[rAt + d] = dk[rAt + d]! + (g1 * walk[rAt + d]! + g2 * walk2[rAt + d]!);
+      }
+    }
+    wa = n1;
+    wa2 = n2;
+  }
+  {
+    const at = (kvBase + p2) * D;
+    const rAt = p2 * D;
+    const g2 = scale * dS[row2 + p2]!;
+    const bl = beta[kvBase + p2]!;
+    const rw2l = wr2[p2]!;
+    dbeta[kvBase + p2]! -= rw2l * wa2;
+    const bwa2 = bl * wa2;
+    const brw2 = bl * rw2l;
+    for (let d = 0; d < D; d++) {
+      const a2d = a2[d]!;
+      const r2 = walk2[rAt + d]!;
+      dw[at + d]! -= brw2 * a2d + bwa2 * r2;
+      a2[d] = a2d - bwa2 * w[at + d]! + g2 * k[at + d]!;
+      dk[rAt + d] = dk[rAt + d]! + g2 * r2;
+    }
+  }
+  for (let d = 0; d < D; d++) {
+    dq[i * D + d] = dq[i * D + d]! + a[d]!;
+    dq[(i + 1) * D + d] = dq[(i + 1) * D + d]! + a2[d]!;
   }
 }
 
@@ -692,6 +911,9 @@ function makeBackScratch(work: 'float32' | 'float64', lq: number, lk: number, D:
     v2: new Float64Array(Math.max(D, PATH_CHUNK)),
     v3: new Float64Array(D),
     v4: new Float64Array(D),
+    walk2: new Float64Array(lk * D),
+    wr2: new Float64Array(lk),
+    a2: new Float64Array(D),
     states: new Float64Array(PATH_CHUNK * D),
   };
 }
