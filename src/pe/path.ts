@@ -120,6 +120,7 @@ export function pathAttention(
   const k = asDtype(kInput, work);
   const ctx: AttendContext = { backend: backend as Backend, shape, causal: true, queryOffset };
   const r = new Float64Array(D);
+  const r2 = new Float64Array(D);
   const walk = new Float64Array(lk * D); // walk[l] = the running vector r_l used for logit(p, l)
   const wr = new Float64Array(lk); // w_l . r_l, the coefficient of factor l in the walk
   const a = new Float64Array(D);
@@ -154,7 +155,7 @@ export function pathAttention(
    * state back over chunk J is one more, r^T <- r^T U_J with the dense D x D product U_J = H_e ... H_s of its factors.
    */
   const chunkedLogits = (S: FloatArray, qBase: number, kvBase: number): void => {
-    walkLogits(S, q, qBase, k, w, beta, kvBase, lq, queryOffset, lk, D, scale, r, zs);
+    walkLogits(S, q, qBase, k, w, beta, kvBase, lq, queryOffset, lk, D, scale, r, zs, r2);
     if (lastChunk === 0) return;
     zsKeep.set(zs, qBase);
     const kHat = kHatAll.subarray(kvBase * D);
@@ -297,9 +298,16 @@ function walkLogits(
   scale: number,
   r: Float64Array,
   zs: FloatArray,
+  r2: Float64Array,
 ): void {
   for (let i = 0; i < lq; i++) {
     const p = i + queryOffset;
+    if (i + 1 < lq && (p + 1) % PATH_CHUNK !== 0) {
+      // The next query shares this one's chunk: both in one pass.
+      walkLogitsPair(S, q, qBase, k, w, beta, kvBase, i, queryOffset, lk, D, scale, r, r2, zs);
+      i++;
+      continue;
+    }
     const start = p - (p % PATH_CHUNK);
     const row = i * lk;
     // One pass per step: r <- r - c w_l also forms the next step's r . k_{l-1} and r . w_{l-1}.
@@ -333,6 +341,102 @@ function walkLogits(
       rw = nw;
     }
     for (let d = 0; d < D; d++) zs[i * D + d] = r[d]!;
+  }
+}
+
+/**
+ * walkLogits for two neighbouring queries of one chunk (rows i and i + 1, positions p and p + 1): query p + 1's
+ * first step alone, then both walks side by side, so that each pass loads w and k once for both.
+ */
+function walkLogitsPair(
+  S: FloatArray,
+  q: FloatArray,
+  qBase: number,
+  k: FloatArray,
+  w: Float64Array,
+  beta: Float64Array,
+  kvBase: number,
+  i: number,
+  queryOffset: number,
+  lk: number,
+  D: number,
+  scale: number,
+  r: Float64Array,
+  r2: Float64Array,
+  zs: FloatArray,
+): void {
+  const p = i + queryOffset;
+  const p2 = p + 1;
+  const start = p - (p % PATH_CHUNK);
+  const row = i * lk;
+  const row2 = row + lk;
+  const pAt = (kvBase + p) * D;
+  const p2At = pAt + D;
+  let rk2 = 0;
+  let rw2 = 0;
+  for (let d = 0; d < D; d++) {
+    const x = q[qBase + (i + 1) * D + d]!;
+    r2[d] = x;
+    rk2 += x * k[p2At + d]!;
+    rw2 += x * w[p2At + d]!;
+  }
+  S[row2 + p2] = scale * rk2;
+  const c0 = beta[kvBase + p2]! * rw2;
+  rk2 = 0;
+  rw2 = 0;
+  let rk = 0;
+  let rw = 0;
+  for (let d = 0; d < D; d++) {
+    const x2 = r2[d]! - c0 * w[p2At + d]!;
+    r2[d] = x2;
+    const kd = k[pAt + d]!;
+    const wd = w[pAt + d]!;
+    rk2 += x2 * kd;
+    rw2 += x2 * wd;
+    const x = q[qBase + i * D + d]!;
+    r[d] = x;
+    rk += x * kd;
+    rw += x * wd;
+  }
+  for (let l = p; l >= start; l--) {
+    S[row + l] = scale * rk;
+    S[row2 + l] = scale * rk2;
+    if (l === 0) break;
+    const at = (kvBase + l) * D;
+    const c1 = beta[kvBase + l]! * rw;
+    const c2 = beta[kvBase + l]! * rw2;
+    if (l === start) {
+      for (let d = 0; d < D; d++) {
+        r[d] = r[d]! - c1 * w[at + d]!;
+        r2[d] = r2[d]! - c2 * w[at + d]!;
+      }
+      break;
+    }
+    let nk1 = 0;
+    let nw1 = 0;
+    let nk2 = 0;
+    let nw2 = 0;
+    for (let d = 0; d < D; d++) {
+      const wd = w[at + d]!;
+      const kp = k[at - D + d]!;
+      const wp = w[at - D + d]!;
+      const x1 = r[d]! - c1 * wd;
+      const x2 = r2[d]! - c2 * wd;
+      r[d] = x1;
+      r2[d] = x2;
+      nk1 += x1 * kp;
+      nw1 += x1 * wp;
+      nk2 += x2 * kp;
+      nw2 += x2 * wp;
+    }
+    rk = nk1;
+    rw = nw1;
+    rk2 = nk2;
+    rw2 = nw2;
+  }
+  for (let d = 0; d < D; d++) {
+    zs[i * D + d] = r[d]!;
+    zs[(i + 1) * D + d] = r2[d]!;
   }
 }
 
