@@ -221,7 +221,24 @@ export function pathAttention(
         }
         gemm(true, false, width, D, m, scale, dSJ, lk, zJ, D, 0, b.dkHat.subarray(s0 * D), D);
       }
-      carryKeysBackward(b.dkHat, k, w, beta, kvBase, lastChunk * PATH_CHUNK, D, dk, dw, dbeta, b.states, b.v1, b.v2);
+      carryKeysBackward(
+        b.dkHat,
+        k,
+        w,
+        beta,
+        kvBase,
+        lastChunk * PATH_CHUNK,
+        D,
+        dk,
+        dw,
+        dbeta,
+        b.states,
+        b.v1,
+        b.v2,
+        b.states2,
+        b.v3,
+        b.vw2,
+      );
     }
     walkBackward(
       dS,
@@ -939,12 +956,21 @@ function carryKeysBackward(
   states: Float64Array,
   a: Float64Array,
   vw: Float64Array,
+  states2: Float64Array,
+  a2: Float64Array,
+  vw2: Float64Array,
 ): void {
   for (let j = 0; j < end; j++) {
     const e = j - (j % PATH_CHUNK) + PATH_CHUNK - 1;
     if (e === j) {
       // The last key of a chunk is carried by no factor: kHat_j = k_j.
       for (let d = 0; d < D; d++) dk[j * D + d] = dk[j * D + d]! + dkHat[j * D + d]!;
+      continue;
+    }
+    if (j + 2 <= e) {
+      // Key j + 1 is carried by factors too: both in one pass.
+      carryKeysBackwardPair(dkHat, k, w, beta, kvBase, j, D, dk, dw, dbeta, states, states2, a, a2, vw, vw2);
+      j++;
       continue;
     }
     // Replay (the state before each factor, and w_t . v), one pass per step as in walkBackward.
@@ -999,6 +1025,137 @@ function carryKeysBackward(
   }
 }
 
+/**
+ * carryKeysBackward for the keys j and j + 1 of one chunk when both are carried by factors (j + 2 <= e): key j's
+ * first factor alone, then both side by side, so that each pass loads w and dw once for both. States and w . v
+ * are kept at the factor's place in the chunk.
+ */
+function carryKeysBackwardPair(
+  dkHat: FloatArray,
+  k: FloatArray,
+  w: Float64Array,
+  beta: Float64Array,
+  kvBase: number,
+  j: number,
+  D: number,
+  dk: FloatArray,
+  dw: Float64Array,
+  dbeta: Float64Array,
+  states: Float64Array,
+  states2: Float64Array,
+  a: Float64Array,
+  a2: Float64Array,
+  vw: Float64Array,
+  vw2: Float64Array,
+): void {
+  const e = j - (j % PATH_CHUNK) + PATH_CHUNK - 1;
+  const cs = e + 1 - PATH_CHUNK; // the chunk's first position: factor t's slot is t - cs
+  // Replay: key j through factor j + 1 alone, then both up to the chunk end.
+  const firstAt = (kvBase + j + 1) * D;
+  let x1 = 0;
+  for (let d = 0; d < D; d++) {
+    const y = k[(kvBase + j) * D + d]!;
+    states[(j + 1 - cs) * D + d] = y;
+    x1 += y * w[firstAt + d]!;
+  }
+  vw[j + 1 - cs] = x1;
+  const c0 = beta[kvBase + j + 1]! * x1;
+  x1 = 0;
+  let x2 = 0;
+  for (let d = 0; d < D; d++) {
+    const y1 = states[(j + 1 - cs) * D + d]! - c0 * w[firstAt + d]!;
+    states[(j + 2 - cs) * D + d] = y1;
+    const y2 = k[(kvBase + j + 1) * D + d]!;
+    states2[(j + 2 - cs) * D + d] = y2;
+    const wn = w[firstAt + D + d]!;
+    x1 += y1 * wn;
+    x2 += y2 * wn;
+  }
+  for (let t = j + 2; ; t++) {
+    vw[t - cs] = x1;
+    vw2[t - cs] = x2;
+    if (t === e) break;
+    const wAt = (kvBase + t) * D;
+    const vAt = (t - cs) * D;
+    const c1 = beta[kvBase + t]! * x1;
+    const c2 = beta[kvBase + t]! * x2;
+    let n1 = 0;
+    let n2 = 0;
+    for (let d = 0; d < D; d++) {
+      const wd = w[wAt + d]!;
+      const wn = w[wAt + D + d]!;
+      const y1 = states[vAt + d]! - c1 * wd;
+      const y2 = states2[vAt + d]! - c2 * wd;
+      states[vAt + D + d] = y1;
+      states2[vAt + D + d] = y2;
+      n1 += y1 * wn;
+      n2 += y2 * wn;
+    }
+    x1 = n1;
+    x2 = n2;
+  }
+  // Adjoint: both down to factor j + 2, then key j through factor j + 1 alone.
+  const lastAt = (kvBase + e) * D;
+  let wa1 = 0;
+  let wa2 = 0;
+  for (let d = 0; d < D; d++) {
+    const y1 = dkHat[j * D + d]!;
+    const y2 = dkHat[(j + 1) * D + d]!;
+    a[d] = y1;
+    a2[d] = y2;
+    wa1 += y1 * w[lastAt + d]!;
+    wa2 += y2 * w[lastAt + d]!;
+  }
+  for (let t = e; t > j + 1; t--) {
+    const wAt = (kvBase + t) * D;
+    const vAt = (t - cs) * D;
+    const xt1 = vw[t - cs]!;
+    const xt2 = vw2[t - cs]!;
+    const bt = beta[kvBase + t]!;
+    dbeta[kvBase + t]! -= xt1 * wa1 + xt2 * wa2;
+    const bx1 = bt * xt1;
+    const bwa1 = bt * wa1;
+    const bx2 = bt * xt2;
+    const bwa2 = bt * wa2;
+    let n1 = 0;
+    let n2 = 0;
+    for (let d = 0; d < D; d++) {
+      const wd = w[wAt + d]!;
+      const wp = w[wAt - D + d]!; // w_{t-1}, t - 1 >= j + 1
+      const a1d = a[d]!;
+      const a2d = a2[d]!;
+      dw[wAt + d]! -= bx1 * a1d + bwa1 * states[vAt + d]! + (bx2 * a2d + bwa2 * states2[vAt + d]!);
+      const y1 = a1d - bwa1 * wd;
+      const y2 = a2d - bwa2 * wd;
+      a[d] = y1;
+      a2[d] = y2;
+      n1 += y1 * wp;
+      n2 += y2 * wp;
+    }
+    wa1 = n1;
+    wa2 = n2;
+  }
+  {
+    const t = j + 1;
+    const wAt = (kvBase + t) * D;
+    const vAt = (t - cs) * D;
+    const xt1 = vw[t - cs]!;
+    const bt = beta[kvBase + t]!;
+    dbeta[kvBase + t]! -= xt1 * wa1;
+    const bx1 = bt * xt1;
+    const bwa1 = bt * wa1;
+    for (let d = 0; d < D; d++) {
+      const a1d = a[d]!;
+      dw[wAt + d]! -= bx1 * a1d + bwa1 * states[vAt + d]!;
+      a[d] = a1d - bwa1 * w[wAt + d]!;
+    }
+  }
+  for (let d = 0; d < D; d++) {
+    dk[j * D + d] = dk[j * D + d]! + a[d]!;
+    dk[(j + 1) * D + d] = dk[(j + 1) * D + d]! + a2[d]!;
+  }
+}
+
 /** Work buffers of chunkedBackward for one pathAttention call, sized for its chunk count. */
 function makeBackScratch(work: 'float32' | 'float64', lq: number, lk: number, D: number, queryOffset: number) {
   const lastChunk = Math.floor((queryOffset + lq - 1) / PATH_CHUNK);
@@ -1019,6 +1176,8 @@ function makeBackScratch(work: 'float32' | 'float64', lq: number, lk: number, D:
     wr2: new Float64Array(lk),
     a2: new Float64Array(D),
     states: new Float64Array(PATH_CHUNK * D),
+    states2: new Float64Array(PATH_CHUNK * D),
+    vw2: new Float64Array(PATH_CHUNK),
   };
 }
 
