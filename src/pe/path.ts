@@ -141,7 +141,7 @@ export function pathAttention(
   const ys = new Float64Array(lastChunk > 1 ? w.length : 0);
   const uRows = new Float64Array(D * D);
   for (let bk = 0; lastChunk > 0 && bk < shape.batch * Hkv; bk++) {
-    carryKeys(kHatAll.subarray(bk * lk * D), k, w, beta, bk * lk, lastChunk * PATH_CHUNK, D, r);
+    carryKeys(kHatAll.subarray(bk * lk * D), k, w, beta, bk * lk, lastChunk * PATH_CHUNK, D, r, r2);
     for (let J = 1; J < lastChunk; J++) {
       chunkProduct(uRows, ys, w, beta, bk * lk + J * PATH_CHUNK, PATH_CHUNK, D);
       uAll.set(uRows, (bk * lastChunk + J) * D * D);
@@ -752,9 +752,16 @@ function carryKeys(
   end: number,
   D: number,
   v: Float64Array,
+  v2: Float64Array,
 ): void {
   for (let j = 0; j < end; j++) {
     const e = j - (j % PATH_CHUNK) + PATH_CHUNK - 1;
+    if (j + 2 <= e) {
+      // Key j + 1 is carried by factors too: both in one pass.
+      carryKeysPair(kHat, k, w, beta, kvBase, j, e, D, v, v2);
+      j++;
+      continue;
+    }
     // One pass per step: v <- v - c w_t also forms the next step's w_{t+1} . v.
     const firstAt = (kvBase + Math.min(j + 1, e)) * D;
     let vw = 0;
@@ -776,6 +783,64 @@ function carryKeys(
       vw = next;
     }
     for (let d = 0; d < D; d++) kHat[j * D + d] = v[d]!;
+  }
+}
+
+/** carryKeys for the keys j and j + 1 < e: key j's first factor alone, then both side by side. */
+function carryKeysPair(
+  kHat: FloatArray,
+  k: FloatArray,
+  w: Float64Array,
+  beta: Float64Array,
+  kvBase: number,
+  j: number,
+  e: number,
+  D: number,
+  v: Float64Array,
+  v2: Float64Array,
+): void {
+  const firstAt = (kvBase + j + 1) * D;
+  let x1 = 0;
+  for (let d = 0; d < D; d++) {
+    const y = k[(kvBase + j) * D + d]!;
+    v[d] = y;
+    x1 += y * w[firstAt + d]!;
+  }
+  const c0 = beta[kvBase + j + 1]! * x1;
+  x1 = 0;
+  let x2 = 0;
+  for (let d = 0; d < D; d++) {
+    const y1 = v[d]! - c0 * w[firstAt + d]!;
+    v[d] = y1;
+    const y2 = k[(kvBase + j + 1) * D + d]!;
+    v2[d] = y2;
+    const wn = w[firstAt + D + d]!;
+    x1 += y1 * wn;
+    x2 += y2 * wn;
+  }
+  for (let t = j + 2; t <= e; t++) {
+    const wAt = (kvBase + t) * D;
+    const nextAt = t < e ? wAt + D : wAt;
+    const c1 = beta[kvBase + t]! * x1;
+    const c2 = beta[kvBase + t]! * x2;
+    let n1 = 0;
+    let n2 = 0;
+    for (let d = 0; d < D; d++) {
+      const wd = w[wAt + d]!;
+      const wn = w[nextAt + d]!;
+      const y1 = v[d]! - c1 * wd;
+      const y2 = v2[d]! - c2 * wd;
+      v[d] = y1;
+      v2[d] = y2;
+      n1 += y1 * wn;
+      n2 += y2 * wn;
+    }
+    x1 = n1;
+    x2 = n2;
+  }
+  for (let d = 0; d < D; d++) {
+    kHat[j * D + d] = v[d]!;
+    kHat[(j + 1) * D + d] = v2[d]!;
   }
 }
 
