@@ -36,15 +36,22 @@ void sgemm(bool transA, bool transB, long m, long n, long k, float alpha, const 
   }
   if (k <= 0 || alpha == 0.0f) return;
 
-  std::vector<float> packed(size_t(KC * NC));
-  std::vector<float> edge(size_t(pool.size()) * MC * PANEL);  // per-thread tile for a ragged last panel
+  // Scratch kept per calling thread and grown, never shrunk: zero-filling a fresh KC x NC panel (512 KB) cost ~10 us,
+  // more than the arithmetic of the small products the explicit encodings issue by the thousand.
+  static thread_local std::vector<float> packedStore, edgeStore;
+  const size_t packedNeed = size_t(KC) * size_t(std::min(NC, (n + PANEL - 1) / PANEL * PANEL));
+  const size_t edgeNeed = size_t(pool.size()) * MC * PANEL;  // per-thread tile for a ragged last panel
+  if (packedStore.size() < packedNeed) packedStore.resize(packedNeed);
+  if (edgeStore.size() < edgeNeed) edgeStore.resize(edgeNeed);
+  float* const packed = packedStore.data();
+  float* const edge = edgeStore.data();
   for (long jc = 0; jc < n; jc += NC) {
     const long nc = std::min(NC, n - jc);
     const long panels = (nc + PANEL - 1) / PANEL;
     for (long pc = 0; pc < k; pc += KC) {
       const long kc = std::min(KC, k - pc);
       pool.run(panels, [&](long p, int) {
-        float* dst = packed.data() + p * KC * PANEL;
+        float* dst = packed + p * KC * PANEL;
         const long j0 = jc + p * PANEL;
         const long w = std::min<long>(PANEL, n - j0);
         for (long kk = 0; kk < kc; kk++) {
@@ -63,11 +70,11 @@ void sgemm(bool transA, bool transB, long m, long n, long k, float alpha, const 
         const long j0 = jc + p * PANEL;
         const long w = std::min<long>(PANEL, n - j0);
         const float* a = transA ? A + pc * lda + i0 : A + i0 * lda + pc;
-        const float* bp = packed.data() + p * KC * PANEL;
+        const float* bp = packed + p * KC * PANEL;
         if (w == PANEL) {
           panelProduct(mc, NVMAX, a, rs, ks, kc, bp, PANEL, C + i0 * ldc + j0, ldc, alpha, true);
         } else {
-          float* tile = edge.data() + size_t(thread) * MC * PANEL;
+          float* tile = edge + size_t(thread) * MC * PANEL;
           const int nv = int((w + VL - 1) / VL);
           panelProduct(mc, nv, a, rs, ks, kc, bp, PANEL, tile, PANEL, alpha, false);
           for (long i = 0; i < mc; i++)
