@@ -7,7 +7,8 @@
 import { describe, expect, it } from 'vitest';
 import type { AttentionShape } from '../src/backend/backend.ts';
 import type { AttendContext } from '../src/pe/encoding.ts';
-import { PATH_CHUNK, pathAttention, pathFactory, type PathEncoding } from '../src/pe/path.ts';
+import { PATH_CHUNK, pathAttention } from '../src/pe/path-attention.ts';
+import { pathFactory, type PathEncoding } from '../src/pe/path.ts';
 import { maxRelativeGradError } from './helpers/gradcheck.ts';
 import {
   Rng,

@@ -3,7 +3,8 @@ import type { AttentionShape } from '../src/backend/backend.ts';
 import { HypeError } from '../src/errors.ts';
 import type { AttendContext } from '../src/pe/encoding.ts';
 import { explicitAttentionForward } from '../src/pe/explicit-attention.ts';
-import { pathAttention, pathFactory, type PathEncoding } from '../src/pe/path.ts';
+import { pathAttention } from '../src/pe/path-attention.ts';
+import { pathFactory, type PathEncoding } from '../src/pe/path.ts';
 import { getEncodingFactory } from '../src/pe/registry.ts';
 import { maxRelativeGradError, sampleIndices } from './helpers/gradcheck.ts';
 import {
