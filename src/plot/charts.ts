@@ -51,6 +51,8 @@ export function lineChartSpec(o: LineChartOptions): TopLevelSpec {
       type: 'nominal' as const,
       title: o.seriesTitle,
       legend: { labelLimit: 400 }, // long labels (name:key=value) must stay readable
+      // The default palette has 10 colours: past 10 series two lines would share one.
+      ...(new Set(values.map((p) => p.series)).size > 10 ? { scale: { scheme: 'tableau20' } } : {}),
       ...(o.seriesOrder ? { sort: o.seriesOrder } : {}),
     },
   };

@@ -244,7 +244,7 @@ function lengthAxes(spec: TopLevelSpec, yZero = false): TopLevelSpec {
   holder.mark = { type: 'line', strokeWidth: 1.5, point: { size: 18 } };
   if (enc) {
     enc.x!.scale = { type: 'log', base: 2 };
-    enc.x!.axis = { values: [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192] };
+    enc.x!.axis = { values: [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192], labelFlush: false };
     enc.y!.scale = { zero: yZero };
   }
   return spec;
@@ -544,7 +544,7 @@ function recallSection(input: ReportInput, charts: Chart[], plotsRel: string): s
     file: 'recall-accuracy.svg',
     spec: lengthAxes(
       lineChartSpec({
-        title: 'Associative recall accuracy vs evaluation length (mean over seeds)',
+        title: 'Needle retrieval accuracy vs evaluation length (mean over seeds)',
         subtitle: [`trained at L = ${L}; chance = 10%`],
         points,
         xTitle: 'evaluation length (bytes)',
