@@ -296,6 +296,85 @@ void softmaxCrossEntropyBackward(const float* logits, const int32_t* targets, fl
   });
 }
 
+namespace {
+typedef double vd __attribute__((vector_size(VL * sizeof(double))));
+
+inline bool anyLane(vi m) {
+  bool any = false;
+  for (int j = 0; j < VL; j++) any |= m[j] != 0;
+  return any;
+}
+
+// exp(x - m) for x <= m. The fp32 difference s = x - m is rounded by up to half an ulp of |s| (up to 87), which
+// would cost |s| u of relative accuracy; TwoSum recovers the rounding error t exactly, and
+// exp(s + t) = exp(s) (1 + t) to second order. Where s < -87 the exp is 0 anyway, and t may be NaN there (x = -inf,
+// or an overflowing difference), so it is dropped.
+inline vf expDiff(vf x, vf m) {
+  const vf nm = -m;
+  const vf s = x + nm;
+  const vf bp = s - x;
+  const vf t = (x - (s - bp)) + (nm - bp);
+  const vf e = vexp(s);
+  return e + e * (s > -88.0f ? t : vf{});
+}
+}  // namespace
+
+void prefixSoftmaxRows(float* x, long rows, long cols, const int32_t* visible) {
+  forRows(rows, cols, [&](long r0, long r1) {
+    for (long r = r0; r < r1; r++) {
+      float* xr = x + r * cols;
+      const long n = visible[r];
+      std::fill(xr + n, xr + cols, 0.0f);
+      if (n == 0) continue;
+      // The max, and whether a NaN is among the entries (vmax would drop it).
+      vf vm = splat(-INFINITY);
+      vi nan = vi{};
+      long j = 0;
+      for (; j + VL <= n; j += VL) {
+        const vf v = load(xr + j);
+        vm = vmax(vm, v);
+        nan |= v != v;
+      }
+      float m = hmax(vm);
+      bool bad = anyLane(nan);
+      for (; j < n; j++) {
+        m = std::max(m, xr[j]);
+        bad |= xr[j] != xr[j];
+      }
+      // As the reference: nothing to attend to gives zeros; NaN or +inf gives NaN (inf - inf in the reference).
+      if (!bad && m == -INFINITY) {
+        std::fill(xr, xr + n, 0.0f);
+        continue;
+      }
+      if (bad || m == INFINITY) {
+        std::fill(xr, xr + n, NAN);
+        continue;
+      }
+      // The exps are parked in the row and summed in double lanes.
+      const vf vmx = splat(m);
+      vd acc = vd{};
+      j = 0;
+      for (; j + VL <= n; j += VL) {
+        const vf e = expDiff(load(xr + j), vmx);
+        store(xr + j, e);
+        acc += __builtin_convertvector(e, vd);
+      }
+      double sum = 0;
+      for (int k = 0; k < VL; k++) sum += acc[k];
+      for (; j < n; j++) {
+        const float e = expDiff(splat(xr[j]), vmx)[0];
+        xr[j] = e;
+        sum += double(e);
+      }
+      // sum >= 1: the max entry contributes exp(0) = 1.
+      const float inv = float(1.0 / sum);
+      j = 0;
+      for (; j + VL <= n; j += VL) store(xr + j, load(xr + j) * inv);
+      for (; j < n; j++) xr[j] *= inv;
+    }
+  });
+}
+
 void adamwStep(float* param, const float* grad, float* m, float* v, long n, const AdamWScalars& h) {
   const float b1 = float(h.beta1), b2 = float(h.beta2), ob1 = float(1 - h.beta1), ob2 = float(1 - h.beta2);
   const float ic1 = float(1 / (1 - std::pow(h.beta1, h.step)));
@@ -491,6 +570,18 @@ void registerLayerOps(Napi::Env env, Napi::Object exports) {
                                                     float(finite(info, 5, "dLoss")));
                         return info.Env().Undefined();
                       }));
+  exports.Set("prefixSoftmaxRows",
+              guarded(env, "prefixSoftmaxRows", 4, "(x, rows, cols, visible)", [](const Napi::CallbackInfo& info) {
+                const long rows = dim(info, 1, "rows"), cols = dim(info, 2, "cols");
+                float* x = f32(info[0], "x", times(rows, cols));
+                const int32_t* vis = i32(info[3], "visible", size_t(rows));
+                for (long r = 0; r < rows; r++)
+                  require(vis[r] >= 0 && vis[r] <= cols, "visible " + std::to_string(vis[r]) + " at row " +
+                                                             std::to_string(r) + " is outside [0, " +
+                                                             std::to_string(cols) + "]");
+                prefixSoftmaxRows(x, rows, cols, vis);
+                return info.Env().Undefined();
+              }));
   exports.Set("adamwStep",
               guarded(env, "adamwStep", 11, "(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, step)",
                       [](const Napi::CallbackInfo& info) {

@@ -1,5 +1,5 @@
 // Row and elementwise layer operations of a training step (layer norm, GELU, bias, softmax cross-entropy, AdamW,
-// embedding), fp32, vectorised through simd.h and spread over rows on the shared pool. Same formulas and the same
+// embedding, and the prefix-masked row softmax of explicit-logit attention), fp32, vectorised through simd.h and spread over rows on the shared pool. Same formulas and the same
 // overwrite/accumulate conventions as src/backend/layers.ts, which is their reference and test oracle.
 #pragma once
 #include <cstdint>
@@ -30,6 +30,11 @@ double softmaxCrossEntropyForward(const float* logits, const int32_t* targets, f
 /** dLogits = (softmax - onehot) dLoss (overwrites; may alias logits). */
 void softmaxCrossEntropyBackward(const float* logits, const int32_t* targets, float* dLogits, long rows, long vocab,
                                  float dLoss);
+/**
+ * In place: row r becomes the softmax of its first visible[r] entries followed by zeros; a row with visible 0 or
+ * only -inf there becomes zeros, one with NaN or +inf there NaN. visible[r] must be in [0, cols] (checked).
+ */
+void prefixSoftmaxRows(float* x, long rows, long cols, const int32_t* visible);
 
 struct AdamWScalars {
   double lr, beta1, beta2, eps, weightDecay;

@@ -1,7 +1,8 @@
 /**
  * Reference implementations of the non-attention layer operations a transformer step needs: layer norm, GELU,
- * softmax cross-entropy, AdamW, embedding gather/scatter and bias add/reduction. Plain loops over typed arrays in
- * the arrays' own dtype (fp64 or fp32), every sum carried in a JS double; no allocation per element.
+ * softmax cross-entropy, AdamW, embedding gather/scatter and bias add/reduction, plus the prefix-masked row softmax
+ * of the explicit-logit attention. Plain loops over typed arrays in the arrays' own dtype (fp64 or fp32), every
+ * sum carried in a JS double; no allocation per element.
  *
  * Conventions shared by every function here:
  * - sizes are explicit (rows x width, row-major, contiguous);
@@ -172,6 +173,35 @@ export function softmaxCrossEntropyBackward(
   }
 }
 
+/**
+ * Row softmax over a prefix of each row, in place: row r of x [rows, cols] becomes the softmax of its first
+ * visible[r] entries (max-subtracted, the sum carried in a double), followed by zeros. A row with visible 0, or whose
+ * visible entries are all -Infinity, becomes all zeros (a query that sees no key attends to nothing). A NaN or
+ * +Infinity among the visible entries makes the visible part NaN. visible[r] outside [0, cols] throws.
+ */
+export function prefixSoftmaxRows(x: FloatArray, rows: number, cols: number, visible: Int32Array): void {
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    const n = visible[r]!;
+    if (!(n >= 0 && n <= cols)) throw new RangeError(`visible ${n} at row ${r} is outside [0, ${cols}]`);
+    const end = o + n;
+    x.fill(0, end, o + cols);
+    let max = -Infinity;
+    for (let j = o; j < end; j++) max = Math.max(max, x[j]!);
+    if (max === -Infinity) {
+      x.fill(0, o, end);
+      continue;
+    }
+    let sum = 0;
+    for (let j = o; j < end; j++) {
+      const e = Math.exp(x[j]! - max);
+      x[j] = e;
+      sum += e;
+    }
+    for (let j = o; j < end; j++) x[j] = x[j]! / sum;
+  }
+}
+
 export interface AdamWHyper {
   lr: number;
   beta1: number;
@@ -258,6 +288,7 @@ export interface LayerOps {
   geluBackward: typeof geluBackward;
   softmaxCrossEntropyForward: typeof softmaxCrossEntropyForward;
   softmaxCrossEntropyBackward: typeof softmaxCrossEntropyBackward;
+  prefixSoftmaxRows: typeof prefixSoftmaxRows;
   adamwStep: typeof adamwStep;
   embeddingForward: typeof embeddingForward;
   embeddingBackward: typeof embeddingBackward;
@@ -272,6 +303,7 @@ export const referenceLayerOps: LayerOps = {
   geluBackward,
   softmaxCrossEntropyForward,
   softmaxCrossEntropyBackward,
+  prefixSoftmaxRows,
   adamwStep,
   embeddingForward,
   embeddingBackward,

@@ -56,6 +56,8 @@ export interface NativeLayerKernels {
     vocab: number,
     dLoss: number,
   ): void;
+  /** Absent from builds that predate it (the wrapper then falls back to the reference). */
+  prefixSoftmaxRows?(x: Float32Array, rows: number, cols: number, visible: Int32Array): void;
   adamwStep(
     param: Float32Array,
     grad: Float32Array,
@@ -244,6 +246,27 @@ export function nativeLayerOps(addon: NativeLayerKernels): LayerOps {
       long(dLogits, rows * vocab, 'dLogits', op);
       indices(targets, rows, vocab, 'target', op);
       addon.softmaxCrossEntropyBackward(logits as Float32Array, targets, dLogits as Float32Array, rows, vocab, dLoss);
+    },
+
+    prefixSoftmaxRows(x, rows, cols, visible) {
+      const kernel = addon.prefixSoftmaxRows;
+      if (!(x instanceof Float32Array) || kernel === undefined) return ref.prefixSoftmaxRows(x, rows, cols, visible);
+      const op = 'prefixSoftmaxRows';
+      size(rows, 'rows', op);
+      size(cols, 'cols', op);
+      long(x, rows * cols, 'x', op);
+      check(visible instanceof Int32Array, 'argument', () => `${op}: visible must be an Int32Array`);
+      long(visible, rows, 'visible', op);
+      for (let r = 0; r < rows; r++) {
+        const n = visible[r]!;
+        if (n < 0 || n > cols) {
+          throw new HypeError(
+            'argument',
+            `${op}: visible ${n} at row ${r} is outside [0, ${cols}]; it counts the keys row ${r} sees`,
+          );
+        }
+      }
+      kernel.call(addon, x, rows, cols, visible);
     },
 
     adamwStep(param, grad, m, v, n, h: AdamWHyper) {

@@ -5,8 +5,9 @@
  * fp32 only: Float64Array inputs are refused (use the reference backend for fp64). Every call is validated in
  * TypeScript (validate.ts) before native code runs. The 'dense' bias is a test oracle, not a kernel feature: this
  * backend delegates it to the reference implementation (fp32, O(L^2) time), so results stay correct but slow.
- * The layer operations (layer norm, GELU, bias, cross-entropy, AdamW, embedding) run natively for fp32 tensors and
- * pass fp64 ones to the references (native-layers.ts), because some encodings keep fp64 parameters.
+ * The layer operations (layer norm, GELU, bias, cross-entropy, AdamW, embedding, the prefix-masked row softmax) run
+ * natively for fp32 tensors and pass fp64 ones to the references (native-layers.ts), because some encodings keep
+ * fp64 parameters.
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -160,6 +161,7 @@ export class NativeBackend implements Backend {
   geluBackward!: LayerOps['geluBackward'];
   softmaxCrossEntropyForward!: LayerOps['softmaxCrossEntropyForward'];
   softmaxCrossEntropyBackward!: LayerOps['softmaxCrossEntropyBackward'];
+  prefixSoftmaxRows!: LayerOps['prefixSoftmaxRows'];
   adamwStep!: LayerOps['adamwStep'];
   embeddingForward!: LayerOps['embeddingForward'];
   embeddingBackward!: LayerOps['embeddingBackward'];

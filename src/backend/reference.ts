@@ -63,6 +63,7 @@ export class ReferenceBackend implements Backend {
   readonly geluBackward = referenceLayerOps.geluBackward;
   readonly softmaxCrossEntropyForward = referenceLayerOps.softmaxCrossEntropyForward;
   readonly softmaxCrossEntropyBackward = referenceLayerOps.softmaxCrossEntropyBackward;
+  readonly prefixSoftmaxRows = referenceLayerOps.prefixSoftmaxRows;
   readonly adamwStep = referenceLayerOps.adamwStep;
   readonly embeddingForward = referenceLayerOps.embeddingForward;
   readonly embeddingBackward = referenceLayerOps.embeddingBackward;

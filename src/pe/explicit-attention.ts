@@ -13,7 +13,7 @@
  * v [B, Hkv, Lk, Dv]; query row i sits at i + queryOffset.
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
-import { layerOpsOf, type LayerOps } from '../backend/layers.ts';
+import { layerOpsOf, referenceLayerOps, type LayerOps } from '../backend/layers.ts';
 import { referenceGemm } from '../backend/reference.ts';
 import { check } from '../errors.ts';
 import { allocate, dtypeOf, type DType, type FloatArray } from '../tensor.ts';
@@ -427,15 +427,11 @@ export function rowBlocks(mask: MaskSpec, lq: number, lk: number): [number, numb
   return blocks;
 }
 
-/** The lowest finite fp32: a masked logit whose exp is exactly 0 in the native softmax (it flushes below -87). */
-const MASKED_LOGIT = -3.4028234663852886e38;
-
 /**
- * maskedSoftmaxRows over `count` matrices [Lq, Lk] stored back to back. With fp32 layer ops at hand and a causal
- * mask, the rows go through the backend's row softmax in one call: the cross-entropy backward,
- * softmax(z) - onehot(target), with the target on a masked key whose logit is MASKED_LOGIT (its exp is 0, so it
- * just reads -1 and is then zeroed with the rest of the mask). Rows without a masked key (the last rows of a
- * square causal call) and rows without any key take the plain loop.
+ * Masked row softmax in place over `count` matrices [Lq, Lk] stored back to back: each row over its visible keys
+ * (the prefix visibleEnd gives), 0 at masked entries and on rows that see no key or whose visible logits are all
+ * -Infinity. fp32 work with a backend at hand goes to its prefixSoftmaxRows in one call (native when the model
+ * runs natively); everything else to the reference loop, whose arithmetic has the dtype of `probs`.
  */
 function softmaxAllRows(
   probs: FloatArray,
@@ -445,62 +441,10 @@ function softmaxAllRows(
   mask: MaskSpec,
   ops: LayerOps | null,
 ): void {
-  const LL = lq * lk;
-  if (ops === null || !mask.causal) {
-    for (let m = 0; m < count; m++) maskedSoftmaxRows(probs.subarray(m * LL, (m + 1) * LL), lq, lk, mask);
-    return;
-  }
-  const fullRows: number[] = [];
-  for (let i = 0; i < lq; i++) if (visibleEnd(mask, i, lk) === lk) fullRows.push(i);
-  const saved = allocate(dtypeOf(probs), count * fullRows.length * lk);
-  for (let m = 0; m < count; m++) {
-    for (let i = 0; i < lq; i++) {
-      const row = m * LL + i * lk;
-      probs.fill(MASKED_LOGIT, row + visibleEnd(mask, i, lk), row + lk);
-    }
-    fullRows.forEach((i, j) =>
-      saved.set(probs.subarray(m * LL + i * lk, m * LL + (i + 1) * lk), (m * fullRows.length + j) * lk),
-    );
-  }
-  const targets = new Int32Array(count * lq).fill(lk - 1);
-  ops.softmaxCrossEntropyBackward(probs, targets, probs, count * lq, lk, 1);
-  for (let m = 0; m < count; m++) {
-    for (let i = 0; i < lq; i++) {
-      const row = m * LL + i * lk;
-      const end = visibleEnd(mask, i, lk);
-      probs.fill(0, end === 0 ? row : row + end, row + lk);
-    }
-    fullRows.forEach((i, j) => {
-      const row = m * LL + i * lk;
-      probs.set(saved.subarray((m * fullRows.length + j) * lk, (m * fullRows.length + j + 1) * lk), row);
-      maskedSoftmaxRows(probs.subarray(row, row + lk), 1, lk, { causal: false, queryOffset: 0 });
-    });
-  }
-}
-
-/**
- * Row softmax of logits S [Lq, Lk] in place over each row's visible keys; masked entries (and rows that see no
- * key, or whose visible logits are all -Infinity) become 0.
- */
-function maskedSoftmaxRows(S: FloatArray, lq: number, lk: number, mask: MaskSpec): void {
-  for (let i = 0; i < lq; i++) {
-    const row = i * lk;
-    const end = visibleEnd(mask, i, lk);
-    S.fill(0, row + end, row + lk);
-    let max = -Infinity;
-    for (let l = row; l < row + end; l++) max = Math.max(max, S[l]!);
-    if (max === -Infinity) {
-      S.fill(0, row, row + end);
-      continue;
-    }
-    let sum = 0;
-    for (let l = row; l < row + end; l++) {
-      const e = Math.exp(S[l]! - max);
-      S[l] = e;
-      sum += e;
-    }
-    for (let l = row; l < row + end; l++) S[l] = S[l]! / sum;
-  }
+  const visible = new Int32Array(count * lq);
+  for (let i = 0; i < lq; i++) visible[i] = visibleEnd(mask, i, lk);
+  for (let m = 1; m < count; m++) visible.copyWithin(m * lq, 0, lq);
+  (ops ?? referenceLayerOps).prefixSoftmaxRows(probs, count * lq, lk, visible);
 }
 
 /** dP [Lq, Lk] -> dLogits = P (dP - rowsum(P dP)) in place; 0 at masked entries. */
