@@ -75,6 +75,8 @@ describe('hype study pipeline (tiny configuration)', () => {
     expect(report).toContain('## lm: length extrapolation');
     expect(report).toMatch(/\| none \| \d\.\d{3} \| \d\.\d{3} \| \d\.\d{3} \|/);
     expect(report).toMatch(/\| hype-recency bf16-kernel − fp32 \| -?\d/);
+    // Three training steps learn nothing: the cells at chance are named by encoding, with their seeds.
+    expect(report).toMatch(/At chance: none \(seed 1 of 1\); learned \(seed 1 of 1\)/);
     for (const f of ['lm-bits-per-byte.svg', 'flipflop-errors.svg', 'recall-accuracy.svg', 'precision-cost.svg']) {
       expect(readFileSync(join(outDir, 'plots', f), 'utf8')).toMatch(/^<svg/);
     }

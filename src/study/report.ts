@@ -190,14 +190,19 @@ export function aboveChance(correct: number, graded: number, chance: number): bo
 }
 
 /** A sentence listing which cells learned the task (beat chance), so tables at chance are read as such. */
+/** Which cells learned the task at all, by encoding: the ones at chance are named, seed by seed. */
 function learnedNote(cells: { encoding: string; seed: number; learned: boolean }[], what: string): string {
-  const yes = cells.filter((c) => c.learned).map((c) => `${c.encoding} (seed ${c.seed})`);
-  const no = cells.filter((c) => !c.learned).map((c) => `${c.encoding} (seed ${c.seed})`);
+  const no = cells.filter((c) => !c.learned);
   if (no.length === 0) return `Every cell beats chance on ${what} (95% binomial margin).`;
+  const atChance = sortEnc(uniq(no.map((c) => c.encoding))).map((enc) => {
+    const seeds = no.filter((c) => c.encoding === enc).map((c) => c.seed);
+    const of = cells.filter((c) => c.encoding === enc).length;
+    return `${enc} (seed${seeds.length === 1 ? '' : 's'} ${seeds.sort((a, b) => a - b).join(', ')} of ${of})`;
+  });
   return (
-    `Beat chance on ${what} (95% binomial margin): ${yes.length ? yes.join(', ') : 'none'}. ` +
-    `At chance: ${no.join(', ')} — at this budget these models did not learn the task, so their numbers compare ` +
-    'nothing about the encodings.'
+    `Every other cell beats chance on ${what} (95% binomial margin). At chance: ${atChance.join('; ')} — at this ` +
+    "budget those models did not learn the task; they are still in the means above, so an encoding's mean mixes " +
+    'seeds that learned with seeds that did not.'
   );
 }
 
