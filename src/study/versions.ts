@@ -7,11 +7,14 @@ export interface Versions {
   node: string;
   package: string;
   /**
-   * HEAD commit, with '+dirty' when tracked files other than study outputs (results/, RESULTS.md) differ from it;
-   * null outside a git checkout. Outputs are left out because a resumed study rewrites them while it runs.
+   * HEAD commit, with '+dirty' when tracked code (CODE_PATHS) differs from it; null outside a git checkout.
+   * Results and prose are left out: a resumed study rewrites its outputs while it runs.
    */
   commit: string | null;
 }
+
+/** What can change a result: the sources, the native kernels, the CLI entry and the dependency pins. */
+const CODE_PATHS = ['src', 'native', 'bin', 'scripts', 'binding.gyp', 'package.json', 'package-lock.json'];
 
 let cached: Versions | null = null;
 
@@ -23,15 +26,7 @@ export function versions(): Versions {
     const cwd = fileURLToPath(new URL('../..', import.meta.url)); // the package's checkout, not the caller's folder
     const git = (...args: string[]) =>
       execFileSync('git', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    const changed = git(
-      'status',
-      '--porcelain',
-      '--untracked-files=no',
-      '--',
-      '.',
-      ':(exclude)results',
-      ':(exclude)RESULTS.md',
-    );
+    const changed = git('status', '--porcelain', '--untracked-files=no', '--', ...CODE_PATHS);
     commit = git('rev-parse', 'HEAD') + (changed ? '+dirty' : '');
   } catch {
     commit = null; // not a checkout, or no git: the package version still identifies the code
