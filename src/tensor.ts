@@ -49,3 +49,32 @@ export function shapeString(shape: readonly number[]): string {
 export function expectRank(t: Tensor, rank: number, what: string): void {
   check(t.shape.length === rank, 'shape', () => `${what} must have ${rank} dimensions, got ${shapeString(t.shape)}`);
 }
+
+/**
+ * Attention's head-major layout [B, H, L, D] -> the token layout [B, L, H D] (heads side by side in a row), into
+ * `out`; values convert to `out`'s array type.
+ */
+export function headsToTokens(x: ArrayLike<number>, out: FloatArray, B: number, H: number, L: number, D: number): void {
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      for (let t = 0; t < L; t++) {
+        const src = ((b * H + h) * L + t) * D;
+        const dst = ((b * L + t) * H + h) * D;
+        for (let d = 0; d < D; d++) out[dst + d] = x[src + d]!;
+      }
+    }
+  }
+}
+
+/** The token layout [B, L, H D] -> head-major [B, H, L, D], into `out` (the inverse of headsToTokens). */
+export function tokensToHeads(x: ArrayLike<number>, out: FloatArray, B: number, H: number, L: number, D: number): void {
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < L; t++) {
+      for (let h = 0; h < H; h++) {
+        const src = ((b * L + t) * H + h) * D;
+        const dst = ((b * H + h) * L + t) * D;
+        for (let d = 0; d < D; d++) out[dst + d] = x[src + d]!;
+      }
+    }
+  }
+}

@@ -20,7 +20,7 @@ import type { AttentionShape, Backend } from '../backend/backend.ts';
 import { layerOpsOf, type LayerOps } from '../backend/layers.ts';
 import { HypeError, check } from '../errors.ts';
 import type { CachedAttention } from '../pe/encoding.ts';
-import { allocate, type FloatArray } from '../tensor.ts';
+import { allocate, headsToTokens, type FloatArray } from '../tensor.ts';
 import { LayerCache } from './kv-cache.ts';
 import { qkvWidth } from './parameters.ts';
 import { linearForward, type Transformer } from './transformer.ts';
@@ -150,7 +150,7 @@ export class CachedDecoder implements Decoder {
       const out = hook
         ? hook.attend(ctx, q, cache.keys(), cache.values())
         : model.blockEncodings[i]!.attend(ctx, { q, k: cache.keys(), v: cache.values(), x: cache.inputs() }).out;
-      mergeHeads(out, att, B, n, H, D);
+      headsToTokens(out, att, B, H, n, D);
       const resMid = x.slice(); // residual stream after attention: x + proj(att)
       linearForward(be, ops, att, blk.projWeight.data, blk.projBias.data, resMid, N, C, C, 1);
       ops.layerNormForward(resMid, blk.ln2Weight.data, blk.ln2Bias.data, ln, mean, rstd, N, C, cfg.layerNormEps);
@@ -232,14 +232,4 @@ function splitHeads(
     }
   }
   return { q, k, v };
-}
-
-/** Attention output [B, H, n, D] -> token layout [B, n, H D]. */
-function mergeHeads(out: FloatArray, att: FloatArray, B: number, n: number, H: number, D: number): void {
-  for (let b = 0; b < B; b++)
-    for (let h = 0; h < H; h++)
-      for (let t = 0; t < n; t++) {
-        const src = ((b * H + h) * n + t) * D;
-        att.set(out.subarray(src, src + D), (b * n + t) * H * D + h * D);
-      }
 }

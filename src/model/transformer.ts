@@ -15,7 +15,7 @@ import { layerOpsOf, type LayerOps } from '../backend/layers.ts';
 import { HypeError, check } from '../errors.ts';
 import type { AttendResult, EncodingFactory, Param, PositionalEncoding } from '../pe/encoding.ts';
 import { getEncodingFactory } from '../pe/registry.ts';
-import { allocate, type FloatArray } from '../tensor.ts';
+import { allocate, headsToTokens, tokensToHeads, type FloatArray } from '../tensor.ts';
 import { Rng } from '../util/rng.ts';
 import type { ModelConfig } from './config.ts';
 import {
@@ -279,7 +279,7 @@ export class Transformer {
         { backend: be, shape, causal: true, queryOffset: 0 },
         { q: X.q, k: X.k, v: X.v, x: X.ln1 },
       );
-      this.mergeHeads(X.attend.out, X.att, batch, length);
+      headsToTokens(X.attend.out, X.att, batch, this.config.heads, length, this.headDim);
       X.resMid.set(xIn);
       linearForward(be, ops, X.att, P.projWeight.data, P.projBias.data, X.resMid, N, C, C, 1);
       ops.layerNormForward(
@@ -366,7 +366,7 @@ export class Transformer {
       );
       // Attention: resMid = res[i] + merge(attend(split(ln1 Wqkv + bqkv))) Wo + bo.
       linearBackward(be, ops, X.att, P.projWeight, P.projBias, A.dRes, A.dAtt, N, C, C);
-      this.splitOutput(A.dAtt, A.dHeads, N);
+      tokensToHeads(A.dAtt, A.dHeads, A.batch, this.config.heads, A.length, this.headDim);
       const g = X.attend!.backward(A.dHeads);
       this.mergeQkvGrads(g.dq, g.dk, g.dv, A.dQkv, N);
       linearBackward(be, ops, X.ln1, P.qkvWeight, P.qkvBias, A.dQkv, A.dLn, N, C, Q);
@@ -447,39 +447,6 @@ export class Transformer {
           dqkv[row + (H + h) * D + d] = dk[src + d]!;
           dqkv[row + (H + Hkv + h) * D + d] = dv[src + d]!;
         }
-      }
-    }
-  }
-
-  /** Attention output [B, H, L, D] -> token layout [B, L, H D]. */
-  private mergeHeads(out: FloatArray, att: FloatArray, B: number, L: number): void {
-    const H = this.config.heads;
-    const D = this.headDim;
-    const C = H * D;
-    for (let b = 0; b < B; b++) {
-      for (let h = 0; h < H; h++) {
-        for (let t = 0; t < L; t++) {
-          const src = ((b * H + h) * L + t) * D;
-          const dst = (b * L + t) * C + h * D;
-          for (let d = 0; d < D; d++) att[dst + d] = out[src + d]!;
-        }
-      }
-    }
-  }
-
-  /** Token layout [B, L, H D] -> [B, H, L, D] (the gradient of mergeHeads). */
-  private splitOutput(dAtt: FloatArray, dOut: FloatArray, N: number): void {
-    const H = this.config.heads;
-    const D = this.headDim;
-    const C = H * D;
-    const L = this.acts!.length;
-    for (let r = 0; r < N; r++) {
-      const b = Math.floor(r / L);
-      const t = r - b * L;
-      for (let h = 0; h < H; h++) {
-        const dst = ((b * H + h) * L + t) * D;
-        const src = r * C + h * D;
-        for (let d = 0; d < D; d++) dOut[dst + d] = dAtt[src + d]!;
       }
     }
   }

@@ -34,7 +34,7 @@
  */
 import { referenceGemm } from '../backend/reference.ts';
 import { check } from '../errors.ts';
-import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
+import { allocate, dtypeOf, headsToTokens, tokensToHeads, type FloatArray } from '../tensor.ts';
 import type { Rng } from '../util/rng.ts';
 import type {
   AttendContext,
@@ -163,25 +163,13 @@ export class PathEncoding implements PositionalEncoding {
     // W_w with the heads side by side, [C, Hkv D]: every head's projection of every row is then one gemm.
     const HD = Hkv * D;
     const W = allocate(work, C * HD);
-    for (let h = 0; h < Hkv; h++) {
-      for (let c = 0; c < C; c++) {
-        for (let d = 0; d < D; d++) W[c * HD + h * D + d] = this.wProj.data[(h * C + c) * D + d]!;
-      }
-    }
+    headsToTokens(this.wProj.data, W, 1, Hkv, C, D);
     const wBeta = asDtype(this.betaWeight.data, work);
     const n = batch * Hkv * lk;
     const uRows = allocate(work, batch * lk * HD); // x_t W_w, [B, Lk, Hkv, D]
     gemm(false, false, batch * lk, HD, C, 1, x, C, W, HD, 0, uRows, HD);
     const u = allocate(work, n * D); // the same, [B, Hkv, Lk, D]
-    for (let b = 0; b < batch; b++) {
-      for (let t = 0; t < lk; t++) {
-        for (let h = 0; h < Hkv; h++) {
-          const from = ((b * lk + t) * Hkv + h) * D;
-          const to = ((b * Hkv + h) * lk + t) * D;
-          for (let d = 0; d < D; d++) u[to + d] = uRows[from + d]!;
-        }
-      }
-    }
+    tokensToHeads(uRows, u, batch, Hkv, lk, D);
     const zs = allocate(work, batch * lk * Hkv); // x_t . w_beta[h], [B, Lk, Hkv]
     gemm(false, true, batch * lk, Hkv, C, 1, x, C, wBeta, C, 0, zs, Hkv);
     const conv = this.conv ? this.conv.data : null;
@@ -260,23 +248,13 @@ export class PathEncoding implements PositionalEncoding {
       gemm(false, false, batch * lk, C, Hkv, 1, dz, Hkv, wBeta, C, 1, dx, C);
       // u = x W (heads side by side): dW = x^T du, dx += du W^T, with du as [B, Lk, Hkv, D].
       const duRows = allocate(work, batch * lk * HD);
-      for (let b = 0; b < batch; b++) {
-        for (let t = 0; t < lk; t++) {
-          for (let h = 0; h < Hkv; h++) {
-            const from = ((b * Hkv + h) * lk + t) * D;
-            const to = ((b * lk + t) * Hkv + h) * D;
-            for (let d = 0; d < D; d++) duRows[to + d] = du[from + d]!;
-          }
-        }
-      }
+      headsToTokens(du, duRows, batch, Hkv, lk, D);
       const dW = allocate(work, C * HD);
       gemm(true, false, C, HD, batch * lk, 1, x, C, duRows, HD, 0, dW, HD);
       gemm(false, true, batch * lk, C, HD, 1, duRows, HD, W, HD, 1, dx, C);
-      for (let h = 0; h < Hkv; h++) {
-        for (let c = 0; c < C; c++) {
-          for (let d = 0; d < D; d++) this.wProj.grad[(h * C + c) * D + d]! += dW[c * HD + h * D + d]!;
-        }
-      }
+      const dWHeads = new Float64Array(C * HD); // back to W_w's layout [Hkv, C, D]
+      tokensToHeads(dW, dWHeads, 1, Hkv, C, D);
+      addInto(this.wProj.grad, dWHeads);
       return dx;
     };
     return { w, beta, backward };
