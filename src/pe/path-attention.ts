@@ -55,9 +55,6 @@ export function pathAttention(
   const ctx: AttendContext = { backend: backend as Backend, shape, causal: true, queryOffset };
   const r = new Float64Array(D);
   const r2 = new Float64Array(D);
-  const walk = new Float64Array(lk * D); // walk[l] = the running vector r_l used for logit(p, l)
-  const wr = new Float64Array(lk); // w_l . r_l, the coefficient of factor l in the walk
-  const a = new Float64Array(D);
   let dw = new Float64Array(0);
   let dbeta = new Float64Array(0);
 
@@ -191,9 +188,9 @@ export function pathAttention(
       lk,
       D,
       scale,
-      walk,
-      wr,
-      a,
+      b.walk,
+      b.wr,
+      b.a,
       b.dz,
       b.walk2,
       b.wr2,
@@ -202,7 +199,7 @@ export function pathAttention(
   };
   // Backward scratch, made on the first backward (an evaluation forward never needs it).
   let scratch: ReturnType<typeof makeBackScratch> | null = null;
-  const backScratch = () => (scratch ??= makeBackScratch(work, lq, lk, D, queryOffset));
+  const backScratch = () => (scratch ??= makeBackScratch(work, lq, lk, D, lastChunk));
 
   const hooks: ExplicitHooks = {
     ownScores: true,
@@ -1156,8 +1153,7 @@ function carryKeysBackwardPair(
 }
 
 /** Work buffers of chunkedBackward for one pathAttention call, sized for its chunk count. */
-function makeBackScratch(work: 'float32' | 'float64', lq: number, lk: number, D: number, queryOffset: number) {
-  const lastChunk = Math.floor((queryOffset + lq - 1) / PATH_CHUNK);
+function makeBackScratch(work: 'float32' | 'float64', lq: number, lk: number, D: number, lastChunk: number) {
   const carried = lastChunk * PATH_CHUNK; // positions of the chunks below the last one
   return {
     zStore: allocate(work, Math.max(1, lastChunk * lq * D)), // Z_J, J = lastChunk - 1 .. 0, rows r0(J) ..
@@ -1171,6 +1167,9 @@ function makeBackScratch(work: 'float32' | 'float64', lq: number, lk: number, D:
     v2: new Float64Array(Math.max(D, PATH_CHUNK)),
     v3: new Float64Array(D),
     v4: new Float64Array(D),
+    walk: new Float64Array(lk * D), // walk[l] = the running vector r_l used for logit(p, l)
+    wr: new Float64Array(lk), // w_l . r_l, the coefficient of factor l in the walk
+    a: new Float64Array(D),
     walk2: new Float64Array(lk * D),
     wr2: new Float64Array(lk),
     a2: new Float64Array(D),
