@@ -286,6 +286,19 @@ describe('report generator (from given results)', () => {
     );
   });
 
+  it('groups every encoding by its 1x -> longest shape, with the change, single seeds and untrained models marked', () => {
+    const cells = [
+      ...[1, 2].map((s) => lmCell('none', s, [3.0, 3.3])), // +0.30: degrades
+      ...[1, 2].map((s) => lmCell('alibi', s, [2.0 + 0.01 * s, 1.95 + 0.01 * s])), // -0.05: flat
+      lmCell('rope', 1, [2.0, 3.5]), // +1.50 on one seed: blows up
+      ...[1, 2].map((s) => lmCell('hype-paper', s, [3.2, 3.0])), // -0.20, but 0.2 worse than none at 1x
+    ];
+    expect(buildReport(input(cells)).markdown).toContain(
+      '  - tinyshakespeare, bits per byte from 1x to 2x L: improves: hype-paper (-0.20, barely trained: worse than ' +
+        'none at 1x); stays flat: alibi (-0.05); degrades: none (+0.30); blows up: rope (+1.50, 1 seed).',
+    );
+  });
+
   it('refuses to report from a folder without results', async () => {
     await expect(writeReport(join(root, 'empty'))).rejects.toThrow(/no study results in/);
   });

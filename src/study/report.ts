@@ -577,10 +577,7 @@ function precisionSection(input: ReportInput, charts: Chart[], plotsRel: string)
       if (e.ok) obs.push({ row: `${c.config.lm.encoding} ${c.config.format}`, column: e.length, value: e.bitsPerByte });
     }
   }
-  const formatOrder: PrecisionFormat[] = ['fp32', 'bf16', 'fp16', 'bf16-kernel'];
-  const precisionRows = sortEnc(uniq(input.precision.map((c) => c.config.lm.encoding))).flatMap((e) =>
-    formatOrder.map((f) => `${e} ${f}`),
-  );
+  const precisionRows = precisionRowOrder(input);
   lines.push(
     markdownTable(obs, {
       rowHeader: 'model, operands',
@@ -619,6 +616,14 @@ function precisionSection(input: ReportInput, charts: Chart[], plotsRel: string)
   });
   lines.push('', `![precision cost](${plotsRel}/precision-cost.svg)`);
   return lines;
+}
+
+/** Precision rows ('<model> <format>') in the published order: models as the encodings, then fp32, bf16, fp16, bf16-kernel. */
+function precisionRowOrder(input: ReportInput): string[] {
+  const formatOrder: PrecisionFormat[] = ['fp32', 'bf16', 'fp16', 'bf16-kernel'];
+  return sortEnc(uniq(input.precision.map((c) => c.config.lm.encoding))).flatMap((e) =>
+    formatOrder.map((f) => `${e} ${f}`),
+  );
 }
 
 /** Rounded-minus-fp32 bits per byte, paired by trained model (same lm cell). */
@@ -721,7 +726,8 @@ function findingsSection(input: ReportInput): string[] {
         'The kernel route (bf16-kernel) adds the bias in fp32, so its rounding comes from Q and K alone.',
     );
   }
-  const groups = uniq(diffs.map((d) => `${d.encoding} ${d.format}`));
+  const present = new Set(diffs.map((d) => `${d.encoding} ${d.format}`));
+  const groups = precisionRowOrder(input).filter((g) => present.has(g));
   for (const g of groups) {
     const rows = diffs.filter((d) => `${d.encoding} ${d.format}` === g).sort((a, b) => a.length - b.length);
     const n = Math.min(...rows.map((d) => d.values.length));
@@ -738,14 +744,17 @@ function findingsSection(input: ReportInput): string[] {
     );
   }
   lines.push(
-    "6. **Does the ALiBi paper's shape reproduce** (sinusoidal and learned blow up past L, rotary degrades, ALiBi stays flat)?",
+    "6. **Does the ALiBi paper's shape reproduce** (sinusoidal and learned blow up past L, rotary and T5's bias degrade, ALiBi stays flat)?",
   );
   if (corpora.length === 0) lines.push('  - No lm results yet.');
   for (const corpus of corpora) {
-    for (const enc of ['sinusoidal', 'learned', 'rope', 'alibi', 'hype-recency']) {
+    for (const enc of ['sinusoidal', 'learned', 'rope', 't5', 'alibi', 'hype-recency']) {
       lines.push(`  - ${corpus}, ${enc}: ${shapeOf(input, corpus, enc)}`);
     }
   }
+  lines.push('7. **Which encodings extrapolate?** (every encoding, by the thresholds of finding 6; means over seeds)');
+  if (corpora.length === 0) lines.push('  - No lm results yet.');
+  lines.push(...corpora.map((c) => '  - ' + shapeSummary(input, c)));
   return lines;
 }
 
@@ -790,18 +799,53 @@ function shapeOf(input: ReportInput, corpus: string, enc: string): string {
     const first = cells[0]!.result.evals.find((e) => !e.ok)!;
     return `cannot evaluate from ${first.multiplier}x L on (its table ends at L): the honest form of "blows up".`;
   }
-  const a = meanInterval(bpbAt(input.lm, corpus, enc, 1)).mean;
-  const b = meanInterval(bpbAt(input.lm, corpus, enc, longest)).mean;
-  const d = b - a;
-  const word = d > BLOWUP_BPB ? 'blows up' : d > FLAT_BPB ? 'degrades' : d < -FLAT_BPB ? 'improves' : 'stays flat';
-  const none = bpbAt(input.lm, corpus, 'none', 1);
-  const vsNone = none.length > 0 && enc !== 'none' ? a - meanInterval(none).mean : 0;
+  const { a, b, d, word, vsNone } = shapeNumbers(input, corpus, enc, longest);
   const caveat =
     vsNone > FLAT_BPB
       ? ` Caution: at 1x it is ${fmt(vsNone)} bits per byte worse than no positional encoding at all, so this model ` +
         'hardly trained and its curve says little about extrapolation.'
       : '';
   return `${fmt(a)} -> ${fmt(b)} bits per byte from 1x to ${longest}x (${d >= 0 ? '+' : ''}${fmt(d)}): ${word} (flat = within ±${FLAT_BPB}, blow-up = more than +${BLOWUP_BPB}).${caveat}`;
+}
+
+type Shape = 'improves' | 'stays flat' | 'degrades' | 'blows up';
+
+/** Mean bits per byte at 1x (a) and at `longest` (b), the change classified by the declared thresholds, and 1x minus none's 1x. */
+function shapeNumbers(input: ReportInput, corpus: string, enc: string, longest: number) {
+  const a = meanInterval(bpbAt(input.lm, corpus, enc, 1)).mean;
+  const b = meanInterval(bpbAt(input.lm, corpus, enc, longest)).mean;
+  const d = b - a;
+  const word: Shape =
+    d > BLOWUP_BPB ? 'blows up' : d > FLAT_BPB ? 'degrades' : d < -FLAT_BPB ? 'improves' : 'stays flat';
+  const none = bpbAt(input.lm, corpus, 'none', 1);
+  const vsNone = none.length > 0 && enc !== 'none' ? a - meanInterval(none).mean : 0;
+  return { a, b, d, word, vsNone };
+}
+
+/**
+ * Every encoding of a corpus grouped by its 1x -> longest shape (the thresholds of shapeOf), each with its change and
+ * its seed count, so the whole field's extrapolation reads in one line per corpus.
+ */
+function shapeSummary(input: ReportInput, corpus: string): string {
+  const cells = input.lm.filter((c) => c.config.corpus === corpus);
+  const longest = Math.max(...cells.flatMap((c) => c.config.multipliers));
+  const groups = new Map<string, string[]>();
+  const add = (group: string, item: string) => groups.set(group, [...(groups.get(group) ?? []), item]);
+  for (const enc of sortEnc(uniq(cells.map((c) => c.config.encoding)))) {
+    const own = cells.filter((c) => c.config.encoding === enc);
+    if (cannotEvaluate(own[0]!.result.evals, longest)) {
+      add('cannot evaluate past L', enc);
+      continue;
+    }
+    const { d, word, vsNone } = shapeNumbers(input, corpus, enc, longest);
+    const seeds = uniq(own.map((c) => c.config.seed)).length;
+    const notes = [`${d >= 0 ? '+' : ''}${fmt(d, 2)}`, ...(seeds === 1 ? ['1 seed'] : [])];
+    if (vsNone > FLAT_BPB) notes.push('barely trained: worse than none at 1x');
+    add(word, `${enc} (${notes.join(', ')})`);
+  }
+  const order = ['improves', 'stays flat', 'degrades', 'blows up', 'cannot evaluate past L'];
+  const parts = order.filter((g) => groups.has(g)).map((g) => `${g}: ${groups.get(g)!.join(', ')}`);
+  return `${corpus}, bits per byte from 1x to ${longest}x L: ${parts.join('; ')}.`;
 }
 
 function extrapolationVerdict(input: ReportInput, corpus: string, a: string, b: string): string {
