@@ -16,6 +16,7 @@
 import { describe, expect, it } from 'vitest';
 import { referenceLayerOps as ref, layerOpsOf, type LayerOps } from '../src/backend/layers.ts';
 import { loadNativeAddon, NativeBackend, nativeLoadError } from '../src/backend/native.ts';
+import { missingLayerKernels, nativeLayerOps, type NativeLayerKernels } from '../src/backend/native-layers.ts';
 import { HypeError } from '../src/errors.ts';
 import { Rng } from '../src/util/rng.ts';
 
@@ -441,5 +442,26 @@ suite('native layer ops: validation and dtype dispatch', () => {
     nat.geluForward(p, outA, n);
     ref.geluForward(p, outB, n);
     expect(outA).toEqual(outB);
+  });
+});
+
+suite('stale addon builds', () => {
+  it('a build lacking some kernels hands exactly those to the reference and names them', () => {
+    const full = new NativeBackend({ threads: 1 });
+    expect(full.missingKernels).toEqual([]);
+    // An addon from older sources: the same object without two of today's kernels.
+    const stale: Partial<NativeLayerKernels> = { ...addon! };
+    delete stale.prefixSoftmaxRows;
+    delete stale.geluBackward;
+    expect(missingLayerKernels(stale)).toEqual(['geluBackward', 'prefixSoftmaxRows']);
+    const ops = nativeLayerOps(stale);
+    expect(ops.prefixSoftmaxRows).toBe(ref.prefixSoftmaxRows);
+    expect(ops.geluBackward).toBe(ref.geluBackward);
+    expect(ops.geluForward).not.toBe(ref.geluForward); // still native
+    const x = normal(24);
+    const [a, b] = [x.slice(), x.slice()];
+    ops.prefixSoftmaxRows(a, 4, 6, Int32Array.of(6, 3, 1, 0));
+    ref.prefixSoftmaxRows(b, 4, 6, Int32Array.of(6, 3, 1, 0));
+    expect(a).toEqual(b);
   });
 });

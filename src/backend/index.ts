@@ -15,15 +15,29 @@ export interface LoadBackendOptions {
 }
 
 let warned = false;
+let warnedStale = false;
+
+/** A native backend, saying once on stderr when its addon is a stale build missing newer kernels. */
+function nativeBackend(opts: LoadBackendOptions): NativeBackend {
+  const backend = new NativeBackend(opts);
+  if (backend.missingKernels.length > 0 && !warnedStale) {
+    warnedStale = true;
+    process.stderr.write(
+      `hype: the native addon was built from older sources and lacks ${backend.missingKernels.join(', ')}; ` +
+        'those run on the TypeScript reference (same results, slower). Rebuild it with `npm rebuild`.\n',
+    );
+  }
+  return backend;
+}
 
 export function loadBackend(name: BackendName = 'auto', opts: LoadBackendOptions = {}): Backend {
   switch (name) {
     case 'native':
-      return new NativeBackend(opts);
+      return nativeBackend(opts);
     case 'reference':
       return new ReferenceBackend();
     case 'auto':
-      if (nativeAvailable()) return new NativeBackend(opts);
+      if (nativeAvailable()) return nativeBackend(opts);
       if (!warned) {
         warned = true;
         process.stderr.write(

@@ -56,8 +56,7 @@ export interface NativeLayerKernels {
     vocab: number,
     dLoss: number,
   ): void;
-  /** Absent from builds that predate it (the wrapper then falls back to the reference). */
-  prefixSoftmaxRows?(x: Float32Array, rows: number, cols: number, visible: Int32Array): void;
+  prefixSoftmaxRows(x: Float32Array, rows: number, cols: number, visible: Int32Array): void;
   adamwStep(
     param: Float32Array,
     grad: Float32Array,
@@ -136,8 +135,22 @@ function indices(idx: Int32Array, n: number, bound: number, what: string, op: st
   }
 }
 
-/** LayerOps running in the addon for fp32 tensors (the reference for any other dtype). */
-export function nativeLayerOps(addon: NativeLayerKernels): LayerOps {
+/**
+ * The layer ops whose kernels this addon lacks: a build from older sources (a checkout updated without
+ * `npm rebuild`). nativeLayerOps gives those to the reference: the same results, slower.
+ */
+export function missingLayerKernels(addon: Partial<NativeLayerKernels>): (keyof LayerOps)[] {
+  return (Object.keys(referenceLayerOps) as (keyof LayerOps)[]).filter((k) => typeof addon[k] !== 'function');
+}
+
+/** LayerOps running in the addon for fp32 tensors (the reference for any other dtype, and for kernels it lacks). */
+export function nativeLayerOps(addon: Partial<NativeLayerKernels>): LayerOps {
+  const ops = wrapLayerKernels(addon as NativeLayerKernels) as Record<keyof LayerOps, unknown>;
+  for (const k of missingLayerKernels(addon)) ops[k] = referenceLayerOps[k];
+  return ops as LayerOps;
+}
+
+function wrapLayerKernels(addon: NativeLayerKernels): LayerOps {
   const ref = referenceLayerOps;
   return {
     layerNormForward(x, gamma, beta, out, mean, rstd, rows, width, eps) {
@@ -249,8 +262,7 @@ export function nativeLayerOps(addon: NativeLayerKernels): LayerOps {
     },
 
     prefixSoftmaxRows(x, rows, cols, visible) {
-      const kernel = addon.prefixSoftmaxRows;
-      if (!(x instanceof Float32Array) || kernel === undefined) return ref.prefixSoftmaxRows(x, rows, cols, visible);
+      if (!(x instanceof Float32Array)) return ref.prefixSoftmaxRows(x, rows, cols, visible);
       const op = 'prefixSoftmaxRows';
       size(rows, 'rows', op);
       size(cols, 'cols', op);
@@ -266,7 +278,7 @@ export function nativeLayerOps(addon: NativeLayerKernels): LayerOps {
           );
         }
       }
-      kernel.call(addon, x, rows, cols, visible);
+      addon.prefixSoftmaxRows(x, rows, cols, visible);
     },
 
     adamwStep(param, grad, m, v, n, h: AdamWHyper) {

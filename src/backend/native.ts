@@ -26,7 +26,7 @@ import type {
   PositionBiasGrad,
 } from './backend.ts';
 import type { LayerOps } from './layers.ts';
-import { nativeLayerOps, type NativeLayerKernels } from './native-layers.ts';
+import { missingLayerKernels, nativeLayerOps, type NativeLayerKernels } from './native-layers.ts';
 import { ReferenceBackend } from './reference.ts';
 import {
   validateAttentionBackward,
@@ -167,6 +167,8 @@ export class NativeBackend implements Backend {
   embeddingBackward!: LayerOps['embeddingBackward'];
   biasAdd!: LayerOps['biasAdd'];
   biasBackward!: LayerOps['biasBackward'];
+  /** Layer kernels this build of the addon lacks (empty after `npm ci` / `npm rebuild`); see missingLayerKernels. */
+  readonly missingKernels: readonly string[];
 
   constructor(opts: NativeOptions = {}) {
     const addon = loadNativeAddon();
@@ -179,8 +181,9 @@ export class NativeBackend implements Backend {
     }
     this.addon = addon;
     this.scan = (data, allowNegInf) => addon.firstNonFinite(data, allowNegInf);
-    // A build from before the layer kernels existed lacks them: the references then serve (slower, still right).
-    if (typeof addon.layerNormForward === 'function') Object.assign(this, nativeLayerOps(addon));
+    // A build from older sources lacks the newer kernels: the references serve those (slower, still right).
+    this.missingKernels = missingLayerKernels(addon);
+    Object.assign(this, nativeLayerOps(addon));
     this.setThreads(opts.threads ?? availableParallelism());
   }
 
