@@ -293,7 +293,15 @@ describe('report generator (from given results)', () => {
       lmCell('rope', 1, [2.0, 3.5]), // +1.50 on one seed: blows up
       ...[1, 2].map((s) => lmCell('hype-paper', s, [3.2, 3.0])), // -0.20, but 0.2 worse than none at 1x
     ];
-    expect(buildReport(input(cells)).markdown).toContain(
+    const { markdown } = buildReport(input(cells));
+    // The best HyPE against the best peer by mean at each end: rope (one seed, 2.0) at 1x, alibi (1.965) at 2x.
+    expect(markdown).toContain(
+      '  - tinyshakespeare, 1x L: bits per byte: hype-paper 3.200 ± 0.000 (2 seeds) vs rope 2.000 (1 seed)',
+    );
+    expect(markdown).toContain(
+      '  - tinyshakespeare, 2x L: bits per byte: hype-paper 3.000 ± 0.000 (2 seeds) vs alibi 1.965 ± 0.064 (2 seeds)',
+    );
+    expect(markdown).toContain(
       '  - tinyshakespeare, bits per byte from 1x to 2x L: improves: hype-paper (-0.20, barely trained: worse than ' +
         'none at 1x); stays flat: alibi (-0.05); degrades: none (+0.30); blows up: rope (+1.50, 1 seed).',
     );

@@ -755,7 +755,42 @@ function findingsSection(input: ReportInput): string[] {
   lines.push('7. **Which encodings extrapolate?** (every encoding, by the thresholds of finding 6; means over seeds)');
   if (corpora.length === 0) lines.push('  - No lm results yet.');
   lines.push(...corpora.map((c) => '  - ' + shapeSummary(input, c)));
+  lines.push(
+    '8. **How does the best HyPE compare with the best peer?** (per corpus and length, the HyPE variant and the ' +
+      'other encoding with the lowest mean bits per byte)',
+  );
+  if (corpora.length === 0) lines.push('  - No lm results yet.');
+  for (const corpus of corpora) {
+    for (const m of ends(corpus)) {
+      const hype = bestAt(input, corpus, m, (e) => e.startsWith('hype'));
+      const peer = bestAt(input, corpus, m, (e) => !e.startsWith('hype'));
+      if (!hype || !peer) continue;
+      lines.push(
+        `  - ${corpus}, ${m}x L: ` +
+          sentence(
+            hype,
+            bpbSamples(input.lm, corpus, hype, m),
+            peer,
+            bpbSamples(input.lm, corpus, peer, m),
+            'bits per byte',
+            true,
+          ),
+      );
+    }
+  }
   return lines;
+}
+
+/** The encoding (among those `which` accepts) with the lowest mean bits per byte at multiplier m, or null. */
+function bestAt(input: ReportInput, corpus: string, m: number, which: (enc: string) => boolean): string | null {
+  let best: { enc: string; mean: number } | null = null;
+  for (const enc of sortEnc(uniq(input.lm.map((c) => c.config.encoding))).filter(which)) {
+    const values = bpbAt(input.lm, corpus, enc, m);
+    if (values.length === 0) continue;
+    const mean = meanInterval(values).mean;
+    if (!best || mean < best.mean) best = { enc, mean };
+  }
+  return best?.enc ?? null;
 }
 
 /**
