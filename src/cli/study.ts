@@ -93,7 +93,7 @@ export function registerStudy(program: Command): void {
     .command('study')
     .description('run the study (lm, flipflop, recall, precision or all; resumable) or regenerate its report')
     .argument('<what>', `one of ${CHOICES.join(', ')}`)
-    .option('--quick', 'the quick version: a few encodings, one seed, short training (about 15 minutes)')
+    .option('--quick', 'the quick version: a few encodings, one seed, short training (about 5 minutes on 2 idle cores)')
     .option('--out <dir>', 'results folder (default results/quick with --quick, else results/full)')
     .option('--to <file>', "with 'report': also write this Markdown file (e.g. RESULTS.md)")
     .option('--seeds <n>', "seeds 1..n (default: the plan's: 1 quick, 3 full)")
