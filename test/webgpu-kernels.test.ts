@@ -88,7 +88,8 @@ describe('gemm', () => {
         }
       expect(worst).toBeLessThanOrEqual(1);
       // Padding columns of C (j >= n) are untouched.
-      for (let i = 0; i < m; i++) for (let j = n; j < ldc; j++) expect(got[i * ldc + j]).toBe(Math.fround(c[i * ldc + j]!));
+      for (let i = 0; i < m; i++)
+        for (let j = n; j < ldc; j++) expect(got[i * ldc + j]).toBe(Math.fround(c[i * ldc + j]!));
       ctx.release(ga, gb, gc);
     });
   }

@@ -483,7 +483,7 @@ function validate(
   opts: GpuAttentionOptions,
   tensors: Record<string, [GpuTensor, number]>,
 ): Checked {
-  const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: d, valueDim: dv } = shape;
+  const { heads: H, kvHeads: Hkv, lq, lk, headDim: d, valueDim: dv } = shape;
   for (const [name, x] of Object.entries(shape))
     if (!Number.isInteger(x) || x < 1) bad(`attention: shape.${name} must be a positive integer, got ${x}`);
   if (H % Hkv !== 0) bad(`attention: heads (${H}) must be a multiple of kvHeads (${Hkv})`);

@@ -25,7 +25,7 @@ export interface GemmLayout {
 }
 
 // Per-invocation block R x R; a 16 x 16 workgroup covers a (16 R) x (16 R) tile of C. R = 2 keeps the shader small:
-// lavapipe's JIT time grows with straight-line code (R = 4 took about 13 s to compile there, R = 2 about 2 s).
+// lavapipe's JIT time grows with straight-line code (first use: R = 4 took about 13 s there, R = 2 about 6 s).
 const R = 2;
 const TM = 16 * R;
 const TN = 16 * R;

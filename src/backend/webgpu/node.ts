@@ -11,7 +11,10 @@ export async function acquireNodeGpu(opts: AcquireOptions = {}): Promise<GpuCont
   try {
     ({ create } = await import('webgpu'));
   } catch (e) {
-    throw new HypeError('device', `the \`webgpu\` package (Dawn for Node) could not be loaded (${String(e)}); ${LAVAPIPE_FIX}`);
+    throw new HypeError(
+      'device',
+      `the \`webgpu\` package (Dawn for Node) could not be loaded (${String(e)}); ${LAVAPIPE_FIX}`,
+    );
   }
   return acquireGpu(create([]), opts);
 }
