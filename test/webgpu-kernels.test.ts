@@ -44,6 +44,16 @@ describe('device acquisition', () => {
   it('finds an adapter here (lavapipe in CI)', () => {
     expect(ctx.limits.maxStorageBufferBindingSize).toBeGreaterThan(0);
   });
+
+  it('a kernel WebGPU rejects surfaces as one HypeError at the next read-back, and the device stays usable', async () => {
+    const t = ctx.upload(new Float32Array([1, 2]));
+    const pipe = ctx.pipeline('broken-for-test', () => 'this is not WGSL');
+    expect(() => ctx.dispatch(pipe, 'broken', new ArrayBuffer(16), [t], [1, 1, 1])).not.toThrow();
+    const err = await ctx.download(t).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(HypeError);
+    expect((err as HypeError).message).toMatch(/WebGPU rejected a kernel/);
+    expect(Array.from(await ctx.download(t))).toEqual([1, 2]);
+  });
 });
 
 describe('gemm', () => {

@@ -68,7 +68,7 @@ export async function acquireGpu(gpu: GPU | undefined | null, opts: AcquireOptio
     maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
   };
   const device = await adapter.requestDevice({ requiredLimits });
-  return new GpuContext(gpu, device, adapter.info);
+  return new GpuContext(gpu, device, adapter.info, [...adapter.features]);
 }
 
 export class GpuContext {
@@ -84,6 +84,8 @@ export class GpuContext {
     readonly gpu: GPU,
     readonly device: GPUDevice,
     info: GPUAdapterInfo,
+    /** What the adapter offers (shader-f16, subgroups, ...), whether or not this device enabled it. */
+    readonly adapterFeatures: readonly string[] = [],
   ) {
     this.limits = device.limits;
     this.description = [info.vendor, info.architecture, info.device, info.description].filter((s) => s).join(' ');
