@@ -49,8 +49,8 @@ export {
   type AugmentOptions,
   type HypeGrads,
   type HypeSpec,
-} from './pe/hype-core.ts';
-export { hype, hypeEncoding, presetSpec, type HypePreset, type PresetInput } from './pe/hype.ts';
+} from './pe/hype/core.ts';
+export { hype, hypeEncoding, presetSpec, type HypePreset, type PresetInput } from './pe/hype/encoding.ts';
 export { encodingNames, getEncodingFactory } from './pe/registry.ts';
 export { tensor, zeros, type DType, type FloatArray, type Tensor } from './tensor.ts';
 export { Rng } from './util/rng.ts';

@@ -16,7 +16,7 @@ import { parseModelConfig } from '../src/model/config.ts';
 import { CachedDecoder, RecomputeDecoder } from '../src/model/decode.ts';
 import { generate } from '../src/model/generate.ts';
 import { Transformer } from '../src/model/transformer.ts';
-import { hypeEncoding } from '../src/pe/hype.ts';
+import { hypeEncoding } from '../src/pe/hype/encoding.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const backend = new ReferenceBackend();

@@ -7,7 +7,7 @@ import type { AttentionShape } from '../src/backend/backend.ts';
 import { ReferenceBackend } from '../src/backend/reference.ts';
 import type { AttendContext, PositionalEncoding } from '../src/pe/encoding.ts';
 import { floatFormat, roundTo } from '../src/numerics/float-formats.ts';
-import { hypeEncoding, type HypeOptions } from '../src/pe/hype.ts';
+import { hypeEncoding, type HypeOptions } from '../src/pe/hype/encoding.ts';
 import { Rng } from '../src/util/rng.ts';
 import { maxRelativeGradError, sampleIndices } from './helpers/gradcheck.ts';
 

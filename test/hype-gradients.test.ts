@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import type { AttentionShape } from '../src/backend/backend.ts';
 import { ReferenceBackend } from '../src/backend/reference.ts';
-import { augment, augmentBackward, type HypeSpec } from '../src/pe/hype-core.ts';
+import { augment, augmentBackward, type HypeSpec } from '../src/pe/hype/core.ts';
 import { Rng } from '../src/util/rng.ts';
 import { maxRelativeGradError, sampleIndices } from './helpers/gradcheck.ts';
 

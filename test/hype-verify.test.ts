@@ -6,7 +6,7 @@
 import { describe, expect, it } from 'vitest';
 import { formatReport, runVerify } from '../src/cli/verify.ts';
 import { BF16, FP16, FP32 } from '../src/numerics/float-formats.ts';
-import { measuredOverflowX, recoveredBiasError, sampleRows } from '../src/numerics/hype-precision.ts';
+import { measuredOverflowX, recoveredBiasError, sampleRows } from '../src/pe/hype/precision.ts';
 import { concatXLimit } from '../src/numerics/overflow.ts';
 
 describe('concat-route numerics', () => {

@@ -4,7 +4,7 @@
  *      emulating the unguarded route;
  *   2. max abs error of the bias recovered through the concat route vs the exact fp64 sinh bias, for d in {64, 128},
  *      L = 128 .. 65,536 and mu L = 0.25 .. 16, operands in fp32, fp16, bf16, fp32 accumulation (how the route is
- *      emulated and sampled: numerics/hype-precision.ts);
+ *      emulated and sampled: pe/hype/precision.ts);
  *   3. the presets against ALiBi (H = 8, d = 64, L = 2048, window m D <= 20, SPEC section 3);
  *   4. a check list: each SPEC figure, ours, their ratio, and whether they agree within a factor of two.
  */
@@ -21,9 +21,9 @@ import {
   sampleRows,
   type NarrowFormat,
   type Sampling,
-} from '../numerics/hype-precision.ts';
+} from '../pe/hype/precision.ts';
 import { concatNanX, concatXLimit } from '../numerics/overflow.ts';
-import { presetSpec } from '../pe/hype.ts';
+import { presetSpec } from '../pe/hype/encoding.ts';
 
 export interface VerifySettings {
   dims: number[];

@@ -8,7 +8,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TopLevelSpec } from 'vega-lite';
 import { lineChartSpec, type LinePoint } from '../plot/charts.ts';
-import { presetSpec } from '../pe/hype.ts';
+import { presetSpec } from '../pe/hype/encoding.ts';
 import { formatInterval, meanInterval } from './stats.ts';
 import { markdownTable, type Observation } from './table.ts';
 import type {

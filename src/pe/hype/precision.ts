@@ -14,10 +14,10 @@
  * last included), each with all its keys. The maximum over a sample is a lower bound of the true maximum; since
  * the error grows with D like cosh(mu D), and the last rows contain every D, it is a close one.
  */
-import { HypeError } from '../errors.ts';
-import { alibiSlopes } from '../pe/alibi-slopes.ts';
-import { buildEta, type HypeShift, type HypeSpec } from '../pe/hype-core.ts';
-import { floatFormat, roundTo, type FloatFormat, type FloatFormatName } from './float-formats.ts';
+import { HypeError } from '../../errors.ts';
+import { alibiSlopes } from '../alibi-slopes.ts';
+import { buildEta, type HypeShift, type HypeSpec } from './core.ts';
+import { floatFormat, roundTo, type FloatFormat, type FloatFormatName } from '../../numerics/float-formats.ts';
 
 export type NarrowFormat = Extract<FloatFormatName, 'fp32' | 'fp16' | 'bf16'>;
 export const NARROW_FORMATS: readonly NarrowFormat[] = ['fp32', 'fp16', 'bf16'];

@@ -20,11 +20,11 @@
  * position i + queryOffset, key row l at l; on a grid, flat position n has row-major coordinates (n = x0 * G1 + x1
  * in 2-D). eta^K depends on mu only, so query heads that share a KV head must share mu (GQA); tau may differ.
  */
-import type { AttentionShape } from '../backend/backend.ts';
-import { check } from '../errors.ts';
-import { FP64, floatFormat, roundTo, type FloatFormat, type FloatFormatName } from '../numerics/float-formats.ts';
-import type { FloatArray } from '../tensor.ts';
-import { guardOverflow } from './hype-guard.ts';
+import type { AttentionShape } from '../../backend/backend.ts';
+import { check } from '../../errors.ts';
+import { FP64, floatFormat, roundTo, type FloatFormat, type FloatFormatName } from '../../numerics/float-formats.ts';
+import type { FloatArray } from '../../tensor.ts';
+import { guardOverflow } from './guard.ts';
 import {
   checkPositions,
   coordinate,
@@ -32,9 +32,9 @@ import {
   validateSpec,
   type HypePositions,
   type HypeSpec,
-} from './hype-spec.ts';
+} from './spec.ts';
 
-export { guardOverflow } from './hype-guard.ts';
+export { guardOverflow } from './guard.ts';
 export {
   coordinate,
   exactBias,
@@ -43,7 +43,7 @@ export {
   type HypePositions,
   type HypeShift,
   type HypeSpec,
-} from './hype-spec.ts';
+} from './spec.ts';
 
 export interface HypeEta {
   /** [H, Lq, 2T]: per query head, the eta^Q columns (term t at 2t, 2t+1). */

@@ -1,7 +1,7 @@
 /**
  * HyPE (Hyperbolic Positional Encoding, Angelotti 2023) as a positional encoding: presets, and the adapter that
  * runs attention through the concat route (augment Q and K with two columns per pair, then any kernel with the
- * explicit scale 1/sqrt(d)) or through our kernel's built-in 'hype' bias. The maths lives in hype-core.ts.
+ * explicit scale 1/sqrt(d)) or through our kernel's built-in 'hype' bias. The maths lives in core.ts.
  *
  * The bias HyPE adds to the logit of a key at distance D = i - l behind its query is a = tau sinh(mu D).
  *
@@ -19,12 +19,12 @@
  * relative deviation equal across heads and satisfies grouped-query attention (query heads sharing a KV head must
  * share mu).
  */
-import type { AttentionOptions, AttentionShape, PositionBias } from '../backend/backend.ts';
-import { check } from '../errors.ts';
-import { floatFormat, isFloatFormatName, roundTo, type FloatFormatName } from '../numerics/float-formats.ts';
-import type { FloatArray } from '../tensor.ts';
-import type { Rng } from '../util/rng.ts';
-import { alibiSlopes } from './alibi-slopes.ts';
+import type { AttentionOptions, AttentionShape, PositionBias } from '../../backend/backend.ts';
+import { check } from '../../errors.ts';
+import { floatFormat, isFloatFormatName, roundTo, type FloatFormatName } from '../../numerics/float-formats.ts';
+import type { FloatArray } from '../../tensor.ts';
+import type { Rng } from '../../util/rng.ts';
+import { alibiSlopes } from '../alibi-slopes.ts';
 import type {
   AttendContext,
   AttendInputs,
@@ -35,7 +35,7 @@ import type {
   EncodingFactory,
   Param,
   PositionalEncoding,
-} from './encoding.ts';
+} from '../encoding.ts';
 import {
   augment,
   augmentBackward,
@@ -49,7 +49,7 @@ import {
   type Augmented,
   type HypeGrads,
   type HypeSpec,
-} from './hype-core.ts';
+} from './core.ts';
 
 export type HypePreset = 'paper' | 'recency' | 'learned';
 
