@@ -4,7 +4,7 @@
  * the tables and the SPEC comparison.
  */
 import { describe, expect, it } from 'vitest';
-import { formatReport, runVerify } from '../src/cli/verify.ts';
+import { formatReport, runVerify } from '../src/pe/hype/verify.ts';
 import { BF16, FP16, FP32 } from '../src/numerics/float-formats.ts';
 import { measuredOverflowX, recoveredBiasError, sampleRows } from '../src/pe/hype/precision.ts';
 import { concatXLimit } from '../src/numerics/overflow.ts';

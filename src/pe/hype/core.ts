@@ -25,14 +25,7 @@ import { check } from '../../errors.ts';
 import { FP64, floatFormat, roundTo, type FloatFormat, type FloatFormatName } from '../../numerics/float-formats.ts';
 import type { FloatArray } from '../../tensor.ts';
 import { guardOverflow } from './guard.ts';
-import {
-  checkPositions,
-  coordinate,
-  resolveShift,
-  validateSpec,
-  type HypePositions,
-  type HypeSpec,
-} from './spec.ts';
+import { checkPositions, coordinate, resolveShift, validateSpec, type HypePositions, type HypeSpec } from './spec.ts';
 
 export { guardOverflow } from './guard.ts';
 export {
