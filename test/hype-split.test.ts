@@ -225,7 +225,7 @@ describe('split columns: refusals', () => {
   });
 
   it('the HyPE encoding refuses an unknown option key, naming it and the allowed keys', () => {
-    const dims = { heads: 2, kvHeads: 2, headDim: 8, trainLength: 16, width: 16 };
+    const dims = { heads: 2, kvHeads: 2, headDim: 8, modelDim: 16, trainLength: 16 };
     const e = thrown(() => hypeEncoding.create(dims, { prest: 'paper' } as never, new Rng(1)));
     expect(e.code).toBe('argument');
     expect(e.message).toMatch(/unknown option 'prest'/);
