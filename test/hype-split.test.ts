@@ -11,6 +11,7 @@ import { splitColumns } from '../src/numerics/split-columns.ts';
 import { augment, exactBias, type AugmentOptions, type HypeSpec } from '../src/pe/hype/core.ts';
 import { hypeEncoding } from '../src/pe/hype/encoding.ts';
 import { recoveredBiasError, sampleRows } from '../src/pe/hype/precision.ts';
+import { SPEC8_TABLE } from '../src/pe/hype/verify.ts';
 import { Rng } from '../src/util/rng.ts';
 
 function thrown(f: () => unknown): HypeError {
@@ -158,20 +159,9 @@ describe('split columns reproduce the bias in fp64, every HyPE form', () => {
 });
 
 describe("emulated bf16/fp16: recovered-bias error vs SPEC section 8's table (d = 64, centred, fp32 accumulation)", () => {
-  // [format, L, slope m, mu L, SPEC plain, SPEC split]; tau = -m / mu as the recency preset. SPEC's figures come from
-  // an independent numpy check; ours must agree within a factor of two, and plain columns must be far worse.
-  const rows: ['bf16' | 'fp16', number, number, number, number, number][] = [
-    ['bf16', 512, 1 / 2, 0.5, 2.58, 7.1e-3],
-    ['bf16', 2048, 1 / 2, 0.5, 11.2, 3.0e-2],
-    ['bf16', 2048, 1 / 16, 2.0, 1.28, 4.0e-3],
-    ['bf16', 2048, 1 / 256, 0.5, 9.7e-2, 2.8e-4],
-    ['bf16', 8192, 1 / 2, 0.5, 44.5, 0.129],
-    ['bf16', 8192, 1 / 256, 2.0, 0.335, 1.1e-3],
-    ['fp16', 2048, 1 / 2, 0.5, 1.35, 4.9e-4],
-    ['fp16', 8192, 1 / 2, 0.5, 5.7, 2.1e-3],
-    ['fp16', 8192, 1 / 256, 2.0, 4.2e-2, 1.7e-5],
-  ];
-  for (const [format, L, m, muL, specPlain, specSplit] of rows) {
+  // SPEC8_TABLE: [format, L, slope m, mu L, plain, split], tau = -m / mu as the recency preset. SPEC's figures come
+  // from an independent numpy check; ours must agree within a factor of two, and plain columns must be far worse.
+  for (const [format, L, m, muL, specPlain, specSplit] of SPEC8_TABLE) {
     it(`${format}, L = ${L}, m = 1/${1 / m}, mu L = ${muL}`, () => {
       const mu = muL / L;
       const base = { d: 64, length: L, tau: -m / mu, mu, format, rows: sampleRows(L, { fullPairs: 200_000, rows: 8 }) };

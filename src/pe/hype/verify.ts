@@ -6,7 +6,9 @@
  *      L = 128 .. 65,536 and mu L = 0.25 .. 16, operands in fp32, fp16, bf16, fp32 accumulation (how the route is
  *      emulated and sampled: pe/hype/precision.ts);
  *   3. the presets against ALiBi (H = 8, d = 64, L = 2048, window m D <= 20, SPEC section 3);
- *   4. a check list: each SPEC figure, ours, their ratio, and whether they agree within a factor of two.
+ *   4. split columns (SPEC section 8): plain (2 columns per pair) vs split (6) in bf16 and fp16, for the presets'
+ *      extreme heads (recency at m = 1/2 and 1/256, paper) and SPEC's rows, d in {64, 128}, L up to 65,536;
+ *   5. a check list: each SPEC figure, ours, their ratio, and whether they agree within a factor of two.
  */
 import { floatFormat } from '../../numerics/float-formats.ts';
 import { concatNanX, concatXLimit } from '../../numerics/overflow.ts';
@@ -76,10 +78,46 @@ interface CheckRow {
   withinFactor2: boolean;
 }
 
+/** SPEC section 8's independent check: [format, L, slope m, mu L, plain error, split error] at d = 64, centred. */
+export const SPEC8_TABLE: readonly (readonly ['bf16' | 'fp16', number, number, number, number, number])[] = [
+  ['bf16', 512, 1 / 2, 0.5, 2.58, 7.1e-3],
+  ['bf16', 2048, 1 / 2, 0.5, 11.2, 3.0e-2],
+  ['bf16', 2048, 1 / 16, 2.0, 1.28, 4.0e-3],
+  ['bf16', 2048, 1 / 256, 0.5, 9.7e-2, 2.8e-4],
+  ['bf16', 8192, 1 / 2, 0.5, 44.5, 0.129],
+  ['bf16', 8192, 1 / 256, 2.0, 0.335, 1.1e-3],
+  ['fp16', 2048, 1 / 2, 0.5, 1.35, 4.9e-4],
+  ['fp16', 8192, 1 / 2, 0.5, 5.7, 2.1e-3],
+  ['fp16', 8192, 1 / 256, 2.0, 4.2e-2, 1.7e-5],
+];
+
+/** The split table's configurations: the presets' extreme heads (H = 8, L_extra = L) and SPEC's other rows. */
+const SPLIT_CONFIGS: readonly { label: string; m: number | null; muL: number }[] = [
+  { label: 'recency, m = 1/2 (steepest head)', m: 1 / 2, muL: 0.5 },
+  { label: 'recency, m = 1/256 (flattest head)', m: 1 / 256, muL: 0.5 },
+  { label: 'm = 1/16, mu L = 2', m: 1 / 16, muL: 2 },
+  { label: 'm = 1/256, mu L = 2', m: 1 / 256, muL: 2 },
+  { label: 'paper (tau = 1, mu L = 1)', m: null, muL: 1 },
+];
+
+type HalfFormat = 'bf16' | 'fp16';
+const HALF_FORMATS: readonly HalfFormat[] = ['bf16', 'fp16'];
+
+interface SplitRow {
+  d: number;
+  length: number;
+  config: string;
+  tau: number;
+  mu: number;
+  /** Max abs bias error (logits), null where the guard refuses the format. */
+  formats: Record<HalfFormat, { plain: number | null; split: number | null }>;
+}
+
 export interface VerifyReport {
   settings: VerifySettings;
   limits: LimitRow[];
   resolution: ResolutionRow[];
+  split: SplitRow[];
   alibi: { heads: number; d: number; length: number; window: number; presets: PresetRow[] };
   checks: CheckRow[];
   seconds: number;
@@ -253,13 +291,67 @@ function checksAgainstSpec(
   return checks;
 }
 
+/** Plain and split max bias error of one configuration, both half formats. */
+function plainAndSplit(d: number, L: number, tau: number, mu: number, sampling: Sampling): SplitRow['formats'] {
+  const rows = sampleRows(L, sampling);
+  const out = {} as SplitRow['formats'];
+  for (const format of HALF_FORMATS) {
+    const base = { d, length: L, tau, mu, format, rows };
+    out[format] = {
+      plain: recoveredBiasError({ ...base, columns: 'plain' }).maxAbsError,
+      split: recoveredBiasError({ ...base, columns: 'split' }).maxAbsError,
+    };
+  }
+  return out;
+}
+
+function splitTable(s: VerifySettings, onRow?: () => void): SplitRow[] {
+  const rows: SplitRow[] = [];
+  for (const d of s.dims) {
+    for (const L of s.lengths.filter((x) => x >= 512)) {
+      for (const c of SPLIT_CONFIGS) {
+        const mu = c.muL / L;
+        const tau = c.m === null ? 1 : -c.m / mu;
+        rows.push({ d, length: L, config: c.label, tau, mu, formats: plainAndSplit(d, L, tau, mu, s.sampling) });
+        onRow?.();
+      }
+    }
+  }
+  return rows;
+}
+
+/** SPEC section 8's rows, measured here at exactly its settings (d = 64), plain and split, for the check list. */
+function spec8Checks(sampling: Sampling): CheckRow[] {
+  const checks: CheckRow[] = [];
+  for (const [format, L, m, muL, plain, split] of SPEC8_TABLE) {
+    const mu = muL / L;
+    const ours = plainAndSplit(64, L, -m / mu, mu, sampling)[format];
+    for (const [layout, spec, measured] of [
+      ['plain', plain, ours.plain],
+      ['split', split, ours.split],
+    ] as const) {
+      if (measured === null) continue;
+      const ratio = measured / spec;
+      checks.push({
+        claim: `SPEC 8: ${format} ${layout} columns, L = ${L}, m = 1/${1 / m}, mu L = ${muL}: max bias error`,
+        spec: spec.toPrecision(3),
+        measured: measured.toPrecision(3),
+        ratio,
+        withinFactor2: ratio >= 0.5 && ratio <= 2,
+      });
+    }
+  }
+  return checks;
+}
+
 export function runVerify(s: VerifySettings = DEFAULT_VERIFY, onRow?: () => void): VerifyReport {
   const start = Date.now();
   const limits = limitsTable();
   const resolution = resolutionTable(s, onRow);
+  const split = splitTable(s, onRow);
   const alibi = alibiTable(s.sampling);
-  const checks = checksAgainstSpec(limits, resolution, alibi);
-  return { settings: s, limits, resolution, alibi, checks, seconds: (Date.now() - start) / 1000 };
+  const checks = [...checksAgainstSpec(limits, resolution, alibi), ...spec8Checks(s.sampling)];
+  return { settings: s, limits, resolution, split, alibi, checks, seconds: (Date.now() - start) / 1000 };
 }
 
 const fmtNum = (x: number | null, digits = 2) =>
@@ -345,7 +437,25 @@ export function formatReport(r: VerifyReport): string {
     );
   }
   out.push('');
-  out.push('4. Against SPEC.md (agreement within a factor of two):');
+  out.push(
+    '4. Split columns (SPEC section 8): max abs bias error (logits), plain (2 columns per pair) vs split (6: hi/lo',
+  );
+  out.push(
+    '   parts), operands in bf16 / fp16, products exact, fp32 accumulation, centred; tau = -m / mu (paper: tau = 1).',
+  );
+  const sw = [4, 6, 35, 9, 9, 9, 7, 9, 9, 7];
+  out.push('   ' + pad(['d', 'L', 'configuration', '|tau|', 'bf16', 'split', 'gain', 'fp16', 'split', 'gain'], sw));
+  for (const row of r.split) {
+    const cells = [String(row.d), String(row.length), row.config, Math.abs(row.tau).toPrecision(3)];
+    for (const f of HALF_FORMATS) {
+      const { plain, split } = row.formats[f];
+      const gain = plain !== null && split !== null && split > 0 ? `${(plain / split).toFixed(0)}x` : '-';
+      cells.push(fmtNum(plain, 1), fmtNum(split, 1), gain);
+    }
+    out.push('   ' + pad(cells, sw));
+  }
+  out.push('');
+  out.push('5. Against SPEC.md (agreement within a factor of two):');
   const cw = [76, 9, 9, 6, 4];
   out.push('   ' + pad(['claim', 'SPEC', 'measured', 'ratio', 'ok'], cw));
   for (const c of r.checks) {
