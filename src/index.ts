@@ -30,6 +30,15 @@ export {
   roundTo,
   type FloatFormat,
 } from './numerics/float-formats.ts';
+export {
+  COLUMN_PRECISIONS,
+  expandColumns,
+  foldColumnGrads,
+  splitColumns,
+  type ColumnPrecision,
+  type ColumnSide,
+  type SplitFormat,
+} from './numerics/split-columns.ts';
 export { alibiSlopes } from './pe/alibi-slopes.ts';
 export type {
   AttendContext,

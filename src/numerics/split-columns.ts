@@ -18,6 +18,17 @@
  *
  * Shapes: a column block is [rows, r] row-major (r source columns per row); its expanded form is [rows, r] (plain)
  * or [rows, 3r] (split), column c at 3c .. 3c + 2.
+ *
+ * CONTRACT (where split columns live; the ONNX exporter and any new concat-route bias build on these):
+ *   src/numerics/split-columns.ts (this file, exported from src/index.ts):
+ *     splitColumns(x: Float64Array, format: 'fp32' | 'bf16' | 'fp16'): { hi: Float64Array; lo: Float64Array }
+ *     expandColumns(cols, rows, r, side: 'query' | 'key', split: format | null): Float64Array   [rows, r or 3r]
+ *     foldColumnGrads(g, rows, r, side, split: boolean, stride, offset): Float64Array          [rows, r]
+ *   HyPE, src/pe/hype/core.ts: augment(spec, shape, q, k, { precision: 'fp32' | 'bf16' | 'fp16', columns?:
+ *     'plain' | 'split', multiple?, format?, ... }) and augmentBackward(spec, aug, dqHat, dkHat); the same options
+ *     on h.augment from hype() and on the encoding's options (src/pe/hype/encoding.ts). Per pair the operand
+ *     columns are Qhat = [..., qa_hi, qa_hi, qa_lo, qb_hi, qb_hi, qb_lo], Khat = [..., ka_hi, ka_lo, ka_hi, kb_hi,
+ *     kb_lo, kb_hi] (SPEC section 8), after the d content columns, then zero padding to `multiple`.
  */
 import { HypeError } from '../errors.ts';
 import { floatFormat, roundTo, type FloatFormatName } from './float-formats.ts';
