@@ -121,6 +121,8 @@ export function presetSpec(p: PresetInput): HypeSpec {
  *   const h = hype({ preset: 'recency', heads: 8, kvHeads: 8, headDim: 64, lengthExtra: 4096 });
  *   const { qHat, kHat, vHat, shape, scale } = h.augment(attnShape, q, k, { v, multiple: 8 });
  *   // any attention kernel on (qHat, kHat, vHat) with `scale`; then h.backward(aug, dqHat, dkHat) for gradients.
+ *   // For a bf16 or fp16 kernel: h.augment(attnShape, q, k, { v, multiple: 8, precision: 'bf16' }) emits split
+ *   // columns (6 per pair, SPEC section 8) whose values are exact in that format.
  */
 export function hype(p: PresetInput) {
   const spec = presetSpec(p);
