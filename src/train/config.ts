@@ -5,7 +5,7 @@ import { HypeError, check } from '../errors.ts';
 import { DEFAULT_CORPUS } from './corpus.ts';
 
 export interface TrainConfig {
-  /** Corpus path as given (relative paths resolve against the working directory). */
+  /** Corpus path; a run stores it absolute (TrainingRun.start resolves it), so it works from any folder. */
   data: string;
   /** Fraction of the corpus (its tail) held out for evaluation. */
   valFraction: number;
@@ -17,7 +17,7 @@ export interface TrainConfig {
   lr: number;
   /** Final learning rate of the cosine decay. */
   minLr: number;
-  /** Linear warmup steps (from lr / warmup up to lr). */
+  /** Linear warmup steps (from lr / warmup up to lr); at most `steps`. Omitted: min(50, steps). */
   warmup: number;
   weightDecay: number;
   beta1: number;
@@ -65,6 +65,9 @@ export function parseTrainConfig(raw: unknown): TrainConfig {
     }
   }
   const cfg = { ...TRAIN_DEFAULTS, ...obj } as TrainConfig;
+  // The default warmup shrinks to fit a short run; an explicit one longer than the run is refused below.
+  if (obj.warmup === undefined && typeof cfg.steps === 'number')
+    cfg.warmup = Math.min(TRAIN_DEFAULTS.warmup, cfg.steps);
   const int = (k: keyof TrainConfig, min: number) =>
     check(
       Number.isInteger(cfg[k]) && (cfg[k] as number) >= min,
@@ -86,6 +89,11 @@ export function parseTrainConfig(raw: unknown): TrainConfig {
   num('lr', 0, 10, true);
   num('minLr', 0, cfg.lr);
   int('warmup', 0);
+  check(
+    cfg.warmup <= cfg.steps,
+    'argument',
+    `the warmup (${cfg.warmup} steps) is longer than the run (${cfg.steps} steps); pass --warmup <= --steps`,
+  );
   num('weightDecay', 0, 10);
   num('beta1', 0, 1, false, true);
   num('beta2', 0, 1, false, true);
