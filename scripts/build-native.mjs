@@ -67,7 +67,7 @@ mkdirSync(buildDir, { recursive: true });
 writeFileSync(logFile, output);
 const shown = output
   .split('\n')
-  .filter((l) => l.trim() && !/^gyp (info|http)|^\s*(CXX|SOLINK|COPY|LINK|make)\b/.test(l));
+  .filter((l) => l.trim() && !/^gyp (info|http)|^\s*(CXX|SOLINK_MODULE|SOLINK|COPY|LINK|make)\b/.test(l));
 if (r.status === 0 && existsSync(addon)) {
   writeFileSync(stampFile, hash + '\n');
   if (shown.length > 0) console.warn(shown.join('\n'));

@@ -136,7 +136,7 @@ export function registerEval(program: Command): void {
         'default is non-overlapping windows',
     )
     .option('--batch <n>', 'windows per forward pass (default 8)')
-    .option('--max-bytes <n>', 'evaluate only the first N held-out bytes (faster, noisier)')
+    .option('--max-bytes <n>', 'evaluate only the first N held-out bytes (faster, noisier; default: all)')
     .option('--data <file>', "the corpus, if it moved since training (default: the run's; its SHA-256 must match)")
     .option('--quiet', 'no progress output');
   addBackendOptions(cmd).action(async (run: string, flags: EvalFlags) => {
