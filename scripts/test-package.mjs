@@ -122,6 +122,8 @@ const model = new Transformer(parseModelConfig({ width: 16, layers: 1, heads: 2,
 const tokens = Int32Array.from({ length: 16 }, (_, i) => 97 + i);
 const loss = model.forward(tokens, tokens, 1, 16);
 console.log('untrained loss', loss.toFixed(4), 'nats (ln 256 =', Math.log(256).toFixed(4) + ');', typeof hype);
+// Every subpath loads without the optional packages (vega, vega-lite, protobufjs), which are not installed here.
+for (const sub of ['train', 'study', 'interop', 'cli']) await import('hype-attention/' + sub);
 `,
   );
   const loss = run('runtime', process.execPath, ['consumer.mjs']);
@@ -140,6 +142,17 @@ console.log('untrained loss', loss.toFixed(4), 'nats (ln 256 =', Math.log(256).t
     '--run-dir', 'run', '--threads', '1']); // prettier-ignore
   expect(/finished at step 3\/3/.test(train), 'a finished 3-step run');
   expect(/held-out loss/.test(train), 'a held-out evaluation line');
+
+  // Optional parts are not installed here: each says what to install, in one line.
+  const show = run('show without vega', 'npx', ['--no-install', 'hype', 'show', 'alibi', '--out', 'a.svg'], {
+    expectFail: true,
+  });
+  expect(/hype: plots need .*`npm install vega vega-lite`/.test(show), 'the vega message');
+  const onnx = run('export without protobufjs', 'npx', ['--no-install', 'hype', 'export', 'run', '--onnx', 'm.onnx'], {
+    expectFail: true,
+  });
+  expect(/`npm install protobufjs`/.test(onnx), 'the protobufjs message');
+  expect(!/\n\s+at /.test(show + onnx), 'no stack trace');
 
   // Browser: bundle the core entry as a browser app would; a reachable Node built-in fails the bundle.
   writeFileSync(join(project, 'browser.js'), "export { hype, Transformer, ReferenceBackend } from 'hype-attention';\n");

@@ -13,7 +13,7 @@ import { evaluateHeldOut, type EvalResult } from '../train/evaluate.ts';
 import { loadRunModel } from '../train/trainer.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { progressBar } from './progress.ts';
-import { addBackendOptions, chooseBackend } from './train.ts';
+import { addBackendOptions, chooseBackend, runDtype } from './train.ts';
 
 interface EvalFlags {
   lengths?: string;
@@ -49,7 +49,7 @@ export function defaultLengths(trainLength: number): number[] {
 
 export async function runEval(runDir: string, f: EvalFlags): Promise<EvalResult[]> {
   const requested = f.lengths === undefined ? undefined : parseLengths(f.lengths);
-  const backend = await chooseBackend(f.backend, f.threads);
+  const backend = await chooseBackend(f.backend, f.threads, runDtype(runDir));
   const { model, state, dir } = loadRunModel(runDir, backend);
   const corpus = loadCorpus(f.data ?? state.train.data, state.train.valFraction);
   if (corpus.sha256 !== state.corpus.sha256) {

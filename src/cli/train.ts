@@ -11,18 +11,21 @@ import type { Backend } from '../backend/backend.ts';
 import { loadBackend } from '../backend/index.ts';
 import { HypeError } from '../errors.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
+import type { DType } from '../tensor.ts';
 import type { TrainConfig } from '../train/config.ts';
 import { encodingNames } from '../pe/registry.ts';
+import { checkpointsDir } from '../train/checkpoint.ts';
 import { DEFAULT_CORPUS } from '../train/corpus.ts';
 import { DEFAULT_EVAL_BYTES, TrainingRun } from '../train/trainer.ts';
 import { progressBar } from './progress.ts';
 import { parseEncodingRequest } from './show.ts';
 
 /**
- * The compute backend a command asked for: 'auto' (native when built, else reference), 'native' or 'reference';
- * `threads` (a --threads flag's text) sets the native worker pool.
+ * The compute backend a command asked for: 'auto' (native when built, else reference; always reference for a
+ * float64 model, which the fp32 native kernels refuse), 'native' or 'reference'; `threads` (a --threads flag's
+ * text) sets the native worker pool.
  */
-export async function chooseBackend(name: string, threads?: string): Promise<Backend> {
+export async function chooseBackend(name: string, threads?: string, dtype?: DType): Promise<Backend> {
   if (name !== 'auto' && name !== 'native' && name !== 'reference') {
     throw new HypeError('argument', `unknown backend '${name}'; choose auto, native or reference`);
   }
@@ -30,13 +33,35 @@ export async function chooseBackend(name: string, threads?: string): Promise<Bac
   if (n !== undefined && !(Number.isInteger(n) && n >= 1)) {
     throw new HypeError('argument', `--threads must be a positive integer, got '${threads}'`);
   }
-  return loadBackend(name, { threads: n });
+  return loadBackend(name === 'auto' && dtype === 'float64' ? 'reference' : name, { threads: n });
+}
+
+/**
+ * The model dtype of a run folder, from its run.json or else its latest checkpoint's state (undefined when neither
+ * reads: loading the run then says why).
+ */
+export function runDtype(runDir: string): DType | undefined {
+  const read = (path: string) => JSON.parse(readFileSync(path, 'utf8'));
+  try {
+    return read(join(runDir, 'run.json')).model.dtype;
+  } catch {
+    try {
+      const latest = read(join(checkpointsDir(runDir), 'latest.json')) as { dir: string };
+      return read(join(checkpointsDir(runDir), latest.dir, 'state.json')).model.dtype;
+    } catch {
+      return undefined;
+    }
+  }
 }
 
 /** The --backend and --threads options every computing command shares. */
 export function addBackendOptions(cmd: Command): Command {
   return cmd
-    .option('--backend <name>', 'compute backend: auto (native when built), native or reference', 'auto')
+    .option(
+      '--backend <name>',
+      'compute backend: auto (native when built, reference for float64 models), native or reference',
+      'auto',
+    )
     .option('--threads <n>', 'native backend worker threads (default: all cores)');
 }
 
@@ -161,7 +186,8 @@ function timestamp(): string {
 }
 
 export async function runTrain(f: TrainFlags): Promise<void> {
-  const backend = await chooseBackend(f.backend, f.threads);
+  const dtype = f.resume ? runDtype(f.resume) : ((f.dtype ?? modelConfigFrom(f).dtype) as DType | undefined);
+  const backend = await chooseBackend(f.backend, f.threads, dtype);
   let run: TrainingRun;
   if (f.resume) {
     const explicitModel = modelConfigFrom(f);
@@ -228,7 +254,8 @@ export async function runTrain(f: TrainFlags): Promise<void> {
   try {
     const summary = await run.run({
       shouldStop: () => stopRequested,
-      evalInterval: f.evalInterval ?? 200,
+      // The default interval applies only where the held-out split holds a window; an explicit one is checked.
+      evalInterval: f.evalInterval ?? (run.corpus.val.length > cfg.trainLength ? 200 : 0),
       evalBytes: f.evalBytes,
       onEval: (e) => {
         // Clear the bar's line, print the evaluation, let the next update redraw the bar beneath it.
@@ -299,7 +326,8 @@ export function registerTrain(program: Command): void {
     .option('--keep-checkpoints <n>', 'newest checkpoints to keep (default 2)', int)
     .option(
       '--eval-interval <n>',
-      'held-out loss every N steps and after the last, logged and written to evals.jsonl; 0 never (default 200)',
+      'held-out loss every N steps and after the last, logged and written to evals.jsonl; 0 never (default 200 ' +
+        'when the held-out split holds a window)',
       int,
     )
     .option(

@@ -89,11 +89,6 @@ export function parseTrainConfig(raw: unknown): TrainConfig {
   num('lr', 0, 10, true);
   num('minLr', 0, cfg.lr);
   int('warmup', 0);
-  check(
-    cfg.warmup <= cfg.steps,
-    'argument',
-    `the warmup (${cfg.warmup} steps) is longer than the run (${cfg.steps} steps); pass --warmup <= --steps`,
-  );
   num('weightDecay', 0, 10);
   num('beta1', 0, 1, false, true);
   num('beta2', 0, 1, false, true);
@@ -104,6 +99,18 @@ export function parseTrainConfig(raw: unknown): TrainConfig {
   int('checkpointEvery', 0);
   int('keepCheckpoints', 1);
   return cfg;
+}
+
+/**
+ * Refuses a schedule whose warmup is longer than the run (checked when a run starts or its length changes, not
+ * when a stored config is read, so runs made before this rule still load).
+ */
+export function checkSchedule(cfg: Pick<TrainConfig, 'warmup' | 'steps'>): void {
+  check(
+    cfg.warmup <= cfg.steps,
+    'argument',
+    `the warmup (${cfg.warmup} steps) is longer than the run (${cfg.steps} steps); pass --warmup <= --steps`,
+  );
 }
 
 /** Linear warmup to lr over `warmup` steps, then cosine decay to minLr at `steps`. `step` is 1-based. */

@@ -16,7 +16,7 @@ import { Transformer, type TransformerOptions } from '../model/transformer.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { Rng } from '../util/rng.ts';
 import { hasCheckpoint, loadCheckpoint, restoreOptimizer, restoreWeights, saveCheckpoint } from './checkpoint.ts';
-import { learningRate, parseTrainConfig, type TrainConfig } from './config.ts';
+import { checkSchedule, learningRate, parseTrainConfig, type TrainConfig } from './config.ts';
 import { checkWindowFits, loadCorpus, type ByteCorpus } from './corpus.ts';
 import { evaluateHeldOut } from './evaluate.ts';
 import { AdamW, clipGradients } from './optimizer.ts';
@@ -128,6 +128,7 @@ export class TrainingRun {
     );
     const { source } = options;
     const train = parseTrainConfig(source ? { ...trainInput, data: source.id } : trainInput);
+    checkSchedule(train);
     // Stored absolute, so `hype eval` and `--resume` work from any folder (the SHA-256 still guards the content).
     if (!source) train.data = resolve(train.data);
     const corpus = source ? sourceCorpus(source) : loadCorpus(train.data, train.valFraction);
@@ -197,13 +198,8 @@ export class TrainingRun {
         'argument',
         `cannot resume at step ${state.step} with a total of ${options.steps} steps; pass --steps >= ${state.step}`,
       );
-      check(
-        options.steps >= train.warmup,
-        'argument',
-        `cannot shorten the run to ${options.steps} steps, fewer than its warmup of ${train.warmup}; ` +
-          `pass --steps >= ${train.warmup}`,
-      );
       train.steps = options.steps;
+      checkSchedule(train);
     }
     if (options.expectTrain) {
       for (const [k, v] of Object.entries(options.expectTrain)) {
@@ -309,7 +305,7 @@ export class TrainingRun {
       this.corpus.val.length >= L + 1,
       'argument',
       `periodic evaluation needs a held-out split of at least ${L + 1} bytes, and this run's data ` +
-        `('${this.corpus.path}') has ${this.corpus.val.length}; raise --val-fraction or drop --eval-interval`,
+        `('${this.corpus.path}') has ${this.corpus.val.length}; raise --val-fraction or pass --eval-interval 0`,
     );
     check(Number.isInteger(bytes) && bytes >= 1, 'argument', `--eval-bytes must be a positive integer, got ${bytes}`);
   }
