@@ -4,7 +4,7 @@
 // always rebuilt and an unchanged one is not rebuilt for nothing. node-gyp's own chatter ("gyp info ...") goes to
 // build/native-build.log; compiler warnings and errors are printed. A failed build does not fail the install: the
 // library then runs on the TypeScript reference backend and says so once, here and at load time.
-// HYPE_SKIP_NATIVE=1 skips the build (the same fallback, on purpose).
+// HYPE_SKIP_NATIVE=1 skips the build (the same fallback, on purpose); deleting build/ forces a rebuild.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
