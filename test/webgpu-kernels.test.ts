@@ -11,6 +11,7 @@
  * 8 * n * U32 * max|reference| with n the total reduction length along its chain; 8 covers the exp/log steps and the
  * factor two of dS = P (dP - delta). A wrong index or a missing term gives errors of order max|reference|.
  */
+import { build } from 'esbuild';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { HypeError } from '../src/errors.ts';
 import { acquireGpu, type GpuContext } from '../src/backend/webgpu/context.ts';
@@ -21,6 +22,8 @@ import { referenceAttentionBackward, referenceAttentionForward } from '../src/ba
 import type { AttentionShape, PositionBias } from '../src/backend/backend.ts';
 import { Rng } from '../src/util/rng.ts';
 import { gpu, maxAbs, maxAbsDiff, randn, U32 } from './helpers/webgpu.ts';
+import { maxRelativeGradError, sampleIndices } from './helpers/gradcheck.ts';
+import { acquireNodeGpu } from '../src/backend/webgpu/node.ts';
 
 let ctx: GpuContext;
 beforeAll(async () => {
@@ -28,6 +31,20 @@ beforeAll(async () => {
 }, 60_000);
 
 describe('device acquisition', () => {
+  it('the backend bundles for the browser: no Node built-in and no `webgpu` package reachable from it', async () => {
+    const r = await build({
+      entryPoints: ['src/backend/webgpu/index.ts'],
+      bundle: true,
+      platform: 'browser',
+      format: 'esm',
+      write: false,
+      logLevel: 'silent',
+    });
+    expect(r.errors).toEqual([]);
+    expect(r.outputFiles[0]!.text).not.toMatch(/from\s*["'](node:|webgpu["'])/);
+    expect(r.outputFiles[0]!.text).toMatch(/workgroupBarrier/); // the kernels are in it
+  });
+
   it('refuses a missing GPU object with one error naming the lavapipe fix', async () => {
     const err = await acquireGpu(undefined).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(HypeError);
@@ -237,6 +254,51 @@ describe('fused attention forward and backward vs the fp64 reference', () => {
       ctx.release(gq!, gk!, gv!, gd!, fwd.out, fwd.lse, grads.dq, grads.dk, grads.dv);
     });
   }
+});
+
+describe('GPU gradients against central differences of the fp64 forward', () => {
+  it('dq, dk, dv and dTable (causal, GQA 4/2, table, d 12, offset 3)', async () => {
+    const rng = new Rng(99);
+    const s = { batch: 1, heads: 4, kvHeads: 2, lq: 5, lk: 7, headDim: 12, valueDim: 10 };
+    const offset = 3;
+    const span = offset + s.lq + s.lk - 1;
+    const q = randn(rng, 4 * 5 * 12);
+    const k = randn(rng, 2 * 7 * 12);
+    const v = randn(rng, 2 * 7 * 10);
+    const dOut = randn(rng, 4 * 5 * 10);
+    const table = randn(rng, 4 * span, 0.5);
+    const opts = { causal: true, scale: 1 / Math.sqrt(12), queryOffset: offset };
+    const bucketOf = Int32Array.from({ length: span }, (_, i) => i);
+    // The scalar whose gradient the backward returns: sum(out * dOut), evaluated in fp64.
+    const loss = () => {
+      const bias: PositionBias = { kind: 'table', values: table, buckets: span, bucketOf };
+      const { out } = referenceAttentionForward(s, q, k, v, { ...opts, bias });
+      let l = 0;
+      for (let i = 0; i < out.length; i++) l += out[i]! * dOut[i]!;
+      return l;
+    };
+    const [gq, gk, gv, gd, gt] = [q, k, v, dOut, table].map((x) => ctx.upload(x));
+    const gopts = { ...opts, table: gt! };
+    const f = gpuAttentionForward(ctx, s, gq!, gk!, gv!, gopts);
+    const g = gpuAttentionBackward(ctx, s, gq!, gk!, gv!, f.out, f.lse, gd!, gopts);
+    // f32 gradients (relative error ~ (d + dv + Lk + Lq) U32 ~ 2e-6) against fp64 differences (~1e-10).
+    const pick = (n: number) => sampleIndices(n, 12, n);
+    expect(maxRelativeGradError(loss, q, await ctx.download(g.dq), pick(q.length))).toBeLessThan(2e-5);
+    expect(maxRelativeGradError(loss, k, await ctx.download(g.dk), pick(k.length))).toBeLessThan(2e-5);
+    expect(maxRelativeGradError(loss, v, await ctx.download(g.dv), pick(v.length))).toBeLessThan(2e-5);
+    expect(maxRelativeGradError(loss, table, await ctx.download(g.dTable!))).toBeLessThan(2e-5);
+  });
+});
+
+describe('device loss', () => {
+  it('every later call refuses with one clear error', async () => {
+    const other = await acquireNodeGpu();
+    const t = other.upload(new Float32Array(4));
+    other.device.destroy();
+    await other.device.lost;
+    expect(() => other.upload(new Float32Array(4))).toThrow(/device was lost.*last checkpoint/);
+    await expect(other.download(t)).rejects.toThrow(HypeError);
+  });
 });
 
 describe('refusals before dispatch', () => {
