@@ -14,7 +14,7 @@
 import { build } from 'esbuild';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { HypeError } from '../src/errors.ts';
-import { acquireGpu, type GpuContext } from '../src/backend/webgpu/context.ts';
+import { acquireGpu, f16Bits, f16Value, type GpuContext } from '../src/backend/webgpu/context.ts';
 import { gpuGemm } from '../src/backend/webgpu/gemm.ts';
 import { gpuAttentionBackward, gpuAttentionForward } from '../src/backend/webgpu/attention.ts';
 import { referenceGemm } from '../src/backend/reference.ts';
@@ -254,6 +254,56 @@ describe('fused attention forward and backward vs the fp64 reference', () => {
       ctx.release(gq!, gk!, gv!, gd!, fwd.out, fwd.lse, grads.dq, grads.dk, grads.dv);
     });
   }
+});
+
+describe('f16 storage (f32 accumulation)', () => {
+  it('f16 conversion: every finite half round-trips; other values round to nearest within half an ulp', () => {
+    for (let h = 0; h < 0x10000; h++) {
+      const x = f16Value(h);
+      if (Number.isFinite(x) && !(x === 0 && h === 0x8000)) expect(f16Bits(x)).toBe(h);
+    }
+    expect(f16Bits(-0)).toBe(0x8000);
+    const rng = new Rng(3);
+    for (let i = 0; i < 2000; i++) {
+      const x = rng.normal() * 2 ** (rng.int(40) - 25);
+      const y = f16Value(f16Bits(x));
+      const ulp = 2 ** Math.max(Math.floor(Math.log2(Math.abs(x))) - 10, -24);
+      expect(Math.abs(y - x)).toBeLessThanOrEqual(ulp / 2 + 1e-300);
+    }
+  });
+
+  it('attention forward and backward from f16 q, k, v, dOut match the fp64 reference on the same halves', async () => {
+    if (!ctx.hasF16) {
+      // An adapter without shader-f16 (SwiftShader, some browsers) must refuse f16 clearly instead.
+      expect(() => ctx.empty([1], 'f16')).toThrow(/shader-f16/);
+      return;
+    }
+    expect(() => ctx.upload([1e5], undefined, 'f16')).toThrow(/beyond the f16 range/);
+    const rng = new Rng(16);
+    const s = { batch: 2, heads: 4, kvHeads: 2, lq: 6, lk: 9, headDim: 66, valueDim: 70 };
+    const half = (n: number) => randn(rng, n).map((x) => f16Value(f16Bits(x)));
+    const q = half(2 * 4 * 6 * 66);
+    const k = half(2 * 2 * 9 * 66);
+    const v = half(2 * 2 * 9 * 70);
+    const dOut = half(2 * 4 * 6 * 70);
+    const opts = { causal: true, scale: 1 / Math.sqrt(66), queryOffset: 1 };
+    const [gq, gk, gv, gd] = [q, k, v, dOut].map((x) => ctx.upload(x, undefined, 'f16'));
+    expect(gq!.dtype).toBe('f16');
+    expect(Array.from(await ctx.download(gq!))).toEqual(Array.from(q)); // halves are stored exactly
+    const f = gpuAttentionForward(ctx, s, gq!, gk!, gv!, opts);
+    const g = gpuAttentionBackward(ctx, s, gq!, gk!, gv!, f.out, f.lse, gd!, opts);
+    const ref = referenceAttentionForward(s, q, k, v, opts);
+    const refG = referenceAttentionBackward(s, q, k, v, ref.out, ref.lse, dOut, opts);
+    // Inputs are exact halves, so only the f32 accumulation differs: the same bounds as the f32 cases.
+    const tol = (n: number, r: ArrayLike<number>) => 8 * n * U32 * maxAbs(r);
+    expect(maxAbsDiff(await ctx.download(f.out), ref.out)).toBeLessThanOrEqual(tol(66 + 9, ref.out));
+    expect(maxAbsDiff(await ctx.download(g.dq), refG.dq)).toBeLessThanOrEqual(tol(66 + 70 + 18, refG.dq));
+    expect(maxAbsDiff(await ctx.download(g.dk), refG.dk)).toBeLessThanOrEqual(tol(66 + 70 + 9 + 12, refG.dk));
+    expect(maxAbsDiff(await ctx.download(g.dv), refG.dv)).toBeLessThanOrEqual(tol(66 + 9 + 12, refG.dv));
+    // Mixing formats is refused.
+    const q32 = ctx.upload(q);
+    expect(() => gpuAttentionForward(ctx, s, q32, gk!, gv!, opts)).toThrow(/k must be an f32 tensor/);
+  });
 });
 
 describe('GPU gradients against central differences of the fp64 forward', () => {

@@ -1,5 +1,6 @@
 /**
- * Fused flash attention in WGSL, forward and backward, f32 storage and accumulation. Layouts as backend.ts:
+ * Fused flash attention in WGSL, forward and backward, f32 accumulation; q, k, v and dOut stored in f32 or (with the
+ * adapter's shader-f16) f16, everything else f32. Layouts as backend.ts:
  *   q [B, H, Lq, D]   k [B, Hkv, Lk, D]   v [B, Hkv, Lk, Dv]   out [B, H, Lq, Dv]   lse [B, H, Lq]
  * Position terms as data (CONTRACT): an optional per-head table [H, span], span = queryOffset + Lq + Lk - 1,
  * bias(h, i, l) = table[h * span + (D + Lk - 1)] with D = i + queryOffset - l; the backward returns dTable in the
@@ -93,6 +94,19 @@ function dynamicBounds(src: string): string {
     .replaceAll('c < BC; c++', 'c < u.bc; c++')
     .replaceAll('r < BR; r++', 'r < u.br; r++')
     .replaceAll('g < BR + BC - 1u;', 'g < u.br + u.bc - 1u;');
+}
+
+/**
+ * Storage format of q, k, v and dOut: loads always widen to f32 (a no-op for f32), and for f16 the declarations
+ * change and the shader enables f16. Accumulation stays f32 either way; outputs and gradients are f32.
+ */
+function withStorage(src: string, st: 'f32' | 'f16'): string {
+  const widened = src.replace(/\b(q|k|v|dOut)\[([^\]]+)\]/g, 'f32($1[$2])');
+  if (st === 'f32') return widened;
+  return (
+    'enable f16;\n' +
+    widened.replace(/var<storage, read> (q|k|v|dOut): array<f32>;/g, 'var<storage, read> $1: array<f16>;')
+  );
 }
 
 function forwardSource(t: Tiles): string {
@@ -494,8 +508,12 @@ function validate(
   const offset = opts.queryOffset ?? lk - lq;
   if (!Number.isInteger(offset) || Math.abs(offset) >= 2 ** 30)
     throw new HypeError('argument', `attention: queryOffset must be an integer below 2^30 in size, got ${offset}`);
+  // q, k, v and dOut share one storage format (f32, or f16 with f32 accumulation); out, lse and the table are f32.
+  const st = tensors.q![0].dtype;
+  if (st !== 'f32' && st !== 'f16') bad('attention: q must be an f32 or f16 tensor');
   for (const [name, [t, n]] of Object.entries(tensors)) {
-    if (t.dtype !== 'f32') bad(`attention: ${name} must be an f32 tensor`);
+    const want = name === 'out' || name === 'lse' ? 'f32' : st;
+    if (t.dtype !== want) bad(`attention: ${name} must be an ${want} tensor (q is ${st}), got ${t.dtype}`);
     if (t.size !== n) bad(`attention: ${name} has ${t.size} elements, the shape needs ${n}`);
   }
   const span = offset + lq + lk - 1;
@@ -556,8 +574,8 @@ function sizes(s: GpuAttentionShape) {
   };
 }
 
-function tileKey(kind: string, t: Tiles): string {
-  return `attention-${kind}-${t.br}x${t.bc}-d${t.dc}-dv${t.dvc}`;
+function tileKey(kind: string, t: Tiles, st: 'f32' | 'f16'): string {
+  return `attention-${kind}-${t.br}x${t.bc}-d${t.dc}-dv${t.dvc}-${st}`;
 }
 
 /** Enqueues the fused forward; returns new tensors out [B, H, Lq, Dv] and lse [B, H, Lq]. */
@@ -574,7 +592,8 @@ export function gpuAttentionForward(
   const tiles = chooseTiles(ctx, 'forward', shape.headDim, shape.valueDim);
   const out = ctx.empty([shape.batch, shape.heads, shape.lq, shape.valueDim]);
   const lse = ctx.empty([shape.batch, shape.heads, shape.lq]);
-  const pipe = ctx.pipeline(tileKey('forward', tiles), () => dynamicBounds(forwardSource(tiles)));
+  const st = q.dtype as 'f32' | 'f16';
+  const pipe = ctx.pipeline(tileKey('forward', tiles, st), () => withStorage(dynamicBounds(forwardSource(tiles)), st));
   ctx.dispatch(
     pipe,
     'attention forward',
@@ -622,9 +641,10 @@ export function gpuAttentionBackward(
     dOut: [dOut, n.o],
   });
   const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: d, valueDim: dv } = shape;
+  const st = q.dtype as 'f32' | 'f16';
   const delta = ctx.empty([B, H, lq]);
   ctx.dispatch(
-    ctx.pipeline('attention-delta', deltaSource),
+    ctx.pipeline(`attention-delta-${st}`, () => withStorage(deltaSource(), st)),
     'attention backward (delta)',
     uniforms(shape, opts, c, null, B * H * lq),
     [dOut, out, delta],
@@ -637,7 +657,7 @@ export function gpuAttentionBackward(
   const dTableOrScratch = dTable ?? ctx.empty([1]);
   const tq = chooseTiles(ctx, 'dq', d, dv);
   ctx.dispatch(
-    ctx.pipeline(tileKey('dq', tq), () => dynamicBounds(dqSource(tq))),
+    ctx.pipeline(tileKey('dq', tq, st), () => withStorage(dynamicBounds(dqSource(tq)), st)),
     'attention backward (dq)',
     uniforms(shape, opts, c, tq),
     [q, k, v, table, dOut, lse, delta, dq, dTableOrScratch],
@@ -647,7 +667,7 @@ export function gpuAttentionBackward(
   const dvT = ctx.empty([B, Hkv, lk, dv]);
   const tk = chooseTiles(ctx, 'dkv', d, dv);
   ctx.dispatch(
-    ctx.pipeline(tileKey('dkv', tk), () => dynamicBounds(dkvSource(tk))),
+    ctx.pipeline(tileKey('dkv', tk, st), () => withStorage(dynamicBounds(dkvSource(tk)), st)),
     'attention backward (dk, dv)',
     uniforms(shape, opts, c, tk),
     [q, k, v, table, dOut, lse, delta, dk, dvT],

@@ -24,7 +24,49 @@ export const LAVAPIPE_FIX =
   'package, exactly as .ci/system-deps does (run `bash .ci/system-deps` as root), or a GPU driver with Vulkan; in a ' +
   'browser, one with WebGPU enabled (Chromium: --enable-unsafe-webgpu)';
 
-export type GpuDType = 'f32' | 'i32';
+/** f16 is storage only (kernels accumulate in f32); it needs the adapter's shader-f16 feature. */
+export type GpuDType = 'f32' | 'f16' | 'i32';
+
+const F32 = new Float32Array(1);
+const F32_BITS = new Uint32Array(F32.buffer);
+
+/** IEEE binary16 bits of x (via f32, round to nearest even); values beyond the f16 range become +-Infinity. */
+export function f16Bits(x: number): number {
+  F32[0] = x;
+  const b = F32_BITS[0]!;
+  const sign = (b >>> 16) & 0x8000;
+  const exp = (b >>> 23) & 0xff;
+  let mant = b & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  const e = exp - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00;
+  if (e <= 0) {
+    if (e < -10) return sign;
+    mant |= 0x800000;
+    const shift = 14 - e;
+    let half = mant >>> shift;
+    const rem = mant & ((1 << shift) - 1);
+    const mid = 1 << (shift - 1);
+    if (rem > mid || (rem === mid && half & 1)) half++;
+    return sign | half;
+  }
+  let half = (e << 10) | (mant >>> 13);
+  const rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++; // a carry into the exponent is the correct rounding
+  return sign | half;
+}
+
+/** The number IEEE binary16 bits h stand for. */
+export function f16Value(h: number): number {
+  const s = h & 0x8000 ? -1 : 1;
+  const e = (h >>> 10) & 0x1f;
+  const m = h & 0x3ff;
+  if (e === 0) return s * m * 2 ** -24;
+  if (e === 31) return m ? NaN : s * Infinity;
+  return s * (1 + m / 1024) * 2 ** (e - 15);
+}
+
+const bytesPer = (dtype: GpuDType) => (dtype === 'f16' ? 2 : 4);
 
 export interface GpuTensor {
   readonly buffer: GPUBuffer;
@@ -67,13 +109,16 @@ export async function acquireGpu(gpu: GPU | undefined | null, opts: AcquireOptio
     maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
     maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
   };
-  const device = await adapter.requestDevice({ requiredLimits });
+  const requiredFeatures: GPUFeatureName[] = adapter.features.has('shader-f16') ? ['shader-f16'] : [];
+  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
   return new GpuContext(gpu, device, adapter.info, [...adapter.features]);
 }
 
 export class GpuContext {
   readonly limits: GPUSupportedLimits;
   readonly description: string;
+  /** Whether f16 storage tensors are available (the adapter's shader-f16 feature, enabled on this device). */
+  readonly hasF16: boolean;
   private readonly pipelines = new Map<string, GPUComputePipeline>();
   private readonly pool = new Map<number, GPUBuffer[]>();
   private pending: Promise<GPUError | null>[] = [];
@@ -88,6 +133,7 @@ export class GpuContext {
     readonly adapterFeatures: readonly string[] = [],
   ) {
     this.limits = device.limits;
+    this.hasF16 = device.features.has('shader-f16');
     this.description = [info.vendor, info.architecture, info.device, info.description].filter((s) => s).join(' ');
     void device.lost.then((e) => {
       this.lost = e.message || e.reason || 'unknown reason';
@@ -117,8 +163,13 @@ export class GpuContext {
   /** An uninitialised tensor (contents are whatever the pooled buffer held; zero it if that matters). */
   empty(shape: readonly number[], dtype: GpuDType = 'f32'): GpuTensor {
     this.alive();
+    if (dtype === 'f16' && !this.hasF16)
+      throw new HypeError(
+        'device',
+        "f16 tensors need the adapter's shader-f16 feature, which this adapter lacks; use f32",
+      );
     const size = numel(shape);
-    return { buffer: this.buffer(size * 4), shape: [...shape], dtype, size };
+    return { buffer: this.buffer(size * bytesPer(dtype)), shape: [...shape], dtype, size };
   }
 
   zeros(shape: readonly number[], dtype: GpuDType = 'f32'): GpuTensor {
@@ -135,9 +186,13 @@ export class GpuContext {
   }
 
   /** Copies host data to a new tensor: Float32Array/Float64Array -> f32 (fp64 rounds once), Int32Array -> i32. */
-  upload(data: Float32Array | Float64Array | Int32Array | readonly number[], shape?: readonly number[]): GpuTensor {
+  upload(
+    data: Float32Array | Float64Array | Int32Array | readonly number[],
+    shape?: readonly number[],
+    as?: 'f16',
+  ): GpuTensor {
     const s = shape ?? [data.length];
-    const dtype: GpuDType = data instanceof Int32Array ? 'i32' : 'f32';
+    const dtype: GpuDType = data instanceof Int32Array ? 'i32' : (as ?? 'f32');
     const t = this.empty(s, dtype);
     if (t.size !== data.length)
       throw new HypeError('shape', `upload: ${data.length} values do not fill shape [${s}] (${t.size} elements)`);
@@ -150,6 +205,16 @@ export class GpuContext {
     this.alive();
     if (data.length !== t.size)
       throw new HypeError('shape', `write: ${data.length} values for a tensor of ${t.size} elements`);
+    if (t.dtype === 'f16') {
+      const bits = new Uint16Array(t.size + (t.size % 2)); // writeBuffer copies whole 4-byte words
+      for (let i = 0; i < t.size; i++) {
+        bits[i] = f16Bits(data[i]!);
+        if ((bits[i]! & 0x7c00) === 0x7c00 && Number.isFinite(data[i]!))
+          throw new HypeError('overflow', `value ${data[i]} at index ${i} is beyond the f16 range (65504); use f32`);
+      }
+      if (bits.length > 0) this.device.queue.writeBuffer(t.buffer, 0, bits.buffer, 0, bits.byteLength);
+      return;
+    }
     const host =
       t.dtype === 'i32'
         ? data instanceof Int32Array
@@ -162,9 +227,10 @@ export class GpuContext {
   }
 
   /** Reads a tensor back (the only way data returns to JavaScript); also surfaces any pending GPU error. */
+  /** f16 tensors come back widened to a Float32Array (exactly). */
   async download(t: GpuTensor): Promise<Float32Array | Int32Array> {
     this.alive();
-    const bytes = t.size * 4;
+    const bytes = Math.ceil((t.size * bytesPer(t.dtype)) / 4) * 4;
     const staging = this.device.createBuffer({ size: Math.max(4, bytes), usage: USAGE.MAP_READ | USAGE.COPY_DST });
     const enc = this.device.createCommandEncoder();
     if (bytes > 0) enc.copyBufferToBuffer(t.buffer, 0, staging, 0, bytes);
@@ -174,6 +240,7 @@ export class GpuContext {
     const copy = staging.getMappedRange().slice(0, bytes);
     staging.unmap();
     staging.destroy();
+    if (t.dtype === 'f16') return Float32Array.from(new Uint16Array(copy, 0, t.size), f16Value);
     return t.dtype === 'i32' ? new Int32Array(copy) : new Float32Array(copy);
   }
 
