@@ -7,7 +7,7 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TopLevelSpec } from 'vega-lite';
-import { lineChartSpec, type LinePoint } from '../plot/charts.ts';
+import { lineChartSpec, listText, type LinePoint } from '../plot/charts.ts';
 import { presetSpec } from '../pe/hype.ts';
 import { formatInterval, meanInterval } from './stats.ts';
 import { markdownTable, type Observation } from './table.ts';
@@ -764,34 +764,55 @@ function findingsSection(input: ReportInput): string[] {
       ),
     );
   const ends = (corpus: string) => [1, longest(corpus)];
+  // Findings are about the encodings this study runs; the ones its plan leaves out are named once, here.
+  const planned = plannedEncodings(input);
+  const has = (...encodings: string[]) => encodings.every((e) => planned.has(e));
+  const omitted = ALL_ENCODINGS.filter((e) => !planned.has(e));
+  if (omitted.length > 0) {
+    lines.push(
+      `Not in this study's plan, so not in the findings: ${listText(omitted)}` +
+        (input.meta?.plan.quick ? ' (`hype study all` runs every encoding).' : '.'),
+      '',
+    );
+  }
+  let asked = 0;
+  const ask = (question: string) => lines.push(`${++asked}. ${question}`);
+  const pairs = (a: string, b: string, mults: (corpus: string) => number[]) => (has(a, b) ? lmPair(a, b, mults) : []);
 
-  lines.push("1. **Does hype-recency match ALiBi's extrapolation?**");
-  if (corpora.length === 0) lines.push('  - No lm results yet.');
-  else {
-    lines.push(...lmPair('hype-recency', 'alibi', (c) => uniq([1, 4, longest(c)]).filter((m) => m <= longest(c))));
-    lines.push(...corpora.map((c) => '  - ' + extrapolationVerdict(input, c, 'hype-recency', 'alibi')));
+  if (has('hype-recency', 'alibi')) {
+    ask("**Does hype-recency match ALiBi's extrapolation?**");
+    if (corpora.length === 0) lines.push('  - No lm results yet.');
+    else {
+      lines.push(...lmPair('hype-recency', 'alibi', (c) => uniq([1, 4, longest(c)]).filter((m) => m <= longest(c))));
+      lines.push(...corpora.map((c) => '  - ' + extrapolationVerdict(input, c, 'hype-recency', 'alibi')));
+    }
+    lines.push(...flipRecallPair(input, 'hype-recency', 'alibi'));
   }
-  lines.push(...flipRecallPair(input, 'hype-recency', 'alibi'));
-  lines.push('2. **Does hype-paper (the literal sign, rewarding distance) hurt?**');
-  if (corpora.length === 0) lines.push('  - No lm results yet.');
-  else {
-    lines.push(...lmPair('hype-paper', 'hype-recency', ends));
-    lines.push(...lmPair('hype-paper', 'none', ends));
+  if (has('hype-paper') && (has('hype-recency') || has('none'))) {
+    ask('**Does hype-paper (the literal sign, rewarding distance) hurt?**');
+    if (corpora.length === 0) lines.push('  - No lm results yet.');
+    else lines.push(...pairs('hype-paper', 'hype-recency', ends), ...pairs('hype-paper', 'none', ends));
+    if (has('hype-recency')) lines.push(...flipRecallPair(input, 'hype-paper', 'hype-recency'));
   }
-  lines.push(...flipRecallPair(input, 'hype-paper', 'hype-recency'));
-  lines.push('3. **Does learning tau/mu help?**');
-  if (corpora.length === 0) lines.push('  - No lm results yet.');
-  else lines.push(...lmPair('hype-learned', 'hype-recency', ends));
-  lines.push(...learnedParamLines(input));
-  lines.push(...flipRecallPair(input, 'hype-learned', 'hype-recency'));
-  lines.push('4. **How do PaTH and HoPE fare at this scale?**');
-  if (corpora.length > 0) {
-    lines.push(...lmPair('path', 'rope', ends));
-    lines.push(...lmPair('hope', 'rope', ends));
+  if (has('hype-learned', 'hype-recency')) {
+    ask('**Does learning tau/mu help?**');
+    if (corpora.length === 0) lines.push('  - No lm results yet.');
+    else lines.push(...lmPair('hype-learned', 'hype-recency', ends));
+    lines.push(...learnedParamLines(input));
+    lines.push(...flipRecallPair(input, 'hype-learned', 'hype-recency'));
   }
-  lines.push(...flipRecallPair(input, 'path', 'rope'));
-  lines.push(...flipRecallPair(input, 'hope', 'rope'));
-  lines.push('5. **What does bf16 cost HyPE?**');
+  const newcomers = [
+    ['path', 'PaTH'],
+    ['hope', 'HoPE'],
+  ].filter(([e]) => has(e!, 'rope'));
+  if (newcomers.length > 0) {
+    ask(
+      `**How ${newcomers.length === 1 ? 'does' : 'do'} ${listText(newcomers.map(([, n]) => n!))} fare at this scale?**`,
+    );
+    if (corpora.length > 0) lines.push(...newcomers.flatMap(([e]) => lmPair(e!, 'rope', ends)));
+    lines.push(...newcomers.flatMap(([e]) => flipRecallPair(input, e!, 'rope')));
+  }
+  ask('**What does bf16 cost HyPE?**');
   const diffs = precisionDiffs(input);
   if (diffs.length === 0) lines.push('  - No precision results yet.');
   const firstLm = input.precision[0]?.config.lm;
@@ -830,20 +851,23 @@ function findingsSection(input: ReportInput): string[] {
         '.',
     );
   }
-  lines.push(
-    "6. **Does the ALiBi paper's shape reproduce** (sinusoidal and learned blow up past L, rotary and T5's bias degrade, ALiBi stays flat)?",
+  ask(
+    "**Does the ALiBi paper's shape reproduce** (sinusoidal and learned blow up past L, rotary and T5's bias degrade, ALiBi stays flat)?",
   );
+  const shapeQuestion = asked;
   if (corpora.length === 0) lines.push('  - No lm results yet.');
   for (const corpus of corpora) {
-    for (const enc of ['sinusoidal', 'learned', 'rope', 't5', 'alibi', 'hype-recency']) {
+    for (const enc of ['sinusoidal', 'learned', 'rope', 't5', 'alibi', 'hype-recency'].filter((e) => has(e))) {
       lines.push(`  - ${corpus}, ${enc}: ${shapeOf(input, corpus, enc)}`);
     }
   }
-  lines.push('7. **Which encodings extrapolate?** (every encoding, by the thresholds of finding 6; means over seeds)');
+  ask(
+    `**Which encodings extrapolate?** (every encoding, by the thresholds of finding ${shapeQuestion}; means over seeds)`,
+  );
   if (corpora.length === 0) lines.push('  - No lm results yet.');
   lines.push(...corpora.map((c) => '  - ' + shapeSummary(input, c)));
-  lines.push(
-    '8. **How does the best HyPE compare with the best peer?** (per corpus and length, the HyPE variant and the ' +
+  ask(
+    '**How does the best HyPE compare with the best peer?** (per corpus and length, the HyPE variant and the ' +
       'other encoding with the lowest mean bits per byte)',
   );
   if (corpora.length === 0) lines.push('  - No lm results yet.');
@@ -866,6 +890,15 @@ function findingsSection(input: ReportInput): string[] {
     }
   }
   return lines;
+}
+
+/** The encodings the study's plan includes, with any that have results (a folder may hold several plans' cells). */
+function plannedEncodings(input: ReportInput): Set<string> {
+  return new Set([
+    ...(input.meta?.plan.encodings ?? []),
+    ...encodingsOf(input),
+    ...input.precision.map((c) => c.config.lm.encoding),
+  ]);
 }
 
 /** The encoding (among those `which` accepts) with the lowest mean bits per byte at multiplier m, or null. */
