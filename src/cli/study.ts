@@ -59,7 +59,7 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
     .filter(Boolean);
   const plan = planFor({ quick: Boolean(f.quick), seeds, encodings, corpora }); // refuses bad flags before any work
   const backend = loadBackend(f.backend as BackendName, { threads: positiveInt(f.threads, '--threads') });
-  const scope = `${plan.encodings.length} encodings, ${plan.seeds.length} seed${plan.seeds.length === 1 ? '' : 's'}`;
+  const scope = `${plan.encodings.length} encoding${plan.encodings.length === 1 ? '' : 's'}, ${plan.seeds.length} seed${plan.seeds.length === 1 ? '' : 's'}`;
   const banner = f.quick
     ? `QUICK VERSION: small models, short training (${scope}) — a first look, not the full study`
     : `FULL STUDY (${scope}): resumable, may run for hours`;
