@@ -54,7 +54,6 @@ describe('study progress', () => {
     const [alibi] = lmConfigs(plan, ['alibi']);
     const [path] = lmConfigs(plan, ['path']);
     expect(cellCost(path!)).toBeGreaterThan(cellCost(alibi!));
-    expect(cellCost(alibi!)).toBeGreaterThan(cost('bf16')); // training dominates an evaluation
   });
 
   it('formats durations in s, min and h', () => {
