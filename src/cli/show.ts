@@ -321,7 +321,7 @@ export function registerShowCommand(program: Command): void {
     .option('--head-dim <d>', 'head dimension', '64')
     .option('--train-length <n>', 'training length the encoding is built for (default: --length)')
     .option('--seed <n>', 'seed for parameter initialisation', '0')
-    .option('--compare <list>', 'comma-separated encodings to overlay, per head')
+    .option('--compare <list>', 'comma-separated encodings, drawn side by side (one panel each, own y scale)')
     .option('--heatmap', 'draw the causal L x L pattern of one head instead')
     .option('--head <h>', 'head drawn by --heatmap (1-based)', '1')
     .option('--out <file>', 'SVG file to write (default: pe-<encodings>.svg in the current directory)')
