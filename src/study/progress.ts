@@ -7,10 +7,32 @@
  * factors measured in the full study) and scales it by the seconds the cells of this run have taken so far, so it
  * needs one finished cell before it can say anything.
  */
-import type { FlipflopConfig, LmConfig, PrecisionConfig, RecallConfig } from './experiments.ts';
-import type { ModelShape } from './plan.ts';
+import type { ModelShape, TrainBudget } from './plan.ts';
 
-export type StudyCell = LmConfig | FlipflopConfig | RecallConfig | PrecisionConfig;
+/**
+ * What the cost model reads of a cell's configuration (experiments.ts's configs have these fields; declared here,
+ * not imported, so that cell.ts -> progress.ts -> experiments.ts -> cell.ts is no import cycle).
+ */
+interface TrainedCell {
+  experiment: 'lm' | 'flipflop' | 'recall';
+  encoding: string;
+  trainLength: number;
+  model: ModelShape;
+  budget: TrainBudget;
+  /** lm and recall: evaluation lengths as multiples of trainLength. */
+  multipliers?: number[];
+  /** lm: held-out bytes scored per length (0 = all). */
+  evalBytes?: number;
+  /** flipflop and recall: evaluation sequences per mix or length. */
+  evalSequences?: number;
+}
+type LmCell = TrainedCell & { experiment: 'lm'; multipliers: number[]; evalBytes: number };
+interface PrecisionCell {
+  experiment: 'precision';
+  lm: LmCell;
+  format: string;
+}
+export type StudyCell = TrainedCell | PrecisionCell;
 
 /** Byte-level models: the output layer maps width -> 256. */
 const VOCAB = 256;
@@ -43,15 +65,19 @@ export function cellCost(c: StudyCell): number {
   const f = ENCODING_FACTOR[c.encoding] ?? 1;
   const L = c.trainLength;
   const train = TRAIN_FACTOR * c.budget.steps * c.budget.batch * L * perToken(c.model, L);
+  const sequences = c.evalSequences ?? 0;
   let evaluation: number;
-  if (c.experiment === 'lm') evaluation = lmEvalCost(c);
-  else if (c.experiment === 'flipflop')
-    evaluation = 3 * c.evalSequences * L * perToken(c.model, L); // three mixes
-  else evaluation = sum(c.multipliers.map((m) => c.evalSequences * m * L * perToken(c.model, m * L)));
+  if (c.experiment === 'lm') {
+    evaluation = lmEvalCost({ ...c, experiment: 'lm', multipliers: c.multipliers ?? [1], evalBytes: c.evalBytes ?? 0 });
+  } else if (c.experiment === 'flipflop') {
+    evaluation = 3 * sequences * L * perToken(c.model, L); // three mixes
+  } else {
+    evaluation = sum((c.multipliers ?? [1]).map((m) => sequences * m * L * perToken(c.model, m * L)));
+  }
   return f * (train + evaluation);
 }
 
-function lmEvalCost(c: LmConfig): number {
+function lmEvalCost(c: LmCell): number {
   const bytes = c.evalBytes > 0 ? c.evalBytes : WHOLE_SPLIT_BYTES;
   return (
     (ENCODING_FACTOR[c.encoding] ?? 1) * sum(c.multipliers.map((m) => bytes * perToken(c.model, m * c.trainLength)))
