@@ -14,6 +14,7 @@ import { evaluateHeldOut } from '../train/evaluate.ts';
 import type { BatchSource } from '../train/source.ts';
 import { readLossLog, TrainingRun } from '../train/trainer.ts';
 import type { FloatArray } from '../tensor.ts';
+import { withClaim, type Claim } from '../util/claim.ts';
 import type { TaskSequence } from './tasks/task.ts';
 import type { ModelShape, PeChoice, TrainBudget } from './plan.ts';
 
@@ -42,7 +43,10 @@ export function studyModelConfig(shape: ModelShape, pe: PeChoice, trainLength: n
 
 /**
  * Trains `config` for `budget` on `source`, in run folder workDir/runName: a finished run is loaded, an interrupted
- * one resumed from its checkpoint, anything else started afresh.
+ * one resumed from its checkpoint, anything else started afresh. The run folder is claimed for the whole time
+ * (workDir/runName.lock): a process needing a run another live process is training (precision reuses the lm runs)
+ * waits for it, and a folder without a checkpoint is only discarded while holding its claim, i.e. when the
+ * process that wrote it is dead.
  */
 export async function trainModel(
   env: StudyEnv,
@@ -54,11 +58,30 @@ export async function trainModel(
   label: string,
 ): Promise<{ model: Transformer; train: TrainSummary }> {
   const runDir = join(env.workDir, runName);
+  return withClaim(
+    runDir,
+    'training run',
+    (claim) => trainClaimed(env, runDir, config, budget, seed, source, label, claim),
+    () => env.log(`${label}: another process is training this run; waiting for it`),
+  );
+}
+
+async function trainClaimed(
+  env: StudyEnv,
+  runDir: string,
+  config: ModelConfig,
+  budget: TrainBudget,
+  seed: number,
+  source: BatchSource,
+  label: string,
+  claim: Claim,
+): Promise<{ model: Transformer; train: TrainSummary }> {
   let run: TrainingRun;
   if (hasCheckpoint(runDir)) {
     run = TrainingRun.resume(runDir, env.backend, { source, expectModel: config });
   } else {
-    if (existsSync(runDir)) rmSync(runDir, { recursive: true, force: true }); // killed before its first checkpoint
+    // Written by a process killed before its first checkpoint (we hold the claim, so it is not running).
+    if (existsSync(runDir)) rmSync(runDir, { recursive: true, force: true });
     run = TrainingRun.start(
       runDir,
       config,
@@ -81,9 +104,12 @@ export async function trainModel(
     const every = Math.max(1, Math.round(run.train.steps / 4));
     await run.run({
       onStep: (r) => {
+        // A claim lost mid-training (this process stalled past the stale limit) stops at once, writing nothing more.
+        claim.check();
         if (r.step % every === 0) env.log(`${label}: step ${r.step}/${run.train.steps} loss ${r.loss.toFixed(3)}`);
       },
     });
+    claim.check();
   }
   const log = readLossLog(runDir);
   const tail = log.slice(-Math.max(1, Math.floor(log.length / 20)));
