@@ -1,8 +1,9 @@
 /**
  * `hype train --pe <name> [options]`: trains a byte-level model on a text file and writes a run folder
  * (run.json, losses.jsonl, checkpoints/). `--resume <run>` continues a run from its latest checkpoint with the
- * same losses an uninterrupted run would have produced. Ctrl-C finishes the current step, writes a checkpoint and
- * exits; a second Ctrl-C exits at once (the previous checkpoint stays valid).
+ * same losses an uninterrupted run would have produced (`--resume <run>/checkpoints/step-N`: from that one; a run
+ * cut off before its first checkpoint starts over). Ctrl-C or SIGTERM finishes the current step, writes a
+ * checkpoint and exits; a second one exits at once (the previous checkpoint stays valid).
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,6 +14,7 @@ import { HypeError } from '../errors.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
 import type { TrainConfig } from '../train/config.ts';
 import { DEFAULT_CORPUS } from '../train/corpus.ts';
+import { splitCheckpointPath } from '../train/checkpoint.ts';
 import { TrainingRun } from '../train/trainer.ts';
 import { progressBar } from './progress.ts';
 
@@ -142,10 +144,13 @@ export async function runTrain(f: TrainFlags): Promise<void> {
     const explicitModel = modelConfigFrom(f);
     const trainFlags = trainConfigFrom(f);
     const { data, steps, ...trainExpect } = trainFlags;
-    run = TrainingRun.resume(f.resume, backend, {
+    // --resume takes a run folder (its latest checkpoint) or one checkpoint folder <run>/checkpoints/step-N.
+    const { runDir, checkpoint } = splitCheckpointPath(f.resume);
+    run = TrainingRun.resume(runDir, backend, {
       expectTrain: trainExpect,
       steps,
       dataOverride: data,
+      checkpoint,
     });
     if (Object.keys(explicitModel).length > 0) {
       // Only the options given are compared: a full config rebuilt from them would add defaults.
@@ -173,6 +178,13 @@ export async function runTrain(f: TrainFlags): Promise<void> {
     run = TrainingRun.start(runDir, modelConfig, { data: DEFAULT_CORPUS, ...trainConfigFrom(f) }, backend);
   }
 
+  if (run.step >= run.train.steps) {
+    process.stdout.write(
+      `run ${run.runDir} is already finished (step ${run.step}/${run.train.steps}); nothing to train. ` +
+        `To train it further pass a larger total, e.g. --resume ${run.runDir} --steps ${run.train.steps * 2}\n`,
+    );
+    return;
+  }
   const cfg = run.model.config;
   const tokensPerStep = run.train.batch * cfg.trainLength;
   const say = (s: string) => {
@@ -182,16 +194,19 @@ export async function runTrain(f: TrainFlags): Promise<void> {
     `hype train: ${cfg.pe.name}, ${cfg.layers} layers x width ${cfg.width}, ${cfg.heads} heads, ` +
       `${run.model.parameterCount()} parameters, ${cfg.dtype} on ${backend.name}; ` +
       `${run.train.steps} steps of ${run.train.batch} x ${cfg.trainLength} bytes from '${run.corpus.path}' -> ${run.runDir}` +
-      (run.step > 0 ? ` (resuming at step ${run.step})` : ''),
+      (run.step > 0 ? ` (resuming at step ${run.step})` : '') +
+      (run.restarted ? ' (starting over: the run was cut off before its first checkpoint)' : ''),
   );
 
+  // SIGINT (Ctrl-C) and SIGTERM (what job schedulers and containers send) both finish the step and checkpoint.
   let stopRequested = false;
-  const onSigint = () => {
-    if (stopRequested) process.exit(130);
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (stopRequested) process.exit(sig === 'SIGTERM' ? 143 : 130);
     stopRequested = true;
-    process.stderr.write('\nhype train: finishing this step and writing a checkpoint (Ctrl-C again to quit now)\n');
+    process.stderr.write(`\nhype train: ${sig}: finishing this step and writing a checkpoint (again to quit now)\n`);
   };
-  process.on('SIGINT', onSigint);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   const bar = f.quiet ? null : progressBar('train', '| loss {loss} | {tps} tok/s');
   bar?.start(run.train.steps, run.step, { loss: '-', tps: '-' });
   let recent = 0;
@@ -213,7 +228,8 @@ export async function runTrain(f: TrainFlags): Promise<void> {
     );
   } finally {
     bar?.stop();
-    process.off('SIGINT', onSigint);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
 }
 
@@ -246,7 +262,10 @@ export function registerTrain(program: Command): void {
     .option('--keep-checkpoints <n>', 'newest checkpoints to keep (default 2)', int)
     .option('--run-dir <dir>', 'run folder (default runs/<name>-<timestamp>)')
     .option('--name <name>', 'run name used in the default folder (default: the encoding)')
-    .option('--resume <run>', 'continue the run in this folder from its latest checkpoint')
+    .option(
+      '--resume <run>',
+      'continue the run in this folder from its latest checkpoint (or pass <run>/checkpoints/step-N for that one)',
+    )
     .option('--backend <name>', 'compute backend: auto (native when built), native or reference', 'auto')
     .option('--quiet', 'no progress output')
     .action(async (flags: TrainFlags) => runTrain(flags));

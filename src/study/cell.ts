@@ -10,7 +10,7 @@ import { check, HypeError } from '../errors.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
 import { hasCheckpoint, loadCheckpoint, restoreWeights } from '../train/checkpoint.ts';
-import { evaluateHeldOut } from '../train/evaluate.ts';
+import { checkOutputs, evaluateHeldOut } from '../train/evaluate.ts';
 import type { BatchSource } from '../train/source.ts';
 import { readLossLog, TrainingRun } from '../train/trainer.ts';
 import type { FloatArray } from '../tensor.ts';
@@ -228,6 +228,12 @@ export function gradeTask(
       tokens.set(s.bytes.subarray(0, length), i * length);
     });
     model.forward(tokens, null, part.length, length);
+    checkOutputs(
+      model,
+      null,
+      `grading task sequences at length ${length}`,
+      'the trained model is broken; recompute it',
+    );
     const c = countCorrect(model.logits(), model.config.vocab, part, length);
     correct += c.correct;
     graded += c.graded;
