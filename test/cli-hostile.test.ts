@@ -71,7 +71,7 @@ describe('train: bad run folders are refused before anything is written', () => 
     expectRefusal(await hype(...train('--run-dir', aFile)), /is a file, not a folder/);
     expect(readFileSync(aFile, 'utf8')).toBe('not a folder\n');
     expectRefusal(await hype(...train('--run-dir', join(aFile, 'run'))), /lies under .*a-file\.txt.*which is a file/);
-    expectRefusal(await hype(...train('--run-dir', '')), /run folder path is empty/);
+    expectRefusal(await hype(...train('--run-dir', '')), /run folder: the path is empty/);
     // /sys refuses new folders even to root (a stand-in for a folder without write permission).
     expectRefusal(
       await hype(...train('--run-dir', '/sys/hype-test-run')),
@@ -263,15 +263,19 @@ function child(args: string[], limitMs: number, whileRunning?: (c: ReturnType<ty
 }
 
 describe('hangs and signals (child processes)', () => {
-  it('--data /dev/zero and --run-dir /proc/x are refused at once instead of hanging', async () => {
-    const [zero, proc] = await Promise.all([
+  it('--data /dev/zero, --model-config /dev/zero and --run-dir /proc/x are refused at once, not hanging', async () => {
+    const [zero, config, proc] = await Promise.all([
       child(train('--data', '/dev/zero', '--run-dir', join(root, 'zero')), 30_000),
+      child(['train', '--model-config', '/dev/zero', '--run-dir', join(root, 'zero-config')], 30_000),
       child(train('--run-dir', '/proc/hype-test/x'), 30_000),
     ]);
     expect(zero.signal, 'hung reading /dev/zero').toBeNull();
     expectRefusal(zero, /'\/dev\/zero' is not a regular file/);
+    expect(config.signal, 'hung reading /dev/zero as JSON').toBeNull();
+    expectRefusal(config, /model config '\/dev\/zero' is not a regular file/);
     expect(proc.signal, 'hung creating a folder under /proc').toBeNull();
     expectRefusal(proc, /cannot create run folder '\/proc\/hype-test\/x'/);
+    expect(existsSync(join(root, 'zero')) || existsSync(join(root, 'zero-config'))).toBe(false);
   }, 60_000);
 
   it('SIGTERM finishes the step, writes a checkpoint there and exits 0 (as Ctrl-C does)', async () => {

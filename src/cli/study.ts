@@ -8,7 +8,7 @@ import { loadBackend, type BackendName } from '../backend/index.ts';
 import { HypeError } from '../errors.ts';
 import { EXPERIMENTS, type Experiment } from '../study/plan.ts';
 import { planFor, runStudy, writeReport } from '../study/run.ts';
-import { makeWritableDir } from '../util/fs-safe.ts';
+import { checkFolderPath, makeWritableDir } from '../util/fs-safe.ts';
 
 interface StudyFlags {
   quick?: boolean;
@@ -58,6 +58,8 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
     .map((s) => s.trim())
     .filter(Boolean);
   const plan = planFor({ quick: Boolean(f.quick), seeds, encodings, corpora }); // refuses bad flags before any work
+  checkFolderPath(outDir, 'the results folder (--out)');
+  checkFolderPath(f.workDir, 'the training-runs folder (--work-dir)');
   makeWritableDir(outDir, 'the results folder (--out)');
   makeWritableDir(f.workDir, 'the training-runs folder (--work-dir)');
   const backend = loadBackend(f.backend as BackendName, { threads: positiveInt(f.threads, '--threads') });

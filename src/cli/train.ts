@@ -5,7 +5,6 @@
  * cut off before its first checkpoint starts over). Ctrl-C or SIGTERM finishes the current step, writes a
  * checkpoint and exits; a second one exits at once (the previous checkpoint stays valid).
  */
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Command, Option } from 'commander';
 import type { Backend } from '../backend/backend.ts';
@@ -16,6 +15,7 @@ import type { TrainConfig } from '../train/config.ts';
 import { DEFAULT_CORPUS } from '../train/corpus.ts';
 import { splitCheckpointPath } from '../train/checkpoint.ts';
 import { TrainingRun } from '../train/trainer.ts';
+import { readJsonFile } from '../util/fs-safe.ts';
 import { progressBar } from './progress.ts';
 
 /** The compute backend a command asked for: 'auto' (native when built, else reference), 'native' or 'reference'. */
@@ -69,11 +69,7 @@ const num = (v: string) => {
 };
 
 function readJson(path: string, what: string): unknown {
-  try {
-    return JSON.parse(readFileSync(path, 'utf8'));
-  } catch (err) {
-    throw new HypeError('io', `cannot read ${what} '${path}' (${(err as Error).message}); pass a JSON file`);
-  }
+  return readJsonFile(path, what, 'pass a JSON file');
 }
 
 /** Model config from --model-config (a JSON file) overlaid with explicit flags; undefined if nothing was given. */

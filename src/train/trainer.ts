@@ -5,15 +5,15 @@
  *
  * Run folder: run.json (configs, versions), losses.jsonl (one line per step), checkpoints/ (see checkpoint.ts).
  */
-import { appendFileSync, existsSync, readFileSync, statSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { appendFileSync, existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Backend } from '../backend/backend.ts';
 import { layerOpsOf } from '../backend/layers.ts';
 import { HypeError, check } from '../errors.ts';
 import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
 import { Transformer, type TransformerOptions } from '../model/transformer.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
-import { makeWritableDir, readJsonFile } from '../util/fs-safe.ts';
+import { checkFolderPath, makeWritableDir, readJsonFile } from '../util/fs-safe.ts';
 import { Rng } from '../util/rng.ts';
 import {
   hasCheckpoint,
@@ -125,7 +125,7 @@ export class TrainingRun {
     backend: Backend,
     options: TransformerOptions & DataOptions = {},
   ): TrainingRun {
-    checkRunDirPath(runDir);
+    checkFolderPath(runDir, 'run folder');
     check(
       !existsSync(join(runDir, RUN_FILE)),
       'argument',
@@ -400,28 +400,6 @@ function checkSameTrain(expect: Partial<TrainConfig> | undefined, saved: TrainCo
           '(mismatched checkpoint); resume without it, or start a new run',
       );
     }
-  }
-}
-
-/** The run folder path must be usable before anything is computed: not empty, not a file, not under a file. */
-function checkRunDirPath(runDir: string): void {
-  check(
-    typeof runDir === 'string' && runDir.trim() !== '',
-    'argument',
-    'the run folder path is empty; pass --run-dir <folder>',
-  );
-  for (let p = resolve(runDir); ; p = dirname(p)) {
-    if (existsSync(p)) {
-      check(
-        statSync(p).isDirectory(),
-        'io',
-        p === resolve(runDir)
-          ? `run folder '${runDir}' is a file, not a folder; pass another --run-dir`
-          : `run folder '${runDir}' lies under '${p}', which is a file; pass another --run-dir`,
-      );
-      return;
-    }
-    if (dirname(p) === p) return;
   }
 }
 

@@ -39,7 +39,9 @@ function statOrNull(path: string): Stats | null {
   try {
     return statSync(path);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    // ENOTDIR: a parent is a file; the walk up the path finds and names it.
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
     throw err;
   }
 }
@@ -49,28 +51,10 @@ function statOrNull(path: string): Stats | null {
  * that is empty, that is (or lies under) a file, or that cannot be created, naming `what` and the reason.
  */
 export function makeDirs(path: string, what: string): void {
-  if (typeof path !== 'string' || path.trim() === '') {
-    throw new HypeError('argument', `${what}: the path is empty; pass a folder name`);
-  }
-  const full = resolve(path);
+  checkFolderPath(path, what);
   const missing: string[] = [];
   try {
-    for (let p = full; ; p = dirname(p)) {
-      const st = statOrNull(p);
-      if (st) {
-        if (!st.isDirectory()) {
-          throw new HypeError(
-            'io',
-            p === full
-              ? `${what} '${path}' is a file, not a folder; pass a folder path`
-              : `${what} '${path}' lies under '${p}', which is a file, not a folder; pass a folder path`,
-          );
-        }
-        break;
-      }
-      missing.push(p);
-      if (dirname(p) === p) break;
-    }
+    for (let p = resolve(path); !statOrNull(p) && dirname(p) !== p; p = dirname(p)) missing.push(p);
     for (const p of missing.reverse()) {
       try {
         mkdirSync(p);
@@ -85,6 +69,37 @@ export function makeDirs(path: string, what: string): void {
   }
 }
 
+/**
+ * Refuses a folder path that can never work, without creating anything: empty, a file, or under a file. (Whether
+ * it can be created is only known by trying: makeDirs.)
+ */
+export function checkFolderPath(path: string, what: string): void {
+  if (typeof path !== 'string' || path.trim() === '') {
+    throw new HypeError('argument', `${what}: the path is empty; pass a folder name`);
+  }
+  const full = resolve(path);
+  for (let p = full; ; p = dirname(p)) {
+    let st: Stats | null;
+    try {
+      st = statOrNull(p);
+    } catch (err) {
+      throw new HypeError('io', `cannot use ${what} '${path}' (${describeFsError(err)}); choose another folder`);
+    }
+    if (st) {
+      if (!st.isDirectory()) {
+        throw new HypeError(
+          'io',
+          p === full
+            ? `${what} '${path}' is a file, not a folder; pass a folder path`
+            : `${what} '${path}' lies under '${p}', which is a file, not a folder; pass a folder path`,
+        );
+      }
+      return;
+    }
+    if (dirname(p) === p) return;
+  }
+}
+
 /** makeDirs, then refuses a folder this process cannot write into. */
 export function makeWritableDir(path: string, what: string): void {
   makeDirs(path, what);
@@ -95,12 +110,25 @@ export function makeWritableDir(path: string, what: string): void {
   }
 }
 
-/** Parses a JSON file; a missing, unreadable or malformed one is one HypeError saying which file and `fix`. */
+/** Largest JSON file read whole (configs, cells, run records are kilobytes). */
+const MAX_JSON_BYTES = 64 * 2 ** 20;
+
+/**
+ * Parses a JSON file; a missing, unreadable, malformed, non-regular (/dev/zero would be read forever) or absurdly
+ * large one is one HypeError saying which file and `fix`.
+ */
 export function readJsonFile(path: string, what: string, fix: string): unknown {
   let text: string;
   try {
+    const st = statSync(path);
+    if (st.isDirectory()) throw new HypeError('io', `${what} '${path}' is a folder, not a file; ${fix}`);
+    if (!st.isFile()) throw new HypeError('io', `${what} '${path}' is not a regular file (a device or pipe); ${fix}`);
+    if (st.size > MAX_JSON_BYTES) {
+      throw new HypeError('io', `${what} '${path}' has ${st.size} bytes, more than any JSON file hype reads; ${fix}`);
+    }
     text = readFileSync(path, 'utf8');
   } catch (err) {
+    if (err instanceof HypeError) throw err;
     throw new HypeError('io', `cannot read ${what} '${path}' (${describeFsError(err)}); ${fix}`);
   }
   try {
