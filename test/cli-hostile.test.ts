@@ -5,6 +5,7 @@
  * pointer, SIGTERM) must be recoverable. Most cases run the CLI in process (fast); hangs and signals need a child.
  */
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,7 +27,8 @@ import { writeTinyRun } from './helpers/tiny-run.ts';
 const root = mkdtempSync(join(tmpdir(), 'hype-hostile-'));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 const corpus = join(root, 'corpus.txt');
-writeFileSync(corpus, 'the quick brown fox jumps over the lazy dog; '.repeat(200));
+const corpusBytes = Buffer.from('the quick brown fox jumps over the lazy dog; '.repeat(200));
+writeFileSync(corpus, corpusBytes);
 const aFile = join(root, 'a-file.txt');
 writeFileSync(aFile, 'not a folder\n');
 
@@ -158,17 +160,11 @@ describe('non-finite numbers stop training and evaluation', () => {
       rng: new Rng(1),
       step: 0,
       train: parseTrainConfig({ data: corpus }),
-      corpus: { bytes: 0, sha256: '0'.repeat(64) },
+      corpus: { bytes: corpusBytes.length, sha256: createHash('sha256').update(corpusBytes).digest('hex') },
     });
-    const text = 'the quick brown fox jumps over the lazy dog. '.repeat(20);
-    const data = join(root, 'nan-corpus.txt');
-    writeFileSync(data, text);
-    const r = await hype('eval', dir, '--lengths', '16', '--data', data, '--backend', 'reference', '--quiet');
-    expect(r.code, r.err).toBe(2);
-    expect(r.err).toMatch(
-      /\nhype: logit NaN at evaluation length 16 \(held-out windows 1\.\.\d+ of \d+\) .*not finite/,
-    );
-    expect(r.err).not.toMatch(/bits|\n\s+at /);
+    const r = await hype('eval', dir, '--lengths', '16', '--data', corpus, '--backend', 'reference', '--quiet');
+    expectRefusal(r, /^hype: logit NaN at evaluation length 16 \(held-out windows 1\.\.\d+ of \d+\) .*not finite/);
+    expect(r.out).not.toMatch(/bits|NaN/);
     expect(existsSync(join(dir, 'eval.json'))).toBe(false);
   });
 
