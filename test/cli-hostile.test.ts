@@ -77,7 +77,7 @@ describe('train: bad run folders are refused before anything is written', () => 
     // /sys refuses new folders even to root (a stand-in for a folder without write permission).
     expectRefusal(
       await hype(...train('--run-dir', '/sys/hype-test-run')),
-      /cannot create run folder .*\(E(PERM|ACCES|ROFS|NOENT)\)/,
+      /cannot (create run folder|lock training run) .*\(E(PERM|ACCES|ROFS|NOENT)\)/,
     );
   });
 
@@ -238,10 +238,16 @@ describe('study: bad folders and damaged result files', () => {
 });
 
 /** Runs the CLI as a child process; `whileRunning` may act on it (send a signal). Kills it after `limitMs`. */
-function child(args: string[], limitMs: number, whileRunning?: (c: ReturnType<typeof spawn>) => Promise<void>) {
+function child(
+  args: string[],
+  limitMs: number,
+  whileRunning?: (c: ReturnType<typeof spawn>) => Promise<void>,
+  env: Record<string, string> = {},
+) {
   const c = spawn(process.execPath, ['bin/hype.js', ...args], {
     cwd: process.cwd(),
     stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
   });
   let out = '';
   let err = '';
@@ -270,28 +276,45 @@ describe('hangs and signals (child processes)', () => {
     expect(config.signal, 'hung reading /dev/zero as JSON').toBeNull();
     expectRefusal(config, /model config '\/dev\/zero' is not a regular file/);
     expect(proc.signal, 'hung creating a folder under /proc').toBeNull();
-    expectRefusal(proc, /cannot create run folder '\/proc\/hype-test\/x'/);
+    expectRefusal(proc, /^hype: cannot .*'\/proc\/hype-test.*\(ENOENT\)/);
     expect(existsSync(join(root, 'zero')) || existsSync(join(root, 'zero-config'))).toBe(false);
   }, 60_000);
 
-  it('SIGTERM finishes the step, writes a checkpoint there and exits 0 (as Ctrl-C does)', async () => {
+  it('a run being trained is not resumed (nor restarted) by a second process; SIGTERM checkpoints it', async () => {
     const dir = join(root, 'sigterm');
     const latest = join(checkpointsDir(dir), 'latest.json');
+    const env = { HYPE_CLAIM_STALE_MS: '2000' }; // claims refreshed every second, stale after two
+    let second: Result | undefined;
+    let loggedBefore = 0;
     const r = await child(
       train('--steps', '100000', '--checkpoint-every', '1000', '--run-dir', dir),
-      60_000,
+      90_000,
       async (c) => {
-        // Wait for a few logged steps (but no checkpoint yet), then ask it to stop as a job scheduler would.
+        // Wait for a few logged steps (no checkpoint yet: the state --resume would restart from scratch).
         while (!existsSync(join(dir, 'losses.jsonl')) || readLossLog(dir).length < 3) {
           await new Promise((res) => setTimeout(res, 20));
         }
         expect(existsSync(latest)).toBe(false);
+        loggedBefore = readLossLog(dir).length;
+        process.env.HYPE_CLAIM_STALE_MS = '2000';
+        try {
+          second = await hype('train', '--resume', dir, '--backend', 'reference', '--quiet');
+        } finally {
+          delete process.env.HYPE_CLAIM_STALE_MS;
+        }
+        // Then stop it as a job scheduler would.
         c.kill('SIGTERM');
       },
+      env,
     );
+    expect(second!.code).toBe(2);
+    expect(second!.err).toMatch(/being trained by another live hype process/);
     expect(r.code, r.err).toBe(0);
     const m = /interrupted at step (\d+)\/100000/.exec(r.out);
     expect(m, r.out + r.err).not.toBeNull();
-    expect(loadCheckpoint(dir).state.step).toBe(Number(m![1]));
-  }, 60_000);
+    const step = Number(m![1]);
+    expect(step).toBeGreaterThan(loggedBefore); // it kept training while the second process waited
+    expect(loadCheckpoint(dir).state.step).toBe(step);
+    expect(readLossLog(dir).map((x) => x.step)).toEqual(Array.from({ length: step }, (_, i) => i + 1));
+  }, 120_000);
 });

@@ -5,6 +5,7 @@
  * cut off before its first checkpoint starts over). Ctrl-C or SIGTERM finishes the current step, writes a
  * checkpoint and exits; a second one exits at once (the previous checkpoint stays valid).
  */
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Command, Option } from 'commander';
 import type { Backend } from '../backend/backend.ts';
@@ -17,7 +18,8 @@ import { encodingNames } from '../pe/registry.ts';
 import { checkpointsDir, splitCheckpointPath } from '../train/checkpoint.ts';
 import { DEFAULT_CORPUS } from '../train/corpus.ts';
 import { DEFAULT_EVAL_BYTES, TrainingRun } from '../train/trainer.ts';
-import { readJsonFile } from '../util/fs-safe.ts';
+import { Claim, claimStaleMs } from '../util/claim.ts';
+import { checkFolderPath, readJsonFile } from '../util/fs-safe.ts';
 import { progressBar } from './progress.ts';
 import { parseEncodingRequest } from './show.ts';
 
@@ -184,16 +186,68 @@ function timestamp(): string {
   return new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').replace(/\..*$/, '');
 }
 
+/**
+ * `hype train` claims its run folder (util/claim.ts) so that two processes never train one run: a second
+ * --resume of a run being trained is refused, and a run cut off before its first checkpoint is only restarted
+ * when no live process is writing it. The claim of a killed process goes stale after TRAIN_CLAIM_STALE_MS.
+ */
+const TRAIN_CLAIM_STALE_MS = () => Math.min(claimStaleMs(), 10_000);
+
 export async function runTrain(f: TrainFlags): Promise<void> {
   const dtype = f.resume ? runDtype(f.resume) : ((f.dtype ?? modelConfigFrom(f).dtype) as DType | undefined);
   const backend = await chooseBackend(f.backend, f.threads, dtype);
+  let runDir: string;
+  let modelConfig: ModelConfig | undefined;
+  if (f.resume) {
+    runDir = splitCheckpointPath(f.resume).runDir;
+  } else {
+    if (!f.pe && !f.modelConfig) {
+      throw new HypeError(
+        'argument',
+        `missing --pe <name> (the positional encoding), e.g. 'hype train --pe hype'; one of: ${encodingNames().join(', ')}`,
+      );
+    }
+    modelConfig = parseModelConfig(modelConfigFrom(f));
+    runDir = f.runDir ?? join('runs', `${f.name ?? modelConfig.pe.name}-${timestamp()}`);
+  }
+  checkFolderPath(runDir, 'run folder');
+  // A --resume of a folder that does not exist is refused by the trainer; no claim (nor its parent) is made for it.
+  if (f.resume && !existsSync(runDir)) return trainClaimed(f, backend, runDir, modelConfig);
+  const stale = TRAIN_CLAIM_STALE_MS();
+  const claim = await Claim.takeWithin(runDir, 'training run', stale + 2000, stale, () =>
+    process.stderr.write(
+      `hype train: '${runDir}' is claimed by another process; waiting up to ${(stale + 2000) / 1000} s in case ` +
+        'that process was killed\n',
+    ),
+  );
+  if (!claim) {
+    throw new HypeError(
+      'argument',
+      `run folder '${runDir}' is being trained by another live hype process; let it finish (or stop it with ` +
+        'Ctrl-C, which checkpoints) before resuming it, or choose another --run-dir',
+    );
+  }
+  try {
+    await trainClaimed(f, backend, runDir, modelConfig, claim);
+  } finally {
+    await claim.release();
+  }
+}
+
+async function trainClaimed(
+  f: TrainFlags,
+  backend: Backend,
+  runDir: string,
+  modelConfig: ModelConfig | undefined,
+  claim?: Claim,
+): Promise<void> {
   let run: TrainingRun;
   if (f.resume) {
     const explicitModel = modelConfigFrom(f);
     const trainFlags = trainConfigFrom(f);
     const { data, steps, ...trainExpect } = trainFlags;
     // --resume takes a run folder (its latest checkpoint) or one checkpoint folder <run>/checkpoints/step-N.
-    const { runDir, checkpoint } = splitCheckpointPath(f.resume);
+    const { checkpoint } = splitCheckpointPath(f.resume);
     run = TrainingRun.resume(runDir, backend, {
       expectTrain: trainExpect,
       steps,
@@ -218,15 +272,7 @@ export async function runTrain(f: TrainFlags): Promise<void> {
       }
     }
   } else {
-    if (!f.pe && !f.modelConfig) {
-      throw new HypeError(
-        'argument',
-        `missing --pe <name> (the positional encoding), e.g. 'hype train --pe hype'; one of: ${encodingNames().join(', ')}`,
-      );
-    }
-    const modelConfig: ModelConfig = parseModelConfig(modelConfigFrom(f));
-    const runDir = f.runDir ?? join('runs', `${f.name ?? modelConfig.pe.name}-${timestamp()}`);
-    run = TrainingRun.start(runDir, modelConfig, { data: DEFAULT_CORPUS, ...trainConfigFrom(f) }, backend);
+    run = TrainingRun.start(runDir, modelConfig!, { data: DEFAULT_CORPUS, ...trainConfigFrom(f) }, backend);
   }
 
   if (run.step >= run.train.steps) {
@@ -279,6 +325,8 @@ export async function runTrain(f: TrainFlags): Promise<void> {
         }
       },
       onStep: (rec) => {
+        // A claim lost (this process froze past the stale limit, another took the run over): stop, write nothing.
+        claim?.check();
         lastTrainLoss = rec.loss;
         recent = 0.9 * recent + 0.1 * tokensPerStep;
         recentSeconds = 0.9 * recentSeconds + 0.1 * rec.seconds;

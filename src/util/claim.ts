@@ -36,13 +36,13 @@ export class Claim {
   ) {}
 
   /** The claim of `path` (its lock is `<path>.lock`), or null while another live process holds it. */
-  static async tryTake(path: string, what: string): Promise<Claim | null> {
-    makeDirs(dirname(path), `the folder of ${what}`);
+  static async tryTake(path: string, what: string, staleMs = claimStaleMs()): Promise<Claim | null> {
+    makeDirs(dirname(path), `the folder holding ${what} '${path}'`);
     let claim: Claim | null = null;
     try {
       const unlock = await lockfile.lock(path, {
         realpath: false, // the claimed path need not exist yet (a run folder about to be created)
-        stale: claimStaleMs(),
+        stale: staleMs,
         retries: 0,
         onCompromised: (err) => {
           if (claim) claim.lost = err;
@@ -52,7 +52,10 @@ export class Claim {
       return claim;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ELOCKED') return null;
-      throw new HypeError('io', `cannot claim ${what} '${path}' (${describeFsError(err)})`);
+      throw new HypeError(
+        'io',
+        `cannot lock ${what} '${path}' (creating '${path}.lock': ${describeFsError(err)}); choose a folder you can write to`,
+      );
     }
   }
 
@@ -68,6 +71,26 @@ export class Claim {
       if (!waited) onWait?.();
       waited = true;
       await sleep(pollMs);
+    }
+  }
+
+  /**
+   * The claim of `path`, waiting at most `waitMs` for it (long enough for a killed holder's claim to go stale);
+   * null if a live process still holds it then.
+   */
+  static async takeWithin(
+    path: string,
+    what: string,
+    waitMs: number,
+    staleMs: number,
+    onWait?: () => void,
+  ): Promise<Claim | null> {
+    const deadline = Date.now() + waitMs;
+    for (let waited = false; ; waited = true) {
+      const claim = await Claim.tryTake(path, what, staleMs);
+      if (claim || Date.now() > deadline) return claim;
+      if (!waited) onWait?.();
+      await sleep(250);
     }
   }
 
