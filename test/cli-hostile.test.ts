@@ -141,6 +141,9 @@ describe('train: resuming', () => {
     expect(r2.out).toMatch(/finished at step 6\/6/);
     expect(loadCheckpoint(dir).state.step).toBe(6); // latest.json rewritten by the new checkpoint
     expect(readLossLog(dir).map((x) => x.step)).toEqual([1, 2, 3, 4, 5, 6]);
+    // A broken loss log is named, not a JSON stack trace.
+    writeFileSync(join(dir, 'losses.jsonl'), readFileSync(join(dir, 'losses.jsonl'), 'utf8') + '{"step": 7, "lo');
+    expect(() => readLossLog(dir)).toThrow(/loss log .* malformed line 7/);
     // A checkpoint name that does not exist lists the ones that do.
     const r3 = await hype('train', '--resume', join(checkpointsDir(dir), 'step-00000099'), '--quiet');
     expectRefusal(r3, /no checkpoint 'step-00000099' .*available: .*step-00000006/);

@@ -445,10 +445,19 @@ export class TrainingRun {
 export function readLossLog(runDir: string): StepRecord[] {
   const path = join(runDir, LOSSES_FILE);
   if (!existsSync(path)) return [];
-  return readFileSync(path, 'utf8')
-    .split('\n')
-    .filter((l) => l.trim())
-    .map((l) => JSON.parse(l) as StepRecord);
+  const lines = readFileSync(path, 'utf8').split('\n');
+  return lines.flatMap((l, i) => {
+    if (!l.trim()) return [];
+    try {
+      return [JSON.parse(l) as StepRecord];
+    } catch {
+      throw new HypeError(
+        'io',
+        `loss log '${path}' has a malformed line ${i + 1}; resume the run (--resume drops lines past its ` +
+          'checkpoint) or delete the broken line',
+      );
+    }
+  });
 }
 
 /**
