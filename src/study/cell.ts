@@ -15,6 +15,7 @@ import type { BatchSource } from '../train/source.ts';
 import { readLossLog, TrainingRun } from '../train/trainer.ts';
 import type { FloatArray } from '../tensor.ts';
 import { withClaim, type Claim } from '../util/claim.ts';
+import type { StudyProgress } from './progress.ts';
 import type { TaskSequence } from './tasks/task.ts';
 import type { ModelShape, PeChoice, TrainBudget } from './plan.ts';
 
@@ -25,6 +26,8 @@ export interface StudyEnv {
   /** Folder holding tinyshakespeare/ and wikitext-2/. */
   dataDir: string;
   log: (line: string) => void;
+  /** Announces each cell with its place in the run and the time left (absent: a plain log line). */
+  progress?: StudyProgress;
 }
 
 export interface TrainSummary {
@@ -106,7 +109,9 @@ async function trainClaimed(
       onStep: (r) => {
         // A claim lost mid-training (this process stalled past the stale limit) stops at once, writing nothing more.
         claim.check();
-        if (r.step % every === 0) env.log(`${label}: step ${r.step}/${run.train.steps} loss ${r.loss.toFixed(3)}`);
+        if (r.step % every === 0) {
+          env.log(`${label}: step ${r.step}/${run.train.steps}, training loss ${r.loss.toFixed(3)} nats per byte`);
+        }
       },
     });
     claim.check();
