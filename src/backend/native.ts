@@ -29,6 +29,7 @@ import type { LayerOps } from './layers.ts';
 import { missingLayerKernels, nativeLayerOps, type NativeLayerKernels } from './native-layers.ts';
 import { ReferenceBackend } from './reference.ts';
 import {
+  checkAttentionLse,
   validateAttentionBackward,
   validateAttentionForward,
   validateGemm,
@@ -77,7 +78,7 @@ export interface NativeAddon extends NativeLayerKernels {
     dq: Float32Array,
     dk: Float32Array,
     dv: Float32Array,
-    biasGrads: object,
+    dTable: Float64Array | null,
   ): void;
 }
 
@@ -111,8 +112,6 @@ export function nativeLoadError(): string {
   return cached!.error;
 }
 
-const BIAS_CODE = { none: 0, alibi: 1, hype: 2, table: 3 } as const;
-
 /** Narrows to Float32Array or refuses with the fix (this backend computes in fp32 only). */
 function f32(a: FloatArray, name: string): Float32Array {
   if (a instanceof Float32Array) return a;
@@ -135,10 +134,8 @@ function kernelParams(shape: AttentionShape, opts: AttentionOptions, bias: Exclu
     causal: opts.causal,
     scale: opts.scale,
     queryOffset: opts.queryOffset ?? shape.lk - shape.lq,
-    biasKind: BIAS_CODE[bias.kind],
-    ...(bias.kind === 'alibi' ? { slopes: bias.slopes } : {}),
-    ...(bias.kind === 'hype' ? { tau: bias.tau, mu: bias.mu, pairs: bias.pairs } : {}),
-    ...(bias.kind === 'table' ? { values: bias.values, buckets: bias.buckets, bucketOf: bias.bucketOf } : {}),
+    // [H, span] by distance, fp64 or fp32 (the kernel rounds each value to fp32 once); null: no position term.
+    table: bias.kind === 'distance' ? bias.table : null,
   };
 }
 
@@ -238,6 +235,7 @@ export class NativeBackend implements Backend {
     const out = new Float32Array(rows * shape.valueDim);
     const lse = new Float32Array(rows);
     this.addon.attentionForward(kernelParams(shape, opts, bias), f32(q, 'q'), f32(k, 'k'), f32(v, 'v'), out, lse);
+    checkAttentionLse(lse, shape, opts, this.scan);
     return { out, lse };
   }
 
@@ -260,13 +258,7 @@ export class NativeBackend implements Backend {
     const dk = new Float32Array(k.length);
     const dv = new Float32Array(v.length);
     const dBias: PositionBiasGrad =
-      bias.kind === 'alibi'
-        ? { kind: 'alibi', slopes: new Float64Array(bias.slopes.length) }
-        : bias.kind === 'hype'
-          ? { kind: 'hype', tau: new Float64Array(bias.tau.length), mu: new Float64Array(bias.mu.length) }
-          : bias.kind === 'table'
-            ? { kind: 'table', values: new Float64Array(bias.values.length) }
-            : { kind: 'none' };
+      bias.kind === 'distance' ? { kind: 'distance', table: new Float64Array(bias.table.length) } : { kind: 'none' };
     this.addon.attentionBackward(
       kernelParams(shape, opts, bias),
       f32(q, 'q'),
@@ -278,7 +270,7 @@ export class NativeBackend implements Backend {
       dq,
       dk,
       dv,
-      dBias,
+      dBias.kind === 'distance' ? dBias.table : null,
     );
     return { dq, dk, dv, dBias };
   }
