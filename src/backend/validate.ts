@@ -6,6 +6,9 @@ import { check, HypeError } from '../errors.ts';
 import { dtypeOf, type FloatArray } from '../tensor.ts';
 import { distanceSpan, type AttentionOptions, type AttentionShape, type PositionBias } from './backend.ts';
 
+/** Largest head (and value) dim any backend accepts. */
+export const MAX_HEAD_DIM = 65536;
+
 /** Largest |bias| accepted, per dtype: fp32 kernels add it to logits, so it must stay far inside the fp32 range. */
 export const BIAS_LIMIT = { float32: 1e30, float64: 1e300 } as const;
 
@@ -79,6 +82,17 @@ export function validateShape(shape: AttentionShape): void {
   positiveInt(shape.lk, 'shape.lk');
   positiveInt(shape.headDim, 'shape.headDim');
   positiveInt(shape.valueDim, 'shape.valueDim');
+  // One limit for every backend (the native kernels' per-thread tiles are sized by the head dims).
+  for (const [x, what] of [
+    [shape.headDim, 'headDim'],
+    [shape.valueDim, 'valueDim'],
+  ] as const) {
+    check(
+      x <= MAX_HEAD_DIM,
+      'shape',
+      () => `shape.${what} is ${x}, above the supported ${MAX_HEAD_DIM}; split the heads (more heads, smaller dims)`,
+    );
+  }
   check(
     shape.heads % shape.kvHeads === 0,
     'shape',
