@@ -22,7 +22,7 @@ namespace {
 using hype::AttentionParams;
 
 /** Bumped whenever a kernel's signature or semantics change; src/backend/native.ts refuses any other value. */
-constexpr int kAbi = 2;
+constexpr int kAbi = 3;
 
 struct Refusal : std::exception {
   std::string msg;
@@ -317,8 +317,11 @@ Napi::Value PrefixSoftmaxRows(const Napi::CallbackInfo& info) {
 
 Napi::Value AdamwStep(const Napi::CallbackInfo& info) {
   const long n = dim(info[4], "n");
-  hype::AdamWScalars h{finite(info[5], "lr"),  finite(info[6], "beta1"),       finite(info[7], "beta2"),
-                       finite(info[8], "eps"), finite(info[9], "weightDecay"), double(dim(info[10], "step"))};
+  require(info[5].IsObject(), "the AdamW hyperparameters must be an object");
+  const Napi::Object o = info[5].As<Napi::Object>();
+  hype::AdamWScalars h{finite(o.Get("lr"), "lr"),   finite(o.Get("beta1"), "beta1"),
+                       finite(o.Get("beta2"), "beta2"), finite(o.Get("eps"), "eps"),
+                       finite(o.Get("weightDecay"), "weightDecay"), double(dim(o.Get("step"), "step"))};
   require(h.step >= 1, "step must be at least 1");
   require(h.beta1 >= 0 && h.beta1 < 1 && h.beta2 >= 0 && h.beta2 < 1, "betas must be in [0, 1)");
   hype::adamwStep(f32(info[0], "param", n), f32(info[1], "grad", n), f32(info[2], "m", n), f32(info[3], "v", n), n,
@@ -336,8 +339,12 @@ Napi::Value EmbeddingForward(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
-  const long n = dim(info[3], "n"), width = dim(info[4], "width"), vocab = dim(info[5], "vocab");
+  const long n = dim(info[3], "n"), width = dim(info[4], "width");
   const int32_t* t = i32(info[1], "tokens", n);
+  require(width >= 1, "width must be positive");
+  // The table's row count is implied by its length (the op's signature carries no vocab).
+  f32(info[2], "dTable", 0);  // type check
+  const long vocab = long(info[2].As<Napi::Float32Array>().ElementLength()) / width;
   requireIndices(t, n, vocab, "token");
   hype::embeddingBackward(f32(info[0], "dOut", times(n, width)), t, f32(info[2], "dTable", times(vocab, width)), n,
                           width);
@@ -368,9 +375,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"softmaxCrossEntropyBackward", 6, "(logits, targets, dLogits, rows, vocab, dLoss)",
        SoftmaxCrossEntropyBackward},
       {"prefixSoftmaxRows", 4, "(x, rows, cols, visible)", PrefixSoftmaxRows},
-      {"adamwStep", 11, "(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, step)", AdamwStep},
+      {"adamwStep", 6, "(param, grad, m, v, n, {lr, beta1, beta2, eps, weightDecay, step})", AdamwStep},
       {"embeddingForward", 6, "(table, tokens, out, n, width, vocab)", EmbeddingForward},
-      {"embeddingBackward", 6, "(dOut, tokens, dTable, n, width, vocab)", EmbeddingBackward},
+      {"embeddingBackward", 5, "(dOut, tokens, dTable, n, width)", EmbeddingBackward},
   };
   for (const Entry& e : entries) exports.Set(e.name, guarded(env, e.name, e.argc, e.usage, e.body));
   exports.Set("vectorWidth", Napi::Number::New(env, hype::VL));

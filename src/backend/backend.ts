@@ -79,10 +79,11 @@ export interface AttentionGrads {
 }
 
 /**
- * A backend may also provide any of the non-attention layer operations (layer norm, GELU, cross-entropy, AdamW,
- * embedding, bias); models call `layerOpsOf(backend)` (layers.ts), which falls back to the references there.
+ * Every member is required: gemm, fused attention forward and backward, and every layer operation of LayerOps
+ * (layers.ts declares each op's signature once; the reference implements them there, the native backend in
+ * native/). Models, decoders, trainers and encodings call the backend they were given, never a fallback.
  */
-export interface Backend extends Partial<LayerOps> {
+export interface Backend extends LayerOps {
   readonly name: string;
   /**
    * C = alpha * op(A) op(B) + beta * C, row-major; op(A) is m x k, op(B) is k x n, C is m x n with leading
