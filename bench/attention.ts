@@ -23,7 +23,7 @@ import { NativeBackend } from '../src/backend/native.ts';
 import { multiHeadAttention } from '../src/interop/onnx-attention.ts';
 import { OnnxGraph } from '../src/interop/onnx-graph.ts';
 import { alibiDistanceTable, buildDistanceTable } from '../src/pe/distance-table.ts';
-import { hypeDistanceTable } from '../src/pe/hype-table.ts';
+import { hypeDistanceTable } from '../src/pe/hype/table.ts';
 
 interface Args {
   quick: boolean;

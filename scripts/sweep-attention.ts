@@ -35,7 +35,7 @@ import {
 } from '../src/backend/backend.ts';
 import { biasValue } from '../src/backend/reference-attention.ts';
 import { alibiDistanceTable, buildDistanceTable } from '../src/pe/distance-table.ts';
-import { hypeDistanceTable } from '../src/pe/hype-table.ts';
+import { hypeDistanceTable } from '../src/pe/hype/table.ts';
 import { Rng } from '../src/util/rng.ts';
 
 export const MODES = ['none', 'alibi', 'hype', 'table'] as const;

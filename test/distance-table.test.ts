@@ -13,7 +13,7 @@ import {
   buildDistanceTable,
   type DistanceGeometry,
 } from '../src/pe/distance-table.ts';
-import { hypeDistanceTable, hypeTableGrads } from '../src/pe/hype-table.ts';
+import { hypeDistanceTable, hypeTableGrads } from '../src/pe/hype/table.ts';
 import { Rng } from '../src/util/rng.ts';
 import { maxRelativeGradError } from './helpers/gradcheck.ts';
 

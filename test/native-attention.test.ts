@@ -10,7 +10,7 @@ import { loadNativeAddon, NativeBackend, nativeLoadError, type NativeAddon } fro
 import { referenceGemm, ReferenceBackend } from '../src/backend/reference.ts';
 import { HypeError } from '../src/errors.ts';
 import { alibiDistanceTable } from '../src/pe/distance-table.ts';
-import { hypeDistanceTable } from '../src/pe/hype-table.ts';
+import { hypeDistanceTable } from '../src/pe/hype/table.ts';
 import { Rng } from '../src/util/rng.ts';
 import {
   compareCase,

@@ -14,7 +14,7 @@ import {
 } from '../src/interop/onnx-attention.ts';
 import { OnnxGraph } from '../src/interop/onnx-graph.ts';
 import { alibiDistanceTable } from '../src/pe/distance-table.ts';
-import { hypeDistanceTable } from '../src/pe/hype-table.ts';
+import { hypeDistanceTable } from '../src/pe/hype/table.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const [B, L, H, d] = [2, 40, 4, 16];

@@ -3,7 +3,7 @@ import { distanceSpan, type AttentionOptions, type AttentionShape, type Position
 import { biasValue } from '../src/backend/reference-attention.ts';
 import { ReferenceBackend, referenceGemm } from '../src/backend/reference.ts';
 import { alibiDistanceTable } from '../src/pe/distance-table.ts';
-import { hypeDistanceTable } from '../src/pe/hype-table.ts';
+import { hypeDistanceTable } from '../src/pe/hype/table.ts';
 import { Rng } from '../src/util/rng.ts';
 import { maxRelativeGradError, sampleIndices } from './helpers/gradcheck.ts';
 

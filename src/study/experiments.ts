@@ -103,6 +103,11 @@ export interface PrecisionConfig {
 
 export interface PrecisionResult {
   evals: LengthEval<{ bitsPerByte: number; scored: number }>[];
+  /**
+   * Split formats only: the same reloaded model evaluated in fp32 right before, so their cost is paired with the
+   * very model they ran on even when the lm run had to be re-trained for this cell.
+   */
+  fp32Evals?: LengthEval<{ bitsPerByte: number; scored: number }>[];
   backend: string;
   versions: Versions;
   evalSeconds: number;
@@ -267,6 +272,26 @@ export function precisionConfigs(plan: StudyPlan, encodings: readonly string[]):
 }
 
 /**
+ * The HyPE options a precision format stands for. Plain bf16/fp16 name their columns explicitly, so the cells
+ * recorded before split columns became the half-precision default keep their meaning.
+ */
+export function precisionPeOptions(format: PrecisionFormat): Record<string, unknown> {
+  switch (format) {
+    case 'bf16-kernel':
+      return { route: 'kernel', format: 'bf16' };
+    case 'bf16':
+    case 'fp16':
+      return { format, columns: 'plain' };
+    case 'bf16-split':
+      return { format: 'bf16', columns: 'split' };
+    case 'fp16-split':
+      return { format: 'fp16', columns: 'split' };
+    case 'fp32':
+      return { format: 'fp32' };
+  }
+}
+
+/**
  * Re-evaluates the lm model of `c.lm` with its attention operands held as `c.format` says (PrecisionFormat;
  * emulated: values rounded, arithmetic and accumulation in fp32). The model is the lm cell's run if it exists;
  * otherwise it is trained here exactly as the lm cell would (same seed, same data, same steps).
@@ -278,15 +303,20 @@ export async function runPrecision(env: StudyEnv, outDir: string, configs: reado
     const data = loadLmData(env, c.lm.corpus);
     const { train } = await trainLm(env, c.lm, data);
     const t0 = performance.now();
-    const options = c.format === 'bf16-kernel' ? { route: 'kernel', format: 'bf16' } : { format: c.format };
-    const model = reloadWithPeOptions(train.runDir, env.backend, options);
     const ev = evalData(data, c.lm.evalBytes);
-    const evals = c.lm.multipliers.map((m) => {
-      const length = m * c.lm.trainLength;
-      return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
-    });
+    const evaluate = (options: Record<string, unknown>) => {
+      const model = reloadWithPeOptions(train.runDir, env.backend, options);
+      return c.lm.multipliers.map((m) => {
+        const length = m * c.lm.trainLength;
+        return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
+      });
+    };
+    const split = c.format === 'bf16-split' || c.format === 'fp16-split';
+    const fp32Evals = split ? evaluate({ format: 'fp32' }) : undefined;
+    const evals = evaluate(precisionPeOptions(c.format));
     env.log(`precision ${c.lm.encoding} ${c.format}: ${evals.map(describeBpb).join(', ')}`);
-    return { evals, backend: env.backend.name, versions: versions(), evalSeconds: (performance.now() - t0) / 1000 };
+    const seconds = (performance.now() - t0) / 1000;
+    return { evals, fp32Evals, backend: env.backend.name, versions: versions(), evalSeconds: seconds };
   });
 }
 

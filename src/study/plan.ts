@@ -76,11 +76,12 @@ export interface TaskPlan {
 }
 
 /**
- * How the re-evaluated model's attention operands are held: fp32; bf16 or fp16 on the concat route (Qhat, Khat, Vhat
- * rounded, the bias columns included); 'bf16-kernel': the kernel route with Q, K, V rounded to bf16 and the bias
- * added in fp32, the mitigation SPEC section 4 points to.
+ * How the re-evaluated model's attention operands are held: fp32; bf16 or fp16 on the concat route with plain columns
+ * (Qhat, Khat, Vhat rounded, the two bias columns per pair included); bf16-split / fp16-split: the same with split
+ * columns (SPEC section 8: hi/lo parts, six per pair); 'bf16-kernel': the kernel route with Q, K, V rounded to bf16
+ * and the bias added in fp32, the mitigation SPEC section 4 points to.
  */
-export type PrecisionFormat = 'fp32' | 'bf16' | 'fp16' | 'bf16-kernel';
+export type PrecisionFormat = 'fp32' | 'bf16' | 'fp16' | 'bf16-split' | 'fp16-split' | 'bf16-kernel';
 
 export interface PrecisionPlan {
   /** HyPE study encodings whose trained lm models are re-evaluated with rounded operands. */
@@ -176,7 +177,7 @@ export function fullPlan(): StudyPlan {
     },
     precision: {
       encodings: ['hype-recency', 'hype-paper', 'hype-learned'],
-      formats: ['fp32', 'bf16', 'fp16', 'bf16-kernel'],
+      formats: ['fp32', 'bf16', 'fp16', 'bf16-split', 'fp16-split', 'bf16-kernel'],
       corpus: 'tinyshakespeare',
     },
   };

@@ -8,7 +8,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TopLevelSpec } from 'vega-lite';
 import { lineChartSpec, type LinePoint } from '../plot/charts.ts';
-import { presetSpec } from '../pe/hype.ts';
+import { presetSpec } from '../pe/hype/encoding.ts';
 import { formatInterval, meanInterval } from './stats.ts';
 import { markdownTable, type Observation } from './table.ts';
 import type {
@@ -366,8 +366,10 @@ function setupSection(input: ReportInput): string[] {
     `- precision: the trained lm models of ${p.precision.encodings.join(', ')} on ${p.precision.corpus} ` +
       `re-evaluated with their attention operands in ${p.precision.formats.join(', ')} (emulated: values rounded, ` +
       "products and sums in fp32). bf16 and fp16 round the concat route's operands Qhat, Khat, Vhat, the two " +
-      "bias columns included; bf16-kernel runs the same model on the kernel route (ALiBi's way: Q, K, V rounded " +
-      'to bf16, the bias computed and added in fp32).',
+      'plain bias columns per pair included; bf16-split and fp16-split do the same with split columns (SPEC ' +
+      'section 8: each bias column as hi/lo parts, six columns per pair, no kernel change; their cost is paired ' +
+      "with the same reloaded model's fp32 evaluation); bf16-kernel runs the same model on the kernel route " +
+      "(ALiBi's way: Q, K, V rounded to bf16, the bias computed and added in fp32).",
   );
   return lines;
 }
@@ -618,25 +620,28 @@ function precisionSection(input: ReportInput, charts: Chart[], plotsRel: string)
   return lines;
 }
 
-/** Precision rows ('<model> <format>') in the published order: models as the encodings, then fp32, bf16, fp16, bf16-kernel. */
+/** Precision rows ('<model> <format>') in the published order: models as the encodings, then the formats. */
 function precisionRowOrder(input: ReportInput): string[] {
-  const formatOrder: PrecisionFormat[] = ['fp32', 'bf16', 'fp16', 'bf16-kernel'];
+  const formatOrder: PrecisionFormat[] = ['fp32', 'bf16', 'bf16-split', 'fp16', 'fp16-split', 'bf16-kernel'];
   return sortEnc(uniq(input.precision.map((c) => c.config.lm.encoding))).flatMap((e) =>
     formatOrder.map((f) => `${e} ${f}`),
   );
 }
 
-/** Rounded-minus-fp32 bits per byte, paired by trained model (same lm cell). */
+/**
+ * Rounded-minus-fp32 bits per byte, paired by trained model: against the cell's own fp32 evaluation of the same
+ * reloaded model when it has one (split formats), else the lm cell's fp32 precision cell.
+ */
 function precisionDiffs(input: ReportInput) {
   const out: { encoding: string; format: string; length: number; values: number[] }[] = [];
   const key = (c: PrecisionConfig) => JSON.stringify(c.lm);
   const fp32 = new Map(input.precision.filter((c) => c.config.format === 'fp32').map((c) => [key(c.config), c]));
   for (const c of input.precision) {
     if (c.config.format === 'fp32') continue;
-    const base = fp32.get(key(c.config));
-    if (!base) continue;
+    const baseEvals = c.result.fp32Evals ?? fp32.get(key(c.config))?.result.evals;
+    if (!baseEvals) continue;
     for (const e of c.result.evals) {
-      const b = base.result.evals.find((x) => x.length === e.length);
+      const b = baseEvals.find((x) => x.length === e.length);
       if (!e.ok || !b || !b.ok) continue;
       let row = out.find(
         (r) => r.encoding === c.config.lm.encoding && r.format === c.config.format && r.length === e.length,
@@ -650,6 +655,41 @@ function precisionDiffs(input: ReportInput) {
 }
 
 // ------------------------------------------------------------------------------------------------- findings
+
+/**
+ * The answer to "does HyPE survive bf16?": per model, the worst mean cost over the evaluation lengths of plain and
+ * split columns, against the targets of the split-columns issue (bf16-split < 0.01, fp16-split < 0.002 bits per
+ * byte at every length).
+ */
+function survivalLines(diffs: ReturnType<typeof precisionDiffs>): string[] {
+  const targets: Record<string, number> = { 'bf16-split': 0.01, 'fp16-split': 0.002 };
+  const worst = (enc: string, format: string) => {
+    const rows = diffs.filter((d) => d.encoding === enc && d.format === format);
+    if (rows.length === 0) return null;
+    const means = rows.map((d) => meanInterval(d.values).mean);
+    return { value: Math.max(...means), models: Math.min(...rows.map((d) => d.values.length)) };
+  };
+  const lines: string[] = [];
+  for (const enc of sortEnc(uniq(diffs.map((d) => d.encoding)))) {
+    const parts: string[] = [];
+    for (const [plain, split] of [
+      ['bf16', 'bf16-split'],
+      ['fp16', 'fp16-split'],
+    ] as const) {
+      const p = worst(enc, plain);
+      const q = worst(enc, split);
+      if (!q) continue;
+      const verdict = q.value < targets[split]! ? 'meets' : 'misses';
+      parts.push(
+        `${split} costs at most ${q.value >= 0 ? '+' : ''}${q.value.toFixed(4)} bits per byte at any length ` +
+          `(${q.models} model${q.models === 1 ? '' : 's'}; ${verdict} the < ${targets[split]} target)` +
+          (p ? ` where plain ${plain} costs up to +${p.value.toFixed(3)}` : ''),
+      );
+    }
+    if (parts.length) lines.push(`  - **Survival, ${enc}:** ${parts.join('; ')}.`);
+  }
+  return lines;
+}
 
 function findingsSection(input: ReportInput): string[] {
   const lines = ['## Findings (computed from the numbers below)', ''];
@@ -704,7 +744,7 @@ function findingsSection(input: ReportInput): string[] {
   }
   lines.push(...flipRecallPair(input, 'path', 'rope'));
   lines.push(...flipRecallPair(input, 'hope', 'rope'));
-  lines.push('5. **What does bf16 cost HyPE?**');
+  lines.push('5. **What does bf16 cost HyPE, and does HyPE survive bf16?**');
   const diffs = precisionDiffs(input);
   if (diffs.length === 0) lines.push('  - No precision results yet.');
   const firstLm = input.precision[0]?.config.lm;
@@ -723,9 +763,11 @@ function findingsSection(input: ReportInput): string[] {
         `L_extra), and the concat route recovers the bias from products of order |tau|, so a unit roundoff u ` +
         `(bf16 2^-8, fp16 2^-11) blurs it by about |tau| u = ${(tauMax * 2 ** -8).toFixed(2)} (bf16) or ` +
         `${(tauMax * 2 ** -11).toFixed(2)} (fp16) logits (SPEC sections 3-4); the paper preset has |tau| = 1. ` +
-        'The kernel route (bf16-kernel) adds the bias in fp32, so its rounding comes from Q and K alone.',
+        'The kernel route (bf16-kernel) adds the bias in fp32, so its rounding comes from Q and K alone. Split ' +
+        'columns (bf16-split, fp16-split) carry each bias column as hi + lo, which leaves ~|tau| u^2 instead.',
     );
   }
+  lines.push(...survivalLines(diffs));
   const present = new Set(diffs.map((d) => `${d.encoding} ${d.format}`));
   const groups = precisionRowOrder(input).filter((g) => present.has(g));
   for (const g of groups) {

@@ -7,15 +7,15 @@
  * arguments go through logs (tau sinh x = sign(tau x) e^{ln|tau| + |x| - ln 2} for |x| > 20, where e^{-2|x|} is
  * below fp64's ulp) so that a tiny |tau| times a huge sinh stays representable when the product is.
  */
-import { distanceSpan } from '../backend/backend.ts';
-import { BIAS_LIMIT } from '../backend/validate.ts';
-import { HypeError } from '../errors.ts';
+import { distanceSpan } from '../../backend/backend.ts';
+import { BIAS_LIMIT } from '../../backend/validate.ts';
+import { HypeError } from '../../errors.ts';
 import {
   buildDistanceTable,
   forEachDistanceGrad,
   reachableDistances,
   type DistanceGeometry,
-} from './distance-table.ts';
+} from '../distance-table.ts';
 
 /** c sinh(x), or c cosh(x) with `cosh`, without overflowing in sinh/cosh when the product is representable. */
 function scaledHyperbolic(c: number, x: number, cosh: boolean): number {
