@@ -2,7 +2,7 @@
  * Dense row-major arrays with a shape. Deliberately minimal: kernels take typed arrays plus explicit sizes, and
  * this type only carries the pair around and checks it.
  */
-import { check } from './errors.ts';
+import { check, HypeError } from './errors.ts';
 
 export type DType = 'float32' | 'float64';
 export type FloatArray = Float32Array | Float64Array;
@@ -22,8 +22,39 @@ export function dtypeOf(a: FloatArray): DType {
   return a instanceof Float64Array ? 'float64' : 'float32';
 }
 
-export function allocate(dtype: DType, n: number): FloatArray {
-  return dtype === 'float64' ? new Float64Array(n) : new Float32Array(n);
+/** The most elements one typed array may hold (Node 20's limit, 2^32; later Nodes allow more, memory permitting). */
+export const MAX_ELEMENTS = 2 ** 32;
+
+/**
+ * A zeroed array of n elements, or one HypeError naming `what`, n and its size in bytes when n is not a valid length
+ * or the memory cannot be had (instead of a bare RangeError from the engine).
+ */
+export function allocate(dtype: DType, n: number, what = 'an array'): FloatArray {
+  check(
+    Number.isSafeInteger(n) && n >= 0,
+    'shape',
+    () => `${what}: ${n} elements requested; an element count must be a non-negative integer`,
+  );
+  const bytes = n * (dtype === 'float64' ? 8 : 4);
+  check(
+    n <= MAX_ELEMENTS,
+    'memory',
+    () =>
+      `${what}: ${n} elements (${gib(bytes)}), more than one array can hold (${MAX_ELEMENTS}); use smaller sizes`,
+  );
+  try {
+    return dtype === 'float64' ? new Float64Array(n) : new Float32Array(n);
+  } catch (e) {
+    if (!(e instanceof RangeError)) throw e;
+    throw new HypeError(
+      'memory',
+      `${what}: ${gib(bytes)} (${n} ${dtype} values) cannot be allocated; use smaller sizes`,
+    );
+  }
+}
+
+function gib(bytes: number): string {
+  return bytes >= 2 ** 30 ? `${(bytes / 2 ** 30).toFixed(1)} GiB` : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 }
 
 export function tensor<A extends FloatArray>(data: A, shape: readonly number[]): Tensor<A> {
@@ -38,7 +69,9 @@ export function tensor<A extends FloatArray>(data: A, shape: readonly number[]):
 }
 
 export function zeros(shape: readonly number[], dtype: DType = 'float64'): Tensor {
-  return tensor(allocate(dtype, numel(shape)), shape);
+  for (const s of shape)
+    check(Number.isInteger(s) && s >= 0, 'shape', `shape [${shape}] must hold non-negative integers`);
+  return tensor(allocate(dtype, numel(shape), `a tensor of shape [${shape}]`), shape);
 }
 
 export function shapeString(shape: readonly number[]): string {

@@ -11,6 +11,8 @@ import type { Backend } from '../backend/backend.ts';
 import { loadBackend } from '../backend/index.ts';
 import { HypeError } from '../errors.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
+import { parseEncodingOptions } from '../pe/options.ts';
+import { parseEncodingSpec } from '../pe/registry.ts';
 import type { TrainConfig } from '../train/config.ts';
 import { DEFAULT_CORPUS } from '../train/corpus.ts';
 import { TrainingRun } from '../train/trainer.ts';
@@ -75,7 +77,7 @@ function readJson(path: string, what: string): unknown {
 }
 
 /** Model config from --model-config (a JSON file) overlaid with explicit flags; undefined if nothing was given. */
-function modelConfigFrom(f: TrainFlags): Record<string, unknown> {
+export function modelConfigFrom(f: TrainFlags): Record<string, unknown> {
   const base = f.modelConfig ? (readJson(f.modelConfig, 'model config') as Record<string, unknown>) : {};
   const out: Record<string, unknown> = { ...base };
   const set = (k: string, v: unknown) => {
@@ -83,10 +85,22 @@ function modelConfigFrom(f: TrainFlags): Record<string, unknown> {
   };
   if (f.pe !== undefined || f.peOptions !== undefined) {
     const basePe = (typeof base.pe === 'object' && base.pe) || {};
+    // --pe takes `name` or `name:options`, --pe-options the options alone; both in either syntax (pe/options.ts).
+    const named = f.pe !== undefined ? parseEncodingSpec(f.pe) : undefined;
+    const inline = f.pe?.includes(':') ? named!.options : undefined;
+    const flagged = f.peOptions !== undefined ? parseEncodingOptions(f.peOptions) : undefined;
+    for (const key of Object.keys(flagged ?? {})) {
+      if (inline && Object.hasOwn(inline, key)) {
+        throw new HypeError(
+          'argument',
+          `encoding option '${key}' is given in both --pe and --pe-options; give it once`,
+        );
+      }
+    }
     out.pe = {
       ...basePe,
-      ...(f.pe !== undefined ? { name: f.pe } : {}),
-      ...(f.peOptions !== undefined ? { options: readPeOptions(f.peOptions) } : {}),
+      ...(named ? { name: named.name } : {}),
+      ...(inline || flagged ? { options: { ...inline, ...flagged } } : {}),
     };
   }
   set('width', f.width);
@@ -98,16 +112,6 @@ function modelConfigFrom(f: TrainFlags): Record<string, unknown> {
   set('dtype', f.dtype);
   set('seed', f.seed);
   return out;
-}
-
-function readPeOptions(s: string): Record<string, unknown> {
-  try {
-    const v = JSON.parse(s);
-    if (typeof v === 'object' && v !== null && !Array.isArray(v)) return v;
-  } catch {
-    // fall through to the error below
-  }
-  throw new HypeError('argument', `--pe-options must be a JSON object such as '{"preset":"recency"}', got ${s}`);
 }
 
 function trainConfigFrom(f: TrainFlags): Partial<TrainConfig> {
@@ -221,8 +225,14 @@ export function registerTrain(program: Command): void {
   program
     .command('train')
     .description('train a byte-level transformer with a positional encoding; writes a run folder')
-    .option('--pe <name>', 'positional encoding (see the registry), required for a new run')
-    .option('--pe-options <json>', 'encoding options as JSON, e.g. \'{"preset":"recency"}\'')
+    .option(
+      '--pe <name>',
+      'positional encoding (see the registry), optionally with options: hype:preset=recency; required for a new run',
+    )
+    .option(
+      '--pe-options <options>',
+      'encoding options as JSON or key=value pairs: \'{"preset":"recency"}\' or preset=recency:lengthExtra=4096',
+    )
     .option('--model-config <file>', 'model config JSON (flags below override its keys)')
     .option('--width <n>', 'model width (default 128)', int)
     .option('--layers <n>', 'transformer blocks (default 4)', int)

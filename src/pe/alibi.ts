@@ -11,10 +11,11 @@ import { check } from '../errors.ts';
 import type { AttendContext, EncodingDims, EncodingFactory, PositionalEncoding } from './encoding.ts';
 import { alibiSlopes } from './alibi-slopes.ts';
 import { backendAttention, checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
+import { defineEncoding } from './options.ts';
 
 export type AlibiOptions = Record<string, never>;
 
-export const alibiEncoding: EncodingFactory<AlibiOptions> = {
+export const alibiEncoding: EncodingFactory<AlibiOptions> = defineEncoding<AlibiOptions>({
   name: 'alibi',
   description: 'ALiBi (Press et al. 2021): fixed per-head linear distance penalty -m_h |D|, reference slopes',
   sites: ['score-bias'],
@@ -53,4 +54,4 @@ export const alibiEncoding: EncodingFactory<AlibiOptions> = {
       },
     };
   },
-};
+});

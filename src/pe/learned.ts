@@ -11,6 +11,7 @@ import { check, HypeError } from '../errors.ts';
 import type { Rng } from '../util/rng.ts';
 import type { EncodingDims, EncodingFactory, Param, PositionalEncoding } from './encoding.ts';
 import { plainAttend, plainDenseLogits } from './attention-plumbing.ts';
+import { defineEncoding } from './options.ts';
 
 export interface LearnedOptions {
   /** Rows in the table: the longest sequence (offset + length) accepted. 0 (the default) means the training length. */
@@ -30,7 +31,7 @@ function checkCovered(maxLength: number, offset: number, length: number): void {
   }
 }
 
-export const learnedEncoding: EncodingFactory<LearnedOptions> = {
+export const learnedEncoding: EncodingFactory<LearnedOptions> = defineEncoding<LearnedOptions>({
   name: 'learned',
   description: 'learned absolute position table added to the embeddings (GPT-2 style), fixed maximum length',
   sites: ['embedding'],
@@ -88,4 +89,4 @@ export const learnedEncoding: EncodingFactory<LearnedOptions> = {
       denseLogits: plainDenseLogits,
     };
   },
-};
+});

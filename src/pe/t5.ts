@@ -16,6 +16,7 @@ import type { Rng } from '../util/rng.ts';
 import type { AttendContext, EncodingDims, EncodingFactory, Param, PositionalEncoding } from './encoding.ts';
 import { accumulateInto, backendAttention, checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
 import { checkT5BucketOptions, t5Bucket } from './t5-buckets.ts';
+import { defineEncoding } from './options.ts';
 
 export interface T5Options {
   numBuckets: number;
@@ -26,7 +27,7 @@ export interface T5Options {
   initStd: number;
 }
 
-export const t5Encoding: EncodingFactory<T5Options> = {
+export const t5Encoding: EncodingFactory<T5Options> = defineEncoding<T5Options>({
   name: 't5',
   description: 'T5 relative bias (Raffel et al. 2020): log-bucketed distance -> learned per-head scalar',
   sites: ['score-bias'],
@@ -99,4 +100,4 @@ export const t5Encoding: EncodingFactory<T5Options> = {
       },
     };
   },
-};
+});
