@@ -39,9 +39,18 @@ export function allocate(dtype: DType, n: number, what = 'an array'): FloatArray
   check(
     n <= MAX_ELEMENTS,
     'memory',
-    () =>
-      `${what}: ${n} elements (${gib(bytes)}), more than one array can hold (${MAX_ELEMENTS}); use smaller sizes`,
+    () => `${what}: ${n} elements (${gib(bytes)}), more than one array can hold (${MAX_ELEMENTS}); use smaller sizes`,
   );
+  if (bytes > LARGE) {
+    const free = freeMemory();
+    check(
+      bytes <= free,
+      'memory',
+      () =>
+        `${what}: ${gib(bytes)} (${n} ${dtype} values), more than the ${gib(free)} of memory free; use smaller ` +
+        'sizes (an option or flag may be far larger than intended)',
+    );
+  }
   try {
     return dtype === 'float64' ? new Float64Array(n) : new Float32Array(n);
   } catch (e) {
@@ -51,6 +60,20 @@ export function allocate(dtype: DType, n: number, what = 'an array'): FloatArray
       `${what}: ${gib(bytes)} (${n} ${dtype} values) cannot be allocated; use smaller sizes`,
     );
   }
+}
+
+/** Allocations above this size are checked against free memory first (cheap enough at that size). */
+const LARGE = 2 ** 26;
+
+/**
+ * Free memory in bytes where the runtime can tell (Node: os.freemem(), reached without a static import so this
+ * module stays browser-safe), else Infinity. The engine itself refuses only sizes past its limits; below them an
+ * absurd size (an option of 1e9) would be granted virtually by the OS and the process killed when it is touched.
+ */
+function freeMemory(): number {
+  const proc = (globalThis as { process?: { getBuiltinModule?: (id: string) => unknown } }).process;
+  const os = proc?.getBuiltinModule?.('node:os') as { freemem(): number } | undefined;
+  return os ? os.freemem() : Infinity;
 }
 
 function gib(bytes: number): string {

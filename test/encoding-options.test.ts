@@ -68,6 +68,24 @@ describe('unknown and mistyped encoding options are refused', () => {
   }
 });
 
+describe('options that size a table are bounded', () => {
+  it('a size past 2^20 is refused before anything is allocated (1e9 used to allocate and fill gigabytes)', () => {
+    const sized = checked.filter((n) => (getEncodingFactory(n) as { sizeKeys?: string[] }).sizeKeys?.length);
+    expect(sized.sort()).toEqual(['learned', 'path', 'shaw', 't5', 'xl']);
+    for (const name of sized) {
+      for (const key of (getEncodingFactory(name) as unknown as { sizeKeys: string[] }).sizeKeys) {
+        const e = refusal(() => getEncodingFactory(name).create(dims, { [key]: 1e9 }, new Rng(1)));
+        expect(e.message).toContain(`'${key}' = 1000000000 is larger than 1048576`);
+        expect(
+          refusal(() => getEncodingFactory(name).create(dims, { [key]: 2 ** 20 + 1 }, new Rng(1))).message,
+        ).toMatch(/larger than 1048576/);
+      }
+    }
+    // At the bound itself the option is accepted (a learned table of 2^20 positions x 16 dims, 128 MiB).
+    expect(() => getEncodingFactory('learned').create(dims, { maxLength: 2 ** 20 }, new Rng(1))).not.toThrow();
+  });
+});
+
 describe('one parser for both option syntaxes', () => {
   it('JSON and key=value give the same options, typed', () => {
     const fromPairs = parseEncodingOptions('numBuckets=16:bucketing=causal:initStd=0.5');

@@ -15,7 +15,16 @@ import type { Rng } from '../util/rng.ts';
 export interface EncodingDefinition<O extends object> extends EncodingFactory<O> {
   /** Options accepted that have no default (absent means "derived"), e.g. a length taken from the model. */
   readonly optionalKeys?: readonly string[];
+  /** Options that size a parameter table (a length, a clip distance, a width): at most MAX_SIZE_OPTION. */
+  readonly sizeKeys?: readonly string[];
 }
+
+/**
+ * The largest value a sizing option may take: 2^20 positions. Attention here is quadratic, so 2^20 positions cost
+ * ~10^12 operations per head and layer, and a table sized beyond that is gigabytes of parameters no run can train;
+ * such a value is a typo (1e9 for 1e3), refused before gigabytes are allocated and filled.
+ */
+export const MAX_SIZE_OPTION = 2 ** 20;
 
 function typeName(v: unknown): string {
   if (v === null) return 'null';
@@ -28,7 +37,7 @@ function typeName(v: unknown): string {
  * finite). `undefined` values count as absent, as an object spread would treat them.
  */
 export function checkEncodingOptions(
-  factory: Pick<EncodingDefinition<object>, 'name' | 'defaults' | 'optionalKeys'>,
+  factory: Pick<EncodingDefinition<object>, 'name' | 'defaults' | 'optionalKeys' | 'sizeKeys'>,
   options: unknown,
 ): void {
   check(
@@ -60,6 +69,13 @@ export function checkEncodingOptions(
       typeof value !== 'number' || Number.isFinite(value),
       'argument',
       () => `${factory.name} option '${key}' must be a finite number, got ${String(value)}`,
+    );
+    check(
+      !factory.sizeKeys?.includes(key) || (value as number) <= MAX_SIZE_OPTION,
+      'argument',
+      () =>
+        `${factory.name} option '${key}' = ${String(value)} is larger than ${MAX_SIZE_OPTION} (2^20): it sizes a ` +
+        'parameter table, and quadratic attention cannot use one that large; check the value',
     );
   }
 }

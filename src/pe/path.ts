@@ -389,6 +389,7 @@ export const pathFactory: EncodingFactory<PathOptions> = defineEncoding<PathOpti
   description: 'PaTH: data-dependent Householder-like factors I - beta w w^T accumulated between key and query',
   sites: ['data-dependent'],
   defaults: DEFAULTS,
+  sizeKeys: ['convSize'],
   create(dims: EncodingDims, options: Partial<PathOptions>, rng: Rng): PathEncoding {
     const o = { ...DEFAULTS, ...options };
     check(

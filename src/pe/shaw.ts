@@ -248,6 +248,7 @@ export const shawFactory: EncodingFactory<ShawOptions> = defineEncoding<ShawOpti
   description: 'Shaw et al. 2018: learned relative key and value embeddings of the clipped distance (clip K)',
   sites: ['score-bias'],
   defaults: DEFAULTS,
+  sizeKeys: ['clip'],
   create(dims: EncodingDims, options: Partial<ShawOptions>, rng: Rng): ShawEncoding {
     const o = { ...DEFAULTS, ...options };
     check(

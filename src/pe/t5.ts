@@ -16,6 +16,7 @@ import type { Rng } from '../util/rng.ts';
 import type { AttendContext, EncodingDims, EncodingFactory, Param, PositionalEncoding } from './encoding.ts';
 import { accumulateInto, backendAttention, checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
 import { checkT5BucketOptions, t5Bucket } from './t5-buckets.ts';
+import { createParam } from './explicit-attention.ts';
 import { defineEncoding } from './options.ts';
 
 export interface T5Options {
@@ -32,6 +33,7 @@ export const t5Encoding: EncodingFactory<T5Options> = defineEncoding<T5Options>(
   description: 'T5 relative bias (Raffel et al. 2020): log-bucketed distance -> learned per-head scalar',
   sites: ['score-bias'],
   defaults: { numBuckets: 32, maxDistance: 128, bucketing: 'auto', initStd: 0 },
+  sizeKeys: ['numBuckets'],
   create(dims: EncodingDims, options: Partial<T5Options>, rng: Rng): PositionalEncoding {
     const numBuckets = options.numBuckets ?? 32;
     const maxDistance = options.maxDistance ?? 128;
@@ -46,13 +48,7 @@ export const t5Encoding: EncodingFactory<T5Options> = defineEncoding<T5Options>(
     if (bucketing !== 'bidirectional') checkT5BucketOptions(numBuckets, maxDistance, false);
     check(Number.isFinite(initStd) && initStd >= 0, 'argument', `t5 initStd must be >= 0, got ${initStd}`);
     const H = dims.heads;
-    const table: Param = {
-      name: 'relative_bias',
-      shape: [H, numBuckets],
-      data: new Float64Array(H * numBuckets),
-      grad: new Float64Array(H * numBuckets),
-      decay: false,
-    };
+    const table: Param = createParam('relative_bias', [H, numBuckets], false);
     rng.fillNormal(table.data, initStd);
     const values = table.data as Float64Array;
 

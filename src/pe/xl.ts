@@ -289,6 +289,7 @@ export const xlFactory: EncodingFactory<XlOptions> = defineEncoding<XlOptions>({
   description: 'Transformer-XL relative attention: sinusoidal R of the distance, learned W_R and u/v biases',
   sites: ['score-bias'],
   defaults: DEFAULTS,
+  sizeKeys: ['posDim'],
   create(dims: EncodingDims, options: Partial<XlOptions>, rng: Rng): XlEncoding {
     const o = { ...DEFAULTS, ...options };
     const posDim = o.posDim === 0 ? dims.modelDim : o.posDim;
