@@ -21,7 +21,8 @@ export type HypeErrorCode =
   | 'io' // missing, empty or unreadable file
   | 'checkpoint' // corrupt or mismatched checkpoint
   | 'memory' // an array larger than one typed array can hold, or than the memory available
-  | 'native'; // the native addon is missing or refused the call
+  | 'native' // the native addon is missing or refused the call
+  | 'dependency'; // an optional package (vega, protobufjs) is not installed
 
 /** Throws a `HypeError` with `code` unless `ok`. */
 export function check(ok: boolean, code: HypeErrorCode, message: string | (() => string)): asserts ok {

@@ -1,5 +1,8 @@
 /**
- * hype-attention: the public API.
+ * hype-attention: the browser-safe core (no Node built-ins are reachable from here; a test bundles it with esbuild
+ * for the browser): tensors, the backend seam, the TypeScript reference backend, every positional encoding, HyPE
+ * and the byte-level transformer. Node-only parts live in subpaths: 'hype-attention/node' (loadBackend and the
+ * native addon), '/train', '/study', '/interop', '/cli'.
  *
  *   import { hype, ReferenceBackend } from 'hype-attention';
  *   const h = hype({ preset: 'recency', heads: 8, kvHeads: 8, headDim: 64, lengthExtra: 4096 });
@@ -30,6 +33,15 @@ export {
   roundTo,
   type FloatFormat,
 } from './numerics/float-formats.ts';
+export {
+  COLUMN_PRECISIONS,
+  expandColumns,
+  foldColumnGrads,
+  splitColumns,
+  type ColumnPrecision,
+  type ColumnSide,
+  type SplitFormat,
+} from './numerics/split-columns.ts';
 export { alibiSlopes } from './pe/alibi-slopes.ts';
 export type {
   AttendContext,
@@ -49,8 +61,12 @@ export {
   type AugmentOptions,
   type HypeGrads,
   type HypeSpec,
-} from './pe/hype-core.ts';
-export { hype, hypeEncoding, presetSpec, type HypePreset, type PresetInput } from './pe/hype.ts';
+} from './pe/hype/core.ts';
+export { hype, hypeEncoding, presetSpec, type HypePreset, type PresetInput } from './pe/hype/encoding.ts';
 export { encodingNames, getEncodingFactory } from './pe/registry.ts';
+export { BYTE_VOCAB, MODEL_DEFAULTS, parseModelConfig, type ModelConfig } from './model/config.ts';
+export { Transformer, type TransformerOptions } from './model/transformer.ts';
+export { CachedDecoder, RecomputeDecoder, type Decoder } from './model/decode.ts';
+export { generate, type GenerateOptions, type SamplingOptions } from './model/generate.ts';
 export { tensor, zeros, type DType, type FloatArray, type Tensor } from './tensor.ts';
 export { Rng } from './util/rng.ts';

@@ -16,7 +16,7 @@ import { parseModelConfig } from '../src/model/config.ts';
 import { CachedDecoder, RecomputeDecoder } from '../src/model/decode.ts';
 import { generate } from '../src/model/generate.ts';
 import { Transformer } from '../src/model/transformer.ts';
-import { hypeEncoding } from '../src/pe/hype.ts';
+import { hypeEncoding } from '../src/pe/hype/encoding.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const backend = new ReferenceBackend();
@@ -78,6 +78,8 @@ describe('KV-cache decoding equals full recomputation (256 generated tokens)', (
     ['hype paper (concat, shift none)', 'hype', { preset: 'paper', shift: 'none' }],
     ['hype recency, grouped-query, padded to 8', 'hype', { preset: 'recency', multiple: 8 }, { heads: 4, kvHeads: 2 }],
     ['hype recency (kernel route, raw keys)', 'hype', { preset: 'recency', route: 'kernel' }],
+    // Split columns (hi/lo at fp32 granularity, six per pair): the cache keeps the key-side layout [hi, lo, hi].
+    ['hype recency, split columns', 'hype', { preset: 'recency', columns: 'split', multiple: 8 }],
   ];
   for (const [label, pe, options, extra] of cases) {
     it(label, () => {

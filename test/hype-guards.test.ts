@@ -8,8 +8,8 @@ import { ReferenceBackend } from '../src/backend/reference.ts';
 import { HypeError } from '../src/errors.ts';
 import { FP16, roundToFp16 } from '../src/numerics/float-formats.ts';
 import { concatMuLimit, concatNanX, concatXLimit, sequenceReach } from '../src/numerics/overflow.ts';
-import { augment, type HypeSpec } from '../src/pe/hype-core.ts';
-import { hypeEncoding, presetSpec } from '../src/pe/hype.ts';
+import { augment, type HypeSpec } from '../src/pe/hype/core.ts';
+import { hypeEncoding, presetSpec } from '../src/pe/hype/encoding.ts';
 import { Rng } from '../src/util/rng.ts';
 
 function spec(mu: number, tau = 1, d = 64, H = 1, Hkv = 1): HypeSpec {

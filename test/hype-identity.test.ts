@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import type { AttentionShape } from '../src/backend/backend.ts';
 import { ReferenceBackend } from '../src/backend/reference.ts';
-import { augment, coordinate, exactBias, type HypeSpec } from '../src/pe/hype-core.ts';
+import { augment, coordinate, exactBias, type HypeSpec } from '../src/pe/hype/core.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const backend = new ReferenceBackend();

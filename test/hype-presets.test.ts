@@ -4,8 +4,8 @@
 import { describe, expect, it } from 'vitest';
 import { ReferenceBackend } from '../src/backend/reference.ts';
 import { alibiSlopes } from '../src/pe/alibi-slopes.ts';
-import { augment, exactBias } from '../src/pe/hype-core.ts';
-import { hype, hypeEncoding, presetSpec } from '../src/pe/hype.ts';
+import { augment, exactBias } from '../src/pe/hype/core.ts';
+import { hype, hypeEncoding, presetSpec } from '../src/pe/hype/encoding.ts';
 import { Rng } from '../src/util/rng.ts';
 
 describe('sign of the presets', () => {

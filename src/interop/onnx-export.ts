@@ -24,8 +24,8 @@
 import { check, HypeError } from '../errors.ts';
 import type { Transformer } from '../model/transformer.ts';
 import { alibiSlopes } from '../pe/alibi-slopes.ts';
-import type { HypeSpec } from '../pe/hype-spec.ts';
-import { hypeEncoding, type HypeOptions } from '../pe/hype.ts';
+import type { HypeSpec } from '../pe/hype/spec.ts';
+import { hypeEncoding, type HypeOptions } from '../pe/hype/encoding.ts';
 import { ropeEncoding, ropeFrequencies, type RopeOptions } from '../pe/rope.ts';
 import { alibiBiasTensor, hypeAugment, multiHeadAttention } from './onnx-attention.ts';
 import { OnnxGraph } from './onnx-graph.ts';

@@ -9,7 +9,7 @@ import { alibiEncoding } from './alibi.ts';
 import { daFactory } from './da.ts';
 import type { EncodingFactory } from './encoding.ts';
 import { hopeEncoding } from './hope.ts';
-import { hypeEncoding } from './hype.ts';
+import { hypeEncoding } from './hype/encoding.ts';
 import { learnedEncoding } from './learned.ts';
 import { noneEncoding } from './none.ts';
 import { parseEncodingOptions } from './options.ts';

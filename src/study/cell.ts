@@ -14,6 +14,7 @@ import { evaluateHeldOut } from '../train/evaluate.ts';
 import type { BatchSource } from '../train/source.ts';
 import { readLossLog, TrainingRun } from '../train/trainer.ts';
 import type { FloatArray } from '../tensor.ts';
+import type { StudyProgress } from './progress.ts';
 import type { TaskSequence } from './tasks/task.ts';
 import type { ModelShape, PeChoice, TrainBudget } from './plan.ts';
 
@@ -24,6 +25,8 @@ export interface StudyEnv {
   /** Folder holding tinyshakespeare/ and wikitext-2/. */
   dataDir: string;
   log: (line: string) => void;
+  /** Announces each cell with its place in the run and the time left (absent: a plain log line). */
+  progress?: StudyProgress;
 }
 
 export interface TrainSummary {
@@ -81,7 +84,9 @@ export async function trainModel(
     const every = Math.max(1, Math.round(run.train.steps / 4));
     await run.run({
       onStep: (r) => {
-        if (r.step % every === 0) env.log(`${label}: step ${r.step}/${run.train.steps} loss ${r.loss.toFixed(3)}`);
+        if (r.step % every === 0) {
+          env.log(`${label}: step ${r.step}/${run.train.steps}, training loss ${r.loss.toFixed(3)} nats per byte`);
+        }
       },
     });
   }

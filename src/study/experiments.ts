@@ -31,6 +31,7 @@ import {
   type TrainBudget,
 } from './plan.ts';
 import { cellKey, ResultStore, type CellRecord } from './store.ts';
+import type { StudyCell } from './progress.ts';
 import { FLIPFLOP_MIXES, FLIPFLOP_TASK, flipFlopSequence, type FlipFlopMix } from './tasks/flipflop.ts';
 import { RECALL_TASK, recallSequence } from './tasks/recall.ts';
 import { versions, type Versions } from './versions.ts';
@@ -103,6 +104,11 @@ export interface PrecisionConfig {
 
 export interface PrecisionResult {
   evals: LengthEval<{ bitsPerByte: number; scored: number }>[];
+  /**
+   * Split formats only: the same reloaded model evaluated in fp32 right before, so their cost is paired with the
+   * very model they ran on even when the lm run had to be re-trained for this cell.
+   */
+  fp32Evals?: LengthEval<{ bitsPerByte: number; scored: number }>[];
   backend: string;
   versions: Versions;
   evalSeconds: number;
@@ -218,7 +224,7 @@ export async function runLm(env: StudyEnv, outDir: string, configs: readonly LmC
   const cache = new Map<CorpusName, LmData>();
   const dataOf = (c: CorpusName) => cache.get(c) ?? cache.set(c, loadLmData(env, c)).get(c)!;
   return store.runAll(configs, async (c, i, pending) => {
-    env.log(`lm [${i + 1}/${pending}] ${c.corpus} ${c.encoding} seed ${c.seed}`);
+    cellStarted(env, c, `lm ${c.corpus} ${c.encoding} seed ${c.seed}`, i, pending);
     const data = dataOf(c.corpus);
     const { model, train } = await trainLm(env, c, data);
     const t0 = performance.now();
@@ -227,7 +233,7 @@ export async function runLm(env: StudyEnv, outDir: string, configs: readonly LmC
       const length = m * c.trainLength;
       return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
     });
-    env.log(`lm ${c.corpus} ${c.encoding} seed ${c.seed}: ${evals.map(describeBpb).join(', ')}`);
+    env.log(`lm ${c.corpus} ${c.encoding} seed ${c.seed}: ${describeBpb(evals)}`);
     const hypeParams = Object.fromEntries(
       model
         .parameters()
@@ -253,8 +259,16 @@ export async function runLm(env: StudyEnv, outDir: string, configs: readonly LmC
   });
 }
 
-function describeBpb(e: LengthEval<{ bitsPerByte: number }>): string {
-  return `${e.length}: ${e.ok ? e.bitsPerByte.toFixed(3) : 'cannot evaluate'}`;
+/** "held-out bits per byte at length 64: 3.176, 128: 3.168, ...". */
+function describeBpb(evals: LengthEval<{ bitsPerByte: number }>[]): string {
+  const each = evals.map((e) => `${e.length}: ${e.ok ? e.bitsPerByte.toFixed(3) : 'cannot evaluate'}`);
+  return `held-out bits per byte at length ${each.join(', ')}`;
+}
+
+/** Announces a cell: through the study's progress (place in the run, time left) or, without one, a plain line. */
+function cellStarted(env: StudyEnv, c: StudyCell, label: string, i: number, pending: number): void {
+  if (env.progress) env.progress.cellStarted(c, label);
+  else env.log(`[${i + 1}/${pending}] ${label}`);
 }
 
 export function precisionConfigs(plan: StudyPlan, encodings: readonly string[]): PrecisionConfig[] {
@@ -267,6 +281,26 @@ export function precisionConfigs(plan: StudyPlan, encodings: readonly string[]):
 }
 
 /**
+ * The HyPE options a precision format stands for. Plain bf16/fp16 name their columns explicitly, so the cells
+ * recorded before split columns became the half-precision default keep their meaning.
+ */
+export function precisionPeOptions(format: PrecisionFormat): Record<string, unknown> {
+  switch (format) {
+    case 'bf16-kernel':
+      return { route: 'kernel', format: 'bf16' };
+    case 'bf16':
+    case 'fp16':
+      return { format, columns: 'plain' };
+    case 'bf16-split':
+      return { format: 'bf16', columns: 'split' };
+    case 'fp16-split':
+      return { format: 'fp16', columns: 'split' };
+    case 'fp32':
+      return { format: 'fp32' };
+  }
+}
+
+/**
  * Re-evaluates the lm model of `c.lm` with its attention operands held as `c.format` says (PrecisionFormat;
  * emulated: values rounded, arithmetic and accumulation in fp32). The model is the lm cell's run if it exists;
  * otherwise it is trained here exactly as the lm cell would (same seed, same data, same steps).
@@ -274,19 +308,24 @@ export function precisionConfigs(plan: StudyPlan, encodings: readonly string[]):
 export async function runPrecision(env: StudyEnv, outDir: string, configs: readonly PrecisionConfig[]) {
   const store = storeFor<PrecisionConfig, PrecisionResult>(outDir, 'precision');
   return store.runAll(configs, async (c, i, pending) => {
-    env.log(`precision [${i + 1}/${pending}] ${c.lm.encoding} seed ${c.lm.seed} ${c.format}`);
+    cellStarted(env, c, `precision ${c.lm.encoding} seed ${c.lm.seed} ${c.format}`, i, pending);
     const data = loadLmData(env, c.lm.corpus);
     const { train } = await trainLm(env, c.lm, data);
     const t0 = performance.now();
-    const options = c.format === 'bf16-kernel' ? { route: 'kernel', format: 'bf16' } : { format: c.format };
-    const model = reloadWithPeOptions(train.runDir, env.backend, options);
     const ev = evalData(data, c.lm.evalBytes);
-    const evals = c.lm.multipliers.map((m) => {
-      const length = m * c.lm.trainLength;
-      return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
-    });
-    env.log(`precision ${c.lm.encoding} ${c.format}: ${evals.map(describeBpb).join(', ')}`);
-    return { evals, backend: env.backend.name, versions: versions(), evalSeconds: (performance.now() - t0) / 1000 };
+    const evaluate = (options: Record<string, unknown>) => {
+      const model = reloadWithPeOptions(train.runDir, env.backend, options);
+      return c.lm.multipliers.map((m) => {
+        const length = m * c.lm.trainLength;
+        return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
+      });
+    };
+    const split = c.format === 'bf16-split' || c.format === 'fp16-split';
+    const fp32Evals = split ? evaluate({ format: 'fp32' }) : undefined;
+    const evals = evaluate(precisionPeOptions(c.format));
+    env.log(`precision ${c.lm.encoding} ${c.format}: ${describeBpb(evals)}`);
+    const seconds = (performance.now() - t0) / 1000;
+    return { evals, fp32Evals, backend: env.backend.name, versions: versions(), evalSeconds: seconds };
   });
 }
 
@@ -332,7 +371,7 @@ const EVAL_SEED = 0x5eed;
 export async function runFlipflop(env: StudyEnv, outDir: string, configs: readonly FlipflopConfig[]) {
   const store = storeFor<FlipflopConfig, FlipflopResult>(outDir, 'flipflop');
   return store.runAll(configs, async (c, i, pending) => {
-    env.log(`flipflop [${i + 1}/${pending}] ${c.encoding} seed ${c.seed}`);
+    cellStarted(env, c, `flipflop ${c.encoding} seed ${c.seed}`, i, pending);
     const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
     const { model, train } = await trainModel(
       env,
@@ -353,7 +392,7 @@ export async function runFlipflop(env: StudyEnv, outDir: string, configs: readon
       mixes[mix] = { pIgnore: p, errors: g.graded - g.correct, graded: g.graded, errorRate: 1 - g.correct / g.graded };
     });
     env.log(
-      `flipflop ${c.encoding} seed ${c.seed}: error ` +
+      `flipflop ${c.encoding} seed ${c.seed}: error on the read bits ` +
         Object.entries(mixes)
           .map(([m, r]) => `${m} ${(100 * r.errorRate).toFixed(2)}% (${r.errors}/${r.graded})`)
           .join(', '),
@@ -373,7 +412,7 @@ const recallSource = () => generatorSource(`recall:${RECALL_TASK}`, (rng, n) => 
 export async function runRecall(env: StudyEnv, outDir: string, configs: readonly RecallConfig[]) {
   const store = storeFor<RecallConfig, RecallResult>(outDir, 'recall');
   return store.runAll(configs, async (c, i, pending) => {
-    env.log(`recall [${i + 1}/${pending}] ${c.encoding} seed ${c.seed}`);
+    cellStarted(env, c, `recall ${c.encoding} seed ${c.seed}`, i, pending);
     const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
     const { model, train } = await trainModel(
       env,
@@ -399,7 +438,7 @@ export async function runRecall(env: StudyEnv, outDir: string, configs: readonly
       };
     });
     env.log(
-      `recall ${c.encoding} seed ${c.seed}: ` +
+      `recall ${c.encoding} seed ${c.seed}: answer accuracy at length ` +
         evals.map((e) => `${e.length}: ${e.ok ? (100 * e.accuracy).toFixed(1) + '%' : 'cannot evaluate'}`).join(', '),
     );
     return {

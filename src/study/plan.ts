@@ -31,6 +31,11 @@ export const STUDY_ENCODINGS: Readonly<Record<string, PeChoice>> = {
 export const ALL_ENCODINGS = Object.keys(STUDY_ENCODINGS);
 /** The quick plan's encodings: no position, the two usual baselines and the two HyPE presets that differ in sign. */
 export const QUICK_ENCODINGS = ['none', 'rope', 'alibi', 'hype-recency', 'hype-paper'];
+/**
+ * What the quick study takes on 2 idle cores, in minutes, as measured on a fresh clone; `--help` prints it and the
+ * README must quote the same figure (a test checks).
+ */
+export const QUICK_STUDY_MINUTES = 5;
 
 export function peChoice(study: string): PeChoice {
   const pe = STUDY_ENCODINGS[study];
@@ -76,11 +81,12 @@ export interface TaskPlan {
 }
 
 /**
- * How the re-evaluated model's attention operands are held: fp32; bf16 or fp16 on the concat route (Qhat, Khat, Vhat
- * rounded, the bias columns included); 'bf16-kernel': the kernel route with Q, K, V rounded to bf16 and the bias
- * added in fp32, the mitigation SPEC section 4 points to.
+ * How the re-evaluated model's attention operands are held: fp32; bf16 or fp16 on the concat route with plain columns
+ * (Qhat, Khat, Vhat rounded, the two bias columns per pair included); bf16-split / fp16-split: the same with split
+ * columns (SPEC section 8: hi/lo parts, six per pair); 'bf16-kernel': the kernel route with Q, K, V rounded to bf16
+ * and the bias added in fp32, the mitigation SPEC section 4 points to.
  */
-export type PrecisionFormat = 'fp32' | 'bf16' | 'fp16' | 'bf16-kernel';
+export type PrecisionFormat = 'fp32' | 'bf16' | 'fp16' | 'bf16-split' | 'fp16-split' | 'bf16-kernel';
 
 export interface PrecisionPlan {
   /** HyPE study encodings whose trained lm models are re-evaluated with rounded operands. */
@@ -176,7 +182,7 @@ export function fullPlan(): StudyPlan {
     },
     precision: {
       encodings: ['hype-recency', 'hype-paper', 'hype-learned'],
-      formats: ['fp32', 'bf16', 'fp16', 'bf16-kernel'],
+      formats: ['fp32', 'bf16', 'fp16', 'bf16-split', 'fp16-split', 'bf16-kernel'],
       corpus: 'tinyshakespeare',
     },
   };

@@ -31,6 +31,7 @@ import {
   type StudyPlan,
 } from './plan.ts';
 import { buildReport, readResults, type StudyMeta } from './report.ts';
+import { StudyProgress, type StudyCell } from './progress.ts';
 import { cellKey } from './store.ts';
 import { versions } from './versions.ts';
 
@@ -83,7 +84,17 @@ export function planFor(o: Pick<StudyOptions, 'quick' | 'seeds' | 'encodings' | 
   return plan;
 }
 
-export async function runStudy(o: StudyOptions): Promise<{ plan: StudyPlan; report: string }> {
+export interface StudyOutcome {
+  plan: StudyPlan;
+  /** Path of the regenerated report. */
+  report: string;
+  /** Cells in the plan, those an earlier run had finished, and those this run computed. */
+  total: number;
+  finishedBefore: number;
+  computed: number;
+}
+
+export async function runStudy(o: StudyOptions): Promise<StudyOutcome> {
   const plan = planFor(o);
   const log = o.log ?? ((s: string) => process.stderr.write(s + '\n'));
   const env: StudyEnv = { backend: o.backend, workDir: o.workDir, dataDir: o.dataDir, log };
@@ -104,6 +115,18 @@ export async function runStudy(o: StudyOptions): Promise<{ plan: StudyPlan; repo
     o.recompute.forEach(peChoice);
     for (const exp of chosen) forget(o, plan, exp, new Set(o.recompute), log);
   }
+  // The whole run's cells up front, so the user sees the plan and each cell its place in it and the time left.
+  const progress = new StudyProgress(
+    chosen.flatMap((exp) =>
+      configsOf(plan, exp).map((cell) => ({
+        cell,
+        finished: existsSync(join(o.outDir, exp, 'cells', `${cellKey(cell)}.json`)),
+      })),
+    ),
+    log,
+  );
+  env.progress = progress;
+  progress.announce();
   for (const exp of chosen) {
     const t0 = performance.now();
     const started = new Date().toISOString();
@@ -126,7 +149,15 @@ export async function runStudy(o: StudyOptions): Promise<{ plan: StudyPlan; repo
     writeFileAtomic(metaPath, JSON.stringify(meta, null, 1) + '\n');
   }
   const report = await writeReport(o.outDir);
-  return { plan, report };
+  return { plan, report, total: progress.total, finishedBefore: progress.finishedBefore, computed: progress.computed };
+}
+
+/** Every cell of `exp` in the plan, in the order the experiment runs them. */
+function configsOf(plan: StudyPlan, exp: Experiment): StudyCell[] {
+  if (exp === 'lm') return lmConfigs(plan, plan.encodings);
+  if (exp === 'flipflop') return flipflopConfigs(plan, plan.encodings);
+  if (exp === 'recall') return recallConfigs(plan, plan.encodings);
+  return precisionConfigs(plan, plan.encodings);
 }
 
 /** Deletes the cells of `exp` (in this plan) whose encoding is in `encodings`, with their training runs. */

@@ -1,8 +1,8 @@
 /**
  * HyPE's configuration (HypeSpec), its validation, token coordinates on a sequence or grid, the position shift, and
- * the exact fp64 bias. The maths overview is in hype-core.ts.
+ * the exact fp64 bias. The maths overview is in core.ts.
  */
-import { check } from '../errors.ts';
+import { check } from '../../errors.ts';
 
 export interface HypeSpec {
   heads: number;

@@ -14,10 +14,11 @@
  * last included), each with all its keys. The maximum over a sample is a lower bound of the true maximum; since
  * the error grows with D like cosh(mu D), and the last rows contain every D, it is a close one.
  */
-import { HypeError } from '../errors.ts';
-import { alibiSlopes } from '../pe/alibi-slopes.ts';
-import { buildEta, type HypeShift, type HypeSpec } from '../pe/hype-core.ts';
-import { floatFormat, roundTo, type FloatFormat, type FloatFormatName } from './float-formats.ts';
+import { HypeError } from '../../errors.ts';
+import { alibiSlopes } from '../alibi-slopes.ts';
+import { buildEta, type HypeShift, type HypeSpec } from './core.ts';
+import { floatFormat, roundTo, type FloatFormat, type FloatFormatName } from '../../numerics/float-formats.ts';
+import { expandColumns } from '../../numerics/split-columns.ts';
 
 export type NarrowFormat = Extract<FloatFormatName, 'fp32' | 'fp16' | 'bf16'>;
 export const NARROW_FORMATS: readonly NarrowFormat[] = ['fp32', 'fp16', 'bf16'];
@@ -81,6 +82,8 @@ export function recoveredBiasError(o: {
   reference?: (D: number) => number;
   /** The accumulator: fp32 (default, as fused kernels) or fp64 (to separate operand rounding from the rest). */
   accumulate?: 'fp32' | 'fp64';
+  /** 'plain' (default): 2 operand columns; 'split': 6, hi/lo in the format (SPEC section 8, split-columns.ts). */
+  columns?: 'plain' | 'split';
 }): RecoveredBias {
   const { d, length: L, tau, mu } = o;
   const fmt = floatFormat(o.format);
@@ -91,10 +94,13 @@ export function recoveredBiasError(o: {
     if (e instanceof HypeError && e.code === 'overflow') return { maxAbsError: null, refused: e.message, pairs: 0 };
     throw e;
   }
-  const q0 = roundEach(fmt, eta.etaQ, 2, 0, L);
-  const q1 = roundEach(fmt, eta.etaQ, 2, 1, L);
-  const k0 = roundEach(fmt, eta.etaK, 2, 0, L);
-  const k1 = roundEach(fmt, eta.etaK, 2, 1, L);
+  // Operand columns per row: 2 plain, or 6 split ([hi, hi, lo] per query column, [hi, lo, hi] per key column).
+  const split = o.columns === 'split' ? o.format : null;
+  const w = split ? 6 : 2;
+  const qCols = expandColumns(eta.etaQ, L, 2, 'query', split);
+  const kCols = expandColumns(eta.etaK, L, 2, 'key', split);
+  const q = Array.from({ length: w }, (_, c) => roundEach(fmt, qCols, w, c, L));
+  const k = Array.from({ length: w }, (_, c) => roundEach(fmt, kCols, w, c, L));
   const maxD = Math.min(o.maxDistance ?? L - 1, L - 1);
   const target = new Float64Array(maxD + 1);
   for (let D = 0; D <= maxD; D++) target[D] = o.reference ? o.reference(D) : tau * Math.sinh(mu * D);
@@ -103,11 +109,14 @@ export function recoveredBiasError(o: {
   const f = wide ? (v: number) => v : Math.fround;
   let worst = 0;
   let pairs = 0;
+  const qi = new Float64Array(w);
   for (const i of o.rows) {
-    const a0 = q0[i]!;
-    const a1 = q1[i]!;
+    for (let c = 0; c < w; c++) qi[c] = q[c]![i]!;
     for (let l = Math.max(0, i - maxD); l <= i; l++) {
-      const logit = f(f(f(a0 * k0[l]!) + f(a1 * k1[l]!)) * scale);
+      // Products of two fp16/bf16 values are exact in fp32; the sum runs left to right in the accumulator.
+      let dot = f(qi[0]! * k[0]![l]!);
+      for (let c = 1; c < w; c++) dot = f(dot + f(qi[c]! * k[c]![l]!));
+      const logit = f(dot * scale);
       const err = Math.abs(logit - target[i - l]!);
       // NaN compares false: catch it explicitly (the guard should have made this impossible).
       if (!(err <= worst)) worst = Number.isNaN(err) ? NaN : err;

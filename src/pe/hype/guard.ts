@@ -2,10 +2,10 @@
  * The overflow guard of the concat route (SPEC section 4): refuses before any eta column is built, with one message
  * naming what overflows, where, the limit, and only the fixes that would work.
  */
-import { HypeError } from '../errors.ts';
-import { FP32, type FloatFormat } from '../numerics/float-formats.ts';
-import { concatMuLimit, type ConcatReach, type OverflowConstraint } from '../numerics/overflow.ts';
-import { axisRanges, checkPositions, type AxisRange, type HypePositions, type HypeSpec } from './hype-spec.ts';
+import { HypeError } from '../../errors.ts';
+import { FP32, type FloatFormat } from '../../numerics/float-formats.ts';
+import { concatMuLimit, type ConcatReach, type OverflowConstraint } from '../../numerics/overflow.ts';
+import { axisRanges, checkPositions, type AxisRange, type HypePositions, type HypeSpec } from './spec.ts';
 
 /**
  * Refuses, before any eta is built, a configuration whose concat-route operands or products overflow `format`

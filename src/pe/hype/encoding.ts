@@ -1,7 +1,7 @@
 /**
  * HyPE (Hyperbolic Positional Encoding, Angelotti 2023) as a positional encoding: presets, and the adapter that
  * runs attention through the concat route (augment Q and K with two columns per pair, then any kernel with the
- * explicit scale 1/sqrt(d)) or through our kernel's built-in 'hype' bias. The maths lives in hype-core.ts.
+ * explicit scale 1/sqrt(d)) or through our kernel's built-in 'hype' bias. The maths lives in core.ts.
  *
  * The bias HyPE adds to the logit of a key at distance D = i - l behind its query is a = tau sinh(mu D).
  *
@@ -19,12 +19,13 @@
  * relative deviation equal across heads and satisfies grouped-query attention (query heads sharing a KV head must
  * share mu).
  */
-import type { AttentionOptions, AttentionShape, PositionBias } from '../backend/backend.ts';
-import { check } from '../errors.ts';
-import { floatFormat, isFloatFormatName, roundTo, type FloatFormatName } from '../numerics/float-formats.ts';
-import type { FloatArray } from '../tensor.ts';
-import type { Rng } from '../util/rng.ts';
-import { alibiSlopes } from './alibi-slopes.ts';
+import type { AttentionOptions, AttentionShape, PositionBias } from '../../backend/backend.ts';
+import { check } from '../../errors.ts';
+import { floatFormat, isFloatFormatName, roundTo, type FloatFormatName } from '../../numerics/float-formats.ts';
+import { expandColumns, slotsPerColumn, type ColumnPrecision, type ColumnSide } from '../../numerics/split-columns.ts';
+import type { FloatArray } from '../../tensor.ts';
+import type { Rng } from '../../util/rng.ts';
+import { alibiSlopes } from '../alibi-slopes.ts';
 import type {
   AttendContext,
   AttendInputs,
@@ -35,11 +36,12 @@ import type {
   EncodingFactory,
   Param,
   PositionalEncoding,
-} from './encoding.ts';
+} from '../encoding.ts';
 import {
   augment,
   augmentBackward,
   buildEta,
+  columnPlan,
   exactBias,
   guardOverflow,
   padColumns,
@@ -49,7 +51,7 @@ import {
   type Augmented,
   type HypeGrads,
   type HypeSpec,
-} from './hype-core.ts';
+} from './core.ts';
 
 export type HypePreset = 'paper' | 'recency' | 'learned';
 
@@ -119,6 +121,8 @@ export function presetSpec(p: PresetInput): HypeSpec {
  *   const h = hype({ preset: 'recency', heads: 8, kvHeads: 8, headDim: 64, lengthExtra: 4096 });
  *   const { qHat, kHat, vHat, shape, scale } = h.augment(attnShape, q, k, { v, multiple: 8 });
  *   // any attention kernel on (qHat, kHat, vHat) with `scale`; then h.backward(aug, dqHat, dkHat) for gradients.
+ *   // For a bf16 or fp16 kernel: h.augment(attnShape, q, k, { v, multiple: 8, precision: 'bf16' }) emits split
+ *   // columns (6 per pair, SPEC section 8) whose values are exact in that format.
  */
 export function hype(p: PresetInput) {
   const spec = presetSpec(p);
@@ -157,6 +161,13 @@ export interface HypeOptions {
    * logits' precision.
    */
   format?: FloatFormatName;
+  /**
+   * Concat route: the operand precision the eta columns are built for (default: `format` when fp16/bf16, else
+   * fp32); bf16/fp16 split each column into hi/lo parts (SPEC section 8). See AugmentOptions in core.ts.
+   */
+  precision?: ColumnPrecision;
+  /** Concat route: 'plain' (2 columns per pair) or 'split' (6); default split for bf16/fp16 precision. */
+  columns?: 'plain' | 'split';
   /** Token grid for 2-D/3-D data (concat route). */
   grid?: number[];
   shift: 'centre' | 'none';
@@ -171,6 +182,22 @@ const DEFAULTS: HypeOptions = {
   multiple: 1,
   shift: 'centre',
 };
+
+/** Every key HypeOptions has (the compiler checks the list is complete): anything else is a typo and is refused. */
+const OPTION_KEYS = Object.keys({
+  preset: 1,
+  lengthExtra: 1,
+  curvature: 1,
+  route: 1,
+  train: 1,
+  units: 1,
+  multiple: 1,
+  format: 1,
+  precision: 1,
+  columns: 1,
+  grid: 1,
+  shift: 1,
+} satisfies Record<keyof HypeOptions, 1>) as (keyof HypeOptions)[];
 
 function addInto(dst: FloatArray, src: ArrayLike<number>): void {
   for (let i = 0; i < dst.length; i++) dst[i] = dst[i]! + src[i]!;
@@ -261,6 +288,8 @@ class HypeEncoding implements PositionalEncoding {
       queryOffset: ctx.queryOffset,
       multiple: this.opts.multiple,
       format: this.opts.format,
+      precision: this.opts.precision,
+      columns: this.opts.columns,
       shift: this.opts.shift,
     });
     const opts: AttentionOptions = {
@@ -342,22 +371,26 @@ class HypeEncoding implements PositionalEncoding {
     const spec = this.spec();
     const T = spec.termAxis.length;
     const d = spec.headDim;
+    const cols = columnPlan(this.opts, plan.dtype === 'float64' ? 'fp64' : 'fp32');
     const format = floatFormat(this.opts.format ?? (plan.dtype === 'float64' ? 'fp64' : 'fp32'));
     const c = this.opts.shift === 'centre' ? (plan.maxPositions - 1) / 2 : 0;
-    guardOverflow(spec, { lq: plan.maxPositions, lk: plan.maxPositions, queryOffset: 0 }, format, Float64Array.of(c));
+    const positions = { lq: plan.maxPositions, lk: plan.maxPositions, queryOffset: 0 };
+    guardOverflow(spec, positions, cols.guard, Float64Array.of(c));
     const multiple = this.opts.multiple;
-    const width = Math.ceil((d + 2 * T) / multiple) * multiple;
+    const w = 2 * T * slotsPerColumn(cols.split !== null);
+    const width = Math.ceil((d + w) / multiple) * multiple;
     const emulate = format.name === 'fp16' || format.name === 'bf16';
     const rounded = (x: FloatArray): FloatArray => {
       if (emulate) for (let j = 0; j < x.length; j++) x[j] = roundTo(format, x[j]!);
       return x;
     };
     /** [x, eta, 0...] per row; eta holds rowsPerBatch rows of 2T columns, the same for every batch entry. */
-    const withEta = (x: FloatArray, batch: number, rowsPerBatch: number, eta: Float64Array): FloatArray => {
+    const withEta = (x: FloatArray, batch: number, rowsPerBatch: number, eta: Float64Array, side: ColumnSide) => {
+      const expanded = expandColumns(eta, rowsPerBatch, 2 * T, side, cols.split);
       const out = padColumns(x, batch * rowsPerBatch, d, width);
       for (let b = 0; b < batch; b++)
         for (let r = 0; r < rowsPerBatch; r++)
-          out.set(eta.subarray(r * 2 * T, (r + 1) * 2 * T), (b * rowsPerBatch + r) * width + d);
+          out.set(expanded.subarray(r * w, (r + 1) * w), (b * rowsPerBatch + r) * width + d);
       return rounded(out);
     };
     return {
@@ -365,12 +398,12 @@ class HypeEncoding implements PositionalEncoding {
       cacheKeys(k, batch, n, first) {
         // buildEta puts key row j at position j; shifting by c - first puts it at first + j, minus c.
         const { etaK } = buildEta(spec, { lq: 0, lk: n, queryOffset: 0, shift: [c - first] });
-        return withEta(k, batch, spec.kvHeads * n, etaK);
+        return withEta(k, batch, spec.kvHeads * n, etaK, 'key');
       },
       attend(ctx, q, cachedK, v) {
         const { batch: B, heads: H, lq } = ctx.shape;
         const { etaQ } = buildEta(spec, { lq, lk: 0, queryOffset: ctx.queryOffset, shift: [c] });
-        const qHat = withEta(q, B, H * lq, etaQ);
+        const qHat = withEta(q, B, H * lq, etaQ, 'query');
         const vUse = emulate ? rounded(v.slice()) : v;
         const shape = { ...ctx.shape, headDim: width };
         const opts = { causal: ctx.causal, scale: 1 / Math.sqrt(d), queryOffset: ctx.queryOffset };
@@ -423,6 +456,14 @@ export const hypeEncoding: EncodingFactory<HypeOptions> = {
   sites: ['score-bias'],
   defaults: DEFAULTS,
   create(dims: EncodingDims, options: Partial<HypeOptions>, _rng: Rng): PositionalEncoding {
+    const unknown = Object.keys(options).filter((key) => !OPTION_KEYS.includes(key as keyof HypeOptions));
+    check(
+      unknown.length === 0,
+      'argument',
+      () =>
+        `HyPE: unknown option${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `'${k}'`).join(', ')}; ` +
+        `the options are ${OPTION_KEYS.join(', ')}`,
+    );
     const opts: HypeOptions = { ...DEFAULTS, ...options };
     check(
       opts.route === 'concat' || opts.route === 'kernel',
@@ -449,6 +490,7 @@ export const hypeEncoding: EncodingFactory<HypeOptions> = {
       'argument',
       `HyPE: format must be fp64, fp32, fp16 or bf16, got '${opts.format}'`,
     );
+    columnPlan(opts, 'fp32'); // refuses an unknown precision or columns, or one that contradicts format
     const spec = presetSpec({
       preset: opts.preset,
       heads: dims.heads,

@@ -16,25 +16,36 @@
  * the distance D = x - x' to a past key, i.e. rewards distance (the paper's literal choice); tau < 0 penalises it
  * like ALiBi (SPEC section 2).
  *
+ * Half precision (SPEC section 8): with bf16/fp16 operands each eta column is split into hi/lo parts laid out as
+ * numerics/split-columns.ts says (6 columns per pair instead of 2), so the bias survives to O(u^2) instead of O(u).
+ *
  * Layouts follow backend.ts: q [B, H, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv]. Query row i sits at flat
  * position i + queryOffset, key row l at l; on a grid, flat position n has row-major coordinates (n = x0 * G1 + x1
  * in 2-D). eta^K depends on mu only, so query heads that share a KV head must share mu (GQA); tau may differ.
  */
-import type { AttentionShape } from '../backend/backend.ts';
-import { check } from '../errors.ts';
-import { FP64, floatFormat, roundTo, type FloatFormat, type FloatFormatName } from '../numerics/float-formats.ts';
-import type { FloatArray } from '../tensor.ts';
-import { guardOverflow } from './hype-guard.ts';
+import type { AttentionShape } from '../../backend/backend.ts';
+import { check } from '../../errors.ts';
 import {
-  checkPositions,
-  coordinate,
-  resolveShift,
-  validateSpec,
-  type HypePositions,
-  type HypeSpec,
-} from './hype-spec.ts';
+  FP64,
+  floatFormat,
+  isFloatFormatName,
+  roundTo,
+  type FloatFormat,
+  type FloatFormatName,
+} from '../../numerics/float-formats.ts';
+import {
+  checkColumnPrecision,
+  expandColumns,
+  foldColumnGrads,
+  slotsPerColumn,
+  type ColumnPrecision,
+  type SplitFormat,
+} from '../../numerics/split-columns.ts';
+import type { FloatArray } from '../../tensor.ts';
+import { guardOverflow } from './guard.ts';
+import { checkPositions, coordinate, resolveShift, validateSpec, type HypePositions, type HypeSpec } from './spec.ts';
 
-export { guardOverflow } from './hype-guard.ts';
+export { guardOverflow } from './guard.ts';
 export {
   coordinate,
   exactBias,
@@ -43,7 +54,7 @@ export {
   type HypePositions,
   type HypeShift,
   type HypeSpec,
-} from './hype-spec.ts';
+} from './spec.ts';
 
 export interface HypeEta {
   /** [H, Lq, 2T]: per query head, the eta^Q columns (term t at 2t, 2t+1). */
@@ -107,10 +118,59 @@ export interface AugmentOptions extends Omit<HypePositions, 'lq' | 'lk'> {
   /** V [B, Hkv, Lk, Dv], zero-padded to the multiple and returned as vHat. */
   v?: FloatArray;
   /**
-   * Operand format: the guard's dtype, and fp16/bf16 round every operand of Qhat, Khat, Vhat to that format (values
-   * held in the input's array type: emulation). Default: fp32 for Float32Array inputs, fp64 for Float64Array.
+   * Emulation: fp16/bf16 round every operand of Qhat, Khat, Vhat to that format (values held in the input's array
+   * type). Default: fp32 for Float32Array inputs, fp64 for Float64Array.
    */
   format?: FloatFormatName;
+  /**
+   * The operand precision the eta columns are built for (SPEC section 8): sets the overflow guard's limits and, with
+   * columns 'split', the format of the hi/lo parts. Default: `format` when that is fp16/bf16, else fp32. With an
+   * fp16/bf16 `format` it must equal it.
+   */
+  precision?: ColumnPrecision;
+  /**
+   * 'plain': 2 columns per pair; 'split': 6 (hi/lo parts, numerics/split-columns.ts). Default: split for bf16/fp16
+   * precision, plain for fp32 (split at fp32 is allowed: it removes fp32's O(u |tau|) bias error too).
+   */
+  columns?: 'plain' | 'split';
+}
+
+export interface ColumnPlan {
+  precision: ColumnPrecision;
+  /** The hi/lo format, or null for plain columns. */
+  split: SplitFormat | null;
+  /** The format the overflow guard checks (the emulated format, else the precision). */
+  guard: FloatFormat;
+}
+
+/** Resolves format / precision / columns into one plan, refusing unknown or contradictory values. */
+export function columnPlan(
+  opts: Pick<AugmentOptions, 'format' | 'precision' | 'columns'>,
+  arrayFormat: FloatFormatName,
+): ColumnPlan {
+  const format = opts.format ?? arrayFormat;
+  check(
+    isFloatFormatName(format),
+    'argument',
+    `HyPE: unknown format ${JSON.stringify(format)}; choose one of fp64, fp32, fp16, bf16`,
+  );
+  const half = format === 'fp16' || format === 'bf16';
+  const precision = opts.precision ?? (half ? format : 'fp32');
+  checkColumnPrecision(precision, 'HyPE');
+  check(
+    !half || precision === format,
+    'argument',
+    `HyPE: precision '${precision}' contradicts format '${format}' (the operands are rounded to ${format}); ` +
+      `give precision '${format}' or leave it out`,
+  );
+  const columns = opts.columns ?? (precision === 'fp32' ? 'plain' : 'split');
+  check(
+    columns === 'plain' || columns === 'split',
+    'argument',
+    `HyPE: columns must be 'plain' or 'split', got ${JSON.stringify(columns)}`,
+  );
+  const guard = floatFormat(half ? format : precision === 'fp32' ? format : precision);
+  return { precision, split: columns === 'split' ? precision : null, guard };
 }
 
 export interface Augmented {
@@ -123,6 +183,8 @@ export interface Augmented {
   scale: number;
   eta: HypeEta;
   format: FloatFormat;
+  /** The column layout used (the backward needs it). */
+  columns: ColumnPlan;
 }
 
 function roundUp(n: number, m: number): number {
@@ -193,17 +255,19 @@ export function augment(
       `HyPE: v has ${opts.v.length} elements, expected B*Hkv*Lk*Dv = ${B * Hkv * lk * dv}`,
     );
   }
+  const plan = columnPlan(opts, defaultFormat(q));
   const format = floatFormat(opts.format ?? defaultFormat(q));
   const T = spec.termAxis.length;
-  const eta = buildEta(spec, { lq, lk, queryOffset: opts.queryOffset, shift: opts.shift }, format);
-  const dp = roundUp(d + 2 * T, multiple);
+  const eta = buildEta(spec, { lq, lk, queryOffset: opts.queryOffset, shift: opts.shift }, plan.guard);
+  const w = 2 * T * slotsPerColumn(plan.split !== null);
+  const etaQ = expandColumns(eta.etaQ, H * lq, 2 * T, 'query', plan.split);
+  const etaK = expandColumns(eta.etaK, Hkv * lk, 2 * T, 'key', plan.split);
+  const dp = roundUp(d + w, multiple);
   const qHat = padColumns(q, B * H * lq, d, dp);
   const kHat = padColumns(k, B * Hkv * lk, d, dp);
   for (let b = 0; b < B; b++) {
-    for (let r = 0; r < H * lq; r++) qHat.set(eta.etaQ.subarray(r * 2 * T, (r + 1) * 2 * T), (b * H * lq + r) * dp + d);
-    for (let r = 0; r < Hkv * lk; r++) {
-      kHat.set(eta.etaK.subarray(r * 2 * T, (r + 1) * 2 * T), (b * Hkv * lk + r) * dp + d);
-    }
+    for (let r = 0; r < H * lq; r++) qHat.set(etaQ.subarray(r * w, (r + 1) * w), (b * H * lq + r) * dp + d);
+    for (let r = 0; r < Hkv * lk; r++) kHat.set(etaK.subarray(r * w, (r + 1) * w), (b * Hkv * lk + r) * dp + d);
   }
   let vHat: FloatArray | undefined;
   let valueDim = dv;
@@ -223,6 +287,7 @@ export function augment(
     scale: 1 / Math.sqrt(d),
     eta,
     format,
+    columns: plan,
   };
 }
 
@@ -243,7 +308,8 @@ export interface HypeGrads {
  * without the 1/tau of the paper-style formula so tau = 0 is fine):
  *   dtau = sum_{b,i} (sqrt(d)/2) (G[i,c0] e^{-mu p} + G[i,c1] e^{mu p})
  *   dmu  = sum_{b,i} p (-G[i,c0] etaQ0 + G[i,c1] etaQ1) + sum_{b,l} p' (Hk[l,c0] etaK0 - Hk[l,c1] etaK1)
- * The straight-through rule applies to fp16/bf16 rounding (treated as the identity).
+ * The straight-through rule applies to fp16/bf16 rounding (treated as the identity); split columns' gradients are
+ * folded back onto their source column first (hi slots summed, numerics/split-columns.ts).
  */
 export function augmentBackward(spec: HypeSpec, aug: Augmented, dqHat: FloatArray, dkHat: FloatArray): HypeGrads {
   const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: dp } = aug.shape;
@@ -261,6 +327,10 @@ export function augmentBackward(spec: HypeSpec, aug: Augmented, dqHat: FloatArra
   );
   const dq = sliceColumns(dqHat, B * H * lq, dp, d);
   const dk = sliceColumns(dkHat, B * Hkv * lk, dp, d);
+  // Gradients of the 2T eta columns per row (split slots folded back: numerics/split-columns.ts).
+  const split = aug.columns.split !== null;
+  const gq = foldColumnGrads(dqHat, B * H * lq, 2 * T, 'query', split, dp, d);
+  const gk = foldColumnGrads(dkHat, B * Hkv * lk, 2 * T, 'key', split, dp, d);
   const dtau = new Float64Array(H * T);
   const dmu = new Float64Array(Hkv * T);
   const { etaQ, etaK, pq, pk } = aug.eta;
@@ -270,11 +340,11 @@ export function augmentBackward(spec: HypeSpec, aug: Augmented, dqHat: FloatArra
     for (let h = 0; h < H; h++) {
       const g = Math.floor(h / group);
       for (let i = 0; i < lq; i++) {
-        const row = ((b * H + h) * lq + i) * dp + d;
+        const row = ((b * H + h) * lq + i) * 2 * T;
         const e = (h * lq + i) * 2 * T;
         for (let t = 0; t < T; t++) {
-          const g0 = dqHat[row + 2 * t]!;
-          const g1 = dqHat[row + 2 * t + 1]!;
+          const g0 = gq[row + 2 * t]!;
+          const g1 = gq[row + 2 * t + 1]!;
           const mp = spec.mu[h * T + t]! * pq[t * lq + i]!;
           dtau[h * T + t] += half * (g0 * Math.exp(-mp) + g1 * Math.exp(mp));
           dmu[g * T + t] += pq[t * lq + i]! * (-g0 * etaQ[e + 2 * t]! + g1 * etaQ[e + 2 * t + 1]!);
@@ -283,11 +353,11 @@ export function augmentBackward(spec: HypeSpec, aug: Augmented, dqHat: FloatArra
     }
     for (let g = 0; g < Hkv; g++) {
       for (let l = 0; l < lk; l++) {
-        const row = ((b * Hkv + g) * lk + l) * dp + d;
+        const row = ((b * Hkv + g) * lk + l) * 2 * T;
         const e = (g * lk + l) * 2 * T;
         for (let t = 0; t < T; t++) {
           dmu[g * T + t] +=
-            pk[t * lk + l]! * (dkHat[row + 2 * t]! * etaK[e + 2 * t]! - dkHat[row + 2 * t + 1]! * etaK[e + 2 * t + 1]!);
+            pk[t * lk + l]! * (gk[row + 2 * t]! * etaK[e + 2 * t]! - gk[row + 2 * t + 1]! * etaK[e + 2 * t + 1]!);
         }
       }
     }
