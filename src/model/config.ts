@@ -4,7 +4,7 @@
  * in a config file is an error rather than a silently ignored key.
  */
 import { HypeError, check } from '../errors.ts';
-import { getEncodingFactory, parseEncodingSpec } from '../pe/registry.ts';
+import { findEncodingFactory, splitEncodingSpec } from '../pe/registry.ts';
 import type { DType } from '../tensor.ts';
 
 /** Byte-level: every UTF-8 byte is a token. */
@@ -116,7 +116,7 @@ export function parseModelConfig(raw: unknown): ModelConfig {
 }
 
 function parsePe(v: unknown): ModelConfig['pe'] {
-  if (typeof v === 'string') return parseEncodingSpec(v); // 'name' or 'name:options' (pe/options.ts)
+  if (typeof v === 'string') v = splitEncodingSpec(v); // 'name' or 'name:options' (pe/options.ts)
   check(
     typeof v === 'object' && v !== null && typeof (v as { name?: unknown }).name === 'string',
     'argument',
@@ -130,7 +130,9 @@ function parsePe(v: unknown): ModelConfig['pe'] {
     `model config 'pe.options' must be an object, got ${JSON.stringify(options)}`,
   );
   const checked = { ...((options as Record<string, unknown> | undefined) ?? {}) };
-  getEncodingFactory(name).checkOptions?.(checked); // unknown names and option keys refused before any build
+  // A registered encoding's option keys and types are checked before anything is built; the name itself is checked
+  // where the model is built (a model may be given an encoding factory of its own).
+  findEncodingFactory(name)?.checkOptions?.(checked);
   return { name, options: checked };
 }
 

@@ -61,19 +61,28 @@ export interface EncodingSpec {
   options: Record<string, unknown>;
 }
 
-/**
- * Parses `name[:options]` (options in either syntax of options.ts) and checks the name and the option keys and types
- * against the factory, so a misspelt encoding or option is refused before anything is built or trained.
- */
-export function parseEncodingSpec(text: string): EncodingSpec {
+/** `name[:options]` split into the name and its parsed options (syntax only: the name is not looked up). */
+export function splitEncodingSpec(text: string): EncodingSpec {
   const trimmed = text.trim();
   const colon = trimmed.indexOf(':');
   const name = (colon < 0 ? trimmed : trimmed.slice(0, colon)).trim();
   if (name === '') {
     throw new HypeError('argument', `empty encoding name in '${text}'; write e.g. alibi or hype:preset=recency`);
   }
-  const factory = getEncodingFactory(name);
-  const options = colon < 0 ? {} : parseEncodingOptions(trimmed.slice(colon + 1));
-  factory.checkOptions?.(options);
-  return { name, options };
+  return { name, options: colon < 0 ? {} : parseEncodingOptions(trimmed.slice(colon + 1)) };
+}
+
+/** The registered factory called `name`, or undefined (models may also be built with a factory of their own). */
+export function findEncodingFactory(name: string): AnyFactory | undefined {
+  return byName.get(name);
+}
+
+/**
+ * Parses `name[:options]` (options in either syntax of options.ts) and checks the name and the option keys and types
+ * against the factory, so a misspelt encoding or option is refused before anything is built or trained.
+ */
+export function parseEncodingSpec(text: string): EncodingSpec {
+  const spec = splitEncodingSpec(text);
+  getEncodingFactory(spec.name).checkOptions?.(spec.options);
+  return spec;
 }
