@@ -22,7 +22,8 @@ export type HypeErrorCode =
   | 'checkpoint' // corrupt or mismatched checkpoint
   | 'memory' // an array larger than one typed array can hold, or than the memory available
   | 'native' // the native addon is missing or refused the call
-  | 'dependency'; // an optional package (vega, protobufjs) is not installed
+  | 'dependency' // an optional package (vega, protobufjs) is not installed
+  | 'device'; // no GPU adapter, a shape beyond the adapter's limits, or a lost device
 
 /** Throws a `HypeError` with `code` unless `ok`. */
 export function check(ok: boolean, code: HypeErrorCode, message: string | (() => string)): asserts ok {
