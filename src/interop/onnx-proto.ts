@@ -83,7 +83,7 @@ const root = protobuf.parse(SCHEMA).root;
 const modelType = root.lookupType('onnx.ModelProto');
 
 /** ONNX TensorProto.DataType codes for the element types we use. */
-export const OnnxDataType = { FLOAT: 1, INT32: 6, INT64: 7, DOUBLE: 11 } as const;
+export const OnnxDataType = { FLOAT: 1, INT32: 6, INT64: 7, FLOAT16: 10, DOUBLE: 11 } as const;
 export type OnnxDataTypeCode = (typeof OnnxDataType)[keyof typeof OnnxDataType];
 
 /** AttributeProto.AttributeType codes. */
