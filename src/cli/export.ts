@@ -48,7 +48,7 @@ export async function runExport(runDir: string, f: ExportFlags): Promise<void> {
   const hypeCols = s.columns === 'split' ? 'split hi/lo HyPE columns, 6 per pair' : 'HyPE columns';
   const attention =
     s.encoding === 'hype'
-      ? `Q, K augmented in-graph to head dim ${s.qkHeadDim} (d = ${s.headDim} + ${hypeCols}, zero-padded to a multiple), no bias input${s.precision === 'fp16' ? `, V zero-padded to ${s.qkHeadDim}` : ''}`
+      ? `Q, K augmented in-graph to head dim ${s.qkHeadDim} (d = ${s.headDim} + ${hypeCols} + zero padding to the multiple, if any), no bias input${s.precision === 'fp16' ? `, V zero-padded to ${s.qkHeadDim}` : ''}`
       : s.encoding === 'alibi'
         ? 'attention_bias -m_h |i - l| computed in-graph'
         : s.encoding === 'rope'
@@ -79,7 +79,7 @@ export function registerExport(program: Command): void {
     .command('export')
     .description("write a run's model as ONNX (attention on onnxruntime's fused MultiHeadAttention)")
     .argument('<run>', 'run folder written by hype train')
-    .option('--onnx <file>', 'output ONNX file')
+    .option('--onnx <file>', 'output ONNX file (required)')
     .option('--precision <p>', 'fp32 (default) or fp16 weights and activations (logits stay float32)')
     .option('--columns <c>', 'HyPE with --precision fp16: split (default, 6 columns per pair) or plain (2)')
     .option(

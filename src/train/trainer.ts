@@ -3,20 +3,31 @@
  * cosine decay, a loss log and checkpoints. All randomness after initialisation comes from one seeded Rng whose
  * state is checkpointed, so a resumed run reproduces the uninterrupted one bit for bit (on the same backend).
  *
- * Run folder: run.json (configs, versions), losses.jsonl (one line per step), checkpoints/ (see checkpoint.ts).
+ * Run folder: run.json (configs, versions), losses.jsonl (one line per step), evals.jsonl (the periodic held-out
+ * evaluations, when asked for), checkpoints/ (see checkpoint.ts).
  */
-import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { appendFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import type { Backend } from '../backend/backend.ts';
 import { layerOpsOf } from '../backend/layers.ts';
 import { HypeError, check } from '../errors.ts';
-import { canonicalJson, type ModelConfig } from '../model/config.ts';
+import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
 import { Transformer, type TransformerOptions } from '../model/transformer.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
+import { checkFolderPath, makeWritableDir, readJsonFile } from '../util/fs-safe.ts';
 import { Rng } from '../util/rng.ts';
-import { hasCheckpoint, loadCheckpoint, restoreOptimizer, restoreWeights, saveCheckpoint } from './checkpoint.ts';
-import { learningRate, parseTrainConfig, type TrainConfig } from './config.ts';
+import {
+  hasCheckpoint,
+  loadCheckpoint,
+  restoreOptimizer,
+  restoreWeights,
+  saveCheckpoint,
+  splitCheckpointPath,
+} from './checkpoint.ts';
+import { checkSchedule, learningRate, parseTrainConfig, type TrainConfig } from './config.ts';
 import { checkWindowFits, loadCorpus, type ByteCorpus } from './corpus.ts';
+import { checkOutputs, evaluateHeldOut } from './evaluate.ts';
+import { checkMemory, trainingBytes } from './memory.ts';
 import { AdamW, clipGradients } from './optimizer.ts';
 import { windowSource, type BatchSource } from './source.ts';
 
@@ -29,9 +40,29 @@ export interface StepRecord {
   seconds: number;
 }
 
+/** A periodic held-out evaluation (appended to evals.jsonl). */
+export interface EvalRecord {
+  step: number;
+  /** Mean loss per held-out byte, nats (the training loss's unit). */
+  valLoss: number;
+  bitsPerByte: number;
+  /** Held-out bytes scored (non-overlapping windows of the training length). */
+  scored: number;
+  seconds: number;
+}
+
 export interface RunControl {
   /** Called after every step. */
   onStep?: (r: StepRecord, run: TrainingRun) => void;
+  /**
+   * Evaluate on the held-out split every this many steps and after the last one (0 or absent: never), as
+   * nanoGPT's eval_interval. Evaluation reads the model only, so the training trajectory is unchanged.
+   */
+  evalInterval?: number;
+  /** Held-out bytes each evaluation scores: the first N of the split, the same bytes every time (default 16384). */
+  evalBytes?: number;
+  /** Called after each periodic evaluation. */
+  onEval?: (r: EvalRecord, run: TrainingRun) => void;
   /** Polled between steps; true stops after the current step and writes a checkpoint (SIGINT). */
   shouldStop?: () => boolean;
   /** Stop (with a checkpoint) once this step is reached, before `steps`. */
@@ -63,14 +94,31 @@ function sourceCorpus(source: BatchSource): ByteCorpus {
   };
 }
 
+/** Options of resume(): what the caller expects of the run, and what it may change. */
+export type ResumeOptions = TransformerOptions &
+  DataOptions & {
+    expectModel?: ModelConfig;
+    expectTrain?: Partial<TrainConfig>;
+    dataOverride?: string;
+    /** A new total step count (the schedule is stretched to it). */
+    steps?: number;
+    /** An earlier checkpoint to resume from instead of the latest (its folder name). */
+    checkpoint?: string;
+  };
+
 const RUN_FILE = 'run.json';
 const LOSSES_FILE = 'losses.jsonl';
+const EVALS_FILE = 'evals.jsonl';
+/** 128 windows of 128 bytes: about the forward cost of five training steps of 8 x 128. */
+export const DEFAULT_EVAL_BYTES = 16384;
 
 export class TrainingRun {
   readonly tokens: Int32Array;
   readonly targets: Int32Array;
   /** Where batches come from: windows of corpus.train unless a source was given. */
   readonly source: BatchSource;
+  /** True when resume() found no checkpoint and started the run over from its run.json. */
+  restarted = false;
 
   private constructor(
     readonly runDir: string,
@@ -88,7 +136,12 @@ export class TrainingRun {
     this.targets = new Int32Array(n);
   }
 
-  /** A fresh run in `runDir` (which must not already hold a run). */
+  /**
+   * A fresh run in `runDir` (which must not already hold a run). Everything that can refuse the run is checked
+   * before the folder is created: the configs, the corpus, the memory a step needs, the folder path, and one
+   * forward pass of the model on a batch of the training shape (an encoding refusing its options or overflowing
+   * its dtype, non-finite logits at initialisation). So a refused run leaves nothing behind.
+   */
   static start(
     runDir: string,
     modelConfig: ModelConfig,
@@ -96,17 +149,47 @@ export class TrainingRun {
     backend: Backend,
     options: TransformerOptions & DataOptions = {},
   ): TrainingRun {
+    checkFolderPath(runDir, 'run folder');
     check(
       !existsSync(join(runDir, RUN_FILE)),
       'argument',
       `'${runDir}' already holds a run; pass --resume ${runDir} to continue it, or choose another --run-dir`,
     );
+    return TrainingRun.fresh(runDir, modelConfig, trainInput, backend, options);
+  }
+
+  /** start() without the "already holds a run" check: also restarts a run that never wrote a checkpoint. */
+  private static fresh(
+    runDir: string,
+    modelConfig: ModelConfig,
+    trainInput: Partial<TrainConfig>,
+    backend: Backend,
+    options: TransformerOptions & DataOptions & { expectSha256?: string },
+  ): TrainingRun {
     const { source } = options;
     const train = parseTrainConfig(source ? { ...trainInput, data: source.id } : trainInput);
+    checkSchedule(train);
+    // Stored absolute, so `hype eval` and `--resume` work from any folder (the SHA-256 still guards the content).
+    if (!source) train.data = resolve(train.data);
+    const L = modelConfig.trainLength;
+    checkMemory(
+      trainingBytes(modelConfig, train.batch * L),
+      `training ${train.batch} windows of ${L} bytes per step`,
+      'lower --batch or --length (or the model size)',
+    );
     const corpus = source ? sourceCorpus(source) : loadCorpus(train.data, train.valFraction);
-    if (!source) checkWindowFits(corpus.train, modelConfig.trainLength, 'training', train.data);
+    if (options.expectSha256 !== undefined) {
+      check(
+        corpus.sha256 === options.expectSha256,
+        'checkpoint',
+        `corpus '${corpus.path}' differs from the one run '${runDir}' was started on (SHA-256 mismatch); ` +
+          'pass the original file with --data',
+      );
+    }
+    if (!source) checkWindowFits(corpus.train, L, 'training', train.data);
     const model = new Transformer(modelConfig, backend, options);
-    mkdirSync(runDir, { recursive: true });
+    probe(model, train.batch, L);
+    makeWritableDir(runDir, 'run folder');
     const run = new TrainingRun(
       runDir,
       model,
@@ -134,26 +217,22 @@ export class TrainingRun {
       ) + '\n',
     );
     writeFileAtomic(join(runDir, LOSSES_FILE), '');
+    rmSync(join(runDir, EVALS_FILE), { force: true }); // a restarted run's evaluations start over too
     return run;
   }
 
   /**
-   * Continues the run in `runDir` from its latest checkpoint. `expect` (the configs the caller would have used)
-   * must match the checkpoint's where given; `dataOverride` points at the corpus if it moved (its hash must match).
+   * Continues the run in `runDir` from its latest checkpoint (or from `checkpoint`, a folder name under
+   * checkpoints/ such as step-00000100). `expect` (the configs the caller would have used) must match the
+   * checkpoint's where given; `dataOverride` points at the corpus if it moved (its hash must match). A run that
+   * was cut off before its first checkpoint (run.json but no checkpoint) starts again from step 0 with the
+   * configs of its run.json: it lost nothing but those few steps, and is otherwise a dead end.
    */
-  static resume(
-    runDir: string,
-    backend: Backend,
-    options: TransformerOptions &
-      DataOptions & {
-        expectModel?: ModelConfig;
-        expectTrain?: Partial<TrainConfig>;
-        dataOverride?: string;
-        /** A new total step count (the schedule is stretched to it). */
-        steps?: number;
-      } = {},
-  ): TrainingRun {
-    const ck = loadCheckpoint(runDir);
+  static resume(runDir: string, backend: Backend, options: ResumeOptions = {}): TrainingRun {
+    if (options.checkpoint === undefined && !hasCheckpoint(runDir) && existsSync(join(runDir, RUN_FILE))) {
+      return TrainingRun.restart(runDir, backend, options);
+    }
+    const ck = loadCheckpoint(runDir, options.checkpoint);
     const { state } = ck;
     if (options.expectModel && canonicalJson(options.expectModel) !== canonicalJson(state.model)) {
       throw new HypeError(
@@ -171,22 +250,9 @@ export class TrainingRun {
         `cannot resume at step ${state.step} with a total of ${options.steps} steps; pass --steps >= ${state.step}`,
       );
       train.steps = options.steps;
+      checkSchedule(train);
     }
-    if (options.expectTrain) {
-      for (const [k, v] of Object.entries(options.expectTrain)) {
-        if (
-          v !== undefined &&
-          canonicalJson(v) !== canonicalJson((state.train as unknown as Record<string, unknown>)[k])
-        ) {
-          throw new HypeError(
-            'checkpoint',
-            `training option '${k}' = ${JSON.stringify(v)} differs from the checkpoint's ` +
-              `${JSON.stringify((state.train as unknown as Record<string, unknown>)[k])} (mismatched checkpoint); ` +
-              'resume without it, or start a new run',
-          );
-        }
-      }
-    }
+    checkSameTrain(options.expectTrain, state.train, 'the checkpoint');
     const { source } = options;
     const corpus = source ? sourceCorpus(source) : loadCorpus(options.dataOverride ?? train.data, train.valFraction);
     check(
@@ -203,13 +269,53 @@ export class TrainingRun {
     const opt = new AdamW(model.parameters(), layerOpsOf(backend));
     restoreOptimizer(opt, ck.optimizer, state.optimizerStep);
     const run = new TrainingRun(runDir, model, train, corpus, opt, Rng.fromState(state.rng), state.step, source);
-    run.truncateLossLog();
+    run.truncateLog(LOSSES_FILE);
+    run.truncateLog(EVALS_FILE);
     return run;
   }
 
-  /** Losses logged after the checkpoint belong to a run that was cut off; they are replayed, so drop them. */
-  private truncateLossLog(): void {
-    const path = join(this.runDir, LOSSES_FILE);
+  /** resume() of a run folder with run.json and no checkpoint: the same run from step 0. */
+  private static restart(runDir: string, backend: Backend, options: ResumeOptions): TrainingRun {
+    const saved = readJsonFile(join(runDir, RUN_FILE), 'run record', 'delete the run folder and start a new run') as {
+      model?: unknown;
+      train?: unknown;
+      corpus?: { sha256?: unknown };
+    };
+    let model: ModelConfig;
+    let train: TrainConfig;
+    try {
+      model = parseModelConfig(saved.model);
+      train = parseTrainConfig(saved.train);
+    } catch (err) {
+      throw new HypeError(
+        'checkpoint',
+        `run record '${join(runDir, RUN_FILE)}' holds an invalid configuration (${(err as Error).message}); ` +
+          'delete the run folder and start a new run',
+      );
+    }
+    if (options.expectModel && canonicalJson(options.expectModel) !== canonicalJson(model)) {
+      throw new HypeError(
+        'checkpoint',
+        `the model options differ from those of run '${runDir}' (mismatched run); ` +
+          'resume without model options, or start a new run',
+      );
+    }
+    checkSameTrain(options.expectTrain, train, `run '${runDir}'`);
+    const sha = typeof saved.corpus?.sha256 === 'string' ? saved.corpus.sha256 : undefined;
+    const input = {
+      ...train,
+      ...(options.steps !== undefined ? { steps: options.steps } : {}),
+      ...(options.dataOverride !== undefined ? { data: options.dataOverride } : {}),
+    };
+    const run = TrainingRun.fresh(runDir, model, input, backend, { ...options, expectSha256: sha });
+    run.restarted = true;
+    return run;
+  }
+
+  /** Records logged after the checkpoint belong to a run that was cut off; they are replayed, so drop them. */
+  private truncateLog(file: string): void {
+    const path = join(this.runDir, file);
+    if (file === EVALS_FILE && !existsSync(path)) return;
     const kept = existsSync(path)
       ? readFileSync(path, 'utf8')
           .split('\n')
@@ -233,17 +339,55 @@ export class TrainingRun {
     this.source.fill(this.rng, train.batch, L, this.tokens, this.targets);
     model.zeroGrad();
     const loss = model.forward(this.tokens, this.targets, train.batch, L);
-    if (!Number.isFinite(loss)) {
-      throw new HypeError('non-finite', `loss is ${loss} at step ${this.step + 1}; lower the learning rate (--lr)`);
-    }
+    const where = `at step ${this.step + 1}`;
+    checkOutputs(model, loss, where, 'lower the learning rate (--lr) or resume from an earlier checkpoint');
     model.backward();
-    const gradNorm = clipGradients(model.parameters(), train.clip);
+    let gradNorm: number;
+    try {
+      gradNorm = clipGradients(model.parameters(), train.clip);
+    } catch (err) {
+      if (err instanceof HypeError) throw new HypeError(err.code, `${where}: ${err.message}`);
+      throw err;
+    }
     const lr = learningRate(train, this.step + 1);
     this.optimizer.update(train, lr);
     this.step++;
     const rec: StepRecord = { step: this.step, loss, lr, gradNorm, seconds: (performance.now() - t0) / 1000 };
     appendFileSync(join(this.runDir, LOSSES_FILE), JSON.stringify(rec) + '\n');
     return rec;
+  }
+
+  /**
+   * Loss on the first `bytes` bytes of the held-out split, in non-overlapping windows of the training length (the
+   * same bytes at every call, so successive evaluations are comparable); appended to evals.jsonl.
+   */
+  evaluateHeldOut(bytes = DEFAULT_EVAL_BYTES): EvalRecord {
+    const t0 = performance.now();
+    const L = this.model.config.trainLength;
+    this.checkHeldOut(bytes);
+    const val = this.corpus.val.subarray(0, Math.max(L + 1, Math.min(bytes, this.corpus.val.length)));
+    const r = evaluateHeldOut(this.model, val, L, { batch: this.train.batch });
+    const rec: EvalRecord = {
+      step: this.step,
+      valLoss: r.nats,
+      bitsPerByte: r.bitsPerByte,
+      scored: r.scored,
+      seconds: (performance.now() - t0) / 1000,
+    };
+    appendFileSync(join(this.runDir, EVALS_FILE), JSON.stringify(rec) + '\n');
+    return rec;
+  }
+
+  /** Refuses a held-out evaluation this run cannot do (before training starts, not after the first interval). */
+  private checkHeldOut(bytes: number): void {
+    const L = this.model.config.trainLength;
+    check(
+      this.corpus.val.length >= L + 1,
+      'argument',
+      `periodic evaluation needs a held-out split of at least ${L + 1} bytes, and this run's data ` +
+        `('${this.corpus.path}') has ${this.corpus.val.length}; raise --val-fraction or pass --eval-interval 0`,
+    );
+    check(Number.isInteger(bytes) && bytes >= 1, 'argument', `--eval-bytes must be a positive integer, got ${bytes}`);
   }
 
   checkpoint(): string {
@@ -268,10 +412,20 @@ export class TrainingRun {
     let checkpoint: string | null = null;
     let interrupted = false;
     let savedAt = hasCheckpoint(this.runDir) ? this.step : -1;
+    const every = control.evalInterval ?? 0;
+    check(
+      Number.isInteger(every) && every >= 0,
+      'argument',
+      `--eval-interval must be a whole number of steps (0 = never), got ${every}`,
+    );
+    if (every > 0) this.checkHeldOut(control.evalBytes ?? DEFAULT_EVAL_BYTES);
     while (this.step < end) {
       const rec = this.trainStep();
       lastLoss = rec.loss;
       control.onStep?.(rec, this);
+      if (every > 0 && (this.step % every === 0 || this.step === this.train.steps)) {
+        control.onEval?.(this.evaluateHeldOut(control.evalBytes), this);
+      }
       if (this.train.checkpointEvery > 0 && this.step % this.train.checkpointEvery === 0) {
         checkpoint = this.checkpoint();
         savedAt = this.step;
@@ -291,16 +445,54 @@ export class TrainingRun {
 export function readLossLog(runDir: string): StepRecord[] {
   const path = join(runDir, LOSSES_FILE);
   if (!existsSync(path)) return [];
-  return readFileSync(path, 'utf8')
-    .split('\n')
-    .filter((l) => l.trim())
-    .map((l) => JSON.parse(l) as StepRecord);
+  const lines = readFileSync(path, 'utf8').split('\n');
+  return lines.flatMap((l, i) => {
+    if (!l.trim()) return [];
+    try {
+      return [JSON.parse(l) as StepRecord];
+    } catch {
+      throw new HypeError(
+        'io',
+        `loss log '${path}' has a malformed line ${i + 1}; resume the run (--resume drops lines past its ` +
+          'checkpoint) or delete the broken line',
+      );
+    }
+  });
 }
 
-/** Rebuilds the trained model of a run folder from its latest checkpoint (for eval, generation, export). */
-export function loadRunModel(runDir: string, backend: Backend, options: TransformerOptions = {}) {
-  const ck = loadCheckpoint(runDir);
+/**
+ * Rebuilds the trained model of a run folder from its latest checkpoint, or of the checkpoint folder `path` names
+ * (<run>/checkpoints/step-N), for eval, generation and export.
+ */
+export function loadRunModel(path: string, backend: Backend, options: TransformerOptions = {}) {
+  const { runDir, checkpoint } = splitCheckpointPath(path);
+  const ck = loadCheckpoint(runDir, checkpoint);
   const model = new Transformer(ck.state.model, backend, options);
   restoreWeights(model, ck.weights, `checkpoint '${ck.dir}'`);
   return { model, state: ck.state, dir: ck.dir };
+}
+
+/** Compares the training options a caller gave with those of a run (or checkpoint), refusing a difference. */
+function checkSameTrain(expect: Partial<TrainConfig> | undefined, saved: TrainConfig, what: string): void {
+  for (const [k, v] of Object.entries(expect ?? {})) {
+    const was = (saved as unknown as Record<string, unknown>)[k];
+    if (v !== undefined && canonicalJson(v) !== canonicalJson(was)) {
+      throw new HypeError(
+        'checkpoint',
+        `training option '${k}' = ${JSON.stringify(v)} differs from ${what}'s ${JSON.stringify(was)} ` +
+          '(mismatched checkpoint); resume without it, or start a new run',
+      );
+    }
+  }
+}
+
+/**
+ * One forward pass on zeros of the training shape, before the run folder exists: whatever the first step would
+ * refuse for the configuration alone (encoding options checked at the first call, an fp16 overflow, a NaN at
+ * initialisation) is refused here instead. Parameters, optimizer and RNG are untouched, so the run is unchanged.
+ */
+function probe(model: Transformer, batch: number, length: number): void {
+  const zeros = new Int32Array(batch * length);
+  const loss = model.forward(zeros, zeros, batch, length);
+  checkOutputs(model, loss, 'at initialisation (before step 1)', 'check the model and encoding options');
 }
