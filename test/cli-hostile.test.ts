@@ -14,7 +14,6 @@ import { main } from '../src/cli/main.ts';
 import { ReferenceBackend } from '../src/backend/reference.ts';
 import { HypeError } from '../src/errors.ts';
 import { parseModelConfig } from '../src/model/config.ts';
-import { layerOpsOf } from '../src/backend/layers.ts';
 import { checkpointsDir, loadCheckpoint, saveCheckpoint } from '../src/train/checkpoint.ts';
 import { parseTrainConfig } from '../src/train/config.ts';
 import { AdamW } from '../src/train/optimizer.ts';
@@ -159,7 +158,7 @@ describe('non-finite numbers stop training and evaluation', () => {
     m.params.lnfBias.data[3] = NaN;
     saveCheckpoint(dir, {
       model: m,
-      optimizer: new AdamW(m.parameters(), layerOpsOf(m.backend)),
+      optimizer: new AdamW(m.parameters(), m.backend),
       rng: new Rng(1),
       step: 0,
       train: parseTrainConfig({ data: corpus }),

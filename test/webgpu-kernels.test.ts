@@ -214,10 +214,7 @@ describe('fused attention forward and backward vs the fp64 reference', () => {
       const dOut = randn(rng, B * H * lq * dv);
       const table = randn(rng, H * span, 0.5);
       const scale = 1 / Math.sqrt(d);
-      // The reference's table bias with the identity bucketing is exactly the contract's distance table.
-      const bias: PositionBias = c.table
-        ? { kind: 'table', values: table, buckets: span, bucketOf: Int32Array.from({ length: span }, (_, i) => i) }
-        : { kind: 'none' };
+      const bias: PositionBias = c.table ? { kind: 'distance', table } : { kind: 'none' };
       const opts = { causal: c.causal, scale, queryOffset: offset };
       const ref = referenceAttentionForward(s, q, k, v, { ...opts, bias });
       const refG = referenceAttentionBackward(s, q, k, v, ref.out, ref.lse, dOut, { ...opts, bias });
@@ -245,7 +242,7 @@ describe('fused attention forward and backward vs the fp64 reference', () => {
       } as Record<string, number>;
       if (c.table) {
         const dTable = await ctx.download(grads.dTable!);
-        const want = (refG.dBias as { values: Float64Array }).values;
+        const want = (refG.dBias as { table: Float64Array }).table;
         errs.dTable = maxAbsDiff(dTable, want) / tol(d + dv + lk + B * lq, want);
       } else expect(grads.dTable).toBeUndefined();
       for (const [name, e] of Object.entries(errs)) expect(e, name).toBeLessThanOrEqual(1);
@@ -318,10 +315,9 @@ describe('GPU gradients against central differences of the fp64 forward', () => 
     const dOut = randn(rng, 4 * 5 * 10);
     const table = randn(rng, 4 * span, 0.5);
     const opts = { causal: true, scale: 1 / Math.sqrt(12), queryOffset: offset };
-    const bucketOf = Int32Array.from({ length: span }, (_, i) => i);
     // The scalar whose gradient the backward returns: sum(out * dOut), evaluated in fp64.
     const loss = () => {
-      const bias: PositionBias = { kind: 'table', values: table, buckets: span, bucketOf };
+      const bias: PositionBias = { kind: 'distance', table };
       const { out } = referenceAttentionForward(s, q, k, v, { ...opts, bias });
       let l = 0;
       for (let i = 0; i < out.length; i++) l += out[i]! * dOut[i]!;

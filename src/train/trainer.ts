@@ -9,7 +9,6 @@
 import { appendFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Backend } from '../backend/backend.ts';
-import { layerOpsOf } from '../backend/layers.ts';
 import { HypeError, check } from '../errors.ts';
 import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
 import { Transformer, type TransformerOptions } from '../model/transformer.ts';
@@ -195,7 +194,7 @@ export class TrainingRun {
       model,
       train,
       corpus,
-      new AdamW(model.parameters(), layerOpsOf(backend)),
+      new AdamW(model.parameters(), backend),
       new Rng(train.seed),
       0,
       source,
@@ -266,7 +265,7 @@ export class TrainingRun {
     );
     const model = new Transformer(state.model, backend, options);
     restoreWeights(model, ck.weights, `checkpoint '${ck.dir}'`);
-    const opt = new AdamW(model.parameters(), layerOpsOf(backend));
+    const opt = new AdamW(model.parameters(), backend);
     restoreOptimizer(opt, ck.optimizer, state.optimizerStep);
     const run = new TrainingRun(runDir, model, train, corpus, opt, Rng.fromState(state.rng), state.step, source);
     run.truncateLog(LOSSES_FILE);
