@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ReferenceBackend } from '../src/backend/reference.ts';
-import { lmConfigs } from '../src/study/experiments.ts';
+import type { StudyEnv } from '../src/study/cell.ts';
+import { lmConfigs, loadLmData } from '../src/study/experiments.ts';
 import { quickPlan, type StudyPlan } from '../src/study/plan.ts';
 import { connectRedis, jobIdOf, QUEUE_NAME, runWorker, type CellJob } from '../src/study/queue.ts';
 import { runStudy, type StudyOptions } from '../src/study/run.ts';
@@ -122,7 +123,7 @@ async function waitFor(what: string, ok: () => Promise<boolean> | boolean, ms = 
 }
 
 /** A study of `plan` (the reference backend, as the workers), local or, with `queue`, as the queue's coordinator. */
-function study(o: Pick<StudyOptions, 'experiment' | 'outDir' | 'plan' | 'queue'>, log: string[] = []) {
+function study(o: Pick<StudyOptions, 'experiment' | 'outDir' | 'plan' | 'queue' | 'recompute'>, log: string[] = []) {
   return runStudy({
     quick: true,
     workDir: join(root, 'coordinator-work'),
@@ -234,6 +235,38 @@ describe('the study on a queue', () => {
       connection.disconnect();
     }
   }, 120_000);
+});
+
+describe('--recompute on a queue', () => {
+  it('drops a finished but uncollected job of a recomputed cell instead of taking its old result', async () => {
+    const url = freshDb();
+    const plan = tinyPlan(3, ['none']);
+    const config = lmConfigs(plan, ['none'])[0]!;
+    const data = loadLmData({ dataDir } as StudyEnv, 'tinyshakespeare');
+    const payload: CellJob = {
+      protocol: 1,
+      experiment: 'lm',
+      config,
+      package: versions().package,
+      corpus: { name: 'tinyshakespeare', trainSha256: data.trainSha256, evalSha256: data.evalSha256 },
+    };
+    const connection = await connectRedis(url, () => {});
+    const queue = new Queue(QUEUE_NAME, { connection });
+    const w = worker(url, dataDir, 'rc1');
+    try {
+      // A job an earlier coordinator queued and a worker finished, never collected (the coordinator died).
+      await queue.add('lm', payload, { jobId: jobIdOf(config), attempts: 3 });
+      await waitFor('the old job to complete', async () => (await queue.getCompletedCount()) === 1);
+      const log: string[] = [];
+      await study({ experiment: 'lm', outDir: join(root, 'recompute'), plan, queue: url, recompute: ['none'] }, log);
+      expect(w.stderr().match(/: started \(attempt/g)).toHaveLength(2); // computed again, not collected
+      expect(cells(join(root, 'recompute')).size).toBe(1);
+    } finally {
+      await stop(w);
+      await queue.close();
+      connection.disconnect();
+    }
+  }, 60_000);
 });
 
 describe('bad input to the queue', () => {

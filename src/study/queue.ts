@@ -181,6 +181,11 @@ export async function runQueuedCells(o: {
   dataDir: string;
   log: (line: string) => void;
   pollMs?: number;
+  /**
+   * Cells being recomputed (--recompute): a job of theirs left from an earlier run (waiting, finished but not yet
+   * collected, failed) is removed first, so it cannot hand back a result of the code before the fix.
+   */
+  recompute?: (c: QueuedCell) => boolean;
 }): Promise<QueueOutcome> {
   const log = o.log;
   const connection = await connectRedis(o.url, log);
@@ -225,6 +230,18 @@ export async function runQueuedCells(o: {
       }
       pending.set(id, c);
     };
+    for (const c of open.filter((x) => o.recompute?.(x))) {
+      const old = await queue.getJob(jobIdOf(c.config));
+      if (!old) continue;
+      if ((await old.getState()) === 'active') {
+        throw new HypeError(
+          'argument',
+          `cannot recompute ${cellLabel(c.experiment, c.config)}: a worker is computing it now; pass --recompute once ` +
+            'it has finished',
+        );
+      }
+      await old.remove();
+    }
     for (const c of open) await enqueue(c);
     log(
       `queue: ${open.length} cell(s) on ${QUEUE_NAME} at ${parseQueueUrl(o.url).shown}; waiting for workers (hype worker --queue ...)`,

@@ -180,7 +180,15 @@ async function runQueued(
   const started = new Date().toISOString();
   const before = chosen.map((exp) => cellsIn(o.outDir, exp));
   const cells = chosen.flatMap((experiment) => configsOf(plan, experiment).map((config) => ({ experiment, config })));
-  const { written, failed } = await runQueuedCells({ url, cells, outDir: o.outDir, dataDir: o.dataDir, log });
+  const again = new Set(o.recompute ?? []);
+  const { written, failed } = await runQueuedCells({
+    url,
+    cells,
+    outDir: o.outDir,
+    dataDir: o.dataDir,
+    log,
+    recompute: ({ config: c }) => again.has(c.experiment === 'precision' ? c.lm.encoding : c.encoding),
+  });
   for (const [i, experiment] of chosen.entries()) {
     const cellsRun = cellsIn(o.outDir, experiment) - before[i]!;
     await record({ experiment, started, seconds: (performance.now() - t0) / 1000, cellsRun });
