@@ -31,7 +31,8 @@ it('three training steps on the GPU read back only the loss and match the fp64 r
   expect(downloads).toBe(3); // one scalar per step left the GPU
 
   const ref = referenceTrain(p0, 3);
-  for (let i = 0; i < 3; i++) expect(Math.abs(run.losses[i]! - ref.losses[i]!)).toBeLessThanOrEqual(1e-4 * ref.losses[i]!);
+  for (let i = 0; i < 3; i++)
+    expect(Math.abs(run.losses[i]! - ref.losses[i]!)).toBeLessThanOrEqual(1e-4 * ref.losses[i]!);
   expect(ref.losses[2]).toBeLessThan(ref.losses[0]!); // the steps do train
   // The parameters after three steps agree too (read back once here, after the run).
   const emb = await ctx.download(run.params.emb);

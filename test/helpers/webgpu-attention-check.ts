@@ -91,6 +91,7 @@ export function attentionErrors(
     ratios.dTable = maxAbsDiff(got.dTable, want) / tol(d + dv + lk + B * lq, want);
   }
   let emptyRowMismatches = 0;
-  for (let r = 0; r < ref.lse.length; r++) if (ref.lse[r] === -Infinity && got.lse[r] !== -Infinity) emptyRowMismatches++;
+  for (let r = 0; r < ref.lse.length; r++)
+    if (ref.lse[r] === -Infinity && got.lse[r] !== -Infinity) emptyRowMismatches++;
   return { ratios, emptyRowMismatches };
 }
