@@ -283,10 +283,9 @@ describe('GPU gradients against central differences of the fp64 forward', () => 
     const dOut = randn(rng, 4 * 5 * 10);
     const table = randn(rng, 4 * span, 0.5);
     const opts = { causal: true, scale: 1 / Math.sqrt(12), queryOffset: offset };
-    const bucketOf = Int32Array.from({ length: span }, (_, i) => i);
     // The scalar whose gradient the backward returns: sum(out * dOut), evaluated in fp64.
     const loss = () => {
-      const bias: PositionBias = { kind: 'table', values: table, buckets: span, bucketOf };
+      const bias: PositionBias = { kind: 'distance', table };
       const { out } = referenceAttentionForward(s, q, k, v, { ...opts, bias });
       let l = 0;
       for (let i = 0; i < out.length; i++) l += out[i]! * dOut[i]!;

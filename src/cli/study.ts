@@ -9,6 +9,7 @@ import { HypeError } from '../errors.ts';
 import { EXPERIMENTS, QUICK_STUDY_MINUTES, type Experiment } from '../study/plan.ts';
 import { formatDuration } from '../study/progress.ts';
 import { planFor, runStudy, writeReport } from '../study/run.ts';
+import { checkFolderPath, makeWritableDir } from '../util/fs-safe.ts';
 
 interface StudyFlags {
   quick?: boolean;
@@ -58,6 +59,10 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
     .map((s) => s.trim())
     .filter(Boolean);
   const plan = planFor({ quick: Boolean(f.quick), seeds, encodings, corpora }); // refuses bad flags before any work
+  checkFolderPath(outDir, 'the results folder (--out)');
+  checkFolderPath(f.workDir, 'the training-runs folder (--work-dir)');
+  makeWritableDir(outDir, 'the results folder (--out)');
+  makeWritableDir(f.workDir, 'the training-runs folder (--work-dir)');
   const backend = loadBackend(f.backend as BackendName, { threads: positiveInt(f.threads, '--threads') });
   const scope = `${plan.encodings.length} encoding${plan.encodings.length === 1 ? '' : 's'}, ${plan.seeds.length} seed${plan.seeds.length === 1 ? '' : 's'}`;
   const banner = f.quick

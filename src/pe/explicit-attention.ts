@@ -13,7 +13,7 @@
  * v [B, Hkv, Lk, Dv]; query row i sits at i + queryOffset.
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
-import { layerOpsOf, referenceLayerOps, type LayerOps } from '../backend/layers.ts';
+import { referenceLayerOps, type LayerOps } from '../backend/layers.ts';
 import { referenceGemm } from '../backend/reference.ts';
 import { check } from '../errors.ts';
 import { allocate, dtypeOf, type DType, type FloatArray } from '../tensor.ts';
@@ -316,7 +316,7 @@ export function explicitAttention(
       hooks.logits(b, h, kh, P);
     }
   }
-  softmaxAllRows(probs, B * H, lq, lk, mask, dtype === 'float32' && ctx.backend ? layerOpsOf(ctx.backend) : null);
+  softmaxAllRows(probs, B * H, lq, lk, mask, dtype === 'float32' && ctx.backend ? ctx.backend : null);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       const { P, vv } = views(b, h);

@@ -119,8 +119,12 @@ export type AnyRecord = CellRecord<
   LmResult | FlipflopResult | RecallResult | PrecisionResult
 >;
 
-export function storeFor<C, R>(outDir: string, experiment: Experiment): ResultStore<C, R> {
-  return new ResultStore<C, R>(join(outDir, experiment));
+export function storeFor<C, R>(
+  outDir: string,
+  experiment: Experiment,
+  log?: (line: string) => void,
+): ResultStore<C, R> {
+  return new ResultStore<C, R>(join(outDir, experiment), log);
 }
 
 // ---------------------------------------------------------------------------------------------------- data
@@ -220,7 +224,7 @@ function evalData(data: LmData, evalBytes: number): Uint8Array {
 }
 
 export async function runLm(env: StudyEnv, outDir: string, configs: readonly LmConfig[]) {
-  const store = storeFor<LmConfig, LmResult>(outDir, 'lm');
+  const store = storeFor<LmConfig, LmResult>(outDir, 'lm', env.log);
   const cache = new Map<CorpusName, LmData>();
   const dataOf = (c: CorpusName) => cache.get(c) ?? cache.set(c, loadLmData(env, c)).get(c)!;
   return store.runAll(configs, async (c, i, pending) => {
@@ -306,7 +310,7 @@ export function precisionPeOptions(format: PrecisionFormat): Record<string, unkn
  * otherwise it is trained here exactly as the lm cell would (same seed, same data, same steps).
  */
 export async function runPrecision(env: StudyEnv, outDir: string, configs: readonly PrecisionConfig[]) {
-  const store = storeFor<PrecisionConfig, PrecisionResult>(outDir, 'precision');
+  const store = storeFor<PrecisionConfig, PrecisionResult>(outDir, 'precision', env.log);
   return store.runAll(configs, async (c, i, pending) => {
     cellStarted(env, c, `precision ${c.lm.encoding} seed ${c.lm.seed} ${c.format}`, i, pending);
     const data = loadLmData(env, c.lm.corpus);
@@ -369,7 +373,7 @@ const flipflopSource = () =>
 const EVAL_SEED = 0x5eed;
 
 export async function runFlipflop(env: StudyEnv, outDir: string, configs: readonly FlipflopConfig[]) {
-  const store = storeFor<FlipflopConfig, FlipflopResult>(outDir, 'flipflop');
+  const store = storeFor<FlipflopConfig, FlipflopResult>(outDir, 'flipflop', env.log);
   return store.runAll(configs, async (c, i, pending) => {
     cellStarted(env, c, `flipflop ${c.encoding} seed ${c.seed}`, i, pending);
     const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
@@ -410,7 +414,7 @@ export async function runFlipflop(env: StudyEnv, outDir: string, configs: readon
 const recallSource = () => generatorSource(`recall:${RECALL_TASK}`, (rng, n) => recallSequence(rng, n).bytes);
 
 export async function runRecall(env: StudyEnv, outDir: string, configs: readonly RecallConfig[]) {
-  const store = storeFor<RecallConfig, RecallResult>(outDir, 'recall');
+  const store = storeFor<RecallConfig, RecallResult>(outDir, 'recall', env.log);
   return store.runAll(configs, async (c, i, pending) => {
     cellStarted(env, c, `recall ${c.encoding} seed ${c.seed}`, i, pending);
     const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);

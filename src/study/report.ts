@@ -4,7 +4,7 @@
  * charts. `hype study report` rewrites the Markdown and SVGs from whatever cells exist, so a partial study reports
  * what it has and says what is missing.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TopLevelSpec } from 'vega-lite';
 import { lineChartSpec, listText, type LinePoint } from '../plot/charts.ts';
@@ -25,7 +25,9 @@ import type {
 import { ALL_ENCODINGS } from './plan.ts';
 import { FLIPFLOP_TASK } from './tasks/flipflop.ts';
 import { RECALL_TASK } from './tasks/recall.ts';
-import type { CellRecord } from './store.ts';
+import { readCellFile, type CellRecord } from './store.ts';
+import { HypeError } from '../errors.ts';
+import { readJsonFile } from '../util/fs-safe.ts';
 import type { PrecisionFormat, StudyPlan } from './plan.ts';
 import type { Versions } from './versions.ts';
 
@@ -74,7 +76,7 @@ export function readResults(dir: string): ReportInput {
   };
   const metaPath = join(dir, 'study.json');
   return {
-    meta: existsSync(metaPath) ? (JSON.parse(readFileSync(metaPath, 'utf8')) as StudyMeta) : null,
+    meta: readMeta(metaPath),
     lm: cells('lm'),
     // Cells of an earlier task format answer a different question; only the current format is reported.
     flipflop: cells<FlipflopConfig, FlipflopResult>('flipflop').filter((c) => c.config.task === FLIPFLOP_TASK),
@@ -88,7 +90,18 @@ function readdirJson<T>(dir: string): T[] {
   const names = readdirSync(dir)
     .filter((f) => f.endsWith('.json'))
     .sort();
-  return names.map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')) as T);
+  return names.map((f) => readCellFile(join(dir, f)) as T);
+}
+
+/** study.json of a results folder, or null if there is none yet; a corrupt one is refused with the way out. */
+export function readMeta(metaPath: string): StudyMeta | null {
+  if (!existsSync(metaPath)) return null;
+  const fix = 'delete it (the next study run rewrites it; only the invocation log is lost)';
+  const m = readJsonFile(metaPath, 'study metadata', fix) as StudyMeta;
+  if (typeof m !== 'object' || m === null || !Array.isArray(m.invocations)) {
+    throw new HypeError('io', `study metadata '${metaPath}' has no invocations list; ${fix}`);
+  }
+  return m;
 }
 
 // ---------------------------------------------------------------------------------------------- comparisons

@@ -68,11 +68,7 @@ export function attentionErrors(
 ): { ratios: Record<string, number>; emptyRowMismatches: number } {
   const s = c.shape;
   const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: d, valueDim: dv } = s;
-  const span = x.opts.queryOffset + lq + lk - 1;
-  // The reference's table bias with the identity bucketing is exactly the contract's distance table.
-  const bias: PositionBias = c.table
-    ? { kind: 'table', values: x.table, buckets: span, bucketOf: Int32Array.from({ length: span }, (_, i) => i) }
-    : { kind: 'none' };
+  const bias: PositionBias = c.table ? { kind: 'distance', table: x.table } : { kind: 'none' };
   const ref = referenceAttentionForward(s, x.q, x.k, x.v, { ...x.opts, bias });
   const refG = referenceAttentionBackward(s, x.q, x.k, x.v, ref.out, ref.lse, x.dOut, { ...x.opts, bias });
   const tol = (n: number, r: ArrayLike<number>) => 8 * n * U32 * Math.max(maxAbs(r), 1e-30);
@@ -87,7 +83,7 @@ export function attentionErrors(
   };
   if (c.table) {
     if (!got.dTable) throw new Error(`${c.name}: the GPU returned no dTable`);
-    const want = (refG.dBias as { values: Float64Array }).values;
+    const want = (refG.dBias as { table: Float64Array }).table;
     ratios.dTable = maxAbsDiff(got.dTable, want) / tol(d + dv + lk + B * lq, want);
   }
   let emptyRowMismatches = 0;
