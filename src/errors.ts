@@ -20,6 +20,7 @@ export type HypeErrorCode =
   | 'length' // a sequence longer than an encoding or model supports
   | 'io' // missing, empty or unreadable file
   | 'checkpoint' // corrupt or mismatched checkpoint
+  | 'memory' // an array larger than one typed array can hold, or than the memory available
   | 'native' // the native addon is missing or refused the call
   | 'dependency' // an optional package (vega, protobufjs) is not installed
   | 'device'; // no GPU adapter, a shape beyond the adapter's limits, or a lost device

@@ -11,14 +11,16 @@
  *   value is the logit minus the content-only logit scale * u.u = scale * d, i.e. what position adds (exactly 0
  *   for NoPE, -m_h D for ALiBi, the bucket scalar for T5, scale * (2 sum_j cos(D theta_j) - 2 pairs) for RoPE);
  * parameters are at their initialisation (seeded). `--heatmap` draws the full causal L x L pattern of one head.
- * Encodings are named as in the registry, optionally with options: `hype:preset=recency:lengthExtra=4096`.
+ * Encodings are named as in the registry, optionally with options: `hype:preset=recency:lengthExtra=4096` or
+ * `hype:{"preset":"recency"}` (the one parser of src/pe/options.ts).
  */
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { ReferenceBackend } from '../backend/reference.ts';
 import { check, HypeError } from '../errors.ts';
 import type { AttendContext, EncodingDims, PositionalEncoding } from '../pe/encoding.ts';
-import { getEncodingFactory } from '../pe/registry.ts';
+import { getEncodingFactory, parseEncodingSpec } from '../pe/registry.ts';
+import { splitTopLevel } from '../pe/options.ts';
 import type { TopLevelSpec } from 'vega-lite';
 import {
   coincidentGroups,
@@ -36,7 +38,7 @@ export interface EncodingRequest {
   /** The text the user wrote, used as the legend label. */
   label: string;
   name: string;
-  options: Record<string, number | boolean | string>;
+  options: Record<string, unknown>;
 }
 
 export interface ShowSettings {
@@ -52,29 +54,13 @@ const EMBEDDING_NOTE =
 const CONTENT_FREE_NOTE =
   'others: every query and key = (1, ..., 1); logit minus the content-only logit scale * d (what position adds)';
 
-function parseValue(raw: string): number | boolean | string {
-  if (raw === 'true') return true;
-  if (raw === 'false') return false;
-  const n = Number(raw);
-  return raw.trim() !== '' && Number.isFinite(n) ? n : raw;
-}
-
-/** `name[:key=value[:key=value...]]` -> registry name and options. Unknown names give the registry's error. */
+/**
+ * `name[:options]` -> registry name and options, options as key=value pairs or JSON (`hype:preset=recency`,
+ * `hype:{"preset":"recency"}`); unknown names and option keys give the registry's error.
+ */
 export function parseEncodingRequest(text: string): EncodingRequest {
-  const [name, ...pairs] = text.trim().split(':');
-  check(!!name, 'argument', `empty encoding name in '${text}'; write e.g. alibi or hype:preset=recency`);
-  getEncodingFactory(name!); // refuses unknown names with the list of known ones
-  const options: Record<string, number | boolean | string> = {};
-  for (const pair of pairs) {
-    const eq = pair.indexOf('=');
-    check(
-      eq > 0,
-      'argument',
-      `encoding option '${pair}' in '${text}' must be key=value, e.g. ${name}:${Object.keys(getEncodingFactory(name!).defaults)[0] ?? 'key'}=value`,
-    );
-    options[pair.slice(0, eq)] = parseValue(pair.slice(eq + 1));
-  }
-  return { label: text.trim(), name: name!, options };
+  const { name, options } = parseEncodingSpec(text);
+  return { label: text.trim(), name, options };
 }
 
 function checkSettings(s: ShowSettings): void {
@@ -283,7 +269,7 @@ function integerFlag(raw: string, flag: string): number {
 }
 
 export async function runShow(encoding: string | undefined, flags: ShowFlags): Promise<string> {
-  const texts = [...(encoding ? [encoding] : []), ...(flags.compare ? flags.compare.split(',') : [])].filter(
+  const texts = [...(encoding ? [encoding] : []), ...(flags.compare ? splitTopLevel(flags.compare, ',') : [])].filter(
     (t) => t.trim() !== '',
   );
   check(texts.length >= 1, 'argument', 'name an encoding (`hype show alibi`) or several (`--compare alibi,rope`)');

@@ -12,16 +12,16 @@ import type { Backend } from '../backend/backend.ts';
 import { loadBackend } from '../backend/index.ts';
 import { HypeError } from '../errors.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
+import { parseEncodingOptions } from '../pe/options.ts';
+import { encodingNames, parseEncodingSpec } from '../pe/registry.ts';
 import type { DType } from '../tensor.ts';
 import type { TrainConfig } from '../train/config.ts';
-import { encodingNames } from '../pe/registry.ts';
 import { checkpointsDir, splitCheckpointPath } from '../train/checkpoint.ts';
 import { DEFAULT_CORPUS } from '../train/corpus.ts';
 import { DEFAULT_EVAL_BYTES, TrainingRun } from '../train/trainer.ts';
 import { Claim, claimStaleMs } from '../util/claim.ts';
 import { checkFolderPath, readJsonFile } from '../util/fs-safe.ts';
 import { progressBar } from './progress.ts';
-import { parseEncodingRequest } from './show.ts';
 
 /**
  * The compute backend a command asked for: 'auto' (native when built, else reference; always reference for a
@@ -120,7 +120,7 @@ function readJson(path: string, what: string): unknown {
 }
 
 /** Model config from --model-config (a JSON file) overlaid with explicit flags; undefined if nothing was given. */
-function modelConfigFrom(f: TrainFlags): Record<string, unknown> {
+export function modelConfigFrom(f: TrainFlags): Record<string, unknown> {
   const base = f.modelConfig ? (readJson(f.modelConfig, 'model config') as Record<string, unknown>) : {};
   const out: Record<string, unknown> = { ...base };
   const set = (k: string, v: unknown) => {
@@ -128,16 +128,22 @@ function modelConfigFrom(f: TrainFlags): Record<string, unknown> {
   };
   if (f.pe !== undefined || f.peOptions !== undefined) {
     const basePe = (typeof base.pe === 'object' && base.pe) || {};
-    // `--pe hype:preset=recency` (the syntax of `hype show`) and `--pe-options '{"preset":"recency"}'` combine.
-    const request = f.pe !== undefined ? parseEncodingRequest(f.pe) : undefined;
-    const options = {
-      ...request?.options,
-      ...(f.peOptions !== undefined ? readPeOptions(f.peOptions) : {}),
-    };
+    // --pe takes `name` or `name:options`, --pe-options the options alone; both in either syntax (pe/options.ts).
+    const named = f.pe !== undefined ? parseEncodingSpec(f.pe) : undefined;
+    const inline = f.pe?.includes(':') ? named!.options : undefined;
+    const flagged = f.peOptions !== undefined ? parseEncodingOptions(f.peOptions) : undefined;
+    for (const key of Object.keys(flagged ?? {})) {
+      if (inline && Object.hasOwn(inline, key)) {
+        throw new HypeError(
+          'argument',
+          `encoding option '${key}' is given in both --pe and --pe-options; give it once`,
+        );
+      }
+    }
     out.pe = {
       ...basePe,
-      ...(request ? { name: request.name } : {}),
-      ...(Object.keys(options).length > 0 ? { options } : {}),
+      ...(named ? { name: named.name } : {}),
+      ...(inline || flagged ? { options: { ...inline, ...flagged } } : {}),
     };
   }
   set('width', f.width);
@@ -149,16 +155,6 @@ function modelConfigFrom(f: TrainFlags): Record<string, unknown> {
   set('dtype', f.dtype);
   set('seed', f.seed);
   return out;
-}
-
-function readPeOptions(s: string): Record<string, unknown> {
-  try {
-    const v = JSON.parse(s);
-    if (typeof v === 'object' && v !== null && !Array.isArray(v)) return v;
-  } catch {
-    // fall through to the error below
-  }
-  throw new HypeError('argument', `--pe-options must be a JSON object such as '{"preset":"recency"}', got ${s}`);
 }
 
 function trainConfigFrom(f: TrainFlags): Partial<TrainConfig> {
@@ -353,11 +349,11 @@ export function registerTrain(program: Command): void {
     .option(
       '--pe <name>',
       `positional encoding, required for a new run: ${encodingNames().join(', ')}; ` +
-        'options may follow as in `hype show`, e.g. hype:preset=recency',
+        'options may follow as key=value pairs or JSON, e.g. hype:preset=recency',
     )
     .option(
-      '--pe-options <json>',
-      'encoding options as JSON, e.g. \'{"preset":"recency"}\' (same as hype:preset=recency)',
+      '--pe-options <options>',
+      'encoding options as JSON or key=value pairs: \'{"preset":"recency"}\' or preset=recency:lengthExtra=4096',
     )
     .option('--model-config <file>', 'model config JSON (flags below override its keys)')
     .option('--width <n>', 'model width (default 128)', int)

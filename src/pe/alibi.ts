@@ -12,10 +12,11 @@ import type { AttendContext, EncodingDims, EncodingFactory, PositionalEncoding }
 import { alibiSlopes } from './alibi-slopes.ts';
 import { checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
 import { alibiDistanceTable, geometryOf, tableAttention } from './distance-table.ts';
+import { defineEncoding } from './options.ts';
 
 export type AlibiOptions = Record<string, never>;
 
-export const alibiEncoding: EncodingFactory<AlibiOptions> = {
+export const alibiEncoding: EncodingFactory<AlibiOptions> = defineEncoding<AlibiOptions>({
   name: 'alibi',
   description: 'ALiBi (Press et al. 2021): fixed per-head linear distance penalty -m_h |D|, reference slopes',
   sites: ['score-bias'],
@@ -54,4 +55,4 @@ export const alibiEncoding: EncodingFactory<AlibiOptions> = {
       },
     };
   },
-};
+});

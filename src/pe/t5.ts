@@ -19,6 +19,8 @@ import type { AttendContext, EncodingDims, EncodingFactory, Param, PositionalEnc
 import { checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
 import { buildDistanceTable, forEachDistanceGrad, geometryOf, tableAttention } from './distance-table.ts';
 import { checkT5BucketOptions, t5Bucket } from './t5-buckets.ts';
+import { createParam } from './explicit-attention.ts';
+import { defineEncoding } from './options.ts';
 
 export interface T5Options {
   numBuckets: number;
@@ -29,11 +31,12 @@ export interface T5Options {
   initStd: number;
 }
 
-export const t5Encoding: EncodingFactory<T5Options> = {
+export const t5Encoding: EncodingFactory<T5Options> = defineEncoding<T5Options>({
   name: 't5',
   description: 'T5 relative bias (Raffel et al. 2020): log-bucketed distance -> learned per-head scalar',
   sites: ['score-bias'],
   defaults: { numBuckets: 32, maxDistance: 128, bucketing: 'auto', initStd: 0 },
+  sizeKeys: ['numBuckets'],
   create(dims: EncodingDims, options: Partial<T5Options>, rng: Rng): PositionalEncoding {
     const numBuckets = options.numBuckets ?? 32;
     const maxDistance = options.maxDistance ?? 128;
@@ -48,13 +51,7 @@ export const t5Encoding: EncodingFactory<T5Options> = {
     if (bucketing !== 'bidirectional') checkT5BucketOptions(numBuckets, maxDistance, false);
     check(Number.isFinite(initStd) && initStd >= 0, 'argument', `t5 initStd must be >= 0, got ${initStd}`);
     const H = dims.heads;
-    const table: Param = {
-      name: 'relative_bias',
-      shape: [H, numBuckets],
-      data: new Float64Array(H * numBuckets),
-      grad: new Float64Array(H * numBuckets),
-      decay: false,
-    };
+    const table: Param = createParam('relative_bias', [H, numBuckets], false);
     rng.fillNormal(table.data, initStd);
     const values = table.data as Float64Array;
 
@@ -110,4 +107,4 @@ export const t5Encoding: EncodingFactory<T5Options> = {
       },
     };
   },
-};
+});
