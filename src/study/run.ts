@@ -105,6 +105,7 @@ export async function runStudy(o: StudyOptions): Promise<StudyOutcome> {
   const plan = planFor(o);
   const log = o.log ?? ((s: string) => process.stderr.write(s + '\n'));
   const env: StudyEnv = { backend: o.backend, workDir: o.workDir, dataDir: o.dataDir, log };
+  if (o.queue !== undefined) (await import('./queue.ts')).parseQueueUrl(o.queue); // refused before anything is written
   makeWritableDir(o.outDir, 'the results folder (--out)');
   makeWritableDir(o.workDir, 'the training-runs folder (--work-dir)');
   const metaPath = join(o.outDir, 'study.json');
