@@ -20,7 +20,8 @@ export type HypeErrorCode =
   | 'length' // a sequence longer than an encoding or model supports
   | 'io' // missing, empty or unreadable file
   | 'checkpoint' // corrupt or mismatched checkpoint
-  | 'native'; // the native addon is missing or refused the call
+  | 'native' // the native addon is missing or refused the call
+  | 'dependency'; // an optional package (vega, protobufjs) is not installed
 
 /** Throws a `HypeError` with `code` unless `ok`. */
 export function check(ok: boolean, code: HypeErrorCode, message: string | (() => string)): asserts ok {

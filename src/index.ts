@@ -1,5 +1,8 @@
 /**
- * hype-attention: the public API.
+ * hype-attention: the browser-safe core (no Node built-ins are reachable from here; a test bundles it with esbuild
+ * for the browser): tensors, the backend seam, the TypeScript reference backend, every positional encoding, HyPE
+ * and the byte-level transformer. Node-only parts live in subpaths: 'hype-attention/node' (loadBackend and the
+ * native addon), '/train', '/study', '/interop', '/cli'.
  *
  *   import { hype, ReferenceBackend } from 'hype-attention';
  *   const h = hype({ preset: 'recency', heads: 8, kvHeads: 8, headDim: 64, lengthExtra: 4096 });
@@ -61,5 +64,9 @@ export {
 } from './pe/hype/core.ts';
 export { hype, hypeEncoding, presetSpec, type HypePreset, type PresetInput } from './pe/hype/encoding.ts';
 export { encodingNames, getEncodingFactory } from './pe/registry.ts';
+export { BYTE_VOCAB, MODEL_DEFAULTS, parseModelConfig, type ModelConfig } from './model/config.ts';
+export { Transformer, type TransformerOptions } from './model/transformer.ts';
+export { CachedDecoder, RecomputeDecoder, type Decoder } from './model/decode.ts';
+export { generate, type GenerateOptions, type SamplingOptions } from './model/generate.ts';
 export { tensor, zeros, type DType, type FloatArray, type Tensor } from './tensor.ts';
 export { Rng } from './util/rng.ts';

@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { layerOpsOf } from '../src/backend/layers.ts';
 import { HypeError } from '../src/errors.ts';
 import type { Param } from '../src/pe/encoding.ts';
-import { learningRate, parseTrainConfig } from '../src/train/config.ts';
+import { TRAIN_DEFAULTS, checkSchedule, learningRate, parseTrainConfig } from '../src/train/config.ts';
 import { loadCorpus, sampleWindows, unigramEntropy } from '../src/train/corpus.ts';
 import { AdamW, clipGradients, globalGradNorm } from '../src/train/optimizer.ts';
 import { Rng } from '../src/util/rng.ts';
@@ -87,6 +87,17 @@ describe('schedule, clipping and AdamW', () => {
     expect(() => parseTrainConfig({ lr: -1 })).toThrow(/'lr' must be/);
     expect(() => parseTrainConfig({ minLr: 1, lr: 0.1 })).toThrow(/'minLr'/);
     expect(() => parseTrainConfig({ batchsize: 3 })).toThrow(/unknown train config key 'batchsize'/);
+  });
+
+  it('refuses a warmup longer than the run; the default warmup shrinks to a short run', () => {
+    expect(() => checkSchedule(parseTrainConfig({ steps: 10, warmup: 11 }))).toThrow(
+      /warmup \(11 steps\) is longer than the run/,
+    );
+    expect(() => checkSchedule(parseTrainConfig({ steps: 10, warmup: 10 }))).not.toThrow();
+    // A stored config from before the rule still parses (its run can be evaluated); only new runs are refused.
+    expect(parseTrainConfig({ steps: 3, warmup: 50 }).warmup).toBe(50);
+    expect(parseTrainConfig({ steps: 3 }).warmup).toBe(3);
+    expect(parseTrainConfig({ steps: 1000 }).warmup).toBe(TRAIN_DEFAULTS.warmup);
   });
 
   const param = (name: string, values: number[], decay: boolean): Param => ({

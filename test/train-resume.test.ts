@@ -169,7 +169,7 @@ describe('Ctrl-C (SIGINT) during hype train', () => {
 describe('damaged and mismatched checkpoints are refused', () => {
   const fresh = async (name: string) => {
     const dir = join(root, name);
-    await TrainingRun.start(dir, model, { ...train, steps: 2, checkpointEvery: 0 }, backend, opts).run();
+    await TrainingRun.start(dir, model, { ...train, steps: 2, warmup: 1, checkpointEvery: 0 }, backend, opts).run();
     return { dir, ck: join(checkpointsDir(dir), 'step-00000002') };
   };
 

@@ -13,15 +13,16 @@ import { evaluateHeldOut, type EvalResult } from '../train/evaluate.ts';
 import { loadRunModel } from '../train/trainer.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { progressBar } from './progress.ts';
-import { chooseBackend } from './train.ts';
+import { addBackendOptions, chooseBackend, runDtype } from './train.ts';
 
 interface EvalFlags {
-  lengths: string;
+  lengths?: string;
   sliding?: boolean | string;
   batch?: string;
   maxBytes?: string;
   data?: string;
   backend: string;
+  threads?: string;
   quiet?: boolean;
 }
 
@@ -41,19 +42,40 @@ function positiveInt(s: string | undefined, flag: string): number | undefined {
   return n;
 }
 
+/** The default evaluation lengths: the run's training length, doubled up to 16 times it. */
+export function defaultLengths(trainLength: number): number[] {
+  return [1, 2, 4, 8, 16].map((m) => m * trainLength);
+}
+
 export async function runEval(runDir: string, f: EvalFlags): Promise<EvalResult[]> {
-  const lengths = parseLengths(f.lengths);
-  const backend = await chooseBackend(f.backend);
+  const requested = f.lengths === undefined ? undefined : parseLengths(f.lengths);
+  const backend = await chooseBackend(f.backend, f.threads, runDtype(runDir));
   const { model, state, dir } = loadRunModel(runDir, backend);
   const corpus = loadCorpus(f.data ?? state.train.data, state.train.valFraction);
   if (corpus.sha256 !== state.corpus.sha256) {
-    process.stderr.write(
-      `hype eval: warning: corpus '${corpus.path}' is not the one the run trained on; its held-out split differs\n`,
+    throw new HypeError(
+      'checkpoint',
+      `corpus '${corpus.path}' is not the one the run trained on (SHA-256 ${corpus.sha256.slice(0, 12)}..., the ` +
+        `run recorded ${state.corpus.sha256.slice(0, 12)}...), so its held-out split differs; pass the original ` +
+        'file with --data',
     );
   }
   const maxBytes = positiveInt(f.maxBytes, '--max-bytes');
   const val = maxBytes ? corpus.val.subarray(0, Math.min(maxBytes, corpus.val.length)) : corpus.val;
   const batch = positiveInt(f.batch, '--batch') ?? 8;
+  let lengths = requested;
+  if (!lengths) {
+    // The default doubles up to 16x the training length, keeping the lengths the held-out split has a window for.
+    const all = defaultLengths(model.config.trainLength);
+    lengths = all.filter((L) => val.length >= L + 1);
+    if (lengths.length < all.length && !f.quiet) {
+      process.stderr.write(
+        `hype eval: skipping length ${all.slice(lengths.length).join(', ')}: the ${val.length} held-out bytes ` +
+          'hold no window that long\n',
+      );
+    }
+    if (lengths.length === 0) lengths = all.slice(0, 1); // evaluateHeldOut then says why it cannot
+  }
   const results: EvalResult[] = [];
   for (const L of lengths) {
     let stride: number | undefined;
@@ -100,22 +122,24 @@ export async function runEval(runDir: string, f: EvalFlags): Promise<EvalResult[
 }
 
 export function registerEval(program: Command): void {
-  program
+  const cmd = program
     .command('eval')
     .description('bits per byte and perplexity of a trained run on its held-out split, at several lengths')
     .argument('<run>', 'run folder written by hype train')
-    .requiredOption('--lengths <list>', 'comma-separated evaluation lengths, e.g. 128,256,512')
+    .option(
+      '--lengths <list>',
+      "comma-separated evaluation lengths, e.g. 128,256,512 (default: 1x, 2x, 4x, 8x and 16x the run's training length)",
+    )
     .option(
       '--sliding [stride]',
       'sliding windows: score only the last <stride> bytes of each window (default stride L/2); ' +
         'default is non-overlapping windows',
     )
     .option('--batch <n>', 'windows per forward pass (default 8)')
-    .option('--max-bytes <n>', 'evaluate only the first N held-out bytes (faster, noisier)')
-    .option('--data <file>', "the corpus, if it moved since training (default: the run's)")
-    .option('--backend <name>', 'compute backend: auto (native when built), native or reference', 'auto')
-    .option('--quiet', 'no progress output')
-    .action(async (run: string, flags: EvalFlags) => {
-      await runEval(run, flags);
-    });
+    .option('--max-bytes <n>', 'evaluate only the first N held-out bytes (faster, noisier; default: all)')
+    .option('--data <file>', "the corpus, if it moved since training (default: the run's; its SHA-256 must match)")
+    .option('--quiet', 'no progress output');
+  addBackendOptions(cmd).action(async (run: string, flags: EvalFlags) => {
+    await runEval(run, flags);
+  });
 }

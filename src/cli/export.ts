@@ -46,7 +46,7 @@ export function registerExport(program: Command): void {
     .command('export')
     .description("write a run's model as ONNX (attention on onnxruntime's fused MultiHeadAttention)")
     .argument('<run>', 'run folder written by hype train')
-    .option('--onnx <file>', 'output ONNX file')
+    .option('--onnx <file>', 'output ONNX file (required)')
     .option('--pad <m>', "HyPE: zero-pad the augmented head dim to a multiple of m (default: the encoding's)")
     .action(async (run: string, flags: ExportFlags) => {
       await runExport(run, flags);

@@ -2,6 +2,7 @@
  * The `hype` command line. Each command lives in its own module and registers itself here; errors the library
  * raises on purpose (HypeError) print as one line and exit 2, anything else is a bug and shows its stack.
  */
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { HypeError } from '../errors.ts';
 import { registerShowCommand } from './show.ts';
@@ -12,9 +13,16 @@ import { registerGenerate } from './generate.ts';
 import { registerTrain } from './train.ts';
 import { registerVerify } from './verify.ts';
 
+/** The package's version, read from its package.json (two levels up from src/cli/ and from dist/cli/ alike). */
+function packageVersion(): string {
+  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string })
+    .version;
+}
+
 export function buildProgram(): Command {
   const program = new Command('hype')
     .description('HyPE: hyperbolic positional encoding, fused CPU attention and the study of positional encodings')
+    .version(packageVersion(), '-V, --version', 'print the version of hype-attention')
     .exitOverride()
     .showHelpAfterError();
   registerTrain(program);

@@ -11,17 +11,58 @@ import type { Backend } from '../backend/backend.ts';
 import { loadBackend } from '../backend/index.ts';
 import { HypeError } from '../errors.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
+import type { DType } from '../tensor.ts';
 import type { TrainConfig } from '../train/config.ts';
+import { encodingNames } from '../pe/registry.ts';
+import { checkpointsDir } from '../train/checkpoint.ts';
 import { DEFAULT_CORPUS } from '../train/corpus.ts';
-import { TrainingRun } from '../train/trainer.ts';
+import { DEFAULT_EVAL_BYTES, TrainingRun } from '../train/trainer.ts';
 import { progressBar } from './progress.ts';
+import { parseEncodingRequest } from './show.ts';
 
-/** The compute backend a command asked for: 'auto' (native when built, else reference), 'native' or 'reference'. */
-export async function chooseBackend(name: string): Promise<Backend> {
+/**
+ * The compute backend a command asked for: 'auto' (native when built, else reference; always reference for a
+ * float64 model, which the fp32 native kernels refuse), 'native' or 'reference'; `threads` (a --threads flag's
+ * text) sets the native worker pool.
+ */
+export async function chooseBackend(name: string, threads?: string, dtype?: DType): Promise<Backend> {
   if (name !== 'auto' && name !== 'native' && name !== 'reference') {
     throw new HypeError('argument', `unknown backend '${name}'; choose auto, native or reference`);
   }
-  return loadBackend(name);
+  const n = threads === undefined ? undefined : Number(threads);
+  if (n !== undefined && !(Number.isInteger(n) && n >= 1)) {
+    throw new HypeError('argument', `--threads must be a positive integer, got '${threads}'`);
+  }
+  return loadBackend(name === 'auto' && dtype === 'float64' ? 'reference' : name, { threads: n });
+}
+
+/**
+ * The model dtype of a run folder, from its run.json or else its latest checkpoint's state (undefined when neither
+ * reads: loading the run then says why).
+ */
+export function runDtype(runDir: string): DType | undefined {
+  const read = (path: string) => JSON.parse(readFileSync(path, 'utf8'));
+  try {
+    return read(join(runDir, 'run.json')).model.dtype;
+  } catch {
+    try {
+      const latest = read(join(checkpointsDir(runDir), 'latest.json')) as { dir: string };
+      return read(join(checkpointsDir(runDir), latest.dir, 'state.json')).model.dtype;
+    } catch {
+      return undefined;
+    }
+  }
+}
+
+/** The --backend and --threads options every computing command shares. */
+export function addBackendOptions(cmd: Command): Command {
+  return cmd
+    .option(
+      '--backend <name>',
+      'compute backend: auto (native when built, reference for float64 models), native or reference',
+      'auto',
+    )
+    .option('--threads <n>', 'native backend worker threads (default: all cores)');
 }
 
 interface TrainFlags {
@@ -52,6 +93,9 @@ interface TrainFlags {
   name?: string;
   resume?: string;
   backend: string;
+  threads?: string;
+  evalInterval?: number;
+  evalBytes?: number;
   quiet?: boolean;
 }
 
@@ -83,10 +127,16 @@ function modelConfigFrom(f: TrainFlags): Record<string, unknown> {
   };
   if (f.pe !== undefined || f.peOptions !== undefined) {
     const basePe = (typeof base.pe === 'object' && base.pe) || {};
+    // `--pe hype:preset=recency` (the syntax of `hype show`) and `--pe-options '{"preset":"recency"}'` combine.
+    const request = f.pe !== undefined ? parseEncodingRequest(f.pe) : undefined;
+    const options = {
+      ...request?.options,
+      ...(f.peOptions !== undefined ? readPeOptions(f.peOptions) : {}),
+    };
     out.pe = {
       ...basePe,
-      ...(f.pe !== undefined ? { name: f.pe } : {}),
-      ...(f.peOptions !== undefined ? { options: readPeOptions(f.peOptions) } : {}),
+      ...(request ? { name: request.name } : {}),
+      ...(Object.keys(options).length > 0 ? { options } : {}),
     };
   }
   set('width', f.width);
@@ -136,7 +186,8 @@ function timestamp(): string {
 }
 
 export async function runTrain(f: TrainFlags): Promise<void> {
-  const backend = await chooseBackend(f.backend);
+  const dtype = f.resume ? runDtype(f.resume) : ((f.dtype ?? modelConfigFrom(f).dtype) as DType | undefined);
+  const backend = await chooseBackend(f.backend, f.threads, dtype);
   let run: TrainingRun;
   if (f.resume) {
     const explicitModel = modelConfigFrom(f);
@@ -166,7 +217,10 @@ export async function runTrain(f: TrainFlags): Promise<void> {
     }
   } else {
     if (!f.pe && !f.modelConfig) {
-      throw new HypeError('argument', "missing --pe <name> (the positional encoding), e.g. 'hype train --pe hype'");
+      throw new HypeError(
+        'argument',
+        `missing --pe <name> (the positional encoding), e.g. 'hype train --pe hype'; one of: ${encodingNames().join(', ')}`,
+      );
     }
     const modelConfig: ModelConfig = parseModelConfig(modelConfigFrom(f));
     const runDir = f.runDir ?? join('runs', `${f.name ?? modelConfig.pe.name}-${timestamp()}`);
@@ -196,10 +250,24 @@ export async function runTrain(f: TrainFlags): Promise<void> {
   bar?.start(run.train.steps, run.step, { loss: '-', tps: '-' });
   let recent = 0;
   let recentSeconds = 0;
+  let lastTrainLoss = NaN;
   try {
     const summary = await run.run({
       shouldStop: () => stopRequested,
+      // The default interval applies only where the held-out split holds a window; an explicit one is checked.
+      evalInterval: f.evalInterval ?? (run.corpus.val.length > cfg.trainLength ? 200 : 0),
+      evalBytes: f.evalBytes,
+      onEval: (e) => {
+        // Clear the bar's line, print the evaluation, let the next update redraw the bar beneath it.
+        if (!f.quiet) {
+          process.stderr.write(
+            `${process.stderr.isTTY ? '\r\x1b[K' : ''}step ${e.step}: train loss ${lastTrainLoss.toFixed(4)}, held-out loss ${e.valLoss.toFixed(4)} ` +
+              `nats/byte (${e.bitsPerByte.toFixed(4)} bits/byte over ${e.scored} bytes)\n`,
+          );
+        }
+      },
       onStep: (rec) => {
+        lastTrainLoss = rec.loss;
         recent = 0.9 * recent + 0.1 * tokensPerStep;
         recentSeconds = 0.9 * recentSeconds + 0.1 * rec.seconds;
         bar?.update(rec.step, { loss: rec.loss.toFixed(4), tps: Math.round(recent / recentSeconds) });
@@ -218,11 +286,18 @@ export async function runTrain(f: TrainFlags): Promise<void> {
 }
 
 export function registerTrain(program: Command): void {
-  program
+  const cmd = program
     .command('train')
     .description('train a byte-level transformer with a positional encoding; writes a run folder')
-    .option('--pe <name>', 'positional encoding (see the registry), required for a new run')
-    .option('--pe-options <json>', 'encoding options as JSON, e.g. \'{"preset":"recency"}\'')
+    .option(
+      '--pe <name>',
+      `positional encoding, required for a new run: ${encodingNames().join(', ')}; ` +
+        'options may follow as in `hype show`, e.g. hype:preset=recency',
+    )
+    .option(
+      '--pe-options <json>',
+      'encoding options as JSON, e.g. \'{"preset":"recency"}\' (same as hype:preset=recency)',
+    )
     .option('--model-config <file>', 'model config JSON (flags below override its keys)')
     .option('--width <n>', 'model width (default 128)', int)
     .option('--layers <n>', 'transformer blocks (default 4)', int)
@@ -230,24 +305,39 @@ export function registerTrain(program: Command): void {
     .option('--kv-heads <n>', 'key/value heads for grouped-query attention (default = heads)', int)
     .option('--mlp-width <n>', 'MLP hidden width (default 4 x width)', int)
     .option('--length <n>', 'training window length in bytes (default 128)', int)
-    .addOption(new Option('--dtype <dtype>', 'parameter and activation dtype').choices(['float32', 'float64']))
-    .option('--data <file>', `UTF-8 text corpus (default ${DEFAULT_CORPUS}, relative to the working directory)`)
+    .addOption(
+      new Option('--dtype <dtype>', 'parameter and activation dtype (default float32)').choices(['float32', 'float64']),
+    )
+    .option(
+      '--data <file>',
+      `UTF-8 text corpus (default ${DEFAULT_CORPUS}, relative to the working directory; the run stores it absolute)`,
+    )
     .option('--val-fraction <f>', 'held-out tail of the corpus (default 0.1)', num)
     .option('--batch <n>', 'windows per step (default 8)', int)
     .option('--steps <n>', 'optimisation steps (default 1000)', int)
     .option('--lr <f>', 'peak learning rate (default 1e-3)', num)
     .option('--min-lr <f>', 'final learning rate of the cosine decay (default 1e-4)', num)
-    .option('--warmup <n>', 'linear warmup steps (default 50)', int)
+    .option('--warmup <n>', 'linear warmup steps, at most --steps (default 50, or --steps if fewer)', int)
     .option('--weight-decay <f>', 'AdamW decoupled weight decay on weights and embeddings (default 0.1)', num)
     .option('--decay-all', 'also decay norms, biases and encoding parameters')
     .option('--clip <f>', 'global gradient-norm clipping, 0 disables (default 1)', num)
     .option('--seed <n>', 'seed of the initialisation and the data sampler (default 1)', int)
     .option('--checkpoint-every <n>', 'write a checkpoint every N steps; 0 only at the end (default 100)', int)
     .option('--keep-checkpoints <n>', 'newest checkpoints to keep (default 2)', int)
+    .option(
+      '--eval-interval <n>',
+      'held-out loss every N steps and after the last, logged and written to evals.jsonl; 0 never (default 200 ' +
+        'when the held-out split holds a window)',
+      int,
+    )
+    .option(
+      '--eval-bytes <n>',
+      `held-out bytes each of those evaluations scores, the same ones each time (default ${DEFAULT_EVAL_BYTES})`,
+      int,
+    )
     .option('--run-dir <dir>', 'run folder (default runs/<name>-<timestamp>)')
     .option('--name <name>', 'run name used in the default folder (default: the encoding)')
     .option('--resume <run>', 'continue the run in this folder from its latest checkpoint')
-    .option('--backend <name>', 'compute backend: auto (native when built), native or reference', 'auto')
-    .option('--quiet', 'no progress output')
-    .action(async (flags: TrainFlags) => runTrain(flags));
+    .option('--quiet', 'no progress output');
+  addBackendOptions(cmd).action(async (flags: TrainFlags) => runTrain(flags));
 }

@@ -2,7 +2,9 @@
  * The subset of the ONNX protobuf schema that our exporter writes, encoded with protobufjs. Field numbers follow
  * onnx.proto (the ONNX IR specification); only the messages and fields we emit are declared.
  */
-import protobuf from 'protobufjs';
+import { createRequire } from 'node:module';
+import type * as Protobuf from 'protobufjs';
+import { HypeError } from '../errors.ts';
 
 const SCHEMA = `
 syntax = "proto2";
@@ -79,8 +81,26 @@ message ModelProto {
 }
 `;
 
-const root = protobuf.parse(SCHEMA).root;
-const modelType = root.lookupType('onnx.ModelProto');
+let cachedType: Protobuf.Type | null = null;
+
+/**
+ * protobufjs is an optional peer dependency, loaded on the first export (synchronously: the exporter's API is
+ * synchronous), so installing the library does not pull it in for users who never export ONNX.
+ */
+function modelProto(): Protobuf.Type {
+  if (cachedType) return cachedType;
+  let protobuf: typeof Protobuf;
+  try {
+    protobuf = createRequire(import.meta.url)('protobufjs') as typeof Protobuf;
+  } catch {
+    throw new HypeError(
+      'dependency',
+      'ONNX export needs the optional package protobufjs; install it with `npm install protobufjs`',
+    );
+  }
+  cachedType = protobuf.parse(SCHEMA).root.lookupType('onnx.ModelProto');
+  return cachedType;
+}
 
 /** ONNX TensorProto.DataType codes for the element types we use. */
 export const OnnxDataType = { FLOAT: 1, INT32: 6, INT64: 7, DOUBLE: 11 } as const;
@@ -91,6 +111,7 @@ export const OnnxAttributeType = { FLOAT: 1, INT: 2, STRING: 3, TENSOR: 4, FLOAT
 
 /** Serialises a plain ModelProto object (field names as in the schema above, camelCase) to ONNX bytes. */
 export function encodeModel(model: Record<string, unknown>): Uint8Array {
+  const modelType = modelProto();
   const err = modelType.verify(model);
   if (err) throw new Error(`internal: malformed ONNX model object: ${err}`);
   return modelType.encode(modelType.fromObject(model)).finish();
@@ -98,5 +119,6 @@ export function encodeModel(model: Record<string, unknown>): Uint8Array {
 
 /** Parses ONNX bytes back into a plain object (for tests and inspection). */
 export function decodeModel(bytes: Uint8Array): Record<string, unknown> {
+  const modelType = modelProto();
   return modelType.toObject(modelType.decode(bytes), { longs: Number, bytes: Buffer }) as Record<string, unknown>;
 }

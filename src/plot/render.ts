@@ -4,10 +4,24 @@
  */
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
-import * as vega from 'vega';
-import { compile, type TopLevelSpec } from 'vega-lite';
+import type { TopLevelSpec } from 'vega-lite';
+import { HypeError } from '../errors.ts';
+
+/** vega and vega-lite are optional peer dependencies (about 20 MB), loaded when the first chart is drawn. */
+async function loadVega() {
+  try {
+    const [vega, vegaLite] = await Promise.all([import('vega'), import('vega-lite')]);
+    return { vega, compile: vegaLite.compile };
+  } catch {
+    throw new HypeError(
+      'dependency',
+      'plots need the optional packages vega and vega-lite; install them with `npm install vega vega-lite`',
+    );
+  }
+}
 
 export async function renderSvg(spec: TopLevelSpec): Promise<string> {
+  const { vega, compile } = await loadVega();
   const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
   try {
     return await view.toSVG();

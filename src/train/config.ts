@@ -5,7 +5,7 @@ import { HypeError, check } from '../errors.ts';
 import { DEFAULT_CORPUS } from './corpus.ts';
 
 export interface TrainConfig {
-  /** Corpus path as given (relative paths resolve against the working directory). */
+  /** Corpus path; a run stores it absolute (TrainingRun.start resolves it), so it works from any folder. */
   data: string;
   /** Fraction of the corpus (its tail) held out for evaluation. */
   valFraction: number;
@@ -17,7 +17,7 @@ export interface TrainConfig {
   lr: number;
   /** Final learning rate of the cosine decay. */
   minLr: number;
-  /** Linear warmup steps (from lr / warmup up to lr). */
+  /** Linear warmup steps (from lr / warmup up to lr); at most `steps`. Omitted: min(50, steps). */
   warmup: number;
   weightDecay: number;
   beta1: number;
@@ -65,6 +65,9 @@ export function parseTrainConfig(raw: unknown): TrainConfig {
     }
   }
   const cfg = { ...TRAIN_DEFAULTS, ...obj } as TrainConfig;
+  // The default warmup shrinks to fit a short run; an explicit one longer than the run is refused below.
+  if (obj.warmup === undefined && typeof cfg.steps === 'number')
+    cfg.warmup = Math.min(TRAIN_DEFAULTS.warmup, cfg.steps);
   const int = (k: keyof TrainConfig, min: number) =>
     check(
       Number.isInteger(cfg[k]) && (cfg[k] as number) >= min,
@@ -96,6 +99,18 @@ export function parseTrainConfig(raw: unknown): TrainConfig {
   int('checkpointEvery', 0);
   int('keepCheckpoints', 1);
   return cfg;
+}
+
+/**
+ * Refuses a schedule whose warmup is longer than the run (checked when a run starts or its length changes, not
+ * when a stored config is read, so runs made before this rule still load).
+ */
+export function checkSchedule(cfg: Pick<TrainConfig, 'warmup' | 'steps'>): void {
+  check(
+    cfg.warmup <= cfg.steps,
+    'argument',
+    `the warmup (${cfg.warmup} steps) is longer than the run (${cfg.steps} steps); pass --warmup <= --steps`,
+  );
 }
 
 /** Linear warmup to lr over `warmup` steps, then cosine decay to minLr at `steps`. `step` is 1-based. */

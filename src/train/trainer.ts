@@ -3,10 +3,11 @@
  * cosine decay, a loss log and checkpoints. All randomness after initialisation comes from one seeded Rng whose
  * state is checkpointed, so a resumed run reproduces the uninterrupted one bit for bit (on the same backend).
  *
- * Run folder: run.json (configs, versions), losses.jsonl (one line per step), checkpoints/ (see checkpoint.ts).
+ * Run folder: run.json (configs, versions), losses.jsonl (one line per step), evals.jsonl (the periodic held-out
+ * evaluations, when asked for), checkpoints/ (see checkpoint.ts).
  */
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Backend } from '../backend/backend.ts';
 import { layerOpsOf } from '../backend/layers.ts';
 import { HypeError, check } from '../errors.ts';
@@ -15,8 +16,9 @@ import { Transformer, type TransformerOptions } from '../model/transformer.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { Rng } from '../util/rng.ts';
 import { hasCheckpoint, loadCheckpoint, restoreOptimizer, restoreWeights, saveCheckpoint } from './checkpoint.ts';
-import { learningRate, parseTrainConfig, type TrainConfig } from './config.ts';
+import { checkSchedule, learningRate, parseTrainConfig, type TrainConfig } from './config.ts';
 import { checkWindowFits, loadCorpus, type ByteCorpus } from './corpus.ts';
+import { evaluateHeldOut } from './evaluate.ts';
 import { AdamW, clipGradients } from './optimizer.ts';
 import { windowSource, type BatchSource } from './source.ts';
 
@@ -29,9 +31,29 @@ export interface StepRecord {
   seconds: number;
 }
 
+/** A periodic held-out evaluation (appended to evals.jsonl). */
+export interface EvalRecord {
+  step: number;
+  /** Mean loss per held-out byte, nats (the training loss's unit). */
+  valLoss: number;
+  bitsPerByte: number;
+  /** Held-out bytes scored (non-overlapping windows of the training length). */
+  scored: number;
+  seconds: number;
+}
+
 export interface RunControl {
   /** Called after every step. */
   onStep?: (r: StepRecord, run: TrainingRun) => void;
+  /**
+   * Evaluate on the held-out split every this many steps and after the last one (0 or absent: never), as
+   * nanoGPT's eval_interval. Evaluation reads the model only, so the training trajectory is unchanged.
+   */
+  evalInterval?: number;
+  /** Held-out bytes each evaluation scores: the first N of the split, the same bytes every time (default 16384). */
+  evalBytes?: number;
+  /** Called after each periodic evaluation. */
+  onEval?: (r: EvalRecord, run: TrainingRun) => void;
   /** Polled between steps; true stops after the current step and writes a checkpoint (SIGINT). */
   shouldStop?: () => boolean;
   /** Stop (with a checkpoint) once this step is reached, before `steps`. */
@@ -65,6 +87,9 @@ function sourceCorpus(source: BatchSource): ByteCorpus {
 
 const RUN_FILE = 'run.json';
 const LOSSES_FILE = 'losses.jsonl';
+const EVALS_FILE = 'evals.jsonl';
+/** 128 windows of 128 bytes: about the forward cost of five training steps of 8 x 128. */
+export const DEFAULT_EVAL_BYTES = 16384;
 
 export class TrainingRun {
   readonly tokens: Int32Array;
@@ -103,6 +128,9 @@ export class TrainingRun {
     );
     const { source } = options;
     const train = parseTrainConfig(source ? { ...trainInput, data: source.id } : trainInput);
+    checkSchedule(train);
+    // Stored absolute, so `hype eval` and `--resume` work from any folder (the SHA-256 still guards the content).
+    if (!source) train.data = resolve(train.data);
     const corpus = source ? sourceCorpus(source) : loadCorpus(train.data, train.valFraction);
     if (!source) checkWindowFits(corpus.train, modelConfig.trainLength, 'training', train.data);
     const model = new Transformer(modelConfig, backend, options);
@@ -171,6 +199,7 @@ export class TrainingRun {
         `cannot resume at step ${state.step} with a total of ${options.steps} steps; pass --steps >= ${state.step}`,
       );
       train.steps = options.steps;
+      checkSchedule(train);
     }
     if (options.expectTrain) {
       for (const [k, v] of Object.entries(options.expectTrain)) {
@@ -203,13 +232,15 @@ export class TrainingRun {
     const opt = new AdamW(model.parameters(), layerOpsOf(backend));
     restoreOptimizer(opt, ck.optimizer, state.optimizerStep);
     const run = new TrainingRun(runDir, model, train, corpus, opt, Rng.fromState(state.rng), state.step, source);
-    run.truncateLossLog();
+    run.truncateLog(LOSSES_FILE);
+    run.truncateLog(EVALS_FILE);
     return run;
   }
 
-  /** Losses logged after the checkpoint belong to a run that was cut off; they are replayed, so drop them. */
-  private truncateLossLog(): void {
-    const path = join(this.runDir, LOSSES_FILE);
+  /** Records logged after the checkpoint belong to a run that was cut off; they are replayed, so drop them. */
+  private truncateLog(file: string): void {
+    const path = join(this.runDir, file);
+    if (file === EVALS_FILE && !existsSync(path)) return;
     const kept = existsSync(path)
       ? readFileSync(path, 'utf8')
           .split('\n')
@@ -246,6 +277,39 @@ export class TrainingRun {
     return rec;
   }
 
+  /**
+   * Loss on the first `bytes` bytes of the held-out split, in non-overlapping windows of the training length (the
+   * same bytes at every call, so successive evaluations are comparable); appended to evals.jsonl.
+   */
+  evaluateHeldOut(bytes = DEFAULT_EVAL_BYTES): EvalRecord {
+    const t0 = performance.now();
+    const L = this.model.config.trainLength;
+    this.checkHeldOut(bytes);
+    const val = this.corpus.val.subarray(0, Math.max(L + 1, Math.min(bytes, this.corpus.val.length)));
+    const r = evaluateHeldOut(this.model, val, L, { batch: this.train.batch });
+    const rec: EvalRecord = {
+      step: this.step,
+      valLoss: r.nats,
+      bitsPerByte: r.bitsPerByte,
+      scored: r.scored,
+      seconds: (performance.now() - t0) / 1000,
+    };
+    appendFileSync(join(this.runDir, EVALS_FILE), JSON.stringify(rec) + '\n');
+    return rec;
+  }
+
+  /** Refuses a held-out evaluation this run cannot do (before training starts, not after the first interval). */
+  private checkHeldOut(bytes: number): void {
+    const L = this.model.config.trainLength;
+    check(
+      this.corpus.val.length >= L + 1,
+      'argument',
+      `periodic evaluation needs a held-out split of at least ${L + 1} bytes, and this run's data ` +
+        `('${this.corpus.path}') has ${this.corpus.val.length}; raise --val-fraction or pass --eval-interval 0`,
+    );
+    check(Number.isInteger(bytes) && bytes >= 1, 'argument', `--eval-bytes must be a positive integer, got ${bytes}`);
+  }
+
   checkpoint(): string {
     return saveCheckpoint(this.runDir, {
       model: this.model,
@@ -268,10 +332,20 @@ export class TrainingRun {
     let checkpoint: string | null = null;
     let interrupted = false;
     let savedAt = hasCheckpoint(this.runDir) ? this.step : -1;
+    const every = control.evalInterval ?? 0;
+    check(
+      Number.isInteger(every) && every >= 0,
+      'argument',
+      `--eval-interval must be a whole number of steps (0 = never), got ${every}`,
+    );
+    if (every > 0) this.checkHeldOut(control.evalBytes ?? DEFAULT_EVAL_BYTES);
     while (this.step < end) {
       const rec = this.trainStep();
       lastLoss = rec.loss;
       control.onStep?.(rec, this);
+      if (every > 0 && (this.step % every === 0 || this.step === this.train.steps)) {
+        control.onEval?.(this.evaluateHeldOut(control.evalBytes), this);
+      }
       if (this.train.checkpointEvery > 0 && this.step % this.train.checkpointEvery === 0) {
         checkpoint = this.checkpoint();
         savedAt = this.step;

@@ -1,0 +1,18 @@
+/**
+ * 'hype-attention/train' (Node only): byte corpora, the training loop with checkpoints and resume, held-out
+ * evaluation in bits per byte.
+ */
+export { TRAIN_DEFAULTS, learningRate, parseTrainConfig, type TrainConfig } from '../train/config.ts';
+export { DEFAULT_CORPUS, loadCorpus, type ByteCorpus } from '../train/corpus.ts';
+export { evaluateHeldOut, type EvalOptions, type EvalResult } from '../train/evaluate.ts';
+export { AdamW, clipGradients, globalGradNorm } from '../train/optimizer.ts';
+export { generatorSource, windowSource, type BatchSource } from '../train/source.ts';
+export {
+  TrainingRun,
+  loadRunModel,
+  readLossLog,
+  type DataOptions,
+  type RunControl,
+  type RunSummary,
+  type StepRecord,
+} from '../train/trainer.ts';
