@@ -3,7 +3,7 @@
     {
       "target_name": "hype_native",
       "sources": [
-        "native/addon.cc",
+        "native/bindings.cc",
         "native/attention.cc",
         "native/gemm.cc",
         "native/layers.cc",

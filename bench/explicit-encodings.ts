@@ -12,7 +12,6 @@
  */
 import { availableParallelism } from 'node:os';
 import { loadBackend } from '../src/backend/index.ts';
-import { layerOpsOf } from '../src/backend/layers.ts';
 import { parseModelConfig } from '../src/model/config.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { parseTrainConfig } from '../src/train/config.ts';
@@ -64,7 +63,7 @@ function benchEncoding(pe: string): Row {
   const cfg = parseModelConfig({ ...model, kvHeads: SHAPE.heads, pe, seed: 1, dtype: 'float32' });
   const net = new Transformer(cfg, backend);
   const train = parseTrainConfig({});
-  const opt = new AdamW(net.parameters(), layerOpsOf(backend));
+  const opt = new AdamW(net.parameters(), backend);
   const t = randomTokens(batch * SHAPE.trainLength, 1);
   const trainTime = timeCalls(() => {
     net.zeroGrad();

@@ -23,7 +23,6 @@ import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { loadBackend } from '../src/backend/index.ts';
-import { layerOpsOf } from '../src/backend/layers.ts';
 import { parseModelConfig, type ModelConfig } from '../src/model/config.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { parseTrainConfig } from '../src/train/config.ts';
@@ -134,7 +133,7 @@ async function benchOurs(s: Shape, pe: string): Promise<Row> {
   });
   const model = new Transformer(cfg, backend);
   const train = parseTrainConfig({});
-  const opt = new AdamW(model.parameters(), layerOpsOf(backend));
+  const opt = new AdamW(model.parameters(), backend);
   const { tokens, targets } = randomTokens(s, 1);
   const t = await timeSteps(() => {
     model.zeroGrad();

@@ -1,20 +1,19 @@
 // Flash-style attention on CPU: tiles of queries and keys, online softmax, O(L) memory, forward and backward
 // (probabilities recomputed from lse). Every product runs through the register kernel of microkernel.h.
 //
-// Position bias depends only on the distance D = i + queryOffset - l. We evaluate it once per call and head for
-// every distance (an O(L) vector, in fp64 then rounded; see DistanceTable), so a tile pair's biases are one pointer
-// into it and each logit vector gets one unaligned vector load and add. The causal mask rides in the same vector
-// (-inf for D < 0) and costs nothing extra. In the backward, dS summed along the tile's diagonals accumulates into
-// a per-head gradient-by-distance vector G[D], from which every bias parameter's gradient follows in O(L).
-//
-// HyPE uses the tile-local exponent scheme (SPEC section 4) when the table is built: e^{+-mu D} = E+- e^{+-mu s}
-// with E+- = e^{+-mu A} one scalar pair per block of distances around an anchor A and |s| bounded by the block size,
-// so no exponent grows with the sequence length; a = (tau/2)(e^{mu D} - e^{-mu D}).
+// The position term arrives as data: a per-head table over the distance D = i + queryOffset - l (attention.h). We lay
+// it out once per call into padded rows (DistanceTable), so a tile pair's biases are one pointer into it and each
+// logit vector gets one unaligned vector load and add. The causal mask rides in the same vector (-inf for D < 0); on
+// tiles crossing the diagonal it is applied by selection, not addition, so an overflowing logit (+inf) can never
+// turn a masked key into NaN or weight. In the backward, dS summed along the tile's diagonals accumulates into a
+// per-head gradient by distance, returned to the caller as dTable.
 #include "attention.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "microkernel.h"
@@ -33,35 +32,36 @@ constexpr int DIAG = 256;   // >= max(BQ + BK, BQB + BKB)
 
 long roundUp(long x, long m) { return (x + m - 1) / m * m; }
 
+/** a * b as a buffer size, refusing (std::length_error, reported by the bindings) a product that would overflow. */
+size_t checkedSize(long a, long b) {
+  long r = 0;
+  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r) || r > (1L << 53))
+    throw std::length_error("a scratch buffer size overflows (" + std::to_string(a) + " x " + std::to_string(b) + ")");
+  return size_t(r);
+}
+
 /**
- * The bias of every head at every distance a tile can touch, evaluated once per call (O(L) per head, never L x L):
- * tile pairs then read a pointer into it. Distances outside the reachable range hold 0, and with a causal mask
- * every D < 0 holds -inf, so the mask costs nothing either. A reversed copy serves the backward, whose rows run
- * along decreasing D. HyPE is evaluated with the tile-local exponent scheme in fp64: distances are taken in chunks
- * of CHUNK around an anchor A, e^{+-mu D} = E+- e^{+-mu (D - A)} with E+- = e^{+-mu A} one scalar pair per chunk and
- * e^{+-mu s}, |s| <= CHUNK, from a per-head table: no exponent grows with L.
+ * The caller's distance table laid out for the tiles: one padded fp32 row per head covering every distance a tile
+ * can touch (the reachable range plus tile overhang), so tile pairs read a pointer into it. Distances outside the
+ * reachable range hold 0, and with a causal mask every D < 0 holds -inf, so the mask costs nothing either. A
+ * reversed copy serves the backward, whose rows run along decreasing D.
  */
 class DistanceTable {
  public:
-  static constexpr long CHUNK = 128;
-
   DistanceTable(const AttentionParams& p, Pool& pool)
       : p_(p),
         lo_(p.causal ? std::max<long>(0, p.queryOffset - (p.lk - 1)) : p.queryOffset - (p.lk - 1)),
         hi_(p.queryOffset + p.lq - 1),
         base_(p.queryOffset - p.lk - 2 * DIAG),
         len_(p.lq + p.lk + 4 * DIAG),
-        rows_(p.bias.kind == kBiasNone ? 1 : p.heads) {
-    if (p.bias.kind == kBiasNone && !p.causal) return;
-    fwd_.assign(size_t(rows_ * len_), 0.0f);
+        rows_(p.bias.any() ? p.heads : 1) {
+    if (!p.bias.any() && !p.causal) return;
+    fwd_.assign(checkedSize(rows_, len_), 0.0f);
     rev_.resize(fwd_.size());
     pool.run(rows_, [&](long h, int) {
       float* row = fwd_.data() + h * len_;
-      if (p_.bias.kind != kBiasNone && lo_ <= hi_) {
-        std::vector<double> a(size_t(hi_ - lo_ + 1), 0.0);
-        evaluate(h, a.data(), nullptr, nullptr, nullptr);
-        for (long D = lo_; D <= hi_; D++) row[D - base_] = float(a[size_t(D - lo_)]);
-      }
+      if (p_.bias.any())
+        for (long D = lo_; D <= hi_; D++) row[D - base_] = float(p_.bias.at(h, D + p_.lk - 1));
       if (p_.causal)
         for (long D = base_; D < std::min(0L, base_ + len_); D++) row[D - base_] = kNegInf;
       float* rrow = rev_.data() + h * len_;
@@ -69,7 +69,6 @@ class DistanceTable {
     });
   }
 
-  bool active() const { return !fwd_.empty(); }
   /** ptr[t] = bias(h, D0 + t). */
   const float* increasing(long h, long D0) const { return fwd_.data() + row(h) * len_ + (D0 - base_); }
   /** ptr[t] = bias(h, D0 - t). */
@@ -79,67 +78,13 @@ class DistanceTable {
   long base() const { return base_; }
   long length() const { return len_; }
 
-  /**
-   * Parameter gradients from G[D - base] = sum of dS over all (i, l) at distance D (one head's row of G):
-   * grads += sum_D G[D] d bias(h, D) / d params.
-   */
-  void gradients(long h, const double* G, const BiasGrads& g) const {
-    if (lo_ > hi_) return;
-    const BiasSpec& b = p_.bias;
-    if (b.kind == kBiasAlibi) {
-      double s = 0;
-      for (long D = lo_; D <= hi_; D++) s += G[D - base_] * double(D < 0 ? -D : D);
-      g.slopes[h] -= s;
-    } else if (b.kind == kBiasTable) {
-      for (long D = lo_; D <= hi_; D++)
-        if (G[D - base_] != 0.0) g.values[h * b.buckets + b.bucketOf[D + p_.lk - 1]] += G[D - base_];
-    } else if (b.kind == kBiasHype) {
-      evaluate(h, nullptr, G + (lo_ - base_), g.tau + h * b.pairs, g.mu + h * b.pairs);
-    }
+  /** dTable[h, D + Lk - 1] += G[D - base] over the reachable distances (G: one head's gradient by distance). */
+  void gradients(long h, const double* G, double* dTable) const {
+    for (long D = lo_; D <= hi_; D++) dTable[h * p_.bias.span + D + p_.lk - 1] += G[D - base_];
   }
 
  private:
   long row(long h) const { return rows_ == 1 ? 0 : h; }
-
-  /**
-   * Over D in [lo, hi]: a[D - lo] += bias(h, D) when `a` is given; with G (indexed D - lo), dTau[k] += sum G
-   * sinh(mu_k D) and dMu[k] += tau_k sum G D cosh(mu_k D) (HyPE only).
-   */
-  void evaluate(long h, double* a, const double* G, double* dTau, double* dMu) const {
-    const BiasSpec& b = p_.bias;
-    if (b.kind == kBiasAlibi) {
-      for (long D = lo_; D <= hi_; D++) a[D - lo_] = -b.slopes[h] * double(D < 0 ? -D : D);
-      return;
-    }
-    if (b.kind == kBiasTable) {
-      for (long D = lo_; D <= hi_; D++) a[D - lo_] = b.values[h * b.buckets + b.bucketOf[D + p_.lk - 1]];
-      return;
-    }
-    if (b.kind != kBiasHype) return;
-    std::vector<double> e(2 * CHUNK + 1);  // e[s + CHUNK] = e^{mu s}
-    for (int k = 0; k < b.pairs; k++) {
-      const double tau = b.tau[h * b.pairs + k], mu = b.mu[h * b.pairs + k];
-      for (long s = -CHUNK; s <= CHUNK; s++) e[size_t(s + CHUNK)] = std::exp(mu * double(s));
-      double st = 0, sm = 0;
-      for (long c0 = lo_; c0 <= hi_; c0 += CHUNK) {
-        const long c1 = std::min(hi_, c0 + CHUNK - 1);
-        const long A = (c0 + c1) / 2;  // |D - A| <= CHUNK / 2 inside the chunk
-        const double ep = std::exp(mu * double(A)), em = std::exp(-mu * double(A));
-        for (long D = c0; D <= c1; D++) {
-          const double up = ep * e[size_t(D - A + CHUNK)], dn = em * e[size_t(A - D + CHUNK)];  // e^{+mu D}, e^{-mu D}
-          if (a) a[D - lo_] += 0.5 * tau * (up - dn);
-          if (G && G[D - lo_] != 0.0) {
-            st += G[D - lo_] * 0.5 * (up - dn);
-            sm += G[D - lo_] * double(D) * 0.5 * (up + dn);
-          }
-        }
-      }
-      if (G) {
-        dTau[k] += st;
-        dMu[k] += tau * sm;
-      }
-    }
-  }
 
   const AttentionParams& p_;
   long lo_, hi_;     // distances some visible (query, key) pair can have
@@ -155,12 +100,12 @@ void attentionForward(const AttentionParams& p, const float* q, const float* k, 
   const long B = p.batch, H = p.heads, Lq = p.lq, Lk = p.lk, d = p.d, dv = p.dv, qo = p.queryOffset;
   const long group = H / p.kvHeads;
   const long nqt = (Lq + BQ - 1) / BQ;
-  const bool hasBias = p.bias.kind != kBiasNone;
+  const bool hasBias = p.bias.any();
   Pool& pool = Pool::instance();
   const int T = pool.size();
   // Per-thread scratch: packed Q^T [d x BQ], logits/probabilities S^T [BK x BQ], O^T [dv x BQ].
   const long perThread = d * BQ + BK * BQ + dv * BQ + 2 * BQ;
-  std::vector<float> scratch(size_t(T) * perThread);
+  std::vector<float> scratch(checkedSize(T, perThread));
   const DistanceTable table(p, pool);
 
   // Head-major order, so the threads work through one head's keys and values together while they are in cache;
@@ -197,12 +142,20 @@ void attentionForward(const AttentionParams& p, const float* q, const float* k, 
       // same logits and P = exp(S - lse) there is consistent with this forward.
       panelProduct(nk, NVMAX, kb + l0 * d, d, 1, d, QT, BQ, ST, BQ, p.scale, false);
       const long Delta = i0 + qo - l0;  // D at (query 0, key 0) of the tile; D = Delta + j - r
-      if (hasBias || (p.causal && Delta - (nk - 1) < 0)) {
+      const bool diagonal = p.causal && Delta - (nk - 1) < 0;
+      if (hasBias || diagonal) {
         const float* run = table.increasing(h, Delta - (BK - 1));  // run[t] = bias(Delta - (BK - 1) + t)
         for (long r = 0; r < nk; r++) {
           float* s = ST + r * BQ;
           const float* dg = run + (BK - 1) - r;
-          for (int vv = 0; vv < NVMAX; vv++) store(s + vv * VL, load(s + vv * VL) + load(dg + vv * VL));
+          if (diagonal) {
+            for (int vv = 0; vv < NVMAX; vv++) {
+              const vf b = load(dg + vv * VL);
+              store(s + vv * VL, b == splat(kNegInf) ? b : load(s + vv * VL) + b);
+            }
+          } else {
+            for (int vv = 0; vv < NVMAX; vv++) store(s + vv * VL, load(s + vv * VL) + load(dg + vv * VL));
+          }
         }
       }
       // Online softmax down the key rows (each column is one query: no horizontal reductions).
@@ -249,18 +202,17 @@ void attentionForward(const AttentionParams& p, const float* q, const float* k, 
 }
 
 void attentionBackward(const AttentionParams& p, const float* q, const float* k, const float* v, const float* out,
-                       const float* lse, const float* dout, float* dq, float* dk, float* dv_, const BiasGrads& g) {
+                       const float* lse, const float* dout, float* dq, float* dk, float* dv_, double* dTable) {
   const long B = p.batch, H = p.heads, Hkv = p.kvHeads, Lq = p.lq, Lk = p.lk, d = p.d, dv = p.dv, qo = p.queryOffset;
   const long group = H / Hkv;
   const long dPad = roundUp(d, VL);
   const long nkt = (Lk + BKB - 1) / BKB;
-  const int kind = p.bias.kind;
-  const bool hasBias = kind != kBiasNone;
+  const bool hasBias = p.bias.any();
   Pool& pool = Pool::instance();
   const int T = pool.size();
 
   // delta_i = dOut_i . out_i (the softmax-backward row term), once per query row.
-  std::vector<float> delta(size_t(B * H * Lq));
+  std::vector<float> delta(checkedSize(B * H, Lq));
   pool.run(B * H, [&](long bh, int) {
     for (long i = 0; i < Lq; i++) {
       const float* o = out + (bh * Lq + i) * dv;
@@ -277,15 +229,15 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
   const long chunks = pairs >= 2 * T ? 1 : std::min(nkt, (4 * T + pairs - 1) / pairs);
   const long units = pairs * chunks;
   const long dqPerUnit = group * Lq * dPad;
-  std::vector<float> dqAcc(size_t(chunks == 1 ? T : units) * dqPerUnit);
+  std::vector<float> dqAcc(checkedSize(chunks == 1 ? T : units, dqPerUnit));
 
   const DistanceTable table(p, pool);
   // Per thread and head: G[D] = sum of dS over pairs at distance D; parameter gradients follow from it at the end.
   const long gLen = hasBias ? table.length() : 0;
-  std::vector<double> gByDistance(size_t(T * H * gLen), 0.0);
+  std::vector<double> gByDistance(checkedSize(T * H, gLen), 0.0);
 
   const long perThread = d * BKB + dv * BKB + BKB * dPad + d * BKB + dv * BKB + 2 * BQB * BKB + 2 * DIAG;
-  std::vector<float> scratch(size_t(T) * perThread);
+  std::vector<float> scratch(checkedSize(T, perThread));
   pool.run(units, [&](long u, int thread) {
     const long pair = u / chunks, chunk = u % chunks;
     const long b = pair / Hkv, kvh = pair % Hkv;
@@ -333,7 +285,8 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
           panelProduct(nq, NVMAX, qp, d, 1, d, KT, BKB, S, BKB, p.scale, false);
           panelProduct(nq, NVMAX, gop, dv, 1, dv, VT, BKB, dP, BKB, 1.0f, false);
           const long Delta = i0 + qo - l0;  // D = Delta + ii - jj
-          const bool useDiag = hasBias || (p.causal && Delta - (BKB - 1) < 0);
+          const bool diagonal = p.causal && Delta - (BKB - 1) < 0;
+          const bool useDiag = hasBias || diagonal;
           const float* run = useDiag ? table.decreasing(h, Delta + (BQB - 1)) : nullptr;  // bias(Delta+BQB-1-t)
           for (long ii = 0; ii < nq; ii++) {
             const float lsei = lseH[i0 + ii];
@@ -345,7 +298,12 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
             float* gd = gdiag + (BQB - 1) - ii;
             for (int vv = 0; vv < NVMAX; vv++) {
               vf x = load(s + vv * VL);
-              if (useDiag) x += load(dg + vv * VL);
+              if (diagonal) {
+                const vf bv = load(dg + vv * VL);
+                x = bv == splat(kNegInf) ? bv : x + bv;
+              } else if (useDiag) {
+                x += load(dg + vv * VL);
+              }
               if (nk < BKB) x = col + float(vv * VL) < splat(float(nk)) ? x : splat(kNegInf);
               const vf pr = vexp(x - lv);
               const vf ds = pr * (load(dp + vv * VL) - dl);
@@ -424,7 +382,7 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
         const double* src = gByDistance.data() + (size_t(t) * H + h) * gLen;
         for (long x = 0; x < gLen; x++) G[size_t(x)] += src[x];
       }
-      table.gradients(h, G.data(), g);
+      table.gradients(h, G.data(), dTable);
     });
   }
 }

@@ -3,18 +3,17 @@
 
 namespace hype {
 
-enum BiasKind { kBiasNone = 0, kBiasAlibi = 1, kBiasHype = 2, kBiasTable = 3 };
-
-/** The position-bias menu of backend.ts, as raw parameter arrays (validated in TypeScript before we get here). */
-struct BiasSpec {
-  int kind = kBiasNone;
-  const double* slopes = nullptr;  // alibi: [H]
-  const double* tau = nullptr;     // hype: [H * pairs]
-  const double* mu = nullptr;      // hype: [H * pairs]
-  int pairs = 0;
-  const double* values = nullptr;  // table: [H * buckets]
-  int buckets = 0;
-  const int32_t* bucketOf = nullptr;  // table: [queryOffset + Lq + Lk - 1], index D + Lk - 1
+/**
+ * The position term as data (src/backend/backend.ts): a per-head table over the signed distance D, row length
+ * span = queryOffset + Lq + Lk - 1, bias(h, D) = table[h * span + D + Lk - 1], given in fp64 or fp32 (one of the
+ * pointers set; both null: no position term). The bindings check that it covers every reachable distance.
+ */
+struct DistanceBias {
+  const double* f64 = nullptr;
+  const float* f32 = nullptr;
+  long span = 0;
+  bool any() const { return f64 != nullptr || f32 != nullptr; }
+  double at(long h, long index) const { return f64 ? f64[h * span + index] : double(f32[h * span + index]); }
 };
 
 struct AttentionParams {
@@ -22,21 +21,14 @@ struct AttentionParams {
   bool causal;
   float scale;
   long queryOffset;
-  BiasSpec bias;
-};
-
-/** Gradient outputs of the bias parameters (fp64, same layout as the parameters; null when not applicable). */
-struct BiasGrads {
-  double* slopes = nullptr;
-  double* tau = nullptr;
-  double* mu = nullptr;
-  double* values = nullptr;
+  DistanceBias bias;
 };
 
 void attentionForward(const AttentionParams& p, const float* q, const float* k, const float* v, float* out,
                       float* lse);
 
+/** dq, dk, dv overwritten; dTable ([H, span] like the table, fp64) accumulates the gradient by distance. */
 void attentionBackward(const AttentionParams& p, const float* q, const float* k, const float* v, const float* out,
-                       const float* lse, const float* dout, float* dq, float* dk, float* dv, const BiasGrads& g);
+                       const float* lse, const float* dout, float* dq, float* dk, float* dv, double* dTable);
 
 }  // namespace hype

@@ -5,11 +5,8 @@
 // in order afterwards, so results do not depend on the thread count or on which thread ran which range.
 #include "layers.h"
 
-#include <napi.h>
-
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -42,7 +39,8 @@ inline float hmax(vf a) {
 // Square root per lane. Written out because a plain std::sqrt loop does not vectorise (it may have to set errno).
 inline vf vsqrt(vf x) {
 #if defined(__AVX512F__) && !defined(HYPE_FORCE_SCALAR)
-  return (vf)_mm512_sqrt_ps((__m512)x);
+  // Zero-masked form with every lane selected: the unmasked one passes _mm512_undefined_ps() as its passthrough.
+  return (vf)_mm512_maskz_sqrt_ps(__mmask16(0xFFFF), (__m512)x);
 #elif defined(__AVX__) && !defined(HYPE_FORCE_SCALAR)
   return (vf)_mm256_sqrt_ps((__m256)x);
 #else
@@ -419,201 +417,6 @@ void embeddingBackward(const float* dOut, const int32_t* tokens, float* dTable, 
     const float* __restrict src = dOut + r * width;
     for (long c = 0; c < width; c++) dst[c] += src[c];
   }
-}
-
-// ------------------------------------------------------------------------------------------------ N-API surface
-// TypeScript (src/backend/native.ts) validates every call first; these checks are the second fence that keeps any
-// input, however wrong, from making native code read or write out of bounds.
-namespace {
-
-struct Refusal : std::exception {
-  std::string msg;
-  explicit Refusal(std::string m) : msg(std::move(m)) {}
-  const char* what() const noexcept override { return msg.c_str(); }
-};
-
-void require(bool ok, const std::string& msg) {
-  if (!ok) throw Refusal("hype native: " + msg);
-}
-
-template <typename T, napi_typedarray_type kType>
-T* typed(const Napi::Value& v, const char* what, size_t n, const char* typeName) {
-  require(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == kType,
-          std::string(what) + " must be a " + typeName);
-  auto a = v.As<Napi::TypedArrayOf<T>>();
-  require(a.ElementLength() >= n, std::string(what) + " has " + std::to_string(a.ElementLength()) +
-                                      " elements, needs " + std::to_string(n));
-  return a.Data();
-}
-float* f32(const Napi::Value& v, const char* what, size_t n) {
-  return typed<float, napi_float32_array>(v, what, n, "Float32Array");
-}
-int32_t* i32(const Napi::Value& v, const char* what, size_t n) {
-  return typed<int32_t, napi_int32_array>(v, what, n, "Int32Array");
-}
-
-long dim(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  require(info[i].IsNumber(), std::string(what) + " must be a number");
-  const double x = info[i].As<Napi::Number>().DoubleValue();
-  require(x >= 0 && x == std::floor(x) && x < 9e15, std::string(what) + " must be a non-negative integer");
-  return long(x);
-}
-
-double finite(const Napi::CallbackInfo& info, size_t i, const char* what) {
-  require(info[i].IsNumber(), std::string(what) + " must be a number");
-  const double x = info[i].As<Napi::Number>().DoubleValue();
-  require(std::isfinite(x), std::string(what) + " must be finite");
-  return x;
-}
-
-void requireIndices(const int32_t* idx, long n, long bound, const char* what) {
-  for (long r = 0; r < n; r++)
-    require(idx[r] >= 0 && idx[r] < bound, std::string(what) + " " + std::to_string(idx[r]) + " at row " +
-                                               std::to_string(r) + " is outside [0, " + std::to_string(bound) + ")");
-}
-
-size_t times(long a, long b) {
-  require(b == 0 || a <= long(9e15) / b, "size overflows");
-  return size_t(a) * size_t(b);
-}
-
-using Body = std::function<Napi::Value(const Napi::CallbackInfo&)>;
-
-Napi::Function guarded(Napi::Env env, const char* name, size_t argc, const char* usage, Body body) {
-  return Napi::Function::New(env, [name, argc, usage, body](const Napi::CallbackInfo& info) -> Napi::Value {
-    try {
-      require(info.Length() == argc, std::string(name) + usage);
-      return body(info);
-    } catch (const Refusal& e) {
-      Napi::Error::New(info.Env(), e.msg).ThrowAsJavaScriptException();
-    } catch (const std::bad_alloc&) {
-      Napi::Error::New(info.Env(), "hype native: out of memory").ThrowAsJavaScriptException();
-    } catch (const std::exception& e) {
-      Napi::Error::New(info.Env(), std::string("hype native: ") + e.what()).ThrowAsJavaScriptException();
-    }
-    return info.Env().Undefined();
-  });
-}
-
-}  // namespace
-
-void registerLayerOps(Napi::Env env, Napi::Object exports) {
-  exports.Set("layerNormForward",
-              guarded(env, "layerNormForward", 9, "(x, gamma, beta, out, mean, rstd, rows, width, eps)",
-                      [](const Napi::CallbackInfo& info) {
-                        const long rows = dim(info, 6, "rows"), width = dim(info, 7, "width");
-                        const size_t n = times(rows, width);
-                        const float eps = float(finite(info, 8, "eps"));
-                        layerNormForward(f32(info[0], "x", n), f32(info[1], "gamma", size_t(width)),
-                                         f32(info[2], "beta", size_t(width)), f32(info[3], "out", n),
-                                         f32(info[4], "mean", size_t(rows)), f32(info[5], "rstd", size_t(rows)), rows,
-                                         width, eps);
-                        return info.Env().Undefined();
-                      }));
-  exports.Set("layerNormBackward",
-              guarded(env, "layerNormBackward", 10, "(dOut, x, gamma, mean, rstd, dx, dGamma, dBeta, rows, width)",
-                      [](const Napi::CallbackInfo& info) {
-                        const long rows = dim(info, 8, "rows"), width = dim(info, 9, "width");
-                        const size_t n = times(rows, width);
-                        layerNormBackward(f32(info[0], "dOut", n), f32(info[1], "x", n),
-                                          f32(info[2], "gamma", size_t(width)), f32(info[3], "mean", size_t(rows)),
-                                          f32(info[4], "rstd", size_t(rows)), f32(info[5], "dx", n),
-                                          f32(info[6], "dGamma", size_t(width)), f32(info[7], "dBeta", size_t(width)),
-                                          rows, width);
-                        return info.Env().Undefined();
-                      }));
-  exports.Set("geluForward", guarded(env, "geluForward", 3, "(x, out, n)", [](const Napi::CallbackInfo& info) {
-                const long n = dim(info, 2, "n");
-                geluForward(f32(info[0], "x", size_t(n)), f32(info[1], "out", size_t(n)), n);
-                return info.Env().Undefined();
-              }));
-  exports.Set("geluBackward", guarded(env, "geluBackward", 4, "(x, dOut, dx, n)", [](const Napi::CallbackInfo& info) {
-                const long n = dim(info, 3, "n");
-                geluBackward(f32(info[0], "x", size_t(n)), f32(info[1], "dOut", size_t(n)),
-                             f32(info[2], "dx", size_t(n)), n);
-                return info.Env().Undefined();
-              }));
-  exports.Set("biasAdd",
-              guarded(env, "biasAdd", 4, "(out, bias, rows, width)", [](const Napi::CallbackInfo& info) {
-                const long rows = dim(info, 2, "rows"), width = dim(info, 3, "width");
-                biasAdd(f32(info[0], "out", times(rows, width)), f32(info[1], "bias", size_t(width)), rows, width);
-                return info.Env().Undefined();
-              }));
-  exports.Set("biasBackward",
-              guarded(env, "biasBackward", 4, "(dOut, dBias, rows, width)", [](const Napi::CallbackInfo& info) {
-                const long rows = dim(info, 2, "rows"), width = dim(info, 3, "width");
-                biasBackward(f32(info[0], "dOut", times(rows, width)), f32(info[1], "dBias", size_t(width)), rows,
-                             width);
-                return info.Env().Undefined();
-              }));
-  exports.Set("softmaxCrossEntropyForward",
-              guarded(env, "softmaxCrossEntropyForward", 5, "(logits, targets, losses, rows, vocab)",
-                      [](const Napi::CallbackInfo& info) {
-                        const long rows = dim(info, 3, "rows"), vocab = dim(info, 4, "vocab");
-                        require(rows >= 1 && vocab >= 1, "rows and vocab must be positive");
-                        const int32_t* t = i32(info[1], "targets", size_t(rows));
-                        requireIndices(t, rows, vocab, "target");
-                        const double mean = softmaxCrossEntropyForward(
-                            f32(info[0], "logits", times(rows, vocab)), t, f32(info[2], "losses", size_t(rows)),
-                            rows, vocab);
-                        return Napi::Number::New(info.Env(), mean);
-                      }));
-  exports.Set("softmaxCrossEntropyBackward",
-              guarded(env, "softmaxCrossEntropyBackward", 6, "(logits, targets, dLogits, rows, vocab, dLoss)",
-                      [](const Napi::CallbackInfo& info) {
-                        const long rows = dim(info, 3, "rows"), vocab = dim(info, 4, "vocab");
-                        require(vocab >= 1 || rows == 0, "vocab must be positive");
-                        const int32_t* t = i32(info[1], "targets", size_t(rows));
-                        requireIndices(t, rows, vocab, "target");
-                        softmaxCrossEntropyBackward(f32(info[0], "logits", times(rows, vocab)), t,
-                                                    f32(info[2], "dLogits", times(rows, vocab)), rows, vocab,
-                                                    float(finite(info, 5, "dLoss")));
-                        return info.Env().Undefined();
-                      }));
-  exports.Set("prefixSoftmaxRows",
-              guarded(env, "prefixSoftmaxRows", 4, "(x, rows, cols, visible)", [](const Napi::CallbackInfo& info) {
-                const long rows = dim(info, 1, "rows"), cols = dim(info, 2, "cols");
-                float* x = f32(info[0], "x", times(rows, cols));
-                const int32_t* vis = i32(info[3], "visible", size_t(rows));
-                for (long r = 0; r < rows; r++)
-                  require(vis[r] >= 0 && vis[r] <= cols, "visible " + std::to_string(vis[r]) + " at row " +
-                                                             std::to_string(r) + " is outside [0, " +
-                                                             std::to_string(cols) + "]");
-                prefixSoftmaxRows(x, rows, cols, vis);
-                return info.Env().Undefined();
-              }));
-  exports.Set("adamwStep",
-              guarded(env, "adamwStep", 11, "(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, step)",
-                      [](const Napi::CallbackInfo& info) {
-                        const long n = dim(info, 4, "n");
-                        AdamWScalars h{finite(info, 5, "lr"),  finite(info, 6, "beta1"),       finite(info, 7, "beta2"),
-                                       finite(info, 8, "eps"), finite(info, 9, "weightDecay"), double(dim(info, 10, "step"))};
-                        require(h.step >= 1, "step must be at least 1");
-                        require(h.beta1 >= 0 && h.beta1 < 1 && h.beta2 >= 0 && h.beta2 < 1, "betas must be in [0, 1)");
-                        adamwStep(f32(info[0], "param", size_t(n)), f32(info[1], "grad", size_t(n)),
-                                  f32(info[2], "m", size_t(n)), f32(info[3], "v", size_t(n)), n, h);
-                        return info.Env().Undefined();
-                      }));
-  exports.Set("embeddingForward",
-              guarded(env, "embeddingForward", 6, "(table, tokens, out, n, width, vocab)",
-                      [](const Napi::CallbackInfo& info) {
-                        const long n = dim(info, 3, "n"), width = dim(info, 4, "width"), vocab = dim(info, 5, "vocab");
-                        const int32_t* t = i32(info[1], "tokens", size_t(n));
-                        requireIndices(t, n, vocab, "token");
-                        embeddingForward(f32(info[0], "table", times(vocab, width)), t,
-                                         f32(info[2], "out", times(n, width)), n, width);
-                        return info.Env().Undefined();
-                      }));
-  exports.Set("embeddingBackward",
-              guarded(env, "embeddingBackward", 6, "(dOut, tokens, dTable, n, width, vocab)",
-                      [](const Napi::CallbackInfo& info) {
-                        const long n = dim(info, 3, "n"), width = dim(info, 4, "width"), vocab = dim(info, 5, "vocab");
-                        const int32_t* t = i32(info[1], "tokens", size_t(n));
-                        requireIndices(t, n, vocab, "token");
-                        embeddingBackward(f32(info[0], "dOut", times(n, width)), t,
-                                          f32(info[2], "dTable", times(vocab, width)), n, width);
-                        return info.Env().Undefined();
-                      }));
 }
 
 }  // namespace hype

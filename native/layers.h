@@ -1,13 +1,9 @@
 // Row and elementwise layer operations of a training step (layer norm, GELU, bias, softmax cross-entropy, AdamW,
-// embedding, and the prefix-masked row softmax of explicit-logit attention), fp32, vectorised through simd.h and spread over rows on the shared pool. Same formulas and the same
+// embedding, and the prefix-masked row softmax of explicit-logit attention), fp32, vectorised through simd.h and
+// spread over rows on the shared pool (N-API glue: bindings.cc). Same formulas and the same
 // overwrite/accumulate conventions as src/backend/layers.ts, which is their reference and test oracle.
 #pragma once
 #include <cstdint>
-
-namespace Napi {
-class Env;
-class Object;
-}  // namespace Napi
 
 namespace hype {
 
@@ -46,8 +42,5 @@ void adamwStep(float* param, const float* grad, float* m, float* v, long n, cons
 void embeddingForward(const float* table, const int32_t* tokens, float* out, long n, long width);
 /** dTable[tokens[r], :] += dOut[r, :]. */
 void embeddingBackward(const float* dOut, const int32_t* tokens, float* dTable, long n, long width);
-
-/** Adds the N-API functions for the operations above to the addon's exports (called from addon.cc's Init). */
-void registerLayerOps(Napi::Env env, Napi::Object exports);
 
 }  // namespace hype

@@ -1,12 +1,12 @@
 /**
  * Randomised agreement sweep: the native fp32 attention kernel against the reference computed in fp64, forward and
- * backward, for every in-kernel bias kind ("mode"). Seeded and reproducible: case n of a mode depends only on
+ * backward, with distance tables drawn as ALiBi, HyPE and T5-style buckets build them ("modes"). Seeded and reproducible: case n of a mode depends only on
  * (seed, mode, n).
  *
  *   npm run sweep                          # 1,000 cases per mode (none, alibi, hype, table)
  *   npm run sweep -- --cases 50 --modes hype,table --seed 7 --threads 2
  *
- * Error metric, per tensor T (out, lse, dq, dk, dv and each bias-parameter gradient):
+ * Error metric, per tensor T (out, lse, dq, dk, dv and the distance table's gradient dtable):
  *   err(T) = max_i |T_native[i] - T_fp64[i]| / scale(T)
  * where the "output scale" scale(T) is the largest cancellation-free magnitude of T: each entry is a sum of terms
  * (out_ic = sum_l P_il V_lc, dq_ic = scale sum_l dS_il K_lc, ...), and we take the sum of their absolute values, with
@@ -26,8 +26,16 @@
  * Exit status 1 when any case fails, so it can gate a release.
  */
 import { pathToFileURL } from 'node:url';
-import type { AttentionOptions, AttentionShape, Backend, PositionBias } from '../src/backend/backend.ts';
+import {
+  distanceSpan,
+  type AttentionOptions,
+  type AttentionShape,
+  type Backend,
+  type PositionBias,
+} from '../src/backend/backend.ts';
 import { biasValue } from '../src/backend/reference-attention.ts';
+import { alibiDistanceTable, buildDistanceTable } from '../src/pe/distance-table.ts';
+import { hypeDistanceTable } from '../src/pe/hype/table.ts';
 import { Rng } from '../src/util/rng.ts';
 
 export const MODES = ['none', 'alibi', 'hype', 'table'] as const;
@@ -105,6 +113,7 @@ function randomBias(
   causal: boolean,
 ): PositionBias {
   const L = Math.max(lq + Math.max(qo, 0), lk, 2);
+  const geometry = { heads: H, lq, lk, queryOffset: qo, causal };
   const nearest = farthestNearestKey(lq, lk, qo, causal);
   switch (mode) {
     case 'none':
@@ -115,7 +124,7 @@ function randomBias(
       for (let h = 0; h < H; h++) {
         slopes[h] = Math.min(2 ** ((-8 * (h + 1)) / H) * (0.1 + 0.9 * rng.uniform()), 16 / far);
       }
-      return { kind: 'alibi', slopes };
+      return { kind: 'distance', table: alibiDistanceTable(slopes, geometry) };
     }
     case 'hype': {
       const pairs = 1 + rng.int(3);
@@ -153,7 +162,7 @@ function randomBias(
         }
         if (worst > 16) for (let k = 0; k < pairs; k++) tau[h * pairs + k] = (tau[h * pairs + k]! * 16) / worst;
       }
-      return { kind: 'hype', tau, mu, pairs };
+      return { kind: 'distance', table: hypeDistanceTable(tau, mu, pairs, geometry) };
     }
     case 'table': {
       const buckets = 1 + rng.int(32);
@@ -165,7 +174,10 @@ function randomBias(
       for (let t = 0; t < bucketOf.length; t++) {
         bucketOf[t] = random ? rng.int(buckets) : t5Buckets(t - (lk - 1), buckets, bidirectional, 128);
       }
-      return { kind: 'table', values, buckets, bucketOf };
+      return {
+        kind: 'distance',
+        table: buildDistanceTable(geometry, (h, D) => values[h * buckets + bucketOf[D + lk - 1]!]!),
+      };
     }
   }
 }
@@ -193,7 +205,8 @@ export function randomCase(seed: number, mode: Mode, index: number, limits: Case
   // that leave early queries with no visible key (causal) — the table needs offsets >= 0.
   let queryOffset: number | undefined;
   if (rng.uniform() < 0.3) queryOffset = mode === 'table' ? rng.int(lk + 1) : rng.int(lk + lq + 1) - lq;
-  if (mode === 'table' && (queryOffset ?? lk - lq) < 0) queryOffset = 0;
+  // A distance table without a causal mask covers distances from -(Lk - 1) only: it needs an offset >= 0.
+  if ((mode === 'table' || (mode !== 'none' && !causal)) && (queryOffset ?? lk - lq) < 0) queryOffset = 0;
   const qo = queryOffset ?? lk - lq;
   const scale = (0.5 + 1.5 * rng.uniform()) / Math.sqrt(d);
   const shape: AttentionShape = { batch, heads, kvHeads, lq, lk, headDim: d, valueDim: dv };
@@ -242,12 +255,8 @@ export function outputScales(c: SweepCase): Record<string, number> {
   const dkMag = new Float64Array(B * Hkv * lk * d);
   const dvMag = new Float64Array(B * Hkv * lk * dv);
   const paramMag: Record<string, Float64Array> = {};
-  if (bias.kind === 'alibi') paramMag.slopes = new Float64Array(H);
-  if (bias.kind === 'hype') {
-    paramMag.tau = new Float64Array(H * bias.pairs);
-    paramMag.mu = new Float64Array(H * bias.pairs);
-  }
-  if (bias.kind === 'table') paramMag.values = new Float64Array(H * bias.buckets);
+  const span = distanceSpan(lq, lk, qo);
+  if (bias.kind === 'distance') paramMag.table = new Float64Array(H * span);
   let outScale = 0;
   let lseScale = 0;
   let dqScale = 0;
@@ -307,19 +316,9 @@ export function outputScales(c: SweepCase): Record<string, number> {
             acc[x] = acc[x]! + sc * al * Math.abs(c.k[kBase + l * d + x]!);
             dkMag[kBase + l * d + x] = dkMag[kBase + l * d + x]! + sc * al * Math.abs(c.q[qBase + i * d + x]!);
           }
-          const D = i + qo - l;
-          if (bias.kind === 'alibi') paramMag.slopes![h] = paramMag.slopes![h]! + al * Math.abs(D);
-          if (bias.kind === 'hype') {
-            for (let k = 0; k < bias.pairs; k++) {
-              const j = h * bias.pairs + k;
-              const mu = bias.mu[j]!;
-              paramMag.tau![j] = paramMag.tau![j]! + al * Math.abs(Math.sinh(mu * D));
-              paramMag.mu![j] = paramMag.mu![j]! + al * Math.abs(bias.tau[j]! * D * Math.cosh(mu * D));
-            }
-          }
-          if (bias.kind === 'table') {
-            const j = h * bias.buckets + bias.bucketOf[D + lk - 1]!;
-            paramMag.values![j] = paramMag.values![j]! + al;
+          if (bias.kind === 'distance') {
+            const j = h * span + i + qo - l + lk - 1;
+            paramMag.table![j] = paramMag.table![j]! + al;
           }
         }
         for (let x = 0; x < d; x++) dqScale = Math.max(dqScale, acc[x]!);
@@ -369,10 +368,9 @@ export function compareCase(native: Backend, reference: Backend, c: SweepCase): 
 export function describeCase(c: SweepCase): string {
   const s = c.shape;
   const b = c.opts.bias ?? { kind: 'none' };
-  const extra = b.kind === 'hype' ? ` pairs=${b.pairs}` : b.kind === 'table' ? ` buckets=${b.buckets}` : '';
   return (
     `B=${s.batch} H=${s.heads} Hkv=${s.kvHeads} Lq=${s.lq} Lk=${s.lk} D=${s.headDim} Dv=${s.valueDim} ` +
-    `causal=${c.opts.causal} qo=${c.opts.queryOffset ?? 'default'} bias=${b.kind}${extra}`
+    `causal=${c.opts.causal} qo=${c.opts.queryOffset ?? 'default'} bias=${b.kind}`
   );
 }
 

@@ -52,7 +52,7 @@ try {
     'bin/hype.js',
     'scripts/build-native.mjs',
     'binding.gyp',
-    'native/addon.cc',
+    'native/bindings.cc',
     'cjs/index.cjs',
   ])
     // prettier-ignore

@@ -20,8 +20,10 @@ export type HypeErrorCode =
   | 'length' // a sequence longer than an encoding or model supports
   | 'io' // missing, empty or unreadable file
   | 'checkpoint' // corrupt or mismatched checkpoint
+  | 'memory' // an array larger than one typed array can hold, or than the memory available
   | 'native' // the native addon is missing or refused the call
-  | 'dependency'; // an optional package (vega, protobufjs) is not installed
+  | 'dependency' // an optional package (vega, protobufjs) is not installed
+  | 'device'; // no GPU adapter, a shape beyond the adapter's limits, or a lost device
 
 /** Throws a `HypeError` with `code` unless `ok`. */
 export function check(ok: boolean, code: HypeErrorCode, message: string | (() => string)): asserts ok {

@@ -9,8 +9,8 @@
  *   const { qHat, kHat, shape, scale } = h.augment(attnShape, q, k);      // concat route, scale = 1/sqrt(d)
  *   const { out } = backend.attentionForward(shape, qHat, kHat, v, { causal: true, scale });
  *
- * Any fused attention kernel can take qHat/kHat with that scale; our own kernel can also evaluate HyPE in-kernel
- * (PositionBias kind 'hype'), which keeps exponents bounded for steep slopes and long contexts.
+ * Any fused attention kernel can take qHat/kHat with that scale; our own kernels can also add HyPE's bias as a
+ * distance table computed in fp64 (route 'kernel'), which keeps steep slopes and long contexts exact in fp32.
  */
 export type {
   AttentionForward,

@@ -9,6 +9,8 @@ import { loadBackend } from '../src/backend/index.ts';
 import { loadNativeAddon, NativeBackend, nativeLoadError, type NativeAddon } from '../src/backend/native.ts';
 import { referenceGemm, ReferenceBackend } from '../src/backend/reference.ts';
 import { HypeError } from '../src/errors.ts';
+import { alibiDistanceTable } from '../src/pe/distance-table.ts';
+import { hypeDistanceTable } from '../src/pe/hype/table.ts';
 import { Rng } from '../src/util/rng.ts';
 import {
   compareCase,
@@ -71,7 +73,20 @@ suite('native attention vs the fp64 reference', () => {
     const shapes: [AttentionShape, AttentionOptions][] = [
       [
         { batch: 1, heads: 4, kvHeads: 2, lq: 150, lk: 270, headDim: 66, valueDim: 66 },
-        { causal: true, scale: 1 / Math.sqrt(64), bias: { kind: 'alibi', slopes: Float64Array.of(0.5, 0.25, 0.1, 0) } },
+        {
+          causal: true,
+          scale: 1 / Math.sqrt(64),
+          bias: {
+            kind: 'distance',
+            table: alibiDistanceTable(Float64Array.of(0.5, 0.25, 0.1, 0), {
+              heads: 4,
+              lq: 150,
+              lk: 270,
+              queryOffset: 120,
+              causal: true,
+            }),
+          },
+        },
       ],
       [
         { batch: 2, heads: 2, kvHeads: 1, lq: 130, lk: 129, headDim: 130, valueDim: 33 },
@@ -112,7 +127,7 @@ suite('native attention vs the fp64 reference', () => {
     expect(Array.from(g.dq.subarray(0, 6))).toEqual([0, 0, 0, 0, 0, 0]);
   });
 
-  it('HyPE by concatenated columns on the none kernel == HyPE in-kernel == dense-bias reference', () => {
+  it('HyPE by concatenated columns on the none kernel == HyPE as a distance table == dense-bias reference', () => {
     const rng = new Rng(11);
     const [B, H, L, d, pairs] = [2, 3, 200, 64, 2];
     const tau = Float64Array.from({ length: H * pairs }, (_, j) => (j % 2 ? 0.8 : -40 * (j + 1)));
@@ -123,11 +138,11 @@ suite('native attention vs the fp64 reference', () => {
     const scale = 1 / Math.sqrt(d);
     for (const causal of [true, false]) {
       const shape: AttentionShape = { batch: B, heads: H, kvHeads: H, lq: L, lk: L, headDim: d, valueDim: d };
-      const inKernel = native.attentionForward(shape, q, k, v, {
-        causal,
-        scale,
-        bias: { kind: 'hype', tau, mu, pairs },
-      });
+      const bias: PositionBias = {
+        kind: 'distance',
+        table: hypeDistanceTable(tau, mu, pairs, { heads: H, lq: L, lk: L, queryOffset: 0, causal }),
+      };
+      const inKernel = native.attentionForward(shape, q, k, v, { causal, scale, bias });
       // SPEC section 1: Qhat = [Q, (tau sqrt(d)/2) e^{-mu p}, (tau sqrt(d)/2) e^{mu p}], Khat = [K, -e^{mu p'},
       // e^{-mu p'}] per pair, so Qhat.Khat / sqrt(d) = Q.K / sqrt(d) + sum tau sinh(mu (p - p')). Scale stays 1/sqrt(d).
       const dh = d + 2 * pairs;
@@ -164,7 +179,7 @@ suite('native attention vs the fp64 reference', () => {
         scale,
         bias: { kind: 'dense', bias: dense, heads: H },
       });
-      const c: SweepCase = { shape, opts: { causal, scale, bias: { kind: 'hype', tau, mu, pairs } }, q, k, v, dOut: v };
+      const c: SweepCase = { shape, opts: { causal, scale, bias }, q, k, v, dOut: v };
       const outScale = outputScales(c).out!;
       expect(relativeError(inKernel.out, ref.out, outScale)).toBeLessThanOrEqual(TOLERANCE);
       // The concat route rounds e^{mu p} columns to fp32; at mu L <= 2.5 that costs ~u cosh(mu L) per logit.
@@ -173,7 +188,7 @@ suite('native attention vs the fp64 reference', () => {
     }
   });
 
-  it('keeps steep HyPE recency exact in fp32 at mu L = 120 (tile-local exponents), where fp32 concat columns overflow', () => {
+  it('keeps steep HyPE recency exact in fp32 at mu L = 120 (fp64 distance table), where fp32 concat columns overflow', () => {
     const rng = new Rng(13);
     const [L, d] = [1536, 16];
     const mu = Float64Array.of(120 / L); // e^{mu p} reaches e^120, beyond fp32's e^88
@@ -182,7 +197,8 @@ suite('native attention vs the fp64 reference', () => {
     const q = uniform(rng, L * d);
     const k = uniform(rng, L * d);
     const v = uniform(rng, L * d);
-    const opts: AttentionOptions = { causal: true, scale: 0.25, bias: { kind: 'hype', tau, mu, pairs: 1 } };
+    const table = hypeDistanceTable(tau, mu, 1, { heads: 1, lq: L, lk: L, queryOffset: 0, causal: true });
+    const opts: AttentionOptions = { causal: true, scale: 0.25, bias: { kind: 'distance', table } };
     const got = native.attentionForward(shape, q, k, v, opts);
     const ref = reference.attentionForward(shape, f64(q), f64(k), f64(v), opts);
     const outScale = outputScales({ shape, opts, q, k, v, dOut: v }).out!;
@@ -237,8 +253,8 @@ suite('native attention vs the fp64 reference', () => {
     // partials in fp64, so only their last bits may differ.
     expect(Array.from(b.out)).toEqual(Array.from(a.out));
     expect(Array.from(gb.dk)).toEqual(Array.from(ga.dk));
-    const ta = (ga.dBias as { tau: Float64Array }).tau;
-    const tb = (gb.dBias as { tau: Float64Array }).tau;
+    const ta = (ga.dBias as { table: Float64Array }).table;
+    const tb = (gb.dBias as { table: Float64Array }).table;
     for (let j = 0; j < ta.length; j++) expect(tb[j]!).toBeCloseTo(ta[j]!, 6);
   });
 });
@@ -397,64 +413,40 @@ suite('bad input: one clear HypeError before native code runs', () => {
       'argument',
       /unknown position bias kind "rope"/,
     );
+    // shape: H = 2, Lq = 4, Lk = 5, default offset 1: span = 1 + 4 + 5 - 1 = 9; causal distances 0 .. 4.
+    const table = (f: (j: number) => number = () => 0) => Float64Array.from({ length: 18 }, (_, j) => f(j));
     expectHypeError(
-      () => fwd({ bias: { kind: 'alibi', slopes: new Float64Array(1) } }),
+      () => fwd({ bias: { kind: 'distance', table: new Float64Array(17) } }),
       'shape',
-      /alibi slopes has 1 values, needs 2/,
+      /distance table has 17 values but needs .* = 2 \* 9 = 18/,
     );
     expectHypeError(
-      () => fwd({ bias: { kind: 'alibi', slopes: new Float32Array(2) as unknown as Float64Array } }),
+      () => fwd({ bias: { kind: 'distance', table: new Int32Array(18) as unknown as Float64Array } }),
       'argument',
-      /Float64Array/,
+      /Float64Array or Float32Array/,
     );
+    // Row 1, distance 2 sits at 9 + 2 + 4 = 15.
     expectHypeError(
-      () => fwd({ bias: { kind: 'alibi', slopes: Float64Array.of(1, NaN) } }),
+      () => fwd({ bias: { kind: 'distance', table: table((j) => (j === 15 ? NaN : 0)) } }),
       'non-finite',
-      /alibi slopes holds NaN at index \[1\]/,
-    );
-    const tau = Float64Array.of(1, 1);
-    expectHypeError(
-      () => fwd({ bias: { kind: 'hype', tau, mu: Float64Array.of(0.1, 0.1), pairs: 0 } }),
-      'argument',
-      /pairs/,
+      /holds NaN for head 1 at distance 2 \(flat index 15\)/,
     );
     expectHypeError(
-      () => fwd({ bias: { kind: 'hype', tau, mu: Float64Array.of(0.1, 3), pairs: 1 } }),
-      'argument',
-      /mu\[1\] = 3 is steeper/,
-    );
-    expectHypeError(
-      () =>
-        fwd(
-          { bias: { kind: 'hype', tau: Float64Array.of(1e30, 1), mu: Float64Array.of(1, 1), pairs: 1 } },
-          { lq: 4, lk: 5 },
-          q,
-          k,
-          v,
-        ),
+      () => fwd({ bias: { kind: 'distance', table: table((j) => (j === 15 ? 1e31 : 0)) } }),
       'overflow',
-      /leaves the float32 range.*reduce mu/,
+      /holds 1e\+31 for head 1 at distance 2.*float32/,
     );
-    const bucketOf = new Int32Array(1 + 4 + 5 - 1);
+    // -Infinity far away only zeroes a probability; at the nearest distance (0, index 9 + 0 + 4) it would empty rows.
+    expect(() => fwd({ bias: { kind: 'distance', table: table((j) => (j === 15 ? -Infinity : 0)) } })).not.toThrow();
     expectHypeError(
-      () => fwd({ bias: { kind: 'table', values: new Float64Array(4), buckets: 2, bucketOf: bucketOf.subarray(1) } }),
-      'shape',
-      /bucketOf has 8 entries/,
+      () => fwd({ bias: { kind: 'distance', table: table((j) => (j === 13 ? -Infinity : 0)) } }),
+      'overflow',
+      /holds -Infinity for head 1 at distance 0/,
     );
-    const outside = bucketOf.slice();
-    outside[3] = 2;
+    // Unreachable (masked) distances are never read, whatever they hold.
+    expect(() => fwd({ bias: { kind: 'distance', table: table((j) => (j % 9 < 4 ? NaN : 0)) } })).not.toThrow();
     expectHypeError(
-      () => fwd({ bias: { kind: 'table', values: new Float64Array(4), buckets: 2, bucketOf: outside } }),
-      'argument',
-      /bucketOf\[3\] = 2 is outside \[0, 2\)/,
-    );
-    expectHypeError(
-      () =>
-        fwd({
-          causal: false,
-          queryOffset: -1,
-          bias: { kind: 'table', values: new Float64Array(4), buckets: 2, bucketOf: new Int32Array(7) },
-        }),
+      () => fwd({ causal: false, queryOffset: -1, bias: { kind: 'distance', table: new Float64Array(14) } }),
       'argument',
       /queryOffset >= 0/,
     );
@@ -493,11 +485,17 @@ suite('bad input: one clear HypeError before native code runs', () => {
       causal: true,
       scale: 1,
       queryOffset: 0,
-      biasKind: 0,
+      table: null,
     };
     const small = new Float32Array(3);
     expect(() => raw.attentionForward(p, small, small, small, small, small)).toThrow(/q has 3 elements, needs 8/);
-    expect(() => raw.attentionForward({ ...p, biasKind: 3 }, small, small, small, small, small)).toThrow(/buckets/);
+    const eight = new Float32Array(8);
+    const table = new Float64Array(3);
+    expect(() => raw.attentionForward({ ...p, table }, eight, eight, eight, eight, eight)).toThrow(
+      /table has 3 elements, needs 7/,
+    );
+    const pos = { ...p, causal: false, queryOffset: -1, table: new Float64Array(6) };
+    expect(() => raw.attentionForward(pos, eight, eight, eight, eight, eight)).toThrow(/queryOffset >= 0/);
     expect(() => raw.gemm(false, false, 4, 4, 4, 1, small, 4, small, 4, 0, small, 4)).toThrow(/A has 3 elements/);
     expect(() => raw.setThreads(-1)).toThrow(/thread count/);
     expect(() => raw.firstNonFinite(new Float64Array(3) as unknown as Float32Array, false)).toThrow(/Float32Array/);

@@ -14,9 +14,14 @@
  * An indexing or formula mistake shows as an O(1) relative error, orders of magnitude above these bounds.
  */
 import { describe, expect, it } from 'vitest';
-import { referenceLayerOps as ref, layerOpsOf, type LayerOps } from '../src/backend/layers.ts';
-import { loadNativeAddon, NativeBackend, nativeLoadError } from '../src/backend/native.ts';
-import { missingLayerKernels, nativeLayerOps, type NativeLayerKernels } from '../src/backend/native-layers.ts';
+import { referenceLayerOps as ref, type LayerOps } from '../src/backend/layers.ts';
+import {
+  checkNativeAddon,
+  loadNativeAddon,
+  NATIVE_ABI,
+  NativeBackend,
+  nativeLoadError,
+} from '../src/backend/native.ts';
 import { HypeError } from '../src/errors.ts';
 import { Rng } from '../src/util/rng.ts';
 
@@ -74,7 +79,7 @@ const ROW_SHAPES: [number, number][] = [
 
 suite('native layer ops match the references (fp32)', () => {
   const backend = new NativeBackend();
-  const nat: LayerOps = layerOpsOf(backend);
+  const nat: LayerOps = backend;
 
   it('every layer op is the backend own (not the reference fallback)', () => {
     for (const key of Object.keys(ref) as (keyof LayerOps)[]) {
@@ -395,7 +400,7 @@ suite('native layer ops match the references (fp32)', () => {
 });
 
 suite('native layer ops: validation and dtype dispatch', () => {
-  const nat: LayerOps = layerOpsOf(new NativeBackend());
+  const nat: LayerOps = new NativeBackend();
 
   it('refuses short arrays, bad sizes, out-of-range ids and non-finite scalars with a HypeError before native code', () => {
     const x = new Float32Array(12);
@@ -446,22 +451,24 @@ suite('native layer ops: validation and dtype dispatch', () => {
 });
 
 suite('stale addon builds', () => {
-  it('a build lacking some kernels hands exactly those to the reference and names them', () => {
-    const full = new NativeBackend({ threads: 1 });
-    expect(full.missingKernels).toEqual([]);
-    // An addon from older sources: the same object without two of today's kernels.
-    const stale: Partial<NativeLayerKernels> = { ...addon! };
+  it('an addon with another kernel interface or missing kernels is an error at load, naming them', () => {
+    expect(checkNativeAddon(addon)).toBe(addon);
+    // An addon from older sources: today's object without two kernels, or with an older interface version.
+    const stale: Record<string, unknown> = { ...addon! };
     delete stale.prefixSoftmaxRows;
     delete stale.geluBackward;
-    expect(missingLayerKernels(stale)).toEqual(['geluBackward', 'prefixSoftmaxRows']);
-    const ops = nativeLayerOps(stale);
-    expect(ops.prefixSoftmaxRows).toBe(ref.prefixSoftmaxRows);
-    expect(ops.geluBackward).toBe(ref.geluBackward);
-    expect(ops.geluForward).not.toBe(ref.geluForward); // still native
-    const x = normal(24);
-    const [a, b] = [x.slice(), x.slice()];
-    ops.prefixSoftmaxRows(a, 4, 6, Int32Array.of(6, 3, 1, 0));
-    ref.prefixSoftmaxRows(b, 4, 6, Int32Array.of(6, 3, 1, 0));
-    expect(a).toEqual(b);
+    let caught: unknown;
+    try {
+      checkNativeAddon(stale);
+    } catch (e) {
+      caught = e;
+    }
+    expect(caught).toBeInstanceOf(HypeError);
+    expect((caught as HypeError).code).toBe('native');
+    expect((caught as HypeError).message).toMatch(/stale build \(no geluBackward, prefixSoftmaxRows\).*npm rebuild/);
+    expect(() => checkNativeAddon({ ...addon!, abi: NATIVE_ABI - 1 })).toThrow(
+      new RegExp(`stale build \\(kernel interface ${NATIVE_ABI - 1} where this code needs ${NATIVE_ABI}\\)`),
+    );
+    expect(() => checkNativeAddon(undefined)).toThrow(HypeError);
   });
 });

@@ -13,6 +13,8 @@ import {
   type HypeGraphParams,
 } from '../src/interop/onnx-attention.ts';
 import { OnnxGraph } from '../src/interop/onnx-graph.ts';
+import { alibiDistanceTable } from '../src/pe/distance-table.ts';
+import { hypeDistanceTable } from '../src/pe/hype/table.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const [B, L, H, d] = [2, 40, 4, 16];
@@ -55,6 +57,14 @@ function graphWith(build: (g: OnnxGraph, q: string, k: string, v: string) => str
   g.node('Identity', [build(g, q, k, v)], {}, { names: ['out'] });
   g.output('out', ['batch', 'length', H * d]);
   return g.toBytes({ microsoft: true });
+}
+
+const geometry = (causal: boolean) => ({ heads: H, lq: L, lk: L, queryOffset: 0, causal });
+
+/** HyPE's bias as the distance table its kernel route builds. */
+function hypeBias(p: { mu: number[]; tau: number[] }, causal: boolean): PositionBias {
+  const table = hypeDistanceTable(Float64Array.from(p.tau), Float64Array.from(p.mu), 1, geometry(causal));
+  return { kind: 'distance', table };
 }
 
 function reference(
@@ -107,12 +117,7 @@ describe('HyPE through onnxruntime MultiHeadAttention (unmodified fused kernel)'
             const { qHat, kHat } = hypeAugment(g, q_, k_, params);
             return multiHeadAttention(g, qHat, kHat, v_, { heads: H, scale: 1 / Math.sqrt(d), causal });
           });
-          const ours = reference(q, k, v, causal, {
-            kind: 'hype',
-            pairs: 1,
-            mu: Float64Array.from(p.mu),
-            tau: Float64Array.from(p.tau),
-          });
+          const ours = reference(q, k, v, causal, hypeBias(p, causal));
           const err = maxAbsDiff(await run(bytes, q, k, v), ours);
           // fp32 kernel on O(1) outputs; the recovered bias has error ~ |tau| sqrt(d)/2 * 2^-24 per product
           // (SPEC section 4), i.e. < 1e-5 logits here. 1e-4 is the bound.
@@ -128,12 +133,7 @@ describe('HyPE through onnxruntime MultiHeadAttention (unmodified fused kernel)'
         const { qHat, kHat } = hypeAugment(g, q_, k_, params);
         return multiHeadAttention(g, qHat, kHat, v_, { heads: H, causal: true, ...(scale ? { scale } : {}) });
       });
-    const ours = reference(q, k, v, true, {
-      kind: 'hype',
-      pairs: 1,
-      mu: Float64Array.from(p.mu),
-      tau: Float64Array.from(p.tau),
-    });
+    const ours = reference(q, k, v, true, hypeBias(p, true));
     const right = maxAbsDiff(await run(build(1 / Math.sqrt(d)), q, k, v), ours);
     const wrong = maxAbsDiff(await run(build(undefined), q, k, v), ours);
     expect(right).toBeLessThan(1e-4);
@@ -166,7 +166,8 @@ describe('HyPE through onnxruntime MultiHeadAttention (unmodified fused kernel)'
         attentionBias: alibiBiasTensor(g, q_, slopes),
       }),
     );
-    const ours = reference(q, k, v, true, { kind: 'alibi', slopes: Float64Array.from(slopes) });
+    const table = alibiDistanceTable(Float64Array.from(slopes), geometry(true));
+    const ours = reference(q, k, v, true, { kind: 'distance', table });
     expect(maxAbsDiff(await run(bytes, q, k, v), ours)).toBeLessThan(1e-4);
   });
 });

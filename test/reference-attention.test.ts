@@ -1,7 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import type { AttentionOptions, AttentionShape, PositionBias } from '../src/backend/backend.ts';
+import { distanceSpan, type AttentionOptions, type AttentionShape, type PositionBias } from '../src/backend/backend.ts';
 import { biasValue } from '../src/backend/reference-attention.ts';
 import { ReferenceBackend, referenceGemm } from '../src/backend/reference.ts';
+import { alibiDistanceTable } from '../src/pe/distance-table.ts';
+import { hypeDistanceTable } from '../src/pe/hype/table.ts';
 import { Rng } from '../src/util/rng.ts';
 import { maxRelativeGradError, sampleIndices } from './helpers/gradcheck.ts';
 
@@ -68,24 +70,21 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 function makeBiases(rng: Rng, s: AttentionShape): PositionBias[] {
-  const off = s.lk - s.lq;
-  const span = off + s.lq + s.lk - 1;
-  const buckets = 5;
+  // Tables over every distance (non-causal geometry), so each serves the causal runs too.
+  const g = { heads: s.heads, lq: s.lq, lk: s.lk, queryOffset: s.lk - s.lq, causal: false };
+  const span = distanceSpan(s.lq, s.lk);
+  const mu = Float64Array.from({ length: s.heads * 2 }, () => 0.05 + 0.1 * rng.uniform());
   return [
     { kind: 'none' },
-    { kind: 'alibi', slopes: Float64Array.from({ length: s.heads }, (_, h) => 0.5 / (h + 1)) },
     {
-      kind: 'hype',
-      pairs: 2,
-      tau: randn(rng, s.heads * 2),
-      mu: Float64Array.from({ length: s.heads * 2 }, () => 0.05 + 0.1 * rng.uniform()),
+      kind: 'distance',
+      table: alibiDistanceTable(
+        Float64Array.from({ length: s.heads }, (_, h) => 0.5 / (h + 1)),
+        g,
+      ),
     },
-    {
-      kind: 'table',
-      buckets,
-      values: randn(rng, s.heads * buckets),
-      bucketOf: Int32Array.from({ length: span }, (_, j) => j % buckets),
-    },
+    { kind: 'distance', table: hypeDistanceTable(randn(rng, s.heads * 2), mu, 2, g) },
+    { kind: 'distance', table: randn(rng, s.heads * span) },
     { kind: 'dense', heads: s.heads, bias: randn(rng, s.heads * s.lq * s.lk) },
     { kind: 'dense', heads: 1, bias: randn(rng, s.lq * s.lk) },
   ];
@@ -194,10 +193,8 @@ describe('reference attention backward', () => {
             [k, g.dk],
             [v, g.dv],
           ];
-          if (bias.kind === 'alibi' && g.dBias.kind === 'alibi') tensors.push([bias.slopes, g.dBias.slopes]);
-          if (bias.kind === 'hype' && g.dBias.kind === 'hype')
-            tensors.push([bias.tau, g.dBias.tau], [bias.mu, g.dBias.mu]);
-          if (bias.kind === 'table' && g.dBias.kind === 'table') tensors.push([bias.values, g.dBias.values]);
+          if (bias.kind === 'distance' && g.dBias.kind === 'distance')
+            tensors.push([bias.table as Float64Array, g.dBias.table]);
           if (bias.kind === 'dense' && g.dBias.kind === 'dense')
             tensors.push([bias.bias as Float64Array, g.dBias.bias]);
           expect(g.dBias.kind).toBe(bias.kind);

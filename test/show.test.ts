@@ -63,7 +63,7 @@ describe('hype show', () => {
     expect(svg).toContain('every query and key = (1, ..., 1)'); // the definition is in the subtitle
   });
 
-  it('--compare overlays one series per encoding in every head panel', async () => {
+  it('--compare draws one panel per encoding with a line per head', async () => {
     const out = join(dir, 'compare.svg');
     const list = 'alibi,rope,t5:numBuckets=8:maxDistance=16,sinusoidal';
     await show('--compare', list, '--length', '20', '--heads', '2', '--head-dim', '8', '--out', out);

@@ -127,8 +127,12 @@ describe('hype study pipeline (tiny configuration)', () => {
     const stamp = (exp: string) => cellFiles(exp).map((f) => statSync(join(outDir, exp, 'cells', f)).mtimeMs);
     const before = ['lm', 'flipflop', 'recall', 'precision'].map(stamp);
     const again: string[] = [];
-    await study(again);
+    const outcome = await study(again);
     expect(again.filter((l) => /training|\[\d+\//.test(l))).toEqual([]);
+    expect(again).toContain(
+      'plan: 15 cells (lm 4, flipflop 4, recall 4, precision 3); all finished already, nothing to compute',
+    );
+    expect(outcome).toMatchObject({ total: 15, finishedBefore: 15, computed: 0 });
     expect(['lm', 'flipflop', 'recall', 'precision'].map(stamp)).toEqual(before);
     const meta = JSON.parse(readFileSync(join(outDir, 'study.json'), 'utf8'));
     expect(meta.invocations.slice(-4).map((i: { cellsRun: number }) => i.cellsRun)).toEqual([0, 0, 0, 0]);
@@ -187,7 +191,12 @@ describe('recompute', () => {
     const log: string[] = [];
     await study(log, { experiment: 'lm', recompute: ['none'] });
     expect(log).toContain('lm: recomputing 1 finished cell of none');
-    expect(log.filter((l) => /^lm \[\d+\/\d+\]/.test(l))).toEqual(['lm [1/1] tinyshakespeare none seed 1']);
+    expect(log).toContain('plan: 4 cells (lm 4); 3 finished already, 1 to compute');
+    const started = log.filter((l) => /^\[\d+\/\d+\] lm /.test(l));
+    expect(started).toHaveLength(1);
+    expect(started[0]).toMatch(
+      /^\[1\/1\] lm tinyshakespeare none seed 1 \| \d+ s elapsed, time left: known after the first cell$/,
+    );
     expect(log).toContain('lm tinyshakespeare none seed 1: training 3 steps');
   }, 30_000);
 });

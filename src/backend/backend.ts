@@ -13,40 +13,39 @@
  * of a key behind a query is D = (i + queryOffset) - l (D >= 0 for past keys). Causal: key l is visible to
  * query i iff D >= 0. A query row that sees no key at all gets out = 0 and lse = -Infinity.
  *
- * logits[i, l] = scale * (q_i . k_l) + bias(h, D)   -- the scale is always explicit (HyPE needs 1/sqrt(d), not
+ * logits[i, l] = scale * (q_i . k_l) + bias(h, i, l)   -- the scale is always explicit (HyPE needs 1/sqrt(d), not
  * 1/sqrt(d + 2)); there is no default.
  */
 import type { FloatArray } from '../tensor.ts';
 import type { LayerOps } from './layers.ts';
 
-/** Position terms evaluated inside the attention tile loop; never stored as an L x L tensor (except 'dense'). */
+/**
+ * Position terms reach attention as data: a per-head table over the signed distance D (no kernel knows an
+ * encoding). With span = queryOffset + Lq + Lk - 1 (the distances -(Lk - 1) .. queryOffset + Lq - 1):
+ *   table [H, span] (H = query heads), row-major;   bias(h, i, l) = table[h * span + (D + Lk - 1)].
+ * Encodings build their tables in fp64 (the fp32 kernels round each value once) and own the chain rule from
+ * dTable to their parameters. Only distances some visible pair can have are read; without a causal mask the table
+ * must cover every distance, so queryOffset must be >= 0 there.
+ */
 export type PositionBias =
   | { kind: 'none' }
-  /** ALiBi: bias = -slopes[h] * |D|. slopes has length H (query heads). */
-  | { kind: 'alibi'; slopes: Float64Array }
-  /**
-   * HyPE computed directly: bias = sum_k tau[h*pairs+k] * sinh(mu[h*pairs+k] * D)  (= -tau sinh(mu (l - i)),
-   * SPEC section 1). tau and mu have length H * pairs.
-   */
-  | { kind: 'hype'; tau: Float64Array; mu: Float64Array; pairs: number }
-  /**
-   * Table lookup by relative distance (T5 buckets and the like): bias = values[h * buckets + bucketOf[D + Lk - 1]].
-   * bucketOf has length queryOffset + Lq + Lk - 1 (covering every D from -(Lk-1) to queryOffset + Lq - 1);
-   * values has length H * buckets.
-   */
-  | { kind: 'table'; values: Float64Array; buckets: number; bucketOf: Int32Array }
+  | { kind: 'distance'; table: Float64Array | Float32Array }
   /** A stored bias [heads, Lq, Lk] with heads = 1 (broadcast) or H. Reference backend only: the test oracle. */
   | { kind: 'dense'; bias: FloatArray; heads: number };
 
 export type PositionBiasKind = PositionBias['kind'];
 
-/** Gradients of the bias parameters, same layout as the parameters themselves. */
+/**
+ * The gradient of the position term: for 'distance', dTable [H, span] in the table's layout, where
+ * dTable[h, D + Lk - 1] = sum of dLogit[h, i, l] over the visible pairs at distance D (summed in fp64).
+ */
 export type PositionBiasGrad =
-  | { kind: 'none' }
-  | { kind: 'alibi'; slopes: Float64Array }
-  | { kind: 'hype'; tau: Float64Array; mu: Float64Array }
-  | { kind: 'table'; values: Float64Array }
-  | { kind: 'dense'; bias: Float64Array };
+  { kind: 'none' } | { kind: 'distance'; table: Float64Array } | { kind: 'dense'; bias: Float64Array };
+
+/** Number of signed distances a distance table covers (its row length): queryOffset + Lq + Lk - 1, at least 0. */
+export function distanceSpan(lq: number, lk: number, queryOffset: number = lk - lq): number {
+  return Math.max(0, queryOffset + lq + lk - 1);
+}
 
 export interface AttentionShape {
   batch: number;
@@ -80,10 +79,11 @@ export interface AttentionGrads {
 }
 
 /**
- * A backend may also provide any of the non-attention layer operations (layer norm, GELU, cross-entropy, AdamW,
- * embedding, bias); models call `layerOpsOf(backend)` (layers.ts), which falls back to the references there.
+ * Every member is required: gemm, fused attention forward and backward, and every layer operation of LayerOps
+ * (layers.ts declares each op's signature once; the reference implements them there, the native backend in
+ * native/). Models, decoders, trainers and encodings call the backend they were given, never a fallback.
  */
-export interface Backend extends Partial<LayerOps> {
+export interface Backend extends LayerOps {
   readonly name: string;
   /**
    * C = alpha * op(A) op(B) + beta * C, row-major; op(A) is m x k, op(B) is k x n, C is m x n with leading

@@ -1,6 +1,7 @@
 /**
  * Picks a backend by name. 'auto' prefers the native addon and falls back to the TypeScript reference when the
- * addon was not built, saying so once on stderr (the library keeps working, only slower).
+ * addon was not built or is a stale build (native.ts checks its kernel interface at load), saying so once on
+ * stderr (the library keeps working, only slower). This is the only fallback: 'native' refuses instead.
  */
 import { HypeError } from '../errors.ts';
 import type { Backend } from './backend.ts';
@@ -15,29 +16,15 @@ export interface LoadBackendOptions {
 }
 
 let warned = false;
-let warnedStale = false;
-
-/** A native backend, saying once on stderr when its addon is a stale build missing newer kernels. */
-function nativeBackend(opts: LoadBackendOptions): NativeBackend {
-  const backend = new NativeBackend(opts);
-  if (backend.missingKernels.length > 0 && !warnedStale) {
-    warnedStale = true;
-    process.stderr.write(
-      `hype: the native addon was built from older sources and lacks ${backend.missingKernels.join(', ')}; ` +
-        'those run on the TypeScript reference (same results, slower). Rebuild it with `npm rebuild`.\n',
-    );
-  }
-  return backend;
-}
 
 export function loadBackend(name: BackendName = 'auto', opts: LoadBackendOptions = {}): Backend {
   switch (name) {
     case 'native':
-      return nativeBackend(opts);
+      return new NativeBackend(opts);
     case 'reference':
       return new ReferenceBackend();
     case 'auto':
-      if (nativeAvailable()) return nativeBackend(opts);
+      if (nativeAvailable()) return new NativeBackend(opts);
       if (!warned) {
         warned = true;
         process.stderr.write(

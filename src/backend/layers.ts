@@ -12,8 +12,8 @@
  * - input gradients say per function whether they overwrite or accumulate (layer norm accumulates into the
  *   residual stream, so a pre-LN block needs no separate residual-add backward).
  *
- * A Backend may provide faster versions of any of these (see LayerOps in backend.ts); `layerOpsOf` picks the
- * backend's where present and these otherwise.
+ * LayerOps below is the one declaration of these signatures: every Backend implements all of them (backend.ts);
+ * ReferenceBackend uses these functions, NativeBackend its kernels (native-layers.ts).
  */
 import type { FloatArray } from '../tensor.ts';
 
@@ -280,7 +280,7 @@ export function biasBackward(dOut: FloatArray, dBias: FloatArray, rows: number, 
   for (let j = 0; j < width; j++) dBias[j] += acc[j]!;
 }
 
-/** The full set of layer operations, as a Backend may provide them. */
+/** The full set of layer operations; every Backend implements all of them. */
 export interface LayerOps {
   layerNormForward: typeof layerNormForward;
   layerNormBackward: typeof layerNormBackward;
@@ -310,13 +310,3 @@ export const referenceLayerOps: LayerOps = {
   biasAdd,
   biasBackward,
 };
-
-/** The backend's own versions where it has them (bound to it), these references otherwise. */
-export function layerOpsOf(backend: Partial<LayerOps>): LayerOps {
-  const ops = { ...referenceLayerOps } as Record<keyof LayerOps, unknown>;
-  for (const key of Object.keys(referenceLayerOps) as (keyof LayerOps)[]) {
-    const own = backend[key];
-    if (typeof own === 'function') ops[key] = (own as (...a: unknown[]) => unknown).bind(backend);
-  }
-  return ops as LayerOps;
-}

@@ -12,81 +12,15 @@ import { check, HypeError } from '../errors.ts';
 import type { FloatArray } from '../tensor.ts';
 import { referenceLayerOps, type AdamWHyper, type LayerOps } from './layers.ts';
 
-/** The addon's raw layer surface (native/layers.cc, registerLayerOps). */
-export interface NativeLayerKernels {
-  layerNormForward(
-    x: Float32Array,
-    gamma: Float32Array,
-    beta: Float32Array,
-    out: Float32Array,
-    mean: Float32Array,
-    rstd: Float32Array,
-    rows: number,
-    width: number,
-    eps: number,
-  ): void;
-  layerNormBackward(
-    dOut: Float32Array,
-    x: Float32Array,
-    gamma: Float32Array,
-    mean: Float32Array,
-    rstd: Float32Array,
-    dx: Float32Array,
-    dGamma: Float32Array,
-    dBeta: Float32Array,
-    rows: number,
-    width: number,
-  ): void;
-  geluForward(x: Float32Array, out: Float32Array, n: number): void;
-  geluBackward(x: Float32Array, dOut: Float32Array, dx: Float32Array, n: number): void;
-  biasAdd(out: Float32Array, bias: Float32Array, rows: number, width: number): void;
-  biasBackward(dOut: Float32Array, dBias: Float32Array, rows: number, width: number): void;
-  softmaxCrossEntropyForward(
-    logits: Float32Array,
-    targets: Int32Array,
-    losses: Float32Array,
-    rows: number,
-    vocab: number,
-  ): number;
-  softmaxCrossEntropyBackward(
-    logits: Float32Array,
-    targets: Int32Array,
-    dLogits: Float32Array,
-    rows: number,
-    vocab: number,
-    dLoss: number,
-  ): void;
-  prefixSoftmaxRows(x: Float32Array, rows: number, cols: number, visible: Int32Array): void;
-  adamwStep(
-    param: Float32Array,
-    grad: Float32Array,
-    m: Float32Array,
-    v: Float32Array,
-    n: number,
-    lr: number,
-    beta1: number,
-    beta2: number,
-    eps: number,
-    weightDecay: number,
-    step: number,
-  ): void;
-  embeddingForward(
-    table: Float32Array,
-    tokens: Int32Array,
-    out: Float32Array,
-    n: number,
-    width: number,
-    vocab: number,
-  ): void;
-  embeddingBackward(
-    dOut: Float32Array,
-    tokens: Int32Array,
-    dTable: Float32Array,
-    n: number,
-    width: number,
-    vocab: number,
-  ): void;
-}
+type F32<T> = T extends FloatArray ? Float32Array : T;
+/** A layer op's signature with every tensor narrowed to Float32Array: what the addon's kernel of that name takes. */
+type F32Signature<F> = F extends (...args: infer A) => infer R ? (...args: { [I in keyof A]: F32<A[I]> }) => R : never;
+
+/**
+ * The addon's raw layer surface (native/bindings.cc): the LayerOps signatures of layers.ts (declared once, there)
+ * over fp32 tensors.
+ */
+export type NativeLayerKernels = { [K in keyof LayerOps]: F32Signature<LayerOps[K]> };
 
 function allF32(arrays: FloatArray[]): boolean {
   for (const a of arrays) if (!(a instanceof Float32Array)) return false;
@@ -135,19 +69,9 @@ function indices(idx: Int32Array, n: number, bound: number, what: string, op: st
   }
 }
 
-/**
- * The layer ops whose kernels this addon lacks: a build from older sources (a checkout updated without
- * `npm rebuild`). nativeLayerOps gives those to the reference: the same results, slower.
- */
-export function missingLayerKernels(addon: Partial<NativeLayerKernels>): (keyof LayerOps)[] {
-  return (Object.keys(referenceLayerOps) as (keyof LayerOps)[]).filter((k) => typeof addon[k] !== 'function');
-}
-
-/** LayerOps running in the addon for fp32 tensors (the reference for any other dtype, and for kernels it lacks). */
-export function nativeLayerOps(addon: Partial<NativeLayerKernels>): LayerOps {
-  const ops = wrapLayerKernels(addon as NativeLayerKernels) as Record<keyof LayerOps, unknown>;
-  for (const k of missingLayerKernels(addon)) ops[k] = referenceLayerOps[k];
-  return ops as LayerOps;
+/** LayerOps running in the addon for fp32 tensors (the reference for any other dtype). */
+export function nativeLayerOps(addon: NativeLayerKernels): LayerOps {
+  return wrapLayerKernels(addon);
 }
 
 function wrapLayerKernels(addon: NativeLayerKernels): LayerOps {
@@ -297,19 +221,7 @@ function wrapLayerKernels(addon: NativeLayerKernels): LayerOps {
         check(h[key] >= 0 && h[key] < 1, 'argument', () => `${op}: ${key} must be in [0, 1), got ${h[key]}`);
       }
       positive(h.step, 'step (1-based)', op);
-      addon.adamwStep(
-        param as Float32Array,
-        grad as Float32Array,
-        m as Float32Array,
-        v as Float32Array,
-        n,
-        h.lr,
-        h.beta1,
-        h.beta2,
-        h.eps,
-        h.weightDecay,
-        h.step,
-      );
+      addon.adamwStep(param as Float32Array, grad as Float32Array, m as Float32Array, v as Float32Array, n, h);
     },
 
     embeddingForward(table, tokens, out, n, width, vocab) {
@@ -333,7 +245,7 @@ function wrapLayerKernels(addon: NativeLayerKernels): LayerOps {
       // The table's row count is implied by its length (the reference's signature carries no vocab).
       const vocab = Math.floor(dTable.length / width);
       indices(tokens, n, vocab, 'token', op);
-      addon.embeddingBackward(dOut as Float32Array, tokens, dTable as Float32Array, n, width, vocab);
+      addon.embeddingBackward(dOut as Float32Array, tokens, dTable as Float32Array, n, width);
     },
 
     biasAdd(out, bias, rows, width) {

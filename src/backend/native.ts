@@ -1,9 +1,12 @@
 /**
  * The native backend: the N-API addon built from native/ by `npm install` (flash-style attention forward and
- * backward with the in-kernel bias menu, and a blocked sgemm), multithreaded on one persistent pool.
+ * backward adding a per-head distance table, a blocked sgemm, and every layer op), multithreaded on one persistent
+ * pool. The addon is checked at load (checkNativeAddon): a stale build is an error there, never a silent
+ * per-call fallback.
  *
  * fp32 only: Float64Array inputs are refused (use the reference backend for fp64). Every call is validated in
- * TypeScript (validate.ts) before native code runs. The 'dense' bias is a test oracle, not a kernel feature: this
+ * TypeScript (validate.ts, native-layers.ts) before native code runs; native/bindings.cc only re-checks what
+ * protects memory. The 'dense' bias is a test oracle, not a kernel feature: this
  * backend delegates it to the reference implementation (fp32, O(L^2) time), so results stay correct but slow.
  * The layer operations (layer norm, GELU, bias, cross-entropy, AdamW, embedding, the prefix-masked row softmax) run
  * natively for fp32 tensors and pass fp64 ones to the references (native-layers.ts), because some encodings keep
@@ -25,10 +28,11 @@ import type {
   PositionBias,
   PositionBiasGrad,
 } from './backend.ts';
-import type { LayerOps } from './layers.ts';
-import { missingLayerKernels, nativeLayerOps, type NativeLayerKernels } from './native-layers.ts';
+import { referenceLayerOps, type LayerOps } from './layers.ts';
+import { nativeLayerOps, type NativeLayerKernels } from './native-layers.ts';
 import { ReferenceBackend } from './reference.ts';
 import {
+  checkAttentionLse,
   validateAttentionBackward,
   validateAttentionForward,
   validateGemm,
@@ -37,8 +41,12 @@ import {
   type FiniteScanner,
 } from './validate.ts';
 
-/** The addon's raw surface (native/addon.cc). */
+/** The kernel interface version this code expects; native/bindings.cc exports its own as `abi`. */
+export const NATIVE_ABI = 3;
+
+/** The addon's raw surface (native/bindings.cc). */
 export interface NativeAddon extends NativeLayerKernels {
+  abi: number;
   setThreads(n: number): number;
   firstNonFinite(data: Float32Array, allowNegInf: boolean): number;
   threads(): number;
@@ -77,8 +85,38 @@ export interface NativeAddon extends NativeLayerKernels {
     dq: Float32Array,
     dk: Float32Array,
     dv: Float32Array,
-    biasGrads: object,
+    dTable: Float64Array | null,
   ): void;
+}
+
+const ADDON_FUNCTIONS = [
+  'setThreads',
+  'firstNonFinite',
+  'threads',
+  'gemm',
+  'attentionForward',
+  'attentionBackward',
+  ...(Object.keys(referenceLayerOps) as (keyof LayerOps)[]),
+] as const;
+
+/**
+ * The addon as loaded, checked: a build from other sources (a checkout updated without `npm rebuild`) has another
+ * kernel interface version or lacks kernels, and is an error here, at load, never a per-call fallback.
+ */
+export function checkNativeAddon(addon: unknown): NativeAddon {
+  const a = addon as Partial<Record<string, unknown>>;
+  const missing = ADDON_FUNCTIONS.filter((name) => typeof a?.[name] !== 'function');
+  const problems: string[] = [];
+  if (a?.abi !== NATIVE_ABI) problems.push(`kernel interface ${String(a?.abi)} where this code needs ${NATIVE_ABI}`);
+  if (missing.length > 0) problems.push(`no ${missing.join(', ')}`);
+  if (problems.length > 0) {
+    throw new HypeError(
+      'native',
+      `the native addon is a stale build (${problems.join('; ')}); rebuild it with \`npm rebuild\` ` +
+        `(or use loadBackend('reference'))`,
+    );
+  }
+  return addon as NativeAddon;
 }
 
 let cached: { addon: NativeAddon | null; error: string } | undefined;
@@ -99,7 +137,7 @@ export function loadNativeAddon(): NativeAddon | null {
   try {
     const require = createRequire(import.meta.url);
     const build = require('node-gyp-build') as (dir: string) => NativeAddon;
-    cached = { addon: build(packageRoot()), error: '' };
+    cached = { addon: checkNativeAddon(build(packageRoot())), error: '' };
   } catch (e) {
     cached = { addon: null, error: e instanceof Error ? e.message.split('\n')[0]! : String(e) };
   }
@@ -110,8 +148,6 @@ export function nativeLoadError(): string {
   loadNativeAddon();
   return cached!.error;
 }
-
-const BIAS_CODE = { none: 0, alibi: 1, hype: 2, table: 3 } as const;
 
 /** Narrows to Float32Array or refuses with the fix (this backend computes in fp32 only). */
 function f32(a: FloatArray, name: string): Float32Array {
@@ -135,10 +171,8 @@ function kernelParams(shape: AttentionShape, opts: AttentionOptions, bias: Exclu
     causal: opts.causal,
     scale: opts.scale,
     queryOffset: opts.queryOffset ?? shape.lk - shape.lq,
-    biasKind: BIAS_CODE[bias.kind],
-    ...(bias.kind === 'alibi' ? { slopes: bias.slopes } : {}),
-    ...(bias.kind === 'hype' ? { tau: bias.tau, mu: bias.mu, pairs: bias.pairs } : {}),
-    ...(bias.kind === 'table' ? { values: bias.values, buckets: bias.buckets, bucketOf: bias.bucketOf } : {}),
+    // [H, span] by distance, fp64 or fp32 (the kernel rounds each value to fp32 once); null: no position term.
+    table: bias.kind === 'distance' ? bias.table : null,
   };
 }
 
@@ -153,22 +187,8 @@ export class NativeBackend implements Backend {
   private readonly reference = new ReferenceBackend();
   /** The addon's SIMD finite scan: validation stays in TypeScript, only the search for a NaN/Inf is native. */
   private readonly scan: FiniteScanner;
-
-  // Layer operations in native code (native-layers.ts; fp64 arguments go to the references), assigned below.
-  layerNormForward!: LayerOps['layerNormForward'];
-  layerNormBackward!: LayerOps['layerNormBackward'];
-  geluForward!: LayerOps['geluForward'];
-  geluBackward!: LayerOps['geluBackward'];
-  softmaxCrossEntropyForward!: LayerOps['softmaxCrossEntropyForward'];
-  softmaxCrossEntropyBackward!: LayerOps['softmaxCrossEntropyBackward'];
-  prefixSoftmaxRows!: LayerOps['prefixSoftmaxRows'];
-  adamwStep!: LayerOps['adamwStep'];
-  embeddingForward!: LayerOps['embeddingForward'];
-  embeddingBackward!: LayerOps['embeddingBackward'];
-  biasAdd!: LayerOps['biasAdd'];
-  biasBackward!: LayerOps['biasBackward'];
-  /** Layer kernels this build of the addon lacks (empty after `npm ci` / `npm rebuild`); see missingLayerKernels. */
-  readonly missingKernels: readonly string[];
+  /** The layer ops over the addon's kernels (native-layers.ts: fp32 natively, other dtypes on the references). */
+  private readonly layers: LayerOps;
 
   constructor(opts: NativeOptions = {}) {
     const addon = loadNativeAddon();
@@ -181,10 +201,45 @@ export class NativeBackend implements Backend {
     }
     this.addon = addon;
     this.scan = (data, allowNegInf) => addon.firstNonFinite(data, allowNegInf);
-    // A build from older sources lacks the newer kernels: the references serve those (slower, still right).
-    this.missingKernels = missingLayerKernels(addon);
-    Object.assign(this, nativeLayerOps(addon));
+    this.layers = nativeLayerOps(addon);
     this.setThreads(opts.threads ?? availableParallelism());
+  }
+
+  layerNormForward(...a: Parameters<LayerOps['layerNormForward']>): void {
+    this.layers.layerNormForward(...a);
+  }
+  layerNormBackward(...a: Parameters<LayerOps['layerNormBackward']>): void {
+    this.layers.layerNormBackward(...a);
+  }
+  geluForward(...a: Parameters<LayerOps['geluForward']>): void {
+    this.layers.geluForward(...a);
+  }
+  geluBackward(...a: Parameters<LayerOps['geluBackward']>): void {
+    this.layers.geluBackward(...a);
+  }
+  softmaxCrossEntropyForward(...a: Parameters<LayerOps['softmaxCrossEntropyForward']>): number {
+    return this.layers.softmaxCrossEntropyForward(...a);
+  }
+  softmaxCrossEntropyBackward(...a: Parameters<LayerOps['softmaxCrossEntropyBackward']>): void {
+    this.layers.softmaxCrossEntropyBackward(...a);
+  }
+  prefixSoftmaxRows(...a: Parameters<LayerOps['prefixSoftmaxRows']>): void {
+    this.layers.prefixSoftmaxRows(...a);
+  }
+  adamwStep(...a: Parameters<LayerOps['adamwStep']>): void {
+    this.layers.adamwStep(...a);
+  }
+  embeddingForward(...a: Parameters<LayerOps['embeddingForward']>): void {
+    this.layers.embeddingForward(...a);
+  }
+  embeddingBackward(...a: Parameters<LayerOps['embeddingBackward']>): void {
+    this.layers.embeddingBackward(...a);
+  }
+  biasAdd(...a: Parameters<LayerOps['biasAdd']>): void {
+    this.layers.biasAdd(...a);
+  }
+  biasBackward(...a: Parameters<LayerOps['biasBackward']>): void {
+    this.layers.biasBackward(...a);
   }
 
   /** Resizes the process-wide native thread pool. */
@@ -238,6 +293,7 @@ export class NativeBackend implements Backend {
     const out = new Float32Array(rows * shape.valueDim);
     const lse = new Float32Array(rows);
     this.addon.attentionForward(kernelParams(shape, opts, bias), f32(q, 'q'), f32(k, 'k'), f32(v, 'v'), out, lse);
+    checkAttentionLse(lse, shape, opts, this.scan);
     return { out, lse };
   }
 
@@ -260,13 +316,7 @@ export class NativeBackend implements Backend {
     const dk = new Float32Array(k.length);
     const dv = new Float32Array(v.length);
     const dBias: PositionBiasGrad =
-      bias.kind === 'alibi'
-        ? { kind: 'alibi', slopes: new Float64Array(bias.slopes.length) }
-        : bias.kind === 'hype'
-          ? { kind: 'hype', tau: new Float64Array(bias.tau.length), mu: new Float64Array(bias.mu.length) }
-          : bias.kind === 'table'
-            ? { kind: 'table', values: new Float64Array(bias.values.length) }
-            : { kind: 'none' };
+      bias.kind === 'distance' ? { kind: 'distance', table: new Float64Array(bias.table.length) } : { kind: 'none' };
     this.addon.attentionBackward(
       kernelParams(shape, opts, bias),
       f32(q, 'q'),
@@ -278,7 +328,7 @@ export class NativeBackend implements Backend {
       dq,
       dk,
       dv,
-      dBias,
+      dBias.kind === 'distance' ? dBias.table : null,
     );
     return { dq, dk, dv, dBias };
   }

@@ -4,17 +4,18 @@
  * It materialises one row of logits at a time (O(Lk) scratch), so it is slow but easy to audit. The arithmetic
  * follows the arrays it is given: Float64Array inputs are computed in fp64 throughout; Float32Array inputs store
  * every intermediate (logits, probabilities, outputs, gradients) in fp32, with each dot product summed in a JS
- * double and rounded once on store. Layouts, positions and the bias menu are defined in backend.ts. Inputs are
+ * double and rounded once on store. Layouts, positions and the distance table are defined in backend.ts. Inputs are
  * validated by the caller (ReferenceBackend, via validate.ts, the same checks the native backend runs).
  */
 import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
-import type {
-  AttentionForward,
-  AttentionGrads,
-  AttentionOptions,
-  AttentionShape,
-  PositionBias,
-  PositionBiasGrad,
+import {
+  distanceSpan,
+  type AttentionForward,
+  type AttentionGrads,
+  type AttentionOptions,
+  type AttentionShape,
+  type PositionBias,
+  type PositionBiasGrad,
 } from './backend.ts';
 
 /** The position bias of query head h at (query row i, key row l), where D = i + queryOffset - l. */
@@ -29,18 +30,8 @@ export function biasValue(
   switch (bias.kind) {
     case 'none':
       return 0;
-    case 'alibi':
-      return -bias.slopes[h]! * Math.abs(D);
-    case 'hype': {
-      let a = 0;
-      for (let k = 0; k < bias.pairs; k++) {
-        const j = h * bias.pairs + k;
-        a += bias.tau[j]! * Math.sinh(bias.mu[j]! * D);
-      }
-      return a;
-    }
-    case 'table':
-      return bias.values[h * bias.buckets + bias.bucketOf[D + shape.lk - 1]!]!;
+    case 'distance': // queryOffset = D - i + l fixes the table's row length
+      return bias.table[h * distanceSpan(shape.lq, shape.lk, D - i + l) + D + shape.lk - 1]!;
     case 'dense': {
       const hb = bias.heads === 1 ? 0 : h;
       return bias.bias[(hb * shape.lq + i) * shape.lk + l]!;
@@ -48,39 +39,26 @@ export function biasValue(
   }
 }
 
-/** Adds g * d(bias)/d(params) at (h, i, l, D) into the gradient accumulator. */
+/** Adds g = dLogit at (h, i, l, D) into the gradient accumulator (fp64). */
 function accumulateBiasGrad(
   grad: PositionBiasGrad,
-  bias: PositionBias,
   shape: AttentionShape,
   h: number,
   i: number,
   l: number,
   D: number,
+  span: number,
   g: number,
 ): void {
-  switch (bias.kind) {
+  switch (grad.kind) {
     case 'none':
       return;
-    case 'alibi':
-      (grad as { slopes: Float64Array }).slopes[h]! -= g * Math.abs(D);
-      return;
-    case 'hype': {
-      const gr = grad as { tau: Float64Array; mu: Float64Array };
-      for (let k = 0; k < bias.pairs; k++) {
-        const j = h * bias.pairs + k;
-        const mu = bias.mu[j]!;
-        gr.tau[j]! += g * Math.sinh(mu * D);
-        gr.mu[j]! += g * bias.tau[j]! * D * Math.cosh(mu * D);
-      }
-      return;
-    }
-    case 'table':
-      (grad as { values: Float64Array }).values[h * bias.buckets + bias.bucketOf[D + shape.lk - 1]!]! += g;
+    case 'distance':
+      grad.table[h * span + D + shape.lk - 1]! += g;
       return;
     case 'dense': {
-      const hb = bias.heads === 1 ? 0 : h;
-      (grad as { bias: Float64Array }).bias[(hb * shape.lq + i) * shape.lk + l]! += g;
+      const hb = grad.bias.length === shape.lq * shape.lk ? 0 : h;
+      grad.bias[(hb * shape.lq + i) * shape.lk + l]! += g;
       return;
     }
   }
@@ -90,12 +68,8 @@ function zeroBiasGrad(bias: PositionBias): PositionBiasGrad {
   switch (bias.kind) {
     case 'none':
       return { kind: 'none' };
-    case 'alibi':
-      return { kind: 'alibi', slopes: new Float64Array(bias.slopes.length) };
-    case 'hype':
-      return { kind: 'hype', tau: new Float64Array(bias.tau.length), mu: new Float64Array(bias.mu.length) };
-    case 'table':
-      return { kind: 'table', values: new Float64Array(bias.values.length) };
+    case 'distance':
+      return { kind: 'distance', table: new Float64Array(bias.table.length) };
     case 'dense':
       return { kind: 'dense', bias: new Float64Array(bias.bias.length) };
   }
@@ -197,6 +171,7 @@ export function referenceAttentionBackward(
   const dv_ = allocate(dtype, v.length);
   const dBias = zeroBiasGrad(bias);
   const offset = opts.queryOffset ?? lk - lq;
+  const span = distanceSpan(lq, lk, offset);
   const row = allocate(dtype, lk);
   const p = allocate(dtype, lk);
   const ds = allocate(dtype, lk);
@@ -223,7 +198,7 @@ export function referenceAttentionBackward(
         dq[qBase + i * d + c] = dq[qBase + i * d + c]! + opts.scale * g * k[kBase + l * d + c]!;
         dk[kBase + l * d + c] = dk[kBase + l * d + c]! + opts.scale * g * q[qBase + i * d + c]!;
       }
-      accumulateBiasGrad(dBias, bias, shape, h, i, l, i + offset - l, g);
+      accumulateBiasGrad(dBias, shape, h, i, l, i + offset - l, span, g);
     }
   });
   return { dq, dk, dv: dv_, dBias };

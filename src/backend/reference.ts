@@ -6,7 +6,13 @@ import type { FloatArray } from '../tensor.ts';
 import type { AttentionForward, AttentionGrads, AttentionOptions, AttentionShape, Backend } from './backend.ts';
 import { referenceAttentionBackward, referenceAttentionForward } from './reference-attention.ts';
 import { referenceLayerOps } from './layers.ts';
-import { validateAttentionBackward, validateAttentionForward, validateGemm, validateGemmOutput } from './validate.ts';
+import {
+  checkAttentionLse,
+  validateAttentionBackward,
+  validateAttentionForward,
+  validateGemm,
+  validateGemmOutput,
+} from './validate.ts';
 
 /** Row-major C = alpha op(A) op(B) + beta C, summing each entry in a JS double. */
 export function referenceGemm(
@@ -96,7 +102,9 @@ export class ReferenceBackend implements Backend {
     opts: AttentionOptions,
   ): AttentionForward {
     validateAttentionForward(shape, q, k, v, opts);
-    return referenceAttentionForward(shape, q, k, v, opts);
+    const result = referenceAttentionForward(shape, q, k, v, opts);
+    checkAttentionLse(result.lse, shape, opts);
+    return result;
   }
 
   attentionBackward(

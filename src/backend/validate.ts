@@ -4,12 +4,15 @@
  */
 import { check, HypeError } from '../errors.ts';
 import { dtypeOf, type FloatArray } from '../tensor.ts';
-import type { AttentionOptions, AttentionShape, PositionBias } from './backend.ts';
+import { distanceSpan, type AttentionOptions, type AttentionShape, type PositionBias } from './backend.ts';
+
+/** Largest head (and value) dim any backend accepts. */
+export const MAX_HEAD_DIM = 65536;
 
 /** Largest |bias| accepted, per dtype: fp32 kernels add it to logits, so it must stay far inside the fp32 range. */
-const BIAS_LIMIT = { float32: 1e30, float64: 1e300 } as const;
+export const BIAS_LIMIT = { float32: 1e30, float64: 1e300 } as const;
 
-const BIAS_KINDS = ['none', 'alibi', 'hype', 'table', 'dense'] as const;
+const BIAS_KINDS = ['none', 'distance', 'dense'] as const;
 
 function isFloatArray(x: unknown): x is FloatArray {
   return x instanceof Float32Array || x instanceof Float64Array;
@@ -79,6 +82,17 @@ export function validateShape(shape: AttentionShape): void {
   positiveInt(shape.lk, 'shape.lk');
   positiveInt(shape.headDim, 'shape.headDim');
   positiveInt(shape.valueDim, 'shape.valueDim');
+  // One limit for every backend (the native kernels' per-thread tiles are sized by the head dims).
+  for (const [x, what] of [
+    [shape.headDim, 'headDim'],
+    [shape.valueDim, 'valueDim'],
+  ] as const) {
+    check(
+      x <= MAX_HEAD_DIM,
+      'shape',
+      () => `shape.${what} is ${x}, above the supported ${MAX_HEAD_DIM}; split the heads (more heads, smaller dims)`,
+    );
+  }
   check(
     shape.heads % shape.kvHeads === 0,
     'shape',
@@ -88,53 +102,7 @@ export function validateShape(shape: AttentionShape): void {
   );
 }
 
-/** The bias of head h at distance D (the definition in backend.ts; table/dense are handled elsewhere). */
-function analyticBias(bias: PositionBias, h: number, D: number): number[] {
-  if (bias.kind === 'alibi') return [-bias.slopes[h]! * Math.abs(D)];
-  if (bias.kind !== 'hype') return [0];
-  const terms: number[] = [];
-  for (let k = 0; k < bias.pairs; k++) {
-    const j = h * bias.pairs + k;
-    terms.push(bias.tau[j]! * Math.sinh(bias.mu[j]! * D));
-  }
-  return terms;
-}
-
-/**
- * Where the bias leaves the range a kernel can represent. A large POSITIVE bias would overflow the logits (refused);
- * a large negative one only drives probabilities to exactly 0, which is what steep recency slopes at long L mean,
- * so it is accepted as long as the nearest reachable distance (where alibi and hype are smallest) stays in range.
- */
-function biasOutOfRange(
-  bias: PositionBias,
-  heads: number,
-  dLo: number,
-  dHi: number,
-  limit: number,
-): string | undefined {
-  if (bias.kind === 'table') {
-    for (let i = 0; i < bias.values.length; i++)
-      if (Math.abs(bias.values[i]!) > limit) return `table value ${bias.values[i]} at index ${i}`;
-    return undefined;
-  }
-  const nearest = Math.min(Math.max(0, dLo), dHi);
-  for (let h = 0; h < heads; h++) {
-    const what =
-      bias.kind === 'hype'
-        ? `hype head ${h} (mu = ${bias.mu[h * bias.pairs]}, tau = ${bias.tau[h * bias.pairs]})`
-        : `alibi head ${h} (slope ${bias.kind === 'alibi' ? bias.slopes[h] : ''})`;
-    for (const D of [dLo, dHi]) {
-      // sinh and |D| grow with |D|, so the extreme positive terms sit at the ends of the range.
-      const positive = analyticBias(bias, h, D).reduce((acc, t) => acc + Math.max(0, t), 0);
-      if (!(positive <= limit)) return `${what} reaches +${positive} at distance ${D}`;
-    }
-    const near = analyticBias(bias, h, nearest).reduce((acc, t) => acc + t, 0);
-    if (!(Math.abs(near) <= limit)) return `${what} is ${near} already at distance ${nearest}`;
-  }
-  return undefined;
-}
-
-/** The position-bias spec: a known kind, parameter arrays of the right type, length and range. */
+/** The position-bias spec: a known kind, and a table of the right type and length that the kernel can add. */
 export function validateBias(
   bias: PositionBias,
   shape: AttentionShape,
@@ -146,71 +114,13 @@ export function validateBias(
     'argument',
     () =>
       `unknown position bias kind ${JSON.stringify((bias as { kind?: unknown })?.kind)}; ` +
-      `use one of ${BIAS_KINDS.map((k) => `'${k}'`).join(', ')}`,
+      `use one of ${BIAS_KINDS.map((k) => `'${k}'`).join(', ')} (encodings pass their terms as a distance table)`,
   );
   const { heads: H, lq, lk } = shape;
   const qo = opts.queryOffset ?? lk - lq;
-  const f64 = (x: unknown, what: string, n: number) => {
-    check(x instanceof Float64Array, 'argument', `${what} must be a Float64Array`);
-    check(x.length === n, 'shape', () => `${what} has ${x.length} values, needs ${n}`);
-    checkFiniteTensor(x, what, [n]);
-  };
   switch (bias.kind) {
     case 'none':
       return;
-    case 'alibi':
-      f64(bias.slopes, 'alibi slopes', H);
-      break;
-    case 'hype':
-      check(
-        Number.isInteger(bias.pairs) && bias.pairs >= 1,
-        'argument',
-        () => `hype pairs must be a positive integer, got ${bias.pairs}`,
-      );
-      f64(bias.tau, 'hype tau', H * bias.pairs);
-      f64(bias.mu, 'hype mu', H * bias.pairs);
-      for (let j = 0; j < bias.mu.length; j++) {
-        // The tile-local scheme tabulates e^{mu s} for |s| < 256 in fp64; |mu| <= 2 keeps that far from overflow.
-        check(
-          Math.abs(bias.mu[j]!) <= 2,
-          'argument',
-          () =>
-            `hype mu[${j}] = ${bias.mu[j]} is steeper than supported (|mu| <= 2: sinh(2 D) already spans e^2 per ` +
-            `token); HyPE curvatures are ~1/L — use a smaller mu`,
-        );
-      }
-      break;
-    case 'table': {
-      check(
-        Number.isInteger(bias.buckets) && bias.buckets >= 1,
-        'argument',
-        () => `table buckets must be a positive integer, got ${bias.buckets}`,
-      );
-      f64(bias.values, 'table values', H * bias.buckets);
-      check(bias.bucketOf instanceof Int32Array, 'argument', 'table bucketOf must be an Int32Array');
-      const need = qo + lq + lk - 1;
-      check(
-        bias.bucketOf.length === need,
-        'shape',
-        () =>
-          `table bucketOf has ${bias.bucketOf.length} entries but must cover every distance: ` +
-          `queryOffset + Lq + Lk - 1 = ${need}`,
-      );
-      check(
-        opts.causal || qo >= 0,
-        'argument',
-        `a non-causal table bias needs queryOffset >= 0 (distances below -(Lk-1) have no bucketOf entry)`,
-      );
-      for (let t = 0; t < bias.bucketOf.length; t++) {
-        const b = bias.bucketOf[t]!;
-        check(
-          b >= 0 && b < bias.buckets,
-          'argument',
-          () => `table bucketOf[${t}] = ${b} is outside [0, ${bias.buckets}); fix the bucketing function`,
-        );
-      }
-      break;
-    }
     case 'dense':
       check(
         bias.heads === 1 || bias.heads === H,
@@ -220,18 +130,51 @@ export function validateBias(
       checkArray(bias.bias, 'dense bias', bias.heads * lq * lk, 'heads*Lq*Lk');
       checkFiniteTensor(bias.bias, 'dense bias', [bias.heads, lq, lk]);
       return;
+    case 'distance':
+      break;
   }
+  const span = distanceSpan(lq, lk, qo);
+  check(
+    isFloatArray(bias.table),
+    'argument',
+    'the distance table must be a Float64Array or Float32Array ([heads, queryOffset + Lq + Lk - 1])',
+  );
+  check(
+    bias.table.length === H * span,
+    'shape',
+    () =>
+      `the distance table has ${bias.table.length} values but needs heads * (queryOffset + Lq + Lk - 1) = ` +
+      `${H} * ${span} = ${H * span} (one row per query head, one entry per distance D from -(Lk - 1))`,
+  );
+  check(
+    opts.causal || qo >= 0,
+    'argument',
+    () =>
+      `a distance table without a causal mask needs queryOffset >= 0 (got ${qo}): distances below -(Lk - 1) ` +
+      `have no entry; pass queryOffset >= 0 or causal: true`,
+  );
   const dHi = qo + lq - 1;
   const dLo = opts.causal ? Math.max(0, qo - (lk - 1)) : qo - (lk - 1);
-  if (dLo > dHi) return; // nothing visible: the bias is never evaluated
-  const where = biasOutOfRange(bias, H, dLo, dHi, BIAS_LIMIT[dtype]);
-  check(
-    where === undefined,
-    'overflow',
-    () =>
-      `the ${bias.kind} bias leaves the ${dtype} range (|bias| <= ${BIAS_LIMIT[dtype]}): ${where}, with ` +
-      `Lq = ${lq}, Lk = ${lk}; reduce mu or |tau| (HyPE), the slope, or the sequence length`,
-  );
+  if (dLo > dHi) return; // nothing visible: the table is never read
+  // Every reachable entry: no NaN, nothing above the dtype's limit (a large positive bias would overflow the
+  // logits). Large negative values, down to -Infinity, only drive probabilities to exactly 0 (steep recency at long
+  // L); the nearest reachable distance must stay finite, so every query row keeps its closest key.
+  const limit = BIAS_LIMIT[dtype];
+  const nearest = Math.min(Math.max(0, dLo), dHi);
+  for (let h = 0; h < H; h++) {
+    const row = h * span + lk - 1;
+    for (let D = dLo; D <= dHi; D++) {
+      const x = bias.table[row + D]!;
+      if (x <= limit && (D !== nearest || x >= -limit)) continue;
+      throw new HypeError(
+        Number.isNaN(x) ? 'non-finite' : 'overflow',
+        `the distance table holds ${x} for head ${h} at distance ${D} (flat index ${row + D}); entries must be ` +
+          `<= ${limit} (the ${dtype} logits' range), not NaN, and finite at the nearest distance ${nearest} — ` +
+          `reduce the encoding's amplitude or slope (HyPE: mu or |tau|), or the sequence length (Lq = ${lq}, ` +
+          `Lk = ${lk})`,
+      );
+    }
+  }
 }
 
 /** Options: causal flag, explicit finite scale, integer query offset, and the bias. */
@@ -306,6 +249,30 @@ export function validateAttentionBackward(
   checkFiniteTensor(lse, 'lse', [B, H, lq], true, scan);
   checkFiniteTensor(dOut, 'dOut', [B, H, lq, dv], false, scan);
   return dtype;
+}
+
+/**
+ * After a forward: inputs were finite, so a NaN or +Infinity in lse means the fp32 (or fp64) logits overflowed
+ * (scale * q.k beyond the dtype's range). Refused here rather than passed on as a silently wrong output.
+ */
+export function checkAttentionLse(
+  lse: FloatArray,
+  shape: AttentionShape,
+  opts: AttentionOptions,
+  scan?: FiniteScanner,
+): void {
+  let bad = -1;
+  if (scan && lse instanceof Float32Array) bad = scan(lse, true);
+  else for (let i = 0; i < lse.length && bad < 0; i++) if (!(lse[i]! < Infinity)) bad = i;
+  if (bad < 0) return;
+  const { heads: H, lq } = shape;
+  throw new HypeError(
+    'overflow',
+    `attention logits overflowed ${dtypeOf(lse)} at batch ${Math.floor(bad / (H * lq))}, head ` +
+      `${Math.floor(bad / lq) % H}, query row ${bad % lq} (log-sum-exp ${lse[bad]}): scale * q.k left the ` +
+      `representable range (scale ${opts.scale}); reduce the scale or the magnitude of q and k (normalise them), ` +
+      `or compute in fp64 on the reference backend`,
+  );
 }
 
 /** gemm's sizes, strides and buffer lengths (row-major; op(A) m x k, op(B) k x n, C m x n). */

@@ -8,6 +8,7 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { HypeError } from '../errors.ts';
+import { splitCheckpointPath } from '../train/checkpoint.ts';
 import { loadCorpus } from '../train/corpus.ts';
 import { evaluateHeldOut, type EvalResult } from '../train/evaluate.ts';
 import { loadRunModel } from '../train/trainer.ts';
@@ -111,7 +112,7 @@ export async function runEval(runDir: string, f: EvalFlags): Promise<EvalResult[
   ];
   process.stdout.write(lines.join('\n') + '\n');
   writeFileAtomic(
-    join(runDir, 'eval.json'),
+    join(splitCheckpointPath(runDir).runDir, 'eval.json'),
     JSON.stringify(
       { run: runDir, step: state.step, corpus: corpus.path, heldOutBytes: val.length, backend: backend.name, results },
       null,

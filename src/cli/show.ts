@@ -11,15 +11,26 @@
  *   value is the logit minus the content-only logit scale * u.u = scale * d, i.e. what position adds (exactly 0
  *   for NoPE, -m_h D for ALiBi, the bucket scalar for T5, scale * (2 sum_j cos(D theta_j) - 2 pairs) for RoPE);
  * parameters are at their initialisation (seeded). `--heatmap` draws the full causal L x L pattern of one head.
- * Encodings are named as in the registry, optionally with options: `hype:preset=recency:lengthExtra=4096`.
+ * Encodings are named as in the registry, optionally with options: `hype:preset=recency:lengthExtra=4096` or
+ * `hype:{"preset":"recency"}` (the one parser of src/pe/options.ts).
  */
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { ReferenceBackend } from '../backend/reference.ts';
 import { check, HypeError } from '../errors.ts';
 import type { AttendContext, EncodingDims, PositionalEncoding } from '../pe/encoding.ts';
-import { getEncodingFactory } from '../pe/registry.ts';
-import { heatmapSpec, lineChartSpec, type HeatCell, type LinePoint } from '../plot/charts.ts';
+import { getEncodingFactory, parseEncodingSpec } from '../pe/registry.ts';
+import { splitTopLevel } from '../pe/options.ts';
+import type { TopLevelSpec } from 'vega-lite';
+import {
+  coincidentGroups,
+  diffText,
+  heatmapSpec,
+  listText,
+  lineChartSpec,
+  type HeatCell,
+  type LinePoint,
+} from '../plot/charts.ts';
 import { renderSvg, writeSvgFile } from '../plot/render.ts';
 import { Rng } from '../util/rng.ts';
 
@@ -27,7 +38,7 @@ export interface EncodingRequest {
   /** The text the user wrote, used as the legend label. */
   label: string;
   name: string;
-  options: Record<string, number | boolean | string>;
+  options: Record<string, unknown>;
 }
 
 export interface ShowSettings {
@@ -43,29 +54,13 @@ const EMBEDDING_NOTE =
 const CONTENT_FREE_NOTE =
   'others: every query and key = (1, ..., 1); logit minus the content-only logit scale * d (what position adds)';
 
-function parseValue(raw: string): number | boolean | string {
-  if (raw === 'true') return true;
-  if (raw === 'false') return false;
-  const n = Number(raw);
-  return raw.trim() !== '' && Number.isFinite(n) ? n : raw;
-}
-
-/** `name[:key=value[:key=value...]]` -> registry name and options. Unknown names give the registry's error. */
+/**
+ * `name[:options]` -> registry name and options, options as key=value pairs or JSON (`hype:preset=recency`,
+ * `hype:{"preset":"recency"}`); unknown names and option keys give the registry's error.
+ */
 export function parseEncodingRequest(text: string): EncodingRequest {
-  const [name, ...pairs] = text.trim().split(':');
-  check(!!name, 'argument', `empty encoding name in '${text}'; write e.g. alibi or hype:preset=recency`);
-  getEncodingFactory(name!); // refuses unknown names with the list of known ones
-  const options: Record<string, number | boolean | string> = {};
-  for (const pair of pairs) {
-    const eq = pair.indexOf('=');
-    check(
-      eq > 0,
-      'argument',
-      `encoding option '${pair}' in '${text}' must be key=value, e.g. ${name}:${Object.keys(getEncodingFactory(name!).defaults)[0] ?? 'key'}=value`,
-    );
-    options[pair.slice(0, eq)] = parseValue(pair.slice(eq + 1));
-  }
-  return { label: text.trim(), name: name!, options };
+  const { name, options } = parseEncodingSpec(text);
+  return { label: text.trim(), name, options };
 }
 
 function checkSettings(s: ShowSettings): void {
@@ -147,56 +142,77 @@ export function distanceProfile(req: EncodingRequest, s: ShowSettings): Float64A
   });
 }
 
-function subtitle(s: ShowSettings, extra: string): string[] {
+function subtitle(s: ShowSettings, ...extra: string[]): string[] {
   return [
     `query at position ${s.length - 1}; ${s.heads} heads of dim ${s.headDim}; training length ${s.trainLength}; ` +
       `parameters at initialisation (seed ${s.seed}); scale 1/sqrt(${s.headDim})`,
     EMBEDDING_NOTE,
     CONTENT_FREE_NOTE,
-    ...(extra ? [extra] : []),
+    ...extra.filter(Boolean),
   ];
 }
 
-/** The SVG of the per-head distance profile of one encoding, or of several overlaid per head. */
-export async function profileSvg(requests: EncodingRequest[], s: ShowSettings): Promise<string> {
+/**
+ * The chart of the per-head distance profile of one encoding, or of several: then one panel per encoding, each with
+ * its own y scale (ALiBi's -m D reaches -60 logits where the paper preset's bias is about +1: on a shared scale the
+ * small one lies flat and its sign cannot be read), and a zero line in every panel. Encodings whose curves are the
+ * same in every head are named in the subtitle, since they sit in separate panels.
+ */
+export function profileSpec(requests: EncodingRequest[], s: ShowSettings): TopLevelSpec {
   check(requests.length >= 1, 'argument', 'name at least one encoding, e.g. `hype show alibi`');
-  const points: LinePoint[] = [];
+  const labels = requests.map((r) => r.label);
+  const repeated = labels.find((l, i) => labels.indexOf(l) !== i);
+  check(repeated === undefined, 'argument', `'${repeated}' is named twice; name each encoding once`);
   const headName = (h: number): string => `head ${h + 1}`;
+  const points: LinePoint[] = [];
   for (const req of requests) {
-    const profile = distanceProfile(req, s);
-    profile.forEach((row, h) =>
-      row.forEach((y, D) =>
-        points.push(
-          requests.length === 1 ? { x: D, y, series: headName(h) } : { x: D, y, series: req.label, facet: headName(h) },
-        ),
-      ),
+    distanceProfile(req, s).forEach((row, h) =>
+      row.forEach((y, D) => points.push({ x: D, y, series: headName(h), facet: req.label })),
     );
   }
   const heads = Array.from({ length: s.heads }, (_, h) => headName(h));
   const common = {
-    points,
     xTitle: 'distance D = i - l (tokens behind the query)',
     yTitle: 'logit added by position',
-    subtitle: subtitle(s, ''),
+    yUnit: 'logits',
+    seriesTitle: 'head',
+    seriesOrder: heads,
+    markers: false, // one value per distance: markers would bury the curves
+    rules: [{ y: 0, label: '0' }],
   };
-  const spec =
-    requests.length === 1
-      ? lineChartSpec({
-          ...common,
-          title: `${requests[0]!.label}: position term per head`,
-          seriesTitle: 'head',
-          seriesOrder: heads,
-        })
-      : lineChartSpec({
-          ...common,
-          title: `${requests.map((r) => r.label).join(' vs ')}: position term per head`,
-          seriesTitle: 'encoding',
-          seriesOrder: requests.map((r) => r.label),
-          facetTitle: 'head',
-          facetOrder: heads,
-          facetColumns: Math.min(4, s.heads),
-        });
-  return renderSvg(spec);
+  if (requests.length === 1) {
+    return lineChartSpec({
+      ...common,
+      title: `${labels[0]}: position term per head`,
+      subtitle: subtitle(s),
+      points: points.map(({ facet: _, ...p }) => p),
+    });
+  }
+  const same = coincidentGroups(points.map((p) => ({ ...p, series: p.facet!, facet: p.series }))).filter(
+    (g) => g.panels.length === s.heads,
+  );
+  const sameNote = same.map(
+    (g) => `the same curves in every head (|difference| <= ${diffText(g.maxDiff)} logits): ${listText(g.series)}`,
+  );
+  return lineChartSpec({
+    ...common,
+    title: `Position term per head: ${labels.join(', ')}`,
+    subtitle: subtitle(
+      s,
+      'one panel per encoding, each with its own y scale (read the axis; the dashed line is 0)',
+      ...sameNote,
+    ),
+    points,
+    facetTitle: 'encoding',
+    facetOrder: labels,
+    facetColumns: Math.min(3, requests.length),
+    yScale: 'independent',
+  });
+}
+
+/** The SVG of profileSpec. */
+export async function profileSvg(requests: EncodingRequest[], s: ShowSettings): Promise<string> {
+  return renderSvg(profileSpec(requests, s));
 }
 
 /** The causal L x L content-free logit pattern of one head, as a heatmap SVG. */
@@ -220,7 +236,7 @@ export async function heatmapSvg(req: EncodingRequest, s: ShowSettings, head: nu
   return renderSvg(
     heatmapSpec({
       title: `${req.label}: head ${head}, logit added by position (causal)`,
-      subtitle: subtitle(s, ''),
+      subtitle: subtitle(s),
       cells,
       xTitle: 'key position l',
       yTitle: 'query position i',
@@ -253,7 +269,7 @@ function integerFlag(raw: string, flag: string): number {
 }
 
 export async function runShow(encoding: string | undefined, flags: ShowFlags): Promise<string> {
-  const texts = [...(encoding ? [encoding] : []), ...(flags.compare ? flags.compare.split(',') : [])].filter(
+  const texts = [...(encoding ? [encoding] : []), ...(flags.compare ? splitTopLevel(flags.compare, ',') : [])].filter(
     (t) => t.trim() !== '',
   );
   check(texts.length >= 1, 'argument', 'name an encoding (`hype show alibi`) or several (`--compare alibi,rope`)');
@@ -291,7 +307,7 @@ export function registerShowCommand(program: Command): void {
     .option('--head-dim <d>', 'head dimension', '64')
     .option('--train-length <n>', 'training length the encoding is built for (default: --length)')
     .option('--seed <n>', 'seed for parameter initialisation', '0')
-    .option('--compare <list>', 'comma-separated encodings to overlay, per head')
+    .option('--compare <list>', 'comma-separated encodings, drawn side by side (one panel each, own y scale)')
     .option('--heatmap', 'draw the causal L x L pattern of one head instead')
     .option('--head <h>', 'head drawn by --heatmap (1-based)', '1')
     .option('--out <file>', 'SVG file to write (default: pe-<encodings>.svg in the current directory)')

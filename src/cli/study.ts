@@ -6,8 +6,10 @@
 import type { Command } from 'commander';
 import { loadBackend, type BackendName } from '../backend/index.ts';
 import { HypeError } from '../errors.ts';
-import { EXPERIMENTS, type Experiment } from '../study/plan.ts';
+import { EXPERIMENTS, QUICK_STUDY_MINUTES, type Experiment } from '../study/plan.ts';
+import { formatDuration } from '../study/progress.ts';
 import { planFor, runStudy, writeReport } from '../study/run.ts';
+import { checkFolderPath, makeWritableDir } from '../util/fs-safe.ts';
 
 interface StudyFlags {
   quick?: boolean;
@@ -57,8 +59,12 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
     .map((s) => s.trim())
     .filter(Boolean);
   const plan = planFor({ quick: Boolean(f.quick), seeds, encodings, corpora }); // refuses bad flags before any work
+  checkFolderPath(outDir, 'the results folder (--out)');
+  checkFolderPath(f.workDir, 'the training-runs folder (--work-dir)');
+  makeWritableDir(outDir, 'the results folder (--out)');
+  makeWritableDir(f.workDir, 'the training-runs folder (--work-dir)');
   const backend = loadBackend(f.backend as BackendName, { threads: positiveInt(f.threads, '--threads') });
-  const scope = `${plan.encodings.length} encodings, ${plan.seeds.length} seed${plan.seeds.length === 1 ? '' : 's'}`;
+  const scope = `${plan.encodings.length} encoding${plan.encodings.length === 1 ? '' : 's'}, ${plan.seeds.length} seed${plan.seeds.length === 1 ? '' : 's'}`;
   const banner = f.quick
     ? `QUICK VERSION: small models, short training (${scope}) — a first look, not the full study`
     : `FULL STUDY (${scope}): resumable, may run for hours`;
@@ -66,7 +72,7 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
     `hype study ${what}: ${banner}\nhype study: results go to ${outDir}/ (backend ${backend.name})\n`,
   );
   const t0 = performance.now();
-  const { report } = await runStudy({
+  const { report, total, computed } = await runStudy({
     experiment: what as Experiment | 'all',
     quick: Boolean(f.quick),
     outDir,
@@ -81,11 +87,23 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
       .map((s) => s.trim())
       .filter(Boolean),
   });
-  const minutes = (performance.now() - t0) / 60000;
+  const name = `hype study ${what}${f.quick ? ' --quick (QUICK VERSION)' : ''}`;
   process.stdout.write(
-    `hype study ${what}${f.quick ? ' --quick (QUICK VERSION)' : ''}: done in ${minutes.toFixed(1)} minutes\n` +
+    `${doneLine(name, outDir, total, computed, (performance.now() - t0) / 1000)}\n` +
       `  outputs: ${outDir}/ (results JSON per cell, study.json, plots/*.svg)\n  report:  ${report}\n`,
   );
+}
+
+/** The closing line: how many cells were computed and in what time, or that every cell was already finished. */
+export function doneLine(name: string, outDir: string, total: number, computed: number, seconds: number): string {
+  if (computed === 0) {
+    return (
+      `${name}: nothing to compute, all ${total} cells of this plan were already finished in ${outDir}/; the ` +
+      'report was regenerated from them (--recompute <encodings> computes cells again)'
+    );
+  }
+  const rest = computed < total ? ` (the other ${total - computed} were already finished)` : '';
+  return `${name}: done, ${computed} of ${total} cells computed in ${formatDuration(seconds)}${rest}`;
 }
 
 export function registerStudy(program: Command): void {
@@ -93,7 +111,10 @@ export function registerStudy(program: Command): void {
     .command('study')
     .description('run the study (lm, flipflop, recall, precision or all; resumable) or regenerate its report')
     .argument('<what>', `one of ${CHOICES.join(', ')}`)
-    .option('--quick', 'the quick version: a few encodings, one seed, short training (about 5 minutes on 2 idle cores)')
+    .option(
+      '--quick',
+      `the quick version: a few encodings, one seed, short training (about ${QUICK_STUDY_MINUTES} minutes on 2 idle cores)`,
+    )
     .option('--out <dir>', 'results folder (default results/quick with --quick, else results/full)')
     .option('--to <file>', "with 'report': also write this Markdown file (e.g. RESULTS.md)")
     .option('--seeds <n>', "seeds 1..n (default: the plan's: 1 quick, 3 full)")

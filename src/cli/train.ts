@@ -1,24 +1,27 @@
 /**
  * `hype train --pe <name> [options]`: trains a byte-level model on a text file and writes a run folder
  * (run.json, losses.jsonl, checkpoints/). `--resume <run>` continues a run from its latest checkpoint with the
- * same losses an uninterrupted run would have produced. Ctrl-C finishes the current step, writes a checkpoint and
- * exits; a second Ctrl-C exits at once (the previous checkpoint stays valid).
+ * same losses an uninterrupted run would have produced (`--resume <run>/checkpoints/step-N`: from that one; a run
+ * cut off before its first checkpoint starts over). Ctrl-C or SIGTERM finishes the current step, writes a
+ * checkpoint and exits; a second one exits at once (the previous checkpoint stays valid).
  */
-import { readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { type Command, Option } from 'commander';
 import type { Backend } from '../backend/backend.ts';
 import { loadBackend } from '../backend/index.ts';
 import { HypeError } from '../errors.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
+import { parseEncodingOptions } from '../pe/options.ts';
+import { encodingNames, parseEncodingSpec } from '../pe/registry.ts';
 import type { DType } from '../tensor.ts';
 import type { TrainConfig } from '../train/config.ts';
-import { encodingNames } from '../pe/registry.ts';
-import { checkpointsDir } from '../train/checkpoint.ts';
+import { checkpointsDir, splitCheckpointPath } from '../train/checkpoint.ts';
 import { DEFAULT_CORPUS } from '../train/corpus.ts';
 import { DEFAULT_EVAL_BYTES, TrainingRun } from '../train/trainer.ts';
+import { Claim, claimStaleMs } from '../util/claim.ts';
+import { checkFolderPath, readJsonFile } from '../util/fs-safe.ts';
 import { progressBar } from './progress.ts';
-import { parseEncodingRequest } from './show.ts';
 
 /**
  * The compute backend a command asked for: 'auto' (native when built, else reference; always reference for a
@@ -40,8 +43,10 @@ export async function chooseBackend(name: string, threads?: string, dtype?: DTyp
  * The model dtype of a run folder, from its run.json or else its latest checkpoint's state (undefined when neither
  * reads: loading the run then says why).
  */
-export function runDtype(runDir: string): DType | undefined {
-  const read = (path: string) => JSON.parse(readFileSync(path, 'utf8'));
+export function runDtype(path: string): DType | undefined {
+  const { runDir } = splitCheckpointPath(path);
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const read = (file: string) => readJsonFile(file, 'run file', '') as any;
   try {
     return read(join(runDir, 'run.json')).model.dtype;
   } catch {
@@ -111,15 +116,11 @@ const num = (v: string) => {
 };
 
 function readJson(path: string, what: string): unknown {
-  try {
-    return JSON.parse(readFileSync(path, 'utf8'));
-  } catch (err) {
-    throw new HypeError('io', `cannot read ${what} '${path}' (${(err as Error).message}); pass a JSON file`);
-  }
+  return readJsonFile(path, what, 'pass a JSON file');
 }
 
 /** Model config from --model-config (a JSON file) overlaid with explicit flags; undefined if nothing was given. */
-function modelConfigFrom(f: TrainFlags): Record<string, unknown> {
+export function modelConfigFrom(f: TrainFlags): Record<string, unknown> {
   const base = f.modelConfig ? (readJson(f.modelConfig, 'model config') as Record<string, unknown>) : {};
   const out: Record<string, unknown> = { ...base };
   const set = (k: string, v: unknown) => {
@@ -127,16 +128,22 @@ function modelConfigFrom(f: TrainFlags): Record<string, unknown> {
   };
   if (f.pe !== undefined || f.peOptions !== undefined) {
     const basePe = (typeof base.pe === 'object' && base.pe) || {};
-    // `--pe hype:preset=recency` (the syntax of `hype show`) and `--pe-options '{"preset":"recency"}'` combine.
-    const request = f.pe !== undefined ? parseEncodingRequest(f.pe) : undefined;
-    const options = {
-      ...request?.options,
-      ...(f.peOptions !== undefined ? readPeOptions(f.peOptions) : {}),
-    };
+    // --pe takes `name` or `name:options`, --pe-options the options alone; both in either syntax (pe/options.ts).
+    const named = f.pe !== undefined ? parseEncodingSpec(f.pe) : undefined;
+    const inline = f.pe?.includes(':') ? named!.options : undefined;
+    const flagged = f.peOptions !== undefined ? parseEncodingOptions(f.peOptions) : undefined;
+    for (const key of Object.keys(flagged ?? {})) {
+      if (inline && Object.hasOwn(inline, key)) {
+        throw new HypeError(
+          'argument',
+          `encoding option '${key}' is given in both --pe and --pe-options; give it once`,
+        );
+      }
+    }
     out.pe = {
       ...basePe,
-      ...(request ? { name: request.name } : {}),
-      ...(Object.keys(options).length > 0 ? { options } : {}),
+      ...(named ? { name: named.name } : {}),
+      ...(inline || flagged ? { options: { ...inline, ...flagged } } : {}),
     };
   }
   set('width', f.width);
@@ -148,16 +155,6 @@ function modelConfigFrom(f: TrainFlags): Record<string, unknown> {
   set('dtype', f.dtype);
   set('seed', f.seed);
   return out;
-}
-
-function readPeOptions(s: string): Record<string, unknown> {
-  try {
-    const v = JSON.parse(s);
-    if (typeof v === 'object' && v !== null && !Array.isArray(v)) return v;
-  } catch {
-    // fall through to the error below
-  }
-  throw new HypeError('argument', `--pe-options must be a JSON object such as '{"preset":"recency"}', got ${s}`);
 }
 
 function trainConfigFrom(f: TrainFlags): Partial<TrainConfig> {
@@ -185,18 +182,73 @@ function timestamp(): string {
   return new Date().toISOString().replace(/[-:]/g, '').replace('T', '-').replace(/\..*$/, '');
 }
 
+/**
+ * `hype train` claims its run folder (util/claim.ts) so that two processes never train one run: a second
+ * --resume of a run being trained is refused, and a run cut off before its first checkpoint is only restarted
+ * when no live process is writing it. The claim of a killed process goes stale after TRAIN_CLAIM_STALE_MS.
+ */
+const TRAIN_CLAIM_STALE_MS = () => Math.min(claimStaleMs(), 10_000);
+
 export async function runTrain(f: TrainFlags): Promise<void> {
   const dtype = f.resume ? runDtype(f.resume) : ((f.dtype ?? modelConfigFrom(f).dtype) as DType | undefined);
   const backend = await chooseBackend(f.backend, f.threads, dtype);
+  let runDir: string;
+  let modelConfig: ModelConfig | undefined;
+  if (f.resume) {
+    runDir = splitCheckpointPath(f.resume).runDir;
+  } else {
+    if (!f.pe && !f.modelConfig) {
+      throw new HypeError(
+        'argument',
+        `missing --pe <name> (the positional encoding), e.g. 'hype train --pe hype'; one of: ${encodingNames().join(', ')}`,
+      );
+    }
+    modelConfig = parseModelConfig(modelConfigFrom(f));
+    runDir = f.runDir ?? join('runs', `${f.name ?? modelConfig.pe.name}-${timestamp()}`);
+  }
+  checkFolderPath(runDir, 'run folder');
+  // A --resume of a folder that does not exist is refused by the trainer; no claim (nor its parent) is made for it.
+  if (f.resume && !existsSync(runDir)) return trainClaimed(f, backend, runDir, modelConfig);
+  const stale = TRAIN_CLAIM_STALE_MS();
+  const claim = await Claim.takeWithin(runDir, 'training run', stale + 2000, stale, () =>
+    process.stderr.write(
+      `hype train: '${runDir}' is claimed by another process; waiting up to ${(stale + 2000) / 1000} s in case ` +
+        'that process was killed\n',
+    ),
+  );
+  if (!claim) {
+    throw new HypeError(
+      'argument',
+      `run folder '${runDir}' is being trained by another live hype process; let it finish (or stop it with ` +
+        'Ctrl-C, which checkpoints) before resuming it, or choose another --run-dir',
+    );
+  }
+  try {
+    await trainClaimed(f, backend, runDir, modelConfig, claim);
+  } finally {
+    await claim.release();
+  }
+}
+
+async function trainClaimed(
+  f: TrainFlags,
+  backend: Backend,
+  runDir: string,
+  modelConfig: ModelConfig | undefined,
+  claim?: Claim,
+): Promise<void> {
   let run: TrainingRun;
   if (f.resume) {
     const explicitModel = modelConfigFrom(f);
     const trainFlags = trainConfigFrom(f);
     const { data, steps, ...trainExpect } = trainFlags;
-    run = TrainingRun.resume(f.resume, backend, {
+    // --resume takes a run folder (its latest checkpoint) or one checkpoint folder <run>/checkpoints/step-N.
+    const { checkpoint } = splitCheckpointPath(f.resume);
+    run = TrainingRun.resume(runDir, backend, {
       expectTrain: trainExpect,
       steps,
       dataOverride: data,
+      checkpoint,
     });
     if (Object.keys(explicitModel).length > 0) {
       // Only the options given are compared: a full config rebuilt from them would add defaults.
@@ -216,17 +268,16 @@ export async function runTrain(f: TrainFlags): Promise<void> {
       }
     }
   } else {
-    if (!f.pe && !f.modelConfig) {
-      throw new HypeError(
-        'argument',
-        `missing --pe <name> (the positional encoding), e.g. 'hype train --pe hype'; one of: ${encodingNames().join(', ')}`,
-      );
-    }
-    const modelConfig: ModelConfig = parseModelConfig(modelConfigFrom(f));
-    const runDir = f.runDir ?? join('runs', `${f.name ?? modelConfig.pe.name}-${timestamp()}`);
-    run = TrainingRun.start(runDir, modelConfig, { data: DEFAULT_CORPUS, ...trainConfigFrom(f) }, backend);
+    run = TrainingRun.start(runDir, modelConfig!, { data: DEFAULT_CORPUS, ...trainConfigFrom(f) }, backend);
   }
 
+  if (run.step >= run.train.steps) {
+    process.stdout.write(
+      `run ${run.runDir} is already finished (step ${run.step}/${run.train.steps}); nothing to train. ` +
+        `To train it further pass a larger total, e.g. --resume ${run.runDir} --steps ${run.train.steps * 2}\n`,
+    );
+    return;
+  }
   const cfg = run.model.config;
   const tokensPerStep = run.train.batch * cfg.trainLength;
   const say = (s: string) => {
@@ -236,16 +287,19 @@ export async function runTrain(f: TrainFlags): Promise<void> {
     `hype train: ${cfg.pe.name}, ${cfg.layers} layers x width ${cfg.width}, ${cfg.heads} heads, ` +
       `${run.model.parameterCount()} parameters, ${cfg.dtype} on ${backend.name}; ` +
       `${run.train.steps} steps of ${run.train.batch} x ${cfg.trainLength} bytes from '${run.corpus.path}' -> ${run.runDir}` +
-      (run.step > 0 ? ` (resuming at step ${run.step})` : ''),
+      (run.step > 0 ? ` (resuming at step ${run.step})` : '') +
+      (run.restarted ? ' (starting over: the run was cut off before its first checkpoint)' : ''),
   );
 
+  // SIGINT (Ctrl-C) and SIGTERM (what job schedulers and containers send) both finish the step and checkpoint.
   let stopRequested = false;
-  const onSigint = () => {
-    if (stopRequested) process.exit(130);
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (stopRequested) process.exit(sig === 'SIGTERM' ? 143 : 130);
     stopRequested = true;
-    process.stderr.write('\nhype train: finishing this step and writing a checkpoint (Ctrl-C again to quit now)\n');
+    process.stderr.write(`\nhype train: ${sig}: finishing this step and writing a checkpoint (again to quit now)\n`);
   };
-  process.on('SIGINT', onSigint);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   const bar = f.quiet ? null : progressBar('train', '| loss {loss} | {tps} tok/s');
   bar?.start(run.train.steps, run.step, { loss: '-', tps: '-' });
   let recent = 0;
@@ -267,6 +321,8 @@ export async function runTrain(f: TrainFlags): Promise<void> {
         }
       },
       onStep: (rec) => {
+        // A claim lost (this process froze past the stale limit, another took the run over): stop, write nothing.
+        claim?.check();
         lastTrainLoss = rec.loss;
         recent = 0.9 * recent + 0.1 * tokensPerStep;
         recentSeconds = 0.9 * recentSeconds + 0.1 * rec.seconds;
@@ -281,7 +337,8 @@ export async function runTrain(f: TrainFlags): Promise<void> {
     );
   } finally {
     bar?.stop();
-    process.off('SIGINT', onSigint);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
 }
 
@@ -292,11 +349,11 @@ export function registerTrain(program: Command): void {
     .option(
       '--pe <name>',
       `positional encoding, required for a new run: ${encodingNames().join(', ')}; ` +
-        'options may follow as in `hype show`, e.g. hype:preset=recency',
+        'options may follow as key=value pairs or JSON, e.g. hype:preset=recency',
     )
     .option(
-      '--pe-options <json>',
-      'encoding options as JSON, e.g. \'{"preset":"recency"}\' (same as hype:preset=recency)',
+      '--pe-options <options>',
+      'encoding options as JSON or key=value pairs: \'{"preset":"recency"}\' or preset=recency:lengthExtra=4096',
     )
     .option('--model-config <file>', 'model config JSON (flags below override its keys)')
     .option('--width <n>', 'model width (default 128)', int)
@@ -337,7 +394,10 @@ export function registerTrain(program: Command): void {
     )
     .option('--run-dir <dir>', 'run folder (default runs/<name>-<timestamp>)')
     .option('--name <name>', 'run name used in the default folder (default: the encoding)')
-    .option('--resume <run>', 'continue the run in this folder from its latest checkpoint')
+    .option(
+      '--resume <run>',
+      'continue the run in this folder from its latest checkpoint (or pass <run>/checkpoints/step-N for that one)',
+    )
     .option('--quiet', 'no progress output');
   addBackendOptions(cmd).action(async (flags: TrainFlags) => runTrain(flags));
 }

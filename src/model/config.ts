@@ -4,6 +4,7 @@
  * in a config file is an error rather than a silently ignored key.
  */
 import { HypeError, check } from '../errors.ts';
+import { findEncodingFactory, splitEncodingSpec } from '../pe/registry.ts';
 import type { DType } from '../tensor.ts';
 
 /** Byte-level: every UTF-8 byte is a token. */
@@ -115,7 +116,7 @@ export function parseModelConfig(raw: unknown): ModelConfig {
 }
 
 function parsePe(v: unknown): ModelConfig['pe'] {
-  if (typeof v === 'string') return { name: v, options: {} };
+  if (typeof v === 'string') v = splitEncodingSpec(v); // 'name' or 'name:options' (pe/options.ts)
   check(
     typeof v === 'object' && v !== null && typeof (v as { name?: unknown }).name === 'string',
     'argument',
@@ -128,7 +129,11 @@ function parsePe(v: unknown): ModelConfig['pe'] {
     'argument',
     `model config 'pe.options' must be an object, got ${JSON.stringify(options)}`,
   );
-  return { name, options: { ...((options as Record<string, unknown> | undefined) ?? {}) } };
+  const checked = { ...((options as Record<string, unknown> | undefined) ?? {}) };
+  // A registered encoding's option keys and types are checked before anything is built; the name itself is checked
+  // where the model is built (a model may be given an encoding factory of its own).
+  findEncodingFactory(name)?.checkOptions?.(checked);
+  return { name, options: checked };
 }
 
 function parseDtype(v: unknown): DType {

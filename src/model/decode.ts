@@ -17,7 +17,7 @@
  *   but O(length * d^2) per query rather than O(length * d)).
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
-import { layerOpsOf, type LayerOps } from '../backend/layers.ts';
+import type { LayerOps } from '../backend/layers.ts';
 import { HypeError, check } from '../errors.ts';
 import type { CachedAttention } from '../pe/encoding.ts';
 import { allocate, headsToTokens, type FloatArray } from '../tensor.ts';
@@ -78,7 +78,7 @@ export class CachedDecoder implements Decoder {
     checkGenerationLength(model, capacity);
     const cfg = model.config;
     this.backend = model.backend;
-    this.ops = layerOpsOf(model.backend);
+    this.ops = model.backend;
     this.headDim = cfg.width / cfg.heads;
     const plan = { batch, maxPositions: capacity, dtype: cfg.dtype };
     this.hooks = model.blockEncodings.map((enc) => enc.cachedAttention?.(plan) ?? null);

@@ -11,7 +11,7 @@
  * backend.ts. Parameter gradients ACCUMULATE; call zeroGrad() before each backward you want on its own.
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
-import { layerOpsOf, type LayerOps } from '../backend/layers.ts';
+import type { LayerOps } from '../backend/layers.ts';
 import { HypeError, check } from '../errors.ts';
 import type { AttendResult, EncodingFactory, Param, PositionalEncoding } from '../pe/encoding.ts';
 import { getEncodingFactory } from '../pe/registry.ts';
@@ -142,7 +142,7 @@ export class Transformer {
     readonly backend: Backend,
     options: TransformerOptions = {},
   ) {
-    this.ops = layerOpsOf(backend);
+    this.ops = backend;
     this.headDim = config.width / config.heads;
     const rng = new Rng(config.seed);
     this.params = allocateParams(config);

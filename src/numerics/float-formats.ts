@@ -8,6 +8,8 @@
  * fp32), with gradual underflow (subnormals kept), overflow to +-Infinity, signed zeros and NaN preserved.
  */
 
+import { check } from '../errors.ts';
+
 export type FloatFormatName = 'fp64' | 'fp32' | 'fp16' | 'bf16';
 
 export interface FloatFormat {
@@ -48,8 +50,30 @@ export const BF16: FloatFormat = makeFormat('bf16', 8, -126, 127);
 
 const FORMATS: Record<FloatFormatName, FloatFormat> = { fp64: FP64, fp32: FP32, fp16: FP16, bf16: BF16 };
 
+/** The format called `name`; any other name (e.g. 'fp8') is refused with the list, never returned as undefined. */
 export function floatFormat(name: FloatFormatName): FloatFormat {
+  check(
+    typeof name === 'string' && isFloatFormatName(name),
+    'argument',
+    () => `unknown float format ${JSON.stringify(name)}; choose one of ${Object.keys(FORMATS).join(', ')}`,
+  );
   return FORMATS[name];
+}
+
+const KNOWN = new Set<unknown>(Object.values(FORMATS));
+
+/**
+ * Refuses anything but the four format objects (a name such as 'fp16' passed where the object belongs would
+ * otherwise round every value to NaN, silently).
+ */
+function knownFormat(fmt: unknown): void {
+  check(
+    KNOWN.has(fmt),
+    'argument',
+    () =>
+      `expected a float format object (FP64, FP32, FP16, BF16 or floatFormat(name)), got ${JSON.stringify(fmt)}` +
+      (typeof fmt === 'string' ? `; pass floatFormat('${fmt}')` : ''),
+  );
 }
 
 export function isFloatFormatName(s: string): s is FloatFormatName {
@@ -80,6 +104,7 @@ function roundHalfEven(y: number): number {
  * negative underflow keep their sign.
  */
 export function roundTo(fmt: FloatFormat, x: number): number {
+  if (fmt !== FP16 && fmt !== BF16 && fmt !== FP32 && fmt !== FP64) knownFormat(fmt); // identity: cheap per value
   if (fmt.precision === 53 || !Number.isFinite(x) || x === 0) return x;
   const a = Math.abs(x);
   // The spacing of representable values around a: 2^(e - p + 1) in the binade of a, fixed below the normal range
@@ -103,6 +128,13 @@ export function roundToBf16(x: number): number {
 
 /** Rounds every element of `src` into `dst` (default: a new array of the same type; `dst` may be `src`). */
 export function roundArray<A extends Float32Array | Float64Array>(fmt: FloatFormat, src: A, dst?: A): A {
+  knownFormat(fmt);
+  check(
+    (src instanceof Float32Array || src instanceof Float64Array) &&
+      (dst === undefined || (dst.constructor === src.constructor && dst.length === src.length)),
+    'argument',
+    'roundArray takes a Float32Array or Float64Array and, optionally, a destination of the same type and length',
+  );
   const out = dst ?? (src.slice() as A);
   if (fmt.name === 'fp32') {
     for (let i = 0; i < src.length; i++) out[i] = Math.fround(src[i]!);

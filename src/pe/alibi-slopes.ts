@@ -4,12 +4,11 @@
  * largest power of two below H, the reference recipe takes all p slopes of slopes(p) and then every other slope
  * of slopes(2p), starting with the first, until H slopes are listed: slopes(p) + slopes(2p)[0::2][:H-p]. The
  * extra heads therefore fall between the existing ones instead of extending the sequence to ever flatter slopes.
+ * Written as one loop over the output (no intermediate lists, no argument spreading), so any head count an array
+ * can hold works.
  */
 import { check } from '../errors.ts';
-
-function powerOfTwoSlopes(n: number): number[] {
-  return Array.from({ length: n }, (_, h) => 2 ** ((-8 * (h + 1)) / n));
-}
+import { allocate } from '../tensor.ts';
 
 export function alibiSlopes(heads: number): Float64Array {
   check(
@@ -17,11 +16,11 @@ export function alibiSlopes(heads: number): Float64Array {
     'argument',
     () => `ALiBi slopes need a positive integer head count, got ${heads}; pass the number of query heads`,
   );
-  const p = 2 ** Math.floor(Math.log2(heads));
-  const slopes = powerOfTwoSlopes(p);
-  if (p < heads) {
-    const finer = powerOfTwoSlopes(2 * p).filter((_, i) => i % 2 === 0);
-    slopes.push(...finer.slice(0, heads - p));
-  }
-  return Float64Array.from(slopes);
+  const slopes = allocate('float64', heads, `ALiBi slopes for ${heads} heads`) as Float64Array;
+  let p = 1;
+  while (p * 2 <= heads) p *= 2;
+  for (let h = 0; h < p; h++) slopes[h] = 2 ** ((-8 * (h + 1)) / p);
+  // slopes(2p)[2j] = 2^(-8 (2j + 1) / (2p)): the odd steps of the finer sequence.
+  for (let j = 0; p + j < heads; j++) slopes[p + j] = 2 ** ((-8 * (2 * j + 1)) / (2 * p));
+  return slopes;
 }

@@ -2,7 +2,7 @@
  * ALiBi (Press et al. 2021): no position in q or k; each head h adds a fixed linear penalty to the logits,
  *   bias(h, D) = -m_h |D|,   D = i - l,
  * with the reference slopes m_h of alibi-slopes.ts (2^-1 .. 2^-8 for 8 heads, interleaved for other counts).
- * Runs as the kernel's 'alibi' bias, so it is never stored as an L x L tensor.
+ * Reaches the kernel as a distance table [H, span] (distance-table.ts), never as an L x L tensor.
  *
  * Choices the paper leaves open: the slopes are fixed (not trained), as in the paper; without a causal mask the
  * penalty is symmetric in |D| (the paper defines only the causal case).
@@ -10,11 +10,13 @@
 import { check } from '../errors.ts';
 import type { AttendContext, EncodingDims, EncodingFactory, PositionalEncoding } from './encoding.ts';
 import { alibiSlopes } from './alibi-slopes.ts';
-import { backendAttention, checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
+import { checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
+import { alibiDistanceTable, geometryOf, tableAttention } from './distance-table.ts';
+import { defineEncoding } from './options.ts';
 
 export type AlibiOptions = Record<string, never>;
 
-export const alibiEncoding: EncodingFactory<AlibiOptions> = {
+export const alibiEncoding: EncodingFactory<AlibiOptions> = defineEncoding<AlibiOptions>({
   name: 'alibi',
   description: 'ALiBi (Press et al. 2021): fixed per-head linear distance penalty -m_h |D|, reference slopes',
   sites: ['score-bias'],
@@ -34,7 +36,7 @@ export const alibiEncoding: EncodingFactory<AlibiOptions> = {
       maxLength: Infinity,
       attend(ctx, { q, k, v }) {
         checkHeads(ctx);
-        const run = backendAttention(ctx, q, k, v, { kind: 'alibi', slopes });
+        const run = tableAttention(ctx, q, k, v, alibiDistanceTable(slopes, geometryOf(ctx)));
         return {
           out: run.out,
           backward(dOut) {
@@ -53,4 +55,4 @@ export const alibiEncoding: EncodingFactory<AlibiOptions> = {
       },
     };
   },
-};
+});

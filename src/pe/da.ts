@@ -41,6 +41,7 @@ import {
 } from './explicit-attention.ts';
 import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
 import { attentionScale } from './attention-plumbing.ts';
+import { defineEncoding } from './options.ts';
 
 export interface DaOptions {
   /** Heads start with w_h evenly spaced in [-weightInit, weightInit]. */
@@ -220,7 +221,7 @@ export class DaEncoding implements PositionalEncoding {
   }
 }
 
-export const daFactory: EncodingFactory<DaOptions> = {
+export const daFactory: EncodingFactory<DaOptions> = defineEncoding<DaOptions>({
   name: 'da',
   description: 'DA-Transformer: ReLU(q.k) rescaled by a learnable sigmoid of a per-head weighted distance',
   sites: ['score-rescale'],
@@ -241,4 +242,4 @@ export const daFactory: EncodingFactory<DaOptions> = {
     }
     return enc;
   },
-};
+});

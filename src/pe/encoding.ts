@@ -123,5 +123,10 @@ export interface EncodingFactory<O extends object = Record<string, unknown>> {
   readonly description: string;
   readonly sites: readonly EncodingSite[];
   readonly defaults: Readonly<O>;
+  /**
+   * Refuses option keys this encoding does not have and values of the wrong type (one HypeError naming the key and
+   * the allowed keys); `create` runs it too. Factories built with defineEncoding (options.ts) have it.
+   */
+  readonly checkOptions?: (options: unknown) => void;
   create(dims: EncodingDims, options: Partial<O>, rng: Rng): PositionalEncoding;
 }

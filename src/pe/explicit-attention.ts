@@ -13,9 +13,10 @@
  * v [B, Hkv, Lk, Dv]; query row i sits at i + queryOffset.
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
-import { layerOpsOf, referenceLayerOps, type LayerOps } from '../backend/layers.ts';
+import { referenceLayerOps, type LayerOps } from '../backend/layers.ts';
 import { referenceGemm } from '../backend/reference.ts';
 import { check } from '../errors.ts';
+import { checkFiniteTensor } from '../backend/validate.ts';
 import { allocate, dtypeOf, type DType, type FloatArray } from '../tensor.ts';
 import type { AttendContext, AttendInputs, Param } from './encoding.ts';
 
@@ -316,7 +317,7 @@ export function explicitAttention(
       hooks.logits(b, h, kh, P);
     }
   }
-  softmaxAllRows(probs, B * H, lq, lk, mask, dtype === 'float32' && ctx.backend ? layerOpsOf(ctx.backend) : null);
+  softmaxAllRows(probs, B * H, lq, lk, mask, dtype === 'float32' && ctx.backend ? ctx.backend : null);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       const { P, vv } = views(b, h);
@@ -326,6 +327,10 @@ export function explicitAttention(
       hooks.valueTerm?.(b, h, P, o);
     }
   }
+  // The logits come from the encoding's own terms (parameters, sinusoids, content products), which no input check
+  // bounds: one that overflows turns its row into NaN, and a finite forward can still overflow in the backward. A
+  // scan of the results (small beside the O(B H Lq Lk D) products) makes that one error naming where it happened.
+  checkFiniteTensor(out, `attention over explicit logits (${dtype}): out`, [B, H, lq, dv]);
 
   const backward = (dOutInput: FloatArray) => {
     check(
@@ -369,6 +374,9 @@ export function explicitAttention(
         }
       }
     }
+    checkFiniteTensor(dq, `attention over explicit logits (${dtype}): dq`, [B, H, lq, D]);
+    checkFiniteTensor(dk, `attention over explicit logits (${dtype}): dk`, [B, Hkv, lk, D]);
+    checkFiniteTensor(dV, `attention over explicit logits (${dtype}): dv`, [B, Hkv, lk, dv]);
     return {
       dq: asDtype(dq, dtypeOf(qInput)),
       dk: asDtype(dk, dtypeOf(kInput)),
@@ -462,9 +470,20 @@ function softmaxBackwardRows(P: FloatArray, dP: FloatArray, lq: number, lk: numb
 /** A trainable tensor whose data and gradient are fp64 (what these encodings create and compute on). */
 export type Param64 = Param & { readonly data: Float64Array; readonly grad: Float64Array };
 
-/** A zero-initialised trainable tensor (fp64 data and gradient). */
+/**
+ * A zero-initialised trainable tensor (fp64 data and gradient); a size no array can hold (an option such as a
+ * clip distance of 1e9) is one HypeError naming the parameter and its shape.
+ */
 export function createParam(name: string, shape: readonly number[], decay: boolean): Param64 {
   let n = 1;
   for (const s of shape) n *= s;
-  return { name, shape: [...shape], data: new Float64Array(n), grad: new Float64Array(n), decay };
+  const what = `parameter ${name} [${shape.join(', ')}]`;
+  const data = allocate('float64', n, what) as Float64Array;
+  return {
+    name,
+    shape: [...shape],
+    data,
+    grad: allocate('float64', n, `the gradient of ${what}`) as Float64Array,
+    decay,
+  };
 }

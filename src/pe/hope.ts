@@ -23,6 +23,7 @@ import { check } from '../errors.ts';
 import type { EncodingDims, EncodingFactory, PositionalEncoding } from './encoding.ts';
 import { ropeFrequencies } from './rope.ts';
 import { rotaryAttend, rotaryCachedAttention, rotaryDenseLogits } from './rotary.ts';
+import { defineEncoding } from './options.ts';
 
 export interface HopeOptions {
   /** RoPE frequency base. */
@@ -40,7 +41,7 @@ export function hopeFrequencies(headDim: number, base: number, cutoffLength: num
   return all.slice(0, kept);
 }
 
-export const hopeEncoding: EncodingFactory<HopeOptions> = {
+export const hopeEncoding: EncodingFactory<HopeOptions> = defineEncoding<HopeOptions>({
   name: 'hope',
   description: 'HoPE (Chen et al. 2024): RoPE keeping only components with a full period within the training length',
   sites: ['qk-transform'],
@@ -65,4 +66,4 @@ export const hopeEncoding: EncodingFactory<HopeOptions> = {
       cachedAttention: () => rotaryCachedAttention(dims.headDim, freqs),
     };
   },
-};
+});

@@ -11,6 +11,8 @@ import { check, HypeError } from '../errors.ts';
 import type { Rng } from '../util/rng.ts';
 import type { EncodingDims, EncodingFactory, Param, PositionalEncoding } from './encoding.ts';
 import { plainAttend, plainDenseLogits } from './attention-plumbing.ts';
+import { createParam } from './explicit-attention.ts';
+import { defineEncoding } from './options.ts';
 
 export interface LearnedOptions {
   /** Rows in the table: the longest sequence (offset + length) accepted. 0 (the default) means the training length. */
@@ -30,11 +32,12 @@ function checkCovered(maxLength: number, offset: number, length: number): void {
   }
 }
 
-export const learnedEncoding: EncodingFactory<LearnedOptions> = {
+export const learnedEncoding: EncodingFactory<LearnedOptions> = defineEncoding<LearnedOptions>({
   name: 'learned',
   description: 'learned absolute position table added to the embeddings (GPT-2 style), fixed maximum length',
   sites: ['embedding'],
   defaults: { maxLength: 0, initStd: 0.02 },
+  sizeKeys: ['maxLength'],
   create(dims: EncodingDims, options: Partial<LearnedOptions>, rng: Rng): PositionalEncoding {
     const maxLength = options.maxLength || dims.trainLength;
     const initStd = options.initStd ?? 0.02;
@@ -45,13 +48,7 @@ export const learnedEncoding: EncodingFactory<LearnedOptions> = {
     );
     check(initStd >= 0 && Number.isFinite(initStd), 'argument', `learned initStd must be >= 0, got ${initStd}`);
     const width = dims.modelDim;
-    const table: Param = {
-      name: 'positions',
-      shape: [maxLength, width],
-      data: new Float64Array(maxLength * width),
-      grad: new Float64Array(maxLength * width),
-      decay: false,
-    };
+    const table: Param = createParam('positions', [maxLength, width], false);
     rng.fillNormal(table.data, initStd);
     const checkCall = (x: ArrayLike<number>, batch: number, length: number, w: number, offset: number): void => {
       check(w === width, 'shape', `learned positions were built for width ${width} but got width ${w}`);
@@ -88,4 +85,4 @@ export const learnedEncoding: EncodingFactory<LearnedOptions> = {
       denseLogits: plainDenseLogits,
     };
   },
-};
+});

@@ -4,10 +4,11 @@
  */
 import type { EncodingFactory, PositionalEncoding } from './encoding.ts';
 import { plainAttend, plainDenseLogits } from './attention-plumbing.ts';
+import { defineEncoding } from './options.ts';
 
 export type NoneOptions = Record<string, never>;
 
-export const noneEncoding: EncodingFactory<NoneOptions> = {
+export const noneEncoding: EncodingFactory<NoneOptions> = defineEncoding<NoneOptions>({
   name: 'none',
   description: 'NoPE: no position signal; causal masking is the only source of order',
   sites: ['none'],
@@ -22,4 +23,4 @@ export const noneEncoding: EncodingFactory<NoneOptions> = {
       denseLogits: plainDenseLogits,
     };
   },
-};
+});

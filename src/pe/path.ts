@@ -58,6 +58,7 @@ import {
 } from './explicit-attention.ts';
 import { attentionScale } from './attention-plumbing.ts';
 import { pathAttention, type PathFactors } from './path-attention.ts';
+import { defineEncoding } from './options.ts';
 
 export interface PathOptions {
   /** Causal depthwise convolution (kernel convSize) + SiLU before the normalisation, as in the released layer. */
@@ -383,11 +384,12 @@ function timesFactor(M: Float64Array, w: number[], beta: number): void {
   }
 }
 
-export const pathFactory: EncodingFactory<PathOptions> = {
+export const pathFactory: EncodingFactory<PathOptions> = defineEncoding<PathOptions>({
   name: 'path',
   description: 'PaTH: data-dependent Householder-like factors I - beta w w^T accumulated between key and query',
   sites: ['data-dependent'],
   defaults: DEFAULTS,
+  sizeKeys: ['convSize'],
   create(dims: EncodingDims, options: Partial<PathOptions>, rng: Rng): PathEncoding {
     const o = { ...DEFAULTS, ...options };
     check(
@@ -415,7 +417,7 @@ export const pathFactory: EncodingFactory<PathOptions> = {
     }
     return enc;
   },
-};
+});
 
 function dotAt(a: Float64Array, ao: number, b: Float64Array, bo: number, n: number): number {
   let s = 0;

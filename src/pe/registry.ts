@@ -1,6 +1,8 @@
 /**
- * Name -> factory for every positional encoding, used by the model, the CLI and the study.
- * To add an encoding: import its factory and list it in FACTORIES (one line each, kept alphabetical).
+ * Name -> factory for every positional encoding, used by the model, the CLI and the study, and the parser of an
+ * encoding written as text: `name`, `name:key=value:key=value` or `name:{"key": value}` (options.ts).
+ * To add an encoding: build its factory with defineEncoding (options.ts), import it and list it in FACTORIES (one
+ * line each, kept alphabetical).
  */
 import { HypeError } from '../errors.ts';
 import { alibiEncoding } from './alibi.ts';
@@ -10,6 +12,7 @@ import { hopeEncoding } from './hope.ts';
 import { hypeEncoding } from './hype/encoding.ts';
 import { learnedEncoding } from './learned.ts';
 import { noneEncoding } from './none.ts';
+import { parseEncodingOptions } from './options.ts';
 import { pathFactory } from './path.ts';
 import { ropeEncoding } from './rope.ts';
 import { shawFactory } from './shaw.ts';
@@ -50,4 +53,36 @@ export function getEncodingFactory(name: string): AnyFactory {
     );
   }
   return f;
+}
+
+/** An encoding and its options, as text: `name`, `name:key=value:...` or `name:{...json...}`. */
+export interface EncodingSpec {
+  name: string;
+  options: Record<string, unknown>;
+}
+
+/** `name[:options]` split into the name and its parsed options (syntax only: the name is not looked up). */
+export function splitEncodingSpec(text: string): EncodingSpec {
+  const trimmed = text.trim();
+  const colon = trimmed.indexOf(':');
+  const name = (colon < 0 ? trimmed : trimmed.slice(0, colon)).trim();
+  if (name === '') {
+    throw new HypeError('argument', `empty encoding name in '${text}'; write e.g. alibi or hype:preset=recency`);
+  }
+  return { name, options: colon < 0 ? {} : parseEncodingOptions(trimmed.slice(colon + 1)) };
+}
+
+/** The registered factory called `name`, or undefined (models may also be built with a factory of their own). */
+export function findEncodingFactory(name: string): AnyFactory | undefined {
+  return byName.get(name);
+}
+
+/**
+ * Parses `name[:options]` (options in either syntax of options.ts) and checks the name and the option keys and types
+ * against the factory, so a misspelt encoding or option is refused before anything is built or trained.
+ */
+export function parseEncodingSpec(text: string): EncodingSpec {
+  const spec = splitEncodingSpec(text);
+  getEncodingFactory(spec.name).checkOptions?.(spec.options);
+  return spec;
 }

@@ -11,6 +11,7 @@
 import { check } from '../errors.ts';
 import type { EncodingDims, EncodingFactory, PositionalEncoding } from './encoding.ts';
 import { rotaryAttend, rotaryCachedAttention, rotaryDenseLogits } from './rotary.ts';
+import { defineEncoding } from './options.ts';
 
 export interface RopeOptions {
   /** Frequency base (10000 in the paper). */
@@ -28,7 +29,7 @@ export function ropeFrequencies(headDim: number, base: number, rotaryFraction: n
   return freqs;
 }
 
-export const ropeEncoding: EncodingFactory<RopeOptions> = {
+export const ropeEncoding: EncodingFactory<RopeOptions> = defineEncoding<RopeOptions>({
   name: 'rope',
   description: 'rotary position embedding (Su et al. 2021): rotates q/k pairs, base and rotary fraction configurable',
   sites: ['qk-transform'],
@@ -58,4 +59,4 @@ export const ropeEncoding: EncodingFactory<RopeOptions> = {
       cachedAttention: () => rotaryCachedAttention(dims.headDim, freqs),
     };
   },
-};
+});

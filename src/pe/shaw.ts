@@ -41,6 +41,7 @@ import {
 } from './explicit-attention.ts';
 import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
 import { attentionScale } from './attention-plumbing.ts';
+import { defineEncoding } from './options.ts';
 
 export interface ShawOptions {
   /** Largest relative distance with its own embedding; farther keys share the edge embedding. */
@@ -242,11 +243,12 @@ export class ShawEncoding implements PositionalEncoding {
   }
 }
 
-export const shawFactory: EncodingFactory<ShawOptions> = {
+export const shawFactory: EncodingFactory<ShawOptions> = defineEncoding<ShawOptions>({
   name: 'shaw',
   description: 'Shaw et al. 2018: learned relative key and value embeddings of the clipped distance (clip K)',
   sites: ['score-bias'],
   defaults: DEFAULTS,
+  sizeKeys: ['clip'],
   create(dims: EncodingDims, options: Partial<ShawOptions>, rng: Rng): ShawEncoding {
     const o = { ...DEFAULTS, ...options };
     check(
@@ -269,4 +271,4 @@ export const shawFactory: EncodingFactory<ShawOptions> = {
     rng.fillNormal(enc.valueTable.data, o.initStd);
     return enc;
   },
-};
+});

@@ -18,6 +18,7 @@
 import { check } from '../errors.ts';
 import type { EncodingDims, EncodingFactory, PositionalEncoding } from './encoding.ts';
 import { plainAttend, plainDenseLogits } from './attention-plumbing.ts';
+import { defineEncoding } from './options.ts';
 
 export interface SinusoidalOptions {
   /** Wavelength base: dimension pair i has angular frequency base^(-2i/C). */
@@ -33,7 +34,7 @@ export function sinusoidalValue(pos: number, c: number, width: number, base: num
   return c % 2 === 0 ? Math.sin(angle) : Math.cos(angle);
 }
 
-export const sinusoidalEncoding: EncodingFactory<SinusoidalOptions> = {
+export const sinusoidalEncoding: EncodingFactory<SinusoidalOptions> = defineEncoding<SinusoidalOptions>({
   name: 'sinusoidal',
   description: 'absolute sinusoidal positions added to the embeddings (Vaswani et al. 2017)',
   sites: ['embedding'],
@@ -71,4 +72,4 @@ export const sinusoidalEncoding: EncodingFactory<SinusoidalOptions> = {
       denseLogits: plainDenseLogits,
     };
   },
-};
+});

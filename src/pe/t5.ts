@@ -2,7 +2,8 @@
  * T5 relative position bias (Raffel et al. 2020): the signed distance is mapped to one of numBuckets
  * log-spaced buckets (t5-buckets.ts) and each head adds its own learned scalar per bucket to the logits:
  *   bias(h, D) = table[h, bucket(-D)].
- * Runs as the kernel's 'table' bias; the kernel returns per-(head, bucket) gradients, added into the table's grad.
+ * Reaches the kernel as a distance table [H, span] (distance-table.ts); the gradient by distance it returns is
+ * summed per bucket into the bucket table's grad.
  *
  * Choices the paper leaves open or that differ by context here: bucketing follows the attention's mask by default
  * (causal attention -> causal bucketing as in T5's decoder, otherwise bidirectional as in its encoder; option
@@ -11,11 +12,15 @@
  * 1/sqrt(d) scale of every encoding here (T5 folds it into its initialisation); one table per encoding instance
  * (T5 shares one across layers: a model can share the instance).
  */
+import { distanceSpan } from '../backend/backend.ts';
 import { check } from '../errors.ts';
 import type { Rng } from '../util/rng.ts';
 import type { AttendContext, EncodingDims, EncodingFactory, Param, PositionalEncoding } from './encoding.ts';
-import { accumulateInto, backendAttention, checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
+import { checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
+import { buildDistanceTable, forEachDistanceGrad, geometryOf, tableAttention } from './distance-table.ts';
 import { checkT5BucketOptions, t5Bucket } from './t5-buckets.ts';
+import { createParam } from './explicit-attention.ts';
+import { defineEncoding } from './options.ts';
 
 export interface T5Options {
   numBuckets: number;
@@ -26,11 +31,12 @@ export interface T5Options {
   initStd: number;
 }
 
-export const t5Encoding: EncodingFactory<T5Options> = {
+export const t5Encoding: EncodingFactory<T5Options> = defineEncoding<T5Options>({
   name: 't5',
   description: 'T5 relative bias (Raffel et al. 2020): log-bucketed distance -> learned per-head scalar',
   sites: ['score-bias'],
   defaults: { numBuckets: 32, maxDistance: 128, bucketing: 'auto', initStd: 0 },
+  sizeKeys: ['numBuckets'],
   create(dims: EncodingDims, options: Partial<T5Options>, rng: Rng): PositionalEncoding {
     const numBuckets = options.numBuckets ?? 32;
     const maxDistance = options.maxDistance ?? 128;
@@ -45,13 +51,7 @@ export const t5Encoding: EncodingFactory<T5Options> = {
     if (bucketing !== 'bidirectional') checkT5BucketOptions(numBuckets, maxDistance, false);
     check(Number.isFinite(initStd) && initStd >= 0, 'argument', `t5 initStd must be >= 0, got ${initStd}`);
     const H = dims.heads;
-    const table: Param = {
-      name: 'relative_bias',
-      shape: [H, numBuckets],
-      data: new Float64Array(H * numBuckets),
-      grad: new Float64Array(H * numBuckets),
-      decay: false,
-    };
+    const table: Param = createParam('relative_bias', [H, numBuckets], false);
     rng.fillNormal(table.data, initStd);
     const values = table.data as Float64Array;
 
@@ -68,20 +68,28 @@ export const t5Encoding: EncodingFactory<T5Options> = {
       attend(ctx, { q, k, v }) {
         checkHeads(ctx);
         const bidirectional = bidirectionalFor(ctx);
-        const { lq, lk } = ctx.shape;
-        // bucketOf[D + lk - 1] for every D from -(lk - 1) to queryOffset + lq - 1 (backend.ts).
-        const bucketOf = new Int32Array(ctx.queryOffset + lq + lk - 1);
-        for (let idx = 0; idx < bucketOf.length; idx++) {
-          const D = idx - (lk - 1);
-          bucketOf[idx] = t5Bucket(-D, bidirectional, numBuckets, maxDistance);
-        }
-        const run = backendAttention(ctx, q, k, v, { kind: 'table', values, buckets: numBuckets, bucketOf });
+        const geometry = geometryOf(ctx);
+        // One bucket per distance (index D + lk - 1), shared by every head.
+        const bucketOf = Int32Array.from(
+          { length: distanceSpan(ctx.shape.lq, ctx.shape.lk, ctx.queryOffset) },
+          (_, j) => t5Bucket(ctx.shape.lk - 1 - j, bidirectional, numBuckets, maxDistance),
+        );
+        const bucket = (D: number) => bucketOf[D + ctx.shape.lk - 1]!;
+        const run = tableAttention(
+          ctx,
+          q,
+          k,
+          v,
+          buildDistanceTable(geometry, (h, D) => values[h * numBuckets + bucket(D)]!),
+        );
         return {
           out: run.out,
           backward(dOut) {
-            const { dq, dk, dv, dBias } = run.backward(dOut);
-            if (dBias.kind !== 'table') throw new Error(`backend returned a '${dBias.kind}' bias gradient for 'table'`);
-            accumulateInto(table.grad, dBias.values);
+            const { dq, dk, dv, dTable } = run.backward(dOut);
+            // T5's chain rule: each distance's gradient goes to the bucket that distance reads.
+            forEachDistanceGrad(dTable, geometry, (h, D, x) => {
+              table.grad[h * numBuckets + bucket(D)]! += x;
+            });
             return { dq, dk, dv };
           },
         };
@@ -99,4 +107,4 @@ export const t5Encoding: EncodingFactory<T5Options> = {
       },
     };
   },
-};
+});

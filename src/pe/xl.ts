@@ -45,6 +45,7 @@ import {
 } from './explicit-attention.ts';
 import { allocate, dtypeOf, type DType, type FloatArray } from '../tensor.ts';
 import { attentionScale } from './attention-plumbing.ts';
+import { defineEncoding } from './options.ts';
 
 export interface XlOptions {
   /** Size dR of the sinusoid R (even); 0 means the model width. */
@@ -283,11 +284,12 @@ export class XlEncoding implements PositionalEncoding {
   }
 }
 
-export const xlFactory: EncodingFactory<XlOptions> = {
+export const xlFactory: EncodingFactory<XlOptions> = defineEncoding<XlOptions>({
   name: 'xl',
   description: 'Transformer-XL relative attention: sinusoidal R of the distance, learned W_R and u/v biases',
   sites: ['score-bias'],
   defaults: DEFAULTS,
+  sizeKeys: ['posDim'],
   create(dims: EncodingDims, options: Partial<XlOptions>, rng: Rng): XlEncoding {
     const o = { ...DEFAULTS, ...options };
     const posDim = o.posDim === 0 ? dims.modelDim : o.posDim;
@@ -311,4 +313,4 @@ export const xlFactory: EncodingFactory<XlOptions> = {
     for (const p of enc.params) rng.fillNormal(p.data, o.initStd);
     return enc;
   },
-};
+});

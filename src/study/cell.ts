@@ -10,10 +10,12 @@ import { check, HypeError } from '../errors.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
 import { hasCheckpoint, loadCheckpoint, restoreWeights } from '../train/checkpoint.ts';
-import { evaluateHeldOut } from '../train/evaluate.ts';
+import { checkOutputs, evaluateHeldOut } from '../train/evaluate.ts';
 import type { BatchSource } from '../train/source.ts';
 import { readLossLog, TrainingRun } from '../train/trainer.ts';
 import type { FloatArray } from '../tensor.ts';
+import { withClaim, type Claim } from '../util/claim.ts';
+import type { StudyProgress } from './progress.ts';
 import type { TaskSequence } from './tasks/task.ts';
 import type { ModelShape, PeChoice, TrainBudget } from './plan.ts';
 
@@ -24,6 +26,8 @@ export interface StudyEnv {
   /** Folder holding tinyshakespeare/ and wikitext-2/. */
   dataDir: string;
   log: (line: string) => void;
+  /** Announces each cell with its place in the run and the time left (absent: a plain log line). */
+  progress?: StudyProgress;
 }
 
 export interface TrainSummary {
@@ -42,7 +46,10 @@ export function studyModelConfig(shape: ModelShape, pe: PeChoice, trainLength: n
 
 /**
  * Trains `config` for `budget` on `source`, in run folder workDir/runName: a finished run is loaded, an interrupted
- * one resumed from its checkpoint, anything else started afresh.
+ * one resumed from its checkpoint, anything else started afresh. The run folder is claimed for the whole time
+ * (workDir/runName.lock): a process needing a run another live process is training (precision reuses the lm runs)
+ * waits for it, and a folder without a checkpoint is only discarded while holding its claim, i.e. when the
+ * process that wrote it is dead.
  */
 export async function trainModel(
   env: StudyEnv,
@@ -54,11 +61,30 @@ export async function trainModel(
   label: string,
 ): Promise<{ model: Transformer; train: TrainSummary }> {
   const runDir = join(env.workDir, runName);
+  return withClaim(
+    runDir,
+    'training run',
+    (claim) => trainClaimed(env, runDir, config, budget, seed, source, label, claim),
+    () => env.log(`${label}: another process is training this run; waiting for it`),
+  );
+}
+
+async function trainClaimed(
+  env: StudyEnv,
+  runDir: string,
+  config: ModelConfig,
+  budget: TrainBudget,
+  seed: number,
+  source: BatchSource,
+  label: string,
+  claim: Claim,
+): Promise<{ model: Transformer; train: TrainSummary }> {
   let run: TrainingRun;
   if (hasCheckpoint(runDir)) {
     run = TrainingRun.resume(runDir, env.backend, { source, expectModel: config });
   } else {
-    if (existsSync(runDir)) rmSync(runDir, { recursive: true, force: true }); // killed before its first checkpoint
+    // Written by a process killed before its first checkpoint (we hold the claim, so it is not running).
+    if (existsSync(runDir)) rmSync(runDir, { recursive: true, force: true });
     run = TrainingRun.start(
       runDir,
       config,
@@ -81,9 +107,14 @@ export async function trainModel(
     const every = Math.max(1, Math.round(run.train.steps / 4));
     await run.run({
       onStep: (r) => {
-        if (r.step % every === 0) env.log(`${label}: step ${r.step}/${run.train.steps} loss ${r.loss.toFixed(3)}`);
+        // A claim lost mid-training (this process stalled past the stale limit) stops at once, writing nothing more.
+        claim.check();
+        if (r.step % every === 0) {
+          env.log(`${label}: step ${r.step}/${run.train.steps}, training loss ${r.loss.toFixed(3)} nats per byte`);
+        }
       },
     });
+    claim.check();
   }
   const log = readLossLog(runDir);
   const tail = log.slice(-Math.max(1, Math.floor(log.length / 20)));
@@ -202,6 +233,12 @@ export function gradeTask(
       tokens.set(s.bytes.subarray(0, length), i * length);
     });
     model.forward(tokens, null, part.length, length);
+    checkOutputs(
+      model,
+      null,
+      `grading task sequences at length ${length}`,
+      'the trained model is broken; recompute it',
+    );
     const c = countCorrect(model.logits(), model.config.vocab, part, length);
     correct += c.correct;
     graded += c.graded;

@@ -31,6 +31,7 @@ import {
   type TrainBudget,
 } from './plan.ts';
 import { cellKey, ResultStore, type CellRecord } from './store.ts';
+import type { StudyCell } from './progress.ts';
 import { FLIPFLOP_MIXES, FLIPFLOP_TASK, flipFlopSequence, type FlipFlopMix } from './tasks/flipflop.ts';
 import { RECALL_TASK, recallSequence } from './tasks/recall.ts';
 import { versions, type Versions } from './versions.ts';
@@ -118,8 +119,12 @@ export type AnyRecord = CellRecord<
   LmResult | FlipflopResult | RecallResult | PrecisionResult
 >;
 
-export function storeFor<C, R>(outDir: string, experiment: Experiment): ResultStore<C, R> {
-  return new ResultStore<C, R>(join(outDir, experiment));
+export function storeFor<C, R>(
+  outDir: string,
+  experiment: Experiment,
+  log?: (line: string) => void,
+): ResultStore<C, R> {
+  return new ResultStore<C, R>(join(outDir, experiment), log);
 }
 
 // ---------------------------------------------------------------------------------------------------- data
@@ -219,11 +224,11 @@ function evalData(data: LmData, evalBytes: number): Uint8Array {
 }
 
 export async function runLm(env: StudyEnv, outDir: string, configs: readonly LmConfig[]) {
-  const store = storeFor<LmConfig, LmResult>(outDir, 'lm');
+  const store = storeFor<LmConfig, LmResult>(outDir, 'lm', env.log);
   const cache = new Map<CorpusName, LmData>();
   const dataOf = (c: CorpusName) => cache.get(c) ?? cache.set(c, loadLmData(env, c)).get(c)!;
   return store.runAll(configs, async (c, i, pending) => {
-    env.log(`lm [${i + 1}/${pending}] ${c.corpus} ${c.encoding} seed ${c.seed}`);
+    cellStarted(env, c, `lm ${c.corpus} ${c.encoding} seed ${c.seed}`, i, pending);
     const data = dataOf(c.corpus);
     const { model, train } = await trainLm(env, c, data);
     const t0 = performance.now();
@@ -232,7 +237,7 @@ export async function runLm(env: StudyEnv, outDir: string, configs: readonly LmC
       const length = m * c.trainLength;
       return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
     });
-    env.log(`lm ${c.corpus} ${c.encoding} seed ${c.seed}: ${evals.map(describeBpb).join(', ')}`);
+    env.log(`lm ${c.corpus} ${c.encoding} seed ${c.seed}: ${describeBpb(evals)}`);
     const hypeParams = Object.fromEntries(
       model
         .parameters()
@@ -258,8 +263,16 @@ export async function runLm(env: StudyEnv, outDir: string, configs: readonly LmC
   });
 }
 
-function describeBpb(e: LengthEval<{ bitsPerByte: number }>): string {
-  return `${e.length}: ${e.ok ? e.bitsPerByte.toFixed(3) : 'cannot evaluate'}`;
+/** "held-out bits per byte at length 64: 3.176, 128: 3.168, ...". */
+function describeBpb(evals: LengthEval<{ bitsPerByte: number }>[]): string {
+  const each = evals.map((e) => `${e.length}: ${e.ok ? e.bitsPerByte.toFixed(3) : 'cannot evaluate'}`);
+  return `held-out bits per byte at length ${each.join(', ')}`;
+}
+
+/** Announces a cell: through the study's progress (place in the run, time left) or, without one, a plain line. */
+function cellStarted(env: StudyEnv, c: StudyCell, label: string, i: number, pending: number): void {
+  if (env.progress) env.progress.cellStarted(c, label);
+  else env.log(`[${i + 1}/${pending}] ${label}`);
 }
 
 export function precisionConfigs(plan: StudyPlan, encodings: readonly string[]): PrecisionConfig[] {
@@ -297,9 +310,9 @@ export function precisionPeOptions(format: PrecisionFormat): Record<string, unkn
  * otherwise it is trained here exactly as the lm cell would (same seed, same data, same steps).
  */
 export async function runPrecision(env: StudyEnv, outDir: string, configs: readonly PrecisionConfig[]) {
-  const store = storeFor<PrecisionConfig, PrecisionResult>(outDir, 'precision');
+  const store = storeFor<PrecisionConfig, PrecisionResult>(outDir, 'precision', env.log);
   return store.runAll(configs, async (c, i, pending) => {
-    env.log(`precision [${i + 1}/${pending}] ${c.lm.encoding} seed ${c.lm.seed} ${c.format}`);
+    cellStarted(env, c, `precision ${c.lm.encoding} seed ${c.lm.seed} ${c.format}`, i, pending);
     const data = loadLmData(env, c.lm.corpus);
     const { train } = await trainLm(env, c.lm, data);
     const t0 = performance.now();
@@ -314,7 +327,7 @@ export async function runPrecision(env: StudyEnv, outDir: string, configs: reado
     const split = c.format === 'bf16-split' || c.format === 'fp16-split';
     const fp32Evals = split ? evaluate({ format: 'fp32' }) : undefined;
     const evals = evaluate(precisionPeOptions(c.format));
-    env.log(`precision ${c.lm.encoding} ${c.format}: ${evals.map(describeBpb).join(', ')}`);
+    env.log(`precision ${c.lm.encoding} ${c.format}: ${describeBpb(evals)}`);
     const seconds = (performance.now() - t0) / 1000;
     return { evals, fp32Evals, backend: env.backend.name, versions: versions(), evalSeconds: seconds };
   });
@@ -360,9 +373,9 @@ const flipflopSource = () =>
 const EVAL_SEED = 0x5eed;
 
 export async function runFlipflop(env: StudyEnv, outDir: string, configs: readonly FlipflopConfig[]) {
-  const store = storeFor<FlipflopConfig, FlipflopResult>(outDir, 'flipflop');
+  const store = storeFor<FlipflopConfig, FlipflopResult>(outDir, 'flipflop', env.log);
   return store.runAll(configs, async (c, i, pending) => {
-    env.log(`flipflop [${i + 1}/${pending}] ${c.encoding} seed ${c.seed}`);
+    cellStarted(env, c, `flipflop ${c.encoding} seed ${c.seed}`, i, pending);
     const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
     const { model, train } = await trainModel(
       env,
@@ -383,7 +396,7 @@ export async function runFlipflop(env: StudyEnv, outDir: string, configs: readon
       mixes[mix] = { pIgnore: p, errors: g.graded - g.correct, graded: g.graded, errorRate: 1 - g.correct / g.graded };
     });
     env.log(
-      `flipflop ${c.encoding} seed ${c.seed}: error ` +
+      `flipflop ${c.encoding} seed ${c.seed}: error on the read bits ` +
         Object.entries(mixes)
           .map(([m, r]) => `${m} ${(100 * r.errorRate).toFixed(2)}% (${r.errors}/${r.graded})`)
           .join(', '),
@@ -401,9 +414,9 @@ export async function runFlipflop(env: StudyEnv, outDir: string, configs: readon
 const recallSource = () => generatorSource(`recall:${RECALL_TASK}`, (rng, n) => recallSequence(rng, n).bytes);
 
 export async function runRecall(env: StudyEnv, outDir: string, configs: readonly RecallConfig[]) {
-  const store = storeFor<RecallConfig, RecallResult>(outDir, 'recall');
+  const store = storeFor<RecallConfig, RecallResult>(outDir, 'recall', env.log);
   return store.runAll(configs, async (c, i, pending) => {
-    env.log(`recall [${i + 1}/${pending}] ${c.encoding} seed ${c.seed}`);
+    cellStarted(env, c, `recall ${c.encoding} seed ${c.seed}`, i, pending);
     const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
     const { model, train } = await trainModel(
       env,
@@ -429,7 +442,7 @@ export async function runRecall(env: StudyEnv, outDir: string, configs: readonly
       };
     });
     env.log(
-      `recall ${c.encoding} seed ${c.seed}: ` +
+      `recall ${c.encoding} seed ${c.seed}: answer accuracy at length ` +
         evals.map((e) => `${e.length}: ${e.ok ? (100 * e.accuracy).toFixed(1) + '%' : 'cannot evaluate'}`).join(', '),
     );
     return {

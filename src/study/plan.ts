@@ -31,6 +31,11 @@ export const STUDY_ENCODINGS: Readonly<Record<string, PeChoice>> = {
 export const ALL_ENCODINGS = Object.keys(STUDY_ENCODINGS);
 /** The quick plan's encodings: no position, the two usual baselines and the two HyPE presets that differ in sign. */
 export const QUICK_ENCODINGS = ['none', 'rope', 'alibi', 'hype-recency', 'hype-paper'];
+/**
+ * What the quick study takes on 2 idle cores, in minutes, as measured on a fresh clone; `--help` prints it and the
+ * README must quote the same figure (a test checks).
+ */
+export const QUICK_STUDY_MINUTES = 5;
 
 export function peChoice(study: string): PeChoice {
   const pe = STUDY_ENCODINGS[study];

@@ -4,10 +4,10 @@
  * charts. `hype study report` rewrites the Markdown and SVGs from whatever cells exist, so a partial study reports
  * what it has and says what is missing.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TopLevelSpec } from 'vega-lite';
-import { lineChartSpec, type LinePoint } from '../plot/charts.ts';
+import { lineChartSpec, listText, type LinePoint } from '../plot/charts.ts';
 import { presetSpec } from '../pe/hype/encoding.ts';
 import { formatInterval, meanInterval } from './stats.ts';
 import { markdownTable, type Observation } from './table.ts';
@@ -25,7 +25,9 @@ import type {
 import { ALL_ENCODINGS } from './plan.ts';
 import { FLIPFLOP_TASK } from './tasks/flipflop.ts';
 import { RECALL_TASK } from './tasks/recall.ts';
-import type { CellRecord } from './store.ts';
+import { readCellFile, type CellRecord } from './store.ts';
+import { HypeError } from '../errors.ts';
+import { readJsonFile } from '../util/fs-safe.ts';
 import type { PrecisionFormat, StudyPlan } from './plan.ts';
 import type { Versions } from './versions.ts';
 
@@ -74,7 +76,7 @@ export function readResults(dir: string): ReportInput {
   };
   const metaPath = join(dir, 'study.json');
   return {
-    meta: existsSync(metaPath) ? (JSON.parse(readFileSync(metaPath, 'utf8')) as StudyMeta) : null,
+    meta: readMeta(metaPath),
     lm: cells('lm'),
     // Cells of an earlier task format answer a different question; only the current format is reported.
     flipflop: cells<FlipflopConfig, FlipflopResult>('flipflop').filter((c) => c.config.task === FLIPFLOP_TASK),
@@ -88,7 +90,18 @@ function readdirJson<T>(dir: string): T[] {
   const names = readdirSync(dir)
     .filter((f) => f.endsWith('.json'))
     .sort();
-  return names.map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')) as T);
+  return names.map((f) => readCellFile(join(dir, f)) as T);
+}
+
+/** study.json of a results folder, or null if there is none yet; a corrupt one is refused with the way out. */
+export function readMeta(metaPath: string): StudyMeta | null {
+  if (!existsSync(metaPath)) return null;
+  const fix = 'delete it (the next study run rewrites it; only the invocation log is lost)';
+  const m = readJsonFile(metaPath, 'study metadata', fix) as StudyMeta;
+  if (typeof m !== 'object' || m === null || !Array.isArray(m.invocations)) {
+    throw new HypeError('io', `study metadata '${metaPath}' has no invocations list; ${fix}`);
+  }
+  return m;
 }
 
 // ---------------------------------------------------------------------------------------------- comparisons
@@ -235,25 +248,34 @@ const encodingsOf = (input: ReportInput) =>
   sortEnc(uniq([...input.lm, ...input.flipflop, ...input.recall].map((c) => c.config.encoding)));
 
 /**
- * Lengths double from one evaluation to the next, so the x axis is log2; bits per byte vary over a narrow band,
- * so the y axis does not start at zero. (Adjusts a lineChartSpec in place, faceted or not.)
+ * A chart point from the values of one (series, x) over seeds: their mean, and the 95% interval as a band where
+ * two or more seeds gave a value (the tables' mean ± half-width), clipped to `range` (what the quantity can be:
+ * with 3 seeds t = 4.3, and an accuracy's interval easily passes 100%).
  */
-function lengthAxes(spec: TopLevelSpec, yZero = false): TopLevelSpec {
-  const s = spec as unknown as {
-    spec?: { encoding: Record<string, Record<string, unknown>> };
-    encoding?: Record<string, Record<string, unknown>>;
-  };
-  const enc = s.spec?.encoding ?? s.encoding;
-  // Points as well as lines: encodings with near-equal values (alibi and hype-recency) would otherwise hide.
-  const holder = (s.spec ?? s) as { mark?: unknown };
-  holder.mark = { type: 'line', strokeWidth: 1.5, point: { size: 18 } };
-  if (enc) {
-    enc.x!.scale = { type: 'log', base: 2 };
-    enc.x!.axis = { values: [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192], labelFlush: false };
-    enc.y!.scale = { zero: yZero };
-  }
-  return spec;
+function meanPoint(
+  p: Omit<LinePoint, 'y' | 'lo' | 'hi'>,
+  values: readonly number[],
+  scale = 1,
+  range: readonly [number, number] = [-Infinity, Infinity],
+): LinePoint & { n: number } {
+  const m = meanInterval(values);
+  const clip = (v: number) => Math.min(range[1], Math.max(range[0], v));
+  const band = m.n > 1 ? { lo: clip(scale * (m.mean - m.halfWidth)), hi: clip(scale * (m.mean + m.halfWidth)) } : {};
+  return { ...p, y: scale * m.mean, ...band, n: m.n };
 }
+
+/** Percentages (accuracy, error rate) lie in 0..100. */
+const PERCENT: [number, number] = [0, 100];
+
+/** What a chart's values are: "1 seed", "mean of 3 seeds, 95% interval bands", or a mix. */
+export function seedPhrase(counts: readonly number[]): string {
+  const ns = uniq([...counts]).sort((a, b) => a - b);
+  if (ns.length === 0) return 'no results';
+  if (ns.length === 1 && ns[0] === 1) return '1 seed, no interval';
+  if (ns.length === 1) return `mean of ${ns[0]} seeds, 95% interval bands`;
+  return `mean of ${ns[0]}-${ns[ns.length - 1]} seeds; 95% interval bands where 2 or more`;
+}
+
 const sortEnc = (xs: string[]) => [...xs].sort((a, b) => rank(a) - rank(b));
 const rank = (e: string) => (ORDER.indexOf(e) < 0 ? ORDER.length : ORDER.indexOf(e));
 
@@ -378,7 +400,7 @@ function lmSection(input: ReportInput, charts: Chart[], plotsRel: string): strin
   const lines = ['## lm: length extrapolation (bits per byte, lower is better)', ''];
   if (input.lm.length === 0) return [...lines, 'No lm cells yet.'];
   const corpora = uniq(input.lm.map((c) => c.config.corpus));
-  const points: LinePoint[] = [];
+  const points: (LinePoint & { n: number })[] = [];
   for (const corpus of corpora) {
     const cells = input.lm.filter((c) => c.config.corpus === corpus);
     const L = cells[0]!.config.trainLength;
@@ -407,25 +429,29 @@ function lmSection(input: ReportInput, charts: Chart[], plotsRel: string): strin
     for (const enc of sortEnc(uniq(cells.map((c) => c.config.encoding)))) {
       for (const mult of uniq(cells.flatMap((c) => c.config.multipliers))) {
         const v = bpbAt(cells, corpus, enc, mult);
-        if (v.length > 0) points.push({ x: mult * L, y: meanInterval(v).mean, series: enc, facet: corpus });
+        if (v.length > 0) points.push(meanPoint({ x: mult * L, series: enc, facet: corpus }, v));
       }
     }
   }
   charts.push({
     file: 'lm-bits-per-byte.svg',
-    spec: lengthAxes(
-      lineChartSpec({
-        title: 'Bits per byte vs evaluation length (mean over seeds)',
-        subtitle: ['non-overlapping windows; an encoding missing at a length cannot evaluate there'],
-        points,
-        xTitle: 'evaluation length (bytes)',
-        yTitle: 'bits per byte',
-        seriesTitle: 'encoding',
-        facetTitle: 'corpus',
-        facetColumns: 2,
-        seriesOrder: sortEnc(uniq(points.map((p) => p.series))),
-      }),
-    ),
+    spec: lineChartSpec({
+      title: `Bits per byte vs evaluation length (${seedPhrase(points.map((p) => p.n))})`,
+      subtitle: ['non-overlapping windows, lower is better; an encoding missing at a length cannot evaluate there'],
+      points,
+      xTitle: 'evaluation length (bytes)',
+      yTitle: 'bits per byte',
+      yUnit: 'bits per byte',
+      seriesTitle: 'encoding',
+      facetTitle: 'corpus',
+      facetColumns: 2,
+      width: 300,
+      height: 220,
+      seriesOrder: sortEnc(uniq(points.map((p) => p.series))),
+      xScale: 'log2',
+      // Bits per byte vary over a narrow band: starting at zero would flatten every curve.
+      yZero: false,
+    }),
   });
   lines.push(`![bits per byte vs length](${plotsRel}/lm-bits-per-byte.svg)`, '');
   const trainRows = sortEnc(uniq(input.lm.map((c) => c.config.encoding)));
@@ -448,7 +474,7 @@ function flipflopSection(input: ReportInput, charts: Chart[], plotsRel: string):
   if (input.flipflop.length === 0) return [...lines, 'No flip-flop cells yet.'];
   const mixes = ['id', 'ood-sparse', 'ood-dense'] as const;
   const obs: Observation[] = [];
-  const bars: { encoding: string; mix: string; error: number }[] = [];
+  const bars: Bar[] = [];
   for (const c of input.flipflop) {
     for (const m of mixes) obs.push({ row: c.config.encoding, column: m, value: 100 * c.result.mixes[m].errorRate });
   }
@@ -479,7 +505,8 @@ function flipflopSection(input: ReportInput, charts: Chart[], plotsRel: string):
   for (const enc of sortEnc(uniq(input.flipflop.map((c) => c.config.encoding)))) {
     for (const m of mixes) {
       const v = input.flipflop.filter((c) => c.config.encoding === enc).map((c) => 100 * c.result.mixes[m].errorRate);
-      bars.push({ encoding: enc, mix: m, error: meanInterval(v).mean });
+      const p = meanPoint({ x: 0, series: enc }, v, 1, PERCENT);
+      bars.push({ encoding: enc, mix: m, error: p.y, lo: p.lo, hi: p.hi, n: p.n });
     }
   }
   charts.push({ file: 'flipflop-errors.svg', spec: barSpec(bars) });
@@ -487,10 +514,37 @@ function flipflopSection(input: ReportInput, charts: Chart[], plotsRel: string):
   return lines;
 }
 
-function barSpec(values: { encoding: string; mix: string; error: number }[]): TopLevelSpec {
+interface Bar {
+  encoding: string;
+  mix: string;
+  /** Mean error rate (%) over seeds, and its 95% interval where two or more seeds exist. */
+  error: number;
+  lo?: number;
+  hi?: number;
+  n: number;
+}
+
+/** Recall chance: the answer is one digit of ten. */
+const RECALL_CHANCE = 0.1;
+
+/** Flip-flop chance: a guessed read bit is wrong half the time. */
+const FLIPFLOP_CHANCE_ERROR = 50;
+
+function barSpec(values: Bar[]): TopLevelSpec {
+  const x = {
+    field: 'encoding',
+    type: 'nominal' as const,
+    title: null,
+    sort: sortEnc(uniq(values.map((v) => v.encoding))),
+  };
+  const y = { type: 'quantitative' as const, title: 'error rate (%)' };
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    title: { text: 'Flip-flop: error rate on the read bits (mean over seeds)', anchor: 'start' },
+    title: {
+      text: `Flip-flop: error rate on the read bits (${seedPhrase(values.map((v) => v.n)).replace('bands', 'bars')})`,
+      subtitle: [`lower is better; chance = ${FLIPFLOP_CHANCE_ERROR}% error (a guessed bit)`],
+      anchor: 'start',
+    },
     // The bars are named on the axis; colour only sets HyPE apart from its peers (one colour per encoding
     // would repeat the 10-colour palette across 14 bars).
     data: { values: values.map((v) => ({ ...v, family: v.encoding.startsWith('hype') ? 'HyPE' : 'peer' })) },
@@ -499,12 +553,27 @@ function barSpec(values: { encoding: string; mix: string; error: number }[]): To
     spec: {
       width: 200,
       height: 180,
-      mark: 'bar',
-      encoding: {
-        x: { field: 'encoding', type: 'nominal', title: null, sort: sortEnc(uniq(values.map((v) => v.encoding))) },
-        y: { field: 'error', type: 'quantitative', title: 'error rate (%)' },
-        color: { field: 'family', type: 'nominal', title: null, sort: ['peer', 'HyPE'] },
-      },
+      layer: [
+        {
+          mark: 'bar',
+          encoding: {
+            x,
+            y: { ...y, field: 'error' },
+            color: { field: 'family', type: 'nominal', title: null, sort: ['peer', 'HyPE'] },
+          },
+        },
+        {
+          transform: [{ filter: 'isFinite(datum.lo) && isFinite(datum.hi)' }],
+          mark: { type: 'rule', color: 'black', strokeWidth: 1 },
+          encoding: { x, y: { ...y, field: 'lo' }, y2: { field: 'hi' } },
+        },
+        {
+          // One row per panel: the chance rule drawn once, not once per bar.
+          transform: [{ filter: `datum.encoding === ${JSON.stringify(values[0]?.encoding ?? '')}` }],
+          mark: { type: 'rule', strokeDash: [5, 4], color: '#555' },
+          encoding: { y: { ...y, datum: FLIPFLOP_CHANCE_ERROR } },
+        },
+      ],
     },
   };
 }
@@ -515,7 +584,7 @@ function recallSection(input: ReportInput, charts: Chart[], plotsRel: string): s
   const L = input.recall[0]!.config.trainLength;
   const obs: Observation[] = [];
   const reasons = new Set<string>();
-  const points: LinePoint[] = [];
+  const points: (LinePoint & { n: number })[] = [];
   for (const c of input.recall) {
     for (const e of c.result.evals) {
       if (e.ok) obs.push({ row: c.config.encoding, column: e.length, value: 100 * e.accuracy });
@@ -531,12 +600,12 @@ function recallSection(input: ReportInput, charts: Chart[], plotsRel: string): s
       emptyCell: (r, col) => (reasons.has(`${r}\u0000${col}`) ? 'cannot evaluate' : '—'),
     }),
     '',
-    'Chance is 10% (one digit of ten).',
+    `Chance is ${100 * RECALL_CHANCE}% (one digit of ten).`,
     '',
   );
   const learned = input.recall.map((c) => {
     const e = c.result.evals.find((x) => x.multiplier === 1);
-    const ok = e !== undefined && e.ok && aboveChance(e.correct, e.graded, 0.1);
+    const ok = e !== undefined && e.ok && aboveChance(e.correct, e.graded, RECALL_CHANCE);
     return { encoding: c.config.encoding, seed: c.config.seed, learned: ok };
   });
   lines.push(learnedNote(learned, 'recall at the training length'), '');
@@ -546,23 +615,31 @@ function recallSection(input: ReportInput, charts: Chart[], plotsRel: string): s
       const v = cells.flatMap((c) =>
         c.result.evals.filter((e) => e.multiplier === mult && e.ok).map((e) => (e.ok ? e.accuracy : 0)),
       );
-      if (v.length > 0) points.push({ x: mult * L, y: 100 * meanInterval(v).mean, series: enc });
+      if (v.length > 0) points.push(meanPoint({ x: mult * L, series: enc, facet: enc }, v, 100, PERCENT));
     }
   }
+  const encodings = sortEnc(uniq(points.map((p) => p.series)));
+  // Several seeds give wide bands (t = 4.3 at 3 seeds); past a few encodings they would cover each other, so
+  // each encoding then gets its own panel (one y scale for all, so panels still compare).
+  const panels = encodings.length > 5 && points.some((p) => p.lo !== undefined);
   charts.push({
     file: 'recall-accuracy.svg',
-    spec: lengthAxes(
-      lineChartSpec({
-        title: 'Needle retrieval accuracy vs evaluation length (mean over seeds)',
-        subtitle: [`trained at L = ${L}; chance = 10%`],
-        points,
-        xTitle: 'evaluation length (bytes)',
-        yTitle: 'accuracy (%)',
-        seriesTitle: 'encoding',
-        seriesOrder: sortEnc(uniq(points.map((p) => p.series))),
-      }),
-      true,
-    ),
+    spec: lineChartSpec({
+      title: `Needle retrieval accuracy vs evaluation length (${seedPhrase(points.map((p) => p.n))})`,
+      subtitle: [
+        `trained at L = ${L}; higher is better; chance = ${100 * RECALL_CHANCE}% (one digit of ten); an encoding ` +
+          'missing at a length cannot evaluate there',
+      ],
+      points: panels ? points : points.map(({ facet: _, ...p }) => p),
+      xTitle: 'evaluation length (bytes)',
+      yTitle: 'accuracy (%)',
+      yUnit: 'percentage points',
+      seriesTitle: 'encoding',
+      seriesOrder: encodings,
+      xScale: 'log2',
+      rules: [{ y: 100 * RECALL_CHANCE, label: `chance ${100 * RECALL_CHANCE}%` }],
+      ...(panels ? { facetTitle: 'encoding', facetOrder: encodings, facetColumns: 5, width: 170, height: 110 } : {}),
+    }),
   });
   lines.push(`![recall accuracy vs length](${plotsRel}/recall-accuracy.svg)`);
   return lines;
@@ -572,8 +649,12 @@ function precisionSection(input: ReportInput, charts: Chart[], plotsRel: string)
   const lines = ['## precision: HyPE with its attention operands rounded (bits per byte)', ''];
   if (input.precision.length === 0) return [...lines, 'No precision cells yet.'];
   const obs: Observation[] = [];
-  const points: LinePoint[] = [];
+  const points: (LinePoint & { n: number })[] = [];
   const L = input.precision[0]!.config.lm.trainLength;
+  const models = sortEnc(uniq(input.precision.map((c) => c.config.lm.encoding)));
+  const formats = uniq(input.precision.map((c) => c.config.format))
+    .filter((f) => f !== 'fp32')
+    .sort((a, b) => formatRank(a) - formatRank(b));
   for (const c of input.precision) {
     for (const e of c.result.evals) {
       if (e.ok) obs.push({ row: `${c.config.lm.encoding} ${c.config.format}`, column: e.length, value: e.bitsPerByte });
@@ -602,29 +683,48 @@ function precisionSection(input: ReportInput, charts: Chart[], plotsRel: string)
       rowOrder: precisionRows.map((r) => `${r} − fp32`),
     }),
   );
-  for (const d of diffs)
-    points.push({ x: d.length, y: meanInterval(d.values).mean, series: `${d.encoding} ${d.format}` });
+  for (const d of diffs) {
+    points.push(meanPoint({ x: d.length, series: d.format, facet: d.format, row: d.encoding }, d.values));
+  }
   charts.push({
     file: 'precision-cost.svg',
-    spec: lengthAxes(
-      lineChartSpec({
-        title: 'HyPE operands rounded: bits per byte minus fp32 (mean over seeds)',
-        points,
-        xTitle: 'evaluation length (bytes)',
-        yTitle: 'Δ bits per byte vs fp32',
-        seriesTitle: 'model, format',
-      }),
-    ),
+    // One panel per model and format, each with its own y scale: the costs span 1e-6 to 2 bits per byte, so on
+    // one shared scale every small cost would lie flat on zero under the large ones.
+    spec: lineChartSpec({
+      title: `HyPE operands rounded: bits per byte minus fp32 (${seedPhrase(points.map((p) => p.n))})`,
+      subtitle: [
+        'the same trained model, rounded minus fp32, paired by seed; positive = worse',
+        'one panel per model (row) and format (column), each with its own y scale: read the axis before comparing',
+      ],
+      points,
+      xTitle: 'evaluation length (bytes)',
+      yTitle: 'Δ bits per byte',
+      seriesTitle: 'format',
+      seriesOrder: formats,
+      facetTitle: 'format',
+      facetOrder: formats,
+      rowTitle: 'model',
+      rowOrder: models,
+      yScale: 'independent',
+      width: 170,
+      height: 110,
+      xScale: 'log2',
+      rules: [{ y: 0, label: 'no cost' }],
+    }),
   });
   lines.push('', `![precision cost](${plotsRel}/precision-cost.svg)`);
   return lines;
 }
 
+const FORMAT_ORDER: PrecisionFormat[] = ['fp32', 'bf16', 'bf16-split', 'fp16', 'fp16-split', 'bf16-kernel'];
+/** Known formats in FORMAT_ORDER, any other after them. */
+const formatRank = (f: string) =>
+  FORMAT_ORDER.includes(f as PrecisionFormat) ? FORMAT_ORDER.indexOf(f as PrecisionFormat) : FORMAT_ORDER.length;
+
 /** Precision rows ('<model> <format>') in the published order: models as the encodings, then the formats. */
 function precisionRowOrder(input: ReportInput): string[] {
-  const formatOrder: PrecisionFormat[] = ['fp32', 'bf16', 'bf16-split', 'fp16', 'fp16-split', 'bf16-kernel'];
   return sortEnc(uniq(input.precision.map((c) => c.config.lm.encoding))).flatMap((e) =>
-    formatOrder.map((f) => `${e} ${f}`),
+    FORMAT_ORDER.map((f) => `${e} ${f}`),
   );
 }
 
@@ -722,34 +822,55 @@ function findingsSection(input: ReportInput): string[] {
       ),
     );
   const ends = (corpus: string) => [1, longest(corpus)];
+  // Findings are about the encodings this study runs; the ones its plan leaves out are named once, here.
+  const planned = plannedEncodings(input);
+  const has = (...encodings: string[]) => encodings.every((e) => planned.has(e));
+  const omitted = ALL_ENCODINGS.filter((e) => !planned.has(e));
+  if (omitted.length > 0) {
+    lines.push(
+      `Not in this study's plan, so not in the findings: ${listText(omitted)}` +
+        (input.meta?.plan.quick ? ' (`hype study all` runs every encoding).' : '.'),
+      '',
+    );
+  }
+  let asked = 0;
+  const ask = (question: string) => lines.push(`${++asked}. ${question}`);
+  const pairs = (a: string, b: string, mults: (corpus: string) => number[]) => (has(a, b) ? lmPair(a, b, mults) : []);
 
-  lines.push("1. **Does hype-recency match ALiBi's extrapolation?**");
-  if (corpora.length === 0) lines.push('  - No lm results yet.');
-  else {
-    lines.push(...lmPair('hype-recency', 'alibi', (c) => uniq([1, 4, longest(c)]).filter((m) => m <= longest(c))));
-    lines.push(...corpora.map((c) => '  - ' + extrapolationVerdict(input, c, 'hype-recency', 'alibi')));
+  if (has('hype-recency', 'alibi')) {
+    ask("**Does hype-recency match ALiBi's extrapolation?**");
+    if (corpora.length === 0) lines.push('  - No lm results yet.');
+    else {
+      lines.push(...lmPair('hype-recency', 'alibi', (c) => uniq([1, 4, longest(c)]).filter((m) => m <= longest(c))));
+      lines.push(...corpora.map((c) => '  - ' + extrapolationVerdict(input, c, 'hype-recency', 'alibi')));
+    }
+    lines.push(...flipRecallPair(input, 'hype-recency', 'alibi'));
   }
-  lines.push(...flipRecallPair(input, 'hype-recency', 'alibi'));
-  lines.push('2. **Does hype-paper (the literal sign, rewarding distance) hurt?**');
-  if (corpora.length === 0) lines.push('  - No lm results yet.');
-  else {
-    lines.push(...lmPair('hype-paper', 'hype-recency', ends));
-    lines.push(...lmPair('hype-paper', 'none', ends));
+  if (has('hype-paper') && (has('hype-recency') || has('none'))) {
+    ask('**Does hype-paper (the literal sign, rewarding distance) hurt?**');
+    if (corpora.length === 0) lines.push('  - No lm results yet.');
+    else lines.push(...pairs('hype-paper', 'hype-recency', ends), ...pairs('hype-paper', 'none', ends));
+    if (has('hype-recency')) lines.push(...flipRecallPair(input, 'hype-paper', 'hype-recency'));
   }
-  lines.push(...flipRecallPair(input, 'hype-paper', 'hype-recency'));
-  lines.push('3. **Does learning tau/mu help?**');
-  if (corpora.length === 0) lines.push('  - No lm results yet.');
-  else lines.push(...lmPair('hype-learned', 'hype-recency', ends));
-  lines.push(...learnedParamLines(input));
-  lines.push(...flipRecallPair(input, 'hype-learned', 'hype-recency'));
-  lines.push('4. **How do PaTH and HoPE fare at this scale?**');
-  if (corpora.length > 0) {
-    lines.push(...lmPair('path', 'rope', ends));
-    lines.push(...lmPair('hope', 'rope', ends));
+  if (has('hype-learned', 'hype-recency')) {
+    ask('**Does learning tau/mu help?**');
+    if (corpora.length === 0) lines.push('  - No lm results yet.');
+    else lines.push(...lmPair('hype-learned', 'hype-recency', ends));
+    lines.push(...learnedParamLines(input));
+    lines.push(...flipRecallPair(input, 'hype-learned', 'hype-recency'));
   }
-  lines.push(...flipRecallPair(input, 'path', 'rope'));
-  lines.push(...flipRecallPair(input, 'hope', 'rope'));
-  lines.push('5. **What does bf16 cost HyPE, and does HyPE survive bf16?**');
+  const newcomers = [
+    ['path', 'PaTH'],
+    ['hope', 'HoPE'],
+  ].filter(([e]) => has(e!, 'rope'));
+  if (newcomers.length > 0) {
+    ask(
+      `**How ${newcomers.length === 1 ? 'does' : 'do'} ${listText(newcomers.map(([, n]) => n!))} fare at this scale?**`,
+    );
+    if (corpora.length > 0) lines.push(...newcomers.flatMap(([e]) => lmPair(e!, 'rope', ends)));
+    lines.push(...newcomers.flatMap(([e]) => flipRecallPair(input, e!, 'rope')));
+  }
+  ask('**What does bf16 cost HyPE, and does HyPE survive bf16?**');
   const diffs = precisionDiffs(input);
   if (diffs.length === 0) lines.push('  - No precision results yet.');
   const firstLm = input.precision[0]?.config.lm;
@@ -790,20 +911,23 @@ function findingsSection(input: ReportInput): string[] {
         '.',
     );
   }
-  lines.push(
-    "6. **Does the ALiBi paper's shape reproduce** (sinusoidal and learned blow up past L, rotary and T5's bias degrade, ALiBi stays flat)?",
+  ask(
+    "**Does the ALiBi paper's shape reproduce** (sinusoidal and learned blow up past L, rotary and T5's bias degrade, ALiBi stays flat)?",
   );
+  const shapeQuestion = asked;
   if (corpora.length === 0) lines.push('  - No lm results yet.');
   for (const corpus of corpora) {
-    for (const enc of ['sinusoidal', 'learned', 'rope', 't5', 'alibi', 'hype-recency']) {
+    for (const enc of ['sinusoidal', 'learned', 'rope', 't5', 'alibi', 'hype-recency'].filter((e) => has(e))) {
       lines.push(`  - ${corpus}, ${enc}: ${shapeOf(input, corpus, enc)}`);
     }
   }
-  lines.push('7. **Which encodings extrapolate?** (every encoding, by the thresholds of finding 6; means over seeds)');
+  ask(
+    `**Which encodings extrapolate?** (every encoding, by the thresholds of finding ${shapeQuestion}; means over seeds)`,
+  );
   if (corpora.length === 0) lines.push('  - No lm results yet.');
   lines.push(...corpora.map((c) => '  - ' + shapeSummary(input, c)));
-  lines.push(
-    '8. **How does the best HyPE compare with the best peer?** (per corpus and length, the HyPE variant and the ' +
+  ask(
+    '**How does the best HyPE compare with the best peer?** (per corpus and length, the HyPE variant and the ' +
       'other encoding with the lowest mean bits per byte)',
   );
   if (corpora.length === 0) lines.push('  - No lm results yet.');
@@ -826,6 +950,15 @@ function findingsSection(input: ReportInput): string[] {
     }
   }
   return lines;
+}
+
+/** The encodings the study's plan includes, with any that have results (a folder may hold several plans' cells). */
+function plannedEncodings(input: ReportInput): Set<string> {
+  return new Set([
+    ...(input.meta?.plan.encodings ?? []),
+    ...encodingsOf(input),
+    ...input.precision.map((c) => c.config.lm.encoding),
+  ]);
 }
 
 /** The encoding (among those `which` accepts) with the lowest mean bits per byte at multiplier m, or null. */

@@ -2,13 +2,15 @@
  * `hype study` as a library call: run the chosen experiments' unfinished cells, then regenerate the report (and,
  * when asked, a RESULTS.md elsewhere) from the results JSON alone.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
 import type { Backend } from '../backend/backend.ts';
 import { HypeError } from '../errors.ts';
 import { renderSvg, writeSvgFile } from '../plot/render.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
+import { Claim, withClaim } from '../util/claim.ts';
+import { makeDirs, makeWritableDir } from '../util/fs-safe.ts';
 import type { StudyEnv } from './cell.ts';
 import {
   flipflopConfigs,
@@ -30,7 +32,8 @@ import {
   type Experiment,
   type StudyPlan,
 } from './plan.ts';
-import { buildReport, readResults, type StudyMeta } from './report.ts';
+import { buildReport, readMeta, readResults, type StudyMeta } from './report.ts';
+import { StudyProgress, type StudyCell } from './progress.ts';
 import { cellKey } from './store.ts';
 import { versions } from './versions.ts';
 
@@ -83,27 +86,51 @@ export function planFor(o: Pick<StudyOptions, 'quick' | 'seeds' | 'encodings' | 
   return plan;
 }
 
-export async function runStudy(o: StudyOptions): Promise<{ plan: StudyPlan; report: string }> {
+export interface StudyOutcome {
+  plan: StudyPlan;
+  /** Path of the regenerated report. */
+  report: string;
+  /** Cells in the plan, those an earlier run had finished, and those this run computed. */
+  total: number;
+  finishedBefore: number;
+  computed: number;
+}
+
+export async function runStudy(o: StudyOptions): Promise<StudyOutcome> {
   const plan = planFor(o);
   const log = o.log ?? ((s: string) => process.stderr.write(s + '\n'));
   const env: StudyEnv = { backend: o.backend, workDir: o.workDir, dataDir: o.dataDir, log };
-  mkdirSync(o.outDir, { recursive: true });
+  makeWritableDir(o.outDir, 'the results folder (--out)');
+  makeWritableDir(o.workDir, 'the training-runs folder (--work-dir)');
   const metaPath = join(o.outDir, 'study.json');
-  const old = existsSync(metaPath) ? (JSON.parse(readFileSync(metaPath, 'utf8')) as StudyMeta) : null;
   const meta: StudyMeta = {
     plan,
     versions: versions(),
     backend: o.backend.name,
     cpus: availableParallelism(),
-    invocations: old?.invocations ?? [],
+    invocations: [],
   };
-  // Written before any cell runs, so a study cut off mid-way still reports its plan and versions.
-  writeFileAtomic(metaPath, JSON.stringify(meta, null, 1) + '\n');
+  // Written before any cell runs, so a study cut off mid-way still reports its plan and versions. Another study
+  // process may share this folder (e.g. lm and the tasks side by side): each update re-reads the file under its
+  // claim, so no process's invocations are lost.
+  await updateMeta(metaPath, (old) => ({ ...meta, invocations: old?.invocations ?? [] }));
   const chosen: Experiment[] = o.experiment === 'all' ? [...EXPERIMENTS] : [o.experiment];
   if (o.recompute && o.recompute.length > 0) {
     o.recompute.forEach(peChoice);
-    for (const exp of chosen) forget(o, plan, exp, new Set(o.recompute), log);
+    for (const exp of chosen) await forget(o, plan, exp, new Set(o.recompute), log);
   }
+  // The whole run's cells up front, so the user sees the plan and each cell its place in it and the time left.
+  const progress = new StudyProgress(
+    chosen.flatMap((exp) =>
+      configsOf(plan, exp).map((cell) => ({
+        cell,
+        finished: existsSync(join(o.outDir, exp, 'cells', `${cellKey(cell)}.json`)),
+      })),
+    ),
+    log,
+  );
+  env.progress = progress;
+  progress.announce();
   for (const exp of chosen) {
     const t0 = performance.now();
     const started = new Date().toISOString();
@@ -117,20 +144,38 @@ export async function runStudy(o: StudyOptions): Promise<{ plan: StudyPlan; repo
       await runPrecision(env, o.outDir, configs);
     }
     const cellsRun = cellsIn(o.outDir, exp) - before;
-    // Re-read first: another study process may share this folder (e.g. lm and the tasks run side by side).
-    const now = existsSync(metaPath) ? (JSON.parse(readFileSync(metaPath, 'utf8')) as StudyMeta) : meta;
-    meta.invocations = [
-      ...now.invocations,
-      { experiment: exp, started, seconds: (performance.now() - t0) / 1000, cellsRun },
-    ];
-    writeFileAtomic(metaPath, JSON.stringify(meta, null, 1) + '\n');
+    const invocation = { experiment: exp, started, seconds: (performance.now() - t0) / 1000, cellsRun };
+    await updateMeta(metaPath, (old) => ({ ...meta, invocations: [...(old?.invocations ?? []), invocation] }));
   }
   const report = await writeReport(o.outDir);
-  return { plan, report };
+  return { plan, report, total: progress.total, finishedBefore: progress.finishedBefore, computed: progress.computed };
 }
 
-/** Deletes the cells of `exp` (in this plan) whose encoding is in `encodings`, with their training runs. */
-function forget(o: StudyOptions, plan: StudyPlan, exp: Experiment, encodings: Set<string>, log: (s: string) => void) {
+/** Every cell of `exp` in the plan, in the order the experiment runs them. */
+function configsOf(plan: StudyPlan, exp: Experiment): StudyCell[] {
+  if (exp === 'lm') return lmConfigs(plan, plan.encodings);
+  if (exp === 'flipflop') return flipflopConfigs(plan, plan.encodings);
+  if (exp === 'recall') return recallConfigs(plan, plan.encodings);
+  return precisionConfigs(plan, plan.encodings);
+}
+
+async function updateMeta(metaPath: string, f: (old: StudyMeta | null) => StudyMeta): Promise<void> {
+  await withClaim(metaPath, 'study metadata', () => {
+    writeFileAtomic(metaPath, JSON.stringify(f(readMeta(metaPath)), null, 1) + '\n');
+  });
+}
+
+/**
+ * Deletes the cells of `exp` (in this plan) whose encoding is in `encodings`, with their training runs; refuses
+ * (before deleting anything of that cell) one another live process is computing.
+ */
+async function forget(
+  o: StudyOptions,
+  plan: StudyPlan,
+  exp: Experiment,
+  encodings: Set<string>,
+  log: (s: string) => void,
+) {
   const trained =
     exp === 'lm'
       ? lmConfigs(plan, plan.encodings)
@@ -141,23 +186,42 @@ function forget(o: StudyOptions, plan: StudyPlan, exp: Experiment, encodings: Se
           : [];
   let n = 0;
   for (const c of trained.filter((x) => encodings.has(x.encoding))) {
-    n += removeIfPresent(join(o.outDir, exp, 'cells', `${cellKey(c)}.json`));
-    rmSync(join(o.workDir, runNameOf(c)), { recursive: true, force: true });
+    n += await removeClaimed(join(o.outDir, exp, 'cells', `${cellKey(c)}.json`), join(o.workDir, runNameOf(c)));
   }
   if (exp === 'precision') {
     // Precision re-evaluates the lm models: forget their cells and the lm runs they reuse.
     for (const c of precisionConfigs(plan, plan.encodings).filter((x) => encodings.has(x.lm.encoding))) {
-      n += removeIfPresent(join(o.outDir, exp, 'cells', `${cellKey(c)}.json`));
-      rmSync(join(o.workDir, runNameOf(c.lm)), { recursive: true, force: true });
+      n += await removeClaimed(join(o.outDir, exp, 'cells', `${cellKey(c)}.json`), join(o.workDir, runNameOf(c.lm)));
     }
   }
   log(`${exp}: recomputing ${n} finished cell${n === 1 ? '' : 's'} of ${[...encodings].join(', ')}`);
 }
 
-function removeIfPresent(path: string): number {
-  if (!existsSync(path)) return 0;
-  rmSync(path);
-  return 1;
+/** Removes a cell file and its run folder, holding both claims; 1 if the cell file existed. */
+async function removeClaimed(cellPath: string, runDir: string): Promise<number> {
+  const claims: Claim[] = [];
+  try {
+    for (const [path, what] of [
+      [cellPath, 'study cell'],
+      [runDir, 'training run'],
+    ] as const) {
+      const claim = await Claim.tryTake(path, what);
+      if (!claim) {
+        throw new HypeError(
+          'argument',
+          `cannot recompute ${what} '${path}': another live process is working on it; ` +
+            'pass --recompute once it has finished',
+        );
+      }
+      claims.push(claim);
+    }
+    rmSync(runDir, { recursive: true, force: true });
+    if (!existsSync(cellPath)) return 0;
+    rmSync(cellPath);
+    return 1;
+  } finally {
+    for (const c of claims) await c.release();
+  }
 }
 
 /** Finished cells of `exp` in the folder (to tell how many an invocation computed). */
@@ -171,6 +235,18 @@ function cellsIn(outDir: string, exp: Experiment): number {
  * file (e.g. RESULTS.md at the repository root) with its plot links pointing into <outDir>/plots.
  */
 export async function writeReport(outDir: string, to?: string): Promise<string> {
+  if (existsSync(outDir) && !statSync(outDir).isDirectory()) {
+    throw new HypeError('io', `results folder '${outDir}' is a file, not a folder; pass the results folder with --out`);
+  }
+  if (to !== undefined) {
+    if (to.trim() === '' || (existsSync(to) && statSync(to).isDirectory())) {
+      throw new HypeError(
+        'argument',
+        `--to '${to}' is a folder or empty; pass a Markdown file path such as RESULTS.md`,
+      );
+    }
+    makeDirs(dirname(to) || '.', 'the folder of --to');
+  }
   const input = readResults(outDir);
   if (input.lm.length + input.flipflop.length + input.recall.length + input.precision.length === 0) {
     throw new HypeError(

@@ -1,12 +1,17 @@
 /**
  * Resumable experiment results. A study is a grid of cells (one training run + its evaluations each); every
  * finished cell is one JSON file named by a stable key of its configuration, written atomically, so an
- * interrupted study restarts where it stopped and never recomputes a finished cell.
+ * interrupted study restarts where it stopped and never recomputes a finished cell. Several study processes may
+ * share one results folder: a cell is computed only by the live process holding its claim (cells/<key>.json.lock,
+ * see util/claim.ts); the others skip it, and at the end wait for its result or take over a dead holder's claim.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { HypeError } from '../errors.ts';
+import { writeFileAtomic } from '../util/atomic-file.ts';
+import { Claim } from '../util/claim.ts';
+import { makeDirs, readJsonFile } from '../util/fs-safe.ts';
 
 /** JSON with object keys sorted, so equal configurations always serialise (and hash) identically. */
 export function stableStringify(value: unknown): string {
@@ -35,9 +40,12 @@ export interface CellRecord<C, R> {
 export class ResultStore<C, R> {
   readonly cellsDir: string;
 
-  constructor(readonly dir: string) {
+  constructor(
+    readonly dir: string,
+    private readonly log: (line: string) => void = () => {},
+  ) {
     this.cellsDir = join(dir, 'cells');
-    mkdirSync(this.cellsDir, { recursive: true });
+    makeDirs(this.cellsDir, 'the results folder');
   }
 
   private path(key: string): string {
@@ -54,23 +62,14 @@ export class ResultStore<C, R> {
   }
 
   private read(p: string): CellRecord<C, R> {
-    try {
-      return JSON.parse(readFileSync(p, 'utf8')) as CellRecord<C, R>;
-    } catch (err) {
-      throw new HypeError(
-        'io',
-        `result file ${p} is not valid JSON (${(err as Error).message}); delete it to rerun that cell`,
-      );
-    }
+    return readCellFile<C, R>(p);
   }
 
   put(config: C, result: R, seconds: number): CellRecord<C, R> {
     const key = cellKey(config);
     const record: CellRecord<C, R> = { key, config, result, finishedAt: new Date().toISOString(), seconds };
-    const p = this.path(key);
-    const tmp = `${p}.tmp-${process.pid}`;
-    writeFileSync(tmp, JSON.stringify(record, null, 1));
-    renameSync(tmp, p); // atomic on one file system: a reader sees the old file or the whole new one
+    // Atomic: a reader (another study process, a report) sees no file or the whole one.
+    writeFileAtomic(this.path(key), JSON.stringify(record, null, 1));
     return record;
   }
 
@@ -82,8 +81,9 @@ export class ResultStore<C, R> {
   }
 
   /**
-   * Runs `work` for every config not finished yet, in order, storing each result as soon as it exists.
-   * Returns all records (finished earlier or now) in the order of `configs`.
+   * Runs `work` for every config not finished yet, in order, storing each result as soon as it exists. A cell
+   * another live process is computing is skipped at first; once the rest are done, this waits for its result (or
+   * computes it, if that process died). Returns all records in the order of `configs`.
    */
   async runAll(
     configs: readonly C[],
@@ -91,17 +91,58 @@ export class ResultStore<C, R> {
   ): Promise<CellRecord<C, R>[]> {
     const pending = configs.filter((c) => !this.has(c)).length;
     let done = 0;
-    const out: CellRecord<C, R>[] = [];
-    for (const config of configs) {
-      const existing = this.get(config);
-      if (existing) {
-        out.push(existing);
-        continue;
+    const out = new Map<number, CellRecord<C, R>>();
+    // Claims the cell and computes it; false if another live process holds it.
+    const attempt = async (i: number): Promise<boolean> => {
+      const config = configs[i]!;
+      const claim = await Claim.tryTake(this.path(cellKey(config)), 'study cell');
+      if (!claim) return false;
+      try {
+        const finished = this.get(config); // by the process that held the claim before us
+        if (finished) {
+          out.set(i, finished);
+          return true;
+        }
+        const t0 = performance.now();
+        const result = await work(config, done++, pending);
+        claim.check();
+        out.set(i, this.put(config, result, (performance.now() - t0) / 1000));
+        return true;
+      } finally {
+        await claim.release();
       }
-      const t0 = performance.now();
-      const result = await work(config, done++, pending);
-      out.push(this.put(config, result, (performance.now() - t0) / 1000));
+    };
+    let elsewhere: number[] = [];
+    for (let i = 0; i < configs.length; i++) {
+      const existing = this.get(configs[i]!);
+      if (existing) out.set(i, existing);
+      else if (!(await attempt(i))) elsewhere.push(i);
     }
-    return out;
+    if (elsewhere.length > 0) {
+      this.log(`${elsewhere.length} cell(s) are being computed by another process; waiting for them`);
+    }
+    while (elsewhere.length > 0) {
+      await new Promise((r) => setTimeout(r, 1000));
+      const still: number[] = [];
+      for (const i of elsewhere) {
+        const existing = this.get(configs[i]!);
+        if (existing) out.set(i, existing);
+        else if (!(await attempt(i))) still.push(i);
+      }
+      elsewhere = still;
+    }
+    return configs.map((_, i) => out.get(i)!);
   }
+}
+
+/** One cell file; a truncated or hand-broken one is refused with the way out (delete it to recompute the cell). */
+export function readCellFile<C, R>(p: string): CellRecord<C, R> {
+  const rec = readJsonFile(p, 'result file', 'delete it to rerun that cell') as CellRecord<C, R>;
+  if (typeof rec !== 'object' || rec === null || !('config' in rec) || !('result' in rec)) {
+    throw new HypeError(
+      'io',
+      `result file '${p}' is not a study cell (no config or result); delete it to rerun that cell`,
+    );
+  }
+  return rec;
 }

@@ -14,7 +14,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { HypeError, check } from '../errors.ts';
 import { decodeSafetensors, encodeSafetensors, type SafeFile, type TensorToWrite } from '../interop/safetensors.ts';
 import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
@@ -136,61 +136,103 @@ export function hasCheckpoint(runDir: string): boolean {
   return existsSync(join(checkpointsDir(runDir), LATEST));
 }
 
-function refuse(where: string, problem: string): never {
-  throw new HypeError(
-    'checkpoint',
-    `checkpoint ${where} ${problem}; it is corrupt or from another version (resume from an earlier checkpoint ` +
-      'or start a new run)',
-  );
+/** The checkpoint folders of a run (step-NNNNNNNN), oldest first; those not published may be incomplete. */
+export function listCheckpoints(runDir: string): string[] {
+  const root = checkpointsDir(runDir);
+  if (!existsSync(root)) return [];
+  return readdirSync(root)
+    .filter((e) => /^step-\d+$/.test(e))
+    .sort();
 }
 
-/** Reads the published checkpoint of a run and verifies its integrity (not yet its fit to a model). */
-export function loadCheckpoint(runDir: string): LoadedCheckpoint {
+/**
+ * A path naming a run folder, or one of its checkpoints (<run>/checkpoints/step-NNNNNNNN), as the run folder and
+ * the checkpoint's name (undefined: the latest).
+ */
+export function splitCheckpointPath(path: string): { runDir: string; checkpoint?: string } {
+  const name = basename(path);
+  const parent = dirname(path);
+  if (/^step-\d+$/.test(name) && basename(parent) === 'checkpoints')
+    return { runDir: dirname(parent), checkpoint: name };
+  return { runDir: path };
+}
+
+function refuse(where: string, problem: string, runDir: string, current?: string): never {
+  const others = listCheckpoints(runDir).filter((c) => c !== current);
+  const way =
+    others.length > 0
+      ? `resume from another with --resume ${join(checkpointsDir(runDir), others[others.length - 1]!)} ` +
+        `(available: ${others.join(', ')}), or start a new run`
+      : 'no other checkpoint is left in this run; start a new run';
+  throw new HypeError('checkpoint', `checkpoint ${where} ${problem}; it is corrupt or from another version (${way})`);
+}
+
+/**
+ * Reads the published checkpoint of a run (or the one in folder checkpoints/<name>) and verifies its integrity
+ * (not yet its fit to a model).
+ */
+export function loadCheckpoint(runDir: string, name?: string): LoadedCheckpoint {
   const root = checkpointsDir(runDir);
   const latestPath = join(root, LATEST);
-  if (!existsSync(latestPath)) {
-    throw new HypeError(
-      'io',
-      `no checkpoint in '${runDir}' (missing checkpoints/${LATEST}); pass a run folder written by 'hype train'`,
-    );
-  }
   let latest: { step?: unknown; dir?: unknown };
-  try {
-    latest = JSON.parse(readFileSync(latestPath, 'utf8'));
-  } catch {
-    refuse(`pointer '${latestPath}'`, 'is not valid JSON');
+  if (name !== undefined) {
+    check(
+      /^step-\d+$/.test(name) && existsSync(join(root, name)),
+      'io',
+      () => `no checkpoint '${name}' in '${runDir}'; available: ${listCheckpoints(runDir).join(', ') || 'none'}`,
+    );
+    latest = { dir: name, step: Number(name.slice(5)) };
+  } else {
+    if (!existsSync(latestPath)) {
+      throw new HypeError(
+        'io',
+        `no checkpoint in '${runDir}' (missing checkpoints/${LATEST}); pass a run folder written by 'hype train'`,
+      );
+    }
+    try {
+      latest = JSON.parse(readFileSync(latestPath, 'utf8'));
+    } catch {
+      refuse(`pointer '${latestPath}'`, 'is not valid JSON', runDir);
+    }
+    if (
+      typeof latest !== 'object' ||
+      latest === null ||
+      typeof latest.dir !== 'string' ||
+      !/^step-\d+$/.test(latest.dir)
+    ) {
+      refuse(`pointer '${latestPath}'`, 'names no checkpoint folder', runDir);
+    }
   }
-  if (typeof latest.dir !== 'string' || !/^step-\d+$/.test(latest.dir)) {
-    refuse(`pointer '${latestPath}'`, 'names no checkpoint folder');
-  }
-  const dir = join(root, latest.dir);
+  const dir = join(root, latest.dir as string);
+  const current = latest.dir as string;
+  const fail: (where: string, problem: string) => never = (where, problem) => refuse(where, problem, runDir, current);
   let state: CheckpointState;
   try {
     state = JSON.parse(readFileSync(join(dir, STATE_FILE), 'utf8'));
   } catch (err) {
-    refuse(`'${dir}'`, `has an unreadable ${STATE_FILE} (${(err as Error).message})`);
+    fail(`'${dir}'`, `has an unreadable ${STATE_FILE} (${(err as Error).message})`);
   }
-  if (state.format !== CHECKPOINT_FORMAT) refuse(`'${dir}'`, `has format ${JSON.stringify(state.format)}`);
+  if (state.format !== CHECKPOINT_FORMAT) fail(`'${dir}'`, `has format ${JSON.stringify(state.format)}`);
   if (!Number.isInteger(state.step) || state.step !== latest.step) {
-    refuse(`'${dir}'`, `says step ${state.step} but ${LATEST} says ${latest.step}`);
+    fail(`'${dir}'`, `says step ${state.step} but ${LATEST} says ${latest.step}`);
   }
   const files: Record<string, SafeFile> = {};
   for (const f of [MODEL_FILE, OPTIMIZER_FILE]) {
     const want = state.files?.[f];
-    if (!want) refuse(`'${dir}'`, `does not list ${f}`);
+    if (!want) fail(`'${dir}'`, `does not list ${f}`);
     const path = join(dir, f);
-    if (!existsSync(path)) refuse(`'${dir}'`, `is missing ${f}`);
+    if (!existsSync(path)) fail(`'${dir}'`, `is missing ${f}`);
     const size = statSync(path).size;
-    if (size !== want.bytes) refuse(`file '${path}'`, `has ${size} bytes, expected ${want.bytes}`);
+    if (size !== want.bytes) fail(`file '${path}'`, `has ${size} bytes, expected ${want.bytes}`);
     const bytes = readFileSync(path);
-    if (sha256(bytes) !== want.sha256) refuse(`file '${path}'`, 'fails its SHA-256 check');
+    if (sha256(bytes) !== want.sha256) fail(`file '${path}'`, 'fails its SHA-256 check');
     files[f] = decodeSafetensors(bytes, path);
   }
   try {
     state.model = parseModelConfig(state.model);
     state.train = parseTrainConfig(state.train);
   } catch (err) {
-    refuse(`'${dir}'`, `holds an invalid configuration (${(err as Error).message})`);
+    fail(`'${dir}'`, `holds an invalid configuration (${(err as Error).message})`);
   }
   return { dir, state, weights: files[MODEL_FILE]!, optimizer: files[OPTIMIZER_FILE]! };
 }

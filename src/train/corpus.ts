@@ -3,10 +3,13 @@
  * random training windows. Tokens are the file's bytes (vocab 256), so a user's own corpus works unchanged.
  */
 import { createHash } from 'node:crypto';
+import { constants } from 'node:buffer';
 import { readFileSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { HypeError, check } from '../errors.ts';
+import { describeFsError } from '../util/fs-safe.ts';
 import type { Rng } from '../util/rng.ts';
+import { availableMemory, formatBytes } from './memory.ts';
 
 /** The default corpus, relative to the project root (the working directory). */
 export const DEFAULT_CORPUS = '../shared/data/tinyshakespeare/input.txt';
@@ -30,14 +33,30 @@ export function loadCorpus(path: string, valFraction: number): ByteCorpus {
   const full = resolve(process.cwd(), path);
   let data: Buffer;
   try {
-    if (statSync(full).isDirectory()) {
+    const st = statSync(full);
+    if (st.isDirectory()) {
       throw new HypeError('io', `corpus '${path}' is a directory; pass a text file with --data <file>`);
+    }
+    // A device (/dev/zero), pipe or socket has no end to read to; the corpus is read whole, so refuse it up front.
+    if (!st.isFile()) {
+      throw new HypeError(
+        'io',
+        `corpus '${path}' is not a regular file (a device, pipe or socket); pass a text file with --data <file>`,
+      );
+    }
+    const limit = Math.min(constants.MAX_LENGTH, availableMemory());
+    if (st.size > limit) {
+      throw new HypeError(
+        'io',
+        `corpus '${path}' has ${formatBytes(st.size)}; it is read whole into memory, where at most ` +
+          `${formatBytes(limit)} fits; pass a smaller file (a slice of it) with --data`,
+      );
     }
     data = readFileSync(full);
   } catch (err) {
     if (err instanceof HypeError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOENT' ? 'no such file' : (err as Error).message;
+    const why = code === 'ENOENT' ? 'no such file' : describeFsError(err);
     throw new HypeError('io', `cannot read corpus '${path}' (${why}); pass an existing UTF-8 text file with --data`);
   }
   check(data.length > 0, 'io', `corpus '${path}' is empty; pass a non-empty UTF-8 text file with --data`);

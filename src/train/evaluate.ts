@@ -9,8 +9,9 @@
  *   first window sees at least L - S bytes of context. Costs about L / S times more compute.
  * Bytes at the end that do not fill a whole window are not scored (at most L bytes, or S with sliding).
  */
-import { check } from '../errors.ts';
+import { check, HypeError } from '../errors.ts';
 import type { Transformer } from '../model/transformer.ts';
+import { activationBytes, checkMemory } from './memory.ts';
 
 export interface EvalOptions {
   /** Sliding-window stride; omit for non-overlapping windows. */
@@ -58,6 +59,11 @@ export function evaluateHeldOut(
   const starts: number[] = [];
   for (let s = 0; s + length + 1 <= data.length; s += stride) starts.push(s);
   const batch = Math.max(1, Math.min(options.batch ?? 8, starts.length));
+  checkMemory(
+    activationBytes(model.config, batch * length),
+    `evaluating ${batch} windows of ${length} bytes per pass`,
+    'lower --batch or the evaluation length',
+  );
   const tokens = new Int32Array(batch * length);
   const targets = new Int32Array(batch * length);
   let nats = 0;
@@ -71,7 +77,14 @@ export function evaluateHeldOut(
         targets[b * length + t] = data[s + t + 1]!;
       }
     }
-    model.forward(tokens.subarray(0, nb * length), targets.subarray(0, nb * length), nb, length);
+    const mean = model.forward(tokens.subarray(0, nb * length), targets.subarray(0, nb * length), nb, length);
+    // Never a number from NaN: a non-finite logit stops the evaluation (a kernel may skip it in the loss).
+    checkOutputs(
+      model,
+      mean,
+      `at evaluation length ${length} (held-out windows ${w0 + 1}..${w0 + nb} of ${starts.length})`,
+      'the model or its checkpoint is broken; evaluate an earlier checkpoint',
+    );
     const losses = model.tokenLosses();
     for (let b = 0; b < nb; b++) {
       const first = w0 + b === 0 ? 0 : length - stride;
@@ -91,4 +104,23 @@ export function evaluateHeldOut(
     bitsPerByte: mean / Math.LN2,
     perplexity: Math.exp(mean),
   };
+}
+
+/**
+ * Refuses a forward pass whose loss (null: run without targets) or logits are not finite, naming where (`at step
+ * 12`) and which tensor. The logits are checked too because a cross-entropy kernel may skip a NaN logit and still return a finite loss.
+ */
+export function checkOutputs(model: Transformer, loss: number | null, where: string, fix: string): void {
+  const logits = model.logits();
+  const V = model.config.vocab;
+  for (let i = 0; i < logits.length; i++) {
+    if (!Number.isFinite(logits[i]!)) {
+      throw new HypeError(
+        'non-finite',
+        `logit ${logits[i]} ${where} (token ${Math.floor(i / V)} of the batch, vocabulary entry ${i % V}): ` +
+          `the model's output is not finite; ${fix}`,
+      );
+    }
+  }
+  if (loss !== null && !Number.isFinite(loss)) throw new HypeError('non-finite', `loss is ${loss} ${where}; ${fix}`);
 }

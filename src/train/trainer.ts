@@ -6,19 +6,27 @@
  * Run folder: run.json (configs, versions), losses.jsonl (one line per step), evals.jsonl (the periodic held-out
  * evaluations, when asked for), checkpoints/ (see checkpoint.ts).
  */
-import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Backend } from '../backend/backend.ts';
-import { layerOpsOf } from '../backend/layers.ts';
 import { HypeError, check } from '../errors.ts';
-import { canonicalJson, type ModelConfig } from '../model/config.ts';
+import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
 import { Transformer, type TransformerOptions } from '../model/transformer.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
+import { checkFolderPath, makeWritableDir, readJsonFile } from '../util/fs-safe.ts';
 import { Rng } from '../util/rng.ts';
-import { hasCheckpoint, loadCheckpoint, restoreOptimizer, restoreWeights, saveCheckpoint } from './checkpoint.ts';
+import {
+  hasCheckpoint,
+  loadCheckpoint,
+  restoreOptimizer,
+  restoreWeights,
+  saveCheckpoint,
+  splitCheckpointPath,
+} from './checkpoint.ts';
 import { checkSchedule, learningRate, parseTrainConfig, type TrainConfig } from './config.ts';
 import { checkWindowFits, loadCorpus, type ByteCorpus } from './corpus.ts';
-import { evaluateHeldOut } from './evaluate.ts';
+import { checkOutputs, evaluateHeldOut } from './evaluate.ts';
+import { checkMemory, trainingBytes } from './memory.ts';
 import { AdamW, clipGradients } from './optimizer.ts';
 import { windowSource, type BatchSource } from './source.ts';
 
@@ -85,6 +93,18 @@ function sourceCorpus(source: BatchSource): ByteCorpus {
   };
 }
 
+/** Options of resume(): what the caller expects of the run, and what it may change. */
+export type ResumeOptions = TransformerOptions &
+  DataOptions & {
+    expectModel?: ModelConfig;
+    expectTrain?: Partial<TrainConfig>;
+    dataOverride?: string;
+    /** A new total step count (the schedule is stretched to it). */
+    steps?: number;
+    /** An earlier checkpoint to resume from instead of the latest (its folder name). */
+    checkpoint?: string;
+  };
+
 const RUN_FILE = 'run.json';
 const LOSSES_FILE = 'losses.jsonl';
 const EVALS_FILE = 'evals.jsonl';
@@ -96,6 +116,8 @@ export class TrainingRun {
   readonly targets: Int32Array;
   /** Where batches come from: windows of corpus.train unless a source was given. */
   readonly source: BatchSource;
+  /** True when resume() found no checkpoint and started the run over from its run.json. */
+  restarted = false;
 
   private constructor(
     readonly runDir: string,
@@ -113,7 +135,12 @@ export class TrainingRun {
     this.targets = new Int32Array(n);
   }
 
-  /** A fresh run in `runDir` (which must not already hold a run). */
+  /**
+   * A fresh run in `runDir` (which must not already hold a run). Everything that can refuse the run is checked
+   * before the folder is created: the configs, the corpus, the memory a step needs, the folder path, and one
+   * forward pass of the model on a batch of the training shape (an encoding refusing its options or overflowing
+   * its dtype, non-finite logits at initialisation). So a refused run leaves nothing behind.
+   */
   static start(
     runDir: string,
     modelConfig: ModelConfig,
@@ -121,26 +148,53 @@ export class TrainingRun {
     backend: Backend,
     options: TransformerOptions & DataOptions = {},
   ): TrainingRun {
+    checkFolderPath(runDir, 'run folder');
     check(
       !existsSync(join(runDir, RUN_FILE)),
       'argument',
       `'${runDir}' already holds a run; pass --resume ${runDir} to continue it, or choose another --run-dir`,
     );
+    return TrainingRun.fresh(runDir, modelConfig, trainInput, backend, options);
+  }
+
+  /** start() without the "already holds a run" check: also restarts a run that never wrote a checkpoint. */
+  private static fresh(
+    runDir: string,
+    modelConfig: ModelConfig,
+    trainInput: Partial<TrainConfig>,
+    backend: Backend,
+    options: TransformerOptions & DataOptions & { expectSha256?: string },
+  ): TrainingRun {
     const { source } = options;
     const train = parseTrainConfig(source ? { ...trainInput, data: source.id } : trainInput);
     checkSchedule(train);
     // Stored absolute, so `hype eval` and `--resume` work from any folder (the SHA-256 still guards the content).
     if (!source) train.data = resolve(train.data);
+    const L = modelConfig.trainLength;
+    checkMemory(
+      trainingBytes(modelConfig, train.batch * L),
+      `training ${train.batch} windows of ${L} bytes per step`,
+      'lower --batch or --length (or the model size)',
+    );
     const corpus = source ? sourceCorpus(source) : loadCorpus(train.data, train.valFraction);
-    if (!source) checkWindowFits(corpus.train, modelConfig.trainLength, 'training', train.data);
+    if (options.expectSha256 !== undefined) {
+      check(
+        corpus.sha256 === options.expectSha256,
+        'checkpoint',
+        `corpus '${corpus.path}' differs from the one run '${runDir}' was started on (SHA-256 mismatch); ` +
+          'pass the original file with --data',
+      );
+    }
+    if (!source) checkWindowFits(corpus.train, L, 'training', train.data);
     const model = new Transformer(modelConfig, backend, options);
-    mkdirSync(runDir, { recursive: true });
+    probe(model, train.batch, L);
+    makeWritableDir(runDir, 'run folder');
     const run = new TrainingRun(
       runDir,
       model,
       train,
       corpus,
-      new AdamW(model.parameters(), layerOpsOf(backend)),
+      new AdamW(model.parameters(), backend),
       new Rng(train.seed),
       0,
       source,
@@ -162,26 +216,22 @@ export class TrainingRun {
       ) + '\n',
     );
     writeFileAtomic(join(runDir, LOSSES_FILE), '');
+    rmSync(join(runDir, EVALS_FILE), { force: true }); // a restarted run's evaluations start over too
     return run;
   }
 
   /**
-   * Continues the run in `runDir` from its latest checkpoint. `expect` (the configs the caller would have used)
-   * must match the checkpoint's where given; `dataOverride` points at the corpus if it moved (its hash must match).
+   * Continues the run in `runDir` from its latest checkpoint (or from `checkpoint`, a folder name under
+   * checkpoints/ such as step-00000100). `expect` (the configs the caller would have used) must match the
+   * checkpoint's where given; `dataOverride` points at the corpus if it moved (its hash must match). A run that
+   * was cut off before its first checkpoint (run.json but no checkpoint) starts again from step 0 with the
+   * configs of its run.json: it lost nothing but those few steps, and is otherwise a dead end.
    */
-  static resume(
-    runDir: string,
-    backend: Backend,
-    options: TransformerOptions &
-      DataOptions & {
-        expectModel?: ModelConfig;
-        expectTrain?: Partial<TrainConfig>;
-        dataOverride?: string;
-        /** A new total step count (the schedule is stretched to it). */
-        steps?: number;
-      } = {},
-  ): TrainingRun {
-    const ck = loadCheckpoint(runDir);
+  static resume(runDir: string, backend: Backend, options: ResumeOptions = {}): TrainingRun {
+    if (options.checkpoint === undefined && !hasCheckpoint(runDir) && existsSync(join(runDir, RUN_FILE))) {
+      return TrainingRun.restart(runDir, backend, options);
+    }
+    const ck = loadCheckpoint(runDir, options.checkpoint);
     const { state } = ck;
     if (options.expectModel && canonicalJson(options.expectModel) !== canonicalJson(state.model)) {
       throw new HypeError(
@@ -201,21 +251,7 @@ export class TrainingRun {
       train.steps = options.steps;
       checkSchedule(train);
     }
-    if (options.expectTrain) {
-      for (const [k, v] of Object.entries(options.expectTrain)) {
-        if (
-          v !== undefined &&
-          canonicalJson(v) !== canonicalJson((state.train as unknown as Record<string, unknown>)[k])
-        ) {
-          throw new HypeError(
-            'checkpoint',
-            `training option '${k}' = ${JSON.stringify(v)} differs from the checkpoint's ` +
-              `${JSON.stringify((state.train as unknown as Record<string, unknown>)[k])} (mismatched checkpoint); ` +
-              'resume without it, or start a new run',
-          );
-        }
-      }
-    }
+    checkSameTrain(options.expectTrain, state.train, 'the checkpoint');
     const { source } = options;
     const corpus = source ? sourceCorpus(source) : loadCorpus(options.dataOverride ?? train.data, train.valFraction);
     check(
@@ -229,11 +265,49 @@ export class TrainingRun {
     );
     const model = new Transformer(state.model, backend, options);
     restoreWeights(model, ck.weights, `checkpoint '${ck.dir}'`);
-    const opt = new AdamW(model.parameters(), layerOpsOf(backend));
+    const opt = new AdamW(model.parameters(), backend);
     restoreOptimizer(opt, ck.optimizer, state.optimizerStep);
     const run = new TrainingRun(runDir, model, train, corpus, opt, Rng.fromState(state.rng), state.step, source);
     run.truncateLog(LOSSES_FILE);
     run.truncateLog(EVALS_FILE);
+    return run;
+  }
+
+  /** resume() of a run folder with run.json and no checkpoint: the same run from step 0. */
+  private static restart(runDir: string, backend: Backend, options: ResumeOptions): TrainingRun {
+    const saved = readJsonFile(join(runDir, RUN_FILE), 'run record', 'delete the run folder and start a new run') as {
+      model?: unknown;
+      train?: unknown;
+      corpus?: { sha256?: unknown };
+    };
+    let model: ModelConfig;
+    let train: TrainConfig;
+    try {
+      model = parseModelConfig(saved.model);
+      train = parseTrainConfig(saved.train);
+    } catch (err) {
+      throw new HypeError(
+        'checkpoint',
+        `run record '${join(runDir, RUN_FILE)}' holds an invalid configuration (${(err as Error).message}); ` +
+          'delete the run folder and start a new run',
+      );
+    }
+    if (options.expectModel && canonicalJson(options.expectModel) !== canonicalJson(model)) {
+      throw new HypeError(
+        'checkpoint',
+        `the model options differ from those of run '${runDir}' (mismatched run); ` +
+          'resume without model options, or start a new run',
+      );
+    }
+    checkSameTrain(options.expectTrain, train, `run '${runDir}'`);
+    const sha = typeof saved.corpus?.sha256 === 'string' ? saved.corpus.sha256 : undefined;
+    const input = {
+      ...train,
+      ...(options.steps !== undefined ? { steps: options.steps } : {}),
+      ...(options.dataOverride !== undefined ? { data: options.dataOverride } : {}),
+    };
+    const run = TrainingRun.fresh(runDir, model, input, backend, { ...options, expectSha256: sha });
+    run.restarted = true;
     return run;
   }
 
@@ -264,11 +338,16 @@ export class TrainingRun {
     this.source.fill(this.rng, train.batch, L, this.tokens, this.targets);
     model.zeroGrad();
     const loss = model.forward(this.tokens, this.targets, train.batch, L);
-    if (!Number.isFinite(loss)) {
-      throw new HypeError('non-finite', `loss is ${loss} at step ${this.step + 1}; lower the learning rate (--lr)`);
-    }
+    const where = `at step ${this.step + 1}`;
+    checkOutputs(model, loss, where, 'lower the learning rate (--lr) or resume from an earlier checkpoint');
     model.backward();
-    const gradNorm = clipGradients(model.parameters(), train.clip);
+    let gradNorm: number;
+    try {
+      gradNorm = clipGradients(model.parameters(), train.clip);
+    } catch (err) {
+      if (err instanceof HypeError) throw new HypeError(err.code, `${where}: ${err.message}`);
+      throw err;
+    }
     const lr = learningRate(train, this.step + 1);
     this.optimizer.update(train, lr);
     this.step++;
@@ -365,16 +444,54 @@ export class TrainingRun {
 export function readLossLog(runDir: string): StepRecord[] {
   const path = join(runDir, LOSSES_FILE);
   if (!existsSync(path)) return [];
-  return readFileSync(path, 'utf8')
-    .split('\n')
-    .filter((l) => l.trim())
-    .map((l) => JSON.parse(l) as StepRecord);
+  const lines = readFileSync(path, 'utf8').split('\n');
+  return lines.flatMap((l, i) => {
+    if (!l.trim()) return [];
+    try {
+      return [JSON.parse(l) as StepRecord];
+    } catch {
+      throw new HypeError(
+        'io',
+        `loss log '${path}' has a malformed line ${i + 1}; resume the run (--resume drops lines past its ` +
+          'checkpoint) or delete the broken line',
+      );
+    }
+  });
 }
 
-/** Rebuilds the trained model of a run folder from its latest checkpoint (for eval, generation, export). */
-export function loadRunModel(runDir: string, backend: Backend, options: TransformerOptions = {}) {
-  const ck = loadCheckpoint(runDir);
+/**
+ * Rebuilds the trained model of a run folder from its latest checkpoint, or of the checkpoint folder `path` names
+ * (<run>/checkpoints/step-N), for eval, generation and export.
+ */
+export function loadRunModel(path: string, backend: Backend, options: TransformerOptions = {}) {
+  const { runDir, checkpoint } = splitCheckpointPath(path);
+  const ck = loadCheckpoint(runDir, checkpoint);
   const model = new Transformer(ck.state.model, backend, options);
   restoreWeights(model, ck.weights, `checkpoint '${ck.dir}'`);
   return { model, state: ck.state, dir: ck.dir };
+}
+
+/** Compares the training options a caller gave with those of a run (or checkpoint), refusing a difference. */
+function checkSameTrain(expect: Partial<TrainConfig> | undefined, saved: TrainConfig, what: string): void {
+  for (const [k, v] of Object.entries(expect ?? {})) {
+    const was = (saved as unknown as Record<string, unknown>)[k];
+    if (v !== undefined && canonicalJson(v) !== canonicalJson(was)) {
+      throw new HypeError(
+        'checkpoint',
+        `training option '${k}' = ${JSON.stringify(v)} differs from ${what}'s ${JSON.stringify(was)} ` +
+          '(mismatched checkpoint); resume without it, or start a new run',
+      );
+    }
+  }
+}
+
+/**
+ * One forward pass on zeros of the training shape, before the run folder exists: whatever the first step would
+ * refuse for the configuration alone (encoding options checked at the first call, an fp16 overflow, a NaN at
+ * initialisation) is refused here instead. Parameters, optimizer and RNG are untouched, so the run is unchanged.
+ */
+function probe(model: Transformer, batch: number, length: number): void {
+  const zeros = new Int32Array(batch * length);
+  const loss = model.forward(zeros, zeros, batch, length);
+  checkOutputs(model, loss, 'at initialisation (before step 1)', 'check the model and encoding options');
 }

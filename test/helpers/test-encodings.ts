@@ -1,8 +1,14 @@
 /**
  * Two minimal encodings for model and trainer tests that must not depend on which registry entries exist:
  * position-free attention, and attention with a learnable ALiBi-form slope per head (a parameter whose gradient
- * comes from the backend's bias backward, exercising the per-block encoding path).
+ * comes from the backend's dTable through ALiBi's chain rule, exercising the per-block encoding path).
  */
+import {
+  alibiDistanceTable,
+  alibiSlopeGrads,
+  geometryOf,
+  tableAttention,
+} from '../../src/pe/distance-table.ts';
 import type { EncodingFactory, PositionalEncoding } from '../../src/pe/encoding.ts';
 
 export const testNoPE: EncodingFactory<object> = {
@@ -46,19 +52,14 @@ export const testLearnedSlopes: EncodingFactory<object> = {
       params: [{ name: 'slopes', shape: [dims.heads], data: slopes, grad, decay: false }],
       maxLength: Infinity,
       attend(ctx, { q, k, v }) {
-        const opts = {
-          causal: ctx.causal,
-          scale: 1 / Math.sqrt(ctx.shape.headDim),
-          queryOffset: ctx.queryOffset,
-          bias: { kind: 'alibi' as const, slopes },
-        };
-        const { out, lse } = ctx.backend.attentionForward(ctx.shape, q, k, v, opts);
+        const geometry = geometryOf(ctx);
+        const run = tableAttention(ctx, q, k, v, alibiDistanceTable(slopes, geometry));
         return {
-          out,
+          out: run.out,
           backward(dOut) {
-            const g = ctx.backend.attentionBackward(ctx.shape, q, k, v, out, lse, dOut, opts);
-            if (g.dBias.kind !== 'alibi') throw new Error('expected alibi bias gradient');
-            for (let h = 0; h < grad.length; h++) grad[h] += g.dBias.slopes[h]!;
+            const g = run.backward(dOut);
+            const dSlopes = alibiSlopeGrads(g.dTable, geometry);
+            for (let h = 0; h < grad.length; h++) grad[h] += dSlopes[h]!;
             return { dq: g.dq, dk: g.dk, dv: g.dv };
           },
         };

@@ -3,7 +3,6 @@
  * tests (generate, export) load it back through loadRunModel exactly as they would a trained run.
  */
 import { ReferenceBackend } from '../../src/backend/reference.ts';
-import { layerOpsOf } from '../../src/backend/layers.ts';
 import { parseModelConfig } from '../../src/model/config.ts';
 import { Transformer } from '../../src/model/transformer.ts';
 import { saveCheckpoint } from '../../src/train/checkpoint.ts';
@@ -20,7 +19,7 @@ export function writeTinyRun(dir: string, config: Record<string, unknown>): Tran
   );
   saveCheckpoint(dir, {
     model,
-    optimizer: new AdamW(model.parameters(), layerOpsOf(backend)),
+    optimizer: new AdamW(model.parameters(), backend),
     rng: new Rng(1),
     step: 0,
     train: parseTrainConfig({ data: 'corpus.txt' }),

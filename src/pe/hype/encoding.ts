@@ -1,7 +1,7 @@
 /**
  * HyPE (Hyperbolic Positional Encoding, Angelotti 2023) as a positional encoding: presets, and the adapter that
  * runs attention through the concat route (augment Q and K with two columns per pair, then any kernel with the
- * explicit scale 1/sqrt(d)) or through our kernel's built-in 'hype' bias. The maths lives in core.ts.
+ * explicit scale 1/sqrt(d)) or as a distance table the kernel adds (table.ts). The maths lives in core.ts.
  *
  * The bias HyPE adds to the logit of a key at distance D = i - l behind its query is a = tau sinh(mu D).
  *
@@ -23,9 +23,10 @@ import type { AttentionOptions, AttentionShape, PositionBias } from '../../backe
 import { check } from '../../errors.ts';
 import { floatFormat, isFloatFormatName, roundTo, type FloatFormatName } from '../../numerics/float-formats.ts';
 import { expandColumns, slotsPerColumn, type ColumnPrecision, type ColumnSide } from '../../numerics/split-columns.ts';
-import type { FloatArray } from '../../tensor.ts';
+import { dtypeOf, type FloatArray } from '../../tensor.ts';
 import type { Rng } from '../../util/rng.ts';
 import { alibiSlopes } from '../alibi-slopes.ts';
+import { geometryOf } from '../distance-table.ts';
 import type {
   AttendContext,
   AttendInputs,
@@ -52,6 +53,7 @@ import {
   type HypeGrads,
   type HypeSpec,
 } from './core.ts';
+import { checkHypeTableRange, hypeDistanceTable, hypeTableGrads } from './table.ts';
 
 export type HypePreset = 'paper' | 'recency' | 'learned';
 
@@ -142,7 +144,7 @@ export interface HypeOptions {
   /** L_extra; default 16 x the training length (the study evaluates up to 16x). */
   lengthExtra?: number;
   curvature: number;
-  /** 'concat': augment Q, K and run the backend with no bias; 'kernel': the backend's built-in 'hype' bias. */
+  /** 'concat': augment Q, K and run the backend with no bias; 'kernel': the bias as a distance table (table.ts). */
   route: 'concat' | 'kernel';
   /** Which parameters the learned preset trains. */
   train: 'both' | 'tau' | 'mu';
@@ -319,13 +321,17 @@ class HypeEncoding implements PositionalEncoding {
     check(
       spec.grid.length <= 1,
       'argument',
-      "HyPE on a 2-D/3-D grid needs per-axis distances, which the kernel's 'hype' bias (a function of the flat " +
+      'HyPE on a 2-D/3-D grid needs per-axis distances, which a kernel distance table (a function of the flat ' +
         "distance) cannot express; use route 'concat'",
     );
     const { heads: H, kvHeads: Hkv } = ctx.shape;
     const T = spec.termAxis.length;
-    // Whether the bias itself fits the logits' dtype is checked by the backend (validate.ts), for every bias kind.
-    const bias: PositionBias = { kind: 'hype', tau: spec.tau, mu: spec.mu, pairs: T };
+    // The bias as a distance table built in fp64 (table.ts); whether it fits the logits' dtype is checked by
+    // the backend (validate.ts).
+    const geometry = geometryOf(ctx);
+    const table = hypeDistanceTable(spec.tau, spec.mu, T, geometry);
+    checkHypeTableRange(table, spec.tau, spec.mu, T, geometry, dtypeOf(inputs.q));
+    const bias: PositionBias = { kind: 'distance', table };
     const opts: AttentionOptions = {
       causal: ctx.causal,
       scale: 1 / Math.sqrt(spec.headDim),
@@ -347,12 +353,13 @@ class HypeEncoding implements PositionalEncoding {
       out: fwd.out,
       backward: (dOut) => {
         const g = ctx.backend.attentionBackward(ctx.shape, q, k, v, fwd.out, fwd.lse, dOut, opts);
-        check(g.dBias.kind === 'hype', 'native', `backend ${ctx.backend.name} returned no HyPE bias gradients`);
+        check(g.dBias.kind === 'distance', 'native', `backend ${ctx.backend.name} returned no HyPE bias gradients`);
+        const hg = hypeTableGrads(g.dBias.table, spec.tau, spec.mu, T, geometry);
         const dmu = new Float64Array(Hkv * T);
         const group = H / Hkv;
         for (let h = 0; h < H; h++)
-          for (let t = 0; t < T; t++) dmu[Math.floor(h / group) * T + t] += g.dBias.mu[h * T + t]!;
-        this.accumulate(g.dBias.tau, dmu);
+          for (let t = 0; t < T; t++) dmu[Math.floor(h / group) * T + t] += hg.dmu[h * T + t]!;
+        this.accumulate(hg.dtau, dmu);
         return { dq: g.dq, dk: g.dk, dv: g.dv };
       },
     };

@@ -84,7 +84,7 @@ function overflowMessage(o: OverflowReport): string {
     const fp32Max = concatMuLimit(FP32, amplitude, reach).muMax;
     if (fp32Max >= Math.abs(mu)) fixes.push(`use fp32 operands (limit x <= ${x(fp32Max)})`);
   }
-  fixes.push("use the in-kernel tile-local form (route 'kernel', PositionBias kind 'hype')");
+  fixes.push("use route 'kernel' (the bias as an fp64 distance table added inside the kernel)");
   return (
     `HyPE concat route would overflow ${format.name}: head ${o.h}, pair ${o.t}: |mu| = ${Math.abs(mu).toPrecision(4)} ` +
     `over L = ${L} positions (x = |mu| (L-1) = ${x(Math.abs(mu))}) with |tau| = ${Math.abs(tau).toPrecision(4)} and ` +

@@ -1,0 +1,11 @@
+/**
+ * The WebGPU backend's browser-safe surface: device acquisition from a `GPU` object, GPU-resident tensors, and the
+ * kernels (gemm, fused attention forward/backward, layer ops). Node callers get the `GPU` object from node.ts.
+ */
+export { acquireGpu, GpuContext, LAVAPIPE_FIX, packUniforms } from './context.ts';
+export type { AcquireOptions, GpuDType, GpuTensor } from './context.ts';
+export { gpuGemm } from './gemm.ts';
+export type { GemmLayout } from './gemm.ts';
+export { gpuAttentionBackward, gpuAttentionForward } from './attention.ts';
+export type { GpuAttentionGrads, GpuAttentionOptions, GpuAttentionShape } from './attention.ts';
+export * from './layers.ts';
