@@ -18,6 +18,7 @@
  */
 import type { FloatArray } from '../tensor.ts';
 import type { LayerOps } from './layers.ts';
+import type { ExplicitAttention, ExplicitHooks, ScoreAttentionOptions } from './score-attention.ts';
 
 /**
  * Position terms reach attention as data: a per-head table over the signed distance D (no kernel knows an
@@ -79,7 +80,8 @@ export interface AttentionGrads {
 }
 
 /**
- * Every member is required: gemm, fused attention forward and backward, and every layer operation of LayerOps
+ * Every member is required: gemm, fused attention forward and backward, attention over explicit scores, and every
+ * layer operation of LayerOps
  * (layers.ts declares each op's signature once; the reference implements them there, the native backend in
  * native/). Models, decoders, trainers and encodings call the backend they were given, never a fallback.
  */
@@ -124,4 +126,19 @@ export interface Backend extends LayerOps {
     dOut: FloatArray,
     opts: AttentionOptions,
   ): AttentionGrads;
+
+  /**
+   * Attention over explicit scores, for encodings that must form their logits (score-attention.ts): this backend
+   * computes S = scale q.k, the encoding's hooks turn S into its logits (and may add a value-side term), and the
+   * backend owns the mask, grouped-query heads, softmax, P V and the backward, handing dLogits to the encoding's
+   * chain rule. Work is fp32 when q, k and v all are, else fp64 (on every backend).
+   */
+  scoreAttention(
+    shape: AttentionShape,
+    q: FloatArray,
+    k: FloatArray,
+    v: FloatArray,
+    opts: ScoreAttentionOptions,
+    hooks: ExplicitHooks,
+  ): ExplicitAttention;
 }
