@@ -12,7 +12,17 @@
  * the dtype of the tensors they belong to (Float32Array in -> Float32Array out). Layouts and positions follow
  * backend.ts: q [B, H, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv]; query row i sits at i + queryOffset.
  */
-import type { AttentionShape, Backend } from './backend.ts';
+import type {
+  AttentionShape,
+  Backend,
+  ExplicitAttention,
+  ExplicitHooks,
+  Lease,
+  ScoreAttentionOptions,
+  ScratchBuffers,
+} from './backend.ts';
+
+export type { ExplicitAttention, ExplicitHooks, Lease, ScoreAttentionOptions, ScratchBuffers } from './backend.ts';
 import type { LayerOps } from './layers.ts';
 import { check } from '../errors.ts';
 import { checkArray, checkFiniteTensor, validateShape } from './validate.ts';
@@ -164,50 +174,8 @@ export function visibleEnd(mask: MaskSpec, i: number, lk: number): number {
   return Math.max(0, Math.min(lk, i + mask.queryOffset + 1));
 }
 
-/**
- * What an encoding adds to the plain content attention, called once per (batch b, query head h, kv head kh).
- * Row-major views of one (b, h): S, P, dLogits are [Lq, Lk]; dq, out, dOut are [Lq, D or Dv]; dk is [Lk, D] of kv
- * head kh (shared by the heads of its group: add into it). Only the visible entries of S/dLogits are ever read.
- */
-export interface ExplicitHooks {
-  /** S holds scale * q_i . k_l (unless ownScores); turn it into this encoding's logits (visible entries only). */
-  logits(b: number, h: number, kh: number, s: FloatArray): void;
-  /** The encoding writes every visible logit itself: skip the q.k products (PaTH's walk). */
-  ownScores?: boolean;
-  /** out_i += the encoding's value-side term, given the probabilities P (Shaw's relative values). */
-  valueTerm?(b: number, h: number, p: FloatArray, out: FloatArray): void;
-  /** dP += the encoding's own per-pair term of dLoss/dP (the value-side term's), given P and dOut. */
-  extraDProbs?(b: number, h: number, p: FloatArray, dOut: FloatArray, dP: FloatArray): void;
-  /**
-   * Given dLogits (masked entries 0), accumulate the encoding's parameter gradients and its own terms of dq and
-   * dk, and leave in dLogits the gradient G of the plain scores q_i . k_l up to the returned factor alpha: the
-   * caller then adds dq += alpha G K and dk += alpha G^T Q (nothing when alpha is 0).
-   */
-  backward(b: number, h: number, kh: number, dLogits: FloatArray, dq: FloatArray, dk: FloatArray): number;
-}
-
-export interface ExplicitAttention {
-  /** [B, H, Lq, Dv] in the dtype of v. */
-  out: FloatArray;
-  backward(dOut: FloatArray): { dq: FloatArray; dk: FloatArray; dv: FloatArray };
-}
-
 /** The two kernels the engine runs its fp32 or fp64 work on. */
 export type ScoreKernels = Pick<Backend, 'gemm'> & Pick<LayerOps, 'prefixSoftmaxRows'>;
-
-/** The mask, positions and scale of one Backend.scoreAttention call. */
-export interface ScoreAttentionOptions {
-  causal: boolean;
-  /** Absolute position of query row 0 (keys start at position 0). */
-  queryOffset: number;
-  /** Multiplies q_i . k_l in the content scores S the logits hook receives. */
-  scale: number;
-  /**
-   * Reusable O(Lq Lk) buffers of the caller (one pool per encoding instance): the probabilities are leased from
-   * it, and a backward whose lease a later call took over is refused. Without one, they are allocated per call.
-   */
-  scratch?: ScratchPool;
-}
 
 /**
  * Attention with explicit logits, fast path: per (batch, head), S = scale Q K^T (gemm), the encoding's hook
@@ -337,12 +305,6 @@ export function scoreAttention(
   return { out: asDtype(out, dtypeOf(vInput)), backward };
 }
 
-/** A buffer handed out by a ScratchPool; valid() until the pool hands the same buffer out again. */
-export interface Lease {
-  array: FloatArray;
-  valid(): boolean;
-}
-
 /**
  * Reusable work buffers of one encoding instance (one slot per name and dtype, grown when a call needs more). A
  * forward that allocates its O(Lq Lk) buffers afresh pays for paging in new memory every call (at L = 2048 that
@@ -350,7 +312,7 @@ export interface Lease {
  * avoids it. Handing a slot out again invalidates the previous lease, so a stale result refuses its backward
  * instead of reading overwritten numbers. The pool keeps the largest buffer each slot has needed.
  */
-export class ScratchPool {
+export class ScratchPool implements ScratchBuffers {
   private readonly slots = new Map<string, { buffer: FloatArray; generation: number }>();
 
   take(name: string, dtype: DType, n: number): Lease {
