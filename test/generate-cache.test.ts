@@ -73,6 +73,8 @@ describe('KV-cache decoding equals full recomputation (256 generated tokens)', (
     ['rope', 'rope', {}],
     ['rope, grouped-query (4 heads, 2 kv heads)', 'rope', {}, { heads: 4, kvHeads: 2 }],
     ['alibi', 'alibi', {}],
+    ['alibi, concat route (linear columns, raw keys)', 'alibi', { route: 'concat' }],
+    ['alibi-learned', 'alibi-learned', {}],
     ['t5', 't5', {}],
     ['hype recency (concat, cached eta^K, fixed centred shift)', 'hype', { preset: 'recency' }],
     ['hype paper (concat, shift none)', 'hype', { preset: 'paper', shift: 'none' }],

@@ -6,6 +6,7 @@
  */
 import { HypeError } from '../errors.ts';
 import { alibiEncoding } from './alibi.ts';
+import { alibiLearnedEncoding } from './alibi-learned.ts';
 import { daFactory } from './da.ts';
 import type { EncodingFactory } from './encoding.ts';
 import { hopeEncoding } from './hope.ts';
@@ -25,6 +26,7 @@ type AnyFactory = EncodingFactory<any>;
 
 const FACTORIES: readonly AnyFactory[] = [
   alibiEncoding,
+  alibiLearnedEncoding,
   daFactory,
   hopeEncoding,
   hypeEncoding,
