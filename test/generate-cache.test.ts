@@ -80,6 +80,7 @@ describe('KV-cache decoding equals full recomputation (256 generated tokens)', (
     ['hype paper (concat, shift none)', 'hype', { preset: 'paper', shift: 'none' }],
     ['hype recency, grouped-query, padded to 8', 'hype', { preset: 'recency', multiple: 8 }, { heads: 4, kvHeads: 2 }],
     ['hype recency (kernel route, raw keys)', 'hype', { preset: 'recency', route: 'kernel' }],
+    ['hype learned, slope-curvature', 'hype', { preset: 'learned', parametrisation: 'slope-curvature' }],
     // Split columns (hi/lo at fp32 granularity, six per pair): the cache keeps the key-side layout [hi, lo, hi].
     ['hype recency, split columns', 'hype', { preset: 'recency', columns: 'split', multiple: 8 }],
   ];
