@@ -95,7 +95,7 @@ describe('KV-cache decoding equals full recomputation (256 generated tokens)', (
 });
 
 describe('every other encoding decodes exactly through the cache (40 tokens)', () => {
-  for (const pe of ['hope', 'xl', 'shaw', 'da', 'path', 'sinusoidal', 'learned']) {
+  for (const pe of ['hope', 'xl', 'shaw', 'da', 'path', 'fox', 'sinusoidal', 'learned']) {
     it(pe, () => {
       const model = tinyModel(pe, pe === 'learned' ? { maxLength: 64 } : {});
       const { maxDiff } = cachedVsFull(model, 40);

@@ -9,6 +9,7 @@ import { alibiEncoding } from './alibi.ts';
 import { alibiLearnedEncoding } from './alibi-learned.ts';
 import { daFactory } from './da.ts';
 import type { EncodingFactory } from './encoding.ts';
+import { foxFactory } from './fox.ts';
 import { hopeEncoding } from './hope.ts';
 import { hypeEncoding } from './hype/encoding.ts';
 import { learnedEncoding } from './learned.ts';
@@ -28,6 +29,7 @@ const FACTORIES: readonly AnyFactory[] = [
   alibiEncoding,
   alibiLearnedEncoding,
   daFactory,
+  foxFactory,
   hopeEncoding,
   hypeEncoding,
   learnedEncoding,
