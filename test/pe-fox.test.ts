@@ -43,7 +43,7 @@ describe('fox', () => {
     // dx: the gates read x, so the input gradient is checked as well (loss = sum(out * W) as in gradientErrors).
     const W = new Float64Array(c.shape.batch * c.shape.heads * c.shape.lq * c.shape.valueDim);
     new Rng(9).fillNormal(W);
-    const loss = () => enc.attend(ctx, inputs).out.reduce((a, o, j) => a + o * W[j]!, 0);
+    const loss = () => Array.from(enc.attend(ctx, inputs).out).reduce((a, o, j) => a + o * W[j]!, 0);
     const dx = enc.attend(ctx, inputs).backward(W).dx!;
     expect(maxRelativeGradError(loss, inputs.x, dx, sampleIndices(inputs.x.length, 40))).toBeLessThan(1e-6);
   });
@@ -85,7 +85,7 @@ describe('fox', () => {
     const exact = make({}).attend(ctx, inputs).out;
     const err = (columns: 'plain' | 'split') => {
       const out = make({ format: 'bf16', columns }).attend(ctx, inputs).out;
-      return out.reduce((m, o, j) => Math.max(m, Math.abs(o - exact[j]!)), 0);
+      return Array.from(out).reduce((m, o, j) => Math.max(m, Math.abs(o - exact[j]!)), 0);
     };
     const plain = err('plain');
     const split = err('split');
