@@ -73,11 +73,14 @@ describe('KV-cache decoding equals full recomputation (256 generated tokens)', (
     ['rope', 'rope', {}],
     ['rope, grouped-query (4 heads, 2 kv heads)', 'rope', {}, { heads: 4, kvHeads: 2 }],
     ['alibi', 'alibi', {}],
+    ['alibi, concat route (linear columns, raw keys)', 'alibi', { route: 'concat' }],
+    ['alibi-learned', 'alibi-learned', {}],
     ['t5', 't5', {}],
     ['hype recency (concat, cached eta^K, fixed centred shift)', 'hype', { preset: 'recency' }],
     ['hype paper (concat, shift none)', 'hype', { preset: 'paper', shift: 'none' }],
     ['hype recency, grouped-query, padded to 8', 'hype', { preset: 'recency', multiple: 8 }, { heads: 4, kvHeads: 2 }],
     ['hype recency (kernel route, raw keys)', 'hype', { preset: 'recency', route: 'kernel' }],
+    ['hype learned, slope-curvature', 'hype', { preset: 'learned', parametrisation: 'slope-curvature' }],
     // Split columns (hi/lo at fp32 granularity, six per pair): the cache keeps the key-side layout [hi, lo, hi].
     ['hype recency, split columns', 'hype', { preset: 'recency', columns: 'split', multiple: 8 }],
   ];
@@ -92,7 +95,7 @@ describe('KV-cache decoding equals full recomputation (256 generated tokens)', (
 });
 
 describe('every other encoding decodes exactly through the cache (40 tokens)', () => {
-  for (const pe of ['hope', 'xl', 'shaw', 'da', 'path', 'sinusoidal', 'learned']) {
+  for (const pe of ['hope', 'xl', 'shaw', 'da', 'path', 'fox', 'sinusoidal', 'learned']) {
     it(pe, () => {
       const model = tinyModel(pe, pe === 'learned' ? { maxLength: 64 } : {});
       const { maxDiff } = cachedVsFull(model, 40);

@@ -127,18 +127,27 @@ describe('hype encoding: operand rounding on each route', () => {
 
 describe('hype encoding: backward vs central differences (fp64)', () => {
   for (const route of ['concat', 'kernel'] as const) {
-    for (const [train, units] of [
-      ['both', 'relative'],
-      ['both', 'raw'],
-      ['tau', 'relative'],
-      ['mu', 'raw'],
+    for (const [train, units, parametrisation] of [
+      ['both', 'relative', 'tau-mu'],
+      ['both', 'raw', 'tau-mu'],
+      ['tau', 'relative', 'tau-mu'],
+      ['mu', 'raw', 'tau-mu'],
+      ['both', 'relative', 'slope-curvature'],
+      ['both', 'raw', 'slope-curvature'],
+      ['mu', 'relative', 'slope-curvature'],
     ] as const) {
-      it(`learned preset, ${route} route, training ${train} in ${units} units`, () => {
+      it(`learned preset, ${route} route, training ${train} in ${units} units, ${parametrisation}`, () => {
         const { q, k, v, w } = inputs(3);
-        const enc = make({ preset: 'learned', route, train, units, multiple: 4 });
+        const enc = make({ preset: 'learned', route, train, units, parametrisation, multiple: 4 });
+        const first = parametrisation === 'tau-mu' ? 'hype.tau' : 'hype.slope';
         expect(enc.params.map((p) => p.name)).toEqual(
-          train === 'both' ? ['hype.tau', 'hype.mu'] : train === 'tau' ? ['hype.tau'] : ['hype.mu'],
+          train === 'both' ? [first, 'hype.mu'] : train === 'tau' ? [first] : ['hype.mu'],
         );
+        if (parametrisation === 'slope-curvature') {
+          // Move mu off its start so the slope-curvature chain rule is checked away from the initial point too.
+          const mu = enc.params.find((p) => p.name === 'hype.mu')!;
+          mu.data.forEach((x, j, a) => (a[j] = x * (1.3 + 0.2 * j)));
+        }
         const loss = () => {
           const out = enc.attend(ctx, { q, k, v }).out;
           let s = 0;
@@ -152,10 +161,13 @@ describe('hype encoding: backward vs central differences (fp64)', () => {
         expect(maxRelativeGradError(loss, v, g.dv, sampleIndices(v.length, 30))).toBeLessThan(1e-6);
         const analytic = enc.params.map((p) => Float64Array.from(p.grad));
         enc.params.forEach((p, j) => {
-          expect(p.shape).toEqual(p.name === 'hype.tau' ? [4, 1] : [2, 1]); // mu: one per KV group
-          // Raw mu ~ 0.08 moves the loss far faster than tau ~ 6; relative units are ~1 for both.
-          const h = p.name === 'hype.mu' && units === 'raw' ? 1e-8 : 1e-5;
-          if (units === 'relative') expect(Math.abs(Math.abs(p.data[0]!) - 1)).toBeLessThan(1e-15);
+          expect(p.shape).toEqual(p.name === 'hype.mu' ? [2, 1] : [4, 1]); // mu: one per KV group
+          // Raw mu ~ 0.08 moves the loss far faster than tau ~ 6; relative units are ~1 for both. Raw slopes are
+          // 1/2 .. 1/256, so their step is 1e-5 of the smallest (1e-7 absolute) as well.
+          const h =
+            p.name === 'hype.mu' && units === 'raw' ? 1e-8 : p.name === 'hype.slope' && units === 'raw' ? 1e-7 : 1e-5;
+          if (units === 'relative' && p.name !== 'hype.mu')
+            expect(Math.abs(Math.abs(p.data[0]!) - 1)).toBeLessThan(1e-15);
           expect(maxRelativeGradError(loss, p.data, analytic[j]!, undefined, h)).toBeLessThan(1e-6);
         });
         // A second backward accumulates (+=) into the same grads.
@@ -166,6 +178,34 @@ describe('hype encoding: backward vs central differences (fp64)', () => {
       });
     }
   }
+
+  it('slope-curvature: the same bias as tau-mu at the start; mu moves the curvature at a fixed slope', () => {
+    const x = inputs(5);
+    const gentle = { preset: 'learned', lengthExtra: 208, curvature: 0.5 } as const; // mu = 0.5 / 208
+    const a = make(gentle);
+    const b = make({ ...gentle, parametrisation: 'slope-curvature' });
+    expect(maxDiff(a.attend(ctx, x).out, b.attend(ctx, x).out)).toBeLessThan(1e-14);
+    // Doubling mu: at a fixed slope m (slope-curvature) the bias -(m / mu) sinh(mu D) only bends, by a relative
+    // ~(mu D)^2 / 2 < 1e-3 here (mu = 0.5 / 208, D <= 12); at a fixed tau (tau-mu) the slope doubles, so the bias
+    // changes by itself (~m D).
+    const doubleMu = (e: PositionalEncoding): number => {
+      const before = e.denseLogits(ctx, x, 1 / Math.sqrt(5));
+      e.params.find((p) => p.name === 'hype.mu')!.data.forEach((v, j, arr) => (arr[j] = 2 * v));
+      const after = e.denseLogits(ctx, x, 1 / Math.sqrt(5));
+      let changed = 0;
+      for (let j = 0; j < before.length; j++)
+        if (Number.isFinite(before[j]!)) changed = Math.max(changed, Math.abs(after[j]! - before[j]!));
+      return changed;
+    };
+    const bend = doubleMu(b);
+    const slope = doubleMu(a);
+    expect(bend).toBeGreaterThan(0);
+    expect(bend).toBeLessThan(1e-2 * slope);
+    expect(() => make({ preset: 'learned', parametrisation: 'slope-curvature', train: 'tau' })).toThrow(
+      /alibi-learned/,
+    );
+    expect(() => make({ preset: 'learned', parametrisation: 'slope' as 'tau-mu' })).toThrow(/parametrisation/);
+  });
 
   it('fixed presets have no parameters', () => {
     expect(make({ preset: 'paper' }).params).toEqual([]);

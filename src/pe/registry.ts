@@ -6,8 +6,10 @@
  */
 import { HypeError } from '../errors.ts';
 import { alibiEncoding } from './alibi.ts';
+import { alibiLearnedEncoding } from './alibi-learned.ts';
 import { daFactory } from './da.ts';
 import type { EncodingFactory } from './encoding.ts';
+import { foxFactory } from './fox.ts';
 import { hopeEncoding } from './hope.ts';
 import { hypeEncoding } from './hype/encoding.ts';
 import { learnedEncoding } from './learned.ts';
@@ -25,7 +27,9 @@ type AnyFactory = EncodingFactory<any>;
 
 const FACTORIES: readonly AnyFactory[] = [
   alibiEncoding,
+  alibiLearnedEncoding,
   daFactory,
+  foxFactory,
   hopeEncoding,
   hypeEncoding,
   learnedEncoding,

@@ -13,6 +13,9 @@
  *   recency  mu_h = curvature / L_extra,         penalises distance like ALiBi: a = -(m_h/mu_h) sinh(mu_h D)
  *            tau_h = -m_h / mu_h                 = -m_h D (1 + (mu_h D)^2/6 + ...), m_h ALiBi's reference slopes.
  *   learned  recency's values as the start, tau and/or mu trained (their gradients come from an ordinary dQ, dK).
+ *            parametrisation 'slope-curvature' trains (m_h, mu) instead, m_h = -tau_h mu_h, tau = -m / mu (SPEC
+ *            section 9): trained as (tau, mu) the two move in lockstep (the slope is what training wants), so the
+ *            curvature never moves on its own; in these coordinates a step in mu at fixed m changes only the shape.
  * Curvature (mu_h L_extra, default 0.5) trades fidelity to ALiBi against rounding: the relative deviation from a
  * straight line at the far end of the L_extra window is sinh(x)/x - 1 = 4.2% at x = 0.5 (1.0% at 0.25, 17.5% at 1),
  * while the recovered bias' rounding error grows like (m/mu) u, i.e. like 1/x. One mu for all heads keeps the
@@ -147,8 +150,15 @@ export interface HypeOptions {
   curvature: number;
   /** 'concat': augment Q, K and run the backend with no bias; 'kernel': the bias as a distance table (table.ts). */
   route: 'concat' | 'kernel';
-  /** Which parameters the learned preset trains. */
+  /** Which parameters the learned preset trains ('tau' and 'both' read 'slope' under slope-curvature). */
   train: 'both' | 'tau' | 'mu';
+  /**
+   * The learned preset's coordinates: 'tau-mu' (default) trains tau_h and mu; 'slope-curvature' trains the slope
+   * m_h = -tau_h mu_h (parameter hype.slope, [H, T]) and mu (hype.mu, [Hkv, T]), with tau = -m / mu, so the
+   * curvature can move at a fixed slope. There train 'tau' is refused (a fixed curvature with a trained slope is
+   * alibi-learned's job) and 'mu' trains the curvature at the initial slopes.
+   */
+  parametrisation: 'tau-mu' | 'slope-curvature';
   /**
    * Units of the learned parameters. 'relative' (default) stores tau / |tau_init| and mu / |mu_init| per head, so
    * both start at magnitude 1: raw mu is ~c / L_extra (1e-4 at L_extra = 4096) and raw |tau| ~ m L_extra / c (up to
@@ -181,6 +191,7 @@ const DEFAULTS: HypeOptions = {
   curvature: 0.5,
   route: 'concat',
   train: 'both',
+  parametrisation: 'tau-mu',
   units: 'relative',
   multiple: 1,
   shift: 'centre',
@@ -202,11 +213,17 @@ class HypeEncoding implements PositionalEncoding {
   readonly sites = ['score-bias'] as const;
   readonly params: Param[] = [];
   readonly maxLength: number;
+  /** tau_h (parametrisation tau-mu) or the slope m_h = -tau_h mu_h (slope-curvature), [H, T]. */
   private readonly tauParam?: Param;
   private readonly muParam?: Param;
-  /** Parameter units: tau = tauUnit[j] * tauParam.data[j], mu (per KV group) = muUnit[g] * muParam.data[g]. */
+  /**
+   * Parameter units: tau (or m) = tauUnit[j] * tauParam.data[j], mu (per KV group) = muUnit[g] * muParam.data[g].
+   */
   private readonly tauUnit: Float64Array;
   private readonly muUnit: Float64Array;
+  private readonly slopeCurvature: boolean;
+  /** The initial slopes m_h = -tau_h mu_h, [H, T] (slope-curvature with a fixed slope keeps them). */
+  private readonly baseSlope: Float64Array;
 
   constructor(
     private readonly base: HypeSpec,
@@ -218,12 +235,16 @@ class HypeEncoding implements PositionalEncoding {
     const muGroups = new Float64Array(base.kvHeads * T);
     for (let g = 0; g < base.kvHeads; g++)
       for (let t = 0; t < T; t++) muGroups[g * T + t] = base.mu[g * group * T + t]!;
+    this.slopeCurvature = opts.parametrisation === 'slope-curvature';
+    this.baseSlope = base.tau.map((tau, j) => -tau * base.mu[j]!);
+    const first = this.slopeCurvature ? this.baseSlope : base.tau;
     const relative = opts.units === 'relative';
-    this.tauUnit = relative ? base.tau.map(Math.abs) : new Float64Array(base.tau.length).fill(1);
+    this.tauUnit = relative ? first.map(Math.abs) : new Float64Array(first.length).fill(1);
     this.muUnit = relative ? muGroups.map(Math.abs) : new Float64Array(muGroups.length).fill(1);
     if (opts.preset === 'learned') {
       const scaled = (v: Float64Array, unit: Float64Array) => v.map((x, j) => x / unit[j]!);
-      if (opts.train !== 'mu') this.tauParam = makeParam('hype.tau', [base.heads, T], scaled(base.tau, this.tauUnit));
+      const firstName = this.slopeCurvature ? 'hype.slope' : 'hype.tau';
+      if (opts.train !== 'mu') this.tauParam = makeParam(firstName, [base.heads, T], scaled(first, this.tauUnit));
       if (opts.train !== 'tau') this.muParam = makeParam('hype.mu', [base.kvHeads, T], scaled(muGroups, this.muUnit));
       for (const p of [this.tauParam, this.muParam]) if (p) this.params.push(p);
     }
@@ -235,7 +256,7 @@ class HypeEncoding implements PositionalEncoding {
     const T = this.base.termAxis.length;
     const tauParam = this.tauParam;
     const muParam = this.muParam;
-    const tau = tauParam ? tauParam.data.map((x, j) => x * this.tauUnit[j]!) : this.base.tau;
+    let tau = tauParam ? tauParam.data.map((x, j) => x * this.tauUnit[j]!) : this.base.tau;
     let mu = this.base.mu;
     if (muParam) {
       mu = new Float64Array(H * T);
@@ -247,13 +268,36 @@ class HypeEncoding implements PositionalEncoding {
         }
       }
     }
+    if (this.slopeCurvature) {
+      const slope = tauParam ? tau : this.baseSlope;
+      tau = slope.map((m, j) => -m / mu[j]!);
+    }
     const spec = { ...this.base, tau: Float64Array.from(tau), mu };
     validateSpec(spec);
     return spec;
   }
 
-  /** Adds d loss / d tau (per head) and d loss / d mu (per KV group), converted to the parameters' units. */
-  private accumulate(dtau: ArrayLike<number>, dmuGroups: ArrayLike<number>): void {
+  /**
+   * Adds d loss / d tau (per head) and d loss / d mu (per KV group), converted to the parameters' coordinates and
+   * units. Slope-curvature (tau = -m / mu): d/dm = -dtau / mu, and d/dmu at fixed m gains dtau * m / mu^2 =
+   * -dtau * tau / mu, summed over the query heads of each KV group.
+   */
+  private accumulate(spec: HypeSpec, dtauIn: ArrayLike<number>, dmuIn: ArrayLike<number>): void {
+    let dtau = dtauIn;
+    let dmuGroups = dmuIn;
+    if (this.slopeCurvature) {
+      const { heads: H, kvHeads: Hkv } = spec;
+      const T = spec.termAxis.length;
+      const group = H / Hkv;
+      dtau = Array.from(dtauIn, (g, j) => -g / spec.mu[j]!);
+      const dmu = Float64Array.from(dmuIn);
+      for (let h = 0; h < H; h++)
+        for (let t = 0; t < T; t++) {
+          const j = h * T + t;
+          dmu[Math.floor(h / group) * T + t] -= (dtauIn[j]! * spec.tau[j]!) / spec.mu[j]!;
+        }
+      dmuGroups = dmu;
+    }
     if (this.tauParam)
       addInto(
         this.tauParam.grad,
@@ -298,7 +342,7 @@ class HypeEncoding implements PositionalEncoding {
         const dOutHat = dvp === dv ? dOut : padColumns(dOut, rows, dv, dvp);
         const g = ctx.backend.attentionBackward(aug.shape, aug.qHat, aug.kHat, vHat, fwd.out, fwd.lse, dOutHat, opts);
         const hg = augmentBackward(spec, aug, g.dq, g.dk);
-        this.accumulate(hg.dtau, hg.dmu);
+        this.accumulate(spec, hg.dtau, hg.dmu);
         const dvRows = ctx.shape.batch * ctx.shape.kvHeads * ctx.shape.lk;
         return { dq: hg.dq, dk: hg.dk, dv: dvp === dv ? g.dv : sliceColumns(g.dv, dvRows, dvp, dv) };
       },
@@ -347,7 +391,7 @@ class HypeEncoding implements PositionalEncoding {
         const group = H / Hkv;
         for (let h = 0; h < H; h++)
           for (let t = 0; t < T; t++) dmu[Math.floor(h / group) * T + t] += hg.dmu[h * T + t]!;
-        this.accumulate(hg.dtau, dmu);
+        this.accumulate(spec, hg.dtau, dmu);
         return { dq: g.dq, dk: g.dk, dv: g.dv };
       },
     };
@@ -462,6 +506,17 @@ export const hypeEncoding: EncodingFactory<HypeOptions> = defineEncoding<HypeOpt
       ['both', 'tau', 'mu'].includes(opts.train),
       'argument',
       `HyPE: train must be both, tau or mu, got '${opts.train}'`,
+    );
+    check(
+      opts.parametrisation === 'tau-mu' || opts.parametrisation === 'slope-curvature',
+      'argument',
+      `HyPE: parametrisation must be tau-mu or slope-curvature, got '${opts.parametrisation}'`,
+    );
+    check(
+      opts.parametrisation === 'tau-mu' || opts.train !== 'tau',
+      'argument',
+      "HyPE: parametrisation 'slope-curvature' with train 'tau' would train the slope at a fixed curvature; use " +
+        "alibi-learned for a trained slope alone, or train 'both' or 'mu'",
     );
     check(
       opts.units === 'relative' || opts.units === 'raw',

@@ -1,0 +1,104 @@
+/**
+ * A low-rank logit bias delivered by concatenation (SPEC section 9): a_il = sum_c x_c(i) y_c(l) rides on an
+ * unmodified kernel as r extra columns of Q and K,
+ *   Qhat = [Q, sqrt(d) x, 0...]   Khat = [K, y, 0...]   scale 1/sqrt(d)   =>   logits = q.k / sqrt(d) + a.
+ * Shapes: q [B, H, Lq, d], k [B, Hkv, Lk, d], v [B, Hkv, Lk, dv]; query columns x [B, H, Lq, r], key columns
+ * y [B, Hkv, Lk, r] (fp64, per batch entry, so content-dependent biases fit too). In bf16/fp16 each column is split
+ * into hi/lo parts by the one split-columns helper (src/numerics/split-columns.ts, SPEC section 8), three operand
+ * columns per source column. Used by ALiBi's concat route (alibi-route.ts); HyPE builds its own eta columns
+ * (hype/core.ts) on the same helper.
+ */
+import type { AttentionOptions } from '../backend/backend.ts';
+import { check } from '../errors.ts';
+import { floatFormat, roundTo } from '../numerics/float-formats.ts';
+import { expandColumns, foldColumnGrads, slotsPerColumn } from '../numerics/split-columns.ts';
+import type { FloatArray } from '../tensor.ts';
+import type { AttendContext, AttendInputs } from './encoding.ts';
+import { columnPlan, padColumns, sliceColumns } from './hype/core.ts';
+import type { AugmentOptions } from './hype/core.ts';
+
+/** Operand precision of the concat route: the options HyPE's concat route takes, with the same meaning. */
+export type ConcatPrecisionOptions = Pick<AugmentOptions, 'format' | 'precision' | 'columns'> & {
+  /** Pad the head dims to a multiple of this (kernels like 4 or 8). */
+  multiple?: number;
+};
+
+export interface ConcatBiasResult {
+  out: FloatArray;
+  /** dq, dk, dv and the gradients of the source columns, dx [B, H, Lq, r] and dy [B, Hkv, Lk, r]. */
+  backward(dOut: FloatArray): { dq: FloatArray; dk: FloatArray; dv: FloatArray; dx: Float64Array; dy: Float64Array };
+}
+
+/** Attention with the bias x . y through ctx.backend on augmented operands (module comment). */
+export function concatBiasAttention(
+  ctx: AttendContext,
+  inputs: AttendInputs,
+  x: Float64Array,
+  y: Float64Array,
+  r: number,
+  opts: ConcatPrecisionOptions,
+): ConcatBiasResult {
+  const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: d, valueDim: dv } = ctx.shape;
+  const { q, k, v } = inputs;
+  check(
+    x.length === B * H * lq * r && y.length === B * Hkv * lk * r,
+    'shape',
+    () => `concat bias: columns of ${x.length} and ${y.length} values do not fit ${r} per query and key row`,
+  );
+  const multiple = opts.multiple ?? 1;
+  check(
+    Number.isInteger(multiple) && multiple >= 1,
+    'argument',
+    `multiple must be a positive integer, got ${multiple}`,
+  );
+  const plan = columnPlan(opts, q instanceof Float64Array ? 'fp64' : 'fp32');
+  const format = floatFormat(opts.format ?? (q instanceof Float64Array ? 'fp64' : 'fp32'));
+  const sqrtD = Math.sqrt(d);
+  const w = r * slotsPerColumn(plan.split !== null);
+  const dp = Math.ceil((d + w) / multiple) * multiple;
+  const dvp = Math.ceil(dv / multiple) * multiple;
+  const xs = expandColumns(
+    x.map((value) => value * sqrtD),
+    B * H * lq,
+    r,
+    'query',
+    plan.split,
+  );
+  const ys = expandColumns(y, B * Hkv * lk, r, 'key', plan.split);
+  const qHat = padColumns(q, B * H * lq, d, dp);
+  const kHat = padColumns(k, B * Hkv * lk, d, dp);
+  for (let row = 0; row < B * H * lq; row++) qHat.set(xs.subarray(row * w, (row + 1) * w), row * dp + d);
+  for (let row = 0; row < B * Hkv * lk; row++) kHat.set(ys.subarray(row * w, (row + 1) * w), row * dp + d);
+  const vHat = dvp === dv ? v : padColumns(v, B * Hkv * lk, dv, dvp, q);
+  const operands = [qHat, kHat, vHat];
+  if (format.name === 'fp16' || format.name === 'bf16') {
+    for (let a = 0; a < 3; a++) operands[a] = operands[a]!.map((value) => roundTo(format, value));
+  }
+  const [qo, ko, vo] = operands as [FloatArray, FloatArray, FloatArray];
+  const shape = { ...ctx.shape, headDim: dp, valueDim: dvp };
+  const attn: AttentionOptions = {
+    causal: ctx.causal,
+    scale: 1 / sqrtD,
+    bias: { kind: 'none' },
+    queryOffset: ctx.queryOffset,
+  };
+  const fwd = ctx.backend.attentionForward(shape, qo, ko, vo, attn);
+  const rows = B * H * lq;
+  return {
+    out: dvp === dv ? fwd.out : sliceColumns(fwd.out, rows, dvp, dv),
+    backward(dOut) {
+      const dOutHat = dvp === dv ? dOut : padColumns(dOut, rows, dv, dvp);
+      const g = ctx.backend.attentionBackward(shape, qo, ko, vo, fwd.out, fwd.lse, dOutHat, attn);
+      const split = plan.split !== null;
+      const dx = foldColumnGrads(g.dq, rows, r, 'query', split, dp, d).map((value) => value * sqrtD);
+      const dy = foldColumnGrads(g.dk, B * Hkv * lk, r, 'key', split, dp, d);
+      return {
+        dq: sliceColumns(g.dq, rows, dp, d),
+        dk: sliceColumns(g.dk, B * Hkv * lk, dp, d),
+        dv: dvp === dv ? g.dv : sliceColumns(g.dv, B * Hkv * lk, dvp, dv),
+        dx,
+        dy,
+      };
+    },
+  };
+}

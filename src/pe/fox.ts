@@ -1,0 +1,221 @@
+/**
+ * FoX, the Forgetting Transformer's bias (Lin et al., ICLR 2025, arXiv 2503.02130), on an unmodified kernel
+ * (SPEC section 9). Each head has a forget gate read from the block input, f_t = sigmoid(w . x_t + b); with
+ * F_n = sum_{t <= n} log f_t the logit of a key l seen from a query at n adds
+ *   a_nl = F_n - F_l = sum_{t = l+1}^{n} log f_t  (<= 0: a learned, content-dependent decay),
+ * which is rank 2: [F_n, 1] . [1, -F_l], two concat columns (concat-bias.ts), split into hi/lo parts in bf16/fp16.
+ * O(L) memory: F is one number per position and head. Shapes: q [B, H, Lq, d], k [B, Hkv, Lk, d], v [B, Hkv, Lk, dv],
+ * x [B, Lk, C] (C = modelDim); gate parameters fox.w [Hkv, C], fox.b [Hkv].
+ *
+ * Choices the paper leaves open or that we fix:
+ * - One forget gate per KV head, shared by the query heads of its group: the key column -F_l must be the same for
+ *   every query head reading that key (the paper's models are multi-head, one gate per head; with heads = kvHeads
+ *   that is what this is).
+ * - The gate reads the block's normed input x (the same x the q/k/v projections read), as the paper's
+ *   f_t = sigmoid(w_f^T x_t + b_f) does; no output gate, QK-norm or short convolution ("FoX (Pro)" adds those).
+ * - Initialisation: w ~ N(0, initStd^2) (default initStd = modelDim^-1/2, a linear layer's scale), b = biasInit
+ *   (default 0, f ~ 1/2 per token at the start); the paper's code was not read here, so these are our choices.
+ * - Centring: F is shifted by its value at the middle key position floor((Lk - 1) / 2) before it becomes columns, so
+ *   |columns| <= |F| over half the window (the bias is unchanged: it is a difference of F values).
+ * - Causal attention only (the decay accumulates from each key forward to its query); queries must sit at
+ *   positions covered by x (queryOffset + Lq <= Lk), as in a model, where the keys include the queries.
+ */
+import { check } from '../errors.ts';
+import type { FloatArray } from '../tensor.ts';
+import type { Rng } from '../util/rng.ts';
+import { checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
+import { concatBiasAttention, type ConcatPrecisionOptions } from './concat-bias.ts';
+import type {
+  AttendContext,
+  AttendInputs,
+  EncodingDims,
+  EncodingFactory,
+  Param,
+  PositionalEncoding,
+} from './encoding.ts';
+import { defineEncoding } from './options.ts';
+
+export interface FoxOptions extends ConcatPrecisionOptions {
+  /** Standard deviation of the gate weights' normal initialisation; 0 (default) means modelDim^-1/2. */
+  initStd: number;
+  /** Initial gate bias b (f = sigmoid(b) for a zero input). */
+  biasInit: number;
+}
+
+const DEFAULTS = { initStd: 0, biasInit: 0, multiple: 1 } as const;
+
+/** log sigmoid(s) without overflow: -softplus(-s). */
+function logSigmoid(s: number): number {
+  return s >= 0 ? -Math.log1p(Math.exp(-s)) : s - Math.log1p(Math.exp(s));
+}
+
+function sigmoid(s: number): number {
+  return s >= 0 ? 1 / (1 + Math.exp(-s)) : Math.exp(s) / (1 + Math.exp(s));
+}
+
+function param(name: string, shape: number[]): Param {
+  const n = shape.reduce((a, b) => a * b, 1);
+  return { name, shape, data: new Float64Array(n), grad: new Float64Array(n), decay: false };
+}
+
+class FoxEncoding implements PositionalEncoding {
+  readonly name = 'fox';
+  readonly sites = ['score-bias', 'data-dependent'] as const;
+  readonly maxLength = Infinity;
+  readonly w: Param;
+  readonly b: Param;
+  readonly params: Param[];
+
+  constructor(
+    private readonly dims: EncodingDims,
+    private readonly opts: ConcatPrecisionOptions,
+  ) {
+    this.w = param('fox.w', [dims.kvHeads, dims.modelDim]);
+    this.b = param('fox.b', [dims.kvHeads]);
+    this.params = [this.w, this.b];
+  }
+
+  private checkCall(ctx: AttendContext, inputs: AttendInputs): FloatArray {
+    const s = ctx.shape;
+    const { heads, kvHeads, modelDim } = this.dims;
+    check(
+      s.heads === heads && s.kvHeads === kvHeads,
+      'shape',
+      `fox: built for ${heads} heads / ${kvHeads} kv heads, called with ${s.heads} / ${s.kvHeads}; create it with the model's sizes`,
+    );
+    check(ctx.causal, 'argument', 'fox: the forgetting bias is defined for causal attention only; pass causal: true');
+    check(
+      ctx.queryOffset >= 0 && ctx.queryOffset + s.lq <= s.lk,
+      'argument',
+      `fox: queries at positions ${ctx.queryOffset}..${ctx.queryOffset + s.lq - 1} need gates up to their own ` +
+        `position, but x covers 0..${s.lk - 1}; use 0 <= queryOffset <= Lk - Lq`,
+    );
+    const x = inputs.x;
+    check(x !== undefined, 'argument', 'fox: the forget gates read the block input; pass inputs.x [B, Lk, C]');
+    check(
+      x.length === s.batch * s.lk * modelDim,
+      'shape',
+      `fox: x has ${x.length} elements but [B, Lk, C] = [${s.batch}, ${s.lk}, ${modelDim}] needs ${s.batch * s.lk * modelDim}`,
+    );
+    return x;
+  }
+
+  /** Gate pre-activations s [B, Hkv, Lk] = w_g . x_t + b_g. */
+  private gates(x: FloatArray, B: number, lk: number): Float64Array {
+    const { kvHeads: G, modelDim: C } = this.dims;
+    const s = new Float64Array(B * G * lk);
+    for (let b = 0; b < B; b++)
+      for (let g = 0; g < G; g++)
+        for (let t = 0; t < lk; t++) {
+          let acc = this.b.data[g]!;
+          for (let c = 0; c < C; c++) acc += this.w.data[g * C + c]! * x[(b * lk + t) * C + c]!;
+          s[(b * G + g) * lk + t] = acc;
+        }
+    return s;
+  }
+
+  attend(ctx: AttendContext, inputs: AttendInputs) {
+    const x = this.checkCall(ctx, inputs);
+    const { batch: B, heads: H, kvHeads: G, lq, lk } = ctx.shape;
+    const C = this.dims.modelDim;
+    const group = H / G;
+    const off = ctx.queryOffset;
+    const s = this.gates(x, B, lk);
+    // F [B, G, Lk], centred at the middle key position.
+    const mid = Math.floor((lk - 1) / 2);
+    const F = new Float64Array(B * G * lk);
+    for (let r = 0; r < B * G; r++) {
+      let acc = 0;
+      for (let t = 0; t < lk; t++) F[r * lk + t] = acc += logSigmoid(s[r * lk + t]!);
+      const centre = F[r * lk + mid]!;
+      for (let t = 0; t < lk; t++) F[r * lk + t]! -= centre;
+    }
+    const qc = new Float64Array(B * H * lq * 2);
+    const kc = new Float64Array(B * G * lk * 2);
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < H; h++)
+        for (let i = 0; i < lq; i++) {
+          const o = ((b * H + h) * lq + i) * 2;
+          qc[o] = F[(b * G + Math.floor(h / group)) * lk + i + off]!;
+          qc[o + 1] = 1;
+        }
+      for (let g = 0; g < G; g++)
+        for (let l = 0; l < lk; l++) {
+          const o = ((b * G + g) * lk + l) * 2;
+          kc[o] = 1;
+          kc[o + 1] = -F[(b * G + g) * lk + l]!;
+        }
+    }
+    const run = concatBiasAttention(ctx, inputs, qc, kc, 2, this.opts);
+    return {
+      out: run.out,
+      backward: (dOut: FloatArray) => {
+        const { dq, dk, dv, dx: dqc, dy: dkc } = run.backward(dOut);
+        // d loss / d F (centred), then through the centring, the cumulative sum and log sigmoid.
+        const dF = new Float64Array(B * G * lk);
+        for (let b = 0; b < B; b++) {
+          for (let h = 0; h < H; h++)
+            for (let i = 0; i < lq; i++)
+              dF[(b * G + Math.floor(h / group)) * lk + i + off]! += dqc[((b * H + h) * lq + i) * 2]!;
+          for (let g = 0; g < G; g++)
+            for (let l = 0; l < lk; l++) dF[(b * G + g) * lk + l]! -= dkc[((b * G + g) * lk + l) * 2 + 1]!;
+        }
+        const dx = new Float64Array(B * lk * C);
+        for (let r = 0; r < B * G; r++) {
+          const b = Math.floor(r / G);
+          const g = r % G;
+          let total = 0;
+          for (let t = 0; t < lk; t++) total += dF[r * lk + t]!;
+          dF[r * lk + mid]! -= total; // F_n - F_mid: F_mid receives minus every entry's gradient
+          let dz = 0; // d loss / d log f_t = sum_{n >= t} dF_n
+          for (let t = lk - 1; t >= 0; t--) {
+            dz += dF[r * lk + t]!;
+            const ds = dz * sigmoid(-s[r * lk + t]!); // d log sigmoid(s) / ds = sigmoid(-s)
+            this.b.grad[g]! += ds;
+            for (let c = 0; c < C; c++) {
+              this.w.grad[g * C + c]! += ds * x[(b * lk + t) * C + c]!;
+              dx[(b * lk + t) * C + c]! += ds * this.w.data[g * C + c]!;
+            }
+          }
+        }
+        const dxOut = x instanceof Float64Array ? dx : Float32Array.from(dx);
+        return { dq, dk, dv, dx: dxOut };
+      },
+    };
+  }
+
+  /** fp64 reference: scale q.k + sum_{t = l+1}^{n} log sigmoid(w_g . x_t + b_g), summed directly per pair. */
+  denseLogits(ctx: AttendContext, inputs: AttendInputs, scale: number): Float64Array {
+    checkQk(ctx, inputs.q, inputs.k);
+    const x = this.checkCall(ctx, inputs);
+    const { batch: B, kvHeads: G, lk } = ctx.shape;
+    const s = this.gates(x, B, lk);
+    return denseLogitGrid(ctx, (b, h, kvh, i, l, D) => {
+      let bias = 0;
+      for (let t = l + 1; t <= l + D; t++) bias += logSigmoid(s[(b * G + kvh) * lk + t]!);
+      return scaledDot(ctx, inputs.q, inputs.k, scale, b, h, kvh, i, l) + bias;
+    });
+  }
+}
+
+export const foxFactory: EncodingFactory<FoxOptions> = defineEncoding<FoxOptions>({
+  name: 'fox',
+  description:
+    'Forgetting Transformer bias (Lin et al. 2025): per-head forget gates sigmoid(w.x + b), bias F_i - F_l with F ' +
+    'their cumulative log, as two concat columns on an unmodified kernel',
+  sites: ['score-bias', 'data-dependent'],
+  defaults: DEFAULTS,
+  optionalKeys: ['format', 'precision', 'columns'],
+  create(dims: EncodingDims, options: Partial<FoxOptions>, rng: Rng): PositionalEncoding {
+    const o = { ...DEFAULTS, ...options };
+    check(
+      o.initStd >= 0 && dims.modelDim > 0 && dims.heads % dims.kvHeads === 0,
+      'argument',
+      `fox: initStd = ${o.initStd} must be >= 0, modelDim positive and heads a multiple of kvHeads`,
+    );
+    const enc = new FoxEncoding(dims, o);
+    rng.fillNormal(enc.w.data, o.initStd || 1 / Math.sqrt(dims.modelDim));
+    enc.b.data.fill(o.biasInit);
+    return enc;
+  },
+});
