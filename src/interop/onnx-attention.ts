@@ -5,9 +5,36 @@
  * dim (SPEC section 4: its default would be 1/sqrt(d + 2n)). Sequence length stays symbolic, so one exported model
  * serves every length.
  *
+ * Half precision (SPEC section 8): in an fp16 graph the eta columns are still computed in fp32 from the positions,
+ * then either rounded once to fp16 ('plain', 2 columns per pair: the bias blurs by ~|tau| u16) or split into
+ * hi = fp16(x), lo = fp16(x - hi) laid out as numerics/split-columns.ts's expandColumns does (query [hi, hi, lo],
+ * key [hi, lo, hi] per column: 6 columns per pair), so a kernel with exact fp16 products and fp32 accumulation
+ * recovers the bias to O(|tau| u16^2). The split is the same arithmetic as splitColumns, done by Cast nodes at run
+ * time because the sequence length is symbolic (tests compare the two).
+ *
  * Tensors use MultiHeadAttention's layout: q, k [B, L, H * d], v [B, L, H * dv].
  */
 import type { OnnxGraph } from './onnx-graph.ts';
+import { OnnxDataType } from './onnx-proto.ts';
+
+/** The element type of an exported graph's activations and weights. */
+export type GraphPrecision = 'fp32' | 'fp16';
+
+/** A float constant in the graph's element type. */
+export function constOf(
+  g: OnnxGraph,
+  precision: GraphPrecision,
+  data: ArrayLike<number>,
+  dims: readonly number[],
+  name?: string,
+): string {
+  return precision === 'fp16' ? g.constFloat16(data, dims, name) : g.constFloat(data, dims, name);
+}
+
+/** Casts a float32 tensor to the graph's element type (a no-op for fp32). */
+export function toPrecision(g: OnnxGraph, precision: GraphPrecision, x: string): string {
+  return precision === 'fp16' ? g.op('Cast', [x], { to: OnnxDataType.FLOAT16 }) : x;
+}
 
 export interface HypeGraphParams {
   heads: number;
@@ -20,6 +47,10 @@ export interface HypeGraphParams {
   shift: number | 'center';
   /** Pad the augmented head dim with zero columns up to a multiple of this (1 = no padding). */
   padMultiple?: number;
+  /** Element type of q, k and of the columns appended (default fp32). */
+  precision?: GraphPrecision;
+  /** fp16 only: 'split' (default there) for hi/lo columns, 'plain' for the 2 rounded columns per pair. */
+  columns?: 'plain' | 'split';
 }
 
 /** Positions 0 .. L-1 minus the shift, as float [L], where L is the length of `x` [B, L, *]. */
@@ -65,6 +96,7 @@ function appendPerHead(
   headDim: number,
   extra: number,
   pad: number,
+  precision: GraphPrecision,
 ): string {
   const x4 = g.op('Reshape', [x, g.constInt64([0, 0, heads, headDim])]);
   const shape = g.op('Shape', [x4]);
@@ -73,7 +105,7 @@ function appendPerHead(
   const parts = [x4, g.op('Expand', [eta, etaShape])];
   if (pad > 0) {
     const padShape = g.op('Concat', [bl, g.constInt64([heads, pad])], { axis: 0 });
-    parts.push(g.op('Expand', [g.constFloat([0], [1, 1, 1, 1]), padShape]));
+    parts.push(g.op('Expand', [constOf(g, precision, [0], [1, 1, 1, 1]), padShape]));
   }
   const cat = g.op('Concat', parts, { axis: 3 });
   return g.op('Reshape', [cat, g.constInt64([0, 0, heads * (headDim + extra + pad)])]);
@@ -86,15 +118,61 @@ export function hypeAugment(
   k: string,
   p: HypeGraphParams,
 ): { qHat: string; kHat: string; width: number } {
-  const extra = 2 * p.pairs;
+  const precision = p.precision ?? 'fp32';
+  const split = precision === 'fp16' && (p.columns ?? 'split') === 'split';
+  const extra = (split ? 6 : 2) * p.pairs;
   const m = p.padMultiple ?? 1;
   const pad = (m - ((p.headDim + extra) % m)) % m;
-  const { etaQ, etaK } = hypeEtaColumns(g, q, p);
+  const eta = hypeEtaColumns(g, q, p);
+  const cols = (x: string, side: 'query' | 'key') =>
+    split ? splitHalfColumns(g, x, side, p.heads, 2 * p.pairs) : toPrecision(g, precision, x);
   return {
-    qHat: appendPerHead(g, q, etaQ, p.heads, p.headDim, extra, pad),
-    kHat: appendPerHead(g, k, etaK, p.heads, p.headDim, extra, pad),
+    qHat: appendPerHead(g, q, cols(eta.etaQ, 'query'), p.heads, p.headDim, extra, pad, precision),
+    kHat: appendPerHead(g, k, cols(eta.etaK, 'key'), p.heads, p.headDim, extra, pad, precision),
     width: p.headDim + extra + pad,
   };
+}
+
+/**
+ * float32 columns x [1, L, H, r] -> float16 [1, L, H, 3r]: per column [hi, hi, lo] (query side) or [hi, lo, hi]
+ * (key side) with hi = fp16(x), lo = fp16(x - hi), the layout of numerics/split-columns.ts's expandColumns.
+ */
+function splitHalfColumns(g: OnnxGraph, x: string, side: 'query' | 'key', heads: number, r: number): string {
+  const hi = g.op('Cast', [x], { to: OnnxDataType.FLOAT16 });
+  const rest = g.op('Sub', [x, g.op('Cast', [hi], { to: OnnxDataType.FLOAT })]);
+  const lo = g.op('Cast', [rest], { to: OnnxDataType.FLOAT16 });
+  const axis = g.constInt64([4]);
+  const slots = (side === 'query' ? [hi, hi, lo] : [hi, lo, hi]).map((t) => g.op('Unsqueeze', [t, axis]));
+  return g.op('Reshape', [g.op('Concat', slots, { axis: 4 }), g.constInt64([1, -1, heads, 3 * r])]);
+}
+
+/**
+ * v [B, L, H * dv] zero-padded per head to [B, L, H * width]: onnxruntime's WebGPU flash attention runs only when
+ * the value head size equals the query/key head size (CanApplyFlashAttention), so HyPE's wider Q, K need a wider V.
+ */
+export function padValueHeads(
+  g: OnnxGraph,
+  v: string,
+  heads: number,
+  dv: number,
+  width: number,
+  precision: GraphPrecision,
+): string {
+  if (width === dv) return v;
+  const v4 = g.op('Reshape', [v, g.constInt64([0, 0, heads, dv])]);
+  const bl = g.op('Slice', [g.op('Shape', [v4]), g.constInt64([0]), g.constInt64([2])]);
+  const padShape = g.op('Concat', [bl, g.constInt64([heads, width - dv])], { axis: 0 });
+  const zeros = g.op('Expand', [constOf(g, precision, [0], [1, 1, 1, 1]), padShape]);
+  const cat = g.op('Concat', [v4, zeros], { axis: 3 });
+  return g.op('Reshape', [cat, g.constInt64([0, 0, heads * width])]);
+}
+
+/** The inverse of padValueHeads on attention's output: [B, L, H * width] -> [B, L, H * dv]. */
+export function sliceValueHeads(g: OnnxGraph, o: string, heads: number, dv: number, width: number): string {
+  if (width === dv) return o;
+  const o4 = g.op('Reshape', [o, g.constInt64([0, 0, heads, width])]);
+  const kept = g.op('Slice', [o4, g.constInt64([0]), g.constInt64([dv]), g.constInt64([3])]);
+  return g.op('Reshape', [kept, g.constInt64([0, 0, heads * dv])]);
 }
 
 /** ALiBi's bias [1, H, L, L] = -m_h |i - l|, computed in the graph from the length of `x` [B, L, *]. */

@@ -16,9 +16,13 @@
  *          zero padding), NO bias input, no custom operator, and the kernel's scale set to 1/sqrt(d) of the
  *          ORIGINAL head dim (the kernel's default 1/sqrt(d + 2 + pad) would be wrong: SPEC section 4).
  * Grouped-query attention repeats each KV head for its query heads in the graph (MultiHeadAttention wants equal
- * head counts). Weights are written as float32 (an fp64 model is rounded once at export). HyPE's kernel route
- * exports through the concat form (the same function), and its fp16/bf16 operand emulation, a study tool, is not
- * carried over: the graph computes in fp32. GELU is composed from primitives so opset 17 suffices (onnxruntime
+ * head counts). Weights are written as float32 (an fp64 model is rounded once at export), or with precision 'fp16'
+ * as float16: then every activation, MultiHeadAttention's q, k, v included, is float16 (positions, rotations, ALiBi's
+ * bias and HyPE's eta columns are computed in float32 and cast), and the logits are cast back to float32. In fp16
+ * HyPE appends split columns by default (6 per pair, SPEC section 8; 'plain' = 2 rounded columns, for comparison),
+ * pads the head dim to a multiple of 8 unless told otherwise, and pads V to the same width (sliced off after
+ * attention) because onnxruntime's WebGPU flash attention requires equal q/k and v head sizes. HyPE's kernel route
+ * exports through the concat form (the same function). GELU is composed from primitives so opset 17 suffices (onnxruntime
  * 1.30 also accepts opset 20's Gelu with approximate = 'tanh', which would fuse it).
  */
 import { check, HypeError } from '../errors.ts';
@@ -27,7 +31,16 @@ import { alibiSlopes } from '../pe/alibi-slopes.ts';
 import type { HypeSpec } from '../pe/hype/spec.ts';
 import { hypeEncoding, type HypeOptions } from '../pe/hype/encoding.ts';
 import { ropeEncoding, ropeFrequencies, type RopeOptions } from '../pe/rope.ts';
-import { alibiBiasTensor, hypeAugment, multiHeadAttention } from './onnx-attention.ts';
+import {
+  alibiBiasTensor,
+  constOf,
+  type GraphPrecision,
+  hypeAugment,
+  multiHeadAttention,
+  padValueHeads,
+  sliceValueHeads,
+  toPrecision,
+} from './onnx-attention.ts';
 import { OnnxGraph } from './onnx-graph.ts';
 import { OnnxDataType } from './onnx-proto.ts';
 
@@ -39,9 +52,19 @@ export interface OnnxExportOptions {
    * kernel uses 1/sqrt(augmented head dim) — wrong, offered only to measure how wrong.
    */
   hypeScale?: 'explicit' | 'kernel-default';
-  /** HyPE: pad the augmented head dim with zero columns to a multiple of this (default: the encoding's option). */
+  /**
+   * HyPE: pad the augmented head dim with zero columns to a multiple of this (default: the encoding's option in
+   * fp32, 8 in fp16).
+   */
   padMultiple?: number;
+  /** Element type of weights and activations (default fp32); logits are float32 either way. */
+  precision?: GraphPrecision;
+  /** HyPE in fp16: 'split' (default) hi/lo columns, or 'plain' (2 rounded columns per pair: the bias blurs). */
+  columns?: 'plain' | 'split';
 }
+
+/** The largest --pad accepted: FlashAttention-style kernels take head dims <= 256, so a multiple above that only wastes. */
+export const MAX_PAD_MULTIPLE = 256;
 
 export interface OnnxExport {
   bytes: Uint8Array;
@@ -56,6 +79,9 @@ export interface OnnxExport {
     scale: number | 'kernel default';
     attentionBias: boolean;
     opset: number;
+    precision: GraphPrecision;
+    /** HyPE: 'plain' or 'split' columns; null for other encodings. */
+    columns: 'plain' | 'split' | null;
   };
 }
 
@@ -73,12 +99,27 @@ export function exportOnnx(model: Transformer, options: OnnxExportOptions = {}):
         'have no MultiHeadAttention form here); export a run trained with one of those',
     );
   }
+  const precision = options.precision ?? 'fp32';
+  check(
+    precision === 'fp32' || precision === 'fp16',
+    'argument',
+    `ONNX export: precision must be fp32 or fp16, got ${JSON.stringify(precision)}`,
+  );
+  const columns = options.columns ?? 'split';
+  check(
+    columns === 'plain' || columns === 'split',
+    'argument',
+    `ONNX export: columns must be 'plain' or 'split', got ${JSON.stringify(columns)}`,
+  );
+  if (options.padMultiple !== undefined) checkPadMultiple(options.padMultiple);
   const { width: C, heads: H, kvHeads: Hkv, layers, vocab: V } = cfg;
   const D = C / H;
   const g = new OnnxGraph(`hype-${pe}`);
+  const cf = (data: ArrayLike<number>, dims: readonly number[], name?: string) =>
+    constOf(g, precision, data, dims, name);
   const tokens = g.input('tokens', ['batch', 'length'], OnnxDataType.INT64);
   const P = model.params;
-  const wte = g.constFloat(P.wte.data, [V, C], 'wte');
+  const wte = cf(P.wte.data, [V, C], 'wte');
   let x = g.op('Gather', [wte, tokens], { axis: 0 });
 
   let qkHeadDim = D;
@@ -101,14 +142,9 @@ export function exportOnnx(model: Transformer, options: OnnxExportOptions = {}):
       : null;
 
   const layerNorm = (input: string, w: ArrayLike<number>, b: ArrayLike<number>) =>
-    g.op(
-      'LayerNormalization',
-      [input, g.constFloat(w, [C]), g.constFloat(b, [C])],
-      { axis: -1, epsilon: cfg.layerNormEps },
-      ['epsilon'],
-    );
+    g.op('LayerNormalization', [input, cf(w, [C]), cf(b, [C])], { axis: -1, epsilon: cfg.layerNormEps }, ['epsilon']);
   const linear = (input: string, w: ArrayLike<number>, b: ArrayLike<number>, nIn: number, nOut: number) =>
-    g.op('Add', [g.op('MatMul', [input, g.constFloat(w, [nIn, nOut])]), g.constFloat(b, [nOut])]);
+    g.op('Add', [g.op('MatMul', [input, cf(w, [nIn, nOut])]), cf(b, [nOut])]);
 
   for (let i = 0; i < layers; i++) {
     const blk = P.blocks[i]!;
@@ -121,11 +157,11 @@ export function exportOnnx(model: Transformer, options: OnnxExportOptions = {}):
     if (pe === 'none') {
       att = multiHeadAttention(g, q0!, k, v, { heads: H, scale: 1 / Math.sqrt(D), causal: true });
     } else if (pe === 'rope') {
-      const qr = rotate(g, q0!, H, D, ropeFreqs!);
-      const kr = rotate(g, k, H, D, ropeFreqs!);
+      const qr = rotate(g, q0!, H, D, ropeFreqs!, precision);
+      const kr = rotate(g, k, H, D, ropeFreqs!, precision);
       att = multiHeadAttention(g, qr, kr, v, { heads: H, scale: 1 / Math.sqrt(D), causal: true });
     } else if (pe === 'alibi') {
-      const bias = alibiBiasTensor(g, q0!, alibiSlopes(H));
+      const bias = toPrecision(g, precision, alibiBiasTensor(g, q0!, alibiSlopes(H)));
       att = multiHeadAttention(g, q0!, k, v, { heads: H, scale: 1 / Math.sqrt(D), causal: true, attentionBias: bias });
     } else {
       const spec = hypeSpecOf(model, i);
@@ -136,22 +172,30 @@ export function exportOnnx(model: Transformer, options: OnnxExportOptions = {}):
         mu: spec.mu,
         pairs: spec.termAxis.length,
         shift: hypeOpts!.shift === 'centre' ? 'center' : 0,
-        padMultiple: options.padMultiple ?? hypeOpts!.multiple,
+        padMultiple: options.padMultiple ?? (precision === 'fp16' ? 8 : hypeOpts!.multiple),
+        precision,
+        columns,
       });
       qkHeadDim = aug.width;
-      att = multiHeadAttention(g, aug.qHat, aug.kHat, v, {
+      // fp16 targets GPU flash kernels, which need V as wide as Q and K (padValueHeads); fp32 stays as it was.
+      const vWidth = precision === 'fp16' ? aug.width : D;
+      const wide = multiHeadAttention(g, aug.qHat, aug.kHat, padValueHeads(g, v, H, D, vWidth, precision), {
         heads: H,
         causal: true,
         ...(options.hypeScale === 'kernel-default' ? {} : { scale: 1 / Math.sqrt(D) }),
       });
+      att = sliceValueHeads(g, wide, H, D, vWidth);
     }
     const mid = g.op('Add', [x, linear(att, blk.projWeight.data, blk.projBias.data, C, C)]);
     const h2 = layerNorm(mid, blk.ln2Weight.data, blk.ln2Bias.data);
-    const fc = gelu(g, linear(h2, blk.fcWeight.data, blk.fcBias.data, C, cfg.mlpWidth));
+    const fc = gelu(g, linear(h2, blk.fcWeight.data, blk.fcBias.data, C, cfg.mlpWidth), precision);
     x = g.op('Add', [mid, linear(fc, blk.fcProjWeight.data, blk.fcProjBias.data, cfg.mlpWidth, C)]);
   }
   const lnf = layerNorm(x, P.lnfWeight.data, P.lnfBias.data);
-  g.node('MatMul', [lnf, g.op('Transpose', [wte], { perm: [1, 0] })], {}, { names: ['logits'] });
+  const head = g.op('MatMul', [lnf, g.op('Transpose', [wte], { perm: [1, 0] })]);
+  g.node(precision === 'fp16' ? 'Cast' : 'Identity', [head], precision === 'fp16' ? { to: OnnxDataType.FLOAT } : {}, {
+    names: ['logits'],
+  });
   g.output('logits', ['batch', 'length', V]);
   return {
     bytes: g.toBytes({ opset: OPSET, microsoft: true }),
@@ -164,8 +208,19 @@ export function exportOnnx(model: Transformer, options: OnnxExportOptions = {}):
       scale,
       attentionBias: pe === 'alibi',
       opset: OPSET,
+      precision,
+      columns: pe === 'hype' ? (precision === 'fp16' ? columns : 'plain') : null,
     },
   };
+}
+
+/** Refuses a pad multiple that is not an integer in [1, MAX_PAD_MULTIPLE]. */
+export function checkPadMultiple(m: number): void {
+  check(
+    Number.isInteger(m) && m >= 1 && m <= MAX_PAD_MULTIPLE,
+    'argument',
+    `the head-dim pad multiple must be an integer from 1 to ${MAX_PAD_MULTIPLE} (kernels want 4 or 8), got ${m}`,
+  );
 }
 
 /** The current (possibly trained) HyPE parameters of block i. */
@@ -190,7 +245,7 @@ function repeatKvHeads(g: OnnxGraph, x: string, H: number, Hkv: number, D: numbe
  * exchanges the dims of each pair (2j, 2j+1) and sin_signed is -sin on 2j, +sin on 2j+1 (rotary.ts's rotation);
  * dims past the rotated pairs get angle 0 (cos 1, sin 0): unrotated.
  */
-function rotate(g: OnnxGraph, x: string, H: number, D: number, freqs: Float64Array): string {
+function rotate(g: OnnxGraph, x: string, H: number, D: number, freqs: Float64Array, precision: GraphPrecision): string {
   const pairs = Math.min(freqs.length, Math.floor(D / 2));
   const freqPerDim = Array.from({ length: D }, (_, c) => (c < 2 * pairs ? freqs[Math.floor(c / 2)]! : 0));
   const signs = Array.from({ length: D }, (_, c) => (c < 2 * pairs ? (c % 2 === 0 ? -1 : 1) : 0));
@@ -202,11 +257,12 @@ function rotate(g: OnnxGraph, x: string, H: number, D: number, freqs: Float64Arr
     g.constInt64([-1, 1]),
   ]);
   const angle = g.op('Mul', [pos, g.constFloat(freqPerDim, [1, D])]);
-  const cos = g.op('Reshape', [g.op('Cos', [angle]), g.constInt64([1, -1, 1, D])]);
-  const sin = g.op('Reshape', [
-    g.op('Mul', [g.op('Sin', [angle]), g.constFloat(signs, [1, D])]),
-    g.constInt64([1, -1, 1, D]),
-  ]);
+  const cos = toPrecision(g, precision, g.op('Reshape', [g.op('Cos', [angle]), g.constInt64([1, -1, 1, D])]));
+  const sin = toPrecision(
+    g,
+    precision,
+    g.op('Reshape', [g.op('Mul', [g.op('Sin', [angle]), g.constFloat(signs, [1, D])]), g.constInt64([1, -1, 1, D])]),
+  );
   const x4 = g.op('Reshape', [x, g.constInt64([0, 0, H, D])]);
   const swapped = g.op('Gather', [x4, g.constInt64(perm)], { axis: 3 });
   const out = g.op('Add', [g.op('Mul', [x4, cos]), g.op('Mul', [swapped, sin])]);
@@ -214,12 +270,10 @@ function rotate(g: OnnxGraph, x: string, H: number, D: number, freqs: Float64Arr
 }
 
 /** GELU, tanh approximation, from primitive ops: 0.5 x (1 + tanh(c (x + 0.044715 x^3))), exactly ours. */
-function gelu(g: OnnxGraph, x: string): string {
+function gelu(g: OnnxGraph, x: string, precision: GraphPrecision): string {
+  const c = (v: number) => constOf(g, precision, [v], []);
   const x3 = g.op('Mul', [g.op('Mul', [x, x]), x]);
-  const inner = g.op('Mul', [
-    g.op('Add', [x, g.op('Mul', [x3, g.constFloat([GELU_A], [])])]),
-    g.constFloat([GELU_C], []),
-  ]);
-  const onePlus = g.op('Add', [g.op('Tanh', [inner]), g.constFloat([1], [])]);
-  return g.op('Mul', [g.op('Mul', [x, onePlus]), g.constFloat([0.5], [])]);
+  const inner = g.op('Mul', [g.op('Add', [x, g.op('Mul', [x3, c(GELU_A)])]), c(GELU_C)]);
+  const onePlus = g.op('Add', [g.op('Tanh', [inner]), c(1)]);
+  return g.op('Mul', [g.op('Mul', [x, onePlus]), c(0.5)]);
 }

@@ -2,6 +2,7 @@
  * A small builder for ONNX graphs: declare inputs, constants and nodes with readable calls, get model bytes that
  * onnxruntime (or any ONNX runtime) loads. Names are generated so callers only name what they expose.
  */
+import { fp16Bits } from '../numerics/float-formats.ts';
 import { encodeModel, OnnxAttributeType, OnnxDataType, type OnnxDataTypeCode } from './onnx-proto.ts';
 
 /** A dimension: a fixed size or a symbolic name (e.g. 'batch', 'length'). */
@@ -84,6 +85,18 @@ export class OnnxGraph {
       dims: [...dims],
       dataType: OnnxDataType.FLOAT,
       rawData: Buffer.from(f32.buffer, f32.byteOffset, f32.byteLength),
+    });
+    return name;
+  }
+
+  /** A float16 constant: each value rounded to the nearest fp16 (IEEE binary16 bits, little-endian). */
+  constFloat16(data: ArrayLike<number>, dims: readonly number[], name = this.fresh('const')): string {
+    const bits = Uint16Array.from(Array.from(data, fp16Bits));
+    this.initializers.push({
+      name,
+      dims: [...dims],
+      dataType: OnnxDataType.FLOAT16,
+      rawData: Buffer.from(bits.buffer, bits.byteOffset, bits.byteLength),
     });
     return name;
   }
