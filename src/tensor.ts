@@ -134,3 +134,9 @@ export function tokensToHeads(x: ArrayLike<number>, out: FloatArray, B: number, 
     }
   }
 }
+
+/** The same numbers in an array of the given dtype (the array itself when it already has that dtype). */
+export function asDtype(a: FloatArray, dtype: DType): FloatArray {
+  if (dtypeOf(a) === dtype) return a;
+  return dtype === 'float64' ? Float64Array.from(a) : Float32Array.from(a);
+}

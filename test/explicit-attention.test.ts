@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { AttentionShape } from '../src/backend/backend.ts';
-import { explicitAttentionBackward, explicitAttentionForward, keyVisible } from '../src/pe/explicit-attention.ts';
+import { explicitAttentionBackward, explicitAttentionForward, keyVisible } from '../src/backend/score-attention.ts';
 import { maxRelativeGradError } from './helpers/gradcheck.ts';
 import { Rng, dotAll, randomArray, relativeMaxError, softmaxTimesValues } from './helpers/pe-explicit.ts';
 

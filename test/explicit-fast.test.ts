@@ -1,5 +1,5 @@
 /**
- * The gemm path of the explicit-logit encodings (explicit-attention.ts explicitAttention) beyond what each
+ * The gemm path of the explicit-logit encodings (Backend.scoreAttention, src/backend/score-attention.ts) beyond what each
  * encoding's own tests reach: windows longer than one row block (ROW_BLOCK rows), and fp32 work on a real backend
  * (the backend's sgemm and row softmax) against the fp64 path.
  */
@@ -8,7 +8,7 @@ import type { AttentionShape, Backend } from '../src/backend/backend.ts';
 import { loadBackend } from '../src/backend/index.ts';
 import { HypeError } from '../src/errors.ts';
 import type { AttendContext, AttendInputs, PositionalEncoding } from '../src/pe/encoding.ts';
-import { ROW_BLOCK } from '../src/pe/explicit-attention.ts';
+import { ROW_BLOCK } from '../src/backend/score-attention.ts';
 import { getEncodingFactory } from '../src/pe/registry.ts';
 import {
   Rng,
@@ -18,6 +18,10 @@ import {
   relativeMaxError,
   softmaxTimesValues,
 } from './helpers/pe-explicit.ts';
+import { ReferenceBackend } from '../src/backend/reference.ts';
+
+/** The fp64-capable reference backend the encodings run on here. */
+const REFERENCE = new ReferenceBackend();
 
 const ENCODINGS = ['xl', 'shaw', 'da', 'path'] as const;
 const MODEL_DIM = 8;
@@ -47,7 +51,7 @@ describe('explicit attention, gemm path: windows of several row blocks (fp64)', 
   const L = ROW_BLOCK + 44; // two blocks, the second ragged
   for (const name of ENCODINGS) {
     const shape: AttentionShape = { batch: 1, heads: 2, kvHeads: 1, lq: L, lk: L, headDim: 4, valueDim: 4 };
-    const ctx: AttendContext = { backend: undefined as never, shape, causal: true, queryOffset: 0 };
+    const ctx: AttendContext = { backend: REFERENCE, shape, causal: true, queryOffset: 0 };
 
     it(`${name}: forward equals softmax(dense logits) V at L = ${L}`, () => {
       const rng = new Rng(11);
@@ -115,7 +119,7 @@ describe('explicit attention, gemm path: fp32 on a backend agrees with fp64', ()
       const dOut = Float64Array.from(Float32Array.from(randomArray(rng, shape.batch * shape.heads * c.lq * 8)));
 
       const enc = makeEncoding(name, 2, 1, 8, 5);
-      const ctx64: AttendContext = { backend: undefined as never, shape, causal: c.causal, queryOffset: c.off };
+      const ctx64: AttendContext = { backend: REFERENCE, shape, causal: c.causal, queryOffset: c.off };
       const ctx32: AttendContext = { ...ctx64, backend };
       for (const p of enc.params) p.grad.fill(0);
       const r64 = enc.attend(ctx64, in64);
@@ -148,7 +152,7 @@ describe('explicit attention: reused work buffers (ScratchPool)', () => {
     it(`${name}: calls of other sizes in between leave the results bit-identical to a fresh instance's`, () => {
       const run = (enc: PositionalEncoding, L: number, seed: number) => {
         const shape: AttentionShape = { batch: 1, heads: 2, kvHeads: 1, lq: L, lk: L, headDim: 4, valueDim: 4 };
-        const ctx: AttendContext = { backend: undefined as never, shape, causal: true, queryOffset: 0 };
+        const ctx: AttendContext = { backend: REFERENCE, shape, causal: true, queryOffset: 0 };
         const rng = new Rng(seed);
         const inputs = inputsFor(name, rng, shape);
         for (const p of enc.params) p.grad.fill(0);
@@ -169,7 +173,7 @@ describe('explicit attention: reused work buffers (ScratchPool)', () => {
 
     it(`${name}: a result superseded by a later attend() refuses its backward`, () => {
       const shape: AttentionShape = { batch: 1, heads: 2, kvHeads: 1, lq: 6, lk: 6, headDim: 4, valueDim: 4 };
-      const ctx: AttendContext = { backend: undefined as never, shape, causal: true, queryOffset: 0 };
+      const ctx: AttendContext = { backend: REFERENCE, shape, causal: true, queryOffset: 0 };
       const rng = new Rng(9);
       const enc = makeEncoding(name, 2, 1, 4, 8);
       const inputs = inputsFor(name, rng, shape);

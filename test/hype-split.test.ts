@@ -218,8 +218,8 @@ describe('split columns: refusals', () => {
     const dims = { heads: 2, kvHeads: 2, headDim: 8, modelDim: 16, trainLength: 16 };
     const e = thrown(() => hypeEncoding.create(dims, { prest: 'paper' } as never, new Rng(1)));
     expect(e.code).toBe('argument');
-    expect(e.message).toMatch(/unknown option 'prest'/);
-    expect(e.message).toMatch(/preset, lengthExtra, curvature/);
+    expect(e.message).toMatch(/hype has no option 'prest'/);
+    expect(e.message).toMatch(/its options are preset, curvature, .*precision, columns/);
     expect(thrown(() => hypeEncoding.create(dims, { precision: 'fp8' } as never, new Rng(1))).message).toMatch(
       /unknown precision/,
     );

@@ -14,6 +14,10 @@ import {
   softmaxTimesValues,
   withKeyPrefix,
 } from './helpers/pe-explicit.ts';
+import { ReferenceBackend } from '../src/backend/reference.ts';
+
+/** The fp64-capable reference backend the encodings run on here. */
+const REFERENCE = new ReferenceBackend();
 
 const dims = { heads: 4, kvHeads: 2, headDim: 4, modelDim: 16, trainLength: 16 };
 
@@ -23,7 +27,7 @@ function setup(causal: boolean, lq: number, lk: number, queryOffset: number, see
   // Distinct sigmoid parameters per head so both derivatives are exercised away from symmetric points.
   enc.sigmoidParam.data.set([0.3, -0.4, 1.1, -1.5]);
   const shape: AttentionShape = { batch: 2, heads: 4, kvHeads: 2, lq, lk, headDim: 4, valueDim: 3 };
-  const ctx: AttendContext = { backend: undefined as never, shape, causal, queryOffset };
+  const ctx: AttendContext = { backend: REFERENCE, shape, causal, queryOffset };
   return { rng, enc, shape, ctx, inputs: randomInputs(rng, shape) };
 }
 
@@ -42,7 +46,7 @@ describe('da (DA-Transformer distance-aware rescaling)', () => {
 
   it('dense logits: ReLU clips negative scores to 0, distance 0 is not rescaled, far keys obey the bounds', () => {
     const { enc, shape, inputs } = setup(false, 1, 40, 0);
-    const ctx: AttendContext = { backend: undefined as never, shape, causal: false, queryOffset: 0 };
+    const ctx: AttendContext = { backend: REFERENCE, shape, causal: false, queryOffset: 0 };
     const logits = enc.denseLogits(ctx, inputs, 1);
     for (let b = 0; b < shape.batch; b++) {
       for (let h = 0; h < shape.heads; h++) {

@@ -19,6 +19,10 @@ import {
   relativeMaxError,
   softmaxTimesValues,
 } from './helpers/pe-explicit.ts';
+import { ReferenceBackend } from '../src/backend/reference.ts';
+
+/** The fp64-capable reference backend the encodings run on here. */
+const REFERENCE = new ReferenceBackend();
 
 const C = 5;
 
@@ -44,7 +48,7 @@ describe('path: chunked backward over windows of several chunks', () => {
   for (const c of cases) {
     const D = c.D ?? 4;
     const shape: AttentionShape = { batch: 1, heads: 4, kvHeads: 2, lq: c.lq, lk: c.lk, headDim: D, valueDim: 3 };
-    const ctx: AttendContext = { backend: undefined as never, shape, causal: true, queryOffset: c.off };
+    const ctx: AttendContext = { backend: REFERENCE, shape, causal: true, queryOffset: c.off };
     const dims = { heads: 4, kvHeads: 2, headDim: D, modelDim: C, trainLength: 16 };
 
     it(`encoding: forward equals the dense reference, gradients match central differences — ${c.name}`, () => {
@@ -71,8 +75,8 @@ describe('path: chunked backward over windows of several chunks', () => {
       const w = randomArray(rng, 2 * lk * D, 0.6); // not normalised: the core takes any w
       const beta = Float64Array.from({ length: 2 * lk }, () => 2 * rng.uniform());
       const weights = randomArray(rng, 4 * lq * 3);
-      const grads = pathAttention(shape, c.off, q, k, v, { w, beta }, 0.7).backward(weights);
-      const loss = () => dotAll(pathAttention(shape, c.off, q, k, v, { w, beta }, 0.7).out, weights);
+      const grads = pathAttention(shape, c.off, q, k, v, { w, beta }, 0.7, REFERENCE).backward(weights);
+      const loss = () => dotAll(pathAttention(shape, c.off, q, k, v, { w, beta }, 0.7, REFERENCE).out, weights);
       // Key positions: both sides of every chunk boundary, a middle position of each chunk, and the last key a
       // query sees; query rows: the first, both sides of the boundaries past queryOffset, and the last.
       const last = c.off + lq - 1;

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { AttentionShape } from '../src/backend/backend.ts';
 import { HypeError } from '../src/errors.ts';
 import type { AttendContext } from '../src/pe/encoding.ts';
-import { explicitAttentionForward } from '../src/pe/explicit-attention.ts';
+import { explicitAttentionForward } from '../src/backend/score-attention.ts';
 import { pathAttention } from '../src/pe/path-attention.ts';
 import { pathFactory, type PathEncoding } from '../src/pe/path.ts';
 import { getEncodingFactory } from '../src/pe/registry.ts';
@@ -19,6 +19,10 @@ import {
   softmaxTimesValues,
   withKeyPrefix,
 } from './helpers/pe-explicit.ts';
+import { ReferenceBackend } from '../src/backend/reference.ts';
+
+/** The fp64-capable reference backend the encodings run on here. */
+const REFERENCE = new ReferenceBackend();
 
 const C = 6;
 const dims = { heads: 4, kvHeads: 2, headDim: 4, modelDim: C, trainLength: 16 };
@@ -28,7 +32,7 @@ function setup(lq: number, lk: number, queryOffset: number, shortConv: boolean, 
   // initStd 0.5: the factors then vary strongly with x, so every gradient path carries weight.
   const enc = pathFactory.create(dims, { shortConv, initStd: 0.5, betaBias }, rng) as PathEncoding;
   const shape: AttentionShape = { batch: 2, heads: 4, kvHeads: 2, lq, lk, headDim: 4, valueDim: 3 };
-  const ctx: AttendContext = { backend: undefined as never, shape, causal: true, queryOffset };
+  const ctx: AttendContext = { backend: REFERENCE, shape, causal: true, queryOffset };
   return { rng, enc, shape, ctx, inputs: randomInputs(rng, shape, C) };
 }
 
@@ -93,8 +97,8 @@ describe('path (PaTH: accumulated data-dependent Householder-like factors)', () 
     const w = randomArray(rng, 6 * 3, 0.6); // not normalised: the core takes any w
     const beta = Float64Array.from({ length: 6 }, () => 2 * rng.uniform());
     const weights = randomArray(rng, 2 * 6 * 2);
-    const grads = pathAttention(shape, 0, q, k, v, { w, beta }, 0.7).backward(weights);
-    const loss = () => dotAll(pathAttention(shape, 0, q, k, v, { w, beta }, 0.7).out, weights);
+    const grads = pathAttention(shape, 0, q, k, v, { w, beta }, 0.7, REFERENCE).backward(weights);
+    const loss = () => dotAll(pathAttention(shape, 0, q, k, v, { w, beta }, 0.7, REFERENCE).out, weights);
     for (const [x, g] of [
       [q, grads.dq],
       [k, grads.dk],
@@ -118,7 +122,16 @@ describe('path (PaTH: accumulated data-dependent Householder-like factors)', () 
     const reference = explicitAttentionForward(shape, { causal: true, queryOffset: 0 }, plain, inputs.v).out;
     expect(Array.from(enc.attend(ctx, inputs).out)).toEqual(Array.from(reference));
     const w = randomArray(new Rng(5), 2 * 2 * 7 * 4);
-    const core = pathAttention(shape, 0, inputs.q, inputs.k, inputs.v, { w, beta: new Float64Array(28) }, scale);
+    const core = pathAttention(
+      shape,
+      0,
+      inputs.q,
+      inputs.k,
+      inputs.v,
+      { w, beta: new Float64Array(28) },
+      scale,
+      REFERENCE,
+    );
     expect(Array.from(core.out)).toEqual(Array.from(reference));
     // ...and agrees with an independent softmax to rounding.
     expect(relativeMaxError(core.out, softmaxTimesValues(shape, plain, inputs.v).out)).toBeLessThan(1e-14);

@@ -11,6 +11,10 @@ import {
   relativeMaxError,
   softmaxTimesValues,
 } from './helpers/pe-explicit.ts';
+import { ReferenceBackend } from '../src/backend/reference.ts';
+
+/** The fp64-capable reference backend the encodings run on here. */
+const REFERENCE = new ReferenceBackend();
 
 const dims = { heads: 4, kvHeads: 2, headDim: 5, modelDim: 20, trainLength: 16 };
 
@@ -19,7 +23,7 @@ function setup(causal: boolean, lq: number, lk: number, queryOffset: number, see
   // Larger-than-default tables so the relative terms matter as much as q.k in the checks.
   const enc = shawFactory.create(dims, { clip, initStd: 0.7 }, rng) as ShawEncoding;
   const shape: AttentionShape = { batch: 2, heads: 4, kvHeads: 2, lq, lk, headDim: 5, valueDim: 5 };
-  const ctx: AttendContext = { backend: undefined as never, shape, causal, queryOffset };
+  const ctx: AttendContext = { backend: REFERENCE, shape, causal, queryOffset };
   return { rng, enc, shape, ctx, inputs: randomInputs(rng, shape) };
 }
 

@@ -15,6 +15,10 @@ import {
   softmaxTimesValues,
   withKeyPrefix,
 } from './helpers/pe-explicit.ts';
+import { ReferenceBackend } from '../src/backend/reference.ts';
+
+/** The fp64-capable reference backend the encodings run on here. */
+const REFERENCE = new ReferenceBackend();
 
 const dims = { heads: 4, kvHeads: 2, headDim: 4, modelDim: 16, trainLength: 16 };
 
@@ -23,7 +27,7 @@ function setup(causal: boolean, lq: number, lk: number, queryOffset: number, see
   // Larger-than-default parameters so u, v and W_R move the logits as much as q.k does.
   const enc = xlFactory.create(dims, { posDim: 6, initStd: 0.6 }, rng) as XlEncoding;
   const shape: AttentionShape = { batch: 2, heads: 4, kvHeads: 2, lq, lk, headDim: 4, valueDim: 3 };
-  const ctx: AttendContext = { backend: undefined as never, shape, causal, queryOffset };
+  const ctx: AttendContext = { backend: REFERENCE, shape, causal, queryOffset };
   return { rng, enc, shape, ctx, inputs: randomInputs(rng, shape) };
 }
 

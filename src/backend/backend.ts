@@ -16,7 +16,7 @@
  * logits[i, l] = scale * (q_i . k_l) + bias(h, i, l)   -- the scale is always explicit (HyPE needs 1/sqrt(d), not
  * 1/sqrt(d + 2)); there is no default.
  */
-import type { FloatArray } from '../tensor.ts';
+import type { DType, FloatArray } from '../tensor.ts';
 import type { LayerOps } from './layers.ts';
 
 /**
@@ -78,8 +78,64 @@ export interface AttentionGrads {
   dBias: PositionBiasGrad;
 }
 
+// Attention over explicit scores (Backend.scoreAttention; the engine is score-attention.ts).
+
 /**
- * Every member is required: gemm, fused attention forward and backward, and every layer operation of LayerOps
+ * What an encoding adds to the plain content attention, called once per (batch b, query head h, kv head kh).
+ * Row-major views of one (b, h): S, P, dLogits are [Lq, Lk]; dq, out, dOut are [Lq, D or Dv]; dk is [Lk, D] of kv
+ * head kh (shared by the heads of its group: add into it). Only the visible entries of S/dLogits are ever read.
+ */
+export interface ExplicitHooks {
+  /** S holds scale * q_i . k_l (unless ownScores); turn it into this encoding's logits (visible entries only). */
+  logits(b: number, h: number, kh: number, s: FloatArray): void;
+  /** The encoding writes every visible logit itself: skip the q.k products (PaTH's walk). */
+  ownScores?: boolean;
+  /** out_i += the encoding's value-side term, given the probabilities P (Shaw's relative values). */
+  valueTerm?(b: number, h: number, p: FloatArray, out: FloatArray): void;
+  /** dP += the encoding's own per-pair term of dLoss/dP (the value-side term's), given P and dOut. */
+  extraDProbs?(b: number, h: number, p: FloatArray, dOut: FloatArray, dP: FloatArray): void;
+  /**
+   * Given dLogits (masked entries 0), accumulate the encoding's parameter gradients and its own terms of dq and
+   * dk, and leave in dLogits the gradient G of the plain scores q_i . k_l up to the returned factor alpha: the
+   * caller then adds dq += alpha G K and dk += alpha G^T Q (nothing when alpha is 0).
+   */
+  backward(b: number, h: number, kh: number, dLogits: FloatArray, dq: FloatArray, dk: FloatArray): number;
+}
+
+export interface ExplicitAttention {
+  /** [B, H, Lq, Dv] in the dtype of v. */
+  out: FloatArray;
+  backward(dOut: FloatArray): { dq: FloatArray; dk: FloatArray; dv: FloatArray };
+}
+
+/** The mask, positions and scale of one Backend.scoreAttention call. */
+export interface ScoreAttentionOptions {
+  causal: boolean;
+  /** Absolute position of query row 0 (keys start at position 0). */
+  queryOffset: number;
+  /** Multiplies q_i . k_l in the content scores S the logits hook receives. */
+  scale: number;
+  /**
+   * Reusable O(Lq Lk) buffers of the caller (one pool per encoding instance): the probabilities are leased from
+   * it, and a backward whose lease a later call took over is refused. Without one, they are allocated per call.
+   */
+  scratch?: ScratchBuffers;
+}
+
+/** A buffer handed out by ScratchBuffers; valid() until the pool hands the same buffer out again. */
+export interface Lease {
+  array: FloatArray;
+  valid(): boolean;
+}
+
+/** Reusable work buffers of one caller, by name and dtype (score-attention.ts ScratchPool). */
+export interface ScratchBuffers {
+  take(name: string, dtype: DType, n: number): Lease;
+}
+
+/**
+ * Every member is required: gemm, fused attention forward and backward, attention over explicit scores, and every
+ * layer operation of LayerOps
  * (layers.ts declares each op's signature once; the reference implements them there, the native backend in
  * native/). Models, decoders, trainers and encodings call the backend they were given, never a fallback.
  */
@@ -124,4 +180,19 @@ export interface Backend extends LayerOps {
     dOut: FloatArray,
     opts: AttentionOptions,
   ): AttentionGrads;
+
+  /**
+   * Attention over explicit scores, for encodings that must form their logits (score-attention.ts): this backend
+   * computes S = scale q.k, the encoding's hooks turn S into its logits (and may add a value-side term), and the
+   * backend owns the mask, grouped-query heads, softmax, P V and the backward, handing dLogits to the encoding's
+   * chain rule. Work is fp32 when q, k and v all are, else fp64 (on every backend).
+   */
+  scoreAttention(
+    shape: AttentionShape,
+    q: FloatArray,
+    k: FloatArray,
+    v: FloatArray,
+    opts: ScoreAttentionOptions,
+    hooks: ExplicitHooks,
+  ): ExplicitAttention;
 }

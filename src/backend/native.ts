@@ -4,7 +4,8 @@
  * pool. The addon is checked at load (checkNativeAddon): a stale build is an error there, never a silent
  * per-call fallback.
  *
- * fp32 only: Float64Array inputs are refused (use the reference backend for fp64). Every call is validated in
+ * fp32 only: Float64Array inputs are refused (use the reference backend for fp64), except by scoreAttention,
+ * whose fp64 work runs on the reference loops. Every call is validated in
  * TypeScript (validate.ts, native-layers.ts) before native code runs; native/bindings.cc only re-checks what
  * protects memory. The 'dense' bias is a test oracle, not a kernel feature: this
  * backend delegates it to the reference implementation (fp32, O(L^2) time), so results stay correct but slow.
@@ -30,7 +31,8 @@ import type {
 } from './backend.ts';
 import { referenceLayerOps, type LayerOps } from './layers.ts';
 import { nativeLayerOps, type NativeLayerKernels } from './native-layers.ts';
-import { ReferenceBackend } from './reference.ts';
+import { ReferenceBackend, referenceScoreKernels } from './reference.ts';
+import { scoreAttention, type ExplicitAttention, type ScoreKernels } from './score-attention.ts';
 import {
   checkAttentionLse,
   validateAttentionBackward,
@@ -331,6 +333,11 @@ export class NativeBackend implements Backend {
       dBias.kind === 'distance' ? dBias.table : null,
     );
     return { dq, dk, dv, dBias };
+  }
+
+  /** fp32 work on the native sgemm and prefix row softmax; fp64 work (some encodings keep fp64) on the loops. */
+  scoreAttention(...a: Parameters<Backend['scoreAttention']>): ExplicitAttention {
+    return scoreAttention((dtype): ScoreKernels => (dtype === 'float32' ? this : referenceScoreKernels), ...a);
   }
 }
 

@@ -6,6 +6,7 @@ import type { FloatArray } from '../tensor.ts';
 import type { AttentionForward, AttentionGrads, AttentionOptions, AttentionShape, Backend } from './backend.ts';
 import { referenceAttentionBackward, referenceAttentionForward } from './reference-attention.ts';
 import { referenceLayerOps } from './layers.ts';
+import { scoreAttention, type ExplicitAttention, type ScoreKernels } from './score-attention.ts';
 import {
   checkAttentionLse,
   validateAttentionBackward,
@@ -57,6 +58,20 @@ export function referenceGemm(
     // beta = 0 overwrites (so NaN garbage in C does not leak through), as BLAS does.
     for (let j = 0; j < n; j++) c[ci + j] = beta === 0 ? alpha * row[j]! : alpha * row[j]! + beta * c[ci + j]!;
   }
+}
+
+/** The reference kernels of attention over explicit scores: plain loops in the work arrays' dtype. */
+export const referenceScoreKernels: ScoreKernels = {
+  gemm: referenceGemm,
+  prefixSoftmaxRows: referenceLayerOps.prefixSoftmaxRows,
+};
+
+/**
+ * The gemm for an encoding's own products on work arrays like `like`: the backend's for fp32 (the native blocked
+ * sgemm when the model runs natively), the reference's fp64-summing loops for fp64 (the native gemm refuses fp64).
+ */
+export function gemmFor(backend: Backend, like: FloatArray): Backend['gemm'] {
+  return like instanceof Float32Array ? backend.gemm.bind(backend) : referenceGemm;
 }
 
 export class ReferenceBackend implements Backend {
@@ -119,5 +134,9 @@ export class ReferenceBackend implements Backend {
   ): AttentionGrads {
     validateAttentionBackward(shape, q, k, v, out, lse, dOut, opts);
     return referenceAttentionBackward(shape, q, k, v, out, lse, dOut, opts);
+  }
+
+  scoreAttention(...a: Parameters<Backend['scoreAttention']>): ExplicitAttention {
+    return scoreAttention(() => referenceScoreKernels, ...a);
   }
 }

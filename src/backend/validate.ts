@@ -66,7 +66,7 @@ export function checkFiniteTensor(
   }
 }
 
-function checkArray(x: unknown, what: string, length: number, dims: string): void {
+export function checkArray(x: unknown, what: string, length: number, dims: string): void {
   check(isFloatArray(x), 'argument', `${what} must be a Float32Array or Float64Array`);
   check(
     x.length === length,

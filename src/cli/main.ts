@@ -14,6 +14,7 @@ import { registerExport } from './export.ts';
 import { registerGenerate } from './generate.ts';
 import { registerTrain } from './train.ts';
 import { registerVerify } from './verify.ts';
+import { registerWorker } from './worker.ts';
 
 /** The package's version, read from its package.json (two levels up from src/cli/ and from dist/cli/ alike). */
 function packageVersion(): string {
@@ -34,6 +35,7 @@ export function buildProgram(): Command {
   registerStudy(program);
   registerGenerate(program);
   registerExport(program);
+  registerWorker(program);
   return program;
 }
 

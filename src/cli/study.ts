@@ -23,13 +23,14 @@ interface StudyFlags {
   workDir: string;
   backend: string;
   threads?: string;
+  queue?: string;
 }
 
 const CHOICES = [...EXPERIMENTS, 'all', 'report'] as const;
 
 export const defaultOutDir = (quick: boolean) => (quick ? 'results/quick' : 'results/full');
 
-function positiveInt(s: string | undefined, flag: string): number | undefined {
+export function positiveInt(s: string | undefined, flag: string): number | undefined {
   if (s === undefined) return undefined;
   const n = Number(s);
   if (!Number.isInteger(n) || n < 1) throw new HypeError('argument', `${flag} must be a positive integer, got '${s}'`);
@@ -86,6 +87,7 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
       ?.split(',')
       .map((s) => s.trim())
       .filter(Boolean),
+    queue: f.queue,
   });
   const name = `hype study ${what}${f.quick ? ' --quick (QUICK VERSION)' : ''}`;
   process.stdout.write(
@@ -128,5 +130,6 @@ export function registerStudy(program: Command): void {
     .option('--work-dir <dir>', 'folder for the training runs (checkpoints)', 'runs/study')
     .option('--backend <name>', 'compute backend: auto, native or reference', 'auto')
     .option('--threads <n>', 'native backend threads (default: all cores)')
+    .option('--queue <url>', "redis://host:port[/db]: run the cells as jobs for 'hype worker's on other machines")
     .action(async (what: string, flags: StudyFlags) => runStudyCommand(what, flags));
 }

@@ -26,20 +26,10 @@ import type {
   Param,
   PositionalEncoding,
 } from './encoding.ts';
-import {
-  asDtype,
-  checkAttendInputs,
-  createParam,
-  explicitAttention,
-  gemmFor,
-  kvHeadOf,
-  visibleEnd,
-  ScratchPool,
-  type ExplicitHooks,
-  type MaskSpec,
-  type Param64,
-} from './explicit-attention.ts';
-import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
+import { kvHeadOf, visibleEnd, ScratchPool, type ExplicitHooks, type MaskSpec } from '../backend/score-attention.ts';
+import { gemmFor } from '../backend/reference.ts';
+import { checkAttendInputs, createParam, type Param64 } from './params.ts';
+import { asDtype, allocate, dtypeOf, type FloatArray } from '../tensor.ts';
 import { attentionScale } from './attention-plumbing.ts';
 import { defineEncoding } from './options.ts';
 
@@ -143,7 +133,7 @@ export class DaEncoding implements PositionalEncoding {
     const work = inputs.q instanceof Float32Array && inputs.k instanceof Float32Array ? 'float32' : 'float64';
     const q = asDtype(inputs.q, work);
     const k = asDtype(inputs.k, work);
-    const gemm = gemmFor(ctx, q);
+    const gemm = gemmFor(ctx.backend, q);
     let dots: FloatArray | null = null; // q.k of one (batch, head), recomputed in the backward
 
     const hooks: ExplicitHooks = {
@@ -180,7 +170,14 @@ export class DaEncoding implements PositionalEncoding {
         return 1;
       },
     };
-    const core = explicitAttention(ctx, q, k, inputs.v, scale, hooks, this.scratch);
+    const core = ctx.backend.scoreAttention(
+      ctx.shape,
+      q,
+      k,
+      inputs.v,
+      { causal: ctx.causal, queryOffset: ctx.queryOffset, scale, scratch: this.scratch },
+      hooks,
+    );
     return {
       out: core.out,
       backward: (dOut) => {

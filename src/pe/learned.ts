@@ -11,7 +11,7 @@ import { check, HypeError } from '../errors.ts';
 import type { Rng } from '../util/rng.ts';
 import type { EncodingDims, EncodingFactory, Param, PositionalEncoding } from './encoding.ts';
 import { plainAttend, plainDenseLogits } from './attention-plumbing.ts';
-import { createParam } from './explicit-attention.ts';
+import { createParam } from './params.ts';
 import { defineEncoding } from './options.ts';
 
 export interface LearnedOptions {

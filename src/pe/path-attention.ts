@@ -7,14 +7,15 @@
  * the walk states with the keys carried to their chunk's end, the states moved back over a chunk by its dense
  * D x D product (see pathAttention). The backward has the same split: the intra-chunk walk is replayed and run
  * adjoint, the cross-chunk part is differentiated through its gemms and then through the chunk products and the
- * carried keys back to every w_t and beta_t. The softmax, P V and their backward run on the explicitAttention core.
+ * carried keys back to every w_t and beta_t. The softmax, P V and their backward run on the backend's attention over explicit scores.
  * The hot loops are plain functions of their arguments (not closures), so V8 keeps arrays and sizes in registers;
  * the *Pair variants run two neighbouring queries or keys side by side so w, k and their gradients load once.
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
-import { allocate, type FloatArray } from '../tensor.ts';
+import { asDtype, allocate, type FloatArray } from '../tensor.ts';
 import type { AttendContext } from './encoding.ts';
-import { asDtype, explicitAttention, gemmFor, ScratchPool, type ExplicitHooks } from './explicit-attention.ts';
+import { ScratchPool, type ExplicitHooks } from '../backend/score-attention.ts';
+import { gemmFor } from '../backend/reference.ts';
 
 /** The Householder-like factors of one call: w [B, Hkv, Lk, D] and beta [B, Hkv, Lk]. */
 export interface PathFactors {
@@ -33,7 +34,7 @@ export interface PathCoreGrads {
 /**
  * The attention itself, given the factors (exported so tests can set w and beta directly, e.g. beta = 0).
  * Causal; query row i sits at position i + queryOffset, which must be a key position. The softmax, P V and their
- * backward run on the explicitAttention core (gemms on `backend` for fp32, plain fp64 loops otherwise); the walks
+ * backward run on backend.scoreAttention (its gemms for fp32, plain fp64 loops otherwise); the walks
  * below produce the logits and turn dLogits into dq, dk, dw and dbeta.
  */
 export function pathAttention(
@@ -44,7 +45,7 @@ export function pathAttention(
   v: FloatArray,
   factors: PathFactors,
   scale: number,
-  backend?: Backend,
+  backend: Backend,
   pool?: ScratchPool,
 ): { out: FloatArray; backward(dOut: FloatArray): PathCoreGrads } {
   const { heads: H, kvHeads: Hkv, lq, lk, headDim: D } = shape;
@@ -52,13 +53,13 @@ export function pathAttention(
   const work = qInput instanceof Float32Array && kInput instanceof Float32Array ? 'float32' : 'float64';
   const q = asDtype(qInput, work);
   const k = asDtype(kInput, work);
-  const ctx: AttendContext = { backend: backend as Backend, shape, causal: true, queryOffset };
+  const ctx: AttendContext = { backend, shape, causal: true, queryOffset };
   const r = new Float64Array(D);
   const r2 = new Float64Array(D);
   let dw = new Float64Array(0);
   let dbeta = new Float64Array(0);
 
-  const gemm = gemmFor(ctx, q);
+  const gemm = gemmFor(ctx.backend, q);
   const zs = allocate(work, lq * D); // per query: its walk state at the end of the chunk being scanned
   const zNext = allocate(work, lq * D);
   const lastChunk = Math.floor((queryOffset + lq - 1) / PATH_CHUNK);
@@ -211,7 +212,14 @@ export function pathAttention(
       return 0; // dq and dk are complete: no plain q.k term
     },
   };
-  const core = explicitAttention(ctx, q, k, v, scale, hooks, pool);
+  const core = ctx.backend.scoreAttention(
+    ctx.shape,
+    q,
+    k,
+    v,
+    { causal: ctx.causal, queryOffset: ctx.queryOffset, scale, scratch: pool },
+    hooks,
+  );
 
   const backward = (dOut: FloatArray): PathCoreGrads => {
     dw = new Float64Array(w.length);

@@ -32,9 +32,10 @@
  * - causal only: the product runs from the key forward to the query, and bidirectional use is refused. Queries
  *   must sit at positions the keys cover (queryOffset >= 0 and queryOffset + Lq <= Lk), since H_p needs x_p.
  */
-import { referenceGemm } from '../backend/reference.ts';
+import type { Backend } from '../backend/backend.ts';
+import { gemmFor, referenceGemm } from '../backend/reference.ts';
 import { check } from '../errors.ts';
-import { allocate, dtypeOf, headsToTokens, tokensToHeads, type FloatArray } from '../tensor.ts';
+import { allocate, asDtype, dtypeOf, headsToTokens, tokensToHeads, type FloatArray } from '../tensor.ts';
 import type { Rng } from '../util/rng.ts';
 import type {
   AttendContext,
@@ -45,17 +46,8 @@ import type {
   Param,
   PositionalEncoding,
 } from './encoding.ts';
-import {
-  addInto,
-  asDtype,
-  checkAttendInputs,
-  createParam,
-  gemmFor,
-  kvHeadOf,
-  ScratchPool,
-  type Gemm,
-  type Param64,
-} from './explicit-attention.ts';
+import { kvHeadOf, ScratchPool } from '../backend/score-attention.ts';
+import { addInto, checkAttendInputs, createParam, type Param64 } from './params.ts';
 import { attentionScale } from './attention-plumbing.ts';
 import { pathAttention, type PathFactors } from './path-attention.ts';
 import { defineEncoding } from './options.ts';
@@ -153,7 +145,7 @@ export class PathEncoding implements PositionalEncoding {
     xInput: FloatArray,
     batch: number,
     lk: number,
-    gemm: Gemm = referenceGemm,
+    gemm: Backend['gemm'] = referenceGemm,
   ): PathFactors & { backward(dw: Float64Array, dbeta: Float64Array): FloatArray } {
     // The projections x W_w and x w_beta (and their backward) are gemms in the dtype of x (the backend's sgemm for
     // fp32 on a backend, else plain fp64 loops); the cheap per-position rest is fp64.
@@ -264,7 +256,7 @@ export class PathEncoding implements PositionalEncoding {
   attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
     const x = this.checkCall(ctx, inputs);
     const s = ctx.shape;
-    const f = this.factors(x, s.batch, s.lk, gemmFor(ctx, x));
+    const f = this.factors(x, s.batch, s.lk, gemmFor(ctx.backend, x));
     const core = pathAttention(
       s,
       ctx.queryOffset,

@@ -26,20 +26,10 @@ import type {
   Param,
   PositionalEncoding,
 } from './encoding.ts';
-import {
-  addInto,
-  asDtype,
-  checkAttendInputs,
-  createParam,
-  explicitAttention,
-  gemmFor,
-  kvHeadOf,
-  visibleEnd,
-  ScratchPool,
-  type ExplicitHooks,
-  type Param64,
-} from './explicit-attention.ts';
-import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
+import { kvHeadOf, visibleEnd, ScratchPool, type ExplicitHooks } from '../backend/score-attention.ts';
+import { gemmFor } from '../backend/reference.ts';
+import { addInto, checkAttendInputs, createParam, type Param64 } from './params.ts';
+import { asDtype, allocate, dtypeOf, type FloatArray } from '../tensor.ts';
 import { attentionScale } from './attention-plumbing.ts';
 import { defineEncoding } from './options.ts';
 
@@ -104,7 +94,7 @@ export class ShawEncoding implements PositionalEncoding {
         ? 'float32'
         : 'float64';
     const q = asDtype(inputs.q, work);
-    const gemm = gemmFor(ctx, q);
+    const gemm = gemmFor(ctx.backend, q);
     const aK = asDtype(this.keyTable.data, work);
     const aV = asDtype(this.valueTable.data, work);
     const mask = { causal: ctx.causal, queryOffset: qo };
@@ -175,7 +165,14 @@ export class ShawEncoding implements PositionalEncoding {
       },
     };
     gemm(false, true, BHL, rows, D, scale, q, D, aK, D, 0, byRow, rows);
-    const core = explicitAttention(ctx, q, inputs.k, inputs.v, scale, hooks, this.scratch);
+    const core = ctx.backend.scoreAttention(
+      ctx.shape,
+      q,
+      inputs.k,
+      inputs.v,
+      { causal: ctx.causal, queryOffset: ctx.queryOffset, scale, scratch: this.scratch },
+      hooks,
+    );
     gemm(false, false, BHL, dv, rows, 1, bucketedP, rows, aV, dv, 1, core.out, dv);
     return {
       out: core.out,

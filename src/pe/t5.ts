@@ -28,7 +28,7 @@ import {
 import { checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
 import { buildDistanceTable, forEachDistanceGrad, geometryOf, tableAttention } from './distance-table.ts';
 import { checkT5BucketOptions, t5Bucket } from './t5-buckets.ts';
-import { createParam } from './explicit-attention.ts';
+import { createParam } from './params.ts';
 import { checkSharing, defineEncoding } from './options.ts';
 
 export interface T5Options {

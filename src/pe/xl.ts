@@ -18,7 +18,7 @@
  * - bidirectional use evaluates the sinusoid at negative distances too (it is defined there); no memory segment
  *   (recurrence) — the study trains fixed windows, and a cache is just keys at positions < queryOffset.
  * attend() computes (q_i + v_h) . r_t for every distance t of the call as one gemm per (batch, head) and adds it to
- * the logits by distance (the "relative shift"), on the explicitAttention core.
+ * the logits by distance (the "relative shift"), on the backend's attention over explicit scores.
  */
 import { check } from '../errors.ts';
 import type { Rng } from '../util/rng.ts';
@@ -33,21 +33,10 @@ import {
   type Param,
   type PositionalEncoding,
 } from './encoding.ts';
-import {
-  addInto,
-  asDtype,
-  checkAttendInputs,
-  createParam,
-  explicitAttention,
-  gemmFor,
-  kvHeadOf,
-  rowBlocks,
-  visibleEnd,
-  ScratchPool,
-  type ExplicitHooks,
-  type Param64,
-} from './explicit-attention.ts';
-import { allocate, dtypeOf, type DType, type FloatArray } from '../tensor.ts';
+import { kvHeadOf, rowBlocks, visibleEnd, ScratchPool, type ExplicitHooks } from '../backend/score-attention.ts';
+import { gemmFor } from '../backend/reference.ts';
+import { addInto, checkAttendInputs, createParam, type Param64 } from './params.ts';
+import { asDtype, allocate, dtypeOf, type DType, type FloatArray } from '../tensor.ts';
 import { attentionScale } from './attention-plumbing.ts';
 import { checkSharing, defineEncoding } from './options.ts';
 
@@ -148,7 +137,7 @@ export class XlEncoding implements PositionalEncoding {
     const work = inputs.q instanceof Float32Array && inputs.k instanceof Float32Array ? 'float32' : 'float64';
     const q = asDtype(inputs.q, work);
     const k = asDtype(inputs.k, work);
-    const gemm = gemmFor(ctx, q);
+    const gemm = gemmFor(ctx.backend, q);
 
     // Signed distances s = p_i - l of this call: sMin = queryOffset - (Lk - 1) .. sMax = queryOffset + Lq - 1; a
     // causal call only ever sees s >= 0. Table row t holds distance sLo + t.
@@ -251,7 +240,14 @@ export class XlEncoding implements PositionalEncoding {
         return scale;
       },
     };
-    const core = explicitAttention(ctx, q, k, inputs.v, scale, hooks, this.scratch);
+    const core = ctx.backend.scoreAttention(
+      ctx.shape,
+      q,
+      k,
+      inputs.v,
+      { causal: ctx.causal, queryOffset: ctx.queryOffset, scale, scratch: this.scratch },
+      hooks,
+    );
 
     const backward = (dOut: FloatArray) => {
       dr = allocate(work, r.length);

@@ -28,6 +28,8 @@ export interface StudyEnv {
   log: (line: string) => void;
   /** Announces each cell with its place in the run and the time left (absent: a plain log line). */
   progress?: StudyProgress;
+  /** Called after every training step (a queue worker reports it as the job's progress). */
+  onStep?: (step: number, steps: number) => void;
 }
 
 export interface TrainSummary {
@@ -109,6 +111,7 @@ async function trainClaimed(
       onStep: (r) => {
         // A claim lost mid-training (this process stalled past the stale limit) stops at once, writing nothing more.
         claim.check();
+        env.onStep?.(r.step, run.train.steps);
         if (r.step % every === 0) {
           env.log(`${label}: step ${r.step}/${run.train.steps}, training loss ${r.loss.toFixed(3)} nats per byte`);
         }

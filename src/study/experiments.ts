@@ -129,7 +129,7 @@ export function storeFor<C, R>(
 
 // ---------------------------------------------------------------------------------------------------- data
 
-interface LmData {
+export interface LmData {
   trainName: string;
   evalName: string;
   train: Uint8Array;
@@ -229,38 +229,42 @@ export async function runLm(env: StudyEnv, outDir: string, configs: readonly LmC
   const dataOf = (c: CorpusName) => cache.get(c) ?? cache.set(c, loadLmData(env, c)).get(c)!;
   return store.runAll(configs, async (c, i, pending) => {
     cellStarted(env, c, `lm ${c.corpus} ${c.encoding} seed ${c.seed}`, i, pending);
-    const data = dataOf(c.corpus);
-    const { model, train } = await trainLm(env, c, data);
-    const t0 = performance.now();
-    const ev = evalData(data, c.evalBytes);
-    const evals = c.multipliers.map((m) => {
-      const length = m * c.trainLength;
-      return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
-    });
-    env.log(`lm ${c.corpus} ${c.encoding} seed ${c.seed}: ${describeBpb(evals)}`);
-    const hypeParams = Object.fromEntries(
-      model
-        .parameters()
-        .filter((p) => /(^|\.)hype\.(tau|mu)$/.test(p.name))
-        .map((p) => [p.name, Array.from(p.data)]),
-    );
-    return {
-      train,
-      data: {
-        train: data.trainName,
-        eval: data.evalName,
-        trainBytes: data.train.length,
-        evalBytes: ev.length,
-        trainSha256: data.trainSha256,
-        evalSha256: data.evalSha256,
-      },
-      evals,
-      ...(Object.keys(hypeParams).length > 0 ? { hypeParams } : {}),
-      backend: env.backend.name,
-      versions: versions(),
-      evalSeconds: (performance.now() - t0) / 1000,
-    };
+    return computeLm(env, c, dataOf(c.corpus));
   });
+}
+
+/** One lm cell: train (or pick up) its model, then score the held-out split at each length. */
+export async function computeLm(env: StudyEnv, c: LmConfig, data: LmData): Promise<LmResult> {
+  const { model, train } = await trainLm(env, c, data);
+  const t0 = performance.now();
+  const ev = evalData(data, c.evalBytes);
+  const evals = c.multipliers.map((m) => {
+    const length = m * c.trainLength;
+    return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
+  });
+  env.log(`lm ${c.corpus} ${c.encoding} seed ${c.seed}: ${describeBpb(evals)}`);
+  const hypeParams = Object.fromEntries(
+    model
+      .parameters()
+      .filter((p) => /(^|\.)hype\.(tau|mu)$/.test(p.name))
+      .map((p) => [p.name, Array.from(p.data)]),
+  );
+  return {
+    train,
+    data: {
+      train: data.trainName,
+      eval: data.evalName,
+      trainBytes: data.train.length,
+      evalBytes: ev.length,
+      trainSha256: data.trainSha256,
+      evalSha256: data.evalSha256,
+    },
+    evals,
+    ...(Object.keys(hypeParams).length > 0 ? { hypeParams } : {}),
+    backend: env.backend.name,
+    versions: versions(),
+    evalSeconds: (performance.now() - t0) / 1000,
+  };
 }
 
 /** "held-out bits per byte at length 64: 3.176, 128: 3.168, ...". */
@@ -313,24 +317,28 @@ export async function runPrecision(env: StudyEnv, outDir: string, configs: reado
   const store = storeFor<PrecisionConfig, PrecisionResult>(outDir, 'precision', env.log);
   return store.runAll(configs, async (c, i, pending) => {
     cellStarted(env, c, `precision ${c.lm.encoding} seed ${c.lm.seed} ${c.format}`, i, pending);
-    const data = loadLmData(env, c.lm.corpus);
-    const { train } = await trainLm(env, c.lm, data);
-    const t0 = performance.now();
-    const ev = evalData(data, c.lm.evalBytes);
-    const evaluate = (options: Record<string, unknown>) => {
-      const model = reloadWithPeOptions(train.runDir, env.backend, options);
-      return c.lm.multipliers.map((m) => {
-        const length = m * c.lm.trainLength;
-        return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
-      });
-    };
-    const split = c.format === 'bf16-split' || c.format === 'fp16-split';
-    const fp32Evals = split ? evaluate({ format: 'fp32' }) : undefined;
-    const evals = evaluate(precisionPeOptions(c.format));
-    env.log(`precision ${c.lm.encoding} ${c.format}: ${describeBpb(evals)}`);
-    const seconds = (performance.now() - t0) / 1000;
-    return { evals, fp32Evals, backend: env.backend.name, versions: versions(), evalSeconds: seconds };
+    return computePrecision(env, c, loadLmData(env, c.lm.corpus));
   });
+}
+
+/** One precision cell: the lm cell's model (trained here if missing) evaluated with rounded operands. */
+export async function computePrecision(env: StudyEnv, c: PrecisionConfig, data: LmData): Promise<PrecisionResult> {
+  const { train } = await trainLm(env, c.lm, data);
+  const t0 = performance.now();
+  const ev = evalData(data, c.lm.evalBytes);
+  const evaluate = (options: Record<string, unknown>) => {
+    const model = reloadWithPeOptions(train.runDir, env.backend, options);
+    return c.lm.multipliers.map((m) => {
+      const length = m * c.lm.trainLength;
+      return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
+    });
+  };
+  const split = c.format === 'bf16-split' || c.format === 'fp16-split';
+  const fp32Evals = split ? evaluate({ format: 'fp32' }) : undefined;
+  const evals = evaluate(precisionPeOptions(c.format));
+  env.log(`precision ${c.lm.encoding} ${c.format}: ${describeBpb(evals)}`);
+  const seconds = (performance.now() - t0) / 1000;
+  return { evals, fp32Evals, backend: env.backend.name, versions: versions(), evalSeconds: seconds };
 }
 
 function taskConfigs<K extends 'flipflop' | 'recall'>(plan: StudyPlan, encodings: readonly string[], k: K) {
@@ -376,39 +384,44 @@ export async function runFlipflop(env: StudyEnv, outDir: string, configs: readon
   const store = storeFor<FlipflopConfig, FlipflopResult>(outDir, 'flipflop', env.log);
   return store.runAll(configs, async (c, i, pending) => {
     cellStarted(env, c, `flipflop ${c.encoding} seed ${c.seed}`, i, pending);
-    const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
-    const { model, train } = await trainModel(
-      env,
-      runNameOf(c),
-      config,
-      c.budget,
-      c.seed,
-      flipflopSource(),
-      `flipflop ${c.encoding} seed ${c.seed}`,
-    );
-    const t0 = performance.now();
-    const mixes = {} as FlipflopResult['mixes'];
-    (Object.keys(FLIPFLOP_MIXES) as FlipFlopMix[]).forEach((mix, j) => {
-      const rng = new Rng(EVAL_SEED + j);
-      const p = FLIPFLOP_MIXES[mix];
-      const seqs = Array.from({ length: c.evalSequences }, () => flipFlopSequence(rng, c.trainLength + 1, p));
-      const g = gradeTask(model, seqs, c.trainLength);
-      mixes[mix] = { pIgnore: p, errors: g.graded - g.correct, graded: g.graded, errorRate: 1 - g.correct / g.graded };
-    });
-    env.log(
-      `flipflop ${c.encoding} seed ${c.seed}: error on the read bits ` +
-        Object.entries(mixes)
-          .map(([m, r]) => `${m} ${(100 * r.errorRate).toFixed(2)}% (${r.errors}/${r.graded})`)
-          .join(', '),
-    );
-    return {
-      train,
-      mixes,
-      backend: env.backend.name,
-      versions: versions(),
-      evalSeconds: (performance.now() - t0) / 1000,
-    };
+    return computeFlipflop(env, c);
   });
+}
+
+/** One flip-flop cell: train on the in-distribution mix, grade the read bits of each mix. */
+export async function computeFlipflop(env: StudyEnv, c: FlipflopConfig): Promise<FlipflopResult> {
+  const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
+  const { model, train } = await trainModel(
+    env,
+    runNameOf(c),
+    config,
+    c.budget,
+    c.seed,
+    flipflopSource(),
+    `flipflop ${c.encoding} seed ${c.seed}`,
+  );
+  const t0 = performance.now();
+  const mixes = {} as FlipflopResult['mixes'];
+  (Object.keys(FLIPFLOP_MIXES) as FlipFlopMix[]).forEach((mix, j) => {
+    const rng = new Rng(EVAL_SEED + j);
+    const p = FLIPFLOP_MIXES[mix];
+    const seqs = Array.from({ length: c.evalSequences }, () => flipFlopSequence(rng, c.trainLength + 1, p));
+    const g = gradeTask(model, seqs, c.trainLength);
+    mixes[mix] = { pIgnore: p, errors: g.graded - g.correct, graded: g.graded, errorRate: 1 - g.correct / g.graded };
+  });
+  env.log(
+    `flipflop ${c.encoding} seed ${c.seed}: error on the read bits ` +
+      Object.entries(mixes)
+        .map(([m, r]) => `${m} ${(100 * r.errorRate).toFixed(2)}% (${r.errors}/${r.graded})`)
+        .join(', '),
+  );
+  return {
+    train,
+    mixes,
+    backend: env.backend.name,
+    versions: versions(),
+    evalSeconds: (performance.now() - t0) / 1000,
+  };
 }
 
 const recallSource = () => generatorSource(`recall:${RECALL_TASK}`, (rng, n) => recallSequence(rng, n).bytes);
@@ -417,40 +430,45 @@ export async function runRecall(env: StudyEnv, outDir: string, configs: readonly
   const store = storeFor<RecallConfig, RecallResult>(outDir, 'recall', env.log);
   return store.runAll(configs, async (c, i, pending) => {
     cellStarted(env, c, `recall ${c.encoding} seed ${c.seed}`, i, pending);
-    const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
-    const { model, train } = await trainModel(
-      env,
-      runNameOf(c),
-      config,
-      c.budget,
-      c.seed,
-      recallSource(),
-      `recall ${c.encoding} seed ${c.seed}`,
-    );
-    const t0 = performance.now();
-    const evals = c.multipliers.map((m) => {
-      const length = m * c.trainLength;
-      const rng = new Rng(EVAL_SEED + length);
-      const seqs = Array.from({ length: c.evalSequences }, () => recallSequence(rng, length + 1));
-      return {
-        multiplier: m,
-        length,
-        ...unlessTooLong(() => {
-          const g = gradeTask(model, seqs, length);
-          return { ...g, accuracy: g.correct / g.graded };
-        }),
-      };
-    });
-    env.log(
-      `recall ${c.encoding} seed ${c.seed}: answer accuracy at length ` +
-        evals.map((e) => `${e.length}: ${e.ok ? (100 * e.accuracy).toFixed(1) + '%' : 'cannot evaluate'}`).join(', '),
-    );
+    return computeRecall(env, c);
+  });
+}
+
+/** One recall cell: train on recall sequences, grade the answers at each length. */
+export async function computeRecall(env: StudyEnv, c: RecallConfig): Promise<RecallResult> {
+  const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
+  const { model, train } = await trainModel(
+    env,
+    runNameOf(c),
+    config,
+    c.budget,
+    c.seed,
+    recallSource(),
+    `recall ${c.encoding} seed ${c.seed}`,
+  );
+  const t0 = performance.now();
+  const evals = c.multipliers.map((m) => {
+    const length = m * c.trainLength;
+    const rng = new Rng(EVAL_SEED + length);
+    const seqs = Array.from({ length: c.evalSequences }, () => recallSequence(rng, length + 1));
     return {
-      train,
-      evals,
-      backend: env.backend.name,
-      versions: versions(),
-      evalSeconds: (performance.now() - t0) / 1000,
+      multiplier: m,
+      length,
+      ...unlessTooLong(() => {
+        const g = gradeTask(model, seqs, length);
+        return { ...g, accuracy: g.correct / g.graded };
+      }),
     };
   });
+  env.log(
+    `recall ${c.encoding} seed ${c.seed}: answer accuracy at length ` +
+      evals.map((e) => `${e.length}: ${e.ok ? (100 * e.accuracy).toFixed(1) + '%' : 'cannot evaluate'}`).join(', '),
+  );
+  return {
+    train,
+    evals,
+    backend: env.backend.name,
+    versions: versions(),
+    evalSeconds: (performance.now() - t0) / 1000,
+  };
 }

@@ -33,8 +33,11 @@ import {
   type StudyPlan,
 } from './plan.ts';
 import { buildReport, readMeta, readResults, type StudyMeta } from './report.ts';
-import { StudyProgress, type StudyCell } from './progress.ts';
+import { StudyProgress } from './progress.ts';
 import { cellKey } from './store.ts';
+import type { QueuedCell } from './queue.ts';
+
+type StudyConfig = QueuedCell['config'];
 import { versions } from './versions.ts';
 
 export interface StudyOptions {
@@ -57,6 +60,8 @@ export interface StudyOptions {
   recompute?: string[];
   /** Replaces the quick/full plan (tests use a tiny one). */
   plan?: StudyPlan;
+  /** redis://host:port[/db]: the cells run as jobs on this queue, computed by `hype worker`s (see queue.ts). */
+  queue?: string;
   log?: (line: string) => void;
 }
 
@@ -100,6 +105,7 @@ export async function runStudy(o: StudyOptions): Promise<StudyOutcome> {
   const plan = planFor(o);
   const log = o.log ?? ((s: string) => process.stderr.write(s + '\n'));
   const env: StudyEnv = { backend: o.backend, workDir: o.workDir, dataDir: o.dataDir, log };
+  if (o.queue !== undefined) (await import('./queue.ts')).parseQueueUrl(o.queue); // refused before anything is written
   makeWritableDir(o.outDir, 'the results folder (--out)');
   makeWritableDir(o.workDir, 'the training-runs folder (--work-dir)');
   const metaPath = join(o.outDir, 'study.json');
@@ -131,6 +137,12 @@ export async function runStudy(o: StudyOptions): Promise<StudyOutcome> {
   );
   env.progress = progress;
   progress.announce();
+  if (o.queue !== undefined) {
+    const { report, written } = await runQueued(o, o.queue, plan, chosen, (inv) =>
+      updateMeta(metaPath, (old) => ({ ...meta, invocations: [...(old?.invocations ?? []), inv] })),
+    );
+    return { plan, report, total: progress.total, finishedBefore: progress.finishedBefore, computed: written };
+  }
   for (const exp of chosen) {
     const t0 = performance.now();
     const started = new Date().toISOString();
@@ -151,8 +163,52 @@ export async function runStudy(o: StudyOptions): Promise<StudyOutcome> {
   return { plan, report, total: progress.total, finishedBefore: progress.finishedBefore, computed: progress.computed };
 }
 
+/**
+ * The chosen experiments' cells as jobs on the queue at `url`, all at once (workers take them in plan order); their
+ * results are written here as they arrive, then the report. Cells that failed on every attempt are named in one
+ * error after the report of the others is written.
+ */
+async function runQueued(
+  o: StudyOptions,
+  url: string,
+  plan: StudyPlan,
+  chosen: Experiment[],
+  record: (inv: { experiment: Experiment; started: string; seconds: number; cellsRun: number }) => Promise<void>,
+): Promise<{ report: string; written: number }> {
+  const { runQueuedCells } = await import('./queue.ts'); // BullMQ is loaded only by those who use the queue
+  const log = o.log ?? ((s: string) => process.stderr.write(s + '\n'));
+  const t0 = performance.now();
+  const started = new Date().toISOString();
+  const before = chosen.map((exp) => cellsIn(o.outDir, exp));
+  const cells = chosen.flatMap((experiment) => configsOf(plan, experiment).map((config) => ({ experiment, config })));
+  const again = new Set(o.recompute ?? []);
+  const { written, failed } = await runQueuedCells({
+    url,
+    cells,
+    outDir: o.outDir,
+    dataDir: o.dataDir,
+    log,
+    recompute: ({ config: c }) => again.has(c.experiment === 'precision' ? c.lm.encoding : c.encoding),
+  });
+  for (const [i, experiment] of chosen.entries()) {
+    const cellsRun = cellsIn(o.outDir, experiment) - before[i]!;
+    await record({ experiment, started, seconds: (performance.now() - t0) / 1000, cellsRun });
+  }
+  const finished = EXPERIMENTS.some((exp) => cellsIn(o.outDir, exp) > 0);
+  const report = finished ? await writeReport(o.outDir) : join(o.outDir, 'report.md');
+  if (failed.length > 0) {
+    throw new HypeError(
+      'io',
+      `${failed.length} cell(s) failed on every attempt (the report covers the others):\n` +
+        failed.map((f) => `  ${f.label}: ${f.reason}`).join('\n') +
+        '\nfix the cause and run the same command again: finished cells are kept, failed ones are tried again',
+    );
+  }
+  return { report, written };
+}
+
 /** Every cell of `exp` in the plan, in the order the experiment runs them. */
-function configsOf(plan: StudyPlan, exp: Experiment): StudyCell[] {
+function configsOf(plan: StudyPlan, exp: Experiment): StudyConfig[] {
   if (exp === 'lm') return lmConfigs(plan, plan.encodings);
   if (exp === 'flipflop') return flipflopConfigs(plan, plan.encodings);
   if (exp === 'recall') return recallConfigs(plan, plan.encodings);

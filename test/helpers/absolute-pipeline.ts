@@ -5,6 +5,10 @@
  */
 import type { AttentionShape } from '../../src/backend/backend.ts';
 import type { PositionalEncoding } from '../../src/pe/encoding.ts';
+import { ReferenceBackend } from '../../src/backend/reference.ts';
+
+/** The fp64-capable reference backend the encodings run on here. */
+const REFERENCE = new ReferenceBackend();
 
 /** x [B, L, C] -> [B, H, L, C/H]. */
 export function splitHeads(x: Float64Array, B: number, L: number, H: number, d: number): Float64Array {
@@ -42,6 +46,6 @@ export function pipelineLogits(
   const xe = Float64Array.from(x);
   enc.embed!(xe, B, L, H * d, offset);
   const qk = splitHeads(xe, B, L, H, d);
-  const ctx = { backend: undefined as never, shape, causal: true, queryOffset: 0 };
+  const ctx = { backend: REFERENCE, shape, causal: true, queryOffset: 0 };
   return enc.denseLogits(ctx, { q: qk, k: qk, v: new Float64Array(0) }, 1 / Math.sqrt(d));
 }

@@ -1,13 +1,13 @@
 /**
  * One study process over a tiny plan, for tests of several processes sharing a results folder:
- * `tsx test/helpers/study-worker.ts <experiment> <outDir> <workDir> <dataDir> <steps> [encodings]`. Logs go to stderr,
- * each line prefixed with this process's pid.
+ * `tsx test/helpers/study-worker.ts <experiment> <outDir> <workDir> <dataDir> <steps> [encodings] [queue url]` (with a
+ * queue URL it is the coordinator of a queued study). Logs go to stderr, each line prefixed with this process's pid.
  */
 import { ReferenceBackend } from '../../src/backend/reference.ts';
 import { quickPlan, type Experiment, type StudyPlan } from '../../src/study/plan.ts';
 import { runStudy } from '../../src/study/run.ts';
 
-const [experiment, outDir, workDir, dataDir, steps, encodings] = process.argv.slice(2);
+const [experiment, outDir, workDir, dataDir, steps, encodings, queue] = process.argv.slice(2);
 
 function tinyPlan(): StudyPlan {
   const tiny = { width: 16, layers: 1, heads: 2, mlpWidth: 32 };
@@ -29,5 +29,6 @@ await runStudy({
   dataDir: dataDir!,
   backend: new ReferenceBackend(),
   plan: tinyPlan(),
+  queue: queue || undefined,
   log: (s) => process.stderr.write(`[${process.pid}] ${s}\n`),
 });

@@ -3,7 +3,8 @@
  * src/backend/layers.ts (same formulas, same overwrite/accumulate rules), in f32:
  *   layer norm forward/backward, GELU (tanh form) forward/backward, bias add and bias gradient, softmax
  *   cross-entropy forward (per-row losses and their mean, kept on the GPU) and backward, AdamW, embedding gather and
- *   scatter-add, head split/merge ([B, L, H D] <-> [B, H, L, D]) and the sum of squares for gradient norms.
+ *   scatter-add, head split/merge ([B, L, H D] <-> [B, H, L, D]), the sum of squares for gradient norms, and the
+ *   prefix-masked row softmax of attention over explicit scores (forward in place, backward from the probabilities).
  * Row-wise ops run one 64-invocation workgroup per row with tree reductions in workgroup memory; column sums
  * (parameter gradients, embedding scatter) run one invocation per column looping over rows in order, so they are
  * deterministic and need no atomics. Every tensor is bound read_write, so the aliasing layers.ts allows (GELU in
@@ -302,6 +303,56 @@ ${MAIN_ROW} {
   s = wsum(t, s);
   if (t == 0u) { acc[0] += s; }
 }`,
+  // Softmax over the first visible[row] entries of each row, in place, as layers.ts prefixSoftmaxRows: later
+  // entries 0; -Infinity entries weigh 0; a row with no finite visible entry is all 0; a NaN or +Infinity among the
+  // visible entries makes that row's visible part NaN (the reference's max is then NaN or +Infinity). Infinities
+  // and NaN are recognised by their bits, never by float comparisons (compilers may assume finite values), and NaN
+  // is written from bits passed as a uniform (a NaN constant is a WGSL compile error).
+  prefixSoftmax: () => `struct U { rows: u32, cols: u32, nanBits: u32 }
+@group(0) @binding(0) var<uniform> u: U;
+${binds(['x', 'visible'], ['f32', 'i32'])}
+${FLAT}
+fn isSpecial(b: u32) -> bool { return (b & 0x7f800000u) == 0x7f800000u; }
+${MAIN_ROW} {
+  let row = rowOf(wg, nwg);
+  if (row >= u.rows) { return; }
+  let o = row * u.cols;
+  let n = u32(clamp(visible[row], 0, i32(u.cols)));
+  var bad = 0.0; var any = 0.0; var m = -3.40282346638528859812e+38f;
+  for (var j = t; j < n; j += ${RW}u) {
+    let b = bitcast<u32>(x[o + j]);
+    if (isSpecial(b)) { if (b != 0xff800000u) { bad = 1.0; } } else { m = max(m, x[o + j]); any = 1.0; }
+  }
+  let isBad = wmax(t, bad) > 0.5;
+  let hasAny = wmax(t, any) > 0.5;
+  let mx = wmax(t, m);
+  var s = 0.0;
+  for (var j = t; j < n; j += ${RW}u) { if (!isSpecial(bitcast<u32>(x[o + j]))) { s += exp(x[o + j] - mx); } }
+  let total = wsum(t, s);
+  for (var j = t; j < u.cols; j += ${RW}u) {
+    var p = 0.0;
+    if (j < n) {
+      if (isBad) { p = bitcast<f32>(u.nanBits); }
+      else if (hasAny && !isSpecial(bitcast<u32>(x[o + j]))) { p = exp(x[o + j] - mx) / total; }
+    }
+    x[o + j] = p;
+  }
+}`,
+  // dx = p (dp - sum_j p_j dp_j) over the visible entries, 0 beyond them; OVERWRITES dx.
+  prefixSoftmaxBackward: () => `struct U { rows: u32, cols: u32 }
+@group(0) @binding(0) var<uniform> u: U;
+${binds(['p', 'dp', 'dx', 'visible'], ['f32', 'f32', 'f32', 'i32'])}
+${FLAT}
+${MAIN_ROW} {
+  let row = rowOf(wg, nwg);
+  if (row >= u.rows) { return; }
+  let o = row * u.cols;
+  let n = u32(clamp(visible[row], 0, i32(u.cols)));
+  var s = 0.0;
+  for (var j = t; j < n; j += ${RW}u) { s += p[o + j] * dp[o + j]; }
+  let dot = wsum(t, s);
+  for (var j = t; j < u.cols; j += ${RW}u) { dx[o + j] = select(0.0, p[o + j] * (dp[o + j] - dot), j < n); }
+}`,
 };
 
 /**
@@ -343,6 +394,57 @@ export function uploadTokens(ctx: GpuContext, tokens: Int32Array, vocab: number)
     if (!(t >= 0 && t < vocab)) throw new HypeError('argument', `token ${t} at row ${i} is outside [0, ${vocab})`);
   }
   return ctx.upload(tokens);
+}
+
+/** Uploads per-row visible counts after checking each is in [0, cols] (kernels cannot throw). */
+export function uploadVisible(ctx: GpuContext, visible: Int32Array, cols: number): GpuTensor {
+  for (let r = 0; r < visible.length; r++) {
+    const n = visible[r]!;
+    if (!(n >= 0 && n <= cols)) throw new HypeError('argument', `visible ${n} at row ${r} is outside [0, ${cols}]`);
+  }
+  return ctx.upload(visible);
+}
+
+/** Row softmax over each row's first visible[row] entries of x [rows, cols], in place (layers.ts prefixSoftmaxRows). */
+export function gpuPrefixSoftmaxRows(
+  ctx: GpuContext,
+  x: GpuTensor,
+  rows: number,
+  cols: number,
+  visible: GpuTensor,
+): void {
+  need('prefixSoftmax x', x, rows * cols);
+  need('prefixSoftmax visible', visible, rows, 'i32');
+  const u = [
+    ['u', rows],
+    ['u', cols],
+    ['u', 0x7fc00000],
+  ] as const;
+  run(ctx, 'prefixSoftmax', 'prefix softmax', u, [x, visible], rows);
+}
+
+/** Its backward from the probabilities p: dx = p (dp - sum(p dp)) on visible entries, 0 elsewhere; OVERWRITES dx. */
+export function gpuPrefixSoftmaxRowsBackward(
+  ctx: GpuContext,
+  p: GpuTensor,
+  dp: GpuTensor,
+  dx: GpuTensor,
+  rows: number,
+  cols: number,
+  visible: GpuTensor,
+): void {
+  for (const [w, t] of [
+    ['p', p],
+    ['dp', dp],
+    ['dx', dx],
+  ] as const)
+    need(`prefixSoftmaxBackward ${w}`, t, rows * cols);
+  need('prefixSoftmaxBackward visible', visible, rows, 'i32');
+  const u = [
+    ['u', rows],
+    ['u', cols],
+  ] as const;
+  run(ctx, 'prefixSoftmaxBackward', 'prefix softmax backward', u, [p, dp, dx, visible], rows);
 }
 
 /** out = (x - mean) rstd gamma + beta per row; mean and rstd saved (see layers.ts). */

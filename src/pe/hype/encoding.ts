@@ -26,6 +26,7 @@ import { expandColumns, slotsPerColumn, type ColumnPrecision, type ColumnSide } 
 import { dtypeOf, type FloatArray } from '../../tensor.ts';
 import type { Rng } from '../../util/rng.ts';
 import { alibiSlopes } from '../alibi-slopes.ts';
+import { defineEncoding } from '../options.ts';
 import { geometryOf } from '../distance-table.ts';
 import type {
   AttendContext,
@@ -185,21 +186,8 @@ const DEFAULTS: HypeOptions = {
   shift: 'centre',
 };
 
-/** Every key HypeOptions has (the compiler checks the list is complete): anything else is a typo and is refused. */
-const OPTION_KEYS = Object.keys({
-  preset: 1,
-  lengthExtra: 1,
-  curvature: 1,
-  route: 1,
-  train: 1,
-  units: 1,
-  multiple: 1,
-  format: 1,
-  precision: 1,
-  columns: 1,
-  grid: 1,
-  shift: 1,
-} satisfies Record<keyof HypeOptions, 1>) as (keyof HypeOptions)[];
+/** HypeOptions without a default: accepted by the shared option check (options.ts) besides DEFAULTS' keys. */
+const OPTIONAL_KEYS: readonly (keyof HypeOptions)[] = ['lengthExtra', 'format', 'precision', 'columns', 'grid'];
 
 function addInto(dst: FloatArray, src: ArrayLike<number>): void {
   for (let i = 0; i < dst.length; i++) dst[i] = dst[i]! + src[i]!;
@@ -455,22 +443,15 @@ class HypeEncoding implements PositionalEncoding {
   }
 }
 
-export const hypeEncoding: EncodingFactory<HypeOptions> = {
+export const hypeEncoding: EncodingFactory<HypeOptions> = defineEncoding<HypeOptions>({
   name: 'hype',
   description:
     'HyPE: bias tau*sinh(mu*D) via two concatenated Q/K columns (or in-kernel); presets paper (rewards distance, ' +
     'literal), recency (ALiBi-like penalty), learned',
   sites: ['score-bias'],
   defaults: DEFAULTS,
+  optionalKeys: OPTIONAL_KEYS,
   create(dims: EncodingDims, options: Partial<HypeOptions>, _rng: Rng): PositionalEncoding {
-    const unknown = Object.keys(options).filter((key) => !OPTION_KEYS.includes(key as keyof HypeOptions));
-    check(
-      unknown.length === 0,
-      'argument',
-      () =>
-        `HyPE: unknown option${unknown.length > 1 ? 's' : ''} ${unknown.map((k) => `'${k}'`).join(', ')}; ` +
-        `the options are ${OPTION_KEYS.join(', ')}`,
-    );
     const opts: HypeOptions = { ...DEFAULTS, ...options };
     check(
       opts.route === 'concat' || opts.route === 'kernel',
@@ -509,4 +490,4 @@ export const hypeEncoding: EncodingFactory<HypeOptions> = {
     });
     return new HypeEncoding(spec, opts);
   },
-};
+});

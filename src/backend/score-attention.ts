@@ -1,24 +1,32 @@
 /**
- * Attention over logits assembled explicitly, for the encodings whose position terms do not fit a kernel bias
- * (Transformer-XL, Shaw, DA-Transformer, PaTH). The encoding fills an L x L logit matrix per (batch, head); this
- * module owns everything after that: the mask, the softmax, the weighted sum of values, and the backward to
- * dLogits and dV. O(Lq * Lk) memory per (batch, head) — not a fused kernel.
+ * Attention over explicit scores: the backend's engine for encodings whose position terms do not fit a distance
+ * table (Transformer-XL, Shaw, DA-Transformer, PaTH). The encoding turns the content scores of one (batch, head)
+ * into its logits through hooks; everything else lives here: the causal mask and query offsets, grouped-query
+ * head mapping, the masked row softmax, the value product, and the backward to dLogits (handed back to the
+ * encoding's own chain rule), dq, dk and dv. O(Lq * Lk) memory per (batch, head) — not a fused kernel.
  *
- * Two paths. explicitAttention() (the fast one the encodings run) does every O(Lq Lk D) product as a gemm per
- * (batch, head) — the backend's sgemm for fp32 work, plain fp64 loops for fp64 — with the encoding's position
- * terms added through hooks; its arithmetic has the dtype of the inputs. explicitAttentionForward/Backward take
- * finished fp64 logits and work in fp64 throughout (the plain path, and the test oracle for the softmax).
- * Outputs and input gradients are stored in the dtype of the tensors they belong to (Float32Array in ->
- * Float32Array out). Layouts and positions follow backend.ts: q [B, H, Lq, D], k [B, Hkv, Lk, D],
- * v [B, Hkv, Lk, Dv]; query row i sits at i + queryOffset.
+ * Two paths. scoreAttention() (what Backend.scoreAttention runs, with that backend's gemm and prefix softmax for
+ * fp32 work and plain fp64-summing loops for fp64) does every O(Lq Lk D) product as a gemm per (batch, head); its
+ * arithmetic has the dtype of the inputs. explicitAttentionForward/Backward take finished fp64 logits and work in
+ * fp64 throughout (the plain path, and the test oracle for the softmax). Outputs and input gradients are stored in
+ * the dtype of the tensors they belong to (Float32Array in -> Float32Array out). Layouts and positions follow
+ * backend.ts: q [B, H, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv]; query row i sits at i + queryOffset.
  */
-import type { AttentionShape, Backend } from '../backend/backend.ts';
-import { referenceLayerOps, type LayerOps } from '../backend/layers.ts';
-import { referenceGemm } from '../backend/reference.ts';
+import type {
+  AttentionShape,
+  Backend,
+  ExplicitAttention,
+  ExplicitHooks,
+  Lease,
+  ScoreAttentionOptions,
+  ScratchBuffers,
+} from './backend.ts';
+
+export type { ExplicitAttention, ExplicitHooks, Lease, ScoreAttentionOptions, ScratchBuffers } from './backend.ts';
+import type { LayerOps } from './layers.ts';
 import { check } from '../errors.ts';
-import { checkFiniteTensor } from '../backend/validate.ts';
-import { allocate, dtypeOf, type DType, type FloatArray } from '../tensor.ts';
-import type { AttendContext, AttendInputs, Param } from './encoding.ts';
+import { checkArray, checkFiniteTensor, validateShape } from './validate.ts';
+import { allocate, asDtype, dtypeOf, type DType, type FloatArray } from '../tensor.ts';
 
 /** The mask and positions of one attention call. */
 export interface MaskSpec {
@@ -34,48 +42,6 @@ export function keyVisible(mask: MaskSpec, i: number, l: number): boolean {
 /** Key/value head read by query head h under grouped-query attention. */
 export function kvHeadOf(shape: AttentionShape, h: number): number {
   return Math.floor(h / (shape.heads / shape.kvHeads));
-}
-
-/** Refuses inputs whose sizes do not match the shape, or a shape that is not an attention shape. */
-export function checkAttendInputs(ctx: AttendContext, inputs: AttendInputs, who: string): void {
-  const s = ctx.shape;
-  for (const [key, value] of Object.entries(s)) {
-    check(
-      Number.isInteger(value) && value > 0,
-      'shape',
-      `${who}: shape.${key} = ${value} must be a positive integer; pass the real attention sizes`,
-    );
-  }
-  check(
-    s.heads % s.kvHeads === 0,
-    'shape',
-    `${who}: heads (${s.heads}) must be a multiple of kvHeads (${s.kvHeads}) for grouped-query attention`,
-  );
-  check(
-    Number.isInteger(ctx.queryOffset),
-    'argument',
-    `${who}: queryOffset = ${ctx.queryOffset} must be an integer (the absolute position of query row 0)`,
-  );
-  const want = (name: string, got: number, n: number, layout: string): void =>
-    check(got === n, 'shape', `${who}: ${name} has ${got} elements but ${layout} needs ${n}; check the layout`);
-  want(
-    'q',
-    inputs.q.length,
-    s.batch * s.heads * s.lq * s.headDim,
-    `[B, H, Lq, D] = [${s.batch}, ${s.heads}, ${s.lq}, ${s.headDim}]`,
-  );
-  want(
-    'k',
-    inputs.k.length,
-    s.batch * s.kvHeads * s.lk * s.headDim,
-    `[B, Hkv, Lk, D] = [${s.batch}, ${s.kvHeads}, ${s.lk}, ${s.headDim}]`,
-  );
-  want(
-    'v',
-    inputs.v.length,
-    s.batch * s.kvHeads * s.lk * s.valueDim,
-    `[B, Hkv, Lk, Dv] = [${s.batch}, ${s.kvHeads}, ${s.lk}, ${s.valueDim}]`,
-  );
 }
 
 /** A finished explicit attention: outputs and the probabilities the backward needs. */
@@ -202,82 +168,34 @@ export function toDtypeOf(like: FloatArray, values: Float64Array): FloatArray {
 // ------------------------------------------------------------------------------------------------------------
 // The fast path: the same maths per (batch, head), with every O(Lq Lk D) product as one gemm.
 
-/** Backend.gemm's signature: C = alpha op(A) op(B) + beta C, row-major, leading dimensions as stored. */
-export type Gemm = Backend['gemm'];
-
-/**
- * The gemm for work arrays like `like`: the backend's for fp32 (the native blocked sgemm when the model runs
- * natively), the reference backend's plain fp64-summing loops for fp64 (the native gemm refuses fp64) or when the
- * context has no backend.
- */
-export function gemmFor(ctx: AttendContext, like: FloatArray): Gemm {
-  const be = ctx.backend as Backend | undefined;
-  if (like instanceof Float32Array && be !== undefined && typeof be.gemm === 'function') return be.gemm.bind(be);
-  return referenceGemm;
-}
-
 /** End (exclusive) of the visible keys of query row i: keys 0 .. end - 1 are visible, the rest masked. */
 export function visibleEnd(mask: MaskSpec, i: number, lk: number): number {
   if (!mask.causal) return lk;
   return Math.max(0, Math.min(lk, i + mask.queryOffset + 1));
 }
 
-/** The same numbers in an array of the given dtype (the array itself when it already has that dtype). */
-export function asDtype(a: FloatArray, dtype: DType): FloatArray {
-  if (dtypeOf(a) === dtype) return a;
-  return dtype === 'float64' ? Float64Array.from(a) : Float32Array.from(a);
-}
-
-/** Adds `src` into the fp64 parameter gradient `grad` (src is a work array of either dtype). */
-export function addInto(grad: Float64Array, src: FloatArray): void {
-  for (let j = 0; j < grad.length; j++) grad[j]! += src[j]!;
-}
-
-/**
- * What an encoding adds to the plain content attention, called once per (batch b, query head h, kv head kh).
- * Row-major views of one (b, h): S, P, dLogits are [Lq, Lk]; dq, out, dOut are [Lq, D or Dv]; dk is [Lk, D] of kv
- * head kh (shared by the heads of its group: add into it). Only the visible entries of S/dLogits are ever read.
- */
-export interface ExplicitHooks {
-  /** S holds scale * q_i . k_l (unless ownScores); turn it into this encoding's logits (visible entries only). */
-  logits(b: number, h: number, kh: number, s: FloatArray): void;
-  /** The encoding writes every visible logit itself: skip the q.k products (PaTH's walk). */
-  ownScores?: boolean;
-  /** out_i += the encoding's value-side term, given the probabilities P (Shaw's relative values). */
-  valueTerm?(b: number, h: number, p: FloatArray, out: FloatArray): void;
-  /** dP += the encoding's own per-pair term of dLoss/dP (the value-side term's), given P and dOut. */
-  extraDProbs?(b: number, h: number, p: FloatArray, dOut: FloatArray, dP: FloatArray): void;
-  /**
-   * Given dLogits (masked entries 0), accumulate the encoding's parameter gradients and its own terms of dq and
-   * dk, and leave in dLogits the gradient G of the plain scores q_i . k_l up to the returned factor alpha: the
-   * caller then adds dq += alpha G K and dk += alpha G^T Q (nothing when alpha is 0).
-   */
-  backward(b: number, h: number, kh: number, dLogits: FloatArray, dq: FloatArray, dk: FloatArray): number;
-}
-
-export interface ExplicitAttention {
-  /** [B, H, Lq, Dv] in the dtype of v. */
-  out: FloatArray;
-  backward(dOut: FloatArray): { dq: FloatArray; dk: FloatArray; dv: FloatArray };
-}
+/** The two kernels the engine runs its fp32 or fp64 work on. */
+export type ScoreKernels = Pick<Backend, 'gemm'> & Pick<LayerOps, 'prefixSoftmaxRows'>;
 
 /**
  * Attention with explicit logits, fast path: per (batch, head), S = scale Q K^T (gemm), the encoding's hook
  * turns S into its logits, masked row softmax in place, out = P V (gemm) + the hook's value term. The backward
  * runs dP = dOut V^T, dLogits = P (dP - rowsum(P dP)), dV += P^T dOut, dQ += alpha G K, dK += alpha G^T Q as gemms.
- * Work arrays have the dtype of q (fp32 when q, k and v all are, else fp64); P [B, H, Lq, Lk] is kept for the
- * backward, plus O(Lq Lk) scratch for one (batch, head) at a time.
+ * Work arrays have the dtype of q (fp32 when q, k and v all are, else fp64), and `kernels(dtype)` gives the gemm
+ * and row softmax for it; P [B, H, Lq, Lk] is kept for the backward, plus O(Lq Lk) scratch for one (batch, head).
  */
-export function explicitAttention(
-  ctx: AttendContext,
+export function scoreAttention(
+  kernels: (dtype: DType) => ScoreKernels,
+  shape: AttentionShape,
   qInput: FloatArray,
   kInput: FloatArray,
   vInput: FloatArray,
-  scale: number,
+  opts: ScoreAttentionOptions,
   hooks: ExplicitHooks,
-  pool?: ScratchPool,
 ): ExplicitAttention {
-  const s = ctx.shape;
+  validateScoreAttention(shape, qInput, kInput, vInput, opts);
+  const s = shape;
+  const { scale, scratch: pool } = opts;
   const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: D, valueDim: dv } = s;
   const dtype: DType =
     qInput instanceof Float32Array && kInput instanceof Float32Array && vInput instanceof Float32Array
@@ -286,8 +204,9 @@ export function explicitAttention(
   const q = asDtype(qInput, dtype);
   const k = asDtype(kInput, dtype);
   const v = asDtype(vInput, dtype);
-  const gemm = gemmFor(ctx, q);
-  const mask: MaskSpec = { causal: ctx.causal, queryOffset: ctx.queryOffset };
+  const ops = kernels(dtype);
+  const gemm = ops.gemm.bind(ops);
+  const mask: MaskSpec = { causal: opts.causal, queryOffset: opts.queryOffset };
   const group = H / Hkv;
   const LL = lq * lk;
   // Every entry of P is written below (the products, the hooks, then the softmax, which zeroes what the mask
@@ -317,7 +236,7 @@ export function explicitAttention(
       hooks.logits(b, h, kh, P);
     }
   }
-  softmaxAllRows(probs, B * H, lq, lk, mask, dtype === 'float32' && ctx.backend ? ctx.backend : null);
+  softmaxAllRows(probs, B * H, lq, lk, mask, ops);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       const { P, vv } = views(b, h);
@@ -386,12 +305,6 @@ export function explicitAttention(
   return { out: asDtype(out, dtypeOf(vInput)), backward };
 }
 
-/** A buffer handed out by a ScratchPool; valid() until the pool hands the same buffer out again. */
-export interface Lease {
-  array: FloatArray;
-  valid(): boolean;
-}
-
 /**
  * Reusable work buffers of one encoding instance (one slot per name and dtype, grown when a call needs more). A
  * forward that allocates its O(Lq Lk) buffers afresh pays for paging in new memory every call (at L = 2048 that
@@ -399,7 +312,7 @@ export interface Lease {
  * avoids it. Handing a slot out again invalidates the previous lease, so a stale result refuses its backward
  * instead of reading overwritten numbers. The pool keeps the largest buffer each slot has needed.
  */
-export class ScratchPool {
+export class ScratchPool implements ScratchBuffers {
   private readonly slots = new Map<string, { buffer: FloatArray; generation: number }>();
 
   take(name: string, dtype: DType, n: number): Lease {
@@ -438,8 +351,8 @@ export function rowBlocks(mask: MaskSpec, lq: number, lk: number): [number, numb
 /**
  * Masked row softmax in place over `count` matrices [Lq, Lk] stored back to back: each row over its visible keys
  * (the prefix visibleEnd gives), 0 at masked entries and on rows that see no key or whose visible logits are all
- * -Infinity. fp32 work with a backend at hand goes to its prefixSoftmaxRows in one call (native when the model
- * runs natively); everything else to the reference loop, whose arithmetic has the dtype of `probs`.
+ * -Infinity, in one prefixSoftmaxRows call of the kernels for the work dtype (native for fp32 on the native
+ * backend; the reference loop, whose arithmetic has the dtype of `probs`, otherwise).
  */
 function softmaxAllRows(
   probs: FloatArray,
@@ -447,12 +360,12 @@ function softmaxAllRows(
   lq: number,
   lk: number,
   mask: MaskSpec,
-  ops: LayerOps | null,
+  ops: Pick<LayerOps, 'prefixSoftmaxRows'>,
 ): void {
   const visible = new Int32Array(count * lq);
   for (let i = 0; i < lq; i++) visible[i] = visibleEnd(mask, i, lk);
   for (let m = 1; m < count; m++) visible.copyWithin(m * lq, 0, lq);
-  (ops ?? referenceLayerOps).prefixSoftmaxRows(probs, count * lq, lk, visible);
+  ops.prefixSoftmaxRows(probs, count * lq, lk, visible);
 }
 
 /** dP [Lq, Lk] -> dLogits = P (dP - rowsum(P dP)) in place; 0 at masked entries. */
@@ -467,23 +380,27 @@ function softmaxBackwardRows(P: FloatArray, dP: FloatArray, lq: number, lk: numb
   }
 }
 
-/** A trainable tensor whose data and gradient are fp64 (what these encodings create and compute on). */
-export type Param64 = Param & { readonly data: Float64Array; readonly grad: Float64Array };
-
-/**
- * A zero-initialised trainable tensor (fp64 data and gradient); a size no array can hold (an option such as a
- * clip distance of 1e9) is one HypeError naming the parameter and its shape.
- */
-export function createParam(name: string, shape: readonly number[], decay: boolean): Param64 {
-  let n = 1;
-  for (const s of shape) n *= s;
-  const what = `parameter ${name} [${shape.join(', ')}]`;
-  const data = allocate('float64', n, what) as Float64Array;
-  return {
-    name,
-    shape: [...shape],
-    data,
-    grad: allocate('float64', n, `the gradient of ${what}`) as Float64Array,
-    decay,
-  };
+/** Refuses a call whose shape, sizes, scale or query offset the engine cannot trust (one HypeError naming it). */
+function validateScoreAttention(
+  shape: AttentionShape,
+  q: FloatArray,
+  k: FloatArray,
+  v: FloatArray,
+  opts: ScoreAttentionOptions,
+): void {
+  validateShape(shape);
+  const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: d, valueDim: dv } = shape;
+  checkArray(q, 'q', B * H * lq * d, 'B*H*Lq*D');
+  checkArray(k, 'k', B * Hkv * lk * d, 'B*Hkv*Lk*D');
+  checkArray(v, 'v', B * Hkv * lk * dv, 'B*Hkv*Lk*Dv');
+  check(
+    Number.isInteger(opts.queryOffset),
+    'argument',
+    `attention over explicit scores: queryOffset = ${opts.queryOffset} must be an integer (the position of query row 0)`,
+  );
+  check(
+    Number.isFinite(opts.scale),
+    'argument',
+    `attention over explicit scores: scale = ${opts.scale} must be a finite number (1/sqrt(head dim) as a rule)`,
+  );
 }
