@@ -306,7 +306,10 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
               }
               if (nk < BKB) x = col + float(vv * VL) < splat(float(nk)) ? x : splat(kNegInf);
               const vf pr = vexp(x - lv);
-              const vf ds = pr * (load(dp + vv * VL) - dl);
+              vf ds = pr * (load(dp + vv * VL) - dl);
+              // A masked key's dS is 0 whatever dP holds (dOut . v may overflow to inf for huge v, and 0 * inf is
+              // NaN). Masked keys occur only on diagonal tiles (padding keys have v = 0), so other tiles skip this.
+              if (diagonal) ds = x == splat(kNegInf) ? vf{} : ds;
               store(s + vv * VL, pr);
               store(dp + vv * VL, ds);
               if (hasBias) store(gd + vv * VL, load(gd + vv * VL) + ds);

@@ -274,11 +274,9 @@ describe.each(TARGETS)('attention properties on the $name backend', ({ backend, 
     );
   });
 
-  // Known failure, so it runs under `npm run fuzz` only: with seam's refusal of overflowing logits merged, a
-  // finite fp32 logit far below -3.4e38 (scale 1e10 with |q|, |k| ~ 1e15, or |q|, |k| ~ 3e38) is still taken for a
-  // masked key on both backends: a row whose keys are all like that comes back as out = 0, lse = -Infinity, with
-  // no refusal, where the fp64 result is finite (issue 16 item 2b; backend validation is the seam branch's).
-  it.skipIf(!FUZZ)('logits near or past the fp32 range: the oracle or one HypeError, never NaN or a masked key', () => {
+  // A finite logit past the dtype's lowest value (scale 1e10 with |q|, |k| ~ 1e15) must not pass for a masked key:
+  // a row that sees keys but has lse = -Infinity is refused as 'overflow' (issue 16 item 2b).
+  it('logits near or past the fp32 range: the oracle or one HypeError, never NaN or a masked key', () => {
     fc.assert(
       fc.property(drawArb(EXTREME), fc.constantFrom(...dtypes), fc.nat(), (d, dtype, pick) => {
         const b = build(d, dtype);
@@ -290,6 +288,21 @@ describe.each(TARGETS)('attention properties on the $name backend', ({ backend, 
       }),
       params(40),
     );
+  });
+
+  it('a row whose every logit rounds below the lowest finite value is refused, not returned as masked', () => {
+    // scale 1e10 * (1e15 * -1e15) = -1e40 per key: finite in fp64 (lse = -1e40 + log 2), -Infinity in fp32.
+    const shape: AttentionShape = { batch: 1, heads: 1, kvHeads: 1, lq: 1, lk: 2, headDim: 1, valueDim: 1 };
+    for (const dtype of dtypes.filter((t) => t === 'float32')) {
+      const mk = (xs: number[]) => (dtype === 'float32' ? Float32Array.from(xs) : Float64Array.from(xs));
+      const call = () =>
+        backend.attentionForward(shape, mk([1e15]), mk([-1e15, -1e15]), mk([1, 2]), {
+          causal: false,
+          scale: 1e10,
+        });
+      expect(call).toThrow(HypeError);
+      expect(call).toThrow(/overflowed float32 at batch 0, head 0, query row 0/);
+    }
   });
 
   it('keys masked for a query never change its row, whatever their values', () => {

@@ -10,6 +10,9 @@ import { distanceSpan, type AttentionOptions, type AttentionShape, type Position
 export const MAX_HEAD_DIM = 65536;
 
 /** Largest |bias| accepted, per dtype: fp32 kernels add it to logits, so it must stay far inside the fp32 range. */
+/** The largest finite float32. */
+const FP32_MAX = 3.4028234663852886e38;
+
 export const BIAS_LIMIT = { float32: 1e30, float64: 1e300 } as const;
 
 const BIAS_KINDS = ['none', 'distance', 'dense'] as const;
@@ -186,6 +189,14 @@ export function validateOptions(opts: AttentionOptions, shape: AttentionShape, d
     'argument',
     () => `options.scale must be a finite number (usually 1/sqrt(headDim)), got ${String(opts.scale)}`,
   );
+  // fp32 kernels hold the scale in fp32: one past its range would be Infinity there (0 * Infinity = NaN gradients).
+  check(
+    dtype === 'float64' || Math.abs(opts.scale) <= FP32_MAX,
+    'overflow',
+    () =>
+      `options.scale ${opts.scale} is beyond the float32 range (|scale| <= ${FP32_MAX}) of float32 attention; ` +
+      `use a smaller scale (usually 1/sqrt(headDim)) or float64 inputs on the reference backend`,
+  );
   if (opts.queryOffset !== undefined) {
     check(
       Number.isInteger(opts.queryOffset) && Math.abs(opts.queryOffset) <= 2 ** 40,
@@ -253,7 +264,10 @@ export function validateAttentionBackward(
 
 /**
  * After a forward: inputs were finite, so a NaN or +Infinity in lse means the fp32 (or fp64) logits overflowed
- * (scale * q.k beyond the dtype's range). Refused here rather than passed on as a silently wrong output.
+ * (scale * q.k beyond the dtype's range). So does lse = -Infinity on a row that sees at least one key: validation
+ * keeps the nearest visible distance's bias finite, so only a finite logit rounded past the dtype's lowest value
+ * (e.g. scale 1e10 with |q|, |k| ~ 1e15) can make every visible key look masked — the kernels would otherwise return
+ * that row as out = 0 silently. Refused here, once per row and outside the kernels' inner loops.
  */
 export function checkAttentionLse(
   lse: FloatArray,
@@ -261,11 +275,17 @@ export function checkAttentionLse(
   opts: AttentionOptions,
   scan?: FiniteScanner,
 ): void {
+  const { heads: H, lq, lk } = shape;
   let bad = -1;
   if (scan && lse instanceof Float32Array) bad = scan(lse, true);
   else for (let i = 0; i < lse.length && bad < 0; i++) if (!(lse[i]! < Infinity)) bad = i;
+  if (bad < 0 && lk > 0) {
+    // Row i sees key 0 unless the causal mask hides every key from it (i + queryOffset < 0).
+    const qo = opts.queryOffset ?? lk - lq;
+    const firstSeeing = opts.causal ? Math.min(lq, Math.max(0, -qo)) : 0;
+    for (let r = 0; r < lse.length && bad < 0; r++) if (r % lq >= firstSeeing && lse[r] === -Infinity) bad = r;
+  }
   if (bad < 0) return;
-  const { heads: H, lq } = shape;
   throw new HypeError(
     'overflow',
     `attention logits overflowed ${dtypeOf(lse)} at batch ${Math.floor(bad / (H * lq))}, head ` +

@@ -72,7 +72,12 @@ function positiveNumber(v: unknown, key: string): number {
  * Validates a (partial) configuration object and returns a complete one. Omitted keys take MODEL_DEFAULTS;
  * `heads` alone also sets kvHeads, and `width` alone sets mlpWidth = 4 width.
  */
-export function parseModelConfig(raw: unknown): ModelConfig {
+/**
+ * `saved`: the config was read back from disk (a run record or checkpoint), so an encoding option absent from it
+ * means what it meant when it was written (the factory's savedDefaults, e.g. T5/XL sharing 'per-layer'); a new
+ * config records the current default instead. Either way the parsed config names the choice explicitly.
+ */
+export function parseModelConfig(raw: unknown, { saved = false }: { saved?: boolean } = {}): ModelConfig {
   check(
     typeof raw === 'object' && raw !== null && !Array.isArray(raw),
     'argument',
@@ -94,7 +99,7 @@ export function parseModelConfig(raw: unknown): ModelConfig {
     heads,
     kvHeads,
     mlpWidth: positiveInt(obj.mlpWidth ?? 4 * width, 'mlpWidth'),
-    pe: parsePe(obj.pe ?? MODEL_DEFAULTS.pe),
+    pe: parsePe(obj.pe ?? MODEL_DEFAULTS.pe, saved),
     trainLength: positiveInt(obj.trainLength ?? MODEL_DEFAULTS.trainLength, 'trainLength'),
     dtype: parseDtype(obj.dtype ?? MODEL_DEFAULTS.dtype),
     layerNormEps: positiveNumber(obj.layerNormEps ?? MODEL_DEFAULTS.layerNormEps, 'layerNormEps'),
@@ -115,7 +120,7 @@ export function parseModelConfig(raw: unknown): ModelConfig {
   return cfg;
 }
 
-function parsePe(v: unknown): ModelConfig['pe'] {
+function parsePe(v: unknown, saved: boolean): ModelConfig['pe'] {
   if (typeof v === 'string') v = splitEncodingSpec(v); // 'name' or 'name:options' (pe/options.ts)
   check(
     typeof v === 'object' && v !== null && typeof (v as { name?: unknown }).name === 'string',
@@ -132,7 +137,11 @@ function parsePe(v: unknown): ModelConfig['pe'] {
   const checked = { ...((options as Record<string, unknown> | undefined) ?? {}) };
   // A registered encoding's option keys and types are checked before anything is built; the name itself is checked
   // where the model is built (a model may be given an encoding factory of its own).
-  findEncodingFactory(name)?.checkOptions?.(checked);
+  const factory = findEncodingFactory(name);
+  factory?.checkOptions?.(checked);
+  for (const [key, then] of Object.entries(factory?.savedDefaults ?? {})) {
+    if (checked[key] === undefined) checked[key] = saved ? then : (factory!.defaults as Record<string, unknown>)[key];
+  }
   return { name, options: checked };
 }
 

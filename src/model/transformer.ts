@@ -162,9 +162,14 @@ export class Transformer {
     const actsOnEmbeddings = factory.sites.includes('embedding');
     const peParams: Param[] = [];
     if (actsInAttention) {
-      // Each block gets its own instance (its own slopes, tables, ...); an embedding site gets one more.
+      // Each block gets its own instance (its own slopes, tables, ...); an embedding site gets one more. Block
+      // instances may share parameters (T5's table, XL's u and v, as the references do): listed once, under the
+      // first block that holds them, and their gradients summed over the blocks by accumulation.
       this.embeddingEncoding = actsOnEmbeddings ? create() : null;
-      this.blockEncodings = Array.from({ length: config.layers }, () => create());
+      const blockDims = { ...dims, shared: new Map<string, Param>() };
+      this.blockEncodings = Array.from({ length: config.layers }, () =>
+        factory.create(blockDims, config.pe.options as never, rng),
+      );
     } else {
       // Embedding-only or position-free: one instance, whose attend() is plain attention, serves every block.
       const one = create();
@@ -175,8 +180,13 @@ export class Transformer {
       for (const p of this.embeddingEncoding.params) peParams.push(renamedParam(p, `pe.${p.name}`));
     }
     if (actsInAttention) {
+      const listed = new Set<Param>();
       this.blockEncodings.forEach((enc, i) => {
-        for (const p of enc.params) peParams.push(renamedParam(p, `blocks.${i}.attn.pe.${p.name}`));
+        for (const p of enc.params) {
+          if (listed.has(p)) continue;
+          listed.add(p);
+          peParams.push(renamedParam(p, `blocks.${i}.attn.pe.${p.name}`));
+        }
       });
     } else if (!this.embeddingEncoding) {
       for (const p of this.blockEncodings[0]!.params) peParams.push(renamedParam(p, `pe.${p.name}`));

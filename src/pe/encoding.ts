@@ -116,7 +116,23 @@ export interface EncodingDims {
    * embeddings can be sized against them (sinusoidal). Absent outside a model.
    */
   embeddingStd?: number;
+  /**
+   * Within a model: the parameters its blocks' instances share (SPEC section 10: T5's table, XL's u and v). An
+   * encoding that shares asks sharedParam for them; absent (a lone instance), every instance owns its own.
+   */
+  shared?: Map<string, Param>;
 }
+
+/** The model-wide parameter `name` (made by the first instance that asks), or a fresh one outside a model. */
+export function sharedParam(dims: EncodingDims, name: string, make: () => Param): Param {
+  if (!dims.shared) return make();
+  let p = dims.shared.get(name);
+  if (!p) dims.shared.set(name, (p = make()));
+  return p;
+}
+
+/** Whether a block's instances share parameters: the option `sharing` of T5 and Transformer-XL. */
+export type LayerSharing = 'shared' | 'per-layer';
 
 export interface EncodingFactory<O extends object = Record<string, unknown>> {
   readonly name: string;
@@ -128,5 +144,11 @@ export interface EncodingFactory<O extends object = Record<string, unknown>> {
    * the allowed keys); `create` runs it too. Factories built with defineEncoding (options.ts) have it.
    */
   readonly checkOptions?: (options: unknown) => void;
+  /**
+   * Options whose default changed after configs were saved without them: the value an absent key meant then. A model
+   * config read back from disk gets these; a new one records the current default, so every config says which it
+   * used (model/config.ts).
+   */
+  readonly savedDefaults?: Readonly<Partial<O>>;
   create(dims: EncodingDims, options: Partial<O>, rng: Rng): PositionalEncoding;
 }

@@ -93,6 +93,17 @@ export function defineEncoding<O extends object>(definition: EncodingDefinition<
   };
 }
 
+/** Refuses a `sharing` option other than 'shared' or 'per-layer'. */
+export function checkSharing(encoding: string, sharing: unknown): void {
+  check(
+    sharing === 'shared' || sharing === 'per-layer',
+    'argument',
+    () =>
+      `${encoding} sharing must be 'shared' (one set for all layers, as the reference) or 'per-layer', got ` +
+      JSON.stringify(sharing),
+  );
+}
+
 function parseValue(raw: string, where: string): unknown {
   const text = raw.trim();
   if (text === 'true') return true;

@@ -9,18 +9,27 @@
  * (causal attention -> causal bucketing as in T5's decoder, otherwise bidirectional as in its encoder; option
  * bucketing forces one); defaults numBuckets 32, maxDistance 128 as in T5; the table is initialised
  * N(0, modelDim^-1) (standard deviation modelDim^-1/2, as T5's reference initialisation); logits keep the explicit
- * 1/sqrt(d) scale of every encoding here (T5 folds it into its initialisation); one table per encoding instance
- * (T5 shares one across layers: a model can share the instance).
+ * 1/sqrt(d) scale of every encoding here (T5 folds it into its initialisation); one table for all layers of a model
+ * by default, as T5 (SPEC section 10; HF: only layer 0 has it), or one per layer with sharing 'per-layer' (what
+ * configs saved before the option existed used).
  */
 import { distanceSpan } from '../backend/backend.ts';
 import { check } from '../errors.ts';
 import type { Rng } from '../util/rng.ts';
-import type { AttendContext, EncodingDims, EncodingFactory, Param, PositionalEncoding } from './encoding.ts';
+import {
+  sharedParam,
+  type AttendContext,
+  type EncodingDims,
+  type EncodingFactory,
+  type LayerSharing,
+  type Param,
+  type PositionalEncoding,
+} from './encoding.ts';
 import { checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
 import { buildDistanceTable, forEachDistanceGrad, geometryOf, tableAttention } from './distance-table.ts';
 import { checkT5BucketOptions, t5Bucket } from './t5-buckets.ts';
 import { createParam } from './params.ts';
-import { defineEncoding } from './options.ts';
+import { checkSharing, defineEncoding } from './options.ts';
 
 export interface T5Options {
   numBuckets: number;
@@ -29,19 +38,24 @@ export interface T5Options {
   bucketing: 'auto' | 'causal' | 'bidirectional';
   /** Standard deviation of the table's normal initialisation; 0 (the default) means modelDim^-1/2. */
   initStd: number;
+  /** 'shared': one table for every layer of a model (T5); 'per-layer': one per block. */
+  sharing: LayerSharing;
 }
 
 export const t5Encoding: EncodingFactory<T5Options> = defineEncoding<T5Options>({
   name: 't5',
   description: 'T5 relative bias (Raffel et al. 2020): log-bucketed distance -> learned per-head scalar',
   sites: ['score-bias'],
-  defaults: { numBuckets: 32, maxDistance: 128, bucketing: 'auto', initStd: 0 },
+  defaults: { numBuckets: 32, maxDistance: 128, bucketing: 'auto', initStd: 0, sharing: 'shared' },
+  savedDefaults: { sharing: 'per-layer' },
   sizeKeys: ['numBuckets'],
   create(dims: EncodingDims, options: Partial<T5Options>, rng: Rng): PositionalEncoding {
     const numBuckets = options.numBuckets ?? 32;
     const maxDistance = options.maxDistance ?? 128;
     const bucketing = options.bucketing ?? 'auto';
     const initStd = options.initStd || 1 / Math.sqrt(dims.modelDim);
+    const sharing = options.sharing ?? 'shared';
+    checkSharing('t5', sharing);
     check(
       bucketing === 'auto' || bucketing === 'causal' || bucketing === 'bidirectional',
       'argument',
@@ -51,8 +65,12 @@ export const t5Encoding: EncodingFactory<T5Options> = defineEncoding<T5Options>(
     if (bucketing !== 'bidirectional') checkT5BucketOptions(numBuckets, maxDistance, false);
     check(Number.isFinite(initStd) && initStd >= 0, 'argument', `t5 initStd must be >= 0, got ${initStd}`);
     const H = dims.heads;
-    const table: Param = createParam('relative_bias', [H, numBuckets], false);
-    rng.fillNormal(table.data, initStd);
+    const make = (): Param => {
+      const p = createParam('relative_bias', [H, numBuckets], false);
+      rng.fillNormal(p.data, initStd);
+      return p;
+    };
+    const table = sharing === 'shared' ? sharedParam(dims, 'relative_bias', make) : make();
     const values = table.data as Float64Array;
 
     const bidirectionalFor = (ctx: AttendContext): boolean =>

@@ -12,6 +12,8 @@
  *   that share keys under grouped-query attention share it too; with H = Hkv this is the paper exactly;
  * - dR (posDim) = the model width by default, as in the paper, where R has the embedding size;
  * - initialisation N(0, initStd^2) with initStd = 0.02 for u, v and W_R (the reference code's init_std);
+ * - u and v are shared by every layer of a model, W_R is per layer, as in the reference code (SPEC section 10);
+ *   sharing 'per-layer' gives each block its own u and v (what configs saved before the option existed used);
  * - scale = 1/sqrt(head dim), multiplying all four terms (the reference code scales the summed score);
  * - bidirectional use evaluates the sinusoid at negative distances too (it is defined there); no memory segment
  *   (recurrence) — the study trains fixed windows, and a cache is just keys at positions < queryOffset.
@@ -20,21 +22,23 @@
  */
 import { check } from '../errors.ts';
 import type { Rng } from '../util/rng.ts';
-import type {
-  AttendContext,
-  AttendInputs,
-  AttendResult,
-  EncodingDims,
-  EncodingFactory,
-  Param,
-  PositionalEncoding,
+import {
+  sharedParam,
+  type AttendContext,
+  type AttendInputs,
+  type AttendResult,
+  type EncodingDims,
+  type EncodingFactory,
+  type LayerSharing,
+  type Param,
+  type PositionalEncoding,
 } from './encoding.ts';
 import { kvHeadOf, rowBlocks, visibleEnd, ScratchPool, type ExplicitHooks } from '../backend/score-attention.ts';
 import { gemmFor } from '../backend/reference.ts';
 import { addInto, checkAttendInputs, createParam, type Param64 } from './params.ts';
 import { asDtype, allocate, dtypeOf, type DType, type FloatArray } from '../tensor.ts';
 import { attentionScale } from './attention-plumbing.ts';
-import { defineEncoding } from './options.ts';
+import { checkSharing, defineEncoding } from './options.ts';
 
 export interface XlOptions {
   /** Size dR of the sinusoid R (even); 0 means the model width. */
@@ -43,9 +47,11 @@ export interface XlOptions {
   base: number;
   /** Standard deviation of the normal initialisation of u, v and W_R. */
   initStd: number;
+  /** 'shared': one u and v for every layer of a model (the reference); 'per-layer': one per block. */
+  sharing: LayerSharing;
 }
 
-const DEFAULTS: XlOptions = { posDim: 0, base: 10000, initStd: 0.02 };
+const DEFAULTS: XlOptions = { posDim: 0, base: 10000, initStd: 0.02, sharing: 'shared' };
 
 /** R_s: the sinusoid of signed distance s, [sin(s w_c) for c < dR/2, then cos(s w_c)]. */
 export function relativeSinusoid(s: number, posDim: number, base: number, out: Float64Array, at = 0): void {
@@ -76,10 +82,22 @@ export class XlEncoding implements PositionalEncoding {
     readonly dims: EncodingDims,
     readonly posDim: number,
     readonly base: number,
+    sharing: LayerSharing = 'per-layer',
+    init: (p: Param64) => void = () => {},
   ) {
-    this.u = createParam('xl.u', [dims.heads, dims.headDim], false);
-    this.v = createParam('xl.v', [dims.heads, dims.headDim], false);
-    this.wR = createParam('xl.wR', [dims.kvHeads, dims.headDim, posDim], false);
+    // Each parameter is initialised as it is made, in the order u, v, W_R, so a shared u and v are drawn once.
+    const make = (name: string, shape: number[]) => (): Param64 => {
+      const p = createParam(name, shape, false);
+      init(p);
+      return p;
+    };
+    const uv = (name: string): Param64 => {
+      const m = make(name, [dims.heads, dims.headDim]);
+      return sharing === 'shared' ? (sharedParam(dims, name, m) as Param64) : m();
+    };
+    this.u = uv('xl.u');
+    this.v = uv('xl.v');
+    this.wR = make('xl.wR', [dims.kvHeads, dims.headDim, posDim])();
     this.params = [this.u, this.v, this.wR];
   }
 
@@ -285,6 +303,7 @@ export const xlFactory: EncodingFactory<XlOptions> = defineEncoding<XlOptions>({
   description: 'Transformer-XL relative attention: sinusoidal R of the distance, learned W_R and u/v biases',
   sites: ['score-bias'],
   defaults: DEFAULTS,
+  savedDefaults: { sharing: 'per-layer' },
   sizeKeys: ['posDim'],
   create(dims: EncodingDims, options: Partial<XlOptions>, rng: Rng): XlEncoding {
     const o = { ...DEFAULTS, ...options };
@@ -305,8 +324,7 @@ export const xlFactory: EncodingFactory<XlOptions> = defineEncoding<XlOptions>({
       'argument',
       `xl: heads (${dims.heads}) must be a multiple of kvHeads (${dims.kvHeads})`,
     );
-    const enc = new XlEncoding(dims, posDim, o.base);
-    for (const p of enc.params) rng.fillNormal(p.data, o.initStd);
-    return enc;
+    checkSharing('xl', o.sharing);
+    return new XlEncoding(dims, posDim, o.base, o.sharing, (p) => rng.fillNormal(p.data, o.initStd));
   },
 });

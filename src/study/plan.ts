@@ -17,9 +17,11 @@ export const STUDY_ENCODINGS: Readonly<Record<string, PeChoice>> = {
   learned: { name: 'learned', options: {} },
   rope: { name: 'rope', options: {} },
   hope: { name: 'hope', options: {} },
-  xl: { name: 'xl', options: {} },
+  // Per-layer u/v and T5 tables, as the study's cells were computed before sharing (SPEC section 10) was offered;
+  // their cell keys are unchanged (store.ts). The study issue decides when to recompute them shared.
+  xl: { name: 'xl', options: { sharing: 'per-layer' } },
   shaw: { name: 'shaw', options: {} },
-  t5: { name: 't5', options: {} },
+  t5: { name: 't5', options: { sharing: 'per-layer' } },
   alibi: { name: 'alibi', options: {} },
   da: { name: 'da', options: {} },
   path: { name: 'path', options: {} },

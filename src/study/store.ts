@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { HypeError } from '../errors.ts';
+import { findEncodingFactory } from '../pe/registry.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { Claim } from '../util/claim.ts';
 import { makeDirs, readJsonFile } from '../util/fs-safe.ts';
@@ -25,8 +26,28 @@ export function stableStringify(value: unknown): string {
   return JSON.stringify(value);
 }
 
+/**
+ * The cell key: a hash of the configuration in its saved form. An encoding option whose default changed (the
+ * factory's savedDefaults, e.g. T5/XL sharing) is left out of the key when it holds the value an absent key meant,
+ * so a cell computed before the option existed keeps its key under a config that now names that choice, and a cell
+ * with the new default gets a new key (never the old cell's numbers).
+ */
 export function cellKey(config: unknown): string {
-  return createHash('sha256').update(stableStringify(config)).digest('hex').slice(0, 16);
+  return createHash('sha256').update(stableStringify(savedForm(config))).digest('hex').slice(0, 16);
+}
+
+function savedForm(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(savedForm);
+  if (!value || typeof value !== 'object') return value;
+  const obj = value as Record<string, unknown>;
+  const out = Object.fromEntries(Object.entries(obj).map(([k, v]) => [k, savedForm(v)]));
+  const then = typeof obj.name === 'string' ? findEncodingFactory(obj.name)?.savedDefaults : undefined;
+  if (then && out.options && typeof out.options === 'object') {
+    out.options = Object.fromEntries(
+      Object.entries(out.options).filter(([k, v]) => (then as Record<string, unknown>)[k] !== v),
+    );
+  }
+  return out;
 }
 
 export interface CellRecord<C, R> {

@@ -229,7 +229,7 @@ export function loadCheckpoint(runDir: string, name?: string): LoadedCheckpoint 
     files[f] = decodeSafetensors(bytes, path);
   }
   try {
-    state.model = parseModelConfig(state.model);
+    state.model = parseModelConfig(state.model, { saved: true });
     state.train = parseTrainConfig(state.train);
   } catch (err) {
     fail(`'${dir}'`, `holds an invalid configuration (${(err as Error).message})`);
@@ -277,7 +277,7 @@ export function restoreWeights(model: Transformer, weights: SafeFile, what = 'ch
   if (saved !== undefined) {
     let cfg: ModelConfig;
     try {
-      cfg = parseModelConfig(JSON.parse(saved));
+      cfg = parseModelConfig(JSON.parse(saved), { saved: true });
     } catch {
       throw new HypeError('checkpoint', `${what} carries an unreadable model config in its metadata`);
     }

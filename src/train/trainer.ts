@@ -283,7 +283,7 @@ export class TrainingRun {
     let model: ModelConfig;
     let train: TrainConfig;
     try {
-      model = parseModelConfig(saved.model);
+      model = parseModelConfig(saved.model, { saved: true });
       train = parseTrainConfig(saved.train);
     } catch (err) {
       throw new HypeError(
