@@ -15,17 +15,11 @@
  * Masked logits are a finite sentinel (LOWEST), never an infinity: shader compilers may assume no infinities.
  */
 import { HypeError } from '../../errors.ts';
+import type { AttentionShape } from '../backend.ts';
 import { packUniforms, type GpuContext, type GpuTensor } from './context.ts';
 
-export interface GpuAttentionShape {
-  batch: number;
-  heads: number;
-  kvHeads: number;
-  lq: number;
-  lk: number;
-  headDim: number;
-  valueDim: number;
-}
+/** The CPU backends' attention shape, unchanged: one description of B, H, Hkv, Lq, Lk, D, Dv for every backend. */
+export type GpuAttentionShape = AttentionShape;
 
 export interface GpuAttentionOptions {
   causal: boolean;
