@@ -200,6 +200,10 @@ describe('bad parameters and shapes', () => {
     expect(
       refusal(() => augment(spec(0.01, 1, 8), shapeOf(8, 8), zeros(64), zeros(64), { multiple: 0 }), 'argument'),
     ).toContain('multiple must be a positive integer');
+    // A padding multiple past any kernel's head dim is refused before anything is allocated (1e9 asked for gigabytes).
+    expect(
+      refusal(() => augment(spec(0.01, 1, 8), shapeOf(8, 8), zeros(64), zeros(64), { multiple: 1e9 }), 'argument'),
+    ).toContain('up to 256');
     const axisBad: HypeSpec = { ...spec(0.01), termAxis: [1] };
     expect(refusal(() => augment(axisBad, shapeOf(8), zeros(8 * 64), zeros(8 * 64)), 'argument')).toContain(
       'term axis 1 does not exist',

@@ -120,3 +120,21 @@ export function foldColumnGrads(
   }
   return out;
 }
+
+/**
+ * Largest head-dim padding multiple accepted. Fused kernels want multiples of 4 or 8 (FlashAttention-2: 8, with head
+ * dims <= 256), so nothing useful lies past 256; a larger value would only pad every row with up to that many zero
+ * columns (multiple = 1e9 asked for gigabytes).
+ */
+export const MAX_PAD_MULTIPLE = 256;
+
+/** The padding multiple of a concat route, defaulting to 1; one HypeError naming the accepted range otherwise. */
+export function padMultiple(multiple: number | undefined, who: string): number {
+  const m = multiple ?? 1;
+  if (!(Number.isInteger(m) && m >= 1 && m <= MAX_PAD_MULTIPLE))
+    throw new HypeError(
+      'argument',
+      `${who}: multiple must be a positive integer up to ${MAX_PAD_MULTIPLE} (kernels want 4 or 8), got ${m}`,
+    );
+  return m;
+}

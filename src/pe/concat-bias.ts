@@ -11,7 +11,7 @@
 import type { AttentionOptions } from '../backend/backend.ts';
 import { check } from '../errors.ts';
 import { floatFormat, roundTo } from '../numerics/float-formats.ts';
-import { expandColumns, foldColumnGrads, slotsPerColumn } from '../numerics/split-columns.ts';
+import { expandColumns, foldColumnGrads, padMultiple, slotsPerColumn } from '../numerics/split-columns.ts';
 import type { FloatArray } from '../tensor.ts';
 import type { AttendContext, AttendInputs } from './encoding.ts';
 import { columnPlan, padColumns, sliceColumns } from './hype/core.ts';
@@ -45,12 +45,7 @@ export function concatBiasAttention(
     'shape',
     () => `concat bias: columns of ${x.length} and ${y.length} values do not fit ${r} per query and key row`,
   );
-  const multiple = opts.multiple ?? 1;
-  check(
-    Number.isInteger(multiple) && multiple >= 1,
-    'argument',
-    `multiple must be a positive integer, got ${multiple}`,
-  );
+  const multiple = padMultiple(opts.multiple, 'concat bias');
   const plan = columnPlan(opts, q instanceof Float64Array ? 'fp64' : 'fp32');
   const format = floatFormat(opts.format ?? (q instanceof Float64Array ? 'fp64' : 'fp32'));
   const sqrtD = Math.sqrt(d);

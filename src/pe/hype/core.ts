@@ -37,6 +37,7 @@ import {
   checkColumnPrecision,
   expandColumns,
   foldColumnGrads,
+  padMultiple,
   slotsPerColumn,
   type ColumnPrecision,
   type SplitFormat,
@@ -242,12 +243,7 @@ export function augment(
     'argument',
     'HyPE: q and k must have the same array type (both Float32Array or both Float64Array)',
   );
-  const multiple = opts.multiple ?? 1;
-  check(
-    Number.isInteger(multiple) && multiple >= 1,
-    'argument',
-    `HyPE: multiple must be a positive integer, got ${multiple}`,
-  );
+  const multiple = padMultiple(opts.multiple, 'HyPE');
   if (opts.v) {
     check(
       opts.v.length === B * Hkv * lk * dv,
