@@ -29,6 +29,7 @@ import type {
   PositionBias,
   PositionBiasGrad,
 } from './backend.ts';
+import { HostBackendBase } from './host-memory.ts';
 import { referenceLayerOps, type LayerOps } from './layers.ts';
 import { nativeLayerOps, type NativeLayerKernels } from './native-layers.ts';
 import { ReferenceBackend, referenceScoreKernels } from './reference.ts';
@@ -183,7 +184,7 @@ export interface NativeOptions {
   threads?: number;
 }
 
-export class NativeBackend implements Backend {
+export class NativeBackend extends HostBackendBase implements Backend {
   readonly name: string = 'native';
   private readonly addon: NativeAddon;
   private readonly reference = new ReferenceBackend();
@@ -193,6 +194,7 @@ export class NativeBackend implements Backend {
   private readonly layers: LayerOps;
 
   constructor(opts: NativeOptions = {}) {
+    super();
     const addon = loadNativeAddon();
     if (!addon) {
       throw new HypeError(

@@ -5,6 +5,7 @@
 import type { FloatArray } from '../tensor.ts';
 import type { AttentionForward, AttentionGrads, AttentionOptions, AttentionShape, Backend } from './backend.ts';
 import { referenceAttentionBackward, referenceAttentionForward } from './reference-attention.ts';
+import { HostBackendBase } from './host-memory.ts';
 import { referenceLayerOps } from './layers.ts';
 import { scoreAttention, type ExplicitAttention, type ScoreKernels } from './score-attention.ts';
 import {
@@ -74,7 +75,7 @@ export function gemmFor(backend: Backend, like: FloatArray): Backend['gemm'] {
   return like instanceof Float32Array ? backend.gemm.bind(backend) : referenceGemm;
 }
 
-export class ReferenceBackend implements Backend {
+export class ReferenceBackend extends HostBackendBase implements Backend {
   readonly name: string = 'reference';
 
   // The non-attention layer ops (plain loops in layers.ts), so this backend offers the complete set.
