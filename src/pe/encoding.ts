@@ -120,19 +120,17 @@ export interface OnnxAttentionBuilder {
   /** Rotates pairs of x's head columns by position * freqs (the rotary transform). */
   rotate(x: string, freqs: Float64Array): string;
   /**
-   * Attention with the bias sum_t tau sinh(mu D) carried as augmented q/k columns (SPEC section 9), per the
-   * exporter's options (scale, padding, column precision); returns the output and what the summary reports.
+   * Attention with the bias sum_t tau[h, t] sinh(mu[h, t] D) carried as augmented q/k columns (SPEC section 9), per
+   * the exporter's options (scale, padding, column precision).
    */
   hyperbolicAttention(p: {
     tau: Float64Array;
     mu: Float64Array;
     pairs: number;
     shift: 'centre' | 'none';
+    /** The encoding's own padding multiple (the exporter's option overrides it). */
     multiple: number;
-  }): {
-    out: string;
-    qkHeadDim: number;
-  };
+  }): OnnxAttention;
 }
 
 /** An encoding's ONNX attention: the output value and the facts the export summary reports. */

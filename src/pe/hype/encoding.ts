@@ -46,6 +46,8 @@ import type {
   CachePlan,
   EncodingDims,
   EncodingFactory,
+  OnnxAttention,
+  OnnxAttentionBuilder,
   Param,
   PositionalEncoding,
 } from '../encoding.ts';
@@ -530,6 +532,27 @@ class HypeEncoding implements PositionalEncoding {
         return ctx.backend.attentionForward(shape, qHat, cachedK, vUse, { ...opts, bias: { kind: 'none' } }).out;
       },
     };
+  }
+
+  /**
+   * ONNX: Q and K augmented in the graph with the eta columns of the current (possibly trained) tau and mu, the
+   * kernel's scale 1/sqrt(d) of the original head dim. The kernel route exports through this concat form (the same
+   * function).
+   */
+  toOnnx(b: OnnxAttentionBuilder): OnnxAttention {
+    check(
+      this.base.grid.length <= 1,
+      'argument',
+      'ONNX export of HyPE covers sequences; a 2-D/3-D grid needs per-axis columns the exporter does not build',
+    );
+    const spec = this.spec();
+    return b.hyperbolicAttention({
+      tau: spec.tau,
+      mu: spec.mu,
+      pairs: spec.termAxis.length,
+      shift: this.opts.shift,
+      multiple: this.opts.multiple,
+    });
   }
 
   /** fp64 logits straight from the definition: scale q.k + sum_t tau sinh(mu (x - x')), masked = -Infinity. */
