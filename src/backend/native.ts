@@ -4,6 +4,8 @@
  * pool. The addon is checked at load (checkNativeAddon): a stale build is an error there, never a silent
  * per-call fallback.
  *
+ * A host backend: its tensor handles are the typed arrays themselves (host-memory.ts), and its memory movement
+ * (copies, head split/merge, norms) is the TypeScript of layers.ts.
  * fp32 only: Float64Array inputs are refused (use the reference backend for fp64), except by scoreAttention,
  * whose fp64 work runs on the reference loops. Every call is validated in
  * TypeScript (validate.ts, native-layers.ts) before native code runs; native/bindings.cc only re-checks what

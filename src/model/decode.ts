@@ -1,6 +1,6 @@
 /**
- * Incremental decoding for generation. `CachedDecoder` runs the same computation as Transformer.forward, but for
- * new tokens only: every layer keeps its keys and values (src/model/kv-cache.ts), so a step costs O(length) in
+ * Incremental decoding for generation. `CachedDecoder` runs the same block function as Transformer.forward
+ * (block.ts), for new tokens only, on host backends: every layer keeps its keys and values (src/model/kv-cache.ts), so a step costs O(length) in
  * attention and O(1) everywhere else. `RecomputeDecoder` is the same interface done the slow way (the whole
  * sequence through Transformer.forward each step): the reference the cache is tested against, and `--no-cache`.
  *

@@ -3,9 +3,11 @@
  * has one), N pre-LayerNorm blocks (multi-head causal attention through the positional encoding, GELU MLP), a final
  * LayerNorm and the output head tied to the embedding.
  *
- * Forward and backward are written out per layer (llm.c style): every activation the backward needs lives in a
- * buffer allocated once per (batch, length) shape and reused by later steps of that shape; heavy arithmetic goes
- * through the Backend (gemm, attention via the encoding, and the layer ops of layers.ts).
+ * Forward and backward are written out per layer (llm.c style; the block's forward is block.ts, shared with cached
+ * decoding): every activation the backward needs lives in a buffer allocated once per (batch, length) shape and
+ * reused by later steps of that shape. Parameters, activations, gradients and statistics are tensors of the
+ * Backend (handles: typed arrays on host backends), and all arithmetic and data movement is a backend op (gemm,
+ * attention via the encoding, the layer and tensor ops of layers.ts): nothing on the hot path reads a tensor.
  *
  * Row-major layouts: token activations [B, L, C] (rows = B * L tokens); attention tensors [B, H, L, D] as in
  * backend.ts. Parameter gradients ACCUMULATE; call zeroGrad() before each backward you want on its own.
