@@ -213,6 +213,8 @@ export function defineAlibi(
               }),
             }
           : {}),
+        // Trained slopes only: fixed ones are the reference values, nothing to record.
+        ...(src.params.length > 0 ? { report: () => ({ slope: Array.from(src.slopes()) }) } : {}),
       };
     },
   });

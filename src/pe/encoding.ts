@@ -97,6 +97,14 @@ export interface PositionalEncoding<T = FloatArray, I = Int32Array> {
   cachedAttention?(plan: CachePlan): CachedAttention | null;
 
   /**
+   * Optional: the trained position parameters worth recording with a study cell, in readable units (e.g. ALiBi's
+   * slopes, HyPE's slope and curvature), as named lists, and for large or content-dependent parts a summary (e.g.
+   * a gate's weight norms and the spread of its values over the forward passes since the previous report, which
+   * this call resets). Encodings without trained position parameters omit it.
+   */
+  report?(): Record<string, number[]>;
+
+  /**
    * Optional ONNX emission of this encoding's attention (src/interop/onnx-export.ts): the exporter hands over the
    * block's q, k, v values and a builder, and the hook returns the attention output. Export refuses an encoding
    * without it (its position terms have no graph form there).
