@@ -7,6 +7,9 @@
  * same steps on host arrays (the reference backend, tables stored in the model dtype as a device stores them) give
  * the same losses and parameters bit for bit: the device paths of the encodings compute the same fp64-built terms.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { AttentionOptions, Backend } from '../src/backend/backend.ts';
 import { ReferenceBackend } from '../src/backend/reference.ts';
@@ -16,6 +19,7 @@ import { Transformer } from '../src/model/transformer.ts';
 import { defineEncoding } from '../src/pe/options.ts';
 import { plainAttend } from '../src/pe/attention-plumbing.ts';
 import { parseTrainConfig } from '../src/train/config.ts';
+import { loadCheckpoint, restoreWeights, saveCheckpoint, saveCheckpointAsync } from '../src/train/checkpoint.ts';
 import { AdamW } from '../src/train/optimizer.ts';
 import { trainingStep } from '../src/train/step.ts';
 import { Rng } from '../src/util/rng.ts';
@@ -76,7 +80,7 @@ async function steps<T, I>(backend: Backend<T, I>, cfg: ModelConfig, n: number, 
       }),
     );
   }
-  return { model, out };
+  return { model, opt, out };
 }
 
 /** Per step after the first: [uploads, int uploads, reads]. */
@@ -193,6 +197,46 @@ describe('the transfer test can fail', () => {
       expect(() => new Transformer(config(pe), backend)).toThrow(
         new RegExp(`encoding '${pe.name}' runs on host backends only`),
       );
+    }
+  });
+});
+
+describe('checkpoints leave a device backend by read-back', () => {
+  it('saveCheckpointAsync writes what the host run writes; restoring uploads it and training continues alike', async () => {
+    const cfg = config({ name: 'hype', options: { preset: 'recency' } });
+    const dir = mkdtempSync(join(tmpdir(), 'hype-handles-'));
+    try {
+      const save = async <T, I>(backend: Backend<T, I>, sub: string) => {
+        const { model, opt: optimizer, out } = await steps(backend, cfg, 2);
+        const args = { model, optimizer, rng: new Rng(3), step: 2, train: TRAIN, corpus: { bytes: 0, sha256: '' } };
+        await saveCheckpointAsync(join(dir, sub), args);
+        return out;
+      };
+      const { backend, impl } = OpaqueBackend.create();
+      await save(new ReferenceBackend(), 'host');
+      impl.reset();
+      await save(backend, 'device');
+      expect(impl.counts.reads).toBeGreaterThan(0); // the checkpoint's tensors were read back, not peeked at
+      const host = loadCheckpoint(join(dir, 'host'));
+      const dev = loadCheckpoint(join(dir, 'device'));
+      for (const [name, t] of host.weights.tensors) expect(dev.weights.tensors.get(name)!.data).toEqual(t.data);
+      for (const [name, t] of host.optimizer.tensors) expect(dev.optimizer.tensors.get(name)!.data).toEqual(t.data);
+      // Restored on the device, the weights are the same tensors again.
+      const restored = new Transformer(cfg, backend);
+      restoreWeights(restored, dev.weights);
+      restored.parameters().forEach((p) => expect(impl.peek(p.data)).toEqual(host.weights.tensors.get(p.name)!.data));
+      expect(() =>
+        saveCheckpoint(join(dir, 'sync'), {
+          model: restored,
+          optimizer: new AdamW(restored.parameters(), backend),
+          rng: new Rng(3),
+          step: 1,
+          train: TRAIN,
+          corpus: { bytes: 0, sha256: '' },
+        }),
+      ).toThrow(/saveCheckpointAsync/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -11,16 +11,19 @@
  * A checkpoint is written into a temporary folder, flushed, renamed into place, and only then published by
  * atomically replacing latest.json; a crash at any moment leaves the previous checkpoint intact and current.
  * Loading verifies the hashes, the safetensors structure, and that names, shapes and dtypes match the model.
+ * Tensors leave the model's backend here: host backends are read in place (saveCheckpoint), a device backend is
+ * read back first (saveCheckpointAsync); restoring uploads into the backend's tensors.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import type { Backend } from '../backend/backend.ts';
 import { HypeError, check } from '../errors.ts';
 import { decodeSafetensors, encodeSafetensors, type SafeFile, type TensorToWrite } from '../interop/safetensors.ts';
 import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
 import type { Transformer } from '../model/transformer.ts';
 import type { Param } from '../pe/encoding.ts';
-import { dtypeOf } from '../tensor.ts';
+import type { FloatArray } from '../tensor.ts';
 import { syncDirectory, writeFileAtomic } from '../util/atomic-file.ts';
 import type { Rng } from '../util/rng.ts';
 import { parseTrainConfig, type TrainConfig } from './config.ts';
@@ -60,21 +63,62 @@ function sha256(b: Uint8Array): string {
   return createHash('sha256').update(b).digest('hex');
 }
 
-function paramTensors(params: readonly Param[], arrays?: readonly ArrayLike<number>[], prefix = ''): TensorToWrite[] {
-  return params.map((p, i) => ({ name: prefix + p.name, shape: p.shape, data: arrays ? arrays[i]! : p.data }));
+function paramTensors<T>(params: readonly Param<T>[], arrays: readonly FloatArray[], prefix = ''): TensorToWrite[] {
+  return params.map((p, i) => ({ name: prefix + p.name, shape: p.shape, data: arrays[i]! }));
 }
 
-export interface SaveArgs {
-  model: Transformer;
-  optimizer: AdamW;
+export interface SaveArgs<T = FloatArray, I = Int32Array> {
+  model: Transformer<T, I>;
+  optimizer: AdamW<T, I>;
   rng: Rng;
   step: number;
   train: TrainConfig;
   corpus: { bytes: number; sha256: string };
 }
 
-/** Writes and publishes a checkpoint for `step`; returns its folder. Older ones beyond keepCheckpoints are removed. */
-export function saveCheckpoint(runDir: string, a: SaveArgs): string {
+/** Host copies of what a checkpoint holds: the parameters, then the AdamW moments, in parameter order. */
+interface HostState {
+  params: FloatArray[];
+  m: FloatArray[];
+  v: FloatArray[];
+}
+
+/**
+ * Writes and publishes a checkpoint for `step`; returns its folder. Older ones beyond keepCheckpoints are removed.
+ * Host backends only (their tensors are read in place); saveCheckpointAsync serves every backend.
+ */
+export function saveCheckpoint<T, I>(runDir: string, a: SaveArgs<T, I>): string {
+  const be = a.model.backend;
+  const view = (t: T): FloatArray => {
+    const v = be.hostView(t);
+    check(
+      v !== null,
+      'argument',
+      `backend '${be.name}' keeps its tensors off the host; save the checkpoint with saveCheckpointAsync`,
+    );
+    return v;
+  };
+  const params = a.model.parameters();
+  return writeCheckpoint(runDir, a, {
+    params: params.map((p) => view(p.data)),
+    m: a.optimizer.m.map(view),
+    v: a.optimizer.v.map(view),
+  });
+}
+
+/** saveCheckpoint on any backend: every parameter and moment is read back first (what leaves the backend). */
+export async function saveCheckpointAsync<T, I>(runDir: string, a: SaveArgs<T, I>): Promise<string> {
+  const be = a.model.backend;
+  const read = (ts: readonly T[]) => Promise.all(ts.map((t) => be.read(t)));
+  const host = {
+    params: await read(a.model.parameters().map((p) => p.data)),
+    m: await read(a.optimizer.m),
+    v: await read(a.optimizer.v),
+  };
+  return writeCheckpoint(runDir, a, host);
+}
+
+function writeCheckpoint<T, I>(runDir: string, a: SaveArgs<T, I>, host: HostState): string {
   const root = checkpointsDir(runDir);
   mkdirSync(root, { recursive: true });
   const name = `step-${String(a.step).padStart(8, '0')}`;
@@ -82,14 +126,14 @@ export function saveCheckpoint(runDir: string, a: SaveArgs): string {
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp);
   const params = a.model.parameters();
-  const modelBytes = encodeSafetensors(paramTensors(params), {
+  const modelBytes = encodeSafetensors(paramTensors(params, host.params), {
     format: CHECKPOINT_FORMAT,
     config: JSON.stringify(a.model.config),
     step: String(a.step),
   });
   const optBytes = encodeSafetensors([
-    ...paramTensors(params, a.optimizer.m, 'm.'),
-    ...paramTensors(params, a.optimizer.v, 'v.'),
+    ...paramTensors(params, host.m, 'm.'),
+    ...paramTensors(params, host.v, 'v.'),
   ]);
   const state: CheckpointState = {
     format: CHECKPOINT_FORMAT,
@@ -237,11 +281,12 @@ export function loadCheckpoint(runDir: string, name?: string): LoadedCheckpoint 
   return { dir, state, weights: files[MODEL_FILE]!, optimizer: files[OPTIMIZER_FILE]! };
 }
 
-/** Copies tensors into params, refusing any difference in names, shapes or dtypes. */
-function restoreInto(
+/** Copies (uploads) tensors into params' backend tensors, refusing any difference in names, shapes or dtypes. */
+function restoreInto<T, I>(
+  be: Backend<T, I>,
   file: SafeFile,
-  params: readonly Param[],
-  targets: readonly ArrayLike<number>[],
+  params: readonly Param<T>[],
+  targets: readonly T[],
   prefix: string,
   what: string,
 ) {
@@ -260,19 +305,19 @@ function restoreInto(
       'checkpoint',
       `${what} tensor '${name}' has shape [${t.shape}], the model expects [${p.shape}] (mismatched checkpoint)`,
     );
-    const target = targets[i] as Float32Array | Float64Array;
-    const want = dtypeOf(target) === 'float64' ? 'F64' : 'F32';
+    const target = targets[i]!;
+    const want = be.dtypeOf(target) === 'float64' ? 'F64' : 'F32';
     check(
       t.dtype === want,
       'checkpoint',
       `${what} tensor '${name}' is ${t.dtype}, the model keeps ${want} (mismatched checkpoint)`,
     );
-    target.set(t.data);
+    be.upload(t.data, target);
   });
 }
 
 /** Loads checkpoint weights into a model built from the same configuration. */
-export function restoreWeights(model: Transformer, weights: SafeFile, what = 'checkpoint'): void {
+export function restoreWeights<T, I>(model: Transformer<T, I>, weights: SafeFile, what = 'checkpoint'): void {
   const saved = weights.metadata.config;
   if (saved !== undefined) {
     let cfg: ModelConfig;
@@ -289,6 +334,7 @@ export function restoreWeights(model: Transformer, weights: SafeFile, what = 'ch
   }
   const params = model.parameters();
   restoreInto(
+    model.backend,
     weights,
     params,
     params.map((p) => p.data),
@@ -297,7 +343,7 @@ export function restoreWeights(model: Transformer, weights: SafeFile, what = 'ch
   );
 }
 
-export function restoreOptimizer(opt: AdamW, file: SafeFile, optimizerStep: number): void {
+export function restoreOptimizer<T, I>(opt: AdamW<T, I>, file: SafeFile, optimizerStep: number): void {
   const params = opt.params;
   const names = new Set([...params.map((p) => 'm.' + p.name), ...params.map((p) => 'v.' + p.name)]);
   for (const name of file.tensors.keys()) {
@@ -307,7 +353,7 @@ export function restoreOptimizer(opt: AdamW, file: SafeFile, optimizerStep: numb
     metadata: {},
     tensors: new Map([...file.tensors].filter(([n]) => n.startsWith(prefix))),
   });
-  restoreInto(only('m.'), params, opt.m, 'm.', 'optimizer state');
-  restoreInto(only('v.'), params, opt.v, 'v.', 'optimizer state');
+  restoreInto(opt.backend, only('m.'), params, opt.m, 'm.', 'optimizer state');
+  restoreInto(opt.backend, only('v.'), params, opt.v, 'v.', 'optimizer state');
   opt.step = optimizerStep;
 }
