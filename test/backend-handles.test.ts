@@ -15,6 +15,7 @@ import type { AttentionOptions, Backend } from '../src/backend/backend.ts';
 import { ReferenceBackend } from '../src/backend/reference.ts';
 import { HypeError } from '../src/errors.ts';
 import { parseModelConfig, type ModelConfig } from '../src/model/config.ts';
+import { CachedDecoder } from '../src/model/decode.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { defineEncoding } from '../src/pe/options.ts';
 import { plainAttend } from '../src/pe/attention-plumbing.ts';
@@ -193,6 +194,9 @@ describe('the transfer test can fail', () => {
     const { tokens, targets } = batch(1);
     expect(() => model.forward(tokens, targets, B, L)).toThrow(/forward\(\) returns host arrays.*backend\.read/);
     expect(() => model.logits()).toThrow(HypeError);
+    expect(() => new CachedDecoder(model as unknown as Transformer, 1, 4)).toThrow(
+      /cached decoding works on host arrays/,
+    );
     for (const pe of [{ name: 'rope' }, { name: 't5' }, { name: 'hype', options: { preset: 'learned' } }]) {
       expect(() => new Transformer(config(pe), backend)).toThrow(
         new RegExp(`encoding '${pe.name}' runs on host backends only`),
