@@ -21,6 +21,7 @@ import { defineEncoding } from '../src/pe/options.ts';
 import { plainAttend } from '../src/pe/attention-plumbing.ts';
 import { parseTrainConfig } from '../src/train/config.ts';
 import { loadCheckpoint, restoreWeights, saveCheckpoint, saveCheckpointAsync } from '../src/train/checkpoint.ts';
+import { evaluateHeldOut, evaluateHeldOutAsync } from '../src/train/evaluate.ts';
 import { AdamW } from '../src/train/optimizer.ts';
 import { trainingStep } from '../src/train/step.ts';
 import { Rng } from '../src/util/rng.ts';
@@ -242,5 +243,22 @@ describe('checkpoints leave a device backend by read-back', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('held-out evaluation on a device backend', () => {
+  it('evaluateHeldOutAsync scores what evaluateHeldOut scores on host arrays, reading back only its results', async () => {
+    const cfg = config({ name: 'alibi' });
+    const rng = new Rng(7);
+    const data = Uint8Array.from({ length: 100 }, () => rng.int(256));
+    const host = evaluateHeldOut(new Transformer(cfg, new Fp32TableReference()), data, L, { stride: 5, batch: 3 });
+    const { backend, impl } = OpaqueBackend.create();
+    const model = new Transformer(cfg, backend);
+    impl.reset();
+    const dev = await evaluateHeldOutAsync(model, data, L, { stride: 5, batch: 3 });
+    expect(dev).toEqual(host);
+    const passes = Math.ceil(host.windows / 3);
+    // Per pass: tokens and targets up, statistics and losses down; each block's distance table goes up once.
+    expect(impl.counts).toMatchObject({ uploads: cfg.layers, uploadInts: 2 * passes, reads: 2 * passes });
   });
 });
