@@ -131,10 +131,7 @@ function writeCheckpoint<T, I>(runDir: string, a: SaveArgs<T, I>, host: HostStat
     config: JSON.stringify(a.model.config),
     step: String(a.step),
   });
-  const optBytes = encodeSafetensors([
-    ...paramTensors(params, host.m, 'm.'),
-    ...paramTensors(params, host.v, 'v.'),
-  ]);
+  const optBytes = encodeSafetensors([...paramTensors(params, host.m, 'm.'), ...paramTensors(params, host.v, 'v.')]);
   const state: CheckpointState = {
     format: CHECKPOINT_FORMAT,
     step: a.step,
