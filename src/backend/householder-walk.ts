@@ -303,10 +303,11 @@ function walkBackward(x: Walk, g: WalkGrads, dS: Float64Array, dz: Float64Array,
   const states = new Float64Array(WALK_CHUNK * D); // r_l at (l - start) * D
   const wr = new Float64Array(WALK_CHUNK); // w_l . r_l
   const a = new Float64Array(D);
+  const r = new Float64Array(D);
   for (let i = 0; i < lq; i++) {
     const p = i + queryOffset;
     const start = p - (p % WALK_CHUNK);
-    const r = new Float64Array(q.subarray(qBase + i * D, qBase + (i + 1) * D));
+    r.set(q.subarray(qBase + i * D, qBase + (i + 1) * D));
     for (let l = p; l >= start; l--) {
       states.set(r, (l - start) * D);
       if (l > 0) wr[l - start] = applyFactor(r, 0, w, (kvBase + l) * D, beta[kvBase + l]!, D);
@@ -359,7 +360,8 @@ function carryKeysBackward(x: Walk, g: WalkGrads, dkHat: Float64Array, kvBase: n
   const a = new Float64Array(D);
   for (let j = 0; j < end; j++) {
     const e = j - (j % WALK_CHUNK) + WALK_CHUNK - 1;
-    const v = new Float64Array(k.subarray((kvBase + j) * D, (kvBase + j + 1) * D));
+    const v = a; // the replay runs in a, which then restarts as the adjoint
+    v.set(k.subarray((kvBase + j) * D, (kvBase + j + 1) * D));
     for (let t = j + 1; t <= e; t++) {
       states.set(v, (t - j - 1) * D);
       vw[t - j - 1] = applyFactor(v, 0, w, (kvBase + t) * D, beta[kvBase + t]!, D);
@@ -416,6 +418,7 @@ function chunkProductBackward(x: Walk, g: WalkGrads, dU: Float64Array, ys: Float
   const X = Float64Array.from(dU.subarray(0, D * D));
   const xy = new Float64Array(D);
   const xw = new Float64Array(D);
+  const v = new Float64Array(D);
   for (let t = s + n - 1; t >= s; t--) {
     const wAt = t * D;
     const bt = beta[t]!;
@@ -423,7 +426,7 @@ function chunkProductBackward(x: Walk, g: WalkGrads, dU: Float64Array, ys: Float
     xw.fill(0);
     for (let a = 0; a < D; a++) for (let c = 0; c < D; c++) xw[c] = xw[c]! + X[a * D + c]! * w[wAt + a]!;
     dbeta[t] = dbeta[t]! - dot(w, wAt, xy, 0, D);
-    const v = Float64Array.from(xw);
+    v.set(xw);
     for (let u = s; u < t; u++) applyFactor(v, 0, w, u * D, beta[u]!, D);
     for (let a = 0; a < D; a++) dw[wAt + a] = dw[wAt + a]! - bt * (xy[a]! + v[a]!);
     for (let a = 0; a < D; a++) {
