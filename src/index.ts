@@ -22,6 +22,7 @@ export type {
   PositionBiasGrad,
 } from './backend/backend.ts';
 export { ReferenceBackend } from './backend/reference.ts';
+export { WebGpuBackend, type GpuHandle, type GpuIntHandle } from './backend/webgpu/backend.ts';
 export { HypeError, type HypeErrorCode } from './errors.ts';
 export {
   BF16,

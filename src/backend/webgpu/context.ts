@@ -215,6 +215,56 @@ export class GpuContext {
       if (bits.length > 0) this.device.queue.writeBuffer(t.buffer, 0, bits.buffer, 0, bits.byteLength);
       return;
     }
+    this.writeRange(t, 0, data);
+  }
+
+  /**
+   * Reads a tensor back (the only way data returns to JavaScript); also surfaces any pending GPU error. f16 tensors
+   * come back widened to a Float32Array (exactly). `offset` and `n` select elements [offset, offset + n) of an f32
+   * or i32 tensor (default: all of it). The copy is enqueued before this returns, so the values are those after
+   * every kernel enqueued earlier. A device lost before or during the read rejects with a HypeError.
+   */
+  async download(t: GpuTensor, offset = 0, n = t.size - offset): Promise<Float32Array | Int32Array> {
+    this.alive();
+    if (!(Number.isSafeInteger(offset) && Number.isSafeInteger(n) && offset >= 0 && n >= 0 && offset + n <= t.size))
+      throw new HypeError('shape', `read: ${n} values at offset ${offset} do not fit a tensor of ${t.size}`);
+    if (t.dtype === 'f16' && (offset !== 0 || n !== t.size))
+      throw new HypeError('argument', 'read: an f16 tensor is read whole (offset 0, all values)');
+    const bytes = Math.ceil((n * bytesPer(t.dtype)) / 4) * 4;
+    const staging = this.device.createBuffer({ size: Math.max(4, bytes), usage: USAGE.MAP_READ | USAGE.COPY_DST });
+    const enc = this.device.createCommandEncoder();
+    if (bytes > 0) enc.copyBufferToBuffer(t.buffer, offset * bytesPer(t.dtype), staging, 0, bytes);
+    this.device.queue.submit([enc.finish()]);
+    let copy: ArrayBuffer;
+    try {
+      await this.sync();
+      await staging.mapAsync(MAP_MODE_READ);
+      copy = staging.getMappedRange().slice(0, bytes);
+      staging.unmap();
+    } catch (e) {
+      if (e instanceof HypeError) throw e;
+      // mapAsync rejects when the device goes away under it (destroyed, driver reset): say so, not Dawn's words.
+      throw new HypeError(
+        'device',
+        `the WebGPU device was lost during a read (${this.lost ?? String(e)}); restart from the last checkpoint`,
+      );
+    } finally {
+      staging.destroy();
+    }
+    if (t.dtype === 'f16') return Float32Array.from(new Uint16Array(copy, 0, n), f16Value);
+    return t.dtype === 'i32' ? new Int32Array(copy) : new Float32Array(copy);
+  }
+
+  /** Overwrites elements [offset, offset + data.length) of an f32 or i32 tensor from the host. */
+  writeRange(t: GpuTensor, offset: number, data: ArrayLike<number>): void {
+    this.alive();
+    if (!(Number.isSafeInteger(offset) && offset >= 0 && offset + data.length <= t.size))
+      throw new HypeError(
+        'shape',
+        `upload: ${data.length} values at offset ${offset} do not fit a tensor of ${t.size}`,
+      );
+    if (t.dtype === 'f16') throw new HypeError('argument', 'upload: f16 tensors are written whole (write)');
+    if (data.length === 0) return;
     const host =
       t.dtype === 'i32'
         ? data instanceof Int32Array
@@ -223,25 +273,12 @@ export class GpuContext {
         : data instanceof Float32Array
           ? data
           : Float32Array.from(data);
-    if (host.length > 0) this.device.queue.writeBuffer(t.buffer, 0, host.buffer, host.byteOffset, host.byteLength);
+    this.device.queue.writeBuffer(t.buffer, offset * 4, host.buffer, host.byteOffset, host.byteLength);
   }
 
-  /** Reads a tensor back (the only way data returns to JavaScript); also surfaces any pending GPU error. */
-  /** f16 tensors come back widened to a Float32Array (exactly). */
-  async download(t: GpuTensor): Promise<Float32Array | Int32Array> {
+  /** Throws unless the device is alive (every kernel enqueue checks this; exposed for callers that batch work). */
+  ensureAlive(): void {
     this.alive();
-    const bytes = Math.ceil((t.size * bytesPer(t.dtype)) / 4) * 4;
-    const staging = this.device.createBuffer({ size: Math.max(4, bytes), usage: USAGE.MAP_READ | USAGE.COPY_DST });
-    const enc = this.device.createCommandEncoder();
-    if (bytes > 0) enc.copyBufferToBuffer(t.buffer, 0, staging, 0, bytes);
-    this.device.queue.submit([enc.finish()]);
-    await this.sync();
-    await staging.mapAsync(MAP_MODE_READ);
-    const copy = staging.getMappedRange().slice(0, bytes);
-    staging.unmap();
-    staging.destroy();
-    if (t.dtype === 'f16') return Float32Array.from(new Uint16Array(copy, 0, t.size), f16Value);
-    return t.dtype === 'i32' ? new Int32Array(copy) : new Float32Array(copy);
   }
 
   async downloadF32(t: GpuTensor): Promise<Float32Array> {
