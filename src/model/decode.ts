@@ -132,7 +132,7 @@ export class CachedDecoder implements Decoder {
     for (let i = 0; i < cfg.layers; i++) {
       const blk = P.blocks[i]!;
       ops.layerNormForward(x, blk.ln1Weight.data, blk.ln1Bias.data, ln, mean, rstd, N, C, cfg.layerNormEps);
-      linearForward(be, ops, ln, blk.qkvWeight.data, blk.qkvBias.data, qkv, N, C, Q, 0);
+      linearForward(be, ln, blk.qkvWeight.data, blk.qkvBias.data, qkv, N, C, Q, 0);
       const { q, k, v } = splitHeads(qkv, B, n, H, Hkv, D, dtype);
       const hook = this.hooks[i]!;
       const cache = this.caches[i]!;
@@ -152,11 +152,11 @@ export class CachedDecoder implements Decoder {
         : model.blockEncodings[i]!.attend(ctx, { q, k: cache.keys(), v: cache.values(), x: cache.inputs() }).out;
       headsToTokens(out, att, B, H, n, D);
       const resMid = x.slice(); // residual stream after attention: x + proj(att)
-      linearForward(be, ops, att, blk.projWeight.data, blk.projBias.data, resMid, N, C, C, 1);
+      linearForward(be, att, blk.projWeight.data, blk.projBias.data, resMid, N, C, C, 1);
       ops.layerNormForward(resMid, blk.ln2Weight.data, blk.ln2Bias.data, ln, mean, rstd, N, C, cfg.layerNormEps);
-      linearForward(be, ops, ln, blk.fcWeight.data, blk.fcBias.data, fc, N, C, F, 0);
+      linearForward(be, ln, blk.fcWeight.data, blk.fcBias.data, fc, N, C, F, 0);
       ops.geluForward(fc, fc, N * F);
-      linearForward(be, ops, fc, blk.fcProjWeight.data, blk.fcProjBias.data, resMid, N, F, C, 1);
+      linearForward(be, fc, blk.fcProjWeight.data, blk.fcProjBias.data, resMid, N, F, C, 1);
       x = resMid;
     }
     ops.layerNormForward(x, P.lnfWeight.data, P.lnfBias.data, ln, mean, rstd, N, C, cfg.layerNormEps);

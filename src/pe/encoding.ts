@@ -58,6 +58,8 @@ export interface AttendResult<T = FloatArray> {
    * fresh handles (the caller adds dx into its own gradient).
    */
   backward(dOut: T): { dq: T; dk: T; dv: T; dx?: T };
+  /** Frees what the forward kept for its backward (a device's handles); the model calls it when it drops a result. */
+  dispose?(): void;
 }
 
 export interface PositionalEncoding<T = FloatArray, I = Int32Array> {

@@ -11,6 +11,7 @@
  */
 import { check, HypeError } from '../errors.ts';
 import type { Transformer } from '../model/transformer.ts';
+import type { FloatArray } from '../tensor.ts';
 import { activationBytes, checkMemory } from './memory.ts';
 
 export interface EvalOptions {
@@ -111,8 +112,12 @@ export function evaluateHeldOut(
  * 12`) and which tensor. The logits are checked too because a cross-entropy kernel may skip a NaN logit and still return a finite loss.
  */
 export function checkOutputs(model: Transformer, loss: number | null, where: string, fix: string): void {
-  const logits = model.logits();
-  const V = model.config.vocab;
+  checkLogits(model.logits(), model.config.vocab, where, fix);
+  checkLoss(loss, where, fix);
+}
+
+/** The logit half of checkOutputs, on a host copy of the logits (the trainer's read-back after a bad count). */
+export function checkLogits(logits: FloatArray, V: number, where: string, fix: string): void {
   for (let i = 0; i < logits.length; i++) {
     if (!Number.isFinite(logits[i]!)) {
       throw new HypeError(
@@ -122,5 +127,9 @@ export function checkOutputs(model: Transformer, loss: number | null, where: str
       );
     }
   }
+}
+
+/** The loss half of checkOutputs. */
+export function checkLoss(loss: number | null, where: string, fix: string): void {
   if (loss !== null && !Number.isFinite(loss)) throw new HypeError('non-finite', `loss is ${loss} ${where}; ${fix}`);
 }

@@ -27,7 +27,8 @@ import { checkSchedule, learningRate, parseTrainConfig, type TrainConfig } from 
 import { checkWindowFits, loadCorpus, type ByteCorpus } from './corpus.ts';
 import { checkOutputs, evaluateHeldOut } from './evaluate.ts';
 import { checkMemory, trainingBytes } from './memory.ts';
-import { AdamW, clipGradients } from './optimizer.ts';
+import { AdamW } from './optimizer.ts';
+import { trainingStep } from './step.ts';
 import { windowSource, type BatchSource } from './source.ts';
 
 export interface StepRecord {
@@ -330,26 +331,24 @@ export class TrainingRun {
     writeFileAtomic(path, kept.map((l) => l + '\n').join(''));
   }
 
-  /** One optimisation step; returns its record (also appended to losses.jsonl). */
-  trainStep(): StepRecord {
+  /**
+   * One optimisation step (step.ts: forward, backward, clipping and AdamW on the backend, then one read of the loss
+   * and gradient norm); returns its record (also appended to losses.jsonl).
+   */
+  async trainStep(): Promise<StepRecord> {
     const t0 = performance.now();
     const { model, train } = this;
     const L = model.config.trainLength;
     this.source.fill(this.rng, train.batch, L, this.tokens, this.targets);
-    model.zeroGrad();
-    const loss = model.forward(this.tokens, this.targets, train.batch, L);
-    const where = `at step ${this.step + 1}`;
-    checkOutputs(model, loss, where, 'lower the learning rate (--lr) or resume from an earlier checkpoint');
-    model.backward();
-    let gradNorm: number;
-    try {
-      gradNorm = clipGradients(model.parameters(), train.clip);
-    } catch (err) {
-      if (err instanceof HypeError) throw new HypeError(err.code, `${where}: ${err.message}`);
-      throw err;
-    }
     const lr = learningRate(train, this.step + 1);
-    this.optimizer.update(train, lr);
+    const { loss, gradNorm } = await trainingStep(model, this.optimizer, train, {
+      tokens: this.tokens,
+      targets: this.targets,
+      batch: train.batch,
+      length: L,
+      lr,
+      where: `at step ${this.step + 1}`,
+    });
     this.step++;
     const rec: StepRecord = { step: this.step, loss, lr, gradNorm, seconds: (performance.now() - t0) / 1000 };
     appendFileSync(join(this.runDir, LOSSES_FILE), JSON.stringify(rec) + '\n');
@@ -419,7 +418,7 @@ export class TrainingRun {
     );
     if (every > 0) this.checkHeldOut(control.evalBytes ?? DEFAULT_EVAL_BYTES);
     while (this.step < end) {
-      const rec = this.trainStep();
+      const rec = await this.trainStep();
       lastLoss = rec.loss;
       control.onStep?.(rec, this);
       if (every > 0 && (this.step % every === 0 || this.step === this.train.steps)) {
