@@ -19,6 +19,7 @@ export const noneEncoding: EncodingFactory<NoneOptions> = defineEncoding<NoneOpt
       sites: ['none'],
       params: [],
       maxLength: Infinity,
+      portable: true,
       attend: plainAttend,
       denseLogits: plainDenseLogits,
     };

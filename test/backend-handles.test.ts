@@ -1,0 +1,198 @@
+/**
+ * Backend-owned tensors (backend.ts, issue 13): a whole training step (forward, backward, global-norm clipping,
+ * AdamW) through src/train/step.ts on a device backend makes exactly ONE read-back (the statistics: loss, gradient
+ * norm, non-finite logit count) and, after the first step, uploads nothing but the batch's tokens and targets. The
+ * device here is the reference backend behind opaque handles that throw on any typed-array access
+ * (helpers/opaque-backend.ts), so the model and the portable encodings are shown never to touch a host array. The
+ * same steps on host arrays (the reference backend, tables stored in the model dtype as a device stores them) give
+ * the same losses and parameters bit for bit: the device paths of the encodings compute the same fp64-built terms.
+ */
+import { describe, expect, it } from 'vitest';
+import type { AttentionOptions, Backend } from '../src/backend/backend.ts';
+import { ReferenceBackend } from '../src/backend/reference.ts';
+import { HypeError } from '../src/errors.ts';
+import { parseModelConfig, type ModelConfig } from '../src/model/config.ts';
+import { Transformer } from '../src/model/transformer.ts';
+import { defineEncoding } from '../src/pe/options.ts';
+import { plainAttend } from '../src/pe/attention-plumbing.ts';
+import { parseTrainConfig } from '../src/train/config.ts';
+import { AdamW } from '../src/train/optimizer.ts';
+import { trainingStep } from '../src/train/step.ts';
+import { Rng } from '../src/util/rng.ts';
+import { OpaqueBackend } from './helpers/opaque-backend.ts';
+import type { EncodingFactory } from '../src/pe/encoding.ts';
+
+/**
+ * The host side of the comparison: the reference backend with each distance table stored in fp32 before use, as a
+ * device stores the fp64 table an encoding uploads into a tensor of the model dtype (the contract's one rounding).
+ * ALiBi's tables are exact in fp32 either way; HyPE's kernel-route values are not, so without this the two runs
+ * would differ by that rounding (about 1e-9 in the loss here) rather than agree bit for bit.
+ */
+class Fp32TableReference extends ReferenceBackend {
+  private static fp32(opts: AttentionOptions): AttentionOptions {
+    const bias = opts.bias;
+    return bias?.kind === 'distance'
+      ? { ...opts, bias: { kind: 'distance', table: Float32Array.from(bias.table) } }
+      : opts;
+  }
+  override attentionForward(...[shape, q, k, v, opts]: Parameters<ReferenceBackend['attentionForward']>) {
+    return super.attentionForward(shape, q, k, v, Fp32TableReference.fp32(opts));
+  }
+  override attentionBackward(...a: Parameters<ReferenceBackend['attentionBackward']>) {
+    const [shape, q, k, v, out, lse, dOut, opts] = a;
+    return super.attentionBackward(shape, q, k, v, out, lse, dOut, Fp32TableReference.fp32(opts));
+  }
+}
+
+const B = 2;
+const L = 12;
+
+function config(pe: { name: string; options?: object }): ModelConfig {
+  return parseModelConfig({ width: 16, layers: 2, heads: 4, kvHeads: 2, trainLength: L, dtype: 'float32', pe });
+}
+
+// clip 0.05 is below every gradient norm here, so the clipping path scales on the device each step.
+const TRAIN = parseTrainConfig({ lr: 0.01, clip: 0.05 });
+
+function batch(seed: number): { tokens: Int32Array; targets: Int32Array } {
+  const rng = new Rng(seed);
+  const tokens = Int32Array.from({ length: B * L }, () => rng.int(256));
+  const targets = Int32Array.from({ length: B * L }, () => rng.int(256));
+  return { tokens, targets };
+}
+
+async function steps<T, I>(backend: Backend<T, I>, cfg: ModelConfig, n: number, factory?: EncodingFactory<object>) {
+  const model = new Transformer(cfg, backend, factory ? { encodingFactory: factory } : {});
+  const opt = new AdamW(model.parameters(), backend);
+  const out: { loss: number; gradNorm: number }[] = [];
+  for (let s = 0; s < n; s++) {
+    out.push(
+      await trainingStep(model, opt, TRAIN, {
+        ...batch(s + 1),
+        batch: B,
+        length: L,
+        lr: 0.01,
+        where: `at step ${s + 1}`,
+      }),
+    );
+  }
+  return { model, out };
+}
+
+/** Per step after the first: [uploads, int uploads, reads]. */
+async function transfersPerStep(cfg: ModelConfig, factory?: EncodingFactory<object>) {
+  const { backend, impl } = OpaqueBackend.create();
+  const model = new Transformer(cfg, backend, factory ? { encodingFactory: factory } : {});
+  const opt = new AdamW(model.parameters(), backend);
+  const step = (s: number) =>
+    trainingStep(model, opt, TRAIN, { ...batch(s), batch: B, length: L, lr: 0.01, where: `at step ${s}` });
+  await step(1);
+  const seen: number[][] = [];
+  for (let s = 2; s <= 3; s++) {
+    impl.reset();
+    await step(s);
+    seen.push([impl.counts.uploads, impl.counts.uploadInts, impl.counts.reads]);
+  }
+  return seen;
+}
+
+const PORTABLE = [
+  { name: 'none' },
+  { name: 'alibi' },
+  { name: 'alibi', options: { route: 'concat' } },
+  { name: 'hype', options: { preset: 'recency' } },
+  { name: 'hype', options: { preset: 'recency', route: 'kernel' } },
+  { name: 'hype', options: { preset: 'paper', multiple: 8 } },
+];
+
+describe('a training step on backend-owned tensors', () => {
+  for (const pe of PORTABLE) {
+    const label = `${pe.name} ${JSON.stringify(pe.options ?? {})}`;
+    it(`${label}: one read per step, only tokens and targets uploaded`, async () => {
+      // [float uploads, int uploads (tokens, targets), reads (the statistics)] for steps 2 and 3.
+      expect(await transfersPerStep(config(pe))).toEqual([
+        [0, 2, 1],
+        [0, 2, 1],
+      ]);
+    });
+
+    it(`${label}: the same losses, norms and parameters as on host arrays`, async () => {
+      const cfg = config(pe);
+      const host = await steps(new Fp32TableReference(), cfg, 3);
+      const { backend, impl } = OpaqueBackend.create();
+      const dev = await steps(backend, cfg, 3);
+      expect(dev.out).toEqual(host.out);
+      expect(host.out[0]!.gradNorm).toBeGreaterThan(TRAIN.clip); // the clipping branch ran
+      const hp = host.model.parameters();
+      dev.model.parameters().forEach((p, i) => expect(impl.peek(p.data)).toEqual(hp[i]!.data));
+    });
+  }
+});
+
+describe('the transfer test can fail', () => {
+  it('an encoding that uploads its table at every call is counted', async () => {
+    // A portable-looking encoding that re-uploads a (useless) bias table each call instead of caching it.
+    const leaky = defineEncoding<Record<string, never>>({
+      name: 'leaky',
+      description: 'test: plain attention that uploads one value per call',
+      sites: ['score-bias'],
+      defaults: {},
+      create: () => ({
+        name: 'leaky',
+        sites: ['score-bias'],
+        params: [],
+        maxLength: Infinity,
+        portable: true,
+        attend(ctx, inputs) {
+          const t = ctx.backend.allocate('float32', 1);
+          ctx.backend.upload([0], t);
+          return plainAttend(ctx, inputs);
+        },
+        denseLogits: () => new Float64Array(0),
+      }),
+    });
+    const seen = await transfersPerStep(config({ name: 'leaky' }), leaky as unknown as EncodingFactory<object>);
+    expect(seen).toEqual([
+      [2, 2, 1], // one per block: the check above would fail
+      [2, 2, 1],
+    ]);
+  });
+
+  it('an encoding that reads a tensor as a host array throws', async () => {
+    const peeking = defineEncoding<Record<string, never>>({
+      name: 'peeking',
+      description: 'test: plain attention that looks at q',
+      sites: ['score-bias'],
+      defaults: {},
+      create: () => ({
+        name: 'peeking',
+        sites: ['score-bias'],
+        params: [],
+        maxLength: Infinity,
+        portable: true,
+        attend(ctx, inputs) {
+          if (Number.isNaN(inputs.q[0])) throw new Error('unreachable');
+          return plainAttend(ctx, inputs);
+        },
+        denseLogits: () => new Float64Array(0),
+      }),
+    });
+    const { backend } = OpaqueBackend.create();
+    await expect(
+      steps(backend, config({ name: 'peeking' }), 1, peeking as unknown as EncodingFactory<object>),
+    ).rejects.toThrow(/device handle was read like a host array/);
+  });
+
+  it('the host accessors refuse a device backend; host-only encodings are refused at construction', () => {
+    const { backend } = OpaqueBackend.create();
+    const model = new Transformer(config({ name: 'none' }), backend);
+    const { tokens, targets } = batch(1);
+    expect(() => model.forward(tokens, targets, B, L)).toThrow(/forward\(\) returns host arrays.*backend\.read/);
+    expect(() => model.logits()).toThrow(HypeError);
+    for (const pe of [{ name: 'rope' }, { name: 't5' }, { name: 'hype', options: { preset: 'learned' } }]) {
+      expect(() => new Transformer(config(pe), backend)).toThrow(
+        new RegExp(`encoding '${pe.name}' runs on host backends only`),
+      );
+    }
+  });
+});
