@@ -121,6 +121,9 @@ export class GpuContext {
   readonly hasF16: boolean;
   private readonly pipelines = new Map<string, GPUComputePipeline>();
   private readonly pool = new Map<number, GPUBuffer[]>();
+  /** Uniform and staging (map-read) buffers by size, reused across dispatches and reads. */
+  private readonly uniformPool = new Map<number, GPUBuffer[]>();
+  private readonly stagingPool = new Map<number, GPUBuffer[]>();
   private pending: Promise<GPUError | null>[] = [];
   private lost: string | null = null;
 
@@ -231,7 +234,10 @@ export class GpuContext {
     if (t.dtype === 'f16' && (offset !== 0 || n !== t.size))
       throw new HypeError('argument', 'read: an f16 tensor is read whole (offset 0, all values)');
     const bytes = Math.ceil((n * bytesPer(t.dtype)) / 4) * 4;
-    const staging = this.device.createBuffer({ size: Math.max(4, bytes), usage: USAGE.MAP_READ | USAGE.COPY_DST });
+    const size = Math.max(4, bytes);
+    const staging =
+      this.stagingPool.get(size)?.pop() ?? this.device.createBuffer({ size, usage: USAGE.MAP_READ | USAGE.COPY_DST });
+    let reusable = false;
     const enc = this.device.createCommandEncoder();
     if (bytes > 0) enc.copyBufferToBuffer(t.buffer, offset * bytesPer(t.dtype), staging, 0, bytes);
     this.device.queue.submit([enc.finish()]);
@@ -241,6 +247,7 @@ export class GpuContext {
       await staging.mapAsync(MAP_MODE_READ);
       copy = staging.getMappedRange().slice(0, bytes);
       staging.unmap();
+      reusable = true;
     } catch (e) {
       if (e instanceof HypeError) throw e;
       // mapAsync rejects when the device goes away under it (destroyed, driver reset): say so, not Dawn's words.
@@ -249,7 +256,9 @@ export class GpuContext {
         `the WebGPU device was lost during a read (${this.lost ?? String(e)}); restart from the last checkpoint`,
       );
     } finally {
-      staging.destroy();
+      // An unmapped staging buffer serves the next read of this size (a training step reads the same one each step).
+      if (reusable) pushPool(this.stagingPool, size, staging);
+      else staging.destroy();
     }
     if (t.dtype === 'f16') return Float32Array.from(new Uint16Array(copy, 0, n), f16Value);
     return t.dtype === 'i32' ? new Int32Array(copy) : new Float32Array(copy);
@@ -288,11 +297,7 @@ export class GpuContext {
 
   /** Returns the tensor's buffer to the pool; the handle must not be used afterwards. */
   release(...ts: GpuTensor[]): void {
-    for (const t of ts) {
-      const list = this.pool.get(t.buffer.size) ?? [];
-      list.push(t.buffer);
-      this.pool.set(t.buffer.size, list);
-    }
+    for (const t of ts) pushPool(this.pool, t.buffer.size, t.buffer);
   }
 
   /** Waits for submitted work and throws the first validation or out-of-memory error it produced. */
@@ -308,8 +313,10 @@ export class GpuContext {
   }
 
   destroy(): void {
-    for (const list of this.pool.values()) for (const b of list) b.destroy();
-    this.pool.clear();
+    for (const pool of [this.pool, this.uniformPool, this.stagingPool]) {
+      for (const list of pool.values()) for (const b of list) b.destroy();
+      pool.clear();
+    }
     this.pipelines.clear();
     this.device.destroy();
   }
@@ -380,7 +387,9 @@ export class GpuContext {
     this.checkGrid(groups, what);
     if (groups[0] === 0 || groups[1] === 0 || groups[2] === 0) return;
     const usize = Math.max(16, Math.ceil(uniforms.byteLength / 16) * 16);
-    const ubuf = this.device.createBuffer({ size: usize, usage: USAGE.UNIFORM | USAGE.COPY_DST });
+    const ubuf =
+      this.uniformPool.get(usize)?.pop() ??
+      this.device.createBuffer({ size: usize, usage: USAGE.UNIFORM | USAGE.COPY_DST });
     this.device.queue.writeBuffer(ubuf, 0, uniforms);
     this.device.pushErrorScope('validation');
     const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: ubuf } }];
@@ -394,9 +403,16 @@ export class GpuContext {
     pass.end();
     this.device.queue.submit([enc.finish()]);
     this.pending.push(this.device.popErrorScope());
-    // Destroying after submit is allowed: the implementation frees it once the queued work is done.
-    ubuf.destroy();
+    // Reusable at once: queue.writeBuffer is ordered after every earlier submit on the queue timeline, so the next
+    // dispatch's uniforms cannot overwrite these before this dispatch has run.
+    pushPool(this.uniformPool, usize, ubuf);
   }
+}
+
+function pushPool(pool: Map<number, GPUBuffer[]>, size: number, b: GPUBuffer): void {
+  const list = pool.get(size);
+  if (list) list.push(b);
+  else pool.set(size, [b]);
 }
 
 /** Packs uniform fields in declaration order: 'u' = u32, 'i' = i32, 'f' = f32 (4 bytes each). */
