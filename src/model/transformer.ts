@@ -282,6 +282,12 @@ export class Transformer<T = FloatArray, I = Int32Array> {
     return this.acts.logits;
   }
 
+  /** The per-token losses [B * L] of the last forward with targets as a handle of the backend (no transfer). */
+  lossesHandle(): T {
+    check(this.acts !== null && this.hasTargets, 'argument', 'lossesHandle() needs a forward pass with targets first');
+    return this.acts.losses;
+  }
+
   /** A host view of a backend tensor: host backends only (the synchronous accessors). */
   private hostArray(t: T, what: string): FloatArray {
     const view = this.backend.hostView(t);

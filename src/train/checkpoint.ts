@@ -20,7 +20,8 @@ import { decodeSafetensors, encodeSafetensors, type SafeFile, type TensorToWrite
 import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
 import type { Transformer } from '../model/transformer.ts';
 import type { Param } from '../pe/encoding.ts';
-import { dtypeOf } from '../tensor.ts';
+import type { Backend } from '../backend/backend.ts';
+import type { FloatArray } from '../tensor.ts';
 import { syncDirectory, writeFileAtomic } from '../util/atomic-file.ts';
 import type { Rng } from '../util/rng.ts';
 import { parseTrainConfig, type TrainConfig } from './config.ts';
@@ -60,21 +61,65 @@ function sha256(b: Uint8Array): string {
   return createHash('sha256').update(b).digest('hex');
 }
 
-function paramTensors(params: readonly Param[], arrays?: readonly ArrayLike<number>[], prefix = ''): TensorToWrite[] {
-  return params.map((p, i) => ({ name: prefix + p.name, shape: p.shape, data: arrays ? arrays[i]! : p.data }));
+function paramTensors<T>(params: readonly Param<T>[], arrays: readonly FloatArray[], prefix = ''): TensorToWrite[] {
+  return params.map((p, i) => ({ name: prefix + p.name, shape: p.shape, data: arrays[i]! }));
 }
 
-export interface SaveArgs {
-  model: Transformer;
-  optimizer: AdamW;
+export interface SaveArgs<T = FloatArray, I = Int32Array> {
+  model: Transformer<T, I>;
+  optimizer: AdamW<T, I>;
   rng: Rng;
   step: number;
   train: TrainConfig;
   corpus: { bytes: number; sha256: string };
+  /**
+   * Host copies of the weights and moments, in parameter order (hostCopies() reads them from any backend). Absent:
+   * the tensors themselves, which only a host backend holds as arrays.
+   */
+  host?: HostCopies;
+}
+
+/** Host arrays of a model's weights and its optimizer's moments, in Transformer.parameters() order. */
+export interface HostCopies {
+  weights: readonly FloatArray[];
+  m: readonly FloatArray[];
+  v: readonly FloatArray[];
+}
+
+/** Reads weights and moments back from the backend (a device's one transfer out per checkpoint, besides stats). */
+export async function hostCopies<T, I>(model: Transformer<T, I>, optimizer: AdamW<T, I>): Promise<HostCopies> {
+  const be = model.backend;
+  const all = (ts: readonly T[]) => Promise.all(ts.map((t) => be.read(t)));
+  return {
+    weights: await all(model.parameters().map((p) => p.data)),
+    m: await all(optimizer.m),
+    v: await all(optimizer.v),
+  };
+}
+
+/** The tensors themselves as host arrays: host backends only (a device's are read with hostCopies). */
+function hostViews<T, I>(model: Transformer<T, I>, optimizer: AdamW<T, I>): HostCopies {
+  const be = model.backend;
+  const view = (t: T): FloatArray => {
+    const v = be.hostView(t);
+    if (v === null)
+      throw new HypeError(
+        'argument',
+        `a checkpoint of backend '${be.name}' needs host copies of its tensors: read them with hostCopies() ` +
+          '(TrainingRun.checkpointAsync does)',
+      );
+    return v;
+  };
+  return {
+    weights: model.parameters().map((p) => view(p.data)),
+    m: optimizer.m.map(view),
+    v: optimizer.v.map(view),
+  };
 }
 
 /** Writes and publishes a checkpoint for `step`; returns its folder. Older ones beyond keepCheckpoints are removed. */
-export function saveCheckpoint(runDir: string, a: SaveArgs): string {
+export function saveCheckpoint<T = FloatArray, I = Int32Array>(runDir: string, a: SaveArgs<T, I>): string {
+  const host = a.host ?? hostViews(a.model, a.optimizer);
   const root = checkpointsDir(runDir);
   mkdirSync(root, { recursive: true });
   const name = `step-${String(a.step).padStart(8, '0')}`;
@@ -82,15 +127,12 @@ export function saveCheckpoint(runDir: string, a: SaveArgs): string {
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp);
   const params = a.model.parameters();
-  const modelBytes = encodeSafetensors(paramTensors(params), {
+  const modelBytes = encodeSafetensors(paramTensors(params, host.weights), {
     format: CHECKPOINT_FORMAT,
     config: JSON.stringify(a.model.config),
     step: String(a.step),
   });
-  const optBytes = encodeSafetensors([
-    ...paramTensors(params, a.optimizer.m, 'm.'),
-    ...paramTensors(params, a.optimizer.v, 'v.'),
-  ]);
+  const optBytes = encodeSafetensors([...paramTensors(params, host.m, 'm.'), ...paramTensors(params, host.v, 'v.')]);
   const state: CheckpointState = {
     format: CHECKPOINT_FORMAT,
     step: a.step,
@@ -237,11 +279,15 @@ export function loadCheckpoint(runDir: string, name?: string): LoadedCheckpoint 
   return { dir, state, weights: files[MODEL_FILE]!, optimizer: files[OPTIMIZER_FILE]! };
 }
 
-/** Copies tensors into params, refusing any difference in names, shapes or dtypes. */
-function restoreInto(
+/**
+ * Copies tensors into params' tensors on their backend (an upload; on a host backend a copy into the array),
+ * refusing any difference in names, shapes or dtypes.
+ */
+function restoreInto<T, I>(
+  be: Backend<T, I>,
   file: SafeFile,
-  params: readonly Param[],
-  targets: readonly ArrayLike<number>[],
+  params: readonly Param<T>[],
+  targets: readonly T[],
   prefix: string,
   what: string,
 ) {
@@ -260,19 +306,19 @@ function restoreInto(
       'checkpoint',
       `${what} tensor '${name}' has shape [${t.shape}], the model expects [${p.shape}] (mismatched checkpoint)`,
     );
-    const target = targets[i] as Float32Array | Float64Array;
-    const want = dtypeOf(target) === 'float64' ? 'F64' : 'F32';
+    const target = targets[i]!;
+    const want = be.dtypeOf(target) === 'float64' ? 'F64' : 'F32';
     check(
       t.dtype === want,
       'checkpoint',
       `${what} tensor '${name}' is ${t.dtype}, the model keeps ${want} (mismatched checkpoint)`,
     );
-    target.set(t.data);
+    be.upload(t.data, target);
   });
 }
 
 /** Loads checkpoint weights into a model built from the same configuration. */
-export function restoreWeights(model: Transformer, weights: SafeFile, what = 'checkpoint'): void {
+export function restoreWeights<T, I>(model: Transformer<T, I>, weights: SafeFile, what = 'checkpoint'): void {
   const saved = weights.metadata.config;
   if (saved !== undefined) {
     let cfg: ModelConfig;
@@ -289,6 +335,7 @@ export function restoreWeights(model: Transformer, weights: SafeFile, what = 'ch
   }
   const params = model.parameters();
   restoreInto(
+    model.backend,
     weights,
     params,
     params.map((p) => p.data),
@@ -297,7 +344,7 @@ export function restoreWeights(model: Transformer, weights: SafeFile, what = 'ch
   );
 }
 
-export function restoreOptimizer(opt: AdamW, file: SafeFile, optimizerStep: number): void {
+export function restoreOptimizer<T, I>(opt: AdamW<T, I>, file: SafeFile, optimizerStep: number): void {
   const params = opt.params;
   const names = new Set([...params.map((p) => 'm.' + p.name), ...params.map((p) => 'v.' + p.name)]);
   for (const name of file.tensors.keys()) {
@@ -307,7 +354,7 @@ export function restoreOptimizer(opt: AdamW, file: SafeFile, optimizerStep: numb
     metadata: {},
     tensors: new Map([...file.tensors].filter(([n]) => n.startsWith(prefix))),
   });
-  restoreInto(only('m.'), params, opt.m, 'm.', 'optimizer state');
-  restoreInto(only('v.'), params, opt.v, 'v.', 'optimizer state');
+  restoreInto(opt.backend, only('m.'), params, opt.m, 'm.', 'optimizer state');
+  restoreInto(opt.backend, only('v.'), params, opt.v, 'v.', 'optimizer state');
   opt.step = optimizerStep;
 }

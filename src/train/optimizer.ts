@@ -19,7 +19,7 @@ export class AdamW<T = FloatArray, I = Int32Array> {
 
   constructor(
     readonly params: readonly Param<T>[],
-    private readonly backend: Backend<T, I>,
+    readonly backend: Backend<T, I>,
   ) {
     const be = backend;
     this.m = params.map((p) => be.allocate(be.dtypeOf(p.data), be.sizeOf(p.data), `the AdamW moments of ${p.name}`));
