@@ -12,12 +12,15 @@ import type { Backend } from '../backend/backend.ts';
 import { HypeError, check } from '../errors.ts';
 import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
 import { Transformer, type TransformerOptions } from '../model/transformer.ts';
+import type { FloatArray } from '../tensor.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { checkFolderPath, makeWritableDir, readJsonFile } from '../util/fs-safe.ts';
 import { Rng } from '../util/rng.ts';
 import {
   hasCheckpoint,
+  hostCopies,
   loadCheckpoint,
+  type HostCopies,
   restoreOptimizer,
   restoreWeights,
   saveCheckpoint,
@@ -25,7 +28,7 @@ import {
 } from './checkpoint.ts';
 import { checkSchedule, learningRate, parseTrainConfig, type TrainConfig } from './config.ts';
 import { checkWindowFits, loadCorpus, type ByteCorpus } from './corpus.ts';
-import { checkOutputs, evaluateHeldOut } from './evaluate.ts';
+import { checkOutputs, evaluateHeldOut, evaluateHeldOutAsync, forwardChecked, type EvalResult } from './evaluate.ts';
 import { checkMemory, trainingBytes } from './memory.ts';
 import { AdamW } from './optimizer.ts';
 import { trainingStep } from './step.ts';
@@ -51,9 +54,9 @@ export interface EvalRecord {
   seconds: number;
 }
 
-export interface RunControl {
+export interface RunControl<T = FloatArray, I = Int32Array> {
   /** Called after every step. */
-  onStep?: (r: StepRecord, run: TrainingRun) => void;
+  onStep?: (r: StepRecord, run: TrainingRun<T, I>) => void;
   /**
    * Evaluate on the held-out split every this many steps and after the last one (0 or absent: never), as
    * nanoGPT's eval_interval. Evaluation reads the model only, so the training trajectory is unchanged.
@@ -62,7 +65,7 @@ export interface RunControl {
   /** Held-out bytes each evaluation scores: the first N of the split, the same bytes every time (default 16384). */
   evalBytes?: number;
   /** Called after each periodic evaluation. */
-  onEval?: (r: EvalRecord, run: TrainingRun) => void;
+  onEval?: (r: EvalRecord, run: TrainingRun<T, I>) => void;
   /** Polled between steps; true stops after the current step and writes a checkpoint (SIGINT). */
   shouldStop?: () => boolean;
   /** Stop (with a checkpoint) once this step is reached, before `steps`. */
@@ -112,7 +115,12 @@ const EVALS_FILE = 'evals.jsonl';
 /** 128 windows of 128 bytes: about the forward cost of five training steps of 8 x 128. */
 export const DEFAULT_EVAL_BYTES = 16384;
 
-export class TrainingRun {
+/**
+ * A training run on any backend. T and I are the backend's tensor handles (host arrays by default). On a device
+ * backend (webgpu) use the asynchronous members: startAsync (its first-forward probe reads back), checkpointAsync
+ * and evaluateHeldOutAsync (they read tensors back); run() uses those on every backend.
+ */
+export class TrainingRun<T = FloatArray, I = Int32Array> {
   readonly tokens: Int32Array;
   readonly targets: Int32Array;
   /** Where batches come from: windows of corpus.train unless a source was given. */
@@ -122,10 +130,10 @@ export class TrainingRun {
 
   private constructor(
     readonly runDir: string,
-    readonly model: Transformer,
+    readonly model: Transformer<T, I>,
     readonly train: TrainConfig,
     readonly corpus: ByteCorpus,
-    readonly optimizer: AdamW,
+    readonly optimizer: AdamW<T, I>,
     private rng: Rng,
     public step: number,
     source?: BatchSource,
@@ -149,6 +157,31 @@ export class TrainingRun {
     backend: Backend,
     options: TransformerOptions & DataOptions = {},
   ): TrainingRun {
+    const p = TrainingRun.prepare(runDir, modelConfig, trainInput, backend, options);
+    probe(p.model, p.train.batch, modelConfig.trainLength);
+    return TrainingRun.create(p);
+  }
+
+  /** start() on any backend, a device's included: the probe forward reads its statistics back. */
+  static async startAsync<T, I>(
+    runDir: string,
+    modelConfig: ModelConfig,
+    trainInput: Partial<TrainConfig>,
+    backend: Backend<T, I>,
+    options: TransformerOptions & DataOptions = {},
+  ): Promise<TrainingRun<T, I>> {
+    const p = TrainingRun.prepare(runDir, modelConfig, trainInput, backend, options);
+    await probeAsync(p.model, p.train.batch, modelConfig.trainLength);
+    return TrainingRun.create(p);
+  }
+
+  private static prepare<T, I>(
+    runDir: string,
+    modelConfig: ModelConfig,
+    trainInput: Partial<TrainConfig>,
+    backend: Backend<T, I>,
+    options: TransformerOptions & DataOptions,
+  ): Prepared<T, I> {
     checkFolderPath(runDir, 'run folder');
     check(
       !existsSync(join(runDir, RUN_FILE)),
@@ -158,14 +191,17 @@ export class TrainingRun {
     return TrainingRun.fresh(runDir, modelConfig, trainInput, backend, options);
   }
 
-  /** start() without the "already holds a run" check: also restarts a run that never wrote a checkpoint. */
-  private static fresh(
+  /**
+   * Checks everything that can refuse a run and builds its model (start() without the "already holds a run" check,
+   * which also restarts a run that never wrote a checkpoint); create() then makes the folder.
+   */
+  private static fresh<T, I>(
     runDir: string,
     modelConfig: ModelConfig,
     trainInput: Partial<TrainConfig>,
-    backend: Backend,
+    backend: Backend<T, I>,
     options: TransformerOptions & DataOptions & { expectSha256?: string },
-  ): TrainingRun {
+  ): Prepared<T, I> {
     const { source } = options;
     const train = parseTrainConfig(source ? { ...trainInput, data: source.id } : trainInput);
     checkSchedule(train);
@@ -188,7 +224,13 @@ export class TrainingRun {
     }
     if (!source) checkWindowFits(corpus.train, L, 'training', train.data);
     const model = new Transformer(modelConfig, backend, options);
-    probe(model, train.batch, L);
+    return { runDir, modelConfig, train, corpus, model, source };
+  }
+
+  /** Makes the run folder of a prepared (and probed) run and writes its run.json. */
+  private static create<T, I>(p: Prepared<T, I>): TrainingRun<T, I> {
+    const { runDir, modelConfig, train, corpus, model, source } = p;
+    const backend = model.backend;
     makeWritableDir(runDir, 'run folder');
     const run = new TrainingRun(
       runDir,
@@ -228,7 +270,11 @@ export class TrainingRun {
    * was cut off before its first checkpoint (run.json but no checkpoint) starts again from step 0 with the
    * configs of its run.json: it lost nothing but those few steps, and is otherwise a dead end.
    */
-  static resume(runDir: string, backend: Backend, options: ResumeOptions = {}): TrainingRun {
+  static resume<T = FloatArray, I = Int32Array>(
+    runDir: string,
+    backend: Backend<T, I>,
+    options: ResumeOptions = {},
+  ): TrainingRun<T, I> {
     if (options.checkpoint === undefined && !hasCheckpoint(runDir) && existsSync(join(runDir, RUN_FILE))) {
       return TrainingRun.restart(runDir, backend, options);
     }
@@ -275,7 +321,7 @@ export class TrainingRun {
   }
 
   /** resume() of a run folder with run.json and no checkpoint: the same run from step 0. */
-  private static restart(runDir: string, backend: Backend, options: ResumeOptions): TrainingRun {
+  private static restart<T, I>(runDir: string, backend: Backend<T, I>, options: ResumeOptions): TrainingRun<T, I> {
     const saved = readJsonFile(join(runDir, RUN_FILE), 'run record', 'delete the run folder and start a new run') as {
       model?: unknown;
       train?: unknown;
@@ -307,7 +353,10 @@ export class TrainingRun {
       ...(options.steps !== undefined ? { steps: options.steps } : {}),
       ...(options.dataOverride !== undefined ? { data: options.dataOverride } : {}),
     };
-    const run = TrainingRun.fresh(runDir, model, input, backend, { ...options, expectSha256: sha });
+    // The run's configuration passed the probe when it started; a device backend cannot probe synchronously.
+    const p = TrainingRun.fresh(runDir, model, input, backend, { ...options, expectSha256: sha });
+    if (backend.residence === 'host') probe(p.model as unknown as Transformer, p.train.batch, model.trainLength);
+    const run = TrainingRun.create(p);
     run.restarted = true;
     return run;
   }
@@ -361,10 +410,32 @@ export class TrainingRun {
    */
   evaluateHeldOut(bytes = DEFAULT_EVAL_BYTES): EvalRecord {
     const t0 = performance.now();
+    const r = evaluateHeldOut(
+      this.model as unknown as Transformer,
+      this.heldOut(bytes),
+      this.model.config.trainLength,
+      {
+        batch: this.train.batch,
+      },
+    );
+    return this.logEval(r, t0);
+  }
+
+  /** evaluateHeldOut on any backend (a device's losses are read back per batch). */
+  async evaluateHeldOutAsync(bytes = DEFAULT_EVAL_BYTES): Promise<EvalRecord> {
+    const t0 = performance.now();
+    const L = this.model.config.trainLength;
+    const r = await evaluateHeldOutAsync(this.model, this.heldOut(bytes), L, { batch: this.train.batch });
+    return this.logEval(r, t0);
+  }
+
+  private heldOut(bytes: number): Uint8Array {
     const L = this.model.config.trainLength;
     this.checkHeldOut(bytes);
-    const val = this.corpus.val.subarray(0, Math.max(L + 1, Math.min(bytes, this.corpus.val.length)));
-    const r = evaluateHeldOut(this.model, val, L, { batch: this.train.batch });
+    return this.corpus.val.subarray(0, Math.max(L + 1, Math.min(bytes, this.corpus.val.length)));
+  }
+
+  private logEval(r: EvalResult, t0: number): EvalRecord {
     const rec: EvalRecord = {
       step: this.step,
       valLoss: r.nats,
@@ -388,7 +459,8 @@ export class TrainingRun {
     check(Number.isInteger(bytes) && bytes >= 1, 'argument', `--eval-bytes must be a positive integer, got ${bytes}`);
   }
 
-  checkpoint(): string {
+  /** Writes a checkpoint (host backends; checkpointAsync works on every backend). */
+  checkpoint(host?: HostCopies): string {
     return saveCheckpoint(this.runDir, {
       model: this.model,
       optimizer: this.optimizer,
@@ -396,7 +468,14 @@ export class TrainingRun {
       step: this.step,
       train: this.train,
       corpus: { bytes: this.corpus.bytes, sha256: this.corpus.sha256 },
+      ...(host ? { host } : {}),
     });
+  }
+
+  /** A checkpoint on any backend: a device's weights and moments are read back first. */
+  async checkpointAsync(): Promise<string> {
+    const host = this.model.backend.residence === 'host' ? undefined : await hostCopies(this.model, this.optimizer);
+    return this.checkpoint(host);
   }
 
   /**
@@ -404,7 +483,7 @@ export class TrainingRun {
    * Yields to the event loop between steps so signals (SIGINT) are seen; a stop request finishes the current
    * step, writes a checkpoint and returns.
    */
-  async run(control: RunControl = {}): Promise<RunSummary> {
+  async run(control: RunControl<T, I> = {}): Promise<RunSummary> {
     const end = Math.min(this.train.steps, control.stopAfter ?? Infinity);
     let lastLoss = NaN;
     let checkpoint: string | null = null;
@@ -422,10 +501,10 @@ export class TrainingRun {
       lastLoss = rec.loss;
       control.onStep?.(rec, this);
       if (every > 0 && (this.step % every === 0 || this.step === this.train.steps)) {
-        control.onEval?.(this.evaluateHeldOut(control.evalBytes), this);
+        control.onEval?.(await this.evaluateHeldOutAsync(control.evalBytes), this);
       }
       if (this.train.checkpointEvery > 0 && this.step % this.train.checkpointEvery === 0) {
-        checkpoint = this.checkpoint();
+        checkpoint = await this.checkpointAsync();
         savedAt = this.step;
       }
       await new Promise<void>((r) => setImmediate(r));
@@ -434,7 +513,7 @@ export class TrainingRun {
         break;
       }
     }
-    if (savedAt !== this.step) checkpoint = this.checkpoint();
+    if (savedAt !== this.step) checkpoint = await this.checkpointAsync();
     return { step: this.step, finished: this.step >= this.train.steps, interrupted, lastLoss, checkpoint };
   }
 }
@@ -462,7 +541,11 @@ export function readLossLog(runDir: string): StepRecord[] {
  * Rebuilds the trained model of a run folder from its latest checkpoint, or of the checkpoint folder `path` names
  * (<run>/checkpoints/step-N), for eval, generation and export.
  */
-export function loadRunModel(path: string, backend: Backend, options: TransformerOptions = {}) {
+export function loadRunModel<T = FloatArray, I = Int32Array>(
+  path: string,
+  backend: Backend<T, I>,
+  options: TransformerOptions = {},
+) {
   const { runDir, checkpoint } = splitCheckpointPath(path);
   const ck = loadCheckpoint(runDir, checkpoint);
   const model = new Transformer(ck.state.model, backend, options);
@@ -492,5 +575,24 @@ function checkSameTrain(expect: Partial<TrainConfig> | undefined, saved: TrainCo
 function probe(model: Transformer, batch: number, length: number): void {
   const zeros = new Int32Array(batch * length);
   const loss = model.forward(zeros, zeros, batch, length);
-  checkOutputs(model, loss, 'at initialisation (before step 1)', 'check the model and encoding options');
+  checkOutputs(model, loss, PROBE_WHERE, PROBE_FIX);
+}
+
+const PROBE_WHERE = 'at initialisation (before step 1)';
+const PROBE_FIX = 'check the model and encoding options';
+
+/** probe() on any backend: the statistics (loss, non-finite logit count) are read back. */
+async function probeAsync<T, I>(model: Transformer<T, I>, batch: number, length: number): Promise<void> {
+  const zeros = new Int32Array(batch * length);
+  await forwardChecked(model, zeros, zeros, batch, length, PROBE_WHERE, PROBE_FIX);
+}
+
+/** A run checked and built, before its folder exists. */
+interface Prepared<T, I> {
+  runDir: string;
+  modelConfig: ModelConfig;
+  train: TrainConfig;
+  corpus: ByteCorpus;
+  model: Transformer<T, I>;
+  source: BatchSource | undefined;
 }
