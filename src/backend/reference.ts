@@ -1,6 +1,7 @@
 /**
  * The reference backend: plain loops in the arrays' own dtype (fp64 or fp32). It is the test oracle and the
- * portable fallback when the native addon is unavailable.
+ * portable fallback when the native addon is unavailable. A host backend: its tensor handles are the typed arrays
+ * themselves (host-memory.ts).
  */
 import type { FloatArray } from '../tensor.ts';
 import type { AttentionForward, AttentionGrads, AttentionOptions, AttentionShape, Backend } from './backend.ts';

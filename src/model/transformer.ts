@@ -3,9 +3,11 @@
  * has one), N pre-LayerNorm blocks (multi-head causal attention through the positional encoding, GELU MLP), a final
  * LayerNorm and the output head tied to the embedding.
  *
- * Forward and backward are written out per layer (llm.c style): every activation the backward needs lives in a
- * buffer allocated once per (batch, length) shape and reused by later steps of that shape; heavy arithmetic goes
- * through the Backend (gemm, attention via the encoding, and the layer ops of layers.ts).
+ * Forward and backward are written out per layer (llm.c style; the block's forward is block.ts, shared with cached
+ * decoding): every activation the backward needs lives in a buffer allocated once per (batch, length) shape and
+ * reused by later steps of that shape. Parameters, activations, gradients and statistics are tensors of the
+ * Backend (handles: typed arrays on host backends), and all arithmetic and data movement is a backend op (gemm,
+ * attention via the encoding, the layer and tensor ops of layers.ts): nothing on the hot path reads a tensor.
  *
  * Row-major layouts: token activations [B, L, C] (rows = B * L tokens); attention tensors [B, H, L, D] as in
  * backend.ts. Parameter gradients ACCUMULATE; call zeroGrad() before each backward you want on its own.
@@ -16,6 +18,7 @@ import type { AttendResult, EncodingFactory, Param, PositionalEncoding } from '.
 import { getEncodingFactory } from '../pe/registry.ts';
 import { dtypeOf, type FloatArray } from '../tensor.ts';
 import { Rng } from '../util/rng.ts';
+import { allocateBlockBuffers, blockForward, type BlockBuffers } from './block.ts';
 import type { ModelConfig } from './config.ts';
 import {
   allocateParams,
@@ -37,25 +40,8 @@ export const STAT_GRAD_NORM = 1;
 export const STAT_NON_FINITE_LOGITS = 2;
 const STAT_SLOTS = 3;
 
-interface BlockActivations<T> {
-  ln1: T;
-  ln1Mean: T;
-  ln1Rstd: T;
-  qkv: T;
-  q: T;
-  k: T;
-  v: T;
-  /** Attention output back in token layout [B, L, C]. */
-  att: T;
+interface BlockActivations<T> extends BlockBuffers<T> {
   attend: AttendResult<T> | null;
-  /** Residual stream after the attention half of the block. */
-  resMid: T;
-  ln2: T;
-  ln2Mean: T;
-  ln2Rstd: T;
-  /** MLP pre-activation and its GELU. */
-  fc: T;
-  fcAct: T;
 }
 
 /** Every buffer one (batch, length) shape needs, forward and backward, allocated through the backend. */
@@ -91,26 +77,9 @@ class Activations<T, I> {
     const C = cfg.width;
     const F = cfg.mlpWidth;
     const Q = qkvWidth(cfg);
-    const D = C / cfg.heads;
     const a = (n: number) => be.allocate(cfg.dtype, n, 'an activation');
     this.res = Array.from({ length: cfg.layers + 1 }, () => a(N * C));
-    this.blocks = Array.from({ length: cfg.layers }, () => ({
-      ln1: a(N * C),
-      ln1Mean: a(N),
-      ln1Rstd: a(N),
-      qkv: a(N * Q),
-      q: a(N * cfg.heads * D),
-      k: a(N * cfg.kvHeads * D),
-      v: a(N * cfg.kvHeads * D),
-      att: a(N * C),
-      attend: null,
-      resMid: a(N * C),
-      ln2: a(N * C),
-      ln2Mean: a(N),
-      ln2Rstd: a(N),
-      fc: a(N * F),
-      fcAct: a(N * F),
-    }));
+    this.blocks = Array.from({ length: cfg.layers }, () => ({ ...allocateBlockBuffers(cfg, be, N), attend: null }));
     this.lnf = a(N * C);
     this.lnfMean = a(N);
     this.lnfRstd = a(N);
@@ -346,8 +315,6 @@ export class Transformer<T = FloatArray, I = Int32Array> {
     const A = this.activations(batch, length);
     const N = A.rows;
     const C = cfg.width;
-    const F = cfg.mlpWidth;
-    const Q = qkvWidth(cfg);
     be.uploadInt(tokens, A.tokens);
     if (targets) be.uploadInt(targets, A.targets);
     this.hasTargets = targets !== null;
@@ -357,36 +324,12 @@ export class Transformer<T = FloatArray, I = Int32Array> {
 
     const shape = this.attentionShape(batch, length);
     for (let i = 0; i < cfg.layers; i++) {
-      const P = this.params.blocks[i]!;
       const X = A.blocks[i]!;
-      const xIn = A.res[i]!;
-      be.layerNormForward(xIn, P.ln1Weight.data, P.ln1Bias.data, X.ln1, X.ln1Mean, X.ln1Rstd, N, C, cfg.layerNormEps);
-      linearForward(be, X.ln1, P.qkvWeight.data, P.qkvBias.data, X.qkv, N, C, Q, 0);
-      be.splitQkv(X.qkv, X.q, X.k, X.v, batch, length, cfg.heads, cfg.kvHeads, this.headDim);
-      X.attend?.dispose?.();
-      X.attend = this.blockEncodings[i]!.attend(
-        { backend: be, shape, causal: true, queryOffset: 0 },
-        { q: X.q, k: X.k, v: X.v, x: X.ln1 },
-      );
-      be.headsToTokens(X.attend.out, X.att, batch, cfg.heads, length, this.headDim);
-      be.copyRows(xIn, 0, N * C, X.resMid, 0, N * C, 1, N * C);
-      linearForward(be, X.att, P.projWeight.data, P.projBias.data, X.resMid, N, C, C, 1);
-      be.layerNormForward(
-        X.resMid,
-        P.ln2Weight.data,
-        P.ln2Bias.data,
-        X.ln2,
-        X.ln2Mean,
-        X.ln2Rstd,
-        N,
-        C,
-        cfg.layerNormEps,
-      );
-      linearForward(be, X.ln2, P.fcWeight.data, P.fcBias.data, X.fc, N, C, F, 0);
-      be.geluForward(X.fc, X.fcAct, N * F);
-      const xOut = A.res[i + 1]!;
-      be.copyRows(X.resMid, 0, N * C, xOut, 0, N * C, 1, N * C);
-      linearForward(be, X.fcAct, P.fcProjWeight.data, P.fcProjBias.data, xOut, N, F, C, 1);
+      blockForward(be, cfg, this.params.blocks[i]!, X, A.res[i]!, A.res[i + 1]!, batch, length, (q, k, v, x) => {
+        X.attend?.dispose?.();
+        X.attend = this.blockEncodings[i]!.attend({ backend: be, shape, causal: true, queryOffset: 0 }, { q, k, v, x });
+        return X.attend.out;
+      });
     }
     const last = A.res[cfg.layers]!;
     const { lnfWeight, lnfBias, wte } = this.params;
@@ -518,22 +461,6 @@ function checkIds(ids: Int32Array, vocab: number, what: string): void {
       );
     }
   }
-}
-
-/** y = beta y + x W + b for x [N, in], W [in, out] (every linear layer of the model; decoding reuses it). */
-export function linearForward<T, I>(
-  be: Backend<T, I>,
-  x: T,
-  w: T,
-  b: T,
-  y: T,
-  N: number,
-  nIn: number,
-  nOut: number,
-  beta: 0 | 1,
-): void {
-  be.gemm(false, false, N, nOut, nIn, 1, x, nIn, w, nOut, beta, y, nOut);
-  be.biasAdd(y, b, N, nOut);
 }
 
 /** For y = x W + b: W.grad += x^T dy, b.grad += colsum(dy), dx = dy W^T (dx OVERWRITTEN). */

@@ -25,6 +25,8 @@ import type {
   AttendResult,
   EncodingDims,
   EncodingFactory,
+  OnnxAttention,
+  OnnxAttentionBuilder,
   Param,
   PositionalEncoding,
 } from './encoding.ts';
@@ -200,6 +202,19 @@ export function defineAlibi(
           };
         },
         denseLogits: (ctx, inputs, scale) => alibiDenseLogits(ctx, inputs, scale, src.slopes()),
+        // Fixed slopes only: the bias -m_h |i - l| as the graph's attention bias (either route is the same function).
+        ...(src.params.length === 0
+          ? {
+              toOnnx: (b: OnnxAttentionBuilder): OnnxAttention => ({
+                out: b.attention(b.q, b.k, b.v, { linearSlopes: src.slopes() }),
+                qkHeadDim: b.headDim,
+                attentionBias: true,
+                columns: null,
+              }),
+            }
+          : {}),
+        // Trained slopes only: fixed ones are the reference values, nothing to record.
+        ...(src.params.length > 0 ? { report: () => ({ slope: Array.from(src.slopes()) }) } : {}),
       };
     },
   });

@@ -97,6 +97,14 @@ export interface PositionalEncoding<T = FloatArray, I = Int32Array> {
   cachedAttention?(plan: CachePlan): CachedAttention | null;
 
   /**
+   * Optional: the trained position parameters worth recording with a study cell, in readable units (e.g. ALiBi's
+   * slopes, HyPE's slope and curvature), as named lists, and for large or content-dependent parts a summary (e.g.
+   * a gate's weight norms and the spread of its values over the forward passes since the previous report, which
+   * this call resets). Encodings without trained position parameters omit it.
+   */
+  report?(): Record<string, number[]>;
+
+  /**
    * Optional ONNX emission of this encoding's attention (src/interop/onnx-export.ts): the exporter hands over the
    * block's q, k, v values and a builder, and the hook returns the attention output. Export refuses an encoding
    * without it (its position terms have no graph form there).
@@ -120,19 +128,17 @@ export interface OnnxAttentionBuilder {
   /** Rotates pairs of x's head columns by position * freqs (the rotary transform). */
   rotate(x: string, freqs: Float64Array): string;
   /**
-   * Attention with the bias sum_t tau sinh(mu D) carried as augmented q/k columns (SPEC section 9), per the
-   * exporter's options (scale, padding, column precision); returns the output and what the summary reports.
+   * Attention with the bias sum_t tau[h, t] sinh(mu[h, t] D) carried as augmented q/k columns (SPEC section 9), per
+   * the exporter's options (scale, padding, column precision).
    */
   hyperbolicAttention(p: {
     tau: Float64Array;
     mu: Float64Array;
     pairs: number;
     shift: 'centre' | 'none';
+    /** The encoding's own padding multiple (the exporter's option overrides it). */
     multiple: number;
-  }): {
-    out: string;
-    qkHeadDim: number;
-  };
+  }): OnnxAttention;
 }
 
 /** An encoding's ONNX attention: the output value and the facts the export summary reports. */

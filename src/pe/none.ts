@@ -22,6 +22,7 @@ export const noneEncoding: EncodingFactory<NoneOptions> = defineEncoding<NoneOpt
       portable: true,
       attend: plainAttend,
       denseLogits: plainDenseLogits,
+      toOnnx: (b) => ({ out: b.attention(b.q, b.k, b.v), qkHeadDim: b.headDim, attentionBias: false, columns: null }),
     };
   },
 });

@@ -1,6 +1,6 @@
 /**
- * The training loop: random windows from the corpus, forward, backward, global-norm clipping, AdamW with warmup and
- * cosine decay, a loss log and checkpoints. All randomness after initialisation comes from one seeded Rng whose
+ * The training loop: random windows from the corpus, one step each (step.ts: forward, backward, global-norm
+ * clipping and AdamW on the backend, one read-back), warmup and cosine decay, a loss log and checkpoints. All randomness after initialisation comes from one seeded Rng whose
  * state is checkpointed, so a resumed run reproduces the uninterrupted one bit for bit (on the same backend).
  *
  * Run folder: run.json (configs, versions), losses.jsonl (one line per step), evals.jsonl (the periodic held-out
