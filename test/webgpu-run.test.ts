@@ -110,4 +110,19 @@ describe('choosing webgpu', () => {
     expect(b.residence).toBe('device');
     b.destroy();
   });
+
+  it("loadBackend('webgpu') takes a browser's navigator.gpu; no adapter there is one HypeError naming the fix", async () => {
+    const g = globalThis as { navigator?: unknown };
+    const saved = Object.getOwnPropertyDescriptor(g, 'navigator');
+    Object.defineProperty(g, 'navigator', { value: { gpu: { requestAdapter: async () => null } }, configurable: true });
+    try {
+      const err = await loadBackend('webgpu').catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(HypeError);
+      expect((err as HypeError).code).toBe('device');
+      expect((err as HypeError).message).toMatch(/no WebGPU adapter was found.*lavapipe.*--enable-unsafe-webgpu/);
+    } finally {
+      if (saved) Object.defineProperty(g, 'navigator', saved);
+      else delete g.navigator;
+    }
+  });
 });
