@@ -2,7 +2,8 @@
  * A training run on the WebGPU backend (lavapipe here and in CI), through TrainingRun as `hype train --backend
  * webgpu` drives it: periodic held-out evaluation and checkpoints read back from the device, a resume from a
  * checkpoint reproduces the uninterrupted run's losses bit for bit (the kernels are deterministic: fixed-parameter
- * encodings skip the atomic dTable sums), and a device lost mid-run stops the run with one HypeError while the last
+ * encodings skip the atomic dTable sums), held-out evaluation (sliding windows, per-token losses read back) agrees
+ * with the native backend's on the same checkpoint, and a device lost mid-run stops the run with one HypeError while the last
  * checkpoint stays intact and loadable. Also: auto never picks webgpu, and the CLI refuses it where it cannot run.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -15,7 +16,8 @@ import { acquireNodeGpu } from '../src/backend/webgpu/node.ts';
 import { HypeError } from '../src/errors.ts';
 import { parseModelConfig } from '../src/model/config.ts';
 import { loadCheckpoint } from '../src/train/checkpoint.ts';
-import { readLossLog, TrainingRun } from '../src/train/trainer.ts';
+import { evaluateHeldOut, evaluateHeldOutAsync } from '../src/train/evaluate.ts';
+import { loadRunModel, readLossLog, TrainingRun } from '../src/train/trainer.ts';
 import { gpu } from './helpers/webgpu.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'hype-webgpu-run-'));
@@ -72,6 +74,17 @@ describe('TrainingRun on webgpu', () => {
     expect(resumed.step).toBe(4);
     await resumed.run();
     expect(readLossLog(whole).map((r) => r.loss)).toEqual(losses);
+
+    // Held-out evaluation of the device-trained checkpoint, on the device and on the native backend (both f32):
+    // each window's loss is a sum of f32 reductions of length at most F + L + V, so the mean per-byte loss agrees
+    // to about (F + L + V) U32 relative (< 2e-5); 1e-4 relative is the bound.
+    const val = run.corpus.val.subarray(0, 600);
+    const onGpu = await evaluateHeldOutAsync(loadRunModel(whole, be).model, val, 16, { stride: 8 });
+    const onCpu = evaluateHeldOut(loadRunModel(whole, loadBackend('native', { threads: 1 })).model, val, 16, {
+      stride: 8,
+    });
+    expect(onGpu.scored).toBe(onCpu.scored);
+    expect(Math.abs(onGpu.nats - onCpu.nats)).toBeLessThanOrEqual(1e-4 * onCpu.nats);
   }, 120_000);
 
   it('a device lost mid-run stops the run with one HypeError; the last checkpoint stays intact', async () => {
