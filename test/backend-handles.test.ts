@@ -7,15 +7,21 @@
  * same steps on host arrays (the reference backend, tables stored in the model dtype as a device stores them) give
  * the same losses and parameters bit for bit: the device paths of the encodings compute the same fp64-built terms.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { AttentionOptions, Backend } from '../src/backend/backend.ts';
 import { ReferenceBackend } from '../src/backend/reference.ts';
 import { HypeError } from '../src/errors.ts';
 import { parseModelConfig, type ModelConfig } from '../src/model/config.ts';
+import { CachedDecoder } from '../src/model/decode.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { defineEncoding } from '../src/pe/options.ts';
 import { plainAttend } from '../src/pe/attention-plumbing.ts';
 import { parseTrainConfig } from '../src/train/config.ts';
+import { loadCheckpoint, restoreWeights, saveCheckpoint, saveCheckpointAsync } from '../src/train/checkpoint.ts';
+import { evaluateHeldOut, evaluateHeldOutAsync } from '../src/train/evaluate.ts';
 import { AdamW } from '../src/train/optimizer.ts';
 import { trainingStep } from '../src/train/step.ts';
 import { Rng } from '../src/util/rng.ts';
@@ -76,7 +82,7 @@ async function steps<T, I>(backend: Backend<T, I>, cfg: ModelConfig, n: number, 
       }),
     );
   }
-  return { model, out };
+  return { model, opt, out };
 }
 
 /** Per step after the first: [uploads, int uploads, reads]. */
@@ -189,10 +195,70 @@ describe('the transfer test can fail', () => {
     const { tokens, targets } = batch(1);
     expect(() => model.forward(tokens, targets, B, L)).toThrow(/forward\(\) returns host arrays.*backend\.read/);
     expect(() => model.logits()).toThrow(HypeError);
+    expect(() => new CachedDecoder(model as unknown as Transformer, 1, 4)).toThrow(
+      /cached decoding works on host arrays/,
+    );
     for (const pe of [{ name: 'rope' }, { name: 't5' }, { name: 'hype', options: { preset: 'learned' } }]) {
       expect(() => new Transformer(config(pe), backend)).toThrow(
         new RegExp(`encoding '${pe.name}' runs on host backends only`),
       );
     }
+  });
+});
+
+describe('checkpoints leave a device backend by read-back', () => {
+  it('saveCheckpointAsync writes what the host run writes; restoring uploads it and training continues alike', async () => {
+    const cfg = config({ name: 'hype', options: { preset: 'recency' } });
+    const dir = mkdtempSync(join(tmpdir(), 'hype-handles-'));
+    try {
+      const save = async <T, I>(backend: Backend<T, I>, sub: string) => {
+        const { model, opt: optimizer, out } = await steps(backend, cfg, 2);
+        const args = { model, optimizer, rng: new Rng(3), step: 2, train: TRAIN, corpus: { bytes: 0, sha256: '' } };
+        await saveCheckpointAsync(join(dir, sub), args);
+        return out;
+      };
+      const { backend, impl } = OpaqueBackend.create();
+      await save(new ReferenceBackend(), 'host');
+      impl.reset();
+      await save(backend, 'device');
+      expect(impl.counts.reads).toBeGreaterThan(0); // the checkpoint's tensors were read back, not peeked at
+      const host = loadCheckpoint(join(dir, 'host'));
+      const dev = loadCheckpoint(join(dir, 'device'));
+      for (const [name, t] of host.weights.tensors) expect(dev.weights.tensors.get(name)!.data).toEqual(t.data);
+      for (const [name, t] of host.optimizer.tensors) expect(dev.optimizer.tensors.get(name)!.data).toEqual(t.data);
+      // Restored on the device, the weights are the same tensors again.
+      const restored = new Transformer(cfg, backend);
+      restoreWeights(restored, dev.weights);
+      restored.parameters().forEach((p) => expect(impl.peek(p.data)).toEqual(host.weights.tensors.get(p.name)!.data));
+      expect(() =>
+        saveCheckpoint(join(dir, 'sync'), {
+          model: restored,
+          optimizer: new AdamW(restored.parameters(), backend),
+          rng: new Rng(3),
+          step: 1,
+          train: TRAIN,
+          corpus: { bytes: 0, sha256: '' },
+        }),
+      ).toThrow(/saveCheckpointAsync/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('held-out evaluation on a device backend', () => {
+  it('evaluateHeldOutAsync scores what evaluateHeldOut scores on host arrays, reading back only its results', async () => {
+    const cfg = config({ name: 'alibi' });
+    const rng = new Rng(7);
+    const data = Uint8Array.from({ length: 100 }, () => rng.int(256));
+    const host = evaluateHeldOut(new Transformer(cfg, new Fp32TableReference()), data, L, { stride: 5, batch: 3 });
+    const { backend, impl } = OpaqueBackend.create();
+    const model = new Transformer(cfg, backend);
+    impl.reset();
+    const dev = await evaluateHeldOutAsync(model, data, L, { stride: 5, batch: 3 });
+    expect(dev).toEqual(host);
+    const passes = Math.ceil(host.windows / 3);
+    // Per pass: tokens and targets up, statistics and losses down; each block's distance table goes up once.
+    expect(impl.counts).toMatchObject({ uploads: cfg.layers, uploadInts: 2 * passes, reads: 2 * passes });
   });
 });

@@ -74,6 +74,12 @@ export class CachedDecoder implements Decoder {
       `the planned length must be a positive integer, got ${capacity}`,
     );
     checkGenerationLength(model, capacity);
+    check(
+      model.backend.residence === 'host',
+      'argument',
+      `cached decoding works on host arrays, which backend '${model.backend.name}' does not hold; generate with a ` +
+        'host backend (native, reference)',
+    );
     const cfg = model.config;
     this.backend = model.backend;
     this.headDim = cfg.width / cfg.heads;

@@ -43,10 +43,13 @@ export class UploadCache {
   }
 }
 
-/** A geometry's cache key: everything a fixed position term of one call depends on. */
+/**
+ * A geometry's cache key: everything a fixed position term of one call depends on (not the batch size: tables and
+ * columns are per batch entry).
+ */
 export function geometryKey<T, I>(ctx: AttendContext<T, I>): string {
-  const { batch, heads, kvHeads, lq, lk, headDim, valueDim } = ctx.shape;
-  return [batch, heads, kvHeads, lq, lk, headDim, valueDim, ctx.queryOffset, ctx.causal].join(',');
+  const { heads, kvHeads, lq, lk, headDim, valueDim } = ctx.shape;
+  return [heads, kvHeads, lq, lk, headDim, valueDim, ctx.queryOffset, ctx.causal].join(',');
 }
 
 /**

@@ -11,16 +11,18 @@
  * A checkpoint is written into a temporary folder, flushed, renamed into place, and only then published by
  * atomically replacing latest.json; a crash at any moment leaves the previous checkpoint intact and current.
  * Loading verifies the hashes, the safetensors structure, and that names, shapes and dtypes match the model.
+ * Tensors leave the model's backend here: host backends are read in place (saveCheckpoint), a device backend is
+ * read back first (saveCheckpointAsync); restoring uploads into the backend's tensors.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import type { Backend } from '../backend/backend.ts';
 import { HypeError, check } from '../errors.ts';
 import { decodeSafetensors, encodeSafetensors, type SafeFile, type TensorToWrite } from '../interop/safetensors.ts';
 import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
 import type { Transformer } from '../model/transformer.ts';
 import type { Param } from '../pe/encoding.ts';
-import type { Backend } from '../backend/backend.ts';
 import type { FloatArray } from '../tensor.ts';
 import { syncDirectory, writeFileAtomic } from '../util/atomic-file.ts';
 import type { Rng } from '../util/rng.ts';
@@ -72,54 +74,51 @@ export interface SaveArgs<T = FloatArray, I = Int32Array> {
   step: number;
   train: TrainConfig;
   corpus: { bytes: number; sha256: string };
-  /**
-   * Host copies of the weights and moments, in parameter order (hostCopies() reads them from any backend). Absent:
-   * the tensors themselves, which only a host backend holds as arrays.
-   */
-  host?: HostCopies;
 }
 
-/** Host arrays of a model's weights and its optimizer's moments, in Transformer.parameters() order. */
-export interface HostCopies {
-  weights: readonly FloatArray[];
-  m: readonly FloatArray[];
-  v: readonly FloatArray[];
+/** Host copies of what a checkpoint holds: the parameters, then the AdamW moments, in parameter order. */
+interface HostState {
+  params: FloatArray[];
+  m: FloatArray[];
+  v: FloatArray[];
 }
 
-/** Reads weights and moments back from the backend (a device's one transfer out per checkpoint, besides stats). */
-export async function hostCopies<T, I>(model: Transformer<T, I>, optimizer: AdamW<T, I>): Promise<HostCopies> {
-  const be = model.backend;
-  const all = (ts: readonly T[]) => Promise.all(ts.map((t) => be.read(t)));
-  return {
-    weights: await all(model.parameters().map((p) => p.data)),
-    m: await all(optimizer.m),
-    v: await all(optimizer.v),
-  };
-}
-
-/** The tensors themselves as host arrays: host backends only (a device's are read with hostCopies). */
-function hostViews<T, I>(model: Transformer<T, I>, optimizer: AdamW<T, I>): HostCopies {
-  const be = model.backend;
+/**
+ * Writes and publishes a checkpoint for `step`; returns its folder. Older ones beyond keepCheckpoints are removed.
+ * Host backends only (their tensors are read in place); saveCheckpointAsync serves every backend.
+ */
+export function saveCheckpoint<T, I>(runDir: string, a: SaveArgs<T, I>): string {
+  const be = a.model.backend;
   const view = (t: T): FloatArray => {
     const v = be.hostView(t);
-    if (v === null)
-      throw new HypeError(
-        'argument',
-        `a checkpoint of backend '${be.name}' needs host copies of its tensors: read them with hostCopies() ` +
-          '(TrainingRun.checkpointAsync does)',
-      );
+    check(
+      v !== null,
+      'argument',
+      `backend '${be.name}' keeps its tensors off the host; save the checkpoint with saveCheckpointAsync`,
+    );
     return v;
   };
-  return {
-    weights: model.parameters().map((p) => view(p.data)),
-    m: optimizer.m.map(view),
-    v: optimizer.v.map(view),
-  };
+  const params = a.model.parameters();
+  return writeCheckpoint(runDir, a, {
+    params: params.map((p) => view(p.data)),
+    m: a.optimizer.m.map(view),
+    v: a.optimizer.v.map(view),
+  });
 }
 
-/** Writes and publishes a checkpoint for `step`; returns its folder. Older ones beyond keepCheckpoints are removed. */
-export function saveCheckpoint<T = FloatArray, I = Int32Array>(runDir: string, a: SaveArgs<T, I>): string {
-  const host = a.host ?? hostViews(a.model, a.optimizer);
+/** saveCheckpoint on any backend: every parameter and moment is read back first (what leaves the backend). */
+export async function saveCheckpointAsync<T, I>(runDir: string, a: SaveArgs<T, I>): Promise<string> {
+  const be = a.model.backend;
+  const read = (ts: readonly T[]) => Promise.all(ts.map((t) => be.read(t)));
+  const host = {
+    params: await read(a.model.parameters().map((p) => p.data)),
+    m: await read(a.optimizer.m),
+    v: await read(a.optimizer.v),
+  };
+  return writeCheckpoint(runDir, a, host);
+}
+
+function writeCheckpoint<T, I>(runDir: string, a: SaveArgs<T, I>, host: HostState): string {
   const root = checkpointsDir(runDir);
   mkdirSync(root, { recursive: true });
   const name = `step-${String(a.step).padStart(8, '0')}`;
@@ -127,7 +126,7 @@ export function saveCheckpoint<T = FloatArray, I = Int32Array>(runDir: string, a
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp);
   const params = a.model.parameters();
-  const modelBytes = encodeSafetensors(paramTensors(params, host.weights), {
+  const modelBytes = encodeSafetensors(paramTensors(params, host.params), {
     format: CHECKPOINT_FORMAT,
     config: JSON.stringify(a.model.config),
     step: String(a.step),
@@ -279,10 +278,7 @@ export function loadCheckpoint(runDir: string, name?: string): LoadedCheckpoint 
   return { dir, state, weights: files[MODEL_FILE]!, optimizer: files[OPTIMIZER_FILE]! };
 }
 
-/**
- * Copies tensors into params' tensors on their backend (an upload; on a host backend a copy into the array),
- * refusing any difference in names, shapes or dtypes.
- */
+/** Copies (uploads) tensors into params' backend tensors, refusing any difference in names, shapes or dtypes. */
 function restoreInto<T, I>(
   be: Backend<T, I>,
   file: SafeFile,

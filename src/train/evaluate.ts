@@ -37,23 +37,27 @@ export interface EvalResult {
   perplexity: number;
 }
 
-/** The windows of one evaluation and the buffers its batches are cut into (shared by the sync and async forms). */
-interface EvalPlan {
-  length: number;
-  sliding: boolean;
-  stride: number;
-  starts: number[];
-  batch: number;
+/** One forward pass of an evaluation: B windows of `length` tokens and their targets. */
+interface EvalPass {
   tokens: Int32Array;
   targets: Int32Array;
+  batch: number;
+  /** For error messages. */
+  where: string;
 }
 
-function planEvaluation<T, I>(
-  model: Transformer<T, I>,
+const EVAL_FIX = 'the model or its checkpoint is broken; evaluate an earlier checkpoint';
+
+/**
+ * The evaluation as a sequence of passes: yields each pass and is resumed with its per-token losses [B * L] (after
+ * the driver ran the forward and its checks), so the host and device drivers below share every line of the maths.
+ */
+function* evaluationPasses(
+  model: { config: Transformer['config'] },
   data: Uint8Array,
   length: number,
   options: EvalOptions,
-): EvalPlan {
+): Generator<EvalPass, EvalResult, FloatArray> {
   check(Number.isInteger(length) && length >= 1, 'argument', `evaluation length must be a positive integer`);
   const sliding = options.stride !== undefined;
   const stride = options.stride ?? length;
@@ -78,80 +82,63 @@ function planEvaluation<T, I>(
   );
   const tokens = new Int32Array(batch * length);
   const targets = new Int32Array(batch * length);
-  return { length, sliding, stride, starts, batch, tokens, targets };
-}
-
-/** Fills the plan's tokens and targets with windows w0 .. w0 + nb - 1; returns their subarrays. */
-function fillWindows(p: EvalPlan, data: Uint8Array, w0: number, nb: number): [Int32Array, Int32Array] {
-  const L = p.length;
-  for (let b = 0; b < nb; b++) {
-    const s = p.starts[w0 + b]!;
-    for (let t = 0; t < L; t++) {
-      p.tokens[b * L + t] = data[s + t]!;
-      p.targets[b * L + t] = data[s + t + 1]!;
+  let nats = 0;
+  let scored = 0;
+  for (let w0 = 0; w0 < starts.length; w0 += batch) {
+    const nb = Math.min(batch, starts.length - w0);
+    for (let b = 0; b < nb; b++) {
+      const s = starts[w0 + b]!;
+      for (let t = 0; t < length; t++) {
+        tokens[b * length + t] = data[s + t]!;
+        targets[b * length + t] = data[s + t + 1]!;
+      }
     }
+    const losses = yield {
+      tokens: tokens.subarray(0, nb * length),
+      targets: targets.subarray(0, nb * length),
+      batch: nb,
+      where: `at evaluation length ${length} (held-out windows ${w0 + 1}..${w0 + nb} of ${starts.length})`,
+    };
+    for (let b = 0; b < nb; b++) {
+      const first = w0 + b === 0 ? 0 : length - stride;
+      for (let t = first; t < length; t++) nats += losses[b * length + t]!;
+      scored += length - first;
+    }
+    options.onProgress?.(Math.min(w0 + nb, starts.length), starts.length);
   }
-  return [p.tokens.subarray(0, nb * L), p.targets.subarray(0, nb * L)];
-}
-
-/** Adds the scored per-token losses of windows w0 .. w0 + nb - 1 (a later sliding window scores its last S). */
-function scoreWindows(
-  p: EvalPlan,
-  losses: ArrayLike<number>,
-  w0: number,
-  nb: number,
-  acc: { nats: number; scored: number },
-) {
-  const L = p.length;
-  for (let b = 0; b < nb; b++) {
-    const first = w0 + b === 0 ? 0 : L - p.stride;
-    for (let t = first; t < L; t++) acc.nats += losses[b * L + t]!;
-    acc.scored += L - first;
-  }
-}
-
-function evalResult(p: EvalPlan, acc: { nats: number; scored: number }): EvalResult {
-  const mean = acc.nats / acc.scored;
+  const mean = nats / scored;
   return {
-    length: p.length,
-    mode: p.sliding ? 'sliding' : 'non-overlapping',
-    stride: p.stride,
-    windows: p.starts.length,
-    scored: acc.scored,
+    length,
+    mode: sliding ? 'sliding' : 'non-overlapping',
+    stride,
+    windows: starts.length,
+    scored,
     nats: mean,
     bitsPerByte: mean / Math.LN2,
     perplexity: Math.exp(mean),
   };
 }
 
-const where = (p: EvalPlan, w0: number, nb: number) =>
-  `at evaluation length ${p.length} (held-out windows ${w0 + 1}..${w0 + nb} of ${p.starts.length})`;
-const BROKEN = 'the model or its checkpoint is broken; evaluate an earlier checkpoint';
-
-/** Held-out evaluation on a host backend (the model's losses read in place). */
 export function evaluateHeldOut(
   model: Transformer,
   data: Uint8Array,
   length: number,
   options: EvalOptions = {},
 ): EvalResult {
-  const p = planEvaluation(model, data, length, options);
-  const acc = { nats: 0, scored: 0 };
-  for (let w0 = 0; w0 < p.starts.length; w0 += p.batch) {
-    const nb = Math.min(p.batch, p.starts.length - w0);
-    const [tokens, targets] = fillWindows(p, data, w0, nb);
-    const mean = model.forward(tokens, targets, nb, length);
+  const passes = evaluationPasses(model, data, length, options);
+  for (let r = passes.next(); ;) {
+    if (r.done) return r.value;
+    const p = r.value;
+    const mean = model.forward(p.tokens, p.targets, p.batch, length);
     // Never a number from NaN: a non-finite logit stops the evaluation (a kernel may skip it in the loss).
-    checkOutputs(model, mean, where(p, w0, nb), BROKEN);
-    scoreWindows(p, model.tokenLosses(), w0, nb, acc);
-    options.onProgress?.(Math.min(w0 + nb, p.starts.length), p.starts.length);
+    checkOutputs(model, mean, p.where, EVAL_FIX);
+    r = passes.next(model.tokenLosses());
   }
-  return evalResult(p, acc);
 }
 
 /**
- * evaluateHeldOut on any backend: per batch the model's statistics (mean loss, non-finite logit count) and its
- * per-token losses are read back (the logits only when the count says one is not finite).
+ * evaluateHeldOut on any backend: per pass, the statistics (mean loss, non-finite logit count) and the per-token
+ * losses are read back (what leaves the backend); the logits only when one is not finite.
  */
 export async function evaluateHeldOutAsync<T, I>(
   model: Transformer<T, I>,
@@ -159,40 +146,21 @@ export async function evaluateHeldOutAsync<T, I>(
   length: number,
   options: EvalOptions = {},
 ): Promise<EvalResult> {
-  const p = planEvaluation(model, data, length, options);
   const be = model.backend;
-  const acc = { nats: 0, scored: 0 };
-  for (let w0 = 0; w0 < p.starts.length; w0 += p.batch) {
-    const nb = Math.min(p.batch, p.starts.length - w0);
-    const [tokens, targets] = fillWindows(p, data, w0, nb);
-    await forwardChecked(model, tokens, targets, nb, length, where(p, w0, nb), BROKEN);
-    scoreWindows(p, await be.read(model.lossesHandle(), 0, nb * length), w0, nb, acc);
-    options.onProgress?.(Math.min(w0 + nb, p.starts.length), p.starts.length);
+  const passes = evaluationPasses(model, data, length, options);
+  for (let r = passes.next(); ;) {
+    if (r.done) return r.value;
+    const p = r.value;
+    model.enqueueForward(p.tokens, p.targets, p.batch, length);
+    const n = p.batch * length;
+    be.countNonFinite(model.logitsHandle(), n * model.config.vocab, model.stats, STAT_NON_FINITE_LOGITS);
+    const stats = await be.read(model.stats);
+    if (stats[STAT_NON_FINITE_LOGITS]! > 0) {
+      checkLogits(await be.read(model.logitsHandle()), model.config.vocab, p.where, EVAL_FIX);
+    }
+    checkLoss(stats[STAT_LOSS]!, p.where, EVAL_FIX);
+    r = passes.next(await be.read(model.lossesHandle(), 0, n));
   }
-  return evalResult(p, acc);
-}
-
-/**
- * A forward pass with targets on any backend, checked as checkOutputs does: the statistics (mean loss, non-finite
- * logit count) are read back, and the logits only when the count says one is not finite. Returns the mean loss.
- */
-export async function forwardChecked<T, I>(
-  model: Transformer<T, I>,
-  tokens: Int32Array,
-  targets: Int32Array,
-  batch: number,
-  length: number,
-  where: string,
-  fix: string,
-): Promise<number> {
-  const be = model.backend;
-  model.enqueueForward(tokens, targets, batch, length);
-  be.countNonFinite(model.logitsHandle(), batch * length * model.config.vocab, model.stats, STAT_NON_FINITE_LOGITS);
-  const stats = await be.read(model.stats);
-  if (stats[STAT_NON_FINITE_LOGITS]! > 0)
-    checkLogits(await be.read(model.logitsHandle()), model.config.vocab, where, fix);
-  checkLoss(stats[STAT_LOSS]!, where, fix);
-  return stats[STAT_LOSS]!;
 }
 
 /**

@@ -11,24 +11,30 @@ import { join, resolve } from 'node:path';
 import type { Backend } from '../backend/backend.ts';
 import { HypeError, check } from '../errors.ts';
 import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
-import { Transformer, type TransformerOptions } from '../model/transformer.ts';
+import { STAT_LOSS, STAT_NON_FINITE_LOGITS, Transformer, type TransformerOptions } from '../model/transformer.ts';
 import type { FloatArray } from '../tensor.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { checkFolderPath, makeWritableDir, readJsonFile } from '../util/fs-safe.ts';
 import { Rng } from '../util/rng.ts';
 import {
   hasCheckpoint,
-  hostCopies,
   loadCheckpoint,
-  type HostCopies,
   restoreOptimizer,
   restoreWeights,
   saveCheckpoint,
+  saveCheckpointAsync,
   splitCheckpointPath,
 } from './checkpoint.ts';
 import { checkSchedule, learningRate, parseTrainConfig, type TrainConfig } from './config.ts';
 import { checkWindowFits, loadCorpus, type ByteCorpus } from './corpus.ts';
-import { checkOutputs, evaluateHeldOut, evaluateHeldOutAsync, forwardChecked, type EvalResult } from './evaluate.ts';
+import {
+  checkLogits,
+  checkLoss,
+  checkOutputs,
+  evaluateHeldOut,
+  evaluateHeldOutAsync,
+  type EvalResult,
+} from './evaluate.ts';
 import { checkMemory, trainingBytes } from './memory.ts';
 import { AdamW } from './optimizer.ts';
 import { trainingStep } from './step.ts';
@@ -460,22 +466,25 @@ export class TrainingRun<T = FloatArray, I = Int32Array> {
   }
 
   /** Writes a checkpoint (host backends; checkpointAsync works on every backend). */
-  checkpoint(host?: HostCopies): string {
-    return saveCheckpoint(this.runDir, {
+  checkpoint(): string {
+    return saveCheckpoint(this.runDir, this.saveArgs());
+  }
+
+  /** A checkpoint on any backend: a device's weights and moments are read back first. */
+  async checkpointAsync(): Promise<string> {
+    if (this.model.backend.residence === 'host') return this.checkpoint();
+    return saveCheckpointAsync(this.runDir, this.saveArgs());
+  }
+
+  private saveArgs() {
+    return {
       model: this.model,
       optimizer: this.optimizer,
       rng: this.rng,
       step: this.step,
       train: this.train,
       corpus: { bytes: this.corpus.bytes, sha256: this.corpus.sha256 },
-      ...(host ? { host } : {}),
-    });
-  }
-
-  /** A checkpoint on any backend: a device's weights and moments are read back first. */
-  async checkpointAsync(): Promise<string> {
-    const host = this.model.backend.residence === 'host' ? undefined : await hostCopies(this.model, this.optimizer);
-    return this.checkpoint(host);
+    };
   }
 
   /**
@@ -584,7 +593,13 @@ const PROBE_FIX = 'check the model and encoding options';
 /** probe() on any backend: the statistics (loss, non-finite logit count) are read back. */
 async function probeAsync<T, I>(model: Transformer<T, I>, batch: number, length: number): Promise<void> {
   const zeros = new Int32Array(batch * length);
-  await forwardChecked(model, zeros, zeros, batch, length, PROBE_WHERE, PROBE_FIX);
+  const be = model.backend;
+  model.enqueueForward(zeros, zeros, batch, length);
+  be.countNonFinite(model.logitsHandle(), batch * length * model.config.vocab, model.stats, STAT_NON_FINITE_LOGITS);
+  const stats = await be.read(model.stats);
+  if (stats[STAT_NON_FINITE_LOGITS]! > 0)
+    checkLogits(await be.read(model.logitsHandle()), model.config.vocab, PROBE_WHERE, PROBE_FIX);
+  checkLoss(stats[STAT_LOSS]!, PROBE_WHERE, PROBE_FIX);
 }
 
 /** A run checked and built, before its folder exists. */
