@@ -73,6 +73,10 @@ describe('tensor ops match the host versions', () => {
     be.copyRows(gs, 3, 7, gd, 2, 9, 4, 5);
     ref.copyRows(src, 3, 7, dst, 2, 9, 4, 5);
     expect(Array.from(await get(gd))).toEqual(Array.from(dst));
+    // Contiguous rows (stride = width) take the queue's buffer copy instead of a kernel.
+    be.copyRows(gs, 1, 6, gd, 30, 6, 2, 6);
+    ref.copyRows(src, 1, 6, dst, 30, 6, 2, 6);
+    expect(Array.from(await get(gd))).toEqual(Array.from(dst));
     // Source and destination in one tensor, apart; overlapping ranges are refused (the host's row-by-row result
     // there depends on the row order).
     be.copyRows(gd, 0, 9, gd, 27, 9, 2, 6);

@@ -285,6 +285,17 @@ export class GpuContext {
     this.device.queue.writeBuffer(t.buffer, offset * 4, host.buffer, host.byteOffset, host.byteLength);
   }
 
+  /** Copies n elements of one 4-byte tensor into another (distinct buffers), on the queue like a kernel. */
+  copy(src: GpuTensor, srcOffset: number, dst: GpuTensor, dstOffset: number, n: number): void {
+    this.alive();
+    if (src.dtype === 'f16' || dst.dtype === 'f16' || src.buffer === dst.buffer)
+      throw new HypeError('argument', 'copy: 4-byte tensors in two distinct buffers only');
+    if (n === 0) return;
+    const enc = this.device.createCommandEncoder();
+    enc.copyBufferToBuffer(src.buffer, srcOffset * 4, dst.buffer, dstOffset * 4, n * 4);
+    this.device.queue.submit([enc.finish()]);
+  }
+
   /** Throws unless the device is alive (every kernel enqueue checks this; exposed for callers that batch work). */
   ensureAlive(): void {
     this.alive();

@@ -172,6 +172,10 @@ export function gpuCopyRows(
     ctx.release(tmp);
     return;
   }
+  if (rows === 1 || (srcStride === width && dstStride === width)) {
+    ctx.copy(src, srcOffset, dst, dstOffset, rows * width); // contiguous: the queue's own copy, no kernel
+    return;
+  }
   const u = [
     ['u', srcOffset],
     ['u', srcStride],
