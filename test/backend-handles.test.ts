@@ -7,7 +7,7 @@
  * same steps on host arrays (the reference backend, tables stored in the model dtype as a device stores them) give
  * the same losses and parameters bit for bit: the device paths of the encodings compute the same fp64-built terms.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -24,6 +24,7 @@ import { loadCheckpoint, restoreWeights, saveCheckpoint, saveCheckpointAsync } f
 import { evaluateHeldOut, evaluateHeldOutAsync } from '../src/train/evaluate.ts';
 import { AdamW } from '../src/train/optimizer.ts';
 import { trainingStep } from '../src/train/step.ts';
+import { TrainingRun } from '../src/train/trainer.ts';
 import { Rng } from '../src/util/rng.ts';
 import { OpaqueBackend } from './helpers/opaque-backend.ts';
 import type { EncodingFactory } from '../src/pe/encoding.ts';
@@ -260,5 +261,40 @@ describe('held-out evaluation on a device backend', () => {
     const passes = Math.ceil(host.windows / 3);
     // Per pass: tokens and targets up, statistics and losses down; each block's distance table goes up once.
     expect(impl.counts).toMatchObject({ uploads: cfg.layers, uploadInts: 2 * passes, reads: 2 * passes });
+  });
+});
+
+describe('a training run on a device backend', () => {
+  it('TrainingRun trains, evaluates, checkpoints and resumes as on host arrays', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hype-handles-run-'));
+    try {
+      const rng = new Rng(11);
+      const corpus = join(dir, 'corpus.txt');
+      writeFileSync(
+        corpus,
+        Uint8Array.from({ length: 3000 }, () => 32 + rng.int(90)),
+      );
+      const cfg = config({ name: 'alibi', options: { route: 'concat' } });
+      const train = { data: corpus, steps: 4, batch: 2, checkpointEvery: 2, lr: 0.01 };
+      const control = { evalInterval: 2, evalBytes: 200, onEval: () => {} };
+      const go = async <T, I>(backend: Backend<T, I>, sub: string) => {
+        const run = TrainingRun.start(join(dir, sub), cfg, { ...train, steps: 3 }, backend);
+        await run.run(control);
+        const resumed = TrainingRun.resume(join(dir, sub), backend, { steps: 4 });
+        await resumed.run(control);
+        return {
+          losses: readFileSync(join(dir, sub, 'losses.jsonl'), 'utf8'),
+          evals: readFileSync(join(dir, sub, 'evals.jsonl'), 'utf8'),
+        };
+      };
+      const strip = (text: string) => text.replace(/"seconds":[0-9.e-]+/g, '');
+      const host = await go(new ReferenceBackend(), 'host');
+      const dev = await go(OpaqueBackend.create().backend, 'device');
+      expect(strip(dev.losses)).toBe(strip(host.losses));
+      expect(strip(dev.evals)).toBe(strip(host.evals));
+      expect(strip(host.losses).split('\n').filter(Boolean)).toHaveLength(4);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

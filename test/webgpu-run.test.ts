@@ -56,7 +56,7 @@ describe('TrainingRun on webgpu', () => {
   it('trains, evaluates and checkpoints; a resume reproduces the losses bit for bit', async () => {
     const whole = join(root, 'whole');
     const evals: number[] = [];
-    const run = await TrainingRun.startAsync(whole, model, train, be);
+    const run = TrainingRun.start(whole, model, train, be);
     const s = await run.run({ evalInterval: 5, evalBytes: 256, onEval: (e) => evals.push(e.valLoss) });
     expect(s.finished).toBe(true);
     const losses = readLossLog(whole).map((r) => r.loss);
@@ -91,7 +91,7 @@ describe('TrainingRun on webgpu', () => {
     // A device of its own: destroying it must not take the other tests' device along.
     const own = new WebGpuBackend(await acquireNodeGpu());
     const dir = join(root, 'lost');
-    const run = await TrainingRun.startAsync(dir, model, train, own);
+    const run = TrainingRun.start(dir, model, train, own);
     const err = await run
       .run({
         onStep: (r) => {

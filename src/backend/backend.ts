@@ -160,6 +160,17 @@ export interface ScratchBuffers {
 /** Where a backend's tensors live: 'host' means T = FloatArray and I = Int32Array (the handle is the array). */
 export type Residence = 'host' | 'device';
 
+// ---- The Householder walk (Backend.householderWalk): one member, kept in its own block -------------------------
+
+/**
+ * What Backend.householderWalk keeps for its backward. backward adds (never overwrites) dLoss/dq into dq, dLoss/dk
+ * into dk (both the dtype of q and k), and dLoss/dw, dLoss/dbeta into dw, dbeta (laid out like w, beta), given
+ * dLogits [B, H, Lq, Lk] in the dtype of q (only the visible entries, key position <= query position, are read).
+ */
+export interface HouseholderWalk {
+  backward(dLogits: FloatArray, dq: FloatArray, dk: FloatArray, dw: Float64Array, dbeta: Float64Array): void;
+}
+
 /**
  * Every member is required: memory, gemm, fused attention forward and backward, attention over explicit scores, and
  * every layer and tensor operation of LayerOps and TensorOps (layers.ts declares each op's signature once; the
@@ -250,4 +261,27 @@ export interface Backend<T = FloatArray, I = Int32Array> extends LayerOps<T, I>,
     opts: ScoreAttentionOptions,
     hooks: ExplicitHooks,
   ): ExplicitAttention<T>;
+
+  // ---- The Householder walk --------------------------------------------------------------------------------
+  /**
+   * Causal logits through accumulated Householder-like factors H_t = I - beta_t w_t w_t^T (one per kv head and
+   * position): for query row i at position p = i + queryOffset and key l <= p,
+   *   logits[b, h, i, l] = scale * q_i^T H_p H_{p-1} ... H_{l+1} k_l        (kv head kh of h, as in GQA)
+   * written into logits [B, H, Lq, Lk] at the visible entries only (the rest are left as they were). q [B, H, Lq,
+   * D], k [B, Hkv, Lk, D] and logits share one dtype (fp32 or fp64); w [B, Hkv, Lk, D] and beta [B, Hkv, Lk] are
+   * fp64. Needs 0 <= queryOffset and queryOffset + Lq <= Lk (H_p needs a factor at the query's own position).
+   * The returned object keeps what the backward needs (O(B H Lq D + B Hkv Lk D) memory, not O(Lq Lk)).
+   * Host arrays (PaTH, the one caller, is a host-only encoding): a device backend refuses this member with a
+   * HypeError, as it does scoreAttention.
+   */
+  householderWalk(
+    shape: AttentionShape,
+    queryOffset: number,
+    scale: number,
+    q: FloatArray,
+    k: FloatArray,
+    w: Float64Array,
+    beta: Float64Array,
+    logits: FloatArray,
+  ): HouseholderWalk;
 }

@@ -289,7 +289,7 @@ async function trainClaimed<T, I>(
       }
     }
   } else {
-    run = await TrainingRun.startAsync(runDir, modelConfig!, { data: DEFAULT_CORPUS, ...trainConfigFrom(f) }, backend);
+    run = TrainingRun.start(runDir, modelConfig!, { data: DEFAULT_CORPUS, ...trainConfigFrom(f) }, backend);
   }
 
   if (run.step >= run.train.steps) {

@@ -11,10 +11,10 @@ import { join, resolve } from 'node:path';
 import type { Backend } from '../backend/backend.ts';
 import { HypeError, check } from '../errors.ts';
 import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
-import { STAT_LOSS, STAT_NON_FINITE_LOGITS, Transformer, type TransformerOptions } from '../model/transformer.ts';
-import type { FloatArray } from '../tensor.ts';
+import { Transformer, type TransformerOptions } from '../model/transformer.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { checkFolderPath, makeWritableDir, readJsonFile } from '../util/fs-safe.ts';
+import type { FloatArray } from '../tensor.ts';
 import { Rng } from '../util/rng.ts';
 import {
   hasCheckpoint,
@@ -24,17 +24,11 @@ import {
   saveCheckpoint,
   saveCheckpointAsync,
   splitCheckpointPath,
+  type SaveArgs,
 } from './checkpoint.ts';
 import { checkSchedule, learningRate, parseTrainConfig, type TrainConfig } from './config.ts';
 import { checkWindowFits, loadCorpus, type ByteCorpus } from './corpus.ts';
-import {
-  checkLogits,
-  checkLoss,
-  checkOutputs,
-  evaluateHeldOut,
-  evaluateHeldOutAsync,
-  type EvalResult,
-} from './evaluate.ts';
+import { checkOutputs, evaluateHeldOut, evaluateHeldOutAsync, type EvalOptions, type EvalResult } from './evaluate.ts';
 import { checkMemory, trainingBytes } from './memory.ts';
 import { AdamW } from './optimizer.ts';
 import { trainingStep } from './step.ts';
@@ -122,9 +116,9 @@ const EVALS_FILE = 'evals.jsonl';
 export const DEFAULT_EVAL_BYTES = 16384;
 
 /**
- * A training run on any backend. T and I are the backend's tensor handles (host arrays by default). On a device
- * backend (webgpu) use the asynchronous members: startAsync (its first-forward probe reads back), checkpointAsync
- * and evaluateHeldOutAsync (they read tensors back); run() uses those on every backend.
+ * A run on any backend: T and I are its tensor handles (FloatArray and Int32Array on host backends, the default).
+ * On a device backend the step reads back its statistics only, evaluation and checkpoints read back what they
+ * write, and the start-up probe is left to the first step (whose checks are the same).
  */
 export class TrainingRun<T = FloatArray, I = Int32Array> {
   readonly tokens: Int32Array;
@@ -156,38 +150,13 @@ export class TrainingRun<T = FloatArray, I = Int32Array> {
    * forward pass of the model on a batch of the training shape (an encoding refusing its options or overflowing
    * its dtype, non-finite logits at initialisation). So a refused run leaves nothing behind.
    */
-  static start(
-    runDir: string,
-    modelConfig: ModelConfig,
-    trainInput: Partial<TrainConfig>,
-    backend: Backend,
-    options: TransformerOptions & DataOptions = {},
-  ): TrainingRun {
-    const p = TrainingRun.prepare(runDir, modelConfig, trainInput, backend, options);
-    probe(p.model, p.train.batch, modelConfig.trainLength);
-    return TrainingRun.create(p);
-  }
-
-  /** start() on any backend, a device's included: the probe forward reads its statistics back. */
-  static async startAsync<T, I>(
+  static start<T = FloatArray, I = Int32Array>(
     runDir: string,
     modelConfig: ModelConfig,
     trainInput: Partial<TrainConfig>,
     backend: Backend<T, I>,
     options: TransformerOptions & DataOptions = {},
-  ): Promise<TrainingRun<T, I>> {
-    const p = TrainingRun.prepare(runDir, modelConfig, trainInput, backend, options);
-    await probeAsync(p.model, p.train.batch, modelConfig.trainLength);
-    return TrainingRun.create(p);
-  }
-
-  private static prepare<T, I>(
-    runDir: string,
-    modelConfig: ModelConfig,
-    trainInput: Partial<TrainConfig>,
-    backend: Backend<T, I>,
-    options: TransformerOptions & DataOptions,
-  ): Prepared<T, I> {
+  ): TrainingRun<T, I> {
     checkFolderPath(runDir, 'run folder');
     check(
       !existsSync(join(runDir, RUN_FILE)),
@@ -197,17 +166,14 @@ export class TrainingRun<T = FloatArray, I = Int32Array> {
     return TrainingRun.fresh(runDir, modelConfig, trainInput, backend, options);
   }
 
-  /**
-   * Checks everything that can refuse a run and builds its model (start() without the "already holds a run" check,
-   * which also restarts a run that never wrote a checkpoint); create() then makes the folder.
-   */
+  /** start() without the "already holds a run" check: also restarts a run that never wrote a checkpoint. */
   private static fresh<T, I>(
     runDir: string,
     modelConfig: ModelConfig,
     trainInput: Partial<TrainConfig>,
     backend: Backend<T, I>,
     options: TransformerOptions & DataOptions & { expectSha256?: string },
-  ): Prepared<T, I> {
+  ): TrainingRun<T, I> {
     const { source } = options;
     const train = parseTrainConfig(source ? { ...trainInput, data: source.id } : trainInput);
     checkSchedule(train);
@@ -230,13 +196,7 @@ export class TrainingRun<T = FloatArray, I = Int32Array> {
     }
     if (!source) checkWindowFits(corpus.train, L, 'training', train.data);
     const model = new Transformer(modelConfig, backend, options);
-    return { runDir, modelConfig, train, corpus, model, source };
-  }
-
-  /** Makes the run folder of a prepared (and probed) run and writes its run.json. */
-  private static create<T, I>(p: Prepared<T, I>): TrainingRun<T, I> {
-    const { runDir, modelConfig, train, corpus, model, source } = p;
-    const backend = model.backend;
+    probe(model, train.batch, L);
     makeWritableDir(runDir, 'run folder');
     const run = new TrainingRun(
       runDir,
@@ -359,10 +319,7 @@ export class TrainingRun<T = FloatArray, I = Int32Array> {
       ...(options.steps !== undefined ? { steps: options.steps } : {}),
       ...(options.dataOverride !== undefined ? { data: options.dataOverride } : {}),
     };
-    // The run's configuration passed the probe when it started; a device backend cannot probe synchronously.
-    const p = TrainingRun.fresh(runDir, model, input, backend, { ...options, expectSha256: sha });
-    if (backend.residence === 'host') probe(p.model as unknown as Transformer, p.train.batch, model.trainLength);
-    const run = TrainingRun.create(p);
+    const run = TrainingRun.fresh(runDir, model, input, backend, { ...options, expectSha256: sha });
     run.restarted = true;
     return run;
   }
@@ -416,32 +373,34 @@ export class TrainingRun<T = FloatArray, I = Int32Array> {
    */
   evaluateHeldOut(bytes = DEFAULT_EVAL_BYTES): EvalRecord {
     const t0 = performance.now();
-    const r = evaluateHeldOut(
-      this.model as unknown as Transformer,
-      this.heldOut(bytes),
-      this.model.config.trainLength,
-      {
-        batch: this.train.batch,
-      },
-    );
-    return this.logEval(r, t0);
+    const r = evaluateHeldOut(this.hostModel('evaluateHeldOut()'), ...this.heldOutArgs(bytes));
+    return this.evalRecord(r, t0);
   }
 
-  /** evaluateHeldOut on any backend (a device's losses are read back per batch). */
+  /** evaluateHeldOut() on any backend (the held-out losses are read back). */
   async evaluateHeldOutAsync(bytes = DEFAULT_EVAL_BYTES): Promise<EvalRecord> {
     const t0 = performance.now();
-    const L = this.model.config.trainLength;
-    const r = await evaluateHeldOutAsync(this.model, this.heldOut(bytes), L, { batch: this.train.batch });
-    return this.logEval(r, t0);
+    return this.evalRecord(await evaluateHeldOutAsync(this.model, ...this.heldOutArgs(bytes)), t0);
   }
 
-  private heldOut(bytes: number): Uint8Array {
+  private heldOutArgs(bytes: number): [Uint8Array, number, EvalOptions] {
     const L = this.model.config.trainLength;
     this.checkHeldOut(bytes);
-    return this.corpus.val.subarray(0, Math.max(L + 1, Math.min(bytes, this.corpus.val.length)));
+    const val = this.corpus.val.subarray(0, Math.max(L + 1, Math.min(bytes, this.corpus.val.length)));
+    return [val, L, { batch: this.train.batch }];
   }
 
-  private logEval(r: EvalResult, t0: number): EvalRecord {
+  /** The model as host-typed, for the synchronous paths (host backends only). */
+  private hostModel(what: string): Transformer {
+    check(
+      this.model.backend.residence === 'host',
+      'argument',
+      `${what} reads host arrays, which backend '${this.model.backend.name}' does not hold; use its async form`,
+    );
+    return this.model as unknown as Transformer;
+  }
+
+  private evalRecord(r: EvalResult, t0: number): EvalRecord {
     const rec: EvalRecord = {
       step: this.step,
       valLoss: r.nats,
@@ -465,18 +424,19 @@ export class TrainingRun<T = FloatArray, I = Int32Array> {
     check(Number.isInteger(bytes) && bytes >= 1, 'argument', `--eval-bytes must be a positive integer, got ${bytes}`);
   }
 
-  /** Writes a checkpoint (host backends; checkpointAsync works on every backend). */
+  /** Writes a checkpoint of the current step (host backends; checkpointAsync on any). */
   checkpoint(): string {
     return saveCheckpoint(this.runDir, this.saveArgs());
   }
 
-  /** A checkpoint on any backend: a device's weights and moments are read back first. */
-  async checkpointAsync(): Promise<string> {
-    if (this.model.backend.residence === 'host') return this.checkpoint();
-    return saveCheckpointAsync(this.runDir, this.saveArgs());
+  /** checkpoint() on any backend: a device's tensors are read back first. */
+  checkpointAsync(): Promise<string> {
+    return this.model.backend.residence === 'host'
+      ? Promise.resolve(this.checkpoint())
+      : saveCheckpointAsync(this.runDir, this.saveArgs());
   }
 
-  private saveArgs() {
+  private saveArgs(): SaveArgs<T, I> {
     return {
       model: this.model,
       optimizer: this.optimizer,
@@ -510,7 +470,11 @@ export class TrainingRun<T = FloatArray, I = Int32Array> {
       lastLoss = rec.loss;
       control.onStep?.(rec, this);
       if (every > 0 && (this.step % every === 0 || this.step === this.train.steps)) {
-        control.onEval?.(await this.evaluateHeldOutAsync(control.evalBytes), this);
+        const host = this.model.backend.residence === 'host';
+        control.onEval?.(
+          host ? this.evaluateHeldOut(control.evalBytes) : await this.evaluateHeldOutAsync(control.evalBytes),
+          this,
+        );
       }
       if (this.train.checkpointEvery > 0 && this.step % this.train.checkpointEvery === 0) {
         checkpoint = await this.checkpointAsync();
@@ -581,33 +545,11 @@ function checkSameTrain(expect: Partial<TrainConfig> | undefined, saved: TrainCo
  * refuse for the configuration alone (encoding options checked at the first call, an fp16 overflow, a NaN at
  * initialisation) is refused here instead. Parameters, optimizer and RNG are untouched, so the run is unchanged.
  */
-function probe(model: Transformer, batch: number, length: number): void {
+function probe<T, I>(m: Transformer<T, I>, batch: number, length: number): void {
+  // A device's first step makes the same checks on its one read (step.ts); the probe is the host's early refusal.
+  if (m.backend.residence !== 'host') return;
+  const model = m as unknown as Transformer;
   const zeros = new Int32Array(batch * length);
   const loss = model.forward(zeros, zeros, batch, length);
-  checkOutputs(model, loss, PROBE_WHERE, PROBE_FIX);
-}
-
-const PROBE_WHERE = 'at initialisation (before step 1)';
-const PROBE_FIX = 'check the model and encoding options';
-
-/** probe() on any backend: the statistics (loss, non-finite logit count) are read back. */
-async function probeAsync<T, I>(model: Transformer<T, I>, batch: number, length: number): Promise<void> {
-  const zeros = new Int32Array(batch * length);
-  const be = model.backend;
-  model.enqueueForward(zeros, zeros, batch, length);
-  be.countNonFinite(model.logitsHandle(), batch * length * model.config.vocab, model.stats, STAT_NON_FINITE_LOGITS);
-  const stats = await be.read(model.stats);
-  if (stats[STAT_NON_FINITE_LOGITS]! > 0)
-    checkLogits(await be.read(model.logitsHandle()), model.config.vocab, PROBE_WHERE, PROBE_FIX);
-  checkLoss(stats[STAT_LOSS]!, PROBE_WHERE, PROBE_FIX);
-}
-
-/** A run checked and built, before its folder exists. */
-interface Prepared<T, I> {
-  runDir: string;
-  modelConfig: ModelConfig;
-  train: TrainConfig;
-  corpus: ByteCorpus;
-  model: Transformer<T, I>;
-  source: BatchSource | undefined;
+  checkOutputs(model, loss, 'at initialisation (before step 1)', 'check the model and encoding options');
 }

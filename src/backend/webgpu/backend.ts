@@ -21,6 +21,7 @@ import type {
   Backend,
   ExplicitAttention,
   ExplicitHooks,
+  HouseholderWalk,
   ScoreAttentionOptions,
 } from '../backend.ts';
 import type { AdamWHyper } from '../layers.ts';
@@ -225,6 +226,14 @@ export class WebGpuBackend implements Backend<GpuHandle, GpuIntHandle> {
       'argument',
       'attention over explicit scores runs on host backends (its encoding hooks read host arrays); use ' +
         '--backend native or reference for this encoding, or a device-portable one (none, alibi, hype with a fixed preset)',
+    );
+  }
+
+  householderWalk(): HouseholderWalk {
+    throw new HypeError(
+      'argument',
+      "PaTH's Householder walk runs on host backends (it reads host arrays); use --backend native or reference for " +
+        'this encoding, or a device-portable one (none, alibi, hype with a fixed preset)',
     );
   }
 
