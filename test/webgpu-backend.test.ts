@@ -259,7 +259,7 @@ describe('attention through the backend', () => {
     for (const t of [gq, gk, gv, gtab, gdo, f.out, f.lse, g.dq, g.dk, g.dv, g2.dq, g2.dk, g2.dv]) be.release(t!);
   });
 
-  it('refuses attention over explicit scores and a dense bias with a HypeError naming the way out', () => {
+  it('refuses attention over explicit scores, the Householder walk and a dense bias, naming the way out', () => {
     const t = be.allocate('float32', 2 * 4 * 6 * 8);
     const hooks = { logits() {}, backward: () => 0 };
     expect(() => be.scoreAttention(shape, t, t, t, { causal: true, queryOffset: 0, scale: 1 }, hooks)).toThrow(
@@ -268,6 +268,7 @@ describe('attention through the backend', () => {
     expect(() =>
       be.attentionForward(shape, t, t, t, { causal: true, scale: 1, bias: { kind: 'dense', bias: t, heads: 1 } }),
     ).toThrow(/dense position bias/);
+    expect(() => be.householderWalk()).toThrow(/runs on host backends/);
     be.release(t);
   });
 });
