@@ -25,6 +25,7 @@ export type {
 } from './backend/backend.ts';
 export type { LayerOps, TensorOps } from './backend/layers.ts';
 export { ReferenceBackend } from './backend/reference.ts';
+export { WebGpuBackend, type GpuHandle, type GpuIntHandle } from './backend/webgpu/backend.ts';
 export { HypeError, type HypeErrorCode } from './errors.ts';
 export {
   BF16,
