@@ -566,6 +566,7 @@ void attentionForwardBf16(const AttentionParams& p, const uint16_t* q, const uin
   const long dP = roundUp(d, 2), kp = dP / 2, Lk2 = (Lk + 1) / 2;
   const long nqt = (Lq + BF_PANEL - 1) / BF_PANEL;
   const bool hasBias = p.bias.any();
+  const bool fast = bf16Fast();
   Pool& pool = Pool::instance();
   const int T = pool.size();
   std::vector<uint16_t> kStore;
@@ -605,7 +606,7 @@ void attentionForwardBf16(const AttentionParams& p, const uint16_t* q, const uin
 
     for (long l0 = 0; l0 < lEnd; l0 += BK) {
       const long nk = std::min<long>(BK, lEnd - l0);
-      bf16PanelProduct(nk, BF_NV, kb + l0 * dP, dP, 2, kp, QT, BF_PANEL, ST, BF_PANEL, p.scale, false);
+      bf16PanelProduct(fast, nk, BF_NV, kb + l0 * dP, dP, 2, kp, QT, BF_PANEL, ST, BF_PANEL, p.scale, false);
       addForwardBias<NVB>(table, p, h, i0 + qo - l0, nk, hasBias, ST);
       vf mx[NVB], shift[NVB], sum[NVB];
       for (int vv = 0; vv < NVB; vv++) mx[vv] = splat(kNegInf);
@@ -622,17 +623,19 @@ void attentionForwardBf16(const AttentionParams& p, const uint16_t* q, const uin
         for (long c = 0; c < dv; c++) store(OT + c * BF_PANEL + vv * VL, load(OT + c * BF_PANEL + vv * VL) * alpha);
         sum[vv] = vf{};
       }
-      for (long r = 0; r < nk; r++) {
-        float* s = ST + r * BF_PANEL;
+      // Probabilities of key rows r, r + 1 rounded to bf16 and packed straight into P^T's pair words.
+      for (long r = 0; r < nk; r += 2) {
+        const float* s = ST + r * BF_PANEL;
         for (int vv = 0; vv < NVB; vv++) {
-          const vf e = (vf)bf16RoundBits(vexp(load(s + vv * VL) - shift[vv]));
-          store(s + vv * VL, e);
-          sum[vv] += e;
+          const vi lo = bf16RoundBits(vexp(load(s + vv * VL) - shift[vv]));
+          const vi hi = r + 1 < nk ? bf16RoundBits(vexp(load(s + BF_PANEL + vv * VL) - shift[vv])) : vi{};
+          sum[vv] += (vf)lo + (vf)hi;
+          const vi w = (vi)((vu)lo >> 16) | hi;
+          std::memcpy(PT + (r / 2) * BF_PANEL + vv * VL, &w, sizeof w);
         }
       }
       for (int vv = 0; vv < NVB; vv++) store(l + vv * VL, load(l + vv * VL) + sum[vv]);
-      rowPairs(ST, nk, PT);
-      bf16PanelProduct(dv, BF_NV, reinterpret_cast<const uint16_t*>(vb + (l0 / 2) * dv), 2, 2 * dv, (nk + 1) / 2, PT,
+      bf16PanelProduct(fast, dv, BF_NV, reinterpret_cast<const uint16_t*>(vb + (l0 / 2) * dv), 2, 2 * dv, (nk + 1) / 2, PT,
                        BF_PANEL, OT, BF_PANEL, 1.0f, true);
     }
 
@@ -649,6 +652,7 @@ void attentionBackwardBf16(const AttentionParams& p, const uint16_t* q, const ui
   const long nkt = (Lk + BKB - 1) / BKB;
   constexpr long W = BF_PANEL;  // keys per tile (the vectorised direction)
   const bool hasBias = p.bias.any();
+  const bool fast = bf16Fast();
   Pool& pool = Pool::instance();
   const int T = pool.size();
 
@@ -711,25 +715,25 @@ void attentionBackwardBf16(const AttentionParams& p, const uint16_t* q, const ui
         const float* deltaH = delta.data() + (b * H + h) * Lq;
         for (long i0 = iStart; i0 < Lq; i0 += BQB) {
           const long nq = std::min<long>(BQB, Lq - i0), nqp = (nq + 1) / 2;
-          bf16PanelProduct(nq, BF_NV, qr + ((b * H + h) * Lq + i0) * dP, dP, 2, dP / 2, KT, W, S, W, p.scale, false);
-          bf16PanelProduct(nq, BF_NV, gr + ((b * H + h) * Lq + i0) * dvP, dvP, 2, dvP / 2, VT, W, dPt, W, 1.0f, false);
+          bf16PanelProduct(fast, nq, BF_NV, qr + ((b * H + h) * Lq + i0) * dP, dP, 2, dP / 2, KT, W, S, W, p.scale, false);
+          bf16PanelProduct(fast, nq, BF_NV, gr + ((b * H + h) * Lq + i0) * dvP, dvP, 2, dvP / 2, VT, W, dPt, W, 1.0f, false);
           const long Delta = i0 + qo - l0;
           softmaxBackwardTile<NVB>(table, p, h, Delta, nq, nk, hasBias, lseH + i0, deltaH + i0, S, dPt, gdiag);
           rowPairs(S, nq, PP);
           rowPairs(dPt, nq, SP);
           for (long ii = 0; ii < nq; ii++)
             for (long j = 0; j < W; j += VL) {
-              const vi bits = bf16RoundBits(load(dPt + ii * W + j));
-              for (int x = 0; x < VL; x++) SR[ii * W + j + x] = uint16_t(uint32_t(bits[x]) >> 16);
+              const vh bits = bf16Narrow(load(dPt + ii * W + j));
+              std::memcpy(SR + ii * W + j, &bits, sizeof bits);
             }
           const uint32_t* gq = gPairs.data() + ((b * H + h) * Lq2 + i0 / 2) * dv;
           const uint32_t* qq = qPairs.data() + ((b * H + h) * Lq2 + i0 / 2) * d;
-          bf16PanelProduct(dv, BF_NV, reinterpret_cast<const uint16_t*>(gq), 2, 2 * dv, nqp, PP, W, dVT, W, 1.0f, true);
-          bf16PanelProduct(d, BF_NV, reinterpret_cast<const uint16_t*>(qq), 2, 2 * d, nqp, SP, W, dKT, W, 1.0f, true);
+          bf16PanelProduct(fast, dv, BF_NV, reinterpret_cast<const uint16_t*>(gq), 2, 2 * dv, nqp, PP, W, dVT, W, 1.0f, true);
+          bf16PanelProduct(fast, d, BF_NV, reinterpret_cast<const uint16_t*>(qq), 2, 2 * d, nqp, SP, W, dKT, W, 1.0f, true);
           float* dQrows = dQ + (hl * Lq + i0) * dPad;
           for (long cv = 0; cv < dPad / BF_COLS; cv += BF_NV) {
             const int nv = int(std::min<long>(BF_NV, dPad / BF_COLS - cv));
-            bf16PanelProduct(nq, nv, SR, W, 2, nkp, Kk + cv * BF_COLS, dPad, dQrows + cv * BF_COLS, dPad, 1.0f, true);
+            bf16PanelProduct(fast, nq, nv, SR, W, 2, nkp, Kk + cv * BF_COLS, dPad, dQrows + cv * BF_COLS, dPad, 1.0f, true);
           }
           if (hasBias) work.addDiagonals(thread, h, Delta, W, gdiag);
         }

@@ -143,9 +143,9 @@ bool bf16Supported() {
 
 bool bf16Fast() { return bf16Supported() && !envForcesFallback(); }
 
-void bf16PanelProduct(long m, int nv, const uint16_t* A, long rs, long ks, long kp, const uint32_t* B, long ldb,
-                      float* C, long ldc, float alpha, bool accumulate) {
-  const KernelFn(*fns)[BF_NV] = bf16Fast() ? kFast.fn : kPortable.fn;
+void bf16PanelProduct(bool fast, long m, int nv, const uint16_t* A, long rs, long ks, long kp, const uint32_t* B,
+                      long ldb, float* C, long ldc, float alpha, bool accumulate) {
+  const KernelFn(*fns)[BF_NV] = fast ? kFast.fn : kPortable.fn;
   const int v = std::max(1, std::min(nv, BF_NV)) - 1;
   long i = 0;
   for (; i + BF_RMAX <= m; i += BF_RMAX) fns[BF_RMAX - 1][v](A + i * rs, rs, ks, kp, B, ldb, C + i * ldc, ldc, alpha, accumulate);
@@ -164,6 +164,7 @@ void sgemmBf16(bool transA, bool transB, long m, long n, long k, float alpha, co
   Pool& pool = Pool::instance();
   scaleRows(m, n, beta, C, ldc);
   if (k <= 0 || alpha == 0.0f) return;
+  const bool fast = bf16Fast();
   const long rowBlocks = (m + MC - 1) / MC;
   static thread_local std::vector<uint32_t> packedB, packedA;
   static thread_local std::vector<float> edgeStore;
@@ -213,11 +214,11 @@ void sgemmBf16(bool transA, bool transB, long m, long n, long k, float alpha, co
         const uint16_t* a = reinterpret_cast<const uint16_t*>(pa + i0 * kcp);
         const uint32_t* bp = pb + q * kcp * BF_PANEL;
         if (w == BF_PANEL) {
-          bf16PanelProduct(mc, BF_NV, a, 2 * kcp, 2, kcp, bp, BF_PANEL, C + i0 * ldc + j0, ldc, alpha, true);
+          bf16PanelProduct(fast, mc, BF_NV, a, 2 * kcp, 2, kcp, bp, BF_PANEL, C + i0 * ldc + j0, ldc, alpha, true);
         } else {
           float* tile = edge + size_t(thread) * MC * BF_PANEL;
           const int nv = int((w + BF_COLS - 1) / BF_COLS);
-          bf16PanelProduct(mc, nv, a, 2 * kcp, 2, kcp, bp, BF_PANEL, tile, BF_PANEL, alpha, false);
+          bf16PanelProduct(fast, mc, nv, a, 2 * kcp, 2, kcp, bp, BF_PANEL, tile, BF_PANEL, alpha, false);
           for (long i = 0; i < mc; i++)
             for (long j = 0; j < w; j++) C[(i0 + i) * ldc + j0 + j] += tile[i * BF_PANEL + j];
         }

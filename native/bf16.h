@@ -52,17 +52,22 @@ inline vi bf16RoundBits(vf x) {
   const vi r = (u + 0x7fff + ((u >> 16) & 1)) & int32_t(0xffff0000u);
   return x != x ? (u | 0x400000) & int32_t(0xffff0000u) : r;
 }
+typedef uint16_t vh __attribute__((vector_size(VL * sizeof(uint16_t))));
+/** The bf16 bits of fp32 lanes, rounded (VL contiguous bf16 values). */
+inline vh bf16Narrow(vf x) { return __builtin_convertvector((vu)bf16RoundBits(x) >> 16, vh); }
+
 /** Words (lo, hi) from two fp32 vectors, each rounded to bf16. */
 inline vi bf16PackPairs(vf lo, vf hi) {
   return (vi)((vu)bf16RoundBits(lo) >> 16) | bf16RoundBits(hi);
 }
 
 /**
- * C[m x nv*16] (+)= alpha * A B over all rows m (blocked by BF_RMAX), kp pair steps, on the kernel bf16Fast() picks.
+ * C[m x nv*16] (+)= alpha * A B over all rows m (blocked by BF_RMAX), kp pair steps, on the AVX512-BF16 kernel when
+ * `fast` (the value of bf16Fast(), read once per top-level call: it consults the environment) or the fallback.
  * C's rows have stride ldc and must hold whole 16-column groups.
  */
-void bf16PanelProduct(long m, int nv, const uint16_t* A, long rs, long ks, long kp, const uint32_t* B, long ldb,
-                      float* C, long ldc, float alpha, bool accumulate);
+void bf16PanelProduct(bool fast, long m, int nv, const uint16_t* A, long rs, long ks, long kp, const uint32_t* B,
+                      long ldb, float* C, long ldc, float alpha, bool accumulate);
 
 /** Row-major C = alpha op(A) op(B) + beta C with bf16 A and B (bits), fp32 C; beta = 0 overwrites, as BLAS. */
 void sgemmBf16(bool transA, bool transB, long m, long n, long k, float alpha, const uint16_t* A, long lda,

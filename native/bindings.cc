@@ -285,6 +285,22 @@ Napi::Value AttentionBackwardBf16(const Napi::CallbackInfo& info) {
   return AttentionBackwardOf<uint16_t>(info, hype::attentionBackwardBf16);
 }
 
+/** Index of the first NaN/Inf among bf16 bits (exponent field all ones), or -1: a read-only blockwise scan. */
+Napi::Value FirstNonFiniteBf16(const Napi::CallbackInfo& info) {
+  const uint16_t* x = u16(info[0], "array", 0);
+  const long n = long(info[0].As<Napi::Uint16Array>().ElementLength());
+  constexpr long kBlock = 64;
+  long i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    int any = 0;
+    for (long j = i; j < i + kBlock; j++) any |= (x[j] & 0x7f80) == 0x7f80;  // vectorised: no early exit inside
+    if (any) break;
+  }
+  for (; i < n; i++)
+    if ((x[i] & 0x7f80) == 0x7f80) return Napi::Number::New(info.Env(), double(i));
+  return Napi::Number::New(info.Env(), -1);
+}
+
 /** Which bf16 kernel runs now: {supported: the CPU has AVX512-BF16, fast: it is used (HYPE_NO_BF16 unset)}. */
 Napi::Value Bf16Info(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
@@ -462,6 +478,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"attentionForwardBf16", 6, "(params, q, k, v, out, lse)", AttentionForwardBf16},
       {"attentionBackwardBf16", 11, "(params, q, k, v, out, lse, dOut, dq, dk, dv, dTable)", AttentionBackwardBf16},
       {"bf16Info", 0, "()", Bf16Info},
+      {"firstNonFiniteBf16", 1, "(bits)", FirstNonFiniteBf16},
       {"layerNormForward", 9, "(x, gamma, beta, out, mean, rstd, rows, width, eps)", LayerNormForward},
       {"layerNormBackward", 10, "(dOut, x, gamma, mean, rstd, dx, dGamma, dBeta, rows, width)", LayerNormBackward},
       {"geluForward", 3, "(x, out, n)", GeluForward},

@@ -18,7 +18,13 @@ import { roundToBf16 } from '../numerics/float-formats.ts';
 import type { AttentionForward, AttentionGrads, AttentionOptions, AttentionShape, PositionBias } from './backend.ts';
 import { biasValue } from './reference-attention.ts';
 import { kernelParams, loadNativeAddon, nativeLoadError, type NativeAddon } from './native.ts';
-import { checkAttentionLse, validateGemmOutput, validateOptions, validateShape } from './validate.ts';
+import {
+  checkAttentionLse,
+  checkFiniteTensor,
+  validateGemmOutput,
+  validateOptions,
+  validateShape,
+} from './validate.ts';
 
 /** The addon's bf16 entry points (native/bindings.cc). */
 export interface NativeBf16Kernels {
@@ -59,10 +65,11 @@ export interface NativeBf16Kernels {
     dTable: Float64Array | null,
   ): void;
   bf16Info(): { supported: boolean; fast: boolean };
+  firstNonFiniteBf16(bits: Uint16Array): number;
 }
 
 /** The loaded addon's bf16 kernels, or one HypeError saying why they are unavailable. */
-export function bf16Kernels(): NativeBf16Kernels {
+export function bf16Kernels(): NativeAddon & NativeBf16Kernels {
   const addon = loadNativeAddon() as (NativeAddon & Partial<NativeBf16Kernels>) | null;
   if (!addon) {
     throw new HypeError(
@@ -70,7 +77,7 @@ export function bf16Kernels(): NativeBf16Kernels {
       `the native addon is not available (${nativeLoadError()}); rebuild with \`npm rebuild\``,
     );
   }
-  for (const name of ['gemmBf16', 'attentionForwardBf16', 'attentionBackwardBf16', 'bf16Info'] as const) {
+  for (const name of ['gemmBf16', 'attentionForwardBf16', 'attentionBackwardBf16', 'bf16Info', 'firstNonFiniteBf16'] as const) {
     if (typeof addon[name] !== 'function') {
       throw new HypeError('native', `the native addon is a stale build (no ${name}); rebuild it with \`npm rebuild\``);
     }
@@ -124,17 +131,15 @@ function checkBits(x: unknown, what: string, length: number, dims: string): asse
   );
 }
 
-/** The first NaN/Inf among bf16 bits (exponent field all ones), refused with its index. */
+/** The first NaN/Inf among bf16 bits (exponent field all ones, found by the addon's scan), refused with its index. */
 function checkFiniteBits(x: Uint16Array, what: string): void {
-  for (let i = 0; i < x.length; i++) {
-    if ((x[i]! & 0x7f80) === 0x7f80) {
-      throw new HypeError(
-        'non-finite',
-        `${what} holds ${x[i]! & 0x7f ? 'NaN' : 'Infinity'} at flat index ${i}; every value must be finite — check ` +
-          `the upstream computation (an fp32 value beyond bf16's range rounds to Infinity)`,
-      );
-    }
-  }
+  const i = bf16Kernels().firstNonFiniteBf16(x);
+  if (i < 0) return;
+  throw new HypeError(
+    'non-finite',
+    `${what} holds ${x[i]! & 0x7f ? 'NaN' : 'Infinity'} at flat index ${i}; every value must be finite — check ` +
+      `the upstream computation (an fp32 value beyond bf16's range rounds to Infinity)`,
+  );
 }
 
 function checkF32(x: unknown, what: string, length: number, dims: string): asserts x is Float32Array {
@@ -230,7 +235,7 @@ export function nativeAttentionForwardBf16(
   const out = new Float32Array(rows * shape.valueDim);
   const lse = new Float32Array(rows);
   bf16Kernels().attentionForwardBf16(params(shape, opts), q, k, v, out, lse);
-  checkAttentionLse(lse, shape, opts);
+  checkAttentionLse(lse, shape, opts, (x, allowNegInf) => bf16Kernels().firstNonFinite(x, allowNegInf));
   return { out, lse };
 }
 
@@ -251,14 +256,16 @@ export function nativeAttentionBackwardBf16(
   checkF32(lse, 'lse', B * H * lq, 'B*H*Lq');
   checkBits(dOut, 'dOut', B * H * lq * dv, 'B*H*Lq*Dv');
   checkFiniteBits(dOut, 'dOut');
-  for (let i = 0; i < out.length; i++) check(Number.isFinite(out[i]!), 'non-finite', `out holds ${out[i]} at ${i}`);
-  for (let i = 0; i < lse.length; i++) check(lse[i]! < Infinity, 'non-finite', `lse holds ${lse[i]} at ${i}`);
+  const kernels = bf16Kernels();
+  const scan = (x: Float32Array, allowNegInf: boolean) => kernels.firstNonFinite(x, allowNegInf);
+  checkFiniteTensor(out, 'out', [B, H, lq, dv], false, scan);
+  checkFiniteTensor(lse, 'lse', [B, H, lq], true, scan);
   const bias = opts.bias ?? { kind: 'none' };
   const dq = new Float32Array(q.length);
   const dk = new Float32Array(k.length);
   const dvOut = new Float32Array(v.length);
   const dTable = bias.kind === 'distance' ? new Float64Array(bias.table.length) : null;
-  bf16Kernels().attentionBackwardBf16(params(shape, opts), q, k, v, out, lse, dOut, dq, dk, dvOut, dTable);
+  kernels.attentionBackwardBf16(params(shape, opts), q, k, v, out, lse, dOut, dq, dk, dvOut, dTable);
   return { dq, dk, dv: dvOut, dBias: dTable ? { kind: 'distance', table: dTable } : { kind: 'none' } };
 }
 
