@@ -148,10 +148,10 @@ class BackwardWork {
     std::fill(x, x + dqPerUnit_, 0.0f);
     return x;
   }
-  /** Adds one tile's diagonal sums (gdiag[t]: distance Delta + BQB - 1 - t, over BQB + W - 1 of them), zeroes them. */
-  void addDiagonals(int thread, long h, long Delta, long W, float* gdiag) {
-    double* G = gByDistance_.data() + (size_t(thread) * p_.heads + h) * gLen_ + (Delta + BQB - 1 - table_.base());
-    for (long t = 0; t < BQB + W - 1; t++) G[-t] += double(gdiag[t]);
+  /** Adds one tile's diagonal sums (gdiag[t]: distance Delta + QB - 1 - t, over QB + W - 1 of them), zeroes them. */
+  void addDiagonals(int thread, long h, long Delta, long QB, long W, float* gdiag) {
+    double* G = gByDistance_.data() + (size_t(thread) * p_.heads + h) * gLen_ + (Delta + QB - 1 - table_.base());
+    for (long t = 0; t < QB + W - 1; t++) G[-t] += double(gdiag[t]);
     std::fill(gdiag, gdiag + DIAG, 0.0f);
   }
   /** Stores dK = scale dK^T, dV = dV^T ([c][W] tiles) for keys l0 .. l0 + nk of a pair. */
@@ -236,16 +236,16 @@ inline void storeRows(const float* OT, long W, const float* m, float mUnit, cons
  * Adds the position term and the causal mask to a forward tile S^T [nk key rows x BK_COLS query columns] (row stride
  * NV * VL) whose (query 0, key 0) is at distance Delta: D = Delta + j - r.
  */
-template <int NV>
+template <int NV, int KB>
 void addForwardBias(const DistanceTable& table, const AttentionParams& p, long h, long Delta, long nk, bool hasBias,
                     float* ST) {
   constexpr int W = NV * VL;
   const bool diagonal = p.causal && Delta - (nk - 1) < 0;
   if (!hasBias && !diagonal) return;
-  const float* run = table.increasing(h, Delta - (BK - 1));  // run[t] = bias(Delta - (BK - 1) + t)
+  const float* run = table.increasing(h, Delta - (KB - 1));  // run[t] = bias(Delta - (KB - 1) + t)
   for (long r = 0; r < nk; r++) {
     float* s = ST + r * W;
-    const float* dg = run + (BK - 1) - r;
+    const float* dg = run + (KB - 1) - r;
     if (diagonal) {
       for (int vv = 0; vv < NV; vv++) {
         const vf b = load(dg + vv * VL);
@@ -260,24 +260,24 @@ void addForwardBias(const DistanceTable& table, const AttentionParams& p, long h
 /**
  * The softmax backward of one tile in place: S [nq x BKB_COLS] holds scale q.k, dP holds dOut.v; on return S holds
  * P = exp(S + bias - lse) and dP holds dS = P (dP - delta). With a position term, dS is also summed along the
- * tile's diagonals into gdiag (gdiag[t]: distance Delta + BQB - 1 - t).
+ * tile's diagonals into gdiag (gdiag[t]: distance Delta + QB - 1 - t; QB: the query block).
  */
-template <int NV>
+template <int NV, int QB>
 void softmaxBackwardTile(const DistanceTable& table, const AttentionParams& p, long h, long Delta, long nq, long nk,
                          bool hasBias, const float* lseH, const float* deltaH, float* S, float* dP, float* gdiag) {
   constexpr int W = NV * VL;
   const vf col = iota();
   const bool diagonal = p.causal && Delta - (W - 1) < 0;
   const bool useDiag = hasBias || diagonal;
-  const float* run = useDiag ? table.decreasing(h, Delta + (BQB - 1)) : nullptr;  // bias(Delta+BQB-1-t)
+  const float* run = useDiag ? table.decreasing(h, Delta + (QB - 1)) : nullptr;  // bias(Delta+QB-1-t)
   for (long ii = 0; ii < nq; ii++) {
     const float lsei = lseH[ii];
     const vf lv = splat(lsei == kNegInf ? std::numeric_limits<float>::infinity() : lsei);
     const vf dl = splat(deltaH[ii]);
     float* s = S + ii * W;
     float* dp = dP + ii * W;
-    const float* dg = run + (BQB - 1) - ii;
-    float* gd = gdiag + (BQB - 1) - ii;
+    const float* dg = run + (QB - 1) - ii;
+    float* gd = gdiag + (QB - 1) - ii;
     for (int vv = 0; vv < NV; vv++) {
       vf x = load(s + vv * VL);
       if (diagonal) {
@@ -347,7 +347,7 @@ void attentionForward(const AttentionParams& p, const float* q, const float* k, 
       // scale * (q . k) with the same summation order as the backward's recomputation, so both see bitwise the
       // same logits and P = exp(S - lse) there is consistent with this forward.
       panelProduct(nk, NVMAX, kb + l0 * d, d, 1, d, QT, BQ, ST, BQ, p.scale, false);
-      addForwardBias<NVMAX>(table, p, h, i0 + qo - l0, nk, hasBias, ST);
+      addForwardBias<NVMAX, BK>(table, p, h, i0 + qo - l0, nk, hasBias, ST);
       // Online softmax down the key rows (each column is one query: no horizontal reductions).
       vf mx[NVMAX], msafe[NVMAX], sum[NVMAX];
       for (int vv = 0; vv < NVMAX; vv++) mx[vv] = splat(kNegInf);
@@ -442,7 +442,7 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
           panelProduct(nq, NVMAX, qp, d, 1, d, KT, BKB, S, BKB, p.scale, false);
           panelProduct(nq, NVMAX, gop, dv, 1, dv, VT, BKB, dP, BKB, 1.0f, false);
           const long Delta = i0 + qo - l0;  // D = Delta + ii - jj
-          softmaxBackwardTile<NVMAX>(table, p, h, Delta, nq, nk, hasBias, lseH + i0, deltaH + i0, S, dP, gdiag);
+          softmaxBackwardTile<NVMAX, BQB>(table, p, h, Delta, nq, nk, hasBias, lseH + i0, deltaH + i0, S, dP, gdiag);
           panelProduct(dv, NVMAX, gop, 1, dv, nq, S, BKB, dVT, BKB, 1.0f, true);
           panelProduct(d, NVMAX, qp, 1, d, nq, dP, BKB, dKT, BKB, 1.0f, true);
           float* dQrows = dQ + (hl * Lq + i0) * dPad;
@@ -467,7 +467,7 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
               }
             }
           }
-          if (hasBias) work.addDiagonals(thread, h, Delta, BKB, gdiag);
+          if (hasBias) work.addDiagonals(thread, h, Delta, BQB, BKB, gdiag);
         }
       }
       work.storeKeyGrads(pair, l0, nk, BKB, dKT, dVT, dk, dv_);
@@ -489,28 +489,46 @@ void attentionBackward(const AttentionParams& p, const float* q, const float* k,
 namespace {
 
 constexpr int NVB = BF_PANEL / VL > 0 ? BF_PANEL / VL : 1;  // fp32 vectors per 64-column tile row
-static_assert(BF_PANEL == BK && BF_PANEL == BQB, "the bf16 tiles share the fp32 kernels' key and query block sizes");
+// Reduction depths: keys per forward tile and query rows per backward block. Twice the fp32 kernel's, so each bf16
+// product runs 64 pair steps between loading and storing its accumulators (the same depth as the fp32 kernel's).
+constexpr int BKF = 128;
+constexpr int BQF = 128;
+static_assert(BF_PANEL + BKF <= DIAG && BQF + BF_PANEL <= DIAG, "the distance table's margins cover the bf16 tiles");
+
+/**
+ * A buffer of at least n elements kept by the calling thread across calls (grown, never shrunk, contents
+ * unspecified): the bf16 kernels' per-call copies would otherwise page-fault fresh memory on every call.
+ */
+template <typename T>
+T* kept(std::vector<T>& store, size_t n) {
+  if (store.size() < n) store.resize(n);
+  return store.data();
+}
 
 /** Row-major bf16 rows of length n, each padded with zeros to np (a no-copy view when n == np). */
 const uint16_t* paddedRows(const uint16_t* x, long rows, long n, long np, std::vector<uint16_t>& store, Pool& pool) {
   if (n == np) return x;
-  store.assign(checkedSize(rows, np), 0);
+  uint16_t* dst = kept(store, checkedSize(rows, np));
   pool.run((rows + 255) / 256, [&](long t, int) {
-    for (long r = t * 256; r < std::min(rows, (t + 1) * 256); r++) std::copy(x + r * n, x + r * n + n, &store[size_t(r * np)]);
+    for (long r = t * 256; r < std::min(rows, (t + 1) * 256); r++) {
+      std::copy(x + r * n, x + r * n + n, dst + r * np);
+      std::fill(dst + r * np + n, dst + (r + 1) * np, uint16_t(0));
+    }
   });
-  return store.data();
+  return dst;
 }
 
 /**
  * Pair words along the sequence: out[g][p][c] = (x[g][2p][c], x[g][2p+1][c]) for g < groups (each L rows of n),
  * p < ceil(L / 2); the missing row of an odd L is zero.
  */
-std::vector<uint32_t> sequencePairs(const uint16_t* x, long groups, long L, long n, Pool& pool) {
+const uint32_t* sequencePairs(const uint16_t* x, long groups, long L, long n, std::vector<uint32_t>& store,
+                              Pool& pool) {
   const long Lp = (L + 1) / 2;
-  std::vector<uint32_t> out(checkedSize(checkedSize(groups, Lp), n));
+  uint32_t* out = kept(store, checkedSize(checkedSize(groups, Lp), n));
   pool.run(groups, [&](long g, int) {
     const uint16_t* src = x + g * L * n;
-    uint32_t* dst = out.data() + g * Lp * n;
+    uint32_t* dst = out + g * Lp * n;
     for (long p = 0; p < Lp; p++)
       for (long c = 0; c < n; c++)
         dst[p * n + c] = bf16Pair(src[2 * p * n + c], 2 * p + 1 < L ? src[(2 * p + 1) * n + c] : uint16_t(0));
@@ -569,14 +587,16 @@ void attentionForwardBf16(const AttentionParams& p, const uint16_t* q, const uin
   const bool fast = bf16Fast();
   Pool& pool = Pool::instance();
   const int T = pool.size();
-  std::vector<uint16_t> kStore;
+  static thread_local std::vector<uint16_t> kStore;
+  static thread_local std::vector<uint32_t> vStore, wordStore;
+  static thread_local std::vector<float> floatStore;
   const uint16_t* kr = paddedRows(k, B * Hkv * Lk, d, dP, kStore, pool);
-  const std::vector<uint32_t> vPairs = sequencePairs(v, B * Hkv, Lk, dv, pool);
+  const uint32_t* vPairs = sequencePairs(v, B * Hkv, Lk, dv, vStore, pool);
   // Per-thread scratch: Q^T pairs [kp x 64], P^T pairs [32 x 64]; S^T [64 x 64], O^T [dv x 64], m, l.
-  const long wordsPer = kp * BF_PANEL + (BK / 2) * BF_PANEL;
-  const long floatsPer = BK * BF_PANEL + dv * BF_PANEL + 2 * BF_PANEL;
-  std::vector<uint32_t> wordScratch(checkedSize(T, wordsPer));
-  std::vector<float> floatScratch(checkedSize(T, floatsPer));
+  const long wordsPer = kp * BF_PANEL + (BKF / 2) * BF_PANEL;
+  const long floatsPer = BKF * BF_PANEL + dv * BF_PANEL + 2 * BF_PANEL;
+  uint32_t* const wordScratch = kept(wordStore, checkedSize(T, wordsPer));
+  float* const floatScratch = kept(floatStore, checkedSize(T, floatsPer));
   const DistanceTable table(p, pool);
 
   pool.run(B * H * nqt, [&](long task, int thread) {
@@ -584,10 +604,10 @@ void attentionForwardBf16(const AttentionParams& p, const uint16_t* q, const uin
     const long qt = nqt - 1 - task % nqt;
     const long b = bh / H, h = bh % H;
     const long i0 = qt * BF_PANEL, nq = std::min<long>(BF_PANEL, Lq - i0);
-    uint32_t* QT = wordScratch.data() + thread * wordsPer;
+    uint32_t* QT = wordScratch + thread * wordsPer;
     uint32_t* PT = QT + kp * BF_PANEL;
-    float* ST = floatScratch.data() + thread * floatsPer;
-    float* OT = ST + BK * BF_PANEL;
+    float* ST = floatScratch + thread * floatsPer;
+    float* OT = ST + BKF * BF_PANEL;
     float* m = OT + dv * BF_PANEL;  // the running maximum as an exponent n (max <= n ln2)
     float* l = m + BF_PANEL;
     const uint16_t* qb = q + ((b * H + h) * Lq + i0) * d;
@@ -601,13 +621,13 @@ void attentionForwardBf16(const AttentionParams& p, const uint16_t* q, const uin
     std::fill(l, l + BF_PANEL, 0.0f);
     const long kvh = h / group;
     const uint16_t* kb = kr + (b * Hkv + kvh) * Lk * dP;
-    const uint32_t* vb = vPairs.data() + (b * Hkv + kvh) * Lk2 * dv;
+    const uint32_t* vb = vPairs + (b * Hkv + kvh) * Lk2 * dv;
     const long lEnd = p.causal ? std::min(Lk, i0 + nq + qo) : Lk;
 
-    for (long l0 = 0; l0 < lEnd; l0 += BK) {
-      const long nk = std::min<long>(BK, lEnd - l0);
+    for (long l0 = 0; l0 < lEnd; l0 += BKF) {
+      const long nk = std::min<long>(BKF, lEnd - l0);
       bf16PanelProduct(fast, nk, BF_NV, kb + l0 * dP, dP, 2, kp, QT, BF_PANEL, ST, BF_PANEL, p.scale, false);
-      addForwardBias<NVB>(table, p, h, i0 + qo - l0, nk, hasBias, ST);
+      addForwardBias<NVB, BKF>(table, p, h, i0 + qo - l0, nk, hasBias, ST);
       vf mx[NVB], shift[NVB], sum[NVB];
       for (int vv = 0; vv < NVB; vv++) mx[vv] = splat(kNegInf);
       for (long r = 0; r < nk; r++)
@@ -649,7 +669,7 @@ void attentionBackwardBf16(const AttentionParams& p, const uint16_t* q, const ui
   const long B = p.batch, H = p.heads, Hkv = p.kvHeads, Lq = p.lq, Lk = p.lk, d = p.d, dv = p.dv, qo = p.queryOffset;
   const long group = H / Hkv;
   const long dP = roundUp(d, 2), dvP = roundUp(dv, 2), dPad = roundUp(d, BF_COLS), Lq2 = (Lq + 1) / 2;
-  const long nkt = (Lk + BKB - 1) / BKB;
+  const long nkt = (Lk + BF_PANEL - 1) / BF_PANEL;
   constexpr long W = BF_PANEL;  // keys per tile (the vectorised direction)
   const bool hasBias = p.bias.any();
   const bool fast = bf16Fast();
@@ -657,38 +677,40 @@ void attentionBackwardBf16(const AttentionParams& p, const uint16_t* q, const ui
   const int T = pool.size();
 
   const std::vector<float> delta = rowDeltas(p, out, dout, pool);
-  std::vector<uint16_t> qStore, kStore, vStore, gStore;
+  static thread_local std::vector<uint16_t> qStore, kStore, vStore, gStore;
+  static thread_local std::vector<uint32_t> qPairStore, gPairStore, wordStore;
+  static thread_local std::vector<float> floatStore;
   const uint16_t* qr = paddedRows(q, B * H * Lq, d, dP, qStore, pool);
   const uint16_t* kr = paddedRows(k, B * Hkv * Lk, d, dP, kStore, pool);
   const uint16_t* vr = paddedRows(v, B * Hkv * Lk, dv, dvP, vStore, pool);
   const uint16_t* gr = paddedRows(dout, B * H * Lq, dv, dvP, gStore, pool);
-  const std::vector<uint32_t> qPairs = sequencePairs(q, B * H, Lq, d, pool);
-  const std::vector<uint32_t> gPairs = sequencePairs(dout, B * H, Lq, dv, pool);
+  const uint32_t* qPairs = sequencePairs(q, B * H, Lq, d, qPairStore, pool);
+  const uint32_t* gPairs = sequencePairs(dout, B * H, Lq, dv, gPairStore, pool);
 
   const DistanceTable table(p, pool);
   BackwardWork work(p, table, nkt, dPad, T);
 
-  // Per thread: K^T, V^T pairs [dP/2, dvP/2 x W]; K pairs along keys [W/2 x dPad]; P, dS pairs [BQB/2 x W];
-  // dS rows as bf16 [BQB x W]; and fp32 dK^T, dV^T [d, dv x W], S, dP [BQB x W], gdiag.
-  const long wordsPer = (dP / 2) * W + (dvP / 2) * W + (W / 2) * dPad + 2 * (BQB / 2) * W + BQB * W / 2;
-  const long floatsPer = d * W + dv * W + 2 * BQB * W + 2 * DIAG;
-  std::vector<uint32_t> wordScratch(checkedSize(T, wordsPer));
-  std::vector<float> floatScratch(checkedSize(T, floatsPer));
+  // Per thread: K^T, V^T pairs [dP/2, dvP/2 x W]; K pairs along keys [W/2 x dPad]; P, dS pairs [BQF/2 x W];
+  // dS rows as bf16 [BQF x W]; and fp32 dK^T, dV^T [d, dv x W], S, dP [BQF x W], gdiag.
+  const long wordsPer = (dP / 2) * W + (dvP / 2) * W + (W / 2) * dPad + 2 * (BQF / 2) * W + BQF * W / 2;
+  const long floatsPer = d * W + dv * W + 2 * BQF * W + 2 * DIAG;
+  uint32_t* const wordScratch = kept(wordStore, checkedSize(T, wordsPer));
+  float* const floatScratch = kept(floatStore, checkedSize(T, floatsPer));
   pool.run(work.units(), [&](long u, int thread) {
     long pair = 0, kt0 = 0, kt1 = 0;
     work.unit(u, &pair, &kt0, &kt1);
     const long b = pair / Hkv, kvh = pair % Hkv;
-    uint32_t* KT = wordScratch.data() + thread * wordsPer;
+    uint32_t* KT = wordScratch + thread * wordsPer;
     uint32_t* VT = KT + (dP / 2) * W;
     uint32_t* Kk = VT + (dvP / 2) * W;
     uint32_t* PP = Kk + (W / 2) * dPad;
-    uint32_t* SP = PP + (BQB / 2) * W;
-    uint16_t* SR = reinterpret_cast<uint16_t*>(SP + (BQB / 2) * W);
-    float* dKT = floatScratch.data() + thread * floatsPer;
+    uint32_t* SP = PP + (BQF / 2) * W;
+    uint16_t* SR = reinterpret_cast<uint16_t*>(SP + (BQF / 2) * W);
+    float* dKT = floatScratch + thread * floatsPer;
     float* dVT = dKT + d * W;
     float* S = dVT + dv * W;
-    float* dPt = S + BQB * W;
-    float* gdiag = dPt + BQB * W;
+    float* dPt = S + BQF * W;
+    float* gdiag = dPt + BQF * W;
     float* dQ = work.dq(u, thread);
     std::fill(gdiag, gdiag + DIAG, 0.0f);
     const uint16_t* kb = kr + pair * Lk * dP;
@@ -713,12 +735,12 @@ void attentionBackwardBf16(const AttentionParams& p, const uint16_t* q, const ui
         const long iStart = p.causal ? std::max<long>(0, l0 - qo) / 2 * 2 : 0;
         const float* lseH = lse + (b * H + h) * Lq;
         const float* deltaH = delta.data() + (b * H + h) * Lq;
-        for (long i0 = iStart; i0 < Lq; i0 += BQB) {
-          const long nq = std::min<long>(BQB, Lq - i0), nqp = (nq + 1) / 2;
+        for (long i0 = iStart; i0 < Lq; i0 += BQF) {
+          const long nq = std::min<long>(BQF, Lq - i0), nqp = (nq + 1) / 2;
           bf16PanelProduct(fast, nq, BF_NV, qr + ((b * H + h) * Lq + i0) * dP, dP, 2, dP / 2, KT, W, S, W, p.scale, false);
           bf16PanelProduct(fast, nq, BF_NV, gr + ((b * H + h) * Lq + i0) * dvP, dvP, 2, dvP / 2, VT, W, dPt, W, 1.0f, false);
           const long Delta = i0 + qo - l0;
-          softmaxBackwardTile<NVB>(table, p, h, Delta, nq, nk, hasBias, lseH + i0, deltaH + i0, S, dPt, gdiag);
+          softmaxBackwardTile<NVB, BQF>(table, p, h, Delta, nq, nk, hasBias, lseH + i0, deltaH + i0, S, dPt, gdiag);
           rowPairs(S, nq, PP);
           rowPairs(dPt, nq, SP);
           for (long ii = 0; ii < nq; ii++)
@@ -726,8 +748,8 @@ void attentionBackwardBf16(const AttentionParams& p, const uint16_t* q, const ui
               const vh bits = bf16Narrow(load(dPt + ii * W + j));
               std::memcpy(SR + ii * W + j, &bits, sizeof bits);
             }
-          const uint32_t* gq = gPairs.data() + ((b * H + h) * Lq2 + i0 / 2) * dv;
-          const uint32_t* qq = qPairs.data() + ((b * H + h) * Lq2 + i0 / 2) * d;
+          const uint32_t* gq = gPairs + ((b * H + h) * Lq2 + i0 / 2) * dv;
+          const uint32_t* qq = qPairs + ((b * H + h) * Lq2 + i0 / 2) * d;
           bf16PanelProduct(fast, dv, BF_NV, reinterpret_cast<const uint16_t*>(gq), 2, 2 * dv, nqp, PP, W, dVT, W, 1.0f, true);
           bf16PanelProduct(fast, d, BF_NV, reinterpret_cast<const uint16_t*>(qq), 2, 2 * d, nqp, SP, W, dKT, W, 1.0f, true);
           float* dQrows = dQ + (hl * Lq + i0) * dPad;
@@ -735,7 +757,7 @@ void attentionBackwardBf16(const AttentionParams& p, const uint16_t* q, const ui
             const int nv = int(std::min<long>(BF_NV, dPad / BF_COLS - cv));
             bf16PanelProduct(fast, nq, nv, SR, W, 2, nkp, Kk + cv * BF_COLS, dPad, dQrows + cv * BF_COLS, dPad, 1.0f, true);
           }
-          if (hasBias) work.addDiagonals(thread, h, Delta, W, gdiag);
+          if (hasBias) work.addDiagonals(thread, h, Delta, BQF, W, gdiag);
         }
       }
       work.storeKeyGrads(pair, l0, nk, W, dKT, dVT, dk, dv_);
