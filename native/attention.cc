@@ -611,10 +611,14 @@ void attentionForwardBf16(const AttentionParams& p, const uint16_t* q, const uin
     float* m = OT + dv * BF_PANEL;  // the running maximum as an exponent n (max <= n ln2)
     float* l = m + BF_PANEL;
     const uint16_t* qb = q + ((b * H + h) * Lq + i0) * d;
-    for (long c = 0; c < kp; c++) {
-      uint32_t* row = QT + c * BF_PANEL;
-      for (long j = 0; j < nq; j++) row[j] = bf16Pair(qb[j * d + 2 * c], 2 * c + 1 < d ? qb[j * d + 2 * c + 1] : 0);
-      std::fill(row + nq, row + BF_PANEL, 0u);
+    if (d == dP) {
+      transposePairs(qb, d, nq, kp, QT);
+    } else {
+      for (long c = 0; c < kp; c++) {
+        uint32_t* row = QT + c * BF_PANEL;
+        for (long j = 0; j < nq; j++) row[j] = bf16Pair(qb[j * d + 2 * c], 2 * c + 1 < d ? qb[j * d + 2 * c + 1] : 0);
+        std::fill(row + nq, row + BF_PANEL, 0u);
+      }
     }
     std::fill(OT, OT + dv * BF_PANEL, 0.0f);
     std::fill(m, m + BF_PANEL, kNegInf);
