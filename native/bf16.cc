@@ -152,6 +152,19 @@ void bf16PanelProduct(bool fast, long m, int nv, const uint16_t* A, long rs, lon
   if (i < m) fns[m - i - 1][v](A + i * rs, rs, ks, kp, B, ldb, C + i * ldc, ldc, alpha, accumulate);
 }
 
+void toBf16Bits(const float* x, uint16_t* out, long n) {
+  constexpr long kChunk = 1 << 16;
+  Pool::instance().run((n + kChunk - 1) / kChunk, [&](long t, int) {
+    const long i1 = std::min(n, (t + 1) * kChunk);
+    long i = t * kChunk;
+    for (; i + VL <= i1; i += VL) {
+      const vh b = bf16Narrow(load(x + i));
+      std::memcpy(out + i, &b, sizeof b);
+    }
+    for (; i < i1; i++) out[i] = bf16Round(x[i]);
+  });
+}
+
 namespace {
 constexpr long KC = 512;      // bf16 reduction steps per block (256 pairs: a 64 KiB panel, as in sgemm)
 constexpr long NC = 8 * 64;   // columns per outer block, a multiple of BF_PANEL

@@ -69,6 +69,9 @@ inline vi bf16PackPairs(vf lo, vf hi) {
 void bf16PanelProduct(bool fast, long m, int nv, const uint16_t* A, long rs, long ks, long kp, const uint32_t* B,
                       long ldb, float* C, long ldc, float alpha, bool accumulate);
 
+/** out[i] = bf16Round(x[i]) for i < n, vectorised and spread over the pool. */
+void toBf16Bits(const float* x, uint16_t* out, long n);
+
 /** Row-major C = alpha op(A) op(B) + beta C with bf16 A and B (bits), fp32 C; beta = 0 overwrites, as BLAS. */
 void sgemmBf16(bool transA, bool transB, long m, long n, long k, float alpha, const uint16_t* A, long lda,
                const uint16_t* B, long ldb, float beta, float* C, long ldc);

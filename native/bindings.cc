@@ -301,6 +301,14 @@ Napi::Value FirstNonFiniteBf16(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), -1);
 }
 
+/** bits = bf16(x), round to nearest even (NaN stays NaN): the conversion a bf16 tensor is made with. */
+Napi::Value ToBf16(const Napi::CallbackInfo& info) {
+  const float* x = f32(info[0], "x", 0);
+  const long n = long(info[0].As<Napi::Float32Array>().ElementLength());
+  hype::toBf16Bits(x, u16(info[1], "bits", n), n);
+  return info.Env().Undefined();
+}
+
 /** Which bf16 kernel runs now: {supported: the CPU has AVX512-BF16, fast: it is used (HYPE_NO_BF16 unset)}. */
 Napi::Value Bf16Info(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
@@ -479,6 +487,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"attentionBackwardBf16", 11, "(params, q, k, v, out, lse, dOut, dq, dk, dv, dTable)", AttentionBackwardBf16},
       {"bf16Info", 0, "()", Bf16Info},
       {"firstNonFiniteBf16", 1, "(bits)", FirstNonFiniteBf16},
+      {"toBf16", 2, "(x, bits)", ToBf16},
       {"layerNormForward", 9, "(x, gamma, beta, out, mean, rstd, rows, width, eps)", LayerNormForward},
       {"layerNormBackward", 10, "(dOut, x, gamma, mean, rstd, dx, dGamma, dBeta, rows, width)", LayerNormBackward},
       {"geluForward", 3, "(x, out, n)", GeluForward},

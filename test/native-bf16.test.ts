@@ -81,6 +81,44 @@ afterEach(() => {
   delete process.env.HYPE_NO_BF16;
 });
 
+suite('bf16 conversion', () => {
+  it('rounds fp32 to bf16 bits to nearest even, natively and in JS, as roundToBf16 does', () => {
+    const words = Uint32Array.of(
+      0x00000000,
+      0x80000000,
+      0x7f800000,
+      0xff800000, // zeros, infinities
+      0x3f808000,
+      0x3f818000,
+      0x3f808001,
+      0x3f807fff, // ties to even (down, up), just above and below a tie
+      0x7f7fffff,
+      0x7f7f8000,
+      0xff7fffff, // past bf16's largest value: overflow to +-Infinity
+      0x00008000,
+      0x00018000,
+      0x00000001,
+      0x807fffff, // subnormals: ties, the smallest, the largest
+      0x7fc00000,
+      0x7f800001,
+      0xffffffff, // NaNs (a payload only in the low half must stay NaN)
+    );
+    const rng = new Rng(7);
+    const x = new Float32Array(words.length + 5000);
+    new Uint32Array(x.buffer).set(words);
+    for (let i = words.length; i < x.length; i++)
+      x[i] = (rng.uniform() - 0.5) * 2 ** Math.floor(rng.uniform() * 60 - 30);
+    const native = toBf16(x);
+    const js = toBf16(x, { native: false });
+    expect(Array.from(native)).toEqual(Array.from(js));
+    const back = fromBf16(native);
+    for (let i = 0; i < x.length; i++) {
+      if (Number.isNaN(x[i]!)) expect(back[i], `NaN at ${i}`).toBeNaN();
+      else expect(back[i], `element ${i} (${x[i]})`).toBe(roundToBf16(x[i]!));
+    }
+  });
+});
+
 suite('native bf16 gemm', () => {
   it('reports the kernel in use, and HYPE_NO_BF16 forces the fallback', () => {
     const info = bf16KernelInfo();

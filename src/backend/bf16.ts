@@ -66,6 +66,7 @@ export interface NativeBf16Kernels {
   ): void;
   bf16Info(): { supported: boolean; fast: boolean };
   firstNonFiniteBf16(bits: Uint16Array): number;
+  toBf16(x: Float32Array, bits: Uint16Array): void;
 }
 
 /** The loaded addon's bf16 kernels, or one HypeError saying why they are unavailable. */
@@ -77,7 +78,14 @@ export function bf16Kernels(): NativeAddon & NativeBf16Kernels {
       `the native addon is not available (${nativeLoadError()}); rebuild with \`npm rebuild\``,
     );
   }
-  for (const name of ['gemmBf16', 'attentionForwardBf16', 'attentionBackwardBf16', 'bf16Info', 'firstNonFiniteBf16'] as const) {
+  for (const name of [
+    'gemmBf16',
+    'attentionForwardBf16',
+    'attentionBackwardBf16',
+    'bf16Info',
+    'firstNonFiniteBf16',
+    'toBf16',
+  ] as const) {
     if (typeof addon[name] !== 'function') {
       throw new HypeError('native', `the native addon is a stale build (no ${name}); rebuild it with \`npm rebuild\``);
     }
@@ -94,12 +102,18 @@ export function bf16KernelInfo(): { supported: boolean; fast: boolean } {
 
 /**
  * fp32 -> bf16 bits, round to nearest even (what vcvtneps2bf16 does on normal numbers); NaN stays a quiet NaN.
- * Integer arithmetic on the fp32 encoding: the same result as roundToBf16 for every fp32 input.
+ * Integer arithmetic on the fp32 encoding, so the same result as roundToBf16 for every fp32 input; on the addon's
+ * vector loop when it is loaded (`native: false` forces this loop, the addon's test oracle).
  */
-export function toBf16(x: Float32Array | ArrayLike<number>): Uint16Array {
+export function toBf16(x: Float32Array | ArrayLike<number>, opts: { native?: boolean } = {}): Uint16Array {
   const src = x instanceof Float32Array ? x : Float32Array.from(x);
-  const words = new Uint32Array(src.buffer, src.byteOffset, src.length);
   const out = new Uint16Array(src.length);
+  const addon = opts.native === false ? null : (loadNativeAddon() as Partial<NativeBf16Kernels> | null);
+  if (addon?.toBf16) {
+    addon.toBf16(src, out);
+    return out;
+  }
+  const words = new Uint32Array(src.buffer, src.byteOffset, src.length);
   for (let i = 0; i < words.length; i++) {
     const u = words[i]!;
     out[i] = (u & 0x7fffffff) > 0x7f800000 ? (u >>> 16) | 0x40 : (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
