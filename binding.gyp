@@ -7,6 +7,7 @@
         "native/attention.cc",
         "native/gemm.cc",
         "native/bf16.cc",
+        "native/householder.cc",
         "native/layers.cc",
         "native/microkernel.cc",
         "native/pool.cc"
@@ -15,8 +16,8 @@
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],
-      "cflags": ["-O3", "-march=native", "-pthread", "-ffp-contract=fast"],
-      "cflags_cc": ["-std=c++17", "-fexceptions", "-O3", "-march=native", "-pthread", "-ffp-contract=fast"],
+      "cflags": ["-O3", "-march=native", "-pthread", "-ffp-contract=fast", "-fopenmp-simd"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-O3", "-march=native", "-pthread", "-ffp-contract=fast", "-fopenmp-simd"],
       "ldflags": ["-pthread"]
     }
   ]
