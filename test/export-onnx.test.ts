@@ -7,76 +7,13 @@
  * (initStd 0.3), so fp32 rounding through two layers leaves ~1e-6..1e-5; the issue's bound is 1e-4. HyPE's
  * recovered bias adds ~ u |tau| sqrt(d)/2 e^{|mu p|} e^{|mu p'|} ~ 1e-5 at most here (SPEC section 4).
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import * as ort from 'onnxruntime-node';
-import { afterAll, describe, expect, it, vi } from 'vitest';
-import { ReferenceBackend } from '../src/backend/reference.ts';
+import { describe, expect, it, vi } from 'vitest';
 import { main } from '../src/cli/main.ts';
 import { exportOnnx, type OnnxExportOptions } from '../src/interop/onnx-export.ts';
 import { decodeModel } from '../src/interop/onnx-proto.ts';
-import type { Transformer } from '../src/model/transformer.ts';
-import { loadRunModel } from '../src/train/trainer.ts';
-import { Rng } from '../src/util/rng.ts';
-import { writeTinyRun } from './helpers/tiny-run.ts';
-
-const root = mkdtempSync(join(tmpdir(), 'hype-onnx-'));
-afterAll(() => rmSync(root, { recursive: true, force: true }));
-
-let runs = 0;
-function savedModel(pe: string, options: Record<string, unknown> = {}, extra: Record<string, unknown> = {}) {
-  const dir = join(root, `run-${runs++}`);
-  writeTinyRun(dir, {
-    width: 32,
-    heads: 4,
-    mlpWidth: 64,
-    trainLength: 16,
-    dtype: 'float64',
-    initStd: 0.3,
-    seed: 3,
-    pe: { name: pe, options },
-    ...extra,
-  });
-  return { dir, model: loadRunModel(dir, new ReferenceBackend()).model };
-}
-
-function randomTokens(batch: number, length: number, seed: number): Int32Array {
-  const rng = new Rng(seed);
-  return Int32Array.from({ length: batch * length }, () => rng.int(256));
-}
-
-async function onnxLogits(bytes: Uint8Array, tokens: Int32Array, batch: number, length: number) {
-  const session = await ort.InferenceSession.create(bytes);
-  try {
-    const feed = new ort.Tensor(
-      'int64',
-      BigInt64Array.from(tokens, (t) => BigInt(t)),
-      [batch, length],
-    );
-    const out = await session.run({ tokens: feed });
-    return out.logits!.data as Float32Array;
-  } finally {
-    await session.release();
-  }
-}
-
-/** Max |onnx - ours| and the largest |logit| over every position of every sequence. */
-async function compare(model: Transformer, o: OnnxExportOptions = {}, batch = 2, length = 24) {
-  const { bytes } = exportOnnx(model, o);
-  const tokens = randomTokens(batch, length, 7 + length);
-  model.forward(tokens, null, batch, length);
-  const ours = model.logits();
-  const theirs = await onnxLogits(bytes, tokens, batch, length);
-  expect(theirs.length).toBe(ours.length);
-  let diff = 0;
-  let size = 0;
-  for (let j = 0; j < ours.length; j++) {
-    diff = Math.max(diff, Math.abs(theirs[j]! - ours[j]!));
-    size = Math.max(size, Math.abs(ours[j]!));
-  }
-  return { diff, size };
-}
+import { compare, onnxLogits, randomTokens, root, savedModel } from './helpers/onnx-compare.ts';
 
 describe('ONNX export run by onnxruntime-node matches our logits', () => {
   const cases: [string, string, Record<string, unknown>, Record<string, unknown>?, OnnxExportOptions?][] = [
@@ -170,7 +107,9 @@ describe('what the HyPE graph contains', () => {
 describe('refusals and the command', () => {
   it('an encoding without an export path is refused, naming the supported ones', () => {
     const { model } = savedModel('t5');
-    expect(() => exportOnnx(model)).toThrow(/supports the encodings none, rope, alibi, hype; this run uses 't5'/);
+    expect(() => exportOnnx(model)).toThrow(
+      /supports the encodings none, rope, alibi, alibi-learned, hype, hype-gated, fox; this run uses 't5'/,
+    );
   });
 
   it('hype export <run> --onnx writes a model onnxruntime loads and that matches ours', async () => {

@@ -21,6 +21,6 @@ it('an encoding without toOnnx is refused with the clear error', () => {
   const cfg = parseModelConfig({ width: 16, layers: 1, heads: 2, trainLength: 8, pe: { name: 't5' } });
   const model = new Transformer(cfg, new ReferenceBackend());
   expect(() => exportOnnx(model)).toThrow(
-    /ONNX export supports the encodings none, rope, alibi, hype; this run uses 't5'/,
+    /ONNX export supports the encodings none, rope, alibi, alibi-learned, hype, hype-gated, fox; this run uses 't5'/,
   );
 });

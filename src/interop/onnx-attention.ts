@@ -54,7 +54,7 @@ export interface HypeGraphParams {
 }
 
 /** Positions 0 .. L-1 minus the shift, as float [L], where L is the length of `x` [B, L, *]. */
-function shiftedPositions(g: OnnxGraph, x: string, shift: number | 'center'): string {
+export function shiftedPositions(g: OnnxGraph, x: string, shift: number | 'center'): string {
   const shape = g.op('Shape', [x]);
   const lenI = g.op('Gather', [shape, g.constInt64([1], [])], { axis: 0 });
   const len = g.op('Cast', [lenI], { to: 1 });
@@ -87,7 +87,7 @@ export function hypeEtaColumns(g: OnnxGraph, x: string, p: HypeGraphParams): { e
   return { etaQ, etaK };
 }
 
-/** x [B, L, H*d] ++ eta [1, L, H, e] per head (+ zero padding) -> [B, L, H*(d+e+pad)]. */
+/** x [B, L, H*d] ++ eta [B or 1, L, H, e] per head (+ zero padding) -> [B, L, H*(d+e+pad)]. */
 function appendPerHead(
   g: OnnxGraph,
   x: string,
@@ -111,30 +111,57 @@ function appendPerHead(
   return g.op('Reshape', [cat, g.constInt64([0, 0, heads * (headDim + extra + pad)])]);
 }
 
-/** Qhat, Khat for MultiHeadAttention and the head size they have. */
+/** Qhat, Khat for MultiHeadAttention and the head size they have (queryScale: see HypeGraphParams). */
 export function hypeAugment(
   g: OnnxGraph,
   q: string,
   k: string,
-  p: HypeGraphParams,
+  p: HypeGraphParams & { queryScale?: string },
+): { qHat: string; kHat: string; width: number } {
+  const eta = hypeEtaColumns(g, q, p);
+  // A per-query amplitude s [B, L, H] multiplies every eta^Q column of its head (gated HyPE).
+  const etaQ = p.queryScale ? g.op('Mul', [eta.etaQ, g.op('Unsqueeze', [p.queryScale, g.constInt64([3])])]) : eta.etaQ;
+  return augmentColumns(g, q, k, etaQ, eta.etaK, 2 * p.pairs, p);
+}
+
+export interface ColumnGraphParams {
+  heads: number;
+  headDim: number;
+  padMultiple?: number;
+  precision?: GraphPrecision;
+  columns?: 'plain' | 'split';
+}
+
+/**
+ * q, k [B, L, H * d] with float32 columns cq, ck [B or 1, L, H, r] appended per head (the query columns already in
+ * kernel units, i.e. times sqrt(d)), in the graph's precision: rounded once, or in fp16 split into hi/lo parts
+ * (3r columns), then zero padding to the multiple. Qhat . Khat = q . k + cq . ck (+ O(u16^2) when split).
+ */
+export function augmentColumns(
+  g: OnnxGraph,
+  q: string,
+  k: string,
+  cq: string,
+  ck: string,
+  r: number,
+  p: ColumnGraphParams,
 ): { qHat: string; kHat: string; width: number } {
   const precision = p.precision ?? 'fp32';
   const split = precision === 'fp16' && (p.columns ?? 'split') === 'split';
-  const extra = (split ? 6 : 2) * p.pairs;
+  const extra = (split ? 3 : 1) * r;
   const m = p.padMultiple ?? 1;
   const pad = (m - ((p.headDim + extra) % m)) % m;
-  const eta = hypeEtaColumns(g, q, p);
   const cols = (x: string, side: 'query' | 'key') =>
-    split ? splitHalfColumns(g, x, side, p.heads, 2 * p.pairs) : toPrecision(g, precision, x);
+    split ? splitHalfColumns(g, x, side, p.heads, r) : toPrecision(g, precision, x);
   return {
-    qHat: appendPerHead(g, q, cols(eta.etaQ, 'query'), p.heads, p.headDim, extra, pad, precision),
-    kHat: appendPerHead(g, k, cols(eta.etaK, 'key'), p.heads, p.headDim, extra, pad, precision),
+    qHat: appendPerHead(g, q, cols(cq, 'query'), p.heads, p.headDim, extra, pad, precision),
+    kHat: appendPerHead(g, k, cols(ck, 'key'), p.heads, p.headDim, extra, pad, precision),
     width: p.headDim + extra + pad,
   };
 }
 
 /**
- * float32 columns x [1, L, H, r] -> float16 [1, L, H, 3r]: per column [hi, hi, lo] (query side) or [hi, lo, hi]
+ * float32 columns x [B or 1, L, H, r] -> float16 [B or 1, L, H, 3r]: per column [hi, hi, lo] (query side) or [hi, lo, hi]
  * (key side) with hi = fp16(x), lo = fp16(x - hi), the layout of numerics/split-columns.ts's expandColumns.
  */
 function splitHalfColumns(g: OnnxGraph, x: string, side: 'query' | 'key', heads: number, r: number): string {
@@ -143,7 +170,7 @@ function splitHalfColumns(g: OnnxGraph, x: string, side: 'query' | 'key', heads:
   const lo = g.op('Cast', [rest], { to: OnnxDataType.FLOAT16 });
   const axis = g.constInt64([4]);
   const slots = (side === 'query' ? [hi, hi, lo] : [hi, lo, hi]).map((t) => g.op('Unsqueeze', [t, axis]));
-  return g.op('Reshape', [g.op('Concat', slots, { axis: 4 }), g.constInt64([1, -1, heads, 3 * r])]);
+  return g.op('Reshape', [g.op('Concat', slots, { axis: 4 }), g.constInt64([0, 0, heads, 3 * r])]);
 }
 
 /**

@@ -32,11 +32,13 @@ import type { Transformer } from '../model/transformer.ts';
 import type { OnnxAttention, OnnxAttentionBuilder } from '../pe/encoding.ts';
 import {
   alibiBiasTensor,
+  augmentColumns,
   constOf,
   type GraphPrecision,
   hypeAugment,
   multiHeadAttention,
   padValueHeads,
+  shiftedPositions,
   sliceValueHeads,
   toPrecision,
 } from './onnx-attention.ts';
@@ -47,7 +49,7 @@ import { OnnxDataType } from './onnx-proto.ts';
  * The registered encodings whose instances have a toOnnx hook (for messages and documentation; the exporter asks
  * the hook itself, and a test keeps this list equal to the registry's).
  */
-export const ONNX_ENCODINGS = ['none', 'rope', 'alibi', 'hype'] as const;
+export const ONNX_ENCODINGS = ['none', 'rope', 'alibi', 'alibi-learned', 'hype', 'hype-gated', 'fox'] as const;
 
 export interface OnnxExportOptions {
   /**
@@ -156,6 +158,32 @@ export function exportOnnx(model: Transformer, options: OnnxExportOptions = {}):
         });
       },
       rotate: (t, freqs) => rotate(g, t, H, D, freqs, precision),
+      x: h1,
+      gate(p) {
+        // float32 whatever the graph's precision: gates feed position columns, which are computed in float32.
+        const x32 = precision === 'fp16' ? g.op('Cast', [h1], { to: OnnxDataType.FLOAT }) : h1;
+        const wT = Array.from({ length: C * p.rows }, (_, j) => p.weight[(j % p.rows) * C + Math.floor(j / p.rows)]!);
+        const z = g.op('Add', [g.op('MatMul', [x32, g.constFloat(wT, [C, p.rows])]), g.constFloat(p.bias, [p.rows])]);
+        // log sigmoid(z) = -softplus(-z); onnxruntime's Softplus is computed without overflow.
+        const y = p.fn === 'softplus' ? g.op('Softplus', [z]) : g.op('Neg', [g.op('Softplus', [g.op('Neg', [z])])]);
+        return p.cumulative ? g.op('CumSum', [y, g.constInt64([1], [])]) : y;
+      },
+      positions: () => g.op('Reshape', [shiftedPositions(g, q0!, 'center'), g.constInt64([1, -1, 1, 1])]),
+      op: (type, inputs, attrs) => g.op(type, inputs, attrs ?? {}),
+      constFloat: (data, dims) => g.constFloat(data, dims),
+      constInt64: (data, dims) => g.constInt64(data, dims),
+      columnAttention(cq, ck, r, multiple) {
+        // Query columns in kernel units: the kernel divides every product by sqrt(D).
+        const cqKernel = g.op('Mul', [cq, g.constFloat([Math.sqrt(D)], [])]);
+        const aug = augmentColumns(g, q0!, builder.k, cqKernel, ck, r, {
+          heads: H,
+          headDim: D,
+          padMultiple: options.padMultiple ?? (precision === 'fp16' ? 8 : multiple),
+          precision,
+          columns,
+        });
+        return augmentedAttention(aug, 1 / Math.sqrt(D));
+      },
       hyperbolicAttention(p) {
         const aug = hypeAugment(g, q0!, builder.k, {
           heads: H,
@@ -167,23 +195,28 @@ export function exportOnnx(model: Transformer, options: OnnxExportOptions = {}):
           padMultiple: options.padMultiple ?? (precision === 'fp16' ? 8 : p.multiple),
           precision,
           columns,
+          ...(p.queryScale ? { queryScale: p.queryScale } : {}),
         });
         if (options.hypeScale === 'kernel-default') scale = 'kernel default';
-        // fp16 targets GPU flash kernels, which need V as wide as Q and K (padValueHeads); fp32 stays as it was.
-        const vWidth = precision === 'fp16' ? aug.width : D;
-        const wide = multiHeadAttention(g, aug.qHat, aug.kHat, padValueHeads(g, builder.v, H, D, vWidth, precision), {
-          heads: H,
-          causal: true,
-          ...(options.hypeScale === 'kernel-default' ? {} : { scale: 1 / Math.sqrt(D) }),
-        });
-        return {
-          out: sliceValueHeads(g, wide, H, D, vWidth),
-          qkHeadDim: aug.width,
-          attentionBias: false,
-          columns: precision === 'fp16' ? columns : 'plain',
-        };
+        return augmentedAttention(aug, options.hypeScale === 'kernel-default' ? undefined : 1 / Math.sqrt(D));
       },
     };
+    /** MultiHeadAttention on augmented Q, K (scale given, or the kernel's default when undefined). */
+    function augmentedAttention(aug: { qHat: string; kHat: string; width: number }, s: number | undefined) {
+      // fp16 targets GPU flash kernels, which need V as wide as Q and K (padValueHeads); fp32 stays as it was.
+      const vWidth = precision === 'fp16' ? aug.width : D;
+      const wide = multiHeadAttention(g, aug.qHat, aug.kHat, padValueHeads(g, builder.v, H, D, vWidth, precision), {
+        heads: H,
+        causal: true,
+        ...(s === undefined ? {} : { scale: s }),
+      });
+      return {
+        out: sliceValueHeads(g, wide, H, D, vWidth),
+        qkHeadDim: aug.width,
+        attentionBias: false,
+        columns: precision === 'fp16' ? columns : ('plain' as const),
+      };
+    }
     facts = model.blockEncodings[i]!.toOnnx!(builder);
     const mid = g.op('Add', [x, linear(facts.out, blk.projWeight.data, blk.projBias.data, C, C)]);
     const h2 = layerNorm(mid, blk.ln2Weight.data, blk.ln2Bias.data);

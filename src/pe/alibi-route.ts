@@ -202,22 +202,39 @@ export function defineAlibi(
           };
         },
         denseLogits: (ctx, inputs, scale) => alibiDenseLogits(ctx, inputs, scale, src.slopes()),
-        // Fixed slopes only: the bias -m_h |i - l| as the graph's attention bias (either route is the same function).
-        ...(src.params.length === 0
-          ? {
-              toOnnx: (b: OnnxAttentionBuilder): OnnxAttention => ({
-                out: b.attention(b.q, b.k, b.v, { linearSlopes: src.slopes() }),
-                qkHeadDim: b.headDim,
-                attentionBias: true,
-                columns: null,
-              }),
-            }
-          : {}),
+        // The current slopes (trained ones are constants once exported), by the run's route.
+        toOnnx: (b: OnnxAttentionBuilder) => alibiToOnnx(b, src.slopes(), opts),
         // Trained slopes only: fixed ones are the reference values, nothing to record.
         ...(src.params.length > 0 ? { report: () => ({ slope: Array.from(src.slopes()) }) } : {}),
       };
     },
   });
+}
+
+/**
+ * ALiBi in an ONNX graph: route 'kernel' as MultiHeadAttention's attention_bias -m_h |i - l|; route 'concat' as its
+ * two columns on unmodified MultiHeadAttention, query [-m_h (i - c), m_h], key [1, l - c] with c = (L - 1) / 2 of the
+ * running length (the model's integer centre differs by 1/2 at even L, which changes no bias: only roundoff).
+ */
+function alibiToOnnx(b: OnnxAttentionBuilder, slopes: Float64Array, opts: AlibiRouteOptions): OnnxAttention {
+  if (opts.route === 'kernel') {
+    return {
+      out: b.attention(b.q, b.k, b.v, { linearSlopes: slopes }),
+      qkHeadDim: b.headDim,
+      attentionBias: true,
+      columns: null,
+    };
+  }
+  const H = slopes.length;
+  const pos = b.positions(); // [1, L, 1, 1]
+  const ones = b.op('Add', [b.op('Mul', [pos, b.constFloat([0], [])]), b.constFloat([1], [])]);
+  const m = b.constFloat(slopes, [1, 1, H, 1]);
+  const query = b.op('Concat', [b.op('Mul', [b.op('Neg', [pos]), m]), b.op('Mul', [ones, m])], { axis: 3 });
+  const key = b.op('Mul', [
+    b.op('Concat', [ones, pos], { axis: 3 }),
+    b.constFloat(new Float64Array(H).fill(1), [1, 1, H, 1]),
+  ]);
+  return b.columnAttention(query, key, 2, opts.multiple ?? 1);
 }
 
 function hasPrecisionOptions(opts: AlibiRouteOptions): boolean {

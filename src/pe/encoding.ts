@@ -114,7 +114,9 @@ export interface PositionalEncoding<T = FloatArray, I = Int32Array> {
 
 /**
  * What the ONNX exporter offers an encoding's toOnnx hook: graph values by name ([batch, length, heads * D], k and
- * v already repeated to every query head) and graph-building primitives, each a position term described as data.
+ * v already repeated to every query head), graph-building primitives for position terms described as data, and a
+ * few plain nodes (op, constants) to assemble content-dependent concat columns. Column values are float32 whatever
+ * the graph's precision; the primitives cast them.
  */
 export interface OnnxAttentionBuilder {
   readonly heads: number;
@@ -123,6 +125,31 @@ export interface OnnxAttentionBuilder {
   readonly q: string;
   readonly k: string;
   readonly v: string;
+  /** The block's normed input [batch, length, modelDim] (graph precision), the x q, k, v were projected from. */
+  readonly x: string;
+  /**
+   * float32 [batch, length, rows]: fn(weight[r] . x_i + bias[r]) for each row r of weight [rows, modelDim] (weights
+   * rounded to float32 once); cumulative sums it over positions 0 .. i (a CumSum node).
+   */
+  gate(p: {
+    weight: ArrayLike<number>;
+    bias: ArrayLike<number>;
+    rows: number;
+    fn: 'logSigmoid' | 'softplus';
+    cumulative?: boolean;
+  }): string;
+  /** float32 [1, length, 1, 1]: positions 0 .. length - 1 minus the centre (length - 1) / 2. */
+  positions(): string;
+  /** One default-domain node (Concat, Mul, Gather, Unsqueeze, ...) for assembling columns; returns its output. */
+  op(type: string, inputs: readonly string[], attrs?: Record<string, number | number[]>): string;
+  constFloat(data: ArrayLike<number>, dims: readonly number[]): string;
+  constInt64(data: readonly number[], dims?: readonly number[]): string;
+  /**
+   * Causal attention with the bias sum_j query[b, i, h, j] key[b, l, h, j] carried as r appended Q/K columns per head
+   * (SPEC section 9) on unmodified MultiHeadAttention at scale 1/sqrt(headDim): query, key float32
+   * [batch or 1, length, heads, r], in logit units. Padding and fp16 split columns follow the exporter's options.
+   */
+  columnAttention(query: string, key: string, r: number, multiple: number): OnnxAttention;
   /** Causal MultiHeadAttention at scale 1/sqrt(headDim), plus -slopes[h] |i - l| when slopes are given. */
   attention(q: string, k: string, v: string, opts?: { linearSlopes?: Float64Array }): string;
   /** Rotates pairs of x's head columns by position * freqs (the rotary transform). */
@@ -138,6 +165,8 @@ export interface OnnxAttentionBuilder {
     shift: 'centre' | 'none';
     /** The encoding's own padding multiple (the exporter's option overrides it). */
     multiple: number;
+    /** Optional per-query amplitude float32 [batch, length, heads] multiplying each head's eta^Q columns. */
+    queryScale?: string;
   }): OnnxAttention;
 }
 

@@ -30,6 +30,8 @@ import type {
   AttendInputs,
   EncodingDims,
   EncodingFactory,
+  OnnxAttention,
+  OnnxAttentionBuilder,
   Param,
   PositionalEncoding,
 } from './encoding.ts';
@@ -149,6 +151,24 @@ class FoxEncoding implements PositionalEncoding {
         return { dq, dk, dv, dx: dxOut };
       },
     };
+  }
+
+  /**
+   * ONNX form: F [B, L, Hkv] = CumSum(log sigmoid(x w^T + b)) from the block's normed input, each KV head's F given
+   * to its query heads (Gather), then the columns [F_i, 1] . [1, -F_l] on unmodified MultiHeadAttention. F is not
+   * centred in the graph (the bias is a difference, so centring changes only fp32 roundoff, ~u |F|).
+   */
+  toOnnx(b: OnnxAttentionBuilder): OnnxAttention {
+    const { heads: H, kvHeads: G } = this.dims;
+    const F = b.gate({ weight: this.w.data, bias: this.b.data, rows: G, fn: 'logSigmoid', cumulative: true });
+    const perHead = b.op('Gather', [F, b.constInt64(Array.from({ length: H }, (_, h) => Math.floor(h / (H / G))))], {
+      axis: 2,
+    });
+    const F4 = b.op('Unsqueeze', [perHead, b.constInt64([3])]); // [B, L, H, 1]
+    const ones = b.op('Add', [b.op('Mul', [F4, b.constFloat([0], [])]), b.constFloat([1], [])]);
+    const query = b.op('Concat', [F4, ones], { axis: 3 });
+    const key = b.op('Concat', [ones, b.op('Neg', [F4])], { axis: 3 });
+    return b.columnAttention(query, key, 2, this.opts.multiple ?? 1);
   }
 
   /** Per KV head: the gate weights' norm |w_g| and bias b_g (f = sigmoid(b_g) for a zero input). */

@@ -34,6 +34,8 @@ import type {
   AttendResult,
   EncodingDims,
   EncodingFactory,
+  OnnxAttention,
+  OnnxAttentionBuilder,
   Param,
   PositionalEncoding,
 } from './encoding.ts';
@@ -174,6 +176,17 @@ class GatedHypeEncoding implements PositionalEncoding {
         return { dq, dk, dv, dx: dxOut };
       },
     };
+  }
+
+  /**
+   * ONNX form: hype's eta columns (its current tau, mu) with each query's eta^Q scaled by s = Softplus(x w^T + b)
+   * computed in the graph from the block's normed input, on unmodified MultiHeadAttention.
+   */
+  toOnnx(b: OnnxAttentionBuilder): OnnxAttention {
+    return this.hype.toOnnx(
+      b,
+      b.gate({ weight: this.w.data, bias: this.b.data, rows: this.dims.heads, fn: 'softplus' }),
+    );
   }
 
   private observe(s: Float64Array, B: number, lq: number): void {

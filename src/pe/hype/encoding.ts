@@ -553,9 +553,9 @@ export class HypeEncoding implements PositionalEncoding {
   /**
    * ONNX: Q and K augmented in the graph with the eta columns of the current (possibly trained) tau and mu, the
    * kernel's scale 1/sqrt(d) of the original head dim. The kernel route exports through this concat form (the same
-   * function).
+   * function). queryScale (gated HyPE, float32 [B, L, H]) scales each query's eta^Q columns.
    */
-  toOnnx(b: OnnxAttentionBuilder): OnnxAttention {
+  toOnnx(b: OnnxAttentionBuilder, queryScale?: string): OnnxAttention {
     check(
       this.base.grid.length <= 1,
       'argument',
@@ -568,6 +568,7 @@ export class HypeEncoding implements PositionalEncoding {
       pairs: spec.termAxis.length,
       shift: this.opts.shift,
       multiple: this.opts.multiple,
+      ...(queryScale ? { queryScale } : {}),
     });
   }
 
