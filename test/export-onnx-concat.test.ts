@@ -12,6 +12,8 @@
  * logit: ALiBi's m L / 2 <= 6 here, FoX's |F| <= L |log sigmoid| ~ 24 * 2 (not centred in the graph), HyPE's
  * u |tau| sqrt(d)/2 e^{|mu p|} e^{|mu p'|} with tau and mu moved up to 2.25x and 1.5x: ~ 1e-5 at most (measured
  * 4e-6..4e-5). Dropping the gate or the CumSum from the graph (checked by hand) gives differences of 4..8.
+ * fp16 graphs (split columns; gates computed in fp32 from the fp16 activations) must stay within 2x the no-position
+ * model's error against the fp64 forward (the fp16 floor, as test/export-onnx-fp16.test.ts): measured 0.9x..1.5x.
  */
 import { describe, expect, it } from 'vitest';
 import { exportOnnx } from '../src/interop/onnx-export.ts';
@@ -144,4 +146,22 @@ describe('ONNX export of trained and content-dependent concat encodings matches 
       );
     });
   }
+});
+
+describe('fp16 graphs of the concat encodings (split columns) stay at the fp16 floor', () => {
+  it('alibi route concat, fox and hype-gated against the fp64 forward, beside the no-position model', async () => {
+    const none = savedModel('none').model;
+    const floor = (await compare(none, { precision: 'fp16' })).diff;
+    expect(floor).toBeGreaterThan(1e-4); // fp16 really ran (fp32 would leave ~1e-6)
+    const errors: Record<string, number> = {};
+    for (const c of cases.filter((k) => k.concat && !k.extra)) {
+      const { model } = savedModel(c.pe, c.options);
+      if (c.move) moveParams(model, c.move);
+      errors[c.label] = (await compare(model, { precision: 'fp16' })).diff;
+    }
+    console.log(
+      `[export-onnx-concat] fp16, max |onnx - ours|: none ${floor.toExponential(2)}, ${JSON.stringify(errors)}`,
+    );
+    for (const e of Object.values(errors)) expect(e).toBeLessThanOrEqual(2 * floor);
+  });
 });

@@ -13,10 +13,16 @@
  *   none   plain MultiHeadAttention, scale 1/sqrt(d).
  *   rope   q and k rotated in the graph (adjacent pairs (2j, 2j+1) as src/pe/rotary.ts, angles position * theta_j
  *          from src/pe/rope.ts's frequencies), then plain MultiHeadAttention.
- *   alibi  MultiHeadAttention with an attention_bias input -m_h |i - l| computed in the graph.
+ *   alibi  MultiHeadAttention with an attention_bias input -m_h |i - l| computed in the graph; route 'concat' as
+ *          two appended Q/K columns (columnAttention). alibi-learned the same with its trained slopes.
  *   hype   Q and K augmented in the graph with the eta columns (onnx-attention.ts's hypeAugment: Concat, optional
  *          zero padding), NO bias input, no custom operator, and the kernel's scale set to 1/sqrt(d) of the
  *          ORIGINAL head dim (the kernel's default 1/sqrt(d + 2 + pad) would be wrong: SPEC section 4).
+ *          Any parametrisation (tau-mu or slope-curvature) exports its current tau and mu.
+ *   hype-gated  hype's columns with eta^Q scaled per query and head by Softplus(x w^T + b) of the block's normed x.
+ *   fox    F = CumSum(log sigmoid(x w^T + b)) per KV head in the graph, columns [F_i, 1] . [1, -F_l].
+ * Column terms are float32 [B or 1, L, H, r] in logit units; columnAttention multiplies the query side by sqrt(d)
+ * (the kernel's scale undoes it) and casts or splits them as HyPE's.
  * Grouped-query attention repeats each KV head for its query heads in the graph (MultiHeadAttention wants equal
  * head counts). Weights are written as float32 (an fp64 model is rounded once at export), or with precision 'fp16'
  * as float16: then every activation, MultiHeadAttention's q, k, v included, is float16 (positions, rotations, ALiBi's
