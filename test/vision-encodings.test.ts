@@ -19,23 +19,27 @@ const attentionEncodings = ['alibi-2d', 'hype-2d', 'hype-2d-sym', 'hype-flat', '
 
 describe('2-D encodings, attention site', () => {
   // fp64 on both sides (reference backend vs independent softmax of the dense logits): rounding ~1e-15.
-  it.each(attentionEncodings)('%s: attend matches its dense fp64 logits, on the training grid and a larger one', (n) => {
-    const enc = getVisionEncoding(n).create(dims, {}, new Rng(1));
-    for (const grid of [
-      [2, 3],
-      [3, 4],
-    ] as [number, number][]) {
-      const ctx = gridContext(grid);
-      expect(forwardError(enc, ctx, randomInputs(ctx.shape, 5))).toBeLessThan(1e-12);
-    }
-  });
+  it.each(attentionEncodings)(
+    '%s: attend matches its dense fp64 logits, on the training grid and a larger one',
+    (n) => {
+      const enc = getVisionEncoding(n).create(dims, {}, new Rng(1));
+      for (const grid of [
+        [2, 3],
+        [3, 4],
+      ] as [number, number][]) {
+        const ctx = gridContext(grid);
+        expect(forwardError(enc, ctx, randomInputs(ctx.shape, 5))).toBeLessThan(1e-12);
+      }
+    },
+  );
 
   // Central differences in fp64 with h = 1e-5: ~1e-10 relative (gradcheck.ts); asserted at 1e-6.
   it.each(attentionEncodings)('%s: gradients of q, k, v and parameters match finite differences', (n) => {
     const enc = getVisionEncoding(n).create(dims, {}, new Rng(1));
     // Move trained parameters off their initial values so a gradient that ignores them cannot pass by symmetry.
     const rng = new Rng(9);
-    for (const p of enc.params) for (let j = 0; j < p.data.length; j++) p.data[j] = p.data[j]! * (0.7 + 0.6 * rng.uniform());
+    for (const p of enc.params)
+      for (let j = 0; j < p.data.length; j++) p.data[j] = p.data[j]! * (0.7 + 0.6 * rng.uniform());
     const ctx = gridContext([3, 3]);
     expect(worst(gradientErrors(enc, ctx, randomInputs(ctx.shape, 6)))).toBeLessThan(1e-6);
   });
@@ -73,9 +77,9 @@ describe('2-D encodings, attention site', () => {
       expect(refusal(() => enc.attend({ ...ctx, grid: undefined }, inputs)).message).toMatch(/patch grid/);
       expect(refusal(() => enc.attend({ ...ctx, grid: [3, 3] }, inputs), 'shape').message).toMatch(/9 cells/);
     }
-    expect(refusal(() => getVisionEncoding('hype-2d').create({ ...dims, trainGrid: undefined }, {}, new Rng(1))).message).toMatch(
-      /trainGrid/,
-    );
+    expect(
+      refusal(() => getVisionEncoding('hype-2d').create({ ...dims, trainGrid: undefined }, {}, new Rng(1))).message,
+    ).toMatch(/trainGrid/);
     expect(refusal(() => getVisionEncoding('rope-3d')).message).toMatch(/choose one of/);
   });
 });

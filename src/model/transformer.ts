@@ -480,7 +480,7 @@ export function linearForward(
 }
 
 /** For y = x W + b: W.grad += x^T dy, b.grad += colsum(dy), dx = dy W^T (dx OVERWRITTEN). */
-function linearBackward(
+export function linearBackward(
   be: Backend,
   ops: LayerOps,
   x: FloatArray,

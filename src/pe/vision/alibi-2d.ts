@@ -45,7 +45,11 @@ export const alibi2dEncoding: EncodingFactory<Alibi2dOptions> = defineEncoding<A
   create(dims): PositionalEncoding {
     const slopes = alibiSlopes(dims.heads);
     const checkHeads = (heads: number): void =>
-      check(heads === slopes.length, 'shape', `alibi-2d was built for ${slopes.length} heads but attention has ${heads}`);
+      check(
+        heads === slopes.length,
+        'shape',
+        `alibi-2d was built for ${slopes.length} heads but attention has ${heads}`,
+      );
     let cached: { key: string; table: Float64Array } | null = null;
     const tableFor = (grid: Grid2): Float64Array => {
       const key = grid.join('x');

@@ -23,8 +23,8 @@ export interface Learned2dOptions {
   initStd: number;
 }
 
-/** Bilinear taps of one axis: for each output index, two source indices and their weights. */
-function axisTaps(inSize: number, outSize: number): { lo: Int32Array; hi: Int32Array; w: Float64Array } {
+/** Bilinear taps of one axis (align_corners False): for each output index, two source indices and their weights. */
+export function axisTaps(inSize: number, outSize: number): { lo: Int32Array; hi: Int32Array; w: Float64Array } {
   const lo = new Int32Array(outSize);
   const hi = new Int32Array(outSize);
   const w = new Float64Array(outSize);
@@ -91,7 +91,14 @@ export const learned2dEncoding: EncodingFactory<Learned2dOptions> = defineEncodi
       }
       return bilinearTaps(train, grid);
     };
-    const prepare = (x: FloatArray, batch: number, length: number, w: number, offset: number, g?: readonly number[]) => {
+    const prepare = (
+      x: FloatArray,
+      batch: number,
+      length: number,
+      w: number,
+      offset: number,
+      g?: readonly number[],
+    ) => {
       const grid = embedGridOf(g, length, offset, 'learned-2d');
       check(w === width, 'shape', `learned-2d was built for width ${width} but got width ${w}`);
       check(x.length === batch * length * w, 'shape', `activations have ${x.length} elements, expected B*L*C`);
