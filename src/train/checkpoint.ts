@@ -18,7 +18,6 @@ import { basename, dirname, join } from 'node:path';
 import { HypeError, check } from '../errors.ts';
 import { decodeSafetensors, encodeSafetensors, type SafeFile, type TensorToWrite } from '../interop/safetensors.ts';
 import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
-import type { Transformer } from '../model/transformer.ts';
 import type { Param } from '../pe/encoding.ts';
 import { dtypeOf } from '../tensor.ts';
 import { syncDirectory, writeFileAtomic } from '../util/atomic-file.ts';
@@ -28,21 +27,36 @@ import type { AdamW } from './optimizer.ts';
 
 export const CHECKPOINT_FORMAT = 'hype-checkpoint-1';
 
-export interface CheckpointState {
+/**
+ * What a checkpoint needs of a model: its JSON config, its backend's name and its named parameters. The language
+ * model (Transformer, config ModelConfig) and the vision model (VisionTransformer, VisionConfig) both are one.
+ */
+export interface CheckpointModel<M = ModelConfig> {
+  readonly config: M;
+  readonly backend: { readonly name: string };
+  parameters(): readonly Param[];
+}
+
+/** Parses a saved model config (refusing what it does not understand); the language model's by default. */
+export type ModelConfigParser<M> = (raw: unknown) => M;
+
+const parseSavedModelConfig: ModelConfigParser<ModelConfig> = (raw) => parseModelConfig(raw, { saved: true });
+
+export interface CheckpointState<M = ModelConfig> {
   format: string;
   step: number;
   optimizerStep: number;
   rng: { words: number[]; spare: number | null };
-  model: ModelConfig;
+  model: M;
   train: TrainConfig;
   corpus: { bytes: number; sha256: string };
   backend: string;
   files: Record<string, { bytes: number; sha256: string }>;
 }
 
-export interface LoadedCheckpoint {
+export interface LoadedCheckpoint<M = ModelConfig> {
   dir: string;
-  state: CheckpointState;
+  state: CheckpointState<M>;
   weights: SafeFile;
   optimizer: SafeFile;
 }
@@ -64,8 +78,8 @@ function paramTensors(params: readonly Param[], arrays?: readonly ArrayLike<numb
   return params.map((p, i) => ({ name: prefix + p.name, shape: p.shape, data: arrays ? arrays[i]! : p.data }));
 }
 
-export interface SaveArgs {
-  model: Transformer;
+export interface SaveArgs<M = ModelConfig> {
+  model: CheckpointModel<M>;
   optimizer: AdamW;
   rng: Rng;
   step: number;
@@ -74,7 +88,7 @@ export interface SaveArgs {
 }
 
 /** Writes and publishes a checkpoint for `step`; returns its folder. Older ones beyond keepCheckpoints are removed. */
-export function saveCheckpoint(runDir: string, a: SaveArgs): string {
+export function saveCheckpoint<M>(runDir: string, a: SaveArgs<M>): string {
   const root = checkpointsDir(runDir);
   mkdirSync(root, { recursive: true });
   const name = `step-${String(a.step).padStart(8, '0')}`;
@@ -91,7 +105,7 @@ export function saveCheckpoint(runDir: string, a: SaveArgs): string {
     ...paramTensors(params, a.optimizer.m, 'm.'),
     ...paramTensors(params, a.optimizer.v, 'v.'),
   ]);
-  const state: CheckpointState = {
+  const state: CheckpointState<M> = {
     format: CHECKPOINT_FORMAT,
     step: a.step,
     optimizerStep: a.optimizer.step,
@@ -171,7 +185,11 @@ function refuse(where: string, problem: string, runDir: string, current?: string
  * Reads the published checkpoint of a run (or the one in folder checkpoints/<name>) and verifies its integrity
  * (not yet its fit to a model).
  */
-export function loadCheckpoint(runDir: string, name?: string): LoadedCheckpoint {
+export function loadCheckpoint<M = ModelConfig>(
+  runDir: string,
+  name?: string,
+  parseModel: ModelConfigParser<M> = parseSavedModelConfig as ModelConfigParser<unknown> as ModelConfigParser<M>,
+): LoadedCheckpoint<M> {
   const root = checkpointsDir(runDir);
   const latestPath = join(root, LATEST);
   let latest: { step?: unknown; dir?: unknown };
@@ -206,7 +224,7 @@ export function loadCheckpoint(runDir: string, name?: string): LoadedCheckpoint 
   const dir = join(root, latest.dir as string);
   const current = latest.dir as string;
   const fail: (where: string, problem: string) => never = (where, problem) => refuse(where, problem, runDir, current);
-  let state: CheckpointState;
+  let state: CheckpointState<M>;
   try {
     state = JSON.parse(readFileSync(join(dir, STATE_FILE), 'utf8'));
   } catch (err) {
@@ -229,7 +247,7 @@ export function loadCheckpoint(runDir: string, name?: string): LoadedCheckpoint 
     files[f] = decodeSafetensors(bytes, path);
   }
   try {
-    state.model = parseModelConfig(state.model, { saved: true });
+    state.model = parseModel(state.model);
     state.train = parseTrainConfig(state.train);
   } catch (err) {
     fail(`'${dir}'`, `holds an invalid configuration (${(err as Error).message})`);
@@ -272,12 +290,17 @@ function restoreInto(
 }
 
 /** Loads checkpoint weights into a model built from the same configuration. */
-export function restoreWeights(model: Transformer, weights: SafeFile, what = 'checkpoint'): void {
+export function restoreWeights<M = ModelConfig>(
+  model: CheckpointModel<M>,
+  weights: SafeFile,
+  what = 'checkpoint',
+  parseModel: ModelConfigParser<M> = parseSavedModelConfig as ModelConfigParser<unknown> as ModelConfigParser<M>,
+): void {
   const saved = weights.metadata.config;
   if (saved !== undefined) {
-    let cfg: ModelConfig;
+    let cfg: M;
     try {
-      cfg = parseModelConfig(JSON.parse(saved), { saved: true });
+      cfg = parseModel(JSON.parse(saved));
     } catch {
       throw new HypeError('checkpoint', `${what} carries an unreadable model config in its metadata`);
     }
