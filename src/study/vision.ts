@@ -57,7 +57,7 @@ export function visionPlan(): VisionPlan {
     model: { width: 64, layers: 2, heads: 4, mlpWidth: 128, patch: 4, image: 28 },
     budget: { steps: 800, batch: 64, lr: 2e-3, warmup: 50 },
     evalSides: [28, 40, 56],
-    evalImages: 5000,
+    evalImages: 3000,
   };
 }
 
