@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { ReferenceBackend } from '../src/backend/reference.ts';
+import { runTrainVision } from '../src/cli/train-vision.ts';
+import { existsSync } from 'node:fs';
 import { writeReport } from '../src/study/run.ts';
 import { runVision, visionPlan } from '../src/study/vision.ts';
 import { loadFashionMnist } from '../src/vision/idx.ts';
@@ -100,5 +102,14 @@ describe('vision training', () => {
     expect(r.total).toBe(10);
     expect(r.grid).toBe(3);
     expect(r.correct).toBe(r.hits.reduce((s, h) => s + h, 0));
+  });
+
+  it('hype train-vision trains, checkpoints and grades from the command line flags', async () => {
+    const runDir = join(mkdtempSync(join(tmpdir(), 'hype-tv-')), 'run');
+    const base = { dataDir: join(dataDir, 'fashion-mnist'), backend: 'reference', quiet: true, evalImages: 8 };
+    await runTrainVision({ ...base, pe: 'rope-2d', steps: 2, batch: 2, width: 8, heads: 2, mlpWidth: 8, runDir });
+    expect(existsSync(join(runDir, 'checkpoints', 'latest.json'))).toBe(true);
+    await runTrainVision({ ...base, pe: 'rope-2d', resume: runDir, steps: 3, evalSides: '12' });
+    expect(readFileSync(join(runDir, 'losses.jsonl'), 'utf8').trim().split('\n')).toHaveLength(3);
   });
 });
