@@ -1,14 +1,18 @@
 /**
- * `npm run bench:explicit`: cost of the explicit-logit encodings (xl, shaw, da, path) against the fused-kernel
- * baseline (alibi), side by side in one run, at the lm study's full shape on the native backend:
+ * `npm run bench:explicit`: cost of encodings against the fused-kernel baseline (alibi), side by side in one run,
+ * at the lm study's full shape on the native backend. By default the explicit-logit encodings (xl, shaw, da, path);
+ * `--only` takes any study encoding names (src/study/plan.ts: e.g. alibi-learned,hype-sc,fox,hype-gated — the
+ * study issue's cost question) or registry specs without commas. Measured:
  *   - train: one training step as the trainer runs it (zeroGrad, forward with targets, backward, gradient
  *     clipping, AdamW update) for width 128, 2 layers, 4 heads, MLP 512, batch 16, L = 128, fp32;
  *   - eval: one forward with targets at L = 2048, batch 1 (the longest evaluation length of the study).
  * Prints ms per call and the ratio to alibi measured in the same run; compare ratios rather than absolute times
- * when the machine is shared.
+ * when the machine is shared. With --rounds R > 1 the encodings are timed in turn R times (A B C A B C ...) and the
+ * median of each is reported, so a burst of load elsewhere does not land on one encoding only.
  *
  * Options: --only xl,shaw (encodings besides alibi), --seconds S (minimum timed seconds per cell, default 3),
- * --threads N (native threads, default all cores), --eval-length N (default 2048).
+ * --threads N (native threads, default all cores), --eval-length N (default 2048; 0 skips the eval column),
+ * --rounds R (default 1).
  */
 import { availableParallelism } from 'node:os';
 import { loadBackend } from '../src/backend/index.ts';
@@ -16,6 +20,7 @@ import { parseModelConfig } from '../src/model/config.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { parseTrainConfig } from '../src/train/config.ts';
 import { AdamW, clipGradients } from '../src/train/optimizer.ts';
+import { STUDY_ENCODINGS } from '../src/study/plan.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const args = process.argv.slice(2);
@@ -26,6 +31,7 @@ const value = (name: string) => {
 const minSeconds = Number(value('--seconds') ?? 3);
 const threads = Number(value('--threads') ?? availableParallelism());
 const evalLength = Number(value('--eval-length') ?? 2048);
+const rounds = Math.max(1, Number(value('--rounds') ?? 1));
 const encodings = ['alibi', ...(value('--only')?.split(',') ?? ['xl', 'shaw', 'da', 'path'])];
 
 const SHAPE = { width: 128, layers: 2, heads: 4, mlpWidth: 512, trainLength: 128, batch: 16 };
@@ -57,10 +63,15 @@ interface Row {
   evaluate: { ms: number; calls: number };
 }
 
+/** A study encoding name (its registry name and options) or a registry spec such as 'hype:preset=learned'. */
+function peOf(name: string): unknown {
+  return STUDY_ENCODINGS[name] ?? name;
+}
+
 function benchEncoding(pe: string): Row {
   const backend = loadBackend('native', { threads });
   const { batch, ...model } = SHAPE;
-  const cfg = parseModelConfig({ ...model, kvHeads: SHAPE.heads, pe, seed: 1, dtype: 'float32' });
+  const cfg = parseModelConfig({ ...model, kvHeads: SHAPE.heads, pe: peOf(pe), seed: 1, dtype: 'float32' });
   const net = new Transformer(cfg, backend);
   const train = parseTrainConfig({});
   const opt = new AdamW(net.parameters(), backend);
@@ -72,27 +83,54 @@ function benchEncoding(pe: string): Row {
     clipGradients(net.parameters(), train.clip);
     opt.update(train, 1e-3);
   });
-  const e = randomTokens(evalLength, 2);
-  const evalTime = timeCalls(() => {
-    net.forward(e.tokens, e.targets, 1, evalLength);
-  });
+  const e = randomTokens(Math.max(evalLength, 1), 2);
+  const evalTime =
+    evalLength > 0
+      ? timeCalls(() => {
+          net.forward(e.tokens, e.targets, 1, evalLength);
+        })
+      : { ms: NaN, calls: 0 };
   return { pe, train: trainTime, evaluate: evalTime };
 }
 
-const rows: Row[] = [];
-for (const pe of encodings) {
-  const r = benchEncoding(pe);
-  rows.push(r);
-  process.stderr.write(`${pe}: train ${r.train.ms.toFixed(1)} ms, eval ${r.evaluate.ms.toFixed(1)} ms\n`);
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+const samples = new Map<string, Row[]>(encodings.map((pe) => [pe, []]));
+for (let round = 1; round <= rounds; round++) {
+  for (const pe of encodings) {
+    const r = benchEncoding(pe);
+    samples.get(pe)!.push(r);
+    process.stderr.write(
+      `round ${round}: ${pe}: train ${r.train.ms.toFixed(1)} ms, eval ${r.evaluate.ms.toFixed(1)} ms\n`,
+    );
+  }
 }
+const rows: Row[] = encodings.map((pe) => {
+  const rs = samples.get(pe)!;
+  const calls = (f: (r: Row) => { calls: number }) => rs.reduce((n, r) => n + f(r).calls, 0);
+  return {
+    pe,
+    train: { ms: median(rs.map((r) => r.train.ms)), calls: calls((r) => r.train) },
+    evaluate: { ms: median(rs.map((r) => r.evaluate.ms)), calls: calls((r) => r.evaluate) },
+  };
+});
 const base = rows[0]!;
 const header = `| encoding | train step ms (B=${SHAPE.batch}, L=${SHAPE.trainLength}) | x alibi | eval forward ms (B=1, L=${evalLength}) | x alibi |`;
-console.log(`threads ${threads}, minimum ${minSeconds} s per cell; width 128, 2 layers, 4 heads, fp32, native`);
+console.log(
+  `threads ${threads}, minimum ${minSeconds} s per cell, ${rounds} round(s) (medians); width 128, 2 layers, ` +
+    '4 heads, fp32, native',
+);
 console.log(header);
 console.log('|---|---:|---:|---:|---:|');
+const cell = (ms: number, baseMs: number) =>
+  evalLength > 0 ? `${ms.toFixed(1)} | ${(ms / baseMs).toFixed(2)}` : 'skipped | -';
 for (const r of rows) {
   console.log(
     `| ${r.pe} | ${r.train.ms.toFixed(1)} | ${(r.train.ms / base.train.ms).toFixed(2)} | ` +
-      `${r.evaluate.ms.toFixed(1)} | ${(r.evaluate.ms / base.evaluate.ms).toFixed(2)} |`,
+      `${cell(r.evaluate.ms, base.evaluate.ms)} |`,
   );
 }

@@ -104,6 +104,18 @@ describe('every other encoding decodes exactly through the cache (40 tokens)', (
   }
 });
 
+describe("hype-gated decodes exactly through the cache (the gate reads each query's cached block input)", () => {
+  it('gates randomised (w ~ N(0, 0.5^2)), so x changes the bias', () => {
+    const model = tinyModel('hype-gated', { lengthExtra: 64, curvature: 1 });
+    const gates = model.parameters().filter((p) => p.name.endsWith('hype-gated.w'));
+    expect(gates).toHaveLength(2);
+    gates.forEach((p, i) => new Rng(3 + i).fillNormal(p.data, 0.5));
+    const { maxDiff, maxLogit } = cachedVsFull(model, 40);
+    expect(maxLogit).toBeGreaterThan(0.1);
+    expect(maxDiff).toBeLessThanOrEqual(1e-5);
+  });
+});
+
 describe('what the cache stores', () => {
   it('rotated keys for rope, augmented keys for hype concat, raw keys for bias encodings', () => {
     const has = (pe: string, opts: Record<string, unknown> = {}) =>

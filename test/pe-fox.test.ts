@@ -7,12 +7,13 @@ import { describe, expect, it } from 'vitest';
 import { BF16, roundTo } from '../src/numerics/float-formats.ts';
 import { foxFactory } from '../src/pe/fox.ts';
 import { Rng } from '../src/util/rng.ts';
-import { maxRelativeGradError, sampleIndices } from './helpers/gradcheck.ts';
 import {
+  bf16ColumnErrors,
+  blockInputGradError,
   contextFor,
+  randomInputsWithX,
   forwardError,
   gradientErrors,
-  randomInputs,
   shapeOf,
   standardCases,
   worst,
@@ -21,12 +22,7 @@ import {
 const C = 6;
 const dims = { heads: 4, kvHeads: 2, headDim: 8, modelDim: C, trainLength: 16 };
 
-function withX(shape: ReturnType<typeof shapeOf>, seed: number) {
-  const inputs = randomInputs(shape, seed);
-  const x = new Float64Array(shape.batch * shape.lk * C);
-  new Rng(seed + 100).fillNormal(x);
-  return { ...inputs, x };
-}
+const withX = (shape: ReturnType<typeof shapeOf>, seed: number) => randomInputsWithX(shape, seed, C);
 
 const causalCases = standardCases().filter((c) => c.causal);
 
@@ -41,11 +37,7 @@ describe('fox', () => {
     expect(Object.keys(errors)).toEqual(['q', 'k', 'v', 'param fox.w', 'param fox.b']);
     expect(worst(errors)).toBeLessThan(1e-6);
     // dx: the gates read x, so the input gradient is checked as well (loss = sum(out * W) as in gradientErrors).
-    const W = new Float64Array(c.shape.batch * c.shape.heads * c.shape.lq * c.shape.valueDim);
-    new Rng(9).fillNormal(W);
-    const loss = () => Array.from(enc.attend(ctx, inputs).out).reduce((a, o, j) => a + o * W[j]!, 0);
-    const dx = enc.attend(ctx, inputs).backward(W).dx!;
-    expect(maxRelativeGradError(loss, inputs.x, dx, sampleIndices(inputs.x.length, 40))).toBeLessThan(1e-6);
+    expect(blockInputGradError(enc, ctx, inputs)).toBeLessThan(1e-6);
   });
 
   it('the bias is the decay: zero content gives logits sum_{t=l+1}^{i} log f_t <= 0', () => {
@@ -82,13 +74,7 @@ describe('fox', () => {
     };
     const make = (o: object) =>
       foxFactory.create({ ...dims, heads: 2, kvHeads: 2 }, { biasInit: -1, ...o }, new Rng(4));
-    const exact = make({}).attend(ctx, inputs).out;
-    const err = (columns: 'plain' | 'split') => {
-      const out = make({ format: 'bf16', columns }).attend(ctx, inputs).out;
-      return Array.from(out).reduce((m, o, j) => Math.max(m, Math.abs(o - exact[j]!)), 0);
-    };
-    const plain = err('plain');
-    const split = err('split');
+    const { plain, split } = bf16ColumnErrors(make, ctx, inputs);
     console.log(`[fox bf16] max output error plain ${plain.toExponential(2)}, split ${split.toExponential(2)}`);
     expect(split).toBeLessThan(plain / 10);
   });

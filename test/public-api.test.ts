@@ -35,8 +35,8 @@ describe('public API', () => {
     expect(err).toBeLessThan(1e-12);
   });
 
-  it('lists every encoding of SPEC section 7, and the section 9 controls alibi-learned and fox', () => {
+  it('lists every encoding of SPEC section 7, the section 9 controls alibi-learned and fox, and hype-gated', () => {
     const spec7 = ['none', 'sinusoidal', 'learned', 'rope', 'hope', 'xl', 'shaw', 't5', 'alibi', 'da', 'path', 'hype'];
-    expect(new Set(encodingNames())).toEqual(new Set([...spec7, 'alibi-learned', 'fox']));
+    expect(new Set(encodingNames())).toEqual(new Set([...spec7, 'alibi-learned', 'fox', 'hype-gated']));
   });
 });

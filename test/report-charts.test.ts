@@ -261,8 +261,9 @@ describe('findings of a plan without every encoding', () => {
     expect(markdown).not.toMatch(/: not run\./);
     const omitted = markdown.match(/Not in this study's plan, so not in the findings: ([^\n]*)/g);
     expect(omitted).toEqual([
-      "Not in this study's plan, so not in the findings: sinusoidal, learned, hope, xl, shaw, t5, da, path and " +
-        'hype-learned (`hype study all` runs every encoding).',
+      "Not in this study's plan, so not in the findings: sinusoidal, learned, hope, xl, shaw, t5, da, path, " +
+        'hype-learned, alibi-learned, hype-sc, fox, hype-gated, t5-shared and xl-shared (`hype study all` runs every ' +
+        'encoding).',
     ]);
     const findings = markdown.slice(markdown.indexOf('## Findings'), markdown.indexOf('## lm'));
     const numbers = [...findings.matchAll(/^(\d+)\. /gm)].map((m) => Number(m[1]));

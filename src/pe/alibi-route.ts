@@ -193,6 +193,8 @@ export function defineAlibi(
           };
         },
         denseLogits: (ctx, inputs, scale) => alibiDenseLogits(ctx, inputs, scale, src.slopes()),
+        // Trained slopes only: fixed ones are the reference values, nothing to record.
+        ...(src.params.length > 0 ? { report: () => ({ slope: Array.from(src.slopes()) }) } : {}),
       };
     },
   });

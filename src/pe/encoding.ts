@@ -94,6 +94,14 @@ export interface PositionalEncoding {
    * length, which is exact for every encoding whose position terms come from queryOffset (src/model/kv-cache.ts).
    */
   cachedAttention?(plan: CachePlan): CachedAttention | null;
+
+  /**
+   * Optional: the trained position parameters worth recording with a study cell, in readable units (e.g. ALiBi's
+   * slopes, HyPE's slope and curvature), as named lists, and for large or content-dependent parts a summary (e.g.
+   * a gate's weight norms and the spread of its values over the forward passes since the previous report, which
+   * this call resets). Encodings without trained position parameters omit it.
+   */
+  report?(): Record<string, number[]>;
 }
 
 /** What a generation will need from a cache. */

@@ -34,6 +34,7 @@ import type {
   PositionalEncoding,
 } from './encoding.ts';
 import { defineEncoding } from './options.ts';
+import { checkBlockInput, gateParam, logSigmoid, rowNorms, sigmoid } from './gate-input.ts';
 
 export interface FoxOptions extends ConcatPrecisionOptions {
   /** Standard deviation of the gate weights' normal initialisation; 0 (default) means modelDim^-1/2. */
@@ -43,20 +44,6 @@ export interface FoxOptions extends ConcatPrecisionOptions {
 }
 
 const DEFAULTS = { initStd: 0, biasInit: 0, multiple: 1 } as const;
-
-/** log sigmoid(s) without overflow: -softplus(-s). */
-function logSigmoid(s: number): number {
-  return s >= 0 ? -Math.log1p(Math.exp(-s)) : s - Math.log1p(Math.exp(s));
-}
-
-function sigmoid(s: number): number {
-  return s >= 0 ? 1 / (1 + Math.exp(-s)) : Math.exp(s) / (1 + Math.exp(s));
-}
-
-function param(name: string, shape: number[]): Param {
-  const n = shape.reduce((a, b) => a * b, 1);
-  return { name, shape, data: new Float64Array(n), grad: new Float64Array(n), decay: false };
-}
 
 class FoxEncoding implements PositionalEncoding {
   readonly name = 'fox';
@@ -70,34 +57,14 @@ class FoxEncoding implements PositionalEncoding {
     private readonly dims: EncodingDims,
     private readonly opts: ConcatPrecisionOptions,
   ) {
-    this.w = param('fox.w', [dims.kvHeads, dims.modelDim]);
-    this.b = param('fox.b', [dims.kvHeads]);
+    this.w = gateParam('fox.w', [dims.kvHeads, dims.modelDim]);
+    this.b = gateParam('fox.b', [dims.kvHeads]);
     this.params = [this.w, this.b];
   }
 
   private checkCall(ctx: AttendContext, inputs: AttendInputs): FloatArray {
-    const s = ctx.shape;
-    const { heads, kvHeads, modelDim } = this.dims;
-    check(
-      s.heads === heads && s.kvHeads === kvHeads,
-      'shape',
-      `fox: built for ${heads} heads / ${kvHeads} kv heads, called with ${s.heads} / ${s.kvHeads}; create it with the model's sizes`,
-    );
     check(ctx.causal, 'argument', 'fox: the forgetting bias is defined for causal attention only; pass causal: true');
-    check(
-      ctx.queryOffset >= 0 && ctx.queryOffset + s.lq <= s.lk,
-      'argument',
-      `fox: queries at positions ${ctx.queryOffset}..${ctx.queryOffset + s.lq - 1} need gates up to their own ` +
-        `position, but x covers 0..${s.lk - 1}; use 0 <= queryOffset <= Lk - Lq`,
-    );
-    const x = inputs.x;
-    check(x !== undefined, 'argument', 'fox: the forget gates read the block input; pass inputs.x [B, Lk, C]');
-    check(
-      x.length === s.batch * s.lk * modelDim,
-      'shape',
-      `fox: x has ${x.length} elements but [B, Lk, C] = [${s.batch}, ${s.lk}, ${modelDim}] needs ${s.batch * s.lk * modelDim}`,
-    );
-    return x;
+    return checkBlockInput('fox', 'the forget gates', this.dims, ctx, inputs);
   }
 
   /** Gate pre-activations s [B, Hkv, Lk] = w_g . x_t + b_g. */
@@ -181,6 +148,14 @@ class FoxEncoding implements PositionalEncoding {
         const dxOut = x instanceof Float64Array ? dx : Float32Array.from(dx);
         return { dq, dk, dv, dx: dxOut };
       },
+    };
+  }
+
+  /** Per KV head: the gate weights' norm |w_g| and bias b_g (f = sigmoid(b_g) for a zero input). */
+  report(): Record<string, number[]> {
+    return {
+      'gate.wNorm': rowNorms(this.w.data, this.dims.kvHeads),
+      'gate.b': Array.from(this.b.data),
     };
   }
 

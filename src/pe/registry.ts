@@ -12,6 +12,7 @@ import type { EncodingFactory } from './encoding.ts';
 import { foxFactory } from './fox.ts';
 import { hopeEncoding } from './hope.ts';
 import { hypeEncoding } from './hype/encoding.ts';
+import { hypeGatedFactory } from './hype-gated.ts';
 import { learnedEncoding } from './learned.ts';
 import { noneEncoding } from './none.ts';
 import { parseEncodingOptions } from './options.ts';
@@ -32,6 +33,7 @@ const FACTORIES: readonly AnyFactory[] = [
   foxFactory,
   hopeEncoding,
   hypeEncoding,
+  hypeGatedFactory,
   learnedEncoding,
   noneEncoding,
   pathFactory,

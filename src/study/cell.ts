@@ -13,6 +13,7 @@ import { hasCheckpoint, loadCheckpoint, restoreWeights } from '../train/checkpoi
 import { checkOutputs, evaluateHeldOut } from '../train/evaluate.ts';
 import type { BatchSource } from '../train/source.ts';
 import { readLossLog, TrainingRun } from '../train/trainer.ts';
+import type { PositionalEncoding } from '../pe/encoding.ts';
 import type { FloatArray } from '../tensor.ts';
 import { withClaim, type Claim } from '../util/claim.ts';
 import type { StudyProgress } from './progress.ts';
@@ -40,6 +41,32 @@ export interface TrainSummary {
   finalLoss: number;
   parameters: number;
   runDir: string;
+}
+
+/** Each distinct encoding instance of the model's blocks with its parameter-name prefix (as Transformer names them). */
+function reportingEncodings(model: Transformer): [string, PositionalEncoding][] {
+  const encs = model.blockEncodings;
+  if (encs.every((e) => e === encs[0])) return encs[0]?.report ? [['pe', encs[0]]] : [];
+  return encs.flatMap((e, i): [string, PositionalEncoding][] => (e.report ? [[`blocks.${i}.attn.pe`, e]] : []));
+}
+
+/**
+ * Starts a cell's evaluation for the position report: encodings that summarise their forward passes (gates) forget
+ * those of training, so positionReport describes the evaluation data.
+ */
+export function startPositionReport(model: Transformer): void {
+  for (const [, enc] of reportingEncodings(model)) enc.report!();
+}
+
+/**
+ * The trained position parameters of every encoding that reports them (PositionalEncoding.report), named
+ * `<block prefix>.<name>` (e.g. blocks.0.attn.pe.slope); undefined when the encoding reports nothing.
+ */
+export function positionReport(model: Transformer): Record<string, number[]> | undefined {
+  const out: Record<string, number[]> = {};
+  for (const [prefix, enc] of reportingEncodings(model))
+    for (const [name, values] of Object.entries(enc.report!())) out[`${prefix}.${name}`] = values;
+  return Object.keys(out).length > 0 ? out : undefined;
 }
 
 export function studyModelConfig(shape: ModelShape, pe: PeChoice, trainLength: number, seed: number): ModelConfig {

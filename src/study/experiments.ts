@@ -12,7 +12,9 @@ import { Rng } from '../util/rng.ts';
 import {
   bitsPerByte,
   gradeTask,
+  positionReport,
   reloadWithPeOptions,
+  startPositionReport,
   studyModelConfig,
   trainModel,
   unlessTooLong,
@@ -60,10 +62,19 @@ export interface LmResult {
   evals: LengthEval<{ bitsPerByte: number; scored: number }>[];
   /** Trained HyPE tau/mu (hype-learned; in units of their initial magnitude), by parameter name. */
   hypeParams?: Record<string, number[]>;
+  positionParams?: PositionParams;
   backend: string;
   versions: Versions;
   evalSeconds: number;
 }
+
+/**
+ * The trained position parameters of encodings that have them (PositionalEncoding.report), by name with the block
+ * prefix, e.g. blocks.0.attn.pe.slope (ALiBi learned, HyPE), .curvature (HyPE: mu * L_extra), .gate.sMean (FoX
+ * and gated HyPE gate summaries; gate statistics over the cell's evaluation passes). Absent in cells computed before
+ * the field existed and for encodings without trained position parameters.
+ */
+export type PositionParams = Record<string, number[]>;
 
 export interface FlipflopConfig extends TrainedCellBase {
   experiment: 'flipflop';
@@ -75,6 +86,7 @@ export interface FlipflopConfig extends TrainedCellBase {
 export interface FlipflopResult {
   train: TrainSummary;
   mixes: Record<FlipFlopMix, { pIgnore: number; errors: number; graded: number; errorRate: number }>;
+  positionParams?: PositionParams;
   backend: string;
   versions: Versions;
   evalSeconds: number;
@@ -90,6 +102,7 @@ export interface RecallConfig extends TrainedCellBase {
 export interface RecallResult {
   train: TrainSummary;
   evals: LengthEval<{ correct: number; graded: number; accuracy: number }>[];
+  positionParams?: PositionParams;
   backend: string;
   versions: Versions;
   evalSeconds: number;
@@ -237,12 +250,14 @@ export async function runLm(env: StudyEnv, outDir: string, configs: readonly LmC
 export async function computeLm(env: StudyEnv, c: LmConfig, data: LmData): Promise<LmResult> {
   const { model, train } = await trainLm(env, c, data);
   const t0 = performance.now();
+  startPositionReport(model);
   const ev = evalData(data, c.evalBytes);
   const evals = c.multipliers.map((m) => {
     const length = m * c.trainLength;
     return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
   });
   env.log(`lm ${c.corpus} ${c.encoding} seed ${c.seed}: ${describeBpb(evals)}`);
+  const positionParams = positionReport(model);
   const hypeParams = Object.fromEntries(
     model
       .parameters()
@@ -261,6 +276,7 @@ export async function computeLm(env: StudyEnv, c: LmConfig, data: LmData): Promi
     },
     evals,
     ...(Object.keys(hypeParams).length > 0 ? { hypeParams } : {}),
+    ...(positionParams ? { positionParams } : {}),
     backend: env.backend.name,
     versions: versions(),
     evalSeconds: (performance.now() - t0) / 1000,
@@ -401,6 +417,7 @@ export async function computeFlipflop(env: StudyEnv, c: FlipflopConfig): Promise
     `flipflop ${c.encoding} seed ${c.seed}`,
   );
   const t0 = performance.now();
+  startPositionReport(model);
   const mixes = {} as FlipflopResult['mixes'];
   (Object.keys(FLIPFLOP_MIXES) as FlipFlopMix[]).forEach((mix, j) => {
     const rng = new Rng(EVAL_SEED + j);
@@ -415,9 +432,11 @@ export async function computeFlipflop(env: StudyEnv, c: FlipflopConfig): Promise
         .map(([m, r]) => `${m} ${(100 * r.errorRate).toFixed(2)}% (${r.errors}/${r.graded})`)
         .join(', '),
   );
+  const positionParams = positionReport(model);
   return {
     train,
     mixes,
+    ...(positionParams ? { positionParams } : {}),
     backend: env.backend.name,
     versions: versions(),
     evalSeconds: (performance.now() - t0) / 1000,
@@ -447,6 +466,7 @@ export async function computeRecall(env: StudyEnv, c: RecallConfig): Promise<Rec
     `recall ${c.encoding} seed ${c.seed}`,
   );
   const t0 = performance.now();
+  startPositionReport(model);
   const evals = c.multipliers.map((m) => {
     const length = m * c.trainLength;
     const rng = new Rng(EVAL_SEED + length);
@@ -464,9 +484,11 @@ export async function computeRecall(env: StudyEnv, c: RecallConfig): Promise<Rec
     `recall ${c.encoding} seed ${c.seed}: answer accuracy at length ` +
       evals.map((e) => `${e.length}: ${e.ok ? (100 * e.accuracy).toFixed(1) + '%' : 'cannot evaluate'}`).join(', '),
   );
+  const positionParams = positionReport(model);
   return {
     train,
     evals,
+    ...(positionParams ? { positionParams } : {}),
     backend: env.backend.name,
     versions: versions(),
     evalSeconds: (performance.now() - t0) / 1000,

@@ -28,9 +28,25 @@ export const STUDY_ENCODINGS: Readonly<Record<string, PeChoice>> = {
   'hype-paper': { name: 'hype', options: { preset: 'paper' } },
   'hype-recency': { name: 'hype', options: { preset: 'recency' } },
   'hype-learned': { name: 'hype', options: { preset: 'learned' } },
+  // The study's second round (issue 19; SPEC sections 9 and 10). Every entry above keeps its options, so the
+  // stored cells keep their keys (store.ts); these are new cells.
+  /** The control for hype-learned: ALiBi with trained (log-)slopes, no curvature. */
+  'alibi-learned': { name: 'alibi-learned', options: {} },
+  /** hype-learned in (slope, curvature) coordinates: both trained, so the curvature can move at a fixed slope. */
+  'hype-sc': { name: 'hype', options: { preset: 'learned', parametrisation: 'slope-curvature', train: 'both' } },
+  /** Content-dependent concat biases on the unmodified kernel: FoX's forget gates and HyPE with per-query gates. */
+  fox: { name: 'fox', options: {} },
+  /** hype-learned's options (tau-mu, relative units) plus the gate, so the pair differs only by the gate. */
+  'hype-gated': { name: 'hype-gated', options: { preset: 'learned' } },
+  /** The references' choice (SPEC section 10): one T5 table, one XL u/v for all layers. */
+  't5-shared': { name: 't5', options: { sharing: 'shared' } },
+  'xl-shared': { name: 'xl', options: { sharing: 'shared' } },
 };
 
+/** Every study encoding: the full plan runs them all (finished cells are found by key and not recomputed). */
 export const ALL_ENCODINGS = Object.keys(STUDY_ENCODINGS);
+/** The encodings the second round (issue 19) added: `--encodings` with this list runs only their cells. */
+export const ROUND_TWO_ENCODINGS = ['alibi-learned', 'hype-sc', 'fox', 'hype-gated', 't5-shared', 'xl-shared'];
 /** The quick plan's encodings: no position, the two usual baselines and the two HyPE presets that differ in sign. */
 export const QUICK_ENCODINGS = ['none', 'rope', 'alibi', 'hype-recency', 'hype-paper'];
 /**

@@ -43,7 +43,7 @@ const VOCAB = 256;
  */
 const TRAIN_FACTOR = 4;
 /** Encodings slower than the fused kernel, as measured per lm cell in the full study. */
-const ENCODING_FACTOR: Record<string, number> = { path: 4, xl: 1.5, shaw: 1.5, da: 1.5 };
+const ENCODING_FACTOR: Record<string, number> = { path: 4, xl: 1.5, 'xl-shared': 1.5, shaw: 1.5, da: 1.5 };
 /** Rounded operands are emulated (round, then compute in fp32): 5-7x an fp32 evaluation (full plan), 4-10x (quick). */
 const ROUNDED_FACTOR = 6;
 /** Held-out bytes assumed when a plan scores the whole split (evalBytes 0). */

@@ -980,7 +980,8 @@ function bestAt(input: ReportInput, corpus: string, m: number, which: (enc: stri
  */
 function learnedParamLines(input: ReportInput): string[] {
   const pairs: { tau: number; mu: number }[] = [];
-  for (const c of input.lm) {
+  // hype-learned's cells only: hype-gated stores the same parameter names, but its bias is gated.
+  for (const c of input.lm.filter((cell) => cell.config.encoding === 'hype-learned')) {
     const p = c.result.hypeParams ?? {};
     for (const [name, tau] of Object.entries(p)) {
       if (!name.endsWith('hype.tau')) continue;

@@ -29,6 +29,43 @@ export function randomInputs(shape: AttentionShape, seed: number, std = 1): Atte
   return { q, k, v };
 }
 
+/** randomInputs plus a block input x [B, Lk, C] ~ N(0, 1), for encodings that read content (fox, hype-gated). */
+export function randomInputsWithX(shape: AttentionShape, seed: number, C: number): AttendInputs & { x: Float64Array } {
+  const x = new Float64Array(shape.batch * shape.lk * C);
+  new Rng(seed + 100).fillNormal(x);
+  return { ...randomInputs(shape, seed), x };
+}
+
+/** d loss / d x of a content-reading encoding against central differences (loss = sum(out * W), W ~ N(0, 1)). */
+export function blockInputGradError(
+  enc: PositionalEncoding,
+  ctx: AttendContext,
+  inputs: AttendInputs & { x: Float64Array },
+): number {
+  const W = new Float64Array(ctx.shape.batch * ctx.shape.heads * ctx.shape.lq * ctx.shape.valueDim);
+  new Rng(9).fillNormal(W);
+  const loss = () => Array.from(enc.attend(ctx, inputs).out).reduce((a, o, j) => a + o * W[j]!, 0);
+  const dx = enc.attend(ctx, inputs).backward(W).dx!;
+  return maxRelativeGradError(loss, inputs.x, dx, sampleIndices(inputs.x.length, 40));
+}
+
+/**
+ * Max |out - fp64 out| of a concat encoding in emulated bf16 with plain and with split columns; `make` builds the
+ * encoding from the precision options (the same parameters each time).
+ */
+export function bf16ColumnErrors(
+  make: (options: object) => PositionalEncoding,
+  ctx: AttendContext,
+  inputs: AttendInputs,
+): { plain: number; split: number } {
+  const exact = make({}).attend(ctx, inputs).out;
+  const err = (columns: 'plain' | 'split') => {
+    const out = make({ format: 'bf16', columns }).attend(ctx, inputs).out;
+    return Array.from(out).reduce((m, o, j) => Math.max(m, Math.abs(o - exact[j]!)), 0);
+  };
+  return { plain: err('plain'), split: err('split') };
+}
+
 /** softmax(logits) V in fp64, written independently of any backend; a row with no visible key gives 0. */
 export function softmaxTimesV(logits: Float64Array, v: Float64Array, shape: AttentionShape): Float64Array {
   const { batch: B, heads: H, kvHeads: Hkv, lq, lk, valueDim: dv } = shape;

@@ -327,9 +327,29 @@ export function augmentBackward(spec: HypeSpec, aug: Augmented, dqHat: FloatArra
   const split = aug.columns.split !== null;
   const gq = foldColumnGrads(dqHat, B * H * lq, 2 * T, 'query', split, dp, d);
   const gk = foldColumnGrads(dkHat, B * Hkv * lk, 2 * T, 'key', split, dp, d);
+  return { dq, dk, ...etaGrads(spec, aug.eta, B, gq, gk) };
+}
+
+/**
+ * d loss / d tau [H, T] and d loss / d mu [Hkv, T] from the gradients of the eta columns themselves: gq [B, H, Lq, 2T]
+ * for eta^Q (as buildEta made them, sqrt(d) tau / 2 included) and gk [B, Hkv, Lk, 2T] for eta^K (formulas above).
+ * Shared by augmentBackward and encodings that scale or reuse the columns (hype-gated.ts).
+ */
+export function etaGrads(
+  spec: HypeSpec,
+  eta: HypeEta,
+  B: number,
+  gq: Float64Array,
+  gk: Float64Array,
+): { dtau: Float64Array; dmu: Float64Array } {
+  const { heads: H, kvHeads: Hkv } = spec;
+  const T = spec.termAxis.length;
+  const lq = eta.pq.length / T;
+  const lk = eta.pk.length / T;
+  const d = spec.headDim;
   const dtau = new Float64Array(H * T);
   const dmu = new Float64Array(Hkv * T);
-  const { etaQ, etaK, pq, pk } = aug.eta;
+  const { etaQ, etaK, pq, pk } = eta;
   const half = Math.sqrt(d) / 2;
   const group = H / Hkv;
   for (let b = 0; b < B; b++) {
@@ -358,5 +378,5 @@ export function augmentBackward(spec: HypeSpec, aug: Augmented, dqHat: FloatArra
       }
     }
   }
-  return { dq, dk, dtau, dmu };
+  return { dtau, dmu };
 }

@@ -208,7 +208,7 @@ function makeParam(name: string, shape: number[], values: Float64Array): Param {
   return { name, shape, data: Float64Array.from(values), grad: new Float64Array(values.length), decay: false };
 }
 
-class HypeEncoding implements PositionalEncoding {
+export class HypeEncoding implements PositionalEncoding {
   readonly name = 'hype';
   readonly sites = ['score-bias'] as const;
   readonly params: Param[] = [];
@@ -247,6 +247,15 @@ class HypeEncoding implements PositionalEncoding {
       if (opts.train !== 'mu') this.tauParam = makeParam(firstName, [base.heads, T], scaled(first, this.tauUnit));
       if (opts.train !== 'tau') this.muParam = makeParam('hype.mu', [base.kvHeads, T], scaled(muGroups, this.muUnit));
       for (const p of [this.tauParam, this.muParam]) if (p) this.params.push(p);
+      this.report = () => {
+        const spec = this.spec();
+        return {
+          tau: Array.from(spec.tau),
+          mu: Array.from(spec.mu),
+          slope: Array.from(spec.tau, (tau, j) => -tau * spec.mu[j]!),
+          curvature: Array.from(spec.mu, (mu, j) => (opts.curvature * mu) / base.mu[j]!),
+        };
+      };
     }
   }
 
@@ -294,9 +303,10 @@ class HypeEncoding implements PositionalEncoding {
   /**
    * Adds d loss / d tau (per head) and d loss / d mu (per KV group), converted to the parameters' coordinates and
    * units. Slope-curvature (tau = -m / mu): d/dm = -dtau / mu, and d/dmu at fixed m gains dtau * m / mu^2 =
-   * -dtau * tau / mu, summed over the query heads of each KV group.
+   * -dtau * tau / mu, summed over the query heads of each KV group. Public for encodings built on HyPE's
+   * parameters (hype-gated.ts).
    */
-  private accumulate(spec: HypeSpec, dtauIn: ArrayLike<number>, dmuIn: ArrayLike<number>): void {
+  accumulate(spec: HypeSpec, dtauIn: ArrayLike<number>, dmuIn: ArrayLike<number>): void {
     let dtau = dtauIn;
     let dmuGroups = dmuIn;
     if (this.slopeCurvature) {
@@ -323,6 +333,12 @@ class HypeEncoding implements PositionalEncoding {
         Array.from(dmuGroups, (g, j) => g * this.muUnit[j]!),
       );
   }
+
+  /**
+   * Learned preset only: per query head and term the trained amplitude tau, curvature mu and slope m = -tau mu
+   * (the ALiBi-equivalent slope at distance 0), and the curvature in units of the window, mu * L_extra.
+   */
+  readonly report?: () => Record<string, number[]>;
 
   attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
     const spec = this.spec(ctx.grid);
@@ -509,54 +525,58 @@ export const hypeEncoding: EncodingFactory<HypeOptions> = defineEncoding<HypeOpt
   sites: ['score-bias'],
   defaults: DEFAULTS,
   optionalKeys: OPTIONAL_KEYS,
-  create(dims: EncodingDims, options: Partial<HypeOptions>, _rng: Rng): PositionalEncoding {
-    const opts: HypeOptions = { ...DEFAULTS, ...options };
-    check(
-      opts.route === 'concat' || opts.route === 'kernel',
-      'argument',
-      `HyPE: unknown route '${opts.route}'; choose concat or kernel`,
-    );
-    check(
-      ['both', 'tau', 'mu'].includes(opts.train),
-      'argument',
-      `HyPE: train must be both, tau or mu, got '${opts.train}'`,
-    );
-    check(
-      opts.parametrisation === 'tau-mu' || opts.parametrisation === 'slope-curvature',
-      'argument',
-      `HyPE: parametrisation must be tau-mu or slope-curvature, got '${opts.parametrisation}'`,
-    );
-    check(
-      opts.parametrisation === 'tau-mu' || opts.train !== 'tau',
-      'argument',
-      "HyPE: parametrisation 'slope-curvature' with train 'tau' would train the slope at a fixed curvature; use " +
-        "alibi-learned for a trained slope alone, or train 'both' or 'mu'",
-    );
-    check(
-      opts.units === 'relative' || opts.units === 'raw',
-      'argument',
-      `HyPE: units must be relative or raw, got '${opts.units}'`,
-    );
-    check(
-      opts.shift === 'centre' || opts.shift === 'none',
-      'argument',
-      `HyPE: shift must be centre or none, got '${opts.shift}'`,
-    );
-    check(
-      opts.format === undefined || isFloatFormatName(opts.format),
-      'argument',
-      `HyPE: format must be fp64, fp32, fp16 or bf16, got '${opts.format}'`,
-    );
-    columnPlan(opts, 'fp32'); // refuses an unknown precision or columns, or one that contradicts format
-    const spec = presetSpec({
-      preset: opts.preset,
-      heads: dims.heads,
-      kvHeads: dims.kvHeads,
-      headDim: dims.headDim,
-      lengthExtra: opts.lengthExtra ?? 16 * dims.trainLength,
-      curvature: opts.curvature,
-      grid: opts.grid,
-    });
-    return new HypeEncoding(spec, opts);
-  },
+  create: (dims: EncodingDims, options: Partial<HypeOptions>, _rng: Rng): PositionalEncoding =>
+    createHype(dims, options),
 });
+
+/** A HyPE encoding from (checked) options: the factory's create, typed for encodings built on it (hype-gated.ts). */
+export function createHype(dims: EncodingDims, options: Partial<HypeOptions>): HypeEncoding {
+  const opts: HypeOptions = { ...DEFAULTS, ...options };
+  check(
+    opts.route === 'concat' || opts.route === 'kernel',
+    'argument',
+    `HyPE: unknown route '${opts.route}'; choose concat or kernel`,
+  );
+  check(
+    ['both', 'tau', 'mu'].includes(opts.train),
+    'argument',
+    `HyPE: train must be both, tau or mu, got '${opts.train}'`,
+  );
+  check(
+    opts.parametrisation === 'tau-mu' || opts.parametrisation === 'slope-curvature',
+    'argument',
+    `HyPE: parametrisation must be tau-mu or slope-curvature, got '${opts.parametrisation}'`,
+  );
+  check(
+    opts.parametrisation === 'tau-mu' || opts.train !== 'tau',
+    'argument',
+    "HyPE: parametrisation 'slope-curvature' with train 'tau' would train the slope at a fixed curvature; use " +
+      "alibi-learned for a trained slope alone, or train 'both' or 'mu'",
+  );
+  check(
+    opts.units === 'relative' || opts.units === 'raw',
+    'argument',
+    `HyPE: units must be relative or raw, got '${opts.units}'`,
+  );
+  check(
+    opts.shift === 'centre' || opts.shift === 'none',
+    'argument',
+    `HyPE: shift must be centre or none, got '${opts.shift}'`,
+  );
+  check(
+    opts.format === undefined || isFloatFormatName(opts.format),
+    'argument',
+    `HyPE: format must be fp64, fp32, fp16 or bf16, got '${opts.format}'`,
+  );
+  columnPlan(opts, 'fp32'); // refuses an unknown precision or columns, or one that contradicts format
+  const spec = presetSpec({
+    preset: opts.preset,
+    heads: dims.heads,
+    kvHeads: dims.kvHeads,
+    headDim: dims.headDim,
+    lengthExtra: opts.lengthExtra ?? 16 * dims.trainLength,
+    curvature: opts.curvature,
+    grid: opts.grid,
+  });
+  return new HypeEncoding(spec, opts);
+}
