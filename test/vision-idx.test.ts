@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { loadIdxPair } from '../src/vision/idx.ts';
-import { imageBatch, patchify } from '../src/vision/images.ts';
+import { patchify } from '../src/model/vision.ts';
+import { imageBatch } from '../src/vision/images.ts';
 import { refusal } from './helpers/refusal.ts';
 
 /** An IDX file of unsigned bytes: magic 0x0800 + dims, big-endian sizes, then the values. */

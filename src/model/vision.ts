@@ -20,7 +20,6 @@ import type { AttendResult, EncodingFactory, Param, PositionalEncoding } from '.
 import { getVisionEncoding } from '../pe/vision/registry.ts';
 import { allocate, headsToTokens, tokensToHeads, type DType, type FloatArray } from '../tensor.ts';
 import { Rng } from '../util/rng.ts';
-import { patchify } from '../vision/images.ts';
 import type { ModelConfig } from './config.ts';
 import {
   allocateParams,
@@ -482,4 +481,27 @@ export class VisionTransformer {
     // The patch gradient itself is not needed (images are data); linearBackward writes it into scratch.
     linearBackward(be, be, A.patches, this.params.wte, this.patchBias, A.dRes, A.dPatches, N, cfg.patch * cfg.patch, C);
   }
+}
+
+/**
+ * images [B, S, S] -> patches [B, N, P*P]: N = (S/P)^2 patches in row-major grid order (patch (gy, gx) is token
+ * gy * S/P + gx), pixels row-major inside each patch.
+ */
+export function patchify(
+  images: Float32Array | Float64Array,
+  B: number,
+  S: number,
+  P: number,
+  out: Float32Array | Float64Array,
+): void {
+  check(S % P === 0, 'shape', `image side ${S} is not a multiple of the patch size ${P}; resize to a multiple of ${P}`);
+  const G = S / P;
+  check(out.length === B * G * G * P * P, 'shape', `patch buffer holds ${out.length} values, expected B*N*P*P`);
+  for (let b = 0; b < B; b++)
+    for (let gy = 0; gy < G; gy++)
+      for (let gx = 0; gx < G; gx++) {
+        const o = ((b * G + gy) * G + gx) * P * P;
+        for (let py = 0; py < P; py++)
+          for (let px = 0; px < P; px++) out[o + py * P + px] = images[(b * S + gy * P + py) * S + gx * P + px]!;
+      }
 }

@@ -1,8 +1,7 @@
 /**
  * Images into model inputs: a batch of images [B, S, S] as normalised floats (pixel / 255 mapped to [-1, 1]),
- * optionally resized to another side length first, and the patch layout the vision transformer embeds,
- * [B, S, S] -> [B, N, P*P] with N = (S/P)^2 patches in row-major grid order (patch (gy, gx) is token gy * S/P + gx;
- * inside a patch, pixels are row-major too).
+ * optionally resized to another side length first (the vision transformer cuts them into patches itself:
+ * patchify in model/vision.ts).
  *
  * Resizing is bilinear with PyTorch's align_corners=False convention (the same taps as learned-2d's table resize):
  * an upsampled test image shows the same garment at a finer patch grid (the study's larger-grid evaluation).
@@ -48,24 +47,4 @@ export function imageBatch(set: ImageSet, indices: ArrayLike<number>, side: numb
     }
   }
   return dst;
-}
-
-/** images [B, S, S] -> patches [B, N, P*P] (N = (S/P)^2, row-major grid and row-major pixels inside a patch). */
-export function patchify(
-  images: Float32Array | Float64Array,
-  B: number,
-  S: number,
-  P: number,
-  out: Float32Array | Float64Array,
-): void {
-  check(S % P === 0, 'shape', `image side ${S} is not a multiple of the patch size ${P}; resize to a multiple of ${P}`);
-  const G = S / P;
-  check(out.length === B * G * G * P * P, 'shape', `patch buffer holds ${out.length} values, expected B*N*P*P`);
-  for (let b = 0; b < B; b++)
-    for (let gy = 0; gy < G; gy++)
-      for (let gx = 0; gx < G; gx++) {
-        const o = ((b * G + gy) * G + gx) * P * P;
-        for (let py = 0; py < P; py++)
-          for (let px = 0; px < P; px++) out[o + py * P + px] = images[(b * S + gy * P + py) * S + gx * P + px]!;
-      }
 }
