@@ -67,7 +67,10 @@ export function visionSection(cells: readonly VisionRecord[], plotsRel: string):
       `(${sides.map((s) => `${s / c0.model.patch}x${s / c0.model.patch}`).join(', ')} patch grids), upsampled ` +
       `${c0.resize} (align_corners false). A larger grid shows the same garment over more patches: relative ` +
       'encodings see longer distances than in training, learned-2d is resized bilinearly (the ViT practice), ' +
-      'sincos-2d meets coordinates it never saw. (4x4 patches need a side divisible by 4: 40x40, not 42x42.)',
+      'sincos-2d meets coordinates it never saw. Each patch also holds less of the garment (a 4x4 patch of a ' +
+      '56x56 image is 2x2 original pixels), a change of content every encoding meets: `none` has no positions at ' +
+      'all, so its drop measures that content shift alone. (4x4 patches need a side divisible by 4: 40x40, not ' +
+      '42x42.)',
     `- Encodings (pe/vision/): ${encs.join(', ')}. HyPE forms train tau and mu (the learned preset, ALiBi-like ` +
       'start); alibi-2d keeps ALiBi\u2019s fixed slopes; rope-2d is axial with base 100.',
     `- Seeds: ${seeds.join(', ')}; a seed fixes the initial weights and the training batches, so encodings are ` +
