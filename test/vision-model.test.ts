@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { loadNativeAddon, NativeBackend, nativeLoadError } from '../src/backend/native.ts';
 import { ReferenceBackend } from '../src/backend/reference.ts';
 import { parseVisionConfig, VisionTransformer } from '../src/model/vision.ts';
 import { visionEncodingNames } from '../src/pe/vision/registry.ts';
@@ -87,5 +88,35 @@ describe('vision transformer', () => {
     expect(refusal(() => parseVisionConfig({ pe: { name: 'rope', options: {} } })).message).toMatch(/image encoding/);
     const model = new VisionTransformer(tiny('none'), new ReferenceBackend());
     expect(refusal(() => model.forward(new Float64Array(2 * 10 * 10), null, 2, 10), 'shape').message).toMatch(/resize/);
+  });
+});
+
+const addon = loadNativeAddon();
+if (!addon && process.env.CI === 'true') throw new Error(`native addon missing in CI: ${nativeLoadError()}`);
+const nativeSuite = addon ? describe : describe.skip;
+
+nativeSuite('vision transformer on the native backend', () => {
+  // fp32 kernels against the fp64 reference: after a 2-block model, logits agree to ~1e-6 relative (fp32 unit
+  // roundoff 6e-8 times the depth of the sums); asserted at 1e-4 of the logits' scale.
+  it.each(visionEncodingNames())('%s: fp32 native logits and gradients match the fp64 reference', (pe) => {
+    const cfg32 = { ...tiny(pe), dtype: 'float32' as const };
+    const native = new VisionTransformer(cfg32, new NativeBackend({ threads: 1 }));
+    const ref = new VisionTransformer(tiny(pe), new ReferenceBackend());
+    // Same initial weights (the seed draws the same numbers; fp32 rounds them): copy fp32 values into the fp64 model.
+    native.parameters().forEach((p, i) => ref.parameters()[i]!.data.set(p.data));
+    const { images, labels } = batchOf(3, 12, 8); // a 3x3 grid: another size than the 2x2 training grid
+    const lossN = native.forward(Float32Array.from(images), labels, 3, 12);
+    const lossR = ref.forward(images, labels, 3, 12);
+    expect(Math.abs(lossN - lossR)).toBeLessThan(1e-4 * Math.max(1, Math.abs(lossR)));
+    native.zeroGrad();
+    ref.zeroGrad();
+    native.backward();
+    ref.backward();
+    native.parameters().forEach((p, i) => {
+      const want = ref.parameters()[i]!.grad;
+      const scale = Math.max(1e-6, ...Array.from(want, Math.abs));
+      const err = Math.max(...Array.from(p.grad, (g, j) => Math.abs(g - want[j]!)));
+      expect(err / scale, p.name).toBeLessThan(1e-3);
+    });
   });
 });
