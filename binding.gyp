@@ -6,6 +6,7 @@
         "native/bindings.cc",
         "native/attention.cc",
         "native/gemm.cc",
+        "native/householder.cc",
         "native/layers.cc",
         "native/microkernel.cc",
         "native/pool.cc"
@@ -14,8 +15,8 @@
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],
-      "cflags": ["-O3", "-march=native", "-pthread", "-ffp-contract=fast"],
-      "cflags_cc": ["-std=c++17", "-fexceptions", "-O3", "-march=native", "-pthread", "-ffp-contract=fast"],
+      "cflags": ["-O3", "-march=native", "-pthread", "-ffp-contract=fast", "-fopenmp-simd"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-O3", "-march=native", "-pthread", "-ffp-contract=fast", "-fopenmp-simd"],
       "ldflags": ["-pthread"]
     }
   ]

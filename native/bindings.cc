@@ -13,6 +13,7 @@
 
 #include "attention.h"
 #include "gemm.h"
+#include "householder.h"
 #include "layers.h"
 #include "pool.h"
 #include "simd.h"
@@ -22,7 +23,7 @@ namespace {
 using hype::AttentionParams;
 
 /** Bumped whenever a kernel's signature or semantics change; src/backend/native.ts refuses any other value. */
-constexpr int kAbi = 3;
+constexpr int kAbi = 4;
 
 struct Refusal : std::exception {
   std::string msg;
@@ -119,9 +120,12 @@ Napi::Function guarded(Napi::Env env, const char* name, size_t argc, const char*
 
 // ------------------------------------------------------------------------------------------- attention and gemm
 
-/** Shape, options and the distance table from a plain object, with every bound the kernels rely on. */
-AttentionParams readParams(const Napi::Object& o) {
-  AttentionParams p{};
+/**
+ * The sizes every attention-shaped call shares (batch, heads, kvHeads dividing heads, lq, lk, headDim), each a
+ * positive integer within the bounds the kernels rely on; returns that bound for the caller's own checks.
+ */
+template <typename P>
+long readSizes(const Napi::Object& o, P& p) {
   const long big = 1L << 40;
   p.batch = integer(o.Get("batch"), "batch", 1, big);
   p.heads = integer(o.Get("heads"), "heads", 1, big);
@@ -130,6 +134,13 @@ AttentionParams readParams(const Napi::Object& o) {
   p.lq = integer(o.Get("lq"), "lq", 1, big);
   p.lk = integer(o.Get("lk"), "lk", 1, big);
   p.d = integer(o.Get("headDim"), "headDim", 1, 1 << 16);
+  return big;
+}
+
+/** Shape, options and the distance table from a plain object, with every bound the kernels rely on. */
+AttentionParams readParams(const Napi::Object& o) {
+  AttentionParams p{};
+  const long big = readSizes(o, p);
   p.dv = integer(o.Get("valueDim"), "valueDim", 1, 1 << 16);
   p.queryOffset = integer(o.Get("queryOffset"), "queryOffset", -big, big);
   p.causal = boolean(o.Get("causal"), "causal");
@@ -197,6 +208,80 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   double* dTable = nullptr;
   if (p.bias.any()) dTable = f64(info[10], "dTable", times(p.heads, p.bias.span));
   hype::attentionBackward(p, q, k, v, out, lse, dout, dq, dk, dv, dTable);
+  return info.Env().Undefined();
+}
+
+// ------------------------------------------------------------------------------------------ Householder walk
+
+/** The walk's shape, positions, chunk and scale from a plain object, with every bound the kernels rely on. */
+hype::WalkParams readWalkParams(const Napi::Value& v) {
+  require(v.IsObject(), "params must be an object");
+  const Napi::Object o = v.As<Napi::Object>();
+  hype::WalkParams p{};
+  readSizes(o, p);
+  require(p.lk >= p.lq, "lk must be at least lq");
+  // Every query needs a factor at its own position: 0 <= queryOffset <= Lk - Lq.
+  p.queryOffset = integer(o.Get("queryOffset"), "queryOffset", 0, p.lk - p.lq);
+  p.chunk = integer(o.Get("chunk"), "chunk", 1, 1 << 20);
+  p.scale = finite(o.Get("scale"), "scale");
+  return p;
+}
+
+/** The forward's state arrays (kHat, zs, u in the dtype T of q and k; ys fp64), sized as walkStateSizes. */
+template <typename T, napi_typedarray_type kType>
+hype::WalkState<T> walkState(const Napi::CallbackInfo& info, int at, const hype::WalkParams& p, const char* typeName) {
+  const long last = p.lastChunk();
+  const long kvRows = times(p.batch, p.kvHeads, p.lk, p.d);
+  return {typed<T, kType>(info[at], "kHat", last > 0 ? kvRows : 0, typeName),
+          typed<T, kType>(info[at + 1], "zs", last > 0 ? times(p.batch, p.heads, p.lq, p.d) : 0, typeName),
+          typed<T, kType>(info[at + 2], "u", last > 1 ? times(times(p.batch, p.kvHeads, last), p.d, p.d) : 0,
+                          typeName),
+          f64(info[at + 3], "ys", last > 1 ? kvRows : 0)};
+}
+
+template <typename T, napi_typedarray_type kType>
+void walkForward(const Napi::CallbackInfo& info, const hype::WalkParams& p, const char* typeName) {
+  const long kvN = times(p.batch, p.kvHeads, p.lk, p.d);
+  const T* q = typed<T, kType>(info[1], "q", times(p.batch, p.heads, p.lq, p.d), typeName);
+  const T* k = typed<T, kType>(info[2], "k", kvN, typeName);
+  const double* w = f64(info[3], "w", kvN);
+  const double* beta = f64(info[4], "beta", times(p.batch, p.kvHeads, p.lk));
+  T* logits = typed<T, kType>(info[5], "logits", times(p.batch, p.heads, p.lq, p.lk), typeName);
+  hype::householderWalkForward(p, q, k, w, beta, logits, walkState<T, kType>(info, 6, p, typeName));
+}
+
+template <typename T, napi_typedarray_type kType>
+void walkBackward(const Napi::CallbackInfo& info, const hype::WalkParams& p, const char* typeName) {
+  const long qN = times(p.batch, p.heads, p.lq, p.d), kvN = times(p.batch, p.kvHeads, p.lk, p.d);
+  const long betaN = times(p.batch, p.kvHeads, p.lk);
+  const T* q = typed<T, kType>(info[1], "q", qN, typeName);
+  const T* k = typed<T, kType>(info[2], "k", kvN, typeName);
+  const double* w = f64(info[3], "w", kvN);
+  const double* beta = f64(info[4], "beta", betaN);
+  const T* dLogits = typed<T, kType>(info[5], "dLogits", times(p.batch, p.heads, p.lq, p.lk), typeName);
+  const hype::WalkState<T> st = walkState<T, kType>(info, 6, p, typeName);
+  T* dq = typed<T, kType>(info[10], "dq", qN, typeName);
+  T* dk = typed<T, kType>(info[11], "dk", kvN, typeName);
+  double* dw = f64(info[12], "dw", kvN);
+  double* dbeta = f64(info[13], "dbeta", betaN);
+  hype::householderWalkBackward(p, q, k, w, beta, dLogits, st, dq, dk, dw, dbeta);
+}
+
+/** fp32 when q is a Float32Array, else fp64 (every array of that dtype must match). */
+bool isF32(const Napi::Value& v) {
+  return v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array;
+}
+
+/** The walk's forward or backward, on the kernel for the dtype of q. */
+Napi::Value HouseholderWalk(const Napi::CallbackInfo& info, bool backward) {
+  const hype::WalkParams p = readWalkParams(info[0]);
+  const bool single = isF32(info[1]);
+  if (backward)
+    single ? walkBackward<float, napi_float32_array>(info, p, "Float32Array")
+           : walkBackward<double, napi_float64_array>(info, p, "Float64Array");
+  else
+    single ? walkForward<float, napi_float32_array>(info, p, "Float32Array")
+           : walkForward<double, napi_float64_array>(info, p, "Float64Array");
   return info.Env().Undefined();
 }
 
@@ -378,6 +463,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"adamwStep", 6, "(param, grad, m, v, n, {lr, beta1, beta2, eps, weightDecay, step})", AdamwStep},
       {"embeddingForward", 6, "(table, tokens, out, n, width, vocab)", EmbeddingForward},
       {"embeddingBackward", 5, "(dOut, tokens, dTable, n, width)", EmbeddingBackward},
+      {"householderWalkForward", 10, "(params, q, k, w, beta, logits, kHat, zs, u, ys)",
+       [](const Napi::CallbackInfo& info) { return HouseholderWalk(info, false); }},
+      {"householderWalkBackward", 14, "(params, q, k, w, beta, dLogits, kHat, zs, u, ys, dq, dk, dw, dbeta)",
+       [](const Napi::CallbackInfo& info) { return HouseholderWalk(info, true); }},
   };
   for (const Entry& e : entries) exports.Set(e.name, guarded(env, e.name, e.argc, e.usage, e.body));
   exports.Set("vectorWidth", Napi::Number::New(env, hype::VL));

@@ -1,8 +1,9 @@
 /**
- * PaTH's chunked backward (path.ts chunkedBackward): windows of several PATH_CHUNK chunks, so that the gradients
- * run through the cross-chunk gemms, the chain Z_{J-1} = Z_J U_J, the adjoints of chunkProduct and carryKeys, and
- * the intra-chunk walk started from dZ; queries decoding at queryOffset > 0 (the first query inside a chunk); and
- * kv heads shared by several query heads (dk, dw and dbeta summed over a group).
+ * PaTH's chunked backward (the backend's Householder walk, src/backend/householder-walk.ts): windows of several
+ * PATH_CHUNK chunks, so that the gradients run through the cross-chunk products, the chain Z_{J-1} = Z_J U_J, the
+ * adjoints of chunkProduct and carryKeys, and the intra-chunk walk started from dZ; queries decoding at
+ * queryOffset > 0 (the first query inside a chunk); and kv heads shared by several query heads (dk, dw and dbeta
+ * summed over a group).
  */
 import { describe, expect, it } from 'vitest';
 import type { AttentionShape } from '../src/backend/backend.ts';

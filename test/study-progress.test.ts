@@ -5,7 +5,7 @@ import { doneLine } from '../src/cli/study.ts';
 import { buildProgram } from '../src/cli/main.ts';
 import { flipflopConfigs, lmConfigs, precisionConfigs, recallConfigs } from '../src/study/experiments.ts';
 import { QUICK_STUDY_MINUTES, quickPlan } from '../src/study/plan.ts';
-import { cellCost, formatDuration, StudyProgress, type PlannedCell } from '../src/study/progress.ts';
+import { cellCost, formatDuration, queueTable, StudyProgress, type PlannedCell } from '../src/study/progress.ts';
 
 const plan = quickPlan();
 const quickCells = (): PlannedCell[] =>
@@ -79,5 +79,26 @@ describe('the quick study time', () => {
     const quoted = [...readme.matchAll(/~(\d+(?:\.\d+)?) min/g)].map((m) => Number(m[1]));
     expect(quoted.length).toBeGreaterThan(0);
     expect(quoted.every((m) => m === QUICK_STUDY_MINUTES)).toBe(true);
+  });
+});
+
+describe("the queue coordinator's live table", () => {
+  it("lists running jobs with worker, step and a time left from each job's own step rate", () => {
+    const t = queueTable(
+      [
+        { label: 'lm tinyshakespeare alibi seed 1', worker: 'w1', step: 500, steps: 2000, seconds: 60 },
+        { label: 'flipflop none seed 2', worker: 'w2', step: 0, steps: 0, seconds: 1 },
+      ],
+      { done: 3, total: 10, waiting: 5, failed: 1, elapsed: 125, eta: 'about 9 min left' },
+    );
+    const lines = t.split('\n');
+    expect(lines[0]).toBe('queue: 3/10 done (1 failed), 2 running, 5 waiting | 2 min 05 s elapsed, about 9 min left');
+    expect(lines[1]).toMatch(/^ {2}cell +worker +step +time left$/);
+    // 500 of 2000 steps in 60 s: 1500 more take 180 s.
+    expect(lines[2]).toMatch(/^ {2}lm tinyshakespeare alibi seed 1 +w1 +500\/2000 +3 min 00 s$/);
+    expect(lines[3]).toMatch(/flipflop none seed 2 +w2 +starting +-$/);
+    expect(queueTable([], { done: 0, total: 2, waiting: 2, failed: 0, elapsed: 0, eta: '?' })).toBe(
+      'queue: 0/2 done, 0 running, 2 waiting | 0 s elapsed, ?',
+    );
   });
 });

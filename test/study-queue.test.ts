@@ -123,7 +123,10 @@ async function waitFor(what: string, ok: () => Promise<boolean> | boolean, ms = 
 }
 
 /** A study of `plan` (the reference backend, as the workers), local or, with `queue`, as the queue's coordinator. */
-function study(o: Pick<StudyOptions, 'experiment' | 'outDir' | 'plan' | 'queue' | 'recompute'>, log: string[] = []) {
+function study(
+  o: Pick<StudyOptions, 'experiment' | 'outDir' | 'plan' | 'queue' | 'recompute' | 'live'>,
+  log: string[] = [],
+) {
   return runStudy({
     quick: true,
     workDir: join(root, 'coordinator-work'),
@@ -164,7 +167,11 @@ describe('the study on a queue', () => {
     const first = worker(url, dataDir, 'k1', env);
     const out = join(root, 'killed');
     const log: string[] = [];
-    const coordinator = study({ experiment: 'lm', outDir: out, plan: tinyPlan(steps, ['none']), queue: url }, log);
+    const tables: string[] = [];
+    const coordinator = study(
+      { experiment: 'lm', outDir: out, plan: tinyPlan(steps, ['none']), queue: url, live: (t) => tables.push(t) },
+      log,
+    );
     const connection = await connectRedis(url, () => {});
     const queue = new Queue(QUEUE_NAME, { connection });
     try {
@@ -189,6 +196,12 @@ describe('the study on a queue', () => {
     // The second worker computed it from the start (its own work folder: no checkpoint to resume from).
     expect(second.stderr()).toMatch(/training 300 steps\n/);
     expect(log.filter((l) => /: done on /.test(l))).toHaveLength(1);
+    // The live table showed the cell running on the first worker with its step and time left.
+    const row = new RegExp(`lm .* \\S+:${first.child.pid} +\\d+/300 +\\d`); // worker names are host:pid
+    expect(
+      tables.some((t) => /cell +worker +step +time left/.test(t) && row.test(t)),
+      tables.at(-1),
+    ).toBe(true);
     const losses = readFileSync(
       join(
         root,

@@ -133,6 +133,17 @@ export interface ScratchBuffers {
   take(name: string, dtype: DType, n: number): Lease;
 }
 
+// ---- The Householder walk (Backend.householderWalk): one member, kept in its own block -------------------------
+
+/**
+ * What Backend.householderWalk keeps for its backward. backward adds (never overwrites) dLoss/dq into dq, dLoss/dk
+ * into dk (both the dtype of q and k), and dLoss/dw, dLoss/dbeta into dw, dbeta (laid out like w, beta), given
+ * dLogits [B, H, Lq, Lk] in the dtype of q (only the visible entries, key position <= query position, are read).
+ */
+export interface HouseholderWalk {
+  backward(dLogits: FloatArray, dq: FloatArray, dk: FloatArray, dw: Float64Array, dbeta: Float64Array): void;
+}
+
 /**
  * Every member is required: gemm, fused attention forward and backward, attention over explicit scores, and every
  * layer operation of LayerOps
@@ -195,4 +206,25 @@ export interface Backend extends LayerOps {
     opts: ScoreAttentionOptions,
     hooks: ExplicitHooks,
   ): ExplicitAttention;
+
+  // ---- The Householder walk --------------------------------------------------------------------------------
+  /**
+   * Causal logits through accumulated Householder-like factors H_t = I - beta_t w_t w_t^T (one per kv head and
+   * position): for query row i at position p = i + queryOffset and key l <= p,
+   *   logits[b, h, i, l] = scale * q_i^T H_p H_{p-1} ... H_{l+1} k_l        (kv head kh of h, as in GQA)
+   * written into logits [B, H, Lq, Lk] at the visible entries only (the rest are left as they were). q [B, H, Lq,
+   * D], k [B, Hkv, Lk, D] and logits share one dtype (fp32 or fp64); w [B, Hkv, Lk, D] and beta [B, Hkv, Lk] are
+   * fp64. Needs 0 <= queryOffset and queryOffset + Lq <= Lk (H_p needs a factor at the query's own position).
+   * The returned object keeps what the backward needs (O(B H Lq D + B Hkv Lk D) memory, not O(Lq Lk)).
+   */
+  householderWalk(
+    shape: AttentionShape,
+    queryOffset: number,
+    scale: number,
+    q: FloatArray,
+    k: FloatArray,
+    w: Float64Array,
+    beta: Float64Array,
+    logits: FloatArray,
+  ): HouseholderWalk;
 }

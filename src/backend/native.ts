@@ -5,7 +5,7 @@
  * per-call fallback.
  *
  * fp32 only: Float64Array inputs are refused (use the reference backend for fp64), except by scoreAttention,
- * whose fp64 work runs on the reference loops. Every call is validated in
+ * whose fp64 work runs on the reference loops, and householderWalk, whose kernel takes either dtype. Every call is validated in
  * TypeScript (validate.ts, native-layers.ts) before native code runs; native/bindings.cc only re-checks what
  * protects memory. The 'dense' bias is a test oracle, not a kernel feature: this
  * backend delegates it to the reference implementation (fp32, O(L^2) time), so results stay correct but slow.
@@ -19,16 +19,18 @@ import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { HypeError } from '../errors.ts';
-import type { FloatArray } from '../tensor.ts';
+import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
 import type {
   AttentionForward,
   AttentionGrads,
   AttentionOptions,
   AttentionShape,
   Backend,
+  HouseholderWalk,
   PositionBias,
   PositionBiasGrad,
 } from './backend.ts';
+import { validateHouseholderWalk, validateWalkBackward, WALK_CHUNK, walkStateSizes } from './householder-walk.ts';
 import { referenceLayerOps, type LayerOps } from './layers.ts';
 import { nativeLayerOps, type NativeLayerKernels } from './native-layers.ts';
 import { ReferenceBackend, referenceScoreKernels } from './reference.ts';
@@ -44,7 +46,7 @@ import {
 } from './validate.ts';
 
 /** The kernel interface version this code expects; native/bindings.cc exports its own as `abi`. */
-export const NATIVE_ABI = 3;
+export const NATIVE_ABI = 4;
 
 /** The addon's raw surface (native/bindings.cc). */
 export interface NativeAddon extends NativeLayerKernels {
@@ -89,7 +91,28 @@ export interface NativeAddon extends NativeLayerKernels {
     dv: Float32Array,
     dTable: Float64Array | null,
   ): void;
+  householderWalkForward(
+    params: object,
+    q: FloatArray,
+    k: FloatArray,
+    w: Float64Array,
+    beta: Float64Array,
+    logits: FloatArray,
+    ...state: WalkStateArrays
+  ): void;
+  householderWalkBackward(
+    params: object,
+    q: FloatArray,
+    k: FloatArray,
+    w: Float64Array,
+    beta: Float64Array,
+    dLogits: FloatArray,
+    ...rest: [...WalkStateArrays, dq: FloatArray, dk: FloatArray, dw: Float64Array, dbeta: Float64Array]
+  ): void;
 }
+
+/** What a Householder walk keeps for its backward: kHat, zs, u in the dtype of q and k, ys in fp64. */
+type WalkStateArrays = [kHat: FloatArray, zs: FloatArray, u: FloatArray, ys: Float64Array];
 
 const ADDON_FUNCTIONS = [
   'setThreads',
@@ -98,6 +121,8 @@ const ADDON_FUNCTIONS = [
   'gemm',
   'attentionForward',
   'attentionBackward',
+  'householderWalkForward',
+  'householderWalkBackward',
   ...(Object.keys(referenceLayerOps) as (keyof LayerOps)[]),
 ] as const;
 
@@ -338,6 +363,29 @@ export class NativeBackend implements Backend {
   /** fp32 work on the native sgemm and prefix row softmax; fp64 work (some encodings keep fp64) on the loops. */
   scoreAttention(...a: Parameters<Backend['scoreAttention']>): ExplicitAttention {
     return scoreAttention((dtype): ScoreKernels => (dtype === 'float32' ? this : referenceScoreKernels), ...a);
+  }
+
+  // ---- The Householder walk: native/householder.cc, fp32 or fp64, threaded over heads.
+  householderWalk(...args: Parameters<Backend['householderWalk']>): HouseholderWalk {
+    validateHouseholderWalk(...args);
+    const [shape, queryOffset, scale, q, k, w, beta, logits] = args;
+    const { batch, heads, kvHeads, lq, lk, headDim } = shape;
+    const params = { batch, heads, kvHeads, lq, lk, headDim, queryOffset, scale, chunk: WALK_CHUNK };
+    const sizes = walkStateSizes(shape, queryOffset);
+    const dtype = dtypeOf(q);
+    const state: WalkStateArrays = [
+      allocate(dtype, sizes.kHat),
+      allocate(dtype, sizes.zs),
+      allocate(dtype, sizes.u),
+      new Float64Array(sizes.ys),
+    ];
+    this.addon.householderWalkForward(params, q, k, w, beta, logits, ...state);
+    return {
+      backward: (dLogits, dq, dk, dw, dbeta) => {
+        validateWalkBackward(shape, q, dLogits, dq, dk, dw, dbeta);
+        this.addon.householderWalkBackward(params, q, k, w, beta, dLogits, ...state, dq, dk, dw, dbeta);
+      },
+    };
   }
 }
 

@@ -3,9 +3,17 @@
  * portable fallback when the native addon is unavailable.
  */
 import type { FloatArray } from '../tensor.ts';
-import type { AttentionForward, AttentionGrads, AttentionOptions, AttentionShape, Backend } from './backend.ts';
+import type {
+  AttentionForward,
+  AttentionGrads,
+  AttentionOptions,
+  AttentionShape,
+  Backend,
+  HouseholderWalk,
+} from './backend.ts';
 import { referenceAttentionBackward, referenceAttentionForward } from './reference-attention.ts';
 import { referenceLayerOps } from './layers.ts';
+import { referenceHouseholderWalk } from './householder-walk.ts';
 import { scoreAttention, type ExplicitAttention, type ScoreKernels } from './score-attention.ts';
 import {
   checkAttentionLse,
@@ -138,5 +146,10 @@ export class ReferenceBackend implements Backend {
 
   scoreAttention(...a: Parameters<Backend['scoreAttention']>): ExplicitAttention {
     return scoreAttention(() => referenceScoreKernels, ...a);
+  }
+
+  // ---- The Householder walk: plain fp64 loops (householder-walk.ts).
+  householderWalk(...a: Parameters<Backend['householderWalk']>): HouseholderWalk {
+    return referenceHouseholderWalk(...a);
   }
 }

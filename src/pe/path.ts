@@ -10,13 +10,13 @@
  *   w_t    = normalise(silu(shortconv(x_t W_w)))     per key/value head; W_w [Hkv, C, D]
  *   beta_t = 2 * sigmoid(x_t . w_beta + b_beta)      in (0, 2), so H_t may have a negative eigenvalue
  *
- * Algorithm (path-attention.ts): inside its own chunk of PATH_CHUNK positions, each query walks back over the keys, carrying r = q_p
- * and applying one factor per step (r <- r - beta_t (w_t . r) w_t); the logits against earlier chunks are gemms of
- * the walk states with the keys carried to their chunk's end, the states moved back over a chunk by its dense
- * D x D product (see pathAttention). The backward has the same split: the intra-chunk walk is replayed and run
- * adjoint, the cross-chunk part is differentiated through its gemms and then through the chunk products and the
- * carried keys back to every w_t and beta_t; finally the factor network is differentiated down to dx. The softmax,
- * P V, their backward and the factor network's projections run as gemms (the backend's sgemm for fp32).
+ * Algorithm: the logits and their backward are the backend's Householder walk (Backend.householderWalk; the
+ * maths and the reference loops are in src/backend/householder-walk.ts, the tuned kernel in native/householder.cc):
+ * each query walks back over the keys of its own chunk, carrying r = q_p and applying one factor per step
+ * (r <- r - beta_t (w_t . r) w_t), and earlier chunks are reached by matrix products of the walk states with keys
+ * carried to their chunk's end. path-attention.ts joins the walk to the backend's attention over explicit scores
+ * (softmax, P V and their backward); the factor network's projections run as gemms (the backend's sgemm for fp32),
+ * and its backward takes dw, dbeta down to dx here.
  *
  * Choices the paper leaves open or that we fix (the released layer in flash-linear-attention was read for facts):
  * - W_w is a full-rank projection [Hkv, C, D]; the released layer uses a rank-32 factorisation when H = Hkv

@@ -174,3 +174,42 @@ export class StudyProgress {
     return (this.now() - this.t0) / 1000;
   }
 }
+
+/** One running job of the queue coordinator's live table. */
+export interface RunningJob {
+  label: string;
+  worker: string;
+  /** Training steps done and planned (0 / 0 before the worker's first report). */
+  step: number;
+  steps: number;
+  /** Seconds since a worker took the job. */
+  seconds: number;
+}
+
+/**
+ * The queue coordinator's live view: one summary line (done, running, waiting, elapsed, estimated time left) and a
+ * table of the running jobs, each with its worker, step and its own time left extrapolated from its step rate.
+ */
+export function queueTable(
+  jobs: readonly RunningJob[],
+  s: { done: number; total: number; waiting: number; failed: number; elapsed: number; eta: string },
+): string {
+  const head = [
+    `queue: ${s.done}/${s.total} done${s.failed ? ` (${s.failed} failed)` : ''}, ${jobs.length} running, ` +
+      `${s.waiting} waiting | ${formatDuration(s.elapsed)} elapsed, ${s.eta}`,
+  ];
+  if (jobs.length === 0) return head.join('\n');
+  const rows = [
+    ['cell', 'worker', 'step', 'time left'],
+    ...jobs.map((j) => [
+      j.label,
+      j.worker,
+      j.steps > 0 ? `${j.step}/${j.steps}` : 'starting',
+      j.step > 0 && j.steps > 0 ? formatDuration((j.seconds / j.step) * (j.steps - j.step)) : '-',
+    ]),
+  ];
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  const line = (r: string[]) =>
+    '  ' + r.map((x, c) => (c === 2 || c === 3 ? x.padStart(widths[c]!) : x.padEnd(widths[c]!))).join('  ');
+  return [...head, ...rows.map(line)].join('\n');
+}

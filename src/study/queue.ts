@@ -34,7 +34,7 @@ import {
   type RecallConfig,
 } from './experiments.ts';
 import { EXPERIMENTS, type CorpusName, type Experiment } from './plan.ts';
-import { cellCost, formatDuration, type StudyCell } from './progress.ts';
+import { cellCost, formatDuration, queueTable, type RunningJob, type StudyCell } from './progress.ts';
 import { cellKey } from './store.ts';
 import { versions } from './versions.ts';
 
@@ -180,6 +180,11 @@ export async function runQueuedCells(o: {
   outDir: string;
   dataDir: string;
   log: (line: string) => void;
+  /**
+   * A live view (a terminal): called at every poll with the whole progress table (queueTable) to redraw in place;
+   * without one, progress goes to `log` as a line when it changes (at most every 2 s, and every 30 s regardless).
+   */
+  live?: (table: string) => void;
   pollMs?: number;
   /**
    * Cells being recomputed (--recompute): a job of theirs left from an earlier run (waiting, finished but not yet
@@ -255,7 +260,7 @@ export async function runQueuedCells(o: {
     let lastLine = '';
     let lastAt = 0;
     while (pending.size > 0) {
-      const running: string[] = [];
+      const running: RunningJob[] = [];
       let runningCost = 0;
       let waiting = 0;
       for (const [id, c] of [...pending]) {
@@ -269,14 +274,17 @@ export async function runQueuedCells(o: {
         }
         const state = await job.getState();
         if (state === 'completed') {
-          const seconds = ((job.finishedOn ?? 0) - (job.processedOn ?? 0)) / 1000;
-          await writeResult(o.outDir, c, job.returnvalue, seconds);
+          // The job object was fetched before getState(): if the job finished in between, its returnvalue and
+          // finishedOn are not in that copy yet. Fetch it again now that it is known to be complete.
+          const done = (await queue.getJob(id)) ?? job;
+          const seconds = ((done.finishedOn ?? 0) - (done.processedOn ?? 0)) / 1000;
+          await writeResult(o.outDir, c, done.returnvalue, seconds);
           await job.remove().catch(() => {}); // its result is on disk now; the job has done its work
           pending.delete(id);
           written++;
           doneCost += cellCost(c.config as StudyCell);
           log(
-            `[${written + failed.length}/${open.length}] ${label}: done on ${job.processedBy ?? 'a worker'} in ${formatDuration(seconds)}`,
+            `[${written + failed.length}/${open.length}] ${label}: done on ${done.processedBy ?? 'a worker'} in ${formatDuration(seconds)}`,
           );
         } else if (state === 'failed') {
           pending.delete(id);
@@ -287,10 +295,17 @@ export async function runQueuedCells(o: {
           );
         } else if (state === 'active') {
           const p = job.progress as Partial<JobProgress>;
+          const seconds = job.processedOn ? Math.max(0, (Date.now() - job.processedOn) / 1000) : 0;
           if (typeof p === 'object' && p && typeof p.step === 'number' && typeof p.steps === 'number' && p.steps > 0) {
-            running.push(`${label} on ${p.worker}: step ${p.step}/${p.steps}`);
+            running.push({
+              label,
+              worker: String(p.worker ?? job.processedBy ?? '?'),
+              step: p.step,
+              steps: p.steps,
+              seconds,
+            });
             runningCost += (cellCost(c.config as StudyCell) * p.step) / p.steps;
-          } else running.push(`${label}: starting`);
+          } else running.push({ label, worker: job.processedBy ?? '?', step: 0, steps: 0, seconds });
         } else waiting++;
       }
       const elapsed = (performance.now() - t0) / 1000;
@@ -299,17 +314,33 @@ export async function runQueuedCells(o: {
         progressed > 0
           ? `about ${formatDuration((elapsed / progressed) * (totalCost - progressed))} left`
           : 'time left: known once a worker reports progress';
-      const line = `queue: ${written + failed.length}/${open.length} done, ${running.length} running, ${waiting} waiting`;
-      if (
-        pending.size > 0 &&
-        (line !== lastLine || performance.now() - lastAt > 30_000) &&
-        performance.now() - lastAt > 2000
-      ) {
-        log(
-          `${line} | ${formatDuration(elapsed)} elapsed, ${eta}${running.length ? `\n  ${running.join('\n  ')}` : ''}`,
+      if (o.live) {
+        if (pending.size > 0) {
+          o.live(
+            queueTable(running, {
+              done: written + failed.length,
+              total: open.length,
+              waiting,
+              failed: failed.length,
+              elapsed,
+              eta,
+            }),
+          );
+        }
+      } else {
+        const line = `queue: ${written + failed.length}/${open.length} done, ${running.length} running, ${waiting} waiting`;
+        const jobs = running.map(
+          (j) => `${j.label}${j.steps > 0 ? ` on ${j.worker}: step ${j.step}/${j.steps}` : ': starting'}`,
         );
-        lastLine = line;
-        lastAt = performance.now();
+        if (
+          pending.size > 0 &&
+          (line !== lastLine || performance.now() - lastAt > 30_000) &&
+          performance.now() - lastAt > 2000
+        ) {
+          log(`${line} | ${formatDuration(elapsed)} elapsed, ${eta}${jobs.length ? `\n  ${jobs.join('\n  ')}` : ''}`);
+          lastLine = line;
+          lastAt = performance.now();
+        }
       }
       if (pending.size > 0) await new Promise((r) => setTimeout(r, o.pollMs ?? 500));
     }

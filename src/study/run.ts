@@ -65,6 +65,8 @@ export interface StudyOptions {
   plan?: StudyPlan;
   /** redis://host:port[/db]: the cells run as jobs on this queue, computed by `hype worker`s (see queue.ts). */
   queue?: string;
+  /** With `queue`: the coordinator's live progress table (queueTable), redrawn at every poll; default on a terminal. */
+  live?: (table: string) => void;
   log?: (line: string) => void;
 }
 
@@ -179,7 +181,21 @@ async function runQueued(
   record: (inv: { experiment: Experiment; started: string; seconds: number; cellsRun: number }) => Promise<void>,
 ): Promise<{ report: string; written: number }> {
   const { runQueuedCells } = await import('./queue.ts'); // BullMQ is loaded only by those who use the queue
-  const log = o.log ?? ((s: string) => process.stderr.write(s + '\n'));
+  let log = o.log ?? ((s: string) => process.stderr.write(s + '\n'));
+  // On a terminal (and no caller-supplied log), progress is a table redrawn in place; finished and failed cells are
+  // still printed as lines above it.
+  let live = o.live;
+  let endLive = () => {};
+  if (!live && o.log === undefined && process.stderr.isTTY) {
+    const { createLogUpdate } = await import('log-update');
+    const view = createLogUpdate(process.stderr);
+    live = view;
+    log = (s: string) => {
+      view.clear();
+      process.stderr.write(s + '\n');
+    };
+    endLive = () => view.done();
+  }
   const t0 = performance.now();
   const started = new Date().toISOString();
   const before = chosen.map((exp) => cellsIn(o.outDir, exp));
@@ -191,8 +207,9 @@ async function runQueued(
     outDir: o.outDir,
     dataDir: o.dataDir,
     log,
+    ...(live ? { live } : {}),
     recompute: ({ config: c }) => again.has(c.experiment === 'precision' ? c.lm.encoding : c.encoding),
-  });
+  }).finally(endLive);
   for (const [i, experiment] of chosen.entries()) {
     const cellsRun = cellsIn(o.outDir, experiment) - before[i]!;
     await record({ experiment, started, seconds: (performance.now() - t0) / 1000, cellsRun });
