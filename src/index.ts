@@ -18,10 +18,14 @@ export type {
   AttentionOptions,
   AttentionShape,
   Backend,
+  GradTable,
   PositionBias,
   PositionBiasGrad,
+  Residence,
 } from './backend/backend.ts';
+export type { LayerOps, TensorOps } from './backend/layers.ts';
 export { ReferenceBackend } from './backend/reference.ts';
+export { WebGpuBackend, type GpuHandle, type GpuIntHandle } from './backend/webgpu/backend.ts';
 export { HypeError, type HypeErrorCode } from './errors.ts';
 export {
   BF16,

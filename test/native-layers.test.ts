@@ -17,6 +17,7 @@ import { describe, expect, it } from 'vitest';
 import { referenceLayerOps as ref, type LayerOps } from '../src/backend/layers.ts';
 import {
   checkNativeAddon,
+  tryLoadAddon,
   loadNativeAddon,
   NATIVE_ABI,
   NativeBackend,
@@ -470,5 +471,16 @@ suite('stale addon builds', () => {
       new RegExp(`stale build \\(kernel interface ${NATIVE_ABI - 1} where this code needs ${NATIVE_ABI}\\)`),
     );
     expect(() => checkNativeAddon(undefined)).toThrow(HypeError);
+  });
+
+  it('loading refuses a missing or stale build with the reason (no addon, so no per-call fallback is possible)', () => {
+    expect(tryLoadAddon(() => addon)).toEqual({ addon, error: '' });
+    const missing = tryLoadAddon(() => {
+      throw new Error('No native build was found for platform=linux\n    loaded from: somewhere');
+    });
+    expect(missing).toEqual({ addon: null, error: 'No native build was found for platform=linux' });
+    const stale = tryLoadAddon(() => ({ ...addon!, abi: NATIVE_ABI + 1 }));
+    expect(stale.addon).toBeNull();
+    expect(stale.error).toMatch(/stale build \(kernel interface/);
   });
 });

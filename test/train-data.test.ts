@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { referenceLayerOps } from '../src/backend/layers.ts';
+import { ReferenceBackend } from '../src/backend/reference.ts';
 import { HypeError } from '../src/errors.ts';
 import type { Param } from '../src/pe/encoding.ts';
 import { TRAIN_DEFAULTS, checkSchedule, learningRate, parseTrainConfig } from '../src/train/config.ts';
@@ -125,11 +125,11 @@ describe('schedule, clipping and AdamW', () => {
     const cfg = parseTrainConfig({ lr: 0.1, weightDecay: 0.5 });
     const w = param('w', [2], true);
     const n = param('norm', [2], false);
-    const opt = new AdamW([w, n], referenceLayerOps);
+    const opt = new AdamW([w, n], new ReferenceBackend());
     opt.update(cfg, 0.1); // zero gradients: only decay moves anything
     expect(w.data[0]).toBeCloseTo(2 * (1 - 0.1 * 0.5), 15);
     expect(n.data[0]).toBe(2);
-    new AdamW([n], referenceLayerOps).update({ ...cfg, decayAll: true }, 0.1);
+    new AdamW([n], new ReferenceBackend()).update({ ...cfg, decayAll: true }, 0.1);
     expect(n.data[0]).toBeCloseTo(2 * (1 - 0.1 * 0.5), 15);
   });
 });

@@ -2,9 +2,10 @@
  * The WebGPU backend in a real browser: esbuild bundles test/browser/webgpu-page.ts (the backend's browser-safe
  * modules plus the tiny training model), a local HTTP server on 127.0.0.1 serves it (WebGPU needs a secure context),
  * and puppeteer-core drives Debian's chromium with --enable-unsafe-webgpu (SwiftShader's WebGPU adapter on a
- * CPU-only machine). The page runs fused attention forward and backward on two cases and three AdamW steps of the
- * tiny model; Node checks every number against the fp64 reference with the same f32 bounds as the Node tests
- * (test/helpers/webgpu-attention-check.ts, test/webgpu-train-step.test.ts).
+ * CPU-only machine). The page runs fused attention forward and backward on two cases, three AdamW steps of the
+ * tiny model, and three training steps of the library's Transformer (HyPE recency) on WebGpuBackend; Node checks every
+ * number against the fp64 reference with the same f32 bounds as the Node tests (test/helpers/webgpu-attention-check.ts,
+ * test/webgpu-train-step.test.ts), and the Transformer's losses against the native backend's (test/webgpu-train.test.ts).
  *
  * Chromium comes from `.ci/system-deps` (Debian's package; HYPE_CHROMIUM names another binary). Without it, or
  * without a WebGPU adapter in the page, the test FAILS with a message naming the fix; it never skips.
@@ -18,6 +19,12 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { PageInput } from './browser/webgpu-page.ts';
 import { attentionErrors, attentionInputs, type AttentionCase } from './helpers/webgpu-attention-check.ts';
 import { initParams, NAMES, referenceTrain } from './helpers/webgpu-tiny-model.ts';
+import { loadBackend } from '../src/backend/index.ts';
+import { parseModelConfig } from '../src/model/config.ts';
+import { Transformer } from '../src/model/transformer.ts';
+import { TRAIN_DEFAULTS } from '../src/train/config.ts';
+import { AdamW } from '../src/train/optimizer.ts';
+import { trainingStep } from '../src/train/step.ts';
 
 const CHROMIUM = process.env.HYPE_CHROMIUM ?? '/usr/bin/chromium';
 const STEPS = 3;
@@ -43,7 +50,25 @@ interface PageResult {
   attention: { out: number[]; lse: (number | string)[]; dq: number[]; dk: number[]; dv: number[]; dTable?: number[] }[];
   losses: number[];
   params: Record<string, number[]>;
+  transformer: number[];
 }
+
+// The Transformer steps: width 16 (head dim 8, the tiny model's attention class), HyPE recency on the concat route.
+const TF = {
+  config: {
+    width: 16,
+    layers: 1,
+    heads: 2,
+    kvHeads: 2,
+    mlpWidth: 32,
+    trainLength: 8,
+    pe: { name: 'hype', options: { preset: 'recency' } },
+  },
+  train: { ...TRAIN_DEFAULTS, lr: 3e-3, clip: 1 },
+  batch: 2,
+  length: 8,
+  batches: Array.from({ length: 3 }, (_, s) => Array.from({ length: 17 }, (_, i) => 97 + ((i * 3 + s) % 7))),
+};
 
 let server: Server | undefined;
 let browser: Browser | undefined;
@@ -84,6 +109,7 @@ beforeAll(async () => {
       params: Object.fromEntries(NAMES.map((n) => [n, [...p0[n]]])) as PageInput['train']['params'],
       steps: STEPS,
     },
+    transformer: TF,
   };
   const files: Record<string, [string, string]> = {
     '/': [
@@ -152,4 +178,20 @@ it(`${STEPS} training steps of the tiny model in the browser match the fp64 refe
     for (let j = 0; j < got.length; j++) worst = Math.max(worst, Math.abs(got[j]! - ref.params[n][j]!));
     expect(worst, n).toBeLessThanOrEqual(1e-4);
   }
+});
+
+it('three steps of the Transformer on WebGpuBackend in the browser match the native backend', async () => {
+  // Bound as test/webgpu-train.test.ts: both sides f32 from the same initialisation, differing in summation order
+  // only; 1e-4 relative per step.
+  const be = loadBackend('native', { threads: 1 });
+  const model = new Transformer(parseModelConfig(TF.config), be);
+  const opt = new AdamW(model.parameters(), be);
+  const n = TF.batch * TF.length;
+  for (const [s, seq] of TF.batches.entries()) {
+    const ids = Int32Array.from(seq);
+    const input = { tokens: ids.subarray(0, n), targets: ids.subarray(1, n + 1), batch: TF.batch, length: TF.length };
+    const { loss } = await trainingStep(model, opt, TF.train, { ...input, lr: TF.train.lr, where: `at step ${s}` });
+    expect(Math.abs(result.transformer[s]! - loss), `step ${s}`).toBeLessThanOrEqual(1e-4 * loss);
+  }
+  expect(result.transformer[2]).toBeLessThan(result.transformer[0]!);
 });

@@ -15,9 +15,16 @@
  *
  * logits[i, l] = scale * (q_i . k_l) + bias(h, i, l)   -- the scale is always explicit (HyPE needs 1/sqrt(d), not
  * 1/sqrt(d + 2)); there is no default.
+ *
+ * A backend owns its tensors (HANDLES.md in the repository's notes is the contract in prose): every member takes
+ * handles of the backend's tensor type T (and I for token ids), allocated through it. Host backends (reference,
+ * native) have T = FloatArray, I = Int32Array: the handle IS the typed array, with no copy. A device backend
+ * (WebGPU) holds device buffers; data crosses only through upload/uploadInt (host -> backend) and read
+ * (backend -> host, asynchronous), so a whole training step runs with one read: the statistics (loss, gradient
+ * norm) it reports.
  */
 import type { DType, FloatArray } from '../tensor.ts';
-import type { LayerOps } from './layers.ts';
+import type { LayerOps, TensorOps } from './layers.ts';
 
 /**
  * Position terms reach attention as data: a per-head table over the signed distance D (no kernel knows an
@@ -27,11 +34,16 @@ import type { LayerOps } from './layers.ts';
  * dTable to their parameters. Only distances some visible pair can have are read; without a causal mask the table
  * must cover every distance, so queryOffset must be >= 0 there.
  */
-export type PositionBias =
+export type PositionBias<T = FloatArray> =
   | { kind: 'none' }
-  | { kind: 'distance'; table: Float64Array | Float32Array }
+  /**
+   * Host backends take a host array (fp64 or fp32) straight from the encoding. A device backend takes a handle:
+   * the encoding uploads its fp64 table once per geometry (Backend.upload rounds it to the handle's dtype) and,
+   * when its parameters are fixed, caches the handle for later calls of that geometry (distance-table.ts).
+   */
+  | { kind: 'distance'; table: T }
   /** A stored bias [heads, Lq, Lk] with heads = 1 (broadcast) or H. Reference backend only: the test oracle. */
-  | { kind: 'dense'; bias: FloatArray; heads: number };
+  | { kind: 'dense'; bias: T; heads: number };
 
 export type PositionBiasKind = PositionBias['kind'];
 
@@ -39,8 +51,14 @@ export type PositionBiasKind = PositionBias['kind'];
  * The gradient of the position term: for 'distance', dTable [H, span] in the table's layout, where
  * dTable[h, D + Lk - 1] = sum of dLogit[h, i, l] over the visible pairs at distance D (summed in fp64).
  */
-export type PositionBiasGrad =
-  { kind: 'none' } | { kind: 'distance'; table: Float64Array } | { kind: 'dense'; bias: Float64Array };
+export type PositionBiasGrad<T = FloatArray> =
+  | { kind: 'none' }
+  /** Host backends: a Float64Array (sums in fp64). A device backend: a handle in its widest float. */
+  | { kind: 'distance'; table: GradTable<T> }
+  | { kind: 'dense'; bias: GradTable<T> };
+
+/** The handle type of a bias gradient: Float64Array on host backends, the backend's handle otherwise. */
+export type GradTable<T> = T extends FloatArray ? Float64Array : T;
 
 /** Number of signed distances a distance table covers (its row length): queryOffset + Lq + Lk - 1, at least 0. */
 export function distanceSpan(lq: number, lk: number, queryOffset: number = lk - lq): number {
@@ -57,25 +75,31 @@ export interface AttentionShape {
   valueDim: number;
 }
 
-export interface AttentionOptions {
+export interface AttentionOptions<T = FloatArray> {
   causal: boolean;
   /** Softmax scale applied to q.k before the bias. Required: pass 1/sqrt(d) of the ORIGINAL head dim for HyPE. */
   scale: number;
-  bias?: PositionBias;
+  bias?: PositionBias<T>;
   /** Absolute position of query row 0; default lk - lq. */
   queryOffset?: number;
+  /**
+   * Whether the backward must return the bias gradient (default true). An encoding with fixed position terms
+   * passes false, and the backend may skip the dTable sums (then dBias is { kind: 'none' }).
+   */
+  biasGrad?: boolean;
 }
 
-export interface AttentionForward {
-  out: FloatArray;
-  lse: FloatArray;
+/** Fresh handles owned by the caller (release() them on a device when done; host backends need nothing). */
+export interface AttentionForward<T = FloatArray> {
+  out: T;
+  lse: T;
 }
 
-export interface AttentionGrads {
-  dq: FloatArray;
-  dk: FloatArray;
-  dv: FloatArray;
-  dBias: PositionBiasGrad;
+export interface AttentionGrads<T = FloatArray> {
+  dq: T;
+  dk: T;
+  dv: T;
+  dBias: PositionBiasGrad<T>;
 }
 
 // Attention over explicit scores (Backend.scoreAttention; the engine is score-attention.ts).
@@ -102,10 +126,10 @@ export interface ExplicitHooks {
   backward(b: number, h: number, kh: number, dLogits: FloatArray, dq: FloatArray, dk: FloatArray): number;
 }
 
-export interface ExplicitAttention {
+export interface ExplicitAttention<T = FloatArray> {
   /** [B, H, Lq, Dv] in the dtype of v. */
-  out: FloatArray;
-  backward(dOut: FloatArray): { dq: FloatArray; dk: FloatArray; dv: FloatArray };
+  out: T;
+  backward(dOut: T): { dq: T; dk: T; dv: T };
 }
 
 /** The mask, positions and scale of one Backend.scoreAttention call. */
@@ -133,6 +157,9 @@ export interface ScratchBuffers {
   take(name: string, dtype: DType, n: number): Lease;
 }
 
+/** Where a backend's tensors live: 'host' means T = FloatArray and I = Int32Array (the handle is the array). */
+export type Residence = 'host' | 'device';
+
 // ---- The Householder walk (Backend.householderWalk): one member, kept in its own block -------------------------
 
 /**
@@ -145,13 +172,45 @@ export interface HouseholderWalk {
 }
 
 /**
- * Every member is required: gemm, fused attention forward and backward, attention over explicit scores, and every
- * layer operation of LayerOps
- * (layers.ts declares each op's signature once; the reference implements them there, the native backend in
- * native/). Models, decoders, trainers and encodings call the backend they were given, never a fallback.
+ * Every member is required: memory, gemm, fused attention forward and backward, attention over explicit scores, and
+ * every layer and tensor operation of LayerOps and TensorOps (layers.ts declares each op's signature once; the
+ * reference implements them there, the native backend in native/). Models, decoders, trainers and encodings call
+ * the backend they were given, never a fallback. All members are synchronous (they enqueue work on a device) except
+ * read, the one way data leaves a backend.
  */
-export interface Backend extends LayerOps {
+export interface Backend<T = FloatArray, I = Int32Array> extends LayerOps<T, I>, TensorOps<T> {
   readonly name: string;
+  /** 'host': handles are typed arrays (T = FloatArray, I = Int32Array); 'device': opaque handles. */
+  readonly residence: Residence;
+
+  // Memory. Handles are valid until release(); a released handle must not be used again.
+  /** A zeroed float tensor of n values. A backend without fp64 storage refuses 'float64' with a HypeError. */
+  allocate(dtype: DType, n: number, what?: string): T;
+  /** A zeroed int32 tensor of n values (token ids, targets). */
+  allocateInt(n: number, what?: string): I;
+  /**
+   * A zeroed tensor of n statistics (the mean loss, the gradient norm, counts): fp64 on host backends, so a
+   * statistic carries what a JS double would; a device's widest float otherwise.
+   */
+  allocateStats(n: number): T;
+  /** host -> backend: dst[offset .. offset + src.length) = src, each value rounded to dst's dtype. */
+  upload(src: ArrayLike<number>, dst: T, offset?: number): void;
+  /** host -> backend for int tensors: dst[0 .. src.length) = src. */
+  uploadInt(src: Int32Array, dst: I): void;
+  /**
+   * backend -> host, ASYNCHRONOUS: a fresh host array (the handle's dtype; fp64 for statistics) holding
+   * src[offset .. offset + n) once every operation enqueued before this call has finished. Default: all of src.
+   */
+  read(src: T, offset?: number, n?: number): Promise<FloatArray>;
+  /** The handle's storage itself on a host backend (no copy: writes go through), null on a device backend. */
+  hostView(t: T): FloatArray | null;
+  /** The number of values a handle holds. */
+  sizeOf(t: T): number;
+  /** The dtype a handle was allocated with. */
+  dtypeOf(t: T): DType;
+  /** Frees a handle's storage now (host backends: nothing; the garbage collector does it). */
+  release(t: T | I): void;
+
   /**
    * C = alpha * op(A) op(B) + beta * C, row-major; op(A) is m x k, op(B) is k x n, C is m x n with leading
    * dimensions lda, ldb, ldc (the row strides of A, B, C as stored).
@@ -163,49 +222,45 @@ export interface Backend extends LayerOps {
     n: number,
     k: number,
     alpha: number,
-    a: FloatArray,
+    a: T,
     lda: number,
-    b: FloatArray,
+    b: T,
     ldb: number,
     beta: number,
-    c: FloatArray,
+    c: T,
     ldc: number,
   ): void;
 
-  attentionForward(
-    shape: AttentionShape,
-    q: FloatArray,
-    k: FloatArray,
-    v: FloatArray,
-    opts: AttentionOptions,
-  ): AttentionForward;
+  attentionForward(shape: AttentionShape, q: T, k: T, v: T, opts: AttentionOptions<T>): AttentionForward<T>;
 
   /** dq, dk, dv and the bias-parameter gradients, recomputing probabilities from q, k and lse. */
   attentionBackward(
     shape: AttentionShape,
-    q: FloatArray,
-    k: FloatArray,
-    v: FloatArray,
-    out: FloatArray,
-    lse: FloatArray,
-    dOut: FloatArray,
-    opts: AttentionOptions,
-  ): AttentionGrads;
+    q: T,
+    k: T,
+    v: T,
+    out: T,
+    lse: T,
+    dOut: T,
+    opts: AttentionOptions<T>,
+  ): AttentionGrads<T>;
 
   /**
    * Attention over explicit scores, for encodings that must form their logits (score-attention.ts): this backend
    * computes S = scale q.k, the encoding's hooks turn S into its logits (and may add a value-side term), and the
    * backend owns the mask, grouped-query heads, softmax, P V and the backward, handing dLogits to the encoding's
-   * chain rule. Work is fp32 when q, k and v all are, else fp64 (on every backend).
+   * chain rule. Work is fp32 when q, k and v all are, else fp64 (on every backend). The hooks work on host arrays:
+   * a device backend refuses this member with a HypeError until the seam admits relative terms as kernel inputs
+   * (the encodings that need it are host-only, and the model refuses them on a device first: HANDLES.md).
    */
   scoreAttention(
     shape: AttentionShape,
-    q: FloatArray,
-    k: FloatArray,
-    v: FloatArray,
+    q: T,
+    k: T,
+    v: T,
     opts: ScoreAttentionOptions,
     hooks: ExplicitHooks,
-  ): ExplicitAttention;
+  ): ExplicitAttention<T>;
 
   // ---- The Householder walk --------------------------------------------------------------------------------
   /**
@@ -216,6 +271,8 @@ export interface Backend extends LayerOps {
    * D], k [B, Hkv, Lk, D] and logits share one dtype (fp32 or fp64); w [B, Hkv, Lk, D] and beta [B, Hkv, Lk] are
    * fp64. Needs 0 <= queryOffset and queryOffset + Lq <= Lk (H_p needs a factor at the query's own position).
    * The returned object keeps what the backward needs (O(B H Lq D + B Hkv Lk D) memory, not O(Lq Lk)).
+   * Host arrays (PaTH, the one caller, is a host-only encoding): a device backend refuses this member with a
+   * HypeError, as it does scoreAttention.
    */
   householderWalk(
     shape: AttentionShape,

@@ -1,8 +1,10 @@
 /**
- * Reference implementations of the non-attention layer operations a transformer step needs: layer norm, GELU,
- * softmax cross-entropy, AdamW, embedding gather/scatter and bias add/reduction, plus the prefix-masked row softmax
- * of the explicit-logit attention. Plain loops over typed arrays in the arrays' own dtype (fp64 or fp32), every
- * sum carried in a JS double; no allocation per element.
+ * The layer operations a transformer step needs, declared once (LayerOps, TensorOps below) and implemented here for
+ * host tensors: layer norm, GELU, softmax cross-entropy, AdamW, embedding gather/scatter, bias add/reduction, the
+ * prefix-masked row softmax of the explicit-logit attention, and the small tensor ops that keep a model's hot path
+ * off host arrays (strided copy, fill, add, head split/merge, global gradient norm and clipping, a non-finite count).
+ * Plain loops over typed arrays in the arrays' own dtype (fp64 or fp32), every sum carried in a JS double; no
+ * allocation per element.
  *
  * Conventions shared by every function here:
  * - sizes are explicit (rows x width, row-major, contiguous);
@@ -10,12 +12,15 @@
  * - parameter gradients (dGamma, dBeta, dTable, dBias) are ACCUMULATED (+=): the trainer zeroes them once per
  *   step, so several uses of one parameter (the tied embedding) simply add up;
  * - input gradients say per function whether they overwrite or accumulate (layer norm accumulates into the
- *   residual stream, so a pre-LN block needs no separate residual-add backward).
+ *   residual stream, so a pre-LN block needs no separate residual-add backward);
+ * - a scalar result a device must keep (the mean loss, the gradient norm, a count) goes into a slot of a
+ *   statistics tensor (Backend.allocateStats), never only a return value the caller would have to wait for.
  *
- * LayerOps below is the one declaration of these signatures: every Backend implements all of them (backend.ts);
- * ReferenceBackend uses these functions, NativeBackend its kernels (native-layers.ts).
+ * LayerOps and TensorOps are generic over the backend's tensor handle T and int tensor I (backend.ts); for host
+ * backends T = FloatArray and I = Int32Array, and these functions are their implementation (NativeBackend runs the
+ * LayerOps in native/ for fp32, and these TensorOps, which move memory and are not worth a kernel on a CPU).
  */
-import type { FloatArray } from '../tensor.ts';
+import { headsToTokens, tokensToHeads, type FloatArray } from '../tensor.ts';
 
 /**
  * out = (x - mean) * rstd * gamma + beta per row, with mean and variance (biased, 1/width) over the row and
@@ -118,7 +123,8 @@ export function geluBackward(x: FloatArray, dOut: FloatArray, dx: FloatArray, n:
 
 /**
  * Per-row loss = logsumexp(logits_r) - logits_r[target_r] (natural log), written to `losses` (length rows).
- * Returns the mean loss over rows. Targets outside [0, vocab) are a programming error and throw.
+ * Returns the mean loss over rows, and writes it to meanOut[meanIndex] when meanOut is given (the form a device
+ * backend supports: it returns NaN). Targets outside [0, vocab) are a programming error and throw.
  */
 export function softmaxCrossEntropyForward(
   logits: FloatArray,
@@ -126,6 +132,8 @@ export function softmaxCrossEntropyForward(
   losses: FloatArray,
   rows: number,
   vocab: number,
+  meanOut?: FloatArray,
+  meanIndex = 0,
 ): number {
   let total = 0;
   for (let r = 0; r < rows; r++) {
@@ -140,7 +148,9 @@ export function softmaxCrossEntropyForward(
     losses[r] = loss;
     total += loss;
   }
-  return total / rows;
+  const mean = total / rows;
+  if (meanOut) meanOut[meanIndex] = mean;
+  return mean;
 }
 
 /**
@@ -280,22 +290,199 @@ export function biasBackward(dOut: FloatArray, dBias: FloatArray, rows: number, 
   for (let j = 0; j < width; j++) dBias[j] += acc[j]!;
 }
 
-/** The full set of layer operations; every Backend implements all of them. */
-export interface LayerOps {
-  layerNormForward: typeof layerNormForward;
-  layerNormBackward: typeof layerNormBackward;
-  geluForward: typeof geluForward;
-  geluBackward: typeof geluBackward;
-  softmaxCrossEntropyForward: typeof softmaxCrossEntropyForward;
-  softmaxCrossEntropyBackward: typeof softmaxCrossEntropyBackward;
-  prefixSoftmaxRows: typeof prefixSoftmaxRows;
-  adamwStep: typeof adamwStep;
-  embeddingForward: typeof embeddingForward;
-  embeddingBackward: typeof embeddingBackward;
-  biasAdd: typeof biasAdd;
-  biasBackward: typeof biasBackward;
+// Tensor ops: memory movement and reductions, so a model never indexes a tensor itself (a device backend runs them
+// where its tensors live). Offsets and sizes are in elements.
+
+/** dst[dstOffset + r * dstStride + j] = src[srcOffset + r * srcStride + j] for r < rows, j < width (OVERWRITES). */
+export function copyRows(
+  src: FloatArray,
+  srcOffset: number,
+  srcStride: number,
+  dst: FloatArray,
+  dstOffset: number,
+  dstStride: number,
+  rows: number,
+  width: number,
+): void {
+  if (rows === 0 || width === 0) return;
+  if ((srcStride === width && dstStride === width) || rows === 1) {
+    const n = rows === 1 ? width : rows * width;
+    dst.set(src.subarray(srcOffset, srcOffset + n), dstOffset);
+    return;
+  }
+  for (let r = 0; r < rows; r++) {
+    const s = srcOffset + r * srcStride;
+    dst.set(src.subarray(s, s + width), dstOffset + r * dstStride);
+  }
 }
 
+/** x[offset .. offset + n) = value. */
+export function fill(x: FloatArray, value: number, offset: number, n: number): void {
+  x.fill(value, offset, offset + n);
+}
+
+/** dst[i] += src[i] for i < n (the residual add, and input gradients that reach one tensor two ways). */
+export function addInto(dst: FloatArray, src: FloatArray, n: number): void {
+  for (let j = 0; j < n; j++) dst[j] += src[j]!;
+}
+
+/** qkv [B, L, (H + 2 Hkv) D] (each head's D columns contiguous) -> q [B, H, L, D], k and v [B, Hkv, L, D]. */
+export function splitQkv(
+  qkv: FloatArray,
+  q: FloatArray,
+  k: FloatArray,
+  v: FloatArray,
+  B: number,
+  L: number,
+  H: number,
+  Hkv: number,
+  D: number,
+): void {
+  const Q = (H + 2 * Hkv) * D;
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t < L; t++) {
+      const row = (b * L + t) * Q;
+      for (let h = 0; h < H; h++) {
+        const dst = ((b * H + h) * L + t) * D;
+        const src = row + h * D;
+        for (let d = 0; d < D; d++) q[dst + d] = qkv[src + d]!;
+      }
+      for (let h = 0; h < Hkv; h++) {
+        const dst = ((b * Hkv + h) * L + t) * D;
+        const srcK = row + (H + h) * D;
+        const srcV = row + (H + Hkv + h) * D;
+        for (let d = 0; d < D; d++) {
+          k[dst + d] = qkv[srcK + d]!;
+          v[dst + d] = qkv[srcV + d]!;
+        }
+      }
+    }
+  }
+}
+
+/** The inverse of splitQkv, for the gradients: dq, dk, dv -> dqkv [B, L, (H + 2 Hkv) D] (OVERWRITTEN). */
+export function mergeQkv(
+  dq: FloatArray,
+  dk: FloatArray,
+  dv: FloatArray,
+  dqkv: FloatArray,
+  B: number,
+  L: number,
+  H: number,
+  Hkv: number,
+  D: number,
+): void {
+  const Q = (H + 2 * Hkv) * D;
+  for (let r = 0; r < B * L; r++) {
+    const b = Math.floor(r / L);
+    const t = r - b * L;
+    const row = r * Q;
+    for (let h = 0; h < H; h++) {
+      const src = ((b * H + h) * L + t) * D;
+      for (let d = 0; d < D; d++) dqkv[row + h * D + d] = dq[src + d]!;
+    }
+    for (let h = 0; h < Hkv; h++) {
+      const src = ((b * Hkv + h) * L + t) * D;
+      for (let d = 0; d < D; d++) {
+        dqkv[row + (H + h) * D + d] = dk[src + d]!;
+        dqkv[row + (H + Hkv + h) * D + d] = dv[src + d]!;
+      }
+    }
+  }
+}
+
+/**
+ * out[outIndex] = sqrt(sum over every tensor of sum x_i^2), the global L2 norm of a list of tensors (gradients),
+ * accumulated in one double over the tensors in order.
+ */
+export function globalNorm(tensors: readonly FloatArray[], out: FloatArray, outIndex: number): void {
+  let s = 0;
+  for (const g of tensors) for (let i = 0; i < g.length; i++) s += g[i]! * g[i]!;
+  out[outIndex] = Math.sqrt(s);
+}
+
+/**
+ * Global-norm clipping with the norm left where globalNorm wrote it: when clip > 0 and norm[normIndex] > clip,
+ * every tensor is scaled by clip / norm (in place). A non-finite norm leaves the tensors untouched (the caller
+ * reads the norm back with the loss and stops the run).
+ */
+export function clipByNorm(tensors: readonly FloatArray[], norm: FloatArray, normIndex: number, clip: number): void {
+  const n = norm[normIndex]!;
+  if (!(clip > 0 && n > clip && Number.isFinite(n))) return;
+  const scale = clip / n;
+  for (const g of tensors) for (let i = 0; i < g.length; i++) g[i] *= scale;
+}
+
+/** out[outIndex] = the number of non-finite values among x[0 .. n) (NaN, +-Infinity). */
+export function countNonFinite(x: FloatArray, n: number, out: FloatArray, outIndex: number): void {
+  let bad = 0;
+  for (let i = 0; i < n; i++) if (!Number.isFinite(x[i]!)) bad++;
+  out[outIndex] = bad;
+}
+
+/**
+ * The layer operations every Backend implements (the one declaration of their signatures; semantics in the
+ * functions of the same name above). T is the backend's float tensor handle, I its int tensor (token ids).
+ */
+export interface LayerOps<T = FloatArray, I = Int32Array> {
+  layerNormForward(x: T, gamma: T, beta: T, out: T, mean: T, rstd: T, rows: number, width: number, eps: number): void;
+  layerNormBackward(
+    dOut: T,
+    x: T,
+    gamma: T,
+    mean: T,
+    rstd: T,
+    dx: T,
+    dGamma: T,
+    dBeta: T,
+    rows: number,
+    width: number,
+  ): void;
+  geluForward(x: T, out: T, n: number): void;
+  geluBackward(x: T, dOut: T, dx: T, n: number): void;
+  /** Host backends return the mean loss; every backend writes it to meanOut[meanIndex] when given (device: NaN). */
+  softmaxCrossEntropyForward(
+    logits: T,
+    targets: I,
+    losses: T,
+    rows: number,
+    vocab: number,
+    meanOut?: T,
+    meanIndex?: number,
+  ): number;
+  softmaxCrossEntropyBackward(logits: T, targets: I, dLogits: T, rows: number, vocab: number, dLoss: number): void;
+  prefixSoftmaxRows(x: T, rows: number, cols: number, visible: I): void;
+  adamwStep(param: T, grad: T, m: T, v: T, n: number, h: AdamWHyper): void;
+  embeddingForward(table: T, tokens: I, out: T, n: number, width: number, vocab: number): void;
+  embeddingBackward(dOut: T, tokens: I, dTable: T, n: number, width: number): void;
+  biasAdd(out: T, bias: T, rows: number, width: number): void;
+  biasBackward(dOut: T, dBias: T, rows: number, width: number): void;
+}
+
+/** The tensor ops every Backend implements (semantics in the functions of the same name above). */
+export interface TensorOps<T = FloatArray> {
+  copyRows(
+    src: T,
+    srcOffset: number,
+    srcStride: number,
+    dst: T,
+    dstOffset: number,
+    dstStride: number,
+    rows: number,
+    width: number,
+  ): void;
+  fill(x: T, value: number, offset: number, n: number): void;
+  addInto(dst: T, src: T, n: number): void;
+  splitQkv(qkv: T, q: T, k: T, v: T, B: number, L: number, H: number, Hkv: number, D: number): void;
+  mergeQkv(dq: T, dk: T, dv: T, dqkv: T, B: number, L: number, H: number, Hkv: number, D: number): void;
+  headsToTokens(x: T, out: T, B: number, H: number, L: number, D: number): void;
+  tokensToHeads(x: T, out: T, B: number, H: number, L: number, D: number): void;
+  globalNorm(tensors: readonly T[], out: T, outIndex: number): void;
+  clipByNorm(tensors: readonly T[], norm: T, normIndex: number, clip: number): void;
+  countNonFinite(x: T, n: number, out: T, outIndex: number): void;
+}
+
+/** The layer ops of the reference backend (and the fallback of the native one for non-fp32 tensors). */
 export const referenceLayerOps: LayerOps = {
   layerNormForward,
   layerNormBackward,
@@ -309,4 +496,18 @@ export const referenceLayerOps: LayerOps = {
   embeddingBackward,
   biasAdd,
   biasBackward,
+};
+
+/** The tensor ops of every host backend (reference and native). */
+export const hostTensorOps: TensorOps = {
+  copyRows,
+  fill,
+  addInto,
+  splitQkv,
+  mergeQkv,
+  headsToTokens,
+  tokensToHeads,
+  globalNorm,
+  clipByNorm,
+  countNonFinite,
 };

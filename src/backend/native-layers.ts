@@ -160,15 +160,25 @@ function wrapLayerKernels(addon: NativeLayerKernels): LayerOps {
       addon.geluBackward(x as Float32Array, dOut as Float32Array, dx as Float32Array, n);
     },
 
-    softmaxCrossEntropyForward(logits, targets, losses, rows, vocab) {
-      if (!allF32([logits, losses])) return ref.softmaxCrossEntropyForward(logits, targets, losses, rows, vocab);
+    softmaxCrossEntropyForward(logits, targets, losses, rows, vocab, meanOut, meanIndex = 0) {
+      if (!allF32([logits, losses])) {
+        return ref.softmaxCrossEntropyForward(logits, targets, losses, rows, vocab, meanOut, meanIndex);
+      }
       const op = 'softmaxCrossEntropyForward';
       positive(rows, 'rows', op);
       positive(vocab, 'vocab', op);
       long(logits, rows * vocab, 'logits', op);
       long(losses, rows, 'losses', op);
       indices(targets, rows, vocab, 'target', op);
-      return addon.softmaxCrossEntropyForward(logits as Float32Array, targets, losses as Float32Array, rows, vocab);
+      const mean = addon.softmaxCrossEntropyForward(
+        logits as Float32Array,
+        targets,
+        losses as Float32Array,
+        rows,
+        vocab,
+      );
+      if (meanOut) meanOut[meanIndex] = mean;
+      return mean;
     },
 
     softmaxCrossEntropyBackward(logits, targets, dLogits, rows, vocab, dLoss) {

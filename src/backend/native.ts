@@ -4,6 +4,8 @@
  * pool. The addon is checked at load (checkNativeAddon): a stale build is an error there, never a silent
  * per-call fallback.
  *
+ * A host backend: its tensor handles are the typed arrays themselves (host-memory.ts), and its memory movement
+ * (copies, head split/merge, norms) is the TypeScript of layers.ts.
  * fp32 only: Float64Array inputs are refused (use the reference backend for fp64), except by scoreAttention,
  * whose fp64 work runs on the reference loops, and householderWalk, whose kernel takes either dtype. Every call is validated in
  * TypeScript (validate.ts, native-layers.ts) before native code runs; native/bindings.cc only re-checks what
@@ -30,6 +32,7 @@ import type {
   PositionBias,
   PositionBiasGrad,
 } from './backend.ts';
+import { HostBackendBase } from './host-memory.ts';
 import { validateHouseholderWalk, validateWalkBackward, WALK_CHUNK, walkStateSizes } from './householder-walk.ts';
 import { referenceLayerOps, type LayerOps } from './layers.ts';
 import { nativeLayerOps, type NativeLayerKernels } from './native-layers.ts';
@@ -158,16 +161,25 @@ function packageRoot(): string {
   return dirname(dirname(dirname(fileURLToPath(import.meta.url))));
 }
 
-/** Loads the addon once; null (with the reason in `nativeLoadError()`) when it was not built. */
-export function loadNativeAddon(): NativeAddon | null {
-  if (cached) return cached.addon;
+/**
+ * The addon `load` returns, checked (checkNativeAddon), or null with the reason: a missing build (load throws) and
+ * a stale one are both an error here, at load.
+ */
+export function tryLoadAddon(load: () => unknown): { addon: NativeAddon | null; error: string } {
   try {
+    return { addon: checkNativeAddon(load()), error: '' };
+  } catch (e) {
+    return { addon: null, error: e instanceof Error ? e.message.split('\n')[0]! : String(e) };
+  }
+}
+
+/** Loads the addon once; null (with the reason in `nativeLoadError()`) when it was not built or is stale. */
+export function loadNativeAddon(): NativeAddon | null {
+  cached ??= tryLoadAddon(() => {
     const require = createRequire(import.meta.url);
     const build = require('node-gyp-build') as (dir: string) => NativeAddon;
-    cached = { addon: checkNativeAddon(build(packageRoot())), error: '' };
-  } catch (e) {
-    cached = { addon: null, error: e instanceof Error ? e.message.split('\n')[0]! : String(e) };
-  }
+    return build(packageRoot());
+  });
   return cached.addon;
 }
 
@@ -208,7 +220,7 @@ export interface NativeOptions {
   threads?: number;
 }
 
-export class NativeBackend implements Backend {
+export class NativeBackend extends HostBackendBase implements Backend {
   readonly name: string = 'native';
   private readonly addon: NativeAddon;
   private readonly reference = new ReferenceBackend();
@@ -218,6 +230,7 @@ export class NativeBackend implements Backend {
   private readonly layers: LayerOps;
 
   constructor(opts: NativeOptions = {}) {
+    super();
     const addon = loadNativeAddon();
     if (!addon) {
       throw new HypeError(

@@ -1,6 +1,7 @@
 /**
  * The reference backend: plain loops in the arrays' own dtype (fp64 or fp32). It is the test oracle and the
- * portable fallback when the native addon is unavailable.
+ * portable fallback when the native addon is unavailable. A host backend: its tensor handles are the typed arrays
+ * themselves (host-memory.ts).
  */
 import type { FloatArray } from '../tensor.ts';
 import type {
@@ -12,6 +13,7 @@ import type {
   HouseholderWalk,
 } from './backend.ts';
 import { referenceAttentionBackward, referenceAttentionForward } from './reference-attention.ts';
+import { HostBackendBase } from './host-memory.ts';
 import { referenceLayerOps } from './layers.ts';
 import { referenceHouseholderWalk } from './householder-walk.ts';
 import { scoreAttention, type ExplicitAttention, type ScoreKernels } from './score-attention.ts';
@@ -82,7 +84,7 @@ export function gemmFor(backend: Backend, like: FloatArray): Backend['gemm'] {
   return like instanceof Float32Array ? backend.gemm.bind(backend) : referenceGemm;
 }
 
-export class ReferenceBackend implements Backend {
+export class ReferenceBackend extends HostBackendBase implements Backend {
   readonly name: string = 'reference';
 
   // The non-attention layer ops (plain loops in layers.ts), so this backend offers the complete set.

@@ -10,11 +10,11 @@ import type { Command } from 'commander';
 import { HypeError } from '../errors.ts';
 import { splitCheckpointPath } from '../train/checkpoint.ts';
 import { loadCorpus } from '../train/corpus.ts';
-import { evaluateHeldOut, type EvalResult } from '../train/evaluate.ts';
+import { evaluateHeldOutAsync, type EvalResult } from '../train/evaluate.ts';
 import { loadRunModel } from '../train/trainer.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { progressBar } from './progress.ts';
-import { addBackendOptions, chooseBackend, runDtype } from './train.ts';
+import { addBackendOptions, chooseAnyBackend, runDtype } from './train.ts';
 
 interface EvalFlags {
   lengths?: string;
@@ -50,7 +50,7 @@ export function defaultLengths(trainLength: number): number[] {
 
 export async function runEval(runDir: string, f: EvalFlags): Promise<EvalResult[]> {
   const requested = f.lengths === undefined ? undefined : parseLengths(f.lengths);
-  const backend = await chooseBackend(f.backend, f.threads, runDtype(runDir));
+  const backend = await chooseAnyBackend(f.backend, f.threads, runDtype(runDir));
   const { model, state, dir } = loadRunModel(runDir, backend);
   const corpus = loadCorpus(f.data ?? state.train.data, state.train.valFraction);
   if (corpus.sha256 !== state.corpus.sha256) {
@@ -87,7 +87,7 @@ export async function runEval(runDir: string, f: EvalFlags): Promise<EvalResult[
     bar?.start(1, 0);
     try {
       results.push(
-        evaluateHeldOut(model, val, L, {
+        await evaluateHeldOutAsync(model, val, L, {
           stride,
           batch,
           onProgress: (done, total) => {

@@ -49,7 +49,13 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
     return;
   }
   if (!['auto', 'native', 'reference'].includes(f.backend)) {
-    throw new HypeError('argument', `unknown backend '${f.backend}'; choose auto, native or reference`);
+    throw new HypeError(
+      'argument',
+      f.backend === 'webgpu'
+        ? '--backend webgpu runs `hype train` and `hype eval` only (a study still reads host arrays); use auto, ' +
+            'native or reference'
+        : `unknown backend '${f.backend}'; choose auto, native or reference`,
+    );
   }
   if (what === 'vision') return runVisionCommand(outDir, f);
   const seeds = positiveInt(f.seeds, '--seeds');

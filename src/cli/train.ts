@@ -29,14 +29,34 @@ import { progressBar } from './progress.ts';
  * text) sets the native worker pool.
  */
 export async function chooseBackend(name: string, threads?: string, dtype?: DType): Promise<Backend> {
+  if (name === 'webgpu') {
+    throw new HypeError(
+      'argument',
+      '--backend webgpu runs `hype train` and `hype eval` only (generation, export and studies still read host ' +
+        'arrays); use --backend native or reference here',
+    );
+  }
   if (name !== 'auto' && name !== 'native' && name !== 'reference') {
-    throw new HypeError('argument', `unknown backend '${name}'; choose auto, native or reference`);
+    throw new HypeError('argument', `unknown backend '${name}'; choose auto, native, reference or webgpu`);
   }
   const n = threads === undefined ? undefined : Number(threads);
   if (n !== undefined && !(Number.isInteger(n) && n >= 1)) {
     throw new HypeError('argument', `--threads must be a positive integer, got '${threads}'`);
   }
   return loadBackend(name === 'auto' && dtype === 'float64' ? 'reference' : name, { threads: n });
+}
+
+/**
+ * chooseBackend, or with 'webgpu' a WebGPU device (asked for by name only: auto never picks it), for the commands
+ * that run on every backend (train, eval). No adapter: one HypeError naming the fix.
+ */
+export async function chooseAnyBackend(
+  name: string,
+  threads?: string,
+  dtype?: DType,
+): Promise<Backend<unknown, unknown>> {
+  if (name !== 'webgpu') return chooseBackend(name, threads, dtype);
+  return loadBackend('webgpu');
 }
 
 /**
@@ -64,7 +84,8 @@ export function addBackendOptions(cmd: Command): Command {
   return cmd
     .option(
       '--backend <name>',
-      'compute backend: auto (native when built, reference for float64 models), native or reference',
+      'compute backend: auto (native when built, reference for float64 models), native, reference, or webgpu ' +
+        '(train and eval: a WebGPU device, float32 only; never chosen by auto)',
       'auto',
     )
     .option('--threads <n>', 'native backend worker threads (default: all cores)');
@@ -191,7 +212,7 @@ const TRAIN_CLAIM_STALE_MS = () => Math.min(claimStaleMs(), 10_000);
 
 export async function runTrain(f: TrainFlags): Promise<void> {
   const dtype = f.resume ? runDtype(f.resume) : ((f.dtype ?? modelConfigFrom(f).dtype) as DType | undefined);
-  const backend = await chooseBackend(f.backend, f.threads, dtype);
+  const backend = await chooseAnyBackend(f.backend, f.threads, dtype);
   let runDir: string;
   let modelConfig: ModelConfig | undefined;
   if (f.resume) {
@@ -230,14 +251,14 @@ export async function runTrain(f: TrainFlags): Promise<void> {
   }
 }
 
-async function trainClaimed(
+async function trainClaimed<T, I>(
   f: TrainFlags,
-  backend: Backend,
+  backend: Backend<T, I>,
   runDir: string,
   modelConfig: ModelConfig | undefined,
   claim?: Claim,
 ): Promise<void> {
-  let run: TrainingRun;
+  let run: TrainingRun<T, I>;
   if (f.resume) {
     const explicitModel = modelConfigFrom(f);
     const trainFlags = trainConfigFrom(f);

@@ -4,7 +4,9 @@
  */
 export { TRAIN_DEFAULTS, learningRate, parseTrainConfig, type TrainConfig } from '../train/config.ts';
 export { DEFAULT_CORPUS, loadCorpus, type ByteCorpus } from '../train/corpus.ts';
-export { evaluateHeldOut, type EvalOptions, type EvalResult } from '../train/evaluate.ts';
+export { evaluateHeldOut, evaluateHeldOutAsync, type EvalOptions, type EvalResult } from '../train/evaluate.ts';
+export { saveCheckpointAsync } from '../train/checkpoint.ts';
+export { enqueueStep, trainingStep, type StepInput } from '../train/step.ts';
 export { AdamW, clipGradients, globalGradNorm } from '../train/optimizer.ts';
 export { generatorSource, windowSource, type BatchSource } from '../train/source.ts';
 export {

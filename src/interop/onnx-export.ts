@@ -7,7 +7,9 @@
  *   approximation, as ours), MatMul + Add, residual Add -> final LayerNormalization -> MatMul with the transposed
  *   embedding (tied head: one initializer serves the Gather and the head).
  *
- * Attention per encoding (all causal, MultiHeadAttention with unidirectional = 1):
+ * Attention is the encoding's own (its toOnnx hook, built from this module's primitives: plain attention, an ALiBi
+ * style linear bias, rotation, augmented columns); the hooks of the encodings that have one (all causal,
+ * MultiHeadAttention with unidirectional = 1):
  *   none   plain MultiHeadAttention, scale 1/sqrt(d).
  *   rope   q and k rotated in the graph (adjacent pairs (2j, 2j+1) as src/pe/rotary.ts, angles position * theta_j
  *          from src/pe/rope.ts's frequencies), then plain MultiHeadAttention.
@@ -27,10 +29,7 @@
  */
 import { check, HypeError } from '../errors.ts';
 import type { Transformer } from '../model/transformer.ts';
-import { alibiSlopes } from '../pe/alibi-slopes.ts';
-import type { HypeSpec } from '../pe/hype/spec.ts';
-import { hypeEncoding, type HypeOptions } from '../pe/hype/encoding.ts';
-import { ropeEncoding, ropeFrequencies, type RopeOptions } from '../pe/rope.ts';
+import type { OnnxAttention, OnnxAttentionBuilder } from '../pe/encoding.ts';
 import {
   alibiBiasTensor,
   constOf,
@@ -44,6 +43,10 @@ import {
 import { OnnxGraph } from './onnx-graph.ts';
 import { OnnxDataType } from './onnx-proto.ts';
 
+/**
+ * The registered encodings whose instances have a toOnnx hook (for messages and documentation; the exporter asks
+ * the hook itself, and a test keeps this list equal to the registry's).
+ */
 export const ONNX_ENCODINGS = ['none', 'rope', 'alibi', 'hype'] as const;
 
 export interface OnnxExportOptions {
@@ -92,7 +95,7 @@ const GELU_A = 0.044715;
 export function exportOnnx(model: Transformer, options: OnnxExportOptions = {}): OnnxExport {
   const cfg = model.config;
   const pe = cfg.pe.name;
-  if (!(ONNX_ENCODINGS as readonly string[]).includes(pe)) {
+  if (!model.blockEncodings.every((enc) => enc.toOnnx)) {
     throw new HypeError(
       'argument',
       `ONNX export supports the encodings ${ONNX_ENCODINGS.join(', ')}; this run uses '${pe}' (its position terms ` +
@@ -122,24 +125,9 @@ export function exportOnnx(model: Transformer, options: OnnxExportOptions = {}):
   const wte = cf(P.wte.data, [V, C], 'wte');
   let x = g.op('Gather', [wte, tokens], { axis: 0 });
 
-  let qkHeadDim = D;
+  // What the summary reports of the encoding's attention (the last block's, the same for every block).
+  let facts: OnnxAttention = { out: '', qkHeadDim: D, attentionBias: false, columns: null };
   let scale: number | 'kernel default' = 1 / Math.sqrt(D);
-  const hypeOpts = pe === 'hype' ? ({ ...hypeEncoding.defaults, ...cfg.pe.options } as HypeOptions) : null;
-  if (hypeOpts) {
-    check(
-      !hypeOpts.grid || hypeOpts.grid.length <= 1,
-      'argument',
-      'ONNX export of HyPE covers sequences; a 2-D/3-D grid needs per-axis columns the exporter does not build',
-    );
-    if (options.hypeScale === 'kernel-default') scale = 'kernel default';
-  }
-  const ropeFreqs =
-    pe === 'rope'
-      ? (() => {
-          const o = { ...ropeEncoding.defaults, ...cfg.pe.options } as RopeOptions;
-          return ropeFrequencies(D, o.base, o.rotaryFraction);
-        })()
-      : null;
 
   const layerNorm = (input: string, w: ArrayLike<number>, b: ArrayLike<number>) =>
     g.op('LayerNormalization', [input, cf(w, [C]), cf(b, [C])], { axis: -1, epsilon: cfg.layerNormEps }, ['epsilon']);
@@ -151,42 +139,53 @@ export function exportOnnx(model: Transformer, options: OnnxExportOptions = {}):
     const h1 = layerNorm(x, blk.ln1Weight.data, blk.ln1Bias.data);
     const qkv = linear(h1, blk.qkvWeight.data, blk.qkvBias.data, C, (H + 2 * Hkv) * D);
     const [q0, k0, v0] = g.node('Split', [qkv, g.constInt64([H * D, Hkv * D, Hkv * D])], { axis: 2 }, { outputs: 3 });
-    const k = repeatKvHeads(g, k0!, H, Hkv, D);
-    const v = repeatKvHeads(g, v0!, H, Hkv, D);
-    let att: string;
-    if (pe === 'none') {
-      att = multiHeadAttention(g, q0!, k, v, { heads: H, scale: 1 / Math.sqrt(D), causal: true });
-    } else if (pe === 'rope') {
-      const qr = rotate(g, q0!, H, D, ropeFreqs!, precision);
-      const kr = rotate(g, k, H, D, ropeFreqs!, precision);
-      att = multiHeadAttention(g, qr, kr, v, { heads: H, scale: 1 / Math.sqrt(D), causal: true });
-    } else if (pe === 'alibi') {
-      const bias = toPrecision(g, precision, alibiBiasTensor(g, q0!, alibiSlopes(H)));
-      att = multiHeadAttention(g, q0!, k, v, { heads: H, scale: 1 / Math.sqrt(D), causal: true, attentionBias: bias });
-    } else {
-      const spec = hypeSpecOf(model, i);
-      const aug = hypeAugment(g, q0!, k, {
-        heads: H,
-        headDim: D,
-        tau: spec.tau,
-        mu: spec.mu,
-        pairs: spec.termAxis.length,
-        shift: hypeOpts!.shift === 'centre' ? 'center' : 0,
-        padMultiple: options.padMultiple ?? (precision === 'fp16' ? 8 : hypeOpts!.multiple),
-        precision,
-        columns,
-      });
-      qkHeadDim = aug.width;
-      // fp16 targets GPU flash kernels, which need V as wide as Q and K (padValueHeads); fp32 stays as it was.
-      const vWidth = precision === 'fp16' ? aug.width : D;
-      const wide = multiHeadAttention(g, aug.qHat, aug.kHat, padValueHeads(g, v, H, D, vWidth, precision), {
-        heads: H,
-        causal: true,
-        ...(options.hypeScale === 'kernel-default' ? {} : { scale: 1 / Math.sqrt(D) }),
-      });
-      att = sliceValueHeads(g, wide, H, D, vWidth);
-    }
-    const mid = g.op('Add', [x, linear(att, blk.projWeight.data, blk.projBias.data, C, C)]);
+    const builder: OnnxAttentionBuilder = {
+      heads: H,
+      headDim: D,
+      precision,
+      q: q0!,
+      k: repeatKvHeads(g, k0!, H, Hkv, D),
+      v: repeatKvHeads(g, v0!, H, Hkv, D),
+      attention(q, k, v, o) {
+        const bias = o?.linearSlopes ? toPrecision(g, precision, alibiBiasTensor(g, q0!, o.linearSlopes)) : undefined;
+        return multiHeadAttention(g, q, k, v, {
+          heads: H,
+          scale: 1 / Math.sqrt(D),
+          causal: true,
+          ...(bias ? { attentionBias: bias } : {}),
+        });
+      },
+      rotate: (t, freqs) => rotate(g, t, H, D, freqs, precision),
+      hyperbolicAttention(p) {
+        const aug = hypeAugment(g, q0!, builder.k, {
+          heads: H,
+          headDim: D,
+          tau: p.tau,
+          mu: p.mu,
+          pairs: p.pairs,
+          shift: p.shift === 'centre' ? 'center' : 0,
+          padMultiple: options.padMultiple ?? (precision === 'fp16' ? 8 : p.multiple),
+          precision,
+          columns,
+        });
+        if (options.hypeScale === 'kernel-default') scale = 'kernel default';
+        // fp16 targets GPU flash kernels, which need V as wide as Q and K (padValueHeads); fp32 stays as it was.
+        const vWidth = precision === 'fp16' ? aug.width : D;
+        const wide = multiHeadAttention(g, aug.qHat, aug.kHat, padValueHeads(g, builder.v, H, D, vWidth, precision), {
+          heads: H,
+          causal: true,
+          ...(options.hypeScale === 'kernel-default' ? {} : { scale: 1 / Math.sqrt(D) }),
+        });
+        return {
+          out: sliceValueHeads(g, wide, H, D, vWidth),
+          qkHeadDim: aug.width,
+          attentionBias: false,
+          columns: precision === 'fp16' ? columns : 'plain',
+        };
+      },
+    };
+    facts = model.blockEncodings[i]!.toOnnx!(builder);
+    const mid = g.op('Add', [x, linear(facts.out, blk.projWeight.data, blk.projBias.data, C, C)]);
     const h2 = layerNorm(mid, blk.ln2Weight.data, blk.ln2Bias.data);
     const fc = gelu(g, linear(h2, blk.fcWeight.data, blk.fcBias.data, C, cfg.mlpWidth), precision);
     x = g.op('Add', [mid, linear(fc, blk.fcProjWeight.data, blk.fcProjBias.data, cfg.mlpWidth, C)]);
@@ -204,12 +203,12 @@ export function exportOnnx(model: Transformer, options: OnnxExportOptions = {}):
       layers,
       heads: H,
       headDim: D,
-      qkHeadDim,
+      qkHeadDim: facts.qkHeadDim,
       scale,
-      attentionBias: pe === 'alibi',
+      attentionBias: facts.attentionBias,
       opset: OPSET,
       precision,
-      columns: pe === 'hype' ? (precision === 'fp16' ? columns : 'plain') : null,
+      columns: facts.columns,
     },
   };
 }
@@ -221,13 +220,6 @@ export function checkPadMultiple(m: number): void {
     'argument',
     `the head-dim pad multiple must be an integer from 1 to ${MAX_PAD_MULTIPLE} (kernels want 4 or 8), got ${m}`,
   );
-}
-
-/** The current (possibly trained) HyPE parameters of block i. */
-function hypeSpecOf(model: Transformer, layer: number): HypeSpec {
-  const enc = model.blockEncodings[layer] as unknown as { spec?: () => HypeSpec };
-  check(typeof enc.spec === 'function', 'argument', 'internal: the HyPE encoding does not expose its spec');
-  return enc.spec();
 }
 
 /** [B, L, Hkv * D] -> [B, L, H * D], each KV head repeated for the H / Hkv query heads that read it. */

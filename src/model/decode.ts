@@ -1,6 +1,6 @@
 /**
- * Incremental decoding for generation. `CachedDecoder` runs the same computation as Transformer.forward, but for
- * new tokens only: every layer keeps its keys and values (src/model/kv-cache.ts), so a step costs O(length) in
+ * Incremental decoding for generation. `CachedDecoder` runs the same block function as Transformer.forward
+ * (block.ts), for new tokens only, on host backends: every layer keeps its keys and values (src/model/kv-cache.ts), so a step costs O(length) in
  * attention and O(1) everywhere else. `RecomputeDecoder` is the same interface done the slow way (the whole
  * sequence through Transformer.forward each step): the reference the cache is tested against, and `--no-cache`.
  *
@@ -17,13 +17,12 @@
  *   but O(length * d^2) per query rather than O(length * d)).
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
-import type { LayerOps } from '../backend/layers.ts';
 import { HypeError, check } from '../errors.ts';
 import type { CachedAttention } from '../pe/encoding.ts';
-import { allocate, headsToTokens, type FloatArray } from '../tensor.ts';
+import { allocate, type FloatArray } from '../tensor.ts';
 import { LayerCache } from './kv-cache.ts';
-import { qkvWidth } from './parameters.ts';
-import { linearForward, type Transformer } from './transformer.ts';
+import { allocateBlockBuffers, blockForward } from './block.ts';
+import type { Transformer } from './transformer.ts';
 
 /** Feeds tokens and returns next-token logits. */
 export interface Decoder {
@@ -59,7 +58,6 @@ function checkStep(tokens: Int32Array, batch: number, n: number, used: number, c
 export class CachedDecoder implements Decoder {
   private readonly caches: LayerCache[];
   private readonly hooks: (CachedAttention | null)[];
-  private readonly ops: LayerOps;
   private readonly backend: Backend;
   private readonly headDim: number;
 
@@ -76,9 +74,14 @@ export class CachedDecoder implements Decoder {
       `the planned length must be a positive integer, got ${capacity}`,
     );
     checkGenerationLength(model, capacity);
+    check(
+      model.backend.residence === 'host',
+      'argument',
+      `cached decoding works on host arrays, which backend '${model.backend.name}' does not hold; generate with a ` +
+        'host backend (native, reference)',
+    );
     const cfg = model.config;
     this.backend = model.backend;
-    this.ops = model.backend;
     this.headDim = cfg.width / cfg.heads;
     const plan = { batch, maxPositions: capacity, dtype: cfg.dtype };
     this.hooks = model.blockEncodings.map((enc) => enc.cachedAttention?.(plan) ?? null);
@@ -110,57 +113,43 @@ export class CachedDecoder implements Decoder {
     const B = this.batch;
     const pos0 = this.length;
     checkStep(tokens, B, n, pos0, this.capacity);
-    const { model, ops, backend: be } = this;
+    const { model, backend: be } = this;
     const cfg = model.config;
-    const { width: C, mlpWidth: F, heads: H, kvHeads: Hkv, dtype } = cfg;
+    const { width: C, heads: H, kvHeads: Hkv, dtype } = cfg;
     const D = this.headDim;
-    const Q = qkvWidth(cfg);
     const N = B * n;
-    const a = (len: number) => allocate(dtype, len);
     const P = model.params;
 
-    let x = a(N * C);
-    ops.embeddingForward(P.wte.data, tokens, x, N, C, cfg.vocab);
+    let x = allocate(dtype, N * C);
+    be.embeddingForward(P.wte.data, tokens, x, N, C, cfg.vocab);
     model.embeddingEncoding?.embed?.(x, B, n, C, pos0);
 
-    const ln = a(N * C);
-    const mean = a(N);
-    const rstd = a(N);
-    const qkv = a(N * Q);
-    const att = a(N * C);
-    const fc = a(N * F);
+    const X = allocateBlockBuffers(cfg, be, N);
     for (let i = 0; i < cfg.layers; i++) {
-      const blk = P.blocks[i]!;
-      ops.layerNormForward(x, blk.ln1Weight.data, blk.ln1Bias.data, ln, mean, rstd, N, C, cfg.layerNormEps);
-      linearForward(be, ops, ln, blk.qkvWeight.data, blk.qkvBias.data, qkv, N, C, Q, 0);
-      const { q, k, v } = splitHeads(qkv, B, n, H, Hkv, D, dtype);
       const hook = this.hooks[i]!;
       const cache = this.caches[i]!;
-      cache.append(hook ? hook.cacheKeys(k, B, n, pos0) : k, v, n, ln);
-      const shape: AttentionShape = {
-        batch: B,
-        heads: H,
-        kvHeads: Hkv,
-        lq: n,
-        lk: cache.length,
-        headDim: D,
-        valueDim: D,
-      };
-      const ctx = { backend: be, shape, causal: true, queryOffset: pos0 };
-      const out = hook
-        ? hook.attend(ctx, q, cache.keys(), cache.values())
-        : model.blockEncodings[i]!.attend(ctx, { q, k: cache.keys(), v: cache.values(), x: cache.inputs() }).out;
-      headsToTokens(out, att, B, H, n, D);
-      const resMid = x.slice(); // residual stream after attention: x + proj(att)
-      linearForward(be, ops, att, blk.projWeight.data, blk.projBias.data, resMid, N, C, C, 1);
-      ops.layerNormForward(resMid, blk.ln2Weight.data, blk.ln2Bias.data, ln, mean, rstd, N, C, cfg.layerNormEps);
-      linearForward(be, ops, ln, blk.fcWeight.data, blk.fcBias.data, fc, N, C, F, 0);
-      ops.geluForward(fc, fc, N * F);
-      linearForward(be, ops, fc, blk.fcProjWeight.data, blk.fcProjBias.data, resMid, N, F, C, 1);
-      x = resMid;
+      const xOut = allocate(dtype, N * C);
+      blockForward(be, cfg, P.blocks[i]!, X, x, xOut, B, n, (q, k, v, ln) => {
+        cache.append(hook ? hook.cacheKeys(k, B, n, pos0) : k, v, n, ln);
+        const shape: AttentionShape = {
+          batch: B,
+          heads: H,
+          kvHeads: Hkv,
+          lq: n,
+          lk: cache.length,
+          headDim: D,
+          valueDim: D,
+        };
+        const ctx = { backend: be, shape, causal: true, queryOffset: pos0 };
+        return hook
+          ? hook.attend(ctx, q, cache.keys(), cache.values())
+          : model.blockEncodings[i]!.attend(ctx, { q, k: cache.keys(), v: cache.values(), x: cache.inputs() }).out;
+      });
+      x = xOut;
     }
-    ops.layerNormForward(x, P.lnfWeight.data, P.lnfBias.data, ln, mean, rstd, N, C, cfg.layerNormEps);
-    const logits = a(N * cfg.vocab);
+    const { ln1: ln, ln1Mean: mean, ln1Rstd: rstd } = X;
+    be.layerNormForward(x, P.lnfWeight.data, P.lnfBias.data, ln, mean, rstd, N, C, cfg.layerNormEps);
+    const logits = allocate(dtype, N * cfg.vocab);
     be.gemm(false, true, N, cfg.vocab, C, 1, ln, C, P.wte.data, C, 0, logits, cfg.vocab);
     return logits;
   }
@@ -204,32 +193,4 @@ export class RecomputeDecoder implements Decoder {
     for (let b = 0; b < B; b++) out.set(all.subarray((b * L + L - n) * V, (b * L + L) * V), b * n * V);
     return out;
   }
-}
-
-/** qkv [B, n, (H + 2 Hkv) D] -> q [B, H, n, D], k and v [B, Hkv, n, D] (the model's column layout). */
-function splitHeads(
-  qkv: FloatArray,
-  B: number,
-  n: number,
-  H: number,
-  Hkv: number,
-  D: number,
-  dtype: 'float32' | 'float64',
-) {
-  const Q = (H + 2 * Hkv) * D;
-  const q = allocate(dtype, B * H * n * D);
-  const k = allocate(dtype, B * Hkv * n * D);
-  const v = allocate(dtype, B * Hkv * n * D);
-  for (let b = 0; b < B; b++) {
-    for (let t = 0; t < n; t++) {
-      const row = (b * n + t) * Q;
-      for (let h = 0; h < H; h++) q.set(qkv.subarray(row + h * D, row + (h + 1) * D), ((b * H + h) * n + t) * D);
-      for (let h = 0; h < Hkv; h++) {
-        const dst = ((b * Hkv + h) * n + t) * D;
-        k.set(qkv.subarray(row + (H + h) * D, row + (H + h + 1) * D), dst);
-        v.set(qkv.subarray(row + (H + Hkv + h) * D, row + (H + Hkv + h + 1) * D), dst);
-      }
-    }
-  }
-  return { q, k, v };
 }

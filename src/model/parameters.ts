@@ -10,42 +10,59 @@ import { allocate, numel, type DType, type FloatArray } from '../tensor.ts';
 import type { Rng } from '../util/rng.ts';
 import type { ModelConfig } from './config.ts';
 
-export class ModelParam implements Param {
-  readonly data: FloatArray;
-  readonly grad: FloatArray;
+/** A model tensor: data and grad are handles of the model's backend (typed arrays on host backends). */
+export class ModelParam<T = FloatArray> implements Param<T> {
   constructor(
     readonly name: string,
     readonly shape: readonly number[],
-    dtype: DType,
     readonly decay: boolean,
-  ) {
-    this.data = allocate(dtype, numel(shape));
-    this.grad = allocate(dtype, numel(shape));
+    readonly data: T,
+    readonly grad: T,
+  ) {}
+
+  /** A zeroed host parameter of the given dtype. */
+  static host(name: string, shape: readonly number[], dtype: DType, decay: boolean): ModelParam {
+    return new ModelParam(name, shape, decay, allocate(dtype, numel(shape)), allocate(dtype, numel(shape)));
   }
 }
 
-export interface BlockParams {
-  ln1Weight: ModelParam;
-  ln1Bias: ModelParam;
+export interface BlockParams<T = FloatArray> {
+  ln1Weight: ModelParam<T>;
+  ln1Bias: ModelParam<T>;
   /** [C, (H + 2 Hkv) D]: query, key and value projections side by side, each head's D columns contiguous. */
-  qkvWeight: ModelParam;
-  qkvBias: ModelParam;
-  projWeight: ModelParam;
-  projBias: ModelParam;
-  ln2Weight: ModelParam;
-  ln2Bias: ModelParam;
-  fcWeight: ModelParam;
-  fcBias: ModelParam;
-  fcProjWeight: ModelParam;
-  fcProjBias: ModelParam;
+  qkvWeight: ModelParam<T>;
+  qkvBias: ModelParam<T>;
+  projWeight: ModelParam<T>;
+  projBias: ModelParam<T>;
+  ln2Weight: ModelParam<T>;
+  ln2Bias: ModelParam<T>;
+  fcWeight: ModelParam<T>;
+  fcBias: ModelParam<T>;
+  fcProjWeight: ModelParam<T>;
+  fcProjBias: ModelParam<T>;
 }
 
-export interface TransformerParams {
+export interface TransformerParams<T = FloatArray> {
   /** Token embedding [256, C], tied with the output head. */
-  wte: ModelParam;
-  blocks: BlockParams[];
-  lnfWeight: ModelParam;
-  lnfBias: ModelParam;
+  wte: ModelParam<T>;
+  blocks: BlockParams<T>[];
+  lnfWeight: ModelParam<T>;
+  lnfBias: ModelParam<T>;
+}
+
+/** The same structure with every tensor mapped through f (host parameters -> a backend's handles). */
+export function mapParams<A, B>(
+  params: TransformerParams<A>,
+  f: (p: ModelParam<A>) => ModelParam<B>,
+): TransformerParams<B> {
+  const block = (b: BlockParams<A>): BlockParams<B> =>
+    Object.fromEntries(Object.entries(b).map(([k, p]) => [k, f(p as ModelParam<A>)])) as unknown as BlockParams<B>;
+  return {
+    wte: f(params.wte),
+    blocks: params.blocks.map(block),
+    lnfWeight: f(params.lnfWeight),
+    lnfBias: f(params.lnfBias),
+  };
 }
 
 export function qkvWidth(cfg: ModelConfig): number {
@@ -57,7 +74,7 @@ export function qkvWidth(cfg: ModelConfig): number {
 export function allocateParams(cfg: ModelConfig): TransformerParams {
   const { width: C, mlpWidth: F, dtype } = cfg;
   const Q = qkvWidth(cfg);
-  const p = (name: string, shape: number[], decay: boolean) => new ModelParam(name, shape, dtype, decay);
+  const p = (name: string, shape: number[], decay: boolean) => ModelParam.host(name, shape, dtype, decay);
   const blocks: BlockParams[] = [];
   for (let i = 0; i < cfg.layers; i++) {
     const pre = `blocks.${i}`;
@@ -112,8 +129,8 @@ export function initialiseParams(params: TransformerParams, cfg: ModelConfig, rn
 }
 
 /** Every model tensor in a fixed order (the order of checkpoints and of the optimizer state). */
-export function listParams(params: TransformerParams): ModelParam[] {
-  const out: ModelParam[] = [params.wte];
+export function listParams<T>(params: TransformerParams<T>): ModelParam<T>[] {
+  const out: ModelParam<T>[] = [params.wte];
   for (const b of params.blocks) {
     out.push(
       b.ln1Weight,
@@ -135,6 +152,6 @@ export function listParams(params: TransformerParams): ModelParam[] {
 }
 
 /** A view of an encoding's parameter under a model-level name (same arrays, so gradients flow through). */
-export function renamedParam(p: Param, name: string): Param {
+export function renamedParam<T>(p: Param<T>, name: string): Param<T> {
   return { name, shape: p.shape, data: p.data, grad: p.grad, decay: p.decay };
 }

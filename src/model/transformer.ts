@@ -3,25 +3,29 @@
  * has one), N pre-LayerNorm blocks (multi-head causal attention through the positional encoding, GELU MLP), a final
  * LayerNorm and the output head tied to the embedding.
  *
- * Forward and backward are written out per layer (llm.c style): every activation the backward needs lives in a
- * buffer allocated once per (batch, length) shape and reused by later steps of that shape; heavy arithmetic goes
- * through the Backend (gemm, attention via the encoding, and the layer ops of layers.ts).
+ * Forward and backward are written out per layer (llm.c style; the block's forward is block.ts, shared with cached
+ * decoding): every activation the backward needs lives in a buffer allocated once per (batch, length) shape and
+ * reused by later steps of that shape. Parameters, activations, gradients and statistics are tensors of the
+ * Backend (handles: typed arrays on host backends), and all arithmetic and data movement is a backend op (gemm,
+ * attention via the encoding, the layer and tensor ops of layers.ts): nothing on the hot path reads a tensor.
  *
  * Row-major layouts: token activations [B, L, C] (rows = B * L tokens); attention tensors [B, H, L, D] as in
  * backend.ts. Parameter gradients ACCUMULATE; call zeroGrad() before each backward you want on its own.
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
-import type { LayerOps } from '../backend/layers.ts';
 import { HypeError, check } from '../errors.ts';
 import type { AttendResult, EncodingFactory, Param, PositionalEncoding } from '../pe/encoding.ts';
 import { getEncodingFactory } from '../pe/registry.ts';
-import { allocate, headsToTokens, tokensToHeads, type FloatArray } from '../tensor.ts';
+import { dtypeOf, type FloatArray } from '../tensor.ts';
 import { Rng } from '../util/rng.ts';
+import { allocateBlockBuffers, blockForward, type BlockBuffers } from './block.ts';
 import type { ModelConfig } from './config.ts';
 import {
   allocateParams,
   initialiseParams,
   listParams,
+  mapParams,
+  ModelParam,
   qkvWidth,
   renamedParam,
   type BlockParams,
@@ -30,51 +34,41 @@ import {
 
 const ATTENTION_SITES = new Set(['qk-transform', 'score-bias', 'score-rescale', 'data-dependent']);
 
-interface BlockActivations {
-  ln1: FloatArray;
-  ln1Mean: FloatArray;
-  ln1Rstd: FloatArray;
-  qkv: FloatArray;
-  q: FloatArray;
-  k: FloatArray;
-  v: FloatArray;
-  /** Attention output back in token layout [B, L, C]. */
-  att: FloatArray;
-  attend: AttendResult | null;
-  /** Residual stream after the attention half of the block. */
-  resMid: FloatArray;
-  ln2: FloatArray;
-  ln2Mean: FloatArray;
-  ln2Rstd: FloatArray;
-  /** MLP pre-activation and its GELU. */
-  fc: FloatArray;
-  fcAct: FloatArray;
+/** Slots of Transformer.stats: the mean loss, then two the trainer fills so that one read returns all three. */
+export const STAT_LOSS = 0;
+export const STAT_GRAD_NORM = 1;
+export const STAT_NON_FINITE_LOGITS = 2;
+const STAT_SLOTS = 3;
+
+interface BlockActivations<T> extends BlockBuffers<T> {
+  attend: AttendResult<T> | null;
 }
 
-/** Every buffer one (batch, length) shape needs, forward and backward. */
-class Activations {
+/** Every buffer one (batch, length) shape needs, forward and backward, allocated through the backend. */
+class Activations<T, I> {
   readonly rows: number;
   /** res[0] = embeddings, res[i + 1] = output of block i. */
-  readonly res: FloatArray[];
-  readonly blocks: BlockActivations[];
-  readonly lnf: FloatArray;
-  readonly lnfMean: FloatArray;
-  readonly lnfRstd: FloatArray;
-  readonly logits: FloatArray;
-  readonly losses: FloatArray;
-  readonly targets: Int32Array;
-  readonly tokens: Int32Array;
+  readonly res: T[];
+  readonly blocks: BlockActivations<T>[];
+  readonly lnf: T;
+  readonly lnfMean: T;
+  readonly lnfRstd: T;
+  readonly logits: T;
+  readonly losses: T;
+  readonly targets: I;
+  readonly tokens: I;
   // Gradient scratch, shared by all layers (the backward walks them one at a time).
-  readonly dRes: FloatArray;
-  readonly dLn: FloatArray;
-  readonly dWide: FloatArray;
-  readonly dAtt: FloatArray;
-  readonly dHeads: FloatArray;
-  readonly dQkv: FloatArray;
-  readonly dLogits: FloatArray;
+  readonly dRes: T;
+  readonly dLn: T;
+  readonly dWide: T;
+  readonly dAtt: T;
+  readonly dHeads: T;
+  readonly dQkv: T;
+  readonly dLogits: T;
 
   constructor(
     cfg: ModelConfig,
+    be: Backend<T, I>,
     readonly batch: number,
     readonly length: number,
   ) {
@@ -83,33 +77,16 @@ class Activations {
     const C = cfg.width;
     const F = cfg.mlpWidth;
     const Q = qkvWidth(cfg);
-    const D = C / cfg.heads;
-    const a = (n: number) => allocate(cfg.dtype, n);
+    const a = (n: number) => be.allocate(cfg.dtype, n, 'an activation');
     this.res = Array.from({ length: cfg.layers + 1 }, () => a(N * C));
-    this.blocks = Array.from({ length: cfg.layers }, () => ({
-      ln1: a(N * C),
-      ln1Mean: a(N),
-      ln1Rstd: a(N),
-      qkv: a(N * Q),
-      q: a(N * cfg.heads * D),
-      k: a(N * cfg.kvHeads * D),
-      v: a(N * cfg.kvHeads * D),
-      att: a(N * C),
-      attend: null,
-      resMid: a(N * C),
-      ln2: a(N * C),
-      ln2Mean: a(N),
-      ln2Rstd: a(N),
-      fc: a(N * F),
-      fcAct: a(N * F),
-    }));
+    this.blocks = Array.from({ length: cfg.layers }, () => ({ ...allocateBlockBuffers(cfg, be, N), attend: null }));
     this.lnf = a(N * C);
     this.lnfMean = a(N);
     this.lnfRstd = a(N);
     this.logits = a(N * cfg.vocab);
     this.losses = a(N);
-    this.targets = new Int32Array(N);
-    this.tokens = new Int32Array(N);
+    this.targets = be.allocateInt(N, 'the targets');
+    this.tokens = be.allocateInt(N, 'the tokens');
     this.dRes = a(N * C);
     this.dLn = a(N * C);
     this.dWide = a(N * F);
@@ -118,6 +95,18 @@ class Activations {
     this.dQkv = a(N * Q);
     this.dLogits = a(N * cfg.vocab);
   }
+
+  /** Frees every buffer (a device's memory; nothing on host backends). */
+  release(be: Backend<T, I>): void {
+    for (const b of this.blocks) {
+      b.attend?.dispose?.();
+      for (const [key, t] of Object.entries(b)) if (key !== 'attend') be.release(t as T);
+    }
+    for (const t of [...this.res, this.lnf, this.lnfMean, this.lnfRstd, this.logits, this.losses]) be.release(t);
+    for (const t of [this.dRes, this.dLn, this.dWide, this.dAtt, this.dHeads, this.dQkv, this.dLogits]) be.release(t);
+    be.release(this.targets);
+    be.release(this.tokens);
+  }
 }
 
 export interface TransformerOptions {
@@ -125,28 +114,39 @@ export interface TransformerOptions {
   encodingFactory?: EncodingFactory<object>;
 }
 
-export class Transformer {
-  readonly params: TransformerParams;
+/**
+ * T and I are the backend's tensor handles (FloatArray and Int32Array on host backends, the default). On a device
+ * backend every parameter, activation, gradient and the statistics live there; the hot path (zeroGrad, forward,
+ * backward) only calls backend ops, and the one host transfer per forward is the upload of its tokens and targets.
+ */
+export class Transformer<T = FloatArray, I = Int32Array> {
+  readonly params: TransformerParams<T>;
   /** The encoding instance of each block's attention (the same object for all blocks when it has no params). */
-  readonly blockEncodings: PositionalEncoding[];
+  readonly blockEncodings: PositionalEncoding<T, I>[];
   /** The instance whose `embed` runs on the embeddings, if the encoding acts there. */
-  readonly embeddingEncoding: PositionalEncoding | null;
-  private readonly allParams: Param[];
-  private readonly ops: LayerOps;
-  private acts: Activations | null = null;
+  readonly embeddingEncoding: PositionalEncoding<T, I> | null;
+  /**
+   * Statistics [STAT_SLOTS] on the backend: slot STAT_LOSS holds the mean loss of the last forward with targets;
+   * the trainer writes the gradient norm and the non-finite logit count into the others, so that one read returns
+   * all three.
+   */
+  readonly stats: T;
+  private readonly allParams: Param<T>[];
+  private acts: Activations<T, I> | null = null;
   private hasTargets = false;
   private readonly headDim: number;
 
   constructor(
     readonly config: ModelConfig,
-    readonly backend: Backend,
+    readonly backend: Backend<T, I>,
     options: TransformerOptions = {},
   ) {
-    this.ops = backend;
     this.headDim = config.width / config.heads;
     const rng = new Rng(config.seed);
-    this.params = allocateParams(config);
-    initialiseParams(this.params, config, rng);
+    const host = allocateParams(config);
+    initialiseParams(host, config, rng);
+    this.params = onBackend(host, backend);
+    this.stats = backend.allocateStats(STAT_SLOTS);
 
     const factory = options.encodingFactory ?? getEncodingFactory(config.pe.name);
     const dims = {
@@ -157,10 +157,10 @@ export class Transformer {
       trainLength: config.trainLength,
       embeddingStd: config.initStd,
     };
-    const create = () => factory.create(dims, config.pe.options as never, rng);
+    const create = () => portableOn(backend, factory.create(dims, config.pe.options as never, rng));
     const actsInAttention = factory.sites.some((s) => ATTENTION_SITES.has(s));
     const actsOnEmbeddings = factory.sites.includes('embedding');
-    const peParams: Param[] = [];
+    const peParams: Param<T>[] = [];
     if (actsInAttention) {
       // Each block gets its own instance (its own slopes, tables, ...); an embedding site gets one more. Block
       // instances may share parameters (T5's table, XL's u and v, as the references do): listed once, under the
@@ -168,7 +168,7 @@ export class Transformer {
       this.embeddingEncoding = actsOnEmbeddings ? create() : null;
       const blockDims = { ...dims, shared: new Map<string, Param>() };
       this.blockEncodings = Array.from({ length: config.layers }, () =>
-        factory.create(blockDims, config.pe.options as never, rng),
+        portableOn(backend, factory.create(blockDims, config.pe.options as never, rng)),
       );
     } else {
       // Embedding-only or position-free: one instance, whose attend() is plain attention, serves every block.
@@ -180,7 +180,7 @@ export class Transformer {
       for (const p of this.embeddingEncoding.params) peParams.push(renamedParam(p, `pe.${p.name}`));
     }
     if (actsInAttention) {
-      const listed = new Set<Param>();
+      const listed = new Set<Param<T>>();
       this.blockEncodings.forEach((enc, i) => {
         for (const p of enc.params) {
           if (listed.has(p)) continue;
@@ -200,13 +200,13 @@ export class Transformer {
   }
 
   /** Every trainable tensor: model tensors first (fixed order), then the encoding's, named for checkpoints. */
-  parameters(): readonly Param[] {
+  parameters(): readonly Param<T>[] {
     return this.allParams;
   }
 
   parameterCount(): number {
     let n = 0;
-    for (const p of this.allParams) n += p.data.length;
+    for (const p of this.allParams) n += this.backend.sizeOf(p.data);
     return n;
   }
 
@@ -220,13 +220,15 @@ export class Transformer {
   }
 
   zeroGrad(): void {
-    for (const p of this.allParams) p.grad.fill(0);
+    const be = this.backend;
+    for (const p of this.allParams) be.fill(p.grad, 0, 0, be.sizeOf(p.grad));
   }
 
-  private activations(batch: number, length: number): Activations {
+  private activations(batch: number, length: number): Activations<T, I> {
     if (!this.acts || this.acts.batch !== batch || this.acts.length !== length) {
+      this.acts?.release(this.backend);
       this.acts = null; // let the old shape's buffers go before allocating the new ones
-      this.acts = new Activations(this.config, batch, length);
+      this.acts = new Activations(this.config, this.backend, batch, length);
     }
     return this.acts;
   }
@@ -234,20 +236,61 @@ export class Transformer {
   /** Per-token losses (nats) of the last forward with targets, [B * L]. A view: valid until the next forward. */
   tokenLosses(): FloatArray {
     check(this.acts !== null && this.hasTargets, 'argument', 'tokenLosses() needs a forward pass with targets first');
-    return this.acts.losses;
+    return this.hostArray(this.acts.losses, 'tokenLosses()');
   }
 
   /** Logits [B * L, 256] of the last forward. A view: valid until the next forward. */
   logits(): FloatArray {
     check(this.acts !== null, 'argument', 'logits() needs a forward pass first');
+    return this.hostArray(this.acts.logits, 'logits()');
+  }
+
+  /** The logits [B * L, 256] of the last forward as a handle of the backend (no transfer). */
+  logitsHandle(): T {
+    check(this.acts !== null, 'argument', 'logitsHandle() needs a forward pass first');
     return this.acts.logits;
+  }
+
+  /** The per-token losses [B * L] of the last forward with targets as a handle of the backend (no transfer). */
+  lossesHandle(): T {
+    check(this.acts !== null && this.hasTargets, 'argument', 'lossesHandle() needs a forward pass with targets first');
+    return this.acts.losses;
+  }
+
+  /** A host view of a backend tensor: host backends only (the synchronous accessors). */
+  private hostArray(t: T, what: string): FloatArray {
+    const view = this.backend.hostView(t);
+    if (view === null) {
+      throw new HypeError(
+        'argument',
+        `${what} returns host arrays, which backend '${this.backend.name}' does not hold; read the tensor with ` +
+          'backend.read() (asynchronous), or use a host backend (native, reference)',
+      );
+    }
+    return view;
   }
 
   /**
    * Runs the model on tokens [B, L] (byte values). With targets [B, L], computes per-token cross-entropy and
-   * returns the mean (nats); without, returns NaN and leaves only the logits.
+   * returns the mean (nats); without, returns NaN and leaves only the logits. Host backends (the loss is read from
+   * the statistics without waiting); on any backend, forwardAsync() or enqueueForward() + a read of `stats`.
    */
   forward(tokens: Int32Array, targets: Int32Array | null, batch: number, length: number): number {
+    this.enqueueForward(tokens, targets, batch, length);
+    return targets ? this.hostArray(this.stats, 'forward()')[STAT_LOSS]! : NaN;
+  }
+
+  /** forward() on any backend: the loss is read back (the one transfer out of a forward). */
+  async forwardAsync(tokens: Int32Array, targets: Int32Array | null, batch: number, length: number): Promise<number> {
+    this.enqueueForward(tokens, targets, batch, length);
+    return targets ? (await this.backend.read(this.stats, STAT_LOSS, 1))[0]! : NaN;
+  }
+
+  /**
+   * The forward pass without reading anything back: uploads tokens and targets, and with targets leaves the mean
+   * loss in stats[STAT_LOSS].
+   */
+  enqueueForward(tokens: Int32Array, targets: Int32Array | null, batch: number, length: number): void {
     check(
       Number.isInteger(batch) && batch > 0 && Number.isInteger(length) && length > 0,
       'shape',
@@ -263,70 +306,47 @@ export class Transformer {
       );
     }
     const cfg = this.config;
-    const ops = this.ops;
     const be = this.backend;
+    if (be.residence === 'device') {
+      // Host backends check ids inside the gather and the loss; a device trusts them, so they are checked here.
+      checkIds(tokens, cfg.vocab, 'token');
+      if (targets) checkIds(targets, cfg.vocab, 'target');
+    }
     const A = this.activations(batch, length);
     const N = A.rows;
     const C = cfg.width;
-    const F = cfg.mlpWidth;
-    const Q = qkvWidth(cfg);
-    A.tokens.set(tokens);
-    if (targets) A.targets.set(targets);
+    be.uploadInt(tokens, A.tokens);
+    if (targets) be.uploadInt(targets, A.targets);
     this.hasTargets = targets !== null;
 
-    ops.embeddingForward(this.params.wte.data, A.tokens, A.res[0]!, N, C, cfg.vocab);
+    be.embeddingForward(this.params.wte.data, A.tokens, A.res[0]!, N, C, cfg.vocab);
     this.embeddingEncoding?.embed?.(A.res[0]!, batch, length, C, 0);
 
     const shape = this.attentionShape(batch, length);
     for (let i = 0; i < cfg.layers; i++) {
-      const P = this.params.blocks[i]!;
       const X = A.blocks[i]!;
-      const xIn = A.res[i]!;
-      ops.layerNormForward(xIn, P.ln1Weight.data, P.ln1Bias.data, X.ln1, X.ln1Mean, X.ln1Rstd, N, C, cfg.layerNormEps);
-      linearForward(be, ops, X.ln1, P.qkvWeight.data, P.qkvBias.data, X.qkv, N, C, Q, 0);
-      this.splitHeads(X.qkv, X.q, X.k, X.v, batch, length);
-      X.attend = this.blockEncodings[i]!.attend(
-        { backend: be, shape, causal: true, queryOffset: 0 },
-        { q: X.q, k: X.k, v: X.v, x: X.ln1 },
-      );
-      headsToTokens(X.attend.out, X.att, batch, this.config.heads, length, this.headDim);
-      X.resMid.set(xIn);
-      linearForward(be, ops, X.att, P.projWeight.data, P.projBias.data, X.resMid, N, C, C, 1);
-      ops.layerNormForward(
-        X.resMid,
-        P.ln2Weight.data,
-        P.ln2Bias.data,
-        X.ln2,
-        X.ln2Mean,
-        X.ln2Rstd,
-        N,
-        C,
-        cfg.layerNormEps,
-      );
-      linearForward(be, ops, X.ln2, P.fcWeight.data, P.fcBias.data, X.fc, N, C, F, 0);
-      ops.geluForward(X.fc, X.fcAct, N * F);
-      const xOut = A.res[i + 1]!;
-      xOut.set(X.resMid);
-      linearForward(be, ops, X.fcAct, P.fcProjWeight.data, P.fcProjBias.data, xOut, N, F, C, 1);
+      blockForward(be, cfg, this.params.blocks[i]!, X, A.res[i]!, A.res[i + 1]!, batch, length, (q, k, v, x) => {
+        X.attend?.dispose?.();
+        X.attend = this.blockEncodings[i]!.attend({ backend: be, shape, causal: true, queryOffset: 0 }, { q, k, v, x });
+        return X.attend.out;
+      });
     }
     const last = A.res[cfg.layers]!;
     const { lnfWeight, lnfBias, wte } = this.params;
-    ops.layerNormForward(last, lnfWeight.data, lnfBias.data, A.lnf, A.lnfMean, A.lnfRstd, N, C, cfg.layerNormEps);
+    be.layerNormForward(last, lnfWeight.data, lnfBias.data, A.lnf, A.lnfMean, A.lnfRstd, N, C, cfg.layerNormEps);
     // Tied head: logits = lnf wte^T.
     be.gemm(false, true, N, cfg.vocab, C, 1, A.lnf, C, wte.data, C, 0, A.logits, cfg.vocab);
-    if (!targets) return NaN;
-    return ops.softmaxCrossEntropyForward(A.logits, A.targets, A.losses, N, cfg.vocab);
+    if (targets) be.softmaxCrossEntropyForward(A.logits, A.targets, A.losses, N, cfg.vocab, this.stats, STAT_LOSS);
   }
 
   /**
    * Gradient of the mean loss of the last forward with respect to every parameter, ACCUMULATED into `grad`.
-   * Walks the forward in reverse, layer by layer.
+   * Walks the forward in reverse, layer by layer; backend ops only (nothing is read back).
    */
   backward(): void {
     const A = this.acts;
     check(A !== null && this.hasTargets, 'argument', 'backward() needs a forward pass with targets first');
     const cfg = this.config;
-    const ops = this.ops;
     const be = this.backend;
     const N = A.rows;
     const C = cfg.width;
@@ -335,34 +355,23 @@ export class Transformer {
     const V = cfg.vocab;
     const { wte, lnfWeight, lnfBias } = this.params;
 
-    ops.softmaxCrossEntropyBackward(A.logits, A.targets, A.dLogits, N, V, 1 / N);
+    be.softmaxCrossEntropyBackward(A.logits, A.targets, A.dLogits, N, V, 1 / N);
     // logits = lnf wte^T: d lnf = dLogits wte; d wte += dLogits^T lnf.
     be.gemm(false, false, N, C, V, 1, A.dLogits, V, wte.data, C, 0, A.dLn, C);
     be.gemm(true, false, V, C, N, 1, A.dLogits, V, A.lnf, C, 1, wte.grad, C);
-    A.dRes.fill(0);
+    be.fill(A.dRes, 0, 0, N * C);
     const last = A.res[cfg.layers]!;
-    ops.layerNormBackward(
-      A.dLn,
-      last,
-      lnfWeight.data,
-      A.lnfMean,
-      A.lnfRstd,
-      A.dRes,
-      lnfWeight.grad,
-      lnfBias.grad,
-      N,
-      C,
-    );
+    be.layerNormBackward(A.dLn, last, lnfWeight.data, A.lnfMean, A.lnfRstd, A.dRes, lnfWeight.grad, lnfBias.grad, N, C);
 
     for (let i = cfg.layers - 1; i >= 0; i--) {
-      const P: BlockParams = this.params.blocks[i]!;
+      const P: BlockParams<T> = this.params.blocks[i]!;
       const X = A.blocks[i]!;
       // dRes holds d loss / d res[i+1]; the residual path passes it straight to resMid, and then to res[i].
       // MLP: res[i+1] = resMid + gelu(ln2 W1 + b1) W2 + b2.
-      linearBackward(be, ops, X.fcAct, P.fcProjWeight, P.fcProjBias, A.dRes, A.dWide, N, F, C);
-      ops.geluBackward(X.fc, A.dWide, A.dWide, N * F);
-      linearBackward(be, ops, X.ln2, P.fcWeight, P.fcBias, A.dWide, A.dLn, N, C, F);
-      ops.layerNormBackward(
+      linearBackward(be, X.fcAct, P.fcProjWeight, P.fcProjBias, A.dRes, A.dWide, N, F, C);
+      be.geluBackward(X.fc, A.dWide, A.dWide, N * F);
+      linearBackward(be, X.ln2, P.fcWeight, P.fcBias, A.dWide, A.dLn, N, C, F);
+      be.layerNormBackward(
         A.dLn,
         X.resMid,
         P.ln2Weight.data,
@@ -375,13 +384,14 @@ export class Transformer {
         C,
       );
       // Attention: resMid = res[i] + merge(attend(split(ln1 Wqkv + bqkv))) Wo + bo.
-      linearBackward(be, ops, X.att, P.projWeight, P.projBias, A.dRes, A.dAtt, N, C, C);
-      tokensToHeads(A.dAtt, A.dHeads, A.batch, this.config.heads, A.length, this.headDim);
+      linearBackward(be, X.att, P.projWeight, P.projBias, A.dRes, A.dAtt, N, C, C);
+      be.tokensToHeads(A.dAtt, A.dHeads, A.batch, cfg.heads, A.length, this.headDim);
       const g = X.attend!.backward(A.dHeads);
-      this.mergeQkvGrads(g.dq, g.dk, g.dv, A.dQkv, N);
-      linearBackward(be, ops, X.ln1, P.qkvWeight, P.qkvBias, A.dQkv, A.dLn, N, C, Q);
-      if (g.dx) for (let j = 0; j < N * C; j++) A.dLn[j] += g.dx[j]!;
-      ops.layerNormBackward(
+      be.mergeQkv(g.dq, g.dk, g.dv, A.dQkv, A.batch, A.length, cfg.heads, cfg.kvHeads, this.headDim);
+      linearBackward(be, X.ln1, P.qkvWeight, P.qkvBias, A.dQkv, A.dLn, N, C, Q);
+      if (g.dx) be.addInto(A.dLn, g.dx, N * C);
+      for (const t of [g.dq, g.dk, g.dv, ...(g.dx ? [g.dx] : [])]) be.release(t);
+      be.layerNormBackward(
         A.dLn,
         A.res[i]!,
         P.ln1Weight.data,
@@ -395,7 +405,7 @@ export class Transformer {
       );
     }
     this.embeddingEncoding?.embedBackward?.(A.dRes, A.batch, A.length, C, 0);
-    ops.embeddingBackward(A.dRes, A.tokens, wte.grad, N, C);
+    be.embeddingBackward(A.dRes, A.tokens, wte.grad, N, C);
   }
 
   private attentionShape(batch: number, length: number): AttentionShape {
@@ -410,89 +420,62 @@ export class Transformer {
       valueDim: D,
     };
   }
-
-  /** qkv [B, L, (H + 2 Hkv) D] -> q [B, H, L, D], k and v [B, Hkv, L, D]. */
-  private splitHeads(qkv: FloatArray, q: FloatArray, k: FloatArray, v: FloatArray, B: number, L: number): void {
-    const { heads: H, kvHeads: Hkv } = this.config;
-    const D = this.headDim;
-    const Q = (H + 2 * Hkv) * D;
-    for (let b = 0; b < B; b++) {
-      for (let t = 0; t < L; t++) {
-        const row = (b * L + t) * Q;
-        for (let h = 0; h < H; h++) {
-          const dst = ((b * H + h) * L + t) * D;
-          const src = row + h * D;
-          for (let d = 0; d < D; d++) q[dst + d] = qkv[src + d]!;
-        }
-        for (let h = 0; h < Hkv; h++) {
-          const dst = ((b * Hkv + h) * L + t) * D;
-          const srcK = row + (H + h) * D;
-          const srcV = row + (H + Hkv + h) * D;
-          for (let d = 0; d < D; d++) {
-            k[dst + d] = qkv[srcK + d]!;
-            v[dst + d] = qkv[srcV + d]!;
-          }
-        }
-      }
-    }
-  }
-
-  /** The inverse of splitHeads for the gradients: dq, dk, dv -> dqkv [B, L, (H + 2 Hkv) D] (overwritten). */
-  private mergeQkvGrads(dq: FloatArray, dk: FloatArray, dv: FloatArray, dqkv: FloatArray, N: number): void {
-    const { heads: H, kvHeads: Hkv } = this.config;
-    const D = this.headDim;
-    const Q = (H + 2 * Hkv) * D;
-    const L = this.acts!.length;
-    for (let r = 0; r < N; r++) {
-      const b = Math.floor(r / L);
-      const t = r - b * L;
-      const row = r * Q;
-      for (let h = 0; h < H; h++) {
-        const src = ((b * H + h) * L + t) * D;
-        for (let d = 0; d < D; d++) dqkv[row + h * D + d] = dq[src + d]!;
-      }
-      for (let h = 0; h < Hkv; h++) {
-        const src = ((b * Hkv + h) * L + t) * D;
-        for (let d = 0; d < D; d++) {
-          dqkv[row + (H + h) * D + d] = dk[src + d]!;
-          dqkv[row + (H + Hkv + h) * D + d] = dv[src + d]!;
-        }
-      }
-    }
-  }
 }
 
-/** y = beta y + x W + b for x [N, in], W [in, out] (every linear layer of the model; decoding reuses it). */
-export function linearForward(
-  be: Backend,
-  ops: LayerOps,
-  x: FloatArray,
-  w: FloatArray,
-  b: FloatArray,
-  y: FloatArray,
-  N: number,
-  nIn: number,
-  nOut: number,
-  beta: 0 | 1,
-): void {
-  be.gemm(false, false, N, nOut, nIn, 1, x, nIn, w, nOut, beta, y, nOut);
-  ops.biasAdd(y, b, N, nOut);
+/**
+ * The initialised host parameters as the backend's tensors: the arrays themselves on a host backend (no copy), an
+ * upload of each on a device (the only upload of weights in a model's life, besides restoring a checkpoint).
+ */
+function onBackend<T, I>(host: TransformerParams, be: Backend<T, I>): TransformerParams<T> {
+  if (be.residence === 'host') return host as unknown as TransformerParams<T>;
+  return mapParams(host, (p) => {
+    const data = be.allocate(dtypeOf(p.data), p.data.length, p.name);
+    be.upload(p.data, data);
+    return new ModelParam(p.name, p.shape, p.decay, data, be.allocate(be.dtypeOf(data), p.data.length, p.name));
+  });
+}
+
+/**
+ * The encoding as the backend's kind: any encoding on a host backend; on a device only one that declares itself
+ * portable (attend through backend ops, no host parameters), else one clear refusal.
+ */
+function portableOn<T, I>(be: Backend<T, I>, enc: PositionalEncoding): PositionalEncoding<T, I> {
+  if (be.residence === 'device' && !(enc.portable === true && enc.params.length === 0)) {
+    throw new HypeError(
+      'argument',
+      `encoding '${enc.name}' runs on host backends only (reference, native): its position terms are computed ` +
+        `over host arrays, which backend '${be.name}' does not hold; train it with --backend native or reference, ` +
+        'or use a device-portable encoding (none, alibi, hype with a fixed preset in fp32)',
+    );
+  }
+  return enc as unknown as PositionalEncoding<T, I>;
+}
+
+function checkIds(ids: Int32Array, vocab: number, what: string): void {
+  for (let r = 0; r < ids.length; r++) {
+    const t = ids[r]!;
+    if (!(t >= 0 && t < vocab)) {
+      throw new HypeError(
+        'argument',
+        `${what} ${t} at row ${r} is outside [0, ${vocab}); ${what}s must be byte values`,
+      );
+    }
+  }
 }
 
 /** For y = x W + b: W.grad += x^T dy, b.grad += colsum(dy), dx = dy W^T (dx OVERWRITTEN). */
-export function linearBackward(
-  be: Backend,
-  ops: LayerOps,
-  x: FloatArray,
-  w: Param,
-  b: Param,
-  dy: FloatArray,
-  dx: FloatArray,
+export function linearBackward<T, I>(
+  be: Backend<T, I>,
+  x: T,
+  w: Param<T>,
+  b: Param<T>,
+  dy: T,
+  dx: T,
   N: number,
   nIn: number,
   nOut: number,
 ): void {
   be.gemm(true, false, nIn, nOut, N, 1, x, nIn, dy, nOut, 1, w.grad, nOut);
-  ops.biasBackward(dy, b.grad, N, nOut);
+  be.biasBackward(dy, b.grad, N, nOut);
   be.gemm(false, true, N, nIn, nOut, 1, dy, nOut, w.data, nOut, 0, dx, nIn);
 }

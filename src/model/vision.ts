@@ -29,7 +29,8 @@ import {
   renamedParam,
   type TransformerParams,
 } from './parameters.ts';
-import { linearBackward, linearForward } from './transformer.ts';
+import { linearForward } from './block.ts';
+import { linearBackward } from './transformer.ts';
 
 export interface VisionConfig {
   /** Marks a vision model's config (run folders and checkpoints say which model they hold). */
@@ -234,7 +235,7 @@ export class VisionTransformer {
     const base = blockConfig(cfg);
     this.params = allocateParams(base);
     initialiseParams(this.params, base, rng);
-    const p = (name: string, shape: number[], decay: boolean) => new ModelParam(name, shape, cfg.dtype, decay);
+    const p = (name: string, shape: number[], decay: boolean) => ModelParam.host(name, shape, cfg.dtype, decay);
     this.patchBias = p('patch.bias', [cfg.width], false);
     this.headWeight = p('head.weight', [cfg.width, cfg.classes], true);
     this.headBias = p('head.bias', [cfg.classes], false);
@@ -332,7 +333,7 @@ export class VisionTransformer {
     if (labels) A.labels.set(labels);
 
     patchify(images, batch, side, cfg.patch, A.patches);
-    linearForward(be, be, A.patches, this.params.wte.data, this.patchBias.data, A.res[0]!, N, PP, C, 0);
+    linearForward(be, A.patches, this.params.wte.data, this.patchBias.data, A.res[0]!, N, PP, C, 0);
     this.embeddingEncoding?.embed?.(A.res[0]!, batch, L, C, 0, [G, G]);
 
     const shape: AttentionShape = { batch, heads: H, kvHeads: H, lq: L, lk: L, headDim: D, valueDim: D };
@@ -342,7 +343,7 @@ export class VisionTransformer {
       const X = A.blocks[i]!;
       const xIn = A.res[i]!;
       be.layerNormForward(xIn, P.ln1Weight.data, P.ln1Bias.data, X.ln1, X.ln1Mean, X.ln1Rstd, N, C, cfg.layerNormEps);
-      linearForward(be, be, X.ln1, P.qkvWeight.data, P.qkvBias.data, X.qkv, N, C, 3 * C, 0);
+      linearForward(be, X.ln1, P.qkvWeight.data, P.qkvBias.data, X.qkv, N, C, 3 * C, 0);
       // qkv [B, L, 3C] read as 3H heads -> [B, 3H, L, D]: per image, the q heads, then k, then v.
       tokensToHeads(X.qkv, A.heads, batch, 3 * H, L, D);
       for (let b = 0; b < batch; b++) {
@@ -357,7 +358,7 @@ export class VisionTransformer {
       );
       headsToTokens(X.attend.out, X.att, batch, H, L, D);
       X.resMid.set(xIn);
-      linearForward(be, be, X.att, P.projWeight.data, P.projBias.data, X.resMid, N, C, C, 1);
+      linearForward(be, X.att, P.projWeight.data, P.projBias.data, X.resMid, N, C, C, 1);
       be.layerNormForward(
         X.resMid,
         P.ln2Weight.data,
@@ -369,11 +370,11 @@ export class VisionTransformer {
         C,
         cfg.layerNormEps,
       );
-      linearForward(be, be, X.ln2, P.fcWeight.data, P.fcBias.data, X.fc, N, C, F, 0);
+      linearForward(be, X.ln2, P.fcWeight.data, P.fcBias.data, X.fc, N, C, F, 0);
       be.geluForward(X.fc, X.fcAct, N * F);
       const xOut = A.res[i + 1]!;
       xOut.set(X.resMid);
-      linearForward(be, be, X.fcAct, P.fcProjWeight.data, P.fcProjBias.data, xOut, N, F, C, 1);
+      linearForward(be, X.fcAct, P.fcProjWeight.data, P.fcProjBias.data, xOut, N, F, C, 1);
     }
     const { lnfWeight, lnfBias } = this.params;
     be.layerNormForward(
@@ -395,7 +396,7 @@ export class VisionTransformer {
         A.pooled[b * C + c] = s / L;
       }
     }
-    linearForward(be, be, A.pooled, this.headWeight.data, this.headBias.data, A.logits, batch, C, cfg.classes, 0);
+    linearForward(be, A.pooled, this.headWeight.data, this.headBias.data, A.logits, batch, C, cfg.classes, 0);
     if (!labels) return NaN;
     return be.softmaxCrossEntropyForward(A.logits, A.labels, A.losses, batch, cfg.classes);
   }
@@ -415,7 +416,7 @@ export class VisionTransformer {
     const { lnfWeight, lnfBias } = this.params;
 
     be.softmaxCrossEntropyBackward(A.logits, A.labels, A.dLogits, B, cfg.classes, 1 / B);
-    linearBackward(be, be, A.pooled, this.headWeight, this.headBias, A.dLogits, A.dPooled, B, C, cfg.classes);
+    linearBackward(be, A.pooled, this.headWeight, this.headBias, A.dLogits, A.dPooled, B, C, cfg.classes);
     for (let b = 0; b < B; b++) {
       for (let t = 0; t < L; t++) {
         for (let c = 0; c < C; c++) A.dLn[(b * L + t) * C + c] = A.dPooled[b * C + c]! / L;
@@ -438,9 +439,9 @@ export class VisionTransformer {
     for (let i = cfg.layers - 1; i >= 0; i--) {
       const P = this.params.blocks[i]!;
       const X = A.blocks[i]!;
-      linearBackward(be, be, X.fcAct, P.fcProjWeight, P.fcProjBias, A.dRes, A.dWide, N, F, C);
+      linearBackward(be, X.fcAct, P.fcProjWeight, P.fcProjBias, A.dRes, A.dWide, N, F, C);
       be.geluBackward(X.fc, A.dWide, A.dWide, N * F);
-      linearBackward(be, be, X.ln2, P.fcWeight, P.fcBias, A.dWide, A.dLn, N, C, F);
+      linearBackward(be, X.ln2, P.fcWeight, P.fcBias, A.dWide, A.dLn, N, C, F);
       be.layerNormBackward(
         A.dLn,
         X.resMid,
@@ -453,7 +454,7 @@ export class VisionTransformer {
         N,
         C,
       );
-      linearBackward(be, be, X.att, P.projWeight, P.projBias, A.dRes, A.dAtt, N, C, C);
+      linearBackward(be, X.att, P.projWeight, P.projBias, A.dRes, A.dAtt, N, C, C);
       tokensToHeads(A.dAtt, A.dHeads, B, H, L, D);
       const g = X.attend!.backward(A.dHeads);
       for (let b = 0; b < B; b++) {
@@ -463,7 +464,7 @@ export class VisionTransformer {
         A.heads.set(g.dv.subarray(b * HLD, (b + 1) * HLD), o + 2 * HLD);
       }
       headsToTokens(A.heads, A.dQkv, B, 3 * H, L, D);
-      linearBackward(be, be, X.ln1, P.qkvWeight, P.qkvBias, A.dQkv, A.dLn, N, C, 3 * C);
+      linearBackward(be, X.ln1, P.qkvWeight, P.qkvBias, A.dQkv, A.dLn, N, C, 3 * C);
       be.layerNormBackward(
         A.dLn,
         A.res[i]!,
@@ -479,7 +480,7 @@ export class VisionTransformer {
     }
     this.embeddingEncoding?.embedBackward?.(A.dRes, B, L, C, 0, [A.grid, A.grid]);
     // The patch gradient itself is not needed (images are data); linearBackward writes it into scratch.
-    linearBackward(be, be, A.patches, this.params.wte, this.patchBias, A.dRes, A.dPatches, N, cfg.patch * cfg.patch, C);
+    linearBackward(be, A.patches, this.params.wte, this.patchBias, A.dRes, A.dPatches, N, cfg.patch * cfg.patch, C);
   }
 }
 

@@ -14,14 +14,19 @@
  */
 import { check } from '../errors.ts';
 import type { FloatArray } from '../tensor.ts';
-import { checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
 import { concatBiasAttention, type ConcatPrecisionOptions } from './concat-bias.ts';
+import { expandColumns, padMultiple } from '../numerics/split-columns.ts';
+import { backendAttention, checkQk, fixedTermResult, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
+import { concatAttentionOnBackend, geometryKey, UploadCache } from './device-attention.ts';
 import { alibiDistanceTable, alibiSlopeGrads, geometryOf, tableAttention } from './distance-table.ts';
 import type {
   AttendContext,
   AttendInputs,
+  AttendResult,
   EncodingDims,
   EncodingFactory,
+  OnnxAttention,
+  OnnxAttentionBuilder,
   Param,
   PositionalEncoding,
 } from './encoding.ts';
@@ -51,8 +56,8 @@ export function checkAlibiRoute(name: string, opts: Partial<AlibiRouteOptions>):
 }
 
 /** The centre c and the columns x [B, H, Lq, 2], y [B, Hkv, Lk, 2] of the concat route (module comment). */
-export function alibiColumns(
-  ctx: AttendContext,
+export function alibiColumns<T, I>(
+  ctx: AttendContext<T, I>,
   slopes: Float64Array,
 ): { c: number; x: Float64Array; y: Float64Array } {
   const { batch: B, heads: H, kvHeads: Hkv, lq, lk } = ctx.shape;
@@ -175,12 +180,16 @@ export function defineAlibi(
       checkAlibiRoute(name, options);
       const opts: AlibiRouteOptions = { ...ALIBI_ROUTE_DEFAULTS, ...options };
       const src = source(dims);
+      const uploads = new UploadCache();
       return {
         name,
         sites: ['score-bias'],
         params: src.params,
         maxLength: Infinity,
+        // Fixed slopes in fp32 columns: every term is data uploaded once per geometry (device-attention.ts).
+        portable: src.params.length === 0 && (opts.route === 'kernel' || !hasPrecisionOptions(opts)),
         attend(ctx, inputs) {
+          if (ctx.backend.residence === 'device') return alibiOnDevice(ctx, inputs, src.slopes(), opts, uploads);
           const m = src.slopes();
           const run = alibiAttention(ctx, inputs, m, opts);
           return {
@@ -193,9 +202,68 @@ export function defineAlibi(
           };
         },
         denseLogits: (ctx, inputs, scale) => alibiDenseLogits(ctx, inputs, scale, src.slopes()),
+        // Fixed slopes only: the bias -m_h |i - l| as the graph's attention bias (either route is the same function).
+        ...(src.params.length === 0
+          ? {
+              toOnnx: (b: OnnxAttentionBuilder): OnnxAttention => ({
+                out: b.attention(b.q, b.k, b.v, { linearSlopes: src.slopes() }),
+                qkHeadDim: b.headDim,
+                attentionBias: true,
+                columns: null,
+              }),
+            }
+          : {}),
         // Trained slopes only: fixed ones are the reference values, nothing to record.
         ...(src.params.length > 0 ? { report: () => ({ slope: Array.from(src.slopes()) }) } : {}),
       };
     },
   });
+}
+
+function hasPrecisionOptions(opts: AlibiRouteOptions): boolean {
+  return opts.format !== undefined || opts.precision !== undefined || opts.columns !== undefined;
+}
+
+/**
+ * ALiBi with fixed slopes on a device backend's handles, by either route: the kernel route's distance table, or
+ * the concat route's fp32 columns of one batch entry, uploaded once per geometry; no slope gradient.
+ */
+function alibiOnDevice<T, I>(
+  ctx: AttendContext<T, I>,
+  inputs: AttendInputs<T>,
+  slopes: Float64Array,
+  opts: AlibiRouteOptions,
+  uploads: UploadCache,
+): AttendResult<T> {
+  const be = ctx.backend;
+  const dtype = be.dtypeOf(inputs.q);
+  const key = geometryKey(ctx);
+  if (opts.route === 'kernel') {
+    const [table] = uploads.get(be, key, dtype, () => [alibiDistanceTable(slopes, geometryOf(ctx))]);
+    return fixedTermResult(
+      backendAttention(ctx, inputs.q, inputs.k, inputs.v, { kind: 'distance', table: table! }, false),
+    );
+  }
+  check(
+    ctx.causal,
+    'argument',
+    "alibi route 'concat' needs causal attention: without the mask the penalty -m |D| is not of low rank; " +
+      "use route 'kernel' for bidirectional attention",
+  );
+  const { heads: H, kvHeads: Hkv, lq, lk, headDim: d } = ctx.shape;
+  const [colsQ, colsK] = uploads.get(be, key, dtype, () => {
+    const one = alibiColumns({ ...ctx, shape: { ...ctx.shape, batch: 1 } }, slopes);
+    const sqrtD = Math.sqrt(d);
+    return [
+      expandColumns(
+        one.x.map((value) => value * sqrtD),
+        H * lq,
+        2,
+        'query',
+        null,
+      ),
+      expandColumns(one.y, Hkv * lk, 2, 'key', null),
+    ];
+  });
+  return concatAttentionOnBackend(ctx, inputs, colsQ!, colsK!, 2, padMultiple(opts.multiple, 'concat bias'));
 }

@@ -15,29 +15,37 @@ export function attentionScale(shape: AttentionShape): number {
   return 1 / Math.sqrt(shape.headDim);
 }
 
-export interface BackendAttention {
-  out: FloatArray;
-  backward(dOut: FloatArray): { dq: FloatArray; dk: FloatArray; dv: FloatArray; dBias: PositionBiasGrad };
+export interface BackendAttention<T = FloatArray> {
+  out: T;
+  backward(dOut: T): { dq: T; dk: T; dv: T; dBias: PositionBiasGrad<T> };
+  /** Releases out and lse (a device's memory; nothing on host backends). */
+  dispose(): void;
 }
 
-/** One forward through ctx.backend with `bias`, keeping what the backward needs. */
-export function backendAttention(
-  ctx: AttendContext,
-  q: FloatArray,
-  k: FloatArray,
-  v: FloatArray,
-  bias: PositionBias,
-): BackendAttention {
-  const opts: AttentionOptions = {
+/** One forward through ctx.backend with `bias`, keeping what the backward needs (any backend's handles). */
+export function backendAttention<T, I>(
+  ctx: AttendContext<T, I>,
+  q: T,
+  k: T,
+  v: T,
+  bias: PositionBias<T>,
+  biasGrad = true,
+): BackendAttention<T> {
+  const opts: AttentionOptions<T> = {
     causal: ctx.causal,
     scale: attentionScale(ctx.shape),
     bias,
     queryOffset: ctx.queryOffset,
+    ...(biasGrad ? {} : { biasGrad: false }),
   };
   const { out, lse } = ctx.backend.attentionForward(ctx.shape, q, k, v, opts);
   return {
     out,
     backward: (dOut) => ctx.backend.attentionBackward(ctx.shape, q, k, v, out, lse, dOut, opts),
+    dispose() {
+      ctx.backend.release(out);
+      ctx.backend.release(lse);
+    },
   };
 }
 
@@ -104,16 +112,21 @@ export function scaledDot(
   return scale * dot;
 }
 
-/** Attention with no position term (NoPE, and absolute encodings whose signal already sits in q and k). */
-export function plainAttend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
-  const run = backendAttention(ctx, inputs.q, inputs.k, inputs.v, { kind: 'none' });
+/** A backend attention as an encoding's result, dropping the bias gradient (fixed or absent position terms). */
+export function fixedTermResult<T>(run: BackendAttention<T>): AttendResult<T> {
   return {
     out: run.out,
     backward(dOut) {
       const { dq, dk, dv } = run.backward(dOut);
       return { dq, dk, dv };
     },
+    dispose: run.dispose,
   };
+}
+
+/** Attention with no position term (NoPE, and absolute encodings whose signal already sits in q and k). */
+export function plainAttend<T, I>(ctx: AttendContext<T, I>, inputs: AttendInputs<T>): AttendResult<T> {
+  return fixedTermResult(backendAttention(ctx, inputs.q, inputs.k, inputs.v, { kind: 'none' }));
 }
 
 /** The dense reference of plainAttend: scale * q.k with the causal mask, nothing else. */

@@ -21,7 +21,7 @@ export interface DistanceGeometry {
   causal: boolean;
 }
 
-export function geometryOf(ctx: AttendContext): DistanceGeometry {
+export function geometryOf<T, I>(ctx: AttendContext<T, I>): DistanceGeometry {
   const { heads, lq, lk } = ctx.shape;
   return { heads, lq, lk, queryOffset: ctx.queryOffset, causal: ctx.causal };
 }

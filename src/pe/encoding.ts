@@ -4,6 +4,11 @@
  *
  * Layouts follow backend.ts: q [B, H, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv]; token activations
  * x [B, L, C] (C = model width). Positions follow backend.ts too (query row i is at i + queryOffset).
+ *
+ * Tensors are the backend's handles (T; FloatArray on host backends, where every encoding runs). An encoding that
+ * sets `portable` runs on a device backend too: its attend touches tensors only through backend ops, and host data
+ * (distance tables, fixed columns) reaches the device by Backend.upload, once per geometry when fixed. The model
+ * refuses an encoding without `portable` on a device backend with one clear error (model/transformer.ts).
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
 import type { DType, FloatArray } from '../tensor.ts';
@@ -18,18 +23,18 @@ export type EncodingSite =
   | 'none';
 
 /** A trainable tensor owned by an encoding. `grad` is accumulated (+=) by backward calls; the trainer zeroes it. */
-export interface Param {
+export interface Param<T = FloatArray> {
   readonly name: string;
   readonly shape: readonly number[];
-  readonly data: FloatArray;
-  readonly grad: FloatArray;
+  readonly data: T;
+  readonly grad: T;
   /** Whether AdamW applies weight decay (off by default for position parameters). */
   readonly decay: boolean;
 }
 
 /** Everything an attention call needs besides the tensors. */
-export interface AttendContext {
-  backend: Backend;
+export interface AttendContext<T = FloatArray, I = Int32Array> {
+  backend: Backend<T, I>;
   shape: AttentionShape;
   causal: boolean;
   /** Absolute position of query row 0 (see backend.ts); keys start at position 0. */
@@ -41,45 +46,49 @@ export interface AttendContext {
   grid?: readonly number[];
 }
 
-export interface AttendInputs {
-  q: FloatArray;
-  k: FloatArray;
-  v: FloatArray;
+export interface AttendInputs<T = FloatArray> {
+  q: T;
+  k: T;
+  v: T;
   /** The block's (normed) input activations [B, Lk, C], for data-dependent encodings (PaTH); others ignore it. */
-  x?: FloatArray;
+  x?: T;
 }
 
 /** A finished forward pass, holding what its backward needs. */
-export interface AttendResult {
-  out: FloatArray;
-  /** Accumulates parameter gradients into `params[*].grad` and returns input gradients (dx only if x was used). */
-  backward(dOut: FloatArray): { dq: FloatArray; dk: FloatArray; dv: FloatArray; dx?: FloatArray };
+export interface AttendResult<T = FloatArray> {
+  /** [B, H, Lq, Dv], a handle the caller may read until the next attend of this encoding instance. */
+  out: T;
+  /**
+   * Accumulates parameter gradients into `params[*].grad` and returns input gradients (dx only if x was used), as
+   * fresh handles (the caller adds dx into its own gradient).
+   */
+  backward(dOut: T): { dq: T; dk: T; dv: T; dx?: T };
+  /** Frees what the forward kept for its backward (a device's handles); the model calls it when it drops a result. */
+  dispose?(): void;
 }
 
-export interface PositionalEncoding {
+export interface PositionalEncoding<T = FloatArray, I = Int32Array> {
   readonly name: string;
   readonly sites: readonly EncodingSite[];
-  readonly params: readonly Param[];
+  readonly params: readonly Param<T>[];
   /** Longest absolute position + 1 the encoding can represent (absolute encodings), or Infinity. */
   readonly maxLength: number;
+  /**
+   * True when attend (and embed) run on any backend's handles through backend ops alone: none, ALiBi and HyPE with
+   * fixed parameters in fp32 (kernel and concat routes). Absent: host backends only.
+   */
+  readonly portable?: boolean;
 
   /**
    * 'embedding' site: x [B, L, C] += position signal for positions offset .. offset + L - 1 (on a patch grid, the
    * grid's cells in row-major order; 2-D encodings need `grid`, as AttendContext.grid).
    */
-  embed?(x: FloatArray, batch: number, length: number, width: number, offset: number, grid?: readonly number[]): void;
+  embed?(x: T, batch: number, length: number, width: number, offset: number, grid?: readonly number[]): void;
   /** Accumulates the gradient of the embedding-site parameters from dx (dx itself passes through unchanged). */
-  embedBackward?(
-    dx: FloatArray,
-    batch: number,
-    length: number,
-    width: number,
-    offset: number,
-    grid?: readonly number[],
-  ): void;
+  embedBackward?(dx: T, batch: number, length: number, width: number, offset: number, grid?: readonly number[]): void;
 
   /** Attention with this encoding's position terms (kernels via ctx.backend where the bias menu allows). */
-  attend(ctx: AttendContext, inputs: AttendInputs): AttendResult;
+  attend(ctx: AttendContext<T, I>, inputs: AttendInputs<T>): AttendResult<T>;
 
   /**
    * The dense fp64 reference for tests: the full logits [B, H, Lq, Lk] this encoding produces for q and k
@@ -102,6 +111,52 @@ export interface PositionalEncoding {
    * this call resets). Encodings without trained position parameters omit it.
    */
   report?(): Record<string, number[]>;
+
+  /**
+   * Optional ONNX emission of this encoding's attention (src/interop/onnx-export.ts): the exporter hands over the
+   * block's q, k, v values and a builder, and the hook returns the attention output. Export refuses an encoding
+   * without it (its position terms have no graph form there).
+   */
+  toOnnx?(b: OnnxAttentionBuilder): OnnxAttention;
+}
+
+/**
+ * What the ONNX exporter offers an encoding's toOnnx hook: graph values by name ([batch, length, heads * D], k and
+ * v already repeated to every query head) and graph-building primitives, each a position term described as data.
+ */
+export interface OnnxAttentionBuilder {
+  readonly heads: number;
+  readonly headDim: number;
+  readonly precision: 'fp32' | 'fp16';
+  readonly q: string;
+  readonly k: string;
+  readonly v: string;
+  /** Causal MultiHeadAttention at scale 1/sqrt(headDim), plus -slopes[h] |i - l| when slopes are given. */
+  attention(q: string, k: string, v: string, opts?: { linearSlopes?: Float64Array }): string;
+  /** Rotates pairs of x's head columns by position * freqs (the rotary transform). */
+  rotate(x: string, freqs: Float64Array): string;
+  /**
+   * Attention with the bias sum_t tau[h, t] sinh(mu[h, t] D) carried as augmented q/k columns (SPEC section 9), per
+   * the exporter's options (scale, padding, column precision).
+   */
+  hyperbolicAttention(p: {
+    tau: Float64Array;
+    mu: Float64Array;
+    pairs: number;
+    shift: 'centre' | 'none';
+    /** The encoding's own padding multiple (the exporter's option overrides it). */
+    multiple: number;
+  }): OnnxAttention;
+}
+
+/** An encoding's ONNX attention: the output value and the facts the export summary reports. */
+export interface OnnxAttention {
+  out: string;
+  /** Head dim MultiHeadAttention sees for q and k. */
+  qkHeadDim: number;
+  attentionBias: boolean;
+  /** Augmented-column encodings: 'plain' or 'split' columns; null otherwise. */
+  columns: 'plain' | 'split' | null;
 }
 
 /** What a generation will need from a cache. */
@@ -119,6 +174,7 @@ export interface CachedAttention {
   readonly keyWidth: number;
   /** The rows the cache stores for new raw keys k [B, Hkv, n, D] at absolute positions first .. first + n - 1. */
   cacheKeys(k: FloatArray, batch: number, n: number, first: number): FloatArray;
+  /* Host arrays: cached decoding runs on host backends (the decoder refuses a device backend). */
   /**
    * out [B, H, Lq, Dv] for new raw queries q [B, H, Lq, D] at positions ctx.queryOffset + i, against every cached
    * key [B, Hkv, Lk, keyWidth] and value [B, Hkv, Lk, Dv]; ctx.shape describes the raw (untransformed) sizes.

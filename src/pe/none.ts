@@ -19,8 +19,10 @@ export const noneEncoding: EncodingFactory<NoneOptions> = defineEncoding<NoneOpt
       sites: ['none'],
       params: [],
       maxLength: Infinity,
+      portable: true,
       attend: plainAttend,
       denseLogits: plainDenseLogits,
+      toOnnx: (b) => ({ out: b.attention(b.q, b.k, b.v), qkHeadDim: b.headDim, attentionBias: false, columns: null }),
     };
   },
 });

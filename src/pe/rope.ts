@@ -57,6 +57,13 @@ export const ropeEncoding: EncodingFactory<RopeOptions> = defineEncoding<RopeOpt
       attend: (ctx, inputs) => rotaryAttend(ctx, inputs, freqs),
       denseLogits: (ctx, inputs, scale) => rotaryDenseLogits(ctx, inputs, scale, freqs),
       cachedAttention: () => rotaryCachedAttention(dims.headDim, freqs),
+      // q and k rotated in the graph (adjacent pairs, angles position * freqs), then plain attention.
+      toOnnx: (b) => ({
+        out: b.attention(b.rotate(b.q, freqs), b.rotate(b.k, freqs), b.v),
+        qkHeadDim: b.headDim,
+        attentionBias: false,
+        columns: null,
+      }),
     };
   },
 });

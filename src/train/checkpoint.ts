@@ -11,15 +11,18 @@
  * A checkpoint is written into a temporary folder, flushed, renamed into place, and only then published by
  * atomically replacing latest.json; a crash at any moment leaves the previous checkpoint intact and current.
  * Loading verifies the hashes, the safetensors structure, and that names, shapes and dtypes match the model.
+ * Tensors leave the model's backend here: host backends are read in place (saveCheckpoint), a device backend is
+ * read back first (saveCheckpointAsync); restoring uploads into the backend's tensors.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import type { Backend } from '../backend/backend.ts';
 import { HypeError, check } from '../errors.ts';
 import { decodeSafetensors, encodeSafetensors, type SafeFile, type TensorToWrite } from '../interop/safetensors.ts';
 import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
 import type { Param } from '../pe/encoding.ts';
-import { dtypeOf } from '../tensor.ts';
+import type { FloatArray } from '../tensor.ts';
 import { syncDirectory, writeFileAtomic } from '../util/atomic-file.ts';
 import type { Rng } from '../util/rng.ts';
 import { parseTrainConfig, type TrainConfig } from './config.ts';
@@ -28,19 +31,20 @@ import type { AdamW } from './optimizer.ts';
 export const CHECKPOINT_FORMAT = 'hype-checkpoint-1';
 
 /**
- * What a checkpoint needs of a model: its JSON config, its backend's name and its named parameters. The language
- * model (Transformer, config ModelConfig) and the vision model (VisionTransformer, VisionConfig) both are one.
+ * What a checkpoint needs of a model: its JSON config, its backend and its named parameters. The language model
+ * (Transformer, config ModelConfig) and the vision model (VisionTransformer, VisionConfig) both are one.
  */
-export interface CheckpointModel<M = ModelConfig> {
+export interface CheckpointModel<T = FloatArray, I = Int32Array, M = ModelConfig> {
   readonly config: M;
-  readonly backend: { readonly name: string };
-  parameters(): readonly Param[];
+  readonly backend: Backend<T, I>;
+  parameters(): readonly Param<T>[];
 }
 
 /** Parses a saved model config (refusing what it does not understand); the language model's by default. */
 export type ModelConfigParser<M> = (raw: unknown) => M;
 
 const parseSavedModelConfig: ModelConfigParser<ModelConfig> = (raw) => parseModelConfig(raw, { saved: true });
+const defaultParser = <M>() => parseSavedModelConfig as ModelConfigParser<unknown> as ModelConfigParser<M>;
 
 export interface CheckpointState<M = ModelConfig> {
   format: string;
@@ -74,21 +78,62 @@ function sha256(b: Uint8Array): string {
   return createHash('sha256').update(b).digest('hex');
 }
 
-function paramTensors(params: readonly Param[], arrays?: readonly ArrayLike<number>[], prefix = ''): TensorToWrite[] {
-  return params.map((p, i) => ({ name: prefix + p.name, shape: p.shape, data: arrays ? arrays[i]! : p.data }));
+function paramTensors<T>(params: readonly Param<T>[], arrays: readonly FloatArray[], prefix = ''): TensorToWrite[] {
+  return params.map((p, i) => ({ name: prefix + p.name, shape: p.shape, data: arrays[i]! }));
 }
 
-export interface SaveArgs<M = ModelConfig> {
-  model: CheckpointModel<M>;
-  optimizer: AdamW;
+export interface SaveArgs<T = FloatArray, I = Int32Array, M = ModelConfig> {
+  model: CheckpointModel<T, I, M>;
+  optimizer: AdamW<T, I>;
   rng: Rng;
   step: number;
   train: TrainConfig;
   corpus: { bytes: number; sha256: string };
 }
 
-/** Writes and publishes a checkpoint for `step`; returns its folder. Older ones beyond keepCheckpoints are removed. */
-export function saveCheckpoint<M>(runDir: string, a: SaveArgs<M>): string {
+/** Host copies of what a checkpoint holds: the parameters, then the AdamW moments, in parameter order. */
+interface HostState {
+  params: FloatArray[];
+  m: FloatArray[];
+  v: FloatArray[];
+}
+
+/**
+ * Writes and publishes a checkpoint for `step`; returns its folder. Older ones beyond keepCheckpoints are removed.
+ * Host backends only (their tensors are read in place); saveCheckpointAsync serves every backend.
+ */
+export function saveCheckpoint<T, I, M>(runDir: string, a: SaveArgs<T, I, M>): string {
+  const be = a.model.backend;
+  const view = (t: T): FloatArray => {
+    const v = be.hostView(t);
+    check(
+      v !== null,
+      'argument',
+      `backend '${be.name}' keeps its tensors off the host; save the checkpoint with saveCheckpointAsync`,
+    );
+    return v;
+  };
+  const params = a.model.parameters();
+  return writeCheckpoint(runDir, a, {
+    params: params.map((p) => view(p.data)),
+    m: a.optimizer.m.map(view),
+    v: a.optimizer.v.map(view),
+  });
+}
+
+/** saveCheckpoint on any backend: every parameter and moment is read back first (what leaves the backend). */
+export async function saveCheckpointAsync<T, I, M>(runDir: string, a: SaveArgs<T, I, M>): Promise<string> {
+  const be = a.model.backend;
+  const read = (ts: readonly T[]) => Promise.all(ts.map((t) => be.read(t)));
+  const host = {
+    params: await read(a.model.parameters().map((p) => p.data)),
+    m: await read(a.optimizer.m),
+    v: await read(a.optimizer.v),
+  };
+  return writeCheckpoint(runDir, a, host);
+}
+
+function writeCheckpoint<T, I, M>(runDir: string, a: SaveArgs<T, I, M>, host: HostState): string {
   const root = checkpointsDir(runDir);
   mkdirSync(root, { recursive: true });
   const name = `step-${String(a.step).padStart(8, '0')}`;
@@ -96,15 +141,12 @@ export function saveCheckpoint<M>(runDir: string, a: SaveArgs<M>): string {
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(tmp);
   const params = a.model.parameters();
-  const modelBytes = encodeSafetensors(paramTensors(params), {
+  const modelBytes = encodeSafetensors(paramTensors(params, host.params), {
     format: CHECKPOINT_FORMAT,
     config: JSON.stringify(a.model.config),
     step: String(a.step),
   });
-  const optBytes = encodeSafetensors([
-    ...paramTensors(params, a.optimizer.m, 'm.'),
-    ...paramTensors(params, a.optimizer.v, 'v.'),
-  ]);
+  const optBytes = encodeSafetensors([...paramTensors(params, host.m, 'm.'), ...paramTensors(params, host.v, 'v.')]);
   const state: CheckpointState<M> = {
     format: CHECKPOINT_FORMAT,
     step: a.step,
@@ -188,7 +230,7 @@ function refuse(where: string, problem: string, runDir: string, current?: string
 export function loadCheckpoint<M = ModelConfig>(
   runDir: string,
   name?: string,
-  parseModel: ModelConfigParser<M> = parseSavedModelConfig as ModelConfigParser<unknown> as ModelConfigParser<M>,
+  parseModel: ModelConfigParser<M> = defaultParser<M>(),
 ): LoadedCheckpoint<M> {
   const root = checkpointsDir(runDir);
   const latestPath = join(root, LATEST);
@@ -255,11 +297,12 @@ export function loadCheckpoint<M = ModelConfig>(
   return { dir, state, weights: files[MODEL_FILE]!, optimizer: files[OPTIMIZER_FILE]! };
 }
 
-/** Copies tensors into params, refusing any difference in names, shapes or dtypes. */
-function restoreInto(
+/** Copies (uploads) tensors into params' backend tensors, refusing any difference in names, shapes or dtypes. */
+function restoreInto<T, I>(
+  be: Backend<T, I>,
   file: SafeFile,
-  params: readonly Param[],
-  targets: readonly ArrayLike<number>[],
+  params: readonly Param<T>[],
+  targets: readonly T[],
   prefix: string,
   what: string,
 ) {
@@ -278,23 +321,23 @@ function restoreInto(
       'checkpoint',
       `${what} tensor '${name}' has shape [${t.shape}], the model expects [${p.shape}] (mismatched checkpoint)`,
     );
-    const target = targets[i] as Float32Array | Float64Array;
-    const want = dtypeOf(target) === 'float64' ? 'F64' : 'F32';
+    const target = targets[i]!;
+    const want = be.dtypeOf(target) === 'float64' ? 'F64' : 'F32';
     check(
       t.dtype === want,
       'checkpoint',
       `${what} tensor '${name}' is ${t.dtype}, the model keeps ${want} (mismatched checkpoint)`,
     );
-    target.set(t.data);
+    be.upload(t.data, target);
   });
 }
 
 /** Loads checkpoint weights into a model built from the same configuration. */
-export function restoreWeights<M = ModelConfig>(
-  model: CheckpointModel<M>,
+export function restoreWeights<T, I, M = ModelConfig>(
+  model: CheckpointModel<T, I, M>,
   weights: SafeFile,
   what = 'checkpoint',
-  parseModel: ModelConfigParser<M> = parseSavedModelConfig as ModelConfigParser<unknown> as ModelConfigParser<M>,
+  parseModel: ModelConfigParser<M> = defaultParser<M>(),
 ): void {
   const saved = weights.metadata.config;
   if (saved !== undefined) {
@@ -312,6 +355,7 @@ export function restoreWeights<M = ModelConfig>(
   }
   const params = model.parameters();
   restoreInto(
+    model.backend,
     weights,
     params,
     params.map((p) => p.data),
@@ -320,7 +364,7 @@ export function restoreWeights<M = ModelConfig>(
   );
 }
 
-export function restoreOptimizer(opt: AdamW, file: SafeFile, optimizerStep: number): void {
+export function restoreOptimizer<T, I>(opt: AdamW<T, I>, file: SafeFile, optimizerStep: number): void {
   const params = opt.params;
   const names = new Set([...params.map((p) => 'm.' + p.name), ...params.map((p) => 'v.' + p.name)]);
   for (const name of file.tensors.keys()) {
@@ -330,7 +374,7 @@ export function restoreOptimizer(opt: AdamW, file: SafeFile, optimizerStep: numb
     metadata: {},
     tensors: new Map([...file.tensors].filter(([n]) => n.startsWith(prefix))),
   });
-  restoreInto(only('m.'), params, opt.m, 'm.', 'optimizer state');
-  restoreInto(only('v.'), params, opt.v, 'v.', 'optimizer state');
+  restoreInto(opt.backend, only('m.'), params, opt.m, 'm.', 'optimizer state');
+  restoreInto(opt.backend, only('v.'), params, opt.v, 'v.', 'optimizer state');
   opt.step = optimizerStep;
 }

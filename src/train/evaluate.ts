@@ -10,7 +10,8 @@
  * Bytes at the end that do not fill a whole window are not scored (at most L bytes, or S with sliding).
  */
 import { check, HypeError } from '../errors.ts';
-import type { Transformer } from '../model/transformer.ts';
+import { STAT_LOSS, STAT_NON_FINITE_LOGITS, type Transformer } from '../model/transformer.ts';
+import type { FloatArray } from '../tensor.ts';
 import { activationBytes, checkMemory } from './memory.ts';
 
 export interface EvalOptions {
@@ -36,12 +37,27 @@ export interface EvalResult {
   perplexity: number;
 }
 
-export function evaluateHeldOut(
-  model: Transformer,
+/** One forward pass of an evaluation: B windows of `length` tokens and their targets. */
+interface EvalPass {
+  tokens: Int32Array;
+  targets: Int32Array;
+  batch: number;
+  /** For error messages. */
+  where: string;
+}
+
+const EVAL_FIX = 'the model or its checkpoint is broken; evaluate an earlier checkpoint';
+
+/**
+ * The evaluation as a sequence of passes: yields each pass and is resumed with its per-token losses [B * L] (after
+ * the driver ran the forward and its checks), so the host and device drivers below share every line of the maths.
+ */
+function* evaluationPasses(
+  model: { config: Transformer['config'] },
   data: Uint8Array,
   length: number,
-  options: EvalOptions = {},
-): EvalResult {
+  options: EvalOptions,
+): Generator<EvalPass, EvalResult, FloatArray> {
   check(Number.isInteger(length) && length >= 1, 'argument', `evaluation length must be a positive integer`);
   const sliding = options.stride !== undefined;
   const stride = options.stride ?? length;
@@ -77,15 +93,12 @@ export function evaluateHeldOut(
         targets[b * length + t] = data[s + t + 1]!;
       }
     }
-    const mean = model.forward(tokens.subarray(0, nb * length), targets.subarray(0, nb * length), nb, length);
-    // Never a number from NaN: a non-finite logit stops the evaluation (a kernel may skip it in the loss).
-    checkOutputs(
-      model,
-      mean,
-      `at evaluation length ${length} (held-out windows ${w0 + 1}..${w0 + nb} of ${starts.length})`,
-      'the model or its checkpoint is broken; evaluate an earlier checkpoint',
-    );
-    const losses = model.tokenLosses();
+    const losses = yield {
+      tokens: tokens.subarray(0, nb * length),
+      targets: targets.subarray(0, nb * length),
+      batch: nb,
+      where: `at evaluation length ${length} (held-out windows ${w0 + 1}..${w0 + nb} of ${starts.length})`,
+    };
     for (let b = 0; b < nb; b++) {
       const first = w0 + b === 0 ? 0 : length - stride;
       for (let t = first; t < length; t++) nats += losses[b * length + t]!;
@@ -106,13 +119,61 @@ export function evaluateHeldOut(
   };
 }
 
+export function evaluateHeldOut(
+  model: Transformer,
+  data: Uint8Array,
+  length: number,
+  options: EvalOptions = {},
+): EvalResult {
+  const passes = evaluationPasses(model, data, length, options);
+  for (let r = passes.next(); ;) {
+    if (r.done) return r.value;
+    const p = r.value;
+    const mean = model.forward(p.tokens, p.targets, p.batch, length);
+    // Never a number from NaN: a non-finite logit stops the evaluation (a kernel may skip it in the loss).
+    checkOutputs(model, mean, p.where, EVAL_FIX);
+    r = passes.next(model.tokenLosses());
+  }
+}
+
+/**
+ * evaluateHeldOut on any backend: per pass, the statistics (mean loss, non-finite logit count) and the per-token
+ * losses are read back (what leaves the backend); the logits only when one is not finite.
+ */
+export async function evaluateHeldOutAsync<T, I>(
+  model: Transformer<T, I>,
+  data: Uint8Array,
+  length: number,
+  options: EvalOptions = {},
+): Promise<EvalResult> {
+  const be = model.backend;
+  const passes = evaluationPasses(model, data, length, options);
+  for (let r = passes.next(); ;) {
+    if (r.done) return r.value;
+    const p = r.value;
+    model.enqueueForward(p.tokens, p.targets, p.batch, length);
+    const n = p.batch * length;
+    be.countNonFinite(model.logitsHandle(), n * model.config.vocab, model.stats, STAT_NON_FINITE_LOGITS);
+    const stats = await be.read(model.stats);
+    if (stats[STAT_NON_FINITE_LOGITS]! > 0) {
+      checkLogits(await be.read(model.logitsHandle()), model.config.vocab, p.where, EVAL_FIX);
+    }
+    checkLoss(stats[STAT_LOSS]!, p.where, EVAL_FIX);
+    r = passes.next(await be.read(model.lossesHandle(), 0, n));
+  }
+}
+
 /**
  * Refuses a forward pass whose loss (null: run without targets) or logits are not finite, naming where (`at step
  * 12`) and which tensor. The logits are checked too because a cross-entropy kernel may skip a NaN logit and still return a finite loss.
  */
 export function checkOutputs(model: Transformer, loss: number | null, where: string, fix: string): void {
-  const logits = model.logits();
-  const V = model.config.vocab;
+  checkLogits(model.logits(), model.config.vocab, where, fix);
+  checkLoss(loss, where, fix);
+}
+
+/** The logit half of checkOutputs, on a host copy of the logits (the trainer's read-back after a bad count). */
+export function checkLogits(logits: FloatArray, V: number, where: string, fix: string): void {
   for (let i = 0; i < logits.length; i++) {
     if (!Number.isFinite(logits[i]!)) {
       throw new HypeError(
@@ -122,5 +183,9 @@ export function checkOutputs(model: Transformer, loss: number | null, where: str
       );
     }
   }
+}
+
+/** The loss half of checkOutputs. */
+export function checkLoss(loss: number | null, where: string, fix: string): void {
   if (loss !== null && !Number.isFinite(loss)) throw new HypeError('non-finite', `loss is ${loss} ${where}; ${fix}`);
 }

@@ -1,25 +1,29 @@
 /**
  * AdamW over a list of named parameters, with global gradient-norm clipping. The state (first and second moments,
- * in each parameter's own dtype, and the step count) is what a checkpoint must save to resume bit for bit.
+ * in each parameter's own dtype, and the step count) is what a checkpoint must save to resume bit for bit. The
+ * moments are tensors of the parameters' backend (T), updated there by its adamwStep; the host functions below
+ * (globalGradNorm, clipGradients) serve host callers, while a training step clips on the backend
+ * (Backend.globalNorm and clipByNorm, trainer.ts).
  */
-import type { LayerOps } from '../backend/layers.ts';
+import type { Backend } from '../backend/backend.ts';
 import { HypeError } from '../errors.ts';
 import type { Param } from '../pe/encoding.ts';
-import { allocate, dtypeOf, type FloatArray } from '../tensor.ts';
+import type { FloatArray } from '../tensor.ts';
 import type { TrainConfig } from './config.ts';
 
-export class AdamW {
-  readonly m: FloatArray[];
-  readonly v: FloatArray[];
+export class AdamW<T = FloatArray, I = Int32Array> {
+  readonly m: T[];
+  readonly v: T[];
   /** Number of updates applied so far. */
   step = 0;
 
   constructor(
-    readonly params: readonly Param[],
-    private readonly ops: LayerOps,
+    readonly params: readonly Param<T>[],
+    readonly backend: Backend<T, I>,
   ) {
-    this.m = params.map((p) => allocate(dtypeOf(p.data), p.data.length));
-    this.v = params.map((p) => allocate(dtypeOf(p.data), p.data.length));
+    const be = backend;
+    this.m = params.map((p) => be.allocate(be.dtypeOf(p.data), be.sizeOf(p.data), `the AdamW moments of ${p.name}`));
+    this.v = params.map((p) => be.allocate(be.dtypeOf(p.data), be.sizeOf(p.data), `the AdamW moments of ${p.name}`));
   }
 
   /**
@@ -28,8 +32,9 @@ export class AdamW {
    */
   update(cfg: TrainConfig, lr: number): void {
     this.step++;
+    const be = this.backend;
     this.params.forEach((p, i) => {
-      this.ops.adamwStep(p.data, p.grad, this.m[i]!, this.v[i]!, p.data.length, {
+      be.adamwStep(p.data, p.grad, this.m[i]!, this.v[i]!, be.sizeOf(p.data), {
         lr,
         beta1: cfg.beta1,
         beta2: cfg.beta2,
@@ -57,12 +62,7 @@ export function globalGradNorm(params: readonly Param[]): number {
  */
 export function clipGradients(params: readonly Param[], clip: number): number {
   const norm = globalGradNorm(params);
-  if (!Number.isFinite(norm)) {
-    throw new HypeError(
-      'non-finite',
-      `the gradient norm is ${norm}: training diverged; lower the learning rate (--lr) or enable clipping (--clip)`,
-    );
-  }
+  checkGradNorm(norm);
   if (clip > 0 && norm > clip) {
     const scale = clip / norm;
     for (const p of params) {
@@ -71,4 +71,14 @@ export function clipGradients(params: readonly Param[], clip: number): number {
     }
   }
   return norm;
+}
+
+/** Refuses a non-finite gradient norm: the update would write NaN into every parameter. */
+export function checkGradNorm(norm: number): void {
+  if (!Number.isFinite(norm)) {
+    throw new HypeError(
+      'non-finite',
+      `the gradient norm is ${norm}: training diverged; lower the learning rate (--lr) or enable clipping (--clip)`,
+    );
+  }
 }

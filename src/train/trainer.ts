@@ -1,6 +1,6 @@
 /**
- * The training loop: random windows from the corpus, forward, backward, global-norm clipping, AdamW with warmup and
- * cosine decay, a loss log and checkpoints. All randomness after initialisation comes from one seeded Rng whose
+ * The training loop: random windows from the corpus, one step each (step.ts: forward, backward, global-norm
+ * clipping and AdamW on the backend, one read-back), warmup and cosine decay, a loss log and checkpoints. All randomness after initialisation comes from one seeded Rng whose
  * state is checkpointed, so a resumed run reproduces the uninterrupted one bit for bit (on the same backend).
  *
  * Run folder: run.json (configs, versions), losses.jsonl (one line per step), evals.jsonl (the periodic held-out
@@ -14,6 +14,7 @@ import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/conf
 import { Transformer, type TransformerOptions } from '../model/transformer.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { checkFolderPath, makeWritableDir, readJsonFile } from '../util/fs-safe.ts';
+import type { FloatArray } from '../tensor.ts';
 import { Rng } from '../util/rng.ts';
 import {
   hasCheckpoint,
@@ -21,13 +22,16 @@ import {
   restoreOptimizer,
   restoreWeights,
   saveCheckpoint,
+  saveCheckpointAsync,
   splitCheckpointPath,
+  type SaveArgs,
 } from './checkpoint.ts';
 import { checkSchedule, learningRate, parseTrainConfig, type TrainConfig } from './config.ts';
 import { checkWindowFits, loadCorpus, type ByteCorpus } from './corpus.ts';
-import { checkOutputs, evaluateHeldOut } from './evaluate.ts';
+import { checkOutputs, evaluateHeldOut, evaluateHeldOutAsync, type EvalOptions, type EvalResult } from './evaluate.ts';
 import { checkMemory, trainingBytes } from './memory.ts';
-import { AdamW, clipGradients } from './optimizer.ts';
+import { AdamW } from './optimizer.ts';
+import { trainingStep } from './step.ts';
 import { windowSource, type BatchSource } from './source.ts';
 
 export interface StepRecord {
@@ -50,9 +54,9 @@ export interface EvalRecord {
   seconds: number;
 }
 
-export interface RunControl {
+export interface RunControl<T = FloatArray, I = Int32Array> {
   /** Called after every step. */
-  onStep?: (r: StepRecord, run: TrainingRun) => void;
+  onStep?: (r: StepRecord, run: TrainingRun<T, I>) => void;
   /**
    * Evaluate on the held-out split every this many steps and after the last one (0 or absent: never), as
    * nanoGPT's eval_interval. Evaluation reads the model only, so the training trajectory is unchanged.
@@ -61,7 +65,7 @@ export interface RunControl {
   /** Held-out bytes each evaluation scores: the first N of the split, the same bytes every time (default 16384). */
   evalBytes?: number;
   /** Called after each periodic evaluation. */
-  onEval?: (r: EvalRecord, run: TrainingRun) => void;
+  onEval?: (r: EvalRecord, run: TrainingRun<T, I>) => void;
   /** Polled between steps; true stops after the current step and writes a checkpoint (SIGINT). */
   shouldStop?: () => boolean;
   /** Stop (with a checkpoint) once this step is reached, before `steps`. */
@@ -111,7 +115,12 @@ const EVALS_FILE = 'evals.jsonl';
 /** 128 windows of 128 bytes: about the forward cost of five training steps of 8 x 128. */
 export const DEFAULT_EVAL_BYTES = 16384;
 
-export class TrainingRun {
+/**
+ * A run on any backend: T and I are its tensor handles (FloatArray and Int32Array on host backends, the default).
+ * On a device backend the step reads back its statistics only, evaluation and checkpoints read back what they
+ * write, and the start-up probe is left to the first step (whose checks are the same).
+ */
+export class TrainingRun<T = FloatArray, I = Int32Array> {
   readonly tokens: Int32Array;
   readonly targets: Int32Array;
   /** Where batches come from: windows of corpus.train unless a source was given. */
@@ -121,10 +130,10 @@ export class TrainingRun {
 
   private constructor(
     readonly runDir: string,
-    readonly model: Transformer,
+    readonly model: Transformer<T, I>,
     readonly train: TrainConfig,
     readonly corpus: ByteCorpus,
-    readonly optimizer: AdamW,
+    readonly optimizer: AdamW<T, I>,
     private rng: Rng,
     public step: number,
     source?: BatchSource,
@@ -141,13 +150,13 @@ export class TrainingRun {
    * forward pass of the model on a batch of the training shape (an encoding refusing its options or overflowing
    * its dtype, non-finite logits at initialisation). So a refused run leaves nothing behind.
    */
-  static start(
+  static start<T = FloatArray, I = Int32Array>(
     runDir: string,
     modelConfig: ModelConfig,
     trainInput: Partial<TrainConfig>,
-    backend: Backend,
+    backend: Backend<T, I>,
     options: TransformerOptions & DataOptions = {},
-  ): TrainingRun {
+  ): TrainingRun<T, I> {
     checkFolderPath(runDir, 'run folder');
     check(
       !existsSync(join(runDir, RUN_FILE)),
@@ -158,13 +167,13 @@ export class TrainingRun {
   }
 
   /** start() without the "already holds a run" check: also restarts a run that never wrote a checkpoint. */
-  private static fresh(
+  private static fresh<T, I>(
     runDir: string,
     modelConfig: ModelConfig,
     trainInput: Partial<TrainConfig>,
-    backend: Backend,
+    backend: Backend<T, I>,
     options: TransformerOptions & DataOptions & { expectSha256?: string },
-  ): TrainingRun {
+  ): TrainingRun<T, I> {
     const { source } = options;
     const train = parseTrainConfig(source ? { ...trainInput, data: source.id } : trainInput);
     checkSchedule(train);
@@ -227,7 +236,11 @@ export class TrainingRun {
    * was cut off before its first checkpoint (run.json but no checkpoint) starts again from step 0 with the
    * configs of its run.json: it lost nothing but those few steps, and is otherwise a dead end.
    */
-  static resume(runDir: string, backend: Backend, options: ResumeOptions = {}): TrainingRun {
+  static resume<T = FloatArray, I = Int32Array>(
+    runDir: string,
+    backend: Backend<T, I>,
+    options: ResumeOptions = {},
+  ): TrainingRun<T, I> {
     if (options.checkpoint === undefined && !hasCheckpoint(runDir) && existsSync(join(runDir, RUN_FILE))) {
       return TrainingRun.restart(runDir, backend, options);
     }
@@ -274,7 +287,7 @@ export class TrainingRun {
   }
 
   /** resume() of a run folder with run.json and no checkpoint: the same run from step 0. */
-  private static restart(runDir: string, backend: Backend, options: ResumeOptions): TrainingRun {
+  private static restart<T, I>(runDir: string, backend: Backend<T, I>, options: ResumeOptions): TrainingRun<T, I> {
     const saved = readJsonFile(join(runDir, RUN_FILE), 'run record', 'delete the run folder and start a new run') as {
       model?: unknown;
       train?: unknown;
@@ -330,26 +343,24 @@ export class TrainingRun {
     writeFileAtomic(path, kept.map((l) => l + '\n').join(''));
   }
 
-  /** One optimisation step; returns its record (also appended to losses.jsonl). */
-  trainStep(): StepRecord {
+  /**
+   * One optimisation step (step.ts: forward, backward, clipping and AdamW on the backend, then one read of the loss
+   * and gradient norm); returns its record (also appended to losses.jsonl).
+   */
+  async trainStep(): Promise<StepRecord> {
     const t0 = performance.now();
     const { model, train } = this;
     const L = model.config.trainLength;
     this.source.fill(this.rng, train.batch, L, this.tokens, this.targets);
-    model.zeroGrad();
-    const loss = model.forward(this.tokens, this.targets, train.batch, L);
-    const where = `at step ${this.step + 1}`;
-    checkOutputs(model, loss, where, 'lower the learning rate (--lr) or resume from an earlier checkpoint');
-    model.backward();
-    let gradNorm: number;
-    try {
-      gradNorm = clipGradients(model.parameters(), train.clip);
-    } catch (err) {
-      if (err instanceof HypeError) throw new HypeError(err.code, `${where}: ${err.message}`);
-      throw err;
-    }
     const lr = learningRate(train, this.step + 1);
-    this.optimizer.update(train, lr);
+    const { loss, gradNorm } = await trainingStep(model, this.optimizer, train, {
+      tokens: this.tokens,
+      targets: this.targets,
+      batch: train.batch,
+      length: L,
+      lr,
+      where: `at step ${this.step + 1}`,
+    });
     this.step++;
     const rec: StepRecord = { step: this.step, loss, lr, gradNorm, seconds: (performance.now() - t0) / 1000 };
     appendFileSync(join(this.runDir, LOSSES_FILE), JSON.stringify(rec) + '\n');
@@ -362,10 +373,34 @@ export class TrainingRun {
    */
   evaluateHeldOut(bytes = DEFAULT_EVAL_BYTES): EvalRecord {
     const t0 = performance.now();
+    const r = evaluateHeldOut(this.hostModel('evaluateHeldOut()'), ...this.heldOutArgs(bytes));
+    return this.evalRecord(r, t0);
+  }
+
+  /** evaluateHeldOut() on any backend (the held-out losses are read back). */
+  async evaluateHeldOutAsync(bytes = DEFAULT_EVAL_BYTES): Promise<EvalRecord> {
+    const t0 = performance.now();
+    return this.evalRecord(await evaluateHeldOutAsync(this.model, ...this.heldOutArgs(bytes)), t0);
+  }
+
+  private heldOutArgs(bytes: number): [Uint8Array, number, EvalOptions] {
     const L = this.model.config.trainLength;
     this.checkHeldOut(bytes);
     const val = this.corpus.val.subarray(0, Math.max(L + 1, Math.min(bytes, this.corpus.val.length)));
-    const r = evaluateHeldOut(this.model, val, L, { batch: this.train.batch });
+    return [val, L, { batch: this.train.batch }];
+  }
+
+  /** The model as host-typed, for the synchronous paths (host backends only). */
+  private hostModel(what: string): Transformer {
+    check(
+      this.model.backend.residence === 'host',
+      'argument',
+      `${what} reads host arrays, which backend '${this.model.backend.name}' does not hold; use its async form`,
+    );
+    return this.model as unknown as Transformer;
+  }
+
+  private evalRecord(r: EvalResult, t0: number): EvalRecord {
     const rec: EvalRecord = {
       step: this.step,
       valLoss: r.nats,
@@ -389,15 +424,27 @@ export class TrainingRun {
     check(Number.isInteger(bytes) && bytes >= 1, 'argument', `--eval-bytes must be a positive integer, got ${bytes}`);
   }
 
+  /** Writes a checkpoint of the current step (host backends; checkpointAsync on any). */
   checkpoint(): string {
-    return saveCheckpoint(this.runDir, {
+    return saveCheckpoint(this.runDir, this.saveArgs());
+  }
+
+  /** checkpoint() on any backend: a device's tensors are read back first. */
+  checkpointAsync(): Promise<string> {
+    return this.model.backend.residence === 'host'
+      ? Promise.resolve(this.checkpoint())
+      : saveCheckpointAsync(this.runDir, this.saveArgs());
+  }
+
+  private saveArgs(): SaveArgs<T, I> {
+    return {
       model: this.model,
       optimizer: this.optimizer,
       rng: this.rng,
       step: this.step,
       train: this.train,
       corpus: { bytes: this.corpus.bytes, sha256: this.corpus.sha256 },
-    });
+    };
   }
 
   /**
@@ -405,7 +452,7 @@ export class TrainingRun {
    * Yields to the event loop between steps so signals (SIGINT) are seen; a stop request finishes the current
    * step, writes a checkpoint and returns.
    */
-  async run(control: RunControl = {}): Promise<RunSummary> {
+  async run(control: RunControl<T, I> = {}): Promise<RunSummary> {
     const end = Math.min(this.train.steps, control.stopAfter ?? Infinity);
     let lastLoss = NaN;
     let checkpoint: string | null = null;
@@ -419,14 +466,18 @@ export class TrainingRun {
     );
     if (every > 0) this.checkHeldOut(control.evalBytes ?? DEFAULT_EVAL_BYTES);
     while (this.step < end) {
-      const rec = this.trainStep();
+      const rec = await this.trainStep();
       lastLoss = rec.loss;
       control.onStep?.(rec, this);
       if (every > 0 && (this.step % every === 0 || this.step === this.train.steps)) {
-        control.onEval?.(this.evaluateHeldOut(control.evalBytes), this);
+        const host = this.model.backend.residence === 'host';
+        control.onEval?.(
+          host ? this.evaluateHeldOut(control.evalBytes) : await this.evaluateHeldOutAsync(control.evalBytes),
+          this,
+        );
       }
       if (this.train.checkpointEvery > 0 && this.step % this.train.checkpointEvery === 0) {
-        checkpoint = this.checkpoint();
+        checkpoint = await this.checkpointAsync();
         savedAt = this.step;
       }
       await new Promise<void>((r) => setImmediate(r));
@@ -435,7 +486,7 @@ export class TrainingRun {
         break;
       }
     }
-    if (savedAt !== this.step) checkpoint = this.checkpoint();
+    if (savedAt !== this.step) checkpoint = await this.checkpointAsync();
     return { step: this.step, finished: this.step >= this.train.steps, interrupted, lastLoss, checkpoint };
   }
 }
@@ -463,7 +514,11 @@ export function readLossLog(runDir: string): StepRecord[] {
  * Rebuilds the trained model of a run folder from its latest checkpoint, or of the checkpoint folder `path` names
  * (<run>/checkpoints/step-N), for eval, generation and export.
  */
-export function loadRunModel(path: string, backend: Backend, options: TransformerOptions = {}) {
+export function loadRunModel<T = FloatArray, I = Int32Array>(
+  path: string,
+  backend: Backend<T, I>,
+  options: TransformerOptions = {},
+) {
   const { runDir, checkpoint } = splitCheckpointPath(path);
   const ck = loadCheckpoint(runDir, checkpoint);
   const model = new Transformer(ck.state.model, backend, options);
@@ -490,7 +545,10 @@ function checkSameTrain(expect: Partial<TrainConfig> | undefined, saved: TrainCo
  * refuse for the configuration alone (encoding options checked at the first call, an fp16 overflow, a NaN at
  * initialisation) is refused here instead. Parameters, optimizer and RNG are untouched, so the run is unchanged.
  */
-function probe(model: Transformer, batch: number, length: number): void {
+function probe<T, I>(m: Transformer<T, I>, batch: number, length: number): void {
+  // A device's first step makes the same checks on its one read (step.ts); the probe is the host's early refusal.
+  if (m.backend.residence !== 'host') return;
+  const model = m as unknown as Transformer;
   const zeros = new Int32Array(batch * length);
   const loss = model.forward(zeros, zeros, batch, length);
   checkOutputs(model, loss, 'at initialisation (before step 1)', 'check the model and encoding options');

@@ -1,13 +1,20 @@
 /**
  * Browser side of test/webgpu-browser.test.ts, bundled by esbuild into the test page. It fetches its inputs (fp64
- * values written by Node), acquires the device from navigator.gpu, runs one fused attention forward and backward
- * and a few AdamW steps of the tiny model, and publishes every result (plain arrays) as `hypeResult`, a promise the
- * Node side awaits: { ok: true, ... } or { ok: false, error } — never a silent hang.
+ * values written by Node), acquires the device from navigator.gpu, runs one fused attention forward and backward,
+ * a few AdamW steps of the tiny model, and a few training steps of the library's Transformer on WebGpuBackend (the
+ * step of src/train/step.ts written out: that module reaches a Node-only memory check), and publishes every result
+ * (plain arrays) as `hypeResult`, a promise the Node side awaits: { ok: true, ... } or { ok: false, error } —
+ * never a silent hang.
  */
-import { acquireGpu, type GpuTensor } from '../../src/backend/webgpu/context.ts';
+import { acquireGpu, type GpuContext, type GpuTensor } from '../../src/backend/webgpu/context.ts';
 import { gpuAttentionBackward, gpuAttentionForward } from '../../src/backend/webgpu/attention.ts';
 import { gpuTrain, NAMES, type Params } from '../helpers/webgpu-tiny-model.ts';
 import type { AttentionCase, AttentionInputs } from '../helpers/webgpu-attention-check.ts';
+import { WebGpuBackend } from '../../src/backend/webgpu/backend.ts';
+import { parseModelConfig } from '../../src/model/config.ts';
+import { STAT_GRAD_NORM, STAT_LOSS, Transformer } from '../../src/model/transformer.ts';
+import { AdamW } from '../../src/train/optimizer.ts';
+import type { TrainConfig } from '../../src/train/config.ts';
 
 /** What Node serves as /input.json (typed arrays travel as plain arrays). */
 export interface PageInput {
@@ -16,6 +23,29 @@ export interface PageInput {
     inputs: Record<'q' | 'k' | 'v' | 'dOut' | 'table', number[]> & Pick<AttentionInputs, 'opts'>;
   }[];
   train: { params: Record<keyof Params, number[]>; steps: number };
+  /** Transformer steps: the model config, the training options AdamW and clipping read, and one batch per step. */
+  transformer: { config: unknown; train: TrainConfig; batch: number; length: number; batches: number[][] };
+}
+
+/** One training step as src/train/step.ts enqueues it, then its one read (the statistics). */
+async function transformerLosses(ctx: GpuContext, t: PageInput['transformer']) {
+  const be = new WebGpuBackend(ctx);
+  const model = new Transformer(parseModelConfig(t.config), be);
+  const opt = new AdamW(model.parameters(), be);
+  const grads = model.parameters().map((p) => p.grad);
+  const losses: number[] = [];
+  for (const seq of t.batches) {
+    const ids = Int32Array.from(seq);
+    const n = t.batch * t.length;
+    model.zeroGrad();
+    model.enqueueForward(ids.subarray(0, n), ids.subarray(1, n + 1), t.batch, t.length);
+    model.backward();
+    be.globalNorm(grads, model.stats, STAT_GRAD_NORM);
+    be.clipByNorm(grads, model.stats, STAT_GRAD_NORM, t.train.clip);
+    opt.update(t.train, t.train.lr);
+    losses.push((await be.read(model.stats))[STAT_LOSS]!);
+  }
+  return losses;
 }
 
 async function run(): Promise<Record<string, unknown>> {
@@ -43,7 +73,15 @@ async function run(): Promise<Record<string, unknown>> {
   const train = await gpuTrain(ctx, p0, input.train.steps);
   const params: Record<string, number[]> = {};
   for (const n of NAMES) params[n] = await read(train.params[n]);
-  return { adapter: ctx.description, features: [...ctx.adapterFeatures], attention, losses: train.losses, params };
+  const transformer = await transformerLosses(ctx, input.transformer);
+  return {
+    adapter: ctx.description,
+    features: [...ctx.adapterFeatures],
+    attention,
+    losses: train.losses,
+    params,
+    transformer,
+  };
 }
 
 (globalThis as { hypeResult?: Promise<unknown> }).hypeResult = run().then(

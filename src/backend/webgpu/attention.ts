@@ -29,7 +29,11 @@ export interface GpuAttentionOptions {
   queryOffset?: number;
   /** Per-head distance table [H, span] (f32), or none. */
   table?: GpuTensor;
+  /** Whether the backward sums dTable (default true when a table is given); false skips those atomics. */
+  gradTable?: boolean;
 }
+
+const wantsDTable = (opts: GpuAttentionOptions) => opts.table !== undefined && opts.gradTable !== false;
 
 const WG = 64;
 const MAX_HEAD_DIM = 256;
@@ -39,7 +43,7 @@ const NEG_INF_BITS = 0xff800000;
 
 const COMMON = /* wgsl */ `
 struct U { lq: u32, lk: u32, heads: u32, kvHeads: u32, group: u32, d: u32, dv: u32, span: u32,
-           qOff: i32, causal: u32, hasTable: u32, negInf: u32, scale: f32, br: u32, bc: u32, pad: u32 }
+           qOff: i32, causal: u32, hasTable: u32, negInf: u32, scale: f32, br: u32, bc: u32, gradTable: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 const LOWEST = -3.40282346638528859812e+38f;
 
@@ -339,7 +343,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) t: u3
       for (var c = 0u; c < BC; c++) { a = fma(pt[r * BC + c], ks[c * KC + x], a); }
       dqacc[r * DC + x] = a;
     }
-    if (u.hasTable != 0u) {
+    if (u.gradTable != 0u) {
       // Diagonal g of the tile holds the pairs with r - c = g - (BC - 1): one distance each.
       for (var g = t; g < BR + BC - 1u; g += ${WG}u) {
         var sum = 0.0; var seen = false;
@@ -544,6 +548,7 @@ function uniforms(
     ['f', opts.scale],
     ['u', tiles?.br ?? 0],
     ['u', tiles?.bc ?? 0],
+    ['u', wantsDTable(opts) ? 1 : 0],
   ]);
 }
 
@@ -609,7 +614,7 @@ export interface GpuAttentionGrads {
   dq: GpuTensor;
   dk: GpuTensor;
   dv: GpuTensor;
-  /** dTable [H, span] (summed over the batch) when a table was given. */
+  /** dTable [H, span] (summed over the batch) when a table was given and gradTable is not false. */
   dTable?: GpuTensor;
 }
 
@@ -647,7 +652,7 @@ export function gpuAttentionBackward(
   const table = tableOrDummy(ctx, opts);
   const dq = ctx.empty([B, H, lq, d]);
   // dTable accumulates atomically, so it starts at zero; without a table a scratch word stands in for it.
-  const dTable = opts.table ? ctx.zeros([H, c.span]) : undefined;
+  const dTable = wantsDTable(opts) ? ctx.zeros([H, c.span]) : undefined;
   const dTableOrScratch = dTable ?? ctx.empty([1]);
   const tq = chooseTiles(ctx, 'dq', d, dv);
   ctx.dispatch(

@@ -121,6 +121,9 @@ export class GpuContext {
   readonly hasF16: boolean;
   private readonly pipelines = new Map<string, GPUComputePipeline>();
   private readonly pool = new Map<number, GPUBuffer[]>();
+  /** Uniform and staging (map-read) buffers by size, reused across dispatches and reads. */
+  private readonly uniformPool = new Map<number, GPUBuffer[]>();
+  private readonly stagingPool = new Map<number, GPUBuffer[]>();
   private pending: Promise<GPUError | null>[] = [];
   private lost: string | null = null;
 
@@ -215,6 +218,62 @@ export class GpuContext {
       if (bits.length > 0) this.device.queue.writeBuffer(t.buffer, 0, bits.buffer, 0, bits.byteLength);
       return;
     }
+    this.writeRange(t, 0, data);
+  }
+
+  /**
+   * Reads a tensor back (the only way data returns to JavaScript); also surfaces any pending GPU error. f16 tensors
+   * come back widened to a Float32Array (exactly). `offset` and `n` select elements [offset, offset + n) of an f32
+   * or i32 tensor (default: all of it). The copy is enqueued before this returns, so the values are those after
+   * every kernel enqueued earlier. A device lost before or during the read rejects with a HypeError.
+   */
+  async download(t: GpuTensor, offset = 0, n = t.size - offset): Promise<Float32Array | Int32Array> {
+    this.alive();
+    if (!(Number.isSafeInteger(offset) && Number.isSafeInteger(n) && offset >= 0 && n >= 0 && offset + n <= t.size))
+      throw new HypeError('shape', `read: ${n} values at offset ${offset} do not fit a tensor of ${t.size}`);
+    if (t.dtype === 'f16' && (offset !== 0 || n !== t.size))
+      throw new HypeError('argument', 'read: an f16 tensor is read whole (offset 0, all values)');
+    const bytes = Math.ceil((n * bytesPer(t.dtype)) / 4) * 4;
+    const size = Math.max(4, bytes);
+    const staging =
+      this.stagingPool.get(size)?.pop() ?? this.device.createBuffer({ size, usage: USAGE.MAP_READ | USAGE.COPY_DST });
+    let reusable = false;
+    const enc = this.device.createCommandEncoder();
+    if (bytes > 0) enc.copyBufferToBuffer(t.buffer, offset * bytesPer(t.dtype), staging, 0, bytes);
+    this.device.queue.submit([enc.finish()]);
+    let copy: ArrayBuffer;
+    try {
+      await this.sync();
+      await staging.mapAsync(MAP_MODE_READ);
+      copy = staging.getMappedRange().slice(0, bytes);
+      staging.unmap();
+      reusable = true;
+    } catch (e) {
+      if (e instanceof HypeError) throw e;
+      // mapAsync rejects when the device goes away under it (destroyed, driver reset): say so, not Dawn's words.
+      throw new HypeError(
+        'device',
+        `the WebGPU device was lost during a read (${this.lost ?? String(e)}); restart from the last checkpoint`,
+      );
+    } finally {
+      // An unmapped staging buffer serves the next read of this size (a training step reads the same one each step).
+      if (reusable) pushPool(this.stagingPool, size, staging);
+      else staging.destroy();
+    }
+    if (t.dtype === 'f16') return Float32Array.from(new Uint16Array(copy, 0, n), f16Value);
+    return t.dtype === 'i32' ? new Int32Array(copy) : new Float32Array(copy);
+  }
+
+  /** Overwrites elements [offset, offset + data.length) of an f32 or i32 tensor from the host. */
+  writeRange(t: GpuTensor, offset: number, data: ArrayLike<number>): void {
+    this.alive();
+    if (!(Number.isSafeInteger(offset) && offset >= 0 && offset + data.length <= t.size))
+      throw new HypeError(
+        'shape',
+        `upload: ${data.length} values at offset ${offset} do not fit a tensor of ${t.size}`,
+      );
+    if (t.dtype === 'f16') throw new HypeError('argument', 'upload: f16 tensors are written whole (write)');
+    if (data.length === 0) return;
     const host =
       t.dtype === 'i32'
         ? data instanceof Int32Array
@@ -223,25 +282,23 @@ export class GpuContext {
         : data instanceof Float32Array
           ? data
           : Float32Array.from(data);
-    if (host.length > 0) this.device.queue.writeBuffer(t.buffer, 0, host.buffer, host.byteOffset, host.byteLength);
+    this.device.queue.writeBuffer(t.buffer, offset * 4, host.buffer, host.byteOffset, host.byteLength);
   }
 
-  /** Reads a tensor back (the only way data returns to JavaScript); also surfaces any pending GPU error. */
-  /** f16 tensors come back widened to a Float32Array (exactly). */
-  async download(t: GpuTensor): Promise<Float32Array | Int32Array> {
+  /** Copies n elements of one 4-byte tensor into another (distinct buffers), on the queue like a kernel. */
+  copy(src: GpuTensor, srcOffset: number, dst: GpuTensor, dstOffset: number, n: number): void {
     this.alive();
-    const bytes = Math.ceil((t.size * bytesPer(t.dtype)) / 4) * 4;
-    const staging = this.device.createBuffer({ size: Math.max(4, bytes), usage: USAGE.MAP_READ | USAGE.COPY_DST });
+    if (src.dtype === 'f16' || dst.dtype === 'f16' || src.buffer === dst.buffer)
+      throw new HypeError('argument', 'copy: 4-byte tensors in two distinct buffers only');
+    if (n === 0) return;
     const enc = this.device.createCommandEncoder();
-    if (bytes > 0) enc.copyBufferToBuffer(t.buffer, 0, staging, 0, bytes);
+    enc.copyBufferToBuffer(src.buffer, srcOffset * 4, dst.buffer, dstOffset * 4, n * 4);
     this.device.queue.submit([enc.finish()]);
-    await this.sync();
-    await staging.mapAsync(MAP_MODE_READ);
-    const copy = staging.getMappedRange().slice(0, bytes);
-    staging.unmap();
-    staging.destroy();
-    if (t.dtype === 'f16') return Float32Array.from(new Uint16Array(copy, 0, t.size), f16Value);
-    return t.dtype === 'i32' ? new Int32Array(copy) : new Float32Array(copy);
+  }
+
+  /** Throws unless the device is alive (every kernel enqueue checks this; exposed for callers that batch work). */
+  ensureAlive(): void {
+    this.alive();
   }
 
   async downloadF32(t: GpuTensor): Promise<Float32Array> {
@@ -251,11 +308,7 @@ export class GpuContext {
 
   /** Returns the tensor's buffer to the pool; the handle must not be used afterwards. */
   release(...ts: GpuTensor[]): void {
-    for (const t of ts) {
-      const list = this.pool.get(t.buffer.size) ?? [];
-      list.push(t.buffer);
-      this.pool.set(t.buffer.size, list);
-    }
+    for (const t of ts) pushPool(this.pool, t.buffer.size, t.buffer);
   }
 
   /** Waits for submitted work and throws the first validation or out-of-memory error it produced. */
@@ -271,8 +324,10 @@ export class GpuContext {
   }
 
   destroy(): void {
-    for (const list of this.pool.values()) for (const b of list) b.destroy();
-    this.pool.clear();
+    for (const pool of [this.pool, this.uniformPool, this.stagingPool]) {
+      for (const list of pool.values()) for (const b of list) b.destroy();
+      pool.clear();
+    }
     this.pipelines.clear();
     this.device.destroy();
   }
@@ -343,7 +398,9 @@ export class GpuContext {
     this.checkGrid(groups, what);
     if (groups[0] === 0 || groups[1] === 0 || groups[2] === 0) return;
     const usize = Math.max(16, Math.ceil(uniforms.byteLength / 16) * 16);
-    const ubuf = this.device.createBuffer({ size: usize, usage: USAGE.UNIFORM | USAGE.COPY_DST });
+    const ubuf =
+      this.uniformPool.get(usize)?.pop() ??
+      this.device.createBuffer({ size: usize, usage: USAGE.UNIFORM | USAGE.COPY_DST });
     this.device.queue.writeBuffer(ubuf, 0, uniforms);
     this.device.pushErrorScope('validation');
     const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: ubuf } }];
@@ -357,9 +414,16 @@ export class GpuContext {
     pass.end();
     this.device.queue.submit([enc.finish()]);
     this.pending.push(this.device.popErrorScope());
-    // Destroying after submit is allowed: the implementation frees it once the queued work is done.
-    ubuf.destroy();
+    // Reusable at once: queue.writeBuffer is ordered after every earlier submit on the queue timeline, so the next
+    // dispatch's uniforms cannot overwrite these before this dispatch has run.
+    pushPool(this.uniformPool, usize, ubuf);
   }
+}
+
+function pushPool(pool: Map<number, GPUBuffer[]>, size: number, b: GPUBuffer): void {
+  const list = pool.get(size);
+  if (list) list.push(b);
+  else pool.set(size, [b]);
 }
 
 /** Packs uniform fields in declaration order: 'u' = u32, 'i' = i32, 'f' = f32 (4 bytes each). */

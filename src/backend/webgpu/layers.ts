@@ -16,11 +16,11 @@ import { HypeError } from '../../errors.ts';
 import { packUniforms, type GpuContext, type GpuTensor } from './context.ts';
 import { grid1d } from './attention.ts';
 
-const EW = 256; // elementwise workgroup size
-const RW = 64; // row workgroup size
+export const EW = 256; // elementwise workgroup size
+export const RW = 64; // row workgroup size
 
 /** Storage bindings 1.. for `names`, all read_write (see the module comment). */
-function binds(names: readonly string[], types: readonly string[] = []): string {
+export function binds(names: readonly string[], types: readonly string[] = []): string {
   return names
     .map((n, i) => `@group(0) @binding(${i + 1}) var<storage, read_write> ${n}: array<${types[i] ?? 'f32'}>;`)
     .join('\n');
@@ -49,7 +49,7 @@ function inPlace(src: string, from: string, to: string): string {
   return out.join('\n').replace(new RegExp(`\\b${from}\\[`, 'g'), `${to}[`);
 }
 
-const FLAT = /* wgsl */ `
+export const FLAT = /* wgsl */ `
 fn flat(wg: vec3u, nwg: vec3u, t: u32) -> u32 { return (wg.x + wg.y * nwg.x) * ${EW}u + t; }
 fn rowOf(wg: vec3u, nwg: vec3u) -> u32 { return wg.x + wg.y * nwg.x; }
 var<workgroup> red: array<f32, ${RW}>;
@@ -77,9 +77,9 @@ fn wmax(t: u32, v: f32) -> f32 {
 }
 `;
 
-const MAIN_EW = `@compute @workgroup_size(${EW})
+export const MAIN_EW = `@compute @workgroup_size(${EW})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) t: u32)`;
-const MAIN_ROW = `@compute @workgroup_size(${RW})
+export const MAIN_ROW = `@compute @workgroup_size(${RW})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) t: u32)`;
 
 // GELU (tanh form) via 0.5 (1 + tanh(z)) = 1 / (1 + exp(-2 z)); the exponent is clamped so exp stays finite
@@ -200,7 +200,7 @@ ${MAIN_ROW} {
   let tg = targets[row];
   if (t == 0u && tg >= 0 && u32(tg) < u.vocab) { losses[row] = m + log(s) - logits[o + u32(tg)]; }
 }`,
-  meanOf: () => `struct U { n: u32 }
+  meanOf: () => `struct U { n: u32, index: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 ${binds(['values', 'result'])}
 ${FLAT}
@@ -208,7 +208,7 @@ ${MAIN_ROW} {
   var s = 0.0;
   for (var i = t; i < u.n; i += ${RW}u) { s += values[i]; }
   s = wsum(t, s);
-  if (t == 0u) { result[0] = s / f32(u.n); }
+  if (t == 0u) { result[u.index] = s / f32(u.n); }
 }`,
   crossEntropyBackward: () => `struct U { rows: u32, vocab: u32, dLoss: f32 }
 @group(0) @binding(0) var<uniform> u: U;
@@ -356,9 +356,31 @@ ${MAIN_ROW} {
 };
 
 /**
- * Dispatches kernel `name`. `alias` names an output binding that may share its buffer with an input binding
- * ([output index, input index, output name, input name]); when the buffers coincide the in-place variant runs.
+ * Dispatches the kernel `source` (compiled once under `key`). `alias` names an output binding that may share its
+ * buffer with an input binding ([output index, input index, output name, input name]); when the buffers coincide
+ * the in-place variant runs.
  */
+export function runKernel(
+  ctx: GpuContext,
+  key: string,
+  source: () => string,
+  what: string,
+  u: readonly (readonly ['u' | 'i' | 'f', number])[],
+  tensors: readonly GpuTensor[],
+  groups: number,
+  alias?: readonly [number, number, string, string],
+): void {
+  let bound = tensors;
+  if (alias && tensors[alias[0]]!.buffer === tensors[alias[1]]!.buffer) {
+    const [o, , from, to] = alias;
+    key += `-inplace-${from}`;
+    const plain = source;
+    source = () => inPlace(plain(), from, to);
+    bound = tensors.filter((_, i) => i !== o);
+  }
+  ctx.dispatch(ctx.pipeline(key, source), what, packUniforms(u), bound, grid1d(ctx, groups));
+}
+
 function run(
   ctx: GpuContext,
   name: keyof typeof SOURCES,
@@ -368,24 +390,15 @@ function run(
   groups: number,
   alias?: readonly [number, number, string, string],
 ): void {
-  let key = `layer-${name}`;
-  let source = SOURCES[name]!;
-  let bound = tensors;
-  if (alias && tensors[alias[0]]!.buffer === tensors[alias[1]]!.buffer) {
-    const [o, , from, to] = alias;
-    key += `-inplace-${from}`;
-    source = () => inPlace(SOURCES[name]!(), from, to);
-    bound = tensors.filter((_, i) => i !== o);
-  }
-  ctx.dispatch(ctx.pipeline(key, source), what, packUniforms(u), bound, grid1d(ctx, groups));
+  runKernel(ctx, `layer-${name}`, SOURCES[name]!, what, u, tensors, groups, alias);
 }
 
-function need(what: string, t: GpuTensor, n: number, dtype: 'f32' | 'i32' = 'f32'): void {
+export function need(what: string, t: GpuTensor, n: number, dtype: 'f32' | 'i32' = 'f32'): void {
   if (t.dtype !== dtype) throw new HypeError('shape', `${what} must be an ${dtype} tensor`);
   if (t.size < n) throw new HypeError('shape', `${what} has ${t.size} elements, needs ${n}`);
 }
 
-const ew = (n: number) => Math.ceil(n / EW);
+export const ew = (n: number) => Math.ceil(n / EW);
 
 /** Uploads token ids after checking each is in [0, vocab) (kernels cannot throw, so ids are checked here). */
 export function uploadTokens(ctx: GpuContext, tokens: Int32Array, vocab: number): GpuTensor {
@@ -563,28 +576,40 @@ export function gpuBiasBackward(ctx: GpuContext, dOut: GpuTensor, dBias: GpuTens
 }
 
 /**
- * Per-row losses (natural log) into `losses`, and their mean into `meanLoss` (one element) — on the GPU: reading
- * `meanLoss` back is the only transfer a training step needs.
+ * Per-row losses (natural log) into `losses`, and (when given) their mean into meanLoss[meanIndex] — on the GPU:
+ * reading that slot back is the only transfer a training step needs.
  */
 export function gpuSoftmaxCrossEntropyForward(
   ctx: GpuContext,
   logits: GpuTensor,
   targets: GpuTensor,
   losses: GpuTensor,
-  meanLoss: GpuTensor,
+  meanLoss: GpuTensor | undefined,
   rows: number,
   vocab: number,
+  meanIndex = 0,
 ): void {
   need('crossEntropy logits', logits, rows * vocab);
   need('crossEntropy targets', targets, rows, 'i32');
   need('crossEntropy losses', losses, rows);
-  need('crossEntropy meanLoss', meanLoss, 1);
+  if (meanLoss) need('crossEntropy meanLoss', meanLoss, meanIndex + 1);
   const u = [
     ['u', rows],
     ['u', vocab],
   ] as const;
   run(ctx, 'crossEntropyForward', 'cross-entropy forward', u, [logits, targets, losses], rows);
-  run(ctx, 'meanOf', 'cross-entropy mean', [['u', rows]], [losses, meanLoss], 1);
+  if (meanLoss)
+    run(
+      ctx,
+      'meanOf',
+      'cross-entropy mean',
+      [
+        ['u', rows],
+        ['u', meanIndex],
+      ],
+      [losses, meanLoss],
+      1,
+    );
 }
 
 /** dLogits = (softmax - onehot) dLoss per row, OVERWRITES (dLogits may be logits). */

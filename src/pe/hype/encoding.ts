@@ -25,10 +25,17 @@
 import type { AttentionOptions, AttentionShape, PositionBias } from '../../backend/backend.ts';
 import { check } from '../../errors.ts';
 import { floatFormat, isFloatFormatName, roundTo, type FloatFormatName } from '../../numerics/float-formats.ts';
-import { expandColumns, slotsPerColumn, type ColumnPrecision, type ColumnSide } from '../../numerics/split-columns.ts';
+import {
+  expandColumns,
+  padMultiple,
+  slotsPerColumn,
+  type ColumnPrecision,
+  type ColumnSide,
+} from '../../numerics/split-columns.ts';
 import { dtypeOf, type FloatArray } from '../../tensor.ts';
 import type { Rng } from '../../util/rng.ts';
 import { alibiSlopes } from '../alibi-slopes.ts';
+import { concatAttentionOnBackend, geometryKey, UploadCache } from '../device-attention.ts';
 import { defineEncoding } from '../options.ts';
 import { geometryOf } from '../distance-table.ts';
 import type {
@@ -39,6 +46,8 @@ import type {
   CachePlan,
   EncodingDims,
   EncodingFactory,
+  OnnxAttention,
+  OnnxAttentionBuilder,
   Param,
   PositionalEncoding,
 } from '../encoding.ts';
@@ -213,6 +222,9 @@ export class HypeEncoding implements PositionalEncoding {
   readonly sites = ['score-bias'] as const;
   readonly params: Param[] = [];
   readonly maxLength: number;
+  /** Fixed presets on a sequence with fp32 columns run on a device's handles (attendOnDevice). */
+  readonly portable: boolean;
+  private readonly uploads = new UploadCache();
   /** tau_h (parametrisation tau-mu) or the slope m_h = -tau_h mu_h (slope-curvature), [H, T]. */
   private readonly tauParam?: Param;
   private readonly muParam?: Param;
@@ -236,6 +248,12 @@ export class HypeEncoding implements PositionalEncoding {
     for (let g = 0; g < base.kvHeads; g++)
       for (let t = 0; t < T; t++) muGroups[g * T + t] = base.mu[g * group * T + t]!;
     this.slopeCurvature = opts.parametrisation === 'slope-curvature';
+    this.portable =
+      opts.preset !== 'learned' &&
+      base.grid.length <= 1 &&
+      opts.format === undefined &&
+      opts.precision === undefined &&
+      opts.columns === undefined;
     this.baseSlope = base.tau.map((tau, j) => -tau * base.mu[j]!);
     const first = this.slopeCurvature ? this.baseSlope : base.tau;
     const relative = opts.units === 'relative';
@@ -341,8 +359,73 @@ export class HypeEncoding implements PositionalEncoding {
   readonly report?: () => Record<string, number[]>;
 
   attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
+    if (ctx.backend.residence === 'device') return this.attendOnDevice(ctx, inputs);
     const spec = this.spec(ctx.grid);
     return this.opts.route === 'kernel' ? this.attendKernel(ctx, inputs, spec) : this.attendConcat(ctx, inputs, spec);
+  }
+
+  /**
+   * A fixed preset on a device backend's handles: the kernel route's fp64 distance table, or the concat route's
+   * eta columns of one batch entry, each built (with the host route's guards) and uploaded once per geometry.
+   */
+  private attendOnDevice<T, I>(ctx: AttendContext<T, I>, inputs: AttendInputs<T>): AttendResult<T> {
+    check(
+      this.portable,
+      'argument',
+      "HyPE on a device backend covers the fixed presets (paper, recency) on a sequence with fp32 columns; train the 'learned' preset, a grid or fp16/bf16 emulation on a host backend (native, reference)",
+    );
+    const be = ctx.backend;
+    const dtype = be.dtypeOf(inputs.q);
+    const key = geometryKey(ctx);
+    const spec = this.spec(); // fixed values: the same at every call, so cached uploads stay valid
+    const T = spec.termAxis.length;
+    if (this.opts.route === 'kernel') {
+      const [table] = this.uploads.get(be, key, dtype, () => {
+        const geometry = geometryOf(ctx);
+        const t = hypeDistanceTable(spec.tau, spec.mu, T, geometry);
+        checkHypeTableRange(t, spec.tau, spec.mu, T, geometry, dtype);
+        return [t];
+      });
+      const opts: AttentionOptions<T> = {
+        causal: ctx.causal,
+        scale: 1 / Math.sqrt(spec.headDim),
+        bias: { kind: 'distance', table: table! },
+        queryOffset: ctx.queryOffset,
+        biasGrad: false,
+      };
+      const fwd = be.attentionForward(ctx.shape, inputs.q, inputs.k, inputs.v, opts);
+      return {
+        out: fwd.out,
+        backward: (dOut) => {
+          const { dq, dk, dv } = be.attentionBackward(
+            ctx.shape,
+            inputs.q,
+            inputs.k,
+            inputs.v,
+            fwd.out,
+            fwd.lse,
+            dOut,
+            opts,
+          );
+          return { dq, dk, dv };
+        },
+        dispose() {
+          be.release(fwd.out);
+          be.release(fwd.lse);
+        },
+      };
+    }
+    const { heads: H, kvHeads: Hkv, lq, lk } = ctx.shape;
+    const plan = columnPlan(this.opts, dtype === 'float64' ? 'fp64' : 'fp32');
+    const [colsQ, colsK] = this.uploads.get(be, key, dtype, () => {
+      const eta = buildEta(spec, { lq, lk, queryOffset: ctx.queryOffset, shift: this.opts.shift }, plan.guard);
+      return [
+        expandColumns(eta.etaQ, H * lq, 2 * T, 'query', plan.split),
+        expandColumns(eta.etaK, Hkv * lk, 2 * T, 'key', plan.split),
+      ];
+    });
+    const w = 2 * T * slotsPerColumn(plan.split !== null);
+    return concatAttentionOnBackend(ctx, inputs, colsQ!, colsK!, w, padMultiple(this.opts.multiple, 'HyPE'));
   }
 
   private attendConcat(ctx: AttendContext, inputs: AttendInputs, spec: HypeSpec): AttendResult {
@@ -479,6 +562,27 @@ export class HypeEncoding implements PositionalEncoding {
         return ctx.backend.attentionForward(shape, qHat, cachedK, vUse, { ...opts, bias: { kind: 'none' } }).out;
       },
     };
+  }
+
+  /**
+   * ONNX: Q and K augmented in the graph with the eta columns of the current (possibly trained) tau and mu, the
+   * kernel's scale 1/sqrt(d) of the original head dim. The kernel route exports through this concat form (the same
+   * function).
+   */
+  toOnnx(b: OnnxAttentionBuilder): OnnxAttention {
+    check(
+      this.base.grid.length <= 1,
+      'argument',
+      'ONNX export of HyPE covers sequences; a 2-D/3-D grid needs per-axis columns the exporter does not build',
+    );
+    const spec = this.spec();
+    return b.hyperbolicAttention({
+      tau: spec.tau,
+      mu: spec.mu,
+      pairs: spec.termAxis.length,
+      shift: this.opts.shift,
+      multiple: this.opts.multiple,
+    });
   }
 
   /** fp64 logits straight from the definition: scale q.k + sum_t tau sinh(mu (x - x')), masked = -Infinity. */
