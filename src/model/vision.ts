@@ -230,6 +230,12 @@ export class VisionTransformer {
     options: VisionOptions = {},
   ) {
     const cfg = config;
+    check(
+      backend.residence !== 'device',
+      'argument',
+      `the vision transformer runs on host backends (native, reference); backend '${backend.name}' keeps its ` +
+        'tensors on a device, which this model does not support yet',
+    );
     this.headDim = cfg.width / cfg.heads;
     const rng = new Rng(cfg.seed);
     const base = blockConfig(cfg);
