@@ -6,6 +6,7 @@
         "native/bindings.cc",
         "native/attention.cc",
         "native/gemm.cc",
+        "native/bf16.cc",
         "native/householder.cc",
         "native/layers.cc",
         "native/microkernel.cc",

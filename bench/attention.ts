@@ -6,6 +6,11 @@
  *   npm run bench                      # B=8, H=8, d=64, L = 512 .. 8192, 2 threads
  *   npm run bench -- --quick           # L = 512, 1024, 2048; memory at L = 16,384
  *   npm run bench -- --lengths 1024,4096 --threads 2 --no-ort --no-memory
+ *   npm run bench -- --lengths 512,1024 --no-ort --no-memory --no-pe   # quick bf16 vs fp32 rows only
+ *
+ * bf16 rows (src/backend/bf16.ts; --no-bf16 skips them): gemm 1024^3 and attention forward/backward with bf16
+ * operands and fp32 accumulation, measured interleaved with our fp32 kernels and printed as ratios to them (targets
+ * of issue 18: gemm >= 1.6x, attention >= 1.5x). The bf16 inputs are the same random values rounded to bf16.
  *
  * FLOPs: forward = 4 B H Lq Lk d (QK^T and PV), causal counts only the useful (visible) pairs, L(L+1)/2 of L^2;
  * backward = 2.5x forward (five products instead of two). Times are the best of N runs, ours and onnxruntime
@@ -19,6 +24,13 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import type { AttentionOptions, AttentionShape, PositionBias } from '../src/backend/backend.ts';
+import {
+  bf16KernelInfo,
+  nativeAttentionBackwardBf16,
+  nativeAttentionForwardBf16,
+  nativeGemmBf16,
+  toBf16,
+} from '../src/backend/bf16.ts';
 import { NativeBackend } from '../src/backend/native.ts';
 import { multiHeadAttention } from '../src/interop/onnx-attention.ts';
 import { OnnxGraph } from '../src/interop/onnx-graph.ts';
@@ -34,6 +46,8 @@ interface Args {
   memLength: number;
   peLength: number;
   ortCausalMax: number;
+  bf16: boolean;
+  pe: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -54,6 +68,8 @@ function parseArgs(argv: string[]): Args {
     // onnxruntime's causal path stores B*H*L^2 fp32 scores (4 GiB at L = 4096 before its other buffers; 9.7 GB peak
     // measured): beyond this length it would not fit beside the other work on a 24 GiB machine.
     ortCausalMax: Number(get('ort-causal-max') ?? 2048),
+    bf16: !argv.includes('--no-bf16'),
+    pe: !argv.includes('--no-pe'),
   };
 }
 
@@ -189,6 +205,11 @@ function qkv(L: number, d: number) {
   };
 }
 
+/** The same tensors as bf16 bits. */
+function bf16Of(t: ReturnType<typeof qkv>) {
+  return { q: toBf16(t.q), k: toBf16(t.k), v: toBf16(t.v), dOut: toBf16(t.dOut) };
+}
+
 interface Rates {
   fwd: number;
   fwdC: number;
@@ -196,6 +217,10 @@ interface Rates {
   ortC: number;
   bwd: number;
   bwdC: number;
+  fwd16: number;
+  fwd16C: number;
+  bwd16: number;
+  bwd16C: number;
 }
 
 async function throughput(args: Args, native: NativeBackend, ceiling: { wall: number; cpu: number }): Promise<void> {
@@ -203,6 +228,7 @@ async function throughput(args: Args, native: NativeBackend, ceiling: { wall: nu
   for (const L of args.lengths) {
     const shape: AttentionShape = { batch: B, heads: H, kvHeads: H, lq: L, lk: L, headDim: D, valueDim: D };
     const t = qkv(L, D);
+    const h = args.bf16 ? bf16Of(t) : undefined;
     const reps = repsFor(L, args.quick);
     let ort: OrtRunner | string = 'disabled (--no-ort)';
     if (args.ort) ort = await makeOrt(L, args.threads);
@@ -213,16 +239,24 @@ async function throughput(args: Args, native: NativeBackend, ceiling: { wall: nu
       const opts: AttentionOptions = { causal, scale: 1 / Math.sqrt(D) };
       const ortHere = typeof ort !== 'string' && (!causal || L <= args.ortCausalMax) ? ort : undefined;
       let fwd = native.attentionForward(shape, t.q, t.k, t.v, opts); // warm-up (pool, pages)
+      let fwd16 = h ? nativeAttentionForwardBf16(shape, h.q, h.k, h.v, opts) : undefined;
       if (ortHere) await ortHere.run(causal);
       const ours: Sample[] = [];
+      const ours16: Sample[] = [];
       const theirs: Sample[] = [];
       for (let r = 0; r < reps; r++) {
         ours.push(sample(() => (fwd = native.attentionForward(shape, t.q, t.k, t.v, opts))));
+        if (h) ours16.push(sample(() => (fwd16 = nativeAttentionForwardBf16(shape, h.q, h.k, h.v, opts))));
         if (ortHere) theirs.push(await sampleAsync(() => ortHere.run(causal)));
       }
       const back: Sample[] = [];
+      const back16: Sample[] = [];
       for (let r = 0; r < Math.max(2, reps - 1); r++) {
         back.push(sample(() => native.attentionBackward(shape, t.q, t.k, t.v, fwd.out, fwd.lse, t.dOut, opts)));
+        if (h && fwd16) {
+          const f = fwd16;
+          back16.push(sample(() => nativeAttentionBackwardBf16(shape, h.q, h.k, h.v, f.out, f.lse, h.dOut, opts)));
+        }
       }
       const flops = attentionFlops(L, D, causal);
       const key = causal ? 'C' : '';
@@ -233,6 +267,8 @@ async function throughput(args: Args, native: NativeBackend, ceiling: { wall: nu
         out[`fwd${key}`] = gf(flops, bestOf(ours)[basis]);
         out[`ort${key}`] = theirs.length ? gf(flops, bestOf(theirs)[basis]) : NaN;
         out[`bwd${key}`] = gf(2.5 * flops, bestOf(back)[basis]);
+        out[`fwd16${key}`] = ours16.length ? gf(flops, bestOf(ours16)[basis]) : NaN;
+        out[`bwd16${key}`] = back16.length ? gf(2.5 * flops, bestOf(back16)[basis]) : NaN;
       }
     }
     if (typeof ort !== 'string') await ort.release();
@@ -273,6 +309,7 @@ async function throughput(args: Args, native: NativeBackend, ceiling: { wall: nu
       }
       console.log(`  L=${L}: ${parts.join('; ')}`);
     }
+    if (args.bf16) bf16Table(rows, basis);
   }
   if (args.ort && args.lengths.some((L) => L > args.ortCausalMax)) {
     console.log(
@@ -280,6 +317,33 @@ async function throughput(args: Args, native: NativeBackend, ceiling: { wall: nu
         `${fmt((B * H * 4096 * 4096 * 4) / 2 ** 30, 0)} GiB at L = 4096 — raise with --ort-causal-max)`,
     );
   }
+}
+
+/** bf16 attention against our fp32 kernel, same run and basis (issue 18's target: >= 1.5x each way). */
+function bf16Table(rows: { L: number; wall: Rates; cpu: Rates }[], basis: 'wall' | 'cpu'): void {
+  console.log(
+    `\nbf16 attention (bf16 Q, K, V, dOut; fp32 accumulation) vs our fp32 kernel, ${basis} basis, GFLOP/s ` +
+      `(${bf16KernelInfo().fast ? 'AVX512-BF16' : 'fp32 fallback: no AVX512-BF16 or HYPE_NO_BF16 set'}):`,
+  );
+  console.log(
+    '| L | fwd bf16 | fwd fp32 | ratio | causal fwd bf16 | fp32 | ratio | bwd bf16 | fp32 | ratio | causal bwd bf16 | fp32 | ratio |',
+  );
+  console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  const cell = (a: number, b: number) => `${fmt(a)} | ${fmt(b)} | ${fmt(a / b, 2)}x`;
+  for (const { L, [basis]: r } of rows) {
+    console.log(
+      `| ${L} | ${cell(r.fwd16, r.fwd)} | ${cell(r.fwd16C, r.fwdC)} | ${cell(r.bwd16, r.bwd)} | ${cell(r.bwd16C, r.bwdC)} |`,
+    );
+  }
+  const all = rows.flatMap(({ [basis]: r }) => [
+    r.fwd16 / r.fwd,
+    r.fwd16C / r.fwdC,
+    r.bwd16 / r.bwd,
+    r.bwd16C / r.bwdC,
+  ]);
+  console.log(
+    `  target bf16/fp32 >= 1.5x on every row: ${verdict(all.every((x) => x >= 1.5))} (lowest ${fmt(Math.min(...all), 2)}x)`,
+  );
 }
 
 /** Position terms: HyPE by d+2 concatenated columns, and ALiBi / HyPE / T5-style distance tables vs no position. */
@@ -445,21 +509,37 @@ async function main(): Promise<void> {
   const a = randomArray(n * n, 1);
   const c = new Float32Array(n * n);
   native.gemm(false, false, n, n, n, 1, a, n, a, n, 0, c, n);
-  const ours = bestOf(
-    [0, 1, 2, 3, 4, 5, 6].map(() => sample(() => native.gemm(false, false, n, n, n, 1, a, n, a, n, 0, c, n))),
-  );
+  const a16 = toBf16(a);
+  if (args.bf16) nativeGemmBf16(false, false, n, n, n, 1, a16, n, a16, n, 0, c, n);
+  const fp32Samples: Sample[] = [];
+  const bf16Samples: Sample[] = [];
+  for (let r = 0; r < 7; r++) {
+    fp32Samples.push(sample(() => native.gemm(false, false, n, n, n, 1, a, n, a, n, 0, c, n)));
+    if (args.bf16) bf16Samples.push(sample(() => nativeGemmBf16(false, false, n, n, n, 1, a16, n, a16, n, 0, c, n)));
+  }
+  const ours = bestOf(fp32Samples);
   const oursWall = gf(2 * n ** 3, ours.wall);
   const oursCpu = gf(2 * n ** 3, ours.cpu);
   console.log(
     `sgemm 1024^3, ${args.threads} threads: OpenBLAS ${fmt(ceiling.gflops)} GFLOP/s wall (${ceiling.note}); ` +
       `ours ${fmt(oursWall)} GFLOP/s wall, ${fmt(oursCpu)} GFLOP/s on CPU time`,
   );
+  if (args.bf16) {
+    const b = bestOf(bf16Samples);
+    const [bw, bc] = [gf(2 * n ** 3, b.wall), gf(2 * n ** 3, b.cpu)];
+    console.log(
+      `bf16 gemm 1024^3 (bf16 A, B; fp32 C; ${bf16KernelInfo().fast ? 'AVX512-BF16' : 'fp32 fallback'}): ` +
+        `${fmt(bw)} GFLOP/s wall, ${fmt(bc)} on CPU time = ${fmt(bw / oursWall, 2)}x / ${fmt(bc / oursCpu, 2)}x our ` +
+        `fp32 gemm (target >= 1.6x: wall ${verdict(bw >= 1.6 * oursWall)}, cpu ${verdict(bc >= 1.6 * oursCpu)}), ` +
+        `${fmt(bw / ceiling.gflops, 2)}x OpenBLAS sgemm (wall)`,
+    );
+  }
   // Wall basis: the better of the two sgemms seen in this run (a contended OpenBLAS run must not flatter us).
   // CPU basis: our sgemm's CPU-time rate (OpenBLAS's own CPU time is not observable from here; on one thread the
   // two sgemms measure the same, about 95 GFLOP/s on this machine).
   const wallCeiling = Number.isFinite(ceiling.gflops) ? Math.max(ceiling.gflops, oursWall) : NaN;
   await throughput(args, native, { wall: wallCeiling, cpu: oursCpu });
-  positionOverheads(args, native);
+  if (args.pe) positionOverheads(args, native);
   if (args.memory) memory(args);
 }
 

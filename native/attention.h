@@ -31,4 +31,16 @@ void attentionForward(const AttentionParams& p, const float* q, const float* k, 
 void attentionBackward(const AttentionParams& p, const float* q, const float* k, const float* v, const float* out,
                        const float* lse, const float* dout, float* dq, float* dk, float* dv, double* dTable);
 
+/**
+ * bf16 operands (bf16 bits: q [B,H,Lq,d], k [B,Hkv,Lk,d], v [B,Hkv,Lk,dv]) with fp32 accumulation, softmax
+ * statistics and position terms; out and lse in fp32 as above. Probabilities are rounded to bf16 before P V.
+ */
+void attentionForwardBf16(const AttentionParams& p, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                          float* out, float* lse);
+
+/** As attentionBackward with bf16 q, k, v and dOut (out, lse from the forward in fp32); P and dS rounded to bf16. */
+void attentionBackwardBf16(const AttentionParams& p, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                           const float* out, const float* lse, const uint16_t* dout, float* dq, float* dk, float* dv,
+                           double* dTable);
+
 }  // namespace hype

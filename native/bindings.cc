@@ -10,8 +10,10 @@
 #include <exception>
 #include <functional>
 #include <string>
+#include <type_traits>
 
 #include "attention.h"
+#include "bf16.h"
 #include "gemm.h"
 #include "householder.h"
 #include "layers.h"
@@ -66,6 +68,9 @@ float* f32(const Napi::Value& v, const char* what, long n) {
 }
 double* f64(const Napi::Value& v, const char* what, long n) {
   return typed<double, napi_float64_array>(v, what, n, "Float64Array");
+}
+uint16_t* u16(const Napi::Value& v, const char* what, long n) {
+  return typed<uint16_t, napi_uint16_array>(v, what, n, "Uint16Array of bf16 bits");
 }
 int32_t* i32(const Napi::Value& v, const char* what, long n) {
   return typed<int32_t, napi_int32_array>(v, what, n, "Int32Array");
@@ -161,54 +166,166 @@ AttentionParams readParams(const Napi::Object& o) {
   return p;
 }
 
+/** gemm's scalar arguments (transA, transB, m, n, k, alpha, _, lda, _, ldb, beta, _, ldc) and buffer lengths. */
+struct GemmArgs {
+  bool ta, tb;
+  long m, n, k, lda, ldb, ldc, aNeed, bNeed, cNeed;
+  float alpha, beta;
+};
+
+GemmArgs gemmArgs(const Napi::CallbackInfo& info) {
+  GemmArgs g{};
+  g.ta = boolean(info[0], "transA");
+  g.tb = boolean(info[1], "transB");
+  g.m = dim(info[2], "m");
+  g.n = dim(info[3], "n");
+  g.k = dim(info[4], "k");
+  g.alpha = float(finite(info[5], "alpha"));
+  g.lda = dim(info[7], "lda");
+  g.ldb = dim(info[9], "ldb");
+  g.ldc = dim(info[12], "ldc");
+  g.beta = float(finite(info[10], "beta"));
+  const long m = g.m, n = g.n, k = g.k;
+  require(g.lda >= (g.ta ? m : k) && g.ldb >= (g.tb ? k : n) && g.ldc >= n,
+          "a leading dimension is smaller than its row");
+  const long aRows = g.ta ? k : m, aCols = g.ta ? m : k, bRows = g.tb ? n : k, bCols = g.tb ? k : n;
+  g.aNeed = (aRows == 0 || aCols == 0) ? 0 : plus(times(aRows - 1, g.lda), aCols);
+  g.bNeed = (bRows == 0 || bCols == 0) ? 0 : plus(times(bRows - 1, g.ldb), bCols);
+  g.cNeed = (m == 0 || n == 0) ? 0 : plus(times(m - 1, g.ldc), n);
+  return g;
+}
+
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
-  const bool ta = boolean(info[0], "transA"), tb = boolean(info[1], "transB");
-  const long m = dim(info[2], "m"), n = dim(info[3], "n"), k = dim(info[4], "k");
-  const float alpha = float(finite(info[5], "alpha"));
-  const long lda = dim(info[7], "lda"), ldb = dim(info[9], "ldb"), ldc = dim(info[12], "ldc");
-  const float beta = float(finite(info[10], "beta"));
-  require(lda >= (ta ? m : k) && ldb >= (tb ? k : n) && ldc >= n, "a leading dimension is smaller than its row");
-  const long aRows = ta ? k : m, aCols = ta ? m : k, bRows = tb ? n : k, bCols = tb ? k : n;
-  const long aNeed = (aRows == 0 || aCols == 0) ? 0 : plus(times(aRows - 1, lda), aCols);
-  const long bNeed = (bRows == 0 || bCols == 0) ? 0 : plus(times(bRows - 1, ldb), bCols);
-  const long cNeed = (m == 0 || n == 0) ? 0 : plus(times(m - 1, ldc), n);
-  const float* a = f32(info[6], "A", aNeed);
-  const float* b = f32(info[8], "B", bNeed);
-  float* c = f32(info[11], "C", cNeed);
-  hype::sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  const GemmArgs g = gemmArgs(info);
+  const float* a = f32(info[6], "A", g.aNeed);
+  const float* b = f32(info[8], "B", g.bNeed);
+  float* c = f32(info[11], "C", g.cNeed);
+  hype::sgemm(g.ta, g.tb, g.m, g.n, g.k, g.alpha, a, g.lda, b, g.ldb, g.beta, c, g.ldc);
   return info.Env().Undefined();
 }
 
-Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
+/** An operand of element type T: fp32 (Float32Array) or bf16 bits (Uint16Array). */
+template <typename T>
+const T* operand(const Napi::Value& v, const char* what, long n);
+template <>
+const float* operand<float>(const Napi::Value& v, const char* what, long n) {
+  return f32(v, what, n);
+}
+template <>
+const uint16_t* operand<uint16_t>(const Napi::Value& v, const char* what, long n) {
+  return u16(v, what, n);
+}
+
+/**
+ * The padded and paired copies the bf16 kernels make have up to (L + 1) (n + 1) elements per head: their sizes must
+ * fit as well as the operands'.
+ */
+void checkPaddedCopies(const AttentionParams& p) {
+  times(p.batch, p.heads, p.lq + 1, p.d + 1);
+  times(p.batch, p.heads, p.lq + 1, p.dv + 1);
+  times(p.batch, p.kvHeads, p.lk + 1, p.d + 1);
+  times(p.batch, p.kvHeads, p.lk + 1, p.dv + 1);
+}
+
+template <typename T>
+Napi::Value AttentionForwardOf(const Napi::CallbackInfo& info,
+                               void (*kernel)(const AttentionParams&, const T*, const T*, const T*, float*, float*)) {
   require(info[0].IsObject(), "params must be an object");
   const AttentionParams p = readParams(info[0].As<Napi::Object>());
-  const float* q = f32(info[1], "q", times(p.batch, p.heads, p.lq, p.d));
-  const float* k = f32(info[2], "k", times(p.batch, p.kvHeads, p.lk, p.d));
-  const float* v = f32(info[3], "v", times(p.batch, p.kvHeads, p.lk, p.dv));
+  if (!std::is_same<T, float>::value) checkPaddedCopies(p);
+  const T* q = operand<T>(info[1], "q", times(p.batch, p.heads, p.lq, p.d));
+  const T* k = operand<T>(info[2], "k", times(p.batch, p.kvHeads, p.lk, p.d));
+  const T* v = operand<T>(info[3], "v", times(p.batch, p.kvHeads, p.lk, p.dv));
   float* out = f32(info[4], "out", times(p.batch, p.heads, p.lq, p.dv));
   float* lse = f32(info[5], "lse", times(p.batch, p.heads, p.lq));
-  hype::attentionForward(p, q, k, v, out, lse);
+  kernel(p, q, k, v, out, lse);
   return info.Env().Undefined();
 }
 
-Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
+template <typename T>
+Napi::Value AttentionBackwardOf(const Napi::CallbackInfo& info,
+                                void (*kernel)(const AttentionParams&, const T*, const T*, const T*, const float*,
+                                               const float*, const T*, float*, float*, float*, double*)) {
   require(info[0].IsObject(), "params must be an object");
   const AttentionParams p = readParams(info[0].As<Napi::Object>());
+  if (!std::is_same<T, float>::value) checkPaddedCopies(p);
   const long qN = times(p.batch, p.heads, p.lq, p.d), kN = times(p.batch, p.kvHeads, p.lk, p.d);
   const long vN = times(p.batch, p.kvHeads, p.lk, p.dv), oN = times(p.batch, p.heads, p.lq, p.dv);
-  const float* q = f32(info[1], "q", qN);
-  const float* k = f32(info[2], "k", kN);
-  const float* v = f32(info[3], "v", vN);
+  const T* q = operand<T>(info[1], "q", qN);
+  const T* k = operand<T>(info[2], "k", kN);
+  const T* v = operand<T>(info[3], "v", vN);
   const float* out = f32(info[4], "out", oN);
   const float* lse = f32(info[5], "lse", times(p.batch, p.heads, p.lq));
-  const float* dout = f32(info[6], "dOut", oN);
+  const T* dout = operand<T>(info[6], "dOut", oN);
   float* dq = f32(info[7], "dq", qN);
   float* dk = f32(info[8], "dk", kN);
   float* dv = f32(info[9], "dv", vN);
   double* dTable = nullptr;
   if (p.bias.any()) dTable = f64(info[10], "dTable", times(p.heads, p.bias.span));
-  hype::attentionBackward(p, q, k, v, out, lse, dout, dq, dk, dv, dTable);
+  kernel(p, q, k, v, out, lse, dout, dq, dk, dv, dTable);
   return info.Env().Undefined();
+}
+
+Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
+  return AttentionForwardOf<float>(info, hype::attentionForward);
+}
+Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
+  return AttentionBackwardOf<float>(info, hype::attentionBackward);
+}
+
+
+// ------------------------------------------------------------------------------------------- bf16 operands
+
+Napi::Value GemmBf16(const Napi::CallbackInfo& info) {
+  const GemmArgs g = gemmArgs(info);
+  // The kernel packs op(A) and op(B) into pair words (k rounded up to even): those sizes must fit too.
+  times(g.m, g.k + 1);
+  times(g.k + 1, g.n);
+  const uint16_t* a = u16(info[6], "A", g.aNeed);
+  const uint16_t* b = u16(info[8], "B", g.bNeed);
+  float* c = f32(info[11], "C", g.cNeed);
+  hype::sgemmBf16(g.ta, g.tb, g.m, g.n, g.k, g.alpha, a, g.lda, b, g.ldb, g.beta, c, g.ldc);
+  return info.Env().Undefined();
+}
+
+Napi::Value AttentionForwardBf16(const Napi::CallbackInfo& info) {
+  return AttentionForwardOf<uint16_t>(info, hype::attentionForwardBf16);
+}
+
+Napi::Value AttentionBackwardBf16(const Napi::CallbackInfo& info) {
+  return AttentionBackwardOf<uint16_t>(info, hype::attentionBackwardBf16);
+}
+
+/** Index of the first NaN/Inf among bf16 bits (exponent field all ones), or -1: a read-only blockwise scan. */
+Napi::Value FirstNonFiniteBf16(const Napi::CallbackInfo& info) {
+  const uint16_t* x = u16(info[0], "array", 0);
+  const long n = long(info[0].As<Napi::Uint16Array>().ElementLength());
+  constexpr long kBlock = 64;
+  long i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    int any = 0;
+    for (long j = i; j < i + kBlock; j++) any |= (x[j] & 0x7f80) == 0x7f80;  // vectorised: no early exit inside
+    if (any) break;
+  }
+  for (; i < n; i++)
+    if ((x[i] & 0x7f80) == 0x7f80) return Napi::Number::New(info.Env(), double(i));
+  return Napi::Number::New(info.Env(), -1);
+}
+
+/** bits = bf16(x), round to nearest even (NaN stays NaN): the conversion a bf16 tensor is made with. */
+Napi::Value ToBf16(const Napi::CallbackInfo& info) {
+  const float* x = f32(info[0], "x", 0);
+  const long n = long(info[0].As<Napi::Float32Array>().ElementLength());
+  hype::toBf16Bits(x, u16(info[1], "bits", n), n);
+  return info.Env().Undefined();
+}
+
+/** Which bf16 kernel runs now: {supported: the CPU has AVX512-BF16, fast: it is used (HYPE_NO_BF16 unset)}. */
+Napi::Value Bf16Info(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("supported", hype::bf16Supported());
+  o.Set("fast", hype::bf16Fast());
+  return o;
 }
 
 // ------------------------------------------------------------------------------------------ Householder walk
@@ -450,6 +567,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"gemm", 13, "(transA, transB, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)", Gemm},
       {"attentionForward", 6, "(params, q, k, v, out, lse)", AttentionForward},
       {"attentionBackward", 11, "(params, q, k, v, out, lse, dOut, dq, dk, dv, dTable)", AttentionBackward},
+      {"gemmBf16", 13, "(transA, transB, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)", GemmBf16},
+      {"attentionForwardBf16", 6, "(params, q, k, v, out, lse)", AttentionForwardBf16},
+      {"attentionBackwardBf16", 11, "(params, q, k, v, out, lse, dOut, dq, dk, dv, dTable)", AttentionBackwardBf16},
+      {"bf16Info", 0, "()", Bf16Info},
+      {"firstNonFiniteBf16", 1, "(bits)", FirstNonFiniteBf16},
+      {"toBf16", 2, "(x, bits)", ToBf16},
       {"layerNormForward", 9, "(x, gamma, beta, out, mean, rstd, rows, width, eps)", LayerNormForward},
       {"layerNormBackward", 10, "(dOut, x, gamma, mean, rstd, dx, dGamma, dBeta, rows, width)", LayerNormBackward},
       {"geluForward", 3, "(x, out, n)", GeluForward},

@@ -17,23 +17,25 @@ constexpr long NC = 8 * 64;  // a multiple of PANEL on every target
 constexpr long MC = 96;      // a multiple of RMAX
 }  // namespace
 
+void scaleRows(long m, long n, float beta, float* C, long ldc) {
+  if (beta == 1.0f) return;
+  Pool::instance().run((m + MC - 1) / MC, [&](long t, int) {
+    for (long i = t * MC; i < std::min(m, (t + 1) * MC); i++) {
+      float* c = C + i * ldc;
+      if (beta == 0.0f)
+        std::fill(c, c + n, 0.0f);
+      else
+        for (long j = 0; j < n; j++) c[j] *= beta;
+    }
+  });
+}
+
 void sgemm(bool transA, bool transB, long m, long n, long k, float alpha, const float* A, long lda, const float* B,
            long ldb, float beta, float* C, long ldc) {
   if (m <= 0 || n <= 0) return;
   Pool& pool = Pool::instance();
   const long rowBlocks = (m + MC - 1) / MC;
-  // C = beta C first; the products below then accumulate.
-  if (beta != 1.0f) {
-    pool.run(rowBlocks, [&](long t, int) {
-      for (long i = t * MC; i < std::min(m, (t + 1) * MC); i++) {
-        float* c = C + i * ldc;
-        if (beta == 0.0f)
-          std::fill(c, c + n, 0.0f);
-        else
-          for (long j = 0; j < n; j++) c[j] *= beta;
-      }
-    });
-  }
+  scaleRows(m, n, beta, C, ldc);
   if (k <= 0 || alpha == 0.0f) return;
 
   // Scratch kept per calling thread and grown, never shrunk: zero-filling a fresh KC x NC panel (512 KB) cost ~10 us,

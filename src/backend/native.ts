@@ -198,7 +198,12 @@ function f32(a: FloatArray, name: string): Float32Array {
   );
 }
 
-function kernelParams(shape: AttentionShape, opts: AttentionOptions, bias: Exclude<PositionBias, { kind: 'dense' }>) {
+/** The kernels' parameter object (native/bindings.cc readParams) for a shape, options and a non-dense bias. */
+export function kernelParams(
+  shape: AttentionShape,
+  opts: AttentionOptions,
+  bias: Exclude<PositionBias, { kind: 'dense' }>,
+) {
   return {
     batch: shape.batch,
     heads: shape.heads,

@@ -33,7 +33,10 @@ export function stableStringify(value: unknown): string {
  * with the new default gets a new key (never the old cell's numbers).
  */
 export function cellKey(config: unknown): string {
-  return createHash('sha256').update(stableStringify(savedForm(config))).digest('hex').slice(0, 16);
+  return createHash('sha256')
+    .update(stableStringify(savedForm(config)))
+    .digest('hex')
+    .slice(0, 16);
 }
 
 function savedForm(value: unknown): unknown {

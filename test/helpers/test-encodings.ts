@@ -3,12 +3,7 @@
  * position-free attention, and attention with a learnable ALiBi-form slope per head (a parameter whose gradient
  * comes from the backend's dTable through ALiBi's chain rule, exercising the per-block encoding path).
  */
-import {
-  alibiDistanceTable,
-  alibiSlopeGrads,
-  geometryOf,
-  tableAttention,
-} from '../../src/pe/distance-table.ts';
+import { alibiDistanceTable, alibiSlopeGrads, geometryOf, tableAttention } from '../../src/pe/distance-table.ts';
 import type { EncodingFactory, PositionalEncoding } from '../../src/pe/encoding.ts';
 
 export const testNoPE: EncodingFactory<object> = {

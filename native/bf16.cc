@@ -1,0 +1,243 @@
+// The bf16 register kernels (AVX512-BF16 and the portable fp32 fallback), the runtime choice between them, and the
+// blocked bf16 gemm built on them in the shape of gemm.cc: op(B) packed into pair panels shared by all threads,
+// op(A) packed once per reduction block into pair rows, row blocks x panels claimed dynamically from the pool.
+#include "bf16.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <vector>
+
+#include "gemm.h"
+#include "pool.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && (__GNUC__ >= 10 || defined(__clang__))
+#include <immintrin.h>
+#define HYPE_HAVE_BF16_KERNEL 1
+#endif
+
+namespace hype {
+
+namespace {
+
+inline uint32_t word(const uint16_t* p) {
+  uint32_t w;
+  std::memcpy(&w, p, 4);
+  return w;
+}
+
+#if defined(HYPE_HAVE_BF16_KERNEL)
+// Compiled for AVX512-BF16 whatever -march says; only called after the CPU check.
+template <int R, int NV>
+__attribute__((target("avx512f,avx512bf16"))) void fastKernel(const uint16_t* __restrict A, long rs, long ks,
+                                                               long kp, const uint32_t* __restrict B, long ldb,
+                                                               float* __restrict C, long ldc, float alpha,
+                                                               bool accumulate) {
+  __m512 acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+  const uint16_t* a = A;
+  const uint32_t* b = B;
+  for (long p = 0; p < kp; p++) {
+    __m512bh bv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) bv[v] = (__m512bh)_mm512_loadu_si512(b + v * BF_COLS);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+      const __m512bh ar = (__m512bh)_mm512_set1_epi32(int(word(a + r * rs)));
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], ar, bv[v]);
+    }
+    a += ks;
+    b += ldb;
+  }
+  const __m512 al = _mm512_set1_ps(alpha);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; v++) {
+      float* c = C + r * ldc + v * BF_COLS;
+      const __m512 x = _mm512_mul_ps(al, acc[r][v]);
+      _mm512_storeu_ps(c, accumulate ? _mm512_add_ps(_mm512_loadu_ps(c), x) : x);
+    }
+}
+#endif
+
+// The fallback: the same pair words widened to fp32 (a shift or a mask), multiplied and added in fp32.
+constexpr int GV = BF_COLS / VL > 0 ? BF_COLS / VL : 1;  // fp32 vectors per 16-column group
+template <int R, int NV>
+void portableKernel(const uint16_t* __restrict A, long rs, long ks, long kp, const uint32_t* __restrict B, long ldb,
+                    float* __restrict C, long ldc, float alpha, bool accumulate) {
+  constexpr int NG = NV * GV;
+  vf acc[R][NG];
+  for (int r = 0; r < R; r++)
+    for (int g = 0; g < NG; g++) acc[r][g] = vf{};
+  const uint16_t* a = A;
+  const uint32_t* b = B;
+  for (long p = 0; p < kp; p++) {
+    vf lo[NG], hi[NG];
+    for (int g = 0; g < NG; g++) {
+      vi w;
+      std::memcpy(&w, b + g * VL, sizeof w);
+      lo[g] = (vf)(w << 16);
+      hi[g] = (vf)(w & int32_t(0xffff0000u));
+    }
+    for (int r = 0; r < R; r++) {
+      const uint32_t w = word(a + r * rs);
+      const vf alo = splat(bf16Value(uint16_t(w))), ahi = splat(bf16Value(uint16_t(w >> 16)));
+      for (int g = 0; g < NG; g++) acc[r][g] += alo * lo[g] + ahi * hi[g];
+    }
+    a += ks;
+    b += ldb;
+  }
+  for (int r = 0; r < R; r++)
+    for (int g = 0; g < NG; g++) {
+      float* c = C + r * ldc + g * VL;
+      store(c, accumulate ? load(c) + alpha * acc[r][g] : alpha * acc[r][g]);
+    }
+}
+
+using KernelFn = void (*)(const uint16_t*, long, long, long, const uint32_t*, long, float*, long, float, bool);
+
+template <int R, int NV>
+struct FastK {
+#if defined(HYPE_HAVE_BF16_KERNEL)
+  static constexpr KernelFn fn = &fastKernel<R, NV>;
+#else
+  static constexpr KernelFn fn = &portableKernel<R, NV>;
+#endif
+};
+template <int R, int NV>
+struct PortableK {
+  static constexpr KernelFn fn = &portableKernel<R, NV>;
+};
+
+/** kernels[r-1][nv-1] for the given family. */
+template <template <int, int> class K>
+struct Kernels {
+  KernelFn fn[BF_RMAX][BF_NV] = {
+      {K<1, 1>::fn, K<1, 2>::fn, K<1, 3>::fn, K<1, 4>::fn}, {K<2, 1>::fn, K<2, 2>::fn, K<2, 3>::fn, K<2, 4>::fn},
+      {K<3, 1>::fn, K<3, 2>::fn, K<3, 3>::fn, K<3, 4>::fn}, {K<4, 1>::fn, K<4, 2>::fn, K<4, 3>::fn, K<4, 4>::fn},
+      {K<5, 1>::fn, K<5, 2>::fn, K<5, 3>::fn, K<5, 4>::fn}, {K<6, 1>::fn, K<6, 2>::fn, K<6, 3>::fn, K<6, 4>::fn},
+  };
+};
+const Kernels<FastK> kFast;
+const Kernels<PortableK> kPortable;
+
+bool envForcesFallback() {
+  const char* e = std::getenv("HYPE_NO_BF16");
+  return e != nullptr && e[0] != '\0' && !(e[0] == '0' && e[1] == '\0');
+}
+
+}  // namespace
+
+bool bf16Supported() {
+#if defined(HYPE_HAVE_BF16_KERNEL)
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has;
+#else
+  return false;
+#endif
+}
+
+bool bf16Fast() { return bf16Supported() && !envForcesFallback(); }
+
+void bf16PanelProduct(bool fast, long m, int nv, const uint16_t* A, long rs, long ks, long kp, const uint32_t* B,
+                      long ldb, float* C, long ldc, float alpha, bool accumulate) {
+  const KernelFn(*fns)[BF_NV] = fast ? kFast.fn : kPortable.fn;
+  const int v = std::max(1, std::min(nv, BF_NV)) - 1;
+  long i = 0;
+  for (; i + BF_RMAX <= m; i += BF_RMAX) fns[BF_RMAX - 1][v](A + i * rs, rs, ks, kp, B, ldb, C + i * ldc, ldc, alpha, accumulate);
+  if (i < m) fns[m - i - 1][v](A + i * rs, rs, ks, kp, B, ldb, C + i * ldc, ldc, alpha, accumulate);
+}
+
+void toBf16Bits(const float* x, uint16_t* out, long n) {
+  constexpr long kChunk = 1 << 16;
+  Pool::instance().run((n + kChunk - 1) / kChunk, [&](long t, int) {
+    const long i1 = std::min(n, (t + 1) * kChunk);
+    long i = t * kChunk;
+    for (; i + VL <= i1; i += VL) {
+      const vh b = bf16Narrow(load(x + i));
+      std::memcpy(out + i, &b, sizeof b);
+    }
+    for (; i < i1; i++) out[i] = bf16Round(x[i]);
+  });
+}
+
+namespace {
+constexpr long KC = 512;      // bf16 reduction steps per block (256 pairs: a 64 KiB panel, as in sgemm)
+constexpr long NC = 8 * 64;   // columns per outer block, a multiple of BF_PANEL
+constexpr long MC = 96;       // rows per task, a multiple of BF_RMAX
+}  // namespace
+
+void sgemmBf16(bool transA, bool transB, long m, long n, long k, float alpha, const uint16_t* A, long lda,
+               const uint16_t* B, long ldb, float beta, float* C, long ldc) {
+  if (m <= 0 || n <= 0) return;
+  Pool& pool = Pool::instance();
+  scaleRows(m, n, beta, C, ldc);
+  if (k <= 0 || alpha == 0.0f) return;
+  const bool fast = bf16Fast();
+  const long rowBlocks = (m + MC - 1) / MC;
+  static thread_local std::vector<uint32_t> packedB, packedA;
+  static thread_local std::vector<float> edgeStore;
+  const long kcpMax = (std::min(KC, k) + 1) / 2;
+  const size_t bNeed = size_t(kcpMax) * size_t(std::min(NC, (n + BF_PANEL - 1) / BF_PANEL * BF_PANEL));
+  const size_t aNeed = size_t(kcpMax) * size_t(m);
+  const size_t edgeNeed = size_t(pool.size()) * MC * BF_PANEL;
+  if (packedB.size() < bNeed) packedB.resize(bNeed);
+  if (packedA.size() < aNeed) packedA.resize(aNeed);
+  if (edgeStore.size() < edgeNeed) edgeStore.resize(edgeNeed);
+  uint32_t* const pb = packedB.data();
+  uint32_t* const pa = packedA.data();
+  float* const edge = edgeStore.data();
+  auto opA = [&](long i, long kk) -> uint16_t {
+    return kk >= k ? uint16_t(0) : transA ? A[kk * lda + i] : A[i * lda + kk];
+  };
+  auto opB = [&](long kk, long j) -> uint16_t {
+    return kk >= k ? uint16_t(0) : transB ? B[j * ldb + kk] : B[kk * ldb + j];
+  };
+  for (long pc = 0; pc < k; pc += KC) {
+    const long kc = std::min(KC, k - pc), kcp = (kc + 1) / 2;
+    // A's rows as pair words: row i of the block at pa + i * kcp.
+    pool.run(rowBlocks, [&](long t, int) {
+      for (long i = t * MC; i < std::min(m, (t + 1) * MC); i++) {
+        uint32_t* row = pa + i * kcp;
+        for (long p = 0; p < kcp; p++) row[p] = bf16Pair(opA(i, pc + 2 * p), opA(i, pc + 2 * p + 1));
+      }
+    });
+    for (long jc = 0; jc < n; jc += NC) {
+      const long nc = std::min(NC, n - jc);
+      const long panels = (nc + BF_PANEL - 1) / BF_PANEL;
+      pool.run(panels, [&](long q, int) {
+        uint32_t* dst = pb + q * kcp * BF_PANEL;
+        const long j0 = jc + q * BF_PANEL;
+        const long w = std::min<long>(BF_PANEL, n - j0);
+        for (long p = 0; p < kcp; p++) {
+          uint32_t* row = dst + p * BF_PANEL;
+          for (long j = 0; j < w; j++) row[j] = bf16Pair(opB(pc + 2 * p, j0 + j), opB(pc + 2 * p + 1, j0 + j));
+          std::fill(row + w, row + BF_PANEL, 0u);
+        }
+      });
+      pool.run(rowBlocks * panels, [&](long t, int thread) {
+        const long ib = t / panels, q = t % panels;
+        const long i0 = ib * MC, mc = std::min(MC, m - i0);
+        const long j0 = jc + q * BF_PANEL;
+        const long w = std::min<long>(BF_PANEL, n - j0);
+        const uint16_t* a = reinterpret_cast<const uint16_t*>(pa + i0 * kcp);
+        const uint32_t* bp = pb + q * kcp * BF_PANEL;
+        if (w == BF_PANEL) {
+          bf16PanelProduct(fast, mc, BF_NV, a, 2 * kcp, 2, kcp, bp, BF_PANEL, C + i0 * ldc + j0, ldc, alpha, true);
+        } else {
+          float* tile = edge + size_t(thread) * MC * BF_PANEL;
+          const int nv = int((w + BF_COLS - 1) / BF_COLS);
+          bf16PanelProduct(fast, mc, nv, a, 2 * kcp, 2, kcp, bp, BF_PANEL, tile, BF_PANEL, alpha, false);
+          for (long i = 0; i < mc; i++)
+            for (long j = 0; j < w; j++) C[(i0 + i) * ldc + j0 + j] += tile[i * BF_PANEL + j];
+        }
+      });
+    }
+  }
+}
+
+}  // namespace hype
