@@ -15,9 +15,10 @@
  * FLOPs: forward 4 B H Lq Lk d (QK^T and PV), causal counting only visible pairs L (L + 1) / 2; backward 2.5x the
  * forward (the FlashAttention convention: five products instead of two; our backward recomputes the logits in both
  * of its kernels, so it does more work than it is credited with). Every engine is credited the same FLOPs (jax-js
- * computes and masks all L^2 logits when causal), so the ours/other columns are ratios of times. gemm 2 n^3. Each figure is the best of --reps
- * timed runs after one warm-up (which pays pipeline compilation: minutes for onnxruntime-web on lavapipe the first
- * time, cached by Mesa afterwards; jit tracing and compilation for jax-js), each run ending when the GPU queue is done.
+ * computes and masks all L^2 logits when causal), so the ours/other columns are ratios of times. gemm 2 n^3. Each
+ * figure is the best of --reps timed runs after one warm-up (which pays pipeline compilation: minutes for
+ * onnxruntime-web on lavapipe the first time, cached by Mesa afterwards; jit tracing and compilation for jax-js),
+ * each run ending when the GPU queue is done.
  */
 import { create, globals } from 'webgpu';
 import type { GpuContext, GpuTensor } from '../src/backend/webgpu/context.ts';
@@ -27,6 +28,7 @@ import { gpuAttentionBackward, gpuAttentionForward } from '../src/backend/webgpu
 import { multiHeadAttention } from '../src/interop/onnx-attention.ts';
 import { OnnxGraph } from '../src/interop/onnx-graph.ts';
 import { headsToTokens } from '../src/tensor.ts';
+import { importJax } from './jax-node.ts';
 
 function parseArgs(argv: string[]) {
   const get = (name: string) => {
@@ -109,20 +111,7 @@ type Jax = typeof import('@jax-js/jax');
 async function loadJax(gpu: GPU): Promise<Jax | string> {
   try {
     installNavigator(gpu);
-    // jax-js's einsum (inside dotProductAttention) maps over String.matchAll's iterator with the ES2025 iterator
-    // helpers, which Node 20's V8 lacks; lazy map/filter on the shared iterator prototype are all it uses.
-    const proto = Object.getPrototypeOf(Object.getPrototypeOf([][Symbol.iterator]())) as Record<string, unknown>;
-    if (typeof proto.map !== 'function') {
-      proto.map = function* (this: Iterable<unknown>, f: (x: unknown, i: number) => unknown) {
-        let i = 0;
-        for (const x of this) yield f(x, i++);
-      };
-      proto.filter = function* (this: Iterable<unknown>, f: (x: unknown, i: number) => boolean) {
-        let i = 0;
-        for (const x of this) if (f(x, i++)) yield x;
-      };
-    }
-    const jax = await import('@jax-js/jax');
+    const jax = await importJax();
     const ready = await jax.init('webgpu');
     if (!ready.includes('webgpu')) return 'jax-js found no WebGPU adapter/device';
     jax.defaultDevice('webgpu');
