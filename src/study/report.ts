@@ -22,7 +22,8 @@ import type {
   RecallConfig,
   RecallResult,
 } from './experiments.ts';
-import { ALL_ENCODINGS } from './plan.ts';
+import { ALL_ENCODINGS, ROUND_TWO_ENCODINGS } from './plan.ts';
+import { roundTwoSection, roundTwoSetupLines } from './round-two-report.ts';
 import { FLIPFLOP_TASK } from './tasks/flipflop.ts';
 import { RECALL_TASK } from './tasks/recall.ts';
 import { readCellFile, type CellRecord } from './store.ts';
@@ -221,7 +222,7 @@ function learnedNote(cells: { encoding: string; seed: number; learned: boolean }
 
 // ------------------------------------------------------------------------------------------------ accessors
 
-function bpbSamples(cells: CellRecord<LmConfig, LmResult>[], corpus: string, enc: string, mult: number): Sample[] {
+export function bpbSamples(cells: CellRecord<LmConfig, LmResult>[], corpus: string, enc: string, mult: number): Sample[] {
   const out: Sample[] = [];
   for (const c of cells) {
     if (c.config.corpus !== corpus || c.config.encoding !== enc) continue;
@@ -315,6 +316,7 @@ export function buildReport(
   }
   out.push(...setupSection(input), '');
   out.push(...findingsSection(input), '');
+  out.push(...roundTwoSection(input), '');
   out.push(...lmSection(input, charts, plotsRel), '');
   out.push(...flipflopSection(input, charts, plotsRel), '');
   out.push(...recallSection(input, charts, plotsRel), '');
@@ -393,6 +395,7 @@ function setupSection(input: ReportInput): string[] {
       "with the same reloaded model's fp32 evaluation); bf16-kernel runs the same model on the kernel route " +
       "(ALiBi's way: Q, K, V rounded to bf16, the bias computed and added in fp32).",
   );
+  if (ROUND_TWO_ENCODINGS.some((e) => plannedEncodings(input).has(e))) lines.push(...roundTwoSetupLines());
   return lines;
 }
 
