@@ -46,10 +46,12 @@ function lm(encoding: string, seed: number, bpb: [number, number], seconds = 10,
   return { key: `${encoding}${seed}`, config, result, finishedAt: '', seconds } as CellRecord<LmConfig, LmResult>;
 }
 
-function flip(encoding: string, seed: number, oodDense: number, seconds = 10) {
+function flip(encoding: string, seed: number, oodDense: number, params?: Record<string, number[]>) {
+  const seconds = 10;
   const config = { ...base, experiment: 'flipflop', task: FLIPFLOP_TASK, encoding, seed, evalSequences: 1 };
   const mix = (errors: number) => ({ pIgnore: 0.8, errors, graded: 1000, errorRate: errors / 1000 });
-  const result = { train: train(seconds), mixes: { id: mix(0), 'ood-sparse': mix(0), 'ood-dense': mix(oodDense) } };
+  const mixes = { id: mix(0), 'ood-sparse': mix(0), 'ood-dense': mix(oodDense) };
+  const result = { train: train(seconds), mixes, ...(params ? { positionParams: params } : {}) };
   return { key: `f${encoding}${seed}`, config, result, finishedAt: '', seconds } as unknown as CellRecord<
     FlipflopConfig,
     FlipflopResult
@@ -81,7 +83,10 @@ const cells: ReportInput = {
   lm: [
     ...[1, 2, 3].flatMap((s) => [
       lm('hype-learned', s, [2.0 + 0.01 * s, 2.1]),
-      lm('alibi-learned', s, [2.1 + 0.01 * s + noise[s - 1]!, 2.1], 20),
+      lm('alibi-learned', s, [2.1 + 0.01 * s + noise[s - 1]!, 2.1], 20, {
+        // Trained slopes 3x and 1x the reference slopes 1/16, 1/256, in every seed.
+        'blocks.0.attn.pe.slope': [3 / 16, 1 / 256],
+      }),
       lm('alibi', s, [2.2, 2.2], 10),
     ]),
     // hype-sc: seed 1 only. Start slopes for 2 heads are 1/16 and 1/256 (ALiBi's), start curvature 0.5.
@@ -90,7 +95,19 @@ const cells: ReportInput = {
       'blocks.0.attn.pe.curvature': [0.25, 1.0],
     }),
   ],
-  flipflop: [1, 2, 3].flatMap((s) => [flip('fox', s, 0), flip('alibi', s, 200 + 10 * s + [5, -5, 0][s - 1]!)]),
+  flipflop: [
+    ...[1, 2, 3].flatMap((s) => [
+      flip('fox', s, 0, { 'pe.gate.wNorm': [1, 2], 'pe.gate.b': [0, 0] }),
+      flip('alibi', s, 200 + 10 * s + [5, -5, 0][s - 1]!),
+    ]),
+    flip('hype-learned', 1, 5),
+    flip('hype-gated', 1, 0, {
+      'pe.gate.sMean': [1, 3],
+      'pe.gate.sStd': [0.5, 1.5],
+      'pe.gate.sMin': [0.1, 0.2],
+      'pe.gate.sMax': [2, 6],
+    }),
+  ],
   recall: [
     // fox learns at 1x in seeds 1 and 2 (90/100, 80/100); seed 3 is at chance (10/100).
     recall('fox', 1, [90, 40]),
@@ -161,6 +178,28 @@ describe('second-round report section', () => {
         '30.0 ± 127.1% at 16x.',
     );
     expect(md).toContain('    - recall 1x L: no cells for xl yet (0 of 3 seeds).');
+  });
+
+  it("reports alibi-learned's slopes and what the content gates learned", () => {
+    // Ratios 3, 1 in each of 3 seeds: median 2 of {1, 1, 1, 3, 3, 3}.
+    expect(md).toContain(
+      "  - alibi-learned's trained slopes, lm: median 2.00 (range 1.00 to 3.00) times the reference slopes (6 heads " +
+        'x layers x seeds).',
+    );
+    expect(md).toContain(
+      "  - hype-gated's amplitude s, flip-flop: per-head mean median 2.00 (range 1.00 to 3.00), per-head standard " +
+        'deviation over queries median 1.00 (range 0.50 to 1.50); s over all queries from 0.100 to 6.00.',
+    );
+    // sigmoid(0) = 0.5; |w| 1 and 2 in each of 3 seeds: median 1.5.
+    expect(md).toContain(
+      "  - fox's forget gate, flip-flop: sigmoid(b) median 0.50 (range 0.50 to 0.50), |w| median 1.50 (range 1.00 to " +
+        '2.00) (per KV head x layer x seed).',
+    );
+    // hype-gated vs hype-learned on flip-flop: seed 1 only (5 errors of 1000 = 0.5%).
+    expect(md).toContain(
+      '    - flip-flop ood-dense: 1 of 3 seeds so far: no interval (error %, seed 1: hype-gated 0.000, hype-learned ' +
+        '0.500; not evidence either way).',
+    );
   });
 
   it('gives training time over alibi paired by cell, with the load caveat and the benchmark command', () => {

@@ -135,23 +135,82 @@ function allPairs(
   return lines;
 }
 
+/** A trained cell as the parameter summaries read it. */
+interface ParamCell {
+  config: { encoding: string; model: { heads: number }; pe: { options: Record<string, unknown> } };
+  result: { positionParams?: Record<string, number[]> };
+}
+const byExperiment = (input: ReportInput): [string, ParamCell[]][] => [
+  ['lm', input.lm],
+  ['flip-flop', input.flipflop],
+  ['recall', input.recall],
+];
+const spread = (xs: number[], d = 2) =>
+  `median ${median(xs).toFixed(d)} (range ${Math.min(...xs).toFixed(d)} to ${Math.max(...xs).toFixed(d)})`;
+/** Every value of the position parameters whose name ends with `suffix`, over an encoding's cells. */
+const paramValues = (cells: ParamCell[], suffix: string) =>
+  cells.flatMap((c) =>
+    Object.entries(c.result.positionParams ?? {}).flatMap(([name, v]) => (name.endsWith(suffix) ? v : [])),
+  );
+
+/** alibi-learned's trained slopes over their starts (the reference slopes), per experiment: the control's movement. */
+export function alibiSlopeLines(input: ReportInput): string[] {
+  const lines: string[] = [];
+  for (const [exp, all] of byExperiment(input)) {
+    const ratios = all
+      .filter((c) => c.config.encoding === 'alibi-learned')
+      .flatMap((c) => {
+        const start = alibiSlopes(c.config.model.heads);
+        return Object.entries(c.result.positionParams ?? {}).flatMap(([name, v]) =>
+          name.endsWith('pe.slope') ? v.map((x, h) => x / start[h % start.length]!) : [],
+        );
+      });
+    if (ratios.length > 0) {
+      lines.push(
+        `  - alibi-learned's trained slopes, ${exp}: ${spread(ratios)} times the reference slopes (${ratios.length} heads x layers x seeds).`,
+      );
+    }
+  }
+  return lines;
+}
+
+/**
+ * What the content-dependent gates did, per experiment: hype-gated's per-query amplitude s (1 everywhere would be
+ * hype-learned; a spread within a head means the bias reads content) and FoX's forget gate at a zero input,
+ * sigmoid(b) (1 = no forgetting), with its weight norm |w| (0 = no dependence on content).
+ */
+export function gateLines(input: ReportInput): string[] {
+  const lines: string[] = [];
+  for (const [exp, all] of byExperiment(input)) {
+    const gated = all.filter((c) => c.config.encoding === 'hype-gated');
+    const mean = paramValues(gated, 'gate.sMean');
+    const std = paramValues(gated, 'gate.sStd');
+    if (mean.length > 0) {
+      lines.push(
+        `  - hype-gated's amplitude s, ${exp}: per-head mean ${spread(mean)}, per-head standard deviation over ` +
+          `queries ${spread(std)}; s over all queries from ${Math.min(...paramValues(gated, 'gate.sMin')).toFixed(3)} ` +
+          `to ${Math.max(...paramValues(gated, 'gate.sMax')).toFixed(2)}.`,
+      );
+    }
+    const fox = all.filter((c) => c.config.encoding === 'fox');
+    const b = paramValues(fox, 'gate.b');
+    if (b.length > 0) {
+      lines.push(
+        `  - fox's forget gate, ${exp}: sigmoid(b) ${spread(b.map((x) => 1 / (1 + Math.exp(-x))))}, |w| ` +
+          `${spread(paramValues(fox, 'gate.wNorm'))} (per KV head x layer x seed).`,
+      );
+    }
+  }
+  return lines;
+}
+
 /**
  * hype-sc's trained slope and curvature against their starts (the reference ALiBi slopes; the preset's curvature
  * mu L_extra, 0.5 unless the options set it), per experiment over heads x layers x seeds.
  */
 export function curvatureLines(input: ReportInput): string[] {
   const lines: string[] = [];
-  const groups: [
-    string,
-    {
-      config: { encoding: string; model: { heads: number }; pe: { options: Record<string, unknown> } };
-      result: { positionParams?: Record<string, number[]> };
-    }[],
-  ][] = [
-    ['lm', input.lm],
-    ['flip-flop', input.flipflop],
-    ['recall', input.recall],
-  ];
+  const groups = byExperiment(input);
   for (const [exp, all] of groups) {
     const cells = all.filter((c) => c.config.encoding === 'hype-sc');
     const slope: number[] = [];
@@ -170,9 +229,10 @@ export function curvatureLines(input: ReportInput): string[] {
         s.forEach((v, h) => slope.push(v / start[h % start.length]!));
         for (const v of k) {
           curv.push(v / c0);
+          // Within 1% of the start counts as unchanged (neither way).
           if (v <= 0) flipped++;
-          else if (v < c0) toward++;
-          else if (v > c0) away++;
+          else if (v < 0.99 * c0) toward++;
+          else if (v > 1.01 * c0) away++;
         }
       }
     }
@@ -191,6 +251,9 @@ export function curvatureLines(input: ReportInput): string[] {
         `trained slope ${r(slope)}; trained curvature ${r(curv)}. Curvature moved toward 0 (flatter, more ` +
         `ALiBi-like) in ${toward}, away from 0 (more bent) in ${away}` +
         (flipped ? `, to 0 or below in ${flipped}` : '') +
+        (curv.length - toward - away - flipped > 0
+          ? `, within 1% of its start in ${curv.length - toward - away - flipped}`
+          : '') +
         ` of ${curv.length} heads.`,
     );
   }
@@ -257,6 +320,7 @@ export function roundTwoSection(input: ReportInput): string[] {
     ...allPairs(input, 'hype-sc', 'alibi-learned', S, dense).map((l) => `  ${l}`),
   );
   lines.push(...['hype-learned', 'hype-sc', 'alibi-learned'].map((e) => recallLearnedLine(input, e, S)));
+  lines.push(...alibiSlopeLines(input));
   lines.push('2. **Where does the curvature go when it may move on its own (hype-sc), and does it help?**');
   lines.push(...curvatureLines(input));
   lines.push(
@@ -278,6 +342,7 @@ export function roundTwoSection(input: ReportInput): string[] {
     lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, dense).map((l) => `  ${l}`));
   }
   lines.push(...['hype-gated', 'fox', 'xl', 'path'].map((e) => recallLearnedLine(input, e, S)));
+  lines.push(...gateLines(input));
   lines.push(
     '4. **Cost: training time relative to alibi** (median ratio of training seconds, paired by seed and corpus)',
   );
