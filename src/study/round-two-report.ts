@@ -339,7 +339,7 @@ export function roundTwoSection(input: ReportInput): string[] {
     ['fox', 'alibi'],
     ['hype-gated', 'hype-learned'],
   ] as const) {
-    lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, dense).map((l) => `  ${l}`));
+    lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, ['ood-dense']).map((l) => `  ${l}`));
   }
   lines.push(...['hype-gated', 'fox', 'xl', 'path'].map((e) => recallLearnedLine(input, e, S)));
   lines.push(...gateLines(input));
