@@ -26,9 +26,9 @@ export function roundTwoSetupLines(): string[] {
     '- Second round (issue 19): alibi-learned (ALiBi with trained log-slopes, started at the reference slopes: the ' +
       'control for hype-learned); hype-sc (hype-learned in slope-curvature coordinates, slope m = -tau mu and ' +
       'curvature mu both trained, so the curvature can move at a fixed slope); fox (the Forgetting Transformer bias ' +
-      'F_i - F_l, F = cumsum of log sigmoid of a per-head gate, as two concat columns on the unmodified kernel); ' +
-      'hype-gated (hype-learned with a per-query amplitude s_i = softplus of a projection of the token, started at ' +
-      '1); t5-shared and xl-shared (one T5 table, one XL u/v for all layers: the references\u2019 choice). The rows ' +
+      'F_i - F_l, F the cumulative sum of log sigmoid(w . x + b), one forget gate per KV head reading the block input, ' +
+      'as two concat columns on the unmodified kernel); hype-gated (hype-learned whose query columns are scaled by ' +
+      'a per-query, per-head amplitude s = softplus(w . x + b) of the block input, started at s = 1); t5-shared and xl-shared (one T5 table, one XL u/v for all layers: the references\u2019 choice). The rows ' +
       't5 and xl are the per-layer variant (each layer its own table, its own u/v).',
   ];
 }
