@@ -6,7 +6,9 @@
  * with fewer than two shared seeds says how many seeds exist so far instead of judging.
  */
 import { alibiSlopes } from '../pe/alibi-slopes.ts';
-import { aboveChance, bpbSamples, sentence, type ReportInput, type Sample } from './report.ts';
+import { aboveChance, sentence, type Sample } from './compare.ts';
+import type { FlipflopConfig, FlipflopResult, LmConfig, LmResult, RecallConfig, RecallResult } from './experiments.ts';
+import type { CellRecord } from './store.ts';
 import { ROUND_TWO_ENCODINGS } from './plan.ts';
 import { formatInterval, meanInterval } from './stats.ts';
 
@@ -17,6 +19,23 @@ const median = (xs: readonly number[]) => {
   return s.length % 2 ? s[k]! : (s[k - 1]! + s[k]!) / 2;
 };
 const RECALL_CHANCE = 0.1;
+
+/** What this section reads of the report's input (report.ts's ReportInput satisfies it). */
+export interface ReportInput {
+  meta: { plan: { seeds: number[] } } | null;
+  lm: CellRecord<LmConfig, LmResult>[];
+  flipflop: CellRecord<FlipflopConfig, FlipflopResult>[];
+  recall: CellRecord<RecallConfig, RecallResult>[];
+}
+
+/** Bits per byte of `enc` on `corpus` at multiplier `mult`, one sample per seed. */
+function bpbSamples(cells: ReportInput['lm'], corpus: string, enc: string, mult: number): Sample[] {
+  return cells.flatMap((c) => {
+    if (c.config.corpus !== corpus || c.config.encoding !== enc) return [];
+    const e = c.result.evals.find((x) => x.multiplier === mult);
+    return e && e.ok ? [{ seed: c.config.seed, value: e.bitsPerByte }] : [];
+  });
+}
 /** The command that measures step time on an idle machine (the cells' own seconds come from a loaded one). */
 export const ROUND_TWO_BENCH = 'npm run bench:explicit -- --only alibi-learned,hype-sc,fox,hype-gated --rounds 3';
 
