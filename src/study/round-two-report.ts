@@ -1,0 +1,383 @@
+/**
+ * The study's second round (issue 19) in the report, from the cells' JSON alone: which encodings it adds (setup
+ * lines) and its four questions, each answered by paired (per-seed) 95% intervals: (1) learned HyPE against learned
+ * ALiBi, (2) where hype-sc's curvature goes when it may move at a fixed slope, (3) whether a content-dependent concat
+ * bias (hype-gated, FoX) closes the gap to Transformer-XL and PaTH, (4) training time against ALiBi. A comparison
+ * with fewer than two shared seeds says how many seeds exist so far instead of judging.
+ */
+import { alibiSlopes } from '../pe/alibi-slopes.ts';
+import { aboveChance, sentence, type Sample } from './compare.ts';
+import type { FlipflopConfig, FlipflopResult, LmConfig, LmResult, RecallConfig, RecallResult } from './experiments.ts';
+import type { CellRecord } from './store.ts';
+import { ROUND_TWO_ENCODINGS } from './plan.ts';
+import { formatInterval, meanInterval } from './stats.ts';
+
+const uniq = <T>(xs: T[]) => [...new Set(xs)];
+const median = (xs: readonly number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const k = s.length >> 1;
+  return s.length % 2 ? s[k]! : (s[k - 1]! + s[k]!) / 2;
+};
+const RECALL_CHANCE = 0.1;
+
+/** What this section reads of the report's input (report.ts's ReportInput satisfies it). */
+export interface ReportInput {
+  meta: { plan: { seeds: number[] } } | null;
+  lm: CellRecord<LmConfig, LmResult>[];
+  flipflop: CellRecord<FlipflopConfig, FlipflopResult>[];
+  recall: CellRecord<RecallConfig, RecallResult>[];
+}
+
+/** Bits per byte of `enc` on `corpus` at multiplier `mult`, one sample per seed. */
+function bpbSamples(cells: ReportInput['lm'], corpus: string, enc: string, mult: number): Sample[] {
+  return cells.flatMap((c) => {
+    if (c.config.corpus !== corpus || c.config.encoding !== enc) return [];
+    const e = c.result.evals.find((x) => x.multiplier === mult);
+    return e && e.ok ? [{ seed: c.config.seed, value: e.bitsPerByte }] : [];
+  });
+}
+/** The command that measures step time on an idle machine (the cells' own seconds come from a loaded one). */
+export const ROUND_TWO_BENCH = 'npm run bench:explicit -- --only alibi-learned,hype-sc,fox,hype-gated --rounds 3';
+
+/** Setup lines naming the second round's encodings and which variant the t5 and xl rows are. */
+export function roundTwoSetupLines(): string[] {
+  return [
+    '- Second round (issue 19): alibi-learned (ALiBi with trained log-slopes, started at the reference slopes: the ' +
+      'control for hype-learned); hype-sc (hype-learned in slope-curvature coordinates, slope m = -tau mu and ' +
+      'curvature mu both trained, so the curvature can move at a fixed slope); fox (the Forgetting Transformer bias ' +
+      'F_i - F_l, F the cumulative sum of log sigmoid(w . x + b), one forget gate per KV head reading the block input, ' +
+      'as two concat columns on the unmodified kernel); hype-gated (hype-learned whose query columns are scaled by ' +
+      'a per-query, per-head amplitude s = softplus(w . x + b) of the block input, started at s = 1); t5-shared and xl-shared (one T5 table, one XL u/v for all layers: the references\u2019 choice). The rows ' +
+      't5 and xl are the per-layer variant (each layer its own table, its own u/v).',
+  ];
+}
+
+/** "2 of 3 seeds" wording of a comparison's coverage; S is the number of seeds the plan runs. */
+function pairLine(
+  label: string,
+  a: string,
+  sa: Sample[],
+  b: string,
+  sb: Sample[],
+  metric: string,
+  lowerBetter: boolean,
+  S: number,
+): string {
+  const missing = [a, b].filter((_, i) => [sa, sb][i]!.length === 0);
+  if (missing.length > 0) return `  - ${label}: no cells for ${missing.join(' and ')} yet (0 of ${S} seeds).`;
+  const shared = sa.filter((x) => sb.some((y) => y.seed === x.seed)).length;
+  if (shared === 0)
+    return `  - ${label}: no seed in common yet (${a}: ${sa.length}, ${b}: ${sb.length} of ${S} seeds).`;
+  if (shared < 2) {
+    const x = sa.find((p) => sb.some((q) => q.seed === p.seed))!;
+    const y = sb.find((q) => q.seed === x.seed)!;
+    return (
+      `  - ${label}: 1 of ${S} seeds so far: no interval (${metric}, seed ${x.seed}: ${a} ${x.value.toFixed(3)}, ` +
+      `${b} ${y.value.toFixed(3)}; not evidence either way).`
+    );
+  }
+  const partial = shared < S ? ` (${shared} of ${S} seeds so far.)` : '';
+  return `  - ${label}: ${sentence(a, sa, b, sb, metric, lowerBetter)}${partial}`;
+}
+
+const flipSamples = (input: ReportInput, enc: string, mix: 'id' | 'ood-sparse' | 'ood-dense'): Sample[] =>
+  input.flipflop
+    .filter((c) => c.config.encoding === enc)
+    .map((c) => ({ seed: c.config.seed, value: 100 * c.result.mixes[mix].errorRate }));
+
+const recallSamples = (input: ReportInput, enc: string, mult: number): Sample[] =>
+  input.recall
+    .filter((c) => c.config.encoding === enc)
+    .flatMap((c) =>
+      c.result.evals.flatMap((e) =>
+        e.multiplier === mult && e.ok ? [{ seed: c.config.seed, value: 100 * e.accuracy }] : [],
+      ),
+    );
+
+/**
+ * Recall per encoding: how many seeds learned the task at 1x (beat chance by a 95% binomial margin), and separately
+ * the accuracy of those that did at 1x and at the longest length, so a failed seed does not hide in a mean.
+ */
+export function recallLearnedLine(input: ReportInput, enc: string, S: number): string {
+  const cells = input.recall.filter((c) => c.config.encoding === enc);
+  if (cells.length === 0) return `  - recall, ${enc}: no cells yet (0 of ${S} seeds).`;
+  const learned = cells.filter((c) => {
+    const e = c.result.evals.find((x) => x.multiplier === 1);
+    return e !== undefined && e.ok && aboveChance(e.correct, e.graded, RECALL_CHANCE);
+  });
+  const longest = Math.max(...cells[0]!.config.multipliers);
+  const acc = (mult: number) =>
+    learned.flatMap((c) =>
+      c.result.evals.filter((e) => e.multiplier === mult && e.ok).map((e) => (e.ok ? 100 * e.accuracy : 0)),
+    );
+  const of = `${learned.length} of ${cells.length} seed${cells.length === 1 ? '' : 's'} run`;
+  const head = `  - recall, ${enc}: learned the task at 1x in ${of}${cells.length < S ? ` (${S} planned)` : ''}`;
+  if (learned.length === 0) return `${head}.`;
+  const show = (v: number[]) => (v.length ? formatInterval(meanInterval(v), 1) : 'cannot evaluate');
+  return `${head}; accuracy of those that did: ${show(acc(1))}% at 1x, ${show(acc(longest))}% at ${longest}x.`;
+}
+
+/** lm at 1x and the longest length per corpus, flip-flop by mix, recall at 1x and the longest length. */
+function allPairs(
+  input: ReportInput,
+  a: string,
+  b: string,
+  S: number,
+  mixes: ('id' | 'ood-sparse' | 'ood-dense')[],
+  tasks = true,
+) {
+  const lines: string[] = [];
+  for (const corpus of uniq(input.lm.map((c) => c.config.corpus))) {
+    const longest = Math.max(
+      ...input.lm.filter((c) => c.config.corpus === corpus).flatMap((c) => c.config.multipliers),
+    );
+    for (const m of uniq([1, longest])) {
+      const sa = bpbSamples(input.lm, corpus, a, m);
+      const sb = bpbSamples(input.lm, corpus, b, m);
+      lines.push(pairLine(`lm ${corpus}, ${m}x L`, a, sa, b, sb, 'bits per byte', true, S));
+    }
+  }
+  if (input.lm.length === 0) lines.push('  - lm: no cells yet.');
+  for (const mix of mixes) {
+    lines.push(
+      pairLine(`flip-flop ${mix}`, a, flipSamples(input, a, mix), b, flipSamples(input, b, mix), 'error %', true, S),
+    );
+  }
+  const mults = uniq(input.recall.flatMap((c) => c.config.multipliers));
+  if (!tasks) return lines;
+  for (const m of mults.length ? uniq([1, Math.max(...mults)]) : []) {
+    lines.push(
+      pairLine(`recall ${m}x L`, a, recallSamples(input, a, m), b, recallSamples(input, b, m), 'accuracy %', false, S),
+    );
+  }
+  if (input.recall.length === 0) lines.push('  - recall: no cells yet.');
+  return lines;
+}
+
+/** A trained cell as the parameter summaries read it. */
+interface ParamCell {
+  config: { encoding: string; model: { heads: number }; pe: { options: Record<string, unknown> } };
+  result: { positionParams?: Record<string, number[]> };
+}
+const byExperiment = (input: ReportInput): [string, ParamCell[]][] => [
+  ['lm', input.lm],
+  ['flip-flop', input.flipflop],
+  ['recall', input.recall],
+];
+const spread = (xs: number[], d = 2) =>
+  `median ${median(xs).toFixed(d)} (range ${Math.min(...xs).toFixed(d)} to ${Math.max(...xs).toFixed(d)})`;
+/** Every value of the position parameters whose name ends with `suffix`, over an encoding's cells. */
+const paramValues = (cells: ParamCell[], suffix: string) =>
+  cells.flatMap((c) =>
+    Object.entries(c.result.positionParams ?? {}).flatMap(([name, v]) => (name.endsWith(suffix) ? v : [])),
+  );
+
+/** alibi-learned's trained slopes over their starts (the reference slopes), per experiment: the control's movement. */
+export function alibiSlopeLines(input: ReportInput): string[] {
+  const lines: string[] = [];
+  for (const [exp, all] of byExperiment(input)) {
+    const ratios = all
+      .filter((c) => c.config.encoding === 'alibi-learned')
+      .flatMap((c) => {
+        const start = alibiSlopes(c.config.model.heads);
+        return Object.entries(c.result.positionParams ?? {}).flatMap(([name, v]) =>
+          name.endsWith('pe.slope') ? v.map((x, h) => x / start[h % start.length]!) : [],
+        );
+      });
+    if (ratios.length > 0) {
+      lines.push(
+        `  - alibi-learned's trained slopes, ${exp}: ${spread(ratios)} times the reference slopes (${ratios.length} heads x layers x seeds).`,
+      );
+    }
+  }
+  return lines;
+}
+
+/**
+ * What the content-dependent gates did, per experiment: hype-gated's per-query amplitude s (1 everywhere would be
+ * hype-learned; a spread within a head means the bias reads content) and FoX's forget gate at a zero input,
+ * sigmoid(b) (1 = no forgetting), with its weight norm |w| (0 = no dependence on content).
+ */
+export function gateLines(input: ReportInput): string[] {
+  const lines: string[] = [];
+  for (const [exp, all] of byExperiment(input)) {
+    const gated = all.filter((c) => c.config.encoding === 'hype-gated');
+    const mean = paramValues(gated, 'gate.sMean');
+    const std = paramValues(gated, 'gate.sStd');
+    if (mean.length > 0) {
+      lines.push(
+        `  - hype-gated's amplitude s, ${exp}: per-head mean ${spread(mean)}, per-head standard deviation over ` +
+          `queries ${spread(std)}; s over all queries from ${Math.min(...paramValues(gated, 'gate.sMin')).toFixed(3)} ` +
+          `to ${Math.max(...paramValues(gated, 'gate.sMax')).toFixed(2)}.`,
+      );
+    }
+    const fox = all.filter((c) => c.config.encoding === 'fox');
+    const b = paramValues(fox, 'gate.b');
+    if (b.length > 0) {
+      lines.push(
+        `  - fox's forget gate, ${exp}: sigmoid(b) ${spread(b.map((x) => 1 / (1 + Math.exp(-x))))}, |w| ` +
+          `${spread(paramValues(fox, 'gate.wNorm'))} (per KV head x layer x seed).`,
+      );
+    }
+  }
+  return lines;
+}
+
+/**
+ * hype-sc's trained slope and curvature against their starts (the reference ALiBi slopes; the preset's curvature
+ * mu L_extra, 0.5 unless the options set it), per experiment over heads x layers x seeds.
+ */
+export function curvatureLines(input: ReportInput): string[] {
+  const lines: string[] = [];
+  const groups = byExperiment(input);
+  for (const [exp, all] of groups) {
+    const cells = all.filter((c) => c.config.encoding === 'hype-sc');
+    const slope: number[] = [];
+    const curv: number[] = [];
+    let toward = 0;
+    let away = 0;
+    let flipped = 0;
+    for (const c of cells) {
+      const p = c.result.positionParams ?? {};
+      const start = alibiSlopes(c.config.model.heads);
+      const c0 = typeof c.config.pe.options.curvature === 'number' ? c.config.pe.options.curvature : 0.5;
+      for (const [name, s] of Object.entries(p)) {
+        if (!name.endsWith('pe.slope')) continue;
+        const k = p[name.replace(/slope$/, 'curvature')];
+        if (!k || k.length !== s.length) continue;
+        s.forEach((v, h) => slope.push(v / start[h % start.length]!));
+        for (const v of k) {
+          curv.push(v / c0);
+          // Within 1% of the start counts as unchanged (neither way).
+          if (v <= 0) flipped++;
+          else if (v < 0.99 * c0) toward++;
+          else if (v > 1.01 * c0) away++;
+        }
+      }
+    }
+    if (cells.length === 0) {
+      lines.push(`  - ${exp}: no hype-sc cells yet.`);
+      continue;
+    }
+    if (curv.length === 0) {
+      lines.push(`  - ${exp}: the hype-sc cells store no trained slope/curvature (computed before positionParams).`);
+      continue;
+    }
+    const r = (xs: number[]) =>
+      `${median(xs).toFixed(2)}x its start (median; range ${Math.min(...xs).toFixed(2)}x to ${Math.max(...xs).toFixed(2)}x)`;
+    lines.push(
+      `  - ${exp} (${curv.length} heads x layers x seeds, ${cells.length} cell${cells.length === 1 ? '' : 's'}): ` +
+        `trained slope ${r(slope)}; trained curvature ${r(curv)}. Curvature moved toward 0 (flatter, more ` +
+        `ALiBi-like) in ${toward}, away from 0 (more bent) in ${away}` +
+        (flipped ? `, to 0 or below in ${flipped}` : '') +
+        (curv.length - toward - away - flipped > 0
+          ? `, within 1% of its start in ${curv.length - toward - away - flipped}`
+          : '') +
+        ` of ${curv.length} heads.`,
+    );
+  }
+  return lines;
+}
+
+/**
+ * Training seconds of each new encoding over alibi's, per experiment, paired by cell (same seed, corpus): the median
+ * ratio and its range. The cells ran on a loaded machine, so the line says so and names the benchmark.
+ */
+export function costLines(input: ReportInput): string[] {
+  const lines: string[] = [];
+  const key = (c: { config: { seed: number; corpus?: string } }) => `${c.config.seed}/${c.config.corpus ?? ''}`;
+  const groups: [
+    string,
+    { config: { encoding: string; seed: number; corpus?: string }; result: { train: { seconds: number } } }[],
+  ][] = [
+    ['lm', input.lm],
+    ['flip-flop', input.flipflop],
+    ['recall', input.recall],
+  ];
+  for (const enc of ROUND_TWO_ENCODINGS) {
+    const parts: string[] = [];
+    for (const [exp, cells] of groups) {
+      const base = new Map(
+        cells.filter((c) => c.config.encoding === 'alibi').map((c) => [key(c), c.result.train.seconds]),
+      );
+      const ratios = cells
+        .filter((c) => c.config.encoding === enc && base.has(key(c)))
+        .map((c) => c.result.train.seconds / base.get(key(c))!);
+      if (ratios.length === 0) continue;
+      parts.push(
+        `${exp} ${median(ratios).toFixed(2)}x` +
+          (ratios.length > 1
+            ? ` (${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)}, ${ratios.length} cells)`
+            : ' (1 cell)'),
+      );
+    }
+    lines.push(`  - ${enc}: ${parts.length ? parts.join('; ') : 'no cells paired with alibi yet'}.`);
+  }
+  return lines;
+}
+
+/** The second round's findings (empty when no second-round encoding has a cell). */
+export function roundTwoSection(input: ReportInput): string[] {
+  const cells = [...input.lm, ...input.flipflop, ...input.recall];
+  if (!cells.some((c) => ROUND_TWO_ENCODINGS.includes(c.config.encoding))) return [];
+  const S = input.meta?.plan.seeds.length ?? uniq(cells.map((c) => c.config.seed)).length;
+  const lines = ['## Second round (issue 19): learned controls, free curvature, content-dependent biases', ''];
+  lines.push(
+    `Each comparison is paired by seed over the seeds both encodings have (the plan runs ${S}); "better"/"worse" ` +
+      'means the 95% interval of the mean paired difference excludes 0. Where fewer than two seeds are shared the ' +
+      'line says how many exist so far and gives no interval.',
+    '',
+  );
+  const dense: ('id' | 'ood-sparse' | 'ood-dense')[] = ['id', 'ood-dense'];
+  lines.push('1. **Does learned HyPE beat learned ALiBi (does the hyperbola matter)?**');
+  lines.push(
+    '  - hype-learned vs alibi-learned:',
+    ...allPairs(input, 'hype-learned', 'alibi-learned', S, dense).map((l) => `  ${l}`),
+  );
+  lines.push(
+    '  - hype-sc vs alibi-learned:',
+    ...allPairs(input, 'hype-sc', 'alibi-learned', S, dense).map((l) => `  ${l}`),
+  );
+  lines.push(...['hype-learned', 'hype-sc', 'alibi-learned'].map((e) => recallLearnedLine(input, e, S)));
+  lines.push(...alibiSlopeLines(input));
+  lines.push('2. **Where does the curvature go when it may move on its own (hype-sc), and does it help?**');
+  lines.push(...curvatureLines(input));
+  lines.push(
+    '  - hype-sc vs hype-learned:',
+    ...allPairs(input, 'hype-sc', 'hype-learned', S, dense).map((l) => `  ${l}`),
+  );
+  lines.push(
+    '3. **Does a content-dependent concat bias (hype-gated, fox) close the gap to Transformer-XL (xl) and PaTH ' +
+      '(path)?** (flip-flop ood-dense: recency biases such as ALiBi fail there, PaTH does not)',
+  );
+  for (const [a, b] of [
+    ['hype-gated', 'xl'],
+    ['hype-gated', 'path'],
+    ['fox', 'xl'],
+    ['fox', 'path'],
+    ['fox', 'alibi'],
+    ['hype-gated', 'hype-learned'],
+  ] as const) {
+    lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, ['ood-dense']).map((l) => `  ${l}`));
+  }
+  lines.push(...['hype-gated', 'fox', 'xl', 'path'].map((e) => recallLearnedLine(input, e, S)));
+  lines.push(...gateLines(input));
+  lines.push(
+    '4. **Cost: training time relative to alibi** (median ratio of training seconds, paired by seed and corpus)',
+  );
+  lines.push(...costLines(input));
+  lines.push(
+    '  - Caveat: these cells ran side by side on a shared, loaded 2-core machine, so their seconds mix the ' +
+      "encodings' cost with the machine's load (and alibi's cells may have run under another load, in the first " +
+      `round). The measurement is \`${ROUND_TWO_BENCH}\` (step time on an idle ` +
+      'machine, side by side with alibi).',
+  );
+  lines.push('5. **Reference sharing: one T5 table and one XL u/v for all layers, against the per-layer variants**');
+  for (const [a, b] of [
+    ['t5-shared', 't5'],
+    ['xl-shared', 'xl'],
+  ] as const) {
+    lines.push(`  - ${a} vs ${b} (per-layer variant):`, ...allPairs(input, a, b, S, [], false).map((l) => `  ${l}`));
+  }
+  return lines;
+}

@@ -1,0 +1,221 @@
+// The second round's report section (issue 19) from synthetic cells: every number below is worked out by hand in
+// the comments, so a wrong verdict, count or ratio fails here.
+import { describe, expect, it } from 'vitest';
+import { buildReport, type ReportInput, type StudyMeta } from '../src/study/report.ts';
+import { fullPlan } from '../src/study/plan.ts';
+import type {
+  FlipflopConfig,
+  FlipflopResult,
+  LmConfig,
+  LmResult,
+  RecallConfig,
+  RecallResult,
+} from '../src/study/experiments.ts';
+import type { CellRecord } from '../src/study/store.ts';
+import { FLIPFLOP_TASK } from '../src/study/tasks/flipflop.ts';
+import { RECALL_TASK } from '../src/study/tasks/recall.ts';
+
+const model = { width: 16, layers: 1, heads: 2, mlpWidth: 32 };
+const budget = { steps: 3, batch: 2, lr: 1e-3, warmup: 1 };
+const base = { pe: { name: 'x', options: {} }, trainLength: 8, model, budget };
+const train = (seconds: number) => ({ steps: 3, seconds, finalLoss: 2, parameters: 10, runDir: 'x' });
+
+function lm(encoding: string, seed: number, bpb: [number, number], seconds = 10, params?: Record<string, number[]>) {
+  const config: LmConfig = {
+    ...base,
+    experiment: 'lm',
+    corpus: 'tinyshakespeare',
+    encoding,
+    seed,
+    multipliers: [1, 16],
+    evalBytes: 0,
+  };
+  const result = {
+    train: train(seconds),
+    evals: bpb.map((v, i) => ({
+      multiplier: [1, 16][i]!,
+      length: 8 * [1, 16][i]!,
+      ok: true,
+      bitsPerByte: v,
+      scored: 9,
+    })),
+    ...(params ? { positionParams: params } : {}),
+    backend: 'reference',
+    evalSeconds: 0,
+  } as unknown as LmResult;
+  return { key: `${encoding}${seed}`, config, result, finishedAt: '', seconds } as CellRecord<LmConfig, LmResult>;
+}
+
+function flip(encoding: string, seed: number, oodDense: number, params?: Record<string, number[]>) {
+  const seconds = 10;
+  const config = { ...base, experiment: 'flipflop', task: FLIPFLOP_TASK, encoding, seed, evalSequences: 1 };
+  const mix = (errors: number) => ({ pIgnore: 0.8, errors, graded: 1000, errorRate: errors / 1000 });
+  const mixes = { id: mix(0), 'ood-sparse': mix(0), 'ood-dense': mix(oodDense) };
+  const result = { train: train(seconds), mixes, ...(params ? { positionParams: params } : {}) };
+  return { key: `f${encoding}${seed}`, config, result, finishedAt: '', seconds } as unknown as CellRecord<
+    FlipflopConfig,
+    FlipflopResult
+  >;
+}
+
+function recall(encoding: string, seed: number, correct: [number, number]) {
+  const config = { ...base, experiment: 'recall', task: RECALL_TASK, encoding, seed, multipliers: [1, 16] };
+  const evals = correct.map((c, i) => ({
+    multiplier: [1, 16][i]!,
+    length: 8 * [1, 16][i]!,
+    ok: true,
+    correct: c,
+    graded: 100,
+    accuracy: c / 100,
+  }));
+  return {
+    key: `r${encoding}${seed}`,
+    config,
+    result: { train: train(10), evals },
+    finishedAt: '',
+    seconds: 10,
+  } as unknown as CellRecord<RecallConfig, RecallResult>;
+}
+
+const noise = [0.02, -0.01, 0];
+const cells: ReportInput = {
+  meta: null,
+  lm: [
+    ...[1, 2, 3].flatMap((s) => [
+      lm('hype-learned', s, [2.0 + 0.01 * s, 2.1]),
+      lm('alibi-learned', s, [2.1 + 0.01 * s + noise[s - 1]!, 2.1], 20, {
+        // Trained slopes 3x and 1x the reference slopes 1/16, 1/256, in every seed.
+        'blocks.0.attn.pe.slope': [3 / 16, 1 / 256],
+      }),
+      lm('alibi', s, [2.2, 2.2], 10),
+    ]),
+    // hype-sc: seed 1 only. Start slopes for 2 heads are 1/16 and 1/256 (ALiBi's), start curvature 0.5.
+    lm('hype-sc', 1, [2.0, 2.0], 30, {
+      'blocks.0.attn.pe.slope': [2 / 16, 4 / 256],
+      'blocks.0.attn.pe.curvature': [0.25, 1.0],
+    }),
+  ],
+  flipflop: [
+    ...[1, 2, 3].flatMap((s) => [
+      flip('fox', s, 0, { 'pe.gate.wNorm': [1, 2], 'pe.gate.b': [0, 0] }),
+      flip('alibi', s, 200 + 10 * s + [5, -5, 0][s - 1]!),
+    ]),
+    flip('hype-learned', 1, 5),
+    flip('hype-gated', 1, 0, {
+      'pe.gate.sMean': [1, 3],
+      'pe.gate.sStd': [0.5, 1.5],
+      'pe.gate.sMin': [0.1, 0.2],
+      'pe.gate.sMax': [2, 6],
+    }),
+  ],
+  recall: [
+    // fox learns at 1x in seeds 1 and 2 (90/100, 80/100); seed 3 is at chance (10/100).
+    recall('fox', 1, [90, 40]),
+    recall('fox', 2, [80, 20]),
+    recall('fox', 3, [10, 10]),
+  ],
+  precision: [],
+};
+
+describe('second-round report section', () => {
+  const md = buildReport(cells).markdown;
+
+  it('names the new encodings in the setup and the per-layer rows as the variant', () => {
+    // No study.json: the setup is read from the cells, so only the findings section carries the round.
+    expect(md).toContain('## Second round (issue 19)');
+    const withMeta = buildReport({
+      ...cells,
+      meta: {
+        plan: fullPlan(),
+        versions: { package: '0', commit: 'abc', node: '20' } as StudyMeta['versions'],
+        backend: 'reference',
+        cpus: 2,
+        invocations: [],
+      },
+    }).markdown;
+    expect(withMeta).toContain('The rows t5 and xl are the per-layer variant');
+    expect(withMeta).toContain('alibi-learned (ALiBi with trained log-slopes');
+  });
+
+  it('judges hype-learned against alibi-learned by the paired interval', () => {
+    // alibi-learned at 1x: 2.13, 2.11, 2.13 (sd 0.01155, half-width 4.303 * 0.01155 / sqrt 3 = 0.029). Paired
+    // differences -0.12, -0.09, -0.10: mean -0.1033, sd 0.01528, half-width 4.303 * 0.01528 / sqrt 3 = 0.038.
+    expect(md).toContain(
+      '    - lm tinyshakespeare, 1x L: bits per byte: hype-learned 2.020 ± 0.025 (3 seeds) vs alibi-learned 2.123 ± ' +
+        '0.029 (3 seeds); paired difference over 3 seeds -0.103 ± 0.038: its 95% interval excludes 0, so ' +
+        'hype-learned is better.',
+    );
+  });
+
+  it('says how many seeds exist when there are too few for an interval, and which cells are missing', () => {
+    expect(md).toContain(
+      '    - lm tinyshakespeare, 1x L: 1 of 3 seeds so far: no interval (bits per byte, seed 1: hype-sc 2.000, ' +
+        'alibi-learned 2.130; not evidence either way).',
+    );
+    expect(md).toContain('    - flip-flop id: no cells for hype-sc and alibi-learned yet (0 of 3 seeds).');
+    expect(md).toContain('  - recall: no hype-sc cells yet.');
+  });
+
+  it("reports where hype-sc's slope and curvature went against their starts", () => {
+    // Slope ratios 2 and 4 (median 3); curvature ratios 0.5 (toward 0) and 2 (away), median 1.25.
+    expect(md).toContain(
+      '  - lm (2 heads x layers x seeds, 1 cell): trained slope 3.00x its start (median; range 2.00x to 4.00x); ' +
+        'trained curvature 1.25x its start (median; range 0.50x to 2.00x). Curvature moved toward 0 (flatter, more ' +
+        'ALiBi-like) in 1, away from 0 (more bent) in 1 of 2 heads.',
+    );
+  });
+
+  it('compares fox with alibi on flip-flop ood-dense and counts recall seeds that learned apart from accuracy', () => {
+    // alibi's ood-dense errors 21.5, 21.5, 23.0 %: paired differences -21.5, -21.5, -23.0: mean -22.0, sd 0.866,
+    // half-width 4.3027 * 0.8660 / sqrt 3 = 2.151.
+    expect(md).toContain(
+      '    - flip-flop ood-dense: error %: fox 0.000 ± 0.000 (3 seeds) vs alibi 22.000 ± 2.151 (3 seeds); paired ' +
+        'difference over 3 seeds -22.000 ± 2.151: its 95% interval excludes 0, so fox is better.',
+    );
+    // Learned seeds 1, 2: accuracy 85 ± 12.706 * 7.071 / sqrt 2 = 63.5 at 1x, 30 ± 127.1 at 16x.
+    expect(md).toContain(
+      '  - recall, fox: learned the task at 1x in 2 of 3 seeds run; accuracy of those that did: 85.0 ± 63.5% at 1x, ' +
+        '30.0 ± 127.1% at 16x.',
+    );
+    expect(md).toContain('    - recall 1x L: no cells for xl yet (0 of 3 seeds).');
+  });
+
+  it("reports alibi-learned's slopes and what the content gates learned", () => {
+    // Ratios 3, 1 in each of 3 seeds: median 2 of {1, 1, 1, 3, 3, 3}.
+    expect(md).toContain(
+      "  - alibi-learned's trained slopes, lm: median 2.00 (range 1.00 to 3.00) times the reference slopes (6 heads " +
+        'x layers x seeds).',
+    );
+    expect(md).toContain(
+      "  - hype-gated's amplitude s, flip-flop: per-head mean median 2.00 (range 1.00 to 3.00), per-head standard " +
+        'deviation over queries median 1.00 (range 0.50 to 1.50); s over all queries from 0.100 to 6.00.',
+    );
+    // sigmoid(0) = 0.5; |w| 1 and 2 in each of 3 seeds: median 1.5.
+    expect(md).toContain(
+      "  - fox's forget gate, flip-flop: sigmoid(b) median 0.50 (range 0.50 to 0.50), |w| median 1.50 (range 1.00 to " +
+        '2.00) (per KV head x layer x seed).',
+    );
+    // hype-gated vs hype-learned on flip-flop: seed 1 only (5 errors of 1000 = 0.5%).
+    expect(md).toContain(
+      '    - flip-flop ood-dense: 1 of 3 seeds so far: no interval (error %, seed 1: hype-gated 0.000, hype-learned ' +
+        '0.500; not evidence either way).',
+    );
+  });
+
+  it('gives training time over alibi paired by cell, with the load caveat and the benchmark command', () => {
+    expect(md).toContain('  - alibi-learned: lm 2.00x (2.00-2.00, 3 cells).');
+    expect(md).toContain('  - hype-sc: lm 3.00x (1 cell).');
+    expect(md).toContain('  - fox: flip-flop 1.00x (1.00-1.00, 3 cells).');
+    expect(md).toContain('`npm run bench:explicit -- --only alibi-learned,hype-sc,fox,hype-gated --rounds 3`');
+  });
+
+  it('leaves the section out when no second-round encoding has a cell', () => {
+    const md0 = buildReport({
+      ...cells,
+      lm: cells.lm.filter((c) => c.config.encoding === 'alibi'),
+      flipflop: [],
+      recall: [],
+    }).markdown;
+    expect(md0).not.toContain('Second round');
+  });
+});
