@@ -32,6 +32,7 @@ import type {
   PositionBias,
   PositionBiasGrad,
 } from './backend.ts';
+import { hostAttentionBackwardBf16, hostAttentionForwardBf16, hostGemmBf16 } from './bf16.ts';
 import { HostBackendBase } from './host-memory.ts';
 import { validateHouseholderWalk, validateWalkBackward, WALK_CHUNK, walkStateSizes } from './householder-walk.ts';
 import { referenceLayerOps, type LayerOps } from './layers.ts';
@@ -318,6 +319,24 @@ export class NativeBackend extends HostBackendBase implements Backend {
     this.addon.gemm(transA, transB, m, n, k, alpha, f32(a, 'A'), lda, f32(b, 'B'), ldb, beta, f32(c, 'C'), ldc);
   }
 
+  gemmBf16(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: FloatArray,
+    lda: number,
+    b: FloatArray,
+    ldb: number,
+    beta: number,
+    c: FloatArray,
+    ldc: number,
+  ): void {
+    hostGemmBf16(true, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+
   attentionForward(
     shape: AttentionShape,
     q: FloatArray,
@@ -325,6 +344,7 @@ export class NativeBackend extends HostBackendBase implements Backend {
     v: FloatArray,
     opts: AttentionOptions,
   ): AttentionForward {
+    if (opts.operands === 'bf16') return hostAttentionForwardBf16(true, shape, q, k, v, opts);
     for (const [x, name] of [
       [q, 'q'],
       [k, 'k'],
@@ -352,6 +372,7 @@ export class NativeBackend extends HostBackendBase implements Backend {
     dOut: FloatArray,
     opts: AttentionOptions,
   ): AttentionGrads {
+    if (opts.operands === 'bf16') return hostAttentionBackwardBf16(true, shape, q, k, v, out, lse, dOut, opts);
     const arrays = { q, k, v, out, lse, dOut };
     for (const [name, x] of Object.entries(arrays)) f32(x, name);
     validateAttentionBackward(shape, q, k, v, out, lse, dOut, opts, this.scan);

@@ -13,6 +13,7 @@ import type {
   HouseholderWalk,
 } from './backend.ts';
 import { referenceAttentionBackward, referenceAttentionForward } from './reference-attention.ts';
+import { hostAttentionBackwardBf16, hostAttentionForwardBf16, hostGemmBf16 } from './bf16.ts';
 import { HostBackendBase } from './host-memory.ts';
 import { referenceLayerOps } from './layers.ts';
 import { referenceHouseholderWalk } from './householder-walk.ts';
@@ -119,6 +120,24 @@ export class ReferenceBackend extends HostBackendBase implements Backend {
     referenceGemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 
+  gemmBf16(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: FloatArray,
+    lda: number,
+    b: FloatArray,
+    ldb: number,
+    beta: number,
+    c: FloatArray,
+    ldc: number,
+  ): void {
+    hostGemmBf16(false, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+
   attentionForward(
     shape: AttentionShape,
     q: FloatArray,
@@ -126,6 +145,7 @@ export class ReferenceBackend extends HostBackendBase implements Backend {
     v: FloatArray,
     opts: AttentionOptions,
   ): AttentionForward {
+    if (opts.operands === 'bf16') return hostAttentionForwardBf16(false, shape, q, k, v, opts);
     validateAttentionForward(shape, q, k, v, opts);
     const result = referenceAttentionForward(shape, q, k, v, opts);
     checkAttentionLse(result.lse, shape, opts);
@@ -142,6 +162,7 @@ export class ReferenceBackend extends HostBackendBase implements Backend {
     dOut: FloatArray,
     opts: AttentionOptions,
   ): AttentionGrads {
+    if (opts.operands === 'bf16') return hostAttentionBackwardBf16(false, shape, q, k, v, out, lse, dOut, opts);
     validateAttentionBackward(shape, q, k, v, out, lse, dOut, opts);
     return referenceAttentionBackward(shape, q, k, v, out, lse, dOut, opts);
   }
