@@ -244,21 +244,7 @@ export interface Backend<T = FloatArray, I = Int32Array> extends LayerOps<T, I>,
    * gemm with A and B rounded to bf16 (round to nearest even) and the products accumulated in fp32 (bf16.ts): the
    * matmul of mixed-precision training. A, B and C are fp32 handles. A backend without bf16 kernels refuses it.
    */
-  gemmBf16(
-    transA: boolean,
-    transB: boolean,
-    m: number,
-    n: number,
-    k: number,
-    alpha: number,
-    a: T,
-    lda: number,
-    b: T,
-    ldb: number,
-    beta: number,
-    c: T,
-    ldc: number,
-  ): void;
+  gemmBf16(...a: Parameters<Backend<T, I>['gemm']>): void;
   attentionForward(shape: AttentionShape, q: T, k: T, v: T, opts: AttentionOptions<T>): AttentionForward<T>;
 
   /** dq, dk, dv and the bias-parameter gradients, recomputing probabilities from q, k and lse. */

@@ -319,22 +319,8 @@ export class NativeBackend extends HostBackendBase implements Backend {
     this.addon.gemm(transA, transB, m, n, k, alpha, f32(a, 'A'), lda, f32(b, 'B'), ldb, beta, f32(c, 'C'), ldc);
   }
 
-  gemmBf16(
-    transA: boolean,
-    transB: boolean,
-    m: number,
-    n: number,
-    k: number,
-    alpha: number,
-    a: FloatArray,
-    lda: number,
-    b: FloatArray,
-    ldb: number,
-    beta: number,
-    c: FloatArray,
-    ldc: number,
-  ): void {
-    hostGemmBf16(true, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  gemmBf16(...a: Parameters<Backend['gemmBf16']>): void {
+    hostGemmBf16(true, ...a);
   }
 
   attentionForward(

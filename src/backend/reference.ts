@@ -120,22 +120,8 @@ export class ReferenceBackend extends HostBackendBase implements Backend {
     referenceGemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 
-  gemmBf16(
-    transA: boolean,
-    transB: boolean,
-    m: number,
-    n: number,
-    k: number,
-    alpha: number,
-    a: FloatArray,
-    lda: number,
-    b: FloatArray,
-    ldb: number,
-    beta: number,
-    c: FloatArray,
-    ldc: number,
-  ): void {
-    hostGemmBf16(false, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  gemmBf16(...a: Parameters<Backend['gemmBf16']>): void {
+    hostGemmBf16(false, ...a);
   }
 
   attentionForward(
