@@ -539,6 +539,16 @@ function precisionBackend<T, I>(backend: Backend<T, I>, train: TrainConfig, mode
     'argument',
     `--precision ${train.precision} needs a float32 model (this one is ${model.dtype}); pass --dtype float32`,
   );
+  const { name, options } = model.pe;
+  const concatHype = name === 'hype-gated' || (name === 'hype' && (options.route ?? 'concat') === 'concat');
+  check(
+    train.precision === 'fp32' || !concatHype || options.precision === 'bf16',
+    'argument',
+    `${name}'s concat route builds its bias columns for fp32 operands, and rounding them to bf16 would lose the ` +
+      `bias to cancellation; with --precision bf16 pass --pe ${name}:precision=bf16 (columns split to be exact in ` +
+      'bf16)' +
+      (name === 'hype' ? ' or --pe hype:route=kernel (the bias added in fp32 inside the kernel)' : ''),
+  );
   return withPrecision(backend, train.precision);
 }
 
