@@ -379,7 +379,7 @@ async function main(): Promise<void> {
     lines.push(`OpenBLAS sgemm 1024^3 around ${label}: ${f(c.before)} before, ${f(c.after)} after (GFLOP/s median)`);
   }
   lines.push(
-    'shape                                     engine                           ms/step   tokens/s  GFLOP/s  % sgemm' +
+    'shape                                     engine                                    ms/step   tokens/s  GFLOP/s  % sgemm' +
       '  ours(none)/this  loss@1',
   );
   for (const r of rows) {
@@ -387,7 +387,7 @@ async function main(): Promise<void> {
     const ceiling = ceilings.get(r.shape)?.mean ?? null;
     lines.push(
       r.shape.padEnd(42) +
-        r.engine.padEnd(33) +
+        r.engine.padEnd(42) +
         cell(r.msPerStep.toFixed(1), 8) +
         cell(String(Math.round(r.tokensPerSecond)), 11) +
         cell(r.gflops.toFixed(2), 9) +
