@@ -308,7 +308,7 @@ async function trainClaimed<T, I>(
   };
   say(
     `hype train: ${cfg.pe.name}, ${cfg.layers} layers x width ${cfg.width}, ${cfg.heads} heads, ` +
-      `${run.model.parameterCount()} parameters, ${cfg.dtype} on ${backend.name}; ` +
+      `${run.model.parameterCount()} parameters, ${cfg.dtype} on ${run.model.backend.name}; ` +
       `${run.train.steps} steps of ${run.train.batch} x ${cfg.trainLength} bytes from '${run.corpus.path}' -> ${run.runDir}` +
       (run.step > 0 ? ` (resuming at step ${run.step})` : '') +
       (run.restarted ? ' (starting over: the run was cut off before its first checkpoint)' : ''),
