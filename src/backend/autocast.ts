@@ -8,6 +8,7 @@
  */
 import type { AttentionOptions, Backend, Precision } from './backend.ts';
 import { HypeError } from '../errors.ts';
+import './bf16.ts'; // registers the host backends' bf16 members (bf16-hooks.ts)
 
 export const PRECISIONS: readonly Precision[] = ['fp32', 'bf16'];
 

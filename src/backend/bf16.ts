@@ -17,6 +17,7 @@ import { HypeError, check } from '../errors.ts';
 import { roundToBf16 } from '../numerics/float-formats.ts';
 import type { FloatArray } from '../tensor.ts';
 import type { AttentionForward, AttentionGrads, AttentionOptions, AttentionShape, PositionBias } from './backend.ts';
+import { registerHostBf16 } from './bf16-hooks.ts';
 import { biasValue } from './reference-attention.ts';
 import { kernelParams, loadNativeAddon, nativeLoadError, type NativeAddon } from './native.ts';
 import {
@@ -595,3 +596,5 @@ function fp32Result(x: FloatArray, what: string): Float32Array {
   );
   return x as Float32Array;
 }
+
+registerHostBf16({ gemm: hostGemmBf16, forward: hostAttentionForwardBf16, backward: hostAttentionBackwardBf16 });

@@ -32,7 +32,7 @@ import type {
   PositionBias,
   PositionBiasGrad,
 } from './backend.ts';
-import { hostAttentionBackwardBf16, hostAttentionForwardBf16, hostGemmBf16 } from './bf16.ts';
+import { hostBf16 } from './bf16-hooks.ts';
 import { HostBackendBase } from './host-memory.ts';
 import { validateHouseholderWalk, validateWalkBackward, WALK_CHUNK, walkStateSizes } from './householder-walk.ts';
 import { referenceLayerOps, type LayerOps } from './layers.ts';
@@ -320,7 +320,7 @@ export class NativeBackend extends HostBackendBase implements Backend {
   }
 
   gemmBf16(...a: Parameters<Backend['gemmBf16']>): void {
-    hostGemmBf16(true, ...a);
+    hostBf16().gemm(true, ...a);
   }
 
   attentionForward(
@@ -330,7 +330,6 @@ export class NativeBackend extends HostBackendBase implements Backend {
     v: FloatArray,
     opts: AttentionOptions,
   ): AttentionForward {
-    if (opts.operands === 'bf16') return hostAttentionForwardBf16(true, shape, q, k, v, opts);
     for (const [x, name] of [
       [q, 'q'],
       [k, 'k'],
@@ -338,6 +337,7 @@ export class NativeBackend extends HostBackendBase implements Backend {
     ] as const)
       f32(x, name);
     validateAttentionForward(shape, q, k, v, opts, this.scan);
+    if (opts.operands === 'bf16') return hostBf16().forward(true, shape, q, k, v, opts);
     const bias = opts.bias ?? { kind: 'none' };
     if (bias.kind === 'dense') return this.reference.attentionForward(shape, q, k, v, opts);
     const rows = shape.batch * shape.heads * shape.lq;
@@ -358,10 +358,10 @@ export class NativeBackend extends HostBackendBase implements Backend {
     dOut: FloatArray,
     opts: AttentionOptions,
   ): AttentionGrads {
-    if (opts.operands === 'bf16') return hostAttentionBackwardBf16(true, shape, q, k, v, out, lse, dOut, opts);
     const arrays = { q, k, v, out, lse, dOut };
     for (const [name, x] of Object.entries(arrays)) f32(x, name);
     validateAttentionBackward(shape, q, k, v, out, lse, dOut, opts, this.scan);
+    if (opts.operands === 'bf16') return hostBf16().backward(true, shape, q, k, v, out, lse, dOut, opts);
     const bias = opts.bias ?? { kind: 'none' };
     if (bias.kind === 'dense') return this.reference.attentionBackward(shape, q, k, v, out, lse, dOut, opts);
     const dq = new Float32Array(q.length);

@@ -13,7 +13,7 @@ import type {
   HouseholderWalk,
 } from './backend.ts';
 import { referenceAttentionBackward, referenceAttentionForward } from './reference-attention.ts';
-import { hostAttentionBackwardBf16, hostAttentionForwardBf16, hostGemmBf16 } from './bf16.ts';
+import { hostBf16 } from './bf16-hooks.ts';
 import { HostBackendBase } from './host-memory.ts';
 import { referenceLayerOps } from './layers.ts';
 import { referenceHouseholderWalk } from './householder-walk.ts';
@@ -121,7 +121,7 @@ export class ReferenceBackend extends HostBackendBase implements Backend {
   }
 
   gemmBf16(...a: Parameters<Backend['gemmBf16']>): void {
-    hostGemmBf16(false, ...a);
+    hostBf16().gemm(false, ...a);
   }
 
   attentionForward(
@@ -131,8 +131,8 @@ export class ReferenceBackend extends HostBackendBase implements Backend {
     v: FloatArray,
     opts: AttentionOptions,
   ): AttentionForward {
-    if (opts.operands === 'bf16') return hostAttentionForwardBf16(false, shape, q, k, v, opts);
     validateAttentionForward(shape, q, k, v, opts);
+    if (opts.operands === 'bf16') return hostBf16().forward(false, shape, q, k, v, opts);
     const result = referenceAttentionForward(shape, q, k, v, opts);
     checkAttentionLse(result.lse, shape, opts);
     return result;
@@ -148,8 +148,8 @@ export class ReferenceBackend extends HostBackendBase implements Backend {
     dOut: FloatArray,
     opts: AttentionOptions,
   ): AttentionGrads {
-    if (opts.operands === 'bf16') return hostAttentionBackwardBf16(false, shape, q, k, v, out, lse, dOut, opts);
     validateAttentionBackward(shape, q, k, v, out, lse, dOut, opts);
+    if (opts.operands === 'bf16') return hostBf16().backward(false, shape, q, k, v, out, lse, dOut, opts);
     return referenceAttentionBackward(shape, q, k, v, out, lse, dOut, opts);
   }
 
