@@ -1,7 +1,8 @@
 /**
  * The whole byte-level transformer as an ONNX graph whose attention is onnxruntime's own fused
  * com.microsoft MultiHeadAttention: tokens int64 [batch, length] -> logits float32 [batch, length, 256], batch and
- * length symbolic. The graph mirrors Transformer.forward op for op:
+ * length symbolic. Each block is the model's own block function (model/block.ts's `block`) run over graph-building
+ * ops, so the graph follows Transformer.forward op for op:
  *   Gather (token embedding) -> per block: LayerNormalization, MatMul + Add (fused qkv), Split, the encoding's
  *   attention, MatMul + Add (projection), residual Add, LayerNormalization, MatMul + Add, GELU (tanh
  *   approximation, as ours), MatMul + Add, residual Add -> final LayerNormalization -> MatMul with the transposed
@@ -28,6 +29,7 @@
  * 1.30 also accepts opset 20's Gelu with approximate = 'tanh', which would fuse it).
  */
 import { check, HypeError } from '../errors.ts';
+import { block, type BlockOps } from '../model/block.ts';
 import type { Transformer } from '../model/transformer.ts';
 import type { OnnxAttention, OnnxAttentionBuilder } from '../pe/encoding.ts';
 import {
@@ -42,6 +44,7 @@ import {
 } from './onnx-attention.ts';
 import { OnnxGraph } from './onnx-graph.ts';
 import { OnnxDataType } from './onnx-proto.ts';
+import type { FloatArray } from '../tensor.ts';
 
 /**
  * The registered encodings whose instances have a toOnnx hook (for messages and documentation; the exporter asks
@@ -131,64 +134,72 @@ export function exportOnnx(model: Transformer, options: OnnxExportOptions = {}):
 
   const layerNorm = (input: string, w: ArrayLike<number>, b: ArrayLike<number>) =>
     g.op('LayerNormalization', [input, cf(w, [C]), cf(b, [C])], { axis: -1, epsilon: cfg.layerNormEps }, ['epsilon']);
-  const linear = (input: string, w: ArrayLike<number>, b: ArrayLike<number>, nIn: number, nOut: number) =>
-    g.op('Add', [g.op('MatMul', [input, cf(w, [nIn, nOut])]), cf(b, [nOut])]);
+  // The model's block function (model/block.ts) over graph-building ops: values are [batch, length, columns].
+  const ops: BlockOps<string, FloatArray> = {
+    layerNorm: (input, w, b) => layerNorm(input, w.data, b.data),
+    linear(input, w, b, _into, residual) {
+      const y = g.op('Add', [g.op('MatMul', [input, cf(w.data, w.shape)]), cf(b.data, b.shape)]);
+      return residual === undefined ? y : g.op('Add', [residual, y]);
+    },
+    splitQkv(qkv) {
+      const [q, k, v] = g.node('Split', [qkv, g.constInt64([H * D, Hkv * D, Hkv * D])], { axis: 2 }, { outputs: 3 });
+      return [q!, k!, v!];
+    },
+    // MultiHeadAttention already returns token layout.
+    headsToTokens: (o) => o,
+    gelu: (input) => gelu(g, input, precision),
+  };
 
   for (let i = 0; i < layers; i++) {
-    const blk = P.blocks[i]!;
-    const h1 = layerNorm(x, blk.ln1Weight.data, blk.ln1Bias.data);
-    const qkv = linear(h1, blk.qkvWeight.data, blk.qkvBias.data, C, (H + 2 * Hkv) * D);
-    const [q0, k0, v0] = g.node('Split', [qkv, g.constInt64([H * D, Hkv * D, Hkv * D])], { axis: 2 }, { outputs: 3 });
-    const builder: OnnxAttentionBuilder = {
-      heads: H,
-      headDim: D,
-      precision,
-      q: q0!,
-      k: repeatKvHeads(g, k0!, H, Hkv, D),
-      v: repeatKvHeads(g, v0!, H, Hkv, D),
-      attention(q, k, v, o) {
-        const bias = o?.linearSlopes ? toPrecision(g, precision, alibiBiasTensor(g, q0!, o.linearSlopes)) : undefined;
-        return multiHeadAttention(g, q, k, v, {
-          heads: H,
-          scale: 1 / Math.sqrt(D),
-          causal: true,
-          ...(bias ? { attentionBias: bias } : {}),
-        });
-      },
-      rotate: (t, freqs) => rotate(g, t, H, D, freqs, precision),
-      hyperbolicAttention(p) {
-        const aug = hypeAugment(g, q0!, builder.k, {
-          heads: H,
-          headDim: D,
-          tau: p.tau,
-          mu: p.mu,
-          pairs: p.pairs,
-          shift: p.shift === 'centre' ? 'center' : 0,
-          padMultiple: options.padMultiple ?? (precision === 'fp16' ? 8 : p.multiple),
-          precision,
-          columns,
-        });
-        if (options.hypeScale === 'kernel-default') scale = 'kernel default';
-        // fp16 targets GPU flash kernels, which need V as wide as Q and K (padValueHeads); fp32 stays as it was.
-        const vWidth = precision === 'fp16' ? aug.width : D;
-        const wide = multiHeadAttention(g, aug.qHat, aug.kHat, padValueHeads(g, builder.v, H, D, vWidth, precision), {
-          heads: H,
-          causal: true,
-          ...(options.hypeScale === 'kernel-default' ? {} : { scale: 1 / Math.sqrt(D) }),
-        });
-        return {
-          out: sliceValueHeads(g, wide, H, D, vWidth),
-          qkHeadDim: aug.width,
-          attentionBias: false,
-          columns: precision === 'fp16' ? columns : 'plain',
-        };
-      },
-    };
-    facts = model.blockEncodings[i]!.toOnnx!(builder);
-    const mid = g.op('Add', [x, linear(facts.out, blk.projWeight.data, blk.projBias.data, C, C)]);
-    const h2 = layerNorm(mid, blk.ln2Weight.data, blk.ln2Bias.data);
-    const fc = gelu(g, linear(h2, blk.fcWeight.data, blk.fcBias.data, C, cfg.mlpWidth), precision);
-    x = g.op('Add', [mid, linear(fc, blk.fcProjWeight.data, blk.fcProjBias.data, cfg.mlpWidth, C)]);
+    x = block(ops, P.blocks[i]!, x, (q0, k0, v0) => {
+      const builder: OnnxAttentionBuilder = {
+        heads: H,
+        headDim: D,
+        precision,
+        q: q0,
+        k: repeatKvHeads(g, k0, H, Hkv, D),
+        v: repeatKvHeads(g, v0, H, Hkv, D),
+        attention(q, k, v, o) {
+          const bias = o?.linearSlopes ? toPrecision(g, precision, alibiBiasTensor(g, q0, o.linearSlopes)) : undefined;
+          return multiHeadAttention(g, q, k, v, {
+            heads: H,
+            scale: 1 / Math.sqrt(D),
+            causal: true,
+            ...(bias ? { attentionBias: bias } : {}),
+          });
+        },
+        rotate: (t, freqs) => rotate(g, t, H, D, freqs, precision),
+        hyperbolicAttention(p) {
+          const aug = hypeAugment(g, q0, builder.k, {
+            heads: H,
+            headDim: D,
+            tau: p.tau,
+            mu: p.mu,
+            pairs: p.pairs,
+            shift: p.shift === 'centre' ? 'center' : 0,
+            padMultiple: options.padMultiple ?? (precision === 'fp16' ? 8 : p.multiple),
+            precision,
+            columns,
+          });
+          if (options.hypeScale === 'kernel-default') scale = 'kernel default';
+          // fp16 targets GPU flash kernels, which need V as wide as Q and K (padValueHeads); fp32 stays as it was.
+          const vWidth = precision === 'fp16' ? aug.width : D;
+          const wide = multiHeadAttention(g, aug.qHat, aug.kHat, padValueHeads(g, builder.v, H, D, vWidth, precision), {
+            heads: H,
+            causal: true,
+            ...(options.hypeScale === 'kernel-default' ? {} : { scale: 1 / Math.sqrt(D) }),
+          });
+          return {
+            out: sliceValueHeads(g, wide, H, D, vWidth),
+            qkHeadDim: aug.width,
+            attentionBias: false,
+            columns: precision === 'fp16' ? columns : 'plain',
+          };
+        },
+      };
+      facts = model.blockEncodings[i]!.toOnnx!(builder);
+      return facts.out;
+    });
   }
   const lnf = layerNorm(x, P.lnfWeight.data, P.lnfBias.data);
   const head = g.op('MatMul', [lnf, g.op('Transpose', [wte], { perm: [1, 0] })]);

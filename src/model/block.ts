@@ -1,15 +1,16 @@
 /**
- * THE transformer block, forward: one pre-LayerNorm block as backend ops, used by training (Transformer.forward)
- * and by cached decoding (CachedDecoder.step), which differ only in where attention gets its keys and values:
+ * THE transformer block, forward: one pre-LayerNorm block, used by training (Transformer.forward) and by cached
+ * decoding (CachedDecoder.step), which differ only in where attention gets its keys and values,
  *   ln1 = LN(x);  q, k, v = split(ln1 Wqkv + bqkv);  att = merge(attention(q, k, v, ln1))
  *   mid = x + att Wo + bo;  ln2 = LN(mid);  out = mid + gelu(ln2 W1 + b1) W2 + b2
- * The ONNX exporter (interop/onnx-export.ts) writes the same sequence as graph nodes. Row-major layouts: token
- * activations [B, L, C] (rows = B * L); q [B, H, L, D], k and v [B, Hkv, L, D]; attention's output [B, H, L, D].
- * Every buffer is the caller's (Transformer keeps them for its backward; the decoder allocates per step).
+ * and by ONNX export (interop/onnx-export.ts), which runs the same function over graph-building ops. `block` is
+ * written once over BlockOps; blockForward runs it on a backend. Host row-major layouts: token activations [B, L, C]
+ * (rows = B * L); q [B, H, L, D], k and v [B, Hkv, L, D]; attention's output [B, H, L, D]. Every buffer is the
+ * caller's (Transformer keeps them for its backward; the decoder allocates per step).
  */
 import type { Backend } from '../backend/backend.ts';
 import type { ModelConfig } from './config.ts';
-import { qkvWidth, type BlockParams } from './parameters.ts';
+import { qkvWidth, type BlockParams, type ModelParam } from './parameters.ts';
 
 /** Every activation a block's forward writes (its backward reads them back). */
 export interface BlockBuffers<T> {
@@ -59,10 +60,42 @@ export function allocateBlockBuffers<T, I>(cfg: ModelConfig, be: Backend<T, I>, 
 /**
  * Attention inside a block: given the new rows' q [B, H, L, D], k, v [B, Hkv, L, D] and the normed input ln1
  * [B, L, C], returns the output [B, H, L, D] (training: the encoding's attend; decoding: over the cache).
+ * (A graph implementation of BlockOps may keep other layouts: ONNX export's are [B, L, heads * D] throughout.)
  */
 export type BlockAttention<T> = (q: T, k: T, v: T, ln1: T) => T;
 
-/** xOut = block(xIn) for B sequences of L new tokens (module comment); xIn is left unchanged. */
+/**
+ * The operations a block is made of, over values V (backend handles on the host; graph value names in ONNX
+ * export) and parameters ModelParam<W>. `into` names the BlockBuffers slot (or xOut, 'out') a host implementation
+ * writes; a graph implementation ignores it.
+ */
+export interface BlockOps<V, W> {
+  layerNorm(x: V, w: ModelParam<W>, b: ModelParam<W>, into: 'ln1' | 'ln2'): V;
+  /** x W + b for W [in, out] (shapes from the parameters), plus `residual` when given. */
+  linear(x: V, w: ModelParam<W>, b: ModelParam<W>, into: 'qkv' | 'resMid' | 'fc' | 'out', residual?: V): V;
+  /** The fused projection's columns -> q, k, v in attention's layout. */
+  splitQkv(qkv: V): [V, V, V];
+  /** Attention's output -> token layout [B, L, C]. */
+  headsToTokens(o: V): V;
+  /** GELU, tanh approximation. */
+  gelu(x: V): V;
+}
+
+/** THE block (module comment): returns block(x), x unchanged. Host and graph implementations of `ops` run it. */
+export function block<V, W>(ops: BlockOps<V, W>, P: BlockParams<W>, x: V, attention: BlockAttention<V>): V {
+  const ln1 = ops.layerNorm(x, P.ln1Weight, P.ln1Bias, 'ln1');
+  const [q, k, v] = ops.splitQkv(ops.linear(ln1, P.qkvWeight, P.qkvBias, 'qkv'));
+  const att = ops.headsToTokens(attention(q, k, v, ln1));
+  const mid = ops.linear(att, P.projWeight, P.projBias, 'resMid', x);
+  const ln2 = ops.layerNorm(mid, P.ln2Weight, P.ln2Bias, 'ln2');
+  const fc = ops.gelu(ops.linear(ln2, P.fcWeight, P.fcBias, 'fc'));
+  return ops.linear(fc, P.fcProjWeight, P.fcProjBias, 'out', mid);
+}
+
+/**
+ * The block on a backend: xOut = block(xIn) for B sequences of L new tokens, every activation written into X
+ * (training keeps them for its backward); xIn is left unchanged.
+ */
 export function blockForward<T, I>(
   be: Backend<T, I>,
   cfg: ModelConfig,
@@ -74,22 +107,57 @@ export function blockForward<T, I>(
   L: number,
   attention: BlockAttention<T>,
 ): void {
-  const N = B * L;
-  const C = cfg.width;
-  const F = cfg.mlpWidth;
-  const D = C / cfg.heads;
-  be.layerNormForward(xIn, P.ln1Weight.data, P.ln1Bias.data, X.ln1, X.ln1Mean, X.ln1Rstd, N, C, cfg.layerNormEps);
-  linearForward(be, X.ln1, P.qkvWeight.data, P.qkvBias.data, X.qkv, N, C, qkvWidth(cfg), 0);
-  be.splitQkv(X.qkv, X.q, X.k, X.v, B, L, cfg.heads, cfg.kvHeads, D);
-  const out = attention(X.q, X.k, X.v, X.ln1);
-  be.headsToTokens(out, X.att, B, cfg.heads, L, D);
-  be.copyRows(xIn, 0, N * C, X.resMid, 0, N * C, 1, N * C);
-  linearForward(be, X.att, P.projWeight.data, P.projBias.data, X.resMid, N, C, C, 1);
-  be.layerNormForward(X.resMid, P.ln2Weight.data, P.ln2Bias.data, X.ln2, X.ln2Mean, X.ln2Rstd, N, C, cfg.layerNormEps);
-  linearForward(be, X.ln2, P.fcWeight.data, P.fcBias.data, X.fc, N, C, F, 0);
-  be.geluForward(X.fc, X.fcAct, N * F);
-  be.copyRows(X.resMid, 0, N * C, xOut, 0, N * C, 1, N * C);
-  linearForward(be, X.fcAct, P.fcProjWeight.data, P.fcProjBias.data, xOut, N, F, C, 1);
+  block(new HostBlockOps(be, cfg, X, xOut, B, L), P, xIn, attention);
+}
+
+/** BlockOps as backend calls into the caller's buffers (the calls the block made before it was generic). */
+class HostBlockOps<T, I> implements BlockOps<T, T> {
+  /** Token rows, B * L. */
+  private readonly N: number;
+
+  constructor(
+    private readonly be: Backend<T, I>,
+    private readonly cfg: ModelConfig,
+    private readonly X: BlockBuffers<T>,
+    private readonly xOut: T,
+    private readonly B: number,
+    private readonly L: number,
+  ) {
+    this.N = B * L;
+  }
+
+  layerNorm(x: T, w: ModelParam<T>, b: ModelParam<T>, into: 'ln1' | 'ln2'): T {
+    const X = this.X;
+    const [out, mean, rstd] = into === 'ln1' ? [X.ln1, X.ln1Mean, X.ln1Rstd] : [X.ln2, X.ln2Mean, X.ln2Rstd];
+    this.be.layerNormForward(x, w.data, b.data, out, mean, rstd, this.N, this.cfg.width, this.cfg.layerNormEps);
+    return out;
+  }
+
+  linear(x: T, w: ModelParam<T>, b: ModelParam<T>, into: 'qkv' | 'resMid' | 'fc' | 'out', residual?: T): T {
+    const y = into === 'out' ? this.xOut : this.X[into];
+    const [nIn, nOut] = w.shape as [number, number];
+    const n = this.N * nOut;
+    if (residual !== undefined) this.be.copyRows(residual, 0, n, y, 0, n, 1, n);
+    linearForward(this.be, x, w.data, b.data, y, this.N, nIn, nOut, residual === undefined ? 0 : 1);
+    return y;
+  }
+
+  splitQkv(qkv: T): [T, T, T] {
+    const { X, cfg } = this;
+    this.be.splitQkv(qkv, X.q, X.k, X.v, this.B, this.L, cfg.heads, cfg.kvHeads, cfg.width / cfg.heads);
+    return [X.q, X.k, X.v];
+  }
+
+  headsToTokens(o: T): T {
+    const cfg = this.cfg;
+    this.be.headsToTokens(o, this.X.att, this.B, cfg.heads, this.L, cfg.width / cfg.heads);
+    return this.X.att;
+  }
+
+  gelu(x: T): T {
+    this.be.geluForward(x, this.X.fcAct, this.N * this.cfg.mlpWidth);
+    return this.X.fcAct;
+  }
 }
 
 /** y = beta y + x W + b for x [N, in], W [in, out] (every linear layer of the model). */

@@ -4,7 +4,7 @@
  * LayerNorm and the output head tied to the embedding.
  *
  * Forward and backward are written out per layer (llm.c style; the block's forward is block.ts, shared with cached
- * decoding): every activation the backward needs lives in a buffer allocated once per (batch, length) shape and
+ * decoding and ONNX export): every activation the backward needs lives in a buffer allocated once per (batch, length) shape and
  * reused by later steps of that shape. Parameters, activations, gradients and statistics are tensors of the
  * Backend (handles: typed arrays on host backends), and all arithmetic and data movement is a backend op (gemm,
  * attention via the encoding, the layer and tensor ops of layers.ts): nothing on the hot path reads a tensor.
