@@ -1,7 +1,9 @@
 /**
  * `npm run bench:train`: throughput of one full training step (forward, backward, optimizer update) of the
  * byte-level transformer, side by side in one run:
- *   - ours (the backend 'auto' picks: native when built), with encoding 'none' and with 'hype';
+ *   - ours (the backend 'auto' picks: native when built), with encoding 'none' and with 'hype', each in fp32 and
+ *     in bf16 mixed precision (hype train --precision bf16: bf16 matmul and attention operands, fp32 accumulation
+ *     and master weights);
  *   - the same model step written in @jax-js/jax (wasm, jit of value-and-grad; Adam inside a second jit);
  *   - the same model step in TensorFlow.js with the wasm backend (tf.train.adam minimize);
  *   - OpenBLAS sgemm GFLOP/s (numpy, ../shared/tools/sgemm_ceiling.py) as the ceiling.
@@ -22,6 +24,8 @@ import { writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { dirname, resolve } from 'node:path';
+import { withPrecision } from '../src/backend/autocast.ts';
+import type { Precision } from '../src/backend/backend.ts';
 import { loadBackend } from '../src/backend/index.ts';
 import { parseModelConfig, type ModelConfig } from '../src/model/config.ts';
 import { Transformer } from '../src/model/transformer.ts';
@@ -122,8 +126,12 @@ function randomTokens(s: Shape, seed: number): { tokens: Int32Array; targets: In
   };
 }
 
-async function benchOurs(s: Shape, pe: string): Promise<Row> {
-  const backend = loadBackend('auto', { threads });
+/** HyPE's concat route with columns split to be exact in bf16 (what `hype train --precision bf16` requires). */
+const HYPE_BF16 = 'hype:precision=bf16';
+
+async function benchOurs(s: Shape, pe: string, precision: Precision = 'fp32'): Promise<Row> {
+  const host = loadBackend('auto', { threads });
+  const backend = withPrecision(host, precision);
   const cfg: ModelConfig = parseModelConfig({
     width: s.width,
     layers: s.layers,
@@ -144,7 +152,7 @@ async function benchOurs(s: Shape, pe: string): Promise<Row> {
     opt.update(train, 1e-3);
     return loss;
   });
-  return row(s, `ours (${backend.name}, ${pe})`, t);
+  return row(s, `ours (${host.name}, ${pe}${precision === 'fp32' ? '' : `, ${precision}`})`, t);
 }
 
 // ---------------------------------------------------------------------------------------------- @jax-js/jax
@@ -358,6 +366,8 @@ async function main(): Promise<void> {
     const before = sgemmCeiling();
     rows.push(await benchOurs(s, 'none'));
     rows.push(await benchOurs(s, 'hype'));
+    rows.push(await benchOurs(s, 'none', 'bf16'));
+    rows.push(await benchOurs(s, HYPE_BF16, 'bf16')); // the columns the trainer asks for under bf16
     const after = sgemmCeiling();
     const mean = before !== null && after !== null ? (before + after) / 2 : (before ?? after);
     ceilings.set(s.label, { before, after, mean });
@@ -370,7 +380,7 @@ async function main(): Promise<void> {
     lines.push(`OpenBLAS sgemm 1024^3 around ${label}: ${f(c.before)} before, ${f(c.after)} after (GFLOP/s median)`);
   }
   lines.push(
-    'shape                                     engine                           ms/step   tokens/s  GFLOP/s  % sgemm' +
+    'shape                                     engine                                    ms/step   tokens/s  GFLOP/s  % sgemm' +
       '  ours(none)/this  loss@1',
   );
   for (const r of rows) {
@@ -378,7 +388,7 @@ async function main(): Promise<void> {
     const ceiling = ceilings.get(r.shape)?.mean ?? null;
     lines.push(
       r.shape.padEnd(42) +
-        r.engine.padEnd(33) +
+        r.engine.padEnd(42) +
         cell(r.msPerStep.toFixed(1), 8) +
         cell(String(Math.round(r.tokensPerSecond)), 11) +
         cell(r.gflops.toFixed(2), 9) +
@@ -409,6 +419,19 @@ async function main(): Promise<void> {
       parts.push(`${x.toFixed(2)}x TensorFlow.js (${verdict(x >= 30)})`);
     }
     lines.push(`${s.id}: ${parts.join(', ')}`);
+    const ourRow = (engineEnd: string) =>
+      rows.find((x) => x.shape === s.label && x.engine.startsWith('ours') && x.engine.endsWith(engineEnd));
+    const speed = (a: Row | undefined, b: Row | undefined) => (a && b ? a.tokensPerSecond / b.tokensPerSecond : null);
+    const bf16 = [speed(ourRow('none, bf16)'), ours), speed(ourRow(`${HYPE_BF16}, bf16)`), ourRow('hype)'))];
+    const hypeCost = [speed(ours, ourRow('hype)')), speed(ourRow('none, bf16)'), ourRow(`${HYPE_BF16}, bf16)`))];
+    const x = (r: number | null) => (r === null ? '-' : r.toFixed(2) + 'x');
+    const met = (r: number | null, ok: (r: number) => boolean) => (r === null ? '' : ` (${verdict(ok(r))})`);
+    lines.push(
+      `${s.id}: bf16 mixed-precision step vs fp32 step: none ${x(bf16[0]!)}${met(bf16[0]!, (r) => r >= 1.4)}, ` +
+        `hype ${x(bf16[1]!)}${met(bf16[1]!, (r) => r >= 1.4)} (target >= 1.4x); HyPE step / none step: fp32 ` +
+        `${x(hypeCost[0]!)}${met(hypeCost[0]!, (r) => r <= 1.05)}, bf16 ${x(hypeCost[1]!)}` +
+        `${met(hypeCost[1]!, (r) => r <= 1.05)} (target <= 1.05x)`,
+    );
   }
   process.stdout.write(lines.join('\n') + '\n');
   const json = value('--json');

@@ -87,7 +87,16 @@ export interface AttentionOptions<T = FloatArray> {
    * passes false, and the backend may skip the dTable sums (then dBias is { kind: 'none' }).
    */
   biasGrad?: boolean;
+  /**
+   * Mixed precision (autocast.ts): 'bf16' rounds q, k, v (and dOut in the backward) to bf16 and computes as the
+   * bf16 kernels do (bf16.ts: fp32 accumulation and softmax statistics, probabilities and dS rounded to bf16);
+   * tensors stay fp32 handles and results are fp32. Default 'fp32'. A backend without bf16 kernels refuses 'bf16'.
+   */
+  operands?: Precision;
 }
+
+/** The operand precision of matmuls and attention: 'fp32', or 'bf16' operands with fp32 accumulation. */
+export type Precision = 'fp32' | 'bf16';
 
 /** Fresh handles owned by the caller (release() them on a device when done; host backends need nothing). */
 export interface AttentionForward<T = FloatArray> {
@@ -231,6 +240,11 @@ export interface Backend<T = FloatArray, I = Int32Array> extends LayerOps<T, I>,
     ldc: number,
   ): void;
 
+  /**
+   * gemm with A and B rounded to bf16 (round to nearest even) and the products accumulated in fp32 (bf16.ts): the
+   * matmul of mixed-precision training. A, B and C are fp32 handles. A backend without bf16 kernels refuses it.
+   */
+  gemmBf16(...a: Parameters<Backend<T, I>['gemm']>): void;
   attentionForward(shape: AttentionShape, q: T, k: T, v: T, opts: AttentionOptions<T>): AttentionForward<T>;
 
   /** dq, dk, dv and the bias-parameter gradients, recomputing probabilities from q, k and lse. */

@@ -15,7 +15,9 @@
  */
 import { HypeError, check } from '../errors.ts';
 import { roundToBf16 } from '../numerics/float-formats.ts';
+import type { FloatArray } from '../tensor.ts';
 import type { AttentionForward, AttentionGrads, AttentionOptions, AttentionShape, PositionBias } from './backend.ts';
+import { registerHostBf16 } from './bf16-hooks.ts';
 import { biasValue } from './reference-attention.ts';
 import { kernelParams, loadNativeAddon, nativeLoadError, type NativeAddon } from './native.ts';
 import {
@@ -494,3 +496,105 @@ export function emulateAttentionBackwardBf16(
     }
   return { dq, dk, dv: dV, dTable, mag };
 }
+
+// ------------------------------------------------------------------- the Backend members on host arrays
+
+/**
+ * Backend.gemmBf16 on fp32 host arrays (autocast.ts): A and B rounded to bf16, then the native kernel
+ * (`native`) or the fp64 emulation rounded once to fp32 (the reference backend). Both see the same bf16 operands;
+ * they differ only by the kernel's fp32 accumulation.
+ */
+export function hostGemmBf16(
+  native: boolean,
+  transA: boolean,
+  transB: boolean,
+  m: number,
+  n: number,
+  k: number,
+  alpha: number,
+  a: FloatArray,
+  lda: number,
+  b: FloatArray,
+  ldb: number,
+  beta: number,
+  c: FloatArray,
+  ldc: number,
+): void {
+  const [ab, bb, cf] = [bf16Operand(a, 'A', native), bf16Operand(b, 'B', native), fp32Result(c, 'C')];
+  if (native) return nativeGemmBf16(transA, transB, m, n, k, alpha, ab, lda, bb, ldb, beta, cf, ldc);
+  validateGemmOutput(m, n, cf, ldc);
+  const r = emulateGemmBf16(transA, transB, m, n, k, alpha, ab, lda, bb, ldb, beta, cf, ldc);
+  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) cf[i * ldc + j] = r.c[i * n + j]!;
+}
+
+/** Backend.attentionForward with opts.operands 'bf16' on fp32 host arrays (native kernel or emulation). */
+export function hostAttentionForwardBf16(
+  native: boolean,
+  shape: AttentionShape,
+  q: FloatArray,
+  k: FloatArray,
+  v: FloatArray,
+  opts: AttentionOptions,
+): AttentionForward {
+  const [qb, kb, vb] = [bf16Operand(q, 'q', native), bf16Operand(k, 'k', native), bf16Operand(v, 'v', native)];
+  if (native) return nativeAttentionForwardBf16(shape, qb, kb, vb, opts);
+  validateAttentionBits(shape, qb, kb, vb, opts);
+  const r = emulateAttentionForwardBf16(shape, qb, kb, vb, opts);
+  const lse = Float32Array.from(r.lse);
+  checkAttentionLse(lse, shape, opts);
+  return { out: Float32Array.from(r.out), lse };
+}
+
+/** Backend.attentionBackward with opts.operands 'bf16' on fp32 host arrays (native kernel or emulation). */
+export function hostAttentionBackwardBf16(
+  native: boolean,
+  shape: AttentionShape,
+  q: FloatArray,
+  k: FloatArray,
+  v: FloatArray,
+  out: FloatArray,
+  lse: FloatArray,
+  dOut: FloatArray,
+  opts: AttentionOptions,
+): AttentionGrads {
+  const [qb, kb, vb] = [bf16Operand(q, 'q', native), bf16Operand(k, 'k', native), bf16Operand(v, 'v', native)];
+  const [o, s, g] = [fp32Result(out, 'out'), fp32Result(lse, 'lse'), bf16Operand(dOut, 'dOut', native)];
+  const grads = native
+    ? nativeAttentionBackwardBf16(shape, qb, kb, vb, o, s, g, opts)
+    : emulatedBackward(shape, qb, kb, vb, o, s, g, opts);
+  if (opts.biasGrad === false) grads.dBias = { kind: 'none' };
+  return grads;
+}
+
+function emulatedBackward(
+  shape: AttentionShape,
+  q: Uint16Array,
+  k: Uint16Array,
+  v: Uint16Array,
+  out: Float32Array,
+  lse: Float32Array,
+  dOut: Uint16Array,
+  opts: AttentionOptions,
+): AttentionGrads {
+  validateAttentionBits(shape, q, k, v, opts);
+  checkFiniteBits(dOut, 'dOut');
+  const r = emulateAttentionBackwardBf16(shape, q, k, v, out, lse, dOut, opts);
+  const dBias: AttentionGrads['dBias'] = r.dTable ? { kind: 'distance', table: r.dTable } : { kind: 'none' };
+  return { dq: Float32Array.from(r.dq), dk: Float32Array.from(r.dk), dv: Float32Array.from(r.dv), dBias };
+}
+
+/** An fp32 operand rounded to bf16 bits (mixed precision keeps fp32 tensors; fp64 ones are refused). */
+function bf16Operand(x: FloatArray, what: string, native: boolean): Uint16Array {
+  return toBf16(fp32Result(x, what), { native });
+}
+
+function fp32Result(x: FloatArray, what: string): Float32Array {
+  check(
+    x instanceof Float32Array,
+    'argument',
+    () => `bf16 mixed precision works on float32 tensors, but ${what} is ${x.constructor.name}; use a float32 model`,
+  );
+  return x as Float32Array;
+}
+
+registerHostBf16({ gemm: hostGemmBf16, forward: hostAttentionForwardBf16, backward: hostAttentionBackwardBf16 });

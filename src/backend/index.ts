@@ -8,6 +8,7 @@
  */
 import { HypeError } from '../errors.ts';
 import type { Backend } from './backend.ts';
+import './bf16.ts'; // registers the host backends' bf16 members (bf16-hooks.ts)
 import { NativeBackend, nativeAvailable, nativeLoadError } from './native.ts';
 import { ReferenceBackend } from './reference.ts';
 import { WebGpuBackend } from './webgpu/backend.ts';

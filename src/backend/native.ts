@@ -32,6 +32,7 @@ import type {
   PositionBias,
   PositionBiasGrad,
 } from './backend.ts';
+import { hostBf16 } from './bf16-hooks.ts';
 import { HostBackendBase } from './host-memory.ts';
 import { validateHouseholderWalk, validateWalkBackward, WALK_CHUNK, walkStateSizes } from './householder-walk.ts';
 import { referenceLayerOps, type LayerOps } from './layers.ts';
@@ -318,6 +319,10 @@ export class NativeBackend extends HostBackendBase implements Backend {
     this.addon.gemm(transA, transB, m, n, k, alpha, f32(a, 'A'), lda, f32(b, 'B'), ldb, beta, f32(c, 'C'), ldc);
   }
 
+  gemmBf16(...a: Parameters<Backend['gemmBf16']>): void {
+    hostBf16().gemm(true, ...a);
+  }
+
   attentionForward(
     shape: AttentionShape,
     q: FloatArray,
@@ -332,6 +337,7 @@ export class NativeBackend extends HostBackendBase implements Backend {
     ] as const)
       f32(x, name);
     validateAttentionForward(shape, q, k, v, opts, this.scan);
+    if (opts.operands === 'bf16') return hostBf16().forward(true, shape, q, k, v, opts);
     const bias = opts.bias ?? { kind: 'none' };
     if (bias.kind === 'dense') return this.reference.attentionForward(shape, q, k, v, opts);
     const rows = shape.batch * shape.heads * shape.lq;
@@ -355,6 +361,7 @@ export class NativeBackend extends HostBackendBase implements Backend {
     const arrays = { q, k, v, out, lse, dOut };
     for (const [name, x] of Object.entries(arrays)) f32(x, name);
     validateAttentionBackward(shape, q, k, v, out, lse, dOut, opts, this.scan);
+    if (opts.operands === 'bf16') return hostBf16().backward(true, shape, q, k, v, out, lse, dOut, opts);
     const bias = opts.bias ?? { kind: 'none' };
     if (bias.kind === 'dense') return this.reference.attentionBackward(shape, q, k, v, out, lse, dOut, opts);
     const dq = new Float32Array(q.length);

@@ -13,6 +13,7 @@ import type {
   HouseholderWalk,
 } from './backend.ts';
 import { referenceAttentionBackward, referenceAttentionForward } from './reference-attention.ts';
+import { hostBf16 } from './bf16-hooks.ts';
 import { HostBackendBase } from './host-memory.ts';
 import { referenceLayerOps } from './layers.ts';
 import { referenceHouseholderWalk } from './householder-walk.ts';
@@ -119,6 +120,10 @@ export class ReferenceBackend extends HostBackendBase implements Backend {
     referenceGemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
 
+  gemmBf16(...a: Parameters<Backend['gemmBf16']>): void {
+    hostBf16().gemm(false, ...a);
+  }
+
   attentionForward(
     shape: AttentionShape,
     q: FloatArray,
@@ -127,6 +132,7 @@ export class ReferenceBackend extends HostBackendBase implements Backend {
     opts: AttentionOptions,
   ): AttentionForward {
     validateAttentionForward(shape, q, k, v, opts);
+    if (opts.operands === 'bf16') return hostBf16().forward(false, shape, q, k, v, opts);
     const result = referenceAttentionForward(shape, q, k, v, opts);
     checkAttentionLse(result.lse, shape, opts);
     return result;
@@ -143,6 +149,7 @@ export class ReferenceBackend extends HostBackendBase implements Backend {
     opts: AttentionOptions,
   ): AttentionGrads {
     validateAttentionBackward(shape, q, k, v, out, lse, dOut, opts);
+    if (opts.operands === 'bf16') return hostBf16().backward(false, shape, q, k, v, out, lse, dOut, opts);
     return referenceAttentionBackward(shape, q, k, v, out, lse, dOut, opts);
   }
 

@@ -115,6 +115,7 @@ interface TrainFlags {
   seed?: number;
   checkpointEvery?: number;
   keepCheckpoints?: number;
+  precision?: string;
   runDir?: string;
   name?: string;
   resume?: string;
@@ -194,6 +195,7 @@ function trainConfigFrom(f: TrainFlags): Partial<TrainConfig> {
     ['seed', f.seed],
     ['checkpointEvery', f.checkpointEvery],
     ['keepCheckpoints', f.keepCheckpoints],
+    ['precision', f.precision],
   ];
   for (const [k, v] of entries) if (v !== undefined) (out as Record<string, unknown>)[k] = v;
   return out;
@@ -306,7 +308,7 @@ async function trainClaimed<T, I>(
   };
   say(
     `hype train: ${cfg.pe.name}, ${cfg.layers} layers x width ${cfg.width}, ${cfg.heads} heads, ` +
-      `${run.model.parameterCount()} parameters, ${cfg.dtype} on ${backend.name}; ` +
+      `${run.model.parameterCount()} parameters, ${cfg.dtype} on ${run.model.backend.name}; ` +
       `${run.train.steps} steps of ${run.train.batch} x ${cfg.trainLength} bytes from '${run.corpus.path}' -> ${run.runDir}` +
       (run.step > 0 ? ` (resuming at step ${run.step})` : '') +
       (run.restarted ? ' (starting over: the run was cut off before its first checkpoint)' : ''),
@@ -402,6 +404,11 @@ export function registerTrain(program: Command): void {
     .option('--seed <n>', 'seed of the initialisation and the data sampler (default 1)', int)
     .option('--checkpoint-every <n>', 'write a checkpoint every N steps; 0 only at the end (default 100)', int)
     .option('--keep-checkpoints <n>', 'newest checkpoints to keep (default 2)', int)
+    .option(
+      '--precision <p>',
+      'fp32 (default), or bf16 mixed precision as PyTorch autocast: bf16 matmul and attention operands (AVX512-BF16 ' +
+        'on the native backend), fp32 accumulation, softmax statistics, layer norms, loss, master weights and AdamW',
+    )
     .option(
       '--eval-interval <n>',
       'held-out loss every N steps and after the last, logged and written to evals.jsonl; 0 never (default 200 ' +

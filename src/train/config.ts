@@ -2,6 +2,8 @@
  * Training hyper-parameters: plain JSON data stored in the run folder and in every checkpoint, validated here.
  */
 import { HypeError, check } from '../errors.ts';
+import { parsePrecision } from '../backend/autocast.ts';
+import type { Precision } from '../backend/backend.ts';
 import { DEFAULT_CORPUS } from './corpus.ts';
 
 export interface TrainConfig {
@@ -33,6 +35,11 @@ export interface TrainConfig {
   checkpointEvery: number;
   /** How many of the newest checkpoints to keep on disk. */
   keepCheckpoints: number;
+  /**
+   * 'fp32', or 'bf16' mixed precision (backend/autocast.ts): bf16 matmul and attention operands, fp32 accumulation,
+   * statistics, loss, master weights and AdamW state.
+   */
+  precision: Precision;
 }
 
 export const TRAIN_DEFAULTS: TrainConfig = {
@@ -52,6 +59,7 @@ export const TRAIN_DEFAULTS: TrainConfig = {
   seed: 1,
   checkpointEvery: 100,
   keepCheckpoints: 2,
+  precision: 'fp32',
 };
 
 const KEYS = Object.keys(TRAIN_DEFAULTS) as (keyof TrainConfig)[];
@@ -98,6 +106,7 @@ export function parseTrainConfig(raw: unknown): TrainConfig {
   int('seed', 0);
   int('checkpointEvery', 0);
   int('keepCheckpoints', 1);
+  cfg.precision = parsePrecision(cfg.precision);
   return cfg;
 }
 

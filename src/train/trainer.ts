@@ -8,6 +8,7 @@
  */
 import { appendFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { withPrecision } from '../backend/autocast.ts';
 import type { Backend } from '../backend/backend.ts';
 import { HypeError, check } from '../errors.ts';
 import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
@@ -195,7 +196,8 @@ export class TrainingRun<T = FloatArray, I = Int32Array> {
       );
     }
     if (!source) checkWindowFits(corpus.train, L, 'training', train.data);
-    const model = new Transformer(modelConfig, backend, options);
+    const be = precisionBackend(backend, train, modelConfig);
+    const model = new Transformer(modelConfig, be, options);
     probe(model, train.batch, L);
     makeWritableDir(runDir, 'run folder');
     const run = new TrainingRun(
@@ -203,7 +205,7 @@ export class TrainingRun<T = FloatArray, I = Int32Array> {
       model,
       train,
       corpus,
-      new AdamW(model.parameters(), backend),
+      new AdamW(model.parameters(), be),
       new Rng(train.seed),
       0,
       source,
@@ -276,9 +278,10 @@ export class TrainingRun<T = FloatArray, I = Int32Array> {
         : `corpus '${corpus.path}' differs from the one the checkpoint was trained on (SHA-256 mismatch); ` +
             'pass the original file with --data',
     );
-    const model = new Transformer(state.model, backend, options);
+    const be = precisionBackend(backend, train, state.model);
+    const model = new Transformer(state.model, be, options);
     restoreWeights(model, ck.weights, `checkpoint '${ck.dir}'`);
-    const opt = new AdamW(model.parameters(), backend);
+    const opt = new AdamW(model.parameters(), be);
     restoreOptimizer(opt, ck.optimizer, state.optimizerStep);
     const run = new TrainingRun(runDir, model, train, corpus, opt, Rng.fromState(state.rng), state.step, source);
     run.truncateLog(LOSSES_FILE);
@@ -524,6 +527,29 @@ export function loadRunModel<T = FloatArray, I = Int32Array>(
   const model = new Transformer(ck.state.model, backend, options);
   restoreWeights(model, ck.weights, `checkpoint '${ck.dir}'`);
   return { model, state: ck.state, dir: ck.dir };
+}
+
+/**
+ * The backend a run computes on: `backend` itself for fp32, its bf16 autocasting view for mixed precision
+ * (autocast.ts; parameters, gradients and AdamW state stay fp32, so checkpoints hold fp32 masters).
+ */
+function precisionBackend<T, I>(backend: Backend<T, I>, train: TrainConfig, model: ModelConfig): Backend<T, I> {
+  check(
+    train.precision === 'fp32' || model.dtype === 'float32',
+    'argument',
+    `--precision ${train.precision} needs a float32 model (this one is ${model.dtype}); pass --dtype float32`,
+  );
+  const { name, options } = model.pe;
+  const concatHype = name === 'hype-gated' || (name === 'hype' && (options.route ?? 'concat') === 'concat');
+  check(
+    train.precision === 'fp32' || !concatHype || options.precision === 'bf16',
+    'argument',
+    `${name}'s concat route builds its bias columns for fp32 operands, and rounding them to bf16 would lose the ` +
+      `bias to cancellation; with --precision bf16 pass --pe ${name}:precision=bf16 (columns split to be exact in ` +
+      'bf16)' +
+      (name === 'hype' ? ' or --pe hype:route=kernel (the bias added in fp32 inside the kernel)' : ''),
+  );
+  return withPrecision(backend, train.precision);
 }
 
 /** Compares the training options a caller gave with those of a run (or checkpoint), refusing a difference. */

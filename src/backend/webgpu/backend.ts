@@ -159,7 +159,13 @@ export class WebGpuBackend implements Backend<GpuHandle, GpuIntHandle> {
     gpuGemm(this.ctx, transA, transB, m, n, k, alpha, a, b, beta, c, { lda, ldb, ldc });
   }
 
+  /** Mixed precision needs bf16 kernels, which this backend does not have yet: refused, never computed in fp32. */
+  gemmBf16(): void {
+    throw noBf16();
+  }
+
   private attentionOptions(opts: AttentionOptions<GpuHandle>): GpuAttentionOptions {
+    if (opts.operands === 'bf16') throw noBf16();
     const o: GpuAttentionOptions = { causal: opts.causal, scale: opts.scale, gradTable: opts.biasGrad !== false };
     if (opts.queryOffset !== undefined) o.queryOffset = opts.queryOffset;
     const bias = opts.bias ?? { kind: 'none' };
@@ -447,4 +453,11 @@ function live<H extends GpuHandle | GpuIntHandle>(t: H, what: string): H {
 function lives<H extends GpuHandle[]>(...ts: H): H {
   for (const t of ts) live(t, 'an operand');
   return ts;
+}
+
+function noBf16(): HypeError {
+  return new HypeError(
+    'argument',
+    'bf16 mixed precision runs on the CPU backends (native, reference); on webgpu train with --precision fp32',
+  );
 }

@@ -1,0 +1,134 @@
+/**
+ * bf16 mixed-precision training (backend/autocast.ts): the native backend (AVX512-BF16 kernels, or their fp32
+ * fallback) against the reference backend's fp64 emulation of the same kernels, 20 steps of a tiny model from one
+ * seed; fp32 masters in checkpoints and a bit-identical resume; the --precision value's one clear error.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { withPrecision } from '../src/backend/autocast.ts';
+import type { Backend, Precision } from '../src/backend/backend.ts';
+import { fromBf16, toBf16 } from '../src/backend/bf16.ts';
+import { loadNativeAddon, NativeBackend, nativeLoadError } from '../src/backend/native.ts';
+import { ReferenceBackend } from '../src/backend/reference.ts';
+import { HypeError } from '../src/errors.ts';
+import { parseModelConfig } from '../src/model/config.ts';
+import { parseTrainConfig } from '../src/train/config.ts';
+import { readLossLog, TrainingRun } from '../src/train/trainer.ts';
+
+const addon = loadNativeAddon();
+if (!addon) {
+  if (process.env.CI === 'true') throw new Error(`native addon missing in CI: ${nativeLoadError()}`);
+  console.warn(`SKIPPING native bf16 training tests: the addon is not built (${nativeLoadError()})`);
+}
+const suite = addon ? describe : describe.skip;
+
+const root = mkdtempSync(join(tmpdir(), 'hype-bf16-train-'));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+const corpus = join(root, 'corpus.txt');
+writeFileSync(corpus, 'All the world is a stage, and all the men and women merely players.\n'.repeat(60));
+
+const modelFor = (pe: string) =>
+  parseModelConfig({ width: 32, layers: 2, heads: 4, trainLength: 32, pe, seed: 4, dtype: 'float32' });
+/** HyPE's concat route with columns split for bf16 operands (exact in bf16: numerics/split-columns.ts). */
+const HYPE_SPLIT = 'hype:precision=bf16';
+const TRAIN = { data: corpus, batch: 4, steps: 20, lr: 3e-3, warmup: 4, checkpointEvery: 0, seed: 6 };
+
+async function losses(backend: Backend, pe: string, precision: Precision, tag: string): Promise<number[]> {
+  const dir = join(root, `${pe.replace(/[:=]/g, '-')}-${precision}-${tag}`);
+  await TrainingRun.start(dir, modelFor(pe), { ...TRAIN, precision }, backend).run();
+  return readLossLog(dir).map((r) => r.loss);
+}
+
+const worstGap = (a: number[], b: number[]) => Math.max(...a.map((x, i) => Math.abs(x - b[i]!)));
+
+/**
+ * Bounds. Both backends round the same fp32 values to the same bf16 operands; they differ only by the order of
+ * fp32 accumulation (fp32 runs agree to 2-3e-8 in train-native.test.ts), plus the bf16 roundings that difference
+ * flips (an operand within that distance of a rounding tie moves by one bf16 ulp, 2^-8 relative, on one side
+ * only). So at step 1, from identical weights, they must agree far better than bf16 differs from fp32 (bf16's
+ * unit roundoff 2^-9 on every operand: measured 7-8e-5 in the loss here, against a 5e-6 gap between the
+ * backends): at most a quarter of it. Over 20 steps the flips compound through the updates as any one-ulp
+ * perturbation does, so they grow to the size of the bf16 effect itself (measured: gaps 1.2-2.9e-4 against
+ * bf16-vs-fp32 differences of 3.3-5.6e-4 over the same steps): bounded by 1e-3 nats, about twice the largest
+ * effect and 2^-12 of the loss. A backend that ignored the precision fails the step-1 check at once.
+ */
+suite('bf16 mixed precision: native kernels vs reference emulation', () => {
+  it.each(['none', 'alibi', 'hype:route=kernel', HYPE_SPLIT])(
+    '%s: 20 steps agree within the bf16 effect',
+    async (pe) => {
+      const native = await losses(new NativeBackend(), pe, 'bf16', 'native');
+      const reference = await losses(new ReferenceBackend(), pe, 'bf16', 'reference');
+      const fp32 = await losses(new NativeBackend(), pe, 'fp32', 'native');
+      const gap = worstGap(native, reference);
+      const effect = worstGap(native, fp32);
+      const gap1 = Math.abs(native[0]! - reference[0]!);
+      const effect1 = Math.abs(native[0]! - fp32[0]!);
+      console.log(
+        `${pe}: step 1 native vs emulation ${gap1.toExponential(2)} (bf16 vs fp32 ${effect1.toExponential(2)}); ` +
+          `20 steps ${gap.toExponential(2)} (bf16 vs fp32 ${effect.toExponential(2)})`,
+      );
+      expect(native.length).toBe(20);
+      expect(effect1).toBeGreaterThan(1e-5); // the operands really are rounded to bf16
+      expect(gap1).toBeLessThan(effect1 / 4);
+      expect(gap).toBeLessThan(1e-3);
+      expect(native[19]).toBeLessThan(native[0]! - 0.5); // and it trains
+    },
+    240_000,
+  );
+});
+
+suite('bf16 mixed precision: checkpoints', () => {
+  it('keep fp32 master weights, and a resumed run repeats the uninterrupted losses bit for bit', async () => {
+    const train = { ...TRAIN, steps: 12, checkpointEvery: 5, precision: 'bf16' as const };
+    const whole = join(root, 'resume-whole');
+    const wholeRun = TrainingRun.start(whole, modelFor(HYPE_SPLIT), train, new NativeBackend());
+    await wholeRun.run();
+    const split = join(root, 'resume-split');
+    await TrainingRun.start(split, modelFor(HYPE_SPLIT), train, new NativeBackend()).run({ stopAfter: 7 });
+    const resumed = TrainingRun.resume(split, new NativeBackend());
+    expect(resumed.train.precision).toBe('bf16');
+    expect(resumed.model.backend.name).toMatch(/bf16/);
+    await resumed.run();
+    expect(readLossLog(split).map((r) => r.loss)).toEqual(readLossLog(whole).map((r) => r.loss));
+    // The masters are fp32: most trained weights are not bf16 values (a bf16 store would make all of them so).
+    const w = wholeRun.model.parameters().find((p) => p.name.endsWith('qkv.weight'))!.data as Float32Array;
+    const off = w.filter((x, i) => x !== fromBf16(toBf16(w.subarray(i, i + 1)))[0]).length;
+    expect(off).toBeGreaterThan(w.length / 2);
+  }, 120_000);
+});
+
+describe('--precision', () => {
+  it('a bad value gets one clear error naming the choices', () => {
+    expect(() => parseTrainConfig({ precision: 'fp16' })).toThrow(HypeError);
+    expect(() => parseTrainConfig({ precision: 'fp16' })).toThrow(/unknown precision "fp16"; choose --precision fp32/);
+    expect(parseTrainConfig({}).precision).toBe('fp32');
+  });
+
+  it('bf16 needs a float32 model', () => {
+    const cfg = parseModelConfig({ width: 16, layers: 1, heads: 2, trainLength: 8, dtype: 'float64' });
+    const start = () =>
+      TrainingRun.start(join(root, 'f64'), cfg, { ...TRAIN, precision: 'bf16' }, new ReferenceBackend());
+    expect(start).toThrow(/--precision bf16 needs a float32 model/);
+  });
+
+  it("HyPE's concat route needs columns built for bf16", () => {
+    const start = () => TrainingRun.start(join(root, 'plain'), modelFor('hype'), { ...TRAIN, precision: 'bf16' }, be());
+    const be = () => new ReferenceBackend();
+    expect(start).toThrow(/--pe hype:precision=bf16 \(columns split to be exact in bf16\) or --pe hype:route=kernel/);
+  });
+
+  it('fp32 is the backend itself; bf16 routes gemm and attention to the bf16 members', () => {
+    const be = new ReferenceBackend();
+    expect(withPrecision(be, 'fp32')).toBe(be);
+    const mixed = withPrecision(be, 'bf16');
+    const a = Float32Array.of(1 + 2 ** -12, 3);
+    const b = Float32Array.of(1, 1);
+    const c = new Float32Array(1);
+    mixed.gemm(false, false, 1, 1, 2, 1, a, 2, b, 1, 0, c, 1);
+    expect(c[0]).toBe(4); // 1 + 2^-12 rounds to 1 in bf16
+    be.gemm(false, false, 1, 1, 2, 1, a, 2, b, 1, 0, c, 1);
+    expect(c[0]).toBe(4 + 2 ** -12);
+  });
+});
