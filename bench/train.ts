@@ -28,6 +28,7 @@ import { Transformer } from '../src/model/transformer.ts';
 import { parseTrainConfig } from '../src/train/config.ts';
 import { AdamW, clipGradients } from '../src/train/optimizer.ts';
 import { Rng } from '../src/util/rng.ts';
+import { importJax } from './jax-node.ts';
 
 interface Shape {
   id: 'a' | 'b';
@@ -148,7 +149,7 @@ async function benchOurs(s: Shape, pe: string): Promise<Row> {
 
 // ---------------------------------------------------------------------------------------------- @jax-js/jax
 async function benchJax(s: Shape): Promise<Row> {
-  const jax = await import('@jax-js/jax');
+  const jax = await importJax();
   const { numpy: np, nn, jit, valueAndGrad, tree } = jax;
   await jax.init('wasm');
   type A = InstanceType<typeof jax.Array>;

@@ -1,19 +1,24 @@
 /**
  * `npm run bench:webgpu`: our WebGPU kernels on whatever adapter Dawn finds (lavapipe on a CPU-only machine), side
- * by side in one run: tiled gemm, fused attention forward and backward, and onnxruntime-web's WebGPU
- * com.microsoft MultiHeadAttention forward at the same shapes and on the same adapter (inference only: it has no
- * backward). Ratios: attention against our gemm's rate (targets: forward >= 50%, backward >= 35%) and ours against
- * onnxruntime-web's forward. The two forwards' outputs are also compared (max abs difference) as a sanity check.
+ * by side in one run: tiled gemm, fused attention forward and backward; onnxruntime-web's WebGPU com.microsoft
+ * MultiHeadAttention forward (inference only: it has no backward); and @jax-js/jax's webgpu backend, whose
+ * nn.dotProductAttention (einsum, softmax, einsum) is jitted forward and as the gradient of sum(out * dOut) with
+ * respect to q, k, v. All at the same shapes and on the same adapter. Ratios: attention against our gemm's rate
+ * (targets: forward >= 50%, backward >= 35%), ours against onnxruntime-web's forward and against jax-js's forward
+ * and backward. Outputs are compared (max abs difference): ours against onnxruntime-web's forward, and against
+ * jax-js's forward and its three gradients (the larger of those is shown).
  *
  *   npm run bench:webgpu                                  # lavapipe-sized: B=1, H=4, d=64, L = 128, 256
  *   npm run bench:webgpu -- --batch 8 --heads 8 --lengths 1024,4096,16384 --gemm 4096   # a real GPU
- *   npm run bench:webgpu -- --no-ort
+ *   npm run bench:webgpu -- --no-ort --no-jax
  *
  * FLOPs: forward 4 B H Lq Lk d (QK^T and PV), causal counting only visible pairs L (L + 1) / 2; backward 2.5x the
  * forward (the FlashAttention convention: five products instead of two; our backward recomputes the logits in both
- * of its kernels, so it does more work than it is credited with). gemm 2 n^3. Each figure is the best of --reps
- * timed runs after one warm-up (which pays pipeline compilation: minutes for onnxruntime-web on lavapipe the first
- * time, cached by Mesa afterwards), each run ending when the GPU queue is done.
+ * of its kernels, so it does more work than it is credited with). Every engine is credited the same FLOPs (jax-js
+ * computes and masks all L^2 logits when causal), so the ours/other columns are ratios of times. gemm 2 n^3. Each
+ * figure is the best of --reps timed runs after one warm-up (which pays pipeline compilation: minutes for
+ * onnxruntime-web on lavapipe the first time, cached by Mesa afterwards; jit tracing and compilation for jax-js),
+ * each run ending when the GPU queue is done.
  */
 import { create, globals } from 'webgpu';
 import type { GpuContext, GpuTensor } from '../src/backend/webgpu/context.ts';
@@ -23,6 +28,7 @@ import { gpuAttentionBackward, gpuAttentionForward } from '../src/backend/webgpu
 import { multiHeadAttention } from '../src/interop/onnx-attention.ts';
 import { OnnxGraph } from '../src/interop/onnx-graph.ts';
 import { headsToTokens } from '../src/tensor.ts';
+import { importJax } from './jax-node.ts';
 
 function parseArgs(argv: string[]) {
   const get = (name: string) => {
@@ -37,6 +43,7 @@ function parseArgs(argv: string[]) {
     gemm: Number(get('gemm') ?? 256),
     reps: Number(get('reps') ?? 3),
     ort: !argv.includes('--no-ort'),
+    jax: !argv.includes('--no-jax'),
   };
 }
 
@@ -63,11 +70,20 @@ async function best(reps: number, run: () => Promise<void>): Promise<number> {
 const gf = (flops: number, s: number) => flops / s / 1e9;
 const fmt = (x: number, digits = 2) => (Number.isFinite(x) ? x.toFixed(digits) : 'n/a');
 
+/**
+ * Browsers' navigator.gpu on Node: the `webgpu` package's Dawn instance and its GPU* classes as globals, so that
+ * onnxruntime-web and jax-js find the same adapter ours uses. jax-js also reads navigator.userAgent.
+ */
+function installNavigator(gpu: GPU): void {
+  if ((globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu === gpu) return;
+  Object.assign(globalThis, globals);
+  Object.defineProperty(globalThis, 'navigator', { value: { gpu, userAgent: 'Node.js' }, configurable: true });
+}
+
 /** onnxruntime-web's WebGPU execution provider on the same Dawn instance, or why it is unavailable. */
 async function loadOrt(gpu: GPU): Promise<typeof import('onnxruntime-web') | string> {
   try {
-    Object.assign(globalThis, globals);
-    Object.defineProperty(globalThis, 'navigator', { value: { gpu }, configurable: true });
+    installNavigator(gpu);
     // onnxruntime-web hands writeBuffer views of its (shared) wasm memory; Dawn for Node rejects SharedArrayBuffer
     // views ("Invalid argument"), so those are copied into a plain buffer first.
     const queue = (globals as { GPUQueue: { prototype: GPUQueue } }).GPUQueue.prototype;
@@ -89,6 +105,55 @@ async function loadOrt(gpu: GPU): Promise<typeof import('onnxruntime-web') | str
   }
 }
 
+type Jax = typeof import('@jax-js/jax');
+
+/** @jax-js/jax with its webgpu backend on the same Dawn instance, or why it is unavailable. */
+async function loadJax(gpu: GPU): Promise<Jax | string> {
+  try {
+    installNavigator(gpu);
+    const jax = await importJax();
+    const ready = await jax.init('webgpu');
+    if (!ready.includes('webgpu')) return 'jax-js found no WebGPU adapter/device';
+    jax.defaultDevice('webgpu');
+    return jax;
+  } catch (e) {
+    return `@jax-js/jax (webgpu) failed to load: ${String(e)}`;
+  }
+}
+
+/**
+ * jax-js's attention at one shape, inputs in token layout [B, L, H, D]: forward and backward (gradients of
+ * sum(out * dOut) with respect to q, k, v) each jitted once, timed like ours; outputs in token layout for comparison.
+ */
+async function benchJax(
+  jax: Jax,
+  reps: number,
+  dims: [number, number, number, number],
+  tokens: Float32Array[],
+  opts: { causal: boolean; scale: number },
+): Promise<{ tf: number; tb: number; out: Float32Array; grads: Float32Array[] }> {
+  const { numpy: np, nn, jit, grad } = jax;
+  type A = InstanceType<Jax['Array']>;
+  const [q, k, v, dOut] = tokens.map((t) => np.array(t).reshape(dims)) as [A, A, A, A];
+  const attend = (a: A, b: A, c: A) => nn.dotProductAttention(a, b, c, { isCausal: opts.causal, scale: opts.scale });
+  const fwd = jit(attend);
+  const bwd = jit(grad((a: A, b: A, c: A, g: A) => attend(a, b, c).mul(g).sum(), { argnums: [0, 1, 2] }));
+  const tf = await best(reps, async () => {
+    (await jax.blockUntilReady(fwd(q.ref, k.ref, v.ref))).dispose();
+  });
+  const tb = await best(reps, async () => {
+    for (const g of await jax.blockUntilReady(bwd(q.ref, k.ref, v.ref, dOut.ref) as A[])) g.dispose();
+  });
+  const out = (await fwd(q.ref, k.ref, v.ref).data()) as Float32Array;
+  const grads = await Promise.all((bwd(q, k, v, dOut) as A[]).map(async (g) => (await g.data()) as Float32Array));
+  fwd.dispose();
+  bwd.dispose();
+  return { tf, tb, out, grads };
+}
+
+const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, x, i) => Math.max(m, Math.abs(x - b[i]!)), 0);
+const expo = (x: number) => (Number.isFinite(x) ? x.toExponential(1) : 'n/a');
+
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   const gpu = create([]);
@@ -109,11 +174,16 @@ async function main(): Promise<void> {
 
   const ort = args.ort ? await loadOrt(gpu) : 'disabled (--no-ort)';
   if (typeof ort === 'string') console.log(`(onnxruntime-web: ${ort})`);
+  const jax = args.jax ? await loadJax(gpu) : 'disabled (--no-jax)';
+  if (typeof jax === 'string') console.log(`(@jax-js/jax: ${jax})`);
 
   const { batch: B, heads: H, dim: D } = args;
   console.log(`\nattention B=${B} H=${H} d=${D}, f32, GFLOP/s (share of our gemm rate)`);
-  console.log('| L | causal | ours fwd | ours bwd | ort-web MHA fwd | ours/ort fwd | max |ours - ort| |');
-  console.log('| --- | --- | --- | --- | --- | --- | --- |');
+  console.log(
+    '| L | causal | ours fwd | ours bwd | ort-web MHA fwd | ours/ort fwd | max |ours - ort| | jax-js fwd | ' +
+      'jax-js bwd | ours/jax fwd | ours/jax bwd | max |ours - jax| fwd, bwd |',
+  );
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const L of args.lengths) {
     const shape = { batch: B, heads: H, kvHeads: H, lq: L, lk: L, headDim: D, valueDim: D };
     const size = B * H * L * D;
@@ -134,9 +204,21 @@ async function main(): Promise<void> {
         await ctx.sync();
         ctx.release(g.dq, g.dk, g.dv);
       });
-      const ours = new Float32Array(size);
-      headsToTokens(await ctx.downloadF32(fwd.out), ours, B, H, L, D);
-      ctx.release(fwd.out, fwd.lse);
+      // Ours in token layout [B, L, H, D], as onnxruntime-web and jax-js take and give them.
+      const toTokens = async (t: GpuTensor) => {
+        const x = new Float32Array(size);
+        headsToTokens(await ctx.downloadF32(t), x, B, H, L, D);
+        return x;
+      };
+      const ours = await toTokens(fwd.out);
+      const og = gpuAttentionBackward(ctx, shape, q, k, v, fwd.out, fwd.lse, dOut, opts);
+      const oursGrads = [await toTokens(og.dq), await toTokens(og.dk), await toTokens(og.dv)];
+      ctx.release(fwd.out, fwd.lse, og.dq, og.dk, og.dv);
+      const tokens = host.map((x) => {
+        const t = new Float32Array(size);
+        headsToTokens(x, t, B, H, L, D);
+        return t;
+      });
       let ortRate = NaN;
       let diff = NaN;
       if (typeof ort !== 'string') {
@@ -148,27 +230,34 @@ async function main(): Promise<void> {
         const session = await ort.InferenceSession.create(g.toBytes({ microsoft: true }), {
           executionProviders: ['webgpu'],
         });
-        const tokens = host.slice(0, 3).map((x) => {
-          const t = new Float32Array(size);
-          headsToTokens(x, t, B, H, L, D);
-          return new ort.Tensor('float32', t, [B, L, H * D]);
-        });
-        const feeds = { q: tokens[0]!, k: tokens[1]!, v: tokens[2]! };
+        const [tq, tk, tv] = tokens.map((t) => new ort.Tensor('float32', t, [B, L, H * D]));
+        const feeds = { q: tq!, k: tk!, v: tv! };
         let out: Float32Array = new Float32Array(0);
         const to = await best(args.reps, async () => {
           out = (await session.run(feeds)).out!.data as Float32Array;
         });
         ortRate = gf(flops, to);
-        diff = 0;
-        for (let i = 0; i < size; i++) diff = Math.max(diff, Math.abs(out[i]! - ours[i]!));
+        diff = maxDiff(out, ours);
         await session.release();
       }
       const f = gf(flops, tf);
       const b = gf(2.5 * flops, tb);
+      let jaxCells = Array<string>(5).fill(typeof jax === 'string' ? 'n/a' : '');
+      if (typeof jax !== 'string') {
+        try {
+          const j = await benchJax(jax, args.reps, [B, L, H, D], tokens, opts);
+          const [jf, jb] = [gf(flops, j.tf), gf(2.5 * flops, j.tb)];
+          const gradDiff = Math.max(...j.grads.map((g, i) => maxDiff(g, oursGrads[i]!)));
+          const diffs = `${expo(maxDiff(j.out, ours))}, ${expo(gradDiff)}`;
+          jaxCells = [fmt(jf), fmt(jb), `${fmt(f / jf)}x`, `${fmt(b / jb)}x`, diffs];
+        } catch (e) {
+          jaxCells = [`failed: ${String(e).split('\n')[0]}`, '', '', '', ''];
+        }
+      }
       const pct = (x: number) => ` (${fmt((100 * x) / gemmRate, 0)}%)`;
       console.log(
         `| ${L} | ${causal} | ${fmt(f)}${pct(f)} | ${fmt(b)}${pct(b)} | ${fmt(ortRate)} | ${fmt(f / ortRate)}x | ` +
-          `${Number.isFinite(diff) ? diff.toExponential(1) : 'n/a'} |`,
+          `${expo(diff)} | ${jaxCells.join(' | ')} |`,
       );
     }
     ctx.release(q, k, v, dOut);
