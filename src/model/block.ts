@@ -1,14 +1,17 @@
 /**
- * THE transformer block, forward: one pre-LayerNorm block, used by training (Transformer.forward) and by cached
- * decoding (CachedDecoder.step), which differ only in where attention gets its keys and values,
+ * THE transformer block, forward: one pre-LayerNorm block, used by training (Transformer.forward, the vision
+ * transformer's forward) and by cached decoding (CachedDecoder.step), which differ only in where attention gets its
+ * keys and values (and whether it is causal),
  *   ln1 = LN(x);  q, k, v = split(ln1 Wqkv + bqkv);  att = merge(attention(q, k, v, ln1))
  *   mid = x + att Wo + bo;  ln2 = LN(mid);  out = mid + gelu(ln2 W1 + b1) W2 + b2
  * and by ONNX export (interop/onnx-export.ts), which runs the same function over graph-building ops. `block` is
  * written once over BlockOps; blockForward runs it on a backend. Host row-major layouts: token activations [B, L, C]
  * (rows = B * L); q [B, H, L, D], k and v [B, Hkv, L, D]; attention's output [B, H, L, D]. Every buffer is the
- * caller's (Transformer keeps them for its backward; the decoder allocates per step).
+ * caller's (Transformer keeps them for its backward; the decoder allocates per step). blockBackward is its
+ * gradient, shared by both trained models (language and vision).
  */
 import type { Backend } from '../backend/backend.ts';
+import type { AttendResult, Param } from '../pe/encoding.ts';
 import type { ModelConfig } from './config.ts';
 import { qkvWidth, type BlockParams, type ModelParam } from './parameters.ts';
 
@@ -174,4 +177,95 @@ export function linearForward<T, I>(
 ): void {
   be.gemm(false, false, N, nOut, nIn, 1, x, nIn, w, nOut, beta, y, nOut);
   be.biasAdd(y, b, N, nOut);
+}
+
+/** For y = x W + b: W.grad += x^T dy, b.grad += colsum(dy), dx = dy W^T (dx OVERWRITTEN). */
+export function linearBackward<T, I>(
+  be: Backend<T, I>,
+  x: T,
+  w: Param<T>,
+  b: Param<T>,
+  dy: T,
+  dx: T,
+  N: number,
+  nIn: number,
+  nOut: number,
+): void {
+  be.gemm(true, false, nIn, nOut, N, 1, x, nIn, dy, nOut, 1, w.grad, nOut);
+  be.biasBackward(dy, b.grad, N, nOut);
+  be.gemm(false, true, N, nIn, nOut, 1, dy, nOut, w.data, nOut, 0, dx, nIn);
+}
+
+/** Gradient scratch a block's backward overwrites (shared by all layers: the backward walks them one at a time). */
+export interface BlockGradBuffers<T> {
+  /** [rows, C] */
+  dLn: T;
+  /** [rows, mlpWidth] */
+  dWide: T;
+  /** [rows, C] */
+  dAtt: T;
+  /** [B, H, L, D] */
+  dHeads: T;
+  /** [rows, qkvWidth] */
+  dQkv: T;
+}
+
+/**
+ * The block's gradient, the forward (blockForward) walked in reverse: on entry dRes holds d loss / d xOut, on exit
+ * d loss / d xIn (the residual path passes it straight through, each half adds its own term); parameter gradients
+ * ACCUMULATE. X holds that forward's activations and `attend` its attention (whose backward also accumulates the
+ * encoding's parameter gradients).
+ */
+export function blockBackward<T, I>(
+  be: Backend<T, I>,
+  cfg: ModelConfig,
+  P: BlockParams<T>,
+  X: BlockBuffers<T>,
+  attend: AttendResult<T>,
+  xIn: T,
+  dRes: T,
+  S: BlockGradBuffers<T>,
+  B: number,
+  L: number,
+): void {
+  const N = B * L;
+  const C = cfg.width;
+  const F = cfg.mlpWidth;
+  const D = C / cfg.heads;
+  // MLP: xOut = resMid + gelu(ln2 W1 + b1) W2 + b2.
+  linearBackward(be, X.fcAct, P.fcProjWeight, P.fcProjBias, dRes, S.dWide, N, F, C);
+  be.geluBackward(X.fc, S.dWide, S.dWide, N * F);
+  linearBackward(be, X.ln2, P.fcWeight, P.fcBias, S.dWide, S.dLn, N, C, F);
+  be.layerNormBackward(
+    S.dLn,
+    X.resMid,
+    P.ln2Weight.data,
+    X.ln2Mean,
+    X.ln2Rstd,
+    dRes,
+    P.ln2Weight.grad,
+    P.ln2Bias.grad,
+    N,
+    C,
+  );
+  // Attention: resMid = xIn + merge(attend(split(ln1 Wqkv + bqkv))) Wo + bo.
+  linearBackward(be, X.att, P.projWeight, P.projBias, dRes, S.dAtt, N, C, C);
+  be.tokensToHeads(S.dAtt, S.dHeads, B, cfg.heads, L, D);
+  const g = attend.backward(S.dHeads);
+  be.mergeQkv(g.dq, g.dk, g.dv, S.dQkv, B, L, cfg.heads, cfg.kvHeads, D);
+  linearBackward(be, X.ln1, P.qkvWeight, P.qkvBias, S.dQkv, S.dLn, N, C, qkvWidth(cfg));
+  if (g.dx) be.addInto(S.dLn, g.dx, N * C);
+  for (const t of [g.dq, g.dk, g.dv, ...(g.dx ? [g.dx] : [])]) be.release(t);
+  be.layerNormBackward(
+    S.dLn,
+    xIn,
+    P.ln1Weight.data,
+    X.ln1Mean,
+    X.ln1Rstd,
+    dRes,
+    P.ln1Weight.grad,
+    P.ln1Bias.grad,
+    N,
+    C,
+  );
 }

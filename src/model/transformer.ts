@@ -18,7 +18,7 @@ import type { AttendResult, EncodingFactory, Param, PositionalEncoding } from '.
 import { getEncodingFactory } from '../pe/registry.ts';
 import { dtypeOf, type FloatArray } from '../tensor.ts';
 import { Rng } from '../util/rng.ts';
-import { allocateBlockBuffers, blockForward, type BlockBuffers } from './block.ts';
+import { allocateBlockBuffers, blockBackward, blockForward, type BlockBuffers } from './block.ts';
 import type { ModelConfig } from './config.ts';
 import {
   allocateParams,
@@ -28,7 +28,6 @@ import {
   ModelParam,
   qkvWidth,
   renamedParam,
-  type BlockParams,
   type TransformerParams,
 } from './parameters.ts';
 
@@ -350,8 +349,6 @@ export class Transformer<T = FloatArray, I = Int32Array> {
     const be = this.backend;
     const N = A.rows;
     const C = cfg.width;
-    const F = cfg.mlpWidth;
-    const Q = qkvWidth(cfg);
     const V = cfg.vocab;
     const { wte, lnfWeight, lnfBias } = this.params;
 
@@ -364,45 +361,8 @@ export class Transformer<T = FloatArray, I = Int32Array> {
     be.layerNormBackward(A.dLn, last, lnfWeight.data, A.lnfMean, A.lnfRstd, A.dRes, lnfWeight.grad, lnfBias.grad, N, C);
 
     for (let i = cfg.layers - 1; i >= 0; i--) {
-      const P: BlockParams<T> = this.params.blocks[i]!;
       const X = A.blocks[i]!;
-      // dRes holds d loss / d res[i+1]; the residual path passes it straight to resMid, and then to res[i].
-      // MLP: res[i+1] = resMid + gelu(ln2 W1 + b1) W2 + b2.
-      linearBackward(be, X.fcAct, P.fcProjWeight, P.fcProjBias, A.dRes, A.dWide, N, F, C);
-      be.geluBackward(X.fc, A.dWide, A.dWide, N * F);
-      linearBackward(be, X.ln2, P.fcWeight, P.fcBias, A.dWide, A.dLn, N, C, F);
-      be.layerNormBackward(
-        A.dLn,
-        X.resMid,
-        P.ln2Weight.data,
-        X.ln2Mean,
-        X.ln2Rstd,
-        A.dRes,
-        P.ln2Weight.grad,
-        P.ln2Bias.grad,
-        N,
-        C,
-      );
-      // Attention: resMid = res[i] + merge(attend(split(ln1 Wqkv + bqkv))) Wo + bo.
-      linearBackward(be, X.att, P.projWeight, P.projBias, A.dRes, A.dAtt, N, C, C);
-      be.tokensToHeads(A.dAtt, A.dHeads, A.batch, cfg.heads, A.length, this.headDim);
-      const g = X.attend!.backward(A.dHeads);
-      be.mergeQkv(g.dq, g.dk, g.dv, A.dQkv, A.batch, A.length, cfg.heads, cfg.kvHeads, this.headDim);
-      linearBackward(be, X.ln1, P.qkvWeight, P.qkvBias, A.dQkv, A.dLn, N, C, Q);
-      if (g.dx) be.addInto(A.dLn, g.dx, N * C);
-      for (const t of [g.dq, g.dk, g.dv, ...(g.dx ? [g.dx] : [])]) be.release(t);
-      be.layerNormBackward(
-        A.dLn,
-        A.res[i]!,
-        P.ln1Weight.data,
-        X.ln1Mean,
-        X.ln1Rstd,
-        A.dRes,
-        P.ln1Weight.grad,
-        P.ln1Bias.grad,
-        N,
-        C,
-      );
+      blockBackward(be, cfg, this.params.blocks[i]!, X, X.attend!, A.res[i]!, A.dRes, A, A.batch, A.length);
     }
     this.embeddingEncoding?.embedBackward?.(A.dRes, A.batch, A.length, C, 0);
     be.embeddingBackward(A.dRes, A.tokens, wte.grad, N, C);
@@ -461,21 +421,4 @@ function checkIds(ids: Int32Array, vocab: number, what: string): void {
       );
     }
   }
-}
-
-/** For y = x W + b: W.grad += x^T dy, b.grad += colsum(dy), dx = dy W^T (dx OVERWRITTEN). */
-export function linearBackward<T, I>(
-  be: Backend<T, I>,
-  x: T,
-  w: Param<T>,
-  b: Param<T>,
-  dy: T,
-  dx: T,
-  N: number,
-  nIn: number,
-  nOut: number,
-): void {
-  be.gemm(true, false, nIn, nOut, N, 1, x, nIn, dy, nOut, 1, w.grad, nOut);
-  be.biasBackward(dy, b.grad, N, nOut);
-  be.gemm(false, true, N, nIn, nOut, 1, dy, nOut, w.data, nOut, 0, dx, nIn);
 }

@@ -7,9 +7,10 @@
  * class token would need a position of its own, and mean pooling works unchanged on any grid), and a linear
  * classification head [C, classes] with softmax cross-entropy.
  *
- * Forward and backward are written out per layer through the Backend (gemm, attention via the encoding, layers.ts
- * ops), reusing the language model's linear layer and parameter layout (parameters.ts: the token table `wte`
- * [P*P, C] is the patch projection here). Any image side that is a multiple of P works; the grid follows it.
+ * The blocks are the language model's own (block.ts: blockForward with the encoding's bidirectional attend as the
+ * attention, blockBackward), as are the linear layers and parameter layout (parameters.ts: the token table `wte`
+ * [P*P, C] is the patch projection here); the patch embedding, pooling and head are written out here through the
+ * Backend. Any image side that is a multiple of P works; the grid follows it.
  *
  * Layouts: images [B, S, S]; patches [B, N, P*P]; tokens [B, N, C]; attention [B, H, N, D] (backend.ts).
  * Parameter gradients ACCUMULATE; call zeroGrad() before each backward you want on its own.
@@ -18,7 +19,7 @@ import type { AttentionShape, Backend } from '../backend/backend.ts';
 import { check, HypeError } from '../errors.ts';
 import type { AttendResult, EncodingFactory, Param, PositionalEncoding } from '../pe/encoding.ts';
 import { getVisionEncoding } from '../pe/vision/registry.ts';
-import { allocate, headsToTokens, tokensToHeads, type DType, type FloatArray } from '../tensor.ts';
+import { allocate, type DType, type FloatArray } from '../tensor.ts';
 import { Rng } from '../util/rng.ts';
 import type { ModelConfig } from './config.ts';
 import {
@@ -29,8 +30,14 @@ import {
   renamedParam,
   type TransformerParams,
 } from './parameters.ts';
-import { linearForward } from './block.ts';
-import { linearBackward } from './transformer.ts';
+import {
+  allocateBlockBuffers,
+  blockBackward,
+  blockForward,
+  linearBackward,
+  linearForward,
+  type BlockBuffers,
+} from './block.ts';
 
 export interface VisionConfig {
   /** Marks a vision model's config (run folders and checkpoints say which model they hold). */
@@ -119,22 +126,8 @@ function blockConfig(cfg: VisionConfig): ModelConfig {
   };
 }
 
-interface BlockActs {
-  ln1: FloatArray;
-  ln1Mean: FloatArray;
-  ln1Rstd: FloatArray;
-  qkv: FloatArray;
-  q: FloatArray;
-  k: FloatArray;
-  v: FloatArray;
-  att: FloatArray;
+interface BlockActs extends BlockBuffers<FloatArray> {
   attend: AttendResult | null;
-  resMid: FloatArray;
-  ln2: FloatArray;
-  ln2Mean: FloatArray;
-  ln2Rstd: FloatArray;
-  fc: FloatArray;
-  fcAct: FloatArray;
 }
 
 /** Every buffer one (batch, grid) shape needs. */
@@ -149,7 +142,6 @@ class Acts {
   readonly logits: FloatArray;
   readonly losses: FloatArray;
   readonly labels: Int32Array;
-  readonly heads: FloatArray;
   readonly dRes: FloatArray;
   readonly dLn: FloatArray;
   readonly dWide: FloatArray;
@@ -162,6 +154,7 @@ class Acts {
 
   constructor(
     cfg: VisionConfig,
+    be: Backend,
     readonly batch: number,
     readonly grid: number,
   ) {
@@ -170,23 +163,8 @@ class Acts {
     const a = (n: number) => allocate(cfg.dtype, n);
     this.patches = a(N * P * P);
     this.res = Array.from({ length: cfg.layers + 1 }, () => a(N * C));
-    this.blocks = Array.from({ length: cfg.layers }, () => ({
-      ln1: a(N * C),
-      ln1Mean: a(N),
-      ln1Rstd: a(N),
-      qkv: a(N * 3 * C),
-      q: a(N * C),
-      k: a(N * C),
-      v: a(N * C),
-      att: a(N * C),
-      attend: null,
-      resMid: a(N * C),
-      ln2: a(N * C),
-      ln2Mean: a(N),
-      ln2Rstd: a(N),
-      fc: a(N * F),
-      fcAct: a(N * F),
-    }));
+    const base = blockConfig(cfg);
+    this.blocks = Array.from({ length: cfg.layers }, () => ({ ...allocateBlockBuffers(base, be, N), attend: null }));
     this.lnf = a(N * C);
     this.lnfMean = a(N);
     this.lnfRstd = a(N);
@@ -194,7 +172,6 @@ class Acts {
     this.logits = a(batch * cfg.classes);
     this.losses = a(batch);
     this.labels = new Int32Array(batch);
-    this.heads = a(N * 3 * C);
     this.dRes = a(N * C);
     this.dLn = a(N * C);
     this.dWide = a(N * F);
@@ -307,7 +284,7 @@ export class VisionTransformer {
   private activations(batch: number, grid: number): Acts {
     if (!this.acts || this.acts.batch !== batch || this.acts.grid !== grid) {
       this.acts = null;
-      this.acts = new Acts(this.config, batch, grid);
+      this.acts = new Acts(this.config, this.backend, batch, grid);
     }
     return this.acts;
   }
@@ -331,7 +308,7 @@ export class VisionTransformer {
     const L = G * G;
     const A = this.activations(batch, G);
     const N = batch * L;
-    const { width: C, mlpWidth: F, heads: H } = cfg;
+    const { width: C, heads: H } = cfg;
     const PP = cfg.patch * cfg.patch;
     const be = this.backend;
     const D = this.headDim;
@@ -343,44 +320,17 @@ export class VisionTransformer {
     this.embeddingEncoding?.embed?.(A.res[0]!, batch, L, C, 0, [G, G]);
 
     const shape: AttentionShape = { batch, heads: H, kvHeads: H, lq: L, lk: L, headDim: D, valueDim: D };
-    const HLD = H * L * D;
+    const base = blockConfig(cfg);
     for (let i = 0; i < cfg.layers; i++) {
-      const P = this.params.blocks[i]!;
       const X = A.blocks[i]!;
-      const xIn = A.res[i]!;
-      be.layerNormForward(xIn, P.ln1Weight.data, P.ln1Bias.data, X.ln1, X.ln1Mean, X.ln1Rstd, N, C, cfg.layerNormEps);
-      linearForward(be, X.ln1, P.qkvWeight.data, P.qkvBias.data, X.qkv, N, C, 3 * C, 0);
-      // qkv [B, L, 3C] read as 3H heads -> [B, 3H, L, D]: per image, the q heads, then k, then v.
-      tokensToHeads(X.qkv, A.heads, batch, 3 * H, L, D);
-      for (let b = 0; b < batch; b++) {
-        const o = 3 * b * HLD;
-        X.q.set(A.heads.subarray(o, o + HLD), b * HLD);
-        X.k.set(A.heads.subarray(o + HLD, o + 2 * HLD), b * HLD);
-        X.v.set(A.heads.subarray(o + 2 * HLD, o + 3 * HLD), b * HLD);
-      }
-      X.attend = this.blockEncodings[i]!.attend(
-        { backend: be, shape, causal: false, queryOffset: 0, grid: [G, G] },
-        { q: X.q, k: X.k, v: X.v, x: X.ln1 },
-      );
-      headsToTokens(X.attend.out, X.att, batch, H, L, D);
-      X.resMid.set(xIn);
-      linearForward(be, X.att, P.projWeight.data, P.projBias.data, X.resMid, N, C, C, 1);
-      be.layerNormForward(
-        X.resMid,
-        P.ln2Weight.data,
-        P.ln2Bias.data,
-        X.ln2,
-        X.ln2Mean,
-        X.ln2Rstd,
-        N,
-        C,
-        cfg.layerNormEps,
-      );
-      linearForward(be, X.ln2, P.fcWeight.data, P.fcBias.data, X.fc, N, C, F, 0);
-      be.geluForward(X.fc, X.fcAct, N * F);
-      const xOut = A.res[i + 1]!;
-      xOut.set(X.resMid);
-      linearForward(be, X.fcAct, P.fcProjWeight.data, P.fcProjBias.data, xOut, N, F, C, 1);
+      // Bidirectional attention over the patch grid (the encoding reads the grid's shape from the context).
+      blockForward(be, base, this.params.blocks[i]!, X, A.res[i]!, A.res[i + 1]!, batch, L, (q, k, v, x) => {
+        X.attend = this.blockEncodings[i]!.attend(
+          { backend: be, shape, causal: false, queryOffset: 0, grid: [G, G] },
+          { q, k, v, x },
+        );
+        return X.attend.out;
+      });
     }
     const { lnfWeight, lnfBias } = this.params;
     be.layerNormForward(
@@ -413,12 +363,10 @@ export class VisionTransformer {
     check(A !== null && this.hasLabels, 'argument', 'backward() needs a forward pass with labels first');
     const cfg = this.config;
     const be = this.backend;
-    const { width: C, mlpWidth: F, heads: H } = cfg;
+    const C = cfg.width;
     const B = A.batch;
     const L = A.grid * A.grid;
     const N = B * L;
-    const D = this.headDim;
-    const HLD = H * L * D;
     const { lnfWeight, lnfBias } = this.params;
 
     be.softmaxCrossEntropyBackward(A.logits, A.labels, A.dLogits, B, cfg.classes, 1 / B);
@@ -442,47 +390,10 @@ export class VisionTransformer {
       C,
     );
 
+    const base = blockConfig(cfg);
     for (let i = cfg.layers - 1; i >= 0; i--) {
-      const P = this.params.blocks[i]!;
       const X = A.blocks[i]!;
-      linearBackward(be, X.fcAct, P.fcProjWeight, P.fcProjBias, A.dRes, A.dWide, N, F, C);
-      be.geluBackward(X.fc, A.dWide, A.dWide, N * F);
-      linearBackward(be, X.ln2, P.fcWeight, P.fcBias, A.dWide, A.dLn, N, C, F);
-      be.layerNormBackward(
-        A.dLn,
-        X.resMid,
-        P.ln2Weight.data,
-        X.ln2Mean,
-        X.ln2Rstd,
-        A.dRes,
-        P.ln2Weight.grad,
-        P.ln2Bias.grad,
-        N,
-        C,
-      );
-      linearBackward(be, X.att, P.projWeight, P.projBias, A.dRes, A.dAtt, N, C, C);
-      tokensToHeads(A.dAtt, A.dHeads, B, H, L, D);
-      const g = X.attend!.backward(A.dHeads);
-      for (let b = 0; b < B; b++) {
-        const o = 3 * b * HLD;
-        A.heads.set(g.dq.subarray(b * HLD, (b + 1) * HLD), o);
-        A.heads.set(g.dk.subarray(b * HLD, (b + 1) * HLD), o + HLD);
-        A.heads.set(g.dv.subarray(b * HLD, (b + 1) * HLD), o + 2 * HLD);
-      }
-      headsToTokens(A.heads, A.dQkv, B, 3 * H, L, D);
-      linearBackward(be, X.ln1, P.qkvWeight, P.qkvBias, A.dQkv, A.dLn, N, C, 3 * C);
-      be.layerNormBackward(
-        A.dLn,
-        A.res[i]!,
-        P.ln1Weight.data,
-        X.ln1Mean,
-        X.ln1Rstd,
-        A.dRes,
-        P.ln1Weight.grad,
-        P.ln1Bias.grad,
-        N,
-        C,
-      );
+      blockBackward(be, base, this.params.blocks[i]!, X, X.attend!, A.res[i]!, A.dRes, A, B, L);
     }
     this.embeddingEncoding?.embedBackward?.(A.dRes, B, L, C, 0, [A.grid, A.grid]);
     // The patch gradient itself is not needed (images are data); linearBackward writes it into scratch.
