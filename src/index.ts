@@ -71,6 +71,6 @@ export { encodingNames, getEncodingFactory } from './pe/registry.ts';
 export { BYTE_VOCAB, MODEL_DEFAULTS, parseModelConfig, type ModelConfig } from './model/config.ts';
 export { Transformer, type TransformerOptions } from './model/transformer.ts';
 export { CachedDecoder, RecomputeDecoder, type Decoder } from './model/decode.ts';
-export { generate, type GenerateOptions, type SamplingOptions } from './model/generate.ts';
+export { generate, generateAsync, type GenerateOptions, type SamplingOptions } from './model/generate.ts';
 export { tensor, zeros, type DType, type FloatArray, type Tensor } from './tensor.ts';
 export { Rng } from './util/rng.ts';
