@@ -1,8 +1,8 @@
 /**
  * hype-attention: the browser-safe core (no Node built-ins are reachable from here; a test bundles it with esbuild
- * for the browser): tensors, the backend seam, the TypeScript reference backend, every positional encoding, HyPE
- * and the byte-level transformer. Node-only parts live in subpaths: 'hype-attention/node' (loadBackend and the
- * native addon), '/train', '/study', '/interop', '/cli'.
+ * for the browser): tensors, the backend seam, the TypeScript reference backend, every positional encoding, HyPE,
+ * the byte-level transformer, and the small vision transformer with its 2-D encodings. Node-only parts live in
+ * subpaths: 'hype-attention/node' (loadBackend and the native addon), '/train', '/study', '/interop', '/cli'.
  *
  *   import { hype, ReferenceBackend } from 'hype-attention';
  *   const h = hype({ preset: 'recency', heads: 8, kvHeads: 8, headDim: 64, lengthExtra: 4096 });
@@ -70,6 +70,14 @@ export { hype, hypeEncoding, presetSpec, type HypePreset, type PresetInput } fro
 export { encodingNames, getEncodingFactory } from './pe/registry.ts';
 export { BYTE_VOCAB, MODEL_DEFAULTS, parseModelConfig, type ModelConfig } from './model/config.ts';
 export { Transformer, type TransformerOptions } from './model/transformer.ts';
+export {
+  VISION_DEFAULTS,
+  VisionTransformer,
+  parseVisionConfig,
+  type VisionConfig,
+  type VisionOptions,
+} from './model/vision.ts';
+export { getVisionEncoding, visionEncodingNames } from './pe/vision/registry.ts';
 export { CachedDecoder, RecomputeDecoder, type Decoder } from './model/decode.ts';
 export { generate, generateAsync, type GenerateOptions, type SamplingOptions } from './model/generate.ts';
 export { tensor, zeros, type DType, type FloatArray, type Tensor } from './tensor.ts';

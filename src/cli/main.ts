@@ -13,6 +13,7 @@ import { registerEval } from './eval.ts';
 import { registerExport } from './export.ts';
 import { registerGenerate } from './generate.ts';
 import { registerTrain } from './train.ts';
+import { registerTrainVision } from './train-vision.ts';
 import { registerVerify } from './verify.ts';
 import { registerWorker } from './worker.ts';
 
@@ -29,6 +30,7 @@ export function buildProgram(): Command {
     .exitOverride()
     .showHelpAfterError();
   registerTrain(program);
+  registerTrainVision(program);
   registerEval(program);
   registerShowCommand(program);
   registerVerify(program);

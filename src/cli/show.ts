@@ -19,7 +19,8 @@ import type { Command } from 'commander';
 import { ReferenceBackend } from '../backend/reference.ts';
 import { check, HypeError } from '../errors.ts';
 import type { AttendContext, EncodingDims, PositionalEncoding } from '../pe/encoding.ts';
-import { getEncodingFactory, parseEncodingSpec } from '../pe/registry.ts';
+import { findEncodingFactory, getEncodingFactory, parseEncodingSpec, splitEncodingSpec } from '../pe/registry.ts';
+import { findVisionEncoding, getVisionEncoding } from '../pe/vision/registry.ts';
 import { splitTopLevel } from '../pe/options.ts';
 import type { TopLevelSpec } from 'vega-lite';
 import {
@@ -245,6 +246,79 @@ export async function heatmapSvg(req: EncodingRequest, s: ShowSettings, head: nu
   );
 }
 
+/**
+ * A 2-D (image) encoding on a G x G patch grid: per head, the logit position adds for a key at offset (dx, dy)
+ * from a query at the centre cell, as a heatmap over (dx, dy) (one panel per head, one colour scale). Computed like
+ * the 1-D profile: content-free q = k = (1, ..., 1) minus the content logit, or for embedding-site encodings the
+ * scaled dot product of the position signals alone; parameters at initialisation (built for a G x G training grid).
+ */
+export function gridHeatmapSpec(req: EncodingRequest, s: ShowSettings, grid: number): TopLevelSpec {
+  check(
+    Number.isInteger(grid) && grid >= 2 && grid <= 32,
+    'argument',
+    `--grid must be an integer in 2..32, got ${grid}`,
+  );
+  check(
+    Number.isInteger(s.heads) && s.heads >= 1 && Number.isInteger(s.headDim) && s.headDim >= 4,
+    'argument',
+    `--heads must be >= 1 and --head-dim >= 4 for a 2-D encoding, got ${s.heads} and ${s.headDim}`,
+  );
+  const { heads: H, headDim: d } = s;
+  const L = grid * grid;
+  const C = H * d;
+  const scale = 1 / Math.sqrt(d);
+  const dims: EncodingDims = {
+    heads: H,
+    kvHeads: H,
+    headDim: d,
+    modelDim: C,
+    trainLength: L,
+    trainGrid: [grid, grid],
+  };
+  const enc = getVisionEncoding(req.name).create(dims, req.options, new Rng(s.seed));
+  const ctx: AttendContext = {
+    backend: new ReferenceBackend(),
+    shape: { batch: 1, heads: H, kvHeads: H, lq: L, lk: L, headDim: d, valueDim: d },
+    causal: false,
+    queryOffset: 0,
+    grid: [grid, grid],
+  };
+  const q = new Float64Array(H * L * d).fill(1);
+  const k = new Float64Array(H * L * d).fill(1);
+  const absolute = enc.sites.includes('embedding');
+  if (absolute) {
+    const pe = new Float64Array(L * C);
+    enc.embed!(pe, 1, L, C, 0, [grid, grid]);
+    for (let h = 0; h < H; h++)
+      for (let t = 0; t < L; t++)
+        for (let c = 0; c < d; c++) q[(h * L + t) * d + c] = k[(h * L + t) * d + c] = pe[t * C + h * d + c]!;
+  }
+  const logits = enc.denseLogits(ctx, { q, k, v: new Float64Array(H * L * d) }, scale);
+  const centre = Math.floor(grid / 2);
+  const i = centre * grid + centre;
+  const cells: HeatCell[] = [];
+  for (let h = 0; h < H; h++) {
+    for (let l = 0; l < L; l++) {
+      const value = logits[(h * L + i) * L + l]! - (absolute ? 0 : scale * d);
+      cells.push({ x: (l % grid) - centre, y: Math.floor(l / grid) - centre, value, facet: `head ${h + 1}` });
+    }
+  }
+  return heatmapSpec({
+    title: `${req.label}: logit added by position on a ${grid}x${grid} patch grid, query at the centre`,
+    subtitle: [
+      `${H} heads of dim ${d}; built for a ${grid}x${grid} training grid; parameters at initialisation (seed ${s.seed})`,
+      absolute ? EMBEDDING_NOTE : CONTENT_FREE_NOTE,
+    ],
+    cells,
+    xTitle: 'dx = key column - query column',
+    yTitle: 'dy = key row - query row',
+    valueTitle: 'logit',
+    facetTitle: 'head',
+    facetColumns: Math.min(4, H),
+    facetOrder: Array.from({ length: H }, (_, h) => `head ${h + 1}`),
+  });
+}
+
 function defaultOutPath(requests: EncodingRequest[], heatmap: boolean): string {
   const stem = requests.map((r) => r.label.replace(/[^A-Za-z0-9._-]+/g, '-')).join('_');
   return `pe-${stem}${heatmap ? '-heatmap' : ''}.svg`;
@@ -260,6 +334,7 @@ interface ShowFlags {
   compare?: string;
   heatmap?: boolean;
   head: string;
+  grid: string;
 }
 
 function integerFlag(raw: string, flag: string): number {
@@ -273,6 +348,24 @@ export async function runShow(encoding: string | undefined, flags: ShowFlags): P
     (t) => t.trim() !== '',
   );
   check(texts.length >= 1, 'argument', 'name an encoding (`hype show alibi`) or several (`--compare alibi,rope`)');
+  // A 2-D (image) encoding: the heatmap over (dx, dy) per head.
+  const first = splitEncodingSpec(texts[0]!);
+  if (findVisionEncoding(first.name) && !findEncodingFactory(first.name)) {
+    check(texts.length === 1, 'argument', 'a 2-D encoding is drawn on its own; drop --compare');
+    getVisionEncoding(first.name).checkOptions?.(first.options);
+    const req = { label: texts[0]!.trim(), ...first };
+    const settings = {
+      length: 2,
+      heads: integerFlag(flags.heads, '--heads'),
+      headDim: integerFlag(flags.headDim, '--head-dim'),
+      trainLength: 1,
+      seed: integerFlag(flags.seed, '--seed'),
+    };
+    const svg = await renderSvg(gridHeatmapSpec(req, settings, integerFlag(flags.grid, '--grid')));
+    const out = resolve(flags.out ?? defaultOutPath([req], true));
+    writeSvgFile(out, svg);
+    return out;
+  }
   const requests = texts.map(parseEncodingRequest);
   const length = integerFlag(flags.length, '--length');
   const settings: ShowSettings = {
@@ -310,6 +403,12 @@ export function registerShowCommand(program: Command): void {
     .option('--compare <list>', 'comma-separated encodings, drawn side by side (one panel each, own y scale)')
     .option('--heatmap', 'draw the causal L x L pattern of one head instead')
     .option('--head <h>', 'head drawn by --heatmap (1-based)', '1')
+    .option(
+      '--grid <G>',
+      'for a 2-D image encoding (hype-2d, hype-2d-sym, hype-flat, alibi-2d, rope-2d, learned-2d, sincos-2d): ' +
+        'the G x G patch grid of its heatmap over (dx, dy) per head',
+      '7',
+    )
     .option('--out <file>', 'SVG file to write (default: pe-<encodings>.svg in the current directory)')
     .action(async (encoding: string | undefined, flags: ShowFlags) => {
       const out = await runShow(encoding, flags);

@@ -9,6 +9,7 @@ import { HypeError } from '../errors.ts';
 import { EXPERIMENTS, QUICK_STUDY_MINUTES, type Experiment } from '../study/plan.ts';
 import { formatDuration } from '../study/progress.ts';
 import { planFor, runStudy, writeReport } from '../study/run.ts';
+import { runVision, visionConfigs, visionPlan } from '../study/vision.ts';
 import { checkFolderPath, makeWritableDir } from '../util/fs-safe.ts';
 
 interface StudyFlags {
@@ -26,7 +27,7 @@ interface StudyFlags {
   queue?: string;
 }
 
-const CHOICES = [...EXPERIMENTS, 'all', 'report'] as const;
+const CHOICES = [...EXPERIMENTS, 'vision', 'all', 'report'] as const;
 
 export const defaultOutDir = (quick: boolean) => (quick ? 'results/quick' : 'results/full');
 
@@ -56,6 +57,7 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
         : `unknown backend '${f.backend}'; choose auto, native or reference`,
     );
   }
+  if (what === 'vision') return runVisionCommand(outDir, f);
   const seeds = positiveInt(f.seeds, '--seeds');
   const encodings = f.encodings
     ?.split(',')
@@ -102,6 +104,39 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
   );
 }
 
+/** `hype study vision`: the image experiment (study/vision.ts), then the report regenerated with its section. */
+async function runVisionCommand(outDir: string, f: StudyFlags): Promise<void> {
+  const plan = visionPlan();
+  const seeds = positiveInt(f.seeds, '--seeds');
+  if (seeds !== undefined) plan.seeds = Array.from({ length: seeds }, (_, i) => i + 1);
+  const encodings = f.encodings
+    ?.split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  if (encodings) plan.encodings = encodings;
+  visionConfigs(plan); // refuses unknown encodings before any work
+  checkFolderPath(outDir, 'the results folder (--out)');
+  checkFolderPath(f.workDir, 'the training-runs folder (--work-dir)');
+  makeWritableDir(outDir, 'the results folder (--out)');
+  makeWritableDir(f.workDir, 'the training-runs folder (--work-dir)');
+  const backend = loadBackend(f.backend as BackendName, { threads: positiveInt(f.threads, '--threads') });
+  process.stderr.write(
+    `hype study vision: ${plan.encodings.length} encodings x ${plan.seeds.length} seeds on Fashion-MNIST, ` +
+      `${plan.budget.steps} steps of ${plan.budget.batch} images per cell; results go to ${outDir}/vision/ ` +
+      `(backend ${backend.name})\n`,
+  );
+  const t0 = performance.now();
+  const { total, computed } = await runVision(
+    { backend, workDir: f.workDir, dataDir: f.dataDir, log: (l) => process.stderr.write(`${l}\n`) },
+    outDir,
+    plan,
+  );
+  const report = await writeReport(outDir, f.to);
+  process.stdout.write(
+    `${doneLine('hype study vision', outDir, total, computed, (performance.now() - t0) / 1000)}\n  report:  ${report}\n`,
+  );
+}
+
 /** The closing line: how many cells were computed and in what time, or that every cell was already finished. */
 export function doneLine(name: string, outDir: string, total: number, computed: number, seconds: number): string {
   if (computed === 0) {
@@ -117,7 +152,10 @@ export function doneLine(name: string, outDir: string, total: number, computed: 
 export function registerStudy(program: Command): void {
   program
     .command('study')
-    .description('run the study (lm, flipflop, recall, precision or all; resumable) or regenerate its report')
+    .description(
+      'run the study (lm, flipflop, recall, precision, vision or all; resumable) or regenerate its report; ' +
+        'vision: a small ViT per 2-D encoding on Fashion-MNIST (about 2 minutes per cell on one thread)',
+    )
     .argument('<what>', `one of ${CHOICES.join(', ')}`)
     .option(
       '--quick',
@@ -132,7 +170,7 @@ export function registerStudy(program: Command): void {
       '--recompute <list>',
       'delete and recompute the cells (and training runs) of these encodings, e.g. after fixing one',
     )
-    .option('--data-dir <dir>', 'folder holding tinyshakespeare/ and wikitext-2/', '../shared/data')
+    .option('--data-dir <dir>', 'folder holding tinyshakespeare/, wikitext-2/ and fashion-mnist/', '../shared/data')
     .option('--work-dir <dir>', 'folder for the training runs (checkpoints)', 'runs/study')
     .option('--backend <name>', 'compute backend: auto, native or reference', 'auto')
     .option('--threads <n>', 'native backend threads (default: all cores)')

@@ -1,6 +1,6 @@
 /**
  * 'hype-attention/train' (Node only): byte corpora, the training loop with checkpoints and resume, held-out
- * evaluation in bits per byte.
+ * evaluation in bits per byte; Fashion-MNIST (IDX files) and the vision transformer's training run and accuracy.
  */
 export { TRAIN_DEFAULTS, learningRate, parseTrainConfig, type TrainConfig } from '../train/config.ts';
 export { DEFAULT_CORPUS, loadCorpus, type ByteCorpus } from '../train/corpus.ts';
@@ -18,3 +18,6 @@ export {
   type RunSummary,
   type StepRecord,
 } from '../train/trainer.ts';
+export { FASHION_CLASSES, loadFashionMnist, loadIdxPair, parseIdx, type ImageSet } from '../vision/idx.ts';
+export { imageBatch } from '../vision/images.ts';
+export { VisionRun, evaluateAccuracy, type AccuracyResult } from '../vision/train.ts';

@@ -464,7 +464,7 @@ function checkIds(ids: Int32Array, vocab: number, what: string): void {
 }
 
 /** For y = x W + b: W.grad += x^T dy, b.grad += colsum(dy), dx = dy W^T (dx OVERWRITTEN). */
-function linearBackward<T, I>(
+export function linearBackward<T, I>(
   be: Backend<T, I>,
   x: T,
   w: Param<T>,

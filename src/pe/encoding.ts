@@ -39,6 +39,11 @@ export interface AttendContext<T = FloatArray, I = Int32Array> {
   causal: boolean;
   /** Absolute position of query row 0 (see backend.ts); keys start at position 0. */
   queryOffset: number;
+  /**
+   * The token grid [rows, cols] of image patches (row-major: token n sits at row floor(n / cols), column n % cols),
+   * for the 2-D encodings of src/pe/vision/; sequences leave it out and 1-D encodings ignore it.
+   */
+  grid?: readonly number[];
 }
 
 export interface AttendInputs<T = FloatArray> {
@@ -74,10 +79,13 @@ export interface PositionalEncoding<T = FloatArray, I = Int32Array> {
    */
   readonly portable?: boolean;
 
-  /** 'embedding' site: x [B, L, C] += position signal for positions offset .. offset + L - 1. */
-  embed?(x: T, batch: number, length: number, width: number, offset: number): void;
+  /**
+   * 'embedding' site: x [B, L, C] += position signal for positions offset .. offset + L - 1 (on a patch grid, the
+   * grid's cells in row-major order; 2-D encodings need `grid`, as AttendContext.grid).
+   */
+  embed?(x: T, batch: number, length: number, width: number, offset: number, grid?: readonly number[]): void;
   /** Accumulates the gradient of the embedding-site parameters from dx (dx itself passes through unchanged). */
-  embedBackward?(dx: T, batch: number, length: number, width: number, offset: number): void;
+  embedBackward?(dx: T, batch: number, length: number, width: number, offset: number, grid?: readonly number[]): void;
 
   /** Attention with this encoding's position terms (kernels via ctx.backend where the bias menu allows). */
   attend(ctx: AttendContext<T, I>, inputs: AttendInputs<T>): AttendResult<T>;
@@ -186,6 +194,8 @@ export interface EncodingDims {
   modelDim: number;
   /** The training length (some presets derive slopes from it). */
   trainLength: number;
+  /** The training patch grid [rows, cols] of a vision model (2-D encodings size their tables and slopes by it). */
+  trainGrid?: readonly number[];
   /**
    * Standard deviation of the model's token-embedding initialisation, so an absolute signal added to the
    * embeddings can be sized against them (sinusoidal). Absent outside a model.

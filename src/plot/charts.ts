@@ -283,6 +283,8 @@ export interface HeatCell {
   x: number;
   y: number;
   value: number;
+  /** Which panel the cell belongs to, when the heatmap is faceted. */
+  facet?: string;
 }
 
 export interface HeatmapOptions extends ChartText {
@@ -292,20 +294,44 @@ export interface HeatmapOptions extends ChartText {
   valueTitle: string;
   width?: number;
   height?: number;
+  /** Facet panels by `facet` (one colour scale for all), this many per row. */
+  facetTitle?: string;
+  facetColumns?: number;
+  facetOrder?: string[];
+  /** Draw y increasing upwards (a picture's axes) instead of down the rows. */
+  yUp?: boolean;
 }
 
 export function heatmapSpec(o: HeatmapOptions): TopLevelSpec {
+  const data = { values: o.cells.filter((c) => Number.isFinite(c.value)) };
+  const encoding = {
+    x: { field: 'x', type: 'ordinal' as const, title: o.xTitle, axis: { labelOverlap: true } },
+    y: {
+      field: 'y',
+      type: 'ordinal' as const,
+      title: o.yTitle,
+      axis: { labelOverlap: true },
+      ...(o.yUp ? { sort: 'descending' as const } : {}),
+    },
+    color: { field: 'value', type: 'quantitative' as const, title: o.valueTitle, scale: { scheme: 'viridis' } },
+  };
+  if (o.facetTitle) {
+    return {
+      $schema: SCHEMA,
+      title: titleOf(o),
+      data,
+      facet: { field: 'facet', type: 'nominal', title: o.facetTitle, ...(o.facetOrder ? { sort: o.facetOrder } : {}) },
+      columns: o.facetColumns ?? 4,
+      spec: { width: o.width ?? 160, height: o.height ?? 160, mark: 'rect', encoding },
+    };
+  }
   return {
     $schema: SCHEMA,
     title: titleOf(o),
     width: o.width ?? 420,
     height: o.height ?? 420,
-    data: { values: o.cells.filter((c) => Number.isFinite(c.value)) },
+    data,
     mark: 'rect',
-    encoding: {
-      x: { field: 'x', type: 'ordinal', title: o.xTitle, axis: { labelOverlap: true } },
-      y: { field: 'y', type: 'ordinal', title: o.yTitle, axis: { labelOverlap: true } },
-      color: { field: 'value', type: 'quantitative', title: o.valueTitle, scale: { scheme: 'viridis' } },
-    },
+    encoding,
   };
 }

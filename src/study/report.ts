@@ -165,7 +165,7 @@ function pairedDiffs(a: readonly Sample[], b: readonly Sample[]): number[] {
 }
 
 /** One sentence comparing a metric of two encodings; `lowerBetter` picks the words. */
-function sentence(
+export function sentence(
   nameA: string,
   a: Sample[],
   nameB: string,
@@ -252,7 +252,7 @@ const encodingsOf = (input: ReportInput) =>
  * two or more seeds gave a value (the tables' mean ± half-width), clipped to `range` (what the quantity can be:
  * with 3 seeds t = 4.3, and an accuracy's interval easily passes 100%).
  */
-function meanPoint(
+export function meanPoint(
   p: Omit<LinePoint, 'y' | 'lo' | 'hi'>,
   values: readonly number[],
   scale = 1,
@@ -265,7 +265,7 @@ function meanPoint(
 }
 
 /** Percentages (accuracy, error rate) lie in 0..100. */
-const PERCENT: [number, number] = [0, 100];
+export const PERCENT: [number, number] = [0, 100];
 
 /** What a chart's values are: "1 seed", "mean of 3 seeds, 95% interval bands", or a mix. */
 export function seedPhrase(counts: readonly number[]): string {

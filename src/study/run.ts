@@ -32,7 +32,10 @@ import {
   type Experiment,
   type StudyPlan,
 } from './plan.ts';
-import { buildReport, readMeta, readResults, type StudyMeta } from './report.ts';
+import { buildReport, readMeta, readResults, type Chart, type StudyMeta } from './report.ts';
+import { readCellFile } from './store.ts';
+import type { VisionRecord } from './vision.ts';
+import { visionSection } from './vision-report.ts';
 import { StudyProgress } from './progress.ts';
 import { cellKey } from './store.ts';
 import type { QueuedCell } from './queue.ts';
@@ -297,6 +300,16 @@ async function removeClaimed(cellPath: string, runDir: string): Promise<number> 
   }
 }
 
+/** The vision experiment's finished cells in the folder (sorted by key, so the report is stable). */
+function readVisionCells(outDir: string): VisionRecord[] {
+  const d = join(outDir, 'vision', 'cells');
+  if (!existsSync(d)) return [];
+  return readdirSync(d)
+    .filter((f) => f.endsWith('.json'))
+    .sort()
+    .map((f) => readCellFile<VisionRecord['config'], VisionRecord['result']>(join(d, f)));
+}
+
 /** Finished cells of `exp` in the folder (to tell how many an invocation computed). */
 function cellsIn(outDir: string, exp: Experiment): number {
   const d = join(outDir, exp, 'cells');
@@ -321,13 +334,19 @@ export async function writeReport(outDir: string, to?: string): Promise<string> 
     makeDirs(dirname(to) || '.', 'the folder of --to');
   }
   const input = readResults(outDir);
-  if (input.lm.length + input.flipflop.length + input.recall.length + input.precision.length === 0) {
+  const vision = readVisionCells(outDir);
+  if (input.lm.length + input.flipflop.length + input.recall.length + input.precision.length + vision.length === 0) {
     throw new HypeError(
       'io',
       `no study results in '${outDir}'; run 'hype study <experiment>' first, or pass the results folder with --out`,
     );
   }
-  const { markdown, charts } = buildReport(input, 'plots');
+  // The vision experiment's section follows the language-model report (study/vision-report.ts).
+  const withVision = (r: { markdown: string; charts: Chart[] }, plotsRel: string) => {
+    const v = visionSection(vision, plotsRel);
+    return { markdown: [r.markdown.trimEnd(), '', ...v.lines].join('\n'), charts: [...r.charts, ...v.charts] };
+  };
+  const { markdown, charts } = withVision(buildReport(input, 'plots'), 'plots');
   for (const c of charts) writeSvgFile(join(outDir, 'plots', c.file), await renderSvg(c.spec));
   const reportPath = join(outDir, 'report.md');
   writeFileAtomic(reportPath, markdown);
@@ -335,7 +354,7 @@ export async function writeReport(outDir: string, to?: string): Promise<string> 
     const rel = relative(dirname(to), join(outDir, 'plots')).split('\\').join('/') || '.';
     const dir = relative(dirname(to), outDir).split('\\').join('/') || '.';
     const command = `hype study report --out ${dir} --to ${basename(to)}`;
-    writeFileAtomic(to, buildReport(input, rel, { dir, command }).markdown);
+    writeFileAtomic(to, withVision(buildReport(input, rel, { dir, command }), rel).markdown);
   }
   return reportPath;
 }

@@ -21,7 +21,6 @@ import type { Backend } from '../backend/backend.ts';
 import { HypeError, check } from '../errors.ts';
 import { decodeSafetensors, encodeSafetensors, type SafeFile, type TensorToWrite } from '../interop/safetensors.ts';
 import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
-import type { Transformer } from '../model/transformer.ts';
 import type { Param } from '../pe/encoding.ts';
 import type { FloatArray } from '../tensor.ts';
 import { syncDirectory, writeFileAtomic } from '../util/atomic-file.ts';
@@ -31,21 +30,37 @@ import type { AdamW } from './optimizer.ts';
 
 export const CHECKPOINT_FORMAT = 'hype-checkpoint-1';
 
-export interface CheckpointState {
+/**
+ * What a checkpoint needs of a model: its JSON config, its backend and its named parameters. The language model
+ * (Transformer, config ModelConfig) and the vision model (VisionTransformer, VisionConfig) both are one.
+ */
+export interface CheckpointModel<T = FloatArray, I = Int32Array, M = ModelConfig> {
+  readonly config: M;
+  readonly backend: Backend<T, I>;
+  parameters(): readonly Param<T>[];
+}
+
+/** Parses a saved model config (refusing what it does not understand); the language model's by default. */
+export type ModelConfigParser<M> = (raw: unknown) => M;
+
+const parseSavedModelConfig: ModelConfigParser<ModelConfig> = (raw) => parseModelConfig(raw, { saved: true });
+const defaultParser = <M>() => parseSavedModelConfig as ModelConfigParser<unknown> as ModelConfigParser<M>;
+
+export interface CheckpointState<M = ModelConfig> {
   format: string;
   step: number;
   optimizerStep: number;
   rng: { words: number[]; spare: number | null };
-  model: ModelConfig;
+  model: M;
   train: TrainConfig;
   corpus: { bytes: number; sha256: string };
   backend: string;
   files: Record<string, { bytes: number; sha256: string }>;
 }
 
-export interface LoadedCheckpoint {
+export interface LoadedCheckpoint<M = ModelConfig> {
   dir: string;
-  state: CheckpointState;
+  state: CheckpointState<M>;
   weights: SafeFile;
   optimizer: SafeFile;
 }
@@ -67,8 +82,8 @@ function paramTensors<T>(params: readonly Param<T>[], arrays: readonly FloatArra
   return params.map((p, i) => ({ name: prefix + p.name, shape: p.shape, data: arrays[i]! }));
 }
 
-export interface SaveArgs<T = FloatArray, I = Int32Array> {
-  model: Transformer<T, I>;
+export interface SaveArgs<T = FloatArray, I = Int32Array, M = ModelConfig> {
+  model: CheckpointModel<T, I, M>;
   optimizer: AdamW<T, I>;
   rng: Rng;
   step: number;
@@ -87,7 +102,7 @@ interface HostState {
  * Writes and publishes a checkpoint for `step`; returns its folder. Older ones beyond keepCheckpoints are removed.
  * Host backends only (their tensors are read in place); saveCheckpointAsync serves every backend.
  */
-export function saveCheckpoint<T, I>(runDir: string, a: SaveArgs<T, I>): string {
+export function saveCheckpoint<T, I, M>(runDir: string, a: SaveArgs<T, I, M>): string {
   const be = a.model.backend;
   const view = (t: T): FloatArray => {
     const v = be.hostView(t);
@@ -107,7 +122,7 @@ export function saveCheckpoint<T, I>(runDir: string, a: SaveArgs<T, I>): string 
 }
 
 /** saveCheckpoint on any backend: every parameter and moment is read back first (what leaves the backend). */
-export async function saveCheckpointAsync<T, I>(runDir: string, a: SaveArgs<T, I>): Promise<string> {
+export async function saveCheckpointAsync<T, I, M>(runDir: string, a: SaveArgs<T, I, M>): Promise<string> {
   const be = a.model.backend;
   const read = (ts: readonly T[]) => Promise.all(ts.map((t) => be.read(t)));
   const host = {
@@ -118,7 +133,7 @@ export async function saveCheckpointAsync<T, I>(runDir: string, a: SaveArgs<T, I
   return writeCheckpoint(runDir, a, host);
 }
 
-function writeCheckpoint<T, I>(runDir: string, a: SaveArgs<T, I>, host: HostState): string {
+function writeCheckpoint<T, I, M>(runDir: string, a: SaveArgs<T, I, M>, host: HostState): string {
   const root = checkpointsDir(runDir);
   mkdirSync(root, { recursive: true });
   const name = `step-${String(a.step).padStart(8, '0')}`;
@@ -132,7 +147,7 @@ function writeCheckpoint<T, I>(runDir: string, a: SaveArgs<T, I>, host: HostStat
     step: String(a.step),
   });
   const optBytes = encodeSafetensors([...paramTensors(params, host.m, 'm.'), ...paramTensors(params, host.v, 'v.')]);
-  const state: CheckpointState = {
+  const state: CheckpointState<M> = {
     format: CHECKPOINT_FORMAT,
     step: a.step,
     optimizerStep: a.optimizer.step,
@@ -212,7 +227,11 @@ function refuse(where: string, problem: string, runDir: string, current?: string
  * Reads the published checkpoint of a run (or the one in folder checkpoints/<name>) and verifies its integrity
  * (not yet its fit to a model).
  */
-export function loadCheckpoint(runDir: string, name?: string): LoadedCheckpoint {
+export function loadCheckpoint<M = ModelConfig>(
+  runDir: string,
+  name?: string,
+  parseModel: ModelConfigParser<M> = defaultParser<M>(),
+): LoadedCheckpoint<M> {
   const root = checkpointsDir(runDir);
   const latestPath = join(root, LATEST);
   let latest: { step?: unknown; dir?: unknown };
@@ -247,7 +266,7 @@ export function loadCheckpoint(runDir: string, name?: string): LoadedCheckpoint 
   const dir = join(root, latest.dir as string);
   const current = latest.dir as string;
   const fail: (where: string, problem: string) => never = (where, problem) => refuse(where, problem, runDir, current);
-  let state: CheckpointState;
+  let state: CheckpointState<M>;
   try {
     state = JSON.parse(readFileSync(join(dir, STATE_FILE), 'utf8'));
   } catch (err) {
@@ -270,7 +289,7 @@ export function loadCheckpoint(runDir: string, name?: string): LoadedCheckpoint 
     files[f] = decodeSafetensors(bytes, path);
   }
   try {
-    state.model = parseModelConfig(state.model, { saved: true });
+    state.model = parseModel(state.model);
     state.train = parseTrainConfig(state.train);
   } catch (err) {
     fail(`'${dir}'`, `holds an invalid configuration (${(err as Error).message})`);
@@ -314,12 +333,17 @@ function restoreInto<T, I>(
 }
 
 /** Loads checkpoint weights into a model built from the same configuration. */
-export function restoreWeights<T, I>(model: Transformer<T, I>, weights: SafeFile, what = 'checkpoint'): void {
+export function restoreWeights<T, I, M = ModelConfig>(
+  model: CheckpointModel<T, I, M>,
+  weights: SafeFile,
+  what = 'checkpoint',
+  parseModel: ModelConfigParser<M> = defaultParser<M>(),
+): void {
   const saved = weights.metadata.config;
   if (saved !== undefined) {
-    let cfg: ModelConfig;
+    let cfg: M;
     try {
-      cfg = parseModelConfig(JSON.parse(saved), { saved: true });
+      cfg = parseModel(JSON.parse(saved));
     } catch {
       throw new HypeError('checkpoint', `${what} carries an unreadable model config in its metadata`);
     }

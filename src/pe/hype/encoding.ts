@@ -277,8 +277,12 @@ export class HypeEncoding implements PositionalEncoding {
     }
   }
 
-  /** The spec with the current (possibly trained) parameter values; mu expanded from KV groups to query heads. */
-  spec(): HypeSpec {
+  /**
+   * The spec with the current (possibly trained) parameter values; mu expanded from KV groups to query heads. An
+   * encoding built for a 2-D/3-D grid runs on the grid of the call when it gives one (ctx.grid: an image model
+   * evaluated at another resolution), which must have as many axes.
+   */
+  spec(callGrid?: readonly number[]): HypeSpec {
     const { heads: H, kvHeads: Hkv } = this.base;
     const T = this.base.termAxis.length;
     const tauParam = this.tauParam;
@@ -299,7 +303,17 @@ export class HypeEncoding implements PositionalEncoding {
       const slope = tauParam ? tau : this.baseSlope;
       tau = slope.map((m, j) => -m / mu[j]!);
     }
-    const spec = { ...this.base, tau: Float64Array.from(tau), mu };
+    let grid = this.base.grid;
+    if (callGrid && grid.length >= 2) {
+      check(
+        callGrid.length === grid.length,
+        'shape',
+        `HyPE was built for a ${grid.length}-axis grid [${grid.join(', ')}] but the call's grid is ` +
+          `[${callGrid.join(', ')}]; give it a grid with ${grid.length} axes`,
+      );
+      grid = [...callGrid];
+    }
+    const spec = { ...this.base, grid, tau: Float64Array.from(tau), mu };
     validateSpec(spec);
     return spec;
   }
@@ -346,7 +360,7 @@ export class HypeEncoding implements PositionalEncoding {
 
   attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
     if (ctx.backend.residence === 'device') return this.attendOnDevice(ctx, inputs);
-    const spec = this.spec();
+    const spec = this.spec(ctx.grid);
     return this.opts.route === 'kernel' ? this.attendKernel(ctx, inputs, spec) : this.attendConcat(ctx, inputs, spec);
   }
 
@@ -578,7 +592,7 @@ export class HypeEncoding implements PositionalEncoding {
 
   /** fp64 logits straight from the definition: scale q.k + sum_t tau sinh(mu (x - x')), masked = -Infinity. */
   denseLogits(ctx: AttendContext, inputs: AttendInputs, scale: number): Float64Array {
-    const spec = this.spec();
+    const spec = this.spec(ctx.grid);
     const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: d } = ctx.shape;
     const { q, k } = inputs;
     check(
