@@ -29,6 +29,12 @@ import { multiHeadAttention } from '../src/interop/onnx-attention.ts';
 import { OnnxGraph } from '../src/interop/onnx-graph.ts';
 import { headsToTokens } from '../src/tensor.ts';
 import { importJax } from './jax-node.ts';
+import { WebGpuBackend } from '../src/backend/webgpu/backend.ts';
+import { parseModelConfig } from '../src/model/config.ts';
+import { Transformer } from '../src/model/transformer.ts';
+import { parseTrainConfig } from '../src/train/config.ts';
+import { AdamW } from '../src/train/optimizer.ts';
+import { trainingStep } from '../src/train/step.ts';
 
 function parseArgs(argv: string[]) {
   const get = (name: string) => {
@@ -44,6 +50,8 @@ function parseArgs(argv: string[]) {
     reps: Number(get('reps') ?? 3),
     ort: !argv.includes('--no-ort'),
     jax: !argv.includes('--no-jax'),
+    train: !argv.includes('--no-train'),
+    trainSteps: Number(get('train-steps') ?? 3),
   };
 }
 
@@ -54,6 +62,24 @@ function random(n: number, seed: number): Float32Array {
     s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
     return s / 2 ** 31 - 1;
   });
+}
+
+/** ms per training step on the WebGPU backend at bench:train's shape (a) (module comment). */
+async function trainStepMs(ctx: GpuContext, pe: string, steps: number): Promise<{ ms: number; loss: number }> {
+  const [B, L] = [8, 128];
+  const cfg = parseModelConfig({ width: 128, layers: 1, heads: 4, trainLength: L, pe, dtype: 'float32' });
+  const backend = new WebGpuBackend(ctx);
+  const model = new Transformer(cfg, backend);
+  const opt = new AdamW(model.parameters(), backend);
+  const train = parseTrainConfig({});
+  const seq = Int32Array.from(random(B * L + 1, 7), (x) => Math.floor((x + 1) * 128) & 255);
+  const input = { tokens: seq.subarray(0, B * L), targets: seq.subarray(1), batch: B, length: L, lr: 1e-3 };
+  const step = (i: number) => trainingStep(model, opt, train, { ...input, where: `at step ${i}` });
+  for (let i = 0; i < 2; i++) await step(i); // warm-up: pipelines, buffer pools, uploaded position terms
+  const t0 = performance.now();
+  let loss = NaN;
+  for (let i = 0; i < steps; i++) loss = (await step(2 + i)).loss;
+  return { ms: (performance.now() - t0) / steps, loss };
 }
 
 async function best(reps: number, run: () => Promise<void>): Promise<number> {
@@ -263,6 +289,17 @@ async function main(): Promise<void> {
     ctx.release(q, k, v, dOut);
   }
   console.log('\ntargets (issue 15): attention forward >= 50% of our gemm rate, backward >= 35%');
+
+  if (args.train) {
+    console.log(`\ntraining step, bench:train shape (a): 1 block, B=8, L=128, width 128, 4 heads, f32`);
+    console.log('| encoding | ms per step (webgpu) | tokens/s | loss after |');
+    console.log('| --- | --- | --- | --- |');
+    for (const pe of ['none', 'hype']) {
+      const { ms, loss } = await trainStepMs(ctx, pe, args.trainSteps);
+      console.log(`| ${pe} | ${fmt(ms, 1)} | ${fmt((8 * 128) / (ms / 1000), 0)} | ${fmt(loss, 3)} |`);
+    }
+    console.log('compare with `npm run bench:train -- --only a` (ours (native, ...) rows: the same step on the CPU)');
+  }
   ctx.destroy();
   process.exit(0);
 }

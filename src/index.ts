@@ -79,6 +79,6 @@ export {
 } from './model/vision.ts';
 export { getVisionEncoding, visionEncodingNames } from './pe/vision/registry.ts';
 export { CachedDecoder, RecomputeDecoder, type Decoder } from './model/decode.ts';
-export { generate, type GenerateOptions, type SamplingOptions } from './model/generate.ts';
+export { generate, generateAsync, type GenerateOptions, type SamplingOptions } from './model/generate.ts';
 export { tensor, zeros, type DType, type FloatArray, type Tensor } from './tensor.ts';
 export { Rng } from './util/rng.ts';

@@ -196,8 +196,8 @@ describe('the transfer test can fail', () => {
     const { tokens, targets } = batch(1);
     expect(() => model.forward(tokens, targets, B, L)).toThrow(/forward\(\) returns host arrays.*backend\.read/);
     expect(() => model.logits()).toThrow(HypeError);
-    expect(() => new CachedDecoder(model as unknown as Transformer, 1, 4)).toThrow(
-      /cached decoding works on host arrays/,
+    expect(() => new CachedDecoder(model, 1, 4).step(Int32Array.of(1), 1)).toThrow(
+      /step\(\) returns host arrays.*stepAsync/,
     );
     for (const pe of [{ name: 'rope' }, { name: 't5' }, { name: 'hype', options: { preset: 'learned' } }]) {
       expect(() => new Transformer(config(pe), backend)).toThrow(
@@ -205,6 +205,42 @@ describe('the transfer test can fail', () => {
       );
     }
   });
+});
+
+/**
+ * Cached decoding over handles (src/model/decode.ts): the cache, activations and logits stay on the device; a step
+ * uploads its new tokens (one uploadInt) and reads back only its logits. HyPE's concat route builds its cached
+ * [K, eta^K] rows on the device from eta columns of the new rows only. The same steps on host arrays give the same
+ * logits bit for bit (same kernels, same fp64-built terms rounded once to fp32).
+ */
+describe('cached decoding on backend-owned tensors', () => {
+  const [Bd, prompt, steps] = [2, 5, 4];
+  for (const pe of PORTABLE) {
+    it(`${pe.name} ${JSON.stringify(pe.options ?? {})}: one read per step, the host's logits`, async () => {
+      const cfg = config(pe);
+      const hostDecoder = new CachedDecoder(new Transformer(cfg, new Fp32TableReference()), Bd, prompt + steps);
+      const { backend, impl } = OpaqueBackend.create();
+      const devDecoder = new CachedDecoder(new Transformer(cfg, backend), Bd, prompt + steps);
+      let tokens = Int32Array.from({ length: Bd * prompt }, (_, i) => 97 + ((i * 5) % 11));
+      let n = prompt;
+      for (let s = 0; s <= steps - 1; s++) {
+        const want = hostDecoder.step(tokens, n);
+        impl.reset();
+        const got = await devDecoder.stepAsync(tokens, n);
+        expect(impl.counts.reads, `step ${s}`).toBe(1);
+        expect(impl.counts.uploadInts, `step ${s}`).toBe(1);
+        expect(got).toEqual(want);
+        // Next: the greedy token of each sequence's last row.
+        const V = cfg.vocab;
+        tokens = Int32Array.from({ length: Bd }, (_, b) => {
+          const row = want.subarray((b * n + n - 1) * V, (b * n + n) * V);
+          return row.indexOf(Math.max(...row));
+        });
+        n = 1;
+      }
+      devDecoder.release();
+    });
+  }
 });
 
 describe('checkpoints leave a device backend by read-back', () => {

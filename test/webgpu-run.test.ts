@@ -9,7 +9,8 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { runGenerate } from '../src/cli/generate.ts';
 import { loadBackend } from '../src/backend/index.ts';
 import { WebGpuBackend } from '../src/backend/webgpu/backend.ts';
 import { acquireNodeGpu } from '../src/backend/webgpu/node.ts';
@@ -85,6 +86,26 @@ describe('TrainingRun on webgpu', () => {
     });
     expect(onGpu.scored).toBe(onCpu.scored);
     expect(Math.abs(onGpu.nats - onCpu.nats)).toBeLessThanOrEqual(1e-4 * onCpu.nats);
+
+    // `hype generate --backend webgpu` (KV cache on the device) continues a prompt greedily as native does (the
+    // logit-level bound is in webgpu-generate.test.ts).
+    const flags = {
+      prompt: 'the quick',
+      tokens: '16',
+      temperature: '0',
+      topK: '0',
+      seed: '1',
+      cache: true,
+      quiet: true,
+    };
+    const stdout = vi.spyOn(process.stdout, 'write').mockImplementation(() => true);
+    try {
+      const onGpuText = await runGenerate(whole, { ...flags, backend: 'webgpu' });
+      const onCpuText = await runGenerate(whole, { ...flags, backend: 'native', threads: '1' });
+      expect([...onGpuText]).toEqual([...onCpuText]);
+    } finally {
+      stdout.mockRestore();
+    }
   }, 120_000);
 
   it('a device lost mid-run stops the run with one HypeError; the last checkpoint stays intact', async () => {

@@ -52,7 +52,7 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
     throw new HypeError(
       'argument',
       f.backend === 'webgpu'
-        ? '--backend webgpu runs `hype train` and `hype eval` only (a study still reads host arrays); use auto, ' +
+        ? '--backend webgpu runs `hype train`, `hype eval` and `hype generate` only (a study still reads host arrays); use auto, ' +
             'native or reference'
         : `unknown backend '${f.backend}'; choose auto, native or reference`,
     );

@@ -81,27 +81,64 @@ export interface GenerateOptions extends SamplingOptions {
   onToken?: (logits: FloatArray, token: number) => void;
 }
 
-/** Generates `tokens` bytes after `prompt` (at least one byte). Returns the new bytes. */
-export function generate(model: Transformer, prompt: Uint8Array, o: GenerateOptions): Uint8Array {
+/**
+ * The generation loop as a coroutine: yields each decoder step's input (tokens [1, n], n) and takes back that step's
+ * logits [n, vocab]; returns the new bytes. generate and generateAsync drive it with step / stepAsync.
+ */
+function* generation<T, I>(
+  model: Transformer<T, I>,
+  prompt: Uint8Array,
+  o: GenerateOptions,
+): Generator<[Int32Array, number], Uint8Array, FloatArray> {
   check(prompt.length >= 1, 'argument', 'the prompt must hold at least one byte; pass --prompt "..."');
   check(Number.isInteger(o.tokens) && o.tokens >= 0, 'argument', `--tokens must be an integer >= 0, got ${o.tokens}`);
   const V = model.config.vocab;
   checkSampling(o, V);
   const rng = new Rng(o.seed);
-  const total = prompt.length + o.tokens;
-  const decoder: Decoder =
-    o.cache === false ? new RecomputeDecoder(model, 1, total) : new CachedDecoder(model, 1, total);
   const out = new Uint8Array(o.tokens);
   if (o.tokens === 0) return out;
-  let logits = decoder.step(Int32Array.from(prompt), prompt.length);
+  const logits = yield [Int32Array.from(prompt), prompt.length];
   let last = logits.subarray((prompt.length - 1) * V, prompt.length * V);
   for (let t = 0; t < o.tokens; t++) {
     const token = sampleToken(last, o, rng);
     o.onToken?.(last.slice(), token);
     out[t] = token;
     if (t === o.tokens - 1) break;
-    logits = decoder.step(Int32Array.of(token), 1);
-    last = logits;
+    last = yield [Int32Array.of(token), 1];
   }
   return out;
+}
+
+function decoderFor<T, I>(model: Transformer<T, I>, prompt: Uint8Array, o: GenerateOptions) {
+  const total = prompt.length + o.tokens;
+  return o.cache === false ? new RecomputeDecoder(model, 1, total) : new CachedDecoder(model, 1, total);
+}
+
+/** Generates `tokens` bytes after `prompt` (at least one byte) on a host backend. Returns the new bytes. */
+export function generate(model: Transformer, prompt: Uint8Array, o: GenerateOptions): Uint8Array {
+  const g = generation(model, prompt, o);
+  let r = g.next();
+  const decoder: Decoder = decoderFor(model, prompt, o);
+  while (!r.done) r = g.next(decoder.step(...r.value));
+  return r.value;
+}
+
+/**
+ * generate() on any backend: each step's logits are read back (on a device, the one transfer out of a step; the
+ * KV cache stays on the device and is freed at the end).
+ */
+export async function generateAsync<T, I>(
+  model: Transformer<T, I>,
+  prompt: Uint8Array,
+  o: GenerateOptions,
+): Promise<Uint8Array> {
+  const g = generation(model, prompt, o);
+  let r = g.next();
+  const decoder = decoderFor(model, prompt, o);
+  try {
+    while (!r.done) r = g.next(await decoder.stepAsync(...r.value));
+  } finally {
+    if (decoder instanceof CachedDecoder) decoder.release();
+  }
+  return r.value;
 }

@@ -1,77 +1,82 @@
 /**
- * Per-layer storage of a KV cache: keys (raw, or already transformed by the encoding's cachedAttention hook),
- * values and, for data-dependent encodings (PaTH), the block inputs x, for positions 0 .. length - 1.
+ * Per-layer storage of a KV cache on a backend (host arrays or device handles): keys (raw, or already transformed
+ * by the encoding's cachedAttention hook), values and, for data-dependent encodings (PaTH), the block inputs x, for
+ * positions 0 .. length - 1.
  *
  * Buffers are allocated once for the whole generation (capacity = the planned number of positions) in the layout
- * [B, Hkv, capacity, width]; `keys()` / `values()` hand attention a contiguous [B, Hkv, length, width] array (a
- * view when B * Hkv = 1, else a copy: O(length) per step, the same order as the attention itself).
+ * [B, Hkv, capacity, width]; appends and reads are strided copies (backend copyRows), so nothing leaves a device.
+ * `keys()` / `values()` hand attention a FRESH contiguous [B, Hkv, length, width] tensor the caller releases
+ * (O(length) per step, the same order as the attention itself).
  */
+import type { Backend } from '../backend/backend.ts';
 import { check } from '../errors.ts';
-import { allocate, type DType, type FloatArray } from '../tensor.ts';
+import type { DType, FloatArray } from '../tensor.ts';
 
-export class LayerCache {
-  private readonly k: FloatArray;
-  private readonly v: FloatArray;
-  private readonly x: FloatArray | null;
+export class LayerCache<T = FloatArray, I = Int32Array> {
+  private readonly k: T;
+  private readonly v: T;
+  private readonly x: T | null;
   length = 0;
 
   constructor(
+    private readonly be: Backend<T, I>,
     readonly batch: number,
     readonly kvHeads: number,
     readonly capacity: number,
     readonly keyWidth: number,
     readonly valueDim: number,
-    dtype: DType,
+    private readonly dtype: DType,
     /** Model width C when block inputs must be kept (data-dependent encodings); 0 otherwise. */
     readonly inputWidth = 0,
   ) {
-    this.k = allocate(dtype, batch * kvHeads * capacity * keyWidth);
-    this.v = allocate(dtype, batch * kvHeads * capacity * valueDim);
-    this.x = inputWidth > 0 ? allocate(dtype, batch * capacity * inputWidth) : null;
+    this.k = be.allocate(dtype, batch * kvHeads * capacity * keyWidth, 'the KV cache');
+    this.v = be.allocate(dtype, batch * kvHeads * capacity * valueDim, 'the KV cache');
+    this.x = inputWidth > 0 ? be.allocate(dtype, batch * capacity * inputWidth, 'the KV cache') : null;
   }
 
   /** Appends n positions: keys [B, Hkv, n, keyWidth], values [B, Hkv, n, valueDim], x [B, n, C] if kept. */
-  append(keys: FloatArray, values: FloatArray, n: number, x?: FloatArray): void {
-    const { batch: B, kvHeads: Hkv, capacity: cap, keyWidth: kw, valueDim: dv } = this;
+  append(keys: T, values: T, n: number, x?: T): void {
+    const { be, batch: B, kvHeads: Hkv, capacity: cap, keyWidth: kw, valueDim: dv } = this;
     check(
       this.length + n <= cap,
       'length',
       `the KV cache holds ${cap} positions and has ${this.length}; appending ${n} more overflows it (plan a longer generation)`,
     );
-    check(keys.length === B * Hkv * n * kw, 'shape', `cached keys: expected ${B * Hkv * n * kw} values`);
-    check(values.length === B * Hkv * n * dv, 'shape', `cached values: expected ${B * Hkv * n * dv} values`);
-    for (let g = 0; g < B * Hkv; g++) {
-      this.k.set(keys.subarray(g * n * kw, (g + 1) * n * kw), (g * cap + this.length) * kw);
-      this.v.set(values.subarray(g * n * dv, (g + 1) * n * dv), (g * cap + this.length) * dv);
-    }
+    check(be.sizeOf(keys) === B * Hkv * n * kw, 'shape', `cached keys: expected ${B * Hkv * n * kw} values`);
+    check(be.sizeOf(values) === B * Hkv * n * dv, 'shape', `cached values: expected ${B * Hkv * n * dv} values`);
+    be.copyRows(keys, 0, n * kw, this.k, this.length * kw, cap * kw, B * Hkv, n * kw);
+    be.copyRows(values, 0, n * dv, this.v, this.length * dv, cap * dv, B * Hkv, n * dv);
     if (this.x) {
       const C = this.inputWidth;
-      check(x !== undefined && x.length === B * n * C, 'shape', 'this cache keeps block inputs: pass x [B, n, C]');
-      for (let b = 0; b < B; b++) this.x.set(x.subarray(b * n * C, (b + 1) * n * C), (b * cap + this.length) * C);
+      check(x !== undefined && be.sizeOf(x) === B * n * C, 'shape', 'this cache keeps block inputs: pass x [B, n, C]');
+      be.copyRows(x, 0, n * C, this.x, this.length * C, cap * C, B, n * C);
     }
     this.length += n;
   }
 
-  keys(): FloatArray {
+  keys(): T {
     return this.gather(this.k, this.kvHeads, this.keyWidth);
   }
 
-  values(): FloatArray {
+  values(): T {
     return this.gather(this.v, this.kvHeads, this.valueDim);
   }
 
   /** Block inputs [B, length, C], or undefined when not kept. */
-  inputs(): FloatArray | undefined {
+  inputs(): T | undefined {
     return this.x ? this.gather(this.x, 1, this.inputWidth) : undefined;
   }
 
-  private gather(buf: FloatArray, heads: number, width: number): FloatArray {
+  /** Frees the cache's tensors (a device's memory; a no-op on host). */
+  release(): void {
+    for (const t of [this.k, this.v, ...(this.x ? [this.x] : [])]) this.be.release(t);
+  }
+
+  private gather(buf: T, heads: number, width: number): T {
     const groups = this.batch * heads;
     const rowLen = this.length * width;
-    if (groups === 1) return buf.subarray(0, rowLen);
-    const out = allocate(buf instanceof Float64Array ? 'float64' : 'float32', groups * rowLen);
-    for (let g = 0; g < groups; g++)
-      out.set(buf.subarray(g * this.capacity * width, g * this.capacity * width + rowLen), g * rowLen);
+    const out = this.be.allocate(this.dtype, groups * rowLen, 'the KV cache');
+    this.be.copyRows(buf, 0, this.capacity * width, out, 0, rowLen, groups, rowLen);
     return out;
   }
 }

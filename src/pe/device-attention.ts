@@ -53,6 +53,27 @@ export function geometryKey<T, I>(ctx: AttendContext<T, I>): string {
 }
 
 /**
+ * [x, cols, 0...]: x's rows of width `from` widened to `to` in a fresh zeroed tensor; `cols` (w columns for
+ * perBatch rows, the same for each of `batch` entries) are copied in after x's columns.
+ */
+export function widenRows<T, I>(
+  be: Backend<T, I>,
+  x: T,
+  rows: number,
+  from: number,
+  to: number,
+  cols?: { t: T; perBatch: number; w: number; batch: number },
+): T {
+  const out = be.allocate(be.dtypeOf(x), rows * to, 'an augmented attention operand');
+  be.copyRows(x, 0, from, out, 0, to, rows, from);
+  if (cols) {
+    const { t, perBatch, w, batch } = cols;
+    for (let b = 0; b < batch; b++) be.copyRows(t, 0, w, out, b * perBatch * to + from, to, perBatch, w);
+  }
+  return out;
+}
+
+/**
  * The concat route on handles (module comment): w bias columns per head row, head dims padded to a multiple of
  * `multiple`, logits scaled by 1/sqrt(d) of the original head dim. The columns carry no gradient (fixed terms).
  */
@@ -71,14 +92,8 @@ export function concatAttentionOnBackend<T, I>(
   const dvp = Math.ceil(dv / multiple) * multiple;
   const rowsQ = B * H * lq;
   const rowsK = B * Hkv * lk;
-  const widen = (x: T, rows: number, from: number, to: number, cols?: { t: T; perBatch: number }): T => {
-    const out = be.allocate(dtype, rows * to, 'an augmented attention operand');
-    be.copyRows(x, 0, from, out, 0, to, rows, from);
-    if (cols) {
-      for (let b = 0; b < B; b++) be.copyRows(cols.t, 0, w, out, b * cols.perBatch * to + from, to, cols.perBatch, w);
-    }
-    return out;
-  };
+  const widen = (x: T, rows: number, from: number, to: number, cols?: { t: T; perBatch: number }): T =>
+    widenRows(be, x, rows, from, to, cols && { ...cols, w, batch: B });
   const narrow = (x: T, rows: number, from: number, to: number): T => {
     const out = be.allocate(dtype, rows * to, 'an attention gradient');
     be.copyRows(x, 0, from, out, 0, to, rows, to);

@@ -102,7 +102,7 @@ export interface PositionalEncoding<T = FloatArray, I = Int32Array> {
    * Return null (or omit the hook) to have the cache store raw k and v and call attend() with queryOffset = cache
    * length, which is exact for every encoding whose position terms come from queryOffset (src/model/kv-cache.ts).
    */
-  cachedAttention?(plan: CachePlan): CachedAttention | null;
+  cachedAttention?(plan: CachePlan<T, I>): CachedAttention<T, I> | null;
 
   /**
    * Optional: the trained position parameters worth recording with a study cell, in readable units (e.g. ALiBi's
@@ -189,7 +189,9 @@ export interface OnnxAttention {
 }
 
 /** What a generation will need from a cache. */
-export interface CachePlan {
+export interface CachePlan<T = FloatArray, I = Int32Array> {
+  /** The backend the cache lives on (a hook for host arrays only returns null, or refuses, on a device). */
+  backend?: Backend<T, I>;
   batch: number;
   /** The dtype of the cached tensors (the model's). */
   dtype: DType;
@@ -198,17 +200,19 @@ export interface CachePlan {
 }
 
 /** An encoding's forward-only attention over cached, pre-transformed keys. */
-export interface CachedAttention {
+export interface CachedAttention<T = FloatArray, I = Int32Array> {
   /** Width of one cached key row (the head dim after the encoding's transform). */
   readonly keyWidth: number;
-  /** The rows the cache stores for new raw keys k [B, Hkv, n, D] at absolute positions first .. first + n - 1. */
-  cacheKeys(k: FloatArray, batch: number, n: number, first: number): FloatArray;
-  /* Host arrays: cached decoding runs on host backends (the decoder refuses a device backend). */
+  /**
+   * The rows the cache stores for new raw keys k [B, Hkv, n, D] at absolute positions first .. first + n - 1: a
+   * fresh tensor the caller releases once appended.
+   */
+  cacheKeys(k: T, batch: number, n: number, first: number): T;
   /**
    * out [B, H, Lq, Dv] for new raw queries q [B, H, Lq, D] at positions ctx.queryOffset + i, against every cached
    * key [B, Hkv, Lk, keyWidth] and value [B, Hkv, Lk, Dv]; ctx.shape describes the raw (untransformed) sizes.
    */
-  attend(ctx: AttendContext, q: FloatArray, cachedK: FloatArray, v: FloatArray): FloatArray;
+  attend(ctx: AttendContext<T, I>, q: T, cachedK: T, v: T): T;
 }
 
 /** Sizes an encoding is built for. */

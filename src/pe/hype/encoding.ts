@@ -22,7 +22,7 @@
  * relative deviation equal across heads and satisfies grouped-query attention (query heads sharing a KV head must
  * share mu).
  */
-import type { AttentionOptions, AttentionShape, PositionBias } from '../../backend/backend.ts';
+import type { AttentionOptions, AttentionShape, Backend, PositionBias } from '../../backend/backend.ts';
 import { check } from '../../errors.ts';
 import { floatFormat, isFloatFormatName, roundTo, type FloatFormatName } from '../../numerics/float-formats.ts';
 import {
@@ -32,10 +32,10 @@ import {
   type ColumnPrecision,
   type ColumnSide,
 } from '../../numerics/split-columns.ts';
-import { dtypeOf, type FloatArray } from '../../tensor.ts';
+import { dtypeOf, type DType, type FloatArray } from '../../tensor.ts';
 import type { Rng } from '../../util/rng.ts';
 import { alibiSlopes } from '../alibi-slopes.ts';
-import { concatAttentionOnBackend, geometryKey, UploadCache } from '../device-attention.ts';
+import { concatAttentionOnBackend, geometryKey, UploadCache, widenRows } from '../device-attention.ts';
 import { defineEncoding } from '../options.ts';
 import { geometryOf } from '../distance-table.ts';
 import type {
@@ -518,7 +518,7 @@ export class HypeEncoding implements PositionalEncoding {
    * bias comes from queryOffset), and so do 2-D/3-D grids (a grid coordinate is not linear in the flat position):
    * both return null and use the cache's generic path.
    */
-  cachedAttention(plan: CachePlan): CachedAttention | null {
+  cachedAttention<T, I>(plan: CachePlan<T, I>): CachedAttention | null {
     if (this.opts.route === 'kernel' || this.base.grid.length >= 2) return null;
     const spec = this.spec();
     const T = spec.termAxis.length;
@@ -531,6 +531,11 @@ export class HypeEncoding implements PositionalEncoding {
     const multiple = this.opts.multiple;
     const w = 2 * T * slotsPerColumn(cols.split !== null);
     const width = Math.ceil((d + w) / multiple) * multiple;
+    const be = plan.backend;
+    if (be?.residence === 'device') {
+      const device = deviceCachedAttention(be, spec, { d, width, w, shift: c, split: cols.split, dtype: plan.dtype });
+      return device as unknown as CachedAttention;
+    }
     const emulate = format.name === 'fp16' || format.name === 'bf16';
     const rounded = (x: FloatArray): FloatArray => {
       if (emulate) for (let j = 0; j < x.length; j++) x[j] = roundTo(format, x[j]!);
@@ -684,4 +689,49 @@ export function createHype(dims: EncodingDims, options: Partial<HypeOptions>): H
     grid: opts.grid,
   });
   return new HypeEncoding(spec, opts);
+}
+
+/**
+ * The concat route's KV cache on a device backend (the fixed-shift policy of HypeEncoding.cachedAttention): the
+ * cache keeps Khat = [K, eta^K, 0...] rows built on the device from k and the new rows' eta^K columns (computed in
+ * fp64 on the host, uploaded rounded once: Hkv * n * w values per step); a step's queries get their eta^Q columns
+ * the same way. Nothing is read back.
+ */
+function deviceCachedAttention<T, I>(
+  be: Backend<T, I>,
+  spec: HypeSpec,
+  g: { d: number; width: number; w: number; shift: number; split: Parameters<typeof expandColumns>[4]; dtype: DType },
+): CachedAttention<T, I> {
+  const T = spec.termAxis.length;
+  const augment = (x: T, batch: number, rowsPerBatch: number, eta: Float64Array, side: ColumnSide): T => {
+    const cols = be.allocate(g.dtype, rowsPerBatch * g.w, 'HyPE position columns');
+    be.upload(expandColumns(eta, rowsPerBatch, 2 * T, side, g.split), cols);
+    const out = widenRows(be, x, batch * rowsPerBatch, g.d, g.width, {
+      t: cols,
+      perBatch: rowsPerBatch,
+      w: g.w,
+      batch,
+    });
+    be.release(cols);
+    return out;
+  };
+  return {
+    keyWidth: g.width,
+    cacheKeys(k, batch, n, first) {
+      // buildEta puts key row j at position j; shifting by c - first puts it at first + j, minus c.
+      const { etaK } = buildEta(spec, { lq: 0, lk: n, queryOffset: 0, shift: [g.shift - first] });
+      return augment(k, batch, spec.kvHeads * n, etaK, 'key');
+    },
+    attend(ctx, q, cachedK, v) {
+      const { batch: B, heads: H, lq } = ctx.shape;
+      const { etaQ } = buildEta(spec, { lq, lk: 0, queryOffset: ctx.queryOffset, shift: [g.shift] });
+      const qHat = augment(q, B, H * lq, etaQ, 'query');
+      const shape = { ...ctx.shape, headDim: g.width };
+      const opts = { causal: ctx.causal, scale: 1 / Math.sqrt(g.d), queryOffset: ctx.queryOffset };
+      const fwd = be.attentionForward(shape, qHat, cachedK, v, { ...opts, bias: { kind: 'none' } });
+      be.release(qHat);
+      be.release(fwd.lse);
+      return fwd.out;
+    },
+  };
 }
