@@ -14,6 +14,7 @@ import { loadNativeAddon, NativeBackend, nativeLoadError } from '../src/backend/
 import { ReferenceBackend } from '../src/backend/reference.ts';
 import { HypeError } from '../src/errors.ts';
 import { parseModelConfig } from '../src/model/config.ts';
+import { findEncodingFactory } from '../src/pe/registry.ts';
 import { parseTrainConfig } from '../src/train/config.ts';
 import { readLossLog, TrainingRun } from '../src/train/trainer.ts';
 
@@ -117,6 +118,25 @@ describe('--precision', () => {
     const start = () => TrainingRun.start(join(root, 'plain'), modelFor('hype'), { ...TRAIN, precision: 'bf16' }, be());
     const be = () => new ReferenceBackend();
     expect(start).toThrow(/--pe hype:precision=bf16 \(columns split to be exact in bf16\) or --pe hype:route=kernel/);
+  });
+
+  it('every fp32-column concat route is refused under bf16 by its own encoding; split columns and kernel routes pass', () => {
+    const start = (dir: string, pe: string) => () =>
+      TrainingRun.start(join(root, dir), modelFor(pe), { ...TRAIN, precision: 'bf16' }, new ReferenceBackend());
+    expect(start('alibi-concat', 'alibi:route=concat')).toThrow(/--pe alibi:precision=bf16 .* or --pe alibi \(route/);
+    expect(start('fox', 'fox')).toThrow(/fox's concat route .* --pe fox:precision=bf16/);
+    expect(start('gated', 'hype-gated')).toThrow(/--pe hype-gated:precision=bf16/);
+    for (const [name, options] of [
+      ['alibi', {}],
+      ['alibi', { route: 'concat', precision: 'bf16' }],
+      ['fox', { precision: 'bf16' }],
+      ['hype', { route: 'kernel' }],
+      ['hype', { format: 'bf16' }],
+    ] as const) {
+      expect(findEncodingFactory(name)!.bf16Refusal?.(options) ?? null, `${name} ${JSON.stringify(options)}`).toBe(
+        null,
+      );
+    }
   });
 
   it('fp32 is the backend itself; bf16 routes gemm and attention to the bf16 members', () => {

@@ -138,3 +138,16 @@ export function padMultiple(multiple: number | undefined, who: string): number {
     );
   return m;
 }
+
+/**
+ * The bf16 mixed-precision refusal of a concat route built for fp32 operands (EncodingFactory.bf16Refusal), or null
+ * when its columns are split for bf16. `alternative` names another way out (e.g. a kernel route), if any.
+ */
+export function concatBf16Refusal(name: string, precision: unknown, alternative = ''): string | null {
+  if (precision === 'bf16') return null;
+  return (
+    `${name}'s concat route builds its bias columns for fp32 operands, and rounding them to bf16 would lose the ` +
+    `bias to cancellation; with --precision bf16 pass --pe ${name}:precision=bf16 (columns split to be exact in ` +
+    `bf16)${alternative}`
+  );
+}

@@ -15,7 +15,7 @@
 import { check } from '../errors.ts';
 import type { FloatArray } from '../tensor.ts';
 import { concatBiasAttention, type ConcatPrecisionOptions } from './concat-bias.ts';
-import { expandColumns, padMultiple } from '../numerics/split-columns.ts';
+import { concatBf16Refusal, expandColumns, padMultiple } from '../numerics/split-columns.ts';
 import { backendAttention, checkQk, fixedTermResult, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
 import { concatAttentionOnBackend, geometryKey, UploadCache } from './device-attention.ts';
 import { alibiDistanceTable, alibiSlopeGrads, geometryOf, tableAttention } from './distance-table.ts';
@@ -176,6 +176,10 @@ export function defineAlibi(
     sites: ['score-bias'],
     defaults: ALIBI_ROUTE_DEFAULTS,
     optionalKeys: ALIBI_ROUTE_OPTIONAL_KEYS,
+    bf16Refusal: (o: Partial<AlibiRouteOptions>) =>
+      (o.route ?? ALIBI_ROUTE_DEFAULTS.route) === 'concat'
+        ? concatBf16Refusal(name, o.precision ?? o.format, ` or --pe ${name} (route kernel, the default)`)
+        : null,
     create(dims: EncodingDims, options: Partial<AlibiRouteOptions>): PositionalEncoding {
       checkAlibiRoute(name, options);
       const opts: AlibiRouteOptions = { ...ALIBI_ROUTE_DEFAULTS, ...options };

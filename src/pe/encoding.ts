@@ -264,5 +264,11 @@ export interface EncodingFactory<O extends object = Record<string, unknown>> {
    * used (model/config.ts).
    */
   readonly savedDefaults?: Readonly<Partial<O>>;
+  /**
+   * Why a model with these options cannot train with bf16-rounded attention operands (mixed precision), naming the
+   * fix; null or absent when it can. Concat routes whose bias columns are built for fp32 operands say so: rounding
+   * them to bf16 would lose the bias to cancellation (SPEC section 8), while their split columns are exact.
+   */
+  readonly bf16Refusal?: (options: Partial<O>) => string | null;
   create(dims: EncodingDims, options: Partial<O>, rng: Rng): PositionalEncoding;
 }

@@ -24,6 +24,7 @@ import { check } from '../errors.ts';
 import type { FloatArray } from '../tensor.ts';
 import type { Rng } from '../util/rng.ts';
 import { checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
+import { concatBf16Refusal } from '../numerics/split-columns.ts';
 import { concatBiasAttention, type ConcatPrecisionOptions } from './concat-bias.ts';
 import type {
   AttendContext,
@@ -201,6 +202,7 @@ export const foxFactory: EncodingFactory<FoxOptions> = defineEncoding<FoxOptions
   sites: ['score-bias', 'data-dependent'],
   defaults: DEFAULTS,
   optionalKeys: ['format', 'precision', 'columns'],
+  bf16Refusal: (o: Partial<FoxOptions>) => concatBf16Refusal('fox', o.precision ?? o.format),
   create(dims: EncodingDims, options: Partial<FoxOptions>, rng: Rng): PositionalEncoding {
     const o = { ...DEFAULTS, ...options };
     check(

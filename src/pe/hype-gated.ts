@@ -27,6 +27,7 @@ import { check } from '../errors.ts';
 import type { FloatArray } from '../tensor.ts';
 import type { Rng } from '../util/rng.ts';
 import { checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
+import { concatBf16Refusal } from '../numerics/split-columns.ts';
 import { concatBiasAttention } from './concat-bias.ts';
 import type {
   AttendContext,
@@ -250,6 +251,7 @@ export const hypeGatedFactory: EncodingFactory<GatedHypeOptions> = defineEncodin
   sites: ['score-bias', 'data-dependent'],
   defaults: DEFAULTS,
   optionalKeys: ['lengthExtra', 'format', 'precision', 'columns'],
+  bf16Refusal: (o: Partial<GatedHypeOptions>) => concatBf16Refusal('hype-gated', o.precision ?? o.format),
   create(dims: EncodingDims, options: Partial<GatedHypeOptions>, _rng: Rng): PositionalEncoding {
     const o = { ...DEFAULTS, ...options };
     check(dims.modelDim > 0, 'argument', `hype-gated: modelDim must be positive, got ${dims.modelDim}`);

@@ -13,6 +13,7 @@ import type { Backend } from '../backend/backend.ts';
 import { HypeError, check } from '../errors.ts';
 import { canonicalJson, parseModelConfig, type ModelConfig } from '../model/config.ts';
 import { Transformer, type TransformerOptions } from '../model/transformer.ts';
+import { findEncodingFactory } from '../pe/registry.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { checkFolderPath, makeWritableDir, readJsonFile } from '../util/fs-safe.ts';
 import type { FloatArray } from '../tensor.ts';
@@ -539,16 +540,11 @@ function precisionBackend<T, I>(backend: Backend<T, I>, train: TrainConfig, mode
     'argument',
     `--precision ${train.precision} needs a float32 model (this one is ${model.dtype}); pass --dtype float32`,
   );
-  const { name, options } = model.pe;
-  const concatHype = name === 'hype-gated' || (name === 'hype' && (options.route ?? 'concat') === 'concat');
-  check(
-    train.precision === 'fp32' || !concatHype || options.precision === 'bf16',
-    'argument',
-    `${name}'s concat route builds its bias columns for fp32 operands, and rounding them to bf16 would lose the ` +
-      `bias to cancellation; with --precision bf16 pass --pe ${name}:precision=bf16 (columns split to be exact in ` +
-      'bf16)' +
-      (name === 'hype' ? ' or --pe hype:route=kernel (the bias added in fp32 inside the kernel)' : ''),
-  );
+  if (train.precision !== 'fp32') {
+    // The encoding says whether its position terms survive bf16 operands (a concat route needs split columns).
+    const why = findEncodingFactory(model.pe.name)?.bf16Refusal?.(model.pe.options) ?? null;
+    check(why === null, 'argument', () => why!);
+  }
   return withPrecision(backend, train.precision);
 }
 

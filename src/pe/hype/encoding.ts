@@ -31,6 +31,7 @@ import {
   slotsPerColumn,
   type ColumnPrecision,
   type ColumnSide,
+  concatBf16Refusal,
 } from '../../numerics/split-columns.ts';
 import { dtypeOf, type DType, type FloatArray } from '../../tensor.ts';
 import type { Rng } from '../../util/rng.ts';
@@ -635,6 +636,16 @@ export const hypeEncoding: EncodingFactory<HypeOptions> = defineEncoding<HypeOpt
   sites: ['score-bias'],
   defaults: DEFAULTS,
   optionalKeys: OPTIONAL_KEYS,
+  // The kernel route adds its fp32 table inside the kernel: fine with bf16 operands; the concat route needs split
+  // columns for bf16 (precision, or a bf16 format, which implies it).
+  bf16Refusal: (o: Partial<HypeOptions>) =>
+    (o.route ?? DEFAULTS.route) === 'kernel'
+      ? null
+      : concatBf16Refusal(
+          'hype',
+          o.precision ?? o.format,
+          ' or --pe hype:route=kernel (the bias added in fp32 inside the kernel)',
+        ),
   create: (dims: EncodingDims, options: Partial<HypeOptions>, _rng: Rng): PositionalEncoding =>
     createHype(dims, options),
 });
