@@ -119,7 +119,8 @@ const rows: Row[] = encodings.map((pe) => {
   };
 });
 const base = rows[0]!;
-const header = `| encoding | train step ms (B=${SHAPE.batch}, L=${SHAPE.trainLength}) | x alibi | eval forward ms (B=1, L=${evalLength}) | x alibi |`;
+const evalHead = evalLength > 0 ? `eval forward ms (B=1, L=${evalLength})` : 'eval forward ms';
+const header = `| encoding | train step ms (B=${SHAPE.batch}, L=${SHAPE.trainLength}) | x alibi | ${evalHead} | x alibi |`;
 console.log(
   `threads ${threads}, minimum ${minSeconds} s per cell, ${rounds} round(s) (medians); width 128, 2 layers, ` +
     '4 heads, fp32, native',
