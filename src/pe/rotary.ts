@@ -16,27 +16,23 @@ import type { AttendContext, AttendInputs, AttendResult, CachedAttention } from 
 import { backendAttention, checkQk, denseLogitGrid } from './attention-plumbing.ts';
 
 /**
- * Rotates every row of x [groups, rows, d]; row r of each group sits at position firstPos + r. sign -1 applies
- * the inverse rotation (the transpose), which is how gradients flow back through the forward rotation.
+ * Rotates pair j (dims 2j, 2j + 1) of row r of every group of x [groups, rows, d] by angle(r, j), for j < pairs;
+ * a null angle leaves the pair as it is. Returns a fresh copy. The one rotation loop of 1-D and 2-D RoPE.
  */
-export function rotateRows(
+export function rotatePairs(
   x: FloatArray,
   groups: number,
   rows: number,
   d: number,
-  firstPos: number,
-  freqs: Float64Array,
-  sign: 1 | -1,
+  pairs: number,
+  angle: (r: number, j: number) => number | null,
 ): FloatArray {
   const out = allocate(dtypeOf(x), x.length);
   out.set(x);
-  const pairs = Math.min(freqs.length, Math.floor(d / 2));
   for (let r = 0; r < rows; r++) {
-    const pos = firstPos + r;
     for (let j = 0; j < pairs; j++) {
-      const f = freqs[j]!;
-      if (f === 0) continue;
-      const a = sign * pos * f;
+      const a = angle(r, j);
+      if (a === null) continue;
       const c = Math.cos(a);
       const s = Math.sin(a);
       for (let g = 0; g < groups; g++) {
@@ -49,6 +45,26 @@ export function rotateRows(
     }
   }
   return out;
+}
+
+/**
+ * Rotates every row of x [groups, rows, d]; row r of each group sits at position firstPos + r. sign -1 applies
+ * the inverse rotation (the transpose), which is how gradients flow back through the forward rotation.
+ */
+export function rotateRows(
+  x: FloatArray,
+  groups: number,
+  rows: number,
+  d: number,
+  firstPos: number,
+  freqs: Float64Array,
+  sign: 1 | -1,
+): FloatArray {
+  const pairs = Math.min(freqs.length, Math.floor(d / 2));
+  return rotatePairs(x, groups, rows, d, pairs, (r, j) => {
+    const f = freqs[j]!;
+    return f === 0 ? null : sign * (firstPos + r) * f;
+  });
 }
 
 /** Attention on rotated q and k through ctx.backend (bias 'none'); the backward rotates dq and dk back. */

@@ -10,11 +10,12 @@
  * Shapes: q [B, H, L, d], k [B, Hkv, L, d], v [B, Hkv, L, dv], L = rows * cols.
  */
 import { check } from '../../errors.ts';
-import { allocate, dtypeOf, type FloatArray } from '../../tensor.ts';
+import type { FloatArray } from '../../tensor.ts';
 import { backendAttention, checkQk, denseLogitGrid } from '../attention-plumbing.ts';
 import type { EncodingFactory, PositionalEncoding } from '../encoding.ts';
 import { defineEncoding } from '../options.ts';
 import { ropeFrequencies } from '../rope.ts';
+import { rotatePairs } from '../rotary.ts';
 import { cellOf, gridOf, type Grid2 } from './grid.ts';
 
 export interface Rope2dOptions {
@@ -31,26 +32,10 @@ function pairAxis(j: number, freqs: Float64Array): [axis: number, freq: number] 
 
 /** Rotates every row of x [groups, L, d] by its cell's angles; sign -1 applies the inverse (for gradients). */
 function rotateGrid(x: FloatArray, groups: number, grid: Grid2, d: number, freqs: Float64Array, sign: 1 | -1) {
-  const L = grid[0] * grid[1];
-  const out = allocate(dtypeOf(x), x.length);
-  out.set(x);
-  for (let n = 0; n < L; n++) {
-    const cell = cellOf(grid, n);
-    for (let j = 0; j < 2 * freqs.length; j++) {
-      const [axis, f] = pairAxis(j, freqs)!;
-      const a = sign * cell[axis]! * f;
-      const c = Math.cos(a);
-      const s = Math.sin(a);
-      for (let g = 0; g < groups; g++) {
-        const at = (g * L + n) * d + 2 * j;
-        const x0 = x[at]!;
-        const x1 = x[at + 1]!;
-        out[at] = x0 * c - x1 * s;
-        out[at + 1] = x0 * s + x1 * c;
-      }
-    }
-  }
-  return out;
+  return rotatePairs(x, groups, grid[0] * grid[1], d, 2 * freqs.length, (n, j) => {
+    const [axis, f] = pairAxis(j, freqs)!;
+    return sign * cellOf(grid, n)[axis]! * f;
+  });
 }
 
 export const rope2dEncoding: EncodingFactory<Rope2dOptions> = defineEncoding<Rope2dOptions>({
