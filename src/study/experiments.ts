@@ -7,7 +7,8 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { HypeError } from '../errors.ts';
-import { generatorSource, windowSource } from '../train/source.ts';
+import type { Transformer } from '../model/transformer.ts';
+import { generatorSource, windowSource, type BatchSource } from '../train/source.ts';
 import { Rng } from '../util/rng.ts';
 import {
   bitsPerByte,
@@ -404,43 +405,53 @@ export async function runFlipflop(env: StudyEnv, outDir: string, configs: readon
   });
 }
 
-/** One flip-flop cell: train on the in-distribution mix, grade the read bits of each mix. */
-export async function computeFlipflop(env: StudyEnv, c: FlipflopConfig): Promise<FlipflopResult> {
+/**
+ * What a flip-flop or recall cell does around its grading: train on `source` (resuming a run of the same name),
+ * grade the trained model with the encodings' position reports collecting over the grading passes, and return the
+ * grading's fields with those every task cell has.
+ */
+async function taskCell<G extends object>(
+  env: StudyEnv,
+  c: FlipflopConfig | RecallConfig,
+  source: BatchSource,
+  grade: (model: Transformer) => G,
+): Promise<G & Omit<FlipflopResult, 'mixes'>> {
   const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
-  const { model, train } = await trainModel(
-    env,
-    runNameOf(c),
-    config,
-    c.budget,
-    c.seed,
-    flipflopSource(),
-    `flipflop ${c.encoding} seed ${c.seed}`,
-  );
+  const label = `${c.experiment} ${c.encoding} seed ${c.seed}`;
+  const { model, train } = await trainModel(env, runNameOf(c), config, c.budget, c.seed, source, label);
   const t0 = performance.now();
   startPositionReport(model);
-  const mixes = {} as FlipflopResult['mixes'];
-  (Object.keys(FLIPFLOP_MIXES) as FlipFlopMix[]).forEach((mix, j) => {
-    const rng = new Rng(EVAL_SEED + j);
-    const p = FLIPFLOP_MIXES[mix];
-    const seqs = Array.from({ length: c.evalSequences }, () => flipFlopSequence(rng, c.trainLength + 1, p));
-    const g = gradeTask(model, seqs, c.trainLength);
-    mixes[mix] = { pIgnore: p, errors: g.graded - g.correct, graded: g.graded, errorRate: 1 - g.correct / g.graded };
-  });
-  env.log(
-    `flipflop ${c.encoding} seed ${c.seed}: error on the read bits ` +
-      Object.entries(mixes)
-        .map(([m, r]) => `${m} ${(100 * r.errorRate).toFixed(2)}% (${r.errors}/${r.graded})`)
-        .join(', '),
-  );
+  const graded = grade(model);
   const positionParams = positionReport(model);
   return {
     train,
-    mixes,
+    ...graded,
     ...(positionParams ? { positionParams } : {}),
     backend: env.backend.name,
     versions: versions(),
     evalSeconds: (performance.now() - t0) / 1000,
   };
+}
+
+/** One flip-flop cell: train on the in-distribution mix, grade the read bits of each mix. */
+export async function computeFlipflop(env: StudyEnv, c: FlipflopConfig): Promise<FlipflopResult> {
+  return taskCell(env, c, flipflopSource(), (model) => {
+    const mixes = {} as FlipflopResult['mixes'];
+    (Object.keys(FLIPFLOP_MIXES) as FlipFlopMix[]).forEach((mix, j) => {
+      const rng = new Rng(EVAL_SEED + j);
+      const p = FLIPFLOP_MIXES[mix];
+      const seqs = Array.from({ length: c.evalSequences }, () => flipFlopSequence(rng, c.trainLength + 1, p));
+      const g = gradeTask(model, seqs, c.trainLength);
+      mixes[mix] = { pIgnore: p, errors: g.graded - g.correct, graded: g.graded, errorRate: 1 - g.correct / g.graded };
+    });
+    env.log(
+      `flipflop ${c.encoding} seed ${c.seed}: error on the read bits ` +
+        Object.entries(mixes)
+          .map(([m, r]) => `${m} ${(100 * r.errorRate).toFixed(2)}% (${r.errors}/${r.graded})`)
+          .join(', '),
+    );
+    return { mixes };
+  });
 }
 
 const recallSource = () => generatorSource(`recall:${RECALL_TASK}`, (rng, n) => recallSequence(rng, n).bytes);
@@ -455,42 +466,24 @@ export async function runRecall(env: StudyEnv, outDir: string, configs: readonly
 
 /** One recall cell: train on recall sequences, grade the answers at each length. */
 export async function computeRecall(env: StudyEnv, c: RecallConfig): Promise<RecallResult> {
-  const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
-  const { model, train } = await trainModel(
-    env,
-    runNameOf(c),
-    config,
-    c.budget,
-    c.seed,
-    recallSource(),
-    `recall ${c.encoding} seed ${c.seed}`,
-  );
-  const t0 = performance.now();
-  startPositionReport(model);
-  const evals = c.multipliers.map((m) => {
-    const length = m * c.trainLength;
-    const rng = new Rng(EVAL_SEED + length);
-    const seqs = Array.from({ length: c.evalSequences }, () => recallSequence(rng, length + 1));
-    return {
-      multiplier: m,
-      length,
-      ...unlessTooLong(() => {
-        const g = gradeTask(model, seqs, length);
-        return { ...g, accuracy: g.correct / g.graded };
-      }),
-    };
+  return taskCell(env, c, recallSource(), (model) => {
+    const evals = c.multipliers.map((m) => {
+      const length = m * c.trainLength;
+      const rng = new Rng(EVAL_SEED + length);
+      const seqs = Array.from({ length: c.evalSequences }, () => recallSequence(rng, length + 1));
+      return {
+        multiplier: m,
+        length,
+        ...unlessTooLong(() => {
+          const g = gradeTask(model, seqs, length);
+          return { ...g, accuracy: g.correct / g.graded };
+        }),
+      };
+    });
+    env.log(
+      `recall ${c.encoding} seed ${c.seed}: answer accuracy at length ` +
+        evals.map((e) => `${e.length}: ${e.ok ? (100 * e.accuracy).toFixed(1) + '%' : 'cannot evaluate'}`).join(', '),
+    );
+    return { evals };
   });
-  env.log(
-    `recall ${c.encoding} seed ${c.seed}: answer accuracy at length ` +
-      evals.map((e) => `${e.length}: ${e.ok ? (100 * e.accuracy).toFixed(1) + '%' : 'cannot evaluate'}`).join(', '),
-  );
-  const positionParams = positionReport(model);
-  return {
-    train,
-    evals,
-    ...(positionParams ? { positionParams } : {}),
-    backend: env.backend.name,
-    versions: versions(),
-    evalSeconds: (performance.now() - t0) / 1000,
-  };
 }
