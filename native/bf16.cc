@@ -239,7 +239,11 @@ void sgemmBf16(bool transA, bool transB, long m, long n, long k, float alpha, co
                long ldb, float beta, float* C, long ldc) {
   if (m <= 0 || n <= 0) return;
   Pool& pool = Pool::instance();
-  scaleRows(m, n, beta, C, ldc);
+  // beta = 0 with alpha > 0: the first reduction block stores its products instead of adding them to a zeroed C (a
+  // pass over C saved). The same bits: an accumulator starts at +0 and a round-to-nearest sum is -0 only when every
+  // term is, so alpha * acc is never -0 and 0 + alpha * acc == alpha * acc.
+  const bool store = beta == 0.0f && alpha > 0.0f && k > 0;
+  if (!store) scaleRows(m, n, beta, C, ldc);
   if (k <= 0 || alpha == 0.0f) return;
   const bool fast = bf16Fast();
   const long rowBlocks = (m + MC - 1) / MC;
@@ -312,14 +316,20 @@ void sgemmBf16(bool transA, bool transB, long m, long n, long k, float alpha, co
         const long w = std::min<long>(BF_PANEL, n - j0);
         const uint16_t* a = reinterpret_cast<const uint16_t*>(pa + i0 * kcpMax);
         const uint32_t* bp = pb + q * kcp * BF_PANEL;
+        const bool first = store && pc == 0;
         if (w == BF_PANEL) {
-          bf16PanelProduct(fast, mc, BF_NV, a, aRs, aKs, kcp, bp, BF_PANEL, C + i0 * ldc + j0, ldc, alpha, true);
+          bf16PanelProduct(fast, mc, BF_NV, a, aRs, aKs, kcp, bp, BF_PANEL, C + i0 * ldc + j0, ldc, alpha, !first);
         } else {
           float* tile = edge + size_t(thread) * MC * BF_PANEL;
           const int nv = int((w + BF_COLS - 1) / BF_COLS);
           bf16PanelProduct(fast, mc, nv, a, aRs, aKs, kcp, bp, BF_PANEL, tile, BF_PANEL, alpha, false);
-          for (long i = 0; i < mc; i++)
-            for (long j = 0; j < w; j++) C[(i0 + i) * ldc + j0 + j] += tile[i * BF_PANEL + j];
+          for (long i = 0; i < mc; i++) {
+            float* c = C + (i0 + i) * ldc + j0;
+            if (first)
+              std::copy(tile + i * BF_PANEL, tile + i * BF_PANEL + w, c);
+            else
+              for (long j = 0; j < w; j++) c[j] += tile[i * BF_PANEL + j];
+          }
         }
       });
     }

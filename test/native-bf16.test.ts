@@ -183,6 +183,12 @@ suite('native bf16 gemm', () => {
           expect(fused(a, b32)).toEqual(fast);
           expect(fused(a32, b)).toEqual(fast);
           expect(onFallback(() => fused(a32, b32))).toEqual(slow);
+          if (beta === 0) {
+            // beta = 0 overwrites whatever C held, NaN included (the kernel stores instead of zeroing and adding).
+            const c = new Float32Array(m * n).fill(NaN);
+            nativeGemmBf16(transA, transB, m, n, k, alpha, a32, lda, b32, ldb, 0, c, n);
+            expect(c).toEqual(fast);
+          }
           const emu = emulateGemmBf16(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c0, n);
           // Native vs emulation: fp32 accumulation of k products (exact in fp32) plus rounding C and beta C.
           const tight = (i: number) => (k + 4) * E * (emu.mag.absSum[i]! + Math.abs(beta * c0[i]!));
@@ -203,6 +209,30 @@ suite('native bf16 gemm', () => {
       ),
       { numRuns: 25, seed: 18 },
     );
+  });
+
+  it('an exactly cancelling sum is +0 whatever alpha and C held, as 0 + alpha * sum gives', () => {
+    for (const alpha of [1, -1])
+      for (const fill of [-0, NaN, 5]) {
+        const c = new Float32Array(3).fill(fill);
+        // Row i of A is (1, -1) scaled; B's column is (1, 1): every product pair cancels exactly.
+        nativeGemmBf16(
+          false,
+          false,
+          3,
+          1,
+          2,
+          alpha,
+          Float32Array.of(1, -1, 2, -2, 0, -0),
+          2,
+          Float32Array.of(1, 1),
+          1,
+          0,
+          c,
+          1,
+        );
+        for (const x of c) expect(Object.is(x, 0), `alpha ${alpha}, C filled with ${fill}: ${x}`).toBe(true);
+      }
   });
 
   it('refuses bad operands with one clear error', () => {
