@@ -269,7 +269,7 @@ void sgemmBf16(bool transA, bool transB, long m, long n, long k, float alpha, co
   const long aRs = transA ? 2 : 2 * kcpMax, aKs = transA ? 2 * MC : 2;
   for (long pc = 0; pc < k; pc += KC) {
     const long kc = std::min(KC, k - pc), kcp = (kc + 1) / 2;
-    pool.run(rowBlocks, [&](long t, int) {
+    auto packA = [&](long t) {
       const long i0 = t * MC, mc = std::min(MC, m - i0);
       if (transA) {
         uint32_t* block = pa + i0 * kcpMax;
@@ -284,11 +284,11 @@ void sgemmBf16(bool transA, bool transB, long m, long n, long k, float alpha, co
           if (kc & 1) row[kc] = 0;
         }
       }
-    });
+    };
     for (long jc = 0; jc < n; jc += NC) {
       const long nc = std::min(NC, n - jc);
       const long panels = (nc + BF_PANEL - 1) / BF_PANEL;
-      pool.run(panels, [&](long q, int thread) {
+      auto packB = [&](long q, int thread) {
         uint32_t* dst = pb + q * kcp * BF_PANEL;
         const long j0 = jc + q * BF_PANEL;
         const long w = std::min<long>(BF_PANEL, n - j0);
@@ -308,6 +308,14 @@ void sgemmBf16(bool transA, bool transB, long m, long n, long k, float alpha, co
         }
         if (w < BF_PANEL)
           for (long p = 0; p < kcp; p++) std::fill(dst + p * BF_PANEL + w, dst + (p + 1) * BF_PANEL, 0u);
+      };
+      // op(A)'s block (once per reduction block) and op(B)'s panels packed by one pool run: one barrier, not two.
+      const long aTasks = jc == 0 ? rowBlocks : 0;
+      pool.run(aTasks + panels, [&](long t, int thread) {
+        if (t < aTasks)
+          packA(t);
+        else
+          packB(t - aTasks, thread);
       });
       pool.run(rowBlocks * panels, [&](long t, int thread) {
         const long ib = t / panels, q = t % panels;
