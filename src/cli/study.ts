@@ -8,7 +8,7 @@ import { loadBackend, type BackendName } from '../backend/index.ts';
 import { HypeError } from '../errors.ts';
 import { EXPERIMENTS, QUICK_STUDY_MINUTES, type Experiment } from '../study/plan.ts';
 import { formatDuration } from '../study/progress.ts';
-import { planFor, runStudy, writeReport } from '../study/run.ts';
+import { checkDevicePlan, planFor, runStudy, writeReport } from '../study/run.ts';
 import { runVision, visionConfigs, visionPlan } from '../study/vision.ts';
 import { checkFolderPath, makeWritableDir } from '../util/fs-safe.ts';
 import { chooseAnyBackend } from './train.ts';
@@ -77,9 +77,11 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
   const plan = planFor({ quick: Boolean(f.quick), seeds, encodings, corpora }); // refuses bad flags before any work
   checkFolderPath(outDir, 'the results folder (--out)');
   checkFolderPath(f.workDir, 'the training-runs folder (--work-dir)');
+  const backend = await chooseAnyBackend(f.backend, f.threads);
+  // What a device cannot run is refused before a folder is made (runStudy checks again for library callers).
+  if (f.queue === undefined) checkDevicePlan(backend, plan, what as Experiment | 'all');
   makeWritableDir(outDir, 'the results folder (--out)');
   makeWritableDir(f.workDir, 'the training-runs folder (--work-dir)');
-  const backend = await chooseAnyBackend(f.backend, f.threads);
   const scope = `${plan.encodings.length} encoding${plan.encodings.length === 1 ? '' : 's'}, ${plan.seeds.length} seed${plan.seeds.length === 1 ? '' : 's'}`;
   const banner = f.quick
     ? `QUICK VERSION: small models, short training (${scope}) — a first look, not the full study`

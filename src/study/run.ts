@@ -116,7 +116,7 @@ export async function runStudy(o: StudyOptions): Promise<StudyOutcome> {
   if (o.queue !== undefined) (await import('./queue.ts')).parseQueueUrl(o.queue); // refused before anything is written
   const chosen: Experiment[] = o.experiment === 'all' ? [...EXPERIMENTS] : [o.experiment];
   // The queue's coordinator computes nothing (each worker checks its own backend's cells).
-  if (o.queue === undefined) checkDevicePlan(o.backend, plan, chosen, o.experiment === 'all');
+  if (o.queue === undefined) checkDevicePlan(o.backend, plan, o.experiment);
   makeWritableDir(o.outDir, 'the results folder (--out)');
   makeWritableDir(o.workDir, 'the training-runs folder (--work-dir)');
   const metaPath = join(o.outDir, 'study.json');
@@ -236,8 +236,10 @@ async function runQueued(
  * A device backend runs the lm, flipflop and recall cells of device-portable encodings (HANDLES.md); anything else
  * is refused here, before a folder is written or a device buffer allocated, in one error naming what does run there.
  */
-function checkDevicePlan(backend: Backend<unknown, unknown>, plan: StudyPlan, chosen: Experiment[], all: boolean) {
+export function checkDevicePlan(backend: Backend<unknown, unknown>, plan: StudyPlan, experiment: Experiment | 'all') {
   if (backend.residence === 'host') return;
+  const all = experiment === 'all';
+  const chosen: Experiment[] = all ? [...EXPERIMENTS] : [experiment];
   if (chosen.includes('precision')) {
     throw new HypeError(
       'argument',
