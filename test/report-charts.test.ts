@@ -273,3 +273,24 @@ describe('findings of a plan without every encoding', () => {
     expect(findings).toMatch(new RegExp(`^${shape}\\. \\*\\*Does the ALiBi paper's shape reproduce`, 'm'));
   });
 });
+
+describe('cells of several backends', () => {
+  it('the report lists the cells per backend when they are not all the one study.json names', () => {
+    const meta = {
+      plan: quickPlan(),
+      versions: { package: '0', commit: null, node: 'v20' },
+      backend: 'native',
+      cpus: 2,
+      invocations: [],
+    } as unknown as StudyMeta;
+    const cells = QUICK.map((e, i) => lmCell(e, 1, [3 + 0.1 * i, 3.1, 3.2]));
+    const same = buildReport(
+      input({ meta, lm: cells.map((c) => ({ ...c, result: { ...c.result, backend: 'native' } })) }),
+    );
+    expect(same.markdown).toContain('backend native; 2 CPU cores.\n');
+    const onGpu = cells.map((c, i) => ({ ...c, result: { ...c.result, backend: i < 2 ? 'webgpu' : 'native' } }));
+    expect(buildReport(input({ meta, lm: onGpu })).markdown).toMatch(
+      /backend native; 2 CPU cores\. Cells by backend: webgpu \(2\), native \(\d+\); .*cell wall times compare only between cells of one backend\./,
+    );
+  });
+});
