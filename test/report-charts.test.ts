@@ -107,6 +107,16 @@ function lineExtents(svg: string): number[] {
 
 const QUICK = ['none', 'rope', 'alibi', 'hype-recency', 'hype-paper'];
 
+/** study.json of a quick study on `backend`. */
+const quickMeta = (backend: string) =>
+  ({
+    plan: quickPlan(),
+    versions: { package: '0', commit: null, node: 'v20' },
+    backend,
+    cpus: 2,
+    invocations: [],
+  }) as unknown as StudyMeta;
+
 describe('recall chart', () => {
   const oneSeed = input({
     recall: QUICK.map((e, i) => recallCell(e, 1, [1, 0.9 - 0.1 * i, 0.6 - 0.1 * i, 0.3])),
@@ -249,13 +259,7 @@ describe('hype show --compare', () => {
 describe('findings of a plan without every encoding', () => {
   it('reports only what the plan runs, names what it leaves out once, and numbers the findings in order', () => {
     const lm = QUICK.map((e, i) => lmCell(e, 1, [3 + 0.1 * i, 3.1 + 0.1 * i, 3.2]));
-    const meta = {
-      plan: quickPlan(),
-      versions: { package: '0', commit: null, node: 'v20' },
-      backend: 'reference',
-      cpus: 2,
-      invocations: [],
-    } as unknown as StudyMeta;
+    const meta = quickMeta('reference');
     const { markdown } = buildReport(input({ meta, lm }));
     expect(markdown).not.toContain('no results for');
     expect(markdown).not.toMatch(/: not run\./);
@@ -276,13 +280,7 @@ describe('findings of a plan without every encoding', () => {
 
 describe('cells of several backends', () => {
   it('the report lists the cells per backend when they are not all the one study.json names', () => {
-    const meta = {
-      plan: quickPlan(),
-      versions: { package: '0', commit: null, node: 'v20' },
-      backend: 'native',
-      cpus: 2,
-      invocations: [],
-    } as unknown as StudyMeta;
+    const meta = quickMeta('native');
     const cells = QUICK.map((e, i) => lmCell(e, 1, [3 + 0.1 * i, 3.1, 3.2]));
     const same = buildReport(
       input({ meta, lm: cells.map((c) => ({ ...c, result: { ...c.result, backend: 'native' } })) }),
