@@ -3,11 +3,12 @@
  * with the native backend's (same cell key, numbers within f32 roundoff); a flip-flop cell runs there too and grading
  * on the device counts what the native model predicts; the queue's worker computes a cell on the device as the local
  * run does; what a device cannot run (host-only encodings, precision) is refused before any work with one error
- * naming what does run there. */
+ * naming what does run there; the CLI's study and worker take --backend webgpu. */
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { main } from '../src/cli/main.ts';
 import { loadBackend } from '../src/backend/index.ts';
 import { WebGpuBackend } from '../src/backend/webgpu/backend.ts';
 import { HypeError } from '../src/errors.ts';
@@ -19,7 +20,7 @@ import type { FlipflopResult, LmResult } from '../src/study/experiments.ts';
 import { quickPlan, type StudyPlan } from '../src/study/plan.ts';
 import { runWorker } from '../src/study/queue.ts';
 import { runStudy, type StudyOptions } from '../src/study/run.ts';
-import { startRedis } from './helpers/redis.ts';
+import { closedPort, startRedis } from './helpers/redis.ts';
 import { gpu } from './helpers/webgpu.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'hype-webgpu-study-'));
@@ -190,4 +191,30 @@ describe('the study on webgpu', () => {
     expect((all as HypeError).message).toMatch(/precision experiment .*'all' includes precision/);
     expect(() => readdirSync(join(root, 'refused'))).toThrow(); // nothing was written
   });
+
+  it('the CLI takes --backend webgpu for study and worker, and refuses a host-only encoding in one line', async () => {
+    const hype = async (...args: string[]) => {
+      const err: string[] = [];
+      const se = vi.spyOn(process.stderr, 'write').mockImplementation((x) => (err.push(String(x)), true));
+      process.exitCode = 0;
+      try {
+        await main(['node', 'hype', ...args]);
+      } finally {
+        se.mockRestore();
+      }
+      const code = process.exitCode;
+      process.exitCode = 0;
+      return { code, err: err.filter((l) => !/^Warning: maxDynamic/.test(l)).join('') };
+    };
+    const out = join(root, 'cli');
+    const study = await hype('study', 'lm', '--backend', 'webgpu', '--encodings', 'rope', '--out', out);
+    expect(study.code).toBe(2);
+    expect(study.err).toMatch(/^hype: study encoding rope runs on host backends only .*\n$/);
+    expect(() => readdirSync(out)).toThrow(); // refused before a folder was made
+    // The worker gets past the backend (a device is acquired) to the queue, which is unreachable here.
+    const url = `redis://127.0.0.1:${await closedPort()}`;
+    const worker = await hype('worker', '--queue', url, '--backend', 'webgpu', '--work-dir', join(root, 'cli-work'));
+    expect(worker.code).toBe(2);
+    expect(worker.err).toMatch(/^hype: cannot reach Redis at /);
+  }, 30_000);
 });
