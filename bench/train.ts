@@ -13,8 +13,9 @@
  * per gemm in the backward): per token and block 2 C (H+2Hkv)D + 2 C^2 + 4 C F for the projections and MLP, plus
  * causal attention 2 C (L + 1) (q.k and p.v over (L+1)/2 keys on average), and 2 C V for the tied head.
  * Elementwise work (norms, GELU, softmax, Adam) is not counted, so GFLOP/s understates work for every engine alike.
- * "cpu ms" is this process's CPU time per step (all threads): on a contended machine the wall time measures the
- * neighbours as much as the step, so the bf16/fp32 verdict line gives the ratio on both bases.
+ * Our four configurations (fp32/bf16 x none/HyPE) are timed interleaved, in turns of about a quarter second, so a
+ * change in the machine's load falls on all of them alike. "cpu ms" is this process's CPU time per step (all
+ * threads); the bf16/fp32 verdict line gives the ratio on both bases.
  *
  * Options: --quick (fewer repetitions), --only a|b, --threads N (native and sgemm), --skip jax,tfjs,
  * --seconds S (minimum timed seconds per engine, default 4). Results print as a table; --json <file> saves them.
@@ -141,7 +142,8 @@ function randomTokens(s: Shape, seed: number): { tokens: Int32Array; targets: In
 /** HyPE's concat route with columns split to be exact in bf16 (what `hype train --precision bf16` requires). */
 const HYPE_BF16 = 'hype:precision=bf16';
 
-async function benchOurs(s: Shape, pe: string, precision: Precision = 'fp32'): Promise<Row> {
+/** One of our configurations, built and ready to step. */
+function setupOurs(s: Shape, pe: string, precision: Precision = 'fp32'): { engine: string; step: () => number } {
   const host = loadBackend('auto', { threads });
   const backend = withPrecision(host, precision);
   const cfg: ModelConfig = parseModelConfig({
@@ -156,15 +158,49 @@ async function benchOurs(s: Shape, pe: string, precision: Precision = 'fp32'): P
   const train = parseTrainConfig({});
   const opt = new AdamW(model.parameters(), backend);
   const { tokens, targets } = randomTokens(s, 1);
-  const t = await timeSteps(() => {
+  const step = () => {
     model.zeroGrad();
     const loss = model.forward(tokens, targets, s.batch, s.length);
     model.backward();
     clipGradients(model.parameters(), train.clip);
     opt.update(train, 1e-3);
     return loss;
-  });
-  return row(s, `ours (${host.name}, ${pe}${precision === 'fp32' ? '' : `, ${precision}`})`, t);
+  };
+  return { engine: `ours (${host.name}, ${pe}${precision === 'fp32' ? '' : `, ${precision}`})`, step };
+}
+
+/**
+ * Our configurations timed interleaved: each warms up with two steps, then they take turns of about a quarter
+ * second (at least one step each) until every one has run minSeconds and 3 steps. Load from the rest of the machine
+ * then falls on all of them alike, so their ratios hold on a shared machine where back-to-back windows do not.
+ */
+function timeOursInterleaved(setups: { step: () => number }[]): Timing[] {
+  const firstLoss = setups.map((x) => x.step());
+  for (const x of setups) x.step();
+  const acc = setups.map(() => ({ ms: 0, cpuMs: 0, steps: 0 }));
+  const turnMs = Math.min(250, (minSeconds * 1000) / 4);
+  while (acc.some((a) => a.steps < 3 || a.ms < minSeconds * 1000)) {
+    setups.forEach((x, i) => {
+      const a = acc[i]!;
+      const t0 = performance.now();
+      const c0 = process.cpuUsage();
+      let t: number;
+      do {
+        x.step();
+        a.steps++;
+        t = performance.now();
+      } while (t - t0 < turnMs);
+      const c = process.cpuUsage(c0);
+      a.ms += t - t0;
+      a.cpuMs += (c.user + c.system) / 1000;
+    });
+  }
+  return acc.map((a, i) => ({
+    ms: a.ms / a.steps,
+    cpuMs: a.cpuMs / a.steps,
+    steps: a.steps,
+    firstLoss: firstLoss[i]!,
+  }));
 }
 
 // ---------------------------------------------------------------------------------------------- @jax-js/jax
@@ -376,10 +412,13 @@ async function main(): Promise<void> {
     if (only && only !== s.id) continue;
     process.stderr.write(`${s.label}: ${(stepFlops(s) / 1e9).toFixed(2)} GFLOP per step\n`);
     const before = sgemmCeiling();
-    rows.push(await benchOurs(s, 'none'));
-    rows.push(await benchOurs(s, 'hype'));
-    rows.push(await benchOurs(s, 'none', 'bf16'));
-    rows.push(await benchOurs(s, HYPE_BF16, 'bf16')); // the columns the trainer asks for under bf16
+    const ours = [
+      setupOurs(s, 'none'),
+      setupOurs(s, 'hype'),
+      setupOurs(s, 'none', 'bf16'),
+      setupOurs(s, HYPE_BF16, 'bf16'), // the columns the trainer asks for under bf16
+    ];
+    timeOursInterleaved(ours).forEach((t, i) => rows.push(row(s, ours[i]!.engine, t)));
     const after = sgemmCeiling();
     const mean = before !== null && after !== null ? (before + after) / 2 : (before ?? after);
     ceilings.set(s.label, { before, after, mean });
