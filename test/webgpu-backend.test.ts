@@ -303,3 +303,32 @@ describe('attention through the backend', () => {
     be.release(t);
   });
 });
+
+describe('submission batching (context.ts)', () => {
+  it('kernels are submitted together; a host write into a tensor runs after the kernels recorded before it', async () => {
+    const ctx = be.ctx;
+    const x = put([1, 2, 3, 4]);
+    const before = be.allocate('float32', 4);
+    const after = be.allocate('float32', 4);
+    await be.read(x); // settle the set-up's submits
+    const s0 = ctx.submits;
+    be.addInto(before, x, 4); // recorded, not submitted: it must still see x = 1..4
+    be.upload([10, 20, 30, 40], x); // forces the recorded kernel out first
+    be.addInto(after, x, 4);
+    expect(Array.from(await get(before))).toEqual([1, 2, 3, 4]);
+    expect(Array.from(await get(after))).toEqual([10, 20, 30, 40]);
+    expect(ctx.submits - s0).toBe(3); // the recorded kernel before the upload, then one per read
+  });
+
+  it('each recorded dispatch keeps its own uniforms until its batch runs, past the batch capacity', async () => {
+    const ctx = be.ctx;
+    const n = 2 * ctx.batchCapacity + 100; // more fills than two batches hold: two forced submits, then the read's
+    const w = be.allocate('float32', n);
+    await be.read(w);
+    const s0 = ctx.submits;
+    for (let i = 0; i < n; i++) be.fill(w, i * 0.5, i, 1); // the same kernel, other uniforms each time
+    expect(ctx.submits - s0).toBe(2);
+    expect(Array.from(await get(w))).toEqual(Array.from({ length: n }, (_, i) => i * 0.5));
+    expect(ctx.submits - s0).toBe(3);
+  });
+});

@@ -153,14 +153,7 @@ export class Transformer<T = FloatArray, I = Int32Array> {
     this.stats = backend.allocateStats(STAT_SLOTS);
 
     const factory = options.encodingFactory ?? getEncodingFactory(config.pe.name);
-    const dims = {
-      heads: config.heads,
-      kvHeads: config.kvHeads,
-      headDim: this.headDim,
-      modelDim: config.width,
-      trainLength: config.trainLength,
-      embeddingStd: config.initStd,
-    };
+    const dims = encodingDims(config);
     const create = () => portableOn(backend, factory.create(dims, config.pe.options as never, rng));
     const actsInAttention = factory.sites.some((s) => ATTENTION_SITES.has(s));
     const actsOnEmbeddings = factory.sites.includes('embedding');
@@ -408,7 +401,7 @@ function onBackend<T, I>(host: TransformerParams, be: Backend<T, I>): Transforme
  * portable (attend through backend ops, no host parameters), else one clear refusal.
  */
 function portableOn<T, I>(be: Backend<T, I>, enc: PositionalEncoding): PositionalEncoding<T, I> {
-  if (be.residence === 'device' && !(enc.portable === true && enc.params.length === 0)) {
+  if (be.residence === 'device' && !devicePortable(enc)) {
     throw new HypeError(
       'argument',
       `encoding '${enc.name}' runs on host backends only (reference, native): its position terms are computed ` +
@@ -417,6 +410,29 @@ function portableOn<T, I>(be: Backend<T, I>, enc: PositionalEncoding): Positiona
     );
   }
   return enc as unknown as PositionalEncoding<T, I>;
+}
+
+const devicePortable = (enc: PositionalEncoding) => enc.portable === true && enc.params.length === 0;
+
+/** The sizes an encoding factory builds an instance for. */
+function encodingDims(config: ModelConfig) {
+  return {
+    heads: config.heads,
+    kvHeads: config.kvHeads,
+    headDim: config.width / config.heads,
+    modelDim: config.width,
+    trainLength: config.trainLength,
+    embeddingStd: config.initStd,
+  };
+}
+
+/**
+ * Whether a device backend can run `config`'s encoding (the test the constructor applies), judged on one instance
+ * built on the host: lets a caller refuse a whole plan before it allocates anything on a device.
+ */
+export function encodingRunsOnDevice(config: ModelConfig): boolean {
+  const enc = getEncodingFactory(config.pe.name).create(encodingDims(config), config.pe.options as never, new Rng(0));
+  return devicePortable(enc);
 }
 
 function checkIds(ids: Int32Array, vocab: number, what: string): void {
