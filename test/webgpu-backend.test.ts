@@ -1,8 +1,8 @@
 /**
  * WebGpuBackend (the Backend interface on the GPU, lavapipe here and in CI) against the reference backend, member by
  * member: memory (allocate zeroed, upload at offsets, ranged reads, statistics as fp64, refusals), the tensor ops
- * the seam added (copyRows, fill, addInto, splitQkv/mergeQkv, heads <-> tokens, globalNorm, clipByNorm,
- * countNonFinite), the cross-entropy mean into a statistics slot, gemm, attention with a distance table handle
+ * the seam added (copyRows, fill, addInto, splitQkv/mergeQkv and heads <-> tokens, also with head row strides,
+ * globalNorm, clipByNorm, countNonFinite), the cross-entropy mean into a statistics slot, gemm, attention with a distance table handle
  * (biasGrad false skips dTable) and the refusals (scoreAttention, a dense bias, fp64).
  * Inputs are rounded to f32 before either side sees them, so the memory ops must agree EXACTLY, and each arithmetic
  * op within its own f32 bound (U32 = 2^-24), stated where used.
@@ -135,6 +135,37 @@ describe('tensor ops match the host versions', () => {
     expect(Array.from(await get(gt))).toEqual(Array.from(tok));
     expect(Array.from(await get(gh))).toEqual(Array.from(x));
     for (const t of [gq, gk, gv, gqkv, back, gx, gt, gh]) be.release(t);
+  });
+
+  it('the same four with head row strides (widened operands) agree with the reference exactly', async () => {
+    const [B, L, H, Hkv, D, qkS, vS] = [2, 5, 4, 2, 3, 7, 4];
+    const qkv = f32s(B * L * (H + 2 * Hkv) * D);
+    // Both sides start from the same garbage: the columns past D must keep it.
+    const [q0, k0, v0] = [f32s(B * H * L * qkS), f32s(B * Hkv * L * qkS), f32s(B * Hkv * L * vS)];
+    const [q, k, v] = [q0.slice(), k0.slice(), v0.slice()];
+    ref.splitQkv(qkv, q, k, v, B, L, H, Hkv, D, qkS, vS);
+    const [gq, gk, gv, gqkv] = [put(q0), put(k0), put(v0), put(qkv)];
+    be.splitQkv(gqkv, gq, gk, gv, B, L, H, Hkv, D, qkS, vS);
+    expect(Array.from(await get(gq))).toEqual(Array.from(q));
+    expect(Array.from(await get(gk))).toEqual(Array.from(k));
+    expect(Array.from(await get(gv))).toEqual(Array.from(v));
+    const back = put(f32s(qkv.length));
+    be.mergeQkv(gq, gk, gv, back, B, L, H, Hkv, D, qkS, vS);
+    expect(Array.from(await get(back))).toEqual(Array.from(qkv));
+    expect(() => be.splitQkv(gqkv, gq, gk, gv, B, L, H, Hkv, D, D - 1, vS)).toThrow(/at least D/);
+
+    const tok = f32s(B * L * H * D);
+    const h0 = f32s(B * H * L * vS);
+    const heads = h0.slice();
+    ref.tokensToHeads(tok, heads, B, H, L, D, vS);
+    const tokBack = new Float64Array(tok.length);
+    ref.headsToTokens(heads, tokBack, B, H, L, D, vS);
+    const [gt, gh, gb] = [put(tok), put(h0), be.allocate('float32', tok.length)];
+    be.tokensToHeads(gt, gh, B, H, L, D, vS);
+    be.headsToTokens(gh, gb, B, H, L, D, vS);
+    expect(Array.from(await get(gh))).toEqual(Array.from(heads));
+    expect(Array.from(await get(gb))).toEqual(Array.from(tokBack));
+    for (const t of [gq, gk, gv, gqkv, back, gt, gh, gb]) be.release(t);
   });
 
   it('globalNorm over several tensors, clipByNorm with the factor on the device, countNonFinite', async () => {

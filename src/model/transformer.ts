@@ -14,11 +14,11 @@
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
 import { HypeError, check } from '../errors.ts';
-import type { AttendResult, EncodingFactory, Param, PositionalEncoding } from '../pe/encoding.ts';
+import type { AttendResult, EncodingFactory, OperandWidths, Param, PositionalEncoding } from '../pe/encoding.ts';
 import { getEncodingFactory } from '../pe/registry.ts';
 import { dtypeOf, type FloatArray } from '../tensor.ts';
 import { Rng } from '../util/rng.ts';
-import { allocateBlockBuffers, blockBackward, blockForward, type BlockBuffers } from './block.ts';
+import { allocateBlockBuffers, blockBackward, blockForward, blockOperandWidths, type BlockBuffers } from './block.ts';
 import type { ModelConfig } from './config.ts';
 import {
   allocateParams,
@@ -70,6 +70,8 @@ class Activations<T, I> {
     be: Backend<T, I>,
     readonly batch: number,
     readonly length: number,
+    /** The encodings' widened operand layout of q, k, v and attention's output (block.ts), or null. */
+    readonly widths: OperandWidths | null,
   ) {
     const N = batch * length;
     this.rows = N;
@@ -78,7 +80,10 @@ class Activations<T, I> {
     const Q = qkvWidth(cfg);
     const a = (n: number) => be.allocate(cfg.dtype, n, 'an activation');
     this.res = Array.from({ length: cfg.layers + 1 }, () => a(N * C));
-    this.blocks = Array.from({ length: cfg.layers }, () => ({ ...allocateBlockBuffers(cfg, be, N), attend: null }));
+    this.blocks = Array.from({ length: cfg.layers }, () => ({
+      ...allocateBlockBuffers(cfg, be, N, widths),
+      attend: null,
+    }));
     this.lnf = a(N * C);
     this.lnfMean = a(N);
     this.lnfRstd = a(N);
@@ -90,7 +95,7 @@ class Activations<T, I> {
     this.dLn = a(N * C);
     this.dWide = a(N * F);
     this.dAtt = a(N * C);
-    this.dHeads = a(N * C);
+    this.dHeads = a(N * cfg.heads * (widths?.v ?? C / cfg.heads));
     this.dQkv = a(N * Q);
     this.dLogits = a(N * cfg.vocab);
   }
@@ -220,7 +225,8 @@ export class Transformer<T = FloatArray, I = Int32Array> {
     if (!this.acts || this.acts.batch !== batch || this.acts.length !== length) {
       this.acts?.release(this.backend);
       this.acts = null; // let the old shape's buffers go before allocating the new ones
-      this.acts = new Activations(this.config, this.backend, batch, length);
+      const widths = blockOperandWidths(this.config, this.blockEncodings);
+      this.acts = new Activations(this.config, this.backend, batch, length, widths);
     }
     return this.acts;
   }
@@ -317,11 +323,13 @@ export class Transformer<T = FloatArray, I = Int32Array> {
     const shape = this.attentionShape(batch, length);
     for (let i = 0; i < cfg.layers; i++) {
       const X = A.blocks[i]!;
-      blockForward(be, cfg, this.params.blocks[i]!, X, A.res[i]!, A.res[i + 1]!, batch, length, (q, k, v, x) => {
+      const attention = (q: T, k: T, v: T, x: T) => {
         X.attend?.dispose?.();
-        X.attend = this.blockEncodings[i]!.attend({ backend: be, shape, causal: true, queryOffset: 0 }, { q, k, v, x });
+        const ctx = { backend: be, shape, causal: true, queryOffset: 0 };
+        X.attend = this.blockEncodings[i]!.attend(ctx, { q, k, v, x, ...(A.widths ? { widths: A.widths } : {}) });
         return X.attend.out;
-      });
+      };
+      blockForward(be, cfg, this.params.blocks[i]!, X, A.res[i]!, A.res[i + 1]!, batch, length, attention, A.widths);
     }
     const last = A.res[cfg.layers]!;
     const { lnfWeight, lnfBias, wte } = this.params;
@@ -355,7 +363,7 @@ export class Transformer<T = FloatArray, I = Int32Array> {
 
     for (let i = cfg.layers - 1; i >= 0; i--) {
       const X = A.blocks[i]!;
-      blockBackward(be, cfg, this.params.blocks[i]!, X, X.attend!, A.res[i]!, A.dRes, A, A.batch, A.length);
+      blockBackward(be, cfg, this.params.blocks[i]!, X, X.attend!, A.res[i]!, A.dRes, A, A.batch, A.length, A.widths);
     }
     this.embeddingEncoding?.embedBackward?.(A.dRes, A.batch, A.length, C, 0);
     be.embeddingBackward(A.dRes, A.tokens, wte.grad, N, C);
