@@ -62,8 +62,8 @@ export function concatBiasAttention(
   const ys = expandColumns(y, B * Hkv * lk, r, 'key', plan.split);
   const qHat = padColumns(q, B * H * lq, d, dp);
   const kHat = padColumns(k, B * Hkv * lk, d, dp);
-  for (let row = 0; row < B * H * lq; row++) qHat.set(xs.subarray(row * w, (row + 1) * w), row * dp + d);
-  for (let row = 0; row < B * Hkv * lk; row++) kHat.set(ys.subarray(row * w, (row + 1) * w), row * dp + d);
+  placeColumns(qHat, xs, B * H * lq, w, dp, d);
+  placeColumns(kHat, ys, B * Hkv * lk, w, dp, d);
   const vHat = dvp === dv ? v : padColumns(v, B * Hkv * lk, dv, dvp, q);
   const operands = [qHat, kHat, vHat];
   if (format.name === 'fp16' || format.name === 'bf16') {
@@ -88,12 +88,26 @@ export function concatBiasAttention(
       const dx = foldColumnGrads(g.dq, rows, r, 'query', split, dp, d).map((value) => value * sqrtD);
       const dy = foldColumnGrads(g.dk, B * Hkv * lk, r, 'key', split, dp, d);
       return {
-        dq: sliceColumns(g.dq, rows, dp, d),
-        dk: sliceColumns(g.dk, B * Hkv * lk, dp, d),
-        dv: dvp === dv ? g.dv : sliceColumns(g.dv, B * Hkv * lk, dvp, dv),
+        dq: narrowInPlace(g.dq, rows, dp, d),
+        dk: narrowInPlace(g.dk, B * Hkv * lk, dp, d),
+        dv: dvp === dv ? g.dv : narrowInPlace(g.dv, B * Hkv * lk, dvp, dv),
         dx,
         dy,
       };
     },
   };
+}
+
+/** dst[row * stride + offset + c] = cols[row * w + c]: a few columns per row, a plain loop (no per-row views). */
+function placeColumns(dst: FloatArray, cols: Float64Array, rows: number, w: number, stride: number, offset: number) {
+  for (let row = 0; row < rows; row++) for (let c = 0; c < w; c++) dst[row * stride + offset + c] = cols[row * w + c]!;
+}
+
+/**
+ * The first `to` columns of rows of width `from`, compacted in place inside x (a fresh gradient this module owns:
+ * no copy, no allocation); returns the leading view of rows * to values.
+ */
+function narrowInPlace(x: FloatArray, rows: number, from: number, to: number): FloatArray {
+  for (let r = 1; r < rows; r++) x.copyWithin(r * to, r * from, r * from + to);
+  return x.subarray(0, rows * to);
 }

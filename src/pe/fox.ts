@@ -37,7 +37,15 @@ import type {
   PositionalEncoding,
 } from './encoding.ts';
 import { defineEncoding } from './options.ts';
-import { checkBlockInput, gateParam, logSigmoid, rowNorms, sigmoid } from './gate-input.ts';
+import {
+  checkBlockInput,
+  gateParam,
+  logSigmoid,
+  projectGates,
+  projectGatesBackward,
+  rowNorms,
+  sigmoid,
+} from './gate-input.ts';
 
 export interface FoxOptions extends ConcatPrecisionOptions {
   /** Standard deviation of the gate weights' normal initialisation; 0 (default) means modelDim^-1/2. */
@@ -70,7 +78,7 @@ class FoxEncoding implements PositionalEncoding {
     return checkBlockInput('fox', 'the forget gates', this.dims, ctx, inputs);
   }
 
-  /** Gate pre-activations s [B, Hkv, Lk] = w_g . x_t + b_g. */
+  /** Gate pre-activations s [B, Hkv, Lk] = w_g . x_t + b_g in plain fp64 loops (denseLogits' own, independent of attend's gemm). */
   private gates(x: FloatArray, B: number, lk: number): Float64Array {
     const { kvHeads: G, modelDim: C } = this.dims;
     const s = new Float64Array(B * G * lk);
@@ -87,16 +95,17 @@ class FoxEncoding implements PositionalEncoding {
   attend(ctx: AttendContext, inputs: AttendInputs) {
     const x = this.checkCall(ctx, inputs);
     const { batch: B, heads: H, kvHeads: G, lq, lk } = ctx.shape;
-    const C = this.dims.modelDim;
     const group = H / G;
     const off = ctx.queryOffset;
-    const s = this.gates(x, B, lk);
+    // Pre-activations z [B, Lk, G] by one backend gemm (gate-input.ts); the rest is O(B G Lk) in fp64.
+    const z = projectGates(ctx.backend, x, this.w, this.b, B, lk, 0, lk);
     // F [B, G, Lk], centred at the middle key position.
     const mid = Math.floor((lk - 1) / 2);
     const F = new Float64Array(B * G * lk);
     for (let r = 0; r < B * G; r++) {
+      const zr = Math.floor(r / G) * lk * G + (r % G);
       let acc = 0;
-      for (let t = 0; t < lk; t++) F[r * lk + t] = acc += logSigmoid(s[r * lk + t]!);
+      for (let t = 0; t < lk; t++) F[r * lk + t] = acc += logSigmoid(z[zr + t * G]!);
       const centre = F[r * lk + mid]!;
       for (let t = 0; t < lk; t++) F[r * lk + t]! -= centre;
     }
@@ -130,26 +139,20 @@ class FoxEncoding implements PositionalEncoding {
           for (let g = 0; g < G; g++)
             for (let l = 0; l < lk; l++) dF[(b * G + g) * lk + l]! -= dkc[((b * G + g) * lk + l) * 2 + 1]!;
         }
-        const dx = new Float64Array(B * lk * C);
+        const dz = new Float64Array(B * lk * G); // [B, Lk, G], as z
         for (let r = 0; r < B * G; r++) {
-          const b = Math.floor(r / G);
-          const g = r % G;
+          const zr = Math.floor(r / G) * lk * G + (r % G);
           let total = 0;
           for (let t = 0; t < lk; t++) total += dF[r * lk + t]!;
           dF[r * lk + mid]! -= total; // F_n - F_mid: F_mid receives minus every entry's gradient
-          let dz = 0; // d loss / d log f_t = sum_{n >= t} dF_n
+          let acc = 0; // d loss / d log f_t = sum_{n >= t} dF_n
           for (let t = lk - 1; t >= 0; t--) {
-            dz += dF[r * lk + t]!;
-            const ds = dz * sigmoid(-s[r * lk + t]!); // d log sigmoid(s) / ds = sigmoid(-s)
-            this.b.grad[g]! += ds;
-            for (let c = 0; c < C; c++) {
-              this.w.grad[g * C + c]! += ds * x[(b * lk + t) * C + c]!;
-              dx[(b * lk + t) * C + c]! += ds * this.w.data[g * C + c]!;
-            }
+            acc += dF[r * lk + t]!;
+            dz[zr + t * G] = acc * sigmoid(-z[zr + t * G]!); // d log sigmoid(z) / dz = sigmoid(-z)
           }
         }
-        const dxOut = x instanceof Float64Array ? dx : Float32Array.from(dx);
-        return { dq, dk, dv, dx: dxOut };
+        const dx = projectGatesBackward(ctx.backend, x, this.w, this.b, dz, B, lk, 0, lk);
+        return { dq, dk, dv, dx };
       },
     };
   }
