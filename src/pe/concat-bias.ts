@@ -27,6 +27,8 @@ export interface ConcatBiasResult {
   out: FloatArray;
   /** dq, dk, dv and the gradients of the source columns, dx [B, H, Lq, r] and dy [B, Hkv, Lk, r]. */
   backward(dOut: FloatArray): { dq: FloatArray; dk: FloatArray; dv: FloatArray; dx: Float64Array; dy: Float64Array };
+  /** Ends the call (no backward after it): its widened q and k become free for a later call of the same geometry. */
+  dispose(): void;
 }
 
 /** Attention with the bias x . y through ctx.backend on augmented operands (module comment). */
@@ -60,8 +62,8 @@ export function concatBiasAttention(
     plan.split,
   );
   const ys = expandColumns(y, B * Hkv * lk, r, 'key', plan.split);
-  const qHat = padColumns(q, B * H * lq, d, dp);
-  const kHat = padColumns(k, B * Hkv * lk, d, dp);
+  const qHat = widened(q, B * H * lq, d, dp, w);
+  const kHat = widened(k, B * Hkv * lk, d, dp, w);
   placeColumns(qHat, xs, B * H * lq, w, dp, d);
   placeColumns(kHat, ys, B * Hkv * lk, w, dp, d);
   const vHat = dvp === dv ? v : padColumns(v, B * Hkv * lk, dv, dvp, q);
@@ -79,6 +81,7 @@ export function concatBiasAttention(
   };
   const fwd = ctx.backend.attentionForward(shape, qo, ko, vo, attn);
   const rows = B * H * lq;
+  let disposed = false;
   return {
     out: dvp === dv ? fwd.out : sliceColumns(fwd.out, rows, dvp, dv),
     backward(dOut) {
@@ -95,6 +98,12 @@ export function concatBiasAttention(
         dy,
       };
     },
+    dispose() {
+      if (disposed) return;
+      disposed = true;
+      spare(qHat, B * H * lq, d, dp);
+      spare(kHat, B * Hkv * lk, d, dp);
+    },
   };
 }
 
@@ -110,4 +119,41 @@ function placeColumns(dst: FloatArray, cols: Float64Array, rows: number, w: numb
 function narrowInPlace(x: FloatArray, rows: number, from: number, to: number): FloatArray {
   for (let r = 1; r < rows; r++) x.copyWithin(r * to, r * from, r * from + to);
   return x.subarray(0, rows * to);
+}
+
+/**
+ * Widened q/k buffers of disposed calls, per dtype and geometry, for the next call (a model's forward disposes the
+ * previous step's result first, so each layer reuses its own pair instead of allocating ~B H L (d + w) values per
+ * step). A spare buffer is handed out only once; every column is rewritten by the
+ * call that takes it (the padding is zeroed again).
+ */
+const SPARE_PER_GEOMETRY = 8;
+const SPARE_GEOMETRIES = 4; // least recent dropped (decoding changes Lk every step)
+const spares = new Map<string, FloatArray[]>();
+
+const spareKey = (x: FloatArray, rows: number, from: number, to: number) =>
+  `${x instanceof Float64Array ? 64 : 32},${rows},${from},${to}`;
+
+/**
+ * x's rows of width `from` at the start of rows of width `to`, in a spare buffer when one fits: one bulk copy, then
+ * the rows moved into place from the last (no per-row views). Columns [from, from + w) hold leftovers: the caller
+ * writes them; the padding [from + w, to) is zeroed here.
+ */
+function widened(x: FloatArray, rows: number, from: number, to: number, w: number): FloatArray {
+  const out =
+    spares.get(spareKey(x, rows, from, to))?.pop() ??
+    (x instanceof Float64Array ? new Float64Array(rows * to) : new Float32Array(rows * to));
+  out.set(x.subarray(0, rows * from));
+  for (let r = rows - 1; r >= 1; r--) out.copyWithin(r * to, r * from, (r + 1) * from);
+  if (to > from + w) for (let r = 0; r < rows; r++) out.fill(0, r * to + from + w, (r + 1) * to);
+  return out;
+}
+
+function spare(x: FloatArray, rows: number, from: number, to: number): void {
+  const key = spareKey(x, rows, from, to);
+  const list = spares.get(key) ?? [];
+  if (list.length < SPARE_PER_GEOMETRY) list.push(x);
+  spares.delete(key); // most recent last
+  spares.set(key, list);
+  if (spares.size > SPARE_GEOMETRIES) spares.delete(spares.keys().next().value!);
 }

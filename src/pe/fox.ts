@@ -128,6 +128,7 @@ class FoxEncoding implements PositionalEncoding {
     const run = concatBiasAttention(ctx, inputs, qc, kc, 2, this.opts);
     return {
       out: run.out,
+      dispose: run.dispose,
       backward: (dOut: FloatArray) => {
         const { dq, dk, dv, dx: dqc, dy: dkc } = run.backward(dOut);
         // d loss / d F (centred), then through the centring, the cumulative sum and log sigmoid.

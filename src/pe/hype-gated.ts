@@ -130,7 +130,6 @@ class GatedHypeEncoding implements PositionalEncoding {
   attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
     const x = this.checkCall(ctx, inputs);
     const { batch: B, heads: H, kvHeads: G, lq, lk, headDim: d } = ctx.shape;
-    const C = this.dims.modelDim;
     const off = ctx.queryOffset;
     const spec = this.hype.spec();
     const T = spec.termAxis.length;
@@ -157,6 +156,7 @@ class GatedHypeEncoding implements PositionalEncoding {
     const run = concatBiasAttention(ctx, inputs, qc, kc, r, this.opts);
     return {
       out: run.out,
+      dispose: run.dispose,
       backward: (dOut: FloatArray) => {
         const { dq, dk, dv, dx: dqc, dy: dkc } = run.backward(dOut);
         // Through qc = s eta^Q / sqrt(d): d eta^Q = s dqc / sqrt(d), ds = dqc . eta^Q / sqrt(d).
