@@ -37,15 +37,8 @@ import type {
   PositionalEncoding,
 } from './encoding.ts';
 import { defineEncoding } from './options.ts';
-import {
-  checkBlockInput,
-  gateParam,
-  logSigmoid,
-  projectGates,
-  projectGatesBackward,
-  rowNorms,
-  sigmoid,
-} from './gate-input.ts';
+import { logSigmoid } from '../backend/layers.ts';
+import { checkBlockInput, gateParam, projectGates, projectGatesBackward, rowNorms } from './gate-input.ts';
 
 export interface FoxOptions extends ConcatPrecisionOptions {
   /** Standard deviation of the gate weights' normal initialisation; 0 (default) means modelDim^-1/2. */
@@ -94,35 +87,30 @@ class FoxEncoding implements PositionalEncoding {
 
   attend(ctx: AttendContext, inputs: AttendInputs) {
     const x = this.checkCall(ctx, inputs);
+    const be = ctx.backend;
     const { batch: B, heads: H, kvHeads: G, lq, lk } = ctx.shape;
     const group = H / G;
     const off = ctx.queryOffset;
-    // Pre-activations z [B, Lk, G] by one backend gemm (gate-input.ts); the rest is O(B G Lk) in fp64.
-    const z = projectGates(ctx.backend, x, this.w, this.b, B, lk, 0, lk);
-    // F [B, G, Lk], centred at the middle key position.
+    // Pre-activations z [B, Lk, G] by one backend gemm (gate-input.ts), then F [B, Lk, G] = the running sum of
+    // log sigmoid(z) along Lk centred at the middle key position, by the backend's gate op (fp64 on host arrays).
+    const z = projectGates(be, x, this.w, this.b, B, lk, 0, lk);
     const mid = Math.floor((lk - 1) / 2);
-    const F = new Float64Array(B * G * lk);
-    for (let r = 0; r < B * G; r++) {
-      const zr = Math.floor(r / G) * lk * G + (r % G);
-      let acc = 0;
-      for (let t = 0; t < lk; t++) F[r * lk + t] = acc += logSigmoid(z[zr + t * G]!);
-      const centre = F[r * lk + mid]!;
-      for (let t = 0; t < lk; t++) F[r * lk + t]! -= centre;
-    }
+    const F = new Float64Array(B * lk * G);
+    be.gateForward(z, F, B, lk, G, 'logSigmoid', mid);
     const qc = new Float64Array(B * H * lq * 2);
     const kc = new Float64Array(B * G * lk * 2);
     for (let b = 0; b < B; b++) {
       for (let h = 0; h < H; h++)
         for (let i = 0; i < lq; i++) {
           const o = ((b * H + h) * lq + i) * 2;
-          qc[o] = F[(b * G + Math.floor(h / group)) * lk + i + off]!;
+          qc[o] = F[(b * lk + i + off) * G + Math.floor(h / group)]!;
           qc[o + 1] = 1;
         }
       for (let g = 0; g < G; g++)
         for (let l = 0; l < lk; l++) {
           const o = ((b * G + g) * lk + l) * 2;
           kc[o] = 1;
-          kc[o + 1] = -F[(b * G + g) * lk + l]!;
+          kc[o + 1] = -F[(b * lk + l) * G + g]!;
         }
     }
     const run = concatBiasAttention(ctx, inputs, qc, kc, 2, this.opts);
@@ -131,28 +119,18 @@ class FoxEncoding implements PositionalEncoding {
       dispose: run.dispose,
       backward: (dOut: FloatArray) => {
         const { dq, dk, dv, dx: dqc, dy: dkc } = run.backward(dOut);
-        // d loss / d F (centred), then through the centring, the cumulative sum and log sigmoid.
-        const dF = new Float64Array(B * G * lk);
+        // d loss / d F [B, Lk, G], then through the centring, the running sum and log sigmoid (the gate op's
+        // backward, in place), then the projection.
+        const dF = new Float64Array(B * lk * G);
         for (let b = 0; b < B; b++) {
           for (let h = 0; h < H; h++)
             for (let i = 0; i < lq; i++)
-              dF[(b * G + Math.floor(h / group)) * lk + i + off]! += dqc[((b * H + h) * lq + i) * 2]!;
+              dF[(b * lk + i + off) * G + Math.floor(h / group)]! += dqc[((b * H + h) * lq + i) * 2]!;
           for (let g = 0; g < G; g++)
-            for (let l = 0; l < lk; l++) dF[(b * G + g) * lk + l]! -= dkc[((b * G + g) * lk + l) * 2 + 1]!;
+            for (let l = 0; l < lk; l++) dF[(b * lk + l) * G + g]! -= dkc[((b * G + g) * lk + l) * 2 + 1]!;
         }
-        const dz = new Float64Array(B * lk * G); // [B, Lk, G], as z
-        for (let r = 0; r < B * G; r++) {
-          const zr = Math.floor(r / G) * lk * G + (r % G);
-          let total = 0;
-          for (let t = 0; t < lk; t++) total += dF[r * lk + t]!;
-          dF[r * lk + mid]! -= total; // F_n - F_mid: F_mid receives minus every entry's gradient
-          let acc = 0; // d loss / d log f_t = sum_{n >= t} dF_n
-          for (let t = lk - 1; t >= 0; t--) {
-            acc += dF[r * lk + t]!;
-            dz[zr + t * G] = acc * sigmoid(-z[zr + t * G]!); // d log sigmoid(z) / dz = sigmoid(-z)
-          }
-        }
-        const dx = projectGatesBackward(ctx.backend, x, this.w, this.b, dz, B, lk, 0, lk);
+        be.gateBackward(z, dF, dF, B, lk, G, 'logSigmoid', mid);
+        const dx = projectGatesBackward(be, x, this.w, this.b, dF, B, lk, 0, lk);
         return { dq, dk, dv, dx };
       },
     };

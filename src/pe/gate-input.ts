@@ -1,8 +1,8 @@
 /**
  * What the content-dependent concat encodings (fox.ts, hype-gated.ts) share: the check of the block input they read,
- * x [B, Lk, C] (C = modelDim), against the attention call, their zero-initialised gate parameters, the scalar
- * functions of their gates, written to neither overflow nor lose precision at large |z|, and the gate projection
- * z [B, n, G] = x w^T + b (w [G, C], b [G]) with its backward as backend gemms over all rows at once.
+ * x [B, Lk, C] (C = modelDim), against the attention call, their zero-initialised gate parameters, and the gate
+ * projection z [B, n, G] = x w^T + b (w [G, C], b [G]) with its backward as backend gemms
+ * over all rows at once.
  */
 import type { Backend } from '../backend/backend.ts';
 import { gemmFor } from '../backend/reference.ts';
@@ -48,19 +48,6 @@ export function checkBlockInput(
 export function gateParam(name: string, shape: number[]): Param {
   const n = shape.reduce((a, b) => a * b, 1);
   return { name, shape, data: new Float64Array(n), grad: new Float64Array(n), decay: false };
-}
-
-export function sigmoid(z: number): number {
-  return z >= 0 ? 1 / (1 + Math.exp(-z)) : Math.exp(z) / (1 + Math.exp(z));
-}
-
-/** log sigmoid(z) = -softplus(-z). */
-export function logSigmoid(z: number): number {
-  return z >= 0 ? -Math.log1p(Math.exp(-z)) : z - Math.log1p(Math.exp(z));
-}
-
-export function softplus(z: number): number {
-  return z > 0 ? z + Math.log1p(Math.exp(-z)) : Math.log1p(Math.exp(z));
 }
 
 /** Per head or group g: |w_g| over the rows of a [G, C] gate weight. */

@@ -43,15 +43,8 @@ import type {
 import { buildEta, columnPlan, etaGrads, exactBias } from './hype/core.ts';
 import { createHype, type HypeEncoding, type HypeOptions } from './hype/encoding.ts';
 import { defineEncoding } from './options.ts';
-import {
-  checkBlockInput,
-  gateParam,
-  projectGates,
-  projectGatesBackward,
-  rowNorms,
-  sigmoid,
-  softplus,
-} from './gate-input.ts';
+import { softplus } from '../backend/layers.ts';
+import { checkBlockInput, gateParam, projectGates, projectGatesBackward, rowNorms } from './gate-input.ts';
 
 export type GatedHypeOptions = Omit<HypeOptions, 'route' | 'grid'>;
 
@@ -136,9 +129,10 @@ class GatedHypeEncoding implements PositionalEncoding {
     const r = 2 * T;
     const plan = columnPlan(this.opts, inputs.q instanceof Float64Array ? 'fp64' : 'fp32');
     const eta = buildEta(spec, { lq, lk, queryOffset: off, shift: this.opts.shift }, plan.guard);
-    // z [B, Lq, H] by one backend gemm (gate-input.ts); the rest is O(B H Lq) in fp64.
+    // z [B, Lq, H] by one backend gemm (gate-input.ts), s = softplus(z) by the backend's gate op (fp64 here).
     const z = projectGates(ctx.backend, x, this.w, this.b, B, lk, off, lq);
-    const s = z.map(softplus);
+    const s = new Float64Array(z.length);
+    ctx.backend.gateForward(z, s, 1, z.length, 1, 'softplus', -1);
     this.observe(s, B, lq);
     // Query columns s * eta^Q / sqrt(d) (concat-bias.ts multiplies by sqrt(d) again); key columns eta^K per batch.
     const sqrtD = Math.sqrt(d);
@@ -161,7 +155,7 @@ class GatedHypeEncoding implements PositionalEncoding {
         const { dq, dk, dv, dx: dqc, dy: dkc } = run.backward(dOut);
         // Through qc = s eta^Q / sqrt(d): d eta^Q = s dqc / sqrt(d), ds = dqc . eta^Q / sqrt(d).
         const gq = new Float64Array(B * H * lq * r);
-        const dz = new Float64Array(B * lq * H); // [B, Lq, H], as z
+        const dz = new Float64Array(B * lq * H); // ds, then dz [B, Lq, H] (as z)
         for (let b = 0; b < B; b++)
           for (let h = 0; h < H; h++)
             for (let i = 0; i < lq; i++) {
@@ -173,8 +167,9 @@ class GatedHypeEncoding implements PositionalEncoding {
                 gq[row * r + c] = (s[zi]! * dqc[row * r + c]!) / sqrtD;
                 ds += (dqc[row * r + c]! * eta.etaQ[e + c]!) / sqrtD;
               }
-              dz[zi] = ds * sigmoid(z[zi]!); // softplus' = sigmoid
+              dz[zi] = ds;
             }
+        ctx.backend.gateBackward(z, dz, dz, 1, dz.length, 1, 'softplus', -1); // ds -> dz = ds softplus'(z)
         const { dtau, dmu } = etaGrads(spec, eta, B, gq, dkc);
         this.hype.accumulate(spec, dtau, dmu);
         const dx = projectGatesBackward(ctx.backend, x, this.w, this.b, dz, B, lk, off, lq);
