@@ -12,8 +12,9 @@ import type { AttentionOptions } from '../backend/backend.ts';
 import { check } from '../errors.ts';
 import { floatFormat, roundTo } from '../numerics/float-formats.ts';
 import { expandColumns, foldColumnGrads, padMultiple, slotsPerColumn } from '../numerics/split-columns.ts';
-import type { FloatArray } from '../tensor.ts';
-import type { AttendContext, AttendInputs } from './encoding.ts';
+import type { DType, FloatArray } from '../tensor.ts';
+import { widenedConcatAttention } from './device-attention.ts';
+import type { AttendContext, AttendInputs, OperandWidths } from './encoding.ts';
 import { columnPlan, padColumns, sliceColumns } from './hype/core.ts';
 import type { AugmentOptions } from './hype/core.ts';
 
@@ -47,6 +48,7 @@ export function concatBiasAttention(
     'shape',
     () => `concat bias: columns of ${x.length} and ${y.length} values do not fit ${r} per query and key row`,
   );
+  if (inputs.widths) return widenedConcatBias(ctx, inputs, x, y, r, opts);
   const multiple = padMultiple(opts.multiple, 'concat bias');
   const plan = columnPlan(opts, q instanceof Float64Array ? 'fp64' : 'fp32');
   const format = floatFormat(opts.format ?? (q instanceof Float64Array ? 'fp64' : 'fp32'));
@@ -156,4 +158,102 @@ function spare(x: FloatArray, rows: number, from: number, to: number): void {
   spares.delete(key); // most recent last
   spares.set(key, list);
   if (spares.size > SPARE_GEOMETRIES) spares.delete(spares.keys().next().value!);
+}
+
+/**
+ * The row widths a concat bias of r source columns asks for (PositionalEncoding.operandWidths): q and k with room
+ * for its operand columns, v padded to `multiple`; null with `format` (fp16/bf16 emulation rounds whole operands on
+ * the host, so it takes plain rows).
+ */
+export function concatOperandWidths(
+  opts: ConcatPrecisionOptions,
+  r: number,
+  d: number,
+  dv: number,
+  dtype: DType,
+): OperandWidths | null {
+  if (opts.format !== undefined) return null;
+  const plan = columnPlan(opts, dtype === 'float64' ? 'fp64' : 'fp32');
+  const multiple = padMultiple(opts.multiple, 'concat bias');
+  const w = r * slotsPerColumn(plan.split !== null);
+  return { qk: Math.ceil((d + w) / multiple) * multiple, v: Math.ceil(dv / multiple) * multiple };
+}
+
+/** Whose columns a widened buffer holds (device-attention.ts): content-dependent ones, rewritten at every call. */
+const WIDENED_OWNER = {};
+
+/**
+ * concatBiasAttention over the caller's widened operands (AttendInputs.widths, concatOperandWidths): the columns
+ * x sqrt(d) and y (split as in the plain route), then zero padding, are written into q's and k's rows past the head
+ * dim at every call (widenedConcatAttention), and their gradients read from dQhat and dKhat. The kernel sees the
+ * plain route's operands (the same fp64 columns rounded once), with no copy of q, k or their gradients; out, dq,
+ * dk and dv come in the widened layout.
+ */
+function widenedConcatBias(
+  ctx: AttendContext,
+  inputs: AttendInputs,
+  x: Float64Array,
+  y: Float64Array,
+  r: number,
+  opts: ConcatPrecisionOptions,
+): ConcatBiasResult {
+  const be = ctx.backend;
+  const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: d, valueDim: dv } = ctx.shape;
+  const dtype = be.dtypeOf(inputs.q);
+  const expected = concatOperandWidths(opts, r, d, dv, dtype);
+  check(
+    expected !== null,
+    'argument',
+    'concat bias: fp16/bf16 emulation (format) takes plain q, k, v rows; pass them without widths',
+  );
+  const split = columnPlan(opts, dtype === 'float64' ? 'fp64' : 'fp32').split;
+  const w = r * slotsPerColumn(split !== null);
+  const sqrtD = Math.sqrt(d);
+  const [rowsQ, rowsK] = [B * H * lq, B * Hkv * lk];
+  const extra = expected.qk - d;
+  const tail = (cols: Float64Array, rows: number) => {
+    const out = new Float64Array(rows * extra);
+    placeColumns(out, cols, rows, w, extra, 0);
+    return out;
+  };
+  const upload = (data: Float64Array) => {
+    const t = be.allocate(dtype, data.length, 'widened attention columns');
+    be.upload(data, t);
+    return t;
+  };
+  const columns = {
+    owner: WIDENED_OWNER,
+    key: null,
+    batched: true,
+    tails: () =>
+      [
+        tail(
+          expandColumns(
+            x.map((value) => value * sqrtD),
+            rowsQ,
+            r,
+            'query',
+            split,
+          ),
+          rowsQ,
+        ),
+        tail(expandColumns(y, rowsK, r, 'key', split), rowsK),
+        ...(expected.v > dv ? [new Float64Array(rowsK * (expected.v - dv))] : []),
+      ].map(upload),
+  };
+  let grads: { dx: Float64Array; dy: Float64Array } | undefined;
+  const run = widenedConcatAttention(ctx, inputs, expected, columns, (dqHat, dkHat) => {
+    grads = {
+      dx: foldColumnGrads(dqHat, rowsQ, r, 'query', split !== null, expected.qk, d).map((value) => value * sqrtD),
+      dy: foldColumnGrads(dkHat, rowsK, r, 'key', split !== null, expected.qk, d),
+    };
+  });
+  return {
+    out: run.out,
+    backward(dOut) {
+      const g = run.backward(dOut);
+      return { dq: g.dq, dk: g.dk, dv: g.dv, ...grads! };
+    },
+    dispose: () => run.dispose?.(),
+  };
 }

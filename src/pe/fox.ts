@@ -21,11 +21,11 @@
  *   positions covered by x (queryOffset + Lq <= Lk), as in a model, where the keys include the queries.
  */
 import { check } from '../errors.ts';
-import type { FloatArray } from '../tensor.ts';
+import type { DType, FloatArray } from '../tensor.ts';
 import type { Rng } from '../util/rng.ts';
 import { checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
 import { concatBf16Refusal } from '../numerics/split-columns.ts';
-import { concatBiasAttention, type ConcatPrecisionOptions } from './concat-bias.ts';
+import { concatBiasAttention, concatOperandWidths, type ConcatPrecisionOptions } from './concat-bias.ts';
 import type {
   AttendContext,
   AttendInputs,
@@ -33,6 +33,7 @@ import type {
   EncodingFactory,
   OnnxAttention,
   OnnxAttentionBuilder,
+  OperandWidths,
   Param,
   PositionalEncoding,
 } from './encoding.ts';
@@ -83,6 +84,12 @@ class FoxEncoding implements PositionalEncoding {
           s[(b * G + g) * lk + t] = acc;
         }
     return s;
+  }
+
+  /** q and k with room for the two columns (concat-bias.ts; plain rows with `format` emulation). */
+  operandWidths(dtype: DType): OperandWidths | null {
+    const d = this.dims.headDim;
+    return concatOperandWidths(this.opts, 2, d, d, dtype);
   }
 
   attend(ctx: AttendContext, inputs: AttendInputs) {

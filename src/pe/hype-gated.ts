@@ -24,11 +24,11 @@
  *   which the generic cache keeps for 'data-dependent' encodings and passes back with queryOffset = cache length).
  */
 import { check } from '../errors.ts';
-import type { FloatArray } from '../tensor.ts';
+import type { DType, FloatArray } from '../tensor.ts';
 import type { Rng } from '../util/rng.ts';
 import { checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
 import { concatBf16Refusal } from '../numerics/split-columns.ts';
-import { concatBiasAttention } from './concat-bias.ts';
+import { concatBiasAttention, concatOperandWidths } from './concat-bias.ts';
 import type {
   AttendContext,
   AttendInputs,
@@ -37,6 +37,7 @@ import type {
   EncodingFactory,
   OnnxAttention,
   OnnxAttentionBuilder,
+  OperandWidths,
   Param,
   PositionalEncoding,
 } from './encoding.ts';
@@ -118,6 +119,12 @@ class GatedHypeEncoding implements PositionalEncoding {
           z[(b * H + h) * lq + i] = acc;
         }
     return z;
+  }
+
+  /** q and k with room for HyPE's 2T columns (concat-bias.ts; plain rows with `format` emulation). */
+  operandWidths(dtype: DType): OperandWidths | null {
+    const d = this.dims.headDim;
+    return concatOperandWidths(this.opts, 2 * this.hype.spec().termAxis.length, d, d, dtype);
   }
 
   attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
