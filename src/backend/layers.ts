@@ -311,6 +311,15 @@ export function copyRows(
     dst.set(src.subarray(srcOffset, srcOffset + n), dstOffset);
     return;
   }
+  if (width <= 8 && src.buffer !== dst.buffer) {
+    // A few values per row (concat columns): element copies beat a view per row; distinct buffers cannot overlap.
+    for (let r = 0; r < rows; r++) {
+      const s = srcOffset + r * srcStride;
+      const d = dstOffset + r * dstStride;
+      for (let j = 0; j < width; j++) dst[d + j] = src[s + j]!;
+    }
+    return;
+  }
   for (let r = 0; r < rows; r++) {
     const s = srcOffset + r * srcStride;
     dst.set(src.subarray(s, s + width), dstOffset + r * dstStride);
