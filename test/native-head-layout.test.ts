@@ -42,7 +42,7 @@ describe.skipIf(!nativeAvailable())('native head layout moves', () => {
     [2, 5, 4, 1, 6, 9, 7],
     [1, 4, 3, 3, 1, 3, 2],
     [2, 1, 2, 2, 4, 4, 4],
-    [4, 96, 8, 2, 32, 40, 36],
+    [4, 48, 8, 2, 32, 40, 36],
   ] as const;
 
   for (const [B, L, H, Hkv, D, qkS, vS] of shapes) {
