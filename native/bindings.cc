@@ -26,7 +26,7 @@ namespace {
 using hype::AttentionParams;
 
 /** Bumped whenever a kernel's signature or semantics change; src/backend/native.ts refuses any other value. */
-constexpr int kAbi = 5;
+constexpr int kAbi = 6;
 
 struct Refusal : std::exception {
   std::string msg;
@@ -592,6 +592,29 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+/**
+ * splitQkv (toHeads) and mergeQkv: (qkv | dq, dk, dv, dqkv ...) with the layers.ts argument order; q, k and v hold
+ * B x heads x L rows of their stride (the last row needs only D columns).
+ */
+Napi::Value HeadLayout(const Napi::CallbackInfo& info, bool toHeads) {
+  const long B = dim(info[4], "B"), L = dim(info[5], "L"), H = dim(info[6], "H"), Hkv = dim(info[7], "Hkv");
+  const long D = dim(info[8], "D"), qkStride = dim(info[9], "qkStride"), vStride = dim(info[10], "vStride");
+  require(qkStride >= D && vStride >= D, "row strides must be at least D");
+  // Elements a [B, heads, L, stride] tensor needs: its rows at stride, the last one D wide.
+  auto need = [&](long heads, long stride) {
+    const long rows = times(B, heads, L);
+    return rows == 0 ? 0L : plus(times(rows - 1, stride), D);
+  };
+  const long nTokens = times(B, L, plus(H, times(2, Hkv)), D);
+  const int t = toHeads ? 0 : 3, h0 = toHeads ? 1 : 0;
+  float* tokens = f32(info[t], toHeads ? "qkv" : "dqkv", nTokens);
+  float* q = f32(info[h0], toHeads ? "q" : "dq", need(H, qkStride));
+  float* k = f32(info[h0 + 1], toHeads ? "k" : "dk", need(Hkv, qkStride));
+  float* v = f32(info[h0 + 2], toHeads ? "v" : "dv", need(Hkv, vStride));
+  hype::headLayout(tokens, q, k, v, B, L, H, Hkv, D, qkStride, vStride, toHeads);
+  return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   struct Entry {
     const char* name;
@@ -629,6 +652,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
        [](const Napi::CallbackInfo& info) { return HouseholderWalk(info, false); }},
       {"householderWalkBackward", 14, "(params, q, k, w, beta, dLogits, kHat, zs, u, ys, dq, dk, dw, dbeta)",
        [](const Napi::CallbackInfo& info) { return HouseholderWalk(info, true); }},
+      {"splitQkv", 11, "(qkv, q, k, v, B, L, H, Hkv, D, qkStride, vStride)",
+       [](const Napi::CallbackInfo& info) { return HeadLayout(info, true); }},
+      {"mergeQkv", 11, "(dq, dk, dv, dqkv, B, L, H, Hkv, D, qkStride, vStride)",
+       [](const Napi::CallbackInfo& info) { return HeadLayout(info, false); }},
   };
   for (const Entry& e : entries) exports.Set(e.name, guarded(env, e.name, e.argc, e.usage, e.body));
   exports.Set("vectorWidth", Napi::Number::New(env, hype::VL));

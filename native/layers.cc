@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -417,6 +418,40 @@ void embeddingBackward(const float* dOut, const int32_t* tokens, float* dTable, 
     const float* __restrict src = dOut + r * width;
     for (long c = 0; c < width; c++) dst[c] += src[c];
   }
+}
+
+void headLayout(float* tokens, float* q, float* k, float* v, long B, long L, long H, long Hkv, long D, long qkStride,
+                long vStride, bool toHeads) {
+  const long width = (H + 2 * Hkv) * D, rows = B * L;
+  if (rows <= 0 || width <= 0) return;
+  const size_t bytes = size_t(D) * sizeof(float);
+  // A copy moves a float in well under a nanosecond, far less work than the row ops above, so a task gets kCopyGrain
+  // floats: small moves run inline on the caller (Pool::run with one task), large ones still split across threads.
+  constexpr long kCopyGrain = 1L << 16;
+  const long perTask = std::max(1L, kCopyGrain / width);
+  const long tasks = (rows + perTask - 1) / perTask;
+  Pool::instance().run(tasks, [&](long task, int) {
+    const long r1 = std::min(rows, (task + 1) * perTask);
+    for (long r = task * perTask; r < r1; r++) {
+      const long b = r / L, t = r - b * L;
+      float* row = tokens + r * width;
+      for (long h = 0; h < H + 2 * Hkv; h++) {
+        float* head;
+        if (h < H) {
+          head = q + ((b * H + h) * L + t) * qkStride;
+        } else if (h < H + Hkv) {
+          head = k + ((b * Hkv + h - H) * L + t) * qkStride;
+        } else {
+          head = v + ((b * Hkv + h - H - Hkv) * L + t) * vStride;
+        }
+        if (toHeads) {
+          std::memcpy(head, row + h * D, bytes);
+        } else {
+          std::memcpy(row + h * D, head, bytes);
+        }
+      }
+    }
+  });
 }
 
 }  // namespace hype

@@ -43,4 +43,13 @@ void embeddingForward(const float* table, const int32_t* tokens, float* out, lon
 /** dTable[tokens[r], :] += dOut[r, :]. */
 void embeddingBackward(const float* dOut, const int32_t* tokens, float* dTable, long n, long width);
 
+/**
+ * The head layout move of splitQkv / mergeQkv (layers.ts): tokens [B, L, (H + 2 Hkv) D] <-> q [B, H, L, D], k and v
+ * [B, Hkv, L, D], whose head rows have stride qkStride (q, k) and vStride (v) >= D; only their first D columns move.
+ * toHeads: tokens -> q, k, v (splitQkv); else q, k, v -> tokens (mergeQkv, overwrites tokens). With Hkv = 0 it is
+ * tokensToHeads / headsToTokens. A pure copy: bit-exact.
+ */
+void headLayout(float* tokens, float* q, float* k, float* v, long B, long L, long H, long Hkv, long D, long qkStride,
+                long vStride, bool toHeads);
+
 }  // namespace hype

@@ -10,7 +10,7 @@
  */
 import { check, HypeError } from '../errors.ts';
 import type { FloatArray } from '../tensor.ts';
-import { referenceLayerOps, type AdamWHyper, type LayerOps } from './layers.ts';
+import { hostTensorOps, referenceLayerOps, type AdamWHyper, type LayerOps, type TensorOps } from './layers.ts';
 
 type F32<T> = T extends FloatArray ? Float32Array : T;
 /** A layer op's signature with every tensor narrowed to Float32Array: what the addon's kernel of that name takes. */
@@ -274,6 +274,129 @@ function wrapLayerKernels(addon: NativeLayerKernels): LayerOps {
       long(dOut, rows * width, 'dOut', 'biasBackward');
       long(dBias, width, 'dBias', 'biasBackward');
       addon.biasBackward(dOut as Float32Array, dBias as Float32Array, rows, width);
+    },
+  };
+}
+
+/** The head layout moves in the addon (one kernel: splitQkv's direction flag; H alone is headsToTokens' case). */
+type HeadLayoutKernel = (
+  a: Float32Array,
+  b: Float32Array,
+  c: Float32Array,
+  d: Float32Array,
+  B: number,
+  L: number,
+  H: number,
+  Hkv: number,
+  D: number,
+  qkStride: number,
+  vStride: number,
+) => void;
+export interface NativeHeadLayoutKernels {
+  splitQkv: HeadLayoutKernel;
+  mergeQkv: HeadLayoutKernel;
+}
+type HeadLayoutOps = Pick<TensorOps, 'splitQkv' | 'mergeQkv' | 'headsToTokens' | 'tokensToHeads'>;
+
+const EMPTY = new Float32Array(0);
+
+/**
+ * Checks a head layout move's sizes and lengths (one HypeError naming the problem); false when a tensor is not fp32
+ * (the caller then runs the TypeScript loop, exact for every dtype).
+ */
+function headLayoutArgs(
+  op: string,
+  tokens: [FloatArray, string],
+  heads: [FloatArray, string, number, number][],
+  B: number,
+  L: number,
+  D: number,
+): boolean {
+  if (!allF32([tokens[0], ...heads.map((x) => x[0])])) return false;
+  for (const [x, what] of [
+    [B, 'B'],
+    [L, 'L'],
+    [D, 'D'],
+    ...heads.map(([, what, count]) => [count, `the head count of ${what}`] as const),
+  ] as const)
+    size(x, what, op);
+  let width = 0;
+  for (const [a, what, count, stride] of heads) {
+    check(
+      Number.isSafeInteger(stride) && stride >= D,
+      'shape',
+      () => `${op}: the row stride of ${what} must be an integer >= D = ${D}, got ${stride}; pass the head row width`,
+    );
+    const rows = B * count * L;
+    long(a, rows === 0 ? 0 : (rows - 1) * stride + D, what, op);
+    width += count * D;
+  }
+  long(tokens[0], B * L * width, tokens[1], op);
+  // memcpy between overlapping memory is undefined: the token tensor must not share memory with a head tensor.
+  const t = tokens[0];
+  for (const [a, what] of heads) {
+    const overlap =
+      a.length > 0 &&
+      t.length > 0 &&
+      a.buffer === t.buffer &&
+      a.byteOffset < t.byteOffset + t.byteLength &&
+      t.byteOffset < a.byteOffset + a.byteLength;
+    check(!overlap, 'argument', () => `${op}: ${tokens[1]} and ${what} share memory; pass separate tensors`);
+  }
+  return true;
+}
+
+/** splitQkv or mergeQkv (their argument order: the token tensor at `tokensAt`, the head tensors q, k, v in order). */
+function qkvMove(
+  addon: NativeHeadLayoutKernels,
+  op: 'splitQkv' | 'mergeQkv',
+  names: [string, string, string, string],
+  tokensAt: 0 | 3,
+): TensorOps['splitQkv'] {
+  return (a, b, c, d, B, L, H, Hkv, D, qkStride = D, vStride = D) => {
+    const arrays = [a, b, c, d];
+    const [tokens] = arrays.splice(tokensAt, 1);
+    const heads = arrays.map((x, i): [FloatArray, string, number, number] => [
+      x!,
+      names[i + (tokensAt === 0 ? 1 : 0)]!,
+      i === 0 ? H : Hkv,
+      i === 2 ? vStride : qkStride,
+    ]);
+    if (!headLayoutArgs(op, [tokens!, names[tokensAt]!], heads, B, L, D)) {
+      return hostTensorOps[op](a, b, c, d, B, L, H, Hkv, D, qkStride, vStride);
+    }
+    addon[op](
+      a as Float32Array,
+      b as Float32Array,
+      c as Float32Array,
+      d as Float32Array,
+      B,
+      L,
+      H,
+      Hkv,
+      D,
+      qkStride,
+      vStride,
+    );
+  };
+}
+
+/** splitQkv, mergeQkv, headsToTokens and tokensToHeads as memcpy of D-float runs in the addon for fp32 tensors. */
+export function nativeHeadLayoutOps(addon: NativeHeadLayoutKernels): HeadLayoutOps {
+  return {
+    splitQkv: qkvMove(addon, 'splitQkv', ['qkv', 'q', 'k', 'v'], 0),
+    mergeQkv: qkvMove(addon, 'mergeQkv', ['dq', 'dk', 'dv', 'dqkv'], 3),
+    headsToTokens(x, out, B, H, L, D, stride = D) {
+      if (!headLayoutArgs('headsToTokens', [out, 'out'], [[x, 'x', H, stride]], B, L, D)) {
+        return hostTensorOps.headsToTokens(x, out, B, H, L, D, stride);
+      }
+      addon.mergeQkv(x as Float32Array, EMPTY, EMPTY, out as Float32Array, B, L, H, 0, D, stride, stride);
+    },
+    tokensToHeads(x, out, B, H, L, D, stride = D) {
+      if (!headLayoutArgs('tokensToHeads', [x, 'x'], [[out, 'out', H, stride]], B, L, D)) {
+        return hostTensorOps.tokensToHeads(x, out, B, H, L, D, stride);
+      }
+      addon.splitQkv(x as Float32Array, out as Float32Array, EMPTY, EMPTY, B, L, H, 0, D, stride, stride);
     },
   };
 }

@@ -5,7 +5,8 @@
  * per-call fallback.
  *
  * A host backend: its tensor handles are the typed arrays themselves (host-memory.ts), and its memory movement
- * (copies, head split/merge, norms) is the TypeScript of layers.ts.
+ * (copies, norms) is the TypeScript of layers.ts, except the head layout moves (splitQkv, mergeQkv, headsToTokens,
+ * tokensToHeads), which are memcpy of head rows in the addon for fp32 tensors (native-layers.ts).
  * fp32 only: Float64Array inputs are refused (use the reference backend for fp64), except by scoreAttention,
  * whose fp64 work runs on the reference loops, and householderWalk, whose kernel takes either dtype. Every call is validated in
  * TypeScript (validate.ts, native-layers.ts) before native code runs; native/bindings.cc only re-checks what
@@ -36,7 +37,12 @@ import { hostBf16 } from './bf16-hooks.ts';
 import { HostBackendBase } from './host-memory.ts';
 import { validateHouseholderWalk, validateWalkBackward, WALK_CHUNK, walkStateSizes } from './householder-walk.ts';
 import { referenceLayerOps, type LayerOps } from './layers.ts';
-import { nativeLayerOps, type NativeLayerKernels } from './native-layers.ts';
+import {
+  nativeHeadLayoutOps,
+  nativeLayerOps,
+  type NativeHeadLayoutKernels,
+  type NativeLayerKernels,
+} from './native-layers.ts';
 import { ReferenceBackend, referenceScoreKernels } from './reference.ts';
 import { scoreAttention, type ExplicitAttention, type ScoreKernels } from './score-attention.ts';
 import {
@@ -50,10 +56,10 @@ import {
 } from './validate.ts';
 
 /** The kernel interface version this code expects; native/bindings.cc exports its own as `abi`. */
-export const NATIVE_ABI = 5;
+export const NATIVE_ABI = 6;
 
 /** The addon's raw surface (native/bindings.cc). */
-export interface NativeAddon extends NativeLayerKernels {
+export interface NativeAddon extends NativeLayerKernels, NativeHeadLayoutKernels {
   abi: number;
   setThreads(n: number): number;
   firstNonFinite(data: Float32Array, allowNegInf: boolean): number;
@@ -127,6 +133,8 @@ const ADDON_FUNCTIONS = [
   'attentionBackward',
   'householderWalkForward',
   'householderWalkBackward',
+  'splitQkv',
+  'mergeQkv',
   ...(Object.keys(referenceLayerOps) as (keyof LayerOps)[]),
 ] as const;
 
@@ -234,6 +242,11 @@ export class NativeBackend extends HostBackendBase implements Backend {
   private readonly scan: FiniteScanner;
   /** The layer ops over the addon's kernels (native-layers.ts: fp32 natively, other dtypes on the references). */
   private readonly layers: LayerOps;
+  // The head layout moves in the addon (native-layers.ts), in place of HostBackendBase's TypeScript loops.
+  override readonly splitQkv: Backend['splitQkv'];
+  override readonly mergeQkv: Backend['mergeQkv'];
+  override readonly headsToTokens: Backend['headsToTokens'];
+  override readonly tokensToHeads: Backend['tokensToHeads'];
 
   constructor(opts: NativeOptions = {}) {
     super();
@@ -248,6 +261,12 @@ export class NativeBackend extends HostBackendBase implements Backend {
     this.addon = addon;
     this.scan = (data, allowNegInf) => addon.firstNonFinite(data, allowNegInf);
     this.layers = nativeLayerOps(addon);
+    ({
+      splitQkv: this.splitQkv,
+      mergeQkv: this.mergeQkv,
+      headsToTokens: this.headsToTokens,
+      tokensToHeads: this.tokensToHeads,
+    } = nativeHeadLayoutOps(addon));
     this.setThreads(opts.threads ?? availableParallelism());
   }
 
