@@ -159,6 +159,9 @@ describe('the bf16 report section', () => {
     expect(text).toContain('1 of 2 pairs (alibi; seeds 1, 2) are within 0.02');
     expect(text).toMatch(/largest \|difference\| is 0\.0300/);
     expect(text).toContain('No fp32 cell of the same plan for: tinyshakespeare alibi seed 3');
+    expect(text).toContain(
+      "the fp32 cells' spread across seeds (max − min) at 1x / 16x: alibi 0.1000 / 0.3000 (2 seeds)",
+    );
   });
 
   it('an fp32 cell of another plan (budget) is no partner', () => {

@@ -74,6 +74,32 @@ const within = (p: Bf16Pair): boolean | null => {
   return ds.some((d) => d === null) ? null : ds.every((d) => Math.abs(d!) <= BF16_BPB_TOLERANCE);
 };
 
+/**
+ * Per paired corpus and encoding, the max - min of the fp32 cells' bits per byte over their seeds at 1x and the
+ * longest length ('none 0.0630 / 0.0287 (3 seeds)'), for encodings with at least two fp32 seeds of the same plan.
+ */
+function seedSpread(fp32: readonly LmCell[], bf16: readonly LmCell[], pairs: readonly Bf16Pair[]): string[] {
+  const plans = new Set(bf16.map((c) => planOf({ ...c.config, seed: 0 })));
+  const out: string[] = [];
+  const groups = [...new Set(pairs.map((p) => `${p.corpus}\u0000${p.encoding}`))];
+  for (const g of groups) {
+    const [corpus, encoding] = g.split('\u0000') as [string, string];
+    const { multipliers } = pairs.find((p) => p.corpus === corpus && p.encoding === encoding)!;
+    const cells = fp32.filter(
+      (c) =>
+        c.config.corpus === corpus && c.config.encoding === encoding && plans.has(planOf({ ...c.config, seed: 0 })),
+    );
+    if (cells.length < 2) continue;
+    const range = (m: number) => {
+      const xs = cells.map((c) => bpbAt(c.result.evals, m)).filter((x): x is number => x !== null);
+      return xs.length < 2 ? '—' : (Math.max(...xs) - Math.min(...xs)).toFixed(4);
+    };
+    const where = new Set(pairs.map((p) => p.corpus)).size > 1 ? `${corpus} ` : '';
+    out.push(`${where}${encoding} ${range(multipliers[0])} / ${range(multipliers[1])} (${cells.length} seeds)`);
+  }
+  return out;
+}
+
 export function bf16Section(fp32: readonly LmCell[], bf16: readonly LmCell[]): string[] {
   const lines = ['## bf16 mixed precision against fp32 (lm, bits per byte)', ''];
   if (bf16.length === 0) {
@@ -120,6 +146,13 @@ export function bf16Section(fp32: readonly LmCell[], bf16: readonly LmCell[]): s
             `${BF16_BPB_TOLERANCE} bits per byte at both lengths; the largest |difference| is ${worst.toFixed(4)}. ` +
             'Each row is one seed: this checks the requirement run by run; it does not estimate a mean difference.',
     );
+    const spread = seedSpread(fp32, bf16, pairs);
+    if (spread.length > 0) {
+      lines.push(
+        '',
+        `For scale, the fp32 cells' spread across seeds (max − min) at ${m1}x / ${mL}x: ${spread.join('; ')}.`,
+      );
+    }
   }
   if (unpaired.length > 0) {
     lines.push(
