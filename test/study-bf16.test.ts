@@ -159,6 +159,8 @@ describe('the bf16 report section', () => {
     expect(text).toContain('1 of 2 pairs (alibi; seeds 1, 2) are within 0.02');
     expect(text).toMatch(/largest \|difference\| is 0\.0300/);
     expect(text).toContain('No fp32 cell of the same plan for: tinyshakespeare alibi seed 3');
+    // Differences +0.03 and +0.01 at 1x: mean 0.02, sd 0.01414, t(1) = 12.706 -> half-width 0.1271.
+    expect(text).toContain('mean ± 95% interval at 1x / 16x: alibi 0.0200 ± 0.1271 / -0.0050 ± 0.0635 (2 seeds)');
     expect(text).toContain(
       "the fp32 cells' spread across seeds (max − min) at 1x / 16x: alibi 0.1000 / 0.3000 (2 seeds)",
     );
