@@ -14,6 +14,10 @@
  * causal attention 2 C (L + 1) (q.k and p.v over (L+1)/2 keys on average), and 2 C V for the tied head.
  * Elementwise work (norms, GELU, softmax, Adam) is not counted, so GFLOP/s understates work for every engine alike.
  *
+ * Our four engines (none, hype; fp32, bf16) are timed INTERLEAVED: each round runs one step of each in turn, and a
+ * row reports the median step (wall and process CPU time), so a load change on a shared machine hits all four alike
+ * and their ratios stay readable; the HyPE/none and bf16/fp32 ratios print on both bases (CPU time is the steadier
+ * one under load; with --threads N > 1 it sums the threads).
  * Options: --quick (fewer repetitions), --only a|b, --threads N (native and sgemm), --skip jax,tfjs,
  * --seconds S (minimum timed seconds per engine, default 4). Results print as a table; --json <file> saves them.
  * The comparison frameworks differ from ours in two documented ways: they use Adam without decoupled decay
@@ -65,6 +69,8 @@ interface Row {
   tokensPerSecond: number;
   gflops: number;
   steps: number;
+  /** Ours only: the median step's process CPU time (ms). */
+  cpuMsPerStep?: number;
   /** Loss of the first step: every engine should start near ln 256 = 5.545 (a check that they compute alike). */
   firstLoss: number;
   note?: string;
@@ -104,7 +110,45 @@ async function timeSteps(
   return { ms: (performance.now() - t0) / n, steps: n, firstLoss };
 }
 
-function row(s: Shape, engine: string, t: { ms: number; steps: number; firstLoss: number }, note?: string): Row {
+/**
+ * Runs sync `steps` interleaved: two warm-up steps each, then rounds of one step of each in turn until every engine
+ * has had minSeconds (at least 5 rounds). Per engine: the median step's wall and CPU milliseconds.
+ */
+function timeInterleaved(
+  steps: readonly (() => number)[],
+): { ms: number; cpuMs: number; steps: number; firstLoss: number }[] {
+  const firstLoss = steps.map((step) => step());
+  for (const step of steps) step();
+  const wall = steps.map((): number[] => []);
+  const cpu = steps.map((): number[] => []);
+  const cpuNow = () => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1000;
+  };
+  const t0 = performance.now();
+  while (wall[0]!.length < 5 || performance.now() - t0 < steps.length * minSeconds * 1000) {
+    steps.forEach((step, i) => {
+      const [w, c] = [performance.now(), cpuNow()];
+      step();
+      wall[i]!.push(performance.now() - w);
+      cpu[i]!.push(cpuNow() - c);
+    });
+  }
+  const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
+  return steps.map((_, i) => ({
+    ms: median(wall[i]!),
+    cpuMs: median(cpu[i]!),
+    steps: wall[i]!.length,
+    firstLoss: firstLoss[i]!,
+  }));
+}
+
+function row(
+  s: Shape,
+  engine: string,
+  t: { ms: number; cpuMs?: number; steps: number; firstLoss: number },
+  note?: string,
+): Row {
   return {
     firstLoss: t.firstLoss,
     shape: s.label,
@@ -113,6 +157,7 @@ function row(s: Shape, engine: string, t: { ms: number; steps: number; firstLoss
     tokensPerSecond: (s.batch * s.length) / (t.ms / 1000),
     gflops: stepFlops(s) / (t.ms / 1000) / 1e9,
     steps: t.steps,
+    ...(t.cpuMs === undefined ? {} : { cpuMsPerStep: t.cpuMs }),
     ...(note ? { note } : {}),
   };
 }
@@ -129,7 +174,8 @@ function randomTokens(s: Shape, seed: number): { tokens: Int32Array; targets: In
 /** HyPE's concat route with columns split to be exact in bf16 (what `hype train --precision bf16` requires). */
 const HYPE_BF16 = 'hype:precision=bf16';
 
-async function benchOurs(s: Shape, pe: string, precision: Precision = 'fp32'): Promise<Row> {
+/** Our model's training step for one encoding and precision, and the engine name it reports under. */
+function ourStep(s: Shape, pe: string, precision: Precision = 'fp32'): { engine: string; step: () => number } {
   const host = loadBackend('auto', { threads });
   const backend = withPrecision(host, precision);
   const cfg: ModelConfig = parseModelConfig({
@@ -144,15 +190,22 @@ async function benchOurs(s: Shape, pe: string, precision: Precision = 'fp32'): P
   const train = parseTrainConfig({});
   const opt = new AdamW(model.parameters(), backend);
   const { tokens, targets } = randomTokens(s, 1);
-  const t = await timeSteps(() => {
+  const step = () => {
     model.zeroGrad();
     const loss = model.forward(tokens, targets, s.batch, s.length);
     model.backward();
     clipGradients(model.parameters(), train.clip);
     opt.update(train, 1e-3);
     return loss;
-  });
-  return row(s, `ours (${host.name}, ${pe}${precision === 'fp32' ? '' : `, ${precision}`})`, t);
+  };
+  return { engine: `ours (${host.name}, ${pe}${precision === 'fp32' ? '' : `, ${precision}`})`, step };
+}
+
+/** none and hype, fp32 and bf16 (the columns the trainer asks for under bf16), timed interleaved. */
+function benchOurs(s: Shape): Row[] {
+  const engines = [ourStep(s, 'none'), ourStep(s, 'hype'), ourStep(s, 'none', 'bf16'), ourStep(s, HYPE_BF16, 'bf16')];
+  const times = timeInterleaved(engines.map((e) => e.step));
+  return engines.map((e, i) => row(s, e.engine, times[i]!));
 }
 
 // ---------------------------------------------------------------------------------------------- @jax-js/jax
@@ -364,10 +417,7 @@ async function main(): Promise<void> {
     if (only && only !== s.id) continue;
     process.stderr.write(`${s.label}: ${(stepFlops(s) / 1e9).toFixed(2)} GFLOP per step\n`);
     const before = sgemmCeiling();
-    rows.push(await benchOurs(s, 'none'));
-    rows.push(await benchOurs(s, 'hype'));
-    rows.push(await benchOurs(s, 'none', 'bf16'));
-    rows.push(await benchOurs(s, HYPE_BF16, 'bf16')); // the columns the trainer asks for under bf16
+    rows.push(...benchOurs(s));
     const after = sgemmCeiling();
     const mean = before !== null && after !== null ? (before + after) / 2 : (before ?? after);
     ceilings.set(s.label, { before, after, mean });
@@ -380,8 +430,8 @@ async function main(): Promise<void> {
     lines.push(`OpenBLAS sgemm 1024^3 around ${label}: ${f(c.before)} before, ${f(c.after)} after (GFLOP/s median)`);
   }
   lines.push(
-    'shape                                     engine                                    ms/step   tokens/s  GFLOP/s  % sgemm' +
-      '  ours(none)/this  loss@1',
+    'shape                                     engine                                    ms/step   CPU ms   tokens/s  GFLOP/s' +
+      '  % sgemm  ours(none)/this  loss@1',
   );
   for (const r of rows) {
     const ours = rows.find((x) => x.shape === r.shape && x.engine.startsWith('ours') && x.engine.endsWith('none)'));
@@ -390,6 +440,7 @@ async function main(): Promise<void> {
       r.shape.padEnd(42) +
         r.engine.padEnd(42) +
         cell(r.msPerStep.toFixed(1), 8) +
+        cell(r.cpuMsPerStep === undefined ? '-' : r.cpuMsPerStep.toFixed(1), 9) +
         cell(String(Math.round(r.tokensPerSecond)), 11) +
         cell(r.gflops.toFixed(2), 9) +
         cell(ceiling ? ((100 * r.gflops) / ceiling).toFixed(1) : '-', 9) +
@@ -421,17 +472,26 @@ async function main(): Promise<void> {
     lines.push(`${s.id}: ${parts.join(', ')}`);
     const ourRow = (engineEnd: string) =>
       rows.find((x) => x.shape === s.label && x.engine.startsWith('ours') && x.engine.endsWith(engineEnd));
-    const speed = (a: Row | undefined, b: Row | undefined) => (a && b ? a.tokensPerSecond / b.tokensPerSecond : null);
-    const bf16 = [speed(ourRow('none, bf16)'), ours), speed(ourRow(`${HYPE_BF16}, bf16)`), ourRow('hype)'))];
-    const hypeCost = [speed(ours, ourRow('hype)')), speed(ourRow('none, bf16)'), ourRow(`${HYPE_BF16}, bf16)`))];
     const x = (r: number | null) => (r === null ? '-' : r.toFixed(2) + 'x');
     const met = (r: number | null, ok: (r: number) => boolean) => (r === null ? '' : ` (${verdict(ok(r))})`);
-    lines.push(
-      `${s.id}: bf16 mixed-precision step vs fp32 step: none ${x(bf16[0]!)}${met(bf16[0]!, (r) => r >= 1.4)}, ` +
-        `hype ${x(bf16[1]!)}${met(bf16[1]!, (r) => r >= 1.4)} (target >= 1.4x); HyPE step / none step: fp32 ` +
-        `${x(hypeCost[0]!)}${met(hypeCost[0]!, (r) => r <= 1.05)}, bf16 ${x(hypeCost[1]!)}` +
-        `${met(hypeCost[1]!, (r) => r <= 1.05)} (target <= 1.05x)`,
-    );
+    // Speed ratios a/b (how many times faster a is) on the wall and the CPU-time basis of the interleaved medians.
+    for (const [basis, cost] of [
+      ['wall', (r: Row) => r.msPerStep],
+      ['CPU time', (r: Row) => r.cpuMsPerStep],
+    ] as const) {
+      const speed = (a: Row | undefined, b: Row | undefined) => {
+        const [ca, cb] = [a && cost(a), b && cost(b)];
+        return ca !== undefined && cb !== undefined ? cb / ca : null;
+      };
+      const bf16 = [speed(ourRow('none, bf16)'), ours), speed(ourRow(`${HYPE_BF16}, bf16)`), ourRow('hype)'))];
+      const hypeCost = [speed(ours, ourRow('hype)')), speed(ourRow('none, bf16)'), ourRow(`${HYPE_BF16}, bf16)`))];
+      lines.push(
+        `${s.id} (${basis}): bf16 mixed-precision step vs fp32 step: none ${x(bf16[0]!)}` +
+          `${met(bf16[0]!, (r) => r >= 1.4)}, hype ${x(bf16[1]!)}${met(bf16[1]!, (r) => r >= 1.4)} (target >= 1.4x); ` +
+          `HyPE step / none step: fp32 ${x(hypeCost[0]!)}${met(hypeCost[0]!, (r) => r <= 1.05)}, bf16 ` +
+          `${x(hypeCost[1]!)}${met(hypeCost[1]!, (r) => r <= 1.05)} (target <= 1.05x)`,
+      );
+    }
   }
   process.stdout.write(lines.join('\n') + '\n');
   const json = value('--json');

@@ -11,6 +11,10 @@
  *   npm run bench:webgpu                                  # lavapipe-sized: B=1, H=4, d=64, L = 128, 256
  *   npm run bench:webgpu -- --batch 8 --heads 8 --lengths 1024,4096,16384 --gemm 4096   # a real GPU
  *   npm run bench:webgpu -- --no-ort --no-jax
+ *   npm run bench:webgpu -- --no-ort --no-jax --lengths 64 --gemm 64 --reps 1 --train-shapes a,tiny   # short
+ *
+ * Training-step rows: --train-steps timed steps (x10 for the tiny model) after two warm-up steps, with kernels
+ * batched into one submit between host writes and reads (context.ts) and, side by side, one submit per kernel.
  *
  * FLOPs: forward 4 B H Lq Lk d (QK^T and PV), causal counting only visible pairs L (L + 1) / 2; backward 2.5x the
  * forward (the FlashAttention convention: five products instead of two; our backward recomputes the logits in both
@@ -52,6 +56,7 @@ function parseArgs(argv: string[]) {
     jax: !argv.includes('--no-jax'),
     train: !argv.includes('--no-train'),
     trainSteps: Number(get('train-steps') ?? 3),
+    trainShapes: (get('train-shapes') ?? 'a,tiny').split(','),
   };
 }
 
@@ -64,10 +69,26 @@ function random(n: number, seed: number): Float32Array {
   });
 }
 
-/** ms per training step on the WebGPU backend at bench:train's shape (a) (module comment). */
-async function trainStepMs(ctx: GpuContext, pe: string, steps: number): Promise<{ ms: number; loss: number }> {
-  const [B, L] = [8, 128];
-  const cfg = parseModelConfig({ width: 128, layers: 1, heads: 4, trainLength: L, pe, dtype: 'float32' });
+/** The training-step rows' shapes: bench:train's shape (a), and a tiny model whose step is bound by dispatches. */
+const TRAIN_SHAPES = {
+  a: { B: 8, L: 128, width: 128, layers: 1, heads: 4, stepsPer: 1 },
+  tiny: { B: 2, L: 16, width: 32, layers: 2, heads: 4, stepsPer: 10 },
+} as const;
+
+/**
+ * ms per training step on the WebGPU backend at one of TRAIN_SHAPES; `batching` false submits each kernel on its
+ * own (the submission before batching, context.ts), for the side-by-side column.
+ */
+async function trainStepMs(
+  ctx: GpuContext,
+  pe: string,
+  steps: number,
+  shape: (typeof TRAIN_SHAPES)[keyof typeof TRAIN_SHAPES],
+  batching: boolean,
+): Promise<{ ms: number; loss: number }> {
+  const { B, L, width, layers, heads } = shape;
+  ctx.batching = batching;
+  const cfg = parseModelConfig({ width, layers, heads, trainLength: L, pe, dtype: 'float32' });
   const backend = new WebGpuBackend(ctx);
   const model = new Transformer(cfg, backend);
   const opt = new AdamW(model.parameters(), backend);
@@ -291,12 +312,28 @@ async function main(): Promise<void> {
   console.log('\ntargets (issue 15): attention forward >= 50% of our gemm rate, backward >= 35%');
 
   if (args.train) {
-    console.log(`\ntraining step, bench:train shape (a): 1 block, B=8, L=128, width 128, 4 heads, f32`);
-    console.log('| encoding | ms per step (webgpu) | tokens/s | loss after |');
-    console.log('| --- | --- | --- | --- |');
-    for (const pe of ['none', 'hype']) {
-      const { ms, loss } = await trainStepMs(ctx, pe, args.trainSteps);
-      console.log(`| ${pe} | ${fmt(ms, 1)} | ${fmt((8 * 128) / (ms / 1000), 0)} | ${fmt(loss, 3)} |`);
+    console.log(
+      `\ntraining step, f32: bench:train shape (a) (1 block, B=8, L=128, width 128, 4 heads) and a tiny model ` +
+        '(2 blocks, B=2, L=16, width 32, 4 heads: dispatch-bound); kernels batched into one submit between host ' +
+        'writes and reads (context.ts) against one submit per kernel',
+    );
+    console.log(
+      '| shape | encoding | ms per step (batched) | tokens/s | ms per step (submit per kernel) | ratio | loss after |',
+    );
+    console.log('| --- | --- | --- | --- | --- | --- | --- |');
+    for (const [name, shape] of Object.entries(TRAIN_SHAPES)) {
+      if (!args.trainShapes.includes(name)) continue;
+      for (const pe of ['none', 'hype']) {
+        const steps = args.trainSteps * shape.stepsPer; // the tiny model's steps are short: time more of them
+        const each = await trainStepMs(ctx, pe, steps, shape, false);
+        const { ms, loss } = await trainStepMs(ctx, pe, steps, shape, true);
+        if (loss !== each.loss) throw new Error(`batching changed the loss: ${loss} vs ${each.loss}`);
+        const tokens = shape.B * shape.L;
+        console.log(
+          `| ${name} | ${pe} | ${fmt(ms, 1)} | ${fmt(tokens / (ms / 1000), 0)} | ${fmt(each.ms, 1)} | ` +
+            `${fmt(each.ms / ms)}x | ${fmt(loss, 3)} |`,
+        );
+      }
     }
     console.log('compare with `npm run bench:train -- --only a` (ours (native, ...) rows: the same step on the CPU)');
   }

@@ -108,13 +108,22 @@ export function expectRank(t: Tensor, rank: number, what: string): void {
 
 /**
  * Attention's head-major layout [B, H, L, D] -> the token layout [B, L, H D] (heads side by side in a row), into
- * `out`; values convert to `out`'s array type.
+ * `out`; values convert to `out`'s array type. Head rows may be wider than D (row stride `stride` >= D, e.g. an
+ * encoding's widened operands): only their first D columns are read.
  */
-export function headsToTokens(x: ArrayLike<number>, out: FloatArray, B: number, H: number, L: number, D: number): void {
+export function headsToTokens(
+  x: ArrayLike<number>,
+  out: FloatArray,
+  B: number,
+  H: number,
+  L: number,
+  D: number,
+  stride = D,
+): void {
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
       for (let t = 0; t < L; t++) {
-        const src = ((b * H + h) * L + t) * D;
+        const src = ((b * H + h) * L + t) * stride;
         const dst = ((b * L + t) * H + h) * D;
         for (let d = 0; d < D; d++) out[dst + d] = x[src + d]!;
       }
@@ -122,13 +131,24 @@ export function headsToTokens(x: ArrayLike<number>, out: FloatArray, B: number, 
   }
 }
 
-/** The token layout [B, L, H D] -> head-major [B, H, L, D], into `out` (the inverse of headsToTokens). */
-export function tokensToHeads(x: ArrayLike<number>, out: FloatArray, B: number, H: number, L: number, D: number): void {
+/**
+ * The token layout [B, L, H D] -> head-major [B, H, L, D], into `out` (the inverse of headsToTokens). With a row
+ * stride > D, only the first D columns of each head row are written; the others keep their values.
+ */
+export function tokensToHeads(
+  x: ArrayLike<number>,
+  out: FloatArray,
+  B: number,
+  H: number,
+  L: number,
+  D: number,
+  stride = D,
+): void {
   for (let b = 0; b < B; b++) {
     for (let t = 0; t < L; t++) {
       for (let h = 0; h < H; h++) {
         const src = ((b * L + t) * H + h) * D;
-        const dst = ((b * H + h) * L + t) * D;
+        const dst = ((b * H + h) * L + t) * stride;
         for (let d = 0; d < D; d++) out[dst + d] = x[src + d]!;
       }
     }

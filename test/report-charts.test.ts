@@ -107,6 +107,16 @@ function lineExtents(svg: string): number[] {
 
 const QUICK = ['none', 'rope', 'alibi', 'hype-recency', 'hype-paper'];
 
+/** study.json of a quick study on `backend`. */
+const quickMeta = (backend: string) =>
+  ({
+    plan: quickPlan(),
+    versions: { package: '0', commit: null, node: 'v20' },
+    backend,
+    cpus: 2,
+    invocations: [],
+  }) as unknown as StudyMeta;
+
 describe('recall chart', () => {
   const oneSeed = input({
     recall: QUICK.map((e, i) => recallCell(e, 1, [1, 0.9 - 0.1 * i, 0.6 - 0.1 * i, 0.3])),
@@ -249,13 +259,7 @@ describe('hype show --compare', () => {
 describe('findings of a plan without every encoding', () => {
   it('reports only what the plan runs, names what it leaves out once, and numbers the findings in order', () => {
     const lm = QUICK.map((e, i) => lmCell(e, 1, [3 + 0.1 * i, 3.1 + 0.1 * i, 3.2]));
-    const meta = {
-      plan: quickPlan(),
-      versions: { package: '0', commit: null, node: 'v20' },
-      backend: 'reference',
-      cpus: 2,
-      invocations: [],
-    } as unknown as StudyMeta;
+    const meta = quickMeta('reference');
     const { markdown } = buildReport(input({ meta, lm }));
     expect(markdown).not.toContain('no results for');
     expect(markdown).not.toMatch(/: not run\./);
@@ -271,5 +275,20 @@ describe('findings of a plan without every encoding', () => {
     expect(findings).toMatch(/by the thresholds of finding (\d+)/);
     const shape = Number(findings.match(/by the thresholds of finding (\d+)/)![1]);
     expect(findings).toMatch(new RegExp(`^${shape}\\. \\*\\*Does the ALiBi paper's shape reproduce`, 'm'));
+  });
+});
+
+describe('cells of several backends', () => {
+  it('the report lists the cells per backend when they are not all the one study.json names', () => {
+    const meta = quickMeta('native');
+    const cells = QUICK.map((e, i) => lmCell(e, 1, [3 + 0.1 * i, 3.1, 3.2]));
+    const same = buildReport(
+      input({ meta, lm: cells.map((c) => ({ ...c, result: { ...c.result, backend: 'native' } })) }),
+    );
+    expect(same.markdown).toContain('backend native; 2 CPU cores.\n');
+    const onGpu = cells.map((c, i) => ({ ...c, result: { ...c.result, backend: i < 2 ? 'webgpu' : 'native' } }));
+    expect(buildReport(input({ meta, lm: onGpu })).markdown).toMatch(
+      /backend native; 2 CPU cores\. Cells by backend: webgpu \(2\), native \(\d+\); .*cell wall times compare only between cells of one backend\./,
+    );
   });
 });

@@ -59,6 +59,9 @@ describe('hype study lm --precision', () => {
     await expect(runStudyCommand('flipflop', { ...flags, precision: 'bf16' })).rejects.toThrow(
       /--precision bf16 trains the lm cells only/,
     );
+    await expect(runStudyCommand('lm', { ...flags, backend: 'webgpu', precision: 'bf16' })).rejects.toThrow(
+      /--precision bf16 needs bf16 kernels, which the webgpu backend does not have/,
+    );
     expect(existsSync(join(root, 'o0'))).toBe(false);
   });
 

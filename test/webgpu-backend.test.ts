@@ -1,8 +1,8 @@
 /**
  * WebGpuBackend (the Backend interface on the GPU, lavapipe here and in CI) against the reference backend, member by
  * member: memory (allocate zeroed, upload at offsets, ranged reads, statistics as fp64, refusals), the tensor ops
- * the seam added (copyRows, fill, addInto, splitQkv/mergeQkv, heads <-> tokens, globalNorm, clipByNorm,
- * countNonFinite), the cross-entropy mean into a statistics slot, gemm, attention with a distance table handle
+ * the seam added (copyRows, fill, addInto, splitQkv/mergeQkv and heads <-> tokens, also with head row strides,
+ * globalNorm, clipByNorm, countNonFinite), the cross-entropy mean into a statistics slot, gemm, attention with a distance table handle
  * (biasGrad false skips dTable) and the refusals (scoreAttention, a dense bias, fp64).
  * Inputs are rounded to f32 before either side sees them, so the memory ops must agree EXACTLY, and each arithmetic
  * op within its own f32 bound (U32 = 2^-24), stated where used.
@@ -135,6 +135,37 @@ describe('tensor ops match the host versions', () => {
     expect(Array.from(await get(gt))).toEqual(Array.from(tok));
     expect(Array.from(await get(gh))).toEqual(Array.from(x));
     for (const t of [gq, gk, gv, gqkv, back, gx, gt, gh]) be.release(t);
+  });
+
+  it('the same four with head row strides (widened operands) agree with the reference exactly', async () => {
+    const [B, L, H, Hkv, D, qkS, vS] = [2, 5, 4, 2, 3, 7, 4];
+    const qkv = f32s(B * L * (H + 2 * Hkv) * D);
+    // Both sides start from the same garbage: the columns past D must keep it.
+    const [q0, k0, v0] = [f32s(B * H * L * qkS), f32s(B * Hkv * L * qkS), f32s(B * Hkv * L * vS)];
+    const [q, k, v] = [q0.slice(), k0.slice(), v0.slice()];
+    ref.splitQkv(qkv, q, k, v, B, L, H, Hkv, D, qkS, vS);
+    const [gq, gk, gv, gqkv] = [put(q0), put(k0), put(v0), put(qkv)];
+    be.splitQkv(gqkv, gq, gk, gv, B, L, H, Hkv, D, qkS, vS);
+    expect(Array.from(await get(gq))).toEqual(Array.from(q));
+    expect(Array.from(await get(gk))).toEqual(Array.from(k));
+    expect(Array.from(await get(gv))).toEqual(Array.from(v));
+    const back = put(f32s(qkv.length));
+    be.mergeQkv(gq, gk, gv, back, B, L, H, Hkv, D, qkS, vS);
+    expect(Array.from(await get(back))).toEqual(Array.from(qkv));
+    expect(() => be.splitQkv(gqkv, gq, gk, gv, B, L, H, Hkv, D, D - 1, vS)).toThrow(/at least D/);
+
+    const tok = f32s(B * L * H * D);
+    const h0 = f32s(B * H * L * vS);
+    const heads = h0.slice();
+    ref.tokensToHeads(tok, heads, B, H, L, D, vS);
+    const tokBack = new Float64Array(tok.length);
+    ref.headsToTokens(heads, tokBack, B, H, L, D, vS);
+    const [gt, gh, gb] = [put(tok), put(h0), be.allocate('float32', tok.length)];
+    be.tokensToHeads(gt, gh, B, H, L, D, vS);
+    be.headsToTokens(gh, gb, B, H, L, D, vS);
+    expect(Array.from(await get(gh))).toEqual(Array.from(heads));
+    expect(Array.from(await get(gb))).toEqual(Array.from(tokBack));
+    for (const t of [gq, gk, gv, gqkv, back, gt, gh, gb]) be.release(t);
   });
 
   it('globalNorm over several tensors, clipByNorm with the factor on the device, countNonFinite', async () => {
@@ -270,5 +301,34 @@ describe('attention through the backend', () => {
     ).toThrow(/dense position bias/);
     expect(() => be.householderWalk()).toThrow(/runs on host backends/);
     be.release(t);
+  });
+});
+
+describe('submission batching (context.ts)', () => {
+  it('kernels are submitted together; a host write into a tensor runs after the kernels recorded before it', async () => {
+    const ctx = be.ctx;
+    const x = put([1, 2, 3, 4]);
+    const before = be.allocate('float32', 4);
+    const after = be.allocate('float32', 4);
+    await be.read(x); // settle the set-up's submits
+    const s0 = ctx.submits;
+    be.addInto(before, x, 4); // recorded, not submitted: it must still see x = 1..4
+    be.upload([10, 20, 30, 40], x); // forces the recorded kernel out first
+    be.addInto(after, x, 4);
+    expect(Array.from(await get(before))).toEqual([1, 2, 3, 4]);
+    expect(Array.from(await get(after))).toEqual([10, 20, 30, 40]);
+    expect(ctx.submits - s0).toBe(3); // the recorded kernel before the upload, then one per read
+  });
+
+  it('each recorded dispatch keeps its own uniforms until its batch runs, past the batch capacity', async () => {
+    const ctx = be.ctx;
+    const n = 2 * ctx.batchCapacity + 100; // more fills than two batches hold: two forced submits, then the read's
+    const w = be.allocate('float32', n);
+    await be.read(w);
+    const s0 = ctx.submits;
+    for (let i = 0; i < n; i++) be.fill(w, i * 0.5, i, 1); // the same kernel, other uniforms each time
+    expect(ctx.submits - s0).toBe(2);
+    expect(Array.from(await get(w))).toEqual(Array.from({ length: n }, (_, i) => i * 0.5));
+    expect(ctx.submits - s0).toBe(3);
   });
 });

@@ -16,6 +16,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { HypeError } from '../src/errors.ts';
 import { acquireGpu, f16Bits, f16Value, type GpuContext } from '../src/backend/webgpu/context.ts';
 import { gpuGemm } from '../src/backend/webgpu/gemm.ts';
+import { gpuGeluForward } from '../src/backend/webgpu/layers.ts';
+import { gpuAddInto } from '../src/backend/webgpu/tensor-ops.ts';
 import { gpuAttentionBackward, gpuAttentionForward } from '../src/backend/webgpu/attention.ts';
 import { referenceGemm } from '../src/backend/reference.ts';
 import { referenceAttentionBackward, referenceAttentionForward } from '../src/backend/reference-attention.ts';
@@ -347,6 +349,9 @@ describe('refusals before dispatch', () => {
     expect(() => gpuGemm(small, false, false, 10, 10, 1, 1, big, big, 0, big, { lda: 1, ldb: 10, ldc: 10 })).toThrow(
       /maxStorageBufferBindingSize is 64/,
     );
+    // Layer and tensor ops bind through the same dispatch, which checks every storage binding before recording.
+    expect(() => gpuGeluForward(small, big, big, 100)).toThrow(/maxStorageBufferBindingSize is 64/);
+    expect(() => gpuAddInto(small, big, big, 100)).toThrow(/maxStorageBufferBindingSize is 64/);
     const d256 = { batch: 1, heads: 1, kvHeads: 1, lq: 1, lk: 1, headDim: 256, valueDim: 256 };
     const x = ctx.zeros([256]);
     expect(() => gpuAttentionForward(small, d256, x, x, x, { causal: false, scale: 1 })).toThrow(

@@ -44,6 +44,8 @@ interface Transfers {
   uploadInts: number;
   buffers: number;
   pipelines: number;
+  /** Queue submits (webgpu): kernels are batched between host writes and reads (context.ts). */
+  submits: number;
 }
 
 /** Counts the backend's transfers (its memory members that move data) until the returned function is called. */
@@ -63,6 +65,8 @@ function countTransfers<T, I>(be: Backend<T, I>, log: Transfers): () => void {
   };
   if (!(be instanceof WebGpuBackend)) return () => Object.assign(be, { read, upload, uploadInt });
   const device = be.ctx.device;
+  const ctx = be.ctx;
+  const submits0 = ctx.submits;
   const { createBuffer, createComputePipeline } = device;
   device.createBuffer = (d) => {
     log.buffers++;
@@ -75,6 +79,7 @@ function countTransfers<T, I>(be: Backend<T, I>, log: Transfers): () => void {
   return () => {
     Object.assign(be, { read, upload, uploadInt });
     Object.assign(device, { createBuffer, createComputePipeline });
+    log.submits = ctx.submits - submits0;
   };
 }
 
@@ -88,7 +93,7 @@ async function trainRun<T, I>(be: Backend<T, I>, pe: { name: string; options: Re
   for (let s = 0; s < STEPS; s++) {
     // Bytes from a small alphabet with structure (a repeating pattern plus noise), so the loss can fall quickly.
     const seq = Int32Array.from({ length: B * L + 1 }, (_, i) => 97 + ((i * 3) % 7) + (rng.uniform() < 0.2 ? 1 : 0));
-    const log: Transfers = { reads: [], uploads: 0, uploadInts: 0, buffers: 0, pipelines: 0 };
+    const log: Transfers = { reads: [], uploads: 0, uploadInts: 0, buffers: 0, pipelines: 0, submits: 0 };
     const restore = countTransfers(be, log);
     const r = await trainingStep(model, opt, train, {
       tokens: seq.subarray(0, B * L),
@@ -138,6 +143,9 @@ describe('training on webgpu matches native, with one read per step', () => {
           uploadInts: 2,
           buffers: 0,
           pipelines: 0,
+          // Kernels are batched (context.ts): the token upload submits the gradients' zeroing recorded before it,
+          // the read everything else: forward, backward, norm, clip and every AdamW update in one command buffer.
+          submits: 2,
         });
         expect(t.reads[0]).toBe(g.model.stats);
       }

@@ -326,7 +326,11 @@ export function addInto(dst: FloatArray, src: FloatArray, n: number): void {
   for (let j = 0; j < n; j++) dst[j] += src[j]!;
 }
 
-/** qkv [B, L, (H + 2 Hkv) D] (each head's D columns contiguous) -> q [B, H, L, D], k and v [B, Hkv, L, D]. */
+/**
+ * qkv [B, L, (H + 2 Hkv) D] (each head's D columns contiguous) -> q [B, H, L, D], k and v [B, Hkv, L, D]. The
+ * head rows of q and k may be wider than D (row stride qkStride), those of v too (vStride): only their first D
+ * columns are written, the others keep their values (an encoding's widened operands, encoding.ts).
+ */
 export function splitQkv(
   qkv: FloatArray,
   q: FloatArray,
@@ -337,30 +341,36 @@ export function splitQkv(
   H: number,
   Hkv: number,
   D: number,
+  qkStride = D,
+  vStride = D,
 ): void {
   const Q = (H + 2 * Hkv) * D;
   for (let b = 0; b < B; b++) {
     for (let t = 0; t < L; t++) {
       const row = (b * L + t) * Q;
       for (let h = 0; h < H; h++) {
-        const dst = ((b * H + h) * L + t) * D;
+        const dst = ((b * H + h) * L + t) * qkStride;
         const src = row + h * D;
         for (let d = 0; d < D; d++) q[dst + d] = qkv[src + d]!;
       }
       for (let h = 0; h < Hkv; h++) {
-        const dst = ((b * Hkv + h) * L + t) * D;
+        const dstK = ((b * Hkv + h) * L + t) * qkStride;
+        const dstV = ((b * Hkv + h) * L + t) * vStride;
         const srcK = row + (H + h) * D;
         const srcV = row + (H + Hkv + h) * D;
         for (let d = 0; d < D; d++) {
-          k[dst + d] = qkv[srcK + d]!;
-          v[dst + d] = qkv[srcV + d]!;
+          k[dstK + d] = qkv[srcK + d]!;
+          v[dstV + d] = qkv[srcV + d]!;
         }
       }
     }
   }
 }
 
-/** The inverse of splitQkv, for the gradients: dq, dk, dv -> dqkv [B, L, (H + 2 Hkv) D] (OVERWRITTEN). */
+/**
+ * The inverse of splitQkv, for the gradients: dq, dk, dv -> dqkv [B, L, (H + 2 Hkv) D] (OVERWRITTEN), reading the
+ * first D columns of head rows of stride qkStride (dq, dk) and vStride (dv).
+ */
 export function mergeQkv(
   dq: FloatArray,
   dk: FloatArray,
@@ -371,6 +381,8 @@ export function mergeQkv(
   H: number,
   Hkv: number,
   D: number,
+  qkStride = D,
+  vStride = D,
 ): void {
   const Q = (H + 2 * Hkv) * D;
   for (let r = 0; r < B * L; r++) {
@@ -378,14 +390,15 @@ export function mergeQkv(
     const t = r - b * L;
     const row = r * Q;
     for (let h = 0; h < H; h++) {
-      const src = ((b * H + h) * L + t) * D;
+      const src = ((b * H + h) * L + t) * qkStride;
       for (let d = 0; d < D; d++) dqkv[row + h * D + d] = dq[src + d]!;
     }
     for (let h = 0; h < Hkv; h++) {
-      const src = ((b * Hkv + h) * L + t) * D;
+      const srcK = ((b * Hkv + h) * L + t) * qkStride;
+      const srcV = ((b * Hkv + h) * L + t) * vStride;
       for (let d = 0; d < D; d++) {
-        dqkv[row + (H + h) * D + d] = dk[src + d]!;
-        dqkv[row + (H + Hkv + h) * D + d] = dv[src + d]!;
+        dqkv[row + (H + h) * D + d] = dk[srcK + d]!;
+        dqkv[row + (H + Hkv + h) * D + d] = dv[srcV + d]!;
       }
     }
   }
@@ -473,10 +486,36 @@ export interface TensorOps<T = FloatArray> {
   ): void;
   fill(x: T, value: number, offset: number, n: number): void;
   addInto(dst: T, src: T, n: number): void;
-  splitQkv(qkv: T, q: T, k: T, v: T, B: number, L: number, H: number, Hkv: number, D: number): void;
-  mergeQkv(dq: T, dk: T, dv: T, dqkv: T, B: number, L: number, H: number, Hkv: number, D: number): void;
-  headsToTokens(x: T, out: T, B: number, H: number, L: number, D: number): void;
-  tokensToHeads(x: T, out: T, B: number, H: number, L: number, D: number): void;
+  /** Head rows of stride qkStride (q, k) and vStride (v), default D: widened operands (encoding.ts). */
+  splitQkv(
+    qkv: T,
+    q: T,
+    k: T,
+    v: T,
+    B: number,
+    L: number,
+    H: number,
+    Hkv: number,
+    D: number,
+    qkStride?: number,
+    vStride?: number,
+  ): void;
+  mergeQkv(
+    dq: T,
+    dk: T,
+    dv: T,
+    dqkv: T,
+    B: number,
+    L: number,
+    H: number,
+    Hkv: number,
+    D: number,
+    qkStride?: number,
+    vStride?: number,
+  ): void;
+  /** Head rows of stride `stride` (default D) on the head side of both. */
+  headsToTokens(x: T, out: T, B: number, H: number, L: number, D: number, stride?: number): void;
+  tokensToHeads(x: T, out: T, B: number, H: number, L: number, D: number, stride?: number): void;
   globalNorm(tensors: readonly T[], out: T, outIndex: number): void;
   clipByNorm(tensors: readonly T[], norm: T, normIndex: number, clip: number): void;
   countNonFinite(x: T, n: number, out: T, outIndex: number): void;

@@ -9,9 +9,10 @@ import { parsePrecision } from '../backend/autocast.ts';
 import { HypeError } from '../errors.ts';
 import { EXPERIMENTS, QUICK_STUDY_MINUTES, type Experiment } from '../study/plan.ts';
 import { formatDuration } from '../study/progress.ts';
-import { planFor, runStudy, writeReport } from '../study/run.ts';
+import { checkDevicePlan, planFor, runStudy, writeReport } from '../study/run.ts';
 import { runVision, visionConfigs, visionPlan } from '../study/vision.ts';
 import { checkFolderPath, makeWritableDir } from '../util/fs-safe.ts';
+import { chooseAnyBackend } from './train.ts';
 
 interface StudyFlags {
   quick?: boolean;
@@ -30,6 +31,9 @@ interface StudyFlags {
 }
 
 const CHOICES = [...EXPERIMENTS, 'vision', 'all', 'report'] as const;
+
+/** --backend of `hype study` and `hype worker`: webgpu only when named (auto never picks it). */
+export const STUDY_BACKENDS = ['auto', 'native', 'reference', 'webgpu'];
 
 export const defaultOutDir = (quick: boolean) => (quick ? 'results/quick' : 'results/full');
 
@@ -50,16 +54,19 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
     process.stdout.write(`hype study report: wrote ${path}${f.to ? ` and ${f.to}` : ''} from ${outDir}\n`);
     return;
   }
-  if (!['auto', 'native', 'reference'].includes(f.backend)) {
-    throw new HypeError(
-      'argument',
-      f.backend === 'webgpu'
-        ? '--backend webgpu runs `hype train`, `hype eval` and `hype generate` only (a study still reads host arrays); use auto, ' +
-            'native or reference'
-        : `unknown backend '${f.backend}'; choose auto, native or reference`,
-    );
+  if (!STUDY_BACKENDS.includes(f.backend)) {
+    throw new HypeError('argument', `unknown backend '${f.backend}'; choose ${STUDY_BACKENDS.join(', ')}`);
   }
-  if (what === 'vision') return runVisionCommand(outDir, f);
+  if (what === 'vision') {
+    if (f.backend === 'webgpu') {
+      throw new HypeError(
+        'argument',
+        '`hype study vision` trains its image models on host arrays; use --backend auto, native or reference ' +
+          '(lm, flipflop and recall run on webgpu)',
+      );
+    }
+    return runVisionCommand(outDir, f);
+  }
   const seeds = positiveInt(f.seeds, '--seeds');
   const encodings = f.encodings
     ?.split(',')
@@ -76,12 +83,21 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
       `--precision bf16 trains the lm cells only; run 'hype study lm --precision bf16' (got '${what}')`,
     );
   }
+  if (precision === 'bf16' && f.backend === 'webgpu') {
+    throw new HypeError(
+      'argument',
+      '--precision bf16 needs bf16 kernels, which the webgpu backend does not have; use --backend auto, native or ' +
+        'reference',
+    );
+  }
   const plan = planFor({ quick: Boolean(f.quick), seeds, encodings, corpora, precision }); // refuses bad flags first
   checkFolderPath(outDir, 'the results folder (--out)');
   checkFolderPath(f.workDir, 'the training-runs folder (--work-dir)');
+  const backend = await chooseAnyBackend(f.backend, f.threads);
+  // What a device cannot run is refused before a folder is made (runStudy checks again for library callers).
+  if (f.queue === undefined) checkDevicePlan(backend, plan, what as Experiment | 'all');
   makeWritableDir(outDir, 'the results folder (--out)');
   makeWritableDir(f.workDir, 'the training-runs folder (--work-dir)');
-  const backend = loadBackend(f.backend as BackendName, { threads: positiveInt(f.threads, '--threads') });
   const scope = `${plan.encodings.length} encoding${plan.encodings.length === 1 ? '' : 's'}, ${plan.seeds.length} seed${plan.seeds.length === 1 ? '' : 's'}`;
   const banner = f.quick
     ? `QUICK VERSION: small models, short training (${scope}) — a first look, not the full study`
@@ -187,7 +203,11 @@ export function registerStudy(program: Command): void {
     )
     .option('--data-dir <dir>', 'folder holding tinyshakespeare/, wikitext-2/ and fashion-mnist/', '../shared/data')
     .option('--work-dir <dir>', 'folder for the training runs (checkpoints)', 'runs/study')
-    .option('--backend <name>', 'compute backend: auto, native or reference', 'auto')
+    .option(
+      '--backend <name>',
+      'compute backend: auto, native, reference, or webgpu (lm, flipflop and recall of device-portable encodings)',
+      'auto',
+    )
     .option('--threads <n>', 'native backend threads (default: all cores)')
     .option('--queue <url>', "redis://host:port[/db]: run the cells as jobs for 'hype worker's on other machines")
     .action(async (what: string, flags: StudyFlags) => runStudyCommand(what, flags));

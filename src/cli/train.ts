@@ -32,8 +32,8 @@ export async function chooseBackend(name: string, threads?: string, dtype?: DTyp
   if (name === 'webgpu') {
     throw new HypeError(
       'argument',
-      '--backend webgpu runs `hype train`, `hype eval` and `hype generate` only (export and studies still read ' +
-        'host arrays); use --backend native or reference here',
+      '--backend webgpu runs `hype train`, `hype eval`, `hype generate`, `hype study` and `hype worker` only (this ' +
+        'command reads host arrays); use --backend native or reference here',
     );
   }
   if (name !== 'auto' && name !== 'native' && name !== 'reference') {
@@ -48,7 +48,7 @@ export async function chooseBackend(name: string, threads?: string, dtype?: DTyp
 
 /**
  * chooseBackend, or with 'webgpu' a WebGPU device (asked for by name only: auto never picks it), for the commands
- * that run on every backend (train, eval, generate). No adapter: one HypeError naming the fix.
+ * that run on every backend (train, eval, generate, study, worker). No adapter: one HypeError naming the fix.
  */
 export async function chooseAnyBackend(
   name: string,

@@ -3,10 +3,10 @@
  * machine, until stopped (Ctrl-C finishes the cells in hand first). See src/study/queue.ts for the failure semantics.
  */
 import type { Command } from 'commander';
-import { loadBackend, type BackendName } from '../backend/index.ts';
 import { HypeError } from '../errors.ts';
 import { checkFolderPath, makeWritableDir } from '../util/fs-safe.ts';
-import { positiveInt } from './study.ts';
+import { positiveInt, STUDY_BACKENDS } from './study.ts';
+import { chooseAnyBackend } from './train.ts';
 
 interface WorkerFlags {
   queue: string;
@@ -30,17 +30,21 @@ export function registerWorker(program: Command): void {
       '../shared/data',
     )
     .option('--work-dir <dir>', 'folder for the training runs; shared by workers, a retried cell resumes', 'runs/study')
-    .option('--backend <name>', 'compute backend: auto, native or reference', 'auto')
+    .option(
+      '--backend <name>',
+      'compute backend: auto, native, reference, or webgpu (refuses cells of host-only encodings and precision)',
+      'auto',
+    )
     .action(async (f: WorkerFlags) => {
-      if (!['auto', 'native', 'reference'].includes(f.backend)) {
-        throw new HypeError('argument', `unknown backend '${f.backend}'; choose auto, native or reference`);
+      if (!STUDY_BACKENDS.includes(f.backend)) {
+        throw new HypeError('argument', `unknown backend '${f.backend}'; choose ${STUDY_BACKENDS.join(', ')}`);
       }
       const concurrency = positiveInt(f.concurrency, '--concurrency')!;
       const { parseQueueUrl, runWorker } = await import('../study/queue.ts');
       parseQueueUrl(f.queue);
       checkFolderPath(f.workDir, 'the training-runs folder (--work-dir)');
       makeWritableDir(f.workDir, 'the training-runs folder (--work-dir)');
-      const backend = loadBackend(f.backend as BackendName, { threads: positiveInt(f.threads, '--threads') });
+      const backend = await chooseAnyBackend(f.backend, f.threads);
       await runWorker({
         url: f.queue,
         backend,

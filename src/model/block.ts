@@ -6,12 +6,14 @@
  *   mid = x + att Wo + bo;  ln2 = LN(mid);  out = mid + gelu(ln2 W1 + b1) W2 + b2
  * and by ONNX export (interop/onnx-export.ts), which runs the same function over graph-building ops. `block` is
  * written once over BlockOps; blockForward runs it on a backend. Host row-major layouts: token activations [B, L, C]
- * (rows = B * L); q [B, H, L, D], k and v [B, Hkv, L, D]; attention's output [B, H, L, D]. Every buffer is the
+ * (rows = B * L); q [B, H, L, D], k and v [B, Hkv, L, D]; attention's output [B, H, L, D]. With an encoding's
+ * widened operands (OperandWidths, encoding.ts) the head rows of q and k hold `qk` values and those of v and of
+ * attention's output (and its gradient) `v`, of which the block writes and reads the first D. Every buffer is the
  * caller's (Transformer keeps them for its backward; the decoder allocates per step). blockBackward is its
  * gradient, shared by both trained models (language and vision).
  */
 import type { Backend } from '../backend/backend.ts';
-import type { AttendResult, Param } from '../pe/encoding.ts';
+import type { AttendResult, OperandWidths, Param, PositionalEncoding } from '../pe/encoding.ts';
 import type { ModelConfig } from './config.ts';
 import { qkvWidth, type BlockParams, type ModelParam } from './parameters.ts';
 
@@ -36,8 +38,26 @@ export interface BlockBuffers<T> {
   fcAct: T;
 }
 
-/** Allocates a block's buffers for `rows` tokens through the backend. */
-export function allocateBlockBuffers<T, I>(cfg: ModelConfig, be: Backend<T, I>, rows: number): BlockBuffers<T> {
+/**
+ * The widened operand layout every block's encoding asks for (operandWidths), or null when one asks for none or
+ * they differ (then the blocks pass plain rows, which every encoding takes).
+ */
+export function blockOperandWidths<T, I>(
+  cfg: ModelConfig,
+  encodings: readonly PositionalEncoding<T, I>[],
+): OperandWidths | null {
+  const all = encodings.map((e) => e.operandWidths?.(cfg.dtype) ?? null);
+  const first = all[0] ?? null;
+  return first && all.every((w) => w?.qk === first.qk && w.v === first.v) ? first : null;
+}
+
+/** Allocates a block's buffers for `rows` tokens through the backend (q, k, v widened when `widths` says so). */
+export function allocateBlockBuffers<T, I>(
+  cfg: ModelConfig,
+  be: Backend<T, I>,
+  rows: number,
+  widths: OperandWidths | null = null,
+): BlockBuffers<T> {
   const a = (n: number) => be.allocate(cfg.dtype, n, 'an activation');
   const N = rows;
   const C = cfg.width;
@@ -47,9 +67,9 @@ export function allocateBlockBuffers<T, I>(cfg: ModelConfig, be: Backend<T, I>, 
     ln1Mean: a(N),
     ln1Rstd: a(N),
     qkv: a(N * qkvWidth(cfg)),
-    q: a(N * cfg.heads * D),
-    k: a(N * cfg.kvHeads * D),
-    v: a(N * cfg.kvHeads * D),
+    q: a(N * cfg.heads * (widths?.qk ?? D)),
+    k: a(N * cfg.kvHeads * (widths?.qk ?? D)),
+    v: a(N * cfg.kvHeads * (widths?.v ?? D)),
     att: a(N * C),
     resMid: a(N * C),
     ln2: a(N * C),
@@ -97,7 +117,7 @@ export function block<V, W>(ops: BlockOps<V, W>, P: BlockParams<W>, x: V, attent
 
 /**
  * The block on a backend: xOut = block(xIn) for B sequences of L new tokens, every activation written into X
- * (training keeps them for its backward); xIn is left unchanged.
+ * (training keeps them for its backward); xIn is left unchanged. `widths`: X's operand layout (allocateBlockBuffers).
  */
 export function blockForward<T, I>(
   be: Backend<T, I>,
@@ -109,8 +129,9 @@ export function blockForward<T, I>(
   B: number,
   L: number,
   attention: BlockAttention<T>,
+  widths: OperandWidths | null = null,
 ): void {
-  block(new HostBlockOps(be, cfg, X, xOut, B, L), P, xIn, attention);
+  block(new HostBlockOps(be, cfg, X, xOut, B, L, widths), P, xIn, attention);
 }
 
 /** BlockOps as backend calls into the caller's buffers (the calls the block made before it was generic). */
@@ -125,6 +146,7 @@ class HostBlockOps<T, I> implements BlockOps<T, T> {
     private readonly xOut: T,
     private readonly B: number,
     private readonly L: number,
+    private readonly widths: OperandWidths | null,
   ) {
     this.N = B * L;
   }
@@ -146,14 +168,16 @@ class HostBlockOps<T, I> implements BlockOps<T, T> {
   }
 
   splitQkv(qkv: T): [T, T, T] {
-    const { X, cfg } = this;
-    this.be.splitQkv(qkv, X.q, X.k, X.v, this.B, this.L, cfg.heads, cfg.kvHeads, cfg.width / cfg.heads);
+    const { X, cfg, widths } = this;
+    const D = cfg.width / cfg.heads;
+    this.be.splitQkv(qkv, X.q, X.k, X.v, this.B, this.L, cfg.heads, cfg.kvHeads, D, widths?.qk, widths?.v);
     return [X.q, X.k, X.v];
   }
 
   headsToTokens(o: T): T {
     const cfg = this.cfg;
-    this.be.headsToTokens(o, this.X.att, this.B, cfg.heads, this.L, cfg.width / cfg.heads);
+    const D = cfg.width / cfg.heads;
+    this.be.headsToTokens(o, this.X.att, this.B, cfg.heads, this.L, D, this.widths?.v);
     return this.X.att;
   }
 
@@ -204,7 +228,7 @@ export interface BlockGradBuffers<T> {
   dWide: T;
   /** [rows, C] */
   dAtt: T;
-  /** [B, H, L, D] */
+  /** [B, H, L, D], rows of widths.v with widened operands (the extra columns stay zero: never written) */
   dHeads: T;
   /** [rows, qkvWidth] */
   dQkv: T;
@@ -214,7 +238,7 @@ export interface BlockGradBuffers<T> {
  * The block's gradient, the forward (blockForward) walked in reverse: on entry dRes holds d loss / d xOut, on exit
  * d loss / d xIn (the residual path passes it straight through, each half adds its own term); parameter gradients
  * ACCUMULATE. X holds that forward's activations and `attend` its attention (whose backward also accumulates the
- * encoding's parameter gradients).
+ * encoding's parameter gradients); `widths` is X's operand layout, as in blockForward.
  */
 export function blockBackward<T, I>(
   be: Backend<T, I>,
@@ -227,6 +251,7 @@ export function blockBackward<T, I>(
   S: BlockGradBuffers<T>,
   B: number,
   L: number,
+  widths: OperandWidths | null = null,
 ): void {
   const N = B * L;
   const C = cfg.width;
@@ -250,9 +275,9 @@ export function blockBackward<T, I>(
   );
   // Attention: resMid = xIn + merge(attend(split(ln1 Wqkv + bqkv))) Wo + bo.
   linearBackward(be, X.att, P.projWeight, P.projBias, dRes, S.dAtt, N, C, C);
-  be.tokensToHeads(S.dAtt, S.dHeads, B, cfg.heads, L, D);
+  be.tokensToHeads(S.dAtt, S.dHeads, B, cfg.heads, L, D, widths?.v);
   const g = attend.backward(S.dHeads);
-  be.mergeQkv(g.dq, g.dk, g.dv, S.dQkv, B, L, cfg.heads, cfg.kvHeads, D);
+  be.mergeQkv(g.dq, g.dk, g.dv, S.dQkv, B, L, cfg.heads, cfg.kvHeads, D, widths?.qk, widths?.v);
   linearBackward(be, X.ln1, P.qkvWeight, P.qkvBias, S.dQkv, S.dLn, N, C, qkvWidth(cfg));
   if (g.dx) be.addInto(S.dLn, g.dx, N * C);
   for (const t of [g.dq, g.dk, g.dv, ...(g.dx ? [g.dx] : [])]) be.release(t);

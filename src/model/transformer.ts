@@ -14,11 +14,11 @@
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
 import { HypeError, check } from '../errors.ts';
-import type { AttendResult, EncodingFactory, Param, PositionalEncoding } from '../pe/encoding.ts';
+import type { AttendResult, EncodingFactory, OperandWidths, Param, PositionalEncoding } from '../pe/encoding.ts';
 import { getEncodingFactory } from '../pe/registry.ts';
 import { dtypeOf, type FloatArray } from '../tensor.ts';
 import { Rng } from '../util/rng.ts';
-import { allocateBlockBuffers, blockBackward, blockForward, type BlockBuffers } from './block.ts';
+import { allocateBlockBuffers, blockBackward, blockForward, blockOperandWidths, type BlockBuffers } from './block.ts';
 import type { ModelConfig } from './config.ts';
 import {
   allocateParams,
@@ -70,6 +70,8 @@ class Activations<T, I> {
     be: Backend<T, I>,
     readonly batch: number,
     readonly length: number,
+    /** The encodings' widened operand layout of q, k, v and attention's output (block.ts), or null. */
+    readonly widths: OperandWidths | null,
   ) {
     const N = batch * length;
     this.rows = N;
@@ -78,7 +80,10 @@ class Activations<T, I> {
     const Q = qkvWidth(cfg);
     const a = (n: number) => be.allocate(cfg.dtype, n, 'an activation');
     this.res = Array.from({ length: cfg.layers + 1 }, () => a(N * C));
-    this.blocks = Array.from({ length: cfg.layers }, () => ({ ...allocateBlockBuffers(cfg, be, N), attend: null }));
+    this.blocks = Array.from({ length: cfg.layers }, () => ({
+      ...allocateBlockBuffers(cfg, be, N, widths),
+      attend: null,
+    }));
     this.lnf = a(N * C);
     this.lnfMean = a(N);
     this.lnfRstd = a(N);
@@ -90,7 +95,7 @@ class Activations<T, I> {
     this.dLn = a(N * C);
     this.dWide = a(N * F);
     this.dAtt = a(N * C);
-    this.dHeads = a(N * C);
+    this.dHeads = a(N * cfg.heads * (widths?.v ?? C / cfg.heads));
     this.dQkv = a(N * Q);
     this.dLogits = a(N * cfg.vocab);
   }
@@ -148,14 +153,7 @@ export class Transformer<T = FloatArray, I = Int32Array> {
     this.stats = backend.allocateStats(STAT_SLOTS);
 
     const factory = options.encodingFactory ?? getEncodingFactory(config.pe.name);
-    const dims = {
-      heads: config.heads,
-      kvHeads: config.kvHeads,
-      headDim: this.headDim,
-      modelDim: config.width,
-      trainLength: config.trainLength,
-      embeddingStd: config.initStd,
-    };
+    const dims = encodingDims(config);
     const create = () => portableOn(backend, factory.create(dims, config.pe.options as never, rng));
     const actsInAttention = factory.sites.some((s) => ATTENTION_SITES.has(s));
     const actsOnEmbeddings = factory.sites.includes('embedding');
@@ -227,7 +225,8 @@ export class Transformer<T = FloatArray, I = Int32Array> {
     if (!this.acts || this.acts.batch !== batch || this.acts.length !== length) {
       this.acts?.release(this.backend);
       this.acts = null; // let the old shape's buffers go before allocating the new ones
-      this.acts = new Activations(this.config, this.backend, batch, length);
+      const widths = blockOperandWidths(this.config, this.blockEncodings);
+      this.acts = new Activations(this.config, this.backend, batch, length, widths);
     }
     return this.acts;
   }
@@ -324,11 +323,13 @@ export class Transformer<T = FloatArray, I = Int32Array> {
     const shape = this.attentionShape(batch, length);
     for (let i = 0; i < cfg.layers; i++) {
       const X = A.blocks[i]!;
-      blockForward(be, cfg, this.params.blocks[i]!, X, A.res[i]!, A.res[i + 1]!, batch, length, (q, k, v, x) => {
+      const attention = (q: T, k: T, v: T, x: T) => {
         X.attend?.dispose?.();
-        X.attend = this.blockEncodings[i]!.attend({ backend: be, shape, causal: true, queryOffset: 0 }, { q, k, v, x });
+        const ctx = { backend: be, shape, causal: true, queryOffset: 0 };
+        X.attend = this.blockEncodings[i]!.attend(ctx, { q, k, v, x, ...(A.widths ? { widths: A.widths } : {}) });
         return X.attend.out;
-      });
+      };
+      blockForward(be, cfg, this.params.blocks[i]!, X, A.res[i]!, A.res[i + 1]!, batch, length, attention, A.widths);
     }
     const last = A.res[cfg.layers]!;
     const { lnfWeight, lnfBias, wte } = this.params;
@@ -362,7 +363,7 @@ export class Transformer<T = FloatArray, I = Int32Array> {
 
     for (let i = cfg.layers - 1; i >= 0; i--) {
       const X = A.blocks[i]!;
-      blockBackward(be, cfg, this.params.blocks[i]!, X, X.attend!, A.res[i]!, A.dRes, A, A.batch, A.length);
+      blockBackward(be, cfg, this.params.blocks[i]!, X, X.attend!, A.res[i]!, A.dRes, A, A.batch, A.length, A.widths);
     }
     this.embeddingEncoding?.embedBackward?.(A.dRes, A.batch, A.length, C, 0);
     be.embeddingBackward(A.dRes, A.tokens, wte.grad, N, C);
@@ -400,7 +401,7 @@ function onBackend<T, I>(host: TransformerParams, be: Backend<T, I>): Transforme
  * portable (attend through backend ops, no host parameters), else one clear refusal.
  */
 function portableOn<T, I>(be: Backend<T, I>, enc: PositionalEncoding): PositionalEncoding<T, I> {
-  if (be.residence === 'device' && !(enc.portable === true && enc.params.length === 0)) {
+  if (be.residence === 'device' && !devicePortable(enc)) {
     throw new HypeError(
       'argument',
       `encoding '${enc.name}' runs on host backends only (reference, native): its position terms are computed ` +
@@ -409,6 +410,29 @@ function portableOn<T, I>(be: Backend<T, I>, enc: PositionalEncoding): Positiona
     );
   }
   return enc as unknown as PositionalEncoding<T, I>;
+}
+
+const devicePortable = (enc: PositionalEncoding) => enc.portable === true && enc.params.length === 0;
+
+/** The sizes an encoding factory builds an instance for. */
+function encodingDims(config: ModelConfig) {
+  return {
+    heads: config.heads,
+    kvHeads: config.kvHeads,
+    headDim: config.width / config.heads,
+    modelDim: config.width,
+    trainLength: config.trainLength,
+    embeddingStd: config.initStd,
+  };
+}
+
+/**
+ * Whether a device backend can run `config`'s encoding (the test the constructor applies), judged on one instance
+ * built on the host: lets a caller refuse a whole plan before it allocates anything on a device.
+ */
+export function encodingRunsOnDevice(config: ModelConfig): boolean {
+  const enc = getEncodingFactory(config.pe.name).create(encodingDims(config), config.pe.options as never, new Rng(0));
+  return devicePortable(enc);
 }
 
 function checkIds(ids: Int32Array, vocab: number, what: string): void {

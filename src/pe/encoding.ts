@@ -52,15 +52,33 @@ export interface AttendInputs<T = FloatArray> {
   v: T;
   /** The block's (normed) input activations [B, Lk, C], for data-dependent encodings (PaTH); others ignore it. */
   x?: T;
+  /**
+   * Present when q, k and v come in the widened layout the encoding asked for (PositionalEncoding.operandWidths):
+   * head rows of `qk` (q, k) and `v` values, of which the caller wrote the first headDim (valueDim).
+   */
+  widths?: OperandWidths;
+}
+
+/**
+ * Row widths of attention operands in head layout, wider than the head dims: q [B, H, Lq, qk], k [B, Hkv, Lk, qk],
+ * v [B, Hkv, Lk, v] (PositionalEncoding.operandWidths).
+ */
+export interface OperandWidths {
+  qk: number;
+  v: number;
 }
 
 /** A finished forward pass, holding what its backward needs. */
 export interface AttendResult<T = FloatArray> {
-  /** [B, H, Lq, Dv], a handle the caller may read until the next attend of this encoding instance. */
+  /**
+   * [B, H, Lq, Dv] (rows of AttendInputs.widths.v with widened inputs), a handle the caller may read until the next
+   * attend of this encoding instance.
+   */
   out: T;
   /**
    * Accumulates parameter gradients into `params[*].grad` and returns input gradients (dx only if x was used), as
-   * fresh handles (the caller adds dx into its own gradient).
+   * fresh handles (the caller adds dx into its own gradient); dOut, dq, dk and dv in the widened layout when the
+   * inputs came in it.
    */
   backward(dOut: T): { dq: T; dk: T; dv: T; dx?: T };
   /** Frees what the forward kept for its backward (a device's handles); the model calls it when it drops a result. */
@@ -86,6 +104,17 @@ export interface PositionalEncoding<T = FloatArray, I = Int32Array> {
   embed?(x: T, batch: number, length: number, width: number, offset: number, grid?: readonly number[]): void;
   /** Accumulates the gradient of the embedding-site parameters from dx (dx itself passes through unchanged). */
   embedBackward?(dx: T, batch: number, length: number, width: number, offset: number, grid?: readonly number[]): void;
+
+  /**
+   * Optional "widened operands" request, for encodings that append columns to q and k (concat routes): the row
+   * widths it wants q, k and v in for a model of `dtype` (null: plain rows). A caller that honours it (the
+   * transformer) allocates its head-layout buffers with these row widths, writes only the first headDim (valueDim)
+   * columns of each row, keeps the buffers from call to call and passes AttendInputs.widths. The other columns
+   * belong to the encoding: it writes them itself, fixed ones once per buffer and geometry, so no call copies q or
+   * k. attend's `out` and backward's dq, dk, dv then come in the same widened layout (the caller reads their first
+   * columns), and backward's dOut too (its extra columns zero, as a zeroed buffer the caller never writes them in).
+   */
+  operandWidths?(dtype: DType): OperandWidths | null;
 
   /** Attention with this encoding's position terms (kernels via ctx.backend where the bias menu allows). */
   attend(ctx: AttendContext<T, I>, inputs: AttendInputs<T>): AttendResult<T>;

@@ -10,7 +10,7 @@ import { check, HypeError } from '../errors.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
 import { hasCheckpoint, loadCheckpoint, restoreWeights } from '../train/checkpoint.ts';
-import { checkOutputs, evaluateHeldOut } from '../train/evaluate.ts';
+import { checkLogits, evaluateHeldOutAsync } from '../train/evaluate.ts';
 import type { BatchSource } from '../train/source.ts';
 import { readLossLog, TrainingRun } from '../train/trainer.ts';
 import type { PositionalEncoding } from '../pe/encoding.ts';
@@ -21,7 +21,11 @@ import type { TaskSequence } from './tasks/task.ts';
 import type { ModelShape, PeChoice, TrainBudget } from './plan.ts';
 
 export interface StudyEnv {
-  backend: Backend;
+  /**
+   * Any backend: host (native, reference) or device (webgpu). Every number a cell reports leaves the backend through
+   * its asynchronous read (on host backends that read resolves at once with a copy of the same values).
+   */
+  backend: Backend<unknown, unknown>;
   /** Folder of the cells' training runs (checkpoints; large, not part of the results). */
   workDir: string;
   /** Folder holding tinyshakespeare/ and wikitext-2/. */
@@ -44,17 +48,17 @@ export interface TrainSummary {
 }
 
 /** Each distinct encoding instance of the model's blocks with its parameter-name prefix (as Transformer names them). */
-function reportingEncodings(model: Transformer): [string, PositionalEncoding][] {
+function reportingEncodings<T, I>(model: Transformer<T, I>): [string, PositionalEncoding<T, I>][] {
   const encs = model.blockEncodings;
   if (encs.every((e) => e === encs[0])) return encs[0]?.report ? [['pe', encs[0]]] : [];
-  return encs.flatMap((e, i): [string, PositionalEncoding][] => (e.report ? [[`blocks.${i}.attn.pe`, e]] : []));
+  return encs.flatMap((e, i): [string, PositionalEncoding<T, I>][] => (e.report ? [[`blocks.${i}.attn.pe`, e]] : []));
 }
 
 /**
  * Starts a cell's evaluation for the position report: encodings that summarise their forward passes (gates) forget
  * those of training, so positionReport describes the evaluation data.
  */
-export function startPositionReport(model: Transformer): void {
+export function startPositionReport<T, I>(model: Transformer<T, I>): void {
   for (const [, enc] of reportingEncodings(model)) enc.report!();
 }
 
@@ -62,7 +66,7 @@ export function startPositionReport(model: Transformer): void {
  * The trained position parameters of every encoding that reports them (PositionalEncoding.report), named
  * `<block prefix>.<name>` (e.g. blocks.0.attn.pe.slope); undefined when the encoding reports nothing.
  */
-export function positionReport(model: Transformer): Record<string, number[]> | undefined {
+export function positionReport<T, I>(model: Transformer<T, I>): Record<string, number[]> | undefined {
   const out: Record<string, number[]> = {};
   for (const [prefix, enc] of reportingEncodings(model))
     for (const [name, values] of Object.entries(enc.report!())) out[`${prefix}.${name}`] = values;
@@ -89,7 +93,7 @@ export async function trainModel(
   source: BatchSource,
   label: string,
   precision: Precision = 'fp32',
-): Promise<{ model: Transformer; train: TrainSummary }> {
+): Promise<{ model: Transformer<unknown, unknown>; train: TrainSummary }> {
   const runDir = join(env.workDir, runName);
   return withClaim(
     runDir,
@@ -108,8 +112,8 @@ async function trainClaimed(
   source: BatchSource,
   label: string,
   claim: Claim,
-): Promise<{ model: Transformer; train: TrainSummary }> {
-  let run: TrainingRun;
+): Promise<{ model: Transformer<unknown, unknown>; train: TrainSummary }> {
+  let run: TrainingRun<unknown, unknown>;
   if (hasCheckpoint(runDir)) {
     run = TrainingRun.resume(runDir, env.backend, { source, expectModel: config });
   } else {
@@ -162,12 +166,23 @@ async function trainClaimed(
   };
 }
 
+/** Why the precision experiment refuses a device backend (its operand formats are emulated on the host). */
+export const PRECISION_ON_HOST = (backend: string) =>
+  `the precision experiment rounds attention operands to bf16/fp16 on the host, which backend '${backend}' cannot ` +
+  'do; run precision with --backend native or reference (lm, flipflop and recall run on webgpu)';
+
 /**
  * The finished model of a run folder rebuilt with extra encoding options (e.g. an operand format): the checkpoint
  * restores into a model of its own configuration, whose parameters are then copied, name by name, into the model
  * built with the changed options (the options change how attention runs, not what is trained).
  */
-export function reloadWithPeOptions(runDir: string, backend: Backend, extra: Record<string, unknown>): Transformer {
+export function reloadWithPeOptions(
+  runDir: string,
+  anyBackend: Backend<unknown, unknown>,
+  extra: Record<string, unknown>,
+): Transformer {
+  if (anyBackend.residence !== 'host') throw new HypeError('argument', PRECISION_ON_HOST(anyBackend.name));
+  const backend = anyBackend as Backend; // 'host' promises typed arrays (HANDLES.md)
   const ck = loadCheckpoint(runDir);
   const cfg = ck.state.model;
   const trained = new Transformer(cfg, backend);
@@ -192,22 +207,26 @@ export function reloadWithPeOptions(runDir: string, backend: Backend, extra: Rec
 export type Outcome<T> = ({ ok: true } & T) | { ok: false; reason: string };
 
 /** Runs `f`; a 'length' refusal (learned positions past their table) becomes "cannot evaluate" with its message. */
-export function unlessTooLong<T>(f: () => T): Outcome<T> {
+export async function unlessTooLong<T>(f: () => Promise<T>): Promise<Outcome<T>> {
   try {
-    return { ok: true, ...f() };
+    return { ok: true, ...(await f()) };
   } catch (err) {
     if (err instanceof HypeError && err.code === 'length') return { ok: false, reason: err.message };
     throw err;
   }
 }
 
-/** Bits per byte on `data` in non-overlapping windows of `length` (as the ALiBi paper evaluates). */
-export function bitsPerByte(
-  model: Transformer,
+/**
+ * Bits per byte on `data` in non-overlapping windows of `length` (as the ALiBi paper evaluates), on any backend: per
+ * pass the statistics and the per-token losses are read back. On a host backend those are the very values the
+ * synchronous evaluateHeldOut sums, in the same order, so host cells' numbers are unchanged.
+ */
+export async function bitsPerByte<T, I>(
+  model: Transformer<T, I>,
   data: Uint8Array,
   length: number,
-): { bitsPerByte: number; scored: number } {
-  const r = evaluateHeldOut(model, data, length, { batch: Math.max(1, Math.floor(4096 / length)) });
+): Promise<{ bitsPerByte: number; scored: number }> {
+  const r = await evaluateHeldOutAsync(model, data, length, { batch: Math.max(1, Math.floor(4096 / length)) });
   return { bitsPerByte: r.bitsPerByte, scored: r.scored };
 }
 
@@ -242,13 +261,13 @@ export function countCorrect(
  * window) and the last byte is only a target — the layout training windows have (generatorSource asks for
  * length + 1 bytes), so a task's closing query sits at the same absolute position in training and evaluation.
  * That matters for absolute encodings: a learned table that only ever saw the query at position L - 1 cannot be
- * graded with it at L - 2.
+ * graded with it at L - 2. Any backend: each batch's logits are read back (the argmax runs on the host).
  */
-export function gradeTask(
-  model: Transformer,
+export async function gradeTask<T, I>(
+  model: Transformer<T, I>,
   seqs: readonly TaskSequence[],
   length: number,
-): { correct: number; graded: number } {
+): Promise<{ correct: number; graded: number }> {
   const batch = Math.max(1, Math.floor(8192 / length));
   let correct = 0;
   let graded = 0;
@@ -264,14 +283,15 @@ export function gradeTask(
       }
       tokens.set(s.bytes.subarray(0, length), i * length);
     });
-    model.forward(tokens, null, part.length, length);
-    checkOutputs(
-      model,
-      null,
+    model.enqueueForward(tokens, null, part.length, length);
+    const logits = await model.backend.read(model.logitsHandle());
+    checkLogits(
+      logits,
+      model.config.vocab,
       `grading task sequences at length ${length}`,
       'the trained model is broken; recompute it',
     );
-    const c = countCorrect(model.logits(), model.config.vocab, part, length);
+    const c = countCorrect(logits, model.config.vocab, part, length);
     correct += c.correct;
     graded += c.graded;
   }

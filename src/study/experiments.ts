@@ -289,23 +289,18 @@ export async function computeLm(env: StudyEnv, c: LmConfig, data: LmData): Promi
   const t0 = performance.now();
   startPositionReport(model);
   const ev = evalData(data, c.evalBytes);
-  const score = (m: Transformer) =>
-    c.multipliers.map((x) => {
-      const length = x * c.trainLength;
-      return { multiplier: x, length, ...unlessTooLong(() => bitsPerByte(m, ev, length)) };
-    });
-  const evals = score(model); // the run's model computes in the run's precision
+  const score = (m: Transformer<unknown, unknown>) =>
+    lengthEvals(c.multipliers, c.trainLength, (length) => bitsPerByte(m, ev, length));
+  const evals = await score(model); // the run's model computes in the run's precision
   env.log(`${lmLabel(c)}: ${describeBpb(evals)}`);
   // A bf16 cell's weights (fp32 masters) scored again on the plain backend.
-  const fp32Evals = c.precision ? score(reloadWithPeOptions(train.runDir, env.backend, {})) : undefined;
+  const fp32Evals = c.precision ? await score(reloadWithPeOptions(train.runDir, env.backend, {})) : undefined;
   if (fp32Evals) env.log(`${lmLabel(c)}, scored in fp32: ${describeBpb(fp32Evals)}`);
   const positionParams = positionReport(model);
-  const hypeParams = Object.fromEntries(
-    model
-      .parameters()
-      .filter((p) => /(^|\.)hype\.(tau|mu)$/.test(p.name))
-      .map((p) => [p.name, Array.from(p.data)]),
-  );
+  const hypeParams: Record<string, number[]> = {};
+  for (const p of model.parameters()) {
+    if (/(^|\.)hype\.(tau|mu)$/.test(p.name)) hypeParams[p.name] = Array.from(await env.backend.read(p.data));
+  }
   return {
     precision: c.precision ?? 'fp32',
     train,
@@ -325,6 +320,23 @@ export async function computeLm(env: StudyEnv, c: LmConfig, data: LmData): Promi
     versions: versions(),
     evalSeconds: (performance.now() - t0) / 1000,
   };
+}
+
+/**
+ * One evaluation per length multiplier, in order (a device backend runs one at a time); a length an encoding cannot
+ * represent becomes "cannot evaluate" (unlessTooLong).
+ */
+async function lengthEvals<T extends object>(
+  multipliers: readonly number[],
+  trainLength: number,
+  f: (length: number) => Promise<T>,
+): Promise<LengthEval<T>[]> {
+  const out: LengthEval<T>[] = [];
+  for (const m of multipliers) {
+    const length = m * trainLength;
+    out.push({ multiplier: m, length, ...(await unlessTooLong(() => f(length))) });
+  }
+  return out;
 }
 
 /** "held-out bits per byte at length 64: 3.176, 128: 3.168, ...". */
@@ -389,14 +401,11 @@ export async function computePrecision(env: StudyEnv, c: PrecisionConfig, data: 
   const ev = evalData(data, c.lm.evalBytes);
   const evaluate = (options: Record<string, unknown>) => {
     const model = reloadWithPeOptions(train.runDir, env.backend, options);
-    return c.lm.multipliers.map((m) => {
-      const length = m * c.lm.trainLength;
-      return { multiplier: m, length, ...unlessTooLong(() => bitsPerByte(model, ev, length)) };
-    });
+    return lengthEvals(c.lm.multipliers, c.lm.trainLength, (length) => bitsPerByte(model, ev, length));
   };
   const split = c.format === 'bf16-split' || c.format === 'fp16-split';
-  const fp32Evals = split ? evaluate({ format: 'fp32' }) : undefined;
-  const evals = evaluate(precisionPeOptions(c.format));
+  const fp32Evals = split ? await evaluate({ format: 'fp32' }) : undefined;
+  const evals = await evaluate(precisionPeOptions(c.format));
   env.log(`precision ${c.lm.encoding} ${c.format}: ${describeBpb(evals)}`);
   const seconds = (performance.now() - t0) / 1000;
   return { evals, fp32Evals, backend: env.backend.name, versions: versions(), evalSeconds: seconds };
@@ -458,14 +467,14 @@ async function taskCell<G extends object>(
   env: StudyEnv,
   c: FlipflopConfig | RecallConfig,
   source: BatchSource,
-  grade: (model: Transformer) => G,
+  grade: (model: Transformer<unknown, unknown>) => Promise<G>,
 ): Promise<G & Omit<FlipflopResult, 'mixes'>> {
   const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
   const label = `${c.experiment} ${c.encoding} seed ${c.seed}`;
   const { model, train } = await trainModel(env, runNameOf(c), config, c.budget, c.seed, source, label);
   const t0 = performance.now();
   startPositionReport(model);
-  const graded = grade(model);
+  const graded = await grade(model);
   const positionParams = positionReport(model);
   return {
     train,
@@ -479,15 +488,15 @@ async function taskCell<G extends object>(
 
 /** One flip-flop cell: train on the in-distribution mix, grade the read bits of each mix. */
 export async function computeFlipflop(env: StudyEnv, c: FlipflopConfig): Promise<FlipflopResult> {
-  return taskCell(env, c, flipflopSource(), (model) => {
+  return taskCell(env, c, flipflopSource(), async (model) => {
     const mixes = {} as FlipflopResult['mixes'];
-    (Object.keys(FLIPFLOP_MIXES) as FlipFlopMix[]).forEach((mix, j) => {
+    for (const [j, mix] of (Object.keys(FLIPFLOP_MIXES) as FlipFlopMix[]).entries()) {
       const rng = new Rng(EVAL_SEED + j);
       const p = FLIPFLOP_MIXES[mix];
       const seqs = Array.from({ length: c.evalSequences }, () => flipFlopSequence(rng, c.trainLength + 1, p));
-      const g = gradeTask(model, seqs, c.trainLength);
+      const g = await gradeTask(model, seqs, c.trainLength);
       mixes[mix] = { pIgnore: p, errors: g.graded - g.correct, graded: g.graded, errorRate: 1 - g.correct / g.graded };
-    });
+    }
     env.log(
       `flipflop ${c.encoding} seed ${c.seed}: error on the read bits ` +
         Object.entries(mixes)
@@ -510,19 +519,12 @@ export async function runRecall(env: StudyEnv, outDir: string, configs: readonly
 
 /** One recall cell: train on recall sequences, grade the answers at each length. */
 export async function computeRecall(env: StudyEnv, c: RecallConfig): Promise<RecallResult> {
-  return taskCell(env, c, recallSource(), (model) => {
-    const evals = c.multipliers.map((m) => {
-      const length = m * c.trainLength;
+  return taskCell(env, c, recallSource(), async (model) => {
+    const evals = await lengthEvals(c.multipliers, c.trainLength, async (length) => {
       const rng = new Rng(EVAL_SEED + length);
       const seqs = Array.from({ length: c.evalSequences }, () => recallSequence(rng, length + 1));
-      return {
-        multiplier: m,
-        length,
-        ...unlessTooLong(() => {
-          const g = gradeTask(model, seqs, length);
-          return { ...g, accuracy: g.correct / g.graded };
-        }),
-      };
+      const g = await gradeTask(model, seqs, length);
+      return { ...g, accuracy: g.correct / g.graded };
     });
     env.log(
       `recall ${c.encoding} seed ${c.seed}: answer accuracy at length ` +

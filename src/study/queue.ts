@@ -388,7 +388,8 @@ export function parseCellJob(job: { id?: string; data: unknown }): CellJob {
 
 export interface WorkerOptions {
   url: string;
-  backend: Backend;
+  /** Any backend (a device one refuses, cell by cell, what it cannot run: those attempts fail for other workers). */
+  backend: Backend<unknown, unknown>;
   dataDir: string;
   workDir: string;
   concurrency: number;

@@ -271,7 +271,7 @@ function setupSection(input: ReportInput): string[] {
     `- Plan: ${p.quick ? 'quick' : 'full'}; results for seeds ${seedsOf(input).join(', ')} and encodings ` +
       `${encodingsOf(input).join(', ')} (a table entry without ± has a single seed).`,
     `- Code: package ${m.versions.package}, commit ${m.versions.commit ?? 'unknown'}, Node ${m.versions.node}; ` +
-      `backend ${m.backend}; ${m.cpus} CPU cores.`,
+      `backend ${m.backend}; ${m.cpus} CPU cores.${mixedBackends(all, m.backend)}`,
     `- Cells were computed at commit${commits.length === 1 ? '' : 's'} ${commits.join(', ')} (each cell records its ` +
       "own; a finished cell is not recomputed when the code changes — 'hype study <experiment> --recompute " +
       "<encodings>' does that).",
@@ -389,6 +389,22 @@ function lmSection(input: ReportInput, charts: Chart[], plotsRel: string): strin
   lines.push('Training: final training loss (bits per byte, mean of the last 5% of steps) and cell wall time.', '');
   lines.push(markdownTable(t, { rowHeader: 'encoding', rowOrder: trainRows, digits: 2 }));
   return lines;
+}
+
+/**
+ * Said when the cells were not all computed on the backend the metadata names (a results folder another backend
+ * added to): every backend trains the same fp32 models, so quality numbers differ only by roundoff-level drift (as
+ * between native and reference, like a different seed's noise but smaller); wall times compare within a backend only.
+ */
+function mixedBackends(cells: { result: { backend: string } }[], named: string): string {
+  const counts = new Map<string, number>();
+  for (const c of cells) counts.set(c.result.backend, (counts.get(c.result.backend) ?? 0) + 1);
+  if ([...counts.keys()].every((b) => b === named)) return '';
+  const each = [...counts].map(([b, n]) => `${b} (${n})`).join(', ');
+  return (
+    ` Cells by backend: ${each}; every backend trains the same fp32 models, so quality numbers agree up to ` +
+    'roundoff-level drift, but cell wall times compare only between cells of one backend.'
+  );
 }
 
 function flipflopSection(input: ReportInput, charts: Chart[], plotsRel: string): string[] {

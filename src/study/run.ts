@@ -12,7 +12,8 @@ import { renderSvg, writeSvgFile } from '../plot/render.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
 import { Claim, withClaim } from '../util/claim.ts';
 import { makeDirs, makeWritableDir } from '../util/fs-safe.ts';
-import type { StudyEnv } from './cell.ts';
+import { encodingRunsOnDevice } from '../model/transformer.ts';
+import { PRECISION_ON_HOST, studyModelConfig, type StudyEnv } from './cell.ts';
 import {
   flipflopConfigs,
   lmConfigs,
@@ -25,6 +26,7 @@ import {
   runRecall,
 } from './experiments.ts';
 import {
+  ALL_ENCODINGS,
   EXPERIMENTS,
   fullPlan,
   peChoice,
@@ -50,7 +52,8 @@ export interface StudyOptions {
   outDir: string;
   workDir: string;
   dataDir: string;
-  backend: Backend;
+  /** Host (native, reference) or device (webgpu: lm, flipflop and recall of device-portable encodings). */
+  backend: Backend<unknown, unknown>;
   /** Seeds 1..n instead of the plan's. */
   seeds?: number;
   /** Study encoding names instead of the plan's. */
@@ -118,6 +121,9 @@ export async function runStudy(o: StudyOptions): Promise<StudyOutcome> {
   const log = o.log ?? ((s: string) => process.stderr.write(s + '\n'));
   const env: StudyEnv = { backend: o.backend, workDir: o.workDir, dataDir: o.dataDir, log };
   if (o.queue !== undefined) (await import('./queue.ts')).parseQueueUrl(o.queue); // refused before anything is written
+  const chosen: Experiment[] = o.experiment === 'all' ? [...EXPERIMENTS] : [o.experiment];
+  // The queue's coordinator computes nothing (each worker checks its own backend's cells).
+  if (o.queue === undefined) checkDevicePlan(o.backend, plan, o.experiment);
   makeWritableDir(o.outDir, 'the results folder (--out)');
   makeWritableDir(o.workDir, 'the training-runs folder (--work-dir)');
   const metaPath = join(o.outDir, 'study.json');
@@ -132,7 +138,6 @@ export async function runStudy(o: StudyOptions): Promise<StudyOutcome> {
   // process may share this folder (e.g. lm and the tasks side by side): each update re-reads the file under its
   // claim, so no process's invocations are lost.
   await updateMeta(metaPath, (old) => ({ ...meta, invocations: old?.invocations ?? [] }));
-  const chosen: Experiment[] = o.experiment === 'all' ? [...EXPERIMENTS] : [o.experiment];
   if (o.recompute && o.recompute.length > 0) {
     o.recompute.forEach(peChoice);
     for (const exp of chosen) await forget(o, plan, exp, new Set(o.recompute), log);
@@ -232,6 +237,34 @@ async function runQueued(
     );
   }
   return { report, written };
+}
+
+/**
+ * A device backend runs the lm, flipflop and recall cells of device-portable encodings (HANDLES.md); anything else
+ * is refused here, before a folder is written or a device buffer allocated, in one error naming what does run there.
+ */
+export function checkDevicePlan(backend: Backend<unknown, unknown>, plan: StudyPlan, experiment: Experiment | 'all') {
+  if (backend.residence === 'host') return;
+  const all = experiment === 'all';
+  const chosen: Experiment[] = all ? [...EXPERIMENTS] : [experiment];
+  if (chosen.includes('precision')) {
+    throw new HypeError(
+      'argument',
+      PRECISION_ON_HOST(backend.name) + (all ? "; 'all' includes precision: run lm, flipflop and recall by name" : ''),
+    );
+  }
+  const shape = plan[chosen[0] as 'lm' | 'flipflop' | 'recall'];
+  const runs = (e: string) => encodingRunsOnDevice(studyModelConfig(shape.model, peChoice(e), shape.trainLength, 1));
+  const hostOnly = plan.encodings.filter((e) => !runs(e));
+  if (hostOnly.length > 0) {
+    throw new HypeError(
+      'argument',
+      `study encoding${hostOnly.length === 1 ? '' : 's'} ${hostOnly.join(', ')} run${hostOnly.length === 1 ? 's' : ''} ` +
+        `on host backends only (their position terms are computed over host arrays); on backend '${backend.name}' ` +
+        `the study runs ${ALL_ENCODINGS.filter(runs).join(', ')}: pass --encodings with those, or use --backend ` +
+        'native or reference',
+    );
+  }
 }
 
 /** Every cell of `exp` in the plan, in the order the experiment runs them. */

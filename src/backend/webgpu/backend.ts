@@ -401,8 +401,10 @@ export class WebGpuBackend implements Backend<GpuHandle, GpuIntHandle> {
     H: number,
     Hkv: number,
     D: number,
+    qkStride = D,
+    vStride = D,
   ) {
-    T.gpuSplitQkv(this.ctx, ...lives(qkv, q, k, v), B, L, H, Hkv, D);
+    T.gpuSplitQkv(this.ctx, ...lives(qkv, q, k, v), B, L, H, Hkv, D, qkStride, vStride);
   }
 
   mergeQkv(
@@ -415,16 +417,18 @@ export class WebGpuBackend implements Backend<GpuHandle, GpuIntHandle> {
     H: number,
     Hkv: number,
     D: number,
+    qkStride = D,
+    vStride = D,
   ) {
-    T.gpuMergeQkv(this.ctx, ...lives(dq, dk, dv, dqkv), B, L, H, Hkv, D);
+    T.gpuMergeQkv(this.ctx, ...lives(dq, dk, dv, dqkv), B, L, H, Hkv, D, qkStride, vStride);
   }
 
-  headsToTokens(x: GpuHandle, out: GpuHandle, B: number, H: number, L: number, D: number): void {
-    gpuHeadsToTokens(this.ctx, ...lives(x, out), B, H, L, D);
+  headsToTokens(x: GpuHandle, out: GpuHandle, B: number, H: number, L: number, D: number, stride = D): void {
+    gpuHeadsToTokens(this.ctx, ...lives(x, out), B, H, L, D, stride);
   }
 
-  tokensToHeads(x: GpuHandle, out: GpuHandle, B: number, H: number, L: number, D: number): void {
-    gpuTokensToHeads(this.ctx, ...lives(x, out), B, H, L, D);
+  tokensToHeads(x: GpuHandle, out: GpuHandle, B: number, H: number, L: number, D: number, stride = D): void {
+    gpuTokensToHeads(this.ctx, ...lives(x, out), B, H, L, D, stride);
   }
 
   globalNorm(tensors: readonly GpuHandle[], out: GpuHandle, outIndex: number): void {

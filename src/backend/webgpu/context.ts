@@ -7,9 +7,18 @@
  * chain on the GPU queue; only `download` returns to JavaScript. Released tensors go back to a pool keyed by byte
  * size, so a training step that allocates the same shapes every step reuses the same buffers.
  *
+ * Submission: kernels, clears and copies are recorded into one open command encoder (dispatches share one compute
+ * pass; WebGPU makes each dispatch its own usage scope, so a kernel sees the writes of the one before it) and
+ * submitted together when something must reach the queue timeline in order: a read (`download`, `sync`), a host
+ * write into a tensor (`queue.writeBuffer` runs before any later submit, so the kernels recorded before it are
+ * submitted first), or a full uniform arena. Each recorded dispatch's uniforms get their own aligned slot of one
+ * arena buffer, filled on the host and written once, right before the batch's submit; the arena is reused by the
+ * next batch, whose write is ordered after that submit on the queue timeline. A training step is thus a few
+ * submits (one per host write and read) instead of one per kernel, and allocates no buffer after its first.
+ *
  * Errors: kernels are enqueued synchronously; WebGPU reports validation errors asynchronously, so every pipeline
- * creation and dispatch runs inside an error scope whose result `sync()` (and therefore `download`) awaits and turns
- * into a HypeError.
+ * creation, bind group and batch submit runs inside an error scope whose result `sync()` (and therefore `download`)
+ * awaits and turns into a HypeError.
  */
 /// <reference types="webgpu" />
 import { HypeError } from '../../errors.ts';
@@ -18,6 +27,8 @@ import { HypeError } from '../../errors.ts';
 // depend on the GPUBufferUsage global (absent in Node unless the caller installs the `webgpu` globals).
 export const USAGE = { MAP_READ: 1, COPY_SRC: 4, COPY_DST: 8, UNIFORM: 64, STORAGE: 128 } as const;
 const MAP_MODE_READ = 1;
+/** Bytes of a batch's uniform arena: at the usual 256-byte slot alignment, 1024 dispatches per submit at most. */
+const ARENA_BYTES = 256 * 1024;
 
 export const LAVAPIPE_FIX =
   'install a WebGPU adapter: in Node, Mesa 25 lavapipe (software Vulkan, from bookworm-backports) plus the `webgpu` ' +
@@ -121,11 +132,21 @@ export class GpuContext {
   readonly hasF16: boolean;
   private readonly pipelines = new Map<string, GPUComputePipeline>();
   private readonly pool = new Map<number, GPUBuffer[]>();
-  /** Uniform and staging (map-read) buffers by size, reused across dispatches and reads. */
-  private readonly uniformPool = new Map<number, GPUBuffer[]>();
+  /** Staging (map-read) buffers by size, reused across reads. */
   private readonly stagingPool = new Map<number, GPUBuffer[]>();
   private pending: Promise<GPUError | null>[] = [];
   private lost: string | null = null;
+  /** The batch being recorded (null: nothing recorded since the last submit) and its open compute pass. */
+  private encoder: GPUCommandEncoder | null = null;
+  private pass: GPUComputePassEncoder | null = null;
+  /** The uniform arena (created on first use), its host image for the batch being recorded, and the bytes used. */
+  private arena: GPUBuffer | null = null;
+  private readonly arenaHost = new Uint8Array(ARENA_BYTES);
+  private arenaUsed = 0;
+  /** Submits so far (the tests count them). */
+  submits = 0;
+  /** false: submit every kernel on its own, as before batching (bench:webgpu's side-by-side row only). */
+  batching = true;
 
   constructor(
     /** Held so the GPU instance outlives its device (Dawn tears its threads down when the instance is collected). */
@@ -181,11 +202,46 @@ export class GpuContext {
     return t;
   }
 
-  /** Sets every element to 0. */
+  /** Sets every element to 0 (recorded in the batch, in order with the kernels). */
   clear(t: GpuTensor): void {
-    const enc = this.device.createCommandEncoder();
-    enc.clearBuffer(t.buffer, 0, t.buffer.size);
+    this.alive();
+    this.commands().clearBuffer(t.buffer, 0, t.buffer.size);
+  }
+
+  // ---------------------------------------------------------------- batching
+
+  /** The open command encoder, outside any compute pass (for clears and copies). */
+  private commands(): GPUCommandEncoder {
+    this.pass?.end();
+    this.pass = null;
+    return (this.encoder ??= this.device.createCommandEncoder());
+  }
+
+  private computePass(): GPUComputePassEncoder {
+    return (this.pass ??= (this.encoder ??= this.device.createCommandEncoder()).beginComputePass());
+  }
+
+  /**
+   * Submits what has been recorded (nothing if nothing was). Called before anything that must follow the recorded
+   * work on the queue timeline; callers outside this class need it only before their own queue operations.
+   */
+  flush(): void {
+    if (this.encoder === null) return;
+    this.pass?.end();
+    this.pass = null;
+    const enc = this.encoder;
+    this.encoder = null;
+    if (this.arenaUsed > 0) this.device.queue.writeBuffer(this.arena!, 0, this.arenaHost.buffer, 0, this.arenaUsed);
+    this.arenaUsed = 0;
+    this.device.pushErrorScope('validation');
     this.device.queue.submit([enc.finish()]);
+    this.pending.push(this.device.popErrorScope());
+    this.submits++;
+  }
+
+  /** Dispatches one batch holds at most (uniform slots of the arena). */
+  get batchCapacity(): number {
+    return Math.floor(ARENA_BYTES / this.limits.minUniformBufferOffsetAlignment);
   }
 
   /** Copies host data to a new tensor: Float32Array/Float64Array -> f32 (fp64 rounds once), Int32Array -> i32. */
@@ -215,6 +271,7 @@ export class GpuContext {
         if ((bits[i]! & 0x7c00) === 0x7c00 && Number.isFinite(data[i]!))
           throw new HypeError('overflow', `value ${data[i]} at index ${i} is beyond the f16 range (65504); use f32`);
       }
+      this.flush(); // the kernels recorded so far read the old contents
       if (bits.length > 0) this.device.queue.writeBuffer(t.buffer, 0, bits.buffer, 0, bits.byteLength);
       return;
     }
@@ -238,9 +295,8 @@ export class GpuContext {
     const staging =
       this.stagingPool.get(size)?.pop() ?? this.device.createBuffer({ size, usage: USAGE.MAP_READ | USAGE.COPY_DST });
     let reusable = false;
-    const enc = this.device.createCommandEncoder();
-    if (bytes > 0) enc.copyBufferToBuffer(t.buffer, offset * bytesPer(t.dtype), staging, 0, bytes);
-    this.device.queue.submit([enc.finish()]);
+    if (bytes > 0) this.commands().copyBufferToBuffer(t.buffer, offset * bytesPer(t.dtype), staging, 0, bytes);
+    this.flush();
     let copy: ArrayBuffer;
     try {
       await this.sync();
@@ -282,6 +338,7 @@ export class GpuContext {
         : data instanceof Float32Array
           ? data
           : Float32Array.from(data);
+    this.flush(); // the kernels recorded so far read the old contents
     this.device.queue.writeBuffer(t.buffer, offset * 4, host.buffer, host.byteOffset, host.byteLength);
   }
 
@@ -291,9 +348,7 @@ export class GpuContext {
     if (src.dtype === 'f16' || dst.dtype === 'f16' || src.buffer === dst.buffer)
       throw new HypeError('argument', 'copy: 4-byte tensors in two distinct buffers only');
     if (n === 0) return;
-    const enc = this.device.createCommandEncoder();
-    enc.copyBufferToBuffer(src.buffer, srcOffset * 4, dst.buffer, dstOffset * 4, n * 4);
-    this.device.queue.submit([enc.finish()]);
+    this.commands().copyBufferToBuffer(src.buffer, srcOffset * 4, dst.buffer, dstOffset * 4, n * 4);
   }
 
   /** Throws unless the device is alive (every kernel enqueue checks this; exposed for callers that batch work). */
@@ -313,6 +368,7 @@ export class GpuContext {
 
   /** Waits for submitted work and throws the first validation or out-of-memory error it produced. */
   async sync(): Promise<void> {
+    this.flush();
     const pending = this.pending;
     this.pending = [];
     await this.device.queue.onSubmittedWorkDone();
@@ -324,7 +380,12 @@ export class GpuContext {
   }
 
   destroy(): void {
-    for (const pool of [this.pool, this.uniformPool, this.stagingPool]) {
+    this.pass = null; // what was recorded and not submitted is dropped with the device
+    this.encoder = null;
+    this.arenaUsed = 0;
+    this.arena?.destroy();
+    this.arena = null;
+    for (const pool of [this.pool, this.stagingPool]) {
       for (const list of pool.values()) for (const b of list) b.destroy();
       pool.clear();
     }
@@ -383,8 +444,9 @@ export class GpuContext {
   }
 
   /**
-   * Enqueues one dispatch: binding 0 is a uniform buffer holding `uniforms` (16-byte padded), bindings 1.. the
-   * tensors in order. Every tensor binding is checked against maxStorageBufferBindingSize first.
+   * Records one dispatch in the batch: binding 0 is the dispatch's own slot of the uniform arena holding `uniforms`
+   * (16-byte padded), bindings 1.. the tensors in order. Every tensor binding is checked against
+   * maxStorageBufferBindingSize first.
    */
   dispatch(
     pipeline: GPUComputePipeline,
@@ -398,25 +460,25 @@ export class GpuContext {
     this.checkGrid(groups, what);
     if (groups[0] === 0 || groups[1] === 0 || groups[2] === 0) return;
     const usize = Math.max(16, Math.ceil(uniforms.byteLength / 16) * 16);
-    const ubuf =
-      this.uniformPool.get(usize)?.pop() ??
-      this.device.createBuffer({ size: usize, usage: USAGE.UNIFORM | USAGE.COPY_DST });
-    this.device.queue.writeBuffer(ubuf, 0, uniforms);
+    const align = this.limits.minUniformBufferOffsetAlignment;
+    const span = Math.ceil(usize / align) * align;
+    if (span > ARENA_BYTES)
+      throw new HypeError('argument', `${what}: ${usize} bytes of uniforms exceed the arena (${ARENA_BYTES} bytes)`);
+    if (this.arenaUsed + span > ARENA_BYTES) this.flush();
+    this.arena ??= this.device.createBuffer({ size: ARENA_BYTES, usage: USAGE.UNIFORM | USAGE.COPY_DST });
+    const offset = this.arenaUsed;
+    this.arenaHost.set(new Uint8Array(uniforms), offset);
+    this.arenaUsed += span;
     this.device.pushErrorScope('validation');
-    const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: ubuf } }];
+    const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: this.arena, offset, size: usize } }];
     tensors.forEach((t, i) => entries.push({ binding: i + 1, resource: { buffer: t.buffer } }));
     const bind = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
-    const enc = this.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
+    this.pending.push(this.device.popErrorScope());
+    const pass = this.computePass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bind);
     pass.dispatchWorkgroups(groups[0], groups[1], groups[2]);
-    pass.end();
-    this.device.queue.submit([enc.finish()]);
-    this.pending.push(this.device.popErrorScope());
-    // Reusable at once: queue.writeBuffer is ordered after every earlier submit on the queue timeline, so the next
-    // dispatch's uniforms cannot overwrite these before this dispatch has run.
-    pushPool(this.uniformPool, usize, ubuf);
+    if (!this.batching) this.flush();
   }
 }
 

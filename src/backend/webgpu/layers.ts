@@ -269,7 +269,7 @@ ${MAIN_EW} {
   }
 }`,
   // [B, L, H, D] <-> [B, H, L, D]; toHeads = 1 reads the token layout and writes the head layout.
-  permuteHeads: () => `struct U { b: u32, h: u32, l: u32, d: u32, toHeads: u32 }
+  permuteHeads: () => `struct U { b: u32, h: u32, l: u32, d: u32, toHeads: u32, stride: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 ${binds(['src', 'dst'])}
 ${FLAT}
@@ -279,7 +279,8 @@ ${MAIN_EW} {
   let x = i % u.d; let rest = i / u.d;
   let tk = rest % u.l; let hb = rest / u.l; let h = hb % u.h; let b = hb / u.h;   // i indexes [B, H, L, D]
   let tokIdx = ((b * u.l + tk) * u.h + h) * u.d + x;
-  if (u.toHeads != 0u) { dst[i] = src[tokIdx]; } else { dst[tokIdx] = src[i]; }
+  let headIdx = rest * u.stride + x;   // head rows may be wider than D
+  if (u.toHeads != 0u) { dst[headIdx] = src[tokIdx]; } else { dst[tokIdx] = src[headIdx]; }
 }`,
   sumSquaresPartial: () => `struct U { n: u32, per: u32 }
 @group(0) @binding(0) var<uniform> u: U;
@@ -722,7 +723,15 @@ export function gpuEmbeddingBackward(
   run(ctx, 'embeddingBackward', 'embedding backward', u, [dOut, tokens, dTable], ew(width));
 }
 
-/** Token layout [B, L, H D] -> head layout [B, H, L, D] (tokensToHeads in tensor.ts), into `out`. */
+/** Values [rows, D] head rows of row stride `stride` span: the last row needs only its first D. */
+export function stridedSpan(rows: number, D: number, stride: number): number {
+  return rows === 0 ? 0 : (rows - 1) * stride + D;
+}
+
+/**
+ * Token layout [B, L, H D] -> head layout [B, H, L, D] (tokensToHeads in tensor.ts), into `out`, whose head rows
+ * may be wider than D (row stride `stride`; only D columns are written).
+ */
 export function gpuSplitHeads(
   ctx: GpuContext,
   x: GpuTensor,
@@ -731,11 +740,12 @@ export function gpuSplitHeads(
   H: number,
   L: number,
   D: number,
+  stride = D,
 ) {
-  permute(ctx, x, out, B, H, L, D, 1);
+  permute(ctx, x, out, B, H, L, D, stride, 1);
 }
 
-/** Head layout [B, H, L, D] -> token layout [B, L, H D] (headsToTokens in tensor.ts), into `out`. */
+/** Head layout [B, H, L, D] (head rows of stride `stride`) -> token layout [B, L, H D], into `out`. */
 export function gpuMergeHeads(
   ctx: GpuContext,
   x: GpuTensor,
@@ -744,8 +754,9 @@ export function gpuMergeHeads(
   H: number,
   L: number,
   D: number,
+  stride = D,
 ) {
-  permute(ctx, x, out, B, H, L, D, 0);
+  permute(ctx, x, out, B, H, L, D, stride, 0);
 }
 
 function permute(
@@ -756,11 +767,16 @@ function permute(
   H: number,
   L: number,
   D: number,
+  stride: number,
   to: number,
 ) {
+  if (!(Number.isSafeInteger(stride) && stride >= D)) {
+    throw new HypeError('shape', `head split/merge: the head row stride ${stride} must be an integer >= D = ${D}`);
+  }
   const n = B * H * L * D;
-  need('head permute input', x, n);
-  need('head permute output', out, n);
+  const heads = stridedSpan(B * H * L, D, stride);
+  need('head permute input', x, to ? n : heads);
+  need('head permute output', out, to ? heads : n);
   if (x.buffer === out.buffer) throw new HypeError('argument', 'head split/merge cannot run in place');
   const u = [
     ['u', B],
@@ -768,6 +784,7 @@ function permute(
     ['u', L],
     ['u', D],
     ['u', to],
+    ['u', stride],
   ] as const;
   run(ctx, 'permuteHeads', 'head split/merge', u, [x, out], ew(n));
 }

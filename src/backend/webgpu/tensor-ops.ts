@@ -3,7 +3,8 @@
  *   copyRows   strided 2-D copy [rows, width] between offsets/strides (OVERWRITES dst)
  *   fill       x[offset .. offset + n) = value (any f32, NaN and infinities included: passed as bits)
  *   addInto    dst += src over n values (src may be dst)
- *   splitQkv   qkv [B, L, (H + 2 Hkv) D] -> q [B, H, L, D], k and v [B, Hkv, L, D]; mergeQkv the inverse (OVERWRITES)
+ *   splitQkv   qkv [B, L, (H + 2 Hkv) D] -> q [B, H, L, D], k and v [B, Hkv, L, D]; mergeQkv the inverse (OVERWRITES);
+ *              head rows may be wider than D (strides qkStride for q and k, vStride for v: only D columns move)
  *   globalNorm out[i] = sqrt(sum of squares over several tensors); clipByNorm scales them by clip / norm on the GPU
  *   countNonFinite  out[i] = number of NaN/Inf among x[0 .. n)
  * Reductions are deterministic: per-workgroup partial sums in a fixed order, then one workgroup adds the partials.
@@ -13,7 +14,7 @@
  */
 import { HypeError } from '../../errors.ts';
 import type { GpuContext, GpuTensor } from './context.ts';
-import { binds, ew, FLAT, MAIN_EW, MAIN_ROW, need, RW, runKernel } from './layers.ts';
+import { binds, ew, FLAT, MAIN_EW, MAIN_ROW, need, RW, runKernel, stridedSpan } from './layers.ts';
 
 /** Values per workgroup in the first pass of a reduction (64 invocations, 64 values each). */
 const PER = 4096;
@@ -46,7 +47,7 @@ ${MAIN_EW} {
   if (i < u.n) { dst[i] += src[i]; }
 }`,
   // i walks qkv [B, L, (H + 2 Hkv) D]; toParts = 1 splits (qkv -> q, k, v), 0 merges (q, k, v -> qkv).
-  qkv: () => `struct U { b: u32, l: u32, h: u32, hkv: u32, d: u32, toParts: u32 }
+  qkv: () => `struct U { b: u32, l: u32, h: u32, hkv: u32, d: u32, toParts: u32, qks: u32, vs: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 ${binds(['qkv', 'q', 'k', 'v'])}
 ${FLAT}
@@ -58,13 +59,13 @@ ${MAIN_EW} {
   let head = col / u.d; let x = col % u.d;
   let b = row / u.l; let tk = row % u.l;
   if (head < u.h) {
-    let j = ((b * u.h + head) * u.l + tk) * u.d + x;
+    let j = ((b * u.h + head) * u.l + tk) * u.qks + x;
     if (u.toParts != 0u) { q[j] = qkv[i]; } else { qkv[i] = q[j]; }
   } else if (head < u.h + u.hkv) {
-    let j = ((b * u.hkv + head - u.h) * u.l + tk) * u.d + x;
+    let j = ((b * u.hkv + head - u.h) * u.l + tk) * u.qks + x;
     if (u.toParts != 0u) { k[j] = qkv[i]; } else { qkv[i] = k[j]; }
   } else {
-    let j = ((b * u.hkv + head - u.h - u.hkv) * u.l + tk) * u.d + x;
+    let j = ((b * u.hkv + head - u.h - u.hkv) * u.l + tk) * u.vs + x;
     if (u.toParts != 0u) { v[j] = qkv[i]; } else { qkv[i] = v[j]; }
   }
 }`,
@@ -219,23 +220,31 @@ function qkv(
   q: GpuTensor,
   k: GpuTensor,
   v: GpuTensor,
-  dims: readonly [number, number, number, number, number],
+  dims: readonly [number, number, number, number, number, number, number],
   toParts: number,
 ): void {
-  const [B, L, H, Hkv, D] = dims;
+  const [B, L, H, Hkv, D, qkStride, vStride] = dims;
   for (const [w, x] of [
     ['B', B],
     ['L', L],
     ['H', H],
     ['Hkv', Hkv],
     ['D', D],
+    ['qkStride', qkStride],
+    ['vStride', vStride],
   ] as const)
     count(`${what} ${w}`, x);
+  if (qkStride < D || vStride < D) {
+    throw new HypeError(
+      'shape',
+      `${what}: head row strides (${qkStride} for q and k, ${vStride} for v) must be at least D = ${D}`,
+    );
+  }
   const n = B * L * (H + 2 * Hkv) * D;
   need(`${what} qkv`, whole, n);
-  need(`${what} q`, q, B * H * L * D);
-  need(`${what} k`, k, B * Hkv * L * D);
-  need(`${what} v`, v, B * Hkv * L * D);
+  need(`${what} q`, q, stridedSpan(B * H * L, D, qkStride));
+  need(`${what} k`, k, stridedSpan(B * Hkv * L, D, qkStride));
+  need(`${what} v`, v, stridedSpan(B * Hkv * L, D, vStride));
   const buffers = new Set([whole.buffer, q.buffer, k.buffer, v.buffer]);
   if (buffers.size !== 4) throw new HypeError('argument', `${what}: qkv, q, k and v must be four distinct tensors`);
   const u = [
@@ -245,11 +254,13 @@ function qkv(
     ['u', Hkv],
     ['u', D],
     ['u', toParts],
+    ['u', qkStride],
+    ['u', vStride],
   ] as const;
   run(ctx, 'qkv', what, u, [whole, q, k, v], ew(n));
 }
 
-/** qkv [B, L, (H + 2 Hkv) D] -> q [B, H, L, D], k, v [B, Hkv, L, D]. */
+/** qkv [B, L, (H + 2 Hkv) D] -> q [B, H, L, D], k, v [B, Hkv, L, D] (head rows of stride qkStride, vStride). */
 export function gpuSplitQkv(
   ctx: GpuContext,
   whole: GpuTensor,
@@ -261,11 +272,13 @@ export function gpuSplitQkv(
   H: number,
   Hkv: number,
   D: number,
+  qkStride = D,
+  vStride = D,
 ): void {
-  qkv(ctx, 'splitQkv', whole, q, k, v, [B, L, H, Hkv, D], 1);
+  qkv(ctx, 'splitQkv', whole, q, k, v, [B, L, H, Hkv, D, qkStride, vStride], 1);
 }
 
-/** dq, dk, dv -> dqkv [B, L, (H + 2 Hkv) D] (OVERWRITES). */
+/** dq, dk, dv (head rows of stride qkStride, vStride) -> dqkv [B, L, (H + 2 Hkv) D] (OVERWRITES). */
 export function gpuMergeQkv(
   ctx: GpuContext,
   dq: GpuTensor,
@@ -277,8 +290,10 @@ export function gpuMergeQkv(
   H: number,
   Hkv: number,
   D: number,
+  qkStride = D,
+  vStride = D,
 ): void {
-  qkv(ctx, 'mergeQkv', dqkv, dq, dk, dv, [B, L, H, Hkv, D], 0);
+  qkv(ctx, 'mergeQkv', dqkv, dq, dk, dv, [B, L, H, Hkv, D, qkStride, vStride], 0);
 }
 
 /** Partial sums of each tensor's first `sizes[i]` values (x^2 or the non-finite indicator), then the total. */

@@ -210,6 +210,17 @@ function defaultFormat(x: FloatArray): FloatFormatName {
   return x instanceof Float64Array ? 'fp64' : 'fp32';
 }
 
+/** Refuses an attention whose heads or head dim are not those the spec was built for. */
+export function checkSpecShape(spec: HypeSpec, shape: AttentionShape): void {
+  const { heads: H, kvHeads: Hkv, headDim: d } = shape;
+  check(
+    H === spec.heads && Hkv === spec.kvHeads && d === spec.headDim,
+    'shape',
+    `HyPE was built for heads=${spec.heads}, kvHeads=${spec.kvHeads}, headDim=${spec.headDim} but the attention ` +
+      `has heads=${H}, kvHeads=${Hkv}, headDim=${d}; build it with the attention's sizes`,
+  );
+}
+
 /**
  * Qhat = [Q, eta^Q, 0...], Khat = [K, eta^K, 0...] (and Vhat = [V, 0...]) with head dim padded to `multiple`, plus
  * the scale 1/sqrt(d) to hand to the kernel. `shape` describes q, k (and v); its headDim must be spec.headDim.
@@ -222,12 +233,7 @@ export function augment(
   opts: AugmentOptions = {},
 ): Augmented {
   const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: d, valueDim: dv } = shape;
-  check(
-    H === spec.heads && Hkv === spec.kvHeads && d === spec.headDim,
-    'shape',
-    `HyPE was built for heads=${spec.heads}, kvHeads=${spec.kvHeads}, headDim=${spec.headDim} but the attention ` +
-      `has heads=${H}, kvHeads=${Hkv}, headDim=${d}; build it with the attention's sizes`,
-  );
+  checkSpecShape(spec, shape);
   check(
     q.length === B * H * lq * d,
     'shape',
@@ -310,7 +316,6 @@ export interface HypeGrads {
 export function augmentBackward(spec: HypeSpec, aug: Augmented, dqHat: FloatArray, dkHat: FloatArray): HypeGrads {
   const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: dp } = aug.shape;
   const d = spec.headDim;
-  const T = spec.termAxis.length;
   check(
     dqHat.length === aug.qHat.length,
     'shape',
@@ -323,11 +328,27 @@ export function augmentBackward(spec: HypeSpec, aug: Augmented, dqHat: FloatArra
   );
   const dq = sliceColumns(dqHat, B * H * lq, dp, d);
   const dk = sliceColumns(dkHat, B * Hkv * lk, dp, d);
-  // Gradients of the 2T eta columns per row (split slots folded back: numerics/split-columns.ts).
-  const split = aug.columns.split !== null;
+  return { dq, dk, ...columnGrads(spec, aug.eta, aug.columns.split !== null, aug.shape, dqHat, dkHat) };
+}
+
+/**
+ * d loss / d tau and d loss / d mu from dQhat [B, H, Lq, dp], dKhat [B, Hkv, Lk, dp] (the eta columns at d ..,
+ * `split` when they are hi/lo split: numerics/split-columns.ts folds them back first). `shape` is the widened one.
+ */
+export function columnGrads(
+  spec: HypeSpec,
+  eta: HypeEta,
+  split: boolean,
+  shape: AttentionShape,
+  dqHat: ArrayLike<number>,
+  dkHat: ArrayLike<number>,
+): { dtau: Float64Array; dmu: Float64Array } {
+  const { batch: B, heads: H, kvHeads: Hkv, lq, lk, headDim: dp } = shape;
+  const d = spec.headDim;
+  const T = spec.termAxis.length;
   const gq = foldColumnGrads(dqHat, B * H * lq, 2 * T, 'query', split, dp, d);
   const gk = foldColumnGrads(dkHat, B * Hkv * lk, 2 * T, 'key', split, dp, d);
-  return { dq, dk, ...etaGrads(spec, aug.eta, B, gq, gk) };
+  return etaGrads(spec, eta, B, gq, gk);
 }
 
 /**

@@ -36,7 +36,13 @@ import {
 import { dtypeOf, type DType, type FloatArray } from '../../tensor.ts';
 import type { Rng } from '../../util/rng.ts';
 import { alibiSlopes } from '../alibi-slopes.ts';
-import { concatAttentionOnBackend, geometryKey, UploadCache, widenRows } from '../device-attention.ts';
+import {
+  concatAttentionOnBackend,
+  geometryKey,
+  UploadCache,
+  widenedConcatAttention,
+  widenRows,
+} from '../device-attention.ts';
 import { defineEncoding } from '../options.ts';
 import { geometryOf } from '../distance-table.ts';
 import type {
@@ -49,6 +55,7 @@ import type {
   EncodingFactory,
   OnnxAttention,
   OnnxAttentionBuilder,
+  OperandWidths,
   Param,
   PositionalEncoding,
 } from '../encoding.ts';
@@ -56,6 +63,8 @@ import {
   augment,
   augmentBackward,
   buildEta,
+  checkSpecShape,
+  columnGrads,
   columnPlan,
   exactBias,
   guardOverflow,
@@ -64,6 +73,7 @@ import {
   validateSpec,
   type AugmentOptions,
   type Augmented,
+  type HypeEta,
   type HypeGrads,
   type HypeSpec,
 } from './core.ts';
@@ -218,6 +228,10 @@ function makeParam(name: string, shape: number[], values: Float64Array): Param {
   return { name, shape, data: Float64Array.from(values), grad: new Float64Array(values.length), decay: false };
 }
 
+/** Why a HyPE configuration cannot run on a device backend's handles, and the fix. */
+const DEVICE_REFUSAL =
+  "HyPE on a device backend covers the fixed presets (paper, recency) on a sequence with fp32 columns; train the 'learned' preset, a grid or fp16/bf16 emulation on a host backend (native, reference)";
+
 export class HypeEncoding implements PositionalEncoding {
   readonly name = 'hype';
   readonly sites = ['score-bias'] as const;
@@ -359,7 +373,22 @@ export class HypeEncoding implements PositionalEncoding {
    */
   readonly report?: () => Record<string, number[]>;
 
+  /**
+   * The concat route takes q and k widened by its columns (and v padded to `multiple`), written into the caller's
+   * buffers (attendWidened); fp16/bf16 emulation (`format`) rounds whole operands on the host and the kernel route
+   * adds no columns, so both take plain rows.
+   */
+  operandWidths(dtype: DType): OperandWidths | null {
+    if (this.opts.route !== 'concat' || this.opts.format !== undefined) return null;
+    const plan = columnPlan(this.opts, dtype === 'float64' ? 'fp64' : 'fp32');
+    const w = 2 * this.base.termAxis.length * slotsPerColumn(plan.split !== null);
+    const multiple = padMultiple(this.opts.multiple, 'HyPE');
+    const d = this.base.headDim;
+    return { qk: Math.ceil((d + w) / multiple) * multiple, v: Math.ceil(d / multiple) * multiple };
+  }
+
   attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
+    if (inputs.widths) return this.attendWidened(ctx, inputs);
     if (ctx.backend.residence === 'device') return this.attendOnDevice(ctx, inputs);
     const spec = this.spec(ctx.grid);
     return this.opts.route === 'kernel' ? this.attendKernel(ctx, inputs, spec) : this.attendConcat(ctx, inputs, spec);
@@ -370,11 +399,7 @@ export class HypeEncoding implements PositionalEncoding {
    * eta columns of one batch entry, each built (with the host route's guards) and uploaded once per geometry.
    */
   private attendOnDevice<T, I>(ctx: AttendContext<T, I>, inputs: AttendInputs<T>): AttendResult<T> {
-    check(
-      this.portable,
-      'argument',
-      "HyPE on a device backend covers the fixed presets (paper, recency) on a sequence with fp32 columns; train the 'learned' preset, a grid or fp16/bf16 emulation on a host backend (native, reference)",
-    );
+    check(this.portable, 'argument', DEVICE_REFUSAL);
     const be = ctx.backend;
     const dtype = be.dtypeOf(inputs.q);
     const key = geometryKey(ctx);
@@ -427,6 +452,63 @@ export class HypeEncoding implements PositionalEncoding {
     });
     const w = 2 * T * slotsPerColumn(plan.split !== null);
     return concatAttentionOnBackend(ctx, inputs, colsQ!, colsK!, w, padMultiple(this.opts.multiple, 'HyPE'));
+  }
+
+  /**
+   * The concat route over the caller's widened operands (operandWidths): Qhat = [Q, eta^Q, 0...] and Khat = [K,
+   * eta^K, 0...] are the caller's buffers, whose columns past the head dim this writes: fixed presets once per
+   * buffer and geometry (the tails built in fp64 and rounded once, as augment does, then kept per geometry), the
+   * learned preset at every call (its columns move with tau and mu; their gradients come from dQhat and dKhat).
+   * The same operands as attendConcat's, so the same numbers, without copying q, k or the gradients.
+   */
+  private attendWidened<T, I>(ctx: AttendContext<T, I>, inputs: AttendInputs<T>): AttendResult<T> {
+    const be = ctx.backend;
+    const dtype = be.dtypeOf(inputs.q);
+    const widths = this.operandWidths(dtype);
+    check(
+      widths !== null,
+      'argument',
+      "HyPE's kernel route and fp16/bf16 emulation (format) take plain q, k, v rows; pass them without widths",
+    );
+    check(this.portable || be.residence === 'host', 'argument', DEVICE_REFUSAL);
+    const spec = this.spec(ctx.grid);
+    checkSpecShape(spec, ctx.shape);
+    const { heads: H, kvHeads: Hkv, lq, lk, headDim: d, valueDim: dv } = ctx.shape;
+    const T = spec.termAxis.length;
+    const plan = columnPlan(this.opts, dtype === 'float64' ? 'fp64' : 'fp32');
+    const w = 2 * T * slotsPerColumn(plan.split !== null);
+    const multiple = padMultiple(this.opts.multiple, 'HyPE');
+    const expected = { qk: widths.qk, v: Math.ceil(dv / multiple) * multiple };
+    /** [rows, qk - d]: each row's w columns of `cols` [rows, w], then zeros. */
+    const tail = (cols: Float64Array, rows: number) => {
+      const out = new Float64Array(rows * (expected.qk - d));
+      for (let r = 0; r < rows; r++) out.set(cols.subarray(r * w, (r + 1) * w), r * (expected.qk - d));
+      return out;
+    };
+    const tails = (eta: HypeEta) => [
+      tail(expandColumns(eta.etaQ, H * lq, 2 * T, 'query', plan.split), H * lq),
+      tail(expandColumns(eta.etaK, Hkv * lk, 2 * T, 'key', plan.split), Hkv * lk),
+      ...(expected.v > dv ? [new Float64Array(Hkv * lk * (expected.v - dv))] : []),
+    ];
+    const build = () => buildEta(spec, { lq, lk, queryOffset: ctx.queryOffset, shift: this.opts.shift }, plan.guard);
+    if (this.params.length === 0) {
+      const key = `widened:${geometryKey(ctx)}`;
+      const columns = { owner: this, key, tails: () => this.uploads.get(be, key, dtype, () => tails(build())) };
+      return widenedConcatAttention(ctx, inputs, expected, columns);
+    }
+    // The learned preset: this call's columns, written afresh, and the chain rule from their gradients (host).
+    const eta = build();
+    const upload = (data: Float64Array) => {
+      const t = be.allocate(dtype, data.length, 'widened attention columns');
+      be.upload(data, t);
+      return t;
+    };
+    const columns = { owner: this, key: null, tails: () => tails(eta).map(upload) };
+    const shape = { ...ctx.shape, headDim: expected.qk, valueDim: expected.v };
+    return widenedConcatAttention(ctx, inputs, expected, columns, (dqHat, dkHat) => {
+      const g = columnGrads(spec, eta, plan.split !== null, shape, be.hostView(dqHat)!, be.hostView(dkHat)!);
+      this.accumulate(spec, g.dtau, g.dmu);
+    });
   }
 
   private attendConcat(ctx: AttendContext, inputs: AttendInputs, spec: HypeSpec): AttendResult {
