@@ -1,6 +1,8 @@
 // The bf16 register kernels (AVX512-BF16 and the portable fp32 fallback), the runtime choice between them, and the
 // blocked bf16 gemm built on them in the shape of gemm.cc: op(B) packed into pair panels shared by all threads,
-// op(A) packed once per reduction block into pair rows, row blocks x panels claimed dynamically from the pool.
+// op(A) packed once per reduction block into pair words, row blocks x panels claimed dynamically from the pool.
+// Operands are bf16 bits or fp32 values rounded while packing (vectorised), so mixed precision never makes a bf16
+// copy of a tensor: the packing pass it needs anyway is the conversion.
 #include "bf16.h"
 
 #include <algorithm>
@@ -169,75 +171,185 @@ namespace {
 constexpr long KC = 512;      // bf16 reduction steps per block (256 pairs: a 64 KiB panel, as in sgemm)
 constexpr long NC = 8 * 64;   // columns per outer block, a multiple of BF_PANEL
 constexpr long MC = 96;       // rows per task, a multiple of BF_RMAX
+
+// Operand sources: bf16 bits taken as they are, or fp32 values rounded to bf16 as they are packed (the fused
+// conversion of mixed precision: no bf16 copy of an fp32 tensor is ever made). Both give the same pair words.
+template <typename S>
+struct Source;
+template <>
+struct Source<uint16_t> {
+  static uint16_t bits(uint16_t x) { return x; }
+  /** VL pair words from VL values of a low row and of a high row. */
+  static vi pairs(const uint16_t* lo, const uint16_t* hi) {
+    vh l, h;
+    std::memcpy(&l, lo, sizeof l);
+    std::memcpy(&h, hi, sizeof h);
+    return (vi)(__builtin_convertvector(l, vu) | (__builtin_convertvector(h, vu) << 16));
+  }
+  static vi pairs(const uint16_t* lo) {
+    vh l;
+    std::memcpy(&l, lo, sizeof l);
+    return (vi)__builtin_convertvector(l, vu);
+  }
+  /** out[0..n) = the bits of x[0..n). */
+  static void run(const uint16_t* x, uint16_t* out, long n) { std::memcpy(out, x, size_t(n) * sizeof(uint16_t)); }
+};
+template <>
+struct Source<float> {
+  static uint16_t bits(float x) { return bf16Round(x); }
+  static vi pairs(const float* lo, const float* hi) { return bf16PackPairs(load(lo), load(hi)); }
+  static vi pairs(const float* lo) { return (vi)((vu)bf16RoundBits(load(lo)) >> 16); }
+  static void run(const float* x, uint16_t* out, long n) {
+    long i = 0;
+    for (; i + VL <= n; i += VL) {
+      const vh b = bf16Narrow(load(x + i));
+      std::memcpy(out + i, &b, sizeof b);
+    }
+    for (; i < n; i++) out[i] = bf16Round(x[i]);
+  }
+};
+
+/**
+ * dst[j] = the pair word (lo[j], hi[j]) for j < w, zero in [w, width); hi null: zero high halves (the missing step
+ * of an odd reduction length).
+ */
+template <typename S>
+void packPairRow(const S* lo, const S* hi, long w, uint32_t* dst, long width) {
+  long j = 0;
+  if (hi) {
+    for (; j + VL <= w; j += VL) {
+      const vi x = Source<S>::pairs(lo + j, hi + j);
+      std::memcpy(dst + j, &x, sizeof x);
+    }
+    for (; j < w; j++) dst[j] = bf16Pair(Source<S>::bits(lo[j]), Source<S>::bits(hi[j]));
+  } else {
+    for (; j + VL <= w; j += VL) {
+      const vi x = Source<S>::pairs(lo + j);
+      std::memcpy(dst + j, &x, sizeof x);
+    }
+    for (; j < w; j++) dst[j] = Source<S>::bits(lo[j]);
+  }
+  std::fill(dst + w, dst + width, 0u);
+}
+
 }  // namespace
 
-void sgemmBf16(bool transA, bool transB, long m, long n, long k, float alpha, const uint16_t* A, long lda,
-               const uint16_t* B, long ldb, float beta, float* C, long ldc) {
+template <typename SA, typename SB>
+void sgemmBf16(bool transA, bool transB, long m, long n, long k, float alpha, const SA* A, long lda, const SB* B,
+               long ldb, float beta, float* C, long ldc) {
   if (m <= 0 || n <= 0) return;
   Pool& pool = Pool::instance();
-  scaleRows(m, n, beta, C, ldc);
+  // beta = 0 with alpha > 0: the first reduction block stores its products instead of adding them to a zeroed C (a
+  // pass over C saved). The same bits: an accumulator starts at +0 and a round-to-nearest sum is -0 only when every
+  // term is, so alpha * acc is never -0 and 0 + alpha * acc == alpha * acc.
+  const bool store = beta == 0.0f && alpha > 0.0f && k > 0;
+  if (!store) scaleRows(m, n, beta, C, ldc);
   if (k <= 0 || alpha == 0.0f) return;
   const bool fast = bf16Fast();
   const long rowBlocks = (m + MC - 1) / MC;
   static thread_local std::vector<uint32_t> packedB, packedA;
   static thread_local std::vector<float> edgeStore;
+  static thread_local std::vector<uint16_t> runStore;
   const long kcpMax = (std::min(KC, k) + 1) / 2;
   const size_t bNeed = size_t(kcpMax) * size_t(std::min(NC, (n + BF_PANEL - 1) / BF_PANEL * BF_PANEL));
-  const size_t aNeed = size_t(kcpMax) * size_t(m);
+  const size_t aNeed = size_t(kcpMax) * size_t(rowBlocks * MC);
   const size_t edgeNeed = size_t(pool.size()) * MC * BF_PANEL;
+  const size_t runNeed = transB ? size_t(pool.size()) * size_t(2 * kcpMax) : 0;
   if (packedB.size() < bNeed) packedB.resize(bNeed);
   if (packedA.size() < aNeed) packedA.resize(aNeed);
   if (edgeStore.size() < edgeNeed) edgeStore.resize(edgeNeed);
+  if (runStore.size() < runNeed) runStore.resize(runNeed);
   uint32_t* const pb = packedB.data();
   uint32_t* const pa = packedA.data();
   float* const edge = edgeStore.data();
-  auto opA = [&](long i, long kk) -> uint16_t {
-    return kk >= k ? uint16_t(0) : transA ? A[kk * lda + i] : A[i * lda + kk];
-  };
-  auto opB = [&](long kk, long j) -> uint16_t {
-    return kk >= k ? uint16_t(0) : transB ? B[j * ldb + kk] : B[kk * ldb + j];
-  };
+  uint16_t* const runs = runStore.data();
+  // op(A)'s block as the kernel reads it, word (i, p) at pa16 + i * aRs + p * aKs (u16 units): A's rows converted to
+  // bits (a row's consecutive bits are its pair words), or, transposed, one row of words per pair step in each row
+  // block (from two rows of A, contiguous over i: vector loads, no gather).
+  const long aRs = transA ? 2 : 2 * kcpMax, aKs = transA ? 2 * MC : 2;
   for (long pc = 0; pc < k; pc += KC) {
     const long kc = std::min(KC, k - pc), kcp = (kc + 1) / 2;
-    // A's rows as pair words: row i of the block at pa + i * kcp.
-    pool.run(rowBlocks, [&](long t, int) {
-      for (long i = t * MC; i < std::min(m, (t + 1) * MC); i++) {
-        uint32_t* row = pa + i * kcp;
-        for (long p = 0; p < kcp; p++) row[p] = bf16Pair(opA(i, pc + 2 * p), opA(i, pc + 2 * p + 1));
+    auto packA = [&](long t) {
+      const long i0 = t * MC, mc = std::min(MC, m - i0);
+      if (transA) {
+        uint32_t* block = pa + i0 * kcpMax;
+        for (long p = 0; p < kcp; p++) {
+          const SA* lo = A + (pc + 2 * p) * lda + i0;
+          packPairRow(lo, 2 * p + 1 < kc ? lo + lda : nullptr, mc, block + p * MC, mc);
+        }
+      } else {
+        for (long i = i0; i < i0 + mc; i++) {
+          uint16_t* row = reinterpret_cast<uint16_t*>(pa + i * kcpMax);
+          Source<SA>::run(A + i * lda + pc, row, kc);
+          if (kc & 1) row[kc] = 0;
+        }
       }
-    });
+    };
     for (long jc = 0; jc < n; jc += NC) {
       const long nc = std::min(NC, n - jc);
       const long panels = (nc + BF_PANEL - 1) / BF_PANEL;
-      pool.run(panels, [&](long q, int) {
+      auto packB = [&](long q, int thread) {
         uint32_t* dst = pb + q * kcp * BF_PANEL;
         const long j0 = jc + q * BF_PANEL;
         const long w = std::min<long>(BF_PANEL, n - j0);
-        for (long p = 0; p < kcp; p++) {
-          uint32_t* row = dst + p * BF_PANEL;
-          for (long j = 0; j < w; j++) row[j] = bf16Pair(opB(pc + 2 * p, j0 + j), opB(pc + 2 * p + 1, j0 + j));
-          std::fill(row + w, row + BF_PANEL, 0u);
+        if (!transB) {
+          for (long p = 0; p < kcp; p++) {
+            const SB* lo = B + (pc + 2 * p) * ldb + j0;
+            packPairRow(lo, 2 * p + 1 < kc ? lo + ldb : nullptr, w, dst + p * BF_PANEL, BF_PANEL);
+          }
+          return;
         }
+        // Column j of op(B) is row j of B: its bits, read as words, are the column's pair steps.
+        uint16_t* run = runs + size_t(thread) * size_t(2 * kcpMax);
+        for (long j = 0; j < w; j++) {
+          Source<SB>::run(B + (j0 + j) * ldb + pc, run, kc);
+          if (kc & 1) run[kc] = 0;
+          for (long p = 0; p < kcp; p++) std::memcpy(dst + p * BF_PANEL + j, run + 2 * p, 4);
+        }
+        if (w < BF_PANEL)
+          for (long p = 0; p < kcp; p++) std::fill(dst + p * BF_PANEL + w, dst + (p + 1) * BF_PANEL, 0u);
+      };
+      // op(A)'s block (once per reduction block) and op(B)'s panels packed by one pool run: one barrier, not two.
+      const long aTasks = jc == 0 ? rowBlocks : 0;
+      pool.run(aTasks + panels, [&](long t, int thread) {
+        if (t < aTasks)
+          packA(t);
+        else
+          packB(t - aTasks, thread);
       });
       pool.run(rowBlocks * panels, [&](long t, int thread) {
         const long ib = t / panels, q = t % panels;
         const long i0 = ib * MC, mc = std::min(MC, m - i0);
         const long j0 = jc + q * BF_PANEL;
         const long w = std::min<long>(BF_PANEL, n - j0);
-        const uint16_t* a = reinterpret_cast<const uint16_t*>(pa + i0 * kcp);
+        const uint16_t* a = reinterpret_cast<const uint16_t*>(pa + i0 * kcpMax);
         const uint32_t* bp = pb + q * kcp * BF_PANEL;
+        const bool first = store && pc == 0;
         if (w == BF_PANEL) {
-          bf16PanelProduct(fast, mc, BF_NV, a, 2 * kcp, 2, kcp, bp, BF_PANEL, C + i0 * ldc + j0, ldc, alpha, true);
+          bf16PanelProduct(fast, mc, BF_NV, a, aRs, aKs, kcp, bp, BF_PANEL, C + i0 * ldc + j0, ldc, alpha, !first);
         } else {
           float* tile = edge + size_t(thread) * MC * BF_PANEL;
           const int nv = int((w + BF_COLS - 1) / BF_COLS);
-          bf16PanelProduct(fast, mc, nv, a, 2 * kcp, 2, kcp, bp, BF_PANEL, tile, BF_PANEL, alpha, false);
-          for (long i = 0; i < mc; i++)
-            for (long j = 0; j < w; j++) C[(i0 + i) * ldc + j0 + j] += tile[i * BF_PANEL + j];
+          bf16PanelProduct(fast, mc, nv, a, aRs, aKs, kcp, bp, BF_PANEL, tile, BF_PANEL, alpha, false);
+          for (long i = 0; i < mc; i++) {
+            float* c = C + (i0 + i) * ldc + j0;
+            if (first)
+              std::copy(tile + i * BF_PANEL, tile + i * BF_PANEL + w, c);
+            else
+              for (long j = 0; j < w; j++) c[j] += tile[i * BF_PANEL + j];
+          }
         }
       });
     }
   }
 }
+
+#define HYPE_GEMM_BF16(SA, SB) \
+  template void sgemmBf16(bool, bool, long, long, long, float, const SA*, long, const SB*, long, float, float*, long);
+HYPE_GEMM_BF16(uint16_t, uint16_t)
+HYPE_GEMM_BF16(float, uint16_t)
+HYPE_GEMM_BF16(uint16_t, float)
+HYPE_GEMM_BF16(float, float)
+#undef HYPE_GEMM_BF16
 
 }  // namespace hype

@@ -72,8 +72,13 @@ void bf16PanelProduct(bool fast, long m, int nv, const uint16_t* A, long rs, lon
 /** out[i] = bf16Round(x[i]) for i < n, vectorised and spread over the pool. */
 void toBf16Bits(const float* x, uint16_t* out, long n);
 
-/** Row-major C = alpha op(A) op(B) + beta C with bf16 A and B (bits), fp32 C; beta = 0 overwrites, as BLAS. */
-void sgemmBf16(bool transA, bool transB, long m, long n, long k, float alpha, const uint16_t* A, long lda,
-               const uint16_t* B, long ldb, float beta, float* C, long ldc);
+/**
+ * Row-major C = alpha op(A) op(B) + beta C with bf16 A and B, fp32 C; beta = 0 overwrites, as BLAS. Each operand
+ * (SA, SB) is bf16 bits (uint16_t) or fp32 values (float) rounded to bf16 (bf16Round) as they are packed: the same
+ * products either way. Instantiated for the four combinations.
+ */
+template <typename SA, typename SB>
+void sgemmBf16(bool transA, bool transB, long m, long n, long k, float alpha, const SA* A, long lda, const SB* B,
+               long ldb, float beta, float* C, long ldc);
 
 }  // namespace hype

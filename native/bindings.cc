@@ -11,6 +11,7 @@
 #include <functional>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "attention.h"
 #include "bf16.h"
@@ -25,7 +26,7 @@ namespace {
 using hype::AttentionParams;
 
 /** Bumped whenever a kernel's signature or semantics change; src/backend/native.ts refuses any other value. */
-constexpr int kAbi = 4;
+constexpr int kAbi = 5;
 
 struct Refusal : std::exception {
   std::string msg;
@@ -71,6 +72,9 @@ double* f64(const Napi::Value& v, const char* what, long n) {
 }
 uint16_t* u16(const Napi::Value& v, const char* what, long n) {
   return typed<uint16_t, napi_uint16_array>(v, what, n, "Uint16Array of bf16 bits");
+}
+bool isU16(const Napi::Value& v) {
+  return v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array;
 }
 int32_t* i32(const Napi::Value& v, const char* what, long n) {
   return typed<int32_t, napi_int32_array>(v, what, n, "Int32Array");
@@ -204,16 +208,28 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-/** An operand of element type T: fp32 (Float32Array) or bf16 bits (Uint16Array). */
+/**
+ * An operand of element type T: fp32 (Float32Array), or bf16 bits (Uint16Array) for the bf16 kernels, which also
+ * take a Float32Array and round it here (bf16Round, as toBf16) into a buffer kept per operand `slot` and calling
+ * thread: mixed precision's operands are fp32 tensors, and this spares it a fresh bf16 copy per call.
+ */
 template <typename T>
-const T* operand(const Napi::Value& v, const char* what, long n);
+const T* operand(const Napi::Value& v, const char* what, long n, int slot);
 template <>
-const float* operand<float>(const Napi::Value& v, const char* what, long n) {
+const float* operand<float>(const Napi::Value& v, const char* what, long n, int) {
   return f32(v, what, n);
 }
 template <>
-const uint16_t* operand<uint16_t>(const Napi::Value& v, const char* what, long n) {
-  return u16(v, what, n);
+const uint16_t* operand<uint16_t>(const Napi::Value& v, const char* what, long n, int slot) {
+  if (isU16(v)) return u16(v, what, n);
+  require(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array,
+          std::string(what) + " must be a Uint16Array of bf16 bits or a Float32Array");
+  const float* x = f32(v, what, n);
+  static thread_local std::vector<uint16_t> kept[4];
+  std::vector<uint16_t>& store = kept[slot];
+  if (store.size() < size_t(n)) store.resize(size_t(n));
+  hype::toBf16Bits(x, store.data(), n);
+  return store.data();
 }
 
 /**
@@ -233,9 +249,9 @@ Napi::Value AttentionForwardOf(const Napi::CallbackInfo& info,
   require(info[0].IsObject(), "params must be an object");
   const AttentionParams p = readParams(info[0].As<Napi::Object>());
   if (!std::is_same<T, float>::value) checkPaddedCopies(p);
-  const T* q = operand<T>(info[1], "q", times(p.batch, p.heads, p.lq, p.d));
-  const T* k = operand<T>(info[2], "k", times(p.batch, p.kvHeads, p.lk, p.d));
-  const T* v = operand<T>(info[3], "v", times(p.batch, p.kvHeads, p.lk, p.dv));
+  const T* q = operand<T>(info[1], "q", times(p.batch, p.heads, p.lq, p.d), 0);
+  const T* k = operand<T>(info[2], "k", times(p.batch, p.kvHeads, p.lk, p.d), 1);
+  const T* v = operand<T>(info[3], "v", times(p.batch, p.kvHeads, p.lk, p.dv), 2);
   float* out = f32(info[4], "out", times(p.batch, p.heads, p.lq, p.dv));
   float* lse = f32(info[5], "lse", times(p.batch, p.heads, p.lq));
   kernel(p, q, k, v, out, lse);
@@ -251,12 +267,12 @@ Napi::Value AttentionBackwardOf(const Napi::CallbackInfo& info,
   if (!std::is_same<T, float>::value) checkPaddedCopies(p);
   const long qN = times(p.batch, p.heads, p.lq, p.d), kN = times(p.batch, p.kvHeads, p.lk, p.d);
   const long vN = times(p.batch, p.kvHeads, p.lk, p.dv), oN = times(p.batch, p.heads, p.lq, p.dv);
-  const T* q = operand<T>(info[1], "q", qN);
-  const T* k = operand<T>(info[2], "k", kN);
-  const T* v = operand<T>(info[3], "v", vN);
+  const T* q = operand<T>(info[1], "q", qN, 0);
+  const T* k = operand<T>(info[2], "k", kN, 1);
+  const T* v = operand<T>(info[3], "v", vN, 2);
   const float* out = f32(info[4], "out", oN);
   const float* lse = f32(info[5], "lse", times(p.batch, p.heads, p.lq));
-  const T* dout = operand<T>(info[6], "dOut", oN);
+  const T* dout = operand<T>(info[6], "dOut", oN, 3);
   float* dq = f32(info[7], "dq", qN);
   float* dk = f32(info[8], "dk", kN);
   float* dv = f32(info[9], "dv", vN);
@@ -281,10 +297,16 @@ Napi::Value GemmBf16(const Napi::CallbackInfo& info) {
   // The kernel packs op(A) and op(B) into pair words (k rounded up to even): those sizes must fit too.
   times(g.m, g.k + 1);
   times(g.k + 1, g.n);
-  const uint16_t* a = u16(info[6], "A", g.aNeed);
-  const uint16_t* b = u16(info[8], "B", g.bNeed);
+  // A and B each: bf16 bits (Uint16Array) or fp32 values (Float32Array) the kernel rounds to bf16 as it packs them.
   float* c = f32(info[11], "C", g.cNeed);
-  hype::sgemmBf16(g.ta, g.tb, g.m, g.n, g.k, g.alpha, a, g.lda, b, g.ldb, g.beta, c, g.ldc);
+  const bool aBits = isU16(info[6]), bBits = isU16(info[8]);
+  auto run = [&](const auto* a, const auto* b) {
+    hype::sgemmBf16(g.ta, g.tb, g.m, g.n, g.k, g.alpha, a, g.lda, b, g.ldb, g.beta, c, g.ldc);
+  };
+  if (aBits && bBits) run(u16(info[6], "A", g.aNeed), u16(info[8], "B", g.bNeed));
+  else if (aBits) run(u16(info[6], "A", g.aNeed), f32(info[8], "B", g.bNeed));
+  else if (bBits) run(f32(info[6], "A", g.aNeed), u16(info[8], "B", g.bNeed));
+  else run(f32(info[6], "A", g.aNeed), f32(info[8], "B", g.bNeed));
   return info.Env().Undefined();
 }
 
@@ -296,11 +318,28 @@ Napi::Value AttentionBackwardBf16(const Napi::CallbackInfo& info) {
   return AttentionBackwardOf<uint16_t>(info, hype::attentionBackwardBf16);
 }
 
-/** Index of the first NaN/Inf among bf16 bits (exponent field all ones), or -1: a read-only blockwise scan. */
+/**
+ * Index of the first NaN/Inf among bf16 bits (exponent field all ones), or -1: a read-only blockwise scan. A
+ * Float32Array is scanned for the values whose bf16 rounding is NaN/Inf: NaN, Inf and |x| >= 0x7f7f8000's value
+ * (the finite fp32 values beyond bf16's range).
+ */
 Napi::Value FirstNonFiniteBf16(const Napi::CallbackInfo& info) {
+  constexpr long kBlock = 64;
+  if (!isU16(info[0])) {
+    const uint32_t* u = reinterpret_cast<const uint32_t*>(f32(info[0], "array", 0));
+    const long n = long(info[0].As<Napi::Float32Array>().ElementLength());
+    long i = 0;
+    for (; i + kBlock <= n; i += kBlock) {
+      int any = 0;
+      for (long j = i; j < i + kBlock; j++) any |= (u[j] & 0x7fffffffu) >= 0x7f7f8000u;
+      if (any) break;
+    }
+    for (; i < n; i++)
+      if ((u[i] & 0x7fffffffu) >= 0x7f7f8000u) return Napi::Number::New(info.Env(), double(i));
+    return Napi::Number::New(info.Env(), -1);
+  }
   const uint16_t* x = u16(info[0], "array", 0);
   const long n = long(info[0].As<Napi::Uint16Array>().ElementLength());
-  constexpr long kBlock = 64;
   long i = 0;
   for (; i + kBlock <= n; i += kBlock) {
     int any = 0;

@@ -11,14 +11,11 @@ import { withPrecision } from '../src/backend/autocast.ts';
 import type { AttentionShape, Backend } from '../src/backend/backend.ts';
 import { loadBackend } from '../src/backend/index.ts';
 import { ReferenceBackend } from '../src/backend/reference.ts';
-import { parseModelConfig } from '../src/model/config.ts';
-import { Transformer } from '../src/model/transformer.ts';
 import type { AttendContext, EncodingFactory, PositionalEncoding } from '../src/pe/encoding.ts';
 import { hypeEncoding, type HypeOptions } from '../src/pe/hype/encoding.ts';
-import { parseTrainConfig } from '../src/train/config.ts';
-import { AdamW, clipGradients } from '../src/train/optimizer.ts';
 import type { FloatArray } from '../src/tensor.ts';
 import { Rng } from '../src/util/rng.ts';
+import { narrow, randomArray, threeSteps, widen } from './helpers/widened.ts';
 
 const shape: AttentionShape = { batch: 2, heads: 4, kvHeads: 2, lq: 9, lk: 9, headDim: 6, valueDim: 6 };
 const dims = { heads: 4, kvHeads: 2, headDim: 6, modelDim: 24, trainLength: 16 };
@@ -38,27 +35,6 @@ const cases: Partial<HypeOptions>[] = [
 
 function make(opts: Partial<HypeOptions>): PositionalEncoding {
   return hypeEncoding.create(dims, opts, new Rng(3));
-}
-
-const randomArray = (rng: Rng, n: number, f64: boolean) => {
-  const a = f64 ? new Float64Array(n) : new Float32Array(n);
-  rng.fillNormal(a);
-  return a;
-};
-
-/** rows of width `from` -> rows of width `to`, extra columns filled with `fill`. */
-function widen(x: FloatArray, rows: number, from: number, to: number, fill: number): FloatArray {
-  const out = x instanceof Float64Array ? new Float64Array(rows * to) : new Float32Array(rows * to);
-  out.fill(fill);
-  for (let r = 0; r < rows; r++) out.set(x.subarray(r * from, (r + 1) * from), r * to);
-  return out;
-}
-
-/** The first `to` columns of rows of width `from`, as plain numbers. */
-function narrow(x: FloatArray, rows: number, from: number, to: number): number[] {
-  const out: number[] = [];
-  for (let r = 0; r < rows; r++) out.push(...x.subarray(r * from, r * from + to));
-  return out;
 }
 
 /** One attend + backward through both layouts; the widened buffers start with garbage past the head dims. */
@@ -137,27 +113,6 @@ describe('HyPE over widened operands', () => {
 });
 
 describe('a transformer over widened operands', () => {
-  /** HyPE's factory with operandWidths hidden (plain rows), or recording whether attend saw widened inputs. */
-  function factory(widened: boolean, seen: { widths: boolean }): EncodingFactory<object> {
-    return {
-      ...(hypeEncoding as unknown as EncodingFactory<object>),
-      create(d, o, rng) {
-        const enc = hypeEncoding.create(d, o as Partial<HypeOptions>, rng);
-        return new Proxy(enc, {
-          get(target, prop) {
-            if (prop === 'operandWidths' && !widened) return undefined;
-            const value: unknown = Reflect.get(target, prop, target);
-            if (prop !== 'attend') return typeof value === 'function' ? value.bind(target) : value;
-            return (ctx: AttendContext, inputs: { widths?: unknown }) => {
-              if (inputs.widths) seen.widths = true;
-              return (value as PositionalEncoding['attend']).call(target, ctx, inputs as never);
-            };
-          },
-        });
-      },
-    };
-  }
-
   const runs: [string, 'fp32' | 'bf16', Partial<HypeOptions>][] = [
     ['fp32', 'fp32', { preset: 'recency' }],
     ['bf16', 'bf16', { preset: 'recency', precision: 'bf16' }],
@@ -165,39 +120,10 @@ describe('a transformer over widened operands', () => {
   ];
   for (const [name, precision, options] of runs) {
     it(`${name}: losses and parameters after three steps equal the plain-row run bit for bit`, () => {
-      const [B, L] = [2, 16];
-      const rng = new Rng(5);
-      const tokens = Int32Array.from({ length: B * L }, () => rng.int(256));
-      const targets = Int32Array.from({ length: B * L }, () => rng.int(256));
-      const train = parseTrainConfig({});
-      const run = (widened: boolean) => {
-        const seen = { widths: false };
-        const cfg = parseModelConfig({
-          width: 24,
-          layers: 2,
-          heads: 4,
-          kvHeads: 2,
-          trainLength: L,
-          dtype: 'float32',
-          pe: { name: 'hype', options },
-        });
-        const be = withPrecision(native, precision);
-        const model = new Transformer(cfg, be, { encodingFactory: factory(widened, seen) });
-        const opt = new AdamW(model.parameters(), be);
-        const losses: number[] = [];
-        for (let s = 0; s < 3; s++) {
-          model.zeroGrad();
-          losses.push(model.forward(tokens, targets, B, L));
-          model.backward();
-          clipGradients(model.parameters(), train.clip);
-          opt.update(train, 1e-3);
-        }
-        expect(seen.widths).toBe(widened);
-        return { losses, params: model.parameters().map((p) => Array.from(p.data as FloatArray)) };
-      };
-      const [plain, wide] = [run(false), run(true)];
-      expect(wide.losses).toEqual(plain.losses);
-      expect(wide.params).toEqual(plain.params);
+      const base = hypeEncoding as unknown as EncodingFactory<object>;
+      const [plain, wide] = [false, true].map((w) => threeSteps(base, 'hype', options, precision, w));
+      expect(wide!.losses).toEqual(plain!.losses);
+      expect(wide!.params).toEqual(plain!.params);
     });
   }
 });

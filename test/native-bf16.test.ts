@@ -116,6 +116,23 @@ suite('bf16 conversion', () => {
       if (Number.isNaN(x[i]!)) expect(back[i], `NaN at ${i}`).toBeNaN();
       else expect(back[i], `element ${i} (${x[i]})`).toBe(roundToBf16(x[i]!));
     }
+    // The gemm rounds fp32 operands as it packs them (vector body and scalar tails, both operands, every layout):
+    // C over the special values equals C over toBf16's bits. k = 1 makes C = op(A) op(B) elementwise products.
+    for (const k of [1, 2, 5]) {
+      const m = 40;
+      const n = 70; // a ragged panel and a vector tail
+      const a32 = x.slice(0, m * k);
+      const b32 = x.slice(100, 100 + k * n);
+      for (const [transA, transB] of [false, true].flatMap((x) => [false, true].map((y) => [x, y] as const))) {
+        const [lda, ldb] = [transA ? m : k, transB ? k : n];
+        const gemm = (a: Float32Array | Uint16Array, b: Float32Array | Uint16Array) => {
+          const c = new Float32Array(m * n);
+          nativeGemmBf16(transA, transB, m, n, k, 1, a, lda, b, ldb, 0, c, n);
+          return c;
+        };
+        expect(gemm(a32, b32), `k ${k} transA ${transA} transB ${transB}`).toEqual(gemm(toBf16(a32), toBf16(b32)));
+      }
+    }
   });
 });
 
@@ -156,6 +173,22 @@ suite('native bf16 gemm', () => {
           };
           const fast = run();
           const slow = onFallback(run);
+          // fp32 operands are rounded as the kernel packs them: the same bits as toBf16, so the same C exactly.
+          const fused = (x: Float32Array | Uint16Array, y: Float32Array | Uint16Array) => {
+            const c = c0.slice();
+            nativeGemmBf16(transA, transB, m, n, k, alpha, x, lda, y, ldb, beta, c, n);
+            return c;
+          };
+          expect(fused(a32, b32)).toEqual(fast);
+          expect(fused(a, b32)).toEqual(fast);
+          expect(fused(a32, b)).toEqual(fast);
+          expect(onFallback(() => fused(a32, b32))).toEqual(slow);
+          if (beta === 0) {
+            // beta = 0 overwrites whatever C held, NaN included (the kernel stores instead of zeroing and adding).
+            const c = new Float32Array(m * n).fill(NaN);
+            nativeGemmBf16(transA, transB, m, n, k, alpha, a32, lda, b32, ldb, 0, c, n);
+            expect(c).toEqual(fast);
+          }
           const emu = emulateGemmBf16(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c0, n);
           // Native vs emulation: fp32 accumulation of k products (exact in fp32) plus rounding C and beta C.
           const tight = (i: number) => (k + 4) * E * (emu.mag.absSum[i]! + Math.abs(beta * c0[i]!));
@@ -178,11 +211,37 @@ suite('native bf16 gemm', () => {
     );
   });
 
+  it('an exactly cancelling sum is +0 whatever alpha and C held, as 0 + alpha * sum gives', () => {
+    for (const alpha of [1, -1])
+      for (const fill of [-0, NaN, 5]) {
+        const c = new Float32Array(3).fill(fill);
+        // Row i of A is (1, -1) scaled; B's column is (1, 1): every product pair cancels exactly.
+        nativeGemmBf16(
+          false,
+          false,
+          3,
+          1,
+          2,
+          alpha,
+          Float32Array.of(1, -1, 2, -2, 0, -0),
+          2,
+          Float32Array.of(1, 1),
+          1,
+          0,
+          c,
+          1,
+        );
+        for (const x of c) expect(Object.is(x, 0), `alpha ${alpha}, C filled with ${fill}: ${x}`).toBe(true);
+      }
+  });
+
   it('refuses bad operands with one clear error', () => {
     const c = new Float32Array(4);
     const bits = new Uint16Array(4);
-    const f32 = new Float32Array(4) as unknown as Uint16Array;
-    expect(() => nativeGemmBf16(false, false, 2, 2, 2, 1, f32, 2, bits, 2, 0, c, 2)).toThrow(/Uint16Array/);
+    const f64 = new Float64Array(4) as unknown as Uint16Array;
+    expect(() => nativeGemmBf16(false, false, 2, 2, 2, 1, f64, 2, bits, 2, 0, c, 2)).toThrow(
+      /A must be a Uint16Array of bf16 bits or a Float32Array/,
+    );
     expect(() => nativeGemmBf16(false, false, 2, 2, 3, 1, bits, 3, bits, 2, 0, c, 2)).toThrow(HypeError);
     expect(() => nativeGemmBf16(false, false, 2, 2, 2, 1, bits, 1, bits, 2, 0, c, 2)).toThrow(/leading/);
   });
@@ -281,6 +340,9 @@ suite('native bf16 attention', () => {
         const [q, k, v, g] = [toBf16(c.q32), toBf16(c.k32), toBf16(c.v32), toBf16(c.g32)];
         const fwd = nativeAttentionForwardBf16(shape, q, k, v, opts);
         const fwdSlow = onFallback(() => nativeAttentionForwardBf16(shape, q, k, v, opts));
+        // fp32 operands, rounded by the addon: the same bits, so the same results exactly.
+        expect(nativeAttentionForwardBf16(shape, c.q32, c.k32, c.v32, opts)).toEqual(fwd);
+        expect(nativeAttentionForwardBf16(shape, q, c.k32, v, opts)).toEqual(fwd);
         const emu = emulateAttentionForwardBf16(shape, q, k, v, opts);
         const vMax = maxAbs(c.v32);
         const rowOf = (i: number) => Math.floor(i / dv);
@@ -319,6 +381,10 @@ suite('native bf16 attention', () => {
         // Backward (from the native forward's out and lse, as in training).
         const bwd = nativeAttentionBackwardBf16(shape, q, k, v, fwd.out, fwd.lse, g, opts);
         const bwdSlow = onFallback(() => nativeAttentionBackwardBf16(shape, q, k, v, fwd.out, fwd.lse, g, opts));
+        expect(nativeAttentionBackwardBf16(shape, c.q32, c.k32, c.v32, fwd.out, fwd.lse, c.g32, opts)).toEqual(bwd);
+        expect(
+          onFallback(() => nativeAttentionBackwardBf16(shape, c.q32, c.k32, c.v32, fwd.out, fwd.lse, c.g32, opts)),
+        ).toEqual(bwdSlow);
         const emb = emulateAttentionBackwardBf16(shape, q, k, v, fwd.out, fwd.lse, g, opts);
         // fp32 effects on dS = P (dP - delta): P from an fp32 logit (relative error epsP: the logit's sum of d
         // products, the bias, lse, and exp), and dP - delta summed over dv products each (absolute error A per
@@ -387,11 +453,23 @@ suite('native bf16 attention', () => {
     const shape: AttentionShape = { batch: 1, heads: 1, kvHeads: 1, lq: 2, lk: 2, headDim: 2, valueDim: 2 };
     const x = new Uint16Array(4);
     const opts = { causal: false, scale: 1 };
-    expect(() => nativeAttentionForwardBf16(shape, new Float32Array(4) as unknown as Uint16Array, x, x, opts)).toThrow(
-      /Uint16Array of bf16 bits/,
+    expect(() => nativeAttentionForwardBf16(shape, new Float64Array(4) as unknown as Uint16Array, x, x, opts)).toThrow(
+      /q must be a Uint16Array of bf16 bits .* or a Float32Array/,
     );
     expect(() => nativeAttentionForwardBf16(shape, new Uint16Array(3), x, x, opts)).toThrow(/B\*H\*Lq\*D/);
     expect(() => nativeAttentionForwardBf16(shape, Uint16Array.of(0, 0x7f80, 0, 0), x, x, opts)).toThrow(/Infinity/);
+    // fp32 operands are refused where their bf16 rounding is not finite: beyond bf16's largest value (the fp32
+    // 0x7f7f8000 and above round to Infinity), Infinity itself, NaN; the largest value rounding to a finite bf16 passes.
+    const f32 = (bits: number) => new Float32Array(Uint32Array.of(0, 0, bits, 0).buffer);
+    const y = new Float32Array(4);
+    expect(() => nativeAttentionForwardBf16(shape, f32(0xff7f8000), y, y, opts)).toThrow(
+      /q holds Infinity at flat index 2/,
+    );
+    expect(() => nativeAttentionForwardBf16(shape, y, f32(0x7f800000), y, opts)).toThrow(
+      /k holds Infinity at flat index 2/,
+    );
+    expect(() => nativeAttentionForwardBf16(shape, y, y, f32(0x7fc00000), opts)).toThrow(/v holds NaN at flat index 2/);
+    expect(nativeAttentionForwardBf16(shape, f32(0x7f7f7fff), y, y, opts).lse.every(Number.isFinite)).toBe(true);
     expect(() =>
       nativeAttentionForwardBf16(shape, x, x, x, {
         ...opts,

@@ -79,6 +79,30 @@ describe('fox', () => {
     expect(split).toBeLessThan(plain / 10);
   });
 
+  it("a disposed call's widened q/k serve the next call: identical outputs and gradients, padding zeroed again", () => {
+    // multiple 8, d = 8: plain columns (w = 2) and bf16 split columns (w = 6) both widen to 16, so the split call
+    // leaves values in columns 10..13 that the plain call must clear (concat-bias.ts reuses disposed buffers).
+    const shape = shapeOf({ lq: 6, lk: 6 });
+    const ctx = contextFor(shape, true, 0);
+    const a = withX(shape, 41);
+    const b = withX(shape, 42);
+    const split = foxFactory.create(dims, { initStd: 1, biasInit: 1, multiple: 8, format: 'bf16' }, new Rng(3));
+    const plain = foxFactory.create(dims, { initStd: 1, biasInit: 1, multiple: 8 }, new Rng(3));
+    const dOut = new Float64Array(shape.batch * shape.heads * shape.lq * shape.valueDim);
+    new Rng(9).fillNormal(dOut);
+    const run = () => {
+      const r = plain.attend(ctx, b);
+      return { out: Float64Array.from(r.out), grads: r.backward(dOut), dispose: r.dispose! };
+    };
+    const fresh = run(); // allocates: no spare of this geometry is free
+    split.attend(ctx, a).dispose!();
+    const reused = run(); // takes the split call's buffers
+    expect(reused.out).toEqual(fresh.out);
+    for (const key of ['dq', 'dk', 'dv', 'dx'] as const) expect(reused.grads[key]).toEqual(fresh.grads[key]);
+    fresh.dispose();
+    reused.dispose();
+  });
+
   it('refuses bidirectional attention, a missing x and queries beyond x', () => {
     const enc = foxFactory.create(dims, {}, new Rng(1));
     const shape = shapeOf({ lq: 4, lk: 4 });

@@ -209,6 +209,26 @@ describe('second-round report section', () => {
     expect(md).toContain('`npm run bench:explicit -- --only alibi-learned,hype-sc,fox,hype-gated --rounds 3`');
   });
 
+  it('says that one-layer flip-flop makes sharing the identity, and names the code behind cells that differ', () => {
+    const withCommit = (c: ReturnType<typeof flip>, commit: string) =>
+      ({ ...c, result: { ...c.result, versions: { commit } } }) as typeof c;
+    const md1 = buildReport({
+      ...cells,
+      flipflop: [
+        ...cells.flipflop,
+        ...[1, 2].flatMap((s) => [withCommit(flip('t5-shared', s, 7), 'aaaaaaa1'), withCommit(flip('t5', s, 7), 'b1')]),
+        withCommit(flip('xl-shared', 1, 3), 'ccccccc9'),
+        withCommit(flip('xl', 1, 4), 'ddddddd9'),
+      ],
+    }).markdown;
+    expect(md1).toContain('t5-shared and t5 have identical error counts in 2 of 2 seeds.');
+    expect(md1).toContain(
+      'xl-shared and xl have identical error counts in 0 of 1 seeds (differing cells were computed by different ' +
+        'code: seed 1: xl-shared at ccccccc, xl at ddddddd).',
+    );
+    expect(md1).toContain('flip-flop ood-dense: error %: t5-shared 0.700');
+  });
+
   it('leaves the section out when no second-round encoding has a cell', () => {
     const md0 = buildReport({
       ...cells,

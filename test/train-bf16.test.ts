@@ -1,7 +1,8 @@
 /**
  * bf16 mixed-precision training (backend/autocast.ts): the native backend (AVX512-BF16 kernels, or their fp32
  * fallback) against the reference backend's fp64 emulation of the same kernels, 20 steps of a tiny model from one
- * seed; fp32 masters in checkpoints and a bit-identical resume; the --precision value's one clear error.
+ * seed; fp32 masters in checkpoints and a bit-identical resume; the operands rounded inside the kernels give the
+ * losses and weights of rounding them into bf16 arrays first, bit for bit; the --precision value's one clear error.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -9,7 +10,13 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { withPrecision } from '../src/backend/autocast.ts';
 import type { Backend, Precision } from '../src/backend/backend.ts';
-import { fromBf16, toBf16 } from '../src/backend/bf16.ts';
+import {
+  fromBf16,
+  nativeAttentionBackwardBf16,
+  nativeAttentionForwardBf16,
+  nativeGemmBf16,
+  toBf16,
+} from '../src/backend/bf16.ts';
 import { loadNativeAddon, NativeBackend, nativeLoadError } from '../src/backend/native.ts';
 import { ReferenceBackend } from '../src/backend/reference.ts';
 import { HypeError } from '../src/errors.ts';
@@ -77,6 +84,78 @@ suite('bf16 mixed precision: native kernels vs reference emulation', () => {
       expect(native[19]).toBeLessThan(native[0]! - 0.5); // and it trains
     },
     240_000,
+  );
+});
+
+/**
+ * Mixed precision as it ran before the kernels took fp32 operands: every gemm and attention operand converted into
+ * a fresh array of bf16 bits (toBf16) and the bits handed to the kernels.
+ */
+function roundingFirst(): Backend {
+  const be = new NativeBackend();
+  const f32 = (x: unknown) => x as Float32Array;
+  const bits = (x: unknown) => toBf16(f32(x));
+  return new Proxy(be, {
+    get(target, prop) {
+      if (prop === 'gemmBf16')
+        return (...a: Parameters<Backend['gemm']>) =>
+          nativeGemmBf16(
+            a[0],
+            a[1],
+            a[2],
+            a[3],
+            a[4],
+            a[5],
+            bits(a[6]),
+            a[7],
+            bits(a[8]),
+            a[9],
+            a[10],
+            f32(a[11]),
+            a[12],
+          );
+      if (prop === 'attentionForward')
+        return (...[shape, q, k, v, opts]: Parameters<Backend['attentionForward']>) =>
+          opts.operands === 'bf16'
+            ? nativeAttentionForwardBf16(shape, bits(q), bits(k), bits(v), opts)
+            : target.attentionForward(shape, q, k, v, opts);
+      if (prop === 'attentionBackward')
+        return (...[shape, q, k, v, out, lse, dOut, opts]: Parameters<Backend['attentionBackward']>) => {
+          if (opts.operands !== 'bf16') return target.attentionBackward(shape, q, k, v, out, lse, dOut, opts);
+          const g = nativeAttentionBackwardBf16(shape, bits(q), bits(k), bits(v), f32(out), f32(lse), bits(dOut), opts);
+          if (opts.biasGrad === false) g.dBias = { kind: 'none' };
+          return g;
+        };
+      const value: unknown = Reflect.get(target, prop, target);
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+}
+
+suite('bf16 mixed precision: operands rounded in the kernels', () => {
+  it.each(['none', 'hype:route=kernel', HYPE_SPLIT])(
+    '%s: the losses and weights of rounding into bf16 arrays first, bit for bit (AVX512-BF16 and fallback)',
+    async (pe) => {
+      const train = { ...TRAIN, steps: 5, precision: 'bf16' as const };
+      for (const fallback of [false, true]) {
+        if (fallback) process.env.HYPE_NO_BF16 = '1';
+        try {
+          const tag = `${pe.replace(/[:=]/g, '-')}-${fallback ? 'fallback' : 'fast'}`;
+          const runs = [new NativeBackend(), roundingFirst()].map((be, i) =>
+            TrainingRun.start(join(root, `fused-${tag}-${i}`), modelFor(pe), train, be),
+          );
+          for (const r of runs) await r.run();
+          const [fused, first] = runs.map((r) => readLossLog(r.runDir).map((x) => x.loss));
+          expect(fused!.length).toBe(5);
+          expect(fused).toEqual(first);
+          const [wa, wb] = runs.map((r) => r.model.parameters().map((p) => Array.from(p.data as Float32Array)));
+          expect(wa).toEqual(wb);
+        } finally {
+          delete process.env.HYPE_NO_BF16;
+        }
+      }
+    },
+    120_000,
   );
 });
 

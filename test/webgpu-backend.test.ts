@@ -2,7 +2,7 @@
  * WebGpuBackend (the Backend interface on the GPU, lavapipe here and in CI) against the reference backend, member by
  * member: memory (allocate zeroed, upload at offsets, ranged reads, statistics as fp64, refusals), the tensor ops
  * the seam added (copyRows, fill, addInto, splitQkv/mergeQkv and heads <-> tokens, also with head row strides,
- * globalNorm, clipByNorm, countNonFinite), the cross-entropy mean into a statistics slot, gemm, attention with a distance table handle
+ * globalNorm, clipByNorm, countNonFinite, gateForward/gateBackward), the cross-entropy mean into a statistics slot, gemm, attention with a distance table handle
  * (biasGrad false skips dTable) and the refusals (scoreAttention, a dense bias, fp64).
  * Inputs are rounded to f32 before either side sees them, so the memory ops must agree EXACTLY, and each arithmetic
  * op within its own f32 bound (U32 = 2^-24), stated where used.
@@ -243,6 +243,47 @@ describe('tensor ops match the host versions', () => {
     expect(maxAbsDiff(await get(gc), c)).toBeLessThanOrEqual(2 * k * U32 * (maxAbs(a) * maxAbs(b) * k + maxAbs(c)));
     expect(() => be.gemm(false, false, 3, 3, 3, 1, gc, 3, gb, 3, 0, gc, 3)).toThrow(/must not share/);
     for (const t of [ga, gb, gc]) be.release(t);
+  });
+
+  it('gateForward / gateBackward: log sigmoid and softplus, elementwise and as a re-centred running sum', async () => {
+    // WGSL's log is accurate to 2^-21 absolute on [0.5, 2] and exp to 3 + 2|z| ulps, so one activation is off by
+    // <= 2^-21 + (2 max|z| + 8) U32 |y|; a running sum of LEN of them adds LEN such errors and LEN f32 additions
+    // (<= LEN U32 sum|y|). The backward: sigmoid (<= (2 max|z| + 8) U32 relative) times suffix sums of <= LEN terms
+    // (<= (LEN + 2) U32 sum|dOut|), |sigmoid| <= 1. Checked against the host's fp64 op on the same f32 inputs.
+    const [OUTER, LEN, INNER] = [3, 40, 5];
+    const n = OUTER * LEN * INNER;
+    const x = f32s(n, 3);
+    const dOut = f32s(n);
+    const zMax = maxAbs(x);
+    const [gx, gd] = [put(x), put(dOut)];
+    const out = be.allocate('float32', n);
+    const dx = be.allocate('float32', n);
+    for (const fn of ['logSigmoid', 'softplus'] as const)
+      for (const origin of [-1, 0, 17, LEN - 1]) {
+        const want = new Float64Array(n);
+        ref.gateForward(x, want, OUTER, LEN, INNER, fn, origin);
+        be.gateForward(gx, out, OUTER, LEN, INNER, fn, origin);
+        const y = new Float64Array(n);
+        ref.gateForward(x, y, OUTER, LEN, INNER, fn, -1);
+        const one = 2 ** -21 + (2 * zMax + 8) * U32 * maxAbs(y);
+        const fwdBound = origin < 0 ? one : LEN * one + LEN * U32 * LEN * maxAbs(y);
+        expect(maxAbsDiff(await get(out), want)).toBeLessThanOrEqual(fwdBound);
+        const wantDx = new Float64Array(n);
+        ref.gateBackward(x, dOut, wantDx, OUTER, LEN, INNER, fn, origin);
+        be.gateBackward(gx, gd, dx, OUTER, LEN, INNER, fn, origin);
+        const terms = origin < 0 ? 1 : LEN;
+        const bwdBound = (2 * zMax + 8 + 2 * (terms + 2)) * U32 * terms * maxAbs(dOut);
+        expect(maxAbsDiff(await get(dx), wantDx)).toBeLessThanOrEqual(bwdBound);
+      }
+    // dx may be dOut (in place), as on the host.
+    const inPlace = put(dOut);
+    be.gateBackward(gx, inPlace, inPlace, OUTER, LEN, INNER, 'logSigmoid', 17);
+    be.gateBackward(gx, gd, dx, OUTER, LEN, INNER, 'logSigmoid', 17);
+    expect(Array.from(await get(inPlace))).toEqual(Array.from(await get(dx)));
+    expect(() => be.gateForward(gx, gx, OUTER, LEN, INNER, 'softplus', -1)).toThrow(HypeError);
+    expect(() => be.gateForward(gx, out, OUTER, LEN, INNER, 'softplus', LEN)).toThrow(/origin/);
+    expect(() => be.gateForward(gx, out, OUTER, LEN, INNER, 'tanh' as never, -1)).toThrow(/gate function/);
+    for (const t of [gx, gd, out, dx, inPlace]) be.release(t);
   });
 });
 

@@ -3,8 +3,10 @@
  * that every gemm runs as gemmBf16 (A and B rounded to bf16, fp32 accumulation into fp32 C) and every fused
  * attention call passes operands 'bf16' (q, k, v, dOut rounded to bf16; fp32 softmax statistics and results).
  * Tensors stay fp32 handles, so layer norms, GELU, the loss, the gradients, the master weights and AdamW are fp32
- * exactly as without it; the weights are rounded to bf16 afresh wherever a gemm reads them (each step). Attention
- * over explicit scores (host-only encodings) and the Householder walk keep their own precision.
+ * exactly as without it; the weights are rounded to bf16 afresh wherever a gemm reads them (each step). On the
+ * native backend the rounding happens inside the kernels (the gemm's packing pass, the attention kernels' operand
+ * buffers), so no bf16 copy of a tensor is allocated per call. Attention over explicit scores (host-only
+ * encodings) and the Householder walk keep their own precision.
  */
 import type { AttentionOptions, Backend, Precision } from './backend.ts';
 import { HypeError } from '../errors.ts';

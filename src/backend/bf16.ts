@@ -11,7 +11,9 @@
  * backward) and dS are rounded to bf16 before the products that consume them.
  *
  * These functions do not go through the Backend interface: a mixed-precision backend would hold bf16 tensors
- * (Uint16Array) and call them where its fp32 twin calls the addon's fp32 kernels.
+ * (Uint16Array) and call them where its fp32 twin calls the addon's fp32 kernels. Each operand may instead be an fp32
+ * tensor (Float32Array), which the addon rounds to bf16 as it packs it (gemm) or into a buffer it keeps (attention):
+ * the same bits as toBf16, without a fresh bf16 copy per call. Mixed precision (autocast.ts) passes its fp32 tensors so.
  */
 import { HypeError, check } from '../errors.ts';
 import { roundToBf16 } from '../numerics/float-formats.ts';
@@ -28,6 +30,9 @@ import {
   validateShape,
 } from './validate.ts';
 
+/** A bf16 operand of the native kernels: its bits, or fp32 values the addon rounds to bf16 (round to nearest even). */
+export type Bf16Operand = Uint16Array | Float32Array;
+
 /** The addon's bf16 entry points (native/bindings.cc). */
 export interface NativeBf16Kernels {
   gemmBf16(
@@ -37,9 +42,9 @@ export interface NativeBf16Kernels {
     n: number,
     k: number,
     alpha: number,
-    a: Uint16Array,
+    a: Bf16Operand,
     lda: number,
-    b: Uint16Array,
+    b: Bf16Operand,
     ldb: number,
     beta: number,
     c: Float32Array,
@@ -47,27 +52,28 @@ export interface NativeBf16Kernels {
   ): void;
   attentionForwardBf16(
     params: object,
-    q: Uint16Array,
-    k: Uint16Array,
-    v: Uint16Array,
+    q: Bf16Operand,
+    k: Bf16Operand,
+    v: Bf16Operand,
     out: Float32Array,
     lse: Float32Array,
   ): void;
   attentionBackwardBf16(
     params: object,
-    q: Uint16Array,
-    k: Uint16Array,
-    v: Uint16Array,
+    q: Bf16Operand,
+    k: Bf16Operand,
+    v: Bf16Operand,
     out: Float32Array,
     lse: Float32Array,
-    dOut: Uint16Array,
+    dOut: Bf16Operand,
     dq: Float32Array,
     dk: Float32Array,
     dv: Float32Array,
     dTable: Float64Array | null,
   ): void;
   bf16Info(): { supported: boolean; fast: boolean };
-  firstNonFiniteBf16(bits: Uint16Array): number;
+  /** The first index whose bf16 value is NaN/Inf (for fp32 values: whose rounding to bf16 is), or -1. */
+  firstNonFiniteBf16(x: Bf16Operand): number;
   toBf16(x: Float32Array, bits: Uint16Array): void;
 }
 
@@ -138,8 +144,12 @@ export function roundedToBf16(x: Float32Array): Float32Array {
 
 // ----------------------------------------------------------------------------------------------- validation
 
-function checkBits(x: unknown, what: string, length: number, dims: string): asserts x is Uint16Array {
-  check(x instanceof Uint16Array, 'argument', `${what} must be a Uint16Array of bf16 bits (convert with toBf16)`);
+function checkBits(x: unknown, what: string, length: number, dims: string): asserts x is Bf16Operand {
+  check(
+    x instanceof Uint16Array || x instanceof Float32Array,
+    'argument',
+    `${what} must be a Uint16Array of bf16 bits (convert with toBf16) or a Float32Array to round`,
+  );
   check(
     x.length === length,
     'shape',
@@ -147,13 +157,17 @@ function checkBits(x: unknown, what: string, length: number, dims: string): asse
   );
 }
 
-/** The first NaN/Inf among bf16 bits (exponent field all ones, found by the addon's scan), refused with its index. */
-function checkFiniteBits(x: Uint16Array, what: string): void {
+/**
+ * The first NaN/Inf among bf16 bits (exponent field all ones, found by the addon's scan), refused with its index; an
+ * fp32 operand is refused where its bf16 rounding is NaN/Inf.
+ */
+function checkFiniteBits(x: Bf16Operand, what: string): void {
   const i = bf16Kernels().firstNonFiniteBf16(x);
   if (i < 0) return;
+  const nan = x instanceof Float32Array ? Number.isNaN(x[i]) : (x[i]! & 0x7f) !== 0;
   throw new HypeError(
     'non-finite',
-    `${what} holds ${x[i]! & 0x7f ? 'NaN' : 'Infinity'} at flat index ${i}; every value must be finite — check ` +
+    `${what} holds ${nan ? 'NaN' : 'Infinity'} at flat index ${i}; every value must be finite — check ` +
       `the upstream computation (an fp32 value beyond bf16's range rounds to Infinity)`,
   );
 }
@@ -175,9 +189,9 @@ function params(shape: AttentionShape, opts: AttentionOptions) {
 
 function validateAttentionBits(
   shape: AttentionShape,
-  q: Uint16Array,
-  k: Uint16Array,
-  v: Uint16Array,
+  q: Bf16Operand,
+  k: Bf16Operand,
+  v: Bf16Operand,
   opts: AttentionOptions,
 ) {
   validateShape(shape);
@@ -193,7 +207,7 @@ function validateAttentionBits(
 
 // ------------------------------------------------------------------------------------------- native kernels
 
-/** C = alpha op(A) op(B) + beta C with bf16 A and B (bits) and fp32 C, accumulated in fp32. */
+/** C = alpha op(A) op(B) + beta C with bf16 A and B (bits, or fp32 rounded) and fp32 C, accumulated in fp32. */
 export function nativeGemmBf16(
   transA: boolean,
   transB: boolean,
@@ -201,9 +215,9 @@ export function nativeGemmBf16(
   n: number,
   k: number,
   alpha: number,
-  a: Uint16Array,
+  a: Bf16Operand,
   lda: number,
-  b: Uint16Array,
+  b: Bf16Operand,
   ldb: number,
   beta: number,
   c: Float32Array,
@@ -218,11 +232,15 @@ export function nativeGemmBf16(
   ] as const)
     check(Number.isInteger(x) && x >= 0, 'shape', () => `gemm ${what} must be a non-negative integer, got ${x}`);
   check(Number.isFinite(alpha) && Number.isFinite(beta), 'argument', 'gemm alpha and beta must be finite');
-  check(
-    a instanceof Uint16Array && b instanceof Uint16Array,
-    'argument',
-    'bf16 gemm A and B must be Uint16Arrays of bf16 bits',
-  );
+  for (const [x, what] of [
+    [a, 'A'],
+    [b, 'B'],
+  ] as const)
+    check(
+      x instanceof Uint16Array || x instanceof Float32Array,
+      'argument',
+      `bf16 gemm ${what} must be a Uint16Array of bf16 bits or a Float32Array to round`,
+    );
   check(c instanceof Float32Array, 'argument', 'bf16 gemm C must be a Float32Array');
   check(
     lda >= (transA ? m : k) && ldb >= (transB ? k : n),
@@ -238,12 +256,12 @@ export function nativeGemmBf16(
   bf16Kernels().gemmBf16(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-/** Fused attention forward on bf16 q, k, v: fp32 out [B, H, Lq, dv] and lse [B, H, Lq]. */
+/** Fused attention forward on bf16 q, k, v (bits, or fp32 rounded): fp32 out [B, H, Lq, dv] and lse [B, H, Lq]. */
 export function nativeAttentionForwardBf16(
   shape: AttentionShape,
-  q: Uint16Array,
-  k: Uint16Array,
-  v: Uint16Array,
+  q: Bf16Operand,
+  k: Bf16Operand,
+  v: Bf16Operand,
   opts: AttentionOptions,
 ): AttentionForward & { out: Float32Array; lse: Float32Array } {
   validateAttentionBits(shape, q, k, v, opts);
@@ -255,15 +273,15 @@ export function nativeAttentionForwardBf16(
   return { out, lse };
 }
 
-/** Fused attention backward on bf16 q, k, v, dOut and the forward's fp32 out, lse: fp32 gradients. */
+/** Fused attention backward on bf16 q, k, v, dOut (bits, or fp32 rounded) and the forward's fp32 out, lse. */
 export function nativeAttentionBackwardBf16(
   shape: AttentionShape,
-  q: Uint16Array,
-  k: Uint16Array,
-  v: Uint16Array,
+  q: Bf16Operand,
+  k: Bf16Operand,
+  v: Bf16Operand,
   out: Float32Array,
   lse: Float32Array,
-  dOut: Uint16Array,
+  dOut: Bf16Operand,
   opts: AttentionOptions,
 ): AttentionGrads & { dq: Float32Array; dk: Float32Array; dv: Float32Array } {
   validateAttentionBits(shape, q, k, v, opts);
@@ -500,9 +518,9 @@ export function emulateAttentionBackwardBf16(
 // ------------------------------------------------------------------- the Backend members on host arrays
 
 /**
- * Backend.gemmBf16 on fp32 host arrays (autocast.ts): A and B rounded to bf16, then the native kernel
- * (`native`) or the fp64 emulation rounded once to fp32 (the reference backend). Both see the same bf16 operands;
- * they differ only by the kernel's fp32 accumulation.
+ * Backend.gemmBf16 on fp32 host arrays (autocast.ts): A and B rounded to bf16, by the native kernel as it packs them
+ * (`native`), or up front for the fp64 emulation rounded once to fp32 (the reference backend). Both see the same
+ * bf16 operands; they differ only by the kernel's fp32 accumulation.
  */
 export function hostGemmBf16(
   native: boolean,
@@ -520,9 +538,10 @@ export function hostGemmBf16(
   c: FloatArray,
   ldc: number,
 ): void {
-  const [ab, bb, cf] = [bf16Operand(a, 'A', native), bf16Operand(b, 'B', native), fp32Result(c, 'C')];
-  if (native) return nativeGemmBf16(transA, transB, m, n, k, alpha, ab, lda, bb, ldb, beta, cf, ldc);
+  const [af, bf, cf] = [fp32Result(a, 'A'), fp32Result(b, 'B'), fp32Result(c, 'C')];
+  if (native) return nativeGemmBf16(transA, transB, m, n, k, alpha, af, lda, bf, ldb, beta, cf, ldc);
   validateGemmOutput(m, n, cf, ldc);
+  const [ab, bb] = [toBf16(af, { native: false }), toBf16(bf, { native: false })];
   const r = emulateGemmBf16(transA, transB, m, n, k, alpha, ab, lda, bb, ldb, beta, cf, ldc);
   for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) cf[i * ldc + j] = r.c[i * n + j]!;
 }
@@ -536,8 +555,9 @@ export function hostAttentionForwardBf16(
   v: FloatArray,
   opts: AttentionOptions,
 ): AttentionForward {
-  const [qb, kb, vb] = [bf16Operand(q, 'q', native), bf16Operand(k, 'k', native), bf16Operand(v, 'v', native)];
-  if (native) return nativeAttentionForwardBf16(shape, qb, kb, vb, opts);
+  const [qf, kf, vf] = [fp32Result(q, 'q'), fp32Result(k, 'k'), fp32Result(v, 'v')];
+  if (native) return nativeAttentionForwardBf16(shape, qf, kf, vf, opts);
+  const [qb, kb, vb] = [qf, kf, vf].map((x) => toBf16(x, { native: false })) as [Uint16Array, Uint16Array, Uint16Array];
   validateAttentionBits(shape, qb, kb, vb, opts);
   const r = emulateAttentionForwardBf16(shape, qb, kb, vb, opts);
   const lse = Float32Array.from(r.lse);
@@ -557,11 +577,12 @@ export function hostAttentionBackwardBf16(
   dOut: FloatArray,
   opts: AttentionOptions,
 ): AttentionGrads {
-  const [qb, kb, vb] = [bf16Operand(q, 'q', native), bf16Operand(k, 'k', native), bf16Operand(v, 'v', native)];
-  const [o, s, g] = [fp32Result(out, 'out'), fp32Result(lse, 'lse'), bf16Operand(dOut, 'dOut', native)];
+  const [qf, kf, vf, gf] = [fp32Result(q, 'q'), fp32Result(k, 'k'), fp32Result(v, 'v'), fp32Result(dOut, 'dOut')];
+  const [o, s] = [fp32Result(out, 'out'), fp32Result(lse, 'lse')];
+  const bits = (x: Float32Array) => toBf16(x, { native: false });
   const grads = native
-    ? nativeAttentionBackwardBf16(shape, qb, kb, vb, o, s, g, opts)
-    : emulatedBackward(shape, qb, kb, vb, o, s, g, opts);
+    ? nativeAttentionBackwardBf16(shape, qf, kf, vf, o, s, gf, opts)
+    : emulatedBackward(shape, bits(qf), bits(kf), bits(vf), o, s, bits(gf), opts);
   if (opts.biasGrad === false) grads.dBias = { kind: 'none' };
   return grads;
 }
@@ -583,11 +604,7 @@ function emulatedBackward(
   return { dq: Float32Array.from(r.dq), dk: Float32Array.from(r.dk), dv: Float32Array.from(r.dv), dBias };
 }
 
-/** An fp32 operand rounded to bf16 bits (mixed precision keeps fp32 tensors; fp64 ones are refused). */
-function bf16Operand(x: FloatArray, what: string, native: boolean): Uint16Array {
-  return toBf16(fp32Result(x, what), { native });
-}
-
+/** An fp32 operand or result (mixed precision keeps fp32 tensors; fp64 ones are refused). */
 function fp32Result(x: FloatArray, what: string): Float32Array {
   check(
     x instanceof Float32Array,

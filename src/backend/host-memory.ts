@@ -86,4 +86,6 @@ export abstract class HostBackendBase {
   readonly globalNorm = hostTensorOps.globalNorm;
   readonly clipByNorm = hostTensorOps.clipByNorm;
   readonly countNonFinite = hostTensorOps.countNonFinite;
+  readonly gateForward = hostTensorOps.gateForward;
+  readonly gateBackward = hostTensorOps.gateBackward;
 }

@@ -2,7 +2,8 @@
  * The layer operations a transformer step needs, declared once (LayerOps, TensorOps below) and implemented here for
  * host tensors: layer norm, GELU, softmax cross-entropy, AdamW, embedding gather/scatter, bias add/reduction, the
  * prefix-masked row softmax of the explicit-logit attention, and the small tensor ops that keep a model's hot path
- * off host arrays (strided copy, fill, add, head split/merge, global gradient norm and clipping, a non-finite count).
+ * off host arrays (strided copy, fill, add, head split/merge, global gradient norm and clipping, a non-finite count,
+ * the gate activations of content-dependent encodings with their running sum).
  * Plain loops over typed arrays in the arrays' own dtype (fp64 or fp32), every sum carried in a JS double; no
  * allocation per element.
  *
@@ -310,6 +311,15 @@ export function copyRows(
     dst.set(src.subarray(srcOffset, srcOffset + n), dstOffset);
     return;
   }
+  if (width <= 8 && src.buffer !== dst.buffer) {
+    // A few values per row (concat columns): element copies beat a view per row; distinct buffers cannot overlap.
+    for (let r = 0; r < rows; r++) {
+      const s = srcOffset + r * srcStride;
+      const d = dstOffset + r * dstStride;
+      for (let j = 0; j < width; j++) dst[d + j] = src[s + j]!;
+    }
+    return;
+  }
   for (let r = 0; r < rows; r++) {
     const s = srcOffset + r * srcStride;
     dst.set(src.subarray(s, s + width), dstOffset + r * dstStride);
@@ -433,6 +443,93 @@ export function countNonFinite(x: FloatArray, n: number, out: FloatArray, outInd
   out[outIndex] = bad;
 }
 
+export function sigmoid(z: number): number {
+  return z >= 0 ? 1 / (1 + Math.exp(-z)) : Math.exp(z) / (1 + Math.exp(z));
+}
+
+/** log sigmoid(z) = -softplus(-z), written to neither overflow nor lose precision at large |z|. */
+export function logSigmoid(z: number): number {
+  return z >= 0 ? -Math.log1p(Math.exp(-z)) : z - Math.log1p(Math.exp(z));
+}
+
+export function softplus(z: number): number {
+  return z > 0 ? z + Math.log1p(Math.exp(-z)) : Math.log1p(Math.exp(z));
+}
+
+/** The activation of a gate (gateForward): log sigmoid (forget gates, fox) or softplus (amplitudes, hype-gated). */
+export type GateFn = 'logSigmoid' | 'softplus';
+
+const GATE: Record<GateFn, { f: (z: number) => number; df: (z: number) => number }> = {
+  logSigmoid: { f: logSigmoid, df: (z) => sigmoid(-z) },
+  softplus: { f: softplus, df: sigmoid },
+};
+
+/**
+ * Gate activations over x [outer, len, inner], OVERWRITING out (same shape, not aliasing x): y = f(x) elementwise
+ * when `origin` < 0; otherwise the running sum of y along len, re-centred at row `origin` (0 <= origin < len):
+ *   out[o, t, j] = sum_{t' <= t} y[o, t', j] - sum_{t' <= origin} y[o, t', j]
+ * (fox's F_t - F_origin: the sum is a difference of prefix sums, so centring changes only its rounding). Sums in
+ * doubles; for fp32 out each value is rounded once.
+ */
+export function gateForward(
+  x: FloatArray,
+  out: FloatArray,
+  outer: number,
+  len: number,
+  inner: number,
+  fn: GateFn,
+  origin: number,
+): void {
+  const { f } = GATE[fn];
+  if (origin < 0) {
+    for (let i = 0; i < outer * len * inner; i++) out[i] = f(x[i]!);
+    return;
+  }
+  const acc = new Float64Array(len);
+  for (let o = 0; o < outer; o++)
+    for (let j = 0; j < inner; j++) {
+      const base = o * len * inner + j;
+      let s = 0;
+      for (let t = 0; t < len; t++) acc[t] = s += f(x[base + t * inner]!);
+      const centre = acc[origin]!;
+      for (let t = 0; t < len; t++) out[base + t * inner] = acc[t]! - centre;
+    }
+}
+
+/**
+ * gateForward's backward, dx = d/dx sum(dOut * out), OVERWRITING dx (which may alias dOut): with g the gradient of
+ * y, g = dOut elementwise, or for the running sum g[t'] = sum_{t >= t'} dOut[t] - [t' <= origin] sum_t dOut[t];
+ * then dx = g f'(x) (log sigmoid' (z) = sigmoid(-z), softplus' = sigmoid).
+ */
+export function gateBackward(
+  x: FloatArray,
+  dOut: FloatArray,
+  dx: FloatArray,
+  outer: number,
+  len: number,
+  inner: number,
+  fn: GateFn,
+  origin: number,
+): void {
+  const { df } = GATE[fn];
+  if (origin < 0) {
+    for (let i = 0; i < outer * len * inner; i++) dx[i] = dOut[i]! * df(x[i]!);
+    return;
+  }
+  for (let o = 0; o < outer; o++)
+    for (let j = 0; j < inner; j++) {
+      const base = o * len * inner + j;
+      let total = 0;
+      for (let t = 0; t < len; t++) total += dOut[base + t * inner]!;
+      let g = 0;
+      for (let t = len - 1; t >= 0; t--) {
+        g += dOut[base + t * inner]!;
+        const i = base + t * inner;
+        dx[i] = (t <= origin ? g - total : g) * df(x[i]!);
+      }
+    }
+}
+
 /**
  * The layer operations every Backend implements (the one declaration of their signatures; semantics in the
  * functions of the same name above). T is the backend's float tensor handle, I its int tensor (token ids).
@@ -519,6 +616,8 @@ export interface TensorOps<T = FloatArray> {
   globalNorm(tensors: readonly T[], out: T, outIndex: number): void;
   clipByNorm(tensors: readonly T[], norm: T, normIndex: number, clip: number): void;
   countNonFinite(x: T, n: number, out: T, outIndex: number): void;
+  gateForward(x: T, out: T, outer: number, len: number, inner: number, fn: GateFn, origin: number): void;
+  gateBackward(x: T, dOut: T, dx: T, outer: number, len: number, inner: number, fn: GateFn, origin: number): void;
 }
 
 /** The layer ops of the reference backend (and the fallback of the native one for non-fp32 tensors). */
@@ -549,4 +648,6 @@ export const hostTensorOps: TensorOps = {
   globalNorm,
   clipByNorm,
   countNonFinite,
+  gateForward,
+  gateBackward,
 };

@@ -50,7 +50,7 @@ import {
 } from './validate.ts';
 
 /** The kernel interface version this code expects; native/bindings.cc exports its own as `abi`. */
-export const NATIVE_ABI = 4;
+export const NATIVE_ABI = 5;
 
 /** The addon's raw surface (native/bindings.cc). */
 export interface NativeAddon extends NativeLayerKernels {

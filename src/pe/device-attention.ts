@@ -165,6 +165,8 @@ export interface WidenedColumns<T> {
   key: string | null;
   /** The per-batch-entry tails of q, k and, when v is padded, v (module comment). */
   tails(): readonly T[];
+  /** The tails hold every batch entry's rows, not one entry's (content-dependent columns: fox, hype-gated). */
+  batched?: boolean;
 }
 
 /** What each widened buffer holds beyond the caller's columns: the owner and key of its last write. */
@@ -210,7 +212,8 @@ export function widenedConcatAttention<T, I>(
     const tails = columns.tails();
     for (const { target, i } of stale) {
       const [t, perBatch, from, to] = target;
-      copyPerBatch(be, tails[i]!, to - from, t, perBatch, B, from, to);
+      if (columns.batched) be.copyRows(tails[i]!, 0, to - from, t, from, to, B * perBatch, to - from);
+      else copyPerBatch(be, tails[i]!, to - from, t, perBatch, B, from, to);
       if (key !== null) written.set(t as object, { owner: columns.owner, key });
       else written.delete(t as object);
     }

@@ -21,11 +21,11 @@
  *   positions covered by x (queryOffset + Lq <= Lk), as in a model, where the keys include the queries.
  */
 import { check } from '../errors.ts';
-import type { FloatArray } from '../tensor.ts';
+import type { DType, FloatArray } from '../tensor.ts';
 import type { Rng } from '../util/rng.ts';
 import { checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
 import { concatBf16Refusal } from '../numerics/split-columns.ts';
-import { concatBiasAttention, type ConcatPrecisionOptions } from './concat-bias.ts';
+import { concatBiasAttention, concatOperandWidths, type ConcatPrecisionOptions } from './concat-bias.ts';
 import type {
   AttendContext,
   AttendInputs,
@@ -33,11 +33,13 @@ import type {
   EncodingFactory,
   OnnxAttention,
   OnnxAttentionBuilder,
+  OperandWidths,
   Param,
   PositionalEncoding,
 } from './encoding.ts';
 import { defineEncoding } from './options.ts';
-import { checkBlockInput, gateParam, logSigmoid, rowNorms, sigmoid } from './gate-input.ts';
+import { logSigmoid } from '../backend/layers.ts';
+import { checkBlockInput, gateParam, projectGates, projectGatesBackward, rowNorms } from './gate-input.ts';
 
 export interface FoxOptions extends ConcatPrecisionOptions {
   /** Standard deviation of the gate weights' normal initialisation; 0 (default) means modelDim^-1/2. */
@@ -70,7 +72,7 @@ class FoxEncoding implements PositionalEncoding {
     return checkBlockInput('fox', 'the forget gates', this.dims, ctx, inputs);
   }
 
-  /** Gate pre-activations s [B, Hkv, Lk] = w_g . x_t + b_g. */
+  /** Gate pre-activations s [B, Hkv, Lk] = w_g . x_t + b_g in plain fp64 loops (denseLogits' own, independent of attend's gemm). */
   private gates(x: FloatArray, B: number, lk: number): Float64Array {
     const { kvHeads: G, modelDim: C } = this.dims;
     const s = new Float64Array(B * G * lk);
@@ -84,72 +86,59 @@ class FoxEncoding implements PositionalEncoding {
     return s;
   }
 
+  /** q and k with room for the two columns (concat-bias.ts; plain rows with `format` emulation). */
+  operandWidths(dtype: DType): OperandWidths | null {
+    const d = this.dims.headDim;
+    return concatOperandWidths(this.opts, 2, d, d, dtype);
+  }
+
   attend(ctx: AttendContext, inputs: AttendInputs) {
     const x = this.checkCall(ctx, inputs);
+    const be = ctx.backend;
     const { batch: B, heads: H, kvHeads: G, lq, lk } = ctx.shape;
-    const C = this.dims.modelDim;
     const group = H / G;
     const off = ctx.queryOffset;
-    const s = this.gates(x, B, lk);
-    // F [B, G, Lk], centred at the middle key position.
+    // Pre-activations z [B, Lk, G] by one backend gemm (gate-input.ts), then F [B, Lk, G] = the running sum of
+    // log sigmoid(z) along Lk centred at the middle key position, by the backend's gate op (fp64 on host arrays).
+    const z = projectGates(be, x, this.w, this.b, B, lk, 0, lk);
     const mid = Math.floor((lk - 1) / 2);
-    const F = new Float64Array(B * G * lk);
-    for (let r = 0; r < B * G; r++) {
-      let acc = 0;
-      for (let t = 0; t < lk; t++) F[r * lk + t] = acc += logSigmoid(s[r * lk + t]!);
-      const centre = F[r * lk + mid]!;
-      for (let t = 0; t < lk; t++) F[r * lk + t]! -= centre;
-    }
+    const F = new Float64Array(B * lk * G);
+    be.gateForward(z, F, B, lk, G, 'logSigmoid', mid);
     const qc = new Float64Array(B * H * lq * 2);
     const kc = new Float64Array(B * G * lk * 2);
     for (let b = 0; b < B; b++) {
       for (let h = 0; h < H; h++)
         for (let i = 0; i < lq; i++) {
           const o = ((b * H + h) * lq + i) * 2;
-          qc[o] = F[(b * G + Math.floor(h / group)) * lk + i + off]!;
+          qc[o] = F[(b * lk + i + off) * G + Math.floor(h / group)]!;
           qc[o + 1] = 1;
         }
       for (let g = 0; g < G; g++)
         for (let l = 0; l < lk; l++) {
           const o = ((b * G + g) * lk + l) * 2;
           kc[o] = 1;
-          kc[o + 1] = -F[(b * G + g) * lk + l]!;
+          kc[o + 1] = -F[(b * lk + l) * G + g]!;
         }
     }
     const run = concatBiasAttention(ctx, inputs, qc, kc, 2, this.opts);
     return {
       out: run.out,
+      dispose: run.dispose,
       backward: (dOut: FloatArray) => {
         const { dq, dk, dv, dx: dqc, dy: dkc } = run.backward(dOut);
-        // d loss / d F (centred), then through the centring, the cumulative sum and log sigmoid.
-        const dF = new Float64Array(B * G * lk);
+        // d loss / d F [B, Lk, G], then through the centring, the running sum and log sigmoid (the gate op's
+        // backward, in place), then the projection.
+        const dF = new Float64Array(B * lk * G);
         for (let b = 0; b < B; b++) {
           for (let h = 0; h < H; h++)
             for (let i = 0; i < lq; i++)
-              dF[(b * G + Math.floor(h / group)) * lk + i + off]! += dqc[((b * H + h) * lq + i) * 2]!;
+              dF[(b * lk + i + off) * G + Math.floor(h / group)]! += dqc[((b * H + h) * lq + i) * 2]!;
           for (let g = 0; g < G; g++)
-            for (let l = 0; l < lk; l++) dF[(b * G + g) * lk + l]! -= dkc[((b * G + g) * lk + l) * 2 + 1]!;
+            for (let l = 0; l < lk; l++) dF[(b * lk + l) * G + g]! -= dkc[((b * G + g) * lk + l) * 2 + 1]!;
         }
-        const dx = new Float64Array(B * lk * C);
-        for (let r = 0; r < B * G; r++) {
-          const b = Math.floor(r / G);
-          const g = r % G;
-          let total = 0;
-          for (let t = 0; t < lk; t++) total += dF[r * lk + t]!;
-          dF[r * lk + mid]! -= total; // F_n - F_mid: F_mid receives minus every entry's gradient
-          let dz = 0; // d loss / d log f_t = sum_{n >= t} dF_n
-          for (let t = lk - 1; t >= 0; t--) {
-            dz += dF[r * lk + t]!;
-            const ds = dz * sigmoid(-s[r * lk + t]!); // d log sigmoid(s) / ds = sigmoid(-s)
-            this.b.grad[g]! += ds;
-            for (let c = 0; c < C; c++) {
-              this.w.grad[g * C + c]! += ds * x[(b * lk + t) * C + c]!;
-              dx[(b * lk + t) * C + c]! += ds * this.w.data[g * C + c]!;
-            }
-          }
-        }
-        const dxOut = x instanceof Float64Array ? dx : Float32Array.from(dx);
-        return { dq, dk, dv, dx: dxOut };
+        be.gateBackward(z, dF, dF, B, lk, G, 'logSigmoid', mid);
+        const dx = projectGatesBackward(be, x, this.w, this.b, dF, B, lk, 0, lk);
+        return { dq, dk, dv, dx };
       },
     };
   }

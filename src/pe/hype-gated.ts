@@ -24,11 +24,11 @@
  *   which the generic cache keeps for 'data-dependent' encodings and passes back with queryOffset = cache length).
  */
 import { check } from '../errors.ts';
-import type { FloatArray } from '../tensor.ts';
+import type { DType, FloatArray } from '../tensor.ts';
 import type { Rng } from '../util/rng.ts';
 import { checkQk, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
 import { concatBf16Refusal } from '../numerics/split-columns.ts';
-import { concatBiasAttention } from './concat-bias.ts';
+import { concatBiasAttention, concatOperandWidths } from './concat-bias.ts';
 import type {
   AttendContext,
   AttendInputs,
@@ -37,13 +37,15 @@ import type {
   EncodingFactory,
   OnnxAttention,
   OnnxAttentionBuilder,
+  OperandWidths,
   Param,
   PositionalEncoding,
 } from './encoding.ts';
 import { buildEta, columnPlan, etaGrads, exactBias } from './hype/core.ts';
 import { createHype, type HypeEncoding, type HypeOptions } from './hype/encoding.ts';
 import { defineEncoding } from './options.ts';
-import { checkBlockInput, gateParam, rowNorms, sigmoid, softplus } from './gate-input.ts';
+import { softplus } from '../backend/layers.ts';
+import { checkBlockInput, gateParam, projectGates, projectGatesBackward, rowNorms } from './gate-input.ts';
 
 export type GatedHypeOptions = Omit<HypeOptions, 'route' | 'grid'>;
 
@@ -104,7 +106,7 @@ class GatedHypeEncoding implements PositionalEncoding {
     return checkBlockInput('hype-gated', 'the amplitude gates', this.dims, ctx, inputs);
   }
 
-  /** Gate pre-activations z [B, H, Lq] = w_h . x_(i + queryOffset) + b_h. */
+  /** Gate pre-activations z [B, H, Lq] = w_h . x_(i + queryOffset) + b_h in plain fp64 loops (denseLogits' own). */
   private preActivations(x: FloatArray, B: number, lq: number, lk: number, off: number): Float64Array {
     const { heads: H, modelDim: C } = this.dims;
     const z = new Float64Array(B * H * lq);
@@ -119,18 +121,25 @@ class GatedHypeEncoding implements PositionalEncoding {
     return z;
   }
 
+  /** q and k with room for HyPE's 2T columns (concat-bias.ts; plain rows with `format` emulation). */
+  operandWidths(dtype: DType): OperandWidths | null {
+    const d = this.dims.headDim;
+    return concatOperandWidths(this.opts, 2 * this.hype.spec().termAxis.length, d, d, dtype);
+  }
+
   attend(ctx: AttendContext, inputs: AttendInputs): AttendResult {
     const x = this.checkCall(ctx, inputs);
     const { batch: B, heads: H, kvHeads: G, lq, lk, headDim: d } = ctx.shape;
-    const C = this.dims.modelDim;
     const off = ctx.queryOffset;
     const spec = this.hype.spec();
     const T = spec.termAxis.length;
     const r = 2 * T;
     const plan = columnPlan(this.opts, inputs.q instanceof Float64Array ? 'fp64' : 'fp32');
     const eta = buildEta(spec, { lq, lk, queryOffset: off, shift: this.opts.shift }, plan.guard);
-    const z = this.preActivations(x, B, lq, lk, off);
-    const s = z.map(softplus);
+    // z [B, Lq, H] by one backend gemm (gate-input.ts), s = softplus(z) by the backend's gate op (fp64 here).
+    const z = projectGates(ctx.backend, x, this.w, this.b, B, lk, off, lq);
+    const s = new Float64Array(z.length);
+    ctx.backend.gateForward(z, s, 1, z.length, 1, 'softplus', -1);
     this.observe(s, B, lq);
     // Query columns s * eta^Q / sqrt(d) (concat-bias.ts multiplies by sqrt(d) again); key columns eta^K per batch.
     const sqrtD = Math.sqrt(d);
@@ -138,7 +147,7 @@ class GatedHypeEncoding implements PositionalEncoding {
     for (let b = 0; b < B; b++)
       for (let h = 0; h < H; h++)
         for (let i = 0; i < lq; i++) {
-          const amp = s[(b * H + h) * lq + i]! / sqrtD;
+          const amp = s[(b * lq + i) * H + h]! / sqrtD;
           const o = ((b * H + h) * lq + i) * r;
           const e = (h * lq + i) * r;
           for (let c = 0; c < r; c++) qc[o + c] = amp * eta.etaQ[e + c]!;
@@ -148,33 +157,30 @@ class GatedHypeEncoding implements PositionalEncoding {
     const run = concatBiasAttention(ctx, inputs, qc, kc, r, this.opts);
     return {
       out: run.out,
+      dispose: run.dispose,
       backward: (dOut: FloatArray) => {
         const { dq, dk, dv, dx: dqc, dy: dkc } = run.backward(dOut);
         // Through qc = s eta^Q / sqrt(d): d eta^Q = s dqc / sqrt(d), ds = dqc . eta^Q / sqrt(d).
         const gq = new Float64Array(B * H * lq * r);
-        const dx = new Float64Array(B * lk * C);
+        const dz = new Float64Array(B * lq * H); // ds, then dz [B, Lq, H] (as z)
         for (let b = 0; b < B; b++)
           for (let h = 0; h < H; h++)
             for (let i = 0; i < lq; i++) {
               const row = (b * H + h) * lq + i;
+              const zi = (b * lq + i) * H + h;
               const e = (h * lq + i) * r;
               let ds = 0;
               for (let c = 0; c < r; c++) {
-                gq[row * r + c] = (s[row]! * dqc[row * r + c]!) / sqrtD;
+                gq[row * r + c] = (s[zi]! * dqc[row * r + c]!) / sqrtD;
                 ds += (dqc[row * r + c]! * eta.etaQ[e + c]!) / sqrtD;
               }
-              const dz = ds * sigmoid(z[row]!); // softplus' = sigmoid
-              this.b.grad[h]! += dz;
-              const xo = (b * lk + i + off) * C;
-              for (let c = 0; c < C; c++) {
-                this.w.grad[h * C + c]! += dz * x[xo + c]!;
-                dx[xo + c]! += dz * this.w.data[h * C + c]!;
-              }
+              dz[zi] = ds;
             }
+        ctx.backend.gateBackward(z, dz, dz, 1, dz.length, 1, 'softplus', -1); // ds -> dz = ds softplus'(z)
         const { dtau, dmu } = etaGrads(spec, eta, B, gq, dkc);
         this.hype.accumulate(spec, dtau, dmu);
-        const dxOut = x instanceof Float64Array ? dx : Float32Array.from(dx);
-        return { dq, dk, dv, dx: dxOut };
+        const dx = projectGatesBackward(ctx.backend, x, this.w, this.b, dz, B, lk, off, lq);
+        return { dq, dk, dv, dx };
       },
     };
   }
@@ -190,13 +196,14 @@ class GatedHypeEncoding implements PositionalEncoding {
     );
   }
 
+  /** s [B, Lq, H]. */
   private observe(s: Float64Array, B: number, lq: number): void {
     const H = this.dims.heads;
     const st = this.stats;
     for (let b = 0; b < B; b++)
       for (let h = 0; h < H; h++)
         for (let i = 0; i < lq; i++) {
-          const v = s[(b * H + h) * lq + i]!;
+          const v = s[(b * lq + i) * H + h]!;
           st.sum[h]! += v;
           st.sumSq[h]! += v * v;
           if (v < st.min[h]!) st.min[h] = v;

@@ -377,7 +377,37 @@ export function roundTwoSection(input: ReportInput): string[] {
     ['t5-shared', 't5'],
     ['xl-shared', 'xl'],
   ] as const) {
-    lines.push(`  - ${a} vs ${b} (per-layer variant):`, ...allPairs(input, a, b, S, [], false).map((l) => `  ${l}`));
+    lines.push(
+      `  - ${a} vs ${b} (per-layer variant):`,
+      ...allPairs(input, a, b, S, ['id', 'ood-dense']).map((l) => `  ${l}`),
+      ...oneLayerLines(input, a, b),
+    );
   }
   return lines;
+}
+
+/**
+ * Flip-flop's model has one layer, where sharing across layers changes nothing but the order parameters are drawn
+ * in: say so, and whether the shared and per-layer cells' error counts agree seed for seed.
+ */
+function oneLayerLines(input: ReportInput, a: string, b: string): string[] {
+  const cells = (enc: string) => input.flipflop.filter((c) => c.config.encoding === enc);
+  if (cells(a).length === 0 || ![...cells(a), ...cells(b)].every((c) => c.config.model.layers === 1)) return [];
+  const errors = (c: ReportInput['flipflop'][number]) =>
+    Object.values(c.result.mixes)
+      .map((m) => m.errors)
+      .join(',');
+  const commit = (c: ReportInput['flipflop'][number]) => c.result.versions?.commit?.slice(0, 7) ?? 'unknown';
+  const paired = cells(a).flatMap((ca) => {
+    const cb = cells(b).find((c) => c.config.seed === ca.config.seed);
+    return cb ? [{ seed: ca.config.seed, same: errors(ca) === errors(cb), commits: [commit(ca), commit(cb)] }] : [];
+  });
+  const differing = paired.filter((p) => !p.same);
+  const where = differing.map((p) => `seed ${p.seed}: ${a} at ${p.commits[0]}, ${b} at ${p.commits[1]}`);
+  return [
+    `    - flip-flop's model has 1 layer, so sharing across layers is the identity there: ${a} and ${b} have ` +
+      `identical error counts in ${paired.length - differing.length} of ${paired.length} seeds` +
+      (where.length ? ` (differing cells were computed by different code: ${where.join('; ')})` : '') +
+      '.',
+  ];
 }

@@ -111,6 +111,8 @@ export class OpaqueBackend {
       'globalNorm',
       'clipByNorm',
       'countNonFinite',
+      'gateForward',
+      'gateBackward',
       'gemm',
     ];
     for (const op of ops) {

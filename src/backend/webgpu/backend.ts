@@ -24,7 +24,7 @@ import type {
   HouseholderWalk,
   ScoreAttentionOptions,
 } from '../backend.ts';
-import type { AdamWHyper } from '../layers.ts';
+import type { AdamWHyper, GateFn } from '../layers.ts';
 import { gpuAttentionBackward, gpuAttentionForward, type GpuAttentionOptions } from './attention.ts';
 import { acquireGpu, GpuContext, type AcquireOptions, type GpuTensor } from './context.ts';
 import { gpuGemm } from './gemm.ts';
@@ -441,6 +441,23 @@ export class WebGpuBackend implements Backend<GpuHandle, GpuIntHandle> {
 
   countNonFinite(x: GpuHandle, n: number, out: GpuHandle, outIndex: number): void {
     T.gpuCountNonFinite(this.ctx, live(x, 'x'), n, live(out, 'out'), outIndex);
+  }
+
+  gateForward(x: GpuHandle, out: GpuHandle, outer: number, len: number, inner: number, fn: GateFn, origin: number) {
+    T.gpuGate(this.ctx, live(x, 'x'), null, live(out, 'out'), [outer, len, inner], fn, origin);
+  }
+
+  gateBackward(
+    x: GpuHandle,
+    dOut: GpuHandle,
+    dx: GpuHandle,
+    outer: number,
+    len: number,
+    inner: number,
+    fn: GateFn,
+    origin: number,
+  ) {
+    T.gpuGate(this.ctx, ...lives(x, dOut, dx), [outer, len, inner], fn, origin);
   }
 }
 

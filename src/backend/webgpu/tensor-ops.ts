@@ -7,14 +7,29 @@
  *              head rows may be wider than D (strides qkStride for q and k, vStride for v: only D columns move)
  *   globalNorm out[i] = sqrt(sum of squares over several tensors); clipByNorm scales them by clip / norm on the GPU
  *   countNonFinite  out[i] = number of NaN/Inf among x[0 .. n)
+ *   gateForward/gateBackward  log sigmoid or softplus over [outer, len, inner], optionally their running sum along
+ *              len re-centred at one row (fox's F), and the gradient; the sums run in f32, in order, per column
  * Reductions are deterministic: per-workgroup partial sums in a fixed order, then one workgroup adds the partials.
  * Sums are f32 (the device's widest float): a sum of squares of N values carries a relative error of about
  * (4096 / 64 + 2 log2 64 + partials / 64) f32 roundoffs, not N of them. Non-finite values are recognised by their
  * bits, never by float comparisons (shader compilers may assume finite values).
  */
 import { HypeError } from '../../errors.ts';
+import type { GateFn } from '../layers.ts';
 import type { GpuContext, GpuTensor } from './context.ts';
 import { binds, ew, FLAT, MAIN_EW, MAIN_ROW, need, RW, runKernel, stridedSpan } from './layers.ts';
+
+/**
+ * The gate functions in f32, stable at large |z| (exp only of non-positive arguments). log1p(e) = log(v) e / (v - 1)
+ * with v = 1 + e (exact to a few ulps; e itself when v rounds to 1), since WGSL has no log1p.
+ */
+const GATE_FNS = /* wgsl */ `
+fn log1pf(e: f32) -> f32 { let v = 1.0 + e; if (v == 1.0) { return e; } return log(v) * (e / (v - 1.0)); }
+fn softplusf(z: f32) -> f32 { return max(z, 0.0) + log1pf(exp(-abs(z))); }
+fn sigmoidf(z: f32) -> f32 { let e = exp(-abs(z)); return select(e / (1.0 + e), 1.0 / (1.0 + e), z >= 0.0); }
+fn act(f: u32, z: f32) -> f32 { return select(softplusf(z), -softplusf(-z), f == 0u); }
+fn dact(f: u32, z: f32) -> f32 { return select(sigmoidf(z), sigmoidf(-z), f == 0u); }
+`;
 
 /** Values per workgroup in the first pass of a reduction (64 invocations, 64 values each). */
 const PER = 4096;
@@ -111,6 +126,50 @@ ${MAIN_EW} {
   let nv = norm[u.index];
   let finite = (bitcast<u32>(nv) & 0x7f800000u) != 0x7f800000u;
   if (u.clip > 0.0 && finite && nv > u.clip) { x[i] = x[i] * (u.clip / nv); }
+}`,
+  // Gate activations (layers.ts gateForward): fn 0 = log sigmoid, 1 = softplus. scan = 0: elementwise, one value
+  // per invocation; scan = 1: one (o, j) column per invocation, its running sum along len in order, re-centred at
+  // row origin (the prefix sums are stored, then the centre subtracted, as on the host).
+  gateForward: () => `struct U { outer: u32, len: u32, inner: u32, gate: u32, scan: u32, origin: u32 }
+@group(0) @binding(0) var<uniform> u: U;
+${binds(['x', 'out'])}
+${FLAT}
+${GATE_FNS}
+${MAIN_EW} {
+  let c = flat(wg, nwg, t);
+  if (u.scan == 0u) {
+    if (c < u.outer * u.len * u.inner) { out[c] = act(u.gate, x[c]); }
+    return;
+  }
+  if (c >= u.outer * u.inner) { return; }
+  let base = (c / u.inner) * u.len * u.inner + c % u.inner;
+  var s = 0.0;
+  for (var i = 0u; i < u.len; i++) { s += act(u.gate, x[base + i * u.inner]); out[base + i * u.inner] = s; }
+  let centre = out[base + u.origin * u.inner];
+  for (var i = 0u; i < u.len; i++) { out[base + i * u.inner] -= centre; }
+}`,
+  // Its backward: dx = g f'(x), g = dOut (scan = 0) or the suffix sums of dOut minus their total up to origin.
+  gateBackward: () => `struct U { outer: u32, len: u32, inner: u32, gate: u32, scan: u32, origin: u32 }
+@group(0) @binding(0) var<uniform> u: U;
+${binds(['x', 'dOut', 'dx'])}
+${FLAT}
+${GATE_FNS}
+${MAIN_EW} {
+  let c = flat(wg, nwg, t);
+  if (u.scan == 0u) {
+    if (c < u.outer * u.len * u.inner) { dx[c] = dOut[c] * dact(u.gate, x[c]); }
+    return;
+  }
+  if (c >= u.outer * u.inner) { return; }
+  let base = (c / u.inner) * u.len * u.inner + c % u.inner;
+  var total = 0.0;
+  for (var i = 0u; i < u.len; i++) { total += dOut[base + i * u.inner]; }
+  var g = 0.0;
+  for (var i = u.len; i > 0u; i--) {
+    let k = base + (i - 1u) * u.inner;
+    g += dOut[k];
+    dx[k] = select(g, g - total, i - 1u <= u.origin) * dact(u.gate, x[k]);
+  }
 }`,
 } as const;
 
@@ -371,4 +430,54 @@ export function gpuClipByNorm(
     ] as const;
     run(ctx, 'clip', 'clipByNorm', u, [norm, x], ew(x.size));
   }
+}
+
+const GATE_FN_CODES: Record<GateFn, number> = { logSigmoid: 0, softplus: 1 };
+
+function gateArgs(what: string, outer: number, len: number, inner: number, fn: GateFn, origin: number): Uniforms {
+  for (const [w, x] of [
+    ['outer', outer],
+    ['len', len],
+    ['inner', inner],
+  ] as const)
+    count(`${what} ${w}`, x);
+  if (!(fn in GATE_FN_CODES))
+    throw new HypeError('argument', `${what}: unknown gate function ${JSON.stringify(fn)}; use logSigmoid or softplus`);
+  if (!(Number.isInteger(origin) && origin < len))
+    throw new HypeError('argument', `${what}: origin ${origin} must be an integer below len = ${len} (-1: no sum)`);
+  return [
+    ['u', outer],
+    ['u', len],
+    ['u', inner],
+    ['u', GATE_FN_CODES[fn]],
+    ['u', origin >= 0 ? 1 : 0],
+    ['u', Math.max(origin, 0)],
+  ];
+}
+
+/**
+ * layers.ts gateForward (dOut null: out = f(x), or its running sum along len re-centred at `origin` >= 0) and
+ * gateBackward (out = dx = d/dx sum(dOut * forward), OVERWRITTEN; dx may be dOut) on the GPU.
+ */
+export function gpuGate(
+  ctx: GpuContext,
+  x: GpuTensor,
+  dOut: GpuTensor | null,
+  out: GpuTensor,
+  dims: readonly [outer: number, len: number, inner: number],
+  fn: GateFn,
+  origin: number,
+): void {
+  const what = dOut ? 'gateBackward' : 'gateForward';
+  const [outer, len, inner] = dims;
+  const u = gateArgs(what, outer, len, inner, fn, origin);
+  const n = outer * len * inner;
+  for (const [w, t] of [['x', x], ...(dOut ? [['dOut', dOut] as const] : []), ['out', out]] as const)
+    need(`${what} ${w}`, t, n);
+  if (n === 0) return;
+  if (x.buffer === out.buffer)
+    throw new HypeError('argument', `${what}: the output cannot be x; pass a separate tensor`);
+  const groups = ew(origin >= 0 ? outer * inner : n);
+  if (dOut) run(ctx, 'gateBackward', what, u, [x, dOut, out], groups, [2, 1, 'dx', 'dOut']);
+  else run(ctx, 'gateForward', what, u, [x, out], groups);
 }
