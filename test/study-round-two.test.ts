@@ -26,7 +26,15 @@ import { cellKey } from '../src/study/store.ts';
 function plannedKeys(plan: StudyPlan): Map<string, Set<string>> {
   const e = ALL_ENCODINGS;
   return new Map([
-    ['lm', new Set(lmConfigs(plan, e).map(cellKey))],
+    // The lm cells in fp32 and, made by `--precision bf16`, in bf16 mixed precision.
+    [
+      'lm',
+      new Set(
+        [plan, { ...plan, lm: { ...plan.lm, precision: 'bf16' as const } }].flatMap((p) =>
+          lmConfigs(p, e).map(cellKey),
+        ),
+      ),
+    ],
     ['flipflop', new Set(flipflopConfigs(plan, e).map(cellKey))],
     ['recall', new Set(recallConfigs(plan, e).map(cellKey))],
     ['precision', new Set(precisionConfigs(plan, e).map(cellKey))],

@@ -205,12 +205,25 @@ describe('--precision', () => {
     expect(start('alibi-concat', 'alibi:route=concat')).toThrow(/--pe alibi:precision=bf16 .* or --pe alibi \(route/);
     expect(start('fox', 'fox')).toThrow(/fox's concat route .* --pe fox:precision=bf16/);
     expect(start('gated', 'hype-gated')).toThrow(/--pe hype-gated:precision=bf16/);
+    // Columns built for bf16 but left whole (plain) would be rounded whole: refused too, by every concat route.
+    for (const [name, options] of [
+      ['hype', { precision: 'bf16', columns: 'plain' }],
+      ['hype', { format: 'bf16', columns: 'plain' }],
+      ['alibi', { route: 'concat', precision: 'bf16', columns: 'plain' }],
+      ['fox', { precision: 'bf16', columns: 'plain' }],
+      ['hype-gated', { precision: 'bf16', columns: 'plain' }],
+    ] as const) {
+      expect(findEncodingFactory(name)!.bf16Refusal!(options), `${name} ${JSON.stringify(options)}`).toMatch(
+        new RegExp(`^${name}: columns=plain under --precision bf16 .* drop columns=plain`),
+      );
+    }
     for (const [name, options] of [
       ['alibi', {}],
       ['alibi', { route: 'concat', precision: 'bf16' }],
       ['fox', { precision: 'bf16' }],
       ['hype', { route: 'kernel' }],
       ['hype', { format: 'bf16' }],
+      ['hype', { precision: 'bf16', columns: 'split' }],
     ] as const) {
       expect(findEncodingFactory(name)!.bf16Refusal?.(options) ?? null, `${name} ${JSON.stringify(options)}`).toBe(
         null,

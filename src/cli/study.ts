@@ -5,6 +5,7 @@
  */
 import type { Command } from 'commander';
 import { loadBackend, type BackendName } from '../backend/index.ts';
+import { parsePrecision } from '../backend/autocast.ts';
 import { HypeError } from '../errors.ts';
 import { EXPERIMENTS, QUICK_STUDY_MINUTES, type Experiment } from '../study/plan.ts';
 import { formatDuration } from '../study/progress.ts';
@@ -20,6 +21,7 @@ interface StudyFlags {
   seeds?: string;
   encodings?: string;
   corpora?: string;
+  precision?: string;
   recompute?: string;
   dataDir: string;
   workDir: string;
@@ -74,7 +76,21 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
     ?.split(',')
     .map((s) => s.trim())
     .filter(Boolean);
-  const plan = planFor({ quick: Boolean(f.quick), seeds, encodings, corpora }); // refuses bad flags before any work
+  const precision = f.precision === undefined ? undefined : parsePrecision(f.precision);
+  if (precision === 'bf16' && what !== 'lm') {
+    throw new HypeError(
+      'argument',
+      `--precision bf16 trains the lm cells only; run 'hype study lm --precision bf16' (got '${what}')`,
+    );
+  }
+  if (precision === 'bf16' && f.backend === 'webgpu') {
+    throw new HypeError(
+      'argument',
+      '--precision bf16 needs bf16 kernels, which the webgpu backend does not have; use --backend auto, native or ' +
+        'reference',
+    );
+  }
+  const plan = planFor({ quick: Boolean(f.quick), seeds, encodings, corpora, precision }); // refuses bad flags first
   checkFolderPath(outDir, 'the results folder (--out)');
   checkFolderPath(f.workDir, 'the training-runs folder (--work-dir)');
   const backend = await chooseAnyBackend(f.backend, f.threads);
@@ -100,6 +116,7 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
     seeds,
     encodings,
     corpora,
+    precision,
     recompute: f.recompute
       ?.split(',')
       .map((s) => s.trim())
@@ -175,6 +192,11 @@ export function registerStudy(program: Command): void {
     .option('--seeds <n>', "seeds 1..n (default: the plan's: 1 quick, 3 full)")
     .option('--encodings <list>', "comma-separated study encodings (default: the plan's)")
     .option('--corpora <list>', "lm corpora: tinyshakespeare, wikitext2 (default: the plan's)")
+    .option(
+      '--precision <p>',
+      'lm cells: fp32 (default, the stored cells) or bf16 mixed precision (new cells, scored against the fp32 ones ' +
+        'of the same seed in the report)',
+    )
     .option(
       '--recompute <list>',
       'delete and recompute the cells (and training runs) of these encodings, e.g. after fixing one',

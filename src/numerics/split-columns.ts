@@ -143,8 +143,19 @@ export function padMultiple(multiple: number | undefined, who: string): number {
  * The bf16 mixed-precision refusal of a concat route built for fp32 operands (EncodingFactory.bf16Refusal), or null
  * when its columns are split for bf16. `alternative` names another way out (e.g. a kernel route), if any.
  */
-export function concatBf16Refusal(name: string, precision: unknown, alternative = ''): string | null {
-  if (precision === 'bf16') return null;
+export function concatBf16Refusal(
+  name: string,
+  o: { precision?: unknown; format?: unknown; columns?: unknown },
+  alternative = '',
+): string | null {
+  if ((o.precision ?? o.format) === 'bf16') {
+    if (o.columns !== 'plain') return null;
+    // Plain columns rounded to bf16 lose the bias as surely as fp32 ones: only the split layout is exact.
+    return (
+      `${name}: columns=plain under --precision bf16 rounds each bias column whole to bf16, losing the bias to ` +
+      `cancellation; drop columns=plain (precision=bf16 splits them)${alternative}`
+    );
+  }
   return (
     `${name}'s concat route builds its bias columns for fp32 operands, and rounding them to bf16 would lose the ` +
     `bias to cancellation; with --precision bf16 pass --pe ${name}:precision=bf16 (columns split to be exact in ` +

@@ -178,7 +178,7 @@ export function defineAlibi(
     optionalKeys: ALIBI_ROUTE_OPTIONAL_KEYS,
     bf16Refusal: (o: Partial<AlibiRouteOptions>) =>
       (o.route ?? ALIBI_ROUTE_DEFAULTS.route) === 'concat'
-        ? concatBf16Refusal(name, o.precision ?? o.format, ` or --pe ${name} (route kernel, the default)`)
+        ? concatBf16Refusal(name, o, ` or --pe ${name} (route kernel, the default)`)
         : null,
     create(dims: EncodingDims, options: Partial<AlibiRouteOptions>): PositionalEncoding {
       checkAlibiRoute(name, options);

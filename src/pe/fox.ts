@@ -191,7 +191,7 @@ export const foxFactory: EncodingFactory<FoxOptions> = defineEncoding<FoxOptions
   sites: ['score-bias', 'data-dependent'],
   defaults: DEFAULTS,
   optionalKeys: ['format', 'precision', 'columns'],
-  bf16Refusal: (o: Partial<FoxOptions>) => concatBf16Refusal('fox', o.precision ?? o.format),
+  bf16Refusal: (o: Partial<FoxOptions>) => concatBf16Refusal('fox', o),
   create(dims: EncodingDims, options: Partial<FoxOptions>, rng: Rng): PositionalEncoding {
     const o = { ...DEFAULTS, ...options };
     check(

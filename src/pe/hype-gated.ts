@@ -258,7 +258,7 @@ export const hypeGatedFactory: EncodingFactory<GatedHypeOptions> = defineEncodin
   sites: ['score-bias', 'data-dependent'],
   defaults: DEFAULTS,
   optionalKeys: ['lengthExtra', 'format', 'precision', 'columns'],
-  bf16Refusal: (o: Partial<GatedHypeOptions>) => concatBf16Refusal('hype-gated', o.precision ?? o.format),
+  bf16Refusal: (o: Partial<GatedHypeOptions>) => concatBf16Refusal('hype-gated', o),
   create(dims: EncodingDims, options: Partial<GatedHypeOptions>, _rng: Rng): PositionalEncoding {
     const o = { ...DEFAULTS, ...options };
     check(dims.modelDim > 0, 'argument', `hype-gated: modelDim must be positive, got ${dims.modelDim}`);

@@ -5,7 +5,7 @@
  */
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Backend } from '../backend/backend.ts';
+import type { Backend, Precision } from '../backend/backend.ts';
 import { check, HypeError } from '../errors.ts';
 import { parseModelConfig, type ModelConfig } from '../model/config.ts';
 import { Transformer } from '../model/transformer.ts';
@@ -82,7 +82,7 @@ export function studyModelConfig(shape: ModelShape, pe: PeChoice, trainLength: n
  * one resumed from its checkpoint, anything else started afresh. The run folder is claimed for the whole time
  * (workDir/runName.lock): a process needing a run another live process is training (precision reuses the lm runs)
  * waits for it, and a folder without a checkpoint is only discarded while holding its claim, i.e. when the
- * process that wrote it is dead.
+ * process that wrote it is dead. `precision` applies to a fresh run; a resumed one keeps its checkpoint's.
  */
 export async function trainModel(
   env: StudyEnv,
@@ -92,12 +92,13 @@ export async function trainModel(
   seed: number,
   source: BatchSource,
   label: string,
+  precision: Precision = 'fp32',
 ): Promise<{ model: Transformer<unknown, unknown>; train: TrainSummary }> {
   const runDir = join(env.workDir, runName);
   return withClaim(
     runDir,
     'training run',
-    (claim) => trainClaimed(env, runDir, config, budget, seed, source, label, claim),
+    (claim) => trainClaimed(env, runDir, config, { ...budget, precision }, seed, source, label, claim),
     () => env.log(`${label}: another process is training this run; waiting for it`),
   );
 }
@@ -106,7 +107,7 @@ async function trainClaimed(
   env: StudyEnv,
   runDir: string,
   config: ModelConfig,
-  budget: TrainBudget,
+  budget: TrainBudget & { precision: Precision },
   seed: number,
   source: BatchSource,
   label: string,
@@ -130,6 +131,7 @@ async function trainClaimed(
         seed,
         checkpointEvery: Math.max(100, Math.ceil(budget.steps / 5)),
         keepCheckpoints: 1,
+        precision: budget.precision,
       },
       env.backend,
       { source },

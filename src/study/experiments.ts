@@ -6,8 +6,10 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { HypeError } from '../errors.ts';
+import type { Precision } from '../backend/backend.ts';
+import { check, HypeError } from '../errors.ts';
 import type { Transformer } from '../model/transformer.ts';
+import { findEncodingFactory } from '../pe/registry.ts';
 import { generatorSource, windowSource, type BatchSource } from '../train/source.ts';
 import { Rng } from '../util/rng.ts';
 import {
@@ -53,14 +55,27 @@ export interface LmConfig extends TrainedCellBase {
   corpus: CorpusName;
   multipliers: number[];
   evalBytes: number;
+  /**
+   * 'bf16': trained (and scored) in bf16 mixed precision. Absent for fp32, so the fp32 cells keep the keys they
+   * were stored under (an absent key is left out of the hash, store.ts).
+   */
+  precision?: 'bf16';
 }
 
 export type LengthEval<T> = { multiplier: number; length: number } & Outcome<T>;
 
 export interface LmResult {
+  /** The training and scoring precision (absent in cells stored before the field existed: those are fp32). */
+  precision?: Precision;
   train: TrainSummary;
   data: { train: string; eval: string; trainBytes: number; evalBytes: number; trainSha256: string; evalSha256: string };
+  /** Held-out bits per byte per length, scored in the cell's precision (bf16 cells: under the same autocast). */
   evals: LengthEval<{ bitsPerByte: number; scored: number }>[];
+  /**
+   * bf16 cells only: the same trained weights scored in fp32, so a gap to the fp32 cell splits into what bf16
+   * training changed and what bf16 scoring adds.
+   */
+  fp32Evals?: LengthEval<{ bitsPerByte: number; scored: number }>[];
   /** Trained HyPE tau/mu (hype-learned; in units of their initial magnitude), by parameter name. */
   hypeParams?: Record<string, number[]>;
   positionParams?: PositionParams;
@@ -200,6 +215,7 @@ export function loadLmData(env: StudyEnv, corpus: CorpusName): LmData {
 // ---------------------------------------------------------------------------------------------------- cells
 
 export function lmConfigs(plan: StudyPlan, encodings: readonly string[]): LmConfig[] {
+  const bf16 = plan.lm.precision === 'bf16';
   const out: LmConfig[] = [];
   for (const seed of plan.seeds)
     for (const corpus of plan.lm.corpora)
@@ -208,21 +224,38 @@ export function lmConfigs(plan: StudyPlan, encodings: readonly string[]): LmConf
           experiment: 'lm',
           corpus,
           encoding,
-          pe: peChoice(encoding),
+          pe: bf16 ? bf16PeChoice(encoding) : peChoice(encoding),
           seed,
           trainLength: plan.lm.trainLength,
           model: plan.lm.model,
           budget: plan.lm.budget,
           multipliers: plan.lm.multipliers,
           evalBytes: plan.lm.evalBytes,
+          ...(bf16 ? { precision: 'bf16' as const } : {}),
         });
   return out;
+}
+
+/**
+ * A study encoding as it trains under bf16 mixed precision: unchanged where its position terms survive bf16
+ * operands (no position, kernel routes with an fp32 table); a concat route gets columns built for bf16
+ * (precision 'bf16': hi/lo split columns, SPEC section 8), never its fp32 columns rounded. One that its encoding
+ * still refuses (EncodingFactory.bf16Refusal) is refused here, before any training.
+ */
+export function bf16PeChoice(study: string): PeChoice {
+  const pe = peChoice(study);
+  const refusal = findEncodingFactory(pe.name)?.bf16Refusal;
+  if (!refusal || refusal(pe.options) === null) return pe;
+  const split: PeChoice = { name: pe.name, options: { ...pe.options, precision: 'bf16' } };
+  const why = refusal(split.options);
+  check(why === null, 'argument', () => `study encoding '${study}' cannot train in bf16: ${why}`);
+  return split;
 }
 
 /** The training run folder (under workDir) of a cell that trains a model. */
 export function runNameOf(c: LmConfig | FlipflopConfig | RecallConfig): string {
   return c.experiment === 'lm'
-    ? `lm-${c.corpus}-${c.encoding}-s${c.seed}-${cellKey(c)}`
+    ? `lm-${c.corpus}-${c.encoding}-s${c.seed}${c.precision ? `-${c.precision}` : ''}-${cellKey(c)}`
     : `${c.experiment}-${c.encoding}-s${c.seed}-${cellKey(c)}`;
 }
 const lmRunName = (c: LmConfig) => runNameOf(c);
@@ -230,8 +263,11 @@ const lmRunName = (c: LmConfig) => runNameOf(c);
 async function trainLm(env: StudyEnv, c: LmConfig, data: LmData) {
   const config = studyModelConfig(c.model, c.pe, c.trainLength, c.seed);
   const source = windowSource(data.trainName, data.train, data.trainSha256);
-  return trainModel(env, lmRunName(c), config, c.budget, c.seed, source, `lm ${c.corpus} ${c.encoding} seed ${c.seed}`);
+  return trainModel(env, lmRunName(c), config, c.budget, c.seed, source, lmLabel(c), c.precision ?? 'fp32');
 }
+
+/** "lm tinyshakespeare alibi seed 1", with " bf16" for a bf16 cell. */
+const lmLabel = (c: LmConfig) => `lm ${c.corpus} ${c.encoding} seed ${c.seed}${c.precision ? ` ${c.precision}` : ''}`;
 
 function evalData(data: LmData, evalBytes: number): Uint8Array {
   return evalBytes > 0 ? data.eval.subarray(0, Math.min(evalBytes, data.eval.length)) : data.eval;
@@ -242,7 +278,7 @@ export async function runLm(env: StudyEnv, outDir: string, configs: readonly LmC
   const cache = new Map<CorpusName, LmData>();
   const dataOf = (c: CorpusName) => cache.get(c) ?? cache.set(c, loadLmData(env, c)).get(c)!;
   return store.runAll(configs, async (c, i, pending) => {
-    cellStarted(env, c, `lm ${c.corpus} ${c.encoding} seed ${c.seed}`, i, pending);
+    cellStarted(env, c, lmLabel(c), i, pending);
     return computeLm(env, c, dataOf(c.corpus));
   });
 }
@@ -253,14 +289,20 @@ export async function computeLm(env: StudyEnv, c: LmConfig, data: LmData): Promi
   const t0 = performance.now();
   startPositionReport(model);
   const ev = evalData(data, c.evalBytes);
-  const evals = await lengthEvals(c.multipliers, c.trainLength, (length) => bitsPerByte(model, ev, length));
-  env.log(`lm ${c.corpus} ${c.encoding} seed ${c.seed}: ${describeBpb(evals)}`);
+  const score = (m: Transformer<unknown, unknown>) =>
+    lengthEvals(c.multipliers, c.trainLength, (length) => bitsPerByte(m, ev, length));
+  const evals = await score(model); // the run's model computes in the run's precision
+  env.log(`${lmLabel(c)}: ${describeBpb(evals)}`);
+  // A bf16 cell's weights (fp32 masters) scored again on the plain backend.
+  const fp32Evals = c.precision ? await score(reloadWithPeOptions(train.runDir, env.backend, {})) : undefined;
+  if (fp32Evals) env.log(`${lmLabel(c)}, scored in fp32: ${describeBpb(fp32Evals)}`);
   const positionParams = positionReport(model);
   const hypeParams: Record<string, number[]> = {};
   for (const p of model.parameters()) {
     if (/(^|\.)hype\.(tau|mu)$/.test(p.name)) hypeParams[p.name] = Array.from(await env.backend.read(p.data));
   }
   return {
+    precision: c.precision ?? 'fp32',
     train,
     data: {
       train: data.trainName,
@@ -271,6 +313,7 @@ export async function computeLm(env: StudyEnv, c: LmConfig, data: LmData): Promi
       evalSha256: data.evalSha256,
     },
     evals,
+    ...(fp32Evals ? { fp32Evals } : {}),
     ...(Object.keys(hypeParams).length > 0 ? { hypeParams } : {}),
     ...(positionParams ? { positionParams } : {}),
     backend: env.backend.name,
@@ -310,7 +353,8 @@ function cellStarted(env: StudyEnv, c: StudyCell, label: string, i: number, pend
 
 export function precisionConfigs(plan: StudyPlan, encodings: readonly string[]): PrecisionConfig[] {
   const chosen = plan.precision.encodings.filter((e) => encodings.includes(e));
-  const lmPlan = { ...plan, lm: { ...plan.lm, corpora: [plan.precision.corpus] } };
+  // The fp32 lm models are the ones re-evaluated, whatever precision the plan's own lm cells train in.
+  const lmPlan = { ...plan, lm: { ...plan.lm, corpora: [plan.precision.corpus], precision: undefined } };
   const out: PrecisionConfig[] = [];
   for (const lm of lmConfigs(lmPlan, chosen))
     for (const format of plan.precision.formats) out.push({ experiment: 'precision', lm, format });

@@ -3,6 +3,7 @@
  * few minutes on 2 cores; full: the issue's study, hours). Every number a plan fixes is part of each cell's
  * configuration, so changing a budget starts new cells instead of silently mixing results.
  */
+import type { Precision } from '../backend/backend.ts';
 import { HypeError } from '../errors.ts';
 
 /** The encoding a study name stands for: a registry name and its options. */
@@ -86,6 +87,11 @@ export interface LmPlan {
   evalBytes: number;
   model: ModelShape;
   budget: TrainBudget;
+  /**
+   * Training precision of the lm cells (`--precision`): absent or 'fp32' as the stored cells were computed; 'bf16'
+   * mixed precision (backend/autocast.ts) makes new cells, their key and run folder naming it (experiments.ts).
+   */
+  precision?: Precision;
 }
 
 export interface TaskPlan {

@@ -24,6 +24,7 @@ import type {
 } from './experiments.ts';
 import { ALL_ENCODINGS, ROUND_TWO_ENCODINGS } from './plan.ts';
 import { roundTwoSection, roundTwoSetupLines } from './round-two-report.ts';
+import { bf16Section } from './bf16-report.ts';
 import { aboveChance, compareSamples, fmt, sentence, values, type Sample } from './compare.ts';
 import { FLIPFLOP_TASK } from './tasks/flipflop.ts';
 import { RECALL_TASK } from './tasks/recall.ts';
@@ -44,7 +45,10 @@ export interface StudyMeta {
 
 export interface ReportInput {
   meta: StudyMeta | null;
+  /** The fp32 lm cells: every lm table and finding reads these. */
   lm: CellRecord<LmConfig, LmResult>[];
+  /** lm cells trained in bf16 mixed precision: only their own section compares them with the fp32 ones. */
+  lmBf16?: CellRecord<LmConfig, LmResult>[];
   flipflop: CellRecord<FlipflopConfig, FlipflopResult>[];
   recall: CellRecord<RecallConfig, RecallResult>[];
   precision: CellRecord<PrecisionConfig, PrecisionResult>[];
@@ -77,9 +81,11 @@ export function readResults(dir: string): ReportInput {
     return readdirJson<CellRecord<C, R>>(d);
   };
   const metaPath = join(dir, 'study.json');
+  const lm = cells<LmConfig, LmResult>('lm');
   return {
     meta: readMeta(metaPath),
-    lm: cells('lm'),
+    lm: lm.filter((c) => c.config.precision === undefined),
+    lmBf16: lm.filter((c) => c.config.precision === 'bf16'),
     // Cells of an earlier task format answer a different question; only the current format is reported.
     flipflop: cells<FlipflopConfig, FlipflopResult>('flipflop').filter((c) => c.config.task === FLIPFLOP_TASK),
     recall: cells<RecallConfig, RecallResult>('recall').filter((c) => c.config.task === RECALL_TASK),
@@ -233,6 +239,7 @@ export function buildReport(
   out.push(...flipflopSection(input, charts, plotsRel), '');
   out.push(...recallSection(input, charts, plotsRel), '');
   out.push(...precisionSection(input, charts, plotsRel), '');
+  out.push(...bf16Section(input.lm, input.lmBf16 ?? []), '');
   return {
     markdown:
       out

@@ -5,7 +5,8 @@
 import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { basename, dirname, join, relative } from 'node:path';
-import type { Backend } from '../backend/backend.ts';
+import { parsePrecision } from '../backend/autocast.ts';
+import type { Backend, Precision } from '../backend/backend.ts';
 import { HypeError } from '../errors.ts';
 import { renderSvg, writeSvgFile } from '../plot/render.ts';
 import { writeFileAtomic } from '../util/atomic-file.ts';
@@ -59,6 +60,8 @@ export interface StudyOptions {
   encodings?: string[];
   /** lm corpora instead of the plan's. */
   corpora?: string[];
+  /** The lm cells' training precision (default fp32: the stored cells); 'bf16' makes new cells (LmConfig). */
+  precision?: Precision;
   /**
    * Study encodings whose cells (and training runs) are deleted and computed again: cells are keyed by their
    * configuration, not by the code, so after a fix to an encoding its old cells must be recomputed explicitly.
@@ -73,8 +76,12 @@ export interface StudyOptions {
   log?: (line: string) => void;
 }
 
-export function planFor(o: Pick<StudyOptions, 'quick' | 'seeds' | 'encodings' | 'corpora' | 'plan'>): StudyPlan {
+export function planFor(
+  o: Pick<StudyOptions, 'quick' | 'seeds' | 'encodings' | 'corpora' | 'precision' | 'plan'>,
+): StudyPlan {
   const plan = structuredClone(o.plan ?? (o.quick ? quickPlan() : fullPlan()));
+  // fp32 leaves the plan as it was, so study.json's plan keeps its shape; every other value is checked.
+  if (o.precision !== undefined && parsePrecision(o.precision) !== 'fp32') plan.lm.precision = o.precision;
   if (o.seeds !== undefined) {
     if (!Number.isInteger(o.seeds) || o.seeds < 1) {
       throw new HypeError('argument', `--seeds must be a positive integer, got ${o.seeds}`);

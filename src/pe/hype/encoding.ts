@@ -723,11 +723,7 @@ export const hypeEncoding: EncodingFactory<HypeOptions> = defineEncoding<HypeOpt
   bf16Refusal: (o: Partial<HypeOptions>) =>
     (o.route ?? DEFAULTS.route) === 'kernel'
       ? null
-      : concatBf16Refusal(
-          'hype',
-          o.precision ?? o.format,
-          ' or --pe hype:route=kernel (the bias added in fp32 inside the kernel)',
-        ),
+      : concatBf16Refusal('hype', o, ' or --pe hype:route=kernel (the bias added in fp32 inside the kernel)'),
   create: (dims: EncodingDims, options: Partial<HypeOptions>, _rng: Rng): PositionalEncoding =>
     createHype(dims, options),
 });
