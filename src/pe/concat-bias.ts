@@ -13,7 +13,7 @@ import { check } from '../errors.ts';
 import { floatFormat, roundTo } from '../numerics/float-formats.ts';
 import { expandColumns, foldColumnGrads, padMultiple, slotsPerColumn } from '../numerics/split-columns.ts';
 import type { DType, FloatArray } from '../tensor.ts';
-import { widenedConcatAttention } from './device-attention.ts';
+import { widenedConcatAttention, widenedTail } from './device-attention.ts';
 import type { AttendContext, AttendInputs, OperandWidths } from './encoding.ts';
 import { columnPlan, padColumns, sliceColumns } from './hype/core.ts';
 import type { AugmentOptions } from './hype/core.ts';
@@ -210,12 +210,7 @@ function widenedConcatBias(
   const w = r * slotsPerColumn(split !== null);
   const sqrtD = Math.sqrt(d);
   const [rowsQ, rowsK] = [B * H * lq, B * Hkv * lk];
-  const extra = expected.qk - d;
-  const tail = (cols: Float64Array, rows: number) => {
-    const out = new Float64Array(rows * extra);
-    placeColumns(out, cols, rows, w, extra, 0);
-    return out;
-  };
+  const tail = (cols: Float64Array, rows: number) => widenedTail(cols, rows, w, expected.qk - d);
   const upload = (data: Float64Array) => {
     const t = be.allocate(dtype, data.length, 'widened attention columns');
     be.upload(data, t);

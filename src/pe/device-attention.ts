@@ -18,6 +18,16 @@ import { check } from '../errors.ts';
 import type { DType } from '../tensor.ts';
 import type { AttendContext, AttendInputs, AttendResult, OperandWidths } from './encoding.ts';
 
+/**
+ * A widened buffer's tail rows [rows, width] from source columns [rows, w] (w <= width): each row's w columns,
+ * then zeros (the padding up to the widened head dim). Built in fp64 on the host, rounded once by the upload.
+ */
+export function widenedTail(cols: Float64Array, rows: number, w: number, width: number): Float64Array {
+  const out = new Float64Array(rows * width);
+  for (let r = 0; r < rows; r++) out.set(cols.subarray(r * w, (r + 1) * w), r * width);
+  return out;
+}
+
 /** The handles of a few geometries' uploaded data, per backend (module comment). */
 export class UploadCache {
   private readonly byBackend = new WeakMap<object, Map<string, unknown[]>>();

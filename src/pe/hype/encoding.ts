@@ -41,6 +41,7 @@ import {
   geometryKey,
   UploadCache,
   widenedConcatAttention,
+  widenedTail,
   widenRows,
 } from '../device-attention.ts';
 import { defineEncoding } from '../options.ts';
@@ -479,12 +480,7 @@ export class HypeEncoding implements PositionalEncoding {
     const w = 2 * T * slotsPerColumn(plan.split !== null);
     const multiple = padMultiple(this.opts.multiple, 'HyPE');
     const expected = { qk: widths.qk, v: Math.ceil(dv / multiple) * multiple };
-    /** [rows, qk - d]: each row's w columns of `cols` [rows, w], then zeros. */
-    const tail = (cols: Float64Array, rows: number) => {
-      const out = new Float64Array(rows * (expected.qk - d));
-      for (let r = 0; r < rows; r++) out.set(cols.subarray(r * w, (r + 1) * w), r * (expected.qk - d));
-      return out;
-    };
+    const tail = (cols: Float64Array, rows: number) => widenedTail(cols, rows, w, expected.qk - d);
     const tails = (eta: HypeEta) => [
       tail(expandColumns(eta.etaQ, H * lq, 2 * T, 'query', plan.split), H * lq),
       tail(expandColumns(eta.etaK, Hkv * lk, 2 * T, 'key', plan.split), Hkv * lk),
