@@ -333,7 +333,13 @@ export function fill(x: FloatArray, value: number, offset: number, n: number): v
 
 /** dst[i] += src[i] for i < n (the residual add, and input gradients that reach one tensor two ways). */
 export function addInto(dst: FloatArray, src: FloatArray, n: number): void {
-  for (let j = 0; j < n; j++) dst[j] += src[j]!;
+  // One loop per dtype pair in use: a loop that sees both array kinds runs ~1.6x slower in V8 (polymorphic loads).
+  if (dst instanceof Float32Array && src instanceof Float32Array) addF32(dst, src, n);
+  else for (let j = 0; j < n; j++) dst[j] += src[j]!;
+}
+
+function addF32(dst: Float32Array, src: Float32Array, n: number): void {
+  for (let j = 0; j < n; j++) dst[j]! += src[j]!;
 }
 
 /**

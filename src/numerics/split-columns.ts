@@ -23,7 +23,7 @@
  *   src/numerics/split-columns.ts (this file, exported from src/index.ts):
  *     splitColumns(x: Float64Array, format: 'fp32' | 'bf16' | 'fp16'): { hi: Float64Array; lo: Float64Array }
  *     expandColumns(cols, rows, r, side: 'query' | 'key', split: format | null): Float64Array   [rows, r or 3r]
- *     foldColumnGrads(g, rows, r, side, split: boolean, stride, offset): Float64Array          [rows, r]
+ *     foldColumnGrads(g, rows, r, side, split: boolean, stride, offset, scale?): Float64Array  [rows, r]
  *   HyPE, src/pe/hype/core.ts: augment(spec, shape, q, k, { precision: 'fp32' | 'bf16' | 'fp16', columns?:
  *     'plain' | 'split', multiple?, format?, ... }) and augmentBackward(spec, aug, dqHat, dkHat); the same options
  *     on h.augment from hype() and on the encoding's options (src/pe/hype/encoding.ts). Per pair the operand
@@ -99,7 +99,8 @@ export function expandColumns(
 
 /**
  * The gradient of each source column from the gradient of its operand columns: g holds rows of width `stride`, the
- * expanded block starting at column `offset` (layout of expandColumns). Returns [rows, r].
+ * expanded block starting at column `offset` (layout of expandColumns), each sum times `scale` (a column that entered
+ * the operand scaled takes its gradient scaled the same way). Returns [rows, r].
  */
 export function foldColumnGrads(
   g: ArrayLike<number>,
@@ -109,13 +110,14 @@ export function foldColumnGrads(
   split: boolean,
   stride: number,
   offset: number,
+  scale = 1,
 ): Float64Array {
   const out = new Float64Array(rows * r);
   const other = side === 'query' ? 1 : 2; // the second hi slot
   for (let i = 0; i < rows; i++) {
     const base = i * stride + offset;
     for (let c = 0; c < r; c++) {
-      out[i * r + c] = split ? g[base + 3 * c]! + g[base + 3 * c + other]! : g[base + c]!;
+      out[i * r + c] = (split ? g[base + 3 * c]! + g[base + 3 * c + other]! : g[base + c]!) * scale;
     }
   }
   return out;

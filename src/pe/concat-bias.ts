@@ -90,7 +90,7 @@ export function concatBiasAttention(
       const dOutHat = dvp === dv ? dOut : padColumns(dOut, rows, dv, dvp);
       const g = ctx.backend.attentionBackward(shape, qo, ko, vo, fwd.out, fwd.lse, dOutHat, attn);
       const split = plan.split !== null;
-      const dx = foldColumnGrads(g.dq, rows, r, 'query', split, dp, d).map((value) => value * sqrtD);
+      const dx = foldColumnGrads(g.dq, rows, r, 'query', split, dp, d, sqrtD);
       const dy = foldColumnGrads(g.dk, B * Hkv * lk, r, 'key', split, dp, d);
       return {
         dq: narrowInPlace(g.dq, rows, dp, d),
@@ -210,7 +210,7 @@ function widenedConcatBias(
   const w = r * slotsPerColumn(split !== null);
   const sqrtD = Math.sqrt(d);
   const [rowsQ, rowsK] = [B * H * lq, B * Hkv * lk];
-  const tail = (cols: Float64Array, rows: number) => widenedTail(cols, rows, w, expected.qk - d);
+  const tail = (cols: Float64Array, rows: number, scale = 1) => widenedTail(cols, rows, w, expected.qk - d, scale);
   const upload = (data: Float64Array) => {
     const t = be.allocate(dtype, data.length, 'widened attention columns');
     be.upload(data, t);
@@ -222,24 +222,27 @@ function widenedConcatBias(
     batched: true,
     tails: () =>
       [
-        tail(
-          expandColumns(
-            x.map((value) => value * sqrtD),
-            rowsQ,
-            r,
-            'query',
-            split,
-          ),
-          rowsQ,
-        ),
-        tail(expandColumns(y, rowsK, r, 'key', split), rowsK),
+        // Unsplit columns go straight into the tail, scaled on the way (the same products as scaling first).
+        split === null
+          ? tail(x, rowsQ, sqrtD)
+          : tail(
+              expandColumns(
+                x.map((value) => value * sqrtD),
+                rowsQ,
+                r,
+                'query',
+                split,
+              ),
+              rowsQ,
+            ),
+        split === null ? tail(y, rowsK) : tail(expandColumns(y, rowsK, r, 'key', split), rowsK),
         ...(expected.v > dv ? [new Float64Array(rowsK * (expected.v - dv))] : []),
       ].map(upload),
   };
   let grads: { dx: Float64Array; dy: Float64Array } | undefined;
   const run = widenedConcatAttention(ctx, inputs, expected, columns, (dqHat, dkHat) => {
     grads = {
-      dx: foldColumnGrads(dqHat, rowsQ, r, 'query', split !== null, expected.qk, d).map((value) => value * sqrtD),
+      dx: foldColumnGrads(dqHat, rowsQ, r, 'query', split !== null, expected.qk, d, sqrtD),
       dy: foldColumnGrads(dkHat, rowsK, r, 'key', split !== null, expected.qk, d),
     };
   });

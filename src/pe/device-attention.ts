@@ -19,12 +19,13 @@ import type { DType } from '../tensor.ts';
 import type { AttendContext, AttendInputs, AttendResult, OperandWidths } from './encoding.ts';
 
 /**
- * A widened buffer's tail rows [rows, width] from source columns [rows, w] (w <= width): each row's w columns,
- * then zeros (the padding up to the widened head dim). Built in fp64 on the host, rounded once by the upload.
+ * A widened buffer's tail rows [rows, width] from source columns [rows, w] (w <= width): each row's w columns times
+ * `scale`, then zeros (the padding up to the widened head dim). Built in fp64 on the host, rounded once by the upload.
  */
-export function widenedTail(cols: Float64Array, rows: number, w: number, width: number): Float64Array {
+export function widenedTail(cols: Float64Array, rows: number, w: number, width: number, scale = 1): Float64Array {
   const out = new Float64Array(rows * width);
-  for (let r = 0; r < rows; r++) out.set(cols.subarray(r * w, (r + 1) * w), r * width);
+  // Element loops, not a view per row: w is a few columns and rows run to B H L (a view each costs more than its copy).
+  for (let r = 0; r < rows; r++) for (let c = 0; c < w; c++) out[r * width + c] = cols[r * w + c]! * scale;
   return out;
 }
 
