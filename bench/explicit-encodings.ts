@@ -12,15 +12,19 @@
  *
  * Options: --only xl,shaw (encodings besides alibi), --seconds S (minimum timed seconds per cell, default 3),
  * --threads N (native threads, default all cores), --eval-length N (default 2048; 0 skips the eval column),
- * --rounds R (default 1).
+ * --rounds R (default 1), --json FILE (also write the medians as a cost record, src/study/cost.ts: the study report
+ * reads results/full/cost.json for its cost question).
  */
-import { availableParallelism } from 'node:os';
+import { writeFileSync } from 'node:fs';
+import { availableParallelism, loadavg } from 'node:os';
 import { loadBackend } from '../src/backend/index.ts';
 import { parseModelConfig } from '../src/model/config.ts';
 import { Transformer } from '../src/model/transformer.ts';
 import { parseTrainConfig } from '../src/train/config.ts';
 import { AdamW, clipGradients } from '../src/train/optimizer.ts';
+import type { CostRecord } from '../src/study/cost.ts';
 import { STUDY_ENCODINGS } from '../src/study/plan.ts';
+import { versions } from '../src/study/versions.ts';
 import { Rng } from '../src/util/rng.ts';
 
 const args = process.argv.slice(2);
@@ -33,6 +37,8 @@ const threads = Number(value('--threads') ?? availableParallelism());
 const evalLength = Number(value('--eval-length') ?? 2048);
 const rounds = Math.max(1, Number(value('--rounds') ?? 1));
 const encodings = ['alibi', ...(value('--only')?.split(',') ?? ['xl', 'shaw', 'da', 'path'])];
+const jsonPath = value('--json');
+const loadAtStart = loadavg()[0]!;
 
 const SHAPE = { width: 128, layers: 2, heads: 4, mlpWidth: 512, trainLength: 128, batch: 16 };
 const VOCAB = 256;
@@ -134,4 +140,26 @@ for (const r of rows) {
     `| ${r.pe} | ${r.train.ms.toFixed(1)} | ${(r.train.ms / base.train.ms).toFixed(2)} | ` +
       `${cell(r.evaluate.ms, base.evaluate.ms)} |`,
   );
+}
+if (jsonPath) {
+  const record: CostRecord = {
+    bench: 'explicit-encodings',
+    measuredAt: new Date().toISOString(),
+    versions: versions(),
+    threads,
+    rounds,
+    minSeconds,
+    cpus: availableParallelism(),
+    loadAverage: [loadAtStart, loadavg()[0]!],
+    shape: { ...SHAPE, evalLength },
+    rows: rows.map((r) => ({
+      encoding: r.pe,
+      trainMs: r.train.ms,
+      evalMs: evalLength > 0 ? r.evaluate.ms : null,
+      trainCalls: r.train.calls,
+      evalCalls: r.evaluate.calls,
+    })),
+  };
+  writeFileSync(jsonPath, JSON.stringify(record, null, 2) + '\n');
+  console.log(`wrote ${jsonPath}`);
 }

@@ -1,6 +1,10 @@
 // The second round's report section (issue 19) from synthetic cells: every number below is worked out by hand in
 // the comments, so a wrong verdict, count or ratio fails here.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { HypeError } from '../src/errors.ts';
 import { buildReport, type ReportInput, type StudyMeta } from '../src/study/report.ts';
 import { fullPlan } from '../src/study/plan.ts';
 import type {
@@ -11,6 +15,7 @@ import type {
   RecallConfig,
   RecallResult,
 } from '../src/study/experiments.ts';
+import { readCost, type CostRecord } from '../src/study/cost.ts';
 import type { CellRecord } from '../src/study/store.ts';
 import { FLIPFLOP_TASK } from '../src/study/tasks/flipflop.ts';
 import { RECALL_TASK } from '../src/study/tasks/recall.ts';
@@ -202,11 +207,46 @@ describe('second-round report section', () => {
     );
   });
 
-  it('gives training time over alibi paired by cell, with the load caveat and the benchmark command', () => {
-    expect(md).toContain('  - alibi-learned: lm 2.00x (2.00-2.00, 3 cells).');
-    expect(md).toContain('  - hype-sc: lm 3.00x (1 cell).');
-    expect(md).toContain('  - fox: flip-flop 1.00x (1.00-1.00, 3 cells).');
-    expect(md).toContain('`npm run bench:explicit -- --only alibi-learned,hype-sc,fox,hype-gated --rounds 3`');
+  it('answers the cost question from the benchmark record, not from cell seconds', () => {
+    // No cost.json: the section says how to make one and why the cells' seconds are not used.
+    expect(md).toContain(
+      '`npm run bench:explicit -- --only alibi-learned,hype-sc,fox,hype-gated,t5-shared,xl-shared --rounds 3 ' +
+        '--json <folder>/cost.json`',
+    );
+    expect(md).toContain('a resumed cell records only the seconds after its checkpoint');
+    expect(md).not.toContain('lm 2.00x');
+    // A record: alibi 80 ms (eval 10 ms); fox 84 ms = 1.05x (within 5%), hype-gated 92 ms = 1.15x (15% over),
+    // eval 15 ms = 1.50x; hype-sc has no eval column; xl-shared is missing.
+    const row = (encoding: string, trainMs: number, evalMs: number | null) => ({
+      encoding,
+      trainMs,
+      evalMs,
+      trainCalls: 10,
+      evalCalls: 10,
+    });
+    const cost: CostRecord = {
+      bench: 'explicit-encodings',
+      measuredAt: '2026-12-05T10:00:00.000Z',
+      versions: { node: 'v20', package: '0', commit: 'abcdef0123' },
+      threads: 2,
+      rounds: 3,
+      minSeconds: 3,
+      cpus: 2,
+      loadAverage: [0.1, 0.4],
+      shape: { width: 128, layers: 2, heads: 4, mlpWidth: 512, trainLength: 128, batch: 16, evalLength: 2048 },
+      rows: [row('alibi', 80, 10), row('fox', 84, 10), row('hype-gated', 92, 15), row('hype-sc', 80, null)],
+    };
+    const withCost = buildReport({ ...cells, cost }).markdown;
+    expect(withCost).toContain('(2026-12-05, code abcdef0)');
+    expect(withCost).toContain('alibi: 80.0 ms per step, 10.0 ms per evaluation.');
+    expect(withCost).toContain(
+      '  - fox: training step 84.0 ms, 1.05x alibi (within 5% of alibi); evaluation 10.0 ms, 1.00x.',
+    );
+    expect(withCost).toContain(
+      '  - hype-gated: training step 92.0 ms, 1.15x alibi (15% over alibi: more than 5%); evaluation 15.0 ms, 1.50x.',
+    );
+    expect(withCost).toContain('  - hype-sc: training step 80.0 ms, 1.00x alibi (within 5% of alibi).');
+    expect(withCost).toContain('  - xl-shared: not in this measurement.');
   });
 
   it('says that one-layer flip-flop makes sharing the identity, and names the code behind cells that differ', () => {
@@ -237,5 +277,20 @@ describe('second-round report section', () => {
       recall: [],
     }).markdown;
     expect(md0).not.toContain('Second round');
+  });
+});
+
+describe('cost record file', () => {
+  it('is optional, and a malformed one is one clear error naming the file and the fix', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'hype-cost-'));
+    try {
+      expect(readCost(join(dir, 'cost.json'))).toBeNull();
+      writeFileSync(join(dir, 'cost.json'), '{ not json');
+      expect(() => readCost(join(dir, 'cost.json'))).toThrow(/cost\.json is not JSON .*bench:explicit --json/);
+      writeFileSync(join(dir, 'cost.json'), JSON.stringify({ bench: 'explicit-encodings', rows: [{ encoding: 'a' }] }));
+      expect(() => readCost(join(dir, 'cost.json'))).toThrow(HypeError);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -23,6 +23,7 @@ import type {
   RecallResult,
 } from './experiments.ts';
 import { ALL_ENCODINGS, ROUND_TWO_ENCODINGS } from './plan.ts';
+import { COST_FILE, readCost, type CostRecord } from './cost.ts';
 import { roundTwoSection, roundTwoSetupLines } from './round-two-report.ts';
 import { bf16Section } from './bf16-report.ts';
 import { aboveChance, compareSamples, fmt, sentence, values, type Sample } from './compare.ts';
@@ -52,6 +53,8 @@ export interface ReportInput {
   flipflop: CellRecord<FlipflopConfig, FlipflopResult>[];
   recall: CellRecord<RecallConfig, RecallResult>[];
   precision: CellRecord<PrecisionConfig, PrecisionResult>[];
+  /** The cost measurement beside the cells (<dir>/cost.json, study/cost.ts), when one was made. */
+  cost?: CostRecord | null;
 }
 
 export interface Chart {
@@ -90,6 +93,7 @@ export function readResults(dir: string): ReportInput {
     flipflop: cells<FlipflopConfig, FlipflopResult>('flipflop').filter((c) => c.config.task === FLIPFLOP_TASK),
     recall: cells<RecallConfig, RecallResult>('recall').filter((c) => c.config.task === RECALL_TASK),
     precision: cells('precision'),
+    cost: readCost(join(dir, COST_FILE)),
   };
 }
 

@@ -8,6 +8,7 @@
 import { alibiSlopes } from '../pe/alibi-slopes.ts';
 import { aboveChance, sentence, type Sample } from './compare.ts';
 import type { FlipflopConfig, FlipflopResult, LmConfig, LmResult, RecallConfig, RecallResult } from './experiments.ts';
+import { COST_FILE, costRecordLines, type CostRecord } from './cost.ts';
 import type { CellRecord } from './store.ts';
 import { ROUND_TWO_ENCODINGS } from './plan.ts';
 import { formatInterval, meanInterval } from './stats.ts';
@@ -26,6 +27,7 @@ export interface ReportInput {
   lm: CellRecord<LmConfig, LmResult>[];
   flipflop: CellRecord<FlipflopConfig, FlipflopResult>[];
   recall: CellRecord<RecallConfig, RecallResult>[];
+  cost?: CostRecord | null;
 }
 
 /** Bits per byte of `enc` on `corpus` at multiplier `mult`, one sample per seed. */
@@ -37,7 +39,7 @@ function bpbSamples(cells: ReportInput['lm'], corpus: string, enc: string, mult:
   });
 }
 /** The command that measures step time on an idle machine (the cells' own seconds come from a loaded one). */
-export const ROUND_TWO_BENCH = 'npm run bench:explicit -- --only alibi-learned,hype-sc,fox,hype-gated --rounds 3';
+export const ROUND_TWO_BENCH = `npm run bench:explicit -- --only ${ROUND_TWO_ENCODINGS.join(',')} --rounds 3`;
 
 /** Setup lines naming the second round's encodings and which variant the t5 and xl rows are. */
 export function roundTwoSetupLines(): string[] {
@@ -280,40 +282,22 @@ export function curvatureLines(input: ReportInput): string[] {
 }
 
 /**
- * Training seconds of each new encoding over alibi's, per experiment, paired by cell (same seed, corpus): the median
- * ratio and its range. The cells ran on a loaded machine, so the line says so and names the benchmark.
+ * The cost question from the benchmark record beside the cells (study/cost.ts), or a line saying how to make one.
+ * Cell training seconds are not used: cells run several at a time on shared cores, and a resumed cell counts only
+ * the seconds after its checkpoint.
  */
 export function costLines(input: ReportInput): string[] {
-  const lines: string[] = [];
-  const key = (c: { config: { seed: number; corpus?: string } }) => `${c.config.seed}/${c.config.corpus ?? ''}`;
-  const groups: [
-    string,
-    { config: { encoding: string; seed: number; corpus?: string }; result: { train: { seconds: number } } }[],
-  ][] = [
-    ['lm', input.lm],
-    ['flip-flop', input.flipflop],
-    ['recall', input.recall],
-  ];
-  for (const enc of ROUND_TWO_ENCODINGS) {
-    const parts: string[] = [];
-    for (const [exp, cells] of groups) {
-      const base = new Map(
-        cells.filter((c) => c.config.encoding === 'alibi').map((c) => [key(c), c.result.train.seconds]),
-      );
-      const ratios = cells
-        .filter((c) => c.config.encoding === enc && base.has(key(c)))
-        .map((c) => c.result.train.seconds / base.get(key(c))!);
-      if (ratios.length === 0) continue;
-      parts.push(
-        `${exp} ${median(ratios).toFixed(2)}x` +
-          (ratios.length > 1
-            ? ` (${Math.min(...ratios).toFixed(2)}-${Math.max(...ratios).toFixed(2)}, ${ratios.length} cells)`
-            : ' (1 cell)'),
-      );
-    }
-    lines.push(`  - ${enc}: ${parts.length ? parts.join('; ') : 'no cells paired with alibi yet'}.`);
+  const note =
+    '  - Study cells\u2019 training seconds are not used here: the cells ran two at a time on a shared 2-core machine ' +
+    'and a resumed cell records only the seconds after its checkpoint.';
+  if (!input.cost) {
+    return [
+      `  - Not measured in this folder: run \`${ROUND_TWO_BENCH} --json <folder>/${COST_FILE}\` on an idle machine ` +
+        'and regenerate the report.',
+      note,
+    ];
   }
-  return lines;
+  return [...costRecordLines(input.cost, ROUND_TWO_ENCODINGS), note];
 }
 
 /** The second round's findings (empty when no second-round encoding has a cell). */
@@ -362,16 +346,8 @@ export function roundTwoSection(input: ReportInput): string[] {
   }
   lines.push(...['hype-gated', 'fox', 'xl', 'path'].map((e) => recallLearnedLine(input, e, S)));
   lines.push(...gateLines(input));
-  lines.push(
-    '4. **Cost: training time relative to alibi** (median ratio of training seconds, paired by seed and corpus)',
-  );
+  lines.push('4. **Cost: training step time relative to alibi** (the study issue expects a few percent)');
   lines.push(...costLines(input));
-  lines.push(
-    '  - Caveat: these cells ran side by side on a shared, loaded 2-core machine, so their seconds mix the ' +
-      "encodings' cost with the machine's load (and alibi's cells may have run under another load, in the first " +
-      `round). The measurement is \`${ROUND_TWO_BENCH}\` (step time on an idle ` +
-      'machine, side by side with alibi).',
-  );
   lines.push('5. **Reference sharing: one T5 table and one XL u/v for all layers, against the per-layer variants**');
   for (const [a, b] of [
     ['t5-shared', 't5'],
