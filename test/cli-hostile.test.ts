@@ -221,6 +221,18 @@ describe('study: bad folders and damaged result files', () => {
     expectRefusal(r, /results folder \(--out\) .*is a file, not a folder/);
   });
 
+  it('--backend webgpu with a host-only encoding or precision: one line, and no folder', async () => {
+    // The CLI checks the plan before it acquires the device, so a machine without an adapter hears the same.
+    const out = join(root, 'gpu-out');
+    const gpu = (...args: string[]) => hype('study', ...args, '--backend', 'webgpu', '--out', out);
+    expectRefusal(
+      await gpu('lm', '--encodings', 'rope'),
+      /study encoding rope runs on host backends only .* on backend 'webgpu' the study runs none, alibi, /,
+    );
+    expectRefusal(await gpu('precision'), /precision/);
+    expect(existsSync(out)).toBe(false);
+  });
+
   it('report --to a folder, a truncated cell file, a corrupt study.json', async () => {
     writeCell('0123456789abcdef.json', '{"key": "0123456789abcdef", "config": {"experi');
     expectRefusal(

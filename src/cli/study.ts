@@ -93,9 +93,12 @@ export async function runStudyCommand(what: string, f: StudyFlags): Promise<void
   const plan = planFor({ quick: Boolean(f.quick), seeds, encodings, corpora, precision }); // refuses bad flags first
   checkFolderPath(outDir, 'the results folder (--out)');
   checkFolderPath(f.workDir, 'the training-runs folder (--work-dir)');
+  // What a device cannot run is refused before a folder is made or the device is acquired (runStudy checks again
+  // for library callers).
+  if (f.queue === undefined && f.backend === 'webgpu') {
+    checkDevicePlan({ residence: 'device', name: 'webgpu' }, plan, what as Experiment | 'all');
+  }
   const backend = await chooseAnyBackend(f.backend, f.threads);
-  // What a device cannot run is refused before a folder is made (runStudy checks again for library callers).
-  if (f.queue === undefined) checkDevicePlan(backend, plan, what as Experiment | 'all');
   makeWritableDir(outDir, 'the results folder (--out)');
   makeWritableDir(f.workDir, 'the training-runs folder (--work-dir)');
   const scope = `${plan.encodings.length} encoding${plan.encodings.length === 1 ? '' : 's'}, ${plan.seeds.length} seed${plan.seeds.length === 1 ? '' : 's'}`;

@@ -243,7 +243,11 @@ async function runQueued(
  * A device backend runs the lm, flipflop and recall cells of device-portable encodings (HANDLES.md); anything else
  * is refused here, before a folder is written or a device buffer allocated, in one error naming what does run there.
  */
-export function checkDevicePlan(backend: Backend<unknown, unknown>, plan: StudyPlan, experiment: Experiment | 'all') {
+export function checkDevicePlan(
+  backend: Pick<Backend<unknown, unknown>, 'residence' | 'name'>,
+  plan: StudyPlan,
+  experiment: Experiment | 'all',
+) {
   if (backend.residence === 'host') return;
   const all = experiment === 'all';
   const chosen: Experiment[] = all ? [...EXPERIMENTS] : [experiment];
