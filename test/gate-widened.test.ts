@@ -1,6 +1,7 @@
 /**
- * fox and hype-gated over widened operands (PositionalEncoding.operandWidths, concat-bias.ts): q and k come in rows
- * with room for the columns, which the encoding writes at every call (they depend on the block input x). The kernel
+ * The concat-bias encodings over widened operands (PositionalEncoding.operandWidths, concat-bias.ts): fox and
+ * hype-gated, and ALiBi's concat route (alibi, alibi-learned). q and k come in rows with room for the columns, which
+ * the encoding writes at every call (they depend on the block input x, or on trained slopes). The kernel
  * sees the plain route's operands, so out, dq, dk, dv, dx and every parameter gradient must equal the plain route's
  * BIT FOR BIT, per encoding, option set and backend; and a training run with widened buffers equals one with plain
  * rows bit for bit.
@@ -11,6 +12,8 @@ import type { AttentionShape, Backend } from '../src/backend/backend.ts';
 import { loadBackend } from '../src/backend/index.ts';
 import { ReferenceBackend } from '../src/backend/reference.ts';
 import type { AttendContext, EncodingFactory, PositionalEncoding } from '../src/pe/encoding.ts';
+import { alibiEncoding } from '../src/pe/alibi.ts';
+import { alibiLearnedEncoding } from '../src/pe/alibi-learned.ts';
 import { foxFactory } from '../src/pe/fox.ts';
 import { hypeGatedFactory } from '../src/pe/hype-gated.ts';
 import type { FloatArray } from '../src/tensor.ts';
@@ -26,23 +29,31 @@ const backends: [string, Backend][] = [
   ['native', native],
   ['native bf16', withPrecision(native, 'bf16')],
 ];
-const factories = { fox: foxFactory, 'hype-gated': hypeGatedFactory } as Record<string, EncodingFactory<object>>;
+const factories = {
+  fox: foxFactory,
+  'hype-gated': hypeGatedFactory,
+  alibi: alibiEncoding,
+  'alibi-learned': alibiLearnedEncoding,
+} as Record<string, EncodingFactory<object>>;
 const cases: [string, object][] = [
   ['fox', { initStd: 1, biasInit: 1 }],
   ['fox', { initStd: 1, multiple: 8 }], // v padded too
   ['fox', { initStd: 1, precision: 'bf16' }], // split columns
   ['hype-gated', {}],
   ['hype-gated', { preset: 'recency', multiple: 4, precision: 'bf16' }],
+  ['alibi', { route: 'concat' }],
+  ['alibi', { route: 'concat', multiple: 8, precision: 'bf16' }],
+  ['alibi-learned', { route: 'concat' }],
 ];
 
 function make(name: string, opts: object): PositionalEncoding {
   const enc = factories[name]!.create(dims, opts, new Rng(3));
-  const w = enc.params.find((p) => p.name.endsWith('.w'))!;
-  new Rng(4).fillNormal(w.data, 0.5); // gates that vary with x (hype-gated starts at w = 0)
+  const w = enc.params.find((p) => p.name.endsWith('.w'));
+  if (w) new Rng(4).fillNormal(w.data, 0.5); // gates that vary with x (hype-gated starts at w = 0)
   return enc;
 }
 
-describe('fox and hype-gated over widened operands', () => {
+describe('concat-bias encodings over widened operands', () => {
   for (const [beName, be] of backends)
     for (const [name, opts] of cases)
       it(`${beName}, ${name} ${JSON.stringify(opts)}: the plain route's numbers bit for bit`, () => {
@@ -75,7 +86,7 @@ describe('fox and hype-gated over widened operands', () => {
           expect(narrow(g1.dq, rq, widths.qk, d)).toEqual(Array.from(g0.dq));
           expect(narrow(g1.dk, rk, widths.qk, d)).toEqual(Array.from(g0.dk));
           expect(narrow(g1.dv, rk, widths.v, dv)).toEqual(Array.from(g0.dv));
-          expect(Array.from(g1.dx!)).toEqual(Array.from(g0.dx!));
+          expect(g1.dx && Array.from(g1.dx)).toEqual(g0.dx && Array.from(g0.dx));
           expect(grads()).toEqual(paramGrads);
         }
       });
@@ -84,14 +95,18 @@ describe('fox and hype-gated over widened operands', () => {
     expect(make('fox', { format: 'bf16' }).operandWidths!('float32')).toBeNull();
     expect(make('hype-gated', { format: 'bf16' }).operandWidths!('float32')).toBeNull();
     expect(make('fox', {}).operandWidths!('float32')).toEqual({ qk: 8, v: 6 });
+    expect(make('alibi', { route: 'concat', format: 'bf16' }).operandWidths!('float32')).toBeNull();
+    expect(make('alibi', { route: 'concat', precision: 'bf16' }).operandWidths!('float32')).toEqual({ qk: 12, v: 6 });
+    expect(make('alibi', {}).operandWidths).toBeUndefined(); // the kernel route adds a table, not columns
   });
 });
 
-describe('a transformer over widened operands (fox, hype-gated)', () => {
-  for (const name of ['fox', 'hype-gated'])
+describe('a transformer over widened operands (fox, hype-gated, alibi-learned concat)', () => {
+  for (const name of ['fox', 'hype-gated', 'alibi-learned'])
     for (const precision of ['fp32', 'bf16'] as const)
       it(`${name}, ${precision}: losses and parameters after three steps equal the plain-row run bit for bit`, () => {
-        const options = precision === 'bf16' ? { precision: 'bf16' } : {};
+        const route = name === 'alibi-learned' ? { route: 'concat' } : {};
+        const options = precision === 'bf16' ? { ...route, precision: 'bf16' } : route;
         const [plain, wide] = [false, true].map((w) => threeSteps(factories[name]!, name, options, precision, w));
         expect(wide!.losses).toEqual(plain!.losses);
         expect(wide!.params).toEqual(plain!.params);

@@ -114,6 +114,7 @@ async function trainRun<T, I>(be: Backend<T, I>, pe: { name: string; options: Re
 const ENCODINGS = [
   { name: 'none', options: {} },
   { name: 'alibi', options: {} },
+  { name: 'alibi', options: { route: 'concat' } }, // widened operands: columns written once per buffer
   { name: 'hype', options: { preset: 'recency' } },
   { name: 'hype', options: { preset: 'recency', route: 'kernel' } },
 ];

@@ -13,11 +13,17 @@
  * Shapes: q [B, H, Lq, d], k [B, Hkv, Lk, d], v [B, Hkv, Lk, dv]; slopes [H].
  */
 import { check } from '../errors.ts';
-import type { FloatArray } from '../tensor.ts';
-import { concatBiasAttention, type ConcatPrecisionOptions } from './concat-bias.ts';
+import type { DType, FloatArray } from '../tensor.ts';
+import { concatBiasAttention, concatOperandWidths, type ConcatPrecisionOptions } from './concat-bias.ts';
 import { concatBf16Refusal, expandColumns, padMultiple } from '../numerics/split-columns.ts';
 import { backendAttention, checkQk, fixedTermResult, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
-import { concatAttentionOnBackend, geometryKey, UploadCache } from './device-attention.ts';
+import {
+  concatAttentionOnBackend,
+  geometryKey,
+  UploadCache,
+  widenedConcatAttention,
+  widenedTail,
+} from './device-attention.ts';
 import { alibiDistanceTable, alibiSlopeGrads, geometryOf, tableAttention } from './distance-table.ts';
 import type {
   AttendContext,
@@ -192,6 +198,12 @@ export function defineAlibi(
         maxLength: Infinity,
         // Fixed slopes in fp32 columns: every term is data uploaded once per geometry (device-attention.ts).
         portable: src.params.length === 0 && (opts.route === 'kernel' || !hasPrecisionOptions(opts)),
+        // The concat route writes its columns into q and k rows the block allocates wide enough (no copies).
+        ...(opts.route === 'concat'
+          ? {
+              operandWidths: (dtype: DType) => concatOperandWidths(opts, 2, dims.headDim, dims.headDim, dtype),
+            }
+          : {}),
         attend(ctx, inputs) {
           if (ctx.backend.residence === 'device') return alibiOnDevice(ctx, inputs, src.slopes(), opts, uploads);
           const m = src.slopes();
@@ -271,19 +283,42 @@ function alibiOnDevice<T, I>(
     "alibi route 'concat' needs causal attention: without the mask the penalty -m |D| is not of low rank; " +
       "use route 'kernel' for bidirectional attention",
   );
-  const { heads: H, kvHeads: Hkv, lq, lk, headDim: d } = ctx.shape;
-  const [colsQ, colsK] = uploads.get(be, key, dtype, () => {
+  const { heads: H, kvHeads: Hkv, lq, lk, headDim: d, valueDim: dv } = ctx.shape;
+  // One batch entry's columns [H Lq, 2] (x sqrt(d)) and [Hkv Lk, 2], fp64 (the upload rounds them once).
+  const columns = () => {
     const one = alibiColumns({ ...ctx, shape: { ...ctx.shape, batch: 1 } }, slopes);
-    const sqrtD = Math.sqrt(d);
+    return { x: one.x, y: one.y, sqrtD: Math.sqrt(d) };
+  };
+  if (inputs.widths) {
+    // Widened operands: the tails (columns, then zero padding) built once per geometry and written into each buffer
+    // once (device-attention.ts).
+    const expected = concatOperandWidths(opts, 2, d, dv, dtype)!;
+    const wideKey = `widened:${key}`;
+    const tails = () => {
+      const { x, y, sqrtD } = columns();
+      return [
+        widenedTail(x, H * lq, 2, expected.qk - d, sqrtD),
+        widenedTail(y, Hkv * lk, 2, expected.qk - d),
+        ...(expected.v > dv ? [new Float64Array(Hkv * lk * (expected.v - dv))] : []),
+      ];
+    };
+    return widenedConcatAttention(ctx, inputs, expected, {
+      owner: uploads,
+      key: wideKey,
+      tails: () => uploads.get(be, wideKey, dtype, tails),
+    });
+  }
+  const [colsQ, colsK] = uploads.get(be, key, dtype, () => {
+    const { x, y, sqrtD } = columns();
     return [
       expandColumns(
-        one.x.map((value) => value * sqrtD),
+        x.map((value) => value * sqrtD),
         H * lq,
         2,
         'query',
         null,
       ),
-      expandColumns(one.y, Hkv * lk, 2, 'key', null),
+      expandColumns(y, Hkv * lk, 2, 'key', null),
     ];
   });
   return concatAttentionOnBackend(ctx, inputs, colsQ!, colsK!, 2, padMultiple(opts.multiple, 'concat bias'));
