@@ -185,6 +185,28 @@ describe('second-round report section', () => {
     expect(md).toContain('    - recall 1x L: no cells for xl yet (0 of 3 seeds).');
   });
 
+  it('counts recall against its own seeds when it runs more than the plan', () => {
+    // fox gets seeds 4 and 5 (both learn: 100/100, 16x 50 and 60) and xl seeds 1-4: recall runs 5 seeds here, while
+    // lm and flip-flop stay at 3.
+    const more = buildReport({
+      ...cells,
+      recall: [
+        ...cells.recall,
+        recall('fox', 4, [100, 50]),
+        recall('fox', 5, [100, 60]),
+        ...[1, 2, 3, 4].map((s) => recall('xl', s, [100, 20])),
+      ],
+    }).markdown;
+    expect(more).toContain('(the plan runs 3; recall runs 5 for the encodings compared here');
+    expect(more).toContain('  - recall, fox: learned the task at 1x in 4 of 5 seeds run;');
+    expect(more).toContain('  - recall, xl: learned the task at 1x in 4 of 4 seeds run (5 planned);');
+    // fox - xl at 1x over seeds 1-4: -10, -20, -90, 0.
+    expect(more).toMatch(/ {4}- recall 1x L: .*paired difference over 4 seeds -30\.000 .*\(4 of 5 seeds so far\.\)/);
+    // lm lines keep the plan's 3 seeds (hype-learned and alibi-learned have all 3: no "so far").
+    expect(more).not.toMatch(/lm tinyshakespeare, 1x L: .*of 5 seeds/);
+    expect(more).toContain('Evidence: 3 seeds (recall: up to 5),');
+  });
+
   it("reports alibi-learned's slopes and what the content gates learned", () => {
     // Ratios 3, 1 in each of 3 seeds: median 2 of {1, 1, 1, 3, 3, 3}.
     expect(md).toContain(

@@ -167,6 +167,39 @@ const uniq = <T>(xs: T[]) => [...new Set(xs)];
 /** Seeds and encodings present in the results (a folder may hold several invocations' cells). */
 const seedsOf = (input: ReportInput) =>
   uniq([...input.lm, ...input.flipflop, ...input.recall].map((c) => c.config.seed)).sort((a, b) => a - b);
+/**
+ * The seeds in words: one list when every experiment has the same ones, else per experiment, naming the encodings
+ * that have more seeds than the rest (recall runs extra seeds for some encodings: its variance is large).
+ */
+function seedsInWords(input: ReportInput): string {
+  const exps: [string, { config: { seed: number; encoding: string } }[]][] = [
+    ['lm', input.lm],
+    ['flip-flop', input.flipflop],
+    ['recall', input.recall],
+  ];
+  const lists = exps
+    .filter(([, cells]) => cells.length > 0)
+    .map(([name, cells]) => {
+      const seeds = uniq(cells.map((c) => c.config.seed)).sort((a, b) => a - b);
+      const count = (e: string) => uniq(cells.filter((c) => c.config.encoding === e).map((c) => c.config.seed)).length;
+      const encs = sortEnc(uniq(cells.map((c) => c.config.encoding)));
+      const full = encs.filter((e) => count(e) === seeds.length);
+      const fewer = encs.filter((e) => count(e) < seeds.length);
+      // Name the shorter list: the encodings with every seed, or those with fewer.
+      const extra =
+        fewer.length === 0
+          ? ''
+          : full.length <= fewer.length
+            ? ` for ${full.join(', ')} (fewer for the others)`
+            : ` (fewer for ${fewer.join(', ')})`;
+      return { name, seeds, extra };
+    });
+  if (lists.every((l) => l.seeds.join() === lists[0]!.seeds.join() && l.extra === '')) {
+    return `seeds ${seedsOf(input).join(', ')}`;
+  }
+  return lists.map((l) => `${l.name} seeds ${l.seeds.join(', ')}${l.extra}`).join('; ');
+}
+
 const encodingsOf = (input: ReportInput) =>
   sortEnc(uniq([...input.lm, ...input.flipflop, ...input.recall].map((c) => c.config.encoding)));
 
@@ -272,7 +305,7 @@ function setupSection(input: ReportInput): string[] {
     ),
   );
   lines.push(
-    `- Plan: ${p.quick ? 'quick' : 'full'}; results for seeds ${seedsOf(input).join(', ')} and encodings ` +
+    `- Plan: ${p.quick ? 'quick' : 'full'}; results for ${seedsInWords(input)}; encodings ` +
       `${encodingsOf(input).join(', ')} (a table entry without ± has a single seed).`,
     `- Code: package ${m.versions.package}, commit ${m.versions.commit ?? 'unknown'}, Node ${m.versions.node}; ` +
       `backend ${m.backend}; ${m.cpus} CPU cores.${mixedBackends(all, m.backend)}`,
@@ -740,11 +773,11 @@ function survivalLines(diffs: ReturnType<typeof precisionDiffs>): string[] {
 
 function findingsSection(input: ReportInput): string[] {
   const lines = ['## Findings (computed from the numbers below)', ''];
-  const seeds = uniq(
-    [...input.lm, ...input.flipflop, ...input.recall].map((c) => (c.config as { seed: number }).seed),
-  ).length;
+  const count = (cells: { config: { seed: number } }[]) => uniq(cells.map((c) => c.config.seed)).length;
+  const seeds = count([...input.lm, ...input.flipflop]) || count(input.recall);
+  const recallMore = count(input.recall) > seeds ? ` (recall: up to ${count(input.recall)})` : '';
   lines.push(
-    `Evidence: ${seeds} seed${seeds === 1 ? '' : 's'}, small byte-level models, short training on 2 CPU cores. ` +
+    `Evidence: ${seeds} seed${seeds === 1 ? '' : 's'}${recallMore}, small byte-level models, short training on 2 CPU cores. ` +
       'Cells with the same seed share their initial weights and training batches, so two encodings are compared ' +
       'by their per-seed (paired) differences: "better"/"worse" means the 95% interval of the mean paired ' +
       'difference over the seeds both have excludes 0 (with fewer than two shared seeds: that the two 95% intervals do not overlap). With one seed no ' +

@@ -127,6 +127,7 @@ function allPairs(
   S: number,
   mixes: ('id' | 'ood-sparse' | 'ood-dense')[],
   tasks = true,
+  recallS = S,
 ) {
   const lines: string[] = [];
   for (const corpus of uniq(input.lm.map((c) => c.config.corpus))) {
@@ -149,7 +150,16 @@ function allPairs(
   if (!tasks) return lines;
   for (const m of mults.length ? uniq([1, Math.max(...mults)]) : []) {
     lines.push(
-      pairLine(`recall ${m}x L`, a, recallSamples(input, a, m), b, recallSamples(input, b, m), 'accuracy %', false, S),
+      pairLine(
+        `recall ${m}x L`,
+        a,
+        recallSamples(input, a, m),
+        b,
+        recallSamples(input, b, m),
+        'accuracy %',
+        false,
+        recallS,
+      ),
     );
   }
   if (input.recall.length === 0) lines.push('  - recall: no cells yet.');
@@ -304,31 +314,41 @@ export function costLines(input: ReportInput): string[] {
 export function roundTwoSection(input: ReportInput): string[] {
   const cells = [...input.lm, ...input.flipflop, ...input.recall];
   if (!cells.some((c) => ROUND_TWO_ENCODINGS.includes(c.config.encoding))) return [];
-  const S = input.meta?.plan.seeds.length ?? uniq(cells.map((c) => c.config.seed)).length;
+  // Without study.json: the seeds lm and flip-flop have (recall may run more, below).
+  const seedCount = (xs: { config: { seed: number } }[]) => uniq(xs.map((c) => c.config.seed)).length;
+  const S = input.meta?.plan.seeds.length ?? (seedCount([...input.lm, ...input.flipflop]) || seedCount(input.recall));
+  // Recall may run more seeds than the plan (its seed variance is large): as many as its best-covered encoding has.
+  const recallS = Math.max(
+    S,
+    ...uniq(input.recall.map((c) => c.config.encoding)).map((e) =>
+      seedCount(input.recall.filter((c) => c.config.encoding === e)),
+    ),
+  );
   const lines = ['## Second round (issue 19): learned controls, free curvature, content-dependent biases', ''];
   lines.push(
-    `Each comparison is paired by seed over the seeds both encodings have (the plan runs ${S}); "better"/"worse" ` +
-      'means the 95% interval of the mean paired difference excludes 0. Where fewer than two seeds are shared the ' +
-      'line says how many exist so far and gives no interval.',
+    `Each comparison is paired by seed over the seeds both encodings have (the plan runs ${S}` +
+      (recallS > S ? `; recall runs ${recallS} for the encodings compared here, its seed variance being large` : '') +
+      '); "better"/"worse" means the 95% interval of the mean paired difference excludes 0. Where fewer than two ' +
+      'seeds are shared the line says how many exist so far and gives no interval.',
     '',
   );
   const dense: ('id' | 'ood-sparse' | 'ood-dense')[] = ['id', 'ood-dense'];
   lines.push('1. **Does learned HyPE beat learned ALiBi (does the hyperbola matter)?**');
   lines.push(
     '  - hype-learned vs alibi-learned:',
-    ...allPairs(input, 'hype-learned', 'alibi-learned', S, dense).map((l) => `  ${l}`),
+    ...allPairs(input, 'hype-learned', 'alibi-learned', S, dense, true, recallS).map((l) => `  ${l}`),
   );
   lines.push(
     '  - hype-sc vs alibi-learned:',
-    ...allPairs(input, 'hype-sc', 'alibi-learned', S, dense).map((l) => `  ${l}`),
+    ...allPairs(input, 'hype-sc', 'alibi-learned', S, dense, true, recallS).map((l) => `  ${l}`),
   );
-  lines.push(...['hype-learned', 'hype-sc', 'alibi-learned'].map((e) => recallLearnedLine(input, e, S)));
+  lines.push(...['hype-learned', 'hype-sc', 'alibi-learned'].map((e) => recallLearnedLine(input, e, recallS)));
   lines.push(...alibiSlopeLines(input));
   lines.push('2. **Where does the curvature go when it may move on its own (hype-sc), and does it help?**');
   lines.push(...curvatureLines(input));
   lines.push(
     '  - hype-sc vs hype-learned:',
-    ...allPairs(input, 'hype-sc', 'hype-learned', S, dense).map((l) => `  ${l}`),
+    ...allPairs(input, 'hype-sc', 'hype-learned', S, dense, true, recallS).map((l) => `  ${l}`),
   );
   lines.push(
     '3. **Does a content-dependent concat bias (hype-gated, fox) close the gap to Transformer-XL (xl) and PaTH ' +
@@ -342,9 +362,9 @@ export function roundTwoSection(input: ReportInput): string[] {
     ['fox', 'alibi'],
     ['hype-gated', 'hype-learned'],
   ] as const) {
-    lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, ['ood-dense']).map((l) => `  ${l}`));
+    lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, ['ood-dense'], true, recallS).map((l) => `  ${l}`));
   }
-  lines.push(...['hype-gated', 'fox', 'xl', 'path'].map((e) => recallLearnedLine(input, e, S)));
+  lines.push(...['hype-gated', 'fox', 'xl', 'path'].map((e) => recallLearnedLine(input, e, recallS)));
   lines.push(...gateLines(input));
   lines.push('4. **Cost: training step time relative to alibi** (the study issue expects a few percent)');
   lines.push(...costLines(input));
@@ -355,7 +375,7 @@ export function roundTwoSection(input: ReportInput): string[] {
   ] as const) {
     lines.push(
       `  - ${a} vs ${b} (per-layer variant):`,
-      ...allPairs(input, a, b, S, ['id', 'ood-dense']).map((l) => `  ${l}`),
+      ...allPairs(input, a, b, S, ['id', 'ood-dense'], true, recallS).map((l) => `  ${l}`),
       ...oneLayerLines(input, a, b),
     );
   }
