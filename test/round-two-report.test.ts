@@ -16,6 +16,7 @@ import type {
   RecallResult,
 } from '../src/study/experiments.ts';
 import { readCost, type CostRecord } from '../src/study/cost.ts';
+import { forestRows } from '../src/study/round-two-chart.ts';
 import type { CellRecord } from '../src/study/store.ts';
 import { FLIPFLOP_TASK } from '../src/study/tasks/flipflop.ts';
 import { RECALL_TASK } from '../src/study/tasks/recall.ts';
@@ -314,5 +315,39 @@ describe('cost record file', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('forest plot of the paired differences', () => {
+  it('orients every measure so that negative means the first encoding is better, and skips single-seed rows', () => {
+    const S = (vals: number[]) => vals.map((value, i) => ({ seed: i + 1, value }));
+    const bpb: Record<string, number[]> = { a: [2.0, 2.1, 2.2], b: [2.1, 2.3, 2.2], c: [2.0] };
+    const acc: Record<string, number[]> = { a: [90, 80, 70], b: [60, 60, 60], c: [50] };
+    const rows = forestRows(
+      [
+        ['a', 'b'],
+        ['c', 'b'],
+      ],
+      [
+        { name: 'bpb', samples: (e) => S(bpb[e]!), lowerBetter: true },
+        { name: 'acc', samples: (e) => S(acc[e]!), lowerBetter: false },
+      ],
+    );
+    // c shares one seed with b: no interval, no row.
+    expect(rows.map((r) => `${r.comparison}/${r.measure}`)).toEqual(['a vs b/bpb', 'a vs b/acc']);
+    // bpb a - b = -0.1, -0.2, 0: mean -0.1, sd 0.1, half-width 4.3027 * 0.1 / sqrt 3 = 0.2484: includes 0.
+    expect(rows[0]!.mean).toBeCloseTo(-0.1, 12);
+    expect(rows[0]!.hi - rows[0]!.mean).toBeCloseTo(0.24841, 4);
+    expect(rows[0]!.verdict).toBe('no difference detected');
+    // accuracy b - a = -30, -20, -10: mean -20, half-width 4.3027 * 10 / sqrt 3 = 24.84: includes 0 too.
+    expect(rows[1]!.mean).toBeCloseTo(-20, 12);
+    expect(rows[1]!.lo).toBeCloseTo(-44.841, 2);
+    expect(rows[1]!.seeds).toBe(3);
+  });
+
+  it('is drawn into the report when a comparison has two seeds', () => {
+    const report = buildReport(cells);
+    expect(report.charts.map((c) => c.file)).toContain('round-two-differences.svg');
+    expect(report.markdown).toContain('![second-round paired differences](plots/round-two-differences.svg)');
   });
 });

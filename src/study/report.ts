@@ -271,7 +271,7 @@ export function buildReport(
   }
   out.push(...setupSection(input), '');
   out.push(...findingsSection(input), '');
-  out.push(...roundTwoSection(input), '');
+  out.push(...roundTwoSection(input, charts, plotsRel), '');
   out.push(...lmSection(input, charts, plotsRel), '');
   out.push(...flipflopSection(input, charts, plotsRel), '');
   out.push(...recallSection(input, charts, plotsRel), '');

@@ -9,6 +9,8 @@ import { alibiSlopes } from '../pe/alibi-slopes.ts';
 import { aboveChance, sentence, type Sample } from './compare.ts';
 import type { FlipflopConfig, FlipflopResult, LmConfig, LmResult, RecallConfig, RecallResult } from './experiments.ts';
 import { COST_FILE, costRecordLines, type CostRecord } from './cost.ts';
+import type { Chart } from './report.ts';
+import { forestRows, forestSpec, type ForestMeasure } from './round-two-chart.ts';
 import type { CellRecord } from './store.ts';
 import { ROUND_TWO_ENCODINGS } from './plan.ts';
 import { formatInterval, meanInterval } from './stats.ts';
@@ -310,8 +312,70 @@ export function costLines(input: ReportInput): string[] {
   return [...costRecordLines(input.cost, ROUND_TWO_ENCODINGS), note];
 }
 
-/** The second round's findings (empty when no second-round encoding has a cell). */
-export function roundTwoSection(input: ReportInput): string[] {
+/** The comparisons of questions 1-3, each "a vs b" paired by seed. */
+const QUESTION_1_PAIRS = [
+  ['hype-learned', 'alibi-learned'],
+  ['hype-sc', 'alibi-learned'],
+] as const;
+const QUESTION_2_PAIRS = [['hype-sc', 'hype-learned']] as const;
+const QUESTION_3_PAIRS = [
+  ['hype-gated', 'xl'],
+  ['hype-gated', 'path'],
+  ['fox', 'xl'],
+  ['fox', 'path'],
+  ['fox', 'alibi'],
+  ['hype-gated', 'hype-learned'],
+] as const;
+/**
+ * The forest plot's rows, in the section's order. The sharing comparisons of question 5 stay in the text: t5's
+ * spread past L (intervals of several bits per byte) would set every panel's scale.
+ */
+const FOREST_PAIRS = [...QUESTION_1_PAIRS, ...QUESTION_2_PAIRS, ...QUESTION_3_PAIRS];
+
+/** The forest plot of the section's comparisons (round-two-chart.ts), or null when no comparison has 2 seeds. */
+function forestChart(input: ReportInput): Chart | null {
+  const measures: ForestMeasure[] = [];
+  for (const corpus of uniq(input.lm.map((c) => c.config.corpus))) {
+    const longest = Math.max(
+      ...input.lm.filter((c) => c.config.corpus === corpus).flatMap((c) => c.config.multipliers),
+    );
+    for (const m of uniq([1, longest])) {
+      measures.push({
+        name: `lm ${corpus} ${m}x (bits per byte)`,
+        samples: (e) => bpbSamples(input.lm, corpus, e, m),
+        lowerBetter: true,
+      });
+    }
+  }
+  measures.push({
+    name: 'flip-flop ood-dense (error %)',
+    samples: (e) => flipSamples(input, e, 'ood-dense'),
+    lowerBetter: true,
+  });
+  const mults = uniq(input.recall.flatMap((c) => c.config.multipliers));
+  for (const m of mults.length ? uniq([1, Math.max(...mults)]) : []) {
+    measures.push({
+      name: `recall ${m}x (accuracy %)`,
+      samples: (e) => recallSamples(input, e, m),
+      lowerBetter: false,
+    });
+  }
+  const rows = forestRows(FOREST_PAIRS, measures);
+  if (rows.length === 0) return null;
+  const comparisons = FOREST_PAIRS.map(([a, b]) => `${a} vs ${b}`).filter((c) => rows.some((r) => r.comparison === c));
+  return {
+    file: 'round-two-differences.svg',
+    spec: forestSpec(
+      rows,
+      comparisons,
+      measures.map((m) => m.name).filter((n) => rows.some((r) => r.measure === n)),
+      'Second round, questions 1-3: paired differences between encodings (per measure)',
+    ),
+  };
+}
+
+/** The second round's findings (empty when no second-round encoding has a cell); its forest plot goes to `charts`. */
+export function roundTwoSection(input: ReportInput, charts: Chart[] = [], plotsRel = 'plots'): string[] {
   const cells = [...input.lm, ...input.flipflop, ...input.recall];
   if (!cells.some((c) => ROUND_TWO_ENCODINGS.includes(c.config.encoding))) return [];
   // Without study.json: the seeds lm and flip-flop have (recall may run more, below).
@@ -332,36 +396,28 @@ export function roundTwoSection(input: ReportInput): string[] {
       'seeds are shared the line says how many exist so far and gives no interval.',
     '',
   );
+  const forest = forestChart(input);
+  if (forest) {
+    charts.push(forest);
+    lines.push(`![second-round paired differences](${plotsRel}/${forest.file})`, '');
+  }
   const dense: ('id' | 'ood-sparse' | 'ood-dense')[] = ['id', 'ood-dense'];
   lines.push('1. **Does learned HyPE beat learned ALiBi (does the hyperbola matter)?**');
-  lines.push(
-    '  - hype-learned vs alibi-learned:',
-    ...allPairs(input, 'hype-learned', 'alibi-learned', S, dense, true, recallS).map((l) => `  ${l}`),
-  );
-  lines.push(
-    '  - hype-sc vs alibi-learned:',
-    ...allPairs(input, 'hype-sc', 'alibi-learned', S, dense, true, recallS).map((l) => `  ${l}`),
-  );
+  for (const [a, b] of QUESTION_1_PAIRS) {
+    lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, dense, true, recallS).map((l) => `  ${l}`));
+  }
   lines.push(...['hype-learned', 'hype-sc', 'alibi-learned'].map((e) => recallLearnedLine(input, e, recallS)));
   lines.push(...alibiSlopeLines(input));
   lines.push('2. **Where does the curvature go when it may move on its own (hype-sc), and does it help?**');
   lines.push(...curvatureLines(input));
-  lines.push(
-    '  - hype-sc vs hype-learned:',
-    ...allPairs(input, 'hype-sc', 'hype-learned', S, dense, true, recallS).map((l) => `  ${l}`),
-  );
+  for (const [a, b] of QUESTION_2_PAIRS) {
+    lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, dense, true, recallS).map((l) => `  ${l}`));
+  }
   lines.push(
     '3. **Does a content-dependent concat bias (hype-gated, fox) close the gap to Transformer-XL (xl) and PaTH ' +
       '(path)?** (flip-flop ood-dense: recency biases such as ALiBi fail there, PaTH does not)',
   );
-  for (const [a, b] of [
-    ['hype-gated', 'xl'],
-    ['hype-gated', 'path'],
-    ['fox', 'xl'],
-    ['fox', 'path'],
-    ['fox', 'alibi'],
-    ['hype-gated', 'hype-learned'],
-  ] as const) {
+  for (const [a, b] of QUESTION_3_PAIRS) {
     lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, ['ood-dense'], true, recallS).map((l) => `  ${l}`));
   }
   lines.push(...['hype-gated', 'fox', 'xl', 'path'].map((e) => recallLearnedLine(input, e, recallS)));
