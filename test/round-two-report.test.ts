@@ -151,6 +151,12 @@ describe('second-round report section', () => {
         '0.029 (3 seeds); paired difference over 3 seeds -0.103 ± 0.038: its 95% interval excludes 0, so ' +
         'hype-learned is better.',
     );
+    // The verdicts gathered: 16x has equal values in every seed (difference 0 ± 0); flip-flop has one hype-learned
+    // seed and no alibi-learned cell, recall neither encoding.
+    expect(md).toContain(
+      '    - In short: hype-learned better on lm tinyshakespeare 1x; no difference detected on lm tinyshakespeare ' +
+        '16x; not judged yet (fewer than 2 shared seeds) flip-flop id, flip-flop ood-dense, recall 1x, recall 16x.',
+    );
   });
 
   it('says how many seeds exist when there are too few for an interval, and which cells are missing', () => {

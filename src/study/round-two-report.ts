@@ -332,8 +332,11 @@ const QUESTION_3_PAIRS = [
  */
 const FOREST_PAIRS = [...QUESTION_1_PAIRS, ...QUESTION_2_PAIRS, ...QUESTION_3_PAIRS];
 
-/** The forest plot of the section's comparisons (round-two-chart.ts), or null when no comparison has 2 seeds. */
-function forestChart(input: ReportInput): Chart | null {
+/**
+ * The measures a comparison is judged on: lm per corpus at 1x and the longest length (bits per byte), flip-flop by
+ * `mixes` (error %), recall at 1x and the longest length (accuracy %).
+ */
+function pairMeasures(input: ReportInput, mixes: readonly ('id' | 'ood-sparse' | 'ood-dense')[]): ForestMeasure[] {
   const measures: ForestMeasure[] = [];
   for (const corpus of uniq(input.lm.map((c) => c.config.corpus))) {
     const longest = Math.max(
@@ -347,11 +350,13 @@ function forestChart(input: ReportInput): Chart | null {
       });
     }
   }
-  measures.push({
-    name: 'flip-flop ood-dense (error %)',
-    samples: (e) => flipSamples(input, e, 'ood-dense'),
-    lowerBetter: true,
-  });
+  for (const mix of mixes) {
+    measures.push({
+      name: `flip-flop ${mix} (error %)`,
+      samples: (e) => flipSamples(input, e, mix),
+      lowerBetter: true,
+    });
+  }
   const mults = uniq(input.recall.flatMap((c) => c.config.multipliers));
   for (const m of mults.length ? uniq([1, Math.max(...mults)]) : []) {
     measures.push({
@@ -360,6 +365,31 @@ function forestChart(input: ReportInput): Chart | null {
       lowerBetter: false,
     });
   }
+  return measures;
+}
+
+/** One line gathering a comparison's verdicts (the paired intervals of the lines above it). */
+function inShort(input: ReportInput, a: string, b: string, mixes: readonly ('id' | 'ood-sparse' | 'ood-dense')[]) {
+  const measures = pairMeasures(input, mixes);
+  const rows = forestRows([[a, b]], measures);
+  const bare = (name: string) => name.replace(/ \(.*\)$/, '');
+  const on = (verdict: string) => rows.filter((r) => r.verdict === verdict).map((r) => bare(r.measure));
+  const parts = [
+    [`${a} better on`, on('first better')],
+    [`${a} worse on`, on('first worse')],
+    ['no difference detected on', on('no difference detected')],
+    [
+      'not judged yet (fewer than 2 shared seeds)',
+      measures.filter((m) => !rows.some((r) => r.measure === m.name)).map((m) => bare(m.name)),
+    ],
+  ] as const;
+  const said = parts.filter(([, xs]) => xs.length > 0).map(([what, xs]) => `${what} ${xs.join(', ')}`);
+  return `    - In short: ${said.join('; ')}.`;
+}
+
+/** The forest plot of the section's comparisons (round-two-chart.ts), or null when no comparison has 2 seeds. */
+function forestChart(input: ReportInput): Chart | null {
+  const measures = pairMeasures(input, ['ood-dense']);
   const rows = forestRows(FOREST_PAIRS, measures);
   if (rows.length === 0) return null;
   const comparisons = FOREST_PAIRS.map(([a, b]) => `${a} vs ${b}`).filter((c) => rows.some((r) => r.comparison === c));
@@ -405,6 +435,7 @@ export function roundTwoSection(input: ReportInput, charts: Chart[] = [], plotsR
   lines.push('1. **Does learned HyPE beat learned ALiBi (does the hyperbola matter)?**');
   for (const [a, b] of QUESTION_1_PAIRS) {
     lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, dense, true, recallS).map((l) => `  ${l}`));
+    lines.push(inShort(input, a, b, dense));
   }
   lines.push(...['hype-learned', 'hype-sc', 'alibi-learned'].map((e) => recallLearnedLine(input, e, recallS)));
   lines.push(...alibiSlopeLines(input));
@@ -412,6 +443,7 @@ export function roundTwoSection(input: ReportInput, charts: Chart[] = [], plotsR
   lines.push(...curvatureLines(input));
   for (const [a, b] of QUESTION_2_PAIRS) {
     lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, dense, true, recallS).map((l) => `  ${l}`));
+    lines.push(inShort(input, a, b, dense));
   }
   lines.push(
     '3. **Does a content-dependent concat bias (hype-gated, fox) close the gap to Transformer-XL (xl) and PaTH ' +
@@ -419,6 +451,7 @@ export function roundTwoSection(input: ReportInput, charts: Chart[] = [], plotsR
   );
   for (const [a, b] of QUESTION_3_PAIRS) {
     lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, ['ood-dense'], true, recallS).map((l) => `  ${l}`));
+    lines.push(inShort(input, a, b, ['ood-dense']));
   }
   lines.push(...['hype-gated', 'fox', 'xl', 'path'].map((e) => recallLearnedLine(input, e, recallS)));
   lines.push(...gateLines(input));
