@@ -129,7 +129,6 @@ function allPairs(
   S: number,
   mixes: ('id' | 'ood-sparse' | 'ood-dense')[],
   tasks = true,
-  recallS = S,
 ) {
   const lines: string[] = [];
   for (const corpus of uniq(input.lm.map((c) => c.config.corpus))) {
@@ -152,16 +151,7 @@ function allPairs(
   if (!tasks) return lines;
   for (const m of mults.length ? uniq([1, Math.max(...mults)]) : []) {
     lines.push(
-      pairLine(
-        `recall ${m}x L`,
-        a,
-        recallSamples(input, a, m),
-        b,
-        recallSamples(input, b, m),
-        'accuracy %',
-        false,
-        recallS,
-      ),
+      pairLine(`recall ${m}x L`, a, recallSamples(input, a, m), b, recallSamples(input, b, m), 'accuracy %', false, S),
     );
   }
   if (input.recall.length === 0) lines.push('  - recall: no cells yet.');
@@ -411,17 +401,18 @@ export function roundTwoSection(input: ReportInput, charts: Chart[] = [], plotsR
   // Without study.json: the seeds lm and flip-flop have (recall may run more, below).
   const seedCount = (xs: { config: { seed: number } }[]) => uniq(xs.map((c) => c.config.seed)).length;
   const S = input.meta?.plan.seeds.length ?? (seedCount([...input.lm, ...input.flipflop]) || seedCount(input.recall));
-  // Recall may run more seeds than the plan (its seed variance is large): as many as its best-covered encoding has.
-  const recallS = Math.max(
-    S,
-    ...uniq(input.recall.map((c) => c.config.encoding)).map((e) =>
-      seedCount(input.recall.filter((c) => c.config.encoding === e)),
-    ),
-  );
+  // Recall may run more seeds than the plan for some encodings (its seed variance is large): a comparison covers
+  // the seeds both sides have, and only fewer than the plan's count it calls partial.
+  const recallSeeds = (e: string) => seedCount(input.recall.filter((c) => c.config.encoding === e));
+  const recallEncs = uniq(input.recall.map((c) => c.config.encoding));
+  const recallMax = Math.max(0, ...recallEncs.map(recallSeeds));
+  const moreRecall = recallEncs.filter((e) => recallSeeds(e) > S);
   const lines = ['## Second round (issue 19): learned controls, free curvature, content-dependent biases', ''];
   lines.push(
     `Each comparison is paired by seed over the seeds both encodings have (the plan runs ${S}` +
-      (recallS > S ? `; recall runs ${recallS} for the encodings compared here, its seed variance being large` : '') +
+      (moreRecall.length > 0
+        ? `; recall runs up to ${recallMax} for ${moreRecall.join(', ')}, its seed variance being large`
+        : '') +
       '); "better"/"worse" means the 95% interval of the mean paired difference excludes 0. Where fewer than two ' +
       'seeds are shared the line says how many exist so far and gives no interval.',
     '',
@@ -434,15 +425,15 @@ export function roundTwoSection(input: ReportInput, charts: Chart[] = [], plotsR
   const dense: ('id' | 'ood-sparse' | 'ood-dense')[] = ['id', 'ood-dense'];
   lines.push('1. **Does learned HyPE beat learned ALiBi (does the hyperbola matter)?**');
   for (const [a, b] of QUESTION_1_PAIRS) {
-    lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, dense, true, recallS).map((l) => `  ${l}`));
+    lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, dense).map((l) => `  ${l}`));
     lines.push(inShort(input, a, b, dense));
   }
-  lines.push(...['hype-learned', 'hype-sc', 'alibi-learned'].map((e) => recallLearnedLine(input, e, recallS)));
+  lines.push(...['hype-learned', 'hype-sc', 'alibi-learned'].map((e) => recallLearnedLine(input, e, S)));
   lines.push(...alibiSlopeLines(input));
   lines.push('2. **Where does the curvature go when it may move on its own (hype-sc), and does it help?**');
   lines.push(...curvatureLines(input));
   for (const [a, b] of QUESTION_2_PAIRS) {
-    lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, dense, true, recallS).map((l) => `  ${l}`));
+    lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, dense).map((l) => `  ${l}`));
     lines.push(inShort(input, a, b, dense));
   }
   lines.push(
@@ -450,10 +441,10 @@ export function roundTwoSection(input: ReportInput, charts: Chart[] = [], plotsR
       '(path)?** (flip-flop ood-dense: recency biases such as ALiBi fail there, PaTH does not)',
   );
   for (const [a, b] of QUESTION_3_PAIRS) {
-    lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, ['ood-dense'], true, recallS).map((l) => `  ${l}`));
+    lines.push(`  - ${a} vs ${b}:`, ...allPairs(input, a, b, S, ['ood-dense']).map((l) => `  ${l}`));
     lines.push(inShort(input, a, b, ['ood-dense']));
   }
-  lines.push(...['hype-gated', 'fox', 'xl', 'path'].map((e) => recallLearnedLine(input, e, recallS)));
+  lines.push(...['hype-gated', 'fox', 'xl', 'path'].map((e) => recallLearnedLine(input, e, S)));
   lines.push(...gateLines(input));
   lines.push('4. **Cost: training step time relative to alibi** (the study issue expects a few percent)');
   lines.push(...costLines(input));
@@ -464,7 +455,7 @@ export function roundTwoSection(input: ReportInput, charts: Chart[] = [], plotsR
   ] as const) {
     lines.push(
       `  - ${a} vs ${b} (per-layer variant):`,
-      ...allPairs(input, a, b, S, ['id', 'ood-dense'], true, recallS).map((l) => `  ${l}`),
+      ...allPairs(input, a, b, S, ['id', 'ood-dense']).map((l) => `  ${l}`),
       ...oneLayerLines(input, a, b),
     );
   }
