@@ -10,6 +10,12 @@
  */
 import type { TopLevelSpec } from 'vega-lite';
 
+/** A report's chart: its file name inside the plots folder and its vega-lite spec (render.ts draws it). */
+export interface Chart {
+  file: string;
+  spec: TopLevelSpec;
+}
+
 export interface LinePoint {
   x: number;
   y: number;

@@ -7,7 +7,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TopLevelSpec } from 'vega-lite';
-import { lineChartSpec, listText, type LinePoint } from '../plot/charts.ts';
+import { lineChartSpec, listText, type Chart, type LinePoint } from '../plot/charts.ts';
 import { presetSpec } from '../pe/hype/encoding.ts';
 import { meanInterval } from './stats.ts';
 import { markdownTable, type Observation } from './table.ts';
@@ -57,11 +57,7 @@ export interface ReportInput {
   cost?: CostRecord | null;
 }
 
-export interface Chart {
-  /** File name inside the plots folder. */
-  file: string;
-  spec: TopLevelSpec;
-}
+export type { Chart } from '../plot/charts.ts';
 
 /** Published flip-flop error rates (PaTH paper, Table 1), in percent. */
 export const PUBLISHED_FLIPFLOP: Record<string, { id: number; 'ood-sparse': number; 'ood-dense': number }> = {

@@ -6,10 +6,10 @@
  * with fewer than two shared seeds says how many seeds exist so far instead of judging.
  */
 import { alibiSlopes } from '../pe/alibi-slopes.ts';
+import type { Chart } from '../plot/charts.ts';
 import { aboveChance, sentence, type Sample } from './compare.ts';
 import type { FlipflopConfig, FlipflopResult, LmConfig, LmResult, RecallConfig, RecallResult } from './experiments.ts';
 import { COST_FILE, costRecordLines, type CostRecord } from './cost.ts';
-import type { Chart } from './report.ts';
 import { forestRows, forestSpec, type ForestMeasure } from './round-two-chart.ts';
 import type { CellRecord } from './store.ts';
 import { ROUND_TWO_ENCODINGS } from './plan.ts';
