@@ -17,7 +17,7 @@
  */
 import type { AttentionShape, Backend } from '../backend/backend.ts';
 import { check, HypeError } from '../errors.ts';
-import type { AttendResult, EncodingFactory, Param, PositionalEncoding } from '../pe/encoding.ts';
+import type { AttendResult, EncodingFactory, OperandWidths, Param, PositionalEncoding } from '../pe/encoding.ts';
 import { getVisionEncoding } from '../pe/vision/registry.ts';
 import { allocate, type DType, type FloatArray } from '../tensor.ts';
 import { Rng } from '../util/rng.ts';
@@ -33,6 +33,7 @@ import {
 import {
   allocateBlockBuffers,
   blockBackward,
+  blockOperandWidths,
   blockForward,
   linearBackward,
   linearForward,
@@ -157,6 +158,8 @@ class Acts {
     be: Backend,
     readonly batch: number,
     readonly grid: number,
+    /** The blocks' widened operand layout (block.ts blockOperandWidths), or null for plain rows. */
+    readonly widths: OperandWidths | null,
   ) {
     const N = batch * grid * grid;
     const { width: C, mlpWidth: F, patch: P } = cfg;
@@ -164,7 +167,10 @@ class Acts {
     this.patches = a(N * P * P);
     this.res = Array.from({ length: cfg.layers + 1 }, () => a(N * C));
     const base = blockConfig(cfg);
-    this.blocks = Array.from({ length: cfg.layers }, () => ({ ...allocateBlockBuffers(base, be, N), attend: null }));
+    this.blocks = Array.from({ length: cfg.layers }, () => ({
+      ...allocateBlockBuffers(base, be, N, widths),
+      attend: null,
+    }));
     this.lnf = a(N * C);
     this.lnfMean = a(N);
     this.lnfRstd = a(N);
@@ -176,7 +182,7 @@ class Acts {
     this.dLn = a(N * C);
     this.dWide = a(N * F);
     this.dAtt = a(N * C);
-    this.dHeads = a(N * C);
+    this.dHeads = a(N * cfg.heads * (widths?.v ?? C / cfg.heads));
     this.dQkv = a(N * 3 * C);
     this.dPooled = a(batch * C);
     this.dLogits = a(batch * cfg.classes);
@@ -284,7 +290,8 @@ export class VisionTransformer {
   private activations(batch: number, grid: number): Acts {
     if (!this.acts || this.acts.batch !== batch || this.acts.grid !== grid) {
       this.acts = null;
-      this.acts = new Acts(this.config, this.backend, batch, grid);
+      const widths = blockOperandWidths(blockConfig(this.config), this.blockEncodings);
+      this.acts = new Acts(this.config, this.backend, batch, grid, widths);
     }
     return this.acts;
   }
@@ -324,13 +331,24 @@ export class VisionTransformer {
     for (let i = 0; i < cfg.layers; i++) {
       const X = A.blocks[i]!;
       // Bidirectional attention over the patch grid (the encoding reads the grid's shape from the context).
-      blockForward(be, base, this.params.blocks[i]!, X, A.res[i]!, A.res[i + 1]!, batch, L, (q, k, v, x) => {
-        X.attend = this.blockEncodings[i]!.attend(
-          { backend: be, shape, causal: false, queryOffset: 0, grid: [G, G] },
-          { q, k, v, x },
-        );
-        return X.attend.out;
-      });
+      blockForward(
+        be,
+        base,
+        this.params.blocks[i]!,
+        X,
+        A.res[i]!,
+        A.res[i + 1]!,
+        batch,
+        L,
+        (q, k, v, x) => {
+          X.attend = this.blockEncodings[i]!.attend(
+            { backend: be, shape, causal: false, queryOffset: 0, grid: [G, G] },
+            { q, k, v, x, ...(A.widths ? { widths: A.widths } : {}) },
+          );
+          return X.attend.out;
+        },
+        A.widths,
+      );
     }
     const { lnfWeight, lnfBias } = this.params;
     be.layerNormForward(
@@ -393,7 +411,7 @@ export class VisionTransformer {
     const base = blockConfig(cfg);
     for (let i = cfg.layers - 1; i >= 0; i--) {
       const X = A.blocks[i]!;
-      blockBackward(be, base, this.params.blocks[i]!, X, X.attend!, A.res[i]!, A.dRes, A, B, L);
+      blockBackward(be, base, this.params.blocks[i]!, X, X.attend!, A.res[i]!, A.dRes, A, B, L, A.widths);
     }
     this.embeddingEncoding?.embedBackward?.(A.dRes, B, L, C, 0, [A.grid, A.grid]);
     // The patch gradient itself is not needed (images are data); linearBackward writes it into scratch.

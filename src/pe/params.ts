@@ -29,23 +29,26 @@ export function checkAttendInputs(ctx: AttendContext, inputs: AttendInputs, who:
   );
   const want = (name: string, got: number, n: number, layout: string): void =>
     check(got === n, 'shape', `${who}: ${name} has ${got} elements but ${layout} needs ${n}; check the layout`);
+  // Widened operands (AttendInputs.widths) hold rows of the widths the encoding asked for.
+  const dqk = inputs.widths?.qk ?? s.headDim;
+  const dv = inputs.widths?.v ?? s.valueDim;
   want(
     'q',
     inputs.q.length,
-    s.batch * s.heads * s.lq * s.headDim,
-    `[B, H, Lq, D] = [${s.batch}, ${s.heads}, ${s.lq}, ${s.headDim}]`,
+    s.batch * s.heads * s.lq * dqk,
+    `[B, H, Lq, D] = [${s.batch}, ${s.heads}, ${s.lq}, ${dqk}]`,
   );
   want(
     'k',
     inputs.k.length,
-    s.batch * s.kvHeads * s.lk * s.headDim,
-    `[B, Hkv, Lk, D] = [${s.batch}, ${s.kvHeads}, ${s.lk}, ${s.headDim}]`,
+    s.batch * s.kvHeads * s.lk * dqk,
+    `[B, Hkv, Lk, D] = [${s.batch}, ${s.kvHeads}, ${s.lk}, ${dqk}]`,
   );
   want(
     'v',
     inputs.v.length,
-    s.batch * s.kvHeads * s.lk * s.valueDim,
-    `[B, Hkv, Lk, Dv] = [${s.batch}, ${s.kvHeads}, ${s.lk}, ${s.valueDim}]`,
+    s.batch * s.kvHeads * s.lk * dv,
+    `[B, Hkv, Lk, Dv] = [${s.batch}, ${s.kvHeads}, ${s.lk}, ${dv}]`,
   );
 }
 

@@ -1,7 +1,8 @@
 /**
- * What the widened-operand tests share (hype-widened.test.ts, gate-widened.test.ts): random operands, widening and
- * narrowing head rows, and a short training run of a transformer whose encoding factory hides or keeps
- * operandWidths (plain or widened q, k, v buffers), returning its losses and parameters for a bit-for-bit check.
+ * What the widened-operand tests share (hype-widened, gate-widened, vision-widened): random operands, widening and
+ * narrowing head rows, an encoding factory that hides or keeps operandWidths (widthsFactory), and a short training
+ * run of a transformer over plain or widened q, k, v buffers, returning its losses and parameters for a bit-for-bit
+ * check.
  */
 import { expect } from 'vitest';
 import { withPrecision } from '../../src/backend/autocast.ts';
@@ -36,7 +37,7 @@ export function narrow(x: FloatArray, rows: number, from: number, to: number): n
 }
 
 /** `base` with operandWidths hidden (plain rows) or kept, recording whether attend saw widened inputs. */
-function widthsFactory(
+export function widthsFactory(
   base: EncodingFactory<object>,
   widened: boolean,
   seen: { widths: boolean },

@@ -15,7 +15,7 @@
  */
 import { check } from '../../errors.ts';
 import { alibiSlopes } from '../alibi-slopes.ts';
-import { concatBiasAttention } from '../concat-bias.ts';
+import { concatBiasAttention, concatOperandWidths } from '../concat-bias.ts';
 import type { AttendContext, EncodingFactory, PositionalEncoding } from '../encoding.ts';
 import { defineEncoding } from '../options.ts';
 import { checkAttendInputs, createParam } from '../params.ts';
@@ -70,6 +70,8 @@ export const hype2dSymEncoding: EncodingFactory<Hype2dSymOptions> = defineEncodi
       sites: ['score-bias'],
       params: [tau, mu],
       maxLength: Infinity,
+      // Four concat columns (concat-bias.ts), written into q and k rows allocated wide enough.
+      operandWidths: (dtype) => concatOperandWidths({}, 4, dims.headDim, dims.headDim, dtype),
       attend(ctx, inputs) {
         checkAttendInputs(ctx, inputs, 'hype-2d-sym');
         checkHeads(ctx);

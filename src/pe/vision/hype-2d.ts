@@ -66,6 +66,8 @@ export function learnedHypeOnPatches(
     sites: inner.sites,
     params: inner.params,
     maxLength: Infinity,
+    // The same columns as 1-D HyPE's concat route (on the grid or the flattened index): written into wide rows.
+    ...(inner.operandWidths ? { operandWidths: inner.operandWidths.bind(inner) } : {}),
     attend(ctx, inputs) {
       gridOf(ctx, name);
       return inner.attend(onGrid ? ctx : { ...ctx, grid: undefined }, inputs);
