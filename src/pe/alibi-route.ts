@@ -15,7 +15,7 @@
 import { check } from '../errors.ts';
 import type { DType, FloatArray } from '../tensor.ts';
 import { concatBiasAttention, concatOperandWidths, type ConcatPrecisionOptions } from './concat-bias.ts';
-import { concatBf16Refusal, expandColumns, padMultiple } from '../numerics/split-columns.ts';
+import { concatBf16Refusal, padMultiple } from '../numerics/split-columns.ts';
 import { backendAttention, checkQk, fixedTermResult, denseLogitGrid, scaledDot } from './attention-plumbing.ts';
 import {
   concatAttentionOnBackend,
@@ -310,16 +310,7 @@ function alibiOnDevice<T, I>(
   }
   const [colsQ, colsK] = uploads.get(be, key, dtype, () => {
     const { x, y, sqrtD } = columns();
-    return [
-      expandColumns(
-        x.map((value) => value * sqrtD),
-        H * lq,
-        2,
-        'query',
-        null,
-      ),
-      expandColumns(y, Hkv * lk, 2, 'key', null),
-    ];
+    return [x.map((value) => value * sqrtD), y]; // fp32 columns: no split, one slot per column
   });
   return concatAttentionOnBackend(ctx, inputs, colsQ!, colsK!, 2, padMultiple(opts.multiple, 'concat bias'));
 }
