@@ -204,7 +204,7 @@ describe('second-round report section', () => {
         ...[1, 2, 3, 4].map((s) => recall('xl', s, [100, 20])),
       ],
     }).markdown;
-    expect(more).toContain('(the plan runs 3; recall runs up to 5 for fox, xl, its seed variance being large)');
+    expect(more).toContain('(the plan runs 3; recall runs up to 5 for xl, fox, its seed variance being large)');
     expect(more).toContain('  - recall, fox: learned the task at 1x in 4 of 5 seeds run;');
     expect(more).toContain('  - recall, xl: learned the task at 1x in 4 of 4 seeds run;');
     // fox - xl at 1x over seeds 1-4: -10, -20, -90, 0; four shared seeds are not "so far" against a plan of 3.
@@ -276,6 +276,10 @@ describe('second-round report section', () => {
     );
     expect(withCost).toContain('  - hype-sc: training step 80.0 ms, 1.00x alibi (within 5% of alibi).');
     expect(withCost).toContain('  - xl-shared: not in this measurement.');
+    const dirty = { ...cost, versions: { ...cost.versions, commit: 'abcdef0123+dirty' } };
+    expect(buildReport({ ...cells, cost: dirty }).markdown).toContain(
+      '(2026-12-05, code abcdef0 with uncommitted changes)',
+    );
   });
 
   it('says that one-layer flip-flop makes sharing the identity, and names the code behind cells that differ', () => {

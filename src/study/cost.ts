@@ -74,7 +74,9 @@ export function readCost(path: string): CostRecord | null {
 export function costRecordLines(cost: CostRecord, encodings: readonly string[], fewPercent = 5): string[] {
   const base = cost.rows[0]!;
   const s = cost.shape;
-  const commit = cost.versions.commit ? cost.versions.commit.slice(0, 7) : 'unknown commit';
+  const c = cost.versions.commit;
+  // '+dirty': tracked code differed from the commit when it ran (versions.ts); say so rather than hide it.
+  const commit = c ? c.slice(0, 7) + (c.endsWith('+dirty') ? ' with uncommitted changes' : '') : 'unknown commit';
   const lines = [
     `  - Measured by \`npm run bench:explicit\` (${cost.measuredAt.slice(0, 10)}, code ${commit}): native backend, ` +
       `${cost.threads} thread(s) on ${cost.cpus} cores, medians of ${cost.rounds} rounds of at least ` +

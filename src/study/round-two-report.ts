@@ -12,7 +12,7 @@ import type { FlipflopConfig, FlipflopResult, LmConfig, LmResult, RecallConfig, 
 import { COST_FILE, costRecordLines, type CostRecord } from './cost.ts';
 import { forestRows, forestSpec, type ForestMeasure } from './round-two-chart.ts';
 import type { CellRecord } from './store.ts';
-import { ROUND_TWO_ENCODINGS } from './plan.ts';
+import { ALL_ENCODINGS, ROUND_TWO_ENCODINGS } from './plan.ts';
 import { formatInterval, meanInterval } from './stats.ts';
 
 const uniq = <T>(xs: T[]) => [...new Set(xs)];
@@ -406,7 +406,7 @@ export function roundTwoSection(input: ReportInput, charts: Chart[] = [], plotsR
   const recallSeeds = (e: string) => seedCount(input.recall.filter((c) => c.config.encoding === e));
   const recallEncs = uniq(input.recall.map((c) => c.config.encoding));
   const recallMax = Math.max(0, ...recallEncs.map(recallSeeds));
-  const moreRecall = recallEncs.filter((e) => recallSeeds(e) > S);
+  const moreRecall = ALL_ENCODINGS.filter((e) => recallEncs.includes(e) && recallSeeds(e) > S); // in the plan's order
   const lines = ['## Second round (issue 19): learned controls, free curvature, content-dependent biases', ''];
   lines.push(
     `Each comparison is paired by seed over the seeds both encodings have (the plan runs ${S}` +
