@@ -121,39 +121,18 @@ export function recallLearnedLine(input: ReportInput, enc: string, S: number): s
   return `${head}; accuracy of those that did: ${show(acc(1))}% at 1x, ${show(acc(longest))}% at ${longest}x.`;
 }
 
-/** lm at 1x and the longest length per corpus, flip-flop by mix, recall at 1x and the longest length. */
+/** Every measure of a comparison as a paired line (pairMeasures), with a line where an experiment has no cells. */
 function allPairs(
   input: ReportInput,
   a: string,
   b: string,
   S: number,
-  mixes: ('id' | 'ood-sparse' | 'ood-dense')[],
-  tasks = true,
+  mixes: readonly ('id' | 'ood-sparse' | 'ood-dense')[],
 ) {
-  const lines: string[] = [];
-  for (const corpus of uniq(input.lm.map((c) => c.config.corpus))) {
-    const longest = Math.max(
-      ...input.lm.filter((c) => c.config.corpus === corpus).flatMap((c) => c.config.multipliers),
-    );
-    for (const m of uniq([1, longest])) {
-      const sa = bpbSamples(input.lm, corpus, a, m);
-      const sb = bpbSamples(input.lm, corpus, b, m);
-      lines.push(pairLine(`lm ${corpus}, ${m}x L`, a, sa, b, sb, 'bits per byte', true, S));
-    }
-  }
-  if (input.lm.length === 0) lines.push('  - lm: no cells yet.');
-  for (const mix of mixes) {
-    lines.push(
-      pairLine(`flip-flop ${mix}`, a, flipSamples(input, a, mix), b, flipSamples(input, b, mix), 'error %', true, S),
-    );
-  }
-  const mults = uniq(input.recall.flatMap((c) => c.config.multipliers));
-  if (!tasks) return lines;
-  for (const m of mults.length ? uniq([1, Math.max(...mults)]) : []) {
-    lines.push(
-      pairLine(`recall ${m}x L`, a, recallSamples(input, a, m), b, recallSamples(input, b, m), 'accuracy %', false, S),
-    );
-  }
+  const lines = pairMeasures(input, mixes).map((m) =>
+    pairLine(m.label, a, m.samples(a), b, m.samples(b), m.metric, m.lowerBetter, S),
+  );
+  if (input.lm.length === 0) lines.unshift('  - lm: no cells yet.');
   if (input.recall.length === 0) lines.push('  - recall: no cells yet.');
   return lines;
 }
@@ -322,12 +301,18 @@ const QUESTION_3_PAIRS = [
  */
 const FOREST_PAIRS = [...QUESTION_1_PAIRS, ...QUESTION_2_PAIRS, ...QUESTION_3_PAIRS];
 
+/** A measure a comparison is judged on: its chart panel (name), its line label and metric in the text. */
+interface PairMeasure extends ForestMeasure {
+  label: string;
+  metric: string;
+}
+
 /**
  * The measures a comparison is judged on: lm per corpus at 1x and the longest length (bits per byte), flip-flop by
  * `mixes` (error %), recall at 1x and the longest length (accuracy %).
  */
-function pairMeasures(input: ReportInput, mixes: readonly ('id' | 'ood-sparse' | 'ood-dense')[]): ForestMeasure[] {
-  const measures: ForestMeasure[] = [];
+function pairMeasures(input: ReportInput, mixes: readonly ('id' | 'ood-sparse' | 'ood-dense')[]): PairMeasure[] {
+  const measures: PairMeasure[] = [];
   for (const corpus of uniq(input.lm.map((c) => c.config.corpus))) {
     const longest = Math.max(
       ...input.lm.filter((c) => c.config.corpus === corpus).flatMap((c) => c.config.multipliers),
@@ -335,6 +320,8 @@ function pairMeasures(input: ReportInput, mixes: readonly ('id' | 'ood-sparse' |
     for (const m of uniq([1, longest])) {
       measures.push({
         name: `lm ${corpus} ${m}x (bits per byte)`,
+        label: `lm ${corpus}, ${m}x L`,
+        metric: 'bits per byte',
         samples: (e) => bpbSamples(input.lm, corpus, e, m),
         lowerBetter: true,
       });
@@ -343,6 +330,8 @@ function pairMeasures(input: ReportInput, mixes: readonly ('id' | 'ood-sparse' |
   for (const mix of mixes) {
     measures.push({
       name: `flip-flop ${mix} (error %)`,
+      label: `flip-flop ${mix}`,
+      metric: 'error %',
       samples: (e) => flipSamples(input, e, mix),
       lowerBetter: true,
     });
@@ -351,6 +340,8 @@ function pairMeasures(input: ReportInput, mixes: readonly ('id' | 'ood-sparse' |
   for (const m of mults.length ? uniq([1, Math.max(...mults)]) : []) {
     measures.push({
       name: `recall ${m}x (accuracy %)`,
+      label: `recall ${m}x L`,
+      metric: 'accuracy %',
       samples: (e) => recallSamples(input, e, m),
       lowerBetter: false,
     });
